@@ -1,0 +1,165 @@
+"""The `made` command line: train, export, evaluate, serve.
+
+Heavy imports (torch, onnxruntime, fastapi) happen inside each command, so that the serving
+image, which has no torch, can still run `made serve`. Every MadeError ends as one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from made.errors import MadeError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    return values
+
+
+def _masks_arg(text: str) -> str | int:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a mask index, got '{text}'") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from made.data import load_dataset
+    from training.model import MADEConfig
+    from training.train import TrainConfig, Trainer
+
+    data = load_dataset(args.dataset)
+    connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
+    model = MADEConfig(
+        dims=data.dims,
+        hidden=args.hidden,
+        n_masks=args.masks,
+        order_agnostic=args.order_agnostic,
+        connectivity_agnostic=connectivity,
+        random_ordering=args.random_ordering,
+        direct=args.direct,
+        mask_seed=args.seed,
+    )
+    model.mask_set()  # refuse impossible architectures before touching RUN_DIR
+    cfg = TrainConfig(
+        dataset=args.dataset, model=model, seed=args.seed, max_epochs=args.max_epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, patience=args.patience, lr_step=args.lr_step,
+        lr_gamma=args.lr_gamma,
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    metrics = Trainer(cfg, args.out, data).run(progress=not args.no_progress)
+    print(json.dumps({k: metrics[k] for k in ("valid_nll", "test_nll", "test_nll_stderr", "best_epoch")}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    version_dir = export_run(args.run_dir, args.store, args.name, args.version)
+    print(str(version_dir))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from service.engine.evaluate import evaluate_store_model
+
+    result = evaluate_store_model(args.store, args.name, args.dataset, args.split, args.masks)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    serve(store=args.store, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="made", description="Train, export, evaluate and serve MADE models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a MADE (resumes an unfinished run in --out)")
+    t.add_argument("--dataset", required=True, help="an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR")
+    t.add_argument("--hidden", type=_int_list, default=[500], help="hidden widths, e.g. 500,500")
+    t.add_argument("--masks", type=int, default=1, help="K, the fixed set of masks (1: plain MADE)")
+    t.add_argument("--out", required=True, help="run directory: checkpoints, config, log, curve")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-epochs", type=int, default=200)
+    t.add_argument("--order-agnostic", action="store_true", help="a random ordering per mask")
+    t.add_argument("--connectivity-agnostic", action="store_true",
+                   help="new hidden degrees per mask (implied when --masks > 1 without --order-agnostic)")
+    t.add_argument("--random-ordering", action="store_true", help="one random ordering instead of natural")
+    t.add_argument("--direct", action="store_true", help="direct input-to-output connections")
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")
+    t.add_argument("--lr-gamma", type=float, default=0.1)
+    t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a run to the model store as ONNX + manifest")
+    e.add_argument("run_dir")
+    e.add_argument("--store", required=True)
+    e.add_argument("--name", required=True)
+    e.add_argument("--version", default=None, help="default: one more than the highest stored")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="test NLL of a stored model, as JSON on the last line")
+    v.add_argument("--store", required=True)
+    v.add_argument("--name", required=True)
+    v.add_argument("--dataset", required=True)
+    v.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    v.add_argument("--masks", type=_masks_arg, default="all", help="'all' (the mixture) or a mask index")
+    v.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("serve", help="run the HTTP service")
+    s.add_argument("--store", default=os.environ.get("MADE_STORE", "model_store"))
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=int(os.environ.get("MADE_WORKERS", "1")))
+    s.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MadeError as exc:
+        print(f"made {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"made {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

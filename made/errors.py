@@ -1,0 +1,27 @@
+"""The error hierarchy users see: one clear sentence each, mapped to exit 2 or HTTP 4xx in one place."""
+
+
+class MadeError(Exception):
+    """Base of every error caused by bad input, bad files or bad settings (never a bug)."""
+
+
+class DataError(MadeError):
+    """A data set is missing, malformed or does not fit the model."""
+
+
+class ConfigError(MadeError):
+    """A model or training configuration that cannot be built."""
+
+
+class CheckpointError(MadeError):
+    """A run directory or checkpoint that cannot be used."""
+
+
+class ModelStoreError(MadeError):
+    """A model store entry that is missing, incomplete or altered."""
+
+
+class ModelNotFound(ModelStoreError):
+    """No model of that name in the store."""
+class InvalidInput(MadeError):
+    """A request or argument that the model cannot accept (wrong width, unknown mask, ...)."""

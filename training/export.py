@@ -1,0 +1,133 @@
+"""`made export`: a finished run -> STORE/NAME/VERSION/{model.onnx, manifest.json}, atomically.
+
+The version directory is assembled under a hidden temporary name and renamed into place, so a
+reader never sees half a version. Reads the run's safetensors with numpy (no torch needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+from made.atomic import fsync_dir
+from made.data import load_dataset
+from made.errors import CheckpointError, ModelStoreError
+from made.masks import MaskSet, orderings_to_degrees
+from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file, version_key
+from training.checkpoint import BEST
+from training.onnx_graph import build_graph
+from training.train import CONFIG, METRICS
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found: is {path.parent} a finished training run?") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """(training config, best weights, metrics) of a finished run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    config = _read_json(run_dir / CONFIG)
+    metrics = _read_json(run_dir / METRICS)
+    try:
+        tensors = load_file(str(run_dir / BEST))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir / BEST} not found: the run has not finished an epoch") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir / BEST} is unreadable or truncated: {exc}") from None
+    return config, tensors, metrics
+
+
+def graph_from_tensors(tensors: dict[str, np.ndarray], n_hidden: int, direct: bool):  # type: ignore[no-untyped-def]
+    weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
+    biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
+    hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
+    return build_graph(weights, biases, tensors["input_degrees"], hidden_degrees,
+                       tensors["direct.weight"] if direct else None)
+
+
+def next_version(store: Path, name: str) -> str:
+    numeric = [int(v) for v in list_versions(store, name) if v.isdigit()]
+    return str(max(numeric, default=0) + 1)
+
+
+def export_run(run_dir: str | Path, store: str | Path, name: str, version: str | None = None) -> Path:
+    run_dir, store = Path(run_dir), Path(store)
+    if not name or "/" in name or name.startswith("."):
+        raise ModelStoreError(f"invalid model name '{name}': use letters, digits, '-' or '_'")
+    config, tensors, metrics = load_run(run_dir)
+    model_cfg = config["model"]
+    n_hidden = len(model_cfg["hidden"])
+    degrees = tensors["input_degrees"]
+    masks = MaskSet(orderings=np.argsort(degrees, axis=1), hidden_degrees=tuple(
+        tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)))
+    assert np.array_equal(orderings_to_degrees(masks.orderings), degrees)
+    graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")))
+
+    image_shape = None
+    try:
+        image_shape = load_dataset(config["dataset"], splits=("valid",)).image_shape
+    except Exception:  # the data may have moved since training; the name still tells
+        if "mnist" in str(config["dataset"]).lower() and model_cfg["dims"] == 784:
+            image_shape = [28, 28]
+
+    try:
+        (store / name).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelStoreError(f"cannot write to store {store}: {exc.strerror or exc}") from None
+    version = version or next_version(store, name)
+    version_key(version)
+    final = store / name / version
+    if final.exists():
+        raise ModelStoreError(f"{final} already exists; pick another --version")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=store / name))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a served store must be readable by the server user
+        model_bytes = graph.SerializeToString()
+        (tmp / MODEL_FILE).write_bytes(model_bytes)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "dims": int(model_cfg["dims"]),
+            "hidden": list(model_cfg["hidden"]),
+            "n_masks": int(masks.n_masks),
+            "orderings": masks.orderings.tolist(),
+            "direct": bool(model_cfg.get("direct")),
+            "activation": "relu",
+            "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
+            "dataset": {"name": Path(str(config["dataset"])).stem, "source": str(config["dataset"])},
+            "metrics": metrics,
+            "training": config,
+            "image_shape": image_shape,
+            "graph": {"inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
+                      "outputs": {"logits": "float32 [N, D]"}, "opset": 17},
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(tmp, final)  # atomic: readers see no version or the whole one
+        fsync_dir(store / name)
+    except OSError as exc:
+        raise ModelStoreError(f"cannot write {final}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,86 @@
+"""Build MADE's ONNX graph directly from weights and degrees (no torch exporter involved).
+
+Inputs `x` (float32 [N, D]) and `mask_index` (int64 scalar); output `logits` (float32 [N, D]).
+The K masks are stored as degrees (int32, K x width per layer) and rebuilt inside the graph by
+Gather + broadcast comparison, so a K = 32 graph is barely larger than a K = 1 graph.
+Initializer names (W{l}, b{l}, input_degrees, hidden_degrees_{l}, direct_W) are part of the
+format: the serving engine reads the weights from them for its fast sampler.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def build_graph(
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    input_degrees: np.ndarray,
+    hidden_degrees: list[np.ndarray],
+    direct: np.ndarray | None = None,
+    name: str = "made",
+) -> onnx.ModelProto:
+    """weights[l] is (fan_out, fan_in) like torch; degrees are (K, width) per layer."""
+    dims = int(input_degrees.shape[1])
+    inits = [
+        numpy_helper.from_array(input_degrees.astype(np.int32), "input_degrees"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+    ]
+    nodes = []
+
+    def degrees_of(source: str, out: str) -> tuple[str, str]:
+        """Gather mask k's degrees of a layer; return names shaped (1, W) and (W, 1)."""
+        nodes.append(helper.make_node("Gather", [source, "mask_index"], [out], axis=0))
+        nodes.append(helper.make_node("Unsqueeze", [out, "axis0"], [out + "_row"]))
+        nodes.append(helper.make_node("Unsqueeze", [out, "axis1"], [out + "_col"]))
+        return out + "_row", out + "_col"
+
+    in_row, in_col = degrees_of("input_degrees", "deg_in")
+    prev_col, h = in_col, "x"
+    for l, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        last = l == len(weights) - 1
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T).astype(np.float32), f"W{l}"))
+        inits.append(numpy_helper.from_array(b.astype(np.float32), f"b{l}"))
+        if last:
+            # output d keeps last-layer unit k when deg(d) > m(k): (H_L, D)
+            nodes.append(helper.make_node("Greater", [in_row, prev_col], [f"keep{l}"]))
+        else:
+            inits.append(numpy_helper.from_array(hidden_degrees[l].astype(np.int32), f"hidden_degrees_{l}"))
+            row, col = degrees_of(f"hidden_degrees_{l}", f"deg_h{l}")
+            # unit k keeps unit j of the layer below when m_l(k) >= m_{l-1}(j): (fan_in, fan_out)
+            nodes.append(helper.make_node("GreaterOrEqual", [row, prev_col], [f"keep{l}"]))
+            prev_col = col
+        nodes.append(helper.make_node("Cast", [f"keep{l}"], [f"mask{l}"], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [f"W{l}", f"mask{l}"], [f"Wm{l}"]))
+        nodes.append(helper.make_node("MatMul", [h, f"Wm{l}"], [f"mm{l}"]))
+        out = "pre_logits" if (last and direct is not None) else ("logits" if last else f"pre{l}")
+        nodes.append(helper.make_node("Add", [f"mm{l}", f"b{l}"], [out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"h{l}"]))
+            h = f"h{l}"
+    if direct is not None:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(direct.T).astype(np.float32), "direct_W"))
+        nodes.append(helper.make_node("Greater", [in_row, in_col], ["keep_direct"]))  # (D_in, D_out)
+        nodes.append(helper.make_node("Cast", ["keep_direct"], ["mask_direct"], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", ["direct_W", "mask_direct"], ["direct_Wm"]))
+        nodes.append(helper.make_node("MatMul", ["x", "direct_Wm"], ["direct_out"]))
+        nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        name,
+        inputs=[
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dims]),
+            helper.make_tensor_value_info("mask_index", TensorProto.INT64, []),
+        ],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", dims])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="made")
+    model.ir_version = 8  # readable by onnxruntime releases from 1.14 on
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,319 @@
+"""The training loop: minibatches, a mask drawn per minibatch, early stopping, atomic checkpoints
+and resume. A run killed at any point continues from its last checkpoint (one epoch interval),
+and a resumed run follows the same trajectory as one never interrupted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from made.atomic import atomic_write_text, atomic_write_with
+from made.data import Dataset, load_dataset
+from made.errors import CheckpointError, ConfigError
+from training.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    load_tensors,
+    optimizer_tensors,
+    restore_optimizer,
+    save_tensors,
+)
+from training.model import MADE, MADEConfig
+
+log = logging.getLogger("made.train")
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+HISTORY = "log.jsonl"
+CURVE = "curve.png"
+
+
+@dataclass
+class TrainConfig:
+    dataset: str  # the name or path the data came from
+    model: MADEConfig
+    seed: int = 0  # seeds weights, shuffling and the mask drawn per minibatch
+    max_epochs: int = 200
+    batch_size: int = 100
+    optimizer: str = "adam"  # adam | adagrad
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: constant)
+    lr_gamma: float = 0.1
+    patience: int = 20  # epochs without a better validation NLL before stopping
+    eval_batch: int = 1000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data["model"] = MADEConfig.from_dict(data["model"])
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+# Fields that may change when a run is resumed (e.g. to train for longer).
+_RESUMABLE = {"max_epochs", "patience", "dataset"}
+
+
+def build_optimizer(cfg: TrainConfig, model: MADE) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown optimizer '{cfg.optimizer}', expected adam or adagrad")
+
+
+@torch.no_grad()
+def nll_per_example(model: MADE, data: np.ndarray, mask: int | None, batch: int = 1000) -> np.ndarray:
+    """(N,) negative log-likelihood in nats: one mask, or the mixture of all (mask=None)."""
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch):
+        x = torch.from_numpy(data[start : start + batch]).float()
+        lp = model.mixture_log_prob(x) if mask is None else model.log_prob(x, mask)
+        out.append(-lp.numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def init_output_bias(model: MADE, train: np.ndarray) -> None:
+    """Start every output at the logit of its training marginal (what a first epoch would
+    otherwise spend learning: background pixels need biases near -7, far from an lr of 1e-3)."""
+    p = np.clip(train.mean(axis=0, dtype=np.float64), 1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        model.layers[-1].bias.copy_(torch.from_numpy(np.log(p / (1 - p))).float())
+
+
+def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    n = len(values)
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: Dataset | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.data = data if data is not None else load_dataset(cfg.dataset)
+        if self.data.dims != cfg.model.dims:
+            raise ConfigError(
+                f"data set {self.data.source} has {self.data.dims} dimensions, "
+                f"the model expects {cfg.model.dims}"
+            )
+        self.train_x = torch.from_numpy(self.data.split("train")).float()
+        self.valid_x = self.data.split("valid")
+
+    def prepare_run_dir(self) -> dict[str, Any] | None:
+        """Create RUN_DIR or check it holds this same run; return the checkpoint state to resume."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write to run directory {self.run_dir}: {exc.strerror or exc}"
+            ) from None
+        config_path = self.run_dir / CONFIG
+        if not config_path.exists():
+            if (self.run_dir / CHECKPOINT).exists():
+                raise CheckpointError(f"{self.run_dir} holds a checkpoint but no {CONFIG}")
+            atomic_write_text(config_path, json.dumps(self.cfg.to_dict(), indent=2))
+            return None
+        try:
+            stored = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
+        mine = self.cfg.to_dict()
+        for key in sorted(set(stored) | set(mine)):
+            if key in _RESUMABLE:
+                continue
+            if stored.get(key) != mine.get(key):
+                raise CheckpointError(
+                    f"{self.run_dir} holds a run with {key}={stored.get(key)!r}, not {mine.get(key)!r}; "
+                    "use another --out to start a new run"
+                )
+        if not (self.run_dir / CHECKPOINT).exists():
+            return None
+        state = load_tensors(self.run_dir / CHECKPOINT)
+        return {"tensors": state[0], "meta": state[1]}
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        cfg = self.cfg
+        resume = self.prepare_run_dir()
+        torch.manual_seed(cfg.seed)
+        model = MADE(cfg.model)
+        optimizer = build_optimizer(cfg, model)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        progress_state: dict[str, Any] = {
+            "epoch": 0, "best_valid": None, "best_epoch": 0, "bad_epochs": 0,
+            "finished": False, "seconds": 0.0,
+        }
+        history: list[dict[str, Any]] = []
+        if resume is not None:
+            tensors, meta = resume["tensors"], resume["meta"]
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            restore_optimizer(optimizer, tensors, meta["optimizer"])
+            gen.set_state(tensors["rng.torch"])
+            progress_state = meta["progress"]
+            history = self._read_history(progress_state["epoch"])
+            if progress_state["finished"] and progress_state["epoch"] >= cfg.max_epochs:
+                log.info("run in %s is already finished", self.run_dir)
+                return self.finish(model, progress_state)
+            progress_state["finished"] = False
+            log.info("resuming %s after epoch %d", self.run_dir, progress_state["epoch"])
+        else:
+            init_output_bias(model, self.data.split("train"))
+
+        n = len(self.train_x)
+        bar = _progress_bar(cfg.max_epochs, progress_state["epoch"], enabled=progress)
+        while progress_state["epoch"] < cfg.max_epochs and progress_state["bad_epochs"] < cfg.patience:
+            started = time.perf_counter()
+            # the rate is a function of the epoch alone, so a resumed run gets the same schedule
+            if cfg.lr_step > 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * cfg.lr_gamma ** (progress_state["epoch"] // cfg.lr_step)
+            model.train()
+            order = torch.randperm(n, generator=gen)
+            total, count = 0.0, 0
+            for start in range(0, n, cfg.batch_size):
+                x = self.train_x[order[start : start + cfg.batch_size]]
+                k = int(torch.randint(model.n_masks, (1,), generator=gen)) if model.n_masks > 1 else 0
+                loss = -model.log_prob(x, k).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(x)
+                count += len(x)
+                if bar is not None:
+                    bar.set_postfix_str(f"train {total / count:.2f}", refresh=False)
+            valid = float(nll_per_example(model, self.valid_x, None, cfg.eval_batch).mean())
+            epoch = progress_state["epoch"] + 1
+            best = progress_state["best_valid"]
+            if best is None or valid < best:
+                progress_state.update(best_valid=valid, best_epoch=epoch, bad_epochs=0)
+                save_tensors(self.run_dir / BEST, model.state_dict(), {"config": cfg.to_dict(), "epoch": epoch})
+            else:
+                progress_state["bad_epochs"] += 1
+            progress_state["epoch"] = epoch
+            progress_state["seconds"] += time.perf_counter() - started
+            row = {"epoch": epoch, "train_nll": total / count, "valid_nll": valid,
+                   "seconds": round(progress_state["seconds"], 2)}
+            history.append(row)
+            self._append_history(row)
+            self._checkpoint(model, optimizer, gen, progress_state)
+            log.info("epoch %d train %.3f valid %.3f (best %.3f @ %d)", epoch, row["train_nll"], valid,
+                     progress_state["best_valid"], progress_state["best_epoch"])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"train {row['train_nll']:.2f} valid {valid:.2f}")
+            write_curve(self.run_dir / CURVE, history)
+        if bar is not None:
+            bar.close()
+        progress_state["finished"] = True
+        self._checkpoint(model, optimizer, gen, progress_state)
+        return self.finish(model, progress_state)
+
+    def _checkpoint(self, model: MADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+                    progress_state: dict[str, Any]) -> None:
+        opt_tensors, opt_meta = optimizer_tensors(optimizer)
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update(opt_tensors)
+        tensors["rng.torch"] = gen.get_state()
+        save_tensors(self.run_dir / CHECKPOINT, tensors,
+                     {"progress": progress_state, "optimizer": opt_meta, "config": self.cfg.to_dict()})
+
+    def _append_history(self, row: dict[str, Any]) -> None:
+        with open(self.run_dir / HISTORY, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _read_history(self, upto_epoch: int) -> list[dict[str, Any]]:
+        """History rows up to the checkpointed epoch; rows of epochs lost in a kill are dropped."""
+        path = self.run_dir / HISTORY
+        rows = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if row.get("epoch", 0) <= upto_epoch:
+                    rows.append(row)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
+
+    def finish(self, model: MADE, progress_state: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate the best weights on valid and test; write metrics.json."""
+        tensors, _ = load_tensors(self.run_dir / BEST)
+        model.load_state_dict(tensors)
+        metrics: dict[str, Any] = {"best_epoch": progress_state["best_epoch"],
+                                   "epochs": progress_state["epoch"],
+                                   "train_seconds": round(progress_state["seconds"], 1),
+                                   "torch_threads": torch.get_num_threads(),
+                                   "hardware": _hardware()}
+        for split in ("valid", "test"):
+            data = self.data.split(split)
+            per_mask = [mean_and_stderr(nll_per_example(model, data, k, self.cfg.eval_batch))
+                        for k in range(model.n_masks)]
+            mix, mix_se = mean_and_stderr(nll_per_example(model, data, None, self.cfg.eval_batch))
+            metrics[f"{split}_nll"] = mix
+            metrics[f"{split}_nll_stderr"] = mix_se
+            metrics[f"{split}_nll_per_mask"] = [m for m, _ in per_mask]
+            metrics[f"{split}_n"] = len(data)
+        atomic_write_text(self.run_dir / METRICS, json.dumps(metrics, indent=2))
+        log.info("finished: valid %.3f test %.3f ± %.3f nats", metrics["valid_nll"], metrics["test_nll"],
+                 metrics["test_nll_stderr"])
+        return metrics
+
+
+def _hardware() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} on CPU"
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="epochs", unit="epoch", dynamic_ncols=True)
+
+
+def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
+    """Training curve PNG (train and valid NLL per epoch), replaced atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_nll"] for r in history], label="train")
+    ax.plot(epochs, [r["valid_nll"] for r in history], label="valid")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NLL (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
