@@ -27,13 +27,13 @@ RUNS = ROOT / "runs" / "results"
 EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
     "binarized_mnist-1x500-k1": (
         "binarized_mnist",
-        ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--lr-step", "45",
-         "--max-epochs", "100", "--patience", "20"],
+        ["--hidden", "500", "--masks", "1", "--direct", "--lr-step", "40", "--lr-gamma", "0.3",
+         "--max-epochs", "150", "--patience", "20"],
         88.40, "1 hidden layer of 500, 1 mask", 88.9),
     "binarized_mnist-2x500-k8": (
         "binarized_mnist",
-        ["--hidden", "500,500", "--masks", "8", "--connectivity-agnostic", "--weight-decay", "1e-4",
-         "--lr-step", "45", "--max-epochs", "120", "--patience", "20"],
+        ["--hidden", "500,500", "--masks", "8", "--connectivity-agnostic", "--direct",
+         "--lr-step", "40", "--lr-gamma", "0.3", "--max-epochs", "150", "--patience", "20"],
         86.64, "2 hidden layers, 32 masks", 88.0),
     "mushrooms-1x500-k1": (
         "mushrooms", ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--max-epochs", "300",

@@ -220,9 +220,12 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"train {row['train_nll']:.2f} valid {valid:.2f}")
-            write_curve(self.run_dir / CURVE, history)
+            if epoch % 10 == 0:
+                write_curve(self.run_dir / CURVE, history)
         if bar is not None:
             bar.close()
+        if history:
+            write_curve(self.run_dir / CURVE, history)
         progress_state["finished"] = True
         self._checkpoint(model, optimizer, gen, progress_state)
         return self.finish(model, progress_state)

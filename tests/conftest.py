@@ -1,0 +1,78 @@
+"""Shared fixtures: the real data directory (skipped where absent) and tiny trained models.
+
+Tiny models are trained here, in the test session, on a small correlated binary data set
+(seeded), then exported to a temporary store: real training, real ONNX, real onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Small models on a shared 2-core machine: one thread avoids spin-waiting against other work.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("MADE_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "mushrooms.npz").exists():
+        pytest.skip(f"real data sets not found in {DATA_DIR} (../shared/data is absent on this machine)")
+    return DATA_DIR
+
+
+def correlated_binary(n: int, dims: int, seed: int) -> np.ndarray:
+    """A small binary distribution with real dependencies: a noisy Markov chain over dimensions."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, dims), dtype=np.uint8)
+    x[:, 0] = rng.random(n) < 0.6
+    for d in range(1, dims):
+        flip = rng.random(n) < (0.15 + 0.05 * (d % 3))
+        x[:, d] = np.where(flip, 1 - x[:, d - 1], x[:, d - 1])
+    return x
+
+
+def write_npz(path: Path, dims: int, seed: int = 0, n: int = 600) -> Path:
+    x = correlated_binary(n, dims, seed)
+    np.savez(path, train=x[: n * 2 // 3], valid=x[n * 2 // 3 : n * 5 // 6], test=x[n * 5 // 6 :])
+    return path
+
+
+def train_tiny(run_dir: Path, data: Path, *, hidden: list[int], masks: int = 1, epochs: int = 15,
+               order_agnostic: bool = False, connectivity_agnostic: bool = False,
+               direct: bool = False, seed: int = 0) -> Path:
+    from training.model import MADEConfig
+    from training.train import TrainConfig, Trainer
+
+    dims = int(np.load(data)["train"].shape[1])
+    cfg = TrainConfig(
+        dataset=str(data),
+        model=MADEConfig(dims=dims, hidden=hidden, n_masks=masks, order_agnostic=order_agnostic,
+                         connectivity_agnostic=connectivity_agnostic, direct=direct, mask_seed=seed),
+        seed=seed, max_epochs=epochs, batch_size=50, lr=1e-2, patience=epochs,
+    )
+    Trainer(cfg, run_dir).run(progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with 'tiny' (D=8, K=4 order- and connectivity-agnostic, direct connections),
+    'tiny1' (D=8, one natural-order mask) and 'tiny10' (D=10, K=3)."""
+    from training.export import export_run
+
+    base = tmp_path_factory.mktemp("tiny")
+    store = base / "store"
+    d8 = write_npz(base / "d8.npz", 8, seed=1)
+    d10 = write_npz(base / "d10.npz", 10, seed=2)
+    export_run(train_tiny(base / "run-tiny", d8, hidden=[24, 24], masks=4, order_agnostic=True,
+                          connectivity_agnostic=True, direct=True), store, "tiny")
+    export_run(train_tiny(base / "run-tiny1", d8, hidden=[16]), store, "tiny1")
+    export_run(train_tiny(base / "run-tiny10", d10, hidden=[32], masks=3, order_agnostic=True,
+                          connectivity_agnostic=True), store, "tiny10")
+    return store
