@@ -1,0 +1,70 @@
+"""onnxruntime sessions: provider choice from MADE_PROVIDERS, and a check of what really runs.
+
+onnxruntime-gpu silently falls back to the CPU when CUDA is missing, so after creating a
+session we read session.get_providers() and log the providers actually in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from made.errors import ConfigError, ModelStoreError
+
+log = logging.getLogger("made.engine")
+
+_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+}
+
+
+def requested_providers(spec: str | None = None) -> list[str]:
+    """Providers to ask for: MADE_PROVIDERS (e.g. 'cuda,cpu'), else CUDA when available, else CPU.
+
+    Unavailable ones are dropped with a warning; the CPU provider is always the last resort.
+    """
+    spec = os.environ.get("MADE_PROVIDERS", "") if spec is None else spec
+    available = ort.get_available_providers()
+    if not spec.strip():
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        wanted = []
+        for item in spec.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name = _ALIASES.get(item.lower(), item)
+            if not name.endswith("ExecutionProvider"):
+                known = ", ".join(_ALIASES)
+                raise ConfigError(f"unknown provider '{item}' in MADE_PROVIDERS (known: {known})")
+            wanted.append(name)
+    chosen = [p for p in wanted if p in available]
+    dropped = [p for p in wanted if p not in available and p != "CUDAExecutionProvider" or
+               (p == "CUDAExecutionProvider" and spec.strip() and p not in available)]
+    for p in dropped:
+        log.warning("provider %s requested but not available in this onnxruntime build", p)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def make_session(path: Path, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    threads = threads if threads is not None else int(os.environ.get("MADE_THREADS", "0") or 0)
+    if threads:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelStoreError(f"onnxruntime cannot load {path}: {exc}") from None
+    actual = session.get_providers()
+    if providers and providers[0] != actual[0]:
+        log.warning("asked for %s but onnxruntime runs %s for %s", providers[0], actual[0], path)
+    return session
