@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean models model-binarized-mnist model-mushrooms results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,25 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# The shipped default models, each rebuilt from scratch by one command (needs ../shared/data).
+DATA ?= ../shared/data
+BMNIST_ARGS := --hidden 500,500 --masks 8 --connectivity-agnostic --direct --lr-step 40 --lr-gamma 0.3 --max-epochs 150 --patience 20 --seed 0
+MUSHROOMS_ARGS := --hidden 500 --masks 1 --weight-decay 1e-4 --max-epochs 300 --patience 30 --seed 0
+
+models: model-binarized-mnist model-mushrooms
+
+model-binarized-mnist: install
+	$(BIN)/made train --dataset $(DATA)/binarized_mnist.npz $(BMNIST_ARGS) --out runs/results/binarized_mnist-2x500-k8
+	$(BIN)/made export runs/results/binarized_mnist-2x500-k8 --store model_store --name binarized-mnist
+
+model-mushrooms: install
+	$(BIN)/made train --dataset $(DATA)/mushrooms.npz $(MUSHROOMS_ARGS) --out runs/results/mushrooms-1x500-k1
+	$(BIN)/made export runs/results/mushrooms-1x500-k1 --store model_store --name mushrooms
+
+# Trains every experiment of docs/results.md (hours on 2 cores).
+results: install
+	$(BIN)/python bench/results.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,8 +13,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from made.errors import MadeError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors end like every other error: one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_list(text: str) -> list[int]:
@@ -36,10 +44,15 @@ def _masks_arg(text: str) -> str | int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from made.data import load_dataset
+    from made.masks import validate_architecture
+
+    # bad data and impossible architectures are refused before the seconds of importing torch
+    data = load_dataset(args.dataset)
+    validate_architecture(data.dims, args.hidden, args.masks)
+
     from training.model import MADEConfig
     from training.train import TrainConfig, Trainer
 
-    data = load_dataset(args.dataset)
     connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
     model = MADEConfig(
         dims=data.dims,
@@ -91,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="made", description="Train, export, evaluate and serve MADE models.")
+    parser = _OneLineParser(prog="made", description="Train, export, evaluate and serve MADE models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -108,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--random-ordering", action="store_true", help="one random ordering instead of natural")
     t.add_argument("--direct", action="store_true", help="direct input-to-output connections")
     t.add_argument("--batch-size", type=int, default=100)
-    t.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
+    t.add_argument("--optimizer", choices=["adam", "adamw", "adagrad"], default="adam")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")

@@ -108,3 +108,8 @@ class MADE(nn.Module):
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         self._mask_cache = {}
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # loading replaces the degree buffers in place: masks cached from the old ones are stale
+        self._mask_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)

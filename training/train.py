@@ -44,7 +44,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, shuffling and the mask drawn per minibatch
     max_epochs: int = 200
     batch_size: int = 100
-    optimizer: str = "adam"  # adam | adagrad
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay) | adagrad
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: constant)
@@ -73,9 +73,11 @@ _RESUMABLE = {"max_epochs", "patience", "dataset"}
 def build_optimizer(cfg: TrainConfig, model: MADE) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adagrad":
         return torch.optim.Adagrad(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"unknown optimizer '{cfg.optimizer}', expected adam or adagrad")
+    raise ConfigError(f"unknown optimizer '{cfg.optimizer}', expected adam, adamw or adagrad")
 
 
 @torch.no_grad()
@@ -127,6 +129,9 @@ class Trainer:
             raise CheckpointError(
                 f"cannot write to run directory {self.run_dir}: {exc.strerror or exc}"
             ) from None
+        # a run killed mid-write leaves its temporary file behind (the target is intact)
+        for stale in self.run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         config_path = self.run_dir / CONFIG
         if not config_path.exists():
             if (self.run_dir / CHECKPOINT).exists():

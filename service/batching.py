@@ -1,0 +1,110 @@
+"""Dynamic batching: concurrent requests to one model merged into one engine call.
+
+Like Triton's dynamic batcher: the first request to reach an idle queue waits at most
+`delay_s` (max_queue_delay) for others, unless `max_rows` are queued sooner; while an engine
+call runs, new requests queue up and go together in the next call. Each batcher has one worker
+task and at most one engine call in flight, which runs in a thread (the engine is CPU-bound and
+releases the GIL inside onnxruntime and numpy).
+
+The caller supplies `run(items) -> results`, one result per item, so the batcher knows nothing
+of models: the data plane concatenates rows (or noise) and splits the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import anyio
+import anyio.to_thread
+
+log = logging.getLogger("made.service.batching")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    rows: int
+    future: asyncio.Future[R]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher(Generic[T, R]):
+    def __init__(self, run: Callable[[list[T]], list[R]], *, delay_s: float, max_rows: int,
+                 limiter: anyio.CapacityLimiter | None = None,
+                 observe: Callable[[int, int, float], None] | None = None) -> None:
+        self._run = run
+        self.delay_s = delay_s
+        self.max_rows = max_rows
+        self._limiter = limiter
+        self._observe = observe  # (rows, requests, seconds) of each engine call
+        self._queue: deque[_Pending[T, R]] = deque()
+        self._queued_rows = 0
+        self._full = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T, rows: int) -> R:
+        """Queue one request's work; returns its own result once its batch has run."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, rows, future))
+        self._queued_rows += rows
+        if self._queued_rows >= self.max_rows:
+            self._full.set()
+        if self._worker is None or self._worker.done():
+            # A fresh context: the worker serves many requests, it must not log as the first one.
+            self._worker = asyncio.create_task(self._work(), context=contextvars.Context())
+        return await future
+
+    async def aclose(self) -> None:
+        """Let queued work finish (graceful shutdown)."""
+        if self._worker is not None:
+            await asyncio.shield(self._worker)
+
+    def _take(self) -> list[_Pending[T, R]]:
+        batch = [self._queue.popleft()]
+        rows = batch[0].rows
+        while self._queue and rows + self._queue[0].rows <= self.max_rows:
+            rows += self._queue[0].rows
+            batch.append(self._queue.popleft())
+        self._queued_rows -= rows
+        if self._queued_rows < self.max_rows:
+            self._full.clear()
+        return batch
+
+    async def _work(self) -> None:
+        while self._queue:
+            # Triton's rule: the oldest request waits at most delay_s since it arrived (it may
+            # have waited through the previous engine call already).
+            wait = self.delay_s - (time.monotonic() - self._queue[0].enqueued)
+            if wait > 0 and self._queued_rows < self.max_rows:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), wait)
+            batch = [p for p in self._take() if not p.future.done()]  # done: timed out, gone
+            if not batch:
+                continue
+            items = [p.item for p in batch]
+            start = time.perf_counter()
+            try:
+                results = await anyio.to_thread.run_sync(self._run, items, limiter=self._limiter)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
+            except Exception as exc:  # every request of the batch gets the error
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            if self._observe is not None:
+                self._observe(sum(p.rows for p in batch), len(batch), time.perf_counter() - start)
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)

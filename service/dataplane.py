@@ -1,0 +1,271 @@
+"""The data plane: requests (schemas) in, responses out, engine calls off the event loop.
+
+Endpoints translate HTTP and call this; this checks what needs the model (widths, mask
+indices, limits), runs the engine in worker threads, merges concurrent /sample, /logprob and
+/conditionals requests into one engine call per model (service.batching), and builds the
+response. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from made.errors import InvalidInput
+from service.batching import Batcher
+from service.engine import Engine, LogProbResult, ModelRegistry
+from service.errors import NotAcceptable, NotReady, RequestTimeout
+from service.imaging import samples_png
+from service.log_config import request_context
+from service.metrics import Metrics
+from service.schemas import (
+    ConditionalsRequest,
+    ConditionalsResponse,
+    ImputeRequest,
+    ImputeResponse,
+    LogProbRequest,
+    LogProbResponse,
+    ModelInfo,
+    ModelsResponse,
+    SampleRequest,
+    SampleResponse,
+    pack_rows,
+)
+from service.settings import Settings
+
+T = TypeVar("T")
+
+# Noise for up to this many values is drawn on the event loop; more goes to a thread.
+_INLINE_NOISE = 1 << 14
+
+
+def new_seed() -> int:
+    """A fresh seed for a request that sent none (returned to the client so it can repeat)."""
+    return secrets.randbelow(2**31)
+
+
+def _floats(a: np.ndarray) -> list[float | None]:
+    """NaN -> None (JSON null)."""
+    return [None if v != v else v for v in a.tolist()]
+
+
+@dataclass(frozen=True)
+class _SampleWork:
+    u: np.ndarray  # (n, D) uniforms
+    masks: np.ndarray  # (n,) mask ids
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self.load_error: str | None = None
+        self.limiter = anyio.CapacityLimiter(settings.threads or os.cpu_count() or 1)
+        self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
+
+    # --- plumbing ------------------------------------------------------------------------------
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # abandon_on_cancel: a timed-out request answers at once; its thread finishes unobserved.
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                              limiter=self.limiter, abandon_on_cancel=True)
+
+    async def _timed(self, work: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(work, self.settings.request_timeout)
+        except TimeoutError:
+            raise RequestTimeout(f"the request took longer than {self.settings.request_timeout:g} s "
+                                 "(MADE_REQUEST_TIMEOUT); send fewer rows or samples") from None
+
+    def engine(self, name: str | None) -> Engine:
+        if not self.registry.ready:
+            raise NotReady(self.load_error or "models are still loading; retry when /readyz says ready")
+        engine = self.registry.get(name)
+        ctx = request_context.get()
+        if ctx is not None:
+            ctx.model = engine.name
+        return engine
+
+    def _batcher(self, endpoint: str, engine: Engine, key: object,
+                 run: Callable[[list[Any]], list[Any]]) -> Batcher[Any, Any]:
+        ident = (endpoint, engine.name, engine.version, key)
+        batcher = self._batchers.get(ident)
+        if batcher is None:
+            observe = functools.partial(self.metrics.observe_batch, endpoint, engine.name)
+            batcher = self._batchers[ident] = Batcher(
+                run, delay_s=self.settings.batch_delay_ms / 1000, max_rows=self.settings.max_batch,
+                limiter=self.limiter, observe=observe)
+        return batcher
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(b.aclose() for b in self._batchers.values()))
+
+    def _check_rows(self, engine: Engine, x: np.ndarray, endpoint: str) -> None:
+        n, d = x.shape
+        if d != engine.dims:
+            raise InvalidInput(f"x: rows have {d} values but model '{engine.name}' has {engine.dims} "
+                               "dimensions (one value per dimension)")
+        if n > self.settings.max_rows:
+            raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request "
+                               "(MADE_MAX_ROWS)")
+        self.metrics.request_rows.labels(endpoint, engine.name).observe(n)
+
+    def _check_mask(self, engine: Engine, mask: int, field: str = "mask") -> int:
+        if not 0 <= mask < engine.n_masks:
+            raise InvalidInput(f"{field} {mask} does not exist: model '{engine.name}' has "
+                               f"{engine.n_masks} mask{'s' if engine.n_masks > 1 else ''} "
+                               f"(0..{engine.n_masks - 1})")
+        return mask
+
+    # --- models -----------------------------------------------------------------------------------
+    def models(self) -> ModelsResponse:
+        if not self.registry.ready:
+            raise NotReady(self.load_error or "models are still loading; retry when /readyz says ready")
+        default = self.registry.default_name
+        infos = []
+        for e in self.registry.engines():
+            dataset = e.manifest.get("dataset")
+            metrics = e.manifest.get("metrics") or {}
+            infos.append(ModelInfo(
+                name=e.name, version=e.version, dims=e.dims, n_masks=e.n_masks,
+                default=e.name == default, image_shape=e.image_shape,
+                dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
+                test_nll=metrics.get("test_nll"), providers=list(e.providers)))
+        return ModelsResponse(models=infos, default=default)
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        return dict(self.engine(name).manifest)
+
+    # --- /logprob --------------------------------------------------------------------------------
+    async def logprob(self, req: LogProbRequest) -> LogProbResponse:
+        engine = self.engine(req.model)
+        x: np.ndarray = req.x  # type: ignore[assignment]  # set by the request's validator
+        self._check_rows(engine, x, "/logprob")
+        masks: Literal["all"] | int = req.masks
+        if masks != "all":
+            self._check_mask(engine, int(masks), "masks")
+        complete = not np.isnan(x).any()
+        seed = None if complete else (req.seed if req.seed is not None else new_seed())
+        if complete:
+            # Exact, one pass: merge with other requests for the same model and masks.
+            run = functools.partial(_logprob_batch, engine, masks)
+            work = self._batcher("/logprob", engine, masks, run).submit(x, len(x))
+        else:
+            work = self._in_thread(engine.logprob, x, masks=masks, seed=seed,
+                                   n_importance=req.n_importance)
+        result: LogProbResult = await self._timed(work)
+        return LogProbResponse.model_construct(
+            model=engine.name, version=engine.version, logprob=result.logprob.tolist(),
+            exact=result.exact.tolist(), stderr=_floats(result.stderr), seed=seed)
+
+    # --- /conditionals ---------------------------------------------------------------------------
+    async def conditionals(self, req: ConditionalsRequest) -> ConditionalsResponse:
+        engine = self.engine(req.model)
+        x: np.ndarray = req.x  # type: ignore[assignment]
+        self._check_rows(engine, x, "/conditionals")
+        mask = self._check_mask(engine, req.mask)
+        run = functools.partial(_conditionals_batch, engine, mask)
+        probs: np.ndarray = await self._timed(
+            self._batcher("/conditionals", engine, mask, run).submit(x, len(x)))
+        return ConditionalsResponse.model_construct(
+            model=engine.name, version=engine.version, mask=mask,
+            ordering=engine.orderings[mask].tolist(), probs=probs.tolist())
+
+    # --- /sample ---------------------------------------------------------------------------------
+    def _check_sample(self, engine: Engine, req: SampleRequest) -> int | None:
+        if req.n > self.settings.max_samples:
+            raise InvalidInput(f"n is {req.n}; the limit is {self.settings.max_samples} samples per "
+                               "request (MADE_MAX_SAMPLES)")
+        self.metrics.request_rows.labels("/sample", engine.name).observe(req.n)
+        return None if req.mask == "mixture" else self._check_mask(engine, int(req.mask))
+
+    async def _samples(self, engine: Engine, n: int, seed: int, mask: int | None) -> np.ndarray:
+        if n * engine.dims <= _INLINE_NOISE:
+            u, ks = engine.noise(n, seed, mask)
+        else:
+            u, ks = await self._in_thread(engine.noise, n, seed, mask)
+        # Every request's noise comes from its own seed, so merging changes no one's samples.
+        run = functools.partial(_sample_batch, engine)
+        batcher = self._batcher("/sample", engine, None, run)
+        out: np.ndarray = await batcher.submit(_SampleWork(u, ks), n)
+        return out
+
+    async def sample(self, req: SampleRequest) -> SampleResponse:
+        engine = self.engine(req.model)
+        mask = self._check_sample(engine, req)
+        seed = req.seed if req.seed is not None else new_seed()
+        samples = await self._timed(self._samples(engine, req.n, seed, mask))
+        common = {"model": engine.name, "version": engine.version, "seed": seed, "mask": req.mask}
+        if req.encoding == "packed":
+            return SampleResponse.model_construct(
+                **common, samples=None, samples_b64=pack_rows(samples), shape=list(samples.shape))
+        return SampleResponse.model_construct(**common, samples=samples.tolist(), samples_b64=None,
+                                              shape=None)
+
+    async def sample_png(self, req: SampleRequest, scale: int) -> tuple[bytes, int]:
+        """A grid of the samples as PNG, and the seed used."""
+        engine = self.engine(req.model)
+        if not engine.image_shape:
+            raise NotAcceptable(f"model '{engine.name}' has no image_shape, so its samples cannot "
+                                "be drawn as an image; ask for application/json")
+        mask = self._check_sample(engine, req)
+        seed = req.seed if req.seed is not None else new_seed()
+        samples = await self._timed(self._samples(engine, req.n, seed, mask))
+        png = await self._in_thread(samples_png, samples, engine.image_shape, scale)
+        return png, seed
+
+    # --- /impute ---------------------------------------------------------------------------------
+    async def impute(self, req: ImputeRequest) -> ImputeResponse:
+        engine = self.engine(req.model)
+        x: np.ndarray = req.x  # type: ignore[assignment]
+        self._check_rows(engine, x, "/impute")
+        total = len(x) * req.n_samples
+        if total > self.settings.max_samples:
+            raise InvalidInput(f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; the "
+                               f"limit is {self.settings.max_samples} per request (MADE_MAX_SAMPLES)")
+        seed = req.seed if req.seed is not None else new_seed()
+        r = await self._timed(self._in_thread(engine.impute, x, n_samples=req.n_samples, seed=seed,
+                                              n_importance=req.n_importance))
+        packed = req.encoding == "packed"
+        return ImputeResponse.model_construct(
+            model=engine.name, version=engine.version, seed=seed,
+            samples=None if packed else r.samples.tolist(),
+            samples_b64=pack_rows(r.samples) if packed else None,
+            shape=list(r.samples.shape) if packed else None,
+            marginals=r.marginals.tolist(), logprob_observed=r.logprob_observed.tolist(),
+            stderr=_floats(getattr(r, "stderr", np.full(len(x), np.nan))),
+            exact=r.exact.tolist(), ess=r.ess.tolist())
+
+
+# --- batch functions (run in a worker thread) ------------------------------------------------------
+
+def _split(total: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(total, np.cumsum(sizes)[:-1])
+
+
+def _logprob_batch(engine: Engine, masks: Literal["all"] | int,
+                   xs: list[np.ndarray]) -> list[LogProbResult]:
+    r = engine.logprob(np.concatenate(xs), masks=masks)
+    sizes = [len(x) for x in xs]
+    return [LogProbResult(lp, ex, se) for lp, ex, se in
+            zip(_split(r.logprob, sizes), _split(r.exact, sizes), _split(r.stderr, sizes),
+                strict=True)]
+
+
+def _conditionals_batch(engine: Engine, mask: int, xs: list[np.ndarray]) -> list[np.ndarray]:
+    return _split(engine.conditionals(np.concatenate(xs), mask=mask), [len(x) for x in xs])
+
+
+def _sample_batch(engine: Engine, works: list[_SampleWork]) -> list[np.ndarray]:
+    u = np.concatenate([w.u for w in works])
+    masks = np.concatenate([w.masks for w in works])
+    return _split(engine.sample_from_noise(u, masks), [len(w.u) for w in works])

@@ -1,0 +1,161 @@
+"""Errors mapped to HTTP in one place: a status and a one-sentence `detail` for each.
+
+The domain errors come from made.errors (the engine raises them); the few that only HTTP has
+(401, 413, 503, 504) live here. Every error body has the same shape:
+`{"detail": "<one sentence>", "type": "<snake_case kind>", "request_id": "...", "errors"?: [...]}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from made.errors import (
+    ConfigError,
+    DataError,
+    InvalidInput,
+    MadeError,
+    ModelNotFound,
+    ModelStoreError,
+)
+from service.log_config import current_request_id, request_context
+from service.schemas import json_value
+
+log = logging.getLogger("made.service")
+
+
+class Unauthorized(MadeError):
+    """The API key is configured and the request lacks it or carries a wrong one."""
+
+
+class PayloadTooLarge(MadeError):
+    """The body is over MADE_MAX_BODY_BYTES."""
+
+
+class NotReady(MadeError):
+    """The models are not loaded (yet, or loading failed)."""
+
+
+class RequestTimeout(MadeError):
+    """The request ran past MADE_REQUEST_TIMEOUT."""
+
+
+class NotAcceptable(MadeError):
+    """The Accept header asks for a representation this model cannot give (e.g. PNG)."""
+
+
+# Most specific first: ModelNotFound is a ModelStoreError.
+_STATUS: Sequence[tuple[type[MadeError], int, str]] = (
+    (ModelNotFound, 404, "model_not_found"),
+    (InvalidInput, 422, "invalid_input"),
+    (DataError, 422, "invalid_input"),
+    (Unauthorized, 401, "unauthorized"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (NotAcceptable, 406, "not_acceptable"),
+    (NotReady, 503, "not_ready"),
+    (ModelStoreError, 503, "model_store_error"),
+    (RequestTimeout, 504, "timeout"),
+    (ConfigError, 500, "config_error"),
+)
+
+
+def status_of(exc: MadeError) -> tuple[int, str]:
+    for cls, status, kind in _STATUS:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "error"
+
+
+def error_body(status: int, kind: str, detail: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"detail": detail, "type": kind, "request_id": current_request_id()}
+    body.update(extra)
+    return body
+
+
+def error_response(status: int, kind: str, detail: str,
+                   **extra: Any) -> JSONResponse:
+    ctx = request_context.get()
+    if ctx is not None:
+        ctx.error_type = kind  # a metrics label
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(status, kind, detail, **extra), status_code=status, headers=headers)
+
+
+def describe_validation_error(err: dict[str, Any]) -> str:
+    """One sentence for one pydantic error: where (field, row, column) and what was wrong."""
+    loc = [p for p in err.get("loc", ()) if p != "body"]
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid value"))
+    if kind == "json_invalid":
+        ctx = err.get("ctx") or {}
+        return f"the request body is not valid JSON ({ctx.get('error', msg)})"
+    elif kind == "missing" and not loc:
+        return "the request needs a JSON body"
+    elif kind == "missing":
+        msg = "is required"
+    elif kind == "extra_forbidden":
+        msg = "is not a field of this request"
+    elif kind == "model_attributes_type" or (kind == "dict_type" and not loc):
+        return "the request body must be a JSON object"
+    elif not kind.startswith("made_"):  # ours already name row and column; pydantic's need the value
+        msg = msg[:1].lower() + msg[1:]
+        if "input" in err and kind not in {"missing"}:
+            msg += f", got {json_value(err['input'])}"
+    field = _format_loc(loc)
+    return f"{field}: {msg}" if field else msg
+
+
+def _format_loc(loc: Sequence[Any]) -> str:
+    """("x", 3, 5) -> "x row 3, column 5"; ("mask",) -> "mask"."""
+    names = [str(p) for p in loc if isinstance(p, str)]
+    idx = [p for p in loc if isinstance(p, int)]
+    where = ".".join(names)
+    if idx:
+        parts = [f"row {idx[0]}"] + ([f"column {idx[1]}"] if len(idx) > 1 else [])
+        where = f"{where} {', '.join(parts)}" if where else ", ".join(parts)
+    return where
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The one place where exceptions become HTTP responses; no traceback ever reaches a client."""
+
+    @app.exception_handler(MadeError)
+    async def _made_error(request: Request, exc: MadeError) -> JSONResponse:
+        status, kind = status_of(exc)
+        if status >= 500 and status != 503 and status != 504:
+            log.error("request failed: %s", exc, extra={"error_type": kind})
+        return error_response(status, kind, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(dict.fromkeys(e["msg"] for e in errors[:5]))  # dedupe, keep order
+        if len(errors) > 5:
+            detail += f"; and {len(errors) - 5} more"
+        return error_response(422, "invalid_input", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no endpoint at {request.url.path} (see /docs)"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, kind, detail)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: log the traceback, tell the client only the request id.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error",
+                              "internal error; the server log has details under this request id")

@@ -1,0 +1,52 @@
+"""Prometheus metrics, on a registry of their own per app (tests build many apps in one process).
+
+Labels stay bounded: `endpoint` is the route template (never the raw path), `model` a loaded
+model's name or "" (requests that name no known model).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("made_requests", "HTTP requests answered",
+                                ["endpoint", "model", "status"], registry=r)
+        self.latency = Histogram("made_request_duration_seconds", "time to answer a request",
+                                 ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("made_errors", "requests answered with an error status",
+                              ["endpoint", "model", "type"], registry=r)
+        self.in_flight = Gauge("made_requests_in_flight", "requests being served", registry=r)
+        self.request_rows = Histogram("made_request_rows", "rows (or samples) in one request",
+                                      ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
+        self.batch_rows = Histogram("made_batch_rows", "rows in one merged engine call",
+                                    ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
+        self.batch_requests = Histogram("made_batch_requests", "requests merged into one engine call",
+                                        ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
+        self.engine_latency = Histogram("made_engine_duration_seconds", "time of one engine call",
+                                        ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.models_loaded = Gauge("made_models_loaded", "models loaded and served", registry=r)
+        self.model_info = Gauge("made_model_info", "1 for each loaded model version",
+                                ["model", "version", "providers"], registry=r)
+
+    def observe_request(self, endpoint: str, model: str, status: int, seconds: float,
+                        error_type: str | None) -> None:
+        self.requests.labels(endpoint, model, str(status)).inc()
+        self.latency.labels(endpoint, model).observe(seconds)
+        if status >= 400:
+            self.errors.labels(endpoint, model, error_type or "http_error").inc()
+
+    def observe_batch(self, endpoint: str, model: str, rows: int, requests: int,
+                      seconds: float) -> None:
+        self.batch_rows.labels(endpoint, model).observe(rows)
+        self.batch_requests.labels(endpoint, model).observe(requests)
+        self.engine_latency.labels(endpoint, model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

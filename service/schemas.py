@@ -1,0 +1,327 @@
+"""Request and response bodies of the HTTP API (pydantic), and the compact bit-packed encoding.
+
+Binary matrices are parsed straight into numpy (NaN for null) by one validator that names the
+row, the column and the problem, because pydantic's per-element validation of a
+10000 x 784 list would be both slow and vague ("input should be a valid integer").
+Imports neither fastapi nor the engine, so the typed client can share these models.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections import Counter
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
+
+Encoding = Literal["json", "packed"]
+StrictInt = Annotated[int, Strict()]
+Seed = Annotated[int, Strict(), Field(ge=0, le=2**63 - 1, description="seed of the random draws")]
+ModelName = Annotated[str | None, Field(description="model to use; the server's default if absent")]
+
+
+# --- the compact encoding ---------------------------------------------------------------------
+
+def pack_rows(a: np.ndarray) -> str:
+    """Base64 of np.packbits(a, axis=-1): each row (last axis) padded to whole bytes, MSB first."""
+    return base64.b64encode(np.packbits(np.asarray(a, dtype=np.uint8), axis=-1).tobytes()).decode()
+
+
+def unpack_rows(data: str, shape: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Inverse of pack_rows: a uint8 array of `shape` (the last axis is the bit-packed one)."""
+    *lead, d = shape
+    raw = np.frombuffer(base64.b64decode(data), dtype=np.uint8)
+    per_row = (d + 7) // 8
+    return np.unpackbits(raw.reshape(*lead, per_row), axis=-1, count=d)
+
+
+def _fail(message: str) -> PydanticCustomError:
+    return PydanticCustomError("made_invalid", message)
+
+
+def json_value(v: object) -> str:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, list | dict) and len(v) > 8:  # never dump a whole batch into a message
+        return f"a list of {len(v)} items" if isinstance(v, list) else "an object"
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
+    """A JSON list of rows of 0/1 (and null where allowed) -> (N, D) float64, NaN for null."""
+    expected = "0, 1 or null" if allow_missing else "0 or 1"
+    if not isinstance(value, list):
+        raise _fail(f"must be a list of rows, each a list of {expected}, got {json_value(value)}")
+    if not value:
+        raise _fail("holds no rows; send at least one")
+    allowed = {int, float, type(None)} if allow_missing else {int, float}
+    has_float = has_null = False
+    for i, row in enumerate(value):
+        if not isinstance(row, list):
+            raise _fail(f"row {i} must be a list of {expected}, got {json_value(row)}")
+        kinds = set(map(type, row))  # C speed; bool and str are caught here, not coerced
+        if not kinds <= allowed:
+            for j, v in enumerate(row):
+                if type(v) not in allowed:
+                    if v is None:
+                        raise _fail(f"row {i}, column {j} is null, but this endpoint needs complete "
+                                    "rows (0 or 1 only)")
+                    raise _fail(f"row {i}, column {j}: expected {expected}, got {json_value(v)}")
+        has_float |= float in kinds
+        has_null |= type(None) in kinds
+    lengths = Counter(map(len, value))
+    if len(lengths) > 1:
+        common = lengths.most_common(1)[0][0]
+        i = next(i for i, row in enumerate(value) if len(row) != common)
+        raise _fail(f"row {i} has {len(value[i])} values but the other rows have {common}; "
+                    "every row needs one value per dimension")
+    a = np.array(value, dtype=np.float64)  # None -> NaN
+    if a.shape[1] == 0:
+        raise _fail("rows are empty; every row needs one value per dimension")
+    if has_float:  # a JSON NaN literal must not pass for null
+        for i, row in enumerate(value):
+            for j, v in enumerate(row):
+                if isinstance(v, float) and math.isnan(v):
+                    raise _fail(f"row {i}, column {j}: expected {expected}, got NaN")
+    valid = (a == 0) | (a == 1)
+    if has_null:
+        valid |= np.isnan(a)
+    if not valid.all():
+        i, j = (int(t) for t in np.argwhere(~valid)[0])
+        raise _fail(f"row {i}, column {j}: expected {expected}, got {json_value(value[i][j])}")
+    return a
+
+
+def _rows_schema(allow_missing: bool) -> dict[str, Any]:
+    cell: dict[str, Any] = {"type": "integer", "enum": [0, 1]}
+    if allow_missing:
+        cell = {"anyOf": [cell, {"type": "null"}]}
+    what = "0/1 values, null where missing" if allow_missing else "0/1 values"
+    return {"type": "array", "minItems": 1, "items": {"type": "array", "items": cell},
+            "description": f"rows of {what}, one value per dimension", "example": [[0, 1, 1, 0]]}
+
+
+# (N, D) float64 arrays once validated; NaN marks a missing value.
+RowsWithMissing = Annotated[np.ndarray, PlainValidator(lambda v: _parse_rows(v, True)),
+                            WithJsonSchema(_rows_schema(True))]
+CompleteRows = Annotated[np.ndarray, PlainValidator(lambda v: _parse_rows(v, False)),
+                         WithJsonSchema(_rows_schema(False))]
+
+
+def _parse_masks(value: object) -> Literal["all"] | int:
+    if value == "all" and isinstance(value, str):
+        return "all"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _fail(f'must be "all" or a mask index (an integer from 0), got {json_value(value)}')
+
+
+def _parse_sample_mask(value: object) -> Literal["mixture"] | int:
+    if value == "mixture" and isinstance(value, str):
+        return "mixture"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _fail(f'must be "mixture" or a mask index (an integer from 0), got {json_value(value)}')
+
+
+def _parse_mask(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _fail(f"must be a mask index (an integer from 0), got {json_value(value)}")
+
+
+_MASK_INDEX = {"type": "integer", "minimum": 0}
+MasksSpec = Annotated[
+    Literal["all"] | int, PlainValidator(_parse_masks),
+    WithJsonSchema({"anyOf": [{"const": "all"}, _MASK_INDEX], "default": "all",
+                    "description": '"all": the ensemble as a mixture; k: mask k alone'}),
+]
+SampleMask = Annotated[
+    Literal["mixture"] | int, PlainValidator(_parse_sample_mask),
+    WithJsonSchema({"anyOf": [{"const": "mixture"}, _MASK_INDEX], "default": "mixture",
+                    "description": '"mixture": each sample draws its mask uniformly; k: mask k'}),
+]
+MaskIndex = Annotated[int, PlainValidator(_parse_mask),
+                      WithJsonSchema({**_MASK_INDEX, "default": 0, "description": "mask k"})]
+
+
+# --- requests ------------------------------------------------------------------------------------
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+
+class _RowsRequest(_Request):
+    """Rows as JSON lists (`x`), or bit-packed (`x_b64` + `shape`) for large complete batches."""
+
+    x_b64: str | None = Field(
+        None, description="compact alternative to x for complete rows: base64 of "
+        "numpy.packbits(rows, axis=1) (each row padded to whole bytes, most significant bit "
+        "first); needs `shape`")
+    shape: tuple[StrictInt, StrictInt] | None = Field(
+        None, description="[N, D] of the rows in x_b64", examples=[[2, 784]])
+
+    @model_validator(mode="after")
+    def _one_encoding(self) -> _RowsRequest:
+        x = getattr(self, "x", None)
+        if (x is None) == (self.x_b64 is None):
+            raise _fail("send the rows either as x (JSON lists) or as x_b64 with shape, not "
+                        + ("both" if x is not None else "neither"))
+        if self.x_b64 is not None:
+            self.x = _decode_packed(self.x_b64, self.shape)  # type: ignore[attr-defined]
+            self.x_b64 = None
+        return self
+
+
+def _decode_packed(data: str, shape: tuple[int, int] | None) -> np.ndarray:
+    if shape is None:
+        raise _fail("x_b64 needs shape: [N, D], the number of rows and of dimensions")
+    n, d = shape
+    if n < 1 or d < 1:
+        raise _fail(f"shape must be [N, D] with N >= 1 and D >= 1, got [{n}, {d}]")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _fail("x_b64 is not valid base64") from None
+    need = n * ((d + 7) // 8)
+    if len(raw) != need:
+        raise _fail(f"x_b64 holds {len(raw)} bytes but shape [{n}, {d}] needs {need} "
+                    f"({(d + 7) // 8} per row)")
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(n, -1), axis=1, count=d)
+    return bits.astype(np.float64)
+
+
+class LogProbRequest(_RowsRequest):
+    model: ModelName = None
+    x: RowsWithMissing | None = None
+    masks: MasksSpec = "all"
+    seed: Seed | None = None
+    n_importance: StrictInt = Field(
+        1000, ge=1, le=100_000,
+        description="draws per mask and row for rows whose missing values need importance sampling")
+
+
+class ConditionalsRequest(_RowsRequest):
+    model: ModelName = None
+    x: CompleteRows | None = None
+    mask: MaskIndex = 0
+
+
+class SampleRequest(_Request):
+    model: ModelName = None
+    n: StrictInt = Field(..., ge=1, description="number of samples (at most MADE_MAX_SAMPLES)")
+    seed: Seed | None = None
+    mask: SampleMask = "mixture"
+    encoding: Encoding = Field(
+        "json", description='"packed": samples come as samples_b64 (bit-packed rows, base64) '
+        "with shape, instead of JSON lists")
+
+
+class ImputeRequest(_RowsRequest):
+    model: ModelName = None
+    x: RowsWithMissing | None = None
+    n_samples: StrictInt = Field(10, ge=1, description="completions per row")
+    seed: Seed | None = None
+    n_importance: StrictInt = Field(1000, ge=1, le=100_000, description="draws per mask and row")
+    encoding: Encoding = Field("json", description='"packed": samples come as samples_b64')
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+class _Response(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str = Field(description="the model that answered")
+    version: str = Field(description="its version in the store")
+
+
+class LogProbResponse(_Response):
+    logprob: list[float] = Field(description="log p(x) per row, in nats (log p(x_observed) where "
+                                             "values are missing)")
+    exact: list[bool] = Field(description="false where logprob is an importance-sampling estimate")
+    stderr: list[float | None] = Field(description="standard error of estimated rows, else null")
+    seed: int | None = Field(None, description="seed of the importance draws (rows with missing "
+                                               "values); send it back to repeat the estimate")
+
+
+class ConditionalsResponse(_Response):
+    mask: int
+    ordering: list[int] = Field(description="the order in which mask k generates the dimensions")
+    probs: list[list[float]] = Field(description="probs[i][d] = p(x_d = 1 | the dimensions before d "
+                                                 "in ordering), for row i")
+
+
+class SampleResponse(_Response):
+    seed: int = Field(description="the seed that produced these samples (drawn when not sent)")
+    mask: Literal["mixture"] | int
+    samples: list[list[int]] | None = Field(None, description="n rows of 0/1 (encoding json)")
+    samples_b64: str | None = Field(None, description="encoding packed: base64 of "
+                                                      "numpy.packbits(samples, axis=1)")
+    shape: list[int] | None = Field(None, description="encoding packed: [n, D]")
+
+    def array(self) -> np.ndarray:
+        """The samples as an (n, D) uint8 array, whichever the encoding."""
+        if self.samples_b64 is not None and self.shape is not None:
+            return unpack_rows(self.samples_b64, self.shape)
+        return np.asarray(self.samples, dtype=np.uint8)
+
+
+class ImputeResponse(_Response):
+    seed: int
+    samples: list[list[list[int]]] | None = Field(
+        None, description="samples[i]: n_samples completions of row i (encoding json)")
+    samples_b64: str | None = Field(None, description="encoding packed: base64 of "
+                                                      "numpy.packbits(samples, axis=2)")
+    shape: list[int] | None = Field(None, description="encoding packed: [N, n_samples, D]")
+    marginals: list[list[float]] = Field(description="p(x_d = 1 | x_observed)")
+    logprob_observed: list[float] = Field(description="log p(x_observed) per row, nats")
+    stderr: list[float | None] = Field(description="standard error of logprob_observed where "
+                                                   "estimated, else null")
+    exact: list[bool]
+    ess: list[float] = Field(description="effective sample size behind each row's estimates")
+
+    def array(self) -> np.ndarray:
+        """The completions as an (N, n_samples, D) uint8 array, whichever the encoding."""
+        if self.samples_b64 is not None and self.shape is not None:
+            return unpack_rows(self.samples_b64, self.shape)
+        return np.asarray(self.samples, dtype=np.uint8)
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    dims: int
+    n_masks: int
+    default: bool
+    image_shape: list[int] | None = None
+    dataset: str | None = None
+    test_nll: float | None = Field(None, description="nats per example on the test split")
+    providers: list[str] = Field(default_factory=list, description="onnxruntime providers running")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    default: str | None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[str]
+    default: str | None
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="one sentence: what was wrong, where, what was expected")
+    type: str = Field(description="invalid_input, model_not_found, unauthorized, ...")
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="422: each problem with its loc")

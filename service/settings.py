@@ -1,0 +1,68 @@
+"""Every setting of the service, read from MADE_* environment variables in one place.
+
+`create_app(Settings(...))` takes an instance, so tests and `made serve` override fields directly
+instead of patching the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MADE_", extra="ignore", frozen=True)
+
+    # Where the models live: STORE/NAME/VERSION/{manifest.json, model.onnx}.
+    store: Path = Path("model_store")
+    # Served when a request names no model; None picks "binarized-mnist" if present, else the first.
+    default_model: str | None = None
+    # When set, every endpoint but /healthz, /readyz and /metrics needs `Authorization: Bearer <key>`.
+    api_key: SecretStr | None = None
+    # Rows per request (/logprob, /conditionals, /impute): bounds one request's work and memory.
+    max_rows: int = Field(10_000, ge=1)
+    # Samples per request: n of /sample, rows x n_samples of /impute.
+    max_samples: int = Field(10_000, ge=1)
+    # Larger bodies get 413 before they are parsed.
+    max_body_bytes: int = Field(32 * MIB, ge=1024)
+    # onnxruntime providers in order of preference, e.g. "cuda,cpu"; empty: CUDA if available, else CPU.
+    providers: Annotated[list[str], NoDecode] = []
+    # How long the first queued request waits for others to share its engine call (Triton's
+    # max_queue_delay). 0 still merges whatever queued up while the previous call ran.
+    batch_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    # Most rows in one merged engine call; a single larger request runs alone.
+    max_batch: int = Field(1024, ge=1)
+    # Seconds a request may take before it is answered 504 (the engine call finishes unobserved).
+    request_timeout: float = Field(60.0, gt=0.0)
+    # Seconds SIGTERM waits for in-flight requests before they are cancelled.
+    shutdown_timeout: float = Field(30.0, ge=0.0)
+    log_level: str = "INFO"
+    # Uvicorn worker processes (each loads every model and batches on its own).
+    workers: int = Field(1, ge=1)
+    # Threads running engine calls, and onnxruntime's intra-op threads per session; 0: automatic.
+    threads: int = Field(0, ge=0)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("default_model", "api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"MADE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+        return level

@@ -1,0 +1,187 @@
+"""Data loading (made/data.py): .npz, CSV and .amat files, lookup by name, one-line errors that
+say what and where, and the real data sets with the shapes their README documents."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from made.data import load_dataset, read_text_matrix
+from made.errors import ConfigError, DataError
+from training.model import MADEConfig
+from training.train import TrainConfig, Trainer
+
+
+def _matrix(rows: int, cols: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random((rows, cols)) < 0.4).astype(np.uint8)
+
+
+def _write_text(path: Path, matrix: np.ndarray, sep: str) -> Path:
+    path.write_text("\n".join(sep.join(str(int(v)) for v in row) for row in matrix) + "\n")
+    return path
+
+
+def _data_error(name_or_path: str | Path, **kwargs: object) -> str:
+    with pytest.raises(DataError) as info:
+        load_dataset(str(name_or_path), **kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_npz_splits_load_as_uint8_matrices(tmp_path: Path) -> None:
+    splits = {"train": _matrix(30, 7, 0), "valid": _matrix(10, 7, 1), "test": _matrix(12, 7, 2)}
+    np.savez(tmp_path / "toy.npz", **{k: v.astype(np.float32) for k, v in splits.items()})
+    data = load_dataset(str(tmp_path / "toy.npz"))
+    assert data.name == "toy" and data.dims == 7 and data.image_shape is None
+    for name, expected in splits.items():
+        got = data.split(name)
+        assert got.dtype == np.uint8
+        assert np.array_equal(got, expected)
+
+
+def test_csv_files_of_each_split_load(tmp_path: Path) -> None:
+    splits = {"train": _matrix(20, 5, 3), "valid": _matrix(6, 5, 4), "test": _matrix(8, 5, 5)}
+    for name, matrix in splits.items():
+        _write_text(tmp_path / f"votes_{name}.csv", matrix, ",")
+    data = load_dataset(str(tmp_path / "votes_valid.csv"))  # any one of the three names the set
+    assert data.name == "votes" and data.dims == 5
+    for name, expected in splits.items():
+        assert np.array_equal(data.split(name), expected)
+    # a single CSV can serve one split
+    one = load_dataset(str(tmp_path / "votes_test.csv"), splits=("test",))
+    assert np.array_equal(one.split("test"), splits["test"])
+
+
+def test_larochelle_amat_files_load_by_file_and_by_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "amat"
+    folder.mkdir()
+    splits = {"train": _matrix(25, 9, 6), "valid": _matrix(5, 9, 7), "test": _matrix(7, 9, 8)}
+    for name, matrix in splits.items():
+        _write_text(folder / f"foo_{name}.amat", matrix, " ")
+    by_file = load_dataset(str(folder / "foo_train.amat"))
+    by_dir = load_dataset(str(folder))
+    for data in (by_file, by_dir):
+        assert data.dims == 9
+        for name, expected in splits.items():
+            assert np.array_equal(data.split(name), expected)
+    assert by_file.name == "foo"
+
+
+def test_text_matrix_accepts_mixed_whitespace_comments_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "m.amat"
+    path.write_text("# a comment\n0 1\t1\n\n1,0, 0\n  1 1 1  \n")
+    assert read_text_matrix(path).tolist() == [[0, 1, 1], [1, 0, 0], [1, 1, 1]]
+
+
+def test_a_name_is_looked_up_in_made_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    np.savez(tmp_path / "toy.npz", train=_matrix(9, 4, 0), valid=_matrix(3, 4, 1),
+             test=_matrix(3, 4, 2))
+    monkeypatch.chdir(tmp_path.parent)  # 'toy' is not a file in the working directory
+    monkeypatch.setenv("MADE_DATA_DIR", str(tmp_path))
+    data = load_dataset("toy")
+    assert data.source == str(tmp_path / "toy.npz")
+    assert np.array_equal(data.split("train"), _matrix(9, 4, 0))
+    message = _data_error("nosuchset")
+    assert str(tmp_path / "nosuchset.npz") in message
+    monkeypatch.delenv("MADE_DATA_DIR")
+    assert "MADE_DATA_DIR" in _data_error("toy")
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.npz"
+    assert str(missing) in _data_error(missing)
+
+
+def test_non_binary_npz_value_names_its_row_and_column(tmp_path: Path) -> None:
+    train = _matrix(10, 6, 0)
+    train[3, 5] = 2
+    np.savez(tmp_path / "bad.npz", train=train, valid=_matrix(3, 6, 1), test=_matrix(3, 6, 2))
+    message = _data_error(tmp_path / "bad.npz")
+    assert "row 3 column 5" in message and "train" in message and "bad.npz" in message
+
+
+def test_non_binary_text_values_name_their_row_and_column(tmp_path: Path) -> None:
+    for name in ("train", "valid", "test"):
+        _write_text(tmp_path / f"s_{name}.csv", _matrix(4, 3, 0), ",")
+    (tmp_path / "s_valid.csv").write_text("0,1,1\n1,0,0.5\n")
+    message = _data_error(tmp_path / "s_train.csv")
+    assert "s_valid.csv" in message and "row 1 column 2" in message
+    (tmp_path / "s_valid.csv").write_text("0,1,1\n1,yes,0\n")
+    message = _data_error(tmp_path / "s_train.csv")
+    assert "row 1 column 1" in message and "yes" in message
+
+
+def test_ragged_rows_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.amat"
+    path.write_text("0 1 1 0\n1 0 0 1\n1 1 0\n0 0 0 0\n")
+    message = _data_error(path, splits=("test",))
+    assert "line 3" in message and "r.amat" in message
+
+
+def test_empty_splits_are_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "e.npz", train=np.zeros((0, 5), np.uint8), valid=_matrix(3, 5, 1),
+             test=_matrix(3, 5, 2))
+    message = _data_error(tmp_path / "e.npz")
+    assert "empty" in message and "train" in message
+    (tmp_path / "blank_test.amat").write_text("\n# only a comment\n\n")
+    message = _data_error(tmp_path / "blank_test.amat", splits=("test",))
+    assert "no rows" in message and "blank_test.amat" in message
+
+
+def test_missing_splits_are_named(tmp_path: Path) -> None:
+    np.savez(tmp_path / "m.npz", train=_matrix(5, 3, 0), test=_matrix(5, 3, 1))
+    message = _data_error(tmp_path / "m.npz")
+    assert "'valid'" in message and "m.npz" in message
+    for name in ("train", "valid"):
+        _write_text(tmp_path / f"t_{name}.amat", _matrix(4, 3, 0), " ")
+    assert "'test'" in _data_error(tmp_path / "t_train.amat")
+
+
+def test_malformed_arrays_and_files_are_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "w.npz", train=_matrix(5, 3, 0), valid=_matrix(5, 4, 1),
+             test=_matrix(5, 3, 2))
+    assert "different numbers of columns" in _data_error(tmp_path / "w.npz")
+    np.savez(tmp_path / "flat.npz", train=np.ones(5), valid=_matrix(5, 3, 1), test=_matrix(5, 3, 2))
+    assert "2-D" in _data_error(tmp_path / "flat.npz")
+    (tmp_path / "junk.npz").write_bytes(b"this is not a zip archive")
+    assert "junk.npz" in _data_error(tmp_path / "junk.npz")
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    assert "unsupported" in _data_error(tmp_path / "x.parquet")
+
+
+def test_a_model_of_other_dimensions_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d5.npz", train=_matrix(20, 5, 0), valid=_matrix(5, 5, 1),
+             test=_matrix(5, 5, 2))
+    cfg = TrainConfig(dataset=str(tmp_path / "d5.npz"), model=MADEConfig(dims=7, hidden=[8]))
+    with pytest.raises(ConfigError) as info:
+        Trainer(cfg, tmp_path / "run")
+    assert "5" in str(info.value) and "7" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def _documented_shapes(readme: Path) -> dict[str, tuple[int, int, int, int]]:
+    """name -> (D, train, valid, test) from the README's table."""
+    shapes = {}
+    for line in readme.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and all(re.fullmatch(r"\d+", c) for c in cells[1:5]):
+            shapes[cells[0]] = (int(cells[1]), int(cells[2]), int(cells[3]), int(cells[4]))
+    return shapes
+
+
+def test_real_data_sets_have_their_documented_shapes(data_dir: Path) -> None:
+    documented = _documented_shapes(data_dir / "README.md")
+    files = sorted(p.stem for p in data_dir.glob("*.npz") if p.stem != "mnist")
+    assert files and sorted(documented) == files
+    for name in files:
+        dims, n_train, n_valid, n_test = documented[name]
+        data = load_dataset(str(data_dir / f"{name}.npz"))
+        assert data.dims == dims, name
+        assert data.split("train").shape == (n_train, dims), name
+        assert data.split("valid").shape == (n_valid, dims), name
+        assert data.split("test").shape == (n_test, dims), name
+        assert data.image_shape == ([28, 28] if name == "binarized_mnist" else None), name
