@@ -77,11 +77,12 @@ def render(results: dict[str, dict]) -> str:
         "Test NLL in nats per example, lower is better; ± is one standard error over test examples.",
         "K > 1 rows are scored as the mixture of all K masks, log((1/K) Σ_k p_k(x)).",
         "",
-        "| experiment | command arguments | test NLL (ours) | per-mask mean | paper | paper's setting | target | met | epochs (best) | train time |",
+        "| experiment | command arguments | test NLL (ours) | per-mask mean | paper | paper's setting "
+        "| target | met | epochs (best) | train time |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     hardware = set()
-    for name, (dataset, extra, paper, setting, target) in EXPERIMENTS.items():
+    for name, (_dataset, extra, paper, setting, target) in EXPERIMENTS.items():
         m = results.get(name)
         if m is None:
             lines.append(f"| {name} | `{' '.join(extra)}` | not run | | {paper} | {setting} | {target or ''} | | | |")

@@ -116,7 +116,8 @@ def check_manifest_shapes(manifest: dict[str, Any], where: Path) -> None:
     if not isinstance(orderings, list) or len(orderings) != k:
         raise ModelStoreError(f"{where}: 'orderings' must hold n_masks={k} lists")
     for i, order in enumerate(orderings):
-        if sorted(order) != list(range(dims)):
+        ints = isinstance(order, list) and all(type(v) is int for v in order)
+        if not ints or sorted(order) != list(range(dims)):
             raise ModelStoreError(f"{where}: orderings[{i}] is not a permutation of 0..{dims - 1}")
 
 

@@ -56,7 +56,9 @@ class MADE(nn.Module):
         for i, degrees in enumerate(masks.hidden_degrees):
             self.register_buffer(f"hidden_degrees_{i}", torch.from_numpy(degrees))  # (K, H_i)
         widths = [config.dims, *config.hidden, config.dims]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.layers: list[nn.Linear] = nn.ModuleList(  # type: ignore[assignment]
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         self.direct = nn.Linear(config.dims, config.dims, bias=False) if config.direct else None
         self._mask_cache: dict[int, list[torch.Tensor]] = {}
 
@@ -64,8 +66,10 @@ class MADE(nn.Module):
     def n_masks(self) -> int:
         return int(self.input_degrees.shape[0])
 
+    input_degrees: torch.Tensor
+
     def degrees(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        hidden = [getattr(self, f"hidden_degrees_{i}")[k] for i in range(len(self.config.hidden))]
+        hidden: list[torch.Tensor] = [getattr(self, f"hidden_degrees_{i}")[k] for i in range(len(self.config.hidden))]
         return self.input_degrees[k], hidden
 
     def masks(self, k: int) -> list[torch.Tensor]:
