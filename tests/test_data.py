@@ -34,7 +34,9 @@ def _data_error(name_or_path: str | Path, **kwargs: object) -> str:
 
 def test_npz_splits_load_as_uint8_matrices(tmp_path: Path) -> None:
     splits = {"train": _matrix(30, 7, 0), "valid": _matrix(10, 7, 1), "test": _matrix(12, 7, 2)}
-    np.savez(tmp_path / "toy.npz", **{k: v.astype(np.float32) for k, v in splits.items()})
+    as_float = {k: v.astype(np.float32) for k, v in splits.items()}
+    np.savez(tmp_path / "toy.npz", train=as_float["train"], valid=as_float["valid"],
+             test=as_float["test"])
     data = load_dataset(str(tmp_path / "toy.npz"))
     assert data.name == "toy" and data.dims == 7 and data.image_shape is None
     for name, expected in splits.items():

@@ -22,7 +22,7 @@ from made.atomic import fsync_dir
 from made.data import load_dataset
 from made.errors import CheckpointError, ModelStoreError
 from made.masks import MaskSet, orderings_to_degrees
-from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file, version_key
+from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file
 from training.checkpoint import BEST
 from training.onnx_graph import build_graph
 from training.train import CONFIG, METRICS
@@ -68,8 +68,10 @@ def next_version(store: Path, name: str) -> str:
 
 def export_run(run_dir: str | Path, store: str | Path, name: str, version: str | None = None) -> Path:
     run_dir, store = Path(run_dir), Path(store)
-    if not name or "/" in name or name.startswith("."):
-        raise ModelStoreError(f"invalid model name '{name}': use letters, digits, '-' or '_'")
+    for kind, value in (("model name", name), ("version", version)):
+        # a '/' would write outside the store; a leading '.' would hide the version from readers
+        if value is not None and (not value or "/" in value or value.startswith(".")):
+            raise ModelStoreError(f"invalid {kind} '{value}': use letters, digits, '-' or '_'")
     config, tensors, metrics = load_run(run_dir)
     model_cfg = config["model"]
     n_hidden = len(model_cfg["hidden"])
@@ -91,7 +93,6 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
     except OSError as exc:
         raise ModelStoreError(f"cannot write to store {store}: {exc.strerror or exc}") from None
     version = version or next_version(store, name)
-    version_key(version)
     final = store / name / version
     if final.exists():
         raise ModelStoreError(f"{final} already exists; pick another --version")

