@@ -76,3 +76,89 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     export_run(train_tiny(base / "run-tiny10", d10, hidden=[32], masks=3, order_agnostic=True,
                           connectivity_agnostic=True), store, "tiny10")
     return store
+
+
+# --- engine fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_engines(tiny_store: Path) -> dict:
+    """An Engine (CPU, one thread) for each tiny model, keyed by name."""
+    from made.store import open_model
+    from service.engine.engine import Engine
+
+    return {name: Engine(open_model(tiny_store, name), ["CPUExecutionProvider"], threads=1)
+            for name in ("tiny", "tiny1", "tiny10")}
+
+
+def all_binary_vectors(dims: int) -> np.ndarray:
+    """(2^D, D) float64, every binary vector; row i is i written in binary, dimension 0 first."""
+    bits = (np.arange(2**dims)[:, None] >> np.arange(dims - 1, -1, -1)[None, :]) & 1
+    return bits.astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def tiny_joint(tiny_store: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each tiny model: every binary vector (2^D, D) and log p_k of each under every mask
+    (K, 2^D), from a bare onnxruntime session of the stored graph, in float64: the reference
+    that the engine's answers are checked against by enumeration."""
+    import onnxruntime as ort
+
+    from made.store import open_model
+
+    out = {}
+    for name in ("tiny", "tiny1", "tiny10"):
+        model = open_model(tiny_store, name)
+        session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+        x = all_binary_vectors(model.dims)
+        logp = np.empty((model.n_masks, len(x)))
+        for k in range(model.n_masks):
+            z = session.run(["logits"], {"x": x.astype(np.float32),
+                                         "mask_index": np.array(k, dtype=np.int64)})[0]
+            z = z.astype(np.float64)
+            logp[k] = -np.logaddexp(0.0, np.where(x > 0.5, -z, z)).sum(axis=1)
+        out[name] = (x, logp)
+    return out
+
+
+def write_random_model(store: Path, name: str, dims: int, hidden: list[int], n_masks: int, *,
+                       order_agnostic: bool, direct: bool, seed: int = 0) -> Path:
+    """Export a MADE with random weights (no training) through training.onnx_graph.build_graph,
+    with a manifest like `made export` writes: enough for exactness checks at real size."""
+    import json
+
+    from made.masks import make_mask_set
+    from made.store import sha256_file
+    from training.onnx_graph import build_graph
+
+    masks = make_mask_set(dims, hidden, n_masks, order_agnostic=order_agnostic,
+                          connectivity_agnostic=True, seed=seed)
+    rng = np.random.default_rng(seed)
+    widths = [dims, *hidden, dims]
+    # (fan_out, fan_in) like torch; about half of each matrix is masked, hence the factor 2
+    weights = [(rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32)
+               for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    biases = [(0.1 * rng.standard_normal(b)).astype(np.float32) for b in widths[1:]]
+    direct_w = None
+    if direct:
+        direct_w = (rng.standard_normal((dims, dims)) / np.sqrt(dims)).astype(np.float32)
+    graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees),
+                        direct_w)
+    version_dir = store / name / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.onnx").write_bytes(graph.SerializeToString())
+    manifest = {
+        "format_version": 1, "name": name, "version": "1", "dims": dims, "hidden": hidden,
+        "n_masks": n_masks, "orderings": masks.orderings.tolist(), "direct": direct,
+        "files": {"model.onnx": sha256_file(version_dir / "model.onnx")},
+        "dataset": {"name": "random-weights"}, "metrics": {}, "created_at": "1970-01-01T00:00:00",
+    }
+    (version_dir / "manifest.json").write_text(json.dumps(manifest))
+    return store
+
+
+@pytest.fixture(scope="session")
+def random784_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'random784': D=784, hidden [500, 500], K=2 (mask 1 with a random ordering), direct
+    connections, random weights: the size of the binarized-MNIST default model."""
+    return write_random_model(tmp_path_factory.mktemp("random784") / "store", "random784", 784,
+                              [500, 500], 2, order_agnostic=True, direct=True)

@@ -28,9 +28,10 @@ log = logging.getLogger("made.engine")
 
 # Rows per onnxruntime call, so that large requests do not allocate unbounded logits.
 CHUNK = 4096
-# One session per mask with its masks folded into the weights costs K copies of the weights;
-# above this many bytes in all, the engine runs only the stored graph (mask_index as an input).
-MAX_FOLDED_BYTES = 1 << 30
+# One session per mask with its masks folded into the weights costs K copies of the weights
+# (about 3x their bytes in RSS, with onnxruntime's prepacked copies: ~150 MB for the K=8 MNIST
+# model); above this many weight bytes times K, the engine runs only the stored graph.
+MAX_FOLDED_BYTES = 256 << 20
 
 
 @dataclass
@@ -153,7 +154,9 @@ class Engine:
     def mask_logliks(self, x: np.ndarray, masks: list[int],
                      observed: np.ndarray | None = None) -> np.ndarray:
         """(len(masks), N): log p_k of the observed entries (all entries when observed is None)."""
-        filled = np.nan_to_num(x, nan=0.0).astype(np.float32)  # converted once for all masks
+        # converted to float32 once for all masks; NaN can only be where observed is False
+        filled = np.ascontiguousarray(x if observed is None else np.nan_to_num(x, nan=0.0),
+                                      dtype=np.float32)
         out = np.empty((len(masks), len(x)))
         for i, k in enumerate(masks):
             out[i] = row_loglik(self.logits(filled, k), filled, observed)
@@ -171,6 +174,7 @@ class Engine:
                 n_importance: int = 1000) -> LogProbResult:
         """log p(x) under the mixture of `masks`; missing values (NaN) summed out."""
         x = self.check_x(x, allow_missing=True)
+        _check_count("n_importance", n_importance, 1)
         ks = self._masks(masks)
         n = len(x)
         observed = ~np.isnan(x)
@@ -179,7 +183,7 @@ class Engine:
         exact = np.ones(n, dtype=bool)
         stderr = np.full(n, np.nan)
         if complete.any():
-            per_mask = self.mask_logliks(x[complete], ks)
+            per_mask = self.mask_logliks(x if complete.all() else x[complete], ks)
             logprob[complete] = _logmeanexp(per_mask, axis=0)
         rows = np.flatnonzero(~complete)
         if len(rows):
@@ -290,6 +294,8 @@ class Engine:
                n_importance: int = 1000) -> ImputeResult:
         """p(x_missing | x_observed) per row: completions, marginals, log p(x_obs), ESS."""
         x = self.check_x(x, allow_missing=True)
+        _check_count("n_samples", n_samples, 0)
+        _check_count("n_importance", n_importance, 1)
         n, d = x.shape
         ks = list(range(self.n_masks))
         rng = np.random.default_rng(seed)
@@ -342,6 +348,11 @@ class Engine:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return np.exp(log_sigmoid(z))
+
+
+def _check_count(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InvalidInput(f"{name} must be an integer of at least {minimum}, got {value!r}")
 
 
 def _logmeanexp(a: np.ndarray, axis: int) -> np.ndarray:

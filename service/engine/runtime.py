@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ def make_session(path: Path, providers: list[str], threads: int | None = None,
     if threads:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    _use_shared_cpu_arena(options)
     source = model_bytes if model_bytes is not None else str(path)
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers)
@@ -74,6 +76,27 @@ def make_session(path: Path, providers: list[str], threads: int | None = None,
     if providers and providers[0] != actual[0]:
         log.warning("asked for %s but onnxruntime runs %s for %s", providers[0], actual[0], path)
     return session
+
+
+_arena_lock = threading.Lock()
+_arena_registered = False
+
+
+def _use_shared_cpu_arena(options: ort.SessionOptions) -> None:
+    """Draw the session's CPU memory from one arena shared by the whole process.
+
+    An arena never gives memory back, and an engine holds K + 1 sessions per model: with one
+    arena each, every session would keep the peak of its largest batch (~450 MB for the K=8
+    MNIST model after 4096-row calls, against ~185 MB shared).
+    """
+    global _arena_registered
+    with _arena_lock:
+        if not _arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                     ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _arena_registered = True
+    options.add_session_config_entry("session.use_env_allocators", "1")
 
 
 def fix_mask_index(model: onnx.ModelProto, k: int) -> bytes:

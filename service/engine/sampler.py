@@ -24,10 +24,13 @@ class _Plan:
     """Mask k's network rearranged for stepping: inputs in ordering, units sorted by degree."""
 
     ordering: np.ndarray  # (D,) dimension generated at each position
-    weights: list[np.ndarray]  # layer l: (fan_in sorted, fan_out sorted); first rows in ordering
+    # Layer l transposed, (fan_out sorted, fan_in sorted), the first layer's columns and the last
+    # layer's rows in ordering: a step reads the rows of its new units (or its one output) and a
+    # prefix of each, contiguous; slicing columns of (fan_in, fan_out) strides through memory.
+    weights_t: list[np.ndarray]
     biases: list[np.ndarray]
-    bounds: list[np.ndarray]  # layer l: bounds[l][t] = number of units of degree <= t, t = 0..D
-    direct: np.ndarray | None  # (D, D) rows and columns in ordering
+    bounds: list[list[int]]  # layer l: bounds[l][t] = number of units of degree <= t, t = 0..D
+    direct_t: np.ndarray | None  # (D_out, D_in), rows and columns in ordering
 
 
 def _plan(net: Network, k: int) -> _Plan:
@@ -38,15 +41,15 @@ def _plan(net: Network, k: int) -> _Plan:
     for l, degrees in enumerate(net.hidden_degrees):
         deg = degrees[k]
         perm = np.argsort(deg, kind="stable")
-        weights.append(np.ascontiguousarray(net.weights[l][prev_perm][:, perm]))
+        weights.append(np.ascontiguousarray(net.weights[l][prev_perm][:, perm].T))
         biases.append(net.biases[l][perm])
-        bounds.append(np.searchsorted(deg[perm], np.arange(dims + 1), side="right"))
+        bounds.append(np.searchsorted(deg[perm], np.arange(dims + 1), side="right").tolist())
         prev_perm = perm
-    weights.append(np.ascontiguousarray(net.weights[-1][prev_perm][:, ordering]))
+    weights.append(np.ascontiguousarray(net.weights[-1][prev_perm][:, ordering].T))
     biases.append(net.biases[-1][ordering])
     direct = None
     if net.direct is not None:
-        direct = np.ascontiguousarray(net.direct[ordering][:, ordering])
+        direct = np.ascontiguousarray(net.direct[ordering][:, ordering].T)
     return _Plan(ordering, weights, biases, bounds, direct)
 
 
@@ -81,25 +84,25 @@ class FastSampler:
         n, dims = u.shape
         n_hidden = len(plan.bounds)
         xs = np.zeros((n, dims), dtype=np.float32)  # inputs in ordering positions
-        acts = [np.zeros((n, w.shape[1]), dtype=np.float32) for w in plan.weights[:-1]]
+        acts = [np.zeros((n, w.shape[0]), dtype=np.float32) for w in plan.weights_t[:-1]]
         logw = np.zeros(n, dtype=np.float64)
         probs = np.zeros((n, dims), dtype=np.float64) if return_probs else None
         u_pos = u[:, plan.ordering]
         obs_pos = None if observed is None else observed[:, plan.ordering]
         val_pos = None if values is None else values[:, plan.ordering].astype(np.float32)
-        w_out, b_out = plan.weights[-1], plan.biases[-1]
+        w_out, b_out = plan.weights_t[-1], plan.biases[-1]  # (D, H_L), (D,)
         for t in range(dims):  # generate position t; positions < t are known (degrees 1..t)
             # units of degree exactly t become computable in every layer, lowest layer first
             below, known_below = xs, t
             for l in range(n_hidden):
                 lo, hi = plan.bounds[l][t - 1] if t > 0 else 0, plan.bounds[l][t]
                 if hi > lo:
-                    pre = below[:, :known_below] @ plan.weights[l][:known_below, lo:hi]
+                    pre = below[:, :known_below] @ plan.weights_t[l][lo:hi, :known_below].T
                     np.maximum(pre + plan.biases[l][lo:hi], 0.0, out=acts[l][:, lo:hi])
                 below, known_below = acts[l], hi
-            logit = below[:, :known_below] @ w_out[:known_below, t] + b_out[t]
-            if plan.direct is not None and t > 0:
-                logit = logit + xs[:, :t] @ plan.direct[:t, t]
+            logit = below[:, :known_below] @ w_out[t, :known_below] + b_out[t]
+            if plan.direct_t is not None and t > 0:
+                logit = logit + xs[:, :t] @ plan.direct_t[t, :t]
             p1 = _sigmoid(logit.astype(np.float64))
             if probs is not None:
                 probs[:, plan.ordering[t]] = p1

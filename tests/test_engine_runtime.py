@@ -1,0 +1,110 @@
+"""onnxruntime providers, the per-mask sessions, and the engine under concurrent calls."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from made.errors import ConfigError
+from made.store import open_model
+from service.engine import engine as engine_module
+from service.engine.engine import Engine
+from service.engine.runtime import requested_providers
+
+
+def test_the_cpu_alias_asks_for_the_cpu_provider() -> None:
+    assert requested_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_an_unknown_provider_name_is_a_config_error_listing_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown provider 'quantum'.*cpu"):
+        requested_providers("quantum,cpu")
+
+
+def test_made_providers_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MADE_PROVIDERS", "cpu")
+    assert requested_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setenv("MADE_PROVIDERS", "nonsense")
+    with pytest.raises(ConfigError):
+        requested_providers()
+
+
+def test_the_cpu_provider_is_always_the_last_resort() -> None:
+    providers = requested_providers("cuda")  # dropped with a warning where this build lacks it
+    assert providers[-1] == "CPUExecutionProvider"
+    assert set(providers) <= set(ort.get_available_providers())
+
+
+def test_the_engine_reports_the_providers_onnxruntime_actually_runs(
+    tiny_engines: dict[str, Engine],
+) -> None:
+    engine = tiny_engines["tiny"]
+    assert engine.providers == engine.session.get_providers() == ["CPUExecutionProvider"]
+    assert all(s.get_providers() == engine.providers for s in engine.mask_sessions)
+
+
+def test_per_mask_sessions_give_the_stored_graphs_logits(tiny_engines: dict[str, Engine]) -> None:
+    """The engine runs the stored graph with mask_index fixed (masks folded into the weights);
+    the graph as stored, mask_index an input, must give the same logits."""
+    engine = tiny_engines["tiny"]
+    assert len(engine.mask_sessions) == engine.n_masks
+    x = np.random.default_rng(0).integers(0, 2, (64, 8)).astype(np.float32)
+    for k in range(engine.n_masks):
+        stored = engine.session.run(["logits"], {"x": x, "mask_index": np.array(k, dtype=np.int64)})
+        np.testing.assert_allclose(engine.logits(x, k), stored[0], rtol=0, atol=1e-5)
+
+
+def test_a_store_model_loads_with_the_providers_from_the_environment(
+    tiny_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MADE_PROVIDERS", "cpu")
+    engine = Engine(open_model(tiny_store, "tiny1"), threads=1)
+    assert engine.providers == ["CPUExecutionProvider"]
+
+
+def test_concurrent_calls_give_the_same_results_as_sequential_calls(
+    tiny_engines: dict[str, Engine],
+) -> None:
+    engine = tiny_engines["tiny"]
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 2, (int(rng.integers(1, 300)), 8)).astype(np.float64)
+               for _ in range(160)]
+    missing = batches[0].copy()
+    missing[:, [0, 3]] = np.nan
+
+    def call(i: int) -> np.ndarray:
+        match i % 5:
+            case 0:
+                return engine.logprob(batches[i]).logprob
+            case 1:
+                return engine.sample(int(len(batches[i])), seed=i).astype(np.float64)
+            case 2:
+                return engine.logprob(batches[i], masks=i % 4).logprob
+            case 3:
+                return engine.conditionals(batches[i], mask=i % 4)
+            case _:
+                return engine.logprob(missing, seed=i, n_importance=20).logprob
+
+    sequential = [call(i) for i in range(160)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(call, range(160)))  # 8 threads x 20 calls
+    for i, (a, b) in enumerate(zip(sequential, concurrent, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"call {i}")
+
+
+def test_without_per_mask_sessions_the_stored_graph_gives_the_same_answers(
+    tiny_store: Path, tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above MAX_FOLDED_BYTES the engine keeps only the stored graph, mask_index an input."""
+    monkeypatch.setattr(engine_module, "MAX_FOLDED_BYTES", 0)
+    bare = Engine(open_model(tiny_store, "tiny"), ["CPUExecutionProvider"], threads=1)
+    assert bare.mask_sessions == []
+    x = np.random.default_rng(1).integers(0, 2, (50, 8)).astype(np.float64)
+    folded = tiny_engines["tiny"]
+    np.testing.assert_allclose(bare.logprob(x).logprob, folded.logprob(x).logprob, atol=1e-5)
+    for k in range(4):
+        np.testing.assert_allclose(bare.conditionals(x, k), folded.conditionals(x, k), atol=1e-6)
