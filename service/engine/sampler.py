@@ -41,15 +41,15 @@ def _plan(net: Network, k: int) -> _Plan:
     for l, degrees in enumerate(net.hidden_degrees):
         deg = degrees[k]
         perm = np.argsort(deg, kind="stable")
-        weights.append(np.ascontiguousarray(net.weights[l][prev_perm][:, perm].T))
-        biases.append(net.biases[l][perm])
+        weights.append(np.ascontiguousarray(net.weights[l][prev_perm][:, perm].T, dtype=np.float64))
+        biases.append(net.biases[l][perm].astype(np.float64))
         bounds.append(np.searchsorted(deg[perm], np.arange(dims + 1), side="right").tolist())
         prev_perm = perm
-    weights.append(np.ascontiguousarray(net.weights[-1][prev_perm][:, ordering].T))
-    biases.append(net.biases[-1][ordering])
+    weights.append(np.ascontiguousarray(net.weights[-1][prev_perm][:, ordering].T, dtype=np.float64))
+    biases.append(net.biases[-1][ordering].astype(np.float64))
     direct = None
     if net.direct is not None:
-        direct = np.ascontiguousarray(net.direct[ordering][:, ordering].T)
+        direct = np.ascontiguousarray(net.direct[ordering][:, ordering].T, dtype=np.float64)
     return _Plan(ordering, weights, biases, bounds, direct)
 
 
@@ -83,13 +83,16 @@ class FastSampler:
         plan = self.plan(k)
         n, dims = u.shape
         n_hidden = len(plan.bounds)
-        xs = np.zeros((n, dims), dtype=np.float32)  # inputs in ordering positions
-        acts = [np.zeros((n, w.shape[0]), dtype=np.float32) for w in plan.weights_t[:-1]]
+        # float64 throughout: float32 sums differ in the last bits with the batch size (BLAS picks
+        # other kernels), which could flip a draw when dynamic batching merges requests; in float64
+        # such a flip needs |u - p| < ~1e-15, so a seed gives the same samples in any batch.
+        xs = np.zeros((n, dims), dtype=np.float64)  # inputs in ordering positions
+        acts = [np.zeros((n, w.shape[0]), dtype=np.float64) for w in plan.weights_t[:-1]]
         logw = np.zeros(n, dtype=np.float64)
         probs = np.zeros((n, dims), dtype=np.float64) if return_probs else None
         u_pos = u[:, plan.ordering]
         obs_pos = None if observed is None else observed[:, plan.ordering]
-        val_pos = None if values is None else values[:, plan.ordering].astype(np.float32)
+        val_pos = None if values is None else values[:, plan.ordering].astype(np.float64)
         w_out, b_out = plan.weights_t[-1], plan.biases[-1]  # (D, H_L), (D,)
         for t in range(dims):  # generate position t; positions < t are known (degrees 1..t)
             # units of degree exactly t become computable in every layer, lowest layer first
@@ -106,7 +109,7 @@ class FastSampler:
             p1 = _sigmoid(logit.astype(np.float64))
             if probs is not None:
                 probs[:, plan.ordering[t]] = p1
-            draw = (u_pos[:, t] < p1).astype(np.float32)
+            draw = (u_pos[:, t] < p1).astype(np.float64)
             if obs_pos is not None and val_pos is not None and obs_pos[:, t].any():
                 clamp = obs_pos[:, t]
                 val = val_pos[:, t]
