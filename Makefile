@@ -20,7 +20,7 @@ serve: install
 	$(BIN)/made serve --host 127.0.0.1 --port 8000
 
 lint: install
-	$(BIN)/ruff check made service training tests bench
+	$(BIN)/ruff check made service training tests bench scripts
 	$(BIN)/mypy
 
 test: lint

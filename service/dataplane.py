@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -81,14 +82,19 @@ class DataPlane:
 
     async def _timed(self, work: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(work, self.settings.request_timeout)
+            async with asyncio.timeout(self.settings.request_timeout):  # no task, unlike wait_for
+                return await work
         except TimeoutError:
-            raise RequestTimeout(f"the request took longer than {self.settings.request_timeout:g} s "
+            limit = self.settings.request_timeout
+            raise RequestTimeout(f"the request took longer than {limit:g} s "
                                  "(MADE_REQUEST_TIMEOUT); send fewer rows or samples") from None
 
-    def engine(self, name: str | None) -> Engine:
+    def _check_ready(self) -> None:
         if not self.registry.ready:
-            raise NotReady(self.load_error or "models are still loading; retry when /readyz says ready")
+            raise NotReady(self.load_error or "models are still loading; retry when /readyz is 200")
+
+    def engine(self, name: str | None) -> Engine:
+        self._check_ready()
         engine = self.registry.get(name)
         ctx = request_context.get()
         if ctx is not None:
@@ -112,12 +118,21 @@ class DataPlane:
     def _check_rows(self, engine: Engine, x: np.ndarray, endpoint: str) -> None:
         n, d = x.shape
         if d != engine.dims:
-            raise InvalidInput(f"x: rows have {d} values but model '{engine.name}' has {engine.dims} "
-                               "dimensions (one value per dimension)")
+            raise InvalidInput(f"x: rows have {d} value{'s' * (d != 1)} but model "
+                               f"'{engine.name}' has {engine.dims} dimensions (one value per "
+                               "dimension)")
         if n > self.settings.max_rows:
             raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request "
                                "(MADE_MAX_ROWS)")
-        self.metrics.request_rows.labels(endpoint, engine.name).observe(n)
+        self.metrics.observe_rows(endpoint, engine.name, n)
+
+    def _check_draws(self, x: np.ndarray, n_importance: int) -> None:
+        rows = int(np.isnan(x).any(axis=1).sum())
+        if rows * n_importance > self.settings.max_draws:
+            raise InvalidInput(f"{rows} rows with missing values x n_importance {n_importance} = "
+                               f"{rows * n_importance} importance draws; the limit is "
+                               f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
+                               "fewer rows or a smaller n_importance")
 
     def _check_mask(self, engine: Engine, mask: int, field: str = "mask") -> int:
         if not 0 <= mask < engine.n_masks:
@@ -128,8 +143,7 @@ class DataPlane:
 
     # --- models -----------------------------------------------------------------------------------
     def models(self) -> ModelsResponse:
-        if not self.registry.ready:
-            raise NotReady(self.load_error or "models are still loading; retry when /readyz says ready")
+        self._check_ready()
         default = self.registry.default_name
         infos = []
         for e in self.registry.engines():
@@ -148,17 +162,18 @@ class DataPlane:
     # --- /logprob --------------------------------------------------------------------------------
     async def logprob(self, req: LogProbRequest) -> LogProbResponse:
         engine = self.engine(req.model)
-        x: np.ndarray = req.x  # type: ignore[assignment]  # set by the request's validator
+        x = req.rows
         self._check_rows(engine, x, "/logprob")
         masks: Literal["all"] | int = req.masks
         if masks != "all":
             self._check_mask(engine, int(masks), "masks")
+        self._check_draws(x, req.n_importance)
         complete = not np.isnan(x).any()
         seed = None if complete else (req.seed if req.seed is not None else new_seed())
         if complete:
             # Exact, one pass: merge with other requests for the same model and masks.
             run = functools.partial(_logprob_batch, engine, masks)
-            work = self._batcher("/logprob", engine, masks, run).submit(x, len(x))
+            work = self._logprob_pieces(self._batcher("/logprob", engine, masks, run), x)
         else:
             work = self._in_thread(engine.logprob, x, masks=masks, seed=seed,
                                    n_importance=req.n_importance)
@@ -167,15 +182,22 @@ class DataPlane:
             model=engine.name, version=engine.version, logprob=result.logprob.tolist(),
             exact=result.exact.tolist(), stderr=_floats(result.stderr), seed=seed)
 
+    async def _logprob_pieces(self, batcher: Batcher[np.ndarray, LogProbResult],
+                              x: np.ndarray) -> LogProbResult:
+        parts = await self._submit_rows(batcher, x)
+        return LogProbResult(*(np.concatenate([getattr(p, f) for p in parts])
+                               for f in ("logprob", "exact", "stderr")))
+
     # --- /conditionals ---------------------------------------------------------------------------
     async def conditionals(self, req: ConditionalsRequest) -> ConditionalsResponse:
         engine = self.engine(req.model)
-        x: np.ndarray = req.x  # type: ignore[assignment]
+        x = req.rows
         self._check_rows(engine, x, "/conditionals")
         mask = self._check_mask(engine, req.mask)
         run = functools.partial(_conditionals_batch, engine, mask)
-        probs: np.ndarray = await self._timed(
-            self._batcher("/conditionals", engine, mask, run).submit(x, len(x)))
+        parts = await self._timed(
+            self._submit_rows(self._batcher("/conditionals", engine, mask, run), x))
+        probs = np.concatenate(parts)
         return ConditionalsResponse.model_construct(
             model=engine.name, version=engine.version, mask=mask,
             ordering=engine.orderings[mask].tolist(), probs=probs.tolist())
@@ -183,9 +205,9 @@ class DataPlane:
     # --- /sample ---------------------------------------------------------------------------------
     def _check_sample(self, engine: Engine, req: SampleRequest) -> int | None:
         if req.n > self.settings.max_samples:
-            raise InvalidInput(f"n is {req.n}; the limit is {self.settings.max_samples} samples per "
-                               "request (MADE_MAX_SAMPLES)")
-        self.metrics.request_rows.labels("/sample", engine.name).observe(req.n)
+            raise InvalidInput(f"n is {req.n}; the limit is {self.settings.max_samples} samples "
+                               "per request (MADE_MAX_SAMPLES)")
+        self.metrics.observe_rows("/sample", engine.name, req.n)
         return None if req.mask == "mixture" else self._check_mask(engine, int(req.mask))
 
     async def _samples(self, engine: Engine, n: int, seed: int, mask: int | None) -> np.ndarray:
@@ -193,28 +215,45 @@ class DataPlane:
             u, ks = engine.noise(n, seed, mask)
         else:
             u, ks = await self._in_thread(engine.noise, n, seed, mask)
-        # Every request's noise comes from its own seed, so merging changes no one's samples.
+        # Every request's noise comes from its own seed, so merging (or splitting) changes no
+        # one's samples.
         run = functools.partial(_sample_batch, engine)
         batcher = self._batcher("/sample", engine, None, run)
-        out: np.ndarray = await batcher.submit(_SampleWork(u, ks), n)
-        return out
+        if n <= self.settings.max_batch:
+            out: np.ndarray = await batcher.submit(_SampleWork(u, ks), n)
+            return out
+        pieces = [_SampleWork(u[rows], ks[rows]) for rows in self._pieces(n)]
+        parts = await asyncio.gather(*(batcher.submit(w, len(w.u)) for w in pieces))
+        return np.concatenate(parts)
+
+    def _pieces(self, n: int) -> list[slice]:
+        """A large request goes in pieces of at most MADE_MAX_BATCH rows: the engine is fastest
+        on cache-sized batches, and other requests get their turns in between."""
+        step = self.settings.max_batch
+        return [slice(i, i + step) for i in range(0, n, step)]
+
+    async def _submit_rows(self, batcher: Batcher[np.ndarray, T], x: np.ndarray) -> list[T]:
+        if len(x) <= self.settings.max_batch:
+            return [await batcher.submit(x, len(x))]
+        return list(await asyncio.gather(*(batcher.submit(x[rows], len(x[rows]))
+                                           for rows in self._pieces(len(x)))))
 
     async def sample(self, req: SampleRequest) -> SampleResponse:
         engine = self.engine(req.model)
         mask = self._check_sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
         samples = await self._timed(self._samples(engine, req.n, seed, mask))
-        common = {"model": engine.name, "version": engine.version, "seed": seed, "mask": req.mask}
-        if req.encoding == "packed":
-            return SampleResponse.model_construct(
-                **common, samples=None, samples_b64=pack_rows(samples), shape=list(samples.shape))
-        return SampleResponse.model_construct(**common, samples=samples.tolist(), samples_b64=None,
-                                              shape=None)
+        packed = req.encoding == "packed"
+        return SampleResponse.model_construct(
+            model=engine.name, version=engine.version, seed=seed, mask=req.mask,
+            samples=None if packed else samples.tolist(),
+            samples_b64=pack_rows(samples) if packed else None,
+            shape=list(samples.shape) if packed else None)
 
     async def sample_png(self, req: SampleRequest, scale: int) -> tuple[bytes, int]:
         """A grid of the samples as PNG, and the seed used."""
         engine = self.engine(req.model)
-        if not engine.image_shape:
+        if not engine.image_shape or math.prod(engine.image_shape) != engine.dims:
             raise NotAcceptable(f"model '{engine.name}' has no image_shape, so its samples cannot "
                                 "be drawn as an image; ask for application/json")
         mask = self._check_sample(engine, req)
@@ -226,12 +265,14 @@ class DataPlane:
     # --- /impute ---------------------------------------------------------------------------------
     async def impute(self, req: ImputeRequest) -> ImputeResponse:
         engine = self.engine(req.model)
-        x: np.ndarray = req.x  # type: ignore[assignment]
+        x = req.rows
         self._check_rows(engine, x, "/impute")
         total = len(x) * req.n_samples
         if total > self.settings.max_samples:
-            raise InvalidInput(f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; the "
-                               f"limit is {self.settings.max_samples} per request (MADE_MAX_SAMPLES)")
+            raise InvalidInput(f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
+                               f"the limit is {self.settings.max_samples} per request "
+                               "(MADE_MAX_SAMPLES)")
+        self._check_draws(x, req.n_importance)
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(self._in_thread(engine.impute, x, n_samples=req.n_samples, seed=seed,
                                               n_importance=req.n_importance))
@@ -246,7 +287,7 @@ class DataPlane:
             exact=r.exact.tolist(), ess=r.ess.tolist())
 
 
-# --- batch functions (run in a worker thread) ------------------------------------------------------
+# --- batch functions (run in a worker thread) ---------------------------------------------
 
 def _split(total: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(total, np.cumsum(sizes)[:-1])

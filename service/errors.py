@@ -8,7 +8,7 @@ The domain errors come from made.errors (the engine raises them); the few that o
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,36 +78,41 @@ def error_body(status: int, kind: str, detail: str, **extra: Any) -> dict[str, A
     return body
 
 
-def error_response(status: int, kind: str, detail: str,
+def error_response(status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None,
                    **extra: Any) -> JSONResponse:
     ctx = request_context.get()
     if ctx is not None:
         ctx.error_type = kind  # a metrics label
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(status, kind, detail, **extra), status_code=status, headers=headers)
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
+    return JSONResponse(error_body(status, kind, detail, **extra), status_code=status,
+                        headers=headers)
 
 
-def describe_validation_error(err: dict[str, Any]) -> str:
+def internal_error_body() -> dict[str, Any]:
+    """A bug, not bad input: the client learns only the request id; the log has the traceback."""
+    return error_body(500, "internal_error",
+                      "internal error; the server log has the details under this request id")
+
+
+def describe_validation_error(err: Mapping[str, Any]) -> str:
     """One sentence for one pydantic error: where (field, row, column) and what was wrong."""
     loc = [p for p in err.get("loc", ()) if p != "body"]
-    kind = err.get("type", "")
+    kind = str(err.get("type", ""))
     msg = str(err.get("msg", "invalid value"))
+    field = _format_loc(loc)
     if kind == "json_invalid":
         ctx = err.get("ctx") or {}
         return f"the request body is not valid JSON ({ctx.get('error', msg)})"
-    elif kind == "missing" and not loc:
-        return "the request needs a JSON body"
-    elif kind == "missing":
-        msg = "is required"
-    elif kind == "extra_forbidden":
-        msg = "is not a field of this request"
-    elif kind == "model_attributes_type" or (kind == "dict_type" and not loc):
+    if kind == "missing":
+        return f"{field} is required" if field else "the request needs a JSON body"
+    if kind == "extra_forbidden":
+        return f"{field} is not a field of this request"
+    if kind == "model_attributes_type" or (kind == "dict_type" and not loc):
         return "the request body must be a JSON object"
-    elif not kind.startswith("made_"):  # ours already name row and column; pydantic's need the value
+    if not kind.startswith("made_"):  # ours name row and column; pydantic's need the value
         msg = msg[:1].lower() + msg[1:]
-        if "input" in err and kind not in {"missing"}:
+        if "input" in err:
             msg += f", got {json_value(err['input'])}"
-    field = _format_loc(loc)
     return f"{field}: {msg}" if field else msg
 
 
@@ -135,9 +140,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e), "type": e.get("type")}
+            {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e),
+             "type": e.get("type")}
             for e in exc.errors()
         ]
+        content_type = request.headers.get("content-type", "")
+        if errors and errors[0]["loc"] == ["body"] and "json" not in content_type:
+            return error_response(422, "invalid_input", "the request body must be JSON, sent with "
+                                  f"'Content-Type: application/json' (got '{content_type}')")
         detail = "; ".join(dict.fromkeys(e["msg"] for e in errors[:5]))  # dedupe, keep order
         if len(errors) > 5:
             detail += f"; and {len(errors) - 5} more"
@@ -151,11 +161,4 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no endpoint at {request.url.path} (see /docs)"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, kind, detail)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # A bug, not bad input: log the traceback, tell the client only the request id.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error",
-                              "internal error; the server log has details under this request id")
+        return error_response(exc.status_code, kind, detail, headers=exc.headers)

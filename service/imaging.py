@@ -13,7 +13,7 @@ PAD = 1  # pixels of grey between cells, before scaling
 
 def sample_grid(samples: np.ndarray, image_shape: list[int]) -> np.ndarray:
     """(n, D) 0/1 -> one (H', W') uint8 image: cells of image_shape on a near-square grid."""
-    h, w = image_shape[0], image_shape[1] if len(image_shape) > 1 else 1
+    h, w = (image_shape[0], 1) if len(image_shape) == 1 else (image_shape[0], image_shape[1])
     n = len(samples)
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
@@ -31,5 +31,5 @@ def samples_png(samples: np.ndarray, image_shape: list[int], scale: int = 1) -> 
     if scale > 1:
         grid = np.kron(grid, np.ones((scale, scale), dtype=np.uint8))
     buf = io.BytesIO()
-    Image.fromarray(grid, mode="L").save(buf, format="PNG")
+    Image.fromarray(grid).save(buf, format="PNG")  # uint8 (H, W): greyscale
     return buf.getvalue()

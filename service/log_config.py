@@ -32,9 +32,9 @@ def current_request_id() -> str | None:
     ctx = request_context.get()
     return ctx.request_id if ctx else None
 
-# Attributes every LogRecord has; anything else was passed through `extra=` and is logged as a field.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
-                                                                           "taskName"}
+# Attributes every LogRecord has; anything else came through `extra=` and is logged as a field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "color_message"}  # uvicorn's ANSI-coloured copy
 
 
 class JsonFormatter(logging.Formatter):

@@ -6,15 +6,19 @@ model's name or "" (requests that name no known model).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter("made_requests", "HTTP requests answered",
                                 ["endpoint", "model", "status"], registry=r)
@@ -27,7 +31,7 @@ class Metrics:
                                       ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
         self.batch_rows = Histogram("made_batch_rows", "rows in one merged engine call",
                                     ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
-        self.batch_requests = Histogram("made_batch_requests", "requests merged into one engine call",
+        self.batch_requests = Histogram("made_batch_requests", "requests merged in one engine call",
                                         ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
         self.engine_latency = Histogram("made_engine_duration_seconds", "time of one engine call",
                                         ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
@@ -35,18 +39,29 @@ class Metrics:
         self.model_info = Gauge("made_model_info", "1 for each loaded model version",
                                 ["model", "version", "providers"], registry=r)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), remembered: labels() costs more than the observation."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_request(self, endpoint: str, model: str, status: int, seconds: float,
                         error_type: str | None) -> None:
-        self.requests.labels(endpoint, model, str(status)).inc()
-        self.latency.labels(endpoint, model).observe(seconds)
+        self.child(self.requests, endpoint, model, str(status)).inc()
+        self.child(self.latency, endpoint, model).observe(seconds)
         if status >= 400:
-            self.errors.labels(endpoint, model, error_type or "http_error").inc()
+            self.child(self.errors, endpoint, model, error_type or "http_error").inc()
+
+    def observe_rows(self, endpoint: str, model: str, rows: int) -> None:
+        self.child(self.request_rows, endpoint, model).observe(rows)
 
     def observe_batch(self, endpoint: str, model: str, rows: int, requests: int,
                       seconds: float) -> None:
-        self.batch_rows.labels(endpoint, model).observe(rows)
-        self.batch_requests.labels(endpoint, model).observe(requests)
-        self.engine_latency.labels(endpoint, model).observe(seconds)
+        self.child(self.batch_rows, endpoint, model).observe(rows)
+        self.child(self.batch_requests, endpoint, model).observe(requests)
+        self.child(self.engine_latency, endpoint, model).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,13 +16,23 @@ from collections import Counter
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 Encoding = Literal["json", "packed"]
 StrictInt = Annotated[int, Strict()]
-Seed = Annotated[int, Strict(), Field(ge=0, le=2**63 - 1, description="seed of the random draws")]
-ModelName = Annotated[str | None, Field(description="model to use; the server's default if absent")]
+# At most 2^53 - 1: larger integers do not survive JSON parsers that read numbers as doubles.
+Seed = Annotated[int, Strict(), Field(ge=0, le=2**53 - 1, description="seed of the random draws")]
+ModelName = Annotated[str | None, Field(min_length=1, max_length=200,
+                                        description="model to use; the server's default if absent")]
 
 
 # --- the compact encoding ---------------------------------------------------------------------
@@ -70,8 +80,8 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
             for j, v in enumerate(row):
                 if type(v) not in allowed:
                     if v is None:
-                        raise _fail(f"row {i}, column {j} is null, but this endpoint needs complete "
-                                    "rows (0 or 1 only)")
+                        raise _fail(f"row {i}, column {j} is null, but this endpoint needs "
+                                    "complete rows (0 or 1 only)")
                     raise _fail(f"row {i}, column {j}: expected {expected}, got {json_value(v)}")
         has_float |= float in kinds
         has_null |= type(None) in kinds
@@ -79,7 +89,8 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
     if len(lengths) > 1:
         common = lengths.most_common(1)[0][0]
         i = next(i for i, row in enumerate(value) if len(row) != common)
-        raise _fail(f"row {i} has {len(value[i])} values but the other rows have {common}; "
+        got = len(value[i])
+        raise _fail(f"row {i} has {got} value{'s' * (got != 1)} but the other rows have {common}; "
                     "every row needs one value per dimension")
     a = np.array(value, dtype=np.float64)  # None -> NaN
     if a.shape[1] == 0:
@@ -103,7 +114,8 @@ def _rows_schema(allow_missing: bool) -> dict[str, Any]:
     if allow_missing:
         cell = {"anyOf": [cell, {"type": "null"}]}
     what = "0/1 values, null where missing" if allow_missing else "0/1 values"
-    return {"type": "array", "minItems": 1, "items": {"type": "array", "items": cell},
+    return {"type": "array", "minItems": 1,
+            "items": {"type": "array", "minItems": 1, "items": cell},
             "description": f"rows of {what}, one value per dimension", "example": [[0, 1, 1, 0]]}
 
 
@@ -160,6 +172,7 @@ class _Request(BaseModel):
 class _RowsRequest(_Request):
     """Rows as JSON lists (`x`), or bit-packed (`x_b64` + `shape`) for large complete batches."""
 
+    x: np.ndarray | None = None  # (N, D) float64, NaN for null; each request types it
     x_b64: str | None = Field(
         None, description="compact alternative to x for complete rows: base64 of "
         "numpy.packbits(rows, axis=1) (each row padded to whole bytes, most significant bit "
@@ -169,14 +182,20 @@ class _RowsRequest(_Request):
 
     @model_validator(mode="after")
     def _one_encoding(self) -> _RowsRequest:
-        x = getattr(self, "x", None)
-        if (x is None) == (self.x_b64 is None):
+        if (self.x is None) == (self.x_b64 is None):
             raise _fail("send the rows either as x (JSON lists) or as x_b64 with shape, not "
-                        + ("both" if x is not None else "neither"))
+                        + ("both" if self.x is not None else "neither"))
         if self.x_b64 is not None:
-            self.x = _decode_packed(self.x_b64, self.shape)  # type: ignore[attr-defined]
+            self.x = _decode_packed(self.x_b64, self.shape)
             self.x_b64 = None
         return self
+
+    @property
+    def rows(self) -> np.ndarray:
+        """(N, D) float64, NaN where missing: from x or x_b64, whichever came."""
+        if self.x is None:
+            raise ValueError("request not validated")
+        return self.x
 
 
 def _decode_packed(data: str, shape: tuple[int, int] | None) -> np.ndarray:
@@ -253,8 +272,8 @@ class LogProbResponse(_Response):
 class ConditionalsResponse(_Response):
     mask: int
     ordering: list[int] = Field(description="the order in which mask k generates the dimensions")
-    probs: list[list[float]] = Field(description="probs[i][d] = p(x_d = 1 | the dimensions before d "
-                                                 "in ordering), for row i")
+    probs: list[list[float]] = Field(description="probs[i][d] = p(x_d = 1 | the dimensions "
+                                                 "before d in ordering), for row i")
 
 
 class SampleResponse(_Response):

@@ -1,0 +1,159 @@
+"""The curl examples of the API docs, with their real output, and the picture of samples.
+
+    .venv/bin/python scripts/readme_examples.py [--store model_store] [--doc docs/api.md]
+
+Starts `made serve` on a free loopback port, runs each example below with bash and curl (jq
+for the shell variables), and writes the commands and their outputs between the markers
+`<!-- examples:begin -->` and `<!-- examples:end -->` of --doc (shown with the default
+localhost:8000). Long arrays in outputs are shortened (`"... N values"`). Also writes
+docs/samples.png: 64 samples of the default model, from POST /sample with Accept: image/png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.testing import made_serve
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- examples:begin -->", "<!-- examples:end -->"
+SHOWN = "localhost:8000"
+JSON = "-H 'Content-Type: application/json'"
+
+# (title, shell commands; the output of the last one is shown)
+EXAMPLES: list[tuple[str, str]] = [
+    ("Liveness", f"curl -s {SHOWN}/healthz"),
+    ("Readiness (503 until the models are loaded)", f"curl -s {SHOWN}/readyz"),
+    ("The models", f"curl -s {SHOWN}/models"),
+    ("One model's manifest", f"curl -s {SHOWN}/models/$MODEL"),
+    ("Samples (the same seed gives the same samples)",
+     f"curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 2, \"seed\": 0}}'"),
+    ("Samples, bit-packed (base64 of numpy.packbits(samples, axis=1))",
+     f"curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 2, \"seed\": 0, \"encoding\": \"packed\"}}'"),
+    ("Samples as a PNG grid (models with an image_shape)",
+     f"curl -s {SHOWN}/sample {JSON} -H 'Accept: image/png' -d '{{\"n\": 64, \"seed\": 0}}' "
+     "-o samples.png && file samples.png"),
+    ("log p(x) of two rows (here: two samples), in nats",
+     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 2, \"seed\": 0}}' | jq -c .samples)\n"
+     f"curl -s {SHOWN}/logprob {JSON} -d \"{{\\\"x\\\": $X}}\""),
+    ("log p(x_observed) with missing values (null): the second half of a row missing",
+     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
+     "HALF=$(echo \"$X\" | jq -c '[.[0] | .[:(length/2)] + [range(length/2) | null]]')\n"
+     f"curl -s {SHOWN}/logprob {JSON} -d \"{{\\\"x\\\": $HALF, \\\"seed\\\": 0}}\""),
+    ("Conditionals p(x_d = 1 | x_<d) under mask 0",
+     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
+     f"curl -s {SHOWN}/conditionals {JSON} -d \"{{\\\"x\\\": $X, \\\"mask\\\": 0}}\""),
+    ("Imputation: completions of the missing half, marginals, log p(x_observed)",
+     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
+     "HALF=$(echo \"$X\" | jq -c '[.[0] | .[:(length/2)] + [range(length/2) | null]]')\n"
+     f"curl -s {SHOWN}/impute {JSON} -d \"{{\\\"x\\\": $HALF, \\\"n_samples\\\": 2, "
+     "\\\"seed\\\": 0, \\\"n_importance\\\": 200}\""),
+    ("Metrics (Prometheus text; a few lines)",
+     f"curl -s {SHOWN}/metrics | grep -E '^made_requests_total.*sample|^made_batch_requests_sum'"),
+    ("An invalid value: 422 naming the row, the column and the problem",
+     f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/conditionals {JSON} "
+     "-d '{\"x\": [[0, 1, 2]]}'"),
+    ("An unknown model: 404",
+     f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/sample {JSON} "
+     "-d '{\"n\": 1, \"model\": \"nope\"}'"),
+    ("The OpenAPI UI",
+     f"curl -s -o /dev/null -w '%{{http_code}} %{{content_type}}\\n' {SHOWN}/docs"),
+]
+
+
+@contextmanager
+def server(store: Path) -> Iterator[str]:
+    env = {"MADE_LOG_LEVEL": "WARNING", "MADE_API_KEY": ""}
+    try:
+        with made_serve(store, env=env) as proc:
+            yield proc.url.removeprefix("http://")
+    except RuntimeError as exc:
+        sys.exit(str(exc))
+
+
+def shorten(value: Any, keep: int = 6) -> Any:
+    """Lists longer than 2*keep become their first `keep` items and a count."""
+    if isinstance(value, dict):
+        return {k: shorten(v, keep) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [shorten(v, keep) for v in value]
+        if len(items) > 2 * keep:
+            return [*items[:keep], f"... {len(items)} values"]
+        return items
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
+
+
+def render(output: str) -> tuple[str, str]:
+    """(language, text): JSON pretty-printed and shortened (a trailing "HTTP nnn" line kept)."""
+    body, status = output.rstrip(), ""
+    if re.search(r"\nHTTP \d{3}$", body):
+        body, status = body.rsplit("\n", 1)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "text", output.rstrip()
+    text = json.dumps(shorten(data), indent=1)
+    # one line per innermost list of scalars: easier to read than a column of numbers
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]",
+                  lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "]", text)
+    return "json", f"{text}\n{status}".rstrip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "api.md")
+    parser.add_argument("--picture", type=Path, default=ROOT / "docs" / "samples.png")
+    args = parser.parse_args()
+    if not args.store.is_dir():
+        sys.exit(f"model store {args.store} does not exist (run `make models`, or pass --store)")
+    with server(args.store) as base, tempfile.TemporaryDirectory() as work:
+        listing = httpx.get(f"http://{base}/models").json()
+        model = listing["default"]
+        is_image = any(m["name"] == model and m["image_shape"] for m in listing["models"])
+        blocks = [f"Generated by `scripts/readme_examples.py` against the store "
+                  f"`{args.store.name}` (default model `{model}`); long arrays are shortened.\n"]
+        for title, commands in EXAMPLES:
+            if "image/png" in commands and not is_image:
+                continue  # the default model has no image_shape
+            commands = commands.replace("$MODEL", model)
+            script = "set -eo pipefail\n" + commands.replace(SHOWN, base)
+            run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=work,
+                                 timeout=300)
+            if run.returncode != 0:
+                sys.exit(f"example failed ({title}): {run.stderr or run.stdout}")
+            lang, shown = render(run.stdout)
+            blocks.append(f"**{title}**\n\n```bash\n{commands}\n```\n```{lang}\n{shown}\n```\n")
+        png = httpx.post(f"http://{base}/sample?scale=3", json={"n": 64, "seed": 0},
+                         headers={"Accept": "image/png"}, timeout=120)
+        if png.status_code == 200:
+            args.picture.write_bytes(png.content)
+            print(f"wrote {args.picture}", file=sys.stderr)
+        else:
+            print(f"no picture: {png.json()['detail']}", file=sys.stderr)
+    generated = "\n".join(blocks)
+    doc = args.doc.read_text() if args.doc.exists() else f"{BEGIN}\n{END}\n"
+    if BEGIN not in doc or END not in doc:
+        sys.exit(f"{args.doc} lacks the markers {BEGIN} and {END}")
+    head, rest = doc.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    args.doc.write_text(f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+    print(f"wrote the examples into {args.doc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The request middleware (pure ASGI): request id, body size limit, metrics and the access log.
+
+Pure ASGI rather than BaseHTTPMiddleware: it neither buffers responses nor runs the app in
+another task, so the request context it sets is the one the handlers see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_body, internal_error_body
+from service.log_config import RequestContext, request_context
+from service.metrics import Metrics
+
+log = logging.getLogger("made.service.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = length = ""
+        for key, value in scope["headers"]:  # ASGI header names are lower-case bytes
+            if key == b"x-request-id":
+                incoming = value.decode("latin-1")
+            elif key == b"content-length":
+                length = value.decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        ctx = RequestContext(request_id=request_id)
+        token = request_context.set(ctx)
+        start = time.perf_counter()
+        status = 500
+        self.metrics.in_flight.inc()
+
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", ctx.request_id.encode())]
+            await send(message)
+
+        try:
+            replay = await self._read_limited(scope, receive, length)
+            if replay is None:
+                status = 413
+                await self._too_large(send_with_id, ctx)
+            else:
+                await self.app(scope, replay, send_with_id)
+        except Exception:
+            # Here, not in an exception handler: Starlette's outermost middleware would answer
+            # after this request's context (its id) is gone. Re-raised for the server's log.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started:
+                ctx.error_type = "internal_error"
+                await _send_json(send_with_id, 500, internal_error_body())
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(endpoint, ctx.model, status, elapsed, ctx.error_type)
+            log.info("%s %s %d", scope["method"], scope["path"], status, extra={
+                "request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2), "model": ctx.model or None,
+                "client": (scope.get("client") or ("", 0))[0]})
+            request_context.reset(token)
+
+    async def _read_limited(self, scope: Scope, receive: Receive, length: str) -> Receive | None:
+        """A receive that replays the body, or None when the body is over the limit."""
+        if scope["method"] not in _BODY_METHODS:
+            return receive
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            return None  # refused before reading a byte
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return receive
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as Starlette does
+
+        return replay
+
+    async def _too_large(self, send: Send, ctx: RequestContext) -> None:
+        ctx.error_type = "payload_too_large"
+        body: dict[str, Any] = error_body(
+            413, "payload_too_large",
+            f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); send "
+            "fewer rows per request, or bit-packed rows (x_b64)")
+        await _send_json(send, 413, body)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,51 @@
+"""Settings: MADE_* environment variables, read in one place, with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from made.errors import ConfigError
+from service.server import load_settings
+from service.settings import Settings
+
+
+def test_environment_variables_are_read_with_the_made_prefix(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MADE_STORE", "/srv/models")
+    monkeypatch.setenv("MADE_PROVIDERS", "cuda, cpu")
+    monkeypatch.setenv("MADE_MAX_ROWS", "12")
+    monkeypatch.setenv("MADE_API_KEY", "secret")
+    monkeypatch.setenv("MADE_LOG_LEVEL", "debug")
+    s = Settings()
+    assert s.store == Path("/srv/models") and s.providers == ["cuda", "cpu"]
+    assert s.max_rows == 12 and s.log_level == "DEBUG"
+    assert s.api_key is not None and s.api_key.get_secret_value() == "secret"
+    assert "secret" not in repr(s)  # the key never reaches a log through the settings
+
+
+def test_empty_api_key_and_default_model_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MADE_API_KEY", "")
+    monkeypatch.setenv("MADE_DEFAULT_MODEL", "")
+    s = Settings()
+    assert s.api_key is None and s.default_model is None
+
+
+def test_explicit_values_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MADE_STORE", "/from/env")
+    assert load_settings(store=Path("/from/cli"), workers=None).store == Path("/from/cli")
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("MADE_MAX_ROWS", "many", "MADE_MAX_ROWS: Input should be a valid integer"),
+    ("MADE_BATCH_DELAY_MS", "-1", "MADE_BATCH_DELAY_MS: Input should be greater than or equal"),
+    ("MADE_LOG_LEVEL", "loud", "MADE_LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL "
+                               "(got 'loud')"),
+])
+def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                     value: str, expected: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert expected in str(info.value) and "\n" not in str(info.value)
