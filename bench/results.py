@@ -43,7 +43,7 @@ EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
                   "--patience", "30"], 13.12, "MADE", 13.3),
     "dna-1x500-k32": (
         "dna", ["--hidden", "500", "--masks", "32", "--order-agnostic", "--connectivity-agnostic",
-                "--weight-decay", "1e-4", "--max-epochs", "600", "--patience", "50"],
+                "--weight-decay", "1e-4", "--max-epochs", "2000", "--patience", "50"],
         79.66, "mask sampling", 82.0),
     "nips-1x500-k1": (
         "nips", ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--max-epochs", "300",
