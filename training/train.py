@@ -151,12 +151,25 @@ class Trainer:
                     f"{self.run_dir} holds a run with {key}={stored.get(key)!r}, not {mine.get(key)!r}; "
                     "use another --out to start a new run"
                 )
+        if any(stored.get(k) != mine.get(k) for k in _RESUMABLE):
+            # e.g. a longer --max-epochs: record what this run now trains under
+            atomic_write_text(config_path, json.dumps(mine, indent=2))
         if not (self.run_dir / CHECKPOINT).exists():
             return None
         state = load_tensors(self.run_dir / CHECKPOINT)
         return {"tensors": state[0], "meta": state[1]}
 
     def run(self, progress: bool = True) -> dict[str, Any]:
+        """Train (or resume) to the end; a failed write to RUN_DIR (full, unwritable) is one
+        CheckpointError, and the last checkpoint stays whole (every write is atomic)."""
+        try:
+            return self._run(progress)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise CheckpointError(f"cannot write to run directory {self.run_dir}: "
+                                  f"{exc.strerror or exc}{where}") from None
+
+    def _run(self, progress: bool) -> dict[str, Any]:
         cfg = self.cfg
         resume = self.prepare_run_dir()
         torch.manual_seed(cfg.seed)
