@@ -10,7 +10,8 @@ or slow machine moves both sides together:
 2. log p(x) rows/s at batch 1000 (one mask, and the K-mask mixture) times the FLOPs a row needs
    (Network.flops_per_row(), K times that for the mixture), over the float32 FLOP/s of the same
    dense matmuls in numpy and in a bare onnxruntime graph of MatMuls: the roofline fraction.
-3. single-row latency, p50 and p99, of logprob and of sample(n=1).
+3. single-row latency, p50 and p99, of logprob and of sample(n=1); and of sample(n=64), a
+   merged batch of single-sample requests.
 Throughputs are the best of --repeats interleaved runs (least disturbed by other work).
 Without the model in the store (the default model is trained separately), a randomly
 initialised model of the same shape stands in and the output says so.
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
          lambda: engine.session.run(["logits"], {"x": x1f, "mask_index": stored_k})),
         ("logits, 1 row, mask folded", lambda: engine.logits(x1f, 0)),
         ("sample(n=1), mixture", lambda: engine.sample(1, seed=0)),
+        # what dynamic batching hands the engine: 64 single-sample requests, all K masks in one
+        # stepping loop
+        ("sample(n=64), mixture", lambda: engine.sample(64, seed=0)),
     ):
         calls = args.calls if "sample" not in label else max(20, args.calls // 5)
         p50, p99 = latencies(fn, calls)
