@@ -2,6 +2,8 @@
 
 Nothing here handles a request. Models load in the background at startup, so /healthz answers at
 once and /readyz turns 200 when they are in; a broken store keeps /readyz at 503 with the reason.
+With MADE_RELOAD_INTERVAL > 0 a background task reloads the store that often (POST /admin/reload
+does it on demand).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from service.engine import ModelRegistry, requested_providers
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
-from service.routers import health, inference, metrics, models
+from service.routers import admin, health, inference, metrics, models
 from service.routers.deps import require_api_key
 from service.settings import Settings
 
@@ -44,21 +46,26 @@ def build_registry(settings: Settings) -> ModelRegistry:
                          threads=settings.threads or None)
 
 
-async def _load(registry: ModelRegistry, dataplane: DataPlane, metrics: Metrics) -> None:
+async def _load(registry: ModelRegistry, dataplane: DataPlane) -> None:
     try:
         await anyio.to_thread.run_sync(registry.load)
     except MadeError as exc:
         dataplane.load_error = f"models failed to load: {exc}"
         log.error("models failed to load: %s", exc, extra={"store": str(registry.store)})
         return
-    _publish(registry, metrics)
+    dataplane.publish_models()
     log.info("ready", extra={"models": registry.names(), "default": registry.default_name})
 
 
-def _publish(registry: ModelRegistry, metrics: Metrics) -> None:
-    for engine in registry.engines():
-        metrics.model_info.labels(engine.name, engine.version, ",".join(engine.providers)).set(1)
-    metrics.models_loaded.set(len(registry.names()))
+async def _poll_store(dataplane: DataPlane, interval: float) -> None:
+    """Reload every `interval` seconds; a failure is logged and the next round tries again."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await dataplane.reload()
+        except Exception:  # a bug must not end the polling (the log has the traceback)
+            dataplane.metrics.reload_failures.inc()
+            log.exception("reload of store %s failed", dataplane.registry.store)
 
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
@@ -70,14 +77,16 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = None
+        tasks = []
         if registry.ready:
-            _publish(registry, app_metrics)
+            dataplane.publish_models()
         else:
-            loader = asyncio.create_task(_load(registry, dataplane, app_metrics))
+            tasks.append(asyncio.create_task(_load(registry, dataplane)))
+        if settings.reload_interval > 0:
+            tasks.append(asyncio.create_task(_poll_store(dataplane, settings.reload_interval)))
         yield
-        if loader is not None and not loader.done():
-            loader.cancel()
+        for task in tasks:
+            task.cancel()  # a load or reload in its thread finishes unobserved
         await dataplane.aclose()  # requests in flight have finished: let queued batches finish
         log.info("stopped")
 
@@ -95,5 +104,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
     app.include_router(models.router, dependencies=protected)
     app.include_router(inference.router, dependencies=protected)
+    app.include_router(admin.router, dependencies=protected)
     return app
 

@@ -13,6 +13,7 @@ import functools
 import math
 import os
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -24,6 +25,7 @@ import numpy as np
 from made.errors import InvalidInput
 from service.batching import Batcher
 from service.engine import Engine, LogProbResult, ModelRegistry
+from service.engine.registry import ReloadReport
 from service.errors import NotAcceptable, NotReady, RequestTimeout
 from service.imaging import samples_png
 from service.log_config import request_context
@@ -73,6 +75,9 @@ class DataPlane:
         self.load_error: str | None = None
         self.limiter = anyio.CapacityLimiter(settings.threads or os.cpu_count() or 1)
         self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
+        # Batchers of versions a reload replaced: they finish their queues, then are collected
+        # (with the old Engine they hold); shutdown still waits for them.
+        self._retired: weakref.WeakSet[Batcher[Any, Any]] = weakref.WeakSet()
 
     # --- plumbing ------------------------------------------------------------------------------
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -103,17 +108,46 @@ class DataPlane:
 
     def _batcher(self, endpoint: str, engine: Engine, key: object,
                  run: Callable[[list[Any]], list[Any]]) -> Batcher[Any, Any]:
-        ident = (endpoint, engine.name, engine.version, key)
+        ident = (endpoint, engine.name, id(engine), key)  # id: a reload may reuse a version
         batcher = self._batchers.get(ident)
         if batcher is None:
             observe = functools.partial(self.metrics.observe_batch, endpoint, engine.name)
-            batcher = self._batchers[ident] = Batcher(
+            batcher = Batcher(
                 run, delay_s=self.settings.batch_delay_ms / 1000, max_rows=self.settings.max_batch,
                 limiter=self.limiter, observe=observe)
+            if self.registry.is_served(engine):
+                self._batchers[ident] = batcher
+            else:  # the request took its engine just before a reload replaced it
+                self._retired.add(batcher)
         return batcher
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(b.aclose() for b in self._batchers.values()))
+        batchers = [*self._batchers.values(), *self._retired]
+        await asyncio.gather(*(b.aclose() for b in batchers))
+
+    async def reload(self) -> ReloadReport:
+        """Load what is new in the store (in a thread) and swap it in; requests in flight keep
+        the engines they hold."""
+        report = await anyio.to_thread.run_sync(self.registry.reload)
+        if report.ready:
+            self.load_error = None
+        elif report.error:
+            self.load_error = report.error
+        if report.error:
+            self.metrics.reload_failures.inc()
+        for r in report.results:
+            if r.status in ("loaded", "refused") and not r.cached:
+                self.metrics.reloads.labels(r.name, r.status).inc()
+        if report.changed:
+            served = {id(e) for e in self.registry.engines()}
+            for ident in [i for i in self._batchers if i[2] not in served]:
+                self._retired.add(self._batchers.pop(ident))
+            self.publish_models()
+        return report
+
+    def publish_models(self) -> None:
+        self.metrics.set_models((e.name, e.version, ",".join(e.providers))
+                                for e in self.registry.engines())
 
     def _check_rows(self, engine: Engine, x: np.ndarray, endpoint: str) -> None:
         n, d = x.shape

@@ -6,6 +6,7 @@ model's name or "" (requests that name no known model).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -38,6 +39,10 @@ class Metrics:
         self.models_loaded = Gauge("made_models_loaded", "models loaded and served", registry=r)
         self.model_info = Gauge("made_model_info", "1 for each loaded model version",
                                 ["model", "version", "providers"], registry=r)
+        self.reloads = Counter("made_model_reloads", "versions a reload loaded or refused",
+                               ["model", "outcome"], registry=r)
+        self.reload_failures = Counter("made_reload_errors", "reloads that failed as a whole "
+                                       "(store unreadable, models not loaded)", registry=r)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), remembered: labels() costs more than the observation."""
@@ -62,6 +67,15 @@ class Metrics:
         self.child(self.batch_rows, endpoint, model).observe(rows)
         self.child(self.batch_requests, endpoint, model).observe(requests)
         self.child(self.engine_latency, endpoint, model).observe(seconds)
+
+    def set_models(self, models: Iterable[tuple[str, str, str]]) -> None:
+        """made_model_info for exactly these (name, version, providers): a replaced version goes."""
+        self.model_info.clear()
+        count = 0
+        for name, version, providers in models:
+            self.model_info.labels(name, version, providers).set(1)
+            count += 1
+        self.models_loaded.set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

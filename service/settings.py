@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
     # Seconds SIGTERM waits for in-flight requests before they are cancelled.
     shutdown_timeout: Annotated[float, Field(ge=0.0)] = 30.0
+    # Seconds between looks at the store for new versions (hot reload); 0: only on
+    # POST /admin/reload. A look lists directories and stats files: cheap at any interval >= 1.
+    reload_interval: Annotated[float, Field(ge=0.0)] = 0.0
     log_level: str = "INFO"
     # Uvicorn worker processes (each loads every model and batches on its own).
     workers: Annotated[int, Field(ge=1)] = 1

@@ -1,5 +1,6 @@
 """Generated requests against the OpenAPI schema (schemathesis): whatever the body, the answer
-is never a 500, and every error is JSON with a one-sentence detail."""
+is never a 500, every answer (its status, content type and body) is one the schema documents,
+and every error is JSON with a one-sentence detail."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from service.app import create_app
 from service.engine import ModelRegistry
@@ -17,6 +24,12 @@ from service.settings import Settings
 
 # schemathesis drives ASGI apps through starlette's TestClient, which warns about httpx.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:starlette.testclient")
+
+
+# The answer's status is documented for its operation, its content type too, and its body
+# validates against the documented schema of that status.
+CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
+               response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +54,7 @@ def test_generated_requests_never_get_a_server_error(app: FastAPI) -> None:
             response = case.call()
             statuses.append(response.status_code)
             assert response.status_code < 500, (case.as_curl_command(), response.text[:300])
+            case.validate_response(response, checks=CONFORMANCE)
             if response.status_code >= 400:
                 body = response.json()
                 assert isinstance(body["detail"], str) and body["type"], body

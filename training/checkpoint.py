@@ -29,6 +29,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
         atomic_write_with(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    except SafetensorError as exc:  # safetensors reports a failed write (EFBIG, ENOSPC) as its own
+        reason = str(exc).removeprefix("Error while serializing: ")
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from None
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

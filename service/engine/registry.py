@@ -1,19 +1,66 @@
-"""The models a server holds: the highest version of every name in the store, and a default."""
+"""The models a server holds: the highest version of every name in the store, and a default.
+
+`load()` is the strict start: every name's highest version must load, or the server is not ready.
+`reload()` is the lenient refresh of a running server: each name's newest version that loads
+is swapped in, a broken one is refused with its reason (and the version served so far stays),
+and nothing already served is dropped. New engines are built before the swap, and the swap
+replaces the whole dict at once, so a request that already holds an Engine keeps using it.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from made.errors import ModelNotFound, ModelStoreError
-from made.store import list_names, open_model
+from made.errors import MadeError, ModelNotFound, ModelStoreError
+from made.store import list_names, list_versions, open_model, version_key
 from service.engine.engine import Engine
 from service.engine.runtime import requested_providers
 
 log = logging.getLogger("made.engine")
 
 PREFERRED_DEFAULT = "binarized-mnist"
+
+ReloadStatus = Literal["loaded", "unchanged", "refused", "kept"]
+# (file name, mtime ns, size) of every file in a version directory: a cheap change detector.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload did with one version of one model."""
+
+    name: str
+    version: str
+    status: ReloadStatus  # loaded: now served; unchanged: already served; refused: broken;
+    # kept: still served though the store no longer offers it (a reload never drops a model)
+    reason: str | None = None
+    previous: str | None = None  # loaded: the version it replaced
+    cached: bool = False  # refused: refused before for these same files, so not tried again
+
+
+@dataclass
+class ReloadReport:
+    results: list[ReloadResult] = field(default_factory=list)
+    served: dict[str, str] = field(default_factory=dict)  # name -> version, after the reload
+    default: str | None = None
+    ready: bool = False
+    error: str | None = None  # not ready: why
+
+    @property
+    def changed(self) -> bool:
+        return any(r.status == "loaded" for r in self.results)
+
+
+def fingerprint(version_dir: Path) -> Fingerprint:
+    try:
+        entries = sorted((p.name, p.stat()) for p in version_dir.iterdir() if p.is_file())
+    except OSError:
+        return ()
+    return tuple((name, st.st_mtime_ns, st.st_size) for name, st in entries)
 
 
 class ModelRegistry:
@@ -24,21 +71,35 @@ class ModelRegistry:
         self.providers = providers
         self.threads = threads
         self._engines: dict[str, Engine] = {}
-        self._lock = threading.Lock()
+        # The files each served version was loaded from: a rewrite in place is a change too.
+        self._fingerprints: dict[str, Fingerprint] = {}
+        # Refused versions and the files they were refused for: not retried until those change
+        # (a poller would otherwise rebuild and re-log the same broken version every interval).
+        self._refused: dict[tuple[str, str], tuple[Fingerprint, str]] = {}
+        self._last_error: str | None = None
+        self._lock = threading.Lock()  # one load or reload at a time
         self.default_name: str | None = None
         self.ready = False
 
+    def _engine(self, name: str, version: str | None = None) -> Engine:
+        return Engine(open_model(self.store, name, version), self.providers or requested_providers(),
+                      self.threads)
+
     def load(self) -> None:
         """Load every model; a broken one is an error naming its file."""
-        providers = self.providers or requested_providers()
+        with self._lock:
+            self._load()
+
+    def _load(self) -> None:
         names = list_names(self.store)
         if not names:
             raise ModelStoreError(f"model store {self.store} holds no models")
-        engines = {name: Engine(open_model(self.store, name), providers, self.threads) for name in names}
-        with self._lock:
-            self._engines = engines
-            self.default_name = self._pick_default(names)
-            self.ready = True
+        engines = {name: self._engine(name) for name in names}
+        default = self._pick_default(names)
+        self._fingerprints = {n: fingerprint(e.model.path) for n, e in engines.items()}
+        self._engines = engines
+        self.default_name = default
+        self.ready = True
 
     def _pick_default(self, names: list[str]) -> str:
         if self._wanted_default:
@@ -50,21 +111,116 @@ class ModelRegistry:
             return self._wanted_default
         return PREFERRED_DEFAULT if PREFERRED_DEFAULT in names else names[0]
 
+    def reload(self) -> ReloadReport:
+        """Serve each model's newest version that loads; refuse broken ones, keep the rest.
+
+        Before the first successful load this retries the strict load() instead.
+        """
+        with self._lock:
+            if not self.ready:
+                return self._retry_load()
+            current = self._engines
+            engines, stamps = dict(current), dict(self._fingerprints)  # committed together below
+            results: list[ReloadResult] = []
+            try:
+                names = list_names(self.store)
+                for name in names:
+                    results.extend(self._refresh(name, engines, stamps))
+            except OSError as exc:  # the store itself is unreadable: change nothing
+                report = self._report([])
+                report.error = f"cannot read model store {self.store}: {exc.strerror or exc}"
+                return report
+            for name in sorted(set(current) - set(names)):
+                results.append(ReloadResult(name, current[name].version, "kept",
+                                            f"model '{name}' is no longer in store {self.store}; "
+                                            "still served until the server restarts"))
+            if any(r.status == "loaded" for r in results):
+                self._engines = engines  # one reference swap: readers see the old or the new dict
+                self._fingerprints = stamps
+            return self._report(results)
+
+    def _refresh(self, name: str, engines: dict[str, Engine],
+                 stamps: dict[str, Fingerprint]) -> list[ReloadResult]:
+        """Try the versions of `name` from the newest down to the one served (or to the oldest,
+        when the served one has left the store); the first that loads goes into `engines`."""
+        served = engines.get(name)
+        results: list[ReloadResult] = []
+        for version in reversed(list_versions(self.store, name)):
+            path = self.store / name / version
+            stamp = fingerprint(path)
+            if served is not None and version == served.version and (
+                    stamp == stamps.get(name)):
+                results.append(ReloadResult(name, version, "unchanged"))
+                return results
+            if served is not None and version_key(version) < version_key(served.version) and (
+                    (self.store / name / served.version).is_dir()):
+                break  # never roll back past a served version that is still in the store
+            refused = self._refused.get((name, version))
+            if refused is not None and refused[0] == stamp:
+                results.append(ReloadResult(name, version, "refused", refused[1], cached=True))
+                continue
+            try:
+                engine = self._engine(name, version)
+            except Exception as exc:  # whatever breaks a new version must not reach the old one
+                reason = str(exc) if isinstance(exc, MadeError) else f"{type(exc).__name__}: {exc}"
+                self._refused[(name, version)] = (stamp, reason)
+                log.error("refused model %s version %s: %s", name, version, reason,
+                          extra={"model": name, "version": version, "reason": reason})
+                results.append(ReloadResult(name, version, "refused", reason))
+                continue
+            self._refused.pop((name, version), None)
+            engines[name] = engine
+            stamps[name] = stamp
+            previous = served.version if served is not None else None
+            log.info("reloaded model %s: version %s replaces %s", name, version, previous or "none",
+                     extra={"model": name, "version": version, "previous": previous})
+            results.append(ReloadResult(name, version, "loaded", previous=previous))
+            return results
+        if served is not None:
+            results.append(ReloadResult(name, served.version, "kept",
+                                        f"no version of '{name}' in the store loads; version "
+                                        f"{served.version} is still served"))
+        return results
+
+    def _retry_load(self) -> ReloadReport:
+        try:
+            self._load()
+        except MadeError as exc:
+            error = f"models failed to load: {exc}"
+            if error != self._last_error:  # a poller retries every interval: log each change once
+                log.error("%s", error, extra={"store": str(self.store)})
+            self._last_error = error
+            return ReloadReport(error=error)
+        self._last_error = None
+        log.info("loaded models %s", ", ".join(self._engines), extra={"store": str(self.store)})
+        return self._report([ReloadResult(n, e.version, "loaded") for n, e in self._engines.items()])
+
+    def _report(self, results: list[ReloadResult]) -> ReloadReport:
+        return ReloadReport(results, {n: e.version for n, e in sorted(self._engines.items())},
+                            self.default_name, self.ready)
+
     def get(self, name: str | None = None) -> Engine:
+        engines = self._engines  # one read: a concurrent swap cannot split this lookup
         key = name or self.default_name
-        engine = self._engines.get(key) if key else None
+        engine = engines.get(key) if key else None
         if engine is None:
-            known = ", ".join(sorted(self._engines)) or "none loaded"
+            known = ", ".join(sorted(engines)) or "none loaded"
             raise ModelNotFound(f"unknown model '{key}' (models: {known})")
         return engine
+
+    def is_served(self, engine: Engine) -> bool:
+        """Whether `engine` is the version served now (not one a reload has replaced)."""
+        return self._engines.get(engine.name) is engine
 
     def names(self) -> list[str]:
         return sorted(self._engines)
 
     def engines(self) -> list[Engine]:
-        return [self._engines[n] for n in self.names()]
+        engines = self._engines
+        return [engines[n] for n in sorted(engines)]
 
     def replace(self, engine: Engine) -> None:
-        """Swap in a newly loaded version of a model (hot reload); in-flight calls keep the old."""
+        """Swap in a newly loaded version of a model; in-flight calls keep the old."""
         with self._lock:
             self._engines = {**self._engines, engine.name: engine}
+            self._fingerprints[engine.name] = fingerprint(engine.model.path)

@@ -1,0 +1,449 @@
+"""Load, latency, errors and memory of a real `made serve` under concurrent clients.
+
+    .venv/bin/python bench/load.py [--store model_store] [--model NAME] [--clients 64]
+        [--duration 60] [--leak-requests 100000 [--leak-model NAME]] [--compare-seconds 15]
+        [--write] [--json FILE]
+
+One `made serve` process on a free loopback port, logging as deployed (MADE_LOG_LEVEL=INFO: one
+JSON access line per request, to a file), every other setting at its default. The load
+generator is wrk (apt-get install wrk), one process per endpoint, on the same machine:
+
+1. warm-up: --warmup seconds of the mix below, not counted (its errors are);
+2. mixed load: --clients connections for --duration seconds, a quarter on each of POST /logprob
+   (1 row), /conditionals (1 row), /sample (n=4) and /impute (1 row missing the last quarter of
+   mask 0's ordering, 4 completions). Every answer must be 200: another status, a timeout or a
+   broken connection is an unexpected error;
+3. leak check, with --leak-requests N (not run by default, so that `make bench` takes about two
+   minutes): more rounds of the mix, on --leak-model's (default: the same model), until N
+   requests have been answered since the warm-up. The server's resident memory (VmRSS in
+   /proc/PID/status) right after the warm-up and at the end must differ by less than
+   --max-growth-mb (50). On a 2-core machine the 784-dimensional model's mix answers tens of
+   requests per second, so 100000 take hours; `--leak-model mushrooms` reaches them in minutes
+   through the same code paths;
+4. floor: POST /logprob with one row from --clients connections for --compare-seconds, against
+   `made serve` and then against bench/_bare_app.py (a bare FastAPI endpoint that parses the
+   same body into a pydantic model of the same shape and returns a constant, under uvicorn the
+   same way), for the model and for the leak check's if it is another. The ratio is what the
+   model and the service cost above FastAPI itself.
+
+Prints markdown tables; --write saves them to docs/load.md. Exit status 1 on any unexpected
+error or memory growth at or over the bound. Without wrk it prints that it skipped, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from service.testing import free_port, made_serve
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1 << 20
+QUANTILES = 2000  # wrk reports this many evenly spaced quantiles per run, merged across runs
+
+# wrk: POST a body read from a file; at the end, write counts and a quantile grid as JSON.
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+
+done = function(summary, latency, requests)
+  local out = assert(io.open(os.getenv("WRK_OUT"), "w"))
+  local e = summary.errors
+  local q = {}
+  for i = 1, NQ do q[i] = string.format("%d", latency:percentile((i - 0.5) * 100 / NQ)) end
+  out:write(string.format(
+    '{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "quantiles_us": [%s]}',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    table.concat(q, ",")))
+  out:close()
+end
+""".replace("NQ", str(QUANTILES))
+
+
+@dataclass
+class Run:
+    """One wrk process's results on one endpoint."""
+
+    endpoint: str
+    requests: int
+    seconds: float
+    errors: dict[str, int]
+    quantiles_us: list[int] = field(repr=False)
+
+    @property
+    def unexpected(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass
+class Row:
+    phase: str
+    endpoint: str
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    unexpected: int
+    server_cpu: float | None = None  # cores the server process used on average (its CPU time / wall)
+
+
+def summarize(phase: str, endpoint: str, runs: list[Run], seconds: float) -> Row:
+    """Merge runs: each run's quantile grid stands for its requests in equal shares."""
+    values = np.concatenate([np.asarray(r.quantiles_us, dtype=np.float64) for r in runs])
+    weights = np.concatenate([np.full(len(r.quantiles_us), r.requests / len(r.quantiles_us))
+                              for r in runs])
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order]) / max(weights.sum(), 1e-12)
+
+    def quantile(q: float) -> float:
+        i = min(int(np.searchsorted(cumulative, q)), len(values) - 1)
+        return float(values[order][i]) / 1000
+
+    requests = sum(r.requests for r in runs)
+    return Row(phase, endpoint, requests, requests / seconds, quantile(0.50), quantile(0.99),
+               sum(r.unexpected for r in runs))
+
+
+@dataclass
+class Target:
+    path: str
+    label: str
+    body: dict[str, object]
+
+
+def targets(manifest: dict[str, Any], model: str | None) -> list[Target]:
+    """The four requests of the mix. /impute misses the last quarter of mask 0's ordering (the
+    bottom of an image): exact where every mask shares that ordering, as the shipped models do."""
+    dims = int(manifest["dims"])
+    rng = np.random.default_rng(0)
+    row = rng.integers(0, 2, dims).tolist()
+    holes: list[int | None] = list(row)
+    for d in manifest["orderings"][0][-(dims // 4):]:
+        holes[d] = None
+    named = {"model": model} if model else {}
+    return [
+        Target("/logprob", "/logprob (1 row)", {**named, "x": [row]}),
+        Target("/conditionals", "/conditionals (1 row)", {**named, "x": [row], "mask": 0}),
+        Target("/sample", "/sample (n=4)", {**named, "n": 4}),
+        Target("/impute", f"/impute (1 row, last {dims // 4} of {dims} missing, 4 completions)",
+               {**named, "x": [holes], "n_samples": 4, "n_importance": 10}),
+    ]
+
+
+class Wrk:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.script = workdir / "post.lua"
+        self.script.write_text(LUA)
+        self._count = 0
+
+    def start(self, url: str, body: dict[str, object], connections: int, seconds: float,
+              threads: int = 1) -> tuple[subprocess.Popen[bytes], Path]:
+        self._count += 1
+        body_file = self.workdir / f"body{self._count}.json"
+        out = self.workdir / f"out{self._count}.json"
+        body_file.write_text(json.dumps(body))
+        proc = subprocess.Popen(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+             "--timeout", "30s", "-s", str(self.script), url],
+            env={**os.environ, "BODY_FILE": str(body_file), "WRK_OUT": str(out)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return proc, out
+
+    def finish(self, endpoint: str, proc: subprocess.Popen[bytes], out: Path) -> Run:
+        _, err = proc.communicate()
+        if proc.returncode != 0 or not out.exists():
+            sys.exit(f"wrk failed on {endpoint} (exit {proc.returncode}): {err.decode()[-500:]}")
+        data = json.loads(out.read_text())
+        errors = {k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout")}
+        return Run(endpoint, int(data["requests"]), data["duration_us"] / 1e6, errors,
+                   [int(v) for v in data["quantiles_us"]])
+
+    def mix(self, base: str, mix: list[Target], clients: int, seconds: float) -> list[Run]:
+        """Every target at once, clients // len(mix) connections each."""
+        started = [(t, *self.start(base + t.path, t.body, clients // len(mix), seconds))
+                   for t in mix]
+        return [self.finish(t.label, proc, out) for t, proc, out in started]
+
+    def one(self, url: str, body: dict[str, object], clients: int, seconds: float,
+            label: str) -> Run:
+        return self.finish(label, *self.start(url, body, clients, seconds, threads=2))
+
+
+def rss_bytes(pid: int, field_name: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
+
+
+class RssSampler:
+    """The server's VmRSS once a second, in a thread, for the peak and the trend."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append((time.monotonic(), rss_bytes(self.pid)))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def bare_server() -> Iterator[tuple[str, int]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_bare_app.py"), "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"bench/_bare_app.py exited: {proc.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                sys.exit("bench/_bare_app.py did not start")
+            time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def table(rows: list[Row]) -> list[str]:
+    def cpu(r: Row) -> str:
+        return "" if r.server_cpu is None else f"{r.server_cpu:.2f}"
+
+    return ["| phase | endpoint | requests | req/s | p50 ms | p99 ms | unexpected errors | "
+            "server CPU (cores) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            *(f"| {r.phase} | {r.endpoint} | {r.requests} | {r.rps:.0f} | {r.p50_ms:.1f} | "
+              f"{r.p99_ms:.1f} | {r.unexpected} | {cpu(r)} |" for r in rows)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _mix_rows(phase: str, mix: list[Target], runs: list[Run], seconds: float) -> list[Row]:
+    rows = [summarize(phase, t.label, [run], seconds) for t, run in zip(mix, runs, strict=True)]
+    return [*rows, summarize(phase, "**all**", runs, seconds)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--model", default=None, help="default: the server's default model")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
+    parser.add_argument("--duration", type=float, default=60.0, help="mixed load, seconds")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds, not counted")
+    parser.add_argument("--leak-requests", type=int, default=0,
+                        help="run the leak check: requests answered after the warm-up before "
+                             "memory is compared, e.g. 100000 (default 0: not run)")
+    parser.add_argument("--leak-model", default=None,
+                        help="the model of the leak check's mix (default: --model)")
+    parser.add_argument("--max-growth-mb", type=float, default=50.0)
+    parser.add_argument("--compare-seconds", type=float, default=15.0,
+                        help="seconds of /logprob against made serve and the bare app (0: skip)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--write", action="store_true", help="write docs/load.md")
+    args = parser.parse_args()
+    if not args.store.is_dir():
+        sys.exit(f"model store {args.store} does not exist (make models, or pass --store)")
+    if shutil.which("wrk") is None:
+        print("bench/load.py skipped: the load generator wrk is not installed (apt-get install wrk)")
+        return 0
+    if args.clients % 4:
+        sys.exit("--clients must be a multiple of 4 (a quarter per endpoint)")
+    version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()
+    tool = f"wrk {version[1].split('/')[-1].split('-')[0]}" if len(version) > 1 else "wrk"
+    load_before = os.getloadavg()[0]
+
+    rows: list[Row] = []
+    compare: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp, made_serve(args.store, env={"MADE_LOG_LEVEL": "INFO"}) as server:
+        wrk = Wrk(Path(tmp))
+        pid = server.proc.pid
+        info = httpx.get(f"{server.url}/models", timeout=30).json()
+        name = args.model or info["default"]
+        model = next(m for m in info["models"] if m["name"] == name)
+
+        def mix_of(model_name: str) -> list[Target]:
+            manifest = httpx.get(f"{server.url}/models/{model_name}", timeout=30).json()
+            mix = targets(manifest, model_name if model_name != info["default"] else None)
+            for t in mix:  # every body is one the server answers
+                r = httpx.post(server.url + t.path, json=t.body, timeout=120)
+                if r.status_code != 200:
+                    sys.exit(f"{t.path} on {model_name} answered {r.status_code}: {r.text[:300]}")
+            return mix
+
+        mix = mix_of(name)
+        leak_name = args.leak_model or name
+        leak_mix = mix_of(leak_name) if args.leak_requests > 0 else mix
+        print(f"warm-up: {args.warmup:g} s", file=sys.stderr)
+        warm = wrk.mix(server.url, mix, args.clients, args.warmup)
+        if leak_mix is not mix:
+            warm += wrk.mix(server.url, leak_mix, args.clients, args.warmup)
+        rss_start = rss_bytes(pid)
+        memory = {"after the warm-up": rss_start / MB}
+
+        print(f"mixed load: {args.clients} clients, {args.duration:g} s", file=sys.stderr)
+        with RssSampler(pid) as sampler:
+            start, cpu = time.perf_counter(), cpu_seconds(pid)
+            runs = wrk.mix(server.url, mix, args.clients, args.duration)
+            rows += _mix_rows(f"mixed, {args.duration:g} s", mix, runs, time.perf_counter() - start)
+            rows[-1].server_cpu = (cpu_seconds(pid) - cpu) / (time.perf_counter() - start)
+            served = rows[-1].requests
+            memory[f"after the mixed load ({served} requests)"] = rss_bytes(pid) / MB
+
+            if args.leak_requests > 0:
+                leak_runs: list[Run] = []
+                rate = rows[-1].rps if leak_mix is mix else 0.0  # 0: not measured yet
+                start, cpu = time.perf_counter(), cpu_seconds(pid)
+                while served < args.leak_requests:
+                    left = (args.leak_requests - served) / rate if rate else 0.0
+                    print(f"leak check: {served} of {args.leak_requests} requests answered"
+                          + (f", about {left:.0f} s to go" if rate else ""), file=sys.stderr)
+                    # rounds of at most 30 s, the last sized to end near the count
+                    batch = wrk.mix(server.url, leak_mix, args.clients, min(max(left + 1, 5), 30))
+                    if not sum(r.requests for r in batch):
+                        sys.exit("the server answered no request in a round of the leak check")
+                    leak_runs += batch
+                    served += sum(r.requests for r in batch)
+                    rate = sum(r.requests for r in leak_runs) / (time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                # the leak check's own rounds, merged per endpoint
+                per_target = [[r for r in leak_runs if r.endpoint == t.label] for t in leak_mix]
+                phase = f"leak check on '{leak_name}', {seconds:.0f} s"
+                rows += [summarize(phase, t.label, rs, seconds)
+                         for t, rs in zip(leak_mix, per_target, strict=True)]
+                rows.append(summarize(phase, "**all**", leak_runs, seconds))
+                rows[-1].server_cpu = (cpu_seconds(pid) - cpu) / seconds
+                memory[f"after the leak check ({served} requests)"] = rss_bytes(pid) / MB
+        growth = (rss_bytes(pid) - rss_start) / MB
+        memory["highest sample (once a second)"] = max(s for _, s in sampler.samples) / MB if (
+            sampler.samples) else float("nan")
+        memory["peak (VmHWM)"] = rss_bytes(pid, "VmHWM") / MB
+
+        # The floor, on each model of the run: the main one, and the leak check's if another.
+        floors = [(name, mix[0].body)] + ([(leak_name, leak_mix[0].body)]
+                                          if leak_name != name and args.leak_requests > 0 else [])
+        if args.compare_seconds > 0:
+            for model_name, body in floors:
+                print(f"floor: /logprob on made serve ({model_name}), {args.compare_seconds:g} s",
+                      file=sys.stderr)
+                start, cpu = time.perf_counter(), cpu_seconds(pid)
+                run = wrk.one(server.url + "/logprob", body, args.clients, args.compare_seconds,
+                              "made serve")
+                compare.append(summarize(f"/logprob, 1 row of '{model_name}'", "`made serve`",
+                                         [run], run.seconds))
+                compare[-1].server_cpu = (cpu_seconds(pid) - cpu) / (time.perf_counter() - start)
+    if args.compare_seconds > 0:
+        with tempfile.TemporaryDirectory() as tmp, bare_server() as (bare, bare_pid):
+            wrk = Wrk(Path(tmp))
+            wrk.one(bare + "/logprob", floors[0][1], args.clients, 2, "warm-up")
+            for i, (model_name, body) in enumerate(floors):
+                print(f"floor: /logprob on the bare app ({model_name}), {args.compare_seconds:g} s",
+                      file=sys.stderr)
+                start, cpu = time.perf_counter(), cpu_seconds(bare_pid)
+                run = wrk.one(bare + "/logprob", body, args.clients, args.compare_seconds, "bare")
+                compare.insert(2 * i + 1, summarize(
+                    f"/logprob, 1 row of '{model_name}'", "bare FastAPI (`bench/_bare_app.py`)",
+                    [run], run.seconds))
+                compare[2 * i + 1].server_cpu = ((cpu_seconds(bare_pid) - cpu)
+                                                 / (time.perf_counter() - start))
+
+    unexpected = sum(r.unexpected for r in rows + compare) + sum(r.unexpected for r in warm)
+    shown_args = [a for i, a in enumerate(sys.argv[1:]) if a != "--json" and (
+        i == 0 or sys.argv[i] != "--json")]  # the command as rerun, less where the JSON went
+    leak_ran = args.leak_requests > 0
+    growth_ok = not leak_ran or growth < args.max_growth_mb
+    lines = [
+        f"`bench/load.py {' '.join(shown_args)}`: model '{name}' (D={model['dims']}, "
+        f"K={model['n_masks']}) from `{args.store.name}`, one `made serve` process "
+        "(MADE_LOG_LEVEL=INFO, every other setting at its default), "
+        f"{args.clients} concurrent connections ({args.clients // 4} per endpoint in the mix); "
+        f"load generator {tool} on the same machine ({os.cpu_count()} CPUs shared with other "
+        f"work: load average {load_before:.1f} before the run), {time.strftime('%Y-%m-%d')}.",
+        "",
+        *table(rows),
+        "",
+        "Unexpected errors (any status but 200, timeouts, broken connections), warm-up "
+        f"included: **{unexpected}**.",
+        "",
+        "Resident memory of the server process (VmRSS from /proc/PID/status):",
+        "",
+        "| reading | MB |",
+        "|---|---:|",
+        *(f"| {k} | {v:.1f} |" for k, v in memory.items()),
+        "",
+    ]
+    if leak_ran:
+        verdict = "PASS" if growth_ok else "FAIL"
+        lines += [f"Growth from the warm-up to the end: {growth:+.1f} MB over {served} requests "
+                  f"(bound {args.max_growth_mb:g} MB over {args.leak_requests}): **{verdict}**.",
+                  ""]
+    else:
+        lines += [f"Growth over the mixed load: {growth:+.1f} MB over {served} requests. The leak "
+                  "check (100000 requests) did not run: `--leak-requests 100000` runs it, "
+                  "`--leak-model` picks a cheaper model's mix to reach the count sooner.", ""]
+    if compare:
+        ratios = "; ".join(f"{made.phase.split(' of ')[-1]}: **{made.rps / bare.rps:.0%}**"
+                           for made, bare in zip(compare[::2], compare[1::2], strict=True))
+        lines += ["Single-row /logprob against a bare FastAPI endpoint that parses the same body "
+                  f"and answers a constant ({args.compare_seconds:g} s each, {args.clients} "
+                  "connections, one after the other):", "", *table(compare), "",
+                  f"`made serve` answers this share of the bare endpoint's requests per second: "
+                  f"{ratios}.", ""]
+    print("\n" + "\n".join(lines))
+    if args.write:
+        out = ROOT / "docs" / "load.md"
+        out.write_text("# Load, errors and memory under concurrent clients\n\nWritten by "
+                       "`bench/load.py --write` (its docstring describes the phases).\n\n"
+                       + "\n".join(lines))
+        print(f"wrote {out}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": name, "tool": tool, "rows": [asdict(r) for r in rows],
+            "compare": [asdict(r) for r in compare], "memory_mb": memory,
+            "growth_mb": growth, "unexpected": unexpected}, indent=1))
+    return 0 if unexpected == 0 and growth_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

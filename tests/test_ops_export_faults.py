@@ -1,0 +1,76 @@
+"""`made export` killed mid-write never leaves a half-written version: SIGKILL a process that
+exports version after version of a 6 MB model, and every version the store lists is whole (its
+files match the manifest's checksums) while the killed one is a hidden temporary directory that
+is never listed or served, and the next export goes on from the last whole version."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_npz
+
+from made.store import list_versions, open_model
+from training.checkpoint import BEST, save_tensors
+from training.export import export_run
+from training.model import MADE, MADEConfig
+from training.train import CONFIG, METRICS, TrainConfig
+
+EXPORTER = """
+import sys
+from training.export import export_run
+run_dir, store = sys.argv[1], sys.argv[2]
+print("ready", flush=True)
+while True:
+    export_run(run_dir, store, "big")
+"""
+
+
+def _random_run(run_dir: Path, data: Path) -> Path:
+    """A run as far as export is concerned (config, metrics, best weights): D=784, 1000 hidden
+    units, direct connections; about 6 MB of ONNX."""
+    cfg = TrainConfig(dataset=str(data), model=MADEConfig(dims=784, hidden=[1000], direct=True))
+    run_dir.mkdir(parents=True)
+    (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict()))
+    (run_dir / METRICS).write_text(json.dumps({"test_nll": 1.0, "valid_nll": 1.0}))
+    torch.manual_seed(0)
+    save_tensors(run_dir / BEST, MADE(cfg.model).state_dict(), {"epoch": 1})
+    return run_dir
+
+
+@pytest.mark.slow
+def test_an_export_killed_at_any_point_leaves_only_whole_versions(tmp_path: Path) -> None:
+    run_dir = _random_run(tmp_path / "run", write_npz(tmp_path / "d784.npz", 784, n=60))
+    store = tmp_path / "store"
+    rng = random.Random(3)
+    leftovers: list[str] = []
+    for _ in range(4):  # until a kill has landed inside a write (nearly always the first)
+        proc = subprocess.Popen([sys.executable, "-c", EXPORTER, str(run_dir), str(store)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.5, 1.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+        versions = list_versions(store, "big")
+        for version in versions:  # each listed version verifies against its checksums
+            assert open_model(store, "big", version).dims == 784
+        assert versions == [str(v) for v in range(1, len(versions) + 1)]
+        leftovers = sorted(p.name for p in (store / "big").iterdir() if p.name.startswith("."))
+        if leftovers:
+            break
+    assert leftovers and all(name.endswith(".tmp") for name in leftovers)
+    assert versions, "the kill came before a first whole version"
+    served = open_model(store, "big")  # what a server would load: the highest whole version
+    assert served.version == list_versions(store, "big")[-1]
+    assert not any(v.startswith(".") for v in list_versions(store, "big"))
+    after = export_run(run_dir, store, "big")
+    assert after.name == str(int(served.version) + 1)
