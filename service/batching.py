@@ -51,6 +51,12 @@ class Batcher(Generic[T, R]):
         self._queue: deque[_Pending[T, R]] = deque()
         self._queued_rows = 0
         self._full = asyncio.Event()
+        # Concurrency seen at the end of the last engine call (its requests + those queued
+        # meanwhile), and an event set when the queue is back to that size: clients served by
+        # one call come back while the next group waits, and merging them keeps one batch of
+        # all clients instead of two alternating half-size ones.
+        self._target = 1
+        self._regrouped = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
     async def submit(self, item: T, rows: int) -> R:
@@ -60,6 +66,8 @@ class Batcher(Generic[T, R]):
         self._queued_rows += rows
         if self._queued_rows >= self.max_rows:
             self._full.set()
+        if len(self._queue) >= self._target:
+            self._regrouped.set()
         if self._worker is None or self._worker.done():
             # A fresh context: the worker serves many requests, it must not log as the first one.
             self._worker = asyncio.create_task(self._work(), context=contextvars.Context())
@@ -82,6 +90,7 @@ class Batcher(Generic[T, R]):
         return batch
 
     async def _work(self) -> None:
+        last_call = 0.0  # seconds of the previous engine call of this worker; 0: none yet
         while self._queue:
             # Triton's rule: the oldest request waits at most delay_s since it arrived (it may
             # have waited through the previous engine call already).
@@ -89,6 +98,12 @@ class Batcher(Generic[T, R]):
             if wait > 0 and self._queued_rows < self.max_rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), wait)
+            elif last_call and len(self._queue) < self._target and self._queued_rows < self.max_rows:
+                # Under concurrent load, wait (at most half a call) for the clients that the
+                # last call answered, rather than alternate between two half-full batches.
+                self._regrouped.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._regrouped.wait(), max(self.delay_s, last_call / 2))
             batch = [p for p in self._take() if not p.future.done()]  # done: timed out, gone
             if not batch:
                 continue
@@ -103,8 +118,10 @@ class Batcher(Generic[T, R]):
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
+            last_call = time.perf_counter() - start
+            self._target = len(batch) + len(self._queue)
             if self._observe is not None:
-                self._observe(sum(p.rows for p in batch), len(batch), time.perf_counter() - start)
+                self._observe(sum(p.rows for p in batch), len(batch), last_call)
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
