@@ -16,9 +16,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from made.atomic import atomic_write_with
 from made.errors import CheckpointError
-
-CHECKPOINT = "checkpoint.safetensors"
-BEST = "best.safetensors"
+from training.run_files import BEST, CHECKPOINT  # noqa: F401  (re-exported)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

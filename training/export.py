@@ -23,9 +23,8 @@ from made.data import load_dataset
 from made.errors import CheckpointError, ModelStoreError
 from made.masks import MaskSet, orderings_to_degrees
 from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file
-from training.checkpoint import BEST
 from training.onnx_graph import build_graph
-from training.train import CONFIG, METRICS
+from training.run_files import BEST, CONFIG, METRICS
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -28,13 +28,9 @@ from training.checkpoint import (
     save_tensors,
 )
 from training.model import MADE, MADEConfig
+from training.run_files import CONFIG, CURVE, HISTORY, METRICS
 
 log = logging.getLogger("made.train")
-
-CONFIG = "config.json"
-METRICS = "metrics.json"
-HISTORY = "log.jsonl"
-CURVE = "curve.png"
 
 
 @dataclass
