@@ -20,7 +20,6 @@ initialised model of the same shape stands in and the output says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -48,11 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from made.errors import ModelNotFound  # noqa: E402
-from made.masks import make_mask_set  # noqa: E402
-from made.store import open_model, sha256_file  # noqa: E402
+from made.store import open_model  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
 from service.engine.network import Network  # noqa: E402
-from training.onnx_graph import build_graph  # noqa: E402
+from training.export import export_random_model  # noqa: E402
 
 BATCH = 1000
 DOC = ROOT / "docs" / "engine-bench.md"
@@ -61,27 +59,7 @@ DOC = ROOT / "docs" / "engine-bench.md"
 def random_default_model(store: Path, name: str, seed: int = 0) -> Path:
     """A stand-in for the default model: D=784, hidden [500, 500], K=8 connectivity-agnostic
     masks in natural order, direct connections, random weights; written to `store`."""
-    dims, hidden, k = 784, [500, 500], 8
-    masks = make_mask_set(dims, hidden, k, connectivity_agnostic=True, seed=seed)
-    rng = np.random.default_rng(seed)
-    widths = [dims, *hidden, dims]
-    weights = [(rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32)
-               for a, b in zip(widths[:-1], widths[1:], strict=True)]
-    biases = [(0.1 * rng.standard_normal(b)).astype(np.float32) for b in widths[1:]]
-    direct = (rng.standard_normal((dims, dims)) / np.sqrt(dims)).astype(np.float32)
-    graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees), direct)
-    version_dir = store / name / "1"
-    version_dir.mkdir(parents=True)
-    (version_dir / "model.onnx").write_bytes(graph.SerializeToString())
-    manifest = {
-        "format_version": 1, "name": name, "version": "1", "dims": dims, "hidden": hidden,
-        "n_masks": k, "orderings": masks.orderings.tolist(), "direct": True,
-        "files": {"model.onnx": sha256_file(version_dir / "model.onnx")},
-        "dataset": {"name": "random-weights"}, "metrics": {},
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    (version_dir / "manifest.json").write_text(json.dumps(manifest))
-    return store
+    return export_random_model(store, name, 784, [500, 500], 8, direct=True, seed=seed)
 
 
 def dense_matmul_session(net: Network, threads: int) -> ort.InferenceSession:

@@ -38,9 +38,7 @@ class MaskSet:
         return build_masks(self.input_degrees()[k], [h[k] for h in self.hidden_degrees])
 
     def direct_mask(self, k: int) -> np.ndarray:
-        """(D, D) mask of direct input-to-output weights: output d sees input j iff deg(j) < deg(d)."""
-        deg = self.input_degrees()[k]
-        return (deg[:, None] > deg[None, :]).astype(np.float32)
+        return build_direct_mask(self.input_degrees()[k])
 
 
 def orderings_to_degrees(orderings: np.ndarray) -> np.ndarray:
@@ -66,6 +64,12 @@ def build_masks(input_degrees: np.ndarray, hidden_degrees: list[np.ndarray]) -> 
         prev = layer
     masks.append((np.asarray(input_degrees)[:, None] > prev[None, :]).astype(np.float32))
     return masks
+
+
+def build_direct_mask(input_degrees: np.ndarray) -> np.ndarray:
+    """(D, D) mask of direct input-to-output weights: output d sees input j iff deg(j) < deg(d)."""
+    deg = np.asarray(input_degrees)
+    return (deg[:, None] > deg[None, :]).astype(np.float32)
 
 
 def validate_architecture(dims: int, hidden: list[int], n_masks: int) -> None:

@@ -122,38 +122,12 @@ def tiny_joint(tiny_store: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def write_random_model(store: Path, name: str, dims: int, hidden: list[int], n_masks: int, *,
                        order_agnostic: bool, direct: bool, seed: int = 0) -> Path:
-    """Export a MADE with random weights (no training) through training.onnx_graph.build_graph,
-    with a manifest like `made export` writes: enough for exactness checks at real size."""
-    import json
+    """A MADE with random weights (no training) in `store`, as `made export` writes it: enough
+    for exactness checks at real size."""
+    from training.export import export_random_model
 
-    from made.masks import make_mask_set
-    from made.store import sha256_file
-    from training.onnx_graph import build_graph
-
-    masks = make_mask_set(dims, hidden, n_masks, order_agnostic=order_agnostic,
-                          connectivity_agnostic=True, seed=seed)
-    rng = np.random.default_rng(seed)
-    widths = [dims, *hidden, dims]
-    # (fan_out, fan_in) like torch; about half of each matrix is masked, hence the factor 2
-    weights = [(rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32)
-               for a, b in zip(widths[:-1], widths[1:], strict=True)]
-    biases = [(0.1 * rng.standard_normal(b)).astype(np.float32) for b in widths[1:]]
-    direct_w = None
-    if direct:
-        direct_w = (rng.standard_normal((dims, dims)) / np.sqrt(dims)).astype(np.float32)
-    graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees),
-                        direct_w)
-    version_dir = store / name / "1"
-    version_dir.mkdir(parents=True)
-    (version_dir / "model.onnx").write_bytes(graph.SerializeToString())
-    manifest = {
-        "format_version": 1, "name": name, "version": "1", "dims": dims, "hidden": hidden,
-        "n_masks": n_masks, "orderings": masks.orderings.tolist(), "direct": direct,
-        "files": {"model.onnx": sha256_file(version_dir / "model.onnx")},
-        "dataset": {"name": "random-weights"}, "metrics": {}, "created_at": "1970-01-01T00:00:00",
-    }
-    (version_dir / "manifest.json").write_text(json.dumps(manifest))
-    return store
+    return export_random_model(store, name, dims, hidden, n_masks, order_agnostic=order_agnostic,
+                               direct=direct, seed=seed)
 
 
 @pytest.fixture(scope="session")

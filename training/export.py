@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from made.atomic import fsync_dir
 from made.data import load_dataset
 from made.errors import CheckpointError, ModelStoreError
-from made.masks import MaskSet, orderings_to_degrees
+from made.masks import MaskSet, make_mask_set, orderings_to_degrees
 from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file
-from training.onnx_graph import build_graph
+from training.onnx_graph import OPSET, build_graph
 from training.run_files import BEST, CONFIG, METRICS
 
 
@@ -52,7 +53,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
     return config, tensors, metrics
 
 
-def graph_from_tensors(tensors: dict[str, np.ndarray], n_hidden: int, direct: bool):  # type: ignore[no-untyped-def]
+def graph_from_tensors(tensors: dict[str, np.ndarray], n_hidden: int, direct: bool) -> onnx.ModelProto:
     weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
     biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
     hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
@@ -87,6 +88,26 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
         if "mnist" in str(config["dataset"]).lower() and model_cfg["dims"] == 784:
             image_shape = [28, 28]
 
+    fields = {
+        "dims": int(model_cfg["dims"]),
+        "hidden": list(model_cfg["hidden"]),
+        "n_masks": int(masks.n_masks),
+        "orderings": masks.orderings.tolist(),
+        "direct": bool(model_cfg.get("direct")),
+        "dataset": {"name": Path(str(config["dataset"])).stem, "source": str(config["dataset"])},
+        "metrics": metrics,
+        "training": config,
+        "image_shape": image_shape,
+    }
+    return write_version(store, name, graph, fields, version)
+
+
+def write_version(store: Path, name: str, graph: onnx.ModelProto, fields: dict[str, Any],
+                  version: str | None = None) -> Path:
+    """Write STORE/NAME/VERSION/{model.onnx, manifest.json} atomically: the files are assembled
+    in a hidden temporary directory and renamed into place, so a reader never sees half a version.
+    `fields` are the model's manifest entries; the store's own (format, name, version, checksums,
+    graph signature, creation time) are added here."""
     try:
         (store / name).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -98,25 +119,16 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=store / name))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a served store must be readable by the server user
-        model_bytes = graph.SerializeToString()
-        (tmp / MODEL_FILE).write_bytes(model_bytes)
+        (tmp / MODEL_FILE).write_bytes(graph.SerializeToString())
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": name,
             "version": version,
-            "dims": int(model_cfg["dims"]),
-            "hidden": list(model_cfg["hidden"]),
-            "n_masks": int(masks.n_masks),
-            "orderings": masks.orderings.tolist(),
-            "direct": bool(model_cfg.get("direct")),
             "activation": "relu",
+            **fields,
             "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
-            "dataset": {"name": Path(str(config["dataset"])).stem, "source": str(config["dataset"])},
-            "metrics": metrics,
-            "training": config,
-            "image_shape": image_shape,
             "graph": {"inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
-                      "outputs": {"logits": "float32 [N, D]"}, "opset": 17},
+                      "outputs": {"logits": "float32 [N, D]"}, "opset": OPSET},
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -131,3 +143,25 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def export_random_model(store: Path, name: str, dims: int, hidden: list[int], n_masks: int, *,
+                        order_agnostic: bool = False, connectivity_agnostic: bool = True,
+                        direct: bool = False, seed: int = 0) -> Path:
+    """A MADE of the given shape with random (untrained) weights, written to the store like
+    `made export` writes: what exactness tests and benchmarks need at real size. Returns store."""
+    masks = make_mask_set(dims, hidden, n_masks, order_agnostic=order_agnostic,
+                          connectivity_agnostic=connectivity_agnostic, seed=seed)
+    rng = np.random.default_rng(seed)
+    widths = [dims, *hidden, dims]
+    # (fan_out, fan_in) like torch; about half of each matrix is masked, hence the factor 2
+    weights = [(rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32)
+               for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    biases = [(0.1 * rng.standard_normal(b)).astype(np.float32) for b in widths[1:]]
+    direct_w = (rng.standard_normal((dims, dims)) / np.sqrt(dims)).astype(np.float32) if direct else None
+    graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees), direct_w)
+    fields = {"dims": dims, "hidden": list(hidden), "n_masks": n_masks,
+              "orderings": masks.orderings.tolist(), "direct": direct,
+              "dataset": {"name": "random-weights"}, "metrics": {}}
+    write_version(Path(store), name, graph, fields, "1")
+    return Path(store)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from made.masks import MaskSet, build_masks, make_mask_set
+from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
 
 
 @dataclass
@@ -79,8 +78,7 @@ class MADE(nn.Module):
             inp, hidden = self.degrees(k)
             dense = build_masks(inp.cpu().numpy(), [h.cpu().numpy() for h in hidden])
             if self.direct is not None:
-                deg = inp.cpu().numpy()
-                dense.append((deg[:, None] > deg[None, :]).astype(np.float32))
+                dense.append(build_direct_mask(inp.cpu().numpy()))
             cached = [torch.from_numpy(m).to(self.input_degrees.device) for m in dense]
             self._mask_cache[k] = cached
         return cached

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from made.errors import InvalidInput
+from made.errors import InvalidInput, ModelStoreError
 from made.masks import exact_orders
 from made.store import StoredModel
 from service.engine.network import Network, load_network
@@ -88,7 +88,7 @@ class Engine:
         self.image_shape = model.image_shape
         self.network: Network = load_network(model.onnx_path, self.orderings)
         if self.network.dims != self.dims or self.network.n_masks != self.n_masks:
-            raise InvalidInput(f"{model.onnx_path} does not match its manifest's dims or n_masks")
+            raise ModelStoreError(f"{model.onnx_path} does not match its manifest's dims or n_masks")
         providers = providers or requested_providers()
         self.session = make_session(model.onnx_path, providers, threads)
         self.providers: list[str] = list(self.session.get_providers())
@@ -201,7 +201,6 @@ class Engine:
         rng = np.random.default_rng(seed)
         log_means = np.empty((len(ks), n))
         variances = np.zeros((len(ks), n))  # of the mean weight, relative to a per-row scale
-        scale = np.zeros(n)
         draws: dict[int, np.ndarray] = {}
         for i, k in enumerate(ks):
             log_means[i] = exact_ll[i]
