@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset, model=model, seed=args.seed, max_epochs=args.max_epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma,
+        lr_gamma=args.lr_gamma, rebinarize=args.rebinarize,
     )
     if args.threads:
         import torch
@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
-    version_dir = export_run(args.run_dir, args.store, args.name, args.version)
+    version_dir = export_run(args.run_dir, args.store, args.name, args.version, args.weights)
     print(str(version_dir))
     return 0
 
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")
     t.add_argument("--lr-gamma", type=float, default=0.1)
+    t.add_argument("--rebinarize", metavar="IMAGES_NPZ", default=None,
+                   help="grayscale .npz (train_images) the binary training rows were drawn from, e.g. "
+                        "mnist.npz: train each epoch on a fresh binarization of them (valid/test stay as given)")
     t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store", required=True)
     e.add_argument("--name", required=True)
     e.add_argument("--version", default=None, help="default: one more than the highest stored")
+    e.add_argument("--weights", choices=["float32", "float16"], default="float32",
+                   help="storage type of the weight matrices (float16: half the file; arithmetic stays float32)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("evaluate", help="test NLL of a stored model, as JSON on the last line")

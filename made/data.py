@@ -188,3 +188,38 @@ def check_binary(array: np.ndarray, where: str) -> np.ndarray:
         r, c = (int(i) for i in np.argwhere(bad)[0])
         raise DataError(f"{where} row {r} column {c} holds {array[r, c]!r}, expected 0 or 1")
     return array.astype(np.uint8)
+
+
+def load_intensities(path: str | Path, binary_train: np.ndarray, key: str = "train_images") -> np.ndarray:
+    """Pixel probabilities (N, D) float32 in [0, 1] of the grayscale images behind a binarized
+    training split: the first N images of `key` (uint8 0..255) in `path`, where N is the number of
+    binary training rows. Refused unless every binary row could have been drawn from its image
+    (a pixel of intensity 0 is never on, one of 255 never off), so the images cannot belong to
+    another split or another order."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"grayscale image file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if key not in npz.files:
+                have = ", ".join(npz.files) or "nothing"
+                raise DataError(f"{path} has no '{key}' array (it has: {have})")
+            images = npz[key]
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as .npz: {exc}") from None
+    n, d = binary_train.shape
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}[{key}] holds {images.dtype}, expected uint8 intensities 0..255")
+    images = images.reshape(len(images), -1)
+    if images.shape[1] != d or len(images) < n:
+        raise DataError(f"{path}[{key}] has {len(images)} images of {images.shape[1]} pixels; the training "
+                        f"split needs at least {n} of {d}")
+    images = images[:n]
+    bad = ((images == 0) & (binary_train == 1)) | ((images == 255) & (binary_train == 0))
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}[{key}] image {r} pixel {c} has intensity {images[r, c]} but the binary "
+                        f"training row {r} has {binary_train[r, c]}: these are not the images it was drawn from")
+    return (images.astype(np.float32) / 255.0).astype(np.float32)

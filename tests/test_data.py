@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from made.data import load_dataset, read_text_matrix
+from made.data import load_dataset, load_intensities, read_text_matrix
 from made.errors import ConfigError, DataError
 from training.model import MADEConfig
 from training.train import TrainConfig, Trainer
@@ -187,3 +187,54 @@ def test_real_data_sets_have_their_documented_shapes(data_dir: Path) -> None:
         assert data.split("valid").shape == (n_valid, dims), name
         assert data.split("test").shape == (n_test, dims), name
         assert data.image_shape == ([28, 28] if name == "binarized_mnist" else None), name
+
+
+def _gray_and_binary(tmp_path: Path, n: int = 40, d: int = 12) -> tuple[Path, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(n + 5, 3, 4), dtype=np.uint8)  # d = 12 pixels as 3x4 images
+    images[:, 0, 0] = 0
+    images[:, 2, 3] = 255
+    binary = (rng.random((n, d)) < images[:n].reshape(n, d) / 255.0).astype(np.uint8)
+    path = tmp_path / "gray.npz"
+    np.savez(path, train_images=images)
+    return path, images, binary
+
+
+def test_intensities_of_the_images_behind_a_binary_split(tmp_path: Path) -> None:
+    path, images, binary = _gray_and_binary(tmp_path)
+    p = load_intensities(path, binary)
+    assert p.dtype == np.float32 and p.shape == binary.shape  # the first N images only
+    np.testing.assert_allclose(p, images[: len(binary)].reshape(len(binary), -1) / 255.0, rtol=1e-6)
+
+
+def test_images_a_binary_split_cannot_come_from_are_refused(tmp_path: Path) -> None:
+    path, images, binary = _gray_and_binary(tmp_path)
+    flipped = binary.copy()
+    flipped[7, 0] = 1  # pixel (0, 0) has intensity 0 in every image
+    with pytest.raises(DataError, match=r"image 7 pixel 0 has intensity 0 .* not the images"):
+        load_intensities(path, flipped)
+    flipped = binary.copy()
+    flipped[3, 11] = 0  # pixel (2, 3) is 255 everywhere
+    with pytest.raises(DataError, match=r"image 3 pixel 11 has intensity 255"):
+        load_intensities(path, flipped)
+    with pytest.raises(DataError, match=r"45 images of 12 pixels; the training split needs at least 40 of 13"):
+        load_intensities(path, np.zeros((40, 13), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"has no 'test_images' array \(it has: train_images\)"):
+        load_intensities(path, binary, key="test_images")
+    with pytest.raises(DataError, match="grayscale image file not found"):
+        load_intensities(tmp_path / "absent.npz", binary)
+    np.savez(tmp_path / "float.npz", train_images=images.astype(np.float32))
+    with pytest.raises(DataError, match="holds float32, expected uint8"):
+        load_intensities(tmp_path / "float.npz", binary)
+
+
+def test_binarized_mnist_training_rows_were_drawn_from_mnist_train_images(data_dir: Path) -> None:
+    """What `made train --rebinarize mnist.npz` relies on: the first 50000 MNIST training images are
+    the images behind binarized_mnist's train split (the valid and test images are not used)."""
+    train = load_dataset(str(data_dir / "binarized_mnist.npz"), splits=("train",)).split("train")
+    p = load_intensities(data_dir / "mnist.npz", train)
+    assert p.shape == (50000, 784)
+    # the binary rows are a typical draw: per-pixel means agree within sampling error
+    assert abs(float(train.mean()) - float(p.mean())) < 1e-3
+    with pytest.raises(DataError, match="not the images it was drawn from"):
+        load_intensities(data_dir / "mnist.npz", train[::-1].copy())

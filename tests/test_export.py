@@ -272,3 +272,57 @@ def test_hidden_temporary_directories_are_not_versions(runs: dict[str, Path], tm
     assert list_names(store) == ["m"]
     assert open_model(store, "m").version == "1"
     assert export_run(runs["plain"], store, "m") == store / "m" / "2"
+
+
+def test_float16_weights_halve_the_file_and_are_the_exact_model_served(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """`made export --weights float16`: the graph is the float32 network whose weight matrices are
+    the float16-rounded ones; onnxruntime matches PyTorch with those weights to 1e-4 per row, for
+    every mask, and the serving engine reads back exactly those weights."""
+    from service.engine.engine import Engine
+    from service.engine.network import load_network
+
+    data = write_npz(tmp_path / "d100.npz", 100, n=60)
+    big = tmp_path / "big-run"
+    _write_random_run(big, data, 100, [300])
+    full = export_run(big, tmp_path / "store", "full")
+    half = export_run(big, tmp_path / "store", "half", weight_dtype="float16")
+    ratio = (half / "model.onnx").stat().st_size / (full / "model.onnx").stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert json.loads((half / "manifest.json").read_text())["weight_dtype"] == "float16"
+    assert json.loads((full / "manifest.json").read_text())["weight_dtype"] == "float32"
+
+    run_dir = runs["image"]  # K=4 order-agnostic masks, two hidden layers, direct connections
+    version = export_run(run_dir, tmp_path / "store", "image", weight_dtype="float16")
+    model = _model_of(run_dir)
+    rounded = MADE(model.config)
+    rounded.load_state_dict({k: v.half().float() if k.endswith("weight") else v
+                             for k, v in model.state_dict().items()})
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), rounded.parameters(), strict=True))
+    session = _session(version / "model.onnx")
+    engine = Engine(open_model(tmp_path / "store", "image"), ["CPUExecutionProvider"], threads=1)
+    x = np.array(np.random.default_rng(3).random((300, 16)) < 0.5, dtype=np.uint8)
+    xt = torch.from_numpy(x).float()
+    for k in range(model.n_masks):
+        with torch.no_grad():
+            expected = rounded.log_prob(xt, k).double().numpy()
+        got = _bernoulli_log_prob(_logits(session, x, k), x)
+        assert np.abs(got - expected).max() <= 1e-4, f"mask {k}"
+        # the serving engine (per-mask sessions with the mask folded in, float64 sampler) agrees
+        engine_lp = engine.logprob(x.astype(np.float32), masks=k).logprob
+        assert np.abs(engine_lp - expected).max() <= 1e-4, f"engine, mask {k}"
+    u, ks = engine.noise(50, seed=1, mask=0)
+    assert np.array_equal(engine.sample_from_noise(u, ks), engine.naive_sample(u, 0))
+    net = load_network(version / "model.onnx")
+    assert net.weights[0].dtype == np.float32
+    assert np.array_equal(net.weights[1], rounded.layers[1].weight.detach().numpy().T)
+    assert net.direct is not None and np.array_equal(net.direct, rounded.direct.weight.detach().numpy().T)
+
+
+def test_an_unknown_weight_type_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ModelStoreError, match="unknown weight type 'int8'"):
+        export_run(runs["plain"], tmp_path / "store", "m", weight_dtype="int8")
+    result = subprocess.run([str(MADE_BIN), "export", str(runs["plain"]), "--store", str(tmp_path / "s"),
+                             "--name", "m", "--weights", "bf16"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "invalid choice: 'bf16'" in result.stderr

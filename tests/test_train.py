@@ -311,3 +311,52 @@ def test_a_file_killed_mid_rewrite_is_always_whole(tmp_path: Path) -> None:
         content = target.read_bytes()
         assert len(content) == 4 << 20
         assert content in (b"A" * (4 << 20), b"B" * (4 << 20))
+
+
+def _gray_data(tmp_path: Path, n: int = 300, d: int = 10) -> tuple[Path, Path, np.ndarray]:
+    """Binary splits drawn from grayscale 'images' (d pixels), and the .npz of those images."""
+    rng = np.random.default_rng(9)
+    images = (rng.random((n + 100, d)) ** 2 * 255).astype(np.uint8)
+    x = (rng.random(images.shape) < images / 255.0).astype(np.uint8)
+    data = tmp_path / "gray_binary.npz"
+    np.savez(data, train=x[:n], valid=x[n : n + 50], test=x[n + 50 :])
+    gray = tmp_path / "gray.npz"
+    np.savez(gray, train_images=images)
+    return data, gray, images[:n] / 255.0
+
+
+def test_rebinarize_trains_each_epoch_on_a_fresh_draw_of_the_images(tmp_path: Path) -> None:
+    data, gray, p = _gray_data(tmp_path)
+    cfg = _config(data, rebinarize=str(gray), max_epochs=3)
+    trainer = Trainer(cfg, tmp_path / "run")
+    gen = torch.Generator().manual_seed(0)
+    draws = np.stack([trainer.epoch_rows(gen).numpy() for _ in range(200)])
+    assert set(np.unique(draws)) == {0.0, 1.0}
+    assert not np.array_equal(draws[0], draws[1])  # a new draw each epoch
+    # of Bernoulli(intensity/255): every cell's frequency within 5.5 standard errors (3000 cells)
+    se = np.sqrt(p * (1 - p) / len(draws))
+    assert (np.abs(draws.mean(axis=0) - p) <= 5.5 * se + 1e-12).all()
+    static = Trainer(_config(data), tmp_path / "static").epoch_rows(gen).numpy()
+    assert np.array_equal(static, np.load(data)["train"])  # without it: the split as given
+
+    metrics = _train(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / CONFIG).read_text())["rebinarize"] == str(gray)
+    # the random stream that draws the rows is checkpointed: a resumed run ends where one run ends
+    _train(_config(data, rebinarize=str(gray), max_epochs=1), tmp_path / "split")
+    split = _train(cfg, tmp_path / "split")
+    _assert_same_tensors(tmp_path / "run" / BEST, tmp_path / "split" / BEST)
+    assert {k: split[k] for k in NLL_FIELDS} == {k: metrics[k] for k in NLL_FIELDS}
+
+
+def test_rebinarize_with_images_of_another_split_is_one_line_exit_2(tmp_path: Path) -> None:
+    data, gray, _ = _gray_data(tmp_path)
+    images = np.load(gray)["train_images"]
+    np.savez(tmp_path / "shuffled.npz", train_images=images[::-1].copy())
+    result = subprocess.run(
+        [str(MADE_BIN), "train", "--dataset", str(data), "--rebinarize", str(tmp_path / "shuffled.npz"),
+         "--hidden", "8", "--max-epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "not the images it was drawn from" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -24,7 +24,7 @@ from made.data import load_dataset
 from made.errors import CheckpointError, ModelStoreError
 from made.masks import MaskSet, make_mask_set, orderings_to_degrees
 from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file
-from training.onnx_graph import OPSET, build_graph
+from training.onnx_graph import OPSET, WEIGHT_DTYPES, build_graph
 from training.run_files import BEST, CONFIG, METRICS
 
 
@@ -53,12 +53,13 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
     return config, tensors, metrics
 
 
-def graph_from_tensors(tensors: dict[str, np.ndarray], n_hidden: int, direct: bool) -> onnx.ModelProto:
+def graph_from_tensors(tensors: dict[str, np.ndarray], n_hidden: int, direct: bool,
+                       weight_dtype: str = "float32") -> onnx.ModelProto:
     weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
     biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
     hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
     return build_graph(weights, biases, tensors["input_degrees"], hidden_degrees,
-                       tensors["direct.weight"] if direct else None)
+                       tensors["direct.weight"] if direct else None, weight_dtype=weight_dtype)
 
 
 def next_version(store: Path, name: str) -> str:
@@ -66,8 +67,13 @@ def next_version(store: Path, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
-def export_run(run_dir: str | Path, store: str | Path, name: str, version: str | None = None) -> Path:
+def export_run(run_dir: str | Path, store: str | Path, name: str, version: str | None = None,
+               weight_dtype: str = "float32") -> Path:
+    """Export a finished run; weight_dtype 'float16' stores the weight matrices in half the bytes
+    (the served model is then the float32 network with float16-rounded weights)."""
     run_dir, store = Path(run_dir), Path(store)
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ModelStoreError(f"unknown weight type '{weight_dtype}', expected one of {', '.join(WEIGHT_DTYPES)}")
     for kind, value in (("model name", name), ("version", version)):
         # a '/' would write outside the store; a leading '.' would hide the version from readers
         if value is not None and (not value or "/" in value or value.startswith(".")):
@@ -79,7 +85,7 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
     masks = MaskSet(orderings=np.argsort(degrees, axis=1), hidden_degrees=tuple(
         tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)))
     assert np.array_equal(orderings_to_degrees(masks.orderings), degrees)
-    graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")))
+    graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype)
 
     image_shape = None
     try:
@@ -94,6 +100,7 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
         "n_masks": int(masks.n_masks),
         "orderings": masks.orderings.tolist(),
         "direct": bool(model_cfg.get("direct")),
+        "weight_dtype": weight_dtype,
         "dataset": {"name": Path(str(config["dataset"])).stem, "source": str(config["dataset"])},
         "metrics": metrics,
         "training": config,

@@ -5,6 +5,10 @@ The K masks are stored as degrees (int32, K x width per layer) and rebuilt insid
 Gather + broadcast comparison, so a K = 32 graph is barely larger than a K = 1 graph.
 Initializer names (W{l}, b{l}, input_degrees, hidden_degrees_{l}, direct_W) are part of the
 format: the serving engine reads the weights from them for its fast sampler.
+
+Weight matrices may be stored as float16 (half the file): the graph then casts each to float32
+once (onnxruntime folds the Cast at session creation), so all arithmetic stays float32 and the
+model is exactly the float32 network whose weights are the float16 values.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
+WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def build_graph(
@@ -23,8 +28,12 @@ def build_graph(
     hidden_degrees: list[np.ndarray],
     direct: np.ndarray | None = None,
     name: str = "made",
+    weight_dtype: str = "float32",
 ) -> onnx.ModelProto:
-    """weights[l] is (fan_out, fan_in) like torch; degrees are (K, width) per layer."""
+    """weights[l] is (fan_out, fan_in) like torch; degrees are (K, width) per layer;
+    weight_dtype ('float32' or 'float16') is how the weight matrices are stored."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {weight_dtype!r}")
     dims = int(input_degrees.shape[1])
     inits = [
         numpy_helper.from_array(input_degrees.astype(np.int32), "input_degrees"),
@@ -32,6 +41,15 @@ def build_graph(
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
     ]
     nodes = []
+
+    def weight(matrix: np.ndarray, init_name: str) -> str:
+        """Store a (fan_in, fan_out) matrix; return the name of its float32 value in the graph."""
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(matrix).astype(WEIGHT_DTYPES[weight_dtype]),
+                                             init_name))
+        if weight_dtype == "float32":
+            return init_name
+        nodes.append(helper.make_node("Cast", [init_name], [init_name + "_f32"], to=TensorProto.FLOAT))
+        return init_name + "_f32"
 
     def degrees_of(source: str, out: str) -> tuple[str, str]:
         """Gather mask k's degrees of a layer; return names shaped (1, W) and (W, 1)."""
@@ -44,7 +62,7 @@ def build_graph(
     prev_col, h = in_col, "x"
     for l, (w, b) in enumerate(zip(weights, biases, strict=True)):
         last = l == len(weights) - 1
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T).astype(np.float32), f"W{l}"))
+        w_name = weight(w.T, f"W{l}")
         inits.append(numpy_helper.from_array(b.astype(np.float32), f"b{l}"))
         if last:
             # output d keeps last-layer unit k when deg(d) > m(k): (H_L, D)
@@ -56,7 +74,7 @@ def build_graph(
             nodes.append(helper.make_node("GreaterOrEqual", [row, prev_col], [f"keep{l}"]))
             prev_col = col
         nodes.append(helper.make_node("Cast", [f"keep{l}"], [f"mask{l}"], to=TensorProto.FLOAT))
-        nodes.append(helper.make_node("Mul", [f"W{l}", f"mask{l}"], [f"Wm{l}"]))
+        nodes.append(helper.make_node("Mul", [w_name, f"mask{l}"], [f"Wm{l}"]))
         nodes.append(helper.make_node("MatMul", [h, f"Wm{l}"], [f"mm{l}"]))
         out = "pre_logits" if (last and direct is not None) else ("logits" if last else f"pre{l}")
         nodes.append(helper.make_node("Add", [f"mm{l}", f"b{l}"], [out]))
@@ -64,10 +82,10 @@ def build_graph(
             nodes.append(helper.make_node("Relu", [out], [f"h{l}"]))
             h = f"h{l}"
     if direct is not None:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(direct.T).astype(np.float32), "direct_W"))
+        direct_name = weight(direct.T, "direct_W")
         nodes.append(helper.make_node("Greater", [in_row, in_col], ["keep_direct"]))  # (D_in, D_out)
         nodes.append(helper.make_node("Cast", ["keep_direct"], ["mask_direct"], to=TensorProto.FLOAT))
-        nodes.append(helper.make_node("Mul", ["direct_W", "mask_direct"], ["direct_Wm"]))
+        nodes.append(helper.make_node("Mul", [direct_name, "mask_direct"], ["direct_Wm"]))
         nodes.append(helper.make_node("MatMul", ["x", "direct_Wm"], ["direct_out"]))
         nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], ["logits"]))
     graph = helper.make_graph(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from made.atomic import atomic_write_text, atomic_write_with
-from made.data import Dataset, load_dataset
+from made.data import Dataset, load_dataset, load_intensities
 from made.errors import CheckpointError, ConfigError
 from training.checkpoint import (
     BEST,
@@ -47,6 +47,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     patience: int = 20  # epochs without a better validation NLL before stopping
     eval_batch: int = 1000
+    # grayscale .npz whose first train images the binary training rows were drawn from: each epoch
+    # trains on a fresh Bernoulli(intensity/255) draw of them; valid and test stay the static sets
+    rebinarize: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +116,14 @@ class Trainer:
             )
         self.train_x = torch.from_numpy(self.data.split("train")).float()
         self.valid_x = self.data.split("valid")
+        self.train_p = (torch.from_numpy(load_intensities(cfg.rebinarize, self.data.split("train")))
+                        if cfg.rebinarize else None)
+
+    def epoch_rows(self, gen: torch.Generator) -> torch.Tensor:
+        """The training rows of one epoch: the static split, or a fresh binarization of its images."""
+        if self.train_p is None:
+            return self.train_x
+        return (torch.rand(self.train_p.shape, generator=gen) < self.train_p).float()
 
     def prepare_run_dir(self) -> dict[str, Any] | None:
         """Create RUN_DIR or check it holds this same run; return the checkpoint state to resume."""
@@ -203,10 +214,11 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * cfg.lr_gamma ** (progress_state["epoch"] // cfg.lr_step)
             model.train()
+            rows = self.epoch_rows(gen)
             order = torch.randperm(n, generator=gen)
             total, count = 0.0, 0
             for start in range(0, n, cfg.batch_size):
-                x = self.train_x[order[start : start + cfg.batch_size]]
+                x = rows[order[start : start + cfg.batch_size]]
                 k = int(torch.randint(model.n_masks, (1,), generator=gen)) if model.n_masks > 1 else 0
                 loss = -model.log_prob(x, k).mean()
                 optimizer.zero_grad(set_to_none=True)
