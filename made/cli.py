@@ -13,9 +13,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from made.errors import MadeError
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -42,20 +45,14 @@ def _masks_arg(text: str) -> str | int:
         raise argparse.ArgumentTypeError(f"expected 'all' or a mask index, got '{text}'") from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from made.data import load_dataset
-    from made.masks import validate_architecture
-
-    # bad data and impossible architectures are refused before the seconds of importing torch
-    data = load_dataset(args.dataset)
-    validate_architecture(data.dims, args.hidden, args.masks)
-
+def train_config(args: argparse.Namespace, dims: int) -> TrainConfig:
+    """The TrainConfig that `made train` arguments describe (imports torch)."""
     from training.model import MADEConfig
-    from training.train import TrainConfig, Trainer
+    from training.train import TrainConfig
 
     connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
     model = MADEConfig(
-        dims=data.dims,
+        dims=dims,
         hidden=args.hidden,
         n_masks=args.masks,
         order_agnostic=args.order_agnostic,
@@ -64,13 +61,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         direct=args.direct,
         mask_seed=args.seed,
     )
-    model.mask_set()  # refuse impossible architectures before touching RUN_DIR
-    cfg = TrainConfig(
+    return TrainConfig(
         dataset=args.dataset, model=model, seed=args.seed, max_epochs=args.max_epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, lr_step=args.lr_step,
         lr_gamma=args.lr_gamma, rebinarize=args.rebinarize,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from made.data import load_dataset
+    from made.masks import validate_architecture
+
+    # bad data and impossible architectures are refused before the seconds of importing torch
+    data = load_dataset(args.dataset)
+    validate_architecture(data.dims, args.hidden, args.masks)
+
+    from training.train import Trainer
+
+    cfg = train_config(args, data.dims)
+    cfg.model.mask_set()  # refuse impossible architectures before touching RUN_DIR
     if args.threads:
         import torch
 

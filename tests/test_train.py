@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from made.data import load_dataset
+from made.errors import CheckpointError
 from training.checkpoint import BEST, CHECKPOINT, load_tensors
 from training.model import MADE, MADEConfig
 from training.train import CONFIG, CURVE, HISTORY, METRICS, TrainConfig, Trainer
@@ -346,6 +347,12 @@ def test_rebinarize_trains_each_epoch_on_a_fresh_draw_of_the_images(tmp_path: Pa
     split = _train(cfg, tmp_path / "split")
     _assert_same_tensors(tmp_path / "run" / BEST, tmp_path / "split" / BEST)
     assert {k: split[k] for k in NLL_FIELDS} == {k: metrics[k] for k in NLL_FIELDS}
+    # the images may have moved; rebinarization cannot be switched off in a resumed run
+    moved = tmp_path / "moved.npz"
+    moved.write_bytes(gray.read_bytes())
+    _train(_config(data, rebinarize=str(moved), max_epochs=4), tmp_path / "split")
+    with pytest.raises(CheckpointError, match="holds a run with rebinarize="):
+        _train(_config(data, max_epochs=5), tmp_path / "split")
 
 
 def test_rebinarize_with_images_of_another_split_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -65,8 +65,9 @@ class TrainConfig:
         return cls(**known)
 
 
-# Fields that may change when a run is resumed (e.g. to train for longer).
-_RESUMABLE = {"max_epochs", "patience", "dataset"}
+# Fields that may change when a run is resumed (e.g. to train for longer, or with the data
+# files at another path; rebinarize may move but not be switched on or off).
+_RESUMABLE = {"max_epochs", "patience", "dataset", "rebinarize"}
 
 
 def build_optimizer(cfg: TrainConfig, model: MADE) -> torch.optim.Optimizer:
@@ -151,7 +152,7 @@ class Trainer:
             raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
         mine = self.cfg.to_dict()
         for key in sorted(set(stored) | set(mine)):
-            if key in _RESUMABLE:
+            if key in _RESUMABLE and (key != "rebinarize" or bool(stored.get(key)) == bool(mine.get(key))):
                 continue
             if stored.get(key) != mine.get(key):
                 raise CheckpointError(

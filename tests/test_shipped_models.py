@@ -1,0 +1,99 @@
+"""The default models committed in model_store/: intact, small enough to commit, of the promised
+shape, as good as their manifest says on the real test set, and rebuilt by the Makefile command
+that documents them (the same settings as the shipped model's training configuration)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from made.cli import build_parser, train_config
+from made.store import list_names, open_model
+from service.engine.evaluate import evaluate_store_model
+from service.engine.registry import PREFERRED_DEFAULT
+
+ROOT = Path(__file__).resolve().parent.parent
+STORE = ROOT / "model_store"
+MAX_FILE_BYTES = 10 * 1000 * 1000
+BMNIST_TARGET = 88.0  # mixture test NLL in nats promised for the default model
+
+
+def _make_variables() -> dict[str, str]:
+    variables = {}
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(r"^([A-Z_]+)\s*[:?]?=\s*(.*)$", line)
+        if match:
+            variables[match.group(1)] = match.group(2).strip()
+    return variables
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$\(([A-Z_]+)\)", lambda m: _expand(variables[m.group(1)], variables), text)
+
+
+def test_every_shipped_model_is_intact_and_each_file_under_10_mb() -> None:
+    names = list_names(STORE)
+    assert PREFERRED_DEFAULT in names and "mushrooms" in names
+    for name in names:
+        model = open_model(STORE, name)  # verifies every file's sha256 against the manifest
+        for f in model.path.iterdir():
+            assert f.stat().st_size < MAX_FILE_BYTES, f"{f} is {f.stat().st_size} bytes"
+
+
+def test_the_default_binarized_mnist_model_has_the_promised_shape() -> None:
+    manifest = open_model(STORE, PREFERRED_DEFAULT).manifest
+    assert manifest["dims"] == 784 and manifest["image_shape"] == [28, 28]
+    assert len(manifest["hidden"]) == 2
+    assert manifest["n_masks"] >= 8 and len(manifest["orderings"]) == manifest["n_masks"]
+    assert manifest["metrics"]["test_nll"] <= BMNIST_TARGET
+    assert len(manifest["metrics"]["test_nll_per_mask"]) == manifest["n_masks"]
+
+
+@pytest.mark.parametrize(("name", "variable", "run_variable"), [
+    (PREFERRED_DEFAULT, "BMNIST_ARGS", "BMNIST_RUN"),
+    ("mushrooms", "MUSHROOMS_ARGS", None),
+])
+def test_the_makefile_command_trains_what_was_shipped(name: str, variable: str, run_variable: str | None) -> None:
+    """`make model-NAME` passes these arguments to `made train`: they describe exactly the
+    training configuration recorded in the shipped manifest (data paths aside)."""
+    variables = _make_variables()
+    args = shlex.split(_expand(variables[variable], variables))
+    manifest = open_model(STORE, name).manifest
+    dataset = manifest["training"]["dataset"]
+    parsed = build_parser().parse_args(["train", "--dataset", dataset, "--out", "unused", *args])
+    expected = train_config(parsed, manifest["dims"]).to_dict()
+    shipped = dict(manifest["training"])
+    for key in ("dataset", "rebinarize"):  # where the files were on the training machine
+        assert (shipped.get(key) is None) == (expected.get(key) is None), key
+        if shipped.get(key):
+            assert Path(shipped[key]).name == Path(expected[key]).name, key
+        shipped.pop(key, None)
+        expected.pop(key, None)
+    shipped.pop("extra", None)
+    expected.pop("extra", None)
+    assert shipped == expected
+    if run_variable is not None:  # the run directory the results table reads is the same one
+        sys.path.insert(0, str(ROOT / "bench"))
+        try:
+            import results
+        finally:
+            sys.path.remove(str(ROOT / "bench"))
+        run_name = Path(variables[run_variable]).name
+        assert run_name in results.EXPERIMENTS
+        table_args = [Path(a).name if a.endswith(".npz") else a for a in results.EXPERIMENTS[run_name][1]]
+        make_args = [Path(a).name if a.endswith(".npz") else a for a in args]
+        assert make_args == [*table_args, "--seed", "0"]
+
+
+def test_shipped_binarized_mnist_scores_its_recorded_test_nll(data_dir: Path) -> None:
+    """The exported graph (float16-stored weights, onnxruntime) on the 10,000 test images: the
+    mixture NLL meets the target and agrees with the training run's float32 figure."""
+    manifest = open_model(STORE, PREFERRED_DEFAULT).manifest
+    result = evaluate_store_model(STORE, PREFERRED_DEFAULT, str(data_dir / "binarized_mnist.npz"))
+    assert result["n"] == 10000
+    assert result["nll"] <= BMNIST_TARGET
+    assert abs(result["nll"] - manifest["metrics"]["test_nll"]) < 0.05
