@@ -202,11 +202,11 @@ class Engine:
         log_means = np.empty((len(ks), n))
         variances = np.zeros((len(ks), n))  # of the mean weight, relative to a per-row scale
         draws: dict[int, np.ndarray] = {}
-        for i, k in enumerate(ks):
-            log_means[i] = exact_ll[i]
-            todo = np.flatnonzero(~is_exact[i])
-            if len(todo):
-                _, logw, _ = self._weighted_draws(k, x[todo], observed[todo], n_importance, rng)
+        log_means[:] = exact_ll
+        jobs = [(k, np.flatnonzero(~is_exact[i])) for i, k in enumerate(ks)]
+        for i, (_, logw, _) in enumerate(self._weighted_draws(jobs, x, observed, n_importance, rng)):
+            if logw.size:
+                todo = jobs[i][1]
                 draws[i] = logw
                 log_means[i, todo] = _logmeanexp(logw, axis=1)
         # mixture mean and delta-method standard error, computed relative to each row's maximum
@@ -221,15 +221,25 @@ class Engine:
         stderr = np.where(exact, np.nan, np.sqrt(var_mean) / mean_rel)
         return LogProbResult(scale + np.log(mean_rel), np.asarray(exact, dtype=bool), stderr)
 
-    def _weighted_draws(self, k: int, x: np.ndarray, observed: np.ndarray, s: int,
-                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """S completions per row under mask k with their log weights: ((n, S, D), (n, S), probs)."""
-        n = len(x)
-        values = np.repeat(np.nan_to_num(x, nan=0.0), s, axis=0)
-        obs = np.repeat(observed, s, axis=0)
-        u = rng.random((n * s, self.dims))
-        samples, logw, probs = self.sampler.run(k, u, obs, values, return_probs=True)
-        return samples.reshape(n, s, -1), logw.reshape(n, s), probs.reshape(n, s, -1)  # type: ignore[union-attr]
+    def _weighted_draws(self, jobs: list[tuple[int, np.ndarray]], x: np.ndarray, observed: np.ndarray,
+                        s: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """For each job (mask k, row indices): S completions per row under mask k with their log
+        weights, ((n, S, D), (n, S), per-step probabilities (n, S, D)). All jobs' draws step
+        through the sampler in one loop, so K masks cost about one pass, not K."""
+        masks = np.concatenate([np.full(len(rows) * s, k, dtype=np.int64) for k, rows in jobs])
+        picked = np.concatenate([np.repeat(rows, s) for _, rows in jobs]).astype(np.int64)
+        values = np.nan_to_num(x[picked], nan=0.0)
+        u = rng.random((len(picked), self.dims))
+        samples, logw, probs = self.sampler.run_masks(masks, u, observed[picked], values, return_probs=True)
+        assert probs is not None
+        out, start = [], 0
+        for _, rows in jobs:
+            n = len(rows)
+            part = slice(start, start + n * s)
+            d = self.dims
+            out.append((samples[part].reshape(n, s, d), logw[part].reshape(n, s), probs[part].reshape(n, s, d)))
+            start += n * s
+        return out
 
     # --- conditionals ------------------------------------------------------------------------
     def conditionals(self, x: np.ndarray, mask: int = 0) -> np.ndarray:
@@ -315,8 +325,8 @@ class Engine:
                 continue
             # S weighted completions per mask, pooled as the mixture with weights w / K
             pooled_x, pooled_logw, pooled_p = [], [], []
-            for k in ks:
-                sx, lw, pr = self._weighted_draws(k, xr, obs, n_importance, rng)
+            for sx, lw, pr in self._weighted_draws([(k, np.zeros(1, dtype=np.int64)) for k in ks], xr, obs,
+                                                   n_importance, rng):
                 pooled_x.append(sx[0])
                 pooled_logw.append(lw[0])
                 pooled_p.append(pr[0])
