@@ -463,7 +463,7 @@ def test_dockerignore_keeps_the_build_context_to_the_serving_files() -> None:
                  "made.egg-info/PKG-INFO", "docs/deployment.md"]:
         assert ignored(path, patterns), f"{path} would be sent to the Docker daemon"
     for path in ["pyproject.toml", "made/cli.py", "service/app.py", "service/engine/engine.py",
-                 "model_store/binarized-mnist/1/model.onnx"]:
+                 "model_store/binarized-mnist/2/model.onnx"]:
         assert not ignored(path, patterns), f"{path} would be missing from the build context"
 
 
