@@ -151,16 +151,23 @@ def test_manifest_describes_the_model_its_data_and_its_metrics(
     assert plain["orderings"] == [list(range(9))]
 
 
-def _check_parity(run_dir: Path, store: Path, x: np.ndarray) -> None:
-    model = _model_of(run_dir)
-    session = _session(export_run(run_dir, store, run_dir.name) / "model.onnx")
+def _assert_graph_matches(model: MADE, session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
+    """log p(x) from the graph against PyTorch for every mask; returns PyTorch's, per mask."""
     xt = torch.from_numpy(x).float()
+    expected_per_mask = []
     for k in range(model.n_masks):
         with torch.no_grad():
             expected = model.log_prob(xt, k).double().numpy()
         got = _bernoulli_log_prob(_logits(session, x, k), x)
         assert np.abs(got - expected).max() <= 1e-4, f"mask {k}"
         assert np.isfinite(got).all()
+        expected_per_mask.append(expected)
+    return expected_per_mask
+
+
+def _check_parity(run_dir: Path, store: Path, x: np.ndarray) -> None:
+    session = _session(export_run(run_dir, store, run_dir.name) / "model.onnx")
+    _assert_graph_matches(_model_of(run_dir), session, x)
 
 
 def test_onnx_matches_pytorch_for_every_mask_on_real_test_data(data_dir: Path, tmp_path: Path) -> None:
@@ -303,12 +310,7 @@ def test_float16_weights_halve_the_file_and_are_the_exact_model_served(
     session = _session(version / "model.onnx")
     engine = Engine(open_model(tmp_path / "store", "image"), ["CPUExecutionProvider"], threads=1)
     x = np.array(np.random.default_rng(3).random((300, 16)) < 0.5, dtype=np.uint8)
-    xt = torch.from_numpy(x).float()
-    for k in range(model.n_masks):
-        with torch.no_grad():
-            expected = rounded.log_prob(xt, k).double().numpy()
-        got = _bernoulli_log_prob(_logits(session, x, k), x)
-        assert np.abs(got - expected).max() <= 1e-4, f"mask {k}"
+    for k, expected in enumerate(_assert_graph_matches(rounded, session, x)):
         # the serving engine (per-mask sessions with the mask folded in, float64 sampler) agrees
         engine_lp = engine.logprob(x.astype(np.float32), masks=k).logprob
         assert np.abs(engine_lp - expected).max() <= 1e-4, f"engine, mask {k}"
