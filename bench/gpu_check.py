@@ -11,7 +11,7 @@
    provider, and sampling through service.engine's Engine.sample where the engine is present.
 
 Exit status: 0 all good, 1 parity off, 2 no usable CUDA provider (or no model). Runs where the
-image runs (onnxruntime-gpu, CUDA 12, cuDNN 9); docs/deployment.md shows the docker command.
+image runs (onnxruntime-gpu with its CUDA and cuDNN); docs/deployment.md shows the docker command.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def probe_cuda(ort: Any) -> None:
     if CUDA not in available:
         raise CheckFailed(
             f"no CUDA provider: {ort_description(ort)} offers {', '.join(available)}; run this on "
-            "an NVIDIA GPU machine with onnxruntime-gpu, CUDA 12 and cuDNN 9, e.g. in the made:gpu "
-            "image (docs/deployment.md)"
+            "an NVIDIA GPU machine with onnxruntime-gpu and the CUDA and cuDNN versions its build "
+            "needs, e.g. in the made:gpu image (docs/deployment.md)"
         )
     from onnx import TensorProto, helper
 
@@ -87,8 +87,8 @@ def probe_cuda(ort: Any) -> None:
     if actual[0] != CUDA:
         raise CheckFailed(
             f"the CUDA provider of {ort_description(ort)} is listed but did not start (the session "
-            f"runs {', '.join(actual)}): check nvidia-smi, that CUDA 12 and cuDNN 9 libraries are "
-            "on the library path, and that the container was given a GPU"
+            f"runs {', '.join(actual)}): check nvidia-smi, that the CUDA and cuDNN libraries this "
+            "build needs are on the library path, and that the container was given a GPU"
         )
 
 
@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
         f"- GPU: {gpu_name()}; host: {platform.platform()}, {os.cpu_count()} CPUs",
         f"- onnxruntime: {ort_description(ort)}; CUDA session providers: "
         f"{', '.join(cuda.get_providers())}",
-        f"- NVIDIA_TF32_OVERRIDE={os.environ.get('NVIDIA_TF32_OVERRIDE', '(unset)')}",
+        f"- NVIDIA_TF32_OVERRIDE={os.environ.get('NVIDIA_TF32_OVERRIDE', '(unset)')}; CUDA provider "
+        f"use_tf32={cuda.get_provider_options().get(CUDA, {}).get('use_tf32', '?')}",
         f"- model: {model.name} version {model.version} (D={model.dims}, K={model.n_masks}); "
         f"rows: {source}",
         "",
@@ -268,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(report)
     if not ok:
         print(f"gpu_check: CPU and CUDA log p(x) differ by more than {args.tolerance:g} nats "
-              "(see the parity table; TF32 matmuls are the usual cause: NVIDIA_TF32_OVERRIDE=0)",
+              "(see the parity table; TF32 matmuls are the usual cause: check the CUDA provider "
+              "options above, or set NVIDIA_TF32_OVERRIDE=0)",
               file=sys.stderr)
         return 1
     return 0

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/export_parity.py RUN_DIR --store model_store --name binarized-mnist \
         --dataset ../shared/data/binarized_mnist.npz [--rows 2000]
 
-Compares log p(x) per row from onnxruntime (the stored graph, CPU provider, every mask through
+Compares log p(x) per row from onnxruntime (the stored graph, --providers, every mask through
 `mask_index`) with PyTorch on the run's best weights as they were stored: rounded to float16
 when the export used `--weights float16`. Also prints the mixture NLL of both and of the
 unrounded float32 PyTorch model, i.e. what float16 storage costs. One JSON object on stdout.
@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from made.data import load_dataset  # noqa: E402
 from made.store import open_model  # noqa: E402
+from service.engine.runtime import provider_options  # noqa: E402
 from training.checkpoint import BEST, load_tensors  # noqa: E402
 from training.model import MADE  # noqa: E402
 from training.train import CONFIG, TrainConfig  # noqa: E402
@@ -39,6 +40,9 @@ def main() -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--rows", type=int, default=0, help="first N rows only (0: all)")
+    parser.add_argument("--providers", default="CPUExecutionProvider",
+                        help="comma-separated onnxruntime providers, e.g. "
+                             "CUDAExecutionProvider,CPUExecutionProvider")
     args = parser.parse_args()
 
     run_dir = Path(args.run_dir)
@@ -55,7 +59,12 @@ def main() -> int:
     if args.rows:
         x = x[: args.rows]
     xt = torch.from_numpy(x).float()
-    session = ort.InferenceSession(str(stored.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    providers = args.providers.split(",")
+    session = ort.InferenceSession(str(stored.path / "model.onnx"), providers=provider_options(providers))
+    if session.get_providers()[0] != providers[0]:  # onnxruntime falls back to the CPU silently
+        print(f"export_parity: asked for {providers[0]}, the session runs {session.get_providers()}",
+              file=sys.stderr)
+        return 2
 
     worst, per_mask_ort, per_mask_torch, per_mask_fp32 = [], [], [], []
     with torch.no_grad():
@@ -79,7 +88,8 @@ def main() -> int:
         "max_abs_diff_logp_per_mask": worst, "max_abs_diff_logp": max(worst),
         "mixture_nll_onnxruntime": mixture_nll(per_mask_ort), "mixture_nll_torch_stored_weights":
         mixture_nll(per_mask_torch), "mixture_nll_torch_float32": mixture_nll(per_mask_fp32),
-        "threads": torch.get_num_threads(), "ok": max(worst) <= 1e-4 and not math.isnan(max(worst)),
+        "providers": session.get_providers(), "threads": torch.get_num_threads(),
+        "ok": max(worst) <= 1e-4 and not math.isnan(max(worst)),
     }, indent=1))
     return 0 if max(worst) <= 1e-4 else 1
 

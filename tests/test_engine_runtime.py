@@ -13,7 +13,7 @@ from made.errors import ConfigError
 from made.store import open_model
 from service.engine import engine as engine_module
 from service.engine.engine import Engine
-from service.engine.runtime import requested_providers
+from service.engine.runtime import make_session, provider_options, requested_providers
 
 
 def test_the_cpu_alias_asks_for_the_cpu_provider() -> None:
@@ -37,6 +37,22 @@ def test_the_cpu_provider_is_always_the_last_resort() -> None:
     providers = requested_providers("cuda")  # dropped with a warning where this build lacks it
     assert providers[-1] == "CPUExecutionProvider"
     assert set(providers) <= set(ort.get_available_providers())
+
+
+def test_the_cuda_provider_is_asked_to_keep_float32_matmuls_out_of_tf32(
+    tiny_engines: dict[str, Engine],
+) -> None:
+    """TF32 would move log p(x) by hundredths of a nat on a GPU; the engine turns it off. Here
+    (no CUDA) the request still yields a working CPU session; on a GPU it must show the option."""
+    cuda, cpu = "CUDAExecutionProvider", "CPUExecutionProvider"
+    assert provider_options([cuda, cpu]) == [(cuda, {"use_tf32": "0"}), cpu]
+    session = make_session(tiny_engines["tiny"].model.onnx_path, requested_providers("cuda,cpu"))
+    if session.get_providers()[0] == cuda:
+        assert session.get_provider_options()[cuda]["use_tf32"] == "0"
+    else:
+        assert session.get_providers() == [cpu]
+        x = np.zeros((2, tiny_engines["tiny"].model.dims), np.float32)
+        assert session.run(["logits"], {"x": x, "mask_index": np.array(0, np.int64)})[0].shape == x.shape
 
 
 def test_the_engine_reports_the_providers_onnxruntime_actually_runs(

@@ -21,6 +21,7 @@ from conftest import train_tiny, write_npz
 from made.errors import ModelStoreError
 from made.masks import make_mask_set
 from made.store import REQUIRED, list_names, list_versions, open_model
+from service.engine.runtime import provider_options
 from training.checkpoint import BEST, load_tensors, save_tensors
 from training.export import export_run
 from training.model import MADE, MADEConfig
@@ -44,10 +45,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+# The parity and autoregressive tests run on the CPU provider; on a GPU machine with
+# onnxruntime-gpu, MADE_TEST_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider runs them on CUDA.
+PROVIDERS = os.environ.get("MADE_TEST_PROVIDERS", "CPUExecutionProvider").split(",")
+
+
 def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=provider_options(PROVIDERS))
+    # onnxruntime falls back to the CPU silently when CUDA is missing: refuse to test the wrong one
+    assert session.get_providers()[0] == PROVIDERS[0], session.get_providers()
+    return session
 
 
 def _logits(session: ort.InferenceSession, x: np.ndarray, k: int) -> np.ndarray:
