@@ -60,8 +60,12 @@ def main() -> int:
         x = x[: args.rows]
     xt = torch.from_numpy(x).float()
     providers = args.providers.split(",")
-    session = ort.InferenceSession(str(stored.path / "model.onnx"), providers=provider_options(providers))
-    if session.get_providers()[0] != providers[0]:  # onnxruntime falls back to the CPU silently
+    try:
+        session = ort.InferenceSession(str(stored.path / "model.onnx"), providers=provider_options(providers))
+    except Exception as exc:  # e.g. a provider this onnxruntime build lacks
+        print(f"export_parity: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if session.get_providers()[0] != providers[0]:  # onnxruntime-gpu falls back to the CPU silently
         print(f"export_parity: asked for {providers[0]}, the session runs {session.get_providers()}",
               file=sys.stderr)
         return 2
