@@ -6,18 +6,26 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install serve test lint bench clean models model-binarized-mnist model-mushrooms results
 
+# Where `make serve` listens: `make serve HOST=0.0.0.0 PORT=8102` (or MADE_HOST / MADE_PORT).
+HOST ?= $(or $(MADE_HOST),127.0.0.1)
+PORT ?= $(or $(MADE_PORT),8000)
+
 $(STAMP): pyproject.toml
+	@echo "==> [1/3] virtual environment $(VENV) (Python: $(PYTHON))"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# CPU wheel of torch, pinned: any range admitting a newer one pulls a CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[train,cpu,dev]'
+	@echo "==> [2/3] torch 2.13.0, CPU wheel (the largest download)"
+	# pinned: any range admitting a newer torch pulls a multi-GB CUDA build
+	$(BIN)/python -m pip install --progress-bar on torch==2.13.0
+	@echo "==> [3/3] made with its training, serving (CPU onnxruntime) and test dependencies"
+	$(BIN)/python -m pip install --progress-bar on -e '.[train,cpu,dev]'
 	touch $(STAMP)
+	@echo "==> installed: . $(BIN)/activate, then made --help"
 
 install: $(STAMP)
 
 serve: install
-	$(BIN)/made serve --host 127.0.0.1 --port 8000
+	$(BIN)/made serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check made service training tests bench scripts

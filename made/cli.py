@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -19,6 +18,15 @@ from made.errors import MadeError
 
 if TYPE_CHECKING:
     from training.train import TrainConfig
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none to show (None, off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -34,6 +42,16 @@ def _int_list(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
     return values
+
+
+def _image_shape_arg(text: str) -> list[int]:
+    from made.data import parse_image_shape
+    from made.errors import DataError
+
+    try:
+        return parse_image_shape(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _masks_arg(text: str) -> str | int:
@@ -65,17 +83,18 @@ def train_config(args: argparse.Namespace, dims: int) -> TrainConfig:
         dataset=args.dataset, model=model, seed=args.seed, max_epochs=args.max_epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma, rebinarize=args.rebinarize,
+        lr_gamma=args.lr_gamma, rebinarize=args.rebinarize, image_shape=args.image_shape,
     )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from made.data import load_dataset
+    from made.data import check_image_shape, load_dataset
     from made.masks import validate_architecture
 
     # bad data and impossible architectures are refused before the seconds of importing torch
     data = load_dataset(args.dataset)
     validate_architecture(data.dims, args.hidden, args.masks)
+    args.image_shape = check_image_shape(args.image_shape, data.dims) or data.image_shape
 
     from training.train import Trainer
 
@@ -93,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
-    version_dir = export_run(args.run_dir, args.store, args.name, args.version, args.weights)
+    version_dir = export_run(args.run_dir, args.store, args.name, args.version, args.weights,
+                             image_shape=args.image_shape)
     print(str(version_dir))
     return 0
 
@@ -118,54 +138,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a MADE (resumes an unfinished run in --out)")
+    t = sub.add_parser("train", help="train a MADE (resumes an unfinished run in --out)",
+                       formatter_class=_DefaultsFormatter)
     t.add_argument("--dataset", required=True, help="an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR")
-    t.add_argument("--hidden", type=_int_list, default=[500], help="hidden widths, e.g. 500,500")
+    t.add_argument("--hidden", type=_int_list, default="500", metavar="W1,W2,...",
+                   help="hidden layer widths, e.g. 500,500")
     t.add_argument("--masks", type=int, default=1, help="K, the fixed set of masks (1: plain MADE)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, config, log, curve")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-epochs", type=int, default=200)
+    t.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling: same seed, same run")
+    t.add_argument("--max-epochs", type=int, default=200,
+                   help="at most this many epochs (early stopping may end sooner); the progress shows the time left")
     t.add_argument("--order-agnostic", action="store_true", help="a random ordering per mask")
     t.add_argument("--connectivity-agnostic", action="store_true",
                    help="new hidden degrees per mask (implied when --masks > 1 without --order-agnostic)")
     t.add_argument("--random-ordering", action="store_true", help="one random ordering instead of natural")
     t.add_argument("--direct", action="store_true", help="direct input-to-output connections")
-    t.add_argument("--batch-size", type=int, default=100)
-    t.add_argument("--optimizer", choices=["adam", "adamw", "adagrad"], default="adam")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--batch-size", type=int, default=100, help="rows per minibatch")
+    t.add_argument("--optimizer", choices=["adam", "adamw", "adagrad"], default="adam", help="the optimizer")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled with adamw)")
     t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")
-    t.add_argument("--lr-gamma", type=float, default=0.1)
+    t.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-step decay")
     t.add_argument("--rebinarize", metavar="IMAGES_NPZ", default=None,
                    help="grayscale .npz (train_images) the binary training rows were drawn from, e.g. "
                         "mnist.npz: train each epoch on a fresh binarization of them (valid/test stay as given)")
     t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--image-shape", type=_image_shape_arg, default=None, metavar="H,W",
+                   help="height,width of image data, e.g. 16,8 (MNIST-like 28,28 is found by itself): "
+                        "its models answer /sample with a PNG grid")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (one line per epoch is logged either way; there is no bar when stderr "
+                        "is not a terminal)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="export a run to the model store as ONNX + manifest")
-    e.add_argument("run_dir")
-    e.add_argument("--store", required=True)
-    e.add_argument("--name", required=True)
+    e = sub.add_parser("export", help="export a run to the model store as ONNX + manifest",
+                       formatter_class=_DefaultsFormatter)
+    e.add_argument("run_dir", help="a run directory of made train")
+    e.add_argument("--store", required=True, help="model store directory")
+    e.add_argument("--name", required=True, help="model name in the store")
     e.add_argument("--version", default=None, help="default: one more than the highest stored")
     e.add_argument("--weights", choices=["float32", "float16"], default="float32",
                    help="storage type of the weight matrices (float16: half the file; arithmetic stays float32)")
+    e.add_argument("--image-shape", type=_image_shape_arg, default=None, metavar="H,W",
+                   help="height,width of image data (default: the run's own, from made train)")
     e.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("evaluate", help="test NLL of a stored model, as JSON on the last line")
-    v.add_argument("--store", required=True)
-    v.add_argument("--name", required=True)
-    v.add_argument("--dataset", required=True)
-    v.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    v = sub.add_parser("evaluate", help="test NLL of a stored model, as JSON on the last line",
+                       formatter_class=_DefaultsFormatter)
+    v.add_argument("--store", required=True, help="model store directory")
+    v.add_argument("--name", required=True, help="model name in the store")
+    v.add_argument("--dataset", required=True, help="an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR")
+    v.add_argument("--split", default="test", choices=["train", "valid", "test"], help="the split to score")
     v.add_argument("--masks", type=_masks_arg, default="all", help="'all' (the mixture) or a mask index")
     v.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("serve", help="run the HTTP service")
-    s.add_argument("--store", default=os.environ.get("MADE_STORE", "model_store"))
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=int(os.environ.get("MADE_WORKERS", "1")))
+    s = sub.add_parser("serve", help="run the HTTP service",
+                       formatter_class=_DefaultsFormatter)
+    # defaults None: the service's Settings fill them from MADE_* variables, or their own defaults
+    s.add_argument("--store", default=None, help="model store directory (default: $MADE_STORE or model_store)")
+    s.add_argument("--host", default=None, help="address to listen on (default: $MADE_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default: $MADE_PORT or 8000)")
+    s.add_argument("--workers", type=int, default=None, help="server processes (default: $MADE_WORKERS or 1)")
     s.set_defaults(func=cmd_serve)
     return parser
 

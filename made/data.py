@@ -7,17 +7,21 @@ naming the file and, where it applies, the row and column.
 
 from __future__ import annotations
 
+import csv
+import itertools
+import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from made.errors import DataError
+from made.errors import DataError, format_value
 
 SPLITS = ("train", "valid", "test")
-_TEXT_SUFFIXES = (".csv", ".amat", ".txt")
+_TEXT_SUFFIXES = (".csv", ".tsv", ".amat", ".txt")
 
 
 @dataclass
@@ -63,7 +67,7 @@ def load_dataset(name_or_path: str, splits: tuple[str, ...] = SPLITS) -> Dataset
     path = resolve(name_or_path)
     if path.suffix == ".npz":
         arrays = _load_npz(path, splits)
-        name = path.stem
+        name = dataset_name(path)
     elif path.is_dir() or path.suffix in _TEXT_SUFFIXES:
         arrays, name = _load_text_splits(path, splits)
     else:
@@ -75,6 +79,33 @@ def load_dataset(name_or_path: str, splits: tuple[str, ...] = SPLITS) -> Dataset
     d = dims.pop()
     image_shape = _image_shape(name, d)
     return Dataset(name=name, source=str(path), splits=arrays, image_shape=image_shape)
+
+
+def dataset_name(path: str | Path) -> str:
+    """A data set's name from its file, without the split: `ocr_letters_train.csv` and a folder
+    `ocr_letters/` are 'ocr_letters', `mushrooms.npz` is 'mushrooms'."""
+    path = Path(path)
+    stem = path.name if path.is_dir() or not path.suffix else path.stem
+    return re.sub(r"[_\-.]?(train|valid|test)$", "", stem) or stem
+
+
+def parse_image_shape(text: str) -> list[int]:
+    """'16,8' (or '16x8') -> [16, 8]: the height and width of image data."""
+    try:
+        shape = [int(p) for p in re.split(r"[,x]", text.strip()) if p.strip()]
+    except ValueError:
+        shape = []
+    if len(shape) != 2 or min(shape) < 1:
+        raise DataError(f"image shape '{text}' is not H,W: expected two positive integers, e.g. 16,8")
+    return shape
+
+
+def check_image_shape(shape: list[int] | None, dims: int) -> list[int] | None:
+    """The shape, if its H x W pixels are the data's dimensions."""
+    if shape is not None and math.prod(shape) != dims:
+        raise DataError(f"image shape {shape[0]},{shape[1]} has {math.prod(shape)} pixels but the data have "
+                        f"{dims} dimensions: H x W must equal the number of columns")
+    return shape
 
 
 def _image_shape(name: str, dims: int) -> list[int] | None:
@@ -129,41 +160,97 @@ def _load_text_splits(path: Path, splits: tuple[str, ...]) -> tuple[dict[str, np
                 f"{path} is a single file; training needs train/valid/test files "
                 f"(e.g. {path.stem}_train{path.suffix}, ..._valid, ..._test) or an .npz"
             )
-        return {splits[0]: read_text_matrix(path)}, path.stem
+        return {splits[0]: read_text_matrix(path)}, dataset_name(path)
     missing = [s for s in splits if s not in files]
     if missing:
         raise DataError(f"no '{missing[0]}' file found beside {path}")
-    name = re.sub(r"[_\-.]?(train|valid|test)$", "", files[splits[0]].stem) or path.stem
-    return {s: read_text_matrix(files[s]) for s in splits}, name
+    return {s: read_text_matrix(files[s]) for s in splits}, dataset_name(files[splits[0]])
 
 
 def read_text_matrix(path: Path) -> np.ndarray:
-    """A text matrix of 0/1 separated by commas or whitespace (CSV or .amat)."""
-    rows: list[list[str]] = []
-    width = None
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = [f for f in re.split(r"[,\s]+", line) if f]
-            if width is None:
-                width = len(fields)
-            elif len(fields) != width:
-                raise DataError(
-                    f"{path} line {lineno} has {len(fields)} values, expected {width} like the first row"
-                )
-            rows.append(fields)
+    """A text matrix of 0/1: CSV (cells separated by ',', or by ';', '|' or tab where the file's
+    first line uses one of those; an optional header row of column names) or whitespace-separated
+    (Larochelle's .amat). Empty lines and lines starting with '#' are skipped. A blank cell is a
+    cell: it is refused naming its line and column (1-based, as editors show them), never merged
+    into its neighbour."""
+    rows: list[np.ndarray] = []
+    width, width_from, header = 0, "", False
+    for lineno, cells in _text_rows(path):
+        if not rows and not header and _is_header(cells):
+            width, width_from, header = len(cells), "the header row", True
+            continue
+        if not width:
+            width, width_from = len(cells), f"line {lineno}"
+        elif len(cells) != width:
+            raise DataError(f"{path} line {lineno} has {len(cells)} values, expected {width} like {width_from}")
+        rows.append(_binary_row(path, lineno, cells, first=not rows and not header))
     if not rows:
-        raise DataError(f"{path} holds no rows")
+        raise DataError(f"{path} holds {'a header row but ' if header else ''}no rows")
+    return np.stack(rows)
+
+
+# What a CSV file may separate its cells with, found from its first line (the most frequent);
+# a file with none of them is whitespace-separated, where a run of spaces is one separator.
+_DELIMITERS = (",", ";", "|", "\t")
+# Cells that mean "no value" in the wild (pandas' defaults, UCI's '?').
+_MISSING_MARKERS = frozenset({"", "na", "nan", "n/a", "null", "none", "?", "-"})
+
+
+def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of each data line; a UTF-8 byte-order mark (Excel) is ignored."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        lines = ((n, line) for n, line in enumerate(fh, start=1)
+                 if line.strip() and not line.lstrip().startswith("#"))
+        first = next(lines, None)
+        if first is None:
+            return
+        counts = {d: first[1].count(d) for d in _DELIMITERS if not (d == "\t" and path.suffix == ".amat")}
+        delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else None
+        for lineno, line in itertools.chain([first], lines):
+            if delimiter is None:
+                yield lineno, re.split(r"\s*,\s*|\s+", line.strip())
+            else:
+                yield lineno, [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
+
+
+def _is_header(cells: list[str]) -> bool:
+    """A first line of names (none of them a number or a missing-value marker) is a header."""
+    return all(c.lower() not in _MISSING_MARKERS and not _is_number(c) for c in cells)
+
+
+def _binary_row(path: Path, lineno: int, cells: list[str], first: bool) -> np.ndarray:
     try:
-        matrix = np.array(rows, dtype=np.float64)
+        values = np.array(cells, dtype=np.float64)
     except ValueError:
-        bad = next((r, c, v) for r, row in enumerate(rows) for c, v in enumerate(row) if not _is_number(v))
-        raise DataError(
-            f"{path} row {bad[0]} column {bad[1]} holds '{bad[2]}', expected 0 or 1"
-        ) from None
-    return check_binary(matrix, str(path))
+        col = next(j for j, c in enumerate(cells) if not _is_number(c))
+        raise DataError(f"{path} line {lineno}, column {col + 1} {_cell_problem(cells, col, first)}") from None
+    bad = (values != 0) & (values != 1)
+    if bad.any():
+        col = int(np.argmax(bad))
+        what = (_cell_problem(cells, col, first) if np.isnan(values[col])
+                else f"holds {format_value(values[col])}, expected 0 or 1")
+        raise DataError(f"{path} line {lineno}, column {col + 1} {what}")
+    return values.astype(np.uint8)
+
+
+def _cell_problem(cells: list[str], col: int, first: bool) -> str:
+    """What is wrong with a cell that is not 0 or 1, and what to do about it."""
+    cell = cells[col]
+    if cell.lower() in _MISSING_MARKERS:
+        shown = "is blank" if cell == "" else f"holds {_show(cell)}, a missing value"
+        trailing = " (a separator at the end of the line?)" if cell == "" and col == len(cells) - 1 else ""
+        return f"{shown}{trailing}: 0/1 data here must be complete; fill the cell or drop the row"
+    problem = f"holds {_show(cell)}, expected 0 or 1"
+    if len(cells) == 1 and len(cell) > 16:
+        return (f"{problem}: the whole line is one cell; separate the values with ',' "
+                "(or ';', '|', tab or spaces)")
+    if first:
+        return f"{problem} (if this line is a header row, every cell of it must be a name, not a number)"
+    return problem
+
+
+def _show(cell: str, limit: int = 40) -> str:
+    return repr(cell if len(cell) <= limit else cell[:limit] + "...")
 
 
 def _is_number(value: str) -> bool:
@@ -186,7 +273,7 @@ def check_binary(array: np.ndarray, where: str) -> np.ndarray:
     bad = (array != 0) & (array != 1)
     if bad.any():
         r, c = (int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{where} row {r} column {c} holds {array[r, c]!r}, expected 0 or 1")
+        raise DataError(f"{where} row {r} column {c} holds {format_value(array[r, c])}, expected 0 or 1")
     return array.astype(np.uint8)
 
 

@@ -24,4 +24,15 @@ class ModelStoreError(MadeError):
 class ModelNotFound(ModelStoreError):
     """No model of that name in the store."""
 class InvalidInput(MadeError):
-    """A request or argument that the model cannot accept (wrong width, unknown mask, ...)."""
+    """A request or argument that the model cannot accept (wrong width, unknown mask, ...).
+    `loc` names the request field it is about, as validation errors do (("x",), ("mask",))."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...] = ()):
+        super().__init__(message)
+        self.loc = loc
+
+
+def format_value(value: float) -> str:
+    """A number as a person writes it in a message: 2, not np.float64(2.0); 0.5; nan."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:g}"

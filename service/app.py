@@ -3,7 +3,7 @@
 Nothing here handles a request. Models load in the background at startup, so /healthz answers at
 once and /readyz turns 200 when they are in; a broken store keeps /readyz at 503 with the reason.
 With MADE_RELOAD_INTERVAL > 0 a background task reloads the store that often (POST /admin/reload
-does it on demand).
+does it on demand, when an admin key is set).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.routers import admin, health, inference, metrics, models
-from service.routers.deps import require_api_key
+from service.routers.deps import admin_key, require_admin_key, require_api_key
 from service.settings import Settings
 
 log = logging.getLogger("made.service")
@@ -36,6 +36,8 @@ bit-packed with `x_b64` + `shape` for large complete batches. Every request may 
 `{"detail", "type", "request_id"}`: 422 names the row, column and problem, 404 an unknown model,
 413 a body over `MADE_MAX_BODY_BYTES`, 401 a missing or wrong API key (when `MADE_API_KEY` is
 set: `Authorization: Bearer <key>` on every endpoint but /healthz, /readyz and /metrics).
+Admin endpoints (/admin/...) take their own key, `MADE_ADMIN_KEY` (else `MADE_API_KEY`), and
+are off (404) on a server with neither.
 Rows and columns are counted from 0.
 """
 
@@ -104,6 +106,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
     app.include_router(models.router, dependencies=protected)
     app.include_router(inference.router, dependencies=protected)
-    app.include_router(admin.router, dependencies=protected)
+    # Admin endpoints: their own key (MADE_ADMIN_KEY, else MADE_API_KEY), not the API key's
+    # check (one Authorization header holds one key); off without either.
+    if admin_key(settings) is not None:
+        app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
+    else:
+        app.include_router(admin.off_router)
     return app
 

@@ -154,16 +154,24 @@ class DataPlane:
         if d != engine.dims:
             raise InvalidInput(f"x: rows have {d} value{'s' * (d != 1)} but model "
                                f"'{engine.name}' has {engine.dims} dimensions (one value per "
-                               "dimension)")
+                               "dimension)", loc=("x",))
         if n > self.settings.max_rows:
             raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request "
                                "(MADE_MAX_ROWS)")
         self.metrics.observe_rows(endpoint, engine.name, n)
 
-    def _check_draws(self, x: np.ndarray, n_importance: int) -> None:
-        rows = int(np.isnan(x).any(axis=1).sum())
+    def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine | None = None) -> None:
+        """Rows with missing values x n_importance; with `engine` (/impute), only the rows that
+        are not exact count: an exact row draws n_samples completions (MADE_MAX_SAMPLES)."""
+        missing = np.isnan(x)
+        if engine is None:
+            rows, what = int(missing.any(axis=1).sum()), "rows with missing values"
+        else:
+            rows = int((~engine.exact_rows(~missing)).sum())
+            what = ("rows that need importance sampling (a missing value before an observed one "
+                    "in some mask's ordering)")
         if rows * n_importance > self.settings.max_draws:
-            raise InvalidInput(f"{rows} rows with missing values x n_importance {n_importance} = "
+            raise InvalidInput(f"{rows} {what} x n_importance {n_importance} = "
                                f"{rows * n_importance} importance draws; the limit is "
                                f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
                                "fewer rows or a smaller n_importance")
@@ -172,7 +180,7 @@ class DataPlane:
         if not 0 <= mask < engine.n_masks:
             raise InvalidInput(f"{field} {mask} does not exist: model '{engine.name}' has "
                                f"{engine.n_masks} mask{'s' if engine.n_masks > 1 else ''} "
-                               f"(0..{engine.n_masks - 1})")
+                               f"(0..{engine.n_masks - 1})", loc=(field,))
         return mask
 
     # --- models -----------------------------------------------------------------------------------
@@ -306,7 +314,7 @@ class DataPlane:
             raise InvalidInput(f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
                                f"the limit is {self.settings.max_samples} per request "
                                "(MADE_MAX_SAMPLES)")
-        self._check_draws(x, req.n_importance)
+        self._check_draws(x, req.n_importance, engine)
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(self._in_thread(engine.impute, x, n_samples=req.n_samples, seed=seed,
                                               n_importance=req.n_importance))

@@ -135,6 +135,9 @@ def install_error_handlers(app: FastAPI) -> None:
         status, kind = status_of(exc)
         if status >= 500 and status != 503 and status != 504:
             log.error("request failed: %s", exc, extra={"error_type": kind})
+        if status == 422:  # the same shape as a validation error: every 422 lists its problems
+            loc = ["body", *getattr(exc, "loc", ())]
+            return error_response(status, kind, str(exc), errors=[{"loc": loc, "msg": str(exc), "type": kind}])
         return error_response(status, kind, str(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -146,8 +149,13 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         content_type = request.headers.get("content-type", "")
         if errors and errors[0]["loc"] == ["body"] and "json" not in content_type:
-            return error_response(422, "invalid_input", "the request body must be JSON, sent with "
-                                  f"'Content-Type: application/json' (got '{content_type}')")
+            detail = ("the request body must be JSON, sent with 'Content-Type: application/json' "
+                      f"(got '{content_type}')" if content_type else
+                      "the request needs a JSON body, sent with 'Content-Type: application/json'")
+            if content_type:  # a body of another type: 415, as clients expect
+                return error_response(415, "unsupported_media_type", detail)
+            return error_response(422, "invalid_input", detail, errors=[
+                {"loc": ["body"], "msg": detail, "type": "missing"}])
         detail = "; ".join(dict.fromkeys(e["msg"] for e in errors[:5]))  # dedupe, keep order
         if len(errors) > 5:
             detail += f"; and {len(errors) - 5} more"

@@ -36,9 +36,12 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"{name}: {msg} (got {err.get('input')!r})") from None
 
 
-def serve(store: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+def serve(store: str | Path | None = None, host: str | None = None, port: int | None = None,
           workers: int | None = None) -> None:
-    settings = load_settings(store=Path(store) if store is not None else None, workers=workers)
+    """Arguments left None come from Settings (MADE_STORE, MADE_HOST, MADE_PORT, MADE_WORKERS)."""
+    settings = load_settings(store=Path(store) if store is not None else None, workers=workers,
+                             host=host, port=port)
+    host, port = settings.host, settings.port
     if not settings.store.is_dir():
         raise ModelStoreError(f"model store {settings.store} does not exist (pass --store or set "
                               "MADE_STORE)")

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     # When set, every endpoint but /healthz, /readyz and /metrics needs
     # `Authorization: Bearer <key>`.
     api_key: SecretStr | None = None
+    # Admin endpoints (POST /admin/reload) answer only with `Authorization: Bearer <key>`: this
+    # key, or api_key when only that is set; with neither they are off (404). Store polling
+    # (reload_interval) needs no endpoint.
+    admin_key: SecretStr | None = None
     # Rows per request (/logprob, /conditionals, /impute): bounds one request's work and memory.
     max_rows: Annotated[int, Field(ge=1)] = 10_000
     # Samples per request: n of /sample, rows x n_samples of /impute.
@@ -54,6 +58,9 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = 1
     # Threads running engine calls, and onnxruntime's intra-op threads per session; 0: automatic.
     threads: Annotated[int, Field(ge=0)] = 0
+    # Where `made serve` listens (its --host and --port win); 0.0.0.0 to be reached from elsewhere.
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -62,7 +69,7 @@ class Settings(BaseSettings):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
-    @field_validator("default_model", "api_key", mode="before")
+    @field_validator("default_model", "api_key", "admin_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -91,13 +91,15 @@ class ServerProcess:
 @contextmanager
 def made_serve(store: Path, *, env: dict[str, str] | None = None, log_path: Path | None = None,
                ready_timeout: float = 120.0) -> Iterator[ServerProcess]:
-    """`made serve --store STORE` on a free loopback port, ready; SIGTERMed on exit if alive."""
-    port = free_port()
+    """`made serve --store STORE` on a free loopback port (or on MADE_PORT when `env` sets it,
+    with no --port), ready; SIGTERMed on exit if alive."""
+    from_env = env is not None and "MADE_PORT" in env
+    port = int(env["MADE_PORT"]) if env is not None and from_env else free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log_path = log_path or Path(tmp) / "serve.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [*made_command(), "serve", "--store", str(store), "--port", str(port)],
+                [*made_command(), "serve", "--store", str(store), *([] if from_env else ["--port", str(port)])],
                 env={**os.environ, **(env or {})}, stdout=log, stderr=log)
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
         try:

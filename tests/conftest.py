@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,23 +102,25 @@ def tiny_joint(tiny_store: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """For each tiny model: every binary vector (2^D, D) and log p_k of each under every mask
     (K, 2^D), from a bare onnxruntime session of the stored graph, in float64: the reference
     that the engine's answers are checked against by enumeration."""
-    import onnxruntime as ort
-
     from made.store import open_model
 
-    out = {}
-    for name in ("tiny", "tiny1", "tiny10"):
-        model = open_model(tiny_store, name)
-        session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
-        x = all_binary_vectors(model.dims)
-        logp = np.empty((model.n_masks, len(x)))
-        for k in range(model.n_masks):
-            z = session.run(["logits"], {"x": x.astype(np.float32),
-                                         "mask_index": np.array(k, dtype=np.int64)})[0]
-            z = z.astype(np.float64)
-            logp[k] = -np.logaddexp(0.0, np.where(x > 0.5, -z, z)).sum(axis=1)
-        out[name] = (x, logp)
-    return out
+    return {name: enumerate_joint(open_model(tiny_store, name)) for name in ("tiny", "tiny1", "tiny10")}
+
+
+def enumerate_joint(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every binary vector (2^D, D) of a StoredModel and log p_k of each under every mask
+    (K, 2^D), from a bare onnxruntime session of its stored graph, in float64."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+    x = all_binary_vectors(model.dims)
+    logp = np.empty((model.n_masks, len(x)))
+    for k in range(model.n_masks):
+        z = session.run(["logits"], {"x": x.astype(np.float32),
+                                     "mask_index": np.array(k, dtype=np.int64)})[0]
+        z = z.astype(np.float64)
+        logp[k] = -np.logaddexp(0.0, np.where(x > 0.5, -z, z)).sum(axis=1)
+    return x, logp
 
 
 def write_random_model(store: Path, name: str, dims: int, hidden: list[int], n_masks: int, *,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from made.data import load_dataset, load_intensities, read_text_matrix
+from made.data import dataset_name, load_dataset, load_intensities, read_text_matrix
 from made.errors import ConfigError, DataError
 from training.model import MADEConfig
 from training.train import TrainConfig, Trainer
@@ -106,15 +106,86 @@ def test_non_binary_npz_value_names_its_row_and_column(tmp_path: Path) -> None:
     assert "row 3 column 5" in message and "train" in message and "bad.npz" in message
 
 
-def test_non_binary_text_values_name_their_row_and_column(tmp_path: Path) -> None:
+def test_non_binary_text_values_name_their_line_and_column(tmp_path: Path) -> None:
     for name in ("train", "valid", "test"):
         _write_text(tmp_path / f"s_{name}.csv", _matrix(4, 3, 0), ",")
     (tmp_path / "s_valid.csv").write_text("0,1,1\n1,0,0.5\n")
     message = _data_error(tmp_path / "s_train.csv")
-    assert "s_valid.csv" in message and "row 1 column 2" in message
+    assert "s_valid.csv" in message and "line 2, column 3 holds 0.5, expected 0 or 1" in message
     (tmp_path / "s_valid.csv").write_text("0,1,1\n1,yes,0\n")
     message = _data_error(tmp_path / "s_train.csv")
-    assert "row 1 column 1" in message and "yes" in message
+    assert "line 2, column 2 holds 'yes'" in message
+    (tmp_path / "s_valid.csv").write_text("0,1,1\n1,2,0\n")
+    message = _data_error(tmp_path / "s_train.csv")
+    assert "holds 2, expected 0 or 1" in message and "np." not in message
+
+
+def test_a_blank_csv_cell_is_a_cell_not_a_merged_separator(tmp_path: Path) -> None:
+    # issue 15.1: ",," used to be one separator, so a column blank on every row vanished
+    rows = _matrix(6, 5, 3)
+    path = tmp_path / "b_test.csv"
+    path.write_text("".join(f"{r[0]},,{','.join(str(v) for v in r[2:])}\n" for r in rows))
+    message = _data_error(path, splits=("test",))
+    assert "line 1, column 2 is blank" in message and "fill the cell or drop the row" in message
+    # one blank in a later row is named as blank, on its own line, not as a short row
+    lines = [",".join(str(v) for v in r) for r in rows]
+    lines[4] = "1,,0,1,1"
+    path.write_text("\n".join(lines) + "\n")
+    assert "line 5, column 2 is blank" in _data_error(path, splits=("test",))
+    lines[4] = "1,0,0,1,"
+    path.write_text("\n".join(lines) + "\n")
+    assert "line 5, column 5 is blank (a separator at the end of the line?)" in _data_error(path, splits=("test",))
+    lines[4] = "1,NA,0,1,1"
+    path.write_text("\n".join(lines) + "\n")
+    assert "line 5, column 2 holds 'NA', a missing value" in _data_error(path, splits=("test",))
+
+
+def test_real_data_with_a_blanked_column_is_refused_not_shifted(data_dir: Path, tmp_path: Path) -> None:
+    """The issue's repro: ocr_letters as CSV with column 2 blanked on every row of every split."""
+    with np.load(data_dir / "ocr_letters.npz") as npz:
+        for split in ("train", "valid", "test"):
+            text = "\n".join(",".join(str(v) for v in row) for row in npz[split][:50])
+            (tmp_path / f"b_{split}.csv").write_text(re.sub(r"^([01]),[01],", r"\1,,", text, flags=re.M) + "\n")
+    message = _data_error(tmp_path / "b_train.csv")
+    assert "b_train.csv line 1, column 2 is blank" in message
+
+
+def test_a_header_row_of_names_is_skipped(tmp_path: Path) -> None:
+    matrix = _matrix(5, 4, 7)
+    path = tmp_path / "h_test.csv"
+    path.write_text("c0,c1,c2,c3\n" + "\n".join(",".join(str(v) for v in r) for r in matrix) + "\n")
+    assert np.array_equal(read_text_matrix(path), matrix)
+    # a first line that mixes names and numbers is an error that says what a header must be
+    path.write_text("c0,1,c2,c3\n" + "\n".join(",".join(str(v) for v in r) for r in matrix) + "\n")
+    message = _data_error(path, splits=("test",))
+    assert "line 1, column 1 holds 'c0'" in message and "header row" in message
+    path.write_text("c0,c1,c2,c3\n")
+    assert "header row but no rows" in _data_error(path, splits=("test",))
+    path.write_text("c0,c1,c2,c3\n1,0,1\n")
+    assert "line 2 has 3 values, expected 4 like the header row" in _data_error(path, splits=("test",))
+
+
+def test_semicolon_tab_and_pipe_separated_files_load(tmp_path: Path) -> None:
+    matrix = _matrix(5, 30, 8)
+    for sep, suffix in ((";", ".csv"), ("\t", ".tsv"), ("|", ".txt")):
+        path = _write_text(tmp_path / f"m_test{suffix}", matrix, sep)
+        assert np.array_equal(load_dataset(str(path), splits=("test",)).split("test"), matrix)
+
+
+def test_a_line_that_is_one_long_cell_says_how_to_separate_values(tmp_path: Path) -> None:
+    path = tmp_path / "colon_test.csv"
+    path.write_text("\n".join(":".join("01"[i % 2] for i in range(128)) for _ in range(3)) + "\n")
+    message = _data_error(path, splits=("test",))
+    assert "the whole line is one cell" in message and "separate the values with ','" in message
+    assert len(message) < 400  # the 255-character line is shortened, not quoted whole
+
+
+def test_dataset_names_drop_the_split(tmp_path: Path) -> None:
+    for name in ("train", "valid", "test"):
+        _write_text(tmp_path / f"ocr_letters_{name}.csv", _matrix(4, 3, 0), ",")
+    assert load_dataset(str(tmp_path / "ocr_letters_train.csv")).name == "ocr_letters"
+    assert dataset_name(tmp_path / "ocr_letters_test.csv") == "ocr_letters"
+    assert dataset_name("mushrooms.npz") == "mushrooms" and dataset_name("mushrooms") == "mushrooms"
 
 
 def test_ragged_rows_name_the_line(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import enumerate_joint, write_random_model
 from scipy.special import logsumexp
 
+import service.engine.engine as engine_module
 from made.errors import InvalidInput
 from service.engine.engine import Engine, ImputeResult
 
@@ -123,8 +125,10 @@ def test_effective_sample_size_is_positive_and_at_most_k_times_the_draws(
     rows[1, [1, 6]] = np.nan
     rows[2, ::3] = np.nan
     result = engine.impute(rows, n_samples=2, seed=0, n_importance=300)
+    assert result.exact.tolist() == [True, False, False, True]  # row 3: nothing missing
     assert ((result.ess > 0) & (result.ess <= 4 * 300 + 1e-6)).all()
-    assert result.ess[0] == pytest.approx(4 * 300)  # nothing observed: all weights equal
+    # nothing observed: an exact row, whose estimates rest on its n_samples independent draws
+    assert result.ess[0] == 2
 
 
 def test_imputation_is_reproduced_by_its_seed(tiny_engines: dict[str, Engine]) -> None:
@@ -146,3 +150,173 @@ def test_impute_refuses_a_count_below_its_minimum(tiny_engines: dict[str, Engine
     row = np.array([[np.nan, 1, 0, 1, 0, 1, 0, 1]])
     with pytest.raises(InvalidInput, match=message):
         tiny_engines["tiny"].impute(row, **kwargs)  # type: ignore[arg-type]
+
+
+# --- exact rows: n_samples exact completions, not n_importance x K weighted draws --------------
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, np.ndarray, np.ndarray]:
+    """'mix': D=8, hidden [6, 6], K=4 connectivity-agnostic masks that all keep the natural
+    order (as the shipped binarized-mnist model), random weights: a row with its last
+    dimensions missing is exact under every mask, while the masks' p_k(x_obs) differ, so the
+    posterior over masks matters. With the enumerated joint (2^D, D) and log p_k (K, 2^D)."""
+    from made.store import open_model
+
+    store = write_random_model(tmp_path_factory.mktemp("mix") / "store", "mix", 8, [6, 6], 4,
+                               order_agnostic=False, direct=False, seed=3)
+    model = open_model(store, "mix")
+    x_all, logp = enumerate_joint(model)
+    return Engine(model, ["CPUExecutionProvider"], threads=1), x_all, logp
+
+
+def conditional_cells(x_all: np.ndarray, p: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """p(x_missing = cell | x_obs) for every x in x_all (0 where x disagrees with x_obs)."""
+    obs = ~np.isnan(row)
+    match = (x_all[:, obs] == row[obs]).all(axis=1)
+    return np.where(match, p, 0.0) / p[match].sum()
+
+
+def cell_frequencies(samples: np.ndarray) -> np.ndarray:
+    """(2^D,) frequencies of the binary vectors among samples (S, D), row i = i in binary."""
+    dims = samples.shape[1]
+    index = samples.astype(np.int64) @ (1 << np.arange(dims - 1, -1, -1))
+    return np.bincount(index, minlength=2**dims) / len(samples)
+
+
+def test_exact_rows_completions_follow_the_conditional_of_the_mixture(
+    mix: tuple[Engine, np.ndarray, np.ndarray],
+) -> None:
+    engine, x_all, logp = mix
+    p_k = np.exp(logp)
+    rows = np.array([[1, 0, 0, 1, 1, 0, np.nan, np.nan],
+                     [0, 1, 1, 0, 1] + [np.nan] * 3,
+                     [np.nan] * 8])
+    n_samples = 20_000
+    result = engine.impute(rows, n_samples=n_samples, seed=0)
+    assert result.exact.all() and np.isnan(result.stderr).all()
+    assert (result.ess == n_samples).all()  # independent exact draws, all of weight 1/S
+    truth = [enumerated_posterior(x_all, p_k.mean(axis=0), row) for row in rows]
+    np.testing.assert_allclose(result.logprob_observed, [t[0] for t in truth], rtol=0, atol=1e-5)
+    assert result.logprob_observed[2] == 0.0  # nothing observed
+    for i, row in enumerate(rows):
+        want = conditional_cells(x_all, p_k.mean(axis=0), row)
+        got = cell_frequencies(result.samples[i])
+        se = np.sqrt(want * (1 - want) / n_samples)
+        assert (np.abs(got - want) <= 4.5 * se + 1e-12).all(), (
+            f"row {i}: worst cell off by {np.max(np.abs(got - want) / (se + 1e-12)):.1f} se")
+        # Rao-Blackwellised estimates from the same completions: within the binomial standard
+        # error of S draws
+        _, marginal = truth[i]
+        assert (np.abs(result.marginals[i] - marginal)
+                <= 4 * np.sqrt(marginal * (1 - marginal) / n_samples) + 1e-9).all()
+    # The test has power: with masks drawn uniformly instead of from the posterior p_k(x_obs),
+    # the first row's completions would be far off.
+    row = rows[0]
+    prior = np.mean([conditional_cells(x_all, p, row) for p in p_k], axis=0)
+    want = conditional_cells(x_all, p_k.mean(axis=0), row)
+    assert np.max(np.abs(prior - want) / np.sqrt(want * (1 - want) / n_samples + 1e-30)) > 15
+
+
+def test_exact_rows_draw_n_samples_completions_whatever_n_importance(
+    mix: tuple[Engine, np.ndarray, np.ndarray],
+) -> None:
+    engine = mix[0]
+    rows = likely_rows(engine, 3, seed=8)
+    rows[:, 5:] = np.nan
+    rows[2, :] = np.nan
+    one = engine.impute(rows, n_samples=6, seed=4, n_importance=1)
+    many = engine.impute(rows, n_samples=6, seed=4, n_importance=5000)
+    for field in ("samples", "marginals", "logprob_observed", "ess"):
+        np.testing.assert_array_equal(getattr(one, field), getattr(many, field))
+    assert (one.ess == 6).all()
+    # n_samples = 0: no completions returned, one drawn so that the marginals are defined
+    none = engine.impute(rows, n_samples=0, seed=4)
+    assert none.samples.shape == (3, 0, 8) and (none.ess == 1).all()
+    assert np.isfinite(none.marginals).all() and ((none.marginals >= 0) & (none.marginals <= 1)).all()
+
+
+def assert_same_answers(a: ImputeResult, i: int, b: ImputeResult, j: int) -> None:
+    """Row i of a and row j of b: the same completions; the same floats up to rounding (the
+    sampler's float64 sums may differ in the last bits with the batch)."""
+    np.testing.assert_array_equal(a.samples[i], b.samples[j])
+    np.testing.assert_array_equal(a.exact[i], b.exact[j])
+    for field in ("marginals", "logprob_observed", "ess", "stderr"):
+        np.testing.assert_allclose(getattr(a, field)[i], getattr(b, field)[j], rtol=1e-12,
+                                   atol=1e-12, equal_nan=True)
+
+
+def test_a_row_gets_the_same_answer_whatever_else_is_in_its_request_and_sampler_calls(
+    mix: tuple[Engine, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = mix[0]
+    rows = likely_rows(engine, 6, seed=9)
+    rows[0, 6:] = np.nan  # exact
+    rows[1, [2, 7]] = np.nan  # not exact: 2 comes before the observed 3..6
+    rows[3, 4:] = np.nan  # exact
+    rows[4, :3] = np.nan  # not exact
+    rows[5, 1:] = np.nan  # exact
+    # row 2 complete
+    a = engine.impute(rows, n_samples=7, seed=21, n_importance=40)
+    assert a.exact.tolist() == [True, False, True, True, False, True]
+    # other rows around them: rows 1, 3 and 5 keep their answers
+    other = rows.copy()
+    other[0] = np.nan
+    other[2, [1, 4]] = np.nan
+    other[4] = likely_rows(engine, 1, seed=10)[0]
+    b = engine.impute(other, n_samples=7, seed=21, n_importance=40)
+    for i in (1, 3, 5):
+        assert_same_answers(a, i, b, i)
+    # sampler calls of a few draws each: a row's draws spread over several calls
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 3 * 8 * 7 + 5)
+    c = engine.impute(rows, n_samples=7, seed=21, n_importance=40)
+    for i in range(len(rows)):
+        assert_same_answers(a, i, c, i)
+
+
+def test_rows_that_are_not_exact_are_likelihood_weighted_from_their_own_stream(
+    tiny_engines: dict[str, Engine],
+) -> None:
+    """Rows whose missing values some ordering puts before an observed one: n_importance draws
+    per mask from default_rng([seed, i]), pooled with weights w / K and resampled, as before."""
+    engine = tiny_engines["tiny"]
+    rows = likely_rows(engine, 3, seed=11)
+    rows[0, [1, 6]] = np.nan
+    rows[1, ::3] = np.nan
+    rows[2, [0, 2, 5, 7]] = np.nan
+    s, n_samples, k, d = 50, 4, engine.n_masks, engine.dims
+    got = engine.impute(rows, n_samples=n_samples, seed=3, n_importance=s)
+    assert not got.exact.any()
+    for i, row in enumerate(rows):
+        rng = np.random.default_rng([3, i])
+        u = rng.random((k * s, d))
+        masks = np.repeat(np.arange(k), s)
+        obs = np.broadcast_to(~np.isnan(row), (k * s, d))
+        pool, logw, _ = engine.sampler.run_masks(masks, u, obs, np.nan_to_num(np.broadcast_to(row, (k * s, d))))
+        w = np.exp(logw - logw.max())
+        w_norm = w / w.sum()
+        np.testing.assert_array_equal(got.samples[i], pool[rng.choice(k * s, size=n_samples, p=w_norm)])
+        np.testing.assert_allclose(got.logprob_observed[i], logw.max() + np.log(w.mean()), rtol=1e-12)
+        np.testing.assert_allclose(got.ess[i], 1 / np.sum(w_norm**2), rtol=1e-12)
+        np.testing.assert_allclose(got.marginals[i], np.where(np.isnan(row), w_norm @ pool, row),
+                                   rtol=1e-12, atol=1e-15)
+        per_mask = w.reshape(k, s)
+        stderr = np.sqrt((per_mask.var(axis=1, ddof=1) / s).sum()) / per_mask.mean(axis=1).sum()
+        np.testing.assert_allclose(got.stderr[i], stderr, rtol=1e-12)
+
+
+def test_exact_rows_are_those_whose_missing_values_every_ordering_puts_last(
+    tiny_engines: dict[str, Engine], mix: tuple[Engine, np.ndarray, np.ndarray],
+) -> None:
+    from made.masks import exact_orders
+
+    rng = np.random.default_rng(0)
+    for engine in (*tiny_engines.values(), mix[0]):
+        d = engine.dims
+        observed = rng.random((400, d)) < rng.random((400, 1))  # every density of missing values
+        for i, order in enumerate(engine.orderings):  # and rows exact under at least one mask
+            m = rng.integers(0, d + 1, size=20)
+            observed[20 * i : 20 * i + 20] = np.arange(d)[None, :] < m[:, None]
+            observed[20 * i : 20 * i + 20] = observed[20 * i : 20 * i + 20][:, np.argsort(order)]
+        want = exact_orders(engine.orderings, observed).all(axis=0)
+        np.testing.assert_array_equal(engine.exact_rows(observed), want)
+        assert want.any() and not want.all()

@@ -90,11 +90,11 @@ def test_a_one_dimensional_x_is_refused_with_its_shape(tiny_engines: dict[str, E
         tiny_engines["tiny"].logprob(np.zeros(8))
 
 
-@pytest.mark.parametrize("value", [0.5, 2.0, -1.0, np.inf])
+@pytest.mark.parametrize(("value", "shown"), [(0.5, "0.5"), (2.0, "2"), (-1.0, "-1"), (np.inf, "inf")])
 def test_a_non_binary_value_is_refused_naming_its_row_and_column(
-    tiny_engines: dict[str, Engine], value: float
+    tiny_engines: dict[str, Engine], value: float, shown: str
 ) -> None:
     x = np.zeros((3, 8))
     x[2, 5] = value
-    with pytest.raises(InvalidInput, match="row 2 column 5 holds .*expected 0 or 1"):
+    with pytest.raises(InvalidInput, match=f"^row 2 column 5 holds {shown}, expected 0 or 1$"):
         tiny_engines["tiny"].logprob(x)

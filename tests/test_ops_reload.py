@@ -29,6 +29,8 @@ pytestmark = pytest.mark.anyio
 ROW = [[0, 1, 1, 0, 1, 0, 0, 1]]
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN_KEY = "4dm1n"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture
@@ -55,6 +57,8 @@ def store(runs: dict[str, Path], tmp_path: Path) -> Path:
 
 
 def _settings(store: Path, **kw: Any) -> Settings:
+    """Admin endpoints on (MADE_ADMIN_KEY) unless kw says otherwise."""
+    kw.setdefault("admin_key", ADMIN_KEY)
     return Settings(store=store, providers=["cpu"], threads=1, batch_delay_ms=1, **kw)
 
 
@@ -89,6 +93,7 @@ def _wrong_dims(version_dir: Path) -> None:
 
 
 async def _reload(made: InProcessClient, **kw: Any) -> dict[str, Any]:
+    kw.setdefault("headers", ADMIN)
     r = await made.http.post("/admin/reload", **kw)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
@@ -201,18 +206,63 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
         assert 'made_model_reloads_total{model="m",outcome="refused"} 3.0' in metrics
 
 
-async def test_reload_needs_the_api_key_when_one_is_set(store: Path) -> None:
+async def test_admin_endpoints_are_off_without_an_admin_or_api_key(store: Path) -> None:
+    async with in_process(_settings(store, admin_key=None)) as made:
+        await made.wait_ready()
+        for method, path in (("POST", "/admin/reload"), ("GET", "/admin/reload"),
+                             ("POST", "/admin/anything")):
+            for headers in ({}, ADMIN, AUTH):
+                r = await made.http.request(method, path, headers=headers)
+                assert r.status_code == 404 and r.json()["type"] == "not_found", (path, r.text)
+                assert r.json()["detail"].startswith(
+                    "admin endpoints are off: the server has neither MADE_ADMIN_KEY nor "
+                    "MADE_API_KEY"), r.json()
+        spec = (await made.http.get("/openapi.json")).json()
+        assert not [p for p in spec["paths"] if p.startswith("/admin")]
+        assert (await made.logprob(ROW)).version == "1"  # the rest is served as usual
+
+
+async def test_reload_answers_only_with_the_admin_key(store: Path) -> None:
     async with in_process(_settings(store, api_key=KEY)) as made:
         await made.wait_ready()
+        for headers, detail in (
+                ({}, "admin endpoints require the admin key: send 'Authorization: Bearer "
+                     "<MADE_ADMIN_KEY>'"),
+                ({"Authorization": "Bearer wrong"}, "the admin key in the Authorization header is "
+                                                    "wrong"),
+                (AUTH, "the admin key in the Authorization header is wrong")):  # the API key
+            r = await made.http.post("/admin/reload", headers=headers)
+            assert r.status_code == 401 and r.json()["type"] == "unauthorized", r.text
+            assert r.json()["detail"] == detail and r.headers["www-authenticate"] == "Bearer"
+        assert (await _reload(made, headers=ADMIN))["models"] == {"m": "1"}
+        # and the admin key is not the API key
+        assert (await made.http.post("/logprob", json={"x": ROW}, headers=ADMIN)).status_code == 401
+        assert (await made.http.post("/logprob", json={"x": ROW}, headers=AUTH)).status_code == 200
+        spec = (await made.http.get("/openapi.json")).json()
+        assert spec["paths"]["/admin/reload"]["post"]["security"] == [{"AdminKey": []}]
+    # an admin key alone: the admin endpoints need it, the others stay open
+    async with in_process(_settings(store)) as made:
+        await made.wait_ready()
+        assert (await made.http.post("/admin/reload")).status_code == 401
+        assert (await made.http.post("/admin/reload", headers=AUTH)).status_code == 401
+        assert (await _reload(made, headers=ADMIN))["models"] == {"m": "1"}
+        assert (await made.logprob(ROW)).version == "1"
+
+
+async def test_reload_takes_the_api_key_when_no_admin_key_is_set(store: Path) -> None:
+    async with in_process(_settings(store, api_key=KEY, admin_key=None)) as made:
+        await made.wait_ready()
         r = await made.http.post("/admin/reload")
-        assert r.status_code == 401 and r.json()["type"] == "unauthorized"
+        assert r.status_code == 401 and r.json()["detail"] == (
+            "admin endpoints require the admin key: send 'Authorization: Bearer <MADE_API_KEY>'")
         r = await made.http.post("/admin/reload", headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
         assert (await _reload(made, headers=AUTH))["models"] == {"m": "1"}
 
 
 async def test_the_store_is_polled_every_reload_interval(store: Path, runs: dict[str, Path]) -> None:
-    async with in_process(_settings(store, reload_interval=0.05)) as made:
+    # no key at all: the admin endpoints are off, polling needs none of them
+    async with in_process(_settings(store, admin_key=None, reload_interval=0.05)) as made:
         await made.wait_ready()
         export_run(runs["b"], store, "m")
         with anyio.fail_after(20):
@@ -229,7 +279,7 @@ async def test_a_store_empty_at_startup_becomes_ready_on_reload(
             while "failed" not in (r := await made.http.get("/readyz")).text:
                 await anyio.sleep(0.01)
         assert r.status_code == 503
-        r = await made.http.post("/admin/reload")
+        r = await made.http.post("/admin/reload", headers=ADMIN)
         assert r.status_code == 503 and "holds no models" in r.json()["detail"]
         export_run(runs["a"], store, "m")
         body = await _reload(made)

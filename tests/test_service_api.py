@@ -209,6 +209,28 @@ async def test_bad_requests_get_4xx_naming_the_problem(made: InProcessClient, pa
     assert got == status, answer
     assert answer["detail"].startswith(detail), answer["detail"]
     assert answer["type"] in {"invalid_input", "model_not_found"} and answer["request_id"]
+    if status == 422:  # one error shape for every 422: the problems listed under "errors"
+        assert answer["errors"] and answer["errors"][0]["loc"][0] == "body", answer
+        assert all(detail.startswith(e["msg"]) or e["msg"] in answer["detail"] for e in answer["errors"])
+
+
+async def test_a_body_sent_as_another_media_type_is_415(made: InProcessClient) -> None:
+    body = json.dumps({"x": X8}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):  # the second is curl -d's
+        r = await made.http.post("/logprob", content=body, headers={"Content-Type": content_type})
+        assert r.status_code == 415, r.text
+        assert r.json()["type"] == "unsupported_media_type"
+        assert r.json()["detail"] == ("the request body must be JSON, sent with 'Content-Type: "
+                                      f"application/json' (got '{content_type}')")
+    r = await made.http.post("/logprob", content=body)  # no Content-Type at all
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body"]
+    assert "Content-Type: application/json" in r.json()["detail"]
+
+
+async def test_a_wrong_width_names_its_field_in_errors(made: InProcessClient) -> None:
+    got, answer = await post(made, "/logprob", {"x": [[0, 1, 1]]})
+    assert got == 422 and answer["errors"] == [
+        {"loc": ["body", "x"], "msg": answer["detail"], "type": "invalid_input"}]
 
 
 async def test_rows_over_max_rows_are_refused(tiny_store: Path, registry: ModelRegistry) -> None:
@@ -224,12 +246,19 @@ async def test_importance_draws_over_max_draws_are_refused(tiny_store: Path,
     x = [[0, None, 1, 0, 1, 0, 0, 1]] * 3 + [[0, 1, 1, 0, 1, 0, 0, 1]]
     async with in_process(settings(tiny_store, max_draws=2000), registry) as made:
         assert (await made.logprob(x[:2], n_importance=1000)).exact == [False, False]
-        for call in (made.logprob, made.impute):
+        for call, rows in ((made.logprob, "rows with missing values"),
+                           (made.impute, "rows that need importance sampling (a missing value "
+                                         "before an observed one in some mask's ordering)")):
             with pytest.raises(MadeAPIError) as info:
                 await call(x, n_importance=1000)
             assert info.value.status_code == 422 and info.value.detail.startswith(
-                "3 rows with missing values x n_importance 1000 = 3000 importance draws; the limit "
-                "is 2000 per request (MADE_MAX_DRAWS)")
+                f"3 {rows} x n_importance 1000 = 3000 importance draws; the limit is 2000 per "
+                "request (MADE_MAX_DRAWS)")
+        # /impute: exact rows (missing values after every observed one in every ordering) draw
+        # n_samples completions, no importance draws: they do not count
+        exact = [[0, 1, 1, 0, 1, 0, None, None]] * 3
+        r = await made.impute(exact, model="tiny1", n_importance=1000, n_samples=2, seed=0)
+        assert r.exact == [True] * 3 and r.ess == [2.0] * 3
 
 
 async def test_no_500_for_malformed_bodies(made: InProcessClient) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from service.client import MadeAPIError, MadeClient
-from service.testing import made_serve
+from service.testing import free_port, made_serve
 
 
 @pytest.mark.slow
@@ -74,3 +74,12 @@ def test_made_serve_answers_every_endpoint_and_stops_gracefully_on_sigterm(
     assert all({"ts", "level", "message", "request_id", "duration_ms"} <= set(e) for e in access)
     assert not [line for line in log_path.read_text().splitlines()
                 if line and not line.startswith("{")], "every log line is JSON"
+
+
+@pytest.mark.slow
+def test_made_serve_listens_on_made_port(tiny_store: Path) -> None:
+    port = free_port()
+    with made_serve(tiny_store, env={"MADE_PORT": str(port), "OMP_NUM_THREADS": "1"}) as server:
+        assert server.url.endswith(f":{port}")
+        assert httpx.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
+        assert f'"port": {port}' in server.logs()  # the startup line says where it listens

@@ -67,6 +67,9 @@ def test_the_makefile_command_trains_what_was_shipped(name: str, variable: str, 
     parsed = build_parser().parse_args(["train", "--dataset", dataset, "--out", "unused", *args])
     expected = train_config(parsed, manifest["dims"]).to_dict()
     shipped = dict(manifest["training"])
+    for key in ("image_shape",):  # options added after a model shipped, left at their default
+        if key not in shipped and expected.get(key) is None:
+            expected.pop(key, None)
     for key in ("dataset", "rebinarize"):  # where the files were on the training machine
         assert (shipped.get(key) is None) == (expected.get(key) is None), key
         if shipped.get(key):

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from made.atomic import fsync_dir
-from made.data import load_dataset
+from made.data import check_image_shape, dataset_name, load_dataset
 from made.errors import CheckpointError, ModelStoreError
 from made.masks import MaskSet, make_mask_set, orderings_to_degrees
 from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file
@@ -62,15 +62,26 @@ def graph_from_tensors(tensors: dict[str, np.ndarray], n_hidden: int, direct: bo
                        tensors["direct.weight"] if direct else None, weight_dtype=weight_dtype)
 
 
+def _dataset_image_shape(config: dict[str, Any]) -> list[int] | None:
+    """The image shape of a run that predates --image-shape, found from its data as training does."""
+    try:
+        return load_dataset(config["dataset"], splits=("valid",)).image_shape
+    except Exception:  # the data may have moved since training; the name still tells
+        if "mnist" in str(config["dataset"]).lower() and config["model"]["dims"] == 784:
+            return [28, 28]
+    return None
+
+
 def next_version(store: Path, name: str) -> str:
     numeric = [int(v) for v in list_versions(store, name) if v.isdigit()]
     return str(max(numeric, default=0) + 1)
 
 
 def export_run(run_dir: str | Path, store: str | Path, name: str, version: str | None = None,
-               weight_dtype: str = "float32") -> Path:
+               weight_dtype: str = "float32", image_shape: list[int] | None = None) -> Path:
     """Export a finished run; weight_dtype 'float16' stores the weight matrices in half the bytes
-    (the served model is then the float32 network with float16-rounded weights)."""
+    (the served model is then the float32 network with float16-rounded weights). image_shape
+    [H, W] overrides the run's own (from `made train --image-shape`, or found for MNIST)."""
     run_dir, store = Path(run_dir), Path(store)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ModelStoreError(f"unknown weight type '{weight_dtype}', expected one of {', '.join(WEIGHT_DTYPES)}")
@@ -87,12 +98,8 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
     assert np.array_equal(orderings_to_degrees(masks.orderings), degrees)
     graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype)
 
-    image_shape = None
-    try:
-        image_shape = load_dataset(config["dataset"], splits=("valid",)).image_shape
-    except Exception:  # the data may have moved since training; the name still tells
-        if "mnist" in str(config["dataset"]).lower() and model_cfg["dims"] == 784:
-            image_shape = [28, 28]
+    image_shape = check_image_shape(image_shape or config.get("image_shape") or _dataset_image_shape(config),
+                                    int(model_cfg["dims"]))
 
     fields = {
         "dims": int(model_cfg["dims"]),
@@ -101,7 +108,7 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
         "orderings": masks.orderings.tolist(),
         "direct": bool(model_cfg.get("direct")),
         "weight_dtype": weight_dtype,
-        "dataset": {"name": Path(str(config["dataset"])).stem, "source": str(config["dataset"])},
+        "dataset": {"name": dataset_name(str(config["dataset"])), "source": str(config["dataset"])},
         "metrics": metrics,
         "training": config,
         "image_shape": image_shape,

@@ -28,6 +28,7 @@ from training.checkpoint import (
     save_tensors,
 )
 from training.model import MADE, MADEConfig
+from training.progress import Progress
 from training.run_files import CONFIG, CURVE, HISTORY, METRICS
 
 log = logging.getLogger("made.train")
@@ -50,6 +51,8 @@ class TrainConfig:
     # grayscale .npz whose first train images the binary training rows were drawn from: each epoch
     # trains on a fresh Bernoulli(intensity/255) draw of them; valid and test stay the static sets
     rebinarize: str | None = None
+    # [H, W] of image data, kept for export (the manifest's image_shape: PNG grids of samples)
+    image_shape: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,8 +69,9 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed (e.g. to train for longer, or with the data
-# files at another path; rebinarize may move but not be switched on or off).
-_RESUMABLE = {"max_epochs", "patience", "dataset", "rebinarize"}
+# files at another path; rebinarize may move but not be switched on or off; image_shape is
+# only a label for export).
+_RESUMABLE = {"max_epochs", "patience", "dataset", "rebinarize", "image_shape"}
 
 
 def build_optimizer(cfg: TrainConfig, model: MADE) -> torch.optim.Optimizer:
@@ -207,7 +211,19 @@ class Trainer:
             init_output_bias(model, self.data.split("train"))
 
         n = len(self.train_x)
-        bar = _progress_bar(cfg.max_epochs, progress_state["epoch"], enabled=progress)
+        bars = Progress(cfg.max_epochs, math.ceil(n / cfg.batch_size), progress_state["epoch"], enabled=progress)
+        with bars.active():
+            self._epochs(model, optimizer, gen, progress_state, history, bars)
+        if history:
+            write_curve(self.run_dir / CURVE, history)
+        progress_state["finished"] = True
+        self._checkpoint(model, optimizer, gen, progress_state)
+        return self.finish(model, progress_state)
+
+    def _epochs(self, model: MADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+                progress_state: dict[str, Any], history: list[dict[str, Any]], bars: Progress) -> None:
+        """Epochs until max_epochs or early stopping, each ending with an atomic checkpoint."""
+        cfg, n = self.cfg, len(self.train_x)
         while progress_state["epoch"] < cfg.max_epochs and progress_state["bad_epochs"] < cfg.patience:
             started = time.perf_counter()
             # the rate is a function of the epoch alone, so a resumed run gets the same schedule
@@ -227,8 +243,7 @@ class Trainer:
                 optimizer.step()
                 total += loss.item() * len(x)
                 count += len(x)
-                if bar is not None:
-                    bar.set_postfix_str(f"train {total / count:.2f}", refresh=False)
+                bars.batch(total / count)
             valid = float(nll_per_example(model, self.valid_x, None, cfg.eval_batch).mean())
             epoch = progress_state["epoch"] + 1
             best = progress_state["best_valid"]
@@ -244,20 +259,10 @@ class Trainer:
             history.append(row)
             self._append_history(row)
             self._checkpoint(model, optimizer, gen, progress_state)
-            log.info("epoch %d train %.3f valid %.3f (best %.3f @ %d)", epoch, row["train_nll"], valid,
-                     progress_state["best_valid"], progress_state["best_epoch"])
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"train {row['train_nll']:.2f} valid {valid:.2f}")
+            bars.epoch(epoch, row["train_nll"], valid, progress_state["best_valid"], progress_state["best_epoch"],
+                       progress_state["seconds"])
             if epoch % 10 == 0:
                 write_curve(self.run_dir / CURVE, history)
-        if bar is not None:
-            bar.close()
-        if history:
-            write_curve(self.run_dir / CURVE, history)
-        progress_state["finished"] = True
-        self._checkpoint(model, optimizer, gen, progress_state)
-        return self.finish(model, progress_state)
 
     def _checkpoint(self, model: MADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
                     progress_state: dict[str, Any]) -> None:
@@ -321,14 +326,6 @@ def _hardware() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} on CPU"
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):  # type: ignore[no-untyped-def]
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="epochs", unit="epoch", dynamic_ncols=True)
 
 
 def write_curve(path: Path, history: list[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from made.errors import InvalidInput, ModelStoreError
+from made.errors import InvalidInput, ModelStoreError, format_value
 from made.masks import exact_orders
 from made.store import StoredModel
 from service.engine.network import Network, load_network
@@ -32,6 +32,10 @@ CHUNK = 4096
 # (about 3x their bytes in RSS, with onnxruntime's prepacked copies: ~150 MB for the K=8 MNIST
 # model); above this many weight bytes times K, the engine runs only the stored graph.
 MAX_FOLDED_BYTES = 256 << 20
+# Values (draws x D) of /impute's noise in one sampler call, at most: bounds what a call holds
+# (8 bytes of noise, 1 of completion, and for exact rows 8 of per-step probability per value:
+# ~140 MB at 1 << 23), while rows and masks still step through the sampler together.
+_IMPUTE_VALUES = 1 << 23
 
 
 @dataclass
@@ -105,6 +109,8 @@ class Engine:
                 for k in range(self.n_masks)
             ]
         self.sampler = FastSampler(self.network)
+        # (D, K) float64: the position of dimension d in mask k's ordering (see exact_rows)
+        self._positions = np.argsort(self.orderings, axis=1).T.astype(np.float64)
         log.info("loaded model %s version %s (D=%d, K=%d) on %s", self.name, self.version,
                  self.dims, self.n_masks, ",".join(self.providers))
 
@@ -135,7 +141,7 @@ class Engine:
         bad = ~missing & (x != 0) & (x != 1)
         if bad.any():
             r, c = (int(i) for i in np.argwhere(bad)[0])
-            raise InvalidInput(f"row {r} column {c} holds {x[r, c]!r}, expected 0 or 1")
+            raise InvalidInput(f"row {r} column {c} holds {format_value(x[r, c])}, expected 0 or 1")
         return x
 
     # --- one forward pass -------------------------------------------------------------------
@@ -204,7 +210,7 @@ class Engine:
         draws: dict[int, np.ndarray] = {}
         log_means[:] = exact_ll
         jobs = [(k, np.flatnonzero(~is_exact[i])) for i, k in enumerate(ks)]
-        for i, (_, logw, _) in enumerate(self._weighted_draws(jobs, x, observed, n_importance, rng)):
+        for i, (_, logw) in enumerate(self._weighted_draws(jobs, x, observed, n_importance, rng)):
             if logw.size:
                 todo = jobs[i][1]
                 draws[i] = logw
@@ -222,22 +228,20 @@ class Engine:
         return LogProbResult(scale + np.log(mean_rel), np.asarray(exact, dtype=bool), stderr)
 
     def _weighted_draws(self, jobs: list[tuple[int, np.ndarray]], x: np.ndarray, observed: np.ndarray,
-                        s: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                        s: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each job (mask k, row indices): S completions per row under mask k with their log
-        weights, ((n, S, D), (n, S), per-step probabilities (n, S, D)). All jobs' draws step
-        through the sampler in one loop, so K masks cost about one pass, not K."""
+        weights, ((n, S, D), (n, S)). All jobs' draws step through the sampler in one loop, so K
+        masks cost about one pass, not K."""
         masks = np.concatenate([np.full(len(rows) * s, k, dtype=np.int64) for k, rows in jobs])
         picked = np.concatenate([np.repeat(rows, s) for _, rows in jobs]).astype(np.int64)
         values = np.nan_to_num(x[picked], nan=0.0)
         u = rng.random((len(picked), self.dims))
-        samples, logw, probs = self.sampler.run_masks(masks, u, observed[picked], values, return_probs=True)
-        assert probs is not None
+        samples, logw, _ = self.sampler.run_masks(masks, u, observed[picked], values)
         out, start = [], 0
         for _, rows in jobs:
             n = len(rows)
             part = slice(start, start + n * s)
-            d = self.dims
-            out.append((samples[part].reshape(n, s, d), logw[part].reshape(n, s), probs[part].reshape(n, s, d)))
+            out.append((samples[part].reshape(n, s, self.dims), logw[part].reshape(n, s)))
             start += n * s
         return out
 
@@ -299,60 +303,170 @@ class Engine:
         return x.astype(np.uint8)
 
     # --- imputation ---------------------------------------------------------------------------
+    def exact_rows(self, observed: np.ndarray) -> np.ndarray:
+        """(N,) bool: rows whose missing dimensions every mask's ordering puts after all the
+        observed ones (rows with nothing missing included). For such a row p_k(x_obs) is one
+        pass per mask and ancestral sampling of the missing values given x_obs is exact.
+
+        m observed dimensions come first in an ordering when their positions in it are 0..m-1,
+        i.e. (being distinct) when they sum to m (m - 1) / 2: one (N, D) x (D, K) product, exact
+        in float64, instead of comparing every row's flags along every ordering."""
+        observed = np.asarray(observed, dtype=bool)
+        m = observed.sum(axis=1, dtype=np.float64)
+        sums = observed.astype(np.float64) @ self._positions  # (N, K)
+        return np.asarray((sums == (m * (m - 1) / 2)[:, None]).all(axis=1))
+
     def impute(self, x: np.ndarray, n_samples: int = 10, seed: int | None = None,
                n_importance: int = 1000) -> ImputeResult:
-        """p(x_missing | x_observed) per row: completions, marginals, log p(x_obs), ESS."""
+        """p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value):
+        n_samples completions, marginals p(x_d = 1 | x_obs), log p(x_obs) and an ESS.
+
+        Rows with nothing missing return themselves (marginals: the row; ess: K x n_importance,
+        nominal: nothing is estimated).
+
+        Exact rows (every mask's ordering puts the missing dimensions after all the observed
+        ones; `exact` true): log p(x_obs) = log mean_k p_k(x_obs), one pass per mask, no
+        standard error. The posterior over masks given x_obs is p_k(x_obs) / sum_j p_j(x_obs),
+        so each completion draws its mask k from it, then the missing values by ancestral
+        sampling under mask k with the observed entries clamped: n_samples exact, independent
+        draws from p(x_missing | x_obs), nothing more (n_importance is not used). The marginals
+        of the missing dimensions are not computable exactly in general (a sum over every
+        configuration of the missing values before d), so they are estimated from those same
+        completions, Rao-Blackwellised: the mean over completions s of p_{k_s}(x_d = 1 | the
+        values before d in completion s), an unbiased estimate whose variance is at most that of
+        the completions' own frequencies. `ess` is then the number of completions behind it,
+        n_samples (at least 1: one completion is drawn even for n_samples = 0, so that the
+        marginals are defined).
+
+        Other rows (`exact` false): likelihood weighting, n_importance draws per mask, pooled
+        as the mixture with weights w / K; log p(x_obs) is the mean weight, with a delta-method
+        standard error; the marginals are the weighted mean of the draws; the completions are
+        resampled from the weighted pool; `ess` = (sum w)^2 / sum w^2 of the pool.
+
+        Row i draws all its random numbers from numpy.random.default_rng([seed, i]) (seed None:
+        a fresh one): its answer depends on the seed, its index and its own values, not on the
+        other rows, nor on how rows are grouped into sampler calls (all rows' draws go through
+        the sampler together, _IMPUTE_VALUES values at a time). default_rng([seed, 0]) is
+        default_rng(seed): a single-row request draws what it drew before rows had streams of
+        their own.
+        """
         x = self.check_x(x, allow_missing=True)
         _check_count("n_samples", n_samples, 0)
         _check_count("n_importance", n_importance, 1)
+        seed = _check_seed(seed)
         n, d = x.shape
-        ks = list(range(self.n_masks))
-        rng = np.random.default_rng(seed)
         observed = ~np.isnan(x)
-        samples = np.empty((n, n_samples, d), dtype=np.uint8)
-        marginals = np.empty((n, d))
-        logp = np.empty(n)
-        exact = np.ones(n, dtype=bool)
-        ess = np.empty(n)
-        stderr = np.full(n, np.nan)
-        for r in range(n):
-            xr, obs = x[r : r + 1], observed[r : r + 1]
-            if obs.all():
-                samples[r] = xr.astype(np.uint8)
-                marginals[r] = xr[0]
-                logp[r] = _logmeanexp(self.mask_logliks(xr, ks), axis=0)[0]
-                ess[r] = float(n_importance * len(ks))
-                continue
-            # S weighted completions per mask, pooled as the mixture with weights w / K
-            pooled_x, pooled_logw, pooled_p = [], [], []
-            for sx, lw, pr in self._weighted_draws([(k, np.zeros(1, dtype=np.int64)) for k in ks], xr, obs,
-                                                   n_importance, rng):
-                pooled_x.append(sx[0])
-                pooled_logw.append(lw[0])
-                pooled_p.append(pr[0])
-            all_x = np.concatenate(pooled_x)  # (K*S, D)
-            all_logw = np.concatenate(pooled_logw)  # (K*S,)
-            all_p = np.concatenate(pooled_p)  # (K*S, D): p(x_d = 1 | x_<d) along each draw
-            top = all_logw.max()
-            w = np.exp(all_logw - top)
-            w_norm = w / w.sum()
-            row_is_exact = bool(exact_orders(self.orderings, obs).all())
-            exact[r] = row_is_exact
-            est = self._observed_logprob(xr, obs, ks, seed, n_importance) if row_is_exact else None
-            if est is not None:
-                logp[r] = est.logprob[0]
-            else:
-                logp[r] = top + math.log(w.mean())
-                per_mask_mean = np.array([np.exp(lw - top).mean() for lw in pooled_logw])
-                per_mask_var = np.array([np.exp(lw - top).var(ddof=1) / len(lw) for lw in pooled_logw])
-                stderr[r] = math.sqrt(per_mask_var.sum()) / per_mask_mean.sum()
-            ess[r] = 1.0 / float(np.sum(w_norm**2))
-            # Where the weights cannot depend on the missing values (exact rows), average the
-            # conditional probabilities (Rao-Blackwellised); else the drawn values themselves.
-            marginals[r] = np.where(obs[0], xr[0], w_norm @ (all_p if row_is_exact else all_x))
-            picks = rng.choice(len(all_x), size=n_samples, replace=True, p=w_norm)
-            samples[r] = all_x[picks]
-        return ImputeResult(samples, marginals, logp, exact, ess, stderr)
+        out = ImputeResult(
+            samples=np.empty((n, n_samples, d), dtype=np.uint8),
+            marginals=np.where(observed, x, 0.0),  # observed entries give their own value
+            logprob_observed=np.empty(n), exact=self.exact_rows(observed), ess=np.empty(n),
+            stderr=np.full(n, np.nan))
+        complete = observed.all(axis=1)
+        if complete.any():
+            rows = np.flatnonzero(complete)
+            out.samples[rows] = x[rows, None, :].astype(np.uint8)
+            ks = list(range(self.n_masks))
+            out.logprob_observed[rows] = _logmeanexp(self.mask_logliks(x[rows], ks), axis=0)
+            out.ess[rows] = float(n_importance * self.n_masks)
+        exact_rows = np.flatnonzero(out.exact & ~complete)
+        weighted_rows = np.flatnonzero(~out.exact)
+        rngs = {int(i): np.random.default_rng([seed, int(i)])
+                for i in (*exact_rows, *weighted_rows)}
+        if len(exact_rows):
+            self._impute_exact(x, observed, exact_rows, rngs, n_samples, out)
+        if len(weighted_rows):
+            self._impute_weighted(x, observed, weighted_rows, rngs, n_samples, n_importance, out)
+        return out
+
+    def _impute_exact(self, x: np.ndarray, observed: np.ndarray, rows: np.ndarray,
+                      rngs: dict[int, np.random.Generator], n_samples: int,
+                      out: ImputeResult) -> None:
+        """Exact rows: max(n_samples, 1) completions each, their masks from the posterior."""
+        ks = list(range(self.n_masks))
+        draws = max(n_samples, 1)
+        loglik = self.mask_logliks(x[rows], ks, observed[rows])  # (K, rows): log p_k(x_obs)
+        out.logprob_observed[rows] = _logmeanexp(loglik, axis=0)
+        posterior = np.exp(loglik - loglik.max(axis=0))
+        posterior /= posterior.sum(axis=0)
+        out.ess[rows] = float(draws)
+        per_call = max(1, _IMPUTE_VALUES // (draws * self.dims))  # rows per sampler call
+        for start in range(0, len(rows), per_call):
+            part = np.arange(start, min(start + per_call, len(rows)))
+            masks = np.empty((len(part), draws), dtype=np.int64)
+            u = np.empty((len(part), draws, self.dims))
+            for j, r in enumerate(part):
+                rng = rngs[int(rows[r])]
+                masks[j] = rng.choice(self.n_masks, size=draws, p=posterior[:, r])
+                u[j] = rng.random((draws, self.dims))
+            picked = rows[part]
+            obs = np.repeat(observed[picked], draws, axis=0)
+            values = np.repeat(np.nan_to_num(x[picked], nan=0.0), draws, axis=0)
+            done, _, probs = self.sampler.run_masks(masks.reshape(-1), u.reshape(-1, self.dims),
+                                                    obs, values, return_probs=True)
+            assert probs is not None
+            done = done.reshape(len(part), draws, self.dims)
+            out.samples[picked] = done[:, :n_samples]
+            estimate = probs.reshape(len(part), draws, self.dims).mean(axis=1)
+            out.marginals[picked] = np.where(observed[picked], out.marginals[picked], estimate)
+
+    def _impute_weighted(self, x: np.ndarray, observed: np.ndarray, rows: np.ndarray,
+                         rngs: dict[int, np.random.Generator], n_samples: int, n_importance: int,
+                         out: ImputeResult) -> None:
+        """Rows that are not exact: n_importance likelihood-weighting draws per mask and row,
+        drawn mask after mask from the row's generator, then the resampling from it. The draws
+        of all rows go through the sampler in calls of at most _IMPUTE_VALUES values (a row's
+        draws may span several calls)."""
+        k, s, dims = self.n_masks, n_importance, self.dims
+        total = k * s  # draws per row; draw j is under mask j // s
+        per_call = max(1, _IMPUTE_VALUES // dims)
+        calls: list[list[tuple[int, int, int]]] = [[]]  # (row, first draw, end) per piece
+        room = per_call
+        for r in rows:
+            first = 0
+            while first < total:
+                if room == 0:
+                    calls.append([])
+                    room = per_call
+                end = min(total, first + room)
+                calls[-1].append((int(r), first, end))
+                room -= end - first
+                first = end
+        pool_x: dict[int, np.ndarray] = {}
+        pool_logw: dict[int, np.ndarray] = {}
+        for pieces in calls:
+            u = np.concatenate([rngs[r].random((end - first, dims)) for r, first, end in pieces])
+            picked = np.concatenate([np.full(end - first, r) for r, first, end in pieces])
+            masks = np.concatenate([np.arange(first, end) // s for _, first, end in pieces])
+            values = np.nan_to_num(x[picked], nan=0.0)
+            done, logw, _ = self.sampler.run_masks(masks, u, observed[picked], values)
+            at = 0
+            for r, first, end in pieces:
+                if first == 0:
+                    pool_x[r] = np.empty((total, dims), dtype=np.uint8)
+                    pool_logw[r] = np.empty(total)
+                pool_x[r][first:end] = done[at : at + end - first]
+                pool_logw[r][first:end] = logw[at : at + end - first]
+                at += end - first
+                if end == total:
+                    self._resample(r, x, observed, pool_x.pop(r), pool_logw.pop(r), rngs[r],
+                                   n_samples, s, out)
+
+    def _resample(self, r: int, x: np.ndarray, observed: np.ndarray, pool: np.ndarray,
+                  logw: np.ndarray, rng: np.random.Generator, n_samples: int, s: int,
+                  out: ImputeResult) -> None:
+        """Row r's estimates from its pooled weighted draws (K x s, mask after mask)."""
+        top = logw.max()
+        w = np.exp(logw - top)
+        w_norm = w / w.sum()
+        out.logprob_observed[r] = top + math.log(w.mean())
+        if s > 1:
+            per_mask = w.reshape(self.n_masks, s)
+            var = per_mask.var(axis=1, ddof=1) / s
+            out.stderr[r] = math.sqrt(var.sum()) / per_mask.mean(axis=1).sum()
+        out.ess[r] = 1.0 / float(np.sum(w_norm**2))
+        out.marginals[r] = np.where(observed[r], x[r], w_norm @ pool)
+        picks = rng.choice(len(pool), size=n_samples, replace=True, p=w_norm)
+        out.samples[r] = pool[picks]
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -362,6 +476,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _check_count(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise InvalidInput(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def _check_seed(seed: int | None) -> int:
+    """A request's seed (a non-negative integer), or a fresh one for None."""
+    if seed is None:
+        entropy = np.random.SeedSequence().entropy  # 128 fresh bits
+        assert isinstance(entropy, int)
+        return entropy
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def _logmeanexp(a: np.ndarray, axis: int) -> np.ndarray:

@@ -1,11 +1,17 @@
-"""Administration: reload the model store without a restart (behind the API key when one is set)."""
+"""Administration: reload the model store without a restart.
+
+Closed by default, like Triton's restricted APIs: the admin endpoints answer only with
+`Authorization: Bearer <MADE_ADMIN_KEY>` (or `<MADE_API_KEY>` when only that is set), and a
+server with neither key serves `off_router` instead, which answers every /admin path 404 with
+the reason. Store polling (MADE_RELOAD_INTERVAL) needs no endpoint.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Literal, NoReturn
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from made.errors import ModelStoreError
@@ -14,6 +20,11 @@ from service.routers.deps import DataPlaneDep
 from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+off_router = APIRouter(prefix="/admin", include_in_schema=False)
+
+ADMIN_OFF = ("admin endpoints are off: the server has neither MADE_ADMIN_KEY nor MADE_API_KEY "
+             "(set one, then send it as 'Authorization: Bearer <key>'; MADE_RELOAD_INTERVAL "
+             "reloads the store without them)")
 
 
 class ReloadEntry(BaseModel):
@@ -37,7 +48,8 @@ class ReloadResponse(BaseModel):
 
 
 @router.post("/reload", responses={
-    401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+    401: {"model": ErrorResponse, "description": "missing or wrong admin key (MADE_ADMIN_KEY, "
+                                                 "or MADE_API_KEY when no admin key is set)"},
     503: {"model": ErrorResponse, "description": "store unreadable, or no model loads"},
 })
 async def reload(dp: DataPlaneDep) -> ReloadResponse:
@@ -49,3 +61,10 @@ async def reload(dp: DataPlaneDep) -> ReloadResponse:
         results=[ReloadEntry(name=r.name, version=r.version, status=r.status, reason=r.reason,
                              previous=r.previous, cached=r.cached) for r in report.results],
         models=report.served, default=report.default, pid=os.getpid())
+
+
+@off_router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                      response_model=None)
+async def admin_off(path: str) -> NoReturn:
+    """Every /admin path on a server without an admin key: 404, saying why."""
+    raise HTTPException(404, ADMIN_OFF)

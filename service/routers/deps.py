@@ -7,12 +7,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from service.dataplane import DataPlane
 from service.errors import Unauthorized
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="MADE_API_KEY, when the server sets one")
+_admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminKey",
+                           description="MADE_ADMIN_KEY, or MADE_API_KEY when no admin key is set")
 
 
 # async, though they only read app.state: FastAPI runs a sync dependency in a worker thread.
@@ -39,7 +42,37 @@ async def require_api_key(
         return
     if credentials is None:
         raise Unauthorized("this server requires an API key: send 'Authorization: Bearer <key>'")
-    # Constant time: the comparison must not reveal how many leading bytes matched.
-    if not hmac.compare_digest(credentials.credentials.encode(),
-                               settings.api_key.get_secret_value().encode()):
+    if not _same(credentials.credentials, settings.api_key):
         raise Unauthorized("the API key in the Authorization header is wrong")
+
+
+def admin_key(settings: Settings) -> tuple[SecretStr, str] | None:
+    """The key admin endpoints answer to and its variable: MADE_ADMIN_KEY, else MADE_API_KEY;
+    None when neither is set, and the admin endpoints are off."""
+    if settings.admin_key is not None:
+        return settings.admin_key, "MADE_ADMIN_KEY"
+    if settings.api_key is not None:
+        return settings.api_key, "MADE_API_KEY"
+    return None
+
+
+async def require_admin_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+) -> None:
+    """401 unless the request carries `Authorization: Bearer <admin key>` (see admin_key); the
+    app mounts the admin endpoints only when there is one."""
+    key = admin_key(settings)
+    if key is None:  # not mounted then; refuse all the same
+        raise Unauthorized("admin endpoints are off: the server has no MADE_ADMIN_KEY")
+    secret, variable = key
+    if credentials is None:
+        raise Unauthorized("admin endpoints require the admin key: send "
+                           f"'Authorization: Bearer <{variable}>'")
+    if not _same(credentials.credentials, secret):
+        raise Unauthorized("the admin key in the Authorization header is wrong")
+
+
+def _same(given: str, key: SecretStr) -> bool:
+    # Constant time: the comparison must not reveal how many leading bytes matched.
+    return hmac.compare_digest(given.encode(), key.get_secret_value().encode())

@@ -26,6 +26,7 @@ router = APIRouter(tags=["inference"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "unknown model"},
     413: {"model": ErrorResponse, "description": "body over MADE_MAX_BODY_BYTES"},
+    415: {"model": ErrorResponse, "description": "body sent as another type than application/json"},
     422: {"model": ErrorResponse, "description": "invalid input: names the row, column, problem"},
     503: {"model": ErrorResponse, "description": "models not loaded yet"},
     504: {"model": ErrorResponse, "description": "over MADE_REQUEST_TIMEOUT"},
