@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean models model-binarized-mnist model-mushrooms results
+.PHONY: install serve test lint bench clean models model-binarized-mnist model-mushrooms model-diamonds \
+	model-health-insurance results tables
 
 # Where `make serve` listens: `make serve HOST=0.0.0.0 PORT=8102` (or MADE_HOST / MADE_PORT).
 HOST ?= $(or $(MADE_HOST),127.0.0.1)
@@ -44,8 +45,10 @@ DATA ?= ../shared/data
 BMNIST_RUN := runs/results/binarized_mnist-2x1000-k8-rebin
 BMNIST_ARGS := --hidden 1000,1000 --masks 8 --connectivity-agnostic --direct --rebinarize $(DATA)/mnist.npz --lr-step 60 --lr-gamma 0.3 --max-epochs 240 --patience 40 --seed 0
 MUSHROOMS_ARGS := --hidden 500 --masks 1 --weight-decay 1e-4 --max-epochs 300 --patience 30 --seed 0
+# The table models: columns inferred from the CSV header and cells, 8 orderings of the columns.
+TABLE_ARGS := --hidden 256,256 --masks 8 --order-agnostic --connectivity-agnostic --direct --max-epochs 150 --patience 20 --seed 0 --threads 1
 
-models: model-binarized-mnist model-mushrooms
+models: model-binarized-mnist model-mushrooms model-diamonds model-health-insurance
 
 model-binarized-mnist: install
 	$(BIN)/made train --dataset $(DATA)/binarized_mnist.npz $(BMNIST_ARGS) --out $(BMNIST_RUN)
@@ -55,9 +58,21 @@ model-mushrooms: install
 	$(BIN)/made train --dataset $(DATA)/mushrooms.npz $(MUSHROOMS_ARGS) --out runs/results/mushrooms-1x500-k1
 	$(BIN)/made export runs/results/mushrooms-1x500-k1 --store model_store --name mushrooms
 
+model-diamonds: install
+	$(BIN)/made train --dataset $(DATA)/tables/diamonds_train.csv $(TABLE_ARGS) --out runs/results/diamonds-2x256-k8
+	$(BIN)/made export runs/results/diamonds-2x256-k8 --store model_store --name diamonds
+
+model-health-insurance: install
+	$(BIN)/made train --dataset $(DATA)/tables/health_insurance_train.csv $(TABLE_ARGS) --out runs/results/health_insurance-2x256-k8
+	$(BIN)/made export runs/results/health_insurance-2x256-k8 --store model_store --name health-insurance
+
 # Trains every experiment of docs/results.md (hours on 2 cores).
 results: install
 	$(BIN)/python bench/results.py
+
+# Trains the experiments of docs/tables.md: UCI sets as categories vs bits, the real tables.
+tables: install
+	$(BIN)/python bench/tables.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,11 +12,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from made.errors import MadeError
+from made.errors import ConfigError, MadeError
 
 if TYPE_CHECKING:
+    from made.data import Dataset
+    from made.schema import Schema
+    from made.tables import TableDataset
     from training.train import TrainConfig
 
 
@@ -63,42 +67,71 @@ def _masks_arg(text: str) -> str | int:
         raise argparse.ArgumentTypeError(f"expected 'all' or a mask index, got '{text}'") from None
 
 
-def train_config(args: argparse.Namespace, dims: int) -> TrainConfig:
-    """The TrainConfig that `made train` arguments describe (imports torch)."""
+def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = None) -> TrainConfig:
+    """The TrainConfig that `made train` arguments describe (imports torch); with a schema, a
+    model of the table's columns."""
     from training.model import MADEConfig
+    from training.table_model import TableMADEConfig
     from training.train import TrainConfig
 
     connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
-    model = MADEConfig(
-        dims=dims,
-        hidden=args.hidden,
-        n_masks=args.masks,
-        order_agnostic=args.order_agnostic,
-        connectivity_agnostic=connectivity,
-        random_ordering=args.random_ordering,
-        direct=args.direct,
-        mask_seed=args.seed,
-    )
+    shape = dict(hidden=args.hidden, n_masks=args.masks, order_agnostic=args.order_agnostic,
+                 connectivity_agnostic=connectivity, random_ordering=args.random_ordering, direct=args.direct,
+                 mask_seed=args.seed)
+    model = (MADEConfig(dims=dims, **shape) if schema is None
+             else TableMADEConfig(columns=schema.to_json(), **shape))  # type: ignore[arg-type]
     return TrainConfig(
         dataset=args.dataset, model=model, seed=args.seed, max_epochs=args.max_epochs,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, patience=args.patience, lr_step=args.lr_step,
         lr_gamma=args.lr_gamma, rebinarize=args.rebinarize, image_shape=args.image_shape,
+        groups=getattr(args, "groups", None),
     )
 
 
+def load_training_data(args: argparse.Namespace) -> Dataset | TableDataset:
+    """Bits (.npz, CSV of 0/1, .amat), bits read as categories (--groups), or a table (a CSV with
+    a header row, Parquet, or any data with --schema)."""
+    from made.data import load_dataset
+    from made.errors import DataError
+    from made.schema import Schema
+    from made.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
+
+    drop = tuple(c.strip() for c in (args.drop_columns or "").split(",") if c.strip())
+    if args.groups:
+        if args.schema or drop:
+            raise DataError("--groups reads bit data as categories; it does not go with --schema or --drop-columns")
+        bits = load_dataset(args.dataset)
+        return load_grouped_bits(bits, read_groups(args.groups, bits.dims))
+    path = Path(args.dataset)
+    if args.schema or is_table_file(path) or path.suffix == ".parquet":
+        schema = Schema.read(args.schema) if args.schema else None
+        if schema is not None and drop:
+            raise DataError("--drop-columns goes with an inferred schema; with --schema, list only the columns "
+                            "to model in the schema file")
+        return load_table_dataset(args.dataset, schema=schema, drop_columns=drop)
+    if drop:
+        raise DataError("--drop-columns names columns of a table (a CSV with a header row); "
+                        f"{args.dataset} is bit data")
+    return load_dataset(args.dataset)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from made.data import check_image_shape, load_dataset
+    from made.data import check_image_shape
     from made.masks import validate_architecture
+    from made.tables import TableDataset
 
     # bad data and impossible architectures are refused before the seconds of importing torch
-    data = load_dataset(args.dataset)
+    data = load_training_data(args)
     validate_architecture(data.dims, args.hidden, args.masks)
     args.image_shape = check_image_shape(args.image_shape, data.dims) or data.image_shape
+    schema = data.schema if isinstance(data, TableDataset) else None
+    if schema is not None and args.rebinarize:
+        raise ConfigError("--rebinarize is for bit data drawn from grayscale images, not for tables")
 
     from training.train import Trainer
 
-    cfg = train_config(args, data.dims)
+    cfg = train_config(args, data.dims, schema)
     cfg.model.mask_set()  # refuse impossible architectures before touching RUN_DIR
     if args.threads:
         import torch
@@ -164,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "mnist.npz: train each epoch on a fresh binarization of them (valid/test stay as given)")
     t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument("--schema", metavar="FILE", default=None,
+                   help="a table's columns as JSON (the manifest's 'columns' format), instead of inferring them")
+    t.add_argument("--groups", metavar="FILE", default=None,
+                   help="one-hot groups of bit columns (../shared/data/groups/NAME.json): train them as categories")
+    t.add_argument("--drop-columns", metavar="A,B", default=None,
+                   help="columns of a table to leave out (e.g. free text)")
     t.add_argument("--image-shape", type=_image_shape_arg, default=None, metavar="H,W",
                    help="height,width of image data, e.g. 16,8 (MNIST-like 28,28 is found by itself): "
                         "its models answer /sample with a PNG grid")

@@ -50,11 +50,14 @@ def orderings_to_degrees(orderings: np.ndarray) -> np.ndarray:
     return degrees
 
 
-def build_masks(input_degrees: np.ndarray, hidden_degrees: list[np.ndarray]) -> list[np.ndarray]:
+def build_masks(input_degrees: np.ndarray, hidden_degrees: list[np.ndarray],
+                output_degrees: np.ndarray | None = None) -> list[np.ndarray]:
     """Masks of one network from its degrees; each mask is (fan_out, fan_in) float32.
 
     Hidden unit k of layer l keeps unit j of layer l-1 when m_l(k) >= m_{l-1}(j); output d keeps
     last-layer unit k when deg(d) > m_L(k) (strict), so output d sees only earlier inputs.
+    output_degrees defaults to input_degrees (one output per input); a table model gives every
+    input and output unit its column's degree (made.schema).
     """
     masks = []
     prev = np.asarray(input_degrees)
@@ -62,14 +65,16 @@ def build_masks(input_degrees: np.ndarray, hidden_degrees: list[np.ndarray]) -> 
         layer = np.asarray(layer)
         masks.append((layer[:, None] >= prev[None, :]).astype(np.float32))
         prev = layer
-    masks.append((np.asarray(input_degrees)[:, None] > prev[None, :]).astype(np.float32))
+    out = np.asarray(input_degrees if output_degrees is None else output_degrees)
+    masks.append((out[:, None] > prev[None, :]).astype(np.float32))
     return masks
 
 
-def build_direct_mask(input_degrees: np.ndarray) -> np.ndarray:
-    """(D, D) mask of direct input-to-output weights: output d sees input j iff deg(j) < deg(d)."""
+def build_direct_mask(input_degrees: np.ndarray, output_degrees: np.ndarray | None = None) -> np.ndarray:
+    """(D_out, D_in) mask of direct input-to-output weights: output d sees input j iff deg(j) < deg(d)."""
     deg = np.asarray(input_degrees)
-    return (deg[:, None] > deg[None, :]).astype(np.float32)
+    out = deg if output_degrees is None else np.asarray(output_degrees)
+    return (out[:, None] > deg[None, :]).astype(np.float32)
 
 
 def validate_architecture(dims: int, hidden: list[int], n_masks: int) -> None:

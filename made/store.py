@@ -19,8 +19,18 @@ from made.errors import ModelNotFound, ModelStoreError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
+TABLE_OUTPUT = "params"  # a table model's graph output: every column's parameters, (N, U_out)
 REQUIRED = ("format_version", "name", "version", "dims", "hidden", "n_masks", "orderings", "files",
             "dataset", "metrics", "created_at")
+
+
+def table_graph_signature(schema: Any) -> dict[str, Any]:
+    """The graph entry of a table model's manifest: network inputs in, column parameters out, and
+    where each column's units start (made.schema.Schema.in_offsets / out_offsets)."""
+    return {"inputs": {"x": f"float32 [N, {schema.n_in}]", "mask_index": "int64 []"},
+            "outputs": {TABLE_OUTPUT: f"float32 [N, {schema.n_out}]"},
+            "input_offsets": schema.in_offsets.tolist(), "output_offsets": schema.out_offsets.tolist(),
+            "opset": 17}
 
 
 def sha256_file(path: Path) -> str:

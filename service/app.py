@@ -17,6 +17,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from made.errors import MadeError
+from service.csv_records import CsvRecordsMiddleware
 from service.dataplane import DataPlane
 from service.engine import ModelRegistry, requested_providers
 from service.errors import install_error_handlers
@@ -97,6 +98,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.dataplane = dataplane
+    # Added first, so it runs inside RequestMiddleware (request ids, the body size limit).
+    app.add_middleware(CsvRecordsMiddleware, dataplane=dataplane, api_key=settings.api_key)
     app.add_middleware(RequestMiddleware, metrics=app_metrics,
                        max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)

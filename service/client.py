@@ -130,6 +130,38 @@ def _impute(x: Rows, model: str | None, n_samples: int | None, seed: int | None,
         "encoding": "packed" if packed_output else None, **_rows_payload(x, False)})
 
 
+Records = Sequence[dict[str, Any]] | Any  # a list of {column: value}, or a pandas DataFrame
+
+
+def _records_payload(records: Records) -> list[dict[str, Any]]:
+    """Plain records; a DataFrame's rows become records (NaN and None cells unknown)."""
+    if hasattr(records, "to_dict") and hasattr(records, "columns"):
+        rows = records.to_dict(orient="records")
+    else:
+        rows = list(records)
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in dict(r).items()} for r in rows]
+
+
+def _logprob_records(records: Records, model: str | None, masks: Literal["all"] | int, seed: int | None,
+                     n_importance: int | None, explain: bool) -> _Call[LogProbResponse]:
+    return _Call("POST", "/logprob", LogProbResponse, {
+        "model": model, "masks": masks, "seed": seed, "n_importance": n_importance,
+        "explain": explain or None, "records": _records_payload(records)})
+
+
+def _sample_records(n: int, model: str | None, seed: int | None, given: dict[str, Any] | None,
+                    mask: Literal["mixture"] | int) -> _Call[SampleResponse]:
+    return _Call("POST", "/sample", SampleResponse, {"model": model, "n": n, "seed": seed, "given": given,
+                                                     "mask": mask})
+
+
+def _impute_records(records: Records, model: str | None, n_samples: int | None, seed: int | None,
+                    n_importance: int | None) -> _Call[ImputeResponse]:
+    return _Call("POST", "/impute", ImputeResponse, {
+        "model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance,
+        "records": _records_payload(records)})
+
+
 # --- the clients ----------------------------------------------------------------------------------
 
 class MadeClient:
@@ -204,6 +236,26 @@ class MadeClient:
                packed_output: bool = False) -> ImputeResponse:
         return self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
 
+    # --- models of a table's columns: records keyed by column name ------------------------------
+    def logprob_records(self, records: Records, *, model: str | None = None, masks: Literal["all"] | int = "all",
+                        seed: int | None = None, n_importance: int | None = None,
+                        explain: bool = False) -> LogProbResponse:
+        """log p(record) per record; unknown (missing or None) cells summed out; `explain` adds
+        each column's surprisal. `records`: a list of dicts, or a pandas DataFrame."""
+        return self._run(_logprob_records(records, model, masks, seed, n_importance, explain))
+
+    def sample_records(self, n: int, *, model: str | None = None, seed: int | None = None,
+                       given: dict[str, Any] | None = None,
+                       mask: Literal["mixture"] | int = "mixture") -> list[dict[str, Any]]:
+        """n sampled records (meeting `given`, {column: value}, when sent)."""
+        return list(self._run(_sample_records(n, model, seed, given, mask)).records or [])
+
+    def impute_records(self, records: Records, *, model: str | None = None, n_samples: int | None = None,
+                       seed: int | None = None, n_importance: int | None = None) -> ImputeResponse:
+        """The records filled in (.records), each unknown column's distribution (.distributions)
+        and n_samples completions per record (.samples)."""
+        return self._run(_impute_records(records, model, n_samples, seed, n_importance))
+
 
 class AsyncMadeClient:
     """The same methods as MadeClient, awaitable (concurrent requests from one task group)."""
@@ -274,3 +326,17 @@ class AsyncMadeClient:
                      seed: int | None = None, n_importance: int | None = None,
                      packed_output: bool = False) -> ImputeResponse:
         return await self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
+
+    async def logprob_records(self, records: Records, *, model: str | None = None,
+                              masks: Literal["all"] | int = "all", seed: int | None = None,
+                              n_importance: int | None = None, explain: bool = False) -> LogProbResponse:
+        return await self._run(_logprob_records(records, model, masks, seed, n_importance, explain))
+
+    async def sample_records(self, n: int, *, model: str | None = None, seed: int | None = None,
+                             given: dict[str, Any] | None = None,
+                             mask: Literal["mixture"] | int = "mixture") -> list[dict[str, Any]]:
+        return list((await self._run(_sample_records(n, model, seed, given, mask))).records or [])
+
+    async def impute_records(self, records: Records, *, model: str | None = None, n_samples: int | None = None,
+                             seed: int | None = None, n_importance: int | None = None) -> ImputeResponse:
+        return await self._run(_impute_records(records, model, n_samples, seed, n_importance))

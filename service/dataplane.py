@@ -25,7 +25,8 @@ import numpy as np
 from made.errors import InvalidInput
 from service.batching import Batcher
 from service.engine import Engine, LogProbResult, ModelRegistry
-from service.engine.registry import ReloadReport
+from service.engine.registry import AnyEngine, ReloadReport
+from service.engine.table_engine import TableEngine
 from service.errors import NotAcceptable, NotReady, RequestTimeout
 from service.imaging import samples_png
 from service.log_config import request_context
@@ -44,6 +45,7 @@ from service.schemas import (
     pack_rows,
 )
 from service.settings import Settings
+from service.tableplane import TablePlane
 
 T = TypeVar("T")
 
@@ -78,6 +80,7 @@ class DataPlane:
         # Batchers of versions a reload replaced: they finish their queues, then are collected
         # (with the old Engine they hold); shutdown still waits for them.
         self._retired: weakref.WeakSet[Batcher[Any, Any]] = weakref.WeakSet()
+        self.tables = TablePlane(settings, self._in_thread, self._timed, new_seed)
 
     # --- plumbing ------------------------------------------------------------------------------
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -98,12 +101,20 @@ class DataPlane:
         if not self.registry.ready:
             raise NotReady(self.load_error or "models are still loading; retry when /readyz is 200")
 
-    def engine(self, name: str | None) -> Engine:
+    def engine(self, name: str | None) -> AnyEngine:
         self._check_ready()
         engine = self.registry.get(name)
         ctx = request_context.get()
         if ctx is not None:
             ctx.model = engine.name
+        return engine
+
+    def bits_engine(self, name: str | None, endpoint: str) -> Engine:
+        """The engine of a model of bits; a table model is refused with what it answers instead."""
+        engine = self.engine(name)
+        if isinstance(engine, TableEngine):
+            raise InvalidInput(f"model '{engine.name}' models the columns of a table; {endpoint} answers models "
+                               "of bits (a table model answers /logprob, /sample and /impute with records)")
         return engine
 
     def _batcher(self, endpoint: str, engine: Engine, key: object,
@@ -195,7 +206,8 @@ class DataPlane:
                 name=e.name, version=e.version, dims=e.dims, n_masks=e.n_masks,
                 default=e.name == default, image_shape=e.image_shape,
                 dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
-                test_nll=metrics.get("test_nll"), providers=list(e.providers)))
+                test_nll=metrics.get("test_nll"), providers=list(e.providers),
+                columns=e.schema.names if isinstance(e, TableEngine) else None))
         return ModelsResponse(models=infos, default=default)
 
     def manifest(self, name: str) -> dict[str, Any]:
@@ -204,6 +216,10 @@ class DataPlane:
     # --- /logprob --------------------------------------------------------------------------------
     async def logprob(self, req: LogProbRequest) -> LogProbResponse:
         engine = self.engine(req.model)
+        if isinstance(engine, TableEngine):
+            return await self.tables.logprob(engine, req)
+        if req.explain:
+            raise InvalidInput("explain is for records of a table model", loc=("explain",))
         x = req.rows
         self._check_rows(engine, x, "/logprob")
         masks: Literal["all"] | int = req.masks
@@ -232,7 +248,7 @@ class DataPlane:
 
     # --- /conditionals ---------------------------------------------------------------------------
     async def conditionals(self, req: ConditionalsRequest) -> ConditionalsResponse:
-        engine = self.engine(req.model)
+        engine = self.bits_engine(req.model, "/conditionals")
         x = req.rows
         self._check_rows(engine, x, "/conditionals")
         mask = self._check_mask(engine, req.mask)
@@ -282,6 +298,11 @@ class DataPlane:
 
     async def sample(self, req: SampleRequest) -> SampleResponse:
         engine = self.engine(req.model)
+        if isinstance(engine, TableEngine):
+            return await self.tables.sample(engine, req)
+        if req.given is not None:
+            raise InvalidInput("given is for table models (records); a model of bits has no columns to "
+                               "condition on here (use /impute with null for the unknown values)", loc=("given",))
         mask = self._check_sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
         samples = await self._timed(self._samples(engine, req.n, seed, mask))
@@ -295,6 +316,9 @@ class DataPlane:
     async def sample_png(self, req: SampleRequest, scale: int) -> tuple[bytes, int]:
         """A grid of the samples as PNG, and the seed used."""
         engine = self.engine(req.model)
+        if isinstance(engine, TableEngine):
+            raise NotAcceptable(f"model '{engine.name}' models the columns of a table, not an image; ask for "
+                                "application/json")
         if not engine.image_shape or math.prod(engine.image_shape) != engine.dims:
             raise NotAcceptable(f"model '{engine.name}' has no image_shape, so its samples cannot "
                                 "be drawn as an image; ask for application/json")
@@ -307,6 +331,8 @@ class DataPlane:
     # --- /impute ---------------------------------------------------------------------------------
     async def impute(self, req: ImputeRequest) -> ImputeResponse:
         engine = self.engine(req.model)
+        if isinstance(engine, TableEngine):
+            return await self.tables.impute(engine, req)
         x = req.rows
         self._check_rows(engine, x, "/impute")
         total = len(x) * req.n_samples

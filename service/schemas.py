@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from made.errors import InvalidInput
+
 Encoding = Literal["json", "packed"]
 StrictInt = Annotated[int, Strict()]
 # At most 2^53 - 1: larger integers do not survive JSON parsers that read numbers as doubles.
@@ -169,8 +171,12 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
 
+Record = dict[str, Any]
+
+
 class _RowsRequest(_Request):
-    """Rows as JSON lists (`x`), or bit-packed (`x_b64` + `shape`) for large complete batches."""
+    """Rows as JSON lists (`x`), or bit-packed (`x_b64` + `shape`) for large complete batches; or,
+    for a model of a table's columns, `records`."""
 
     x: np.ndarray | None = None  # (N, D) float64, NaN for null; each request types it
     x_b64: str | None = Field(
@@ -179,12 +185,19 @@ class _RowsRequest(_Request):
         "first); needs `shape`")
     shape: tuple[StrictInt, StrictInt] | None = Field(
         None, description="[N, D] of the rows in x_b64", examples=[[2, 784]])
+    records: list[Record] | None = Field(
+        None, description="models of a table's columns: one object per row, keyed by column name "
+        '(GET /models/{name} lists the columns); a key left out or null is unknown, "NA" a value '
+        "recorded as absent", examples=[[{"cut": "Ideal", "carat": 0.3, "price": None}]])
 
     @model_validator(mode="after")
     def _one_encoding(self) -> _RowsRequest:
-        if (self.x is None) == (self.x_b64 is None):
-            raise _fail("send the rows either as x (JSON lists) or as x_b64 with shape, not "
-                        + ("both" if self.x is not None else "neither"))
+        given = [n for n, v in (("x", self.x), ("x_b64", self.x_b64), ("records", self.records)) if v is not None]
+        if len(given) != 1:
+            raise _fail("send the rows as x (JSON lists), as x_b64 with shape, or as records (table "
+                        "models), " + (f"not {' and '.join(given)} together" if given else "got none of them"))
+        if self.records is not None:
+            return self
         if self.x_b64 is not None:
             self.x = _decode_packed(self.x_b64, self.shape)
             self.x_b64 = None
@@ -194,7 +207,7 @@ class _RowsRequest(_Request):
     def rows(self) -> np.ndarray:
         """(N, D) float64, NaN where missing: from x or x_b64, whichever came."""
         if self.x is None:
-            raise ValueError("request not validated")
+            raise InvalidInput("this model reads rows of 0/1 (x or x_b64), not records", loc=("records",))
         return self.x
 
 
@@ -224,6 +237,8 @@ class LogProbRequest(_RowsRequest):
     n_importance: StrictInt = Field(
         1000, ge=1, le=100_000,
         description="draws per mask and row for rows whose missing values need importance sampling")
+    explain: bool = Field(False, description="records: add each column's surprisal, to say which field "
+                                             "makes a record unlikely")
 
 
 class ConditionalsRequest(_RowsRequest):
@@ -240,6 +255,10 @@ class SampleRequest(_Request):
     encoding: Encoding = Field(
         "json", description='"packed": samples come as samples_b64 (bit-packed rows, base64) '
         "with shape, instead of JSON lists")
+    given: Record | None = Field(
+        None, description="table models: {column: value} that every sampled record meets; exact where "
+        "a mask's ordering puts the given columns first, importance-weighted otherwise (see ess)",
+        examples=[{"cut": "Ideal", "color": "E"}])
 
 
 class ImputeRequest(_RowsRequest):
@@ -267,6 +286,9 @@ class LogProbResponse(_Response):
     stderr: list[float | None] = Field(description="standard error of estimated rows, else null")
     seed: int | None = Field(None, description="seed of the importance draws (rows with missing "
                                                "values); send it back to repeat the estimate")
+    surprisal: list[dict[str, dict[str, float | None]]] | None = Field(
+        None, description="explain: per record and column, in_order = -log p(x_c | the columns before c) "
+        "averaged over the masks, given_others = -log p(x_c | every other column) (categories; null for numbers)")
 
 
 class ConditionalsResponse(_Response):
@@ -283,6 +305,10 @@ class SampleResponse(_Response):
     samples_b64: str | None = Field(None, description="encoding packed: base64 of "
                                                       "numpy.packbits(samples, axis=1)")
     shape: list[int] | None = Field(None, description="encoding packed: [n, D]")
+    records: list[Record] | None = Field(None, description="table models: n sampled records")
+    exact: bool | None = Field(None, description="given: false where the records are resampled from "
+                                                 "importance-weighted draws")
+    ess: float | None = Field(None, description="given: the effective sample size behind the records")
 
     def array(self) -> np.ndarray:
         """The samples as an (n, D) uint8 array, whichever the encoding."""
@@ -293,12 +319,19 @@ class SampleResponse(_Response):
 
 class ImputeResponse(_Response):
     seed: int
-    samples: list[list[list[int]]] | None = Field(
-        None, description="samples[i]: n_samples completions of row i (encoding json)")
+    samples: list[list[list[int]]] | list[list[Record]] | None = Field(
+        None, description="samples[i]: n_samples completions of row i (encoding json), as records for table "
+        "models")
     samples_b64: str | None = Field(None, description="encoding packed: base64 of "
                                                       "numpy.packbits(samples, axis=2)")
     shape: list[int] | None = Field(None, description="encoding packed: [N, n_samples, D]")
-    marginals: list[list[float]] = Field(description="p(x_d = 1 | x_observed)")
+    marginals: list[list[float]] | None = Field(None, description="p(x_d = 1 | x_observed) (bit models)")
+    records: list[Record] | None = Field(
+        None, description="table models: each record with its unknown cells filled by their most likely "
+        "level, or the median of a number")
+    distributions: list[dict[str, dict[str, Any]]] | None = Field(
+        None, description="table models: per record, each unknown column's distribution: {level: probability} "
+        'for categories; {"mean", "sd", "q05", "q50", "q95"} for numbers (and "p_absent" where it can be NA)')
     logprob_observed: list[float] = Field(description="log p(x_observed) per row, nats")
     stderr: list[float | None] = Field(description="standard error of logprob_observed where "
                                                    "estimated, else null")
@@ -322,6 +355,7 @@ class ModelInfo(BaseModel):
     dataset: str | None = None
     test_nll: float | None = Field(None, description="nats per example on the test split")
     providers: list[str] = Field(default_factory=list, description="onnxruntime providers running")
+    columns: list[str] | None = Field(default=None, description="table models: the column names records use")
 
 
 class ModelsResponse(BaseModel):

@@ -139,3 +139,59 @@ def random784_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     connections, random weights: the size of the binarized-MNIST default model."""
     return write_random_model(tmp_path_factory.mktemp("random784") / "store", "random784", 784,
                               [500, 500], 2, order_agnostic=True, direct=True)
+
+
+# --- table models ---------------------------------------------------------------------------------
+
+def _write_splits(folder: Path, name: str, header: list[str], rows: list[list[str]]) -> Path:
+    n = len(rows)
+    cuts = {"train": rows[: n * 7 // 10], "valid": rows[n * 7 // 10 : n * 85 // 100], "test": rows[n * 85 // 100 :]}
+    for split, part in cuts.items():
+        text = ",".join(header) + "\n" + "\n".join(",".join(r) for r in part) + "\n"
+        (folder / f"{name}_{split}.csv").write_text(text)
+    return folder / f"{name}_train.csv"
+
+
+def categorical_rows(n: int, seed: int) -> list[list[str]]:
+    """Four dependent categorical columns: a -> b -> c, (a, c) -> d; d is empty ("NA") sometimes."""
+    rng = np.random.default_rng(seed)
+    a = rng.choice(3, n, p=[0.5, 0.3, 0.2])
+    b = (rng.random(n) < np.array([0.2, 0.7, 0.9])[a]).astype(int)
+    c = (a + 2 * b + rng.choice(3, n, p=[0.7, 0.2, 0.1])) % 4
+    d = np.where(rng.random(n) < 0.15, -1, (a + c) % 2)
+    names_a, names_c, names_d = ["red", "green", "blue"], ["p", "q", "r", "s"], ["u", "v"]
+    return [[names_a[i], ["no", "yes"][j], names_c[k], "" if m < 0 else names_d[m]]
+            for i, j, k, m in zip(a, b, c, d, strict=True)]
+
+
+def mixed_rows(n: int, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(3, n)
+    size = np.round(np.exp(rng.normal(1.0 + 0.5 * kind, 0.4)), 2)
+    score = np.round(10 * kind + rng.normal(0, 3, n), 1)
+    budget = np.where(rng.random(n) < 0.3, -1.0, np.round(size * 1000 + rng.normal(0, 50, n)))
+    return [[["x", "y", "z"][k], f"{s:.2f}", f"{t:.1f}", "NA" if b < 0 else str(int(b))]
+            for k, s, t, b in zip(kind, size, score, budget, strict=True)]
+
+
+@pytest.fixture(scope="session")
+def table_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'cats' (4 categorical columns, K=3) and 'mixed' (a category, two numbers, a nullable number;
+    K=2), trained on the CSV tables above and exported like `made export` does."""
+    from made.tables import load_table_dataset
+    from training.export import export_run
+    from training.table_model import TableMADEConfig
+    from training.train import TrainConfig, Trainer
+
+    base = tmp_path_factory.mktemp("tables")
+    store = base / "store"
+    cats = _write_splits(base, "cats", ["a", "b", "c", "d"], categorical_rows(3000, 0))
+    mixed = _write_splits(base, "mixed", ["kind", "size", "score", "budget"], mixed_rows(3000, 1))
+    for name, path, masks in (("cats", cats, 3), ("mixed", mixed, 2)):
+        data = load_table_dataset(str(path))
+        cfg = TrainConfig(dataset=str(path), model=TableMADEConfig(
+            columns=data.schema.to_json(), hidden=[32], n_masks=masks, order_agnostic=True,
+            connectivity_agnostic=True, direct=True), max_epochs=12, batch_size=50, lr=1e-2, patience=12)
+        Trainer(cfg, base / f"run-{name}", data).run(progress=False)
+        export_run(base / f"run-{name}", store, name)
+    return store

@@ -65,7 +65,10 @@ def test_null_is_refused_where_rows_must_be_complete() -> None:
     ({"x": [[0]], "seed": -3}, "seed: input should be greater than or equal to 0, got -3"),
     ({"x": [[0]], "n_importance": 0}, "n_importance: input should be greater than or equal to 1"),
     ({"x": [[0]], "mask": 1}, "mask is not a field of this request"),
-    ({}, "send the rows either as x (JSON lists) or as x_b64 with shape, not neither"),
+    ({}, "send the rows as x (JSON lists), as x_b64 with shape, or as records (table models), got none of "
+         "them"),
+    ({"x": [[0, 1]], "records": [{"a": 1}]}, "send the rows as x (JSON lists), as x_b64 with shape, or as "
+                                             "records (table models), not x and records together"),
 ])
 def test_bad_options_say_what_was_expected(body: dict, expected: str) -> None:
     assert message(LogProbRequest, body).startswith(expected)
@@ -98,7 +101,7 @@ def test_packed_rows_round_trip_for_widths_not_multiple_of_8() -> None:
     ({"x_b64": base64.b64encode(b"\x00" * 3).decode(), "shape": [2, 9]},
      "x_b64 holds 3 bytes but shape [2, 9] needs 4 (2 per row)"),
     ({"x_b64": "AA==", "shape": [0, 8]}, "shape must be [N, D] with N >= 1 and D >= 1"),
-    ({"x": [[0]], "x_b64": "AA==", "shape": [1, 1]}, "send the rows either as x"),
+    ({"x": [[0]], "x_b64": "AA==", "shape": [1, 1]}, "send the rows as x (JSON lists), as x_b64"),
 ])
 def test_bad_packed_rows_are_explained(body: dict, expected: str) -> None:
     assert message(LogProbRequest, body).startswith(expected)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from made.cli import build_parser, train_config
+from made.schema import Schema
 from made.store import list_names, open_model
 from service.engine.evaluate import evaluate_store_model
 from service.engine.registry import PREFERRED_DEFAULT
@@ -37,7 +38,7 @@ def _expand(text: str, variables: dict[str, str]) -> str:
 
 def test_every_shipped_model_is_intact_and_each_file_under_10_mb() -> None:
     names = list_names(STORE)
-    assert PREFERRED_DEFAULT in names and "mushrooms" in names
+    assert {PREFERRED_DEFAULT, "mushrooms", "diamonds", "health-insurance"} <= set(names)
     for name in names:
         model = open_model(STORE, name)  # verifies every file's sha256 against the manifest
         for f in model.path.iterdir():
@@ -56,6 +57,8 @@ def test_the_default_binarized_mnist_model_has_the_promised_shape() -> None:
 @pytest.mark.parametrize(("name", "variable", "run_variable"), [
     (PREFERRED_DEFAULT, "BMNIST_ARGS", "BMNIST_RUN"),
     ("mushrooms", "MUSHROOMS_ARGS", None),
+    ("diamonds", "TABLE_ARGS", None),
+    ("health-insurance", "TABLE_ARGS", None),
 ])
 def test_the_makefile_command_trains_what_was_shipped(name: str, variable: str, run_variable: str | None) -> None:
     """`make model-NAME` passes these arguments to `made train`: they describe exactly the
@@ -65,9 +68,10 @@ def test_the_makefile_command_trains_what_was_shipped(name: str, variable: str, 
     manifest = open_model(STORE, name).manifest
     dataset = manifest["training"]["dataset"]
     parsed = build_parser().parse_args(["train", "--dataset", dataset, "--out", "unused", *args])
-    expected = train_config(parsed, manifest["dims"]).to_dict()
+    schema = Schema.from_json(manifest["columns"]) if "columns" in manifest else None
+    expected = train_config(parsed, manifest["dims"], schema).to_dict()
     shipped = dict(manifest["training"])
-    for key in ("image_shape",):  # options added after a model shipped, left at their default
+    for key in ("image_shape", "groups"):  # options added after a model shipped, left at their default
         if key not in shipped and expected.get(key) is None:
             expected.pop(key, None)
     for key in ("dataset", "rebinarize"):  # where the files were on the training machine
@@ -100,3 +104,13 @@ def test_shipped_binarized_mnist_scores_its_recorded_test_nll(data_dir: Path) ->
     assert result["n"] == 10000
     assert result["nll"] <= BMNIST_TARGET
     assert abs(result["nll"] - manifest["metrics"]["test_nll"]) < 0.05
+
+
+@pytest.mark.parametrize(("name", "table"), [("diamonds", "diamonds"), ("health-insurance", "health_insurance")])
+def test_shipped_table_models_score_their_recorded_test_nll(data_dir: Path, name: str, table: str) -> None:
+    """The exported table graph (onnxruntime, numpy heads) scores the real test rows as the
+    training run (torch) did."""
+    manifest = open_model(STORE, name).manifest
+    result = evaluate_store_model(STORE, name, str(data_dir / "tables" / f"{table}_test.csv"))
+    assert result["n"] == manifest["metrics"]["test_n"]
+    assert abs(result["nll"] - manifest["metrics"]["test_nll"]) < 1e-3

@@ -23,7 +23,16 @@ from made.atomic import fsync_dir
 from made.data import check_image_shape, dataset_name, load_dataset
 from made.errors import CheckpointError, ModelStoreError
 from made.masks import MaskSet, make_mask_set, orderings_to_degrees
-from made.store import FORMAT_VERSION, MANIFEST, MODEL_FILE, list_versions, sha256_file
+from made.schema import Schema
+from made.store import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_FILE,
+    TABLE_OUTPUT,
+    list_versions,
+    sha256_file,
+    table_graph_signature,
+)
 from training.onnx_graph import OPSET, WEIGHT_DTYPES, build_graph
 from training.run_files import BEST, CONFIG, METRICS
 
@@ -72,6 +81,38 @@ def _dataset_image_shape(config: dict[str, Any]) -> list[int] | None:
     return None
 
 
+def _export_table_run(config: dict[str, Any], tensors: dict[str, np.ndarray], metrics: dict[str, Any],
+                      store: Path, name: str, version: str | None, weight_dtype: str) -> Path:
+    """A table model: the graph maps network inputs (N, U_in) to every column's parameters
+    (N, U_out); the manifest holds the column schema and the K orderings of the columns."""
+    model_cfg = config["model"]
+    schema = Schema.from_json(model_cfg["columns"])
+    n_hidden = len(model_cfg["hidden"])
+    weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
+    biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
+    hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
+    direct = tensors["direct.weight"] if model_cfg.get("direct") else None
+    graph = build_graph(weights, biases, tensors["input_degrees"], hidden_degrees, direct, weight_dtype=weight_dtype,
+                        output_degrees=tensors["output_degrees"], output_name=TABLE_OUTPUT)
+    orderings = np.argsort(tensors["column_degrees"], axis=1, kind="stable")
+    fields = {
+        "dims": len(schema),
+        "hidden": list(model_cfg["hidden"]),
+        "n_masks": int(orderings.shape[0]),
+        "orderings": orderings.tolist(),
+        "direct": bool(model_cfg.get("direct")),
+        "weight_dtype": weight_dtype,
+        "columns": schema.to_json(),
+        "dataset": {"name": dataset_name(str(config["dataset"])), "source": str(config["dataset"]),
+                    **({"groups": config["groups"]} if config.get("groups") else {})},
+        "metrics": metrics,
+        "training": config,
+        "image_shape": None,
+        "graph": table_graph_signature(schema),
+    }
+    return write_version(store, name, graph, fields, version)
+
+
 def next_version(store: Path, name: str) -> str:
     numeric = [int(v) for v in list_versions(store, name) if v.isdigit()]
     return str(max(numeric, default=0) + 1)
@@ -91,6 +132,8 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
             raise ModelStoreError(f"invalid {kind} '{value}': use letters, digits, '-' or '_'")
     config, tensors, metrics = load_run(run_dir)
     model_cfg = config["model"]
+    if "columns" in model_cfg:
+        return _export_table_run(config, tensors, metrics, store, name, version, weight_dtype)
     n_hidden = len(model_cfg["hidden"])
     degrees = tensors["input_degrees"]
     masks = MaskSet(orderings=np.argsort(degrees, axis=1), hidden_degrees=tuple(
@@ -139,10 +182,10 @@ def write_version(store: Path, name: str, graph: onnx.ModelProto, fields: dict[s
             "name": name,
             "version": version,
             "activation": "relu",
-            **fields,
-            "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
             "graph": {"inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
                       "outputs": {"logits": "float32 [N, D]"}, "opset": OPSET},
+            **fields,  # a table model brings its own graph signature
+            "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

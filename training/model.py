@@ -47,6 +47,8 @@ class MADE(nn.Module):
     """Bernoulli MADE. Degrees of all K masks are buffers; masks are rebuilt from them per call
     and multiplied into the weights functionally, never written into the weights."""
 
+    input_dtype = torch.float32
+
     def __init__(self, config: MADEConfig):
         super().__init__()
         self.config = config

@@ -29,12 +29,17 @@ def build_graph(
     direct: np.ndarray | None = None,
     name: str = "made",
     weight_dtype: str = "float32",
+    output_degrees: np.ndarray | None = None,
+    output_name: str = "logits",
 ) -> onnx.ModelProto:
     """weights[l] is (fan_out, fan_in) like torch; degrees are (K, width) per layer;
-    weight_dtype ('float32' or 'float16') is how the weight matrices are stored."""
+    weight_dtype ('float32' or 'float16') is how the weight matrices are stored. A table model
+    passes the degrees of its input units and of its output units (`output_degrees`, stored as
+    the initializer output_degrees) and names its output `params`."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {weight_dtype!r}")
     dims = int(input_degrees.shape[1])
+    out_dims = dims if output_degrees is None else int(output_degrees.shape[1])
     inits = [
         numpy_helper.from_array(input_degrees.astype(np.int32), "input_degrees"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
@@ -59,6 +64,10 @@ def build_graph(
         return out + "_row", out + "_col"
 
     in_row, in_col = degrees_of("input_degrees", "deg_in")
+    out_row = in_row
+    if output_degrees is not None:
+        inits.append(numpy_helper.from_array(output_degrees.astype(np.int32), "output_degrees"))
+        out_row, _ = degrees_of("output_degrees", "deg_out")
     prev_col, h = in_col, "x"
     for l, (w, b) in enumerate(zip(weights, biases, strict=True)):
         last = l == len(weights) - 1
@@ -66,7 +75,7 @@ def build_graph(
         inits.append(numpy_helper.from_array(b.astype(np.float32), f"b{l}"))
         if last:
             # output d keeps last-layer unit k when deg(d) > m(k): (H_L, D)
-            nodes.append(helper.make_node("Greater", [in_row, prev_col], [f"keep{l}"]))
+            nodes.append(helper.make_node("Greater", [out_row, prev_col], [f"keep{l}"]))
         else:
             inits.append(numpy_helper.from_array(hidden_degrees[l].astype(np.int32), f"hidden_degrees_{l}"))
             row, col = degrees_of(f"hidden_degrees_{l}", f"deg_h{l}")
@@ -76,18 +85,18 @@ def build_graph(
         nodes.append(helper.make_node("Cast", [f"keep{l}"], [f"mask{l}"], to=TensorProto.FLOAT))
         nodes.append(helper.make_node("Mul", [w_name, f"mask{l}"], [f"Wm{l}"]))
         nodes.append(helper.make_node("MatMul", [h, f"Wm{l}"], [f"mm{l}"]))
-        out = "pre_logits" if (last and direct is not None) else ("logits" if last else f"pre{l}")
+        out = "pre_logits" if (last and direct is not None) else (output_name if last else f"pre{l}")
         nodes.append(helper.make_node("Add", [f"mm{l}", f"b{l}"], [out]))
         if not last:
             nodes.append(helper.make_node("Relu", [out], [f"h{l}"]))
             h = f"h{l}"
     if direct is not None:
         direct_name = weight(direct.T, "direct_W")
-        nodes.append(helper.make_node("Greater", [in_row, in_col], ["keep_direct"]))  # (D_in, D_out)
+        nodes.append(helper.make_node("Greater", [out_row, in_col], ["keep_direct"]))  # (D_in, D_out)
         nodes.append(helper.make_node("Cast", ["keep_direct"], ["mask_direct"], to=TensorProto.FLOAT))
         nodes.append(helper.make_node("Mul", [direct_name, "mask_direct"], ["direct_Wm"]))
         nodes.append(helper.make_node("MatMul", ["x", "direct_Wm"], ["direct_out"]))
-        nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], ["logits"]))
+        nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], [output_name]))
     graph = helper.make_graph(
         nodes,
         name,
@@ -95,7 +104,7 @@ def build_graph(
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dims]),
             helper.make_tensor_value_info("mask_index", TensorProto.INT64, []),
         ],
-        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", dims])],
+        outputs=[helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", out_dims])],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="made")

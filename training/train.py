@@ -19,6 +19,7 @@ import torch
 from made.atomic import atomic_write_text, atomic_write_with
 from made.data import Dataset, load_dataset, load_intensities
 from made.errors import CheckpointError, ConfigError
+from made.tables import TableDataset, load_grouped_bits, load_table_dataset
 from training.checkpoint import (
     BEST,
     CHECKPOINT,
@@ -30,6 +31,7 @@ from training.checkpoint import (
 from training.model import MADE, MADEConfig
 from training.progress import Progress
 from training.run_files import CONFIG, CURVE, HISTORY, METRICS
+from training.table_model import TableMADE, TableMADEConfig
 
 log = logging.getLogger("made.train")
 
@@ -37,7 +39,7 @@ log = logging.getLogger("made.train")
 @dataclass
 class TrainConfig:
     dataset: str  # the name or path the data came from
-    model: MADEConfig
+    model: MADEConfig | TableMADEConfig  # bits, or the columns of a table (TableMADEConfig.columns)
     seed: int = 0  # seeds weights, shuffling and the mask drawn per minibatch
     max_epochs: int = 200
     batch_size: int = 100
@@ -53,6 +55,8 @@ class TrainConfig:
     rebinarize: str | None = None
     # [H, W] of image data, kept for export (the manifest's image_shape: PNG grids of samples)
     image_shape: list[int] | None = None
+    # a groups file (../shared/data/groups/NAME.json): the bit data set is trained as categories
+    groups: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,7 +67,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
-        data["model"] = MADEConfig.from_dict(data["model"])
+        model = data["model"]
+        data["model"] = TableMADEConfig.from_dict(model) if "columns" in model else MADEConfig.from_dict(model)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
@@ -71,10 +76,23 @@ class TrainConfig:
 # Fields that may change when a run is resumed (e.g. to train for longer, or with the data
 # files at another path; rebinarize may move but not be switched on or off; image_shape is
 # only a label for export).
-_RESUMABLE = {"max_epochs", "patience", "dataset", "rebinarize", "image_shape"}
+_RESUMABLE = {"max_epochs", "patience", "dataset", "rebinarize", "image_shape", "groups"}
 
 
-def build_optimizer(cfg: TrainConfig, model: MADE) -> torch.optim.Optimizer:
+def build_model(config: MADEConfig | TableMADEConfig) -> MADE | TableMADE:
+    return TableMADE(config) if isinstance(config, TableMADEConfig) else MADE(config)
+
+
+def load_training_data(cfg: TrainConfig) -> Dataset | TableDataset:
+    """The data set a configuration was trained on (bits, bits through groups, or a table)."""
+    if isinstance(cfg.model, TableMADEConfig):
+        if cfg.groups:
+            return load_grouped_bits(load_dataset(cfg.dataset), cfg.model.schema)
+        return load_table_dataset(cfg.dataset, schema=cfg.model.schema)
+    return load_dataset(cfg.dataset)
+
+
+def build_optimizer(cfg: TrainConfig, model: MADE | TableMADE) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -85,12 +103,12 @@ def build_optimizer(cfg: TrainConfig, model: MADE) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def nll_per_example(model: MADE, data: np.ndarray, mask: int | None, batch: int = 1000) -> np.ndarray:
+def nll_per_example(model: MADE | TableMADE, data: np.ndarray, mask: int | None, batch: int = 1000) -> np.ndarray:
     """(N,) negative log-likelihood in nats: one mask, or the mixture of all (mask=None)."""
     model.eval()
     out = []
     for start in range(0, len(data), batch):
-        x = torch.from_numpy(data[start : start + batch]).float()
+        x = torch.from_numpy(data[start : start + batch]).to(model.input_dtype)
         lp = model.mixture_log_prob(x) if mask is None else model.log_prob(x, mask)
         out.append(-lp.numpy())
     return np.concatenate(out).astype(np.float64)
@@ -110,16 +128,17 @@ def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, data: Dataset | None = None):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: Dataset | TableDataset | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.data = data if data is not None else load_dataset(cfg.dataset)
+        self.data = data if data is not None else load_training_data(cfg)
         if self.data.dims != cfg.model.dims:
             raise ConfigError(
                 f"data set {self.data.source} has {self.data.dims} dimensions, "
                 f"the model expects {cfg.model.dims}"
             )
-        self.train_x = torch.from_numpy(self.data.split("train")).float()
+        self.train_x = torch.from_numpy(self.data.split("train")).to(
+            TableMADE.input_dtype if isinstance(cfg.model, TableMADEConfig) else MADE.input_dtype)
         self.valid_x = self.data.split("valid")
         self.train_p = (torch.from_numpy(load_intensities(cfg.rebinarize, self.data.split("train")))
                         if cfg.rebinarize else None)
@@ -185,7 +204,7 @@ class Trainer:
         cfg = self.cfg
         resume = self.prepare_run_dir()
         torch.manual_seed(cfg.seed)
-        model = MADE(cfg.model)
+        model = build_model(cfg.model)
         optimizer = build_optimizer(cfg, model)
         gen = torch.Generator().manual_seed(cfg.seed)
         progress_state: dict[str, Any] = {
@@ -208,7 +227,10 @@ class Trainer:
         else:
             # a run killed before its first checkpoint may have logged an epoch: start afresh
             (self.run_dir / HISTORY).unlink(missing_ok=True)
-            init_output_bias(model, self.data.split("train"))
+            if isinstance(model, TableMADE):
+                model.init_from_data(self.data.split("train"))
+            else:
+                init_output_bias(model, self.data.split("train"))
 
         n = len(self.train_x)
         bars = Progress(cfg.max_epochs, math.ceil(n / cfg.batch_size), progress_state["epoch"], enabled=progress)
@@ -220,7 +242,7 @@ class Trainer:
         self._checkpoint(model, optimizer, gen, progress_state)
         return self.finish(model, progress_state)
 
-    def _epochs(self, model: MADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+    def _epochs(self, model: MADE | TableMADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
                 progress_state: dict[str, Any], history: list[dict[str, Any]], bars: Progress) -> None:
         """Epochs until max_epochs or early stopping, each ending with an atomic checkpoint."""
         cfg, n = self.cfg, len(self.train_x)
@@ -264,7 +286,7 @@ class Trainer:
             if epoch % 10 == 0:
                 write_curve(self.run_dir / CURVE, history)
 
-    def _checkpoint(self, model: MADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+    def _checkpoint(self, model: MADE | TableMADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
                     progress_state: dict[str, Any]) -> None:
         opt_tensors, opt_meta = optimizer_tensors(optimizer)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -292,7 +314,7 @@ class Trainer:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
-    def finish(self, model: MADE, progress_state: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, model: MADE | TableMADE, progress_state: dict[str, Any]) -> dict[str, Any]:
         """Evaluate the best weights on valid and test; write metrics.json."""
         tensors, _ = load_tensors(self.run_dir / BEST)
         model.load_state_dict(tensors)

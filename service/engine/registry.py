@@ -19,6 +19,10 @@ from made.errors import MadeError, ModelNotFound, ModelStoreError
 from made.store import list_names, list_versions, open_model, version_key
 from service.engine.engine import Engine
 from service.engine.runtime import requested_providers
+from service.engine.table_engine import TableEngine, is_table_model
+
+# What a registry serves: a model of bits, or of a table's columns (its manifest has "columns").
+AnyEngine = Engine | TableEngine
 
 log = logging.getLogger("made.engine")
 
@@ -70,7 +74,7 @@ class ModelRegistry:
         self._wanted_default = default_model or None
         self.providers = providers
         self.threads = threads
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, AnyEngine] = {}
         # The files each served version was loaded from: a rewrite in place is a change too.
         self._fingerprints: dict[str, Fingerprint] = {}
         # Refused versions and the files they were refused for: not retried until those change
@@ -81,9 +85,10 @@ class ModelRegistry:
         self.default_name: str | None = None
         self.ready = False
 
-    def _engine(self, name: str, version: str | None = None) -> Engine:
-        return Engine(open_model(self.store, name, version), self.providers or requested_providers(),
-                      self.threads)
+    def _engine(self, name: str, version: str | None = None) -> AnyEngine:
+        model = open_model(self.store, name, version)
+        kind = TableEngine if is_table_model(model) else Engine
+        return kind(model, self.providers or requested_providers(), self.threads)
 
     def load(self) -> None:
         """Load every model; a broken one is an error naming its file."""
@@ -139,7 +144,7 @@ class ModelRegistry:
                 self._fingerprints = stamps
             return self._report(results)
 
-    def _refresh(self, name: str, engines: dict[str, Engine],
+    def _refresh(self, name: str, engines: dict[str, AnyEngine],
                  stamps: dict[str, Fingerprint]) -> list[ReloadResult]:
         """Try the versions of `name` from the newest down to the one served (or to the oldest,
         when the served one has left the store); the first that loads goes into `engines`."""
@@ -199,7 +204,7 @@ class ModelRegistry:
         return ReloadReport(results, {n: e.version for n, e in sorted(self._engines.items())},
                             self.default_name, self.ready)
 
-    def get(self, name: str | None = None) -> Engine:
+    def get(self, name: str | None = None) -> AnyEngine:
         engines = self._engines  # one read: a concurrent swap cannot split this lookup
         key = name or self.default_name
         engine = engines.get(key) if key else None
@@ -208,18 +213,18 @@ class ModelRegistry:
             raise ModelNotFound(f"unknown model '{key}' (models: {known})")
         return engine
 
-    def is_served(self, engine: Engine) -> bool:
+    def is_served(self, engine: AnyEngine) -> bool:
         """Whether `engine` is the version served now (not one a reload has replaced)."""
         return self._engines.get(engine.name) is engine
 
     def names(self) -> list[str]:
         return sorted(self._engines)
 
-    def engines(self) -> list[Engine]:
+    def engines(self) -> list[AnyEngine]:
         engines = self._engines
         return [engines[n] for n in sorted(engines)]
 
-    def replace(self, engine: Engine) -> None:
+    def replace(self, engine: AnyEngine) -> None:
         """Swap in a newly loaded version of a model; in-flight calls keep the old."""
         with self._lock:
             self._engines = {**self._engines, engine.name: engine}

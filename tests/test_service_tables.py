@@ -1,0 +1,229 @@
+"""Models of a table's columns over HTTP: records in and out of /logprob, /sample and /impute,
+the columns in /models, bad records as 422s naming record, column and what is allowed, a bits
+model beside them unchanged; in-process and against a real `made serve`."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from made.store import open_model
+from service.client import MadeAPIError, MadeClient
+from service.engine import ModelRegistry
+from service.engine.table_engine import TableEngine
+from service.records import parse_records
+from service.settings import Settings
+from service.testing import InProcessClient, in_process, made_serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def both_store(tmp_path_factory: pytest.TempPathFactory, table_store: Path, tiny_store: Path) -> Path:
+    """The table models beside a model of bits ('tiny')."""
+    store = tmp_path_factory.mktemp("both") / "store"
+    shutil.copytree(table_store, store)
+    shutil.copytree(tiny_store / "tiny", store / "tiny")
+    return store
+
+
+@pytest.fixture(scope="module")
+def registry(both_store: Path) -> ModelRegistry:
+    reg = ModelRegistry(both_store, default_model="cats", providers=["CPUExecutionProvider"], threads=1)
+    reg.load()
+    return reg
+
+
+@pytest.fixture
+async def made(both_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
+    async with in_process(Settings(store=both_store, default_model="cats"), registry) as client:
+        yield client
+
+
+async def post(made: InProcessClient, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    r = await made.http.post(path, json=body)
+    return r.status_code, r.json()
+
+
+RECORDS = [{"a": "red", "b": "yes", "c": "q", "d": "u"}, {"a": "blue", "b": "no", "c": "s", "d": "NA"}]
+
+
+async def test_models_list_the_columns_and_the_manifest_holds_the_schema(made: InProcessClient) -> None:
+    listing = (await made.http.get("/models")).json()
+    info = {m["name"]: m for m in listing["models"]}
+    assert info["cats"]["columns"] == ["a", "b", "c", "d"] and info["tiny"].get("columns") is None
+    manifest = (await made.http.get("/models/cats")).json()
+    assert manifest["columns"][0] == {"name": "a", "kind": "categorical", "levels": ["blue", "green", "red"]}
+
+
+async def test_logprob_of_records_equals_the_engine(made: InProcessClient, registry: ModelRegistry) -> None:
+    engine = registry.get("cats")
+    assert isinstance(engine, TableEngine)
+    status, body = await post(made, "/logprob", {"records": RECORDS})
+    assert status == 200, body
+    expected = engine.logprob(parse_records(engine.schema, RECORDS)).logprob
+    np.testing.assert_allclose(body["logprob"], expected, rtol=0, atol=1e-12)
+    assert body["exact"] == [True, True] and body["stderr"] == [None, None]
+    # an unknown cell (key left out or null) is summed out
+    status, body = await post(made, "/logprob", {"records": [{"a": "red", "c": None}], "seed": 1})
+    full = engine.logprob(parse_records(engine.schema, [{"a": "red"}]), seed=1)
+    assert status == 200 and body["logprob"] == pytest.approx(full.logprob.tolist())
+
+
+async def test_explain_gives_each_column_its_surprisal(made: InProcessClient) -> None:
+    status, body = await post(made, "/logprob", {"records": RECORDS, "explain": True})
+    assert status == 200
+    surprisal = body["surprisal"]
+    assert set(surprisal[0]) == {"a", "b", "c", "d"}
+    for rec, lp in zip(surprisal, body["logprob"], strict=True):
+        assert all(v["in_order"] >= 0 and v["given_others"] >= 0 for v in rec.values())
+        # each column's surprisal given all the others is at most the whole record's
+        assert all(v["given_others"] <= -lp + 1e-9 for v in rec.values())
+
+
+async def test_sample_and_sample_given(made: InProcessClient) -> None:
+    status, body = await post(made, "/sample", {"n": 50, "seed": 3})
+    assert status == 200 and len(body["records"]) == 50
+    assert body == (await post(made, "/sample", {"n": 50, "seed": 3}))[1]  # the seed repeats them
+    assert all(set(r) == {"a", "b", "c", "d"} for r in body["records"])
+    status, body = await post(made, "/sample", {"n": 40, "seed": 3, "given": {"a": "green", "d": "v"}})
+    assert status == 200, body
+    assert all(r["a"] == "green" and r["d"] == "v" for r in body["records"])
+    assert body["ess"] > 1 and isinstance(body["exact"], bool)
+
+
+async def test_impute_fills_records_with_distributions(made: InProcessClient) -> None:
+    status, body = await post(made, "/impute", {"records": [{"a": "red", "b": "yes"}], "n_samples": 4,
+                                                "seed": 0})
+    assert status == 200, body
+    assert body["records"][0]["a"] == "red" and body["records"][0]["c"] in {"p", "q", "r", "s"}
+    dist = body["distributions"][0]
+    assert set(dist) == {"c", "d"} and sum(dist["c"].values()) == pytest.approx(1.0)
+    assert len(body["samples"][0]) == 4 and all(s["a"] == "red" for s in body["samples"][0])
+    assert body.get("marginals") is None
+
+
+async def test_numbers_in_records(made: InProcessClient) -> None:
+    status, body = await post(made, "/impute", {"model": "mixed", "records": [{"kind": "z", "size": 3.5}],
+                                                "seed": 0, "n_importance": 200})
+    assert status == 200, body
+    score = body["distributions"][0]["score"]
+    assert set(score) == {"mean", "sd", "q05", "q50", "q95"} and score["q05"] <= score["q50"] <= score["q95"]
+    assert set(body["distributions"][0]["budget"]) >= {"p_absent", "mean"}
+    status, body = await post(made, "/logprob", {"model": "mixed", "records": [
+        {"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"}, {"kind": "x", "size": 2.5, "score": 1.5,
+                                                                   "budget": 2500}]})
+    assert status == 200 and all(np.isfinite(body["logprob"]))
+
+
+@pytest.mark.parametrize(("body", "status", "detail"), [
+    ({"records": [{"a": "purple"}]}, 422, "records[0], column 'a': 'purple' is not a level of this column; it has "
+                                          "3 levels: 'blue', 'green', 'red'"),
+    ({"records": [{"colour": "red"}]}, 422, "records[0] has no column 'colour'; the columns are a, b, c, d"),
+    ({"records": [{"a": 3}]}, 422, "records[0], column 'a': '3' is not a level"),
+    ({"records": []}, 422, "records must be a non-empty list"),
+    ({"records": [["red"]]}, 422, "records row 0: input should be a valid dictionary"),
+    ({"model": "mixed", "records": [{"size": "big"}]}, 422, "records[0], column 'size': 'big' is not a number"),
+    ({"model": "mixed", "records": [{"size": -2}]}, 422, "records[0], column 'size': -2 is not positive"),
+    ({"model": "mixed", "records": [{"score": "NA"}]}, 422, "records[0], column 'score': the value is absent"),
+    ({"x": [[0, 1, 0, 1]]}, 422, "model 'cats' models the columns of a table (a, b, c, d): send \"records\""),
+    ({"model": "tiny", "records": RECORDS}, 422, "this model reads rows of 0/1 (x or x_b64), not records"),
+    ({"records": RECORDS, "masks": 7}, 422, "masks 7 does not exist"),
+])
+async def test_bad_records_are_422_naming_record_column_and_what_is_allowed(
+        made: InProcessClient, body: dict, status: int, detail: str) -> None:
+    got, answer = await post(made, "/logprob", body)
+    assert got == status and answer["detail"].startswith(detail), answer
+    assert answer["errors"][0]["msg"] == answer["detail"]
+
+
+async def test_other_endpoints_refuse_table_models_clearly(made: InProcessClient) -> None:
+    got, answer = await post(made, "/conditionals", {"x": [[0, 1, 0, 1]]})
+    assert got == 422 and "models the columns of a table" in answer["detail"]
+    got, answer = await post(made, "/sample", {"model": "tiny", "n": 2, "given": {"a": "red"}})
+    assert got == 422 and answer["detail"].startswith("given is for table models")
+    r = await made.http.post("/sample", json={"n": 2}, headers={"Accept": "image/png"})
+    assert r.status_code == 406
+    got, answer = await post(made, "/sample", {"n": 2, "given": {"a": "red", "b": "maybe"}})
+    assert got == 422 and "'maybe' is not a level" in answer["detail"]
+    got, answer = await post(made, "/logprob", {"model": "tiny", "x": [[0, 1, 0, 1, 0, 1, 0, 1]]})
+    assert got == 200  # the bits model beside them answers as before
+
+
+@pytest.mark.slow
+def test_records_through_a_real_server_and_the_client(both_store: Path) -> None:
+    with made_serve(both_store, env={"MADE_DEFAULT_MODEL": "cats", "OMP_NUM_THREADS": "1"}) as server, \
+            MadeClient(server.url, timeout=60) as made:
+        lp = made.logprob_records(RECORDS)
+        engine = TableEngine(open_model(both_store, "cats"), ["CPUExecutionProvider"], threads=1)
+        np.testing.assert_allclose(lp.logprob, engine.logprob(parse_records(engine.schema, RECORDS)).logprob,
+                                   atol=1e-9)
+        assert len(made.sample_records(5, seed=1, given={"b": "no"})) == 5
+        imputed = made.impute_records([{"a": "green"}], n_samples=2, seed=1)
+        assert imputed.records and imputed.records[0]["a"] == "green"
+        with pytest.raises(MadeAPIError) as info:
+            made.logprob_records([{"a": "grey"}])
+        assert info.value.status_code == 422
+        try:  # a DataFrame goes in as its records, where pandas is installed (it is not a dependency)
+            import pandas as pd
+        except ImportError:
+            return
+        assert made.logprob_records(pd.DataFrame(RECORDS)).logprob == lp.logprob
+
+
+# --- CSV in and out ---------------------------------------------------------------------------------
+
+CSV = "a,b,c,d,id\nred,yes,q,u,17\nblue,no,s,,18\ngreen,,p,v,19\n"  # b empty: never absent, so unknown
+
+
+async def test_a_csv_file_is_scored_with_one_request(made: InProcessClient, registry: ModelRegistry) -> None:
+    r = await made.http.post("/logprob?model=cats&seed=4", content=CSV.encode(),
+                             headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv") and r.headers["x-request-id"]
+    lines = r.text.splitlines()
+    assert lines[0] == "a,b,c,d,id,logprob,exact,stderr"  # the columns sent, unknown ones kept
+    cells = [line.split(",") for line in lines[1:]]
+    assert [c[4] for c in cells] == ["17", "18", "19"]
+    engine = registry.get("cats")
+    assert isinstance(engine, TableEngine)
+    records = [{"a": "red", "b": "yes", "c": "q", "d": "u"}, {"a": "blue", "b": "no", "c": "s", "d": "NA"},
+               {"a": "green", "c": "p", "d": "v"}]  # the empty d is the level NA; the empty b unknown
+    expected = engine.logprob(parse_records(engine.schema, records), seed=4)
+    np.testing.assert_allclose([float(c[5]) for c in cells], expected.logprob, atol=1e-9)
+    assert [c[6] for c in cells] == [str(e).lower() for e in expected.exact]
+    # JSON out when CSV is not asked for
+    r = await made.http.post("/logprob?model=cats&seed=4", content=CSV.encode(), headers={"Content-Type": "text/csv"})
+    assert r.status_code == 200 and r.json()["logprob"] == pytest.approx(expected.logprob.tolist())
+
+
+async def test_csv_errors_are_json_and_name_the_problem(made: InProcessClient) -> None:
+    bad = "a,b\nred,perhaps\n"
+    r = await made.http.post("/logprob", content=bad.encode(), headers={"Content-Type": "text/csv",
+                                                                         "Accept": "text/csv"})
+    assert r.status_code == 422 and "CSV row 0, column 'b': 'perhaps' is not a level" in r.json()["detail"]
+    r = await made.http.post("/logprob?model=tiny", content=CSV.encode(), headers={"Content-Type": "text/csv"})
+    assert r.status_code == 422 and "CSV bodies are for table models" in r.json()["detail"]
+    r = await made.http.post("/logprob?colour=1", content=CSV.encode(), headers={"Content-Type": "text/csv"})
+    assert r.status_code == 422 and "query parameter 'colour'" in r.json()["detail"]
+    r = await made.http.post("/logprob", content=b"x,y\n1,2\n", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 422 and "names none of the model's columns" in r.json()["detail"]
+
+
+async def test_csv_requests_need_the_api_key_like_json(both_store: Path, registry: ModelRegistry) -> None:
+    async with in_process(Settings(store=both_store, default_model="cats", api_key="k"), registry) as client:
+        r = await client.http.post("/logprob", content=CSV.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 401
+        r = await client.http.post("/logprob", content=CSV.encode(),
+                                   headers={"Content-Type": "text/csv", "Authorization": "Bearer k"})
+        assert r.status_code == 200, r.text

@@ -1,0 +1,159 @@
+"""Tables (made/tables.py, made/schema.py): the schema inferred from a CSV's training split, cells
+encoded and refused with line, column and value, schema files, bit groups as categories, and the
+real tables of ../shared/data/tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from made.data import load_dataset
+from made.errors import DataError
+from made.schema import ABSENT, Schema
+from made.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
+
+MADE_BIN = Path(sys.executable).with_name("made")
+
+
+def _splits(folder: Path, name: str, header: str, rows: list[str], valid: list[str] | None = None) -> Path:
+    (folder / f"{name}_train.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    for split in ("valid", "test"):
+        (folder / f"{name}_{split}.csv").write_text(header + "\n" + "\n".join(valid or rows[:5]) + "\n")
+    return folder / f"{name}_train.csv"
+
+
+def _rows(n: int = 200) -> list[str]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        color = ["red", "green", "blue"][i % 3]
+        flag = ["yes", "no"][int(rng.random() < 0.3)]
+        kids = str(int(rng.integers(0, 4)))
+        price = f"{np.exp(rng.normal(5, 1)):.2f}"
+        temp = f"{rng.normal(20, 5):.1f}"
+        budget = "NA" if rng.random() < 0.4 else str(int(rng.integers(1000, 90000)))
+        rating = "" if rng.random() < 0.2 else ["G", "PG", "R"][i % 3]
+        out.append(",".join([color, flag, kids, price, temp, budget, rating, f"title number {i}"]))
+    return out
+
+
+HEADER = "color,flag,kids,price,temp,budget,rating,title"
+
+
+def test_the_schema_is_inferred_from_the_training_split(tmp_path: Path) -> None:
+    path = _splits(tmp_path, "t", HEADER, _rows())
+    assert is_table_file(path)
+    data = load_table_dataset(str(path), drop_columns=("title",))
+    cols = {c.name: c for c in data.schema.columns}
+    assert data.name == "t" and "title" not in cols
+    assert cols["color"].kind == "categorical" and cols["color"].levels == ("blue", "green", "red")
+    assert cols["flag"].kind == "binary" and cols["flag"].levels == ("no", "yes")
+    assert cols["kids"].kind == "categorical" and cols["kids"].levels == ("0", "1", "2", "3")  # few integers
+    assert cols["price"].kind == "numeric" and cols["price"].transform == "log" and cols["price"].decimals == 2
+    assert cols["temp"].transform == "none" and cols["temp"].decimals == 1 and not cols["temp"].nullable
+    assert cols["budget"].nullable and cols["budget"].decimals == 0  # NA cells are modelled, not dropped
+    assert cols["rating"].levels[-1] == "NA"  # so are empty ones
+    train = data.split("train")
+    assert train.shape == (200, 7)
+    assert np.mean(train[:, data.schema.index("budget")] == ABSENT) > 0.2
+
+
+def test_free_text_is_a_one_line_error_naming_the_column(tmp_path: Path) -> None:
+    path = _splits(tmp_path, "t", HEADER, _rows())
+    with pytest.raises(DataError, match=r"column 'title' looks like free text .* --drop-columns title"):
+        load_table_dataset(str(path))
+    with pytest.raises(DataError, match="--drop-columns names 'titel'"):
+        load_table_dataset(str(path), drop_columns=("titel",))
+
+
+def test_a_level_never_seen_in_training_names_line_column_and_value(tmp_path: Path) -> None:
+    rows = _rows()
+    bad = rows[:3] + ["purple" + rows[3][rows[3].index(","):]]
+    path = _splits(tmp_path, "t", HEADER, rows, valid=bad)
+    with pytest.raises(DataError) as info:
+        load_table_dataset(str(path), drop_columns=("title",))
+    message = str(info.value)
+    assert "t_valid.csv line 5, column 'color': 'purple' is not a level" in message and "'red'" in message
+    notnum = rows[:3] + [rows[3].replace(rows[3].split(",")[4], "hot", 1)]
+    path = _splits(tmp_path, "u", HEADER, rows, valid=notnum)
+    with pytest.raises(DataError, match=r"u_valid.csv line 5, column 'temp': 'hot' is not a number"):
+        load_table_dataset(str(path), drop_columns=("title",))
+
+
+def test_a_schema_file_overrides_inference(tmp_path: Path) -> None:
+    path = _splits(tmp_path, "t", HEADER, _rows())
+    inferred = load_table_dataset(str(path), drop_columns=("title",)).schema
+    columns = inferred.to_json()
+    kids = next(c for c in columns if c["name"] == "kids")
+    kids.clear()
+    kids.update(name="kids", kind="numeric", transform="none", loc=1.5, scale=1.0, decimals=0, components=2)
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps({"columns": columns}))
+    data = load_table_dataset(str(path), schema=Schema.read(schema_file))
+    assert data.schema.columns[data.schema.index("kids")].kind == "numeric"
+    schema_file.write_text(json.dumps({"columns": [{"name": "x", "kind": "colour"}, {"name": "y"}]}))
+    with pytest.raises(DataError, match="unknown kind 'colour'"):
+        Schema.read(schema_file)
+
+
+def test_a_header_less_binary_csv_stays_bit_data(tmp_path: Path) -> None:
+    (tmp_path / "b_test.csv").write_text("0,1,1\n1,0,0\n")
+    assert not is_table_file(tmp_path / "b_test.csv")
+    (tmp_path / "h_test.csv").write_text("a,b,c\n0,1,1\n1,0,0\n")
+    assert not is_table_file(tmp_path / "h_test.csv")  # a header over 0/1 cells: still bits
+
+
+def test_parquet_tables_load_like_csv(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = _splits(tmp_path, "t", HEADER, _rows())
+    for split in ("train", "valid", "test"):
+        header, *lines = (tmp_path / f"t_{split}.csv").read_text().splitlines()
+        cells = [line.split(",") for line in lines]
+        table = pa.table({h: [r[j] for r in cells] for j, h in enumerate(header.split(","))})
+        pq.write_table(table, tmp_path / f"p_{split}.parquet")
+    from_csv = load_table_dataset(str(path), drop_columns=("title",))
+    from_parquet = load_table_dataset(str(tmp_path / "p_train.parquet"), drop_columns=("title",))
+    assert from_parquet.schema == from_csv.schema
+    np.testing.assert_array_equal(from_parquet.split("test"), from_csv.split("test"))
+
+
+def test_bit_groups_become_categories(data_dir: Path) -> None:
+    bits = load_dataset(str(data_dir / "mushrooms.npz"))
+    schema = read_groups(data_dir / "groups" / "mushrooms.json", bits.dims)
+    assert len(schema) == 21 and schema.bit_dims == 112
+    grouped = load_grouped_bits(bits, schema)
+    codes = grouped.split("test")
+    # back to bits: every row's one-hot code is the same row
+    back = np.zeros_like(bits.split("test"))
+    for j, col in enumerate(schema.columns):
+        for r, code in enumerate(codes[:, j].astype(int)):
+            if code < len(col.bits):
+                back[r, col.bits[code]] = 1
+    np.testing.assert_array_equal(back, bits.split("test"))
+    broken = bits.split("test").copy()
+    broken[4, list(schema.columns[0].bits)[:2]] = 1
+    with pytest.raises(DataError, match="row 4: bits .* not one-hot"):
+        schema.encode_bits(broken, "test")
+
+
+def test_real_tables_infer_their_documented_kinds(data_dir: Path) -> None:
+    diamonds = load_table_dataset(str(data_dir / "tables" / "diamonds_train.csv"))
+    kinds = {c.name: c.kind for c in diamonds.schema.columns}
+    assert kinds == {"carat": "numeric", "cut": "categorical", "color": "categorical", "clarity": "categorical",
+                     "depth": "numeric", "table": "numeric", "price": "numeric", "x": "numeric", "y": "numeric",
+                     "z": "numeric"}
+    assert diamonds.split("train").shape == (43152, 10)
+    result = subprocess.run([str(MADE_BIN), "train", "--dataset", str(data_dir / "tables" / "movies_train.csv"),
+                             "--out", "unused"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "column 'title' looks like free text" in result.stderr and "--drop-columns title" in result.stderr
+    movies = load_table_dataset(str(data_dir / "tables" / "movies_train.csv"), drop_columns=("title",))
+    cols = {c.name: c for c in movies.schema.columns}
+    assert cols["budget"].nullable and cols["mpaa"].levels[-1] == "NA"

@@ -1,0 +1,184 @@
+"""MADE over the columns of a table (torch): one degree per column, every unit of a column sharing
+it, and each column's conditional (Bernoulli, softmax or a mixture of logistics) from its slice of
+the outputs. The math of the heads mirrors made/heads.py, which serves the exported model.
+
+`values` are (N, C) float64 encoded cells (made.schema): level codes, numbers, ABSENT for a
+number recorded as NA. Training data hold no unknown cells.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from made.heads import LOG_SCALE_MAX, LOG_SCALE_MIN
+from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
+from made.schema import ABSENT, Schema, bin_edges, input_value
+
+
+@dataclass
+class TableMADEConfig:
+    columns: list[dict[str, Any]]  # the schema's JSON form (made.schema)
+    hidden: list[int] = field(default_factory=lambda: [500])
+    n_masks: int = 1
+    order_agnostic: bool = False
+    connectivity_agnostic: bool = False
+    random_ordering: bool = False
+    direct: bool = False
+    mask_seed: int = 0
+
+    @property
+    def schema(self) -> Schema:
+        return Schema.from_json(self.columns)
+
+    @property
+    def dims(self) -> int:
+        """C: the number of columns, the unit of autoregression."""
+        return len(self.columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TableMADEConfig:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def mask_set(self) -> MaskSet:
+        """K orderings of the C columns and hidden degrees in [1, C - 1]."""
+        return make_mask_set(self.dims, list(self.hidden), self.n_masks, order_agnostic=self.order_agnostic,
+                             connectivity_agnostic=self.connectivity_agnostic,
+                             random_ordering=self.random_ordering, seed=self.mask_seed)
+
+
+class TableMADE(nn.Module):
+    input_dtype = torch.float64  # numbers keep their precision until their bins are computed
+
+    def __init__(self, config: TableMADEConfig):
+        super().__init__()
+        self.config = config
+        self.schema = config.schema
+        masks = config.mask_set()
+        col_degrees = masks.input_degrees()  # (K, C)
+        self.register_buffer("input_degrees", torch.from_numpy(col_degrees[:, self.schema.in_columns]))
+        self.register_buffer("output_degrees", torch.from_numpy(col_degrees[:, self.schema.out_columns]))
+        self.register_buffer("column_degrees", torch.from_numpy(col_degrees))
+        for i, degrees in enumerate(masks.hidden_degrees):
+            self.register_buffer(f"hidden_degrees_{i}", torch.from_numpy(degrees))
+        widths = [self.schema.n_in, *config.hidden, self.schema.n_out]
+        self.layers: list[nn.Linear] = nn.ModuleList(  # type: ignore[assignment]
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.direct = nn.Linear(self.schema.n_in, self.schema.n_out, bias=False) if config.direct else None
+        self._mask_cache: dict[int, list[torch.Tensor]] = {}
+
+    input_degrees: torch.Tensor
+    output_degrees: torch.Tensor
+    column_degrees: torch.Tensor
+
+    @property
+    def n_masks(self) -> int:
+        return int(self.input_degrees.shape[0])
+
+    def masks(self, k: int) -> list[torch.Tensor]:
+        cached = self._mask_cache.get(k)
+        if cached is None:
+            inp = self.input_degrees[k].numpy()
+            out = self.output_degrees[k].numpy()
+            hidden = [getattr(self, f"hidden_degrees_{i}")[k].numpy() for i in range(len(self.config.hidden))]
+            dense = build_masks(inp, hidden, out)
+            if self.direct is not None:
+                dense.append(build_direct_mask(inp, out))
+            cached = [torch.from_numpy(m) for m in dense]
+            self._mask_cache[k] = cached
+        return cached
+
+    def inputs(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.schema.network_inputs(values.detach().cpu().numpy()))
+
+    def forward(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+        """(N, U_in) network inputs -> (N, U_out) outputs: every column's parameters."""
+        masks = self.masks(mask_index)
+        h = x
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = F.linear(h, masks[i] * layer.weight, layer.bias)
+            if i < last:
+                h = F.relu(h)
+        if self.direct is not None:
+            h = h + F.linear(x, masks[-1] * self.direct.weight)
+        return h
+
+    def column_logliks(self, values: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+        """(N, C) log p_k(x_c | the columns before c in ordering k)."""
+        params = self(self.inputs(values), mask_index)
+        return torch.stack([self._column_loglik(j, params, values[:, j]) for j in range(len(self.schema))], dim=1)
+
+    def log_prob(self, values: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+        return self.column_logliks(values, mask_index).sum(dim=1)
+
+    def mixture_log_prob(self, values: torch.Tensor, mask_indices: list[int] | None = None) -> torch.Tensor:
+        ks = list(range(self.n_masks)) if mask_indices is None else mask_indices
+        per_mask = torch.stack([self.log_prob(values, k) for k in ks])
+        return torch.logsumexp(per_mask, dim=0) - math.log(len(ks))
+
+    def _column_loglik(self, j: int, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        col = self.schema.columns[j]
+        p = params[:, int(self.schema.out_offsets[j]) : int(self.schema.out_offsets[j + 1])]
+        if col.kind == "binary":
+            return -F.binary_cross_entropy_with_logits(p[:, 0], v.float(), reduction="none")
+        if col.kind == "categorical":
+            return -F.cross_entropy(p, v.long(), reduction="none")
+        off, m = int(col.nullable), col.components
+        log_w = torch.log_softmax(p[:, off : off + m], dim=1)
+        mu = p[:, off + m : off + 2 * m]
+        log_s = p[:, off + 2 * m : off + 3 * m].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+        absent = v == ABSENT
+        vals = torch.where(absent, torch.ones_like(v), v).numpy()  # placeholders where absent
+        if col.decimals is None:
+            y = torch.from_numpy(input_value(col, vals)).float()[:, None]
+            z = (y - mu) * torch.exp(-log_s)
+            log_pdf = -z - log_s - 2.0 * F.softplus(-z)
+            jac = -math.log(col.scale) - (torch.from_numpy(np.log(vals)).float() if col.transform == "log" else 0.0)
+            ll = torch.logsumexp(log_w + log_pdf, dim=1) + jac
+        else:
+            lo, hi = bin_edges(col, vals)
+            width = torch.from_numpy(hi - lo).float()[:, None]
+            lo_t, hi_t = torch.from_numpy(lo).float()[:, None], torch.from_numpy(hi).float()[:, None]
+            inv_s = torch.exp(-log_s)
+            log_mass = (F.logsigmoid((hi_t - mu) * inv_s) + F.logsigmoid(-(lo_t - mu) * inv_s)
+                        + torch.log(-torch.expm1(-width * inv_s)))
+            ll = torch.logsumexp(log_w + log_mass, dim=1)
+        if col.nullable:
+            a = p[:, 0]
+            return torch.where(absent, F.logsigmoid(a), F.logsigmoid(-a) + ll)
+        return ll
+
+    @torch.no_grad()
+    def init_from_data(self, train: np.ndarray) -> None:
+        """Start each categorical and binary column's output biases at its training marginal."""
+        bias = self.layers[-1].bias
+        for j, col in enumerate(self.schema.columns):
+            start = int(self.schema.out_offsets[j])
+            codes = train[:, j]
+            if col.kind == "binary":
+                p = float(np.clip(codes.mean(), 1e-3, 1 - 1e-3))
+                bias[start] = math.log(p / (1 - p))
+            elif col.kind == "categorical":
+                freq = np.bincount(codes.astype(np.int64), minlength=len(col.levels)) + 0.5
+                bias[start : start + len(col.levels)] = torch.from_numpy(np.log(freq / freq.sum())).float()
+            elif col.nullable:
+                p = float(np.clip((codes == ABSENT).mean(), 1e-3, 1 - 1e-3))
+                bias[start] = math.log(p / (1 - p))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._mask_cache = {}
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._mask_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
