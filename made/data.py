@@ -196,6 +196,13 @@ _DELIMITERS = (",", ";", "|", "\t")
 _MISSING_MARKERS = frozenset({"", "na", "nan", "n/a", "null", "none", "?", "-"})
 
 
+def sniff_delimiter(line: str, tab: bool = True) -> str | None:
+    """The most frequent of _DELIMITERS in a file's first line, or None (whitespace-separated)."""
+    counts = {d: line.count(d) for d in _DELIMITERS if tab or d != "\t"}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else None
+
+
 def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of each data line; a UTF-8 byte-order mark (Excel) is ignored."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
@@ -204,8 +211,7 @@ def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         first = next(lines, None)
         if first is None:
             return
-        counts = {d: first[1].count(d) for d in _DELIMITERS if not (d == "\t" and path.suffix == ".amat")}
-        delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else None
+        delimiter = sniff_delimiter(first[1], tab=path.suffix != ".amat")
         for lineno, line in itertools.chain([first], lines):
             if delimiter is None:
                 yield lineno, re.split(r"\s*,\s*|\s+", line.strip())

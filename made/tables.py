@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from made.data import SPLITS, _split_files, dataset_name, resolve
+from made.data import SPLITS, _split_files, dataset_name, resolve, sniff_delimiter
 from made.errors import DataError
 from made.schema import (
     ABSENT,
@@ -64,7 +64,7 @@ def read_table(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
         return _read_parquet(path)
     with open(path, encoding="utf-8-sig", newline="") as fh:
         sample = fh.readline()
-        delimiter = max((",", ";", "\t", "|"), key=sample.count)
+        delimiter = sniff_delimiter(sample) or ","
         fh.seek(0)
         reader = csv.reader(fh, delimiter=delimiter)
         try:
@@ -232,7 +232,7 @@ def is_table_file(path: Path) -> bool:
         return False
     with open(path, encoding="utf-8-sig", newline="") as fh:
         first, second = fh.readline(), fh.readline()
-    delimiter = max((",", ";", "\t", "|"), key=first.count)
+    delimiter = sniff_delimiter(first) or ","
     head = [c.strip() for c in next(csv.reader([first], delimiter=delimiter), [])]
     cells = [c.strip() for c in next(csv.reader([second], delimiter=delimiter), [])]
     if not head or any(_number(h) is not None for h in head):

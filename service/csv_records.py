@@ -19,10 +19,13 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from made.errors import MadeError
+from made.errors import InvalidInput, MadeError
 from made.schema import ABSENT
+from service.engine.table_engine import TableEngine
 from service.errors import error_body, status_of
+from service.middleware import replay_body
 from service.records import parse_csv, to_csv
+from service.routers.deps import same_key
 
 _PATHS = {"/logprob", "/impute"}
 _OPTIONS = {"model": str, "seed": int, "n_importance": int, "n_samples": int, "masks": str, "explain": str}
@@ -59,15 +62,7 @@ class CsvRecordsMiddleware:
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [
             (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            return await receive()
-
+        replay = replay_body(payload, receive)
         if "text/csv" not in headers.get("accept", "") or scope["path"] != "/logprob":
             await self.app(scope, replay, send)
             return
@@ -76,15 +71,9 @@ class CsvRecordsMiddleware:
     def _authorised(self, headers: dict[str, str]) -> bool:
         if self.api_key is None:
             return True
-        import hmac
-
-        given = headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), self.api_key.get_secret_value().encode())
+        return same_key(headers.get("authorization", "").removeprefix("Bearer ").strip(), self.api_key)
 
     def _to_json(self, scope: Scope, body: bytes) -> tuple[dict[str, Any], list[str], list[list[str]]]:
-        from made.errors import InvalidInput
-        from service.engine.table_engine import TableEngine
-
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:

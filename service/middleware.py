@@ -106,17 +106,7 @@ class RequestMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for the disconnect, as Starlette does
-
-        return replay
+        return replay_body(b"".join(chunks), receive)
 
     async def _too_large(self, send: Send, ctx: RequestContext) -> None:
         ctx.error_type = "payload_too_large"
@@ -125,6 +115,21 @@ class RequestMiddleware:
             f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); send "
             "fewer rows per request, or bit-packed rows (x_b64)")
         await _send_json(send, 413, body)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` as the whole request, then waits on `receive` (the disconnect),
+    as Starlette does after a body."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

@@ -43,7 +43,57 @@ class MADEConfig:
         )
 
 
-class MADE(nn.Module):
+class MaskedNetwork(nn.Module):
+    """What MADE and the table model (training/table_model.py) share: masked layers whose masks
+    (`masks(k)`, from degree buffers) multiply the weights functionally, the mixture over K masks,
+    and a mask cache that moving or loading the module clears. Subclasses set `layers`, `direct`,
+    `input_degrees` and define `masks` and `log_prob`."""
+
+    layers: list[nn.Linear]
+    direct: nn.Linear | None
+    input_degrees: torch.Tensor
+    _mask_cache: dict[int, list[torch.Tensor]]
+
+    @property
+    def n_masks(self) -> int:
+        return int(self.input_degrees.shape[0])
+
+    def masks(self, k: int) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+        """(N, inputs) -> (N, outputs) under mask k (MADE: the logits of p(x_d = 1 | x before d))."""
+        masks = self.masks(mask_index)
+        h = x
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = F.linear(h, masks[i] * layer.weight, layer.bias)
+            if i < last:
+                h = F.relu(h)
+        if self.direct is not None:
+            h = h + F.linear(x, masks[-1] * self.direct.weight)
+        return h
+
+    def mixture_log_prob(self, x: torch.Tensor, mask_indices: list[int] | None = None) -> torch.Tensor:
+        """(N,) log of (1/K) sum_k p_k(x): the ensemble as a true mixture of the K models."""
+        ks = list(range(self.n_masks)) if mask_indices is None else mask_indices
+        per_mask = torch.stack([self.log_prob(x, k) for k in ks])  # (K, N)
+        return torch.logsumexp(per_mask, dim=0) - math.log(len(ks))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._mask_cache = {}
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # loading replaces the degree buffers in place: masks cached from the old ones are stale
+        self._mask_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class MADE(MaskedNetwork):
     """Bernoulli MADE. Degrees of all K masks are buffers; masks are rebuilt from them per call
     and multiplied into the weights functionally, never written into the weights."""
 
@@ -63,12 +113,6 @@ class MADE(nn.Module):
         self.direct = nn.Linear(config.dims, config.dims, bias=False) if config.direct else None
         self._mask_cache: dict[int, list[torch.Tensor]] = {}
 
-    @property
-    def n_masks(self) -> int:
-        return int(self.input_degrees.shape[0])
-
-    input_degrees: torch.Tensor
-
     def degrees(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden: list[torch.Tensor] = [getattr(self, f"hidden_degrees_{i}")[k] for i in range(len(self.config.hidden))]
         return self.input_degrees[k], hidden
@@ -85,35 +129,7 @@ class MADE(nn.Module):
             self._mask_cache[k] = cached
         return cached
 
-    def forward(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
-        """(N, D) binary floats -> (N, D) logits of p(x_d = 1 | x before d in ordering k)."""
-        masks = self.masks(mask_index)
-        h = x
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = F.linear(h, masks[i] * layer.weight, layer.bias)
-            if i < last:
-                h = F.relu(h)
-        if self.direct is not None:
-            h = h + F.linear(x, masks[-1] * self.direct.weight)
-        return h
-
     def log_prob(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
         """(N,) log p_k(x) in nats, from logits with a stable BCE (never log of a sigmoid)."""
         logits = self(x, mask_index)
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
-
-    def mixture_log_prob(self, x: torch.Tensor, mask_indices: list[int] | None = None) -> torch.Tensor:
-        """(N,) log of (1/K) sum_k p_k(x): the ensemble as a true mixture of the K models."""
-        ks = list(range(self.n_masks)) if mask_indices is None else mask_indices
-        per_mask = torch.stack([self.log_prob(x, k) for k in ks])  # (K, N)
-        return torch.logsumexp(per_mask, dim=0) - math.log(len(ks))
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._mask_cache = {}
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # loading replaces the degree buffers in place: masks cached from the old ones are stale
-        self._mask_cache = {}
-        super()._load_from_state_dict(*args, **kwargs)

@@ -20,6 +20,7 @@ from torch import nn
 from made.heads import LOG_SCALE_MAX, LOG_SCALE_MIN
 from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
 from made.schema import ABSENT, Schema, bin_edges, input_value
+from training.model import MaskedNetwork
 
 
 @dataclass
@@ -56,7 +57,7 @@ class TableMADEConfig:
                              random_ordering=self.random_ordering, seed=self.mask_seed)
 
 
-class TableMADE(nn.Module):
+class TableMADE(MaskedNetwork):
     input_dtype = torch.float64  # numbers keep their precision until their bins are computed
 
     def __init__(self, config: TableMADEConfig):
@@ -76,13 +77,8 @@ class TableMADE(nn.Module):
         self.direct = nn.Linear(self.schema.n_in, self.schema.n_out, bias=False) if config.direct else None
         self._mask_cache: dict[int, list[torch.Tensor]] = {}
 
-    input_degrees: torch.Tensor
     output_degrees: torch.Tensor
     column_degrees: torch.Tensor
-
-    @property
-    def n_masks(self) -> int:
-        return int(self.input_degrees.shape[0])
 
     def masks(self, k: int) -> list[torch.Tensor]:
         cached = self._mask_cache.get(k)
@@ -100,18 +96,8 @@ class TableMADE(nn.Module):
     def inputs(self, values: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.schema.network_inputs(values.detach().cpu().numpy()))
 
-    def forward(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
-        """(N, U_in) network inputs -> (N, U_out) outputs: every column's parameters."""
-        masks = self.masks(mask_index)
-        h = x
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = F.linear(h, masks[i] * layer.weight, layer.bias)
-            if i < last:
-                h = F.relu(h)
-        if self.direct is not None:
-            h = h + F.linear(x, masks[-1] * self.direct.weight)
-        return h
+    # forward (network inputs (N, U_in) -> every column's parameters (N, U_out)), mixture_log_prob
+    # and the mask cache come from MaskedNetwork
 
     def column_logliks(self, values: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
         """(N, C) log p_k(x_c | the columns before c in ordering k)."""
@@ -120,11 +106,6 @@ class TableMADE(nn.Module):
 
     def log_prob(self, values: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
         return self.column_logliks(values, mask_index).sum(dim=1)
-
-    def mixture_log_prob(self, values: torch.Tensor, mask_indices: list[int] | None = None) -> torch.Tensor:
-        ks = list(range(self.n_masks)) if mask_indices is None else mask_indices
-        per_mask = torch.stack([self.log_prob(values, k) for k in ks])
-        return torch.logsumexp(per_mask, dim=0) - math.log(len(ks))
 
     def _column_loglik(self, j: int, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         col = self.schema.columns[j]
@@ -174,11 +155,3 @@ class TableMADE(nn.Module):
             elif col.nullable:
                 p = float(np.clip((codes == ABSENT).mean(), 1e-3, 1 - 1e-3))
                 bias[start] = math.log(p / (1 - p))
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._mask_cache = {}
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self._mask_cache = {}
-        super()._load_from_state_dict(*args, **kwargs)

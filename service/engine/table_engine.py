@@ -48,8 +48,6 @@ class TableImpute:
 
 
 class TableEngine:
-    kind = "table"
-
     def __init__(self, model: StoredModel, providers: list[str] | None = None, threads: int | None = None):
         self.model = model
         self.name = model.name

@@ -42,7 +42,7 @@ async def require_api_key(
         return
     if credentials is None:
         raise Unauthorized("this server requires an API key: send 'Authorization: Bearer <key>'")
-    if not _same(credentials.credentials, settings.api_key):
+    if not same_key(credentials.credentials, settings.api_key):
         raise Unauthorized("the API key in the Authorization header is wrong")
 
 
@@ -69,10 +69,10 @@ async def require_admin_key(
     if credentials is None:
         raise Unauthorized("admin endpoints require the admin key: send "
                            f"'Authorization: Bearer <{variable}>'")
-    if not _same(credentials.credentials, secret):
+    if not same_key(credentials.credentials, secret):
         raise Unauthorized("the admin key in the Authorization header is wrong")
 
 
-def _same(given: str, key: SecretStr) -> bool:
+def same_key(given: str, key: SecretStr) -> bool:
     # Constant time: the comparison must not reveal how many leading bytes matched.
     return hmac.compare_digest(given.encode(), key.get_secret_value().encode())
