@@ -45,21 +45,38 @@ def _random_run(run_dir: Path, data: Path) -> Path:
     return run_dir
 
 
+def _kill_inside_a_write(proc: subprocess.Popen[str], model_dir: Path, delay_s: float) -> bool:
+    """SIGKILL `proc` `delay_s` after a temporary version directory appears under `model_dir`
+    (polled every millisecond; a random sleep lands mostly in the graph building, before any
+    file is written). True when the directory was seen before the process ended."""
+    seen = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if model_dir.is_dir() and any(p.name.endswith(".tmp") for p in model_dir.iterdir()):
+            seen = True
+            time.sleep(delay_s)
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return seen
+
+
 @pytest.mark.slow
 def test_an_export_killed_at_any_point_leaves_only_whole_versions(tmp_path: Path) -> None:
     run_dir = _random_run(tmp_path / "run", write_npz(tmp_path / "d784.npz", 784, n=60))
     store = tmp_path / "store"
     rng = random.Random(3)
     leftovers: list[str] = []
-    for _ in range(4):  # until a kill has landed inside a write (nearly always the first)
+    versions: list[str] = []
+    for attempt in range(20):  # until a kill has landed inside a write (nearly always the first)
         proc = subprocess.Popen([sys.executable, "-c", EXPORTER, str(run_dir), str(store)],
                                 stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            time.sleep(rng.uniform(0.5, 1.5))
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate()
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        if attempt == 0:  # let one whole version land first, so the kill hits a later one
+            while proc.poll() is None and not list_versions(store, "big"):
+                time.sleep(0.005)
+        assert _kill_inside_a_write(proc, store / "big", rng.uniform(0, 0.01))
         versions = list_versions(store, "big")
         for version in versions:  # each listed version verifies against its checksums
             assert open_model(store, "big", version).dims == 784
