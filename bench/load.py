@@ -10,9 +10,11 @@ generator is wrk (apt-get install wrk), one process per endpoint, on the same ma
 
 1. warm-up: --warmup seconds of the mix below, not counted (its errors are);
 2. mixed load: --clients connections for --duration seconds, a quarter on each of POST /logprob
-   (1 row), /conditionals (1 row), /sample (n=4) and /impute (1 row missing the last quarter of
-   mask 0's ordering, 4 completions). Every answer must be 200: another status, a timeout or a
-   broken connection is an unexpected error;
+   (1 row), /conditionals (1 row), /sample (n=4) and /impute (1 row missing the second half of
+   mask 0's ordering, default settings). Every answer must be 200: another status, a timeout or
+   a broken connection is an unexpected error. Before it, each endpoint alone with the same
+   --clients / 4 connections for --alone-seconds: the table compares each endpoint's p99 in the
+   mix with its p99 alone (fair scheduling's target: at most 3x);
 3. leak check, with --leak-requests N (not run by default, so that `make bench` takes about two
    minutes): more rounds of the mix, on --leak-model's (default: the same model), until N
    requests have been answered since the warm-up. The server's resident memory (VmRSS in
@@ -132,22 +134,22 @@ class Target:
 
 
 def targets(manifest: dict[str, Any], model: str | None) -> list[Target]:
-    """The four requests of the mix. /impute misses the last quarter of mask 0's ordering (the
-    bottom of an image): exact where every mask shares that ordering, as the shipped models do."""
+    """The four requests of the mix. /impute misses the second half of mask 0's ordering (the
+    bottom half of an image), with its default settings: exact where every mask shares that
+    ordering, as the shipped models do."""
     dims = int(manifest["dims"])
     rng = np.random.default_rng(0)
     row = rng.integers(0, 2, dims).tolist()
     holes: list[int | None] = list(row)
-    for d in manifest["orderings"][0][-(dims // 4):]:
+    for d in manifest["orderings"][0][-(dims // 2):]:
         holes[d] = None
     named = {"model": model} if model else {}
     return [
         Target("/logprob", "/logprob (1 row)", {**named, "x": [row]}),
         Target("/conditionals", "/conditionals (1 row)", {**named, "x": [row], "mask": 0}),
         Target("/sample", "/sample (n=4)", {**named, "n": 4}),
-        # n_importance=10, not the default 1000: the label says so (the default costs ~100x more draws)
-        Target("/impute", f"/impute (1 row, last {dims // 4} of {dims} missing, 4 completions, n_importance=10)",
-               {**named, "x": [holes], "n_samples": 4, "n_importance": 10}),
+        Target("/impute", f"/impute (1 row, last {dims // 2} of {dims} missing, defaults)",
+               {**named, "x": [holes]}),
     ]
 
 
@@ -189,6 +191,22 @@ class Wrk:
     def one(self, url: str, body: dict[str, object], clients: int, seconds: float,
             label: str) -> Run:
         return self.finish(label, *self.start(url, body, clients, seconds, threads=2))
+
+
+def fairness(alone: dict[str, Row], mixed: list[Row]) -> list[str]:
+    """Each endpoint's p99 in the mix against its p99 alone at the same connections."""
+    pairs = [(alone[r.endpoint], r) for r in mixed if r.endpoint in alone]
+    if not pairs:
+        return []
+    lines = ["Each endpoint in the mix against the same endpoint alone (same connections; target: "
+             "p99 in the mix at most 3x its p99 alone):", "",
+             "| endpoint | p99 alone (ms) | p99 in the mix (ms) | ratio | within 3x |",
+             "|---|---:|---:|---:|---|"]
+    for a, m in pairs:
+        ratio = m.p99_ms / a.p99_ms if a.p99_ms else float("inf")
+        lines.append(f"| {m.endpoint} | {a.p99_ms:.1f} | {m.p99_ms:.1f} | {ratio:.1f}x | "
+                     f"{'yes' if ratio <= 3 else 'no'} |")
+    return [*lines, ""]
 
 
 def rss_bytes(pid: int, field_name: str = "VmRSS") -> int:
@@ -273,6 +291,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
     parser.add_argument("--duration", type=float, default=60.0, help="mixed load, seconds")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds, not counted")
+    parser.add_argument("--alone-seconds", type=float, default=10.0,
+                        help="seconds of each endpoint alone before the mix (0: skip)")
     parser.add_argument("--leak-requests", type=int, default=0,
                         help="run the leak check: requests answered after the warm-up before "
                              "memory is compared, e.g. 100000 (default 0: not run)")
@@ -313,6 +333,7 @@ def main() -> int:
                     sys.exit(f"{t.path} on {model_name} answered {r.status_code}: {r.text[:300]}")
             return mix
 
+        memory = {"after start (models loaded, before any request)": rss_bytes(pid) / MB}
         mix = mix_of(name)
         leak_name = args.leak_model or name
         leak_mix = mix_of(leak_name) if args.leak_requests > 0 else mix
@@ -321,7 +342,15 @@ def main() -> int:
         if leak_mix is not mix:
             warm += wrk.mix(server.url, leak_mix, args.clients, args.warmup)
         rss_start = rss_bytes(pid)
-        memory = {"after the warm-up": rss_start / MB}
+        memory["after the warm-up (every endpoint)"] = rss_start / MB
+        alone: dict[str, Row] = {}
+        if args.alone_seconds > 0:
+            for t in mix:
+                print(f"alone: {t.path}, {args.clients // 4} clients, {args.alone_seconds:g} s", file=sys.stderr)
+                run = wrk.finish(t.label, *wrk.start(server.url + t.path, t.body, args.clients // 4,
+                                                     args.alone_seconds))
+                alone[t.label] = summarize(f"alone, {args.alone_seconds:g} s", t.label, [run], run.seconds)
+            rows += alone.values()
 
         print(f"mixed load: {args.clients} clients, {args.duration:g} s", file=sys.stderr)
         with RssSampler(pid) as sampler:
@@ -407,6 +436,7 @@ def main() -> int:
         "Unexpected errors (any status but 200, timeouts, broken connections), warm-up "
         f"included: **{unexpected}**.",
         "",
+        *fairness(alone, [r for r in rows if r.phase.startswith("mixed")]),
         "Resident memory of the server process (VmRSS from /proc/PID/status):",
         "",
         "| reading | MB |",

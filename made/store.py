@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from made.atomic import fsync_dir
 from made.errors import ModelNotFound, ModelStoreError
+from made.onnx_graph import OPSET
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -159,3 +165,52 @@ def open_model(store: Path, name: str, version: str | None = None) -> StoredMode
     manifest = read_manifest(path)
     verify_files(path, manifest)
     return StoredModel(name=name, version=version, path=path, manifest=manifest)
+
+
+def next_version(store: Path, name: str) -> str:
+    numeric = [int(v) for v in list_versions(store, name) if v.isdigit()]
+    return str(max(numeric, default=0) + 1)
+
+
+def write_version(store: Path, name: str, graph: bytes, fields: dict[str, Any],
+                  version: str | None = None) -> Path:
+    """Write STORE/NAME/VERSION/{model.onnx, manifest.json} atomically: the files are assembled
+    in a hidden temporary directory and renamed into place, so a reader never sees half a version.
+    `graph` is the serialized ONNX model; `fields` are the model's manifest entries; the store's
+    own (format, name, version, checksums, graph signature, creation time) are added here. The
+    manifest's one writer, beside its reader (read_manifest)."""
+    try:
+        (store / name).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelStoreError(f"cannot write to store {store}: {exc.strerror or exc}") from None
+    version = version or next_version(store, name)
+    final = store / name / version
+    if final.exists():
+        raise ModelStoreError(f"{final} already exists; pick another --version")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=store / name))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a served store must be readable by the server user
+        (tmp / MODEL_FILE).write_bytes(graph)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "activation": "relu",
+            "graph": {"inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
+                      "outputs": {"logits": "float32 [N, D]"}, "opset": OPSET},
+            **fields,  # a table model brings its own graph signature
+            "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(tmp, final)  # atomic: readers see no version or the whole one
+        fsync_dir(store / name)
+    except OSError as exc:
+        raise ModelStoreError(f"cannot write {final}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

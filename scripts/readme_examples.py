@@ -6,7 +6,9 @@ Starts `made serve` on a free loopback port, runs each example below with bash a
 for the shell variables), and writes the commands and their outputs between the markers
 `<!-- examples:begin -->` and `<!-- examples:end -->` of --doc (shown with the default
 localhost:8000). Long arrays in outputs are shortened (`"... N values"`). Also writes
-docs/samples.png: 64 samples of the default model, from POST /sample with Accept: image/png.
+docs/samples.png: 64 samples of the default model, from POST /sample with Accept: image/png,
+and docs/denoise.png: test digits corrupted at 10% and denoised by POST /denoise (when the
+default model is a 28x28 image model and ../shared/data holds the binarized MNIST test set).
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ EXAMPLES: list[tuple[str, str]] = [
      "HALF=$(echo \"$X\" | jq -c '[.[0] | .[:(length/2)] + [range(length/2) | null]]')\n"
      f"curl -s {SHOWN}/impute {JSON} -d \"{{\\\"x\\\": $HALF, \\\"n_samples\\\": 2, "
      "\\\"seed\\\": 0, \\\"n_importance\\\": 200}\""),
+    ("Denoising: a row with every tenth value flipped; p(clean = 1 | noisy), the most likely clean "
+     "values, log p(noisy)",
+     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
+     "NOISY=$(echo \"$X\" | jq -c '[.[0] | to_entries | map(if .key % 10 == 0 then 1 - .value "
+     "else .value end)]')\n"
+     f"curl -s {SHOWN}/denoise {JSON} -d \"{{\\\"x\\\": $NOISY, \\\"eps\\\": 0.1, \\\"n_samples\\\": 1, "
+     "\\\"seed\\\": 0, \\\"n_importance\\\": 50}\""),
     ("Metrics (Prometheus text; a few lines)",
      f"curl -s {SHOWN}/metrics | grep -E '^made_requests_total.*sample|^made_batch_requests_sum'"),
     ("An invalid value: 422 naming the row, the column and the problem",
@@ -154,6 +163,7 @@ def main() -> int:
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "api.md")
     parser.add_argument("--picture", type=Path, default=ROOT / "docs" / "samples.png")
     parser.add_argument("--table-picture", type=Path, default=ROOT / "docs" / "tables.png")
+    parser.add_argument("--denoise-picture", type=Path, default=ROOT / "docs" / "denoise.png")
     args = parser.parse_args()
     if not args.store.is_dir():
         sys.exit(f"model store {args.store} does not exist (run `make models`, or pass --store)")
@@ -179,6 +189,9 @@ def main() -> int:
             print(f"wrote {args.picture}", file=sys.stderr)
         else:
             print(f"no picture: {png.json()['detail']}", file=sys.stderr)
+        shape = next((m["image_shape"] for m in listing["models"] if m["name"] == model), None)
+        if shape == [28, 28]:
+            denoise_picture(base, args.denoise_picture)
     doc = args.doc.read_text() if args.doc.exists() else f"{BEGIN}\n{END}\n"
     doc = replace_between(doc, BEGIN, END, "\n".join(blocks), args.doc)
     if len(records) > 1 and RECORDS_BEGIN in doc:
@@ -231,6 +244,45 @@ def table_picture(base: str, path: Path) -> None:
         ax.set_xlabel("carat")
     axes[0].set_ylabel("price (USD, log scale)")
     fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def denoise_picture(base: str, path: Path, eps: float = 0.1, n: int = 8) -> None:
+    """The first n binarized-MNIST test digits; each bit flipped with probability eps (seed 0);
+    POST /denoise's p(clean = 1 | noisy) and most likely values; a 3x3 median filter beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.ndimage import median_filter
+
+    data = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
+    if not data.exists():
+        print(f"no denoising picture: {data} is absent", file=sys.stderr)
+        return
+    clean = np.load(data)["test"][:n].astype(np.uint8)
+    noisy = np.where(np.random.default_rng(0).random(clean.shape) < eps, 1 - clean, clean)
+    r = httpx.post(f"http://{base}/denoise", json={"x": noisy.tolist(), "eps": eps, "n_samples": 1, "seed": 0,
+                                                    "n_importance": 50}, timeout=600)
+    if r.status_code != 200:
+        print(f"no denoising picture: {r.json()['detail']}", file=sys.stderr)
+        return
+    answer = r.json()
+    marginals, likely = np.array(answer["marginals"]), np.array(answer["most_likely"])
+    median = np.stack([median_filter(x.reshape(28, 28), size=3).ravel() for x in noisy])
+    panels = [("clean test digits", clean), (f"each bit flipped with probability {eps:g}", noisy),
+              ("POST /denoise: p(clean = 1 | noisy)", marginals),
+              ("POST /denoise: most likely value", likely), ("3x3 median filter", median)]
+    fig, axes = plt.subplots(len(panels), n, figsize=(n * 1.1, len(panels) * 1.25))
+    for row, (title, images) in enumerate(panels):
+        errors = "" if row in (0, 2) else f" ({100 * np.mean(images != clean):.1f}% of bits wrong)"
+        axes[row, 0].set_title(title + errors, loc="left", fontsize=9)
+        for j in range(n):
+            axes[row, j].imshow(images[j].reshape(28, 28), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes[row, j].axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, hspace=0.3, wspace=0.06)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)

@@ -17,9 +17,11 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from made.errors import MadeError
+from service import oip
 from service.csv_records import CsvRecordsMiddleware
 from service.dataplane import DataPlane
 from service.engine import ModelRegistry, requested_providers
+from service.engine.runtime import release_freed_memory
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
@@ -44,7 +46,7 @@ Rows and columns are counted from 0.
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
-    providers = requested_providers(",".join(settings.providers)) if settings.providers else None
+    providers = requested_providers(settings.providers) if settings.providers else None
     return ModelRegistry(settings.store, default_model=settings.default_model, providers=providers,
                          threads=settings.threads or None)
 
@@ -74,6 +76,7 @@ async def _poll_store(dataplane: DataPlane, interval: float) -> None:
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
     """The service. `registry` may be passed already loaded (tests share one between apps)."""
     settings = settings or Settings()
+    release_freed_memory()  # what a large request allocates goes back to the system after it
     registry = registry or build_registry(settings)
     app_metrics = Metrics()
     dataplane = DataPlane(registry, settings, app_metrics)
@@ -109,6 +112,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
     app.include_router(models.router, dependencies=protected)
     app.include_router(inference.router, dependencies=protected)
+    app.include_router(oip.make_router(protected))  # the Open Inference Protocol (KServe v2), /v2
     # Admin endpoints: their own key (MADE_ADMIN_KEY, else MADE_API_KEY), not the API key's
     # check (one Authorization header holds one key); off without either.
     if admin_key(settings) is not None:

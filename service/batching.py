@@ -18,11 +18,10 @@ import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import anyio
 import anyio.to_thread
 
 log = logging.getLogger("made.service.batching")
@@ -41,12 +40,14 @@ class _Pending(Generic[T, R]):
 
 class Batcher(Generic[T, R]):
     def __init__(self, run: Callable[[list[T]], list[R]], *, delay_s: float, max_rows: int,
-                 limiter: anyio.CapacityLimiter | None = None,
+                 execute: Callable[[Callable[[list[T]], list[R]], list[T]], Awaitable[list[R]]] | None = None,
                  observe: Callable[[int, int, float], None] | None = None) -> None:
         self._run = run
         self.delay_s = delay_s
         self.max_rows = max_rows
-        self._limiter = limiter
+        # How an engine call runs: in a worker thread by default; the data plane passes its fair
+        # scheduler's turn-taking (service.scheduling).
+        self._execute = execute or _in_thread
         self._observe = observe  # (rows, requests, seconds) of each engine call
         self._queue: deque[_Pending[T, R]] = deque()
         self._queued_rows = 0
@@ -110,7 +111,7 @@ class Batcher(Generic[T, R]):
             items = [p.item for p in batch]
             start = time.perf_counter()
             try:
-                results = await anyio.to_thread.run_sync(self._run, items, limiter=self._limiter)
+                results = await self._execute(self._run, items)
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
             except Exception as exc:  # every request of the batch gets the error
@@ -125,3 +126,7 @@ class Batcher(Generic[T, R]):
             for p, result in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(result)
+
+
+async def _in_thread(run: Callable[[list[T]], list[R]], items: list[T]) -> list[R]:
+    return await anyio.to_thread.run_sync(run, items)

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from service.schemas import (
     ConditionalsResponse,
+    DenoiseResponse,
     ImputeResponse,
     LogProbResponse,
     ModelsResponse,
@@ -128,6 +129,17 @@ def _impute(x: Rows, model: str | None, n_samples: int | None, seed: int | None,
     return _Call("POST", "/impute", ImputeResponse, {
         "model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance,
         "encoding": "packed" if packed_output else None, **_rows_payload(x, False)})
+
+
+Eps = float | Sequence[float] | Sequence[Sequence[float]] | np.ndarray
+
+
+def _denoise(x: Rows, eps: Eps, model: str | None, n_samples: int | None, seed: int | None,
+             n_importance: int | None, packed: bool, packed_output: bool) -> _Call[DenoiseResponse]:
+    e: Any = np.asarray(eps, dtype=np.float64).tolist() if isinstance(eps, np.ndarray) else eps
+    return _Call("POST", "/denoise", DenoiseResponse, {
+        "model": model, "eps": e, "n_samples": n_samples, "seed": seed, "n_importance": n_importance,
+        "encoding": "packed" if packed_output else None, **_rows_payload(x, packed)})
 
 
 Records = Sequence[dict[str, Any]] | Any  # a list of {column: value}, or a pandas DataFrame
@@ -236,6 +248,14 @@ class MadeClient:
                packed_output: bool = False) -> ImputeResponse:
         return self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
 
+    def denoise(self, x: Rows, eps: Eps, *, model: str | None = None, n_samples: int | None = None,
+                seed: int | None = None, n_importance: int | None = None, packed: bool = False,
+                packed_output: bool = False) -> DenoiseResponse:
+        """The clean rows behind noisy rows x, each bit flipped with probability eps (a number, one
+        per row or one per entry): .marginals, .most_likely, .array() (clean samples),
+        .logprob_noisy with .stderr, and .ess."""
+        return self._run(_denoise(x, eps, model, n_samples, seed, n_importance, packed, packed_output))
+
     # --- models of a table's columns: records keyed by column name ------------------------------
     def logprob_records(self, records: Records, *, model: str | None = None, masks: Literal["all"] | int = "all",
                         seed: int | None = None, n_importance: int | None = None,
@@ -326,6 +346,12 @@ class AsyncMadeClient:
                      seed: int | None = None, n_importance: int | None = None,
                      packed_output: bool = False) -> ImputeResponse:
         return await self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
+
+    async def denoise(self, x: Rows, eps: Eps, *, model: str | None = None, n_samples: int | None = None,
+                      seed: int | None = None, n_importance: int | None = None, packed: bool = False,
+                      packed_output: bool = False) -> DenoiseResponse:
+        return await self._run(_denoise(x, eps, model, n_samples, seed, n_importance, packed,
+                                        packed_output))
 
     async def logprob_records(self, records: Records, *, model: str | None = None,
                               masks: Literal["all"] | int = "all", seed: int | None = None,

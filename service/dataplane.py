@@ -9,14 +9,16 @@ response. It knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import math
 import os
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -27,13 +29,16 @@ from service.batching import Batcher
 from service.engine import Engine, LogProbResult, ModelRegistry
 from service.engine.registry import AnyEngine, ReloadReport
 from service.engine.table_engine import TableEngine
-from service.errors import NotAcceptable, NotReady, RequestTimeout
+from service.errors import NotAcceptable, NotReady, Overloaded, RequestTimeout
 from service.imaging import samples_png
 from service.log_config import request_context
 from service.metrics import Metrics
+from service.scheduling import FairScheduler
 from service.schemas import (
     ConditionalsRequest,
     ConditionalsResponse,
+    DenoiseRequest,
+    DenoiseResponse,
     ImputeRequest,
     ImputeResponse,
     LogProbRequest,
@@ -49,8 +54,27 @@ from service.tableplane import TablePlane
 
 T = TypeVar("T")
 
+# The endpoint whose request is running (set by DataPlane.admit): the scheduler's lane.
+_lane: contextvars.ContextVar[str] = contextvars.ContextVar("made_lane", default="other")
+
 # Noise for up to this many values is drawn on the event loop; more goes to a thread.
 _INLINE_NOISE = 1 << 14
+
+
+P = ParamSpec("P")
+
+
+def admitted(endpoint: str) -> Callable[[Callable[Concatenate[DataPlane, P], Awaitable[T]]],
+                                        Callable[Concatenate[DataPlane, P], Awaitable[T]]]:
+    """A DataPlane method that serves `endpoint`: it runs admitted (DataPlane.admit)."""
+    def wrap(method: Callable[Concatenate[DataPlane, P], Awaitable[T]]) -> Callable[
+            Concatenate[DataPlane, P], Awaitable[T]]:
+        @functools.wraps(method)
+        async def inner(self: DataPlane, *args: P.args, **kwargs: P.kwargs) -> T:
+            async with self.admit(endpoint):
+                return await method(self, *args, **kwargs)
+        return inner
+    return wrap
 
 
 def new_seed() -> int:
@@ -75,7 +99,7 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics
         self.load_error: str | None = None
-        self.limiter = anyio.CapacityLimiter(settings.threads or os.cpu_count() or 1)
+        self.scheduler = FairScheduler(settings.threads or os.cpu_count() or 1, settings.max_queue)
         self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
         # Batchers of versions a reload replaced: they finish their queues, then are collected
         # (with the old Engine they hold); shutdown still waits for them.
@@ -84,9 +108,29 @@ class DataPlane:
 
     # --- plumbing ------------------------------------------------------------------------------
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        # abandon_on_cancel: a timed-out request answers at once; its thread finishes unobserved.
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                              limiter=self.limiter, abandon_on_cancel=True)
+        """fn in an engine thread, when the current request's endpoint gets its fair turn.
+        abandon_on_cancel: a timed-out request answers at once; its thread finishes unobserved."""
+        return await self.scheduler.run(_lane.get(), functools.partial(fn, *args, **kwargs),
+                                        abandon_on_cancel=True)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, endpoint: str) -> AsyncIterator[None]:
+        """A request to `endpoint` holds one of its MADE_MAX_QUEUE places (or gets 503 at once);
+        its engine calls take turns as that endpoint's (service.scheduling)."""
+        try:
+            self.scheduler.enter(endpoint)
+        except Overloaded:
+            self.metrics.overloaded.labels(endpoint).inc()
+            raise
+        held = self.metrics.endpoint_requests.labels(endpoint)
+        held.inc()
+        token = _lane.set(endpoint)
+        try:
+            yield
+        finally:
+            _lane.reset(token)
+            held.dec()
+            self.scheduler.leave(endpoint)
 
     async def _timed(self, work: Awaitable[T]) -> T:
         try:
@@ -125,7 +169,7 @@ class DataPlane:
             observe = functools.partial(self.metrics.observe_batch, endpoint, engine.name)
             batcher = Batcher(
                 run, delay_s=self.settings.batch_delay_ms / 1000, max_rows=self.settings.max_batch,
-                limiter=self.limiter, observe=observe)
+                execute=functools.partial(self.scheduler.run, endpoint), observe=observe)
             if self.registry.is_served(engine):
                 self._batchers[ident] = batcher
             else:  # the request took its engine just before a reload replaced it
@@ -214,6 +258,7 @@ class DataPlane:
         return dict(self.engine(name).manifest)
 
     # --- /logprob --------------------------------------------------------------------------------
+    @admitted("/logprob")
     async def logprob(self, req: LogProbRequest) -> LogProbResponse:
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
@@ -247,6 +292,7 @@ class DataPlane:
                                for f in ("logprob", "exact", "stderr")))
 
     # --- /conditionals ---------------------------------------------------------------------------
+    @admitted("/conditionals")
     async def conditionals(self, req: ConditionalsRequest) -> ConditionalsResponse:
         engine = self.bits_engine(req.model, "/conditionals")
         x = req.rows
@@ -296,6 +342,7 @@ class DataPlane:
         return list(await asyncio.gather(*(batcher.submit(x[rows], len(x[rows]))
                                            for rows in self._pieces(len(x)))))
 
+    @admitted("/sample")
     async def sample(self, req: SampleRequest) -> SampleResponse:
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
@@ -313,6 +360,7 @@ class DataPlane:
             samples_b64=pack_rows(samples) if packed else None,
             shape=list(samples.shape) if packed else None)
 
+    @admitted("/sample")
     async def sample_png(self, req: SampleRequest, scale: int) -> tuple[bytes, int]:
         """A grid of the samples as PNG, and the seed used."""
         engine = self.engine(req.model)
@@ -329,6 +377,7 @@ class DataPlane:
         return png, seed
 
     # --- /impute ---------------------------------------------------------------------------------
+    @admitted("/impute")
     async def impute(self, req: ImputeRequest) -> ImputeResponse:
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
@@ -353,6 +402,39 @@ class DataPlane:
             marginals=r.marginals.tolist(), logprob_observed=r.logprob_observed.tolist(),
             stderr=_floats(getattr(r, "stderr", np.full(len(x), np.nan))),
             exact=r.exact.tolist(), ess=r.ess.tolist())
+
+    # --- /denoise --------------------------------------------------------------------------------
+    @admitted("/denoise")
+    async def denoise(self, req: DenoiseRequest) -> DenoiseResponse:
+        """Like /impute's likelihood weighting, every row that is not exact (eps 0 everywhere)
+        draws n_importance x K tilted samples in a worker thread; no merging with other requests
+        (each row's work is already a large batch of draws)."""
+        engine = self.bits_engine(req.model, "/denoise")
+        x = req.rows
+        self._check_rows(engine, x, "/denoise")
+        total = len(x) * req.n_samples
+        if total > self.settings.max_samples:
+            raise InvalidInput(f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
+                               f"the limit is {self.settings.max_samples} per request "
+                               "(MADE_MAX_SAMPLES)", loc=("n_samples",))
+        eps = np.broadcast_to(req.eps if req.eps.ndim != 1 else req.eps[:, None], x.shape)
+        rows = int((~((eps == 0) & ~np.isnan(x)).all(axis=1)).sum())
+        if rows * req.n_importance > self.settings.max_draws:
+            raise InvalidInput(f"{rows} noisy rows x n_importance {req.n_importance} = "
+                               f"{rows * req.n_importance} importance draws; the limit is "
+                               f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
+                               "fewer rows or a smaller n_importance", loc=("n_importance",))
+        seed = req.seed if req.seed is not None else new_seed()
+        r = await self._timed(self._in_thread(engine.denoise, x, req.eps, n_samples=req.n_samples,
+                                              seed=seed, n_importance=req.n_importance))
+        packed = req.encoding == "packed"
+        return DenoiseResponse.model_construct(
+            model=engine.name, version=engine.version, seed=seed,
+            samples=None if packed else r.samples.tolist(),
+            samples_b64=pack_rows(r.samples) if packed else None,
+            shape=list(r.samples.shape) if packed else None,
+            marginals=r.marginals.tolist(), most_likely=r.most_likely.tolist(),
+            logprob_noisy=r.logprob_noisy.tolist(), stderr=_floats(r.stderr), ess=r.ess.tolist())
 
 
 # --- batch functions (run in a worker thread) ---------------------------------------------

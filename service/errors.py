@@ -46,6 +46,14 @@ class RequestTimeout(MadeError):
     """The request ran past MADE_REQUEST_TIMEOUT."""
 
 
+class Overloaded(MadeError):
+    """An endpoint holds MADE_MAX_QUEUE requests already: 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotAcceptable(MadeError):
     """The Accept header asks for a representation this model cannot give (e.g. PNG)."""
 
@@ -59,6 +67,7 @@ _STATUS: Sequence[tuple[type[MadeError], int, str]] = (
     (PayloadTooLarge, 413, "payload_too_large"),
     (NotAcceptable, 406, "not_acceptable"),
     (NotReady, 503, "not_ready"),
+    (Overloaded, 503, "overloaded"),
     (ModelStoreError, 503, "model_store_error"),
     (RequestTimeout, 504, "timeout"),
     (ConfigError, 500, "config_error"),
@@ -138,7 +147,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if status == 422:  # the same shape as a validation error: every 422 lists its problems
             loc = ["body", *getattr(exc, "loc", ())]
             return error_response(status, kind, str(exc), errors=[{"loc": loc, "msg": str(exc), "type": kind}])
-        return error_response(status, kind, str(exc))
+        retry = getattr(exc, "retry_after", None)
+        return error_response(status, kind, str(exc),
+                              headers={"Retry-After": str(retry)} if retry is not None else None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

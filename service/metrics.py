@@ -36,6 +36,11 @@ class Metrics:
                                         ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
         self.engine_latency = Histogram("made_engine_duration_seconds", "time of one engine call",
                                         ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.endpoint_requests = Gauge("made_endpoint_requests", "requests an endpoint holds (waiting for "
+                                       "an engine thread, batching or running); at MADE_MAX_QUEUE it "
+                                       "answers 503", ["endpoint"], registry=r)
+        self.overloaded = Counter("made_overloaded", "requests refused with 503 at MADE_MAX_QUEUE",
+                                  ["endpoint"], registry=r)
         self.models_loaded = Gauge("made_models_loaded", "models loaded and served", registry=r)
         self.model_info = Gauge("made_model_info", "1 for each loaded model version",
                                 ["model", "version", "providers"], registry=r)

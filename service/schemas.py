@@ -270,6 +270,85 @@ class ImputeRequest(_RowsRequest):
     encoding: Encoding = Field("json", description='"packed": samples come as samples_b64')
 
 
+def _eps_number(v: object, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise _fail(f"{where} must be a number within [0, 0.5], got {json_value(v)}")
+    if not 0.0 <= v <= 0.5:  # NaN fails too
+        raise _fail(f"{where} is {json_value(v)}; a flip probability must be within [0, 0.5]")
+    return float(v)
+
+
+def _eps_numbers(values: list[Any], where: str) -> np.ndarray:
+    """A list of numbers within [0, 0.5] -> float64; `where` names item j (format with j)."""
+    if not set(map(type, values)) <= {int, float}:  # C speed; bool, str, null, lists caught here
+        for j, v in enumerate(values):
+            _eps_number(v, where.format(j=j))
+    a = np.array(values, dtype=np.float64)
+    bad = ~((a >= 0) & (a <= 0.5))  # NaN included
+    if bad.any():
+        j = int(np.argmax(bad))
+        _eps_number(values[j], where.format(j=j))
+    return a
+
+
+def _parse_eps(value: object) -> np.ndarray:
+    """eps: a number, a list of numbers (one per row) or a list of lists (one per entry, the shape
+    of x), each within [0, 0.5] -> a 0-, 1- or 2-D float64 array (checked against x later)."""
+    if not isinstance(value, list):
+        return np.array(_eps_number(value, "eps"))
+    if not value:
+        raise _fail("eps is an empty list; send a number, one per row or one per entry")
+    if not any(isinstance(v, list) for v in value):
+        return _eps_numbers(value, "eps row {j}")
+    rows = []
+    for i, row in enumerate(value):
+        if not isinstance(row, list):
+            raise _fail(f"eps row {i} must be a list of numbers like the other rows (a per-entry "
+                        f"eps has the shape of x), got {json_value(row)}")
+        rows.append(_eps_numbers(row, f"eps row {i}, column {{j}}"))
+    if len({len(r) for r in rows}) > 1:
+        raise _fail("eps rows differ in length; a per-entry eps has the shape of x")
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+
+
+_EPS_NUMBER = {"type": "number", "minimum": 0, "maximum": 0.5}
+EpsSpec = Annotated[
+    np.ndarray, PlainValidator(_parse_eps),
+    WithJsonSchema({"anyOf": [_EPS_NUMBER, {"type": "array", "items": _EPS_NUMBER},
+                              {"type": "array", "items": {"type": "array", "items": _EPS_NUMBER}}],
+                    "description": "flip probability of the noise, within [0, 0.5]: one number for "
+                    "every entry, a list (one per row) or a list of lists (one per entry, the shape "
+                    "of x). 0: the entry is exact; 0.5: it says nothing (as a null in x)",
+                    "examples": [0.1]}),
+]
+
+
+class DenoiseRequest(_RowsRequest):
+    """Noisy rows of 0/1 (null: missing) with independent bit flips of probability eps."""
+
+    model: ModelName = None
+    x: RowsWithMissing | None = None
+    eps: EpsSpec
+    n_samples: StrictInt = Field(10, ge=0, description="clean rows drawn from the posterior per "
+                                 "row (0: marginals and estimates only)")
+    seed: Seed | None = None
+    n_importance: StrictInt = Field(1000, ge=1, le=100_000, description="draws per mask and row")
+    encoding: Encoding = Field("json", description='"packed": samples come as samples_b64')
+
+    @model_validator(mode="after")
+    def _eps_fits_x(self) -> DenoiseRequest:
+        if self.x is None:  # records: refused where the model is known
+            return self
+        n, d = self.x.shape
+        eps = self.eps
+        if eps.ndim == 1 and len(eps) != n:
+            raise _fail(f"eps has {len(eps)} values, one per row, but x has {n} row{'s' * (n != 1)}")
+        if eps.ndim == 2 and eps.shape != (n, d):
+            raise _fail(f"eps has shape [{eps.shape[0]}, {eps.shape[1]}] but x has shape [{n}, {d}]; "
+                        "a per-entry eps has one value per value of x")
+        return self
+
+
 # --- responses -----------------------------------------------------------------------------------
 
 class _Response(BaseModel):
@@ -340,6 +419,31 @@ class ImputeResponse(_Response):
 
     def array(self) -> np.ndarray:
         """The completions as an (N, n_samples, D) uint8 array, whichever the encoding."""
+        if self.samples_b64 is not None and self.shape is not None:
+            return unpack_rows(self.samples_b64, self.shape)
+        return np.asarray(self.samples, dtype=np.uint8)
+
+
+class DenoiseResponse(_Response):
+    seed: int = Field(description="the seed of the draws (drawn when not sent)")
+    samples: list[list[list[int]]] | None = Field(
+        None, description="samples[i]: n_samples clean rows for noisy row i, resampled from the "
+        "importance-weighted draws with probability proportional to their weights (encoding json)")
+    samples_b64: str | None = Field(None, description="encoding packed: base64 of "
+                                                      "numpy.packbits(samples, axis=2)")
+    shape: list[int] | None = Field(None, description="encoding packed: [N, n_samples, D]")
+    marginals: list[list[float]] = Field(description="p(clean x_d = 1 | noisy row), per entry")
+    most_likely: list[list[int]] = Field(
+        description="the most likely clean value of each entry on its own: 1 where marginals > 0.5 "
+        "(the noisy value at exactly 0.5)")
+    logprob_noisy: list[float] = Field(description="log p(noisy row) per row, nats: the model's "
+                                                   "probability of the row after the noise")
+    stderr: list[float | None] = Field(description="standard error of logprob_noisy (0 where eps is 0 "
+                                                   "everywhere; null with n_importance 1)")
+    ess: list[float] = Field(description="effective sample size of each row's importance weights")
+
+    def array(self) -> np.ndarray:
+        """The clean samples as an (N, n_samples, D) uint8 array, whichever the encoding."""
         if self.samples_b64 is not None and self.shape is not None:
             return unpack_rows(self.samples_b64, self.shape)
         return np.asarray(self.samples, dtype=np.uint8)

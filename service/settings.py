@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Most rows in one engine call: merged requests up to it, larger requests split into pieces
     # of it (the stepping sampler is fastest on batches that fit the CPU caches).
     max_batch: Annotated[int, Field(ge=1)] = 512
+    # Requests one endpoint may hold at once (waiting, batching or running); past it the
+    # endpoint answers 503 with Retry-After at once instead of queueing without bound.
+    max_queue: Annotated[int, Field(ge=1)] = 256
     # Seconds a request may take before it is answered 504 (the engine call finishes unobserved).
     request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
     # Seconds SIGTERM waits for in-flight requests before they are cancelled.

@@ -65,7 +65,7 @@ def test_fast_samples_equal_naive_samples_on_a_784_dimensional_network(
     random784_store: Path,
 ) -> None:
     engine = Engine(open_model(random784_store, "random784"), ["CPUExecutionProvider"], threads=1)
-    assert engine.network.direct is not None
+    assert engine.direct
     # mask 0 in natural order, mask 1 in a random one; each alone, and both in one batch (the
     # masks step through one loop), against the same naive samples
     us = [np.random.default_rng(100 + k).random((150, engine.dims)) for k in range(2)]

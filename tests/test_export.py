@@ -1,4 +1,4 @@
-"""`made export` (training/export.py, training/onnx_graph.py): the store layout and versions,
+"""`made export` (training/export.py, made/onnx_graph.py): the store layout and versions,
 the manifest, ONNX-vs-PyTorch parity on real data for every mask, the autoregressive property
 of the graph itself, its size, and that a failed export leaves no version behind."""
 
@@ -20,12 +20,12 @@ from conftest import train_tiny, write_npz
 
 from made.errors import ModelStoreError
 from made.masks import make_mask_set
+from made.onnx_graph import build_graph
 from made.store import REQUIRED, list_names, list_versions, open_model
 from service.engine.runtime import provider_options
 from training.checkpoint import BEST, load_tensors, save_tensors
 from training.export import export_run
 from training.model import MADE, MADEConfig
-from training.onnx_graph import build_graph
 from training.train import CONFIG, METRICS, TrainConfig, Trainer
 
 MADE_BIN = Path(sys.executable).with_name("made")

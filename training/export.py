@@ -7,10 +7,6 @@ reader never sees half a version. Reads the run's safetensors with numpy (no tor
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +15,12 @@ import onnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from made.atomic import fsync_dir
 from made.data import check_image_shape, dataset_name, load_dataset
 from made.errors import CheckpointError, ModelStoreError
 from made.masks import MaskSet, make_mask_set, orderings_to_degrees
+from made.onnx_graph import WEIGHT_DTYPES, build_graph
 from made.schema import Schema
-from made.store import (
-    FORMAT_VERSION,
-    MANIFEST,
-    MODEL_FILE,
-    TABLE_OUTPUT,
-    list_versions,
-    sha256_file,
-    table_graph_signature,
-)
-from training.onnx_graph import OPSET, WEIGHT_DTYPES, build_graph
+from made.store import TABLE_OUTPUT, table_graph_signature, write_version
 from training.run_files import BEST, CONFIG, METRICS
 
 
@@ -110,12 +97,7 @@ def _export_table_run(config: dict[str, Any], tensors: dict[str, np.ndarray], me
         "image_shape": None,
         "graph": table_graph_signature(schema),
     }
-    return write_version(store, name, graph, fields, version)
-
-
-def next_version(store: Path, name: str) -> str:
-    numeric = [int(v) for v in list_versions(store, name) if v.isdigit()]
-    return str(max(numeric, default=0) + 1)
+    return write_version(store, name, graph.SerializeToString(), fields, version)
 
 
 def export_run(run_dir: str | Path, store: str | Path, name: str, version: str | None = None,
@@ -156,50 +138,7 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
         "training": config,
         "image_shape": image_shape,
     }
-    return write_version(store, name, graph, fields, version)
-
-
-def write_version(store: Path, name: str, graph: onnx.ModelProto, fields: dict[str, Any],
-                  version: str | None = None) -> Path:
-    """Write STORE/NAME/VERSION/{model.onnx, manifest.json} atomically: the files are assembled
-    in a hidden temporary directory and renamed into place, so a reader never sees half a version.
-    `fields` are the model's manifest entries; the store's own (format, name, version, checksums,
-    graph signature, creation time) are added here."""
-    try:
-        (store / name).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ModelStoreError(f"cannot write to store {store}: {exc.strerror or exc}") from None
-    version = version or next_version(store, name)
-    final = store / name / version
-    if final.exists():
-        raise ModelStoreError(f"{final} already exists; pick another --version")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=store / name))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a served store must be readable by the server user
-        (tmp / MODEL_FILE).write_bytes(graph.SerializeToString())
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "version": version,
-            "activation": "relu",
-            "graph": {"inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
-                      "outputs": {"logits": "float32 [N, D]"}, "opset": OPSET},
-            **fields,  # a table model brings its own graph signature
-            "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.rename(tmp, final)  # atomic: readers see no version or the whole one
-        fsync_dir(store / name)
-    except OSError as exc:
-        raise ModelStoreError(f"cannot write {final}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return write_version(store, name, graph.SerializeToString(), fields, version)
 
 
 def export_random_model(store: Path, name: str, dims: int, hidden: list[int], n_masks: int, *,
@@ -220,5 +159,5 @@ def export_random_model(store: Path, name: str, dims: int, hidden: list[int], n_
     fields = {"dims": dims, "hidden": list(hidden), "n_masks": n_masks,
               "orderings": masks.orderings.tolist(), "direct": direct,
               "dataset": {"name": "random-weights"}, "metrics": {}}
-    write_version(Path(store), name, graph, fields, "1")
+    write_version(Path(store), name, graph.SerializeToString(), fields, "1")
     return Path(store)

@@ -14,24 +14,26 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from made.errors import InvalidInput, ModelStoreError, format_value
 from made.masks import exact_orders
+from made.onnx_graph import dense_graph
 from made.store import StoredModel
-from service.engine.network import Network, load_network
-from service.engine.runtime import fix_mask_index, make_session, requested_providers
+from service.engine.denoise import DenoiseResult, denoise
+from service.engine.network import MaskWeights, load_network, mask_weights
+from service.engine.runtime import make_session, requested_providers
 from service.engine.sampler import FastSampler
 
 log = logging.getLogger("made.engine")
 
 # Rows per onnxruntime call, so that large requests do not allocate unbounded logits.
 CHUNK = 4096
-# One session per mask with its masks folded into the weights costs K copies of the weights
-# (about 3x their bytes in RSS, with onnxruntime's prepacked copies: ~150 MB for the K=8 MNIST
-# model); above this many weight bytes times K, the engine runs only the stored graph.
-MAX_FOLDED_BYTES = 256 << 20
+# Rows of random inputs on which a loaded model's own forward pass is checked against its
+# stored graph, per mask, and the largest difference in logits allowed (float32 sums in
+# another order differ by ~1e-5 on the 784-dimensional model).
+PARITY_ROWS = 8
+PARITY_ATOL = 1e-3
 # Values (draws x D) of /impute's noise in one sampler call, at most: bounds what a call holds
 # (8 bytes of noise, 1 of completion, and for exact rows 8 of per-step probability per value:
 # ~140 MB at 1 << 23), while rows and masks still step through the sampler together.
@@ -90,25 +92,24 @@ class Engine:
         self.n_masks = model.n_masks
         self.orderings = model.orderings
         self.image_shape = model.image_shape
-        self.network: Network = load_network(model.onnx_path, self.orderings)
-        if self.network.dims != self.dims or self.network.n_masks != self.n_masks:
+        network = load_network(model.onnx_path, self.orderings)
+        if network.dims != self.dims or network.n_masks != self.n_masks:
             raise ModelStoreError(f"{model.onnx_path} does not match its manifest's dims or n_masks")
+        # Each mask's network in its own coordinates, masked, float32: the one copy of the
+        # weights that both the sampler and onnxruntime read (network.MaskWeights); the
+        # network as stored is let go once they are built.
+        self.masks: list[MaskWeights] = [mask_weights(network, k) for k in range(self.n_masks)]
+        self.direct = network.direct is not None
+        self.flops_per_row = network.flops_per_row()
         providers = providers or requested_providers()
-        self.session = make_session(model.onnx_path, providers, threads)
+        self.session = make_session(model.onnx_path, providers, threads,
+                                    dense_graph(len(network.weights), self.direct))
         self.providers: list[str] = list(self.session.get_providers())
-        # Per-mask sessions with mask_index fixed, so onnxruntime folds the masks into the
-        # weights once instead of on every call (the stored graph and its contract unchanged).
-        self.mask_sessions: list[ort.InferenceSession] = []
-        weight_bytes = sum(w.nbytes for w in self.network.weights)
-        if self.network.direct is not None:
-            weight_bytes += self.network.direct.nbytes
-        if weight_bytes * self.n_masks <= MAX_FOLDED_BYTES:
-            graph = onnx.load(str(model.onnx_path))
-            self.mask_sessions = [
-                make_session(model.onnx_path, providers, threads, fix_mask_index(graph, k))
-                for k in range(self.n_masks)
-            ]
-        self.sampler = FastSampler(self.network)
+        device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self._feeds = [self._feed(m, device) for m in self.masks]
+        self._check_parity(model, providers, threads)
+        self.sampler = FastSampler(self.masks)
+        self.sampler.warm()  # the plans now, not on the first request that needs them
         # (D, K) float64: the position of dimension d in mask k's ordering (see exact_rows)
         self._positions = np.argsort(self.orderings, axis=1).T.astype(np.float64)
         log.info("loaded model %s version %s (D=%d, K=%d) on %s", self.name, self.version,
@@ -145,27 +146,63 @@ class Engine:
         return x
 
     # --- one forward pass -------------------------------------------------------------------
+    @staticmethod
+    def _feed(m: MaskWeights, device: str) -> dict[str, ort.OrtValue]:
+        """Mask m's arrays as onnxruntime values: on the CPU they share the numpy memory (no
+        copy); on a GPU they are copied to it once, here."""
+        arrays = {**{f"W{l}": w for l, w in enumerate(m.weights)},
+                  **{f"b{l}": b for l, b in enumerate(m.biases)}}
+        if m.direct is not None:
+            arrays["direct_W"] = m.direct
+        return {name: ort.OrtValue.ortvalue_from_numpy(a, device, 0) for name, a in arrays.items()}
+
+    def _check_parity(self, model: StoredModel, providers: list[str], threads: int | None) -> None:
+        """Refuse a model whose stored graph and rearranged weights disagree: the stored graph
+        (the format's contract) runs once here, on random rows, for every mask, then is let go."""
+        stored = make_session(model.onnx_path, providers, threads)
+        x = (np.random.default_rng(0).random((PARITY_ROWS, self.dims)) < 0.5).astype(np.float32)
+        for k in range(self.n_masks):
+            want = stored.run(["logits"], {"x": x, "mask_index": np.array(k, dtype=np.int64)})[0]
+            got = self.logits(x, k)
+            if not np.allclose(got, want, rtol=0, atol=PARITY_ATOL):
+                worst = float(np.max(np.abs(got - want)))
+                raise ModelStoreError(f"{model.onnx_path}: mask {k}'s weights give other logits than the "
+                                      f"stored graph (by up to {worst:.3g}); the file is not what made export "
+                                      "writes")
+
+    def positioned_logits(self, xs: np.ndarray, mask: int) -> np.ndarray:
+        """(N, D) float32 logits of mask k with inputs and outputs in k's ordering: xs is
+        x[:, ordering] as float32 (missing inputs replaced beforehand)."""
+        feed = self._feeds[mask]
+        if len(xs) <= CHUNK:
+            return self._run(xs, feed)
+        return np.concatenate([self._run(xs[i : i + CHUNK], feed) for i in range(0, len(xs), CHUNK)])
+
+    def _run(self, xs: np.ndarray, feed: dict[str, ort.OrtValue]) -> np.ndarray:
+        x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(xs, dtype=np.float32))
+        out: np.ndarray = self.session.run_with_ort_values(["logits"], {"x": x, **feed})[0].numpy()
+        return out
+
     def logits(self, x: np.ndarray, mask: int) -> np.ndarray:
         """(N, D) float32 logits of mask k; missing (NaN) inputs must be replaced beforehand."""
-        xf = np.ascontiguousarray(x, dtype=np.float32)
-        if self.mask_sessions:
-            session, feed = self.mask_sessions[mask], {}
-        else:
-            session, feed = self.session, {"mask_index": np.array(mask, dtype=np.int64)}
-        if len(xf) <= CHUNK:
-            return session.run(["logits"], {"x": xf, **feed})[0]
-        return np.concatenate([session.run(["logits"], {"x": xf[i : i + CHUNK], **feed})[0]
-                               for i in range(0, len(xf), CHUNK)])
+        order = self.masks[mask].ordering
+        z = self.positioned_logits(np.asarray(x, dtype=np.float32)[:, order], mask)
+        out = np.empty_like(z)
+        out[:, order] = z
+        return out
 
     def mask_logliks(self, x: np.ndarray, masks: list[int],
                      observed: np.ndarray | None = None) -> np.ndarray:
-        """(len(masks), N): log p_k of the observed entries (all entries when observed is None)."""
+        """(len(masks), N): log p_k of the observed entries (all entries when observed is None).
+        The sum over d does not depend on the order of d, so it runs in each mask's ordering."""
         # converted to float32 once for all masks; NaN can only be where observed is False
-        filled = np.ascontiguousarray(x if observed is None else np.nan_to_num(x, nan=0.0),
-                                      dtype=np.float32)
+        filled = np.asarray(x if observed is None else np.nan_to_num(x, nan=0.0), dtype=np.float32)
         out = np.empty((len(masks), len(x)))
         for i, k in enumerate(masks):
-            out[i] = row_loglik(self.logits(filled, k), filled, observed)
+            order = self.masks[k].ordering
+            xs = filled[:, order]
+            out[i] = row_loglik(self.positioned_logits(xs, k), xs,
+                                None if observed is None else observed[:, order])
         return out
 
     def _masks(self, masks: Literal["all"] | int) -> list[int]:
@@ -467,6 +504,13 @@ class Engine:
         out.marginals[r] = np.where(observed[r], x[r], w_norm @ pool)
         picks = rng.choice(len(pool), size=n_samples, replace=True, p=w_norm)
         out.samples[r] = pool[picks]
+
+    # --- denoising ----------------------------------------------------------------------------
+    def denoise(self, y: np.ndarray, eps: float | np.ndarray, n_samples: int = 10,
+                seed: int | None = None, n_importance: int = 1000) -> DenoiseResult:
+        """p(clean x | noisy y) with independent bit flips of probability eps (a number, one per
+        row or one per entry): see service.engine.denoise.denoise."""
+        return denoise(self, y, eps, n_samples=n_samples, seed=seed, n_importance=n_importance)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

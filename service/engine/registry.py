@@ -223,9 +223,3 @@ class ModelRegistry:
     def engines(self) -> list[AnyEngine]:
         engines = self._engines
         return [engines[n] for n in sorted(engines)]
-
-    def replace(self, engine: AnyEngine) -> None:
-        """Swap in a newly loaded version of a model; in-flight calls keep the old."""
-        with self._lock:
-            self._engines = {**self._engines, engine.name: engine}
-            self._fingerprints[engine.name] = fingerprint(engine.model.path)

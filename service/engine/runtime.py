@@ -1,4 +1,4 @@
-"""onnxruntime sessions: provider choice from MADE_PROVIDERS, and a check of what really runs.
+"""onnxruntime sessions: provider choice (Settings.providers), and a check of what really runs.
 
 onnxruntime-gpu silently falls back to the CPU when CUDA is missing, so after creating a
 session we read session.get_providers() and log the providers actually in use.
@@ -6,15 +6,13 @@ session we read session.get_providers() and log the providers actually in use.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
-import os
-import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from made.errors import ConfigError, ModelStoreError
 
@@ -28,18 +26,19 @@ _ALIASES = {
 }
 
 
-def requested_providers(spec: str | None = None) -> list[str]:
-    """Providers to ask for: MADE_PROVIDERS (e.g. 'cuda,cpu'), else CUDA when available, else CPU.
+def requested_providers(spec: Sequence[str] = ()) -> list[str]:
+    """Providers to ask for: `spec` (Settings.providers, from MADE_PROVIDERS, e.g. ['cuda',
+    'cpu']), else CUDA when available, else CPU.
 
     Unavailable ones are dropped with a warning; the CPU provider is always the last resort.
     """
-    spec = os.environ.get("MADE_PROVIDERS", "") if spec is None else spec
     available = ort.get_available_providers()
-    if not spec.strip():
+    explicit = any(item.strip() for item in spec)
+    if not explicit:
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     else:
         wanted = []
-        for item in spec.split(","):
+        for item in spec:
             item = item.strip()
             if not item:
                 continue
@@ -50,7 +49,7 @@ def requested_providers(spec: str | None = None) -> list[str]:
             wanted.append(name)
     chosen = [p for p in wanted if p in available]
     dropped = [p for p in wanted if p not in available and p != "CUDAExecutionProvider" or
-               (p == "CUDAExecutionProvider" and spec.strip() and p not in available)]
+               (p == "CUDAExecutionProvider" and explicit and p not in available)]
     for p in dropped:
         log.warning("provider %s requested but not available in this onnxruntime build", p)
     if "CPUExecutionProvider" not in chosen:
@@ -71,13 +70,16 @@ def provider_options(providers: list[str]) -> list[str | tuple[str, dict[str, st
 
 def make_session(path: Path, providers: list[str], threads: int | None = None,
                  model_bytes: bytes | None = None) -> ort.InferenceSession:
-    """A session for the graph at `path`, or for `model_bytes` (a variant of it) when given."""
+    """A session for the graph at `path`, or for `model_bytes` (a variant of it) when given;
+    `threads` intra-op threads (Settings.threads; None or 0: onnxruntime's choice)."""
     options = ort.SessionOptions()
-    threads = threads if threads is not None else int(os.environ.get("MADE_THREADS", "0") or 0)
     if threads:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    _use_shared_cpu_arena(options)
+    # No CPU arena: an arena keeps the peak of the largest batch for good (~65 MB after one
+    # 4096-row call of the MNIST model); without it, a call's buffers go back to malloc, and
+    # large ones to the system (release_freed_memory).
+    options.enable_cpu_mem_arena = False
     source = model_bytes if model_bytes is not None else str(path)
     try:
         session = ort.InferenceSession(source, sess_options=options,
@@ -90,39 +92,16 @@ def make_session(path: Path, providers: list[str], threads: int | None = None,
     return session
 
 
-_arena_lock = threading.Lock()
-_arena_registered = False
-
-
-def _use_shared_cpu_arena(options: ort.SessionOptions) -> None:
-    """Draw the session's CPU memory from one arena shared by the whole process.
-
-    An arena never gives memory back, and an engine holds K + 1 sessions per model: with one
-    arena each, every session would keep the peak of its largest batch (~450 MB for the K=8
-    MNIST model after 4096-row calls, against ~185 MB shared).
-    """
-    global _arena_registered
-    with _arena_lock:
-        if not _arena_registered:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
-                                     ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-            _arena_registered = True
-    options.add_session_config_entry("session.use_env_allocators", "1")
-
-
-def fix_mask_index(model: onnx.ModelProto, k: int) -> bytes:
-    """The graph with input `mask_index` turned into the constant k, serialized.
-
-    The stored graph rebuilds mask k from degrees on every call (Gather, compare, Cast, Mul over
-    every weight). With mask_index constant, onnxruntime's constant folding does that once, at
-    session creation: a single-row call is then several times faster, a batch of 1000 ~10%.
-    """
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    graph = fixed.graph
-    inputs = [i for i in graph.input if i.name != "mask_index"]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    graph.initializer.append(numpy_helper.from_array(np.array(k, dtype=np.int64), "mask_index"))
-    return fixed.SerializeToString()
+def release_freed_memory() -> None:
+    """Make glibc hand large freed blocks back to the system: allocations from 256 KiB up are
+    mapped and unmapped on their own (glibc's default raises that threshold to the largest
+    block freed so far, up to 32 MiB, and then keeps such blocks in the heap after a request
+    has used them). No effect outside glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 256 << 10)
+    mallopt(m_trim_threshold, 1 << 20)

@@ -35,6 +35,12 @@ all the noise at once. Clamping turns the same loop into likelihood weighting: a
 threshold is -inf (value 1) or +inf (value 0), and its log p(x_d | x_<d) is summed from the stored
 logits at the end.
 
+Soft evidence (denoising) generalises clamping: with log-likelihoods l0 = log p(y_d | x_d = 0) and
+l1 = log p(y_d | x_d = 1) of an observation y_d, each step draws from the tilted Bernoulli
+q(x_d | x_<d) ∝ p(x_d | x_<d) p(y_d | x_d), whose logit is z_d + l1 - l0: the threshold moves by
+l1 - l0 (±inf is clamping, 0 no evidence), and the log weight gains the normaliser
+log Σ_x p(x | x_<d) p(y_d | x), again from the stored logits at the end.
+
 Everything is float64: float32 sums differ in the last bits with the batch size and the padding
 (BLAS picks other kernels), which could flip a draw when dynamic batching merges requests; in
 float64 such a flip needs |u - p| < ~1e-15, so a seed gives the same samples in any batch.
@@ -47,14 +53,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine.network import Network
+from service.engine.network import MaskWeights
 
 # Steps per block: longer blocks mean fewer, larger block GEMMs but more work per step (the
 # block's own units grow with it, and so do the zero-weight rows of its earlier steps). Masks
 # stepping together have ~3x the slots per step of one mask (8 masks, D=784, [500, 500]), so
-# shorter blocks: fastest measured, from 1 to 1000 rows.
+# shorter blocks: 24 was fastest measured, from 1 to 1000 rows; 16 keeps the mixture plan's
+# per-step weights at 20 MB instead of 29 (8 masks, D=784, [1000, 1000]).
 BLOCK = 32  # one mask
-GROUP_BLOCK = 24  # several masks
+GROUP_BLOCK = 16  # several masks
 # Rows per pass: bounds the memory (~30 KB a row at D=784, [500, 500]); the cost per row is
 # flat from ~500 rows of one mask on.
 MAX_ROWS = 2048
@@ -66,38 +73,6 @@ MAX_ROWS = 2048
 PASS_ROWS = 65
 GROUP_ROWS = 13
 MIXED_ROW = 1.6
-
-
-@dataclass(frozen=True)
-class _Sorted:
-    """Mask k's network rearranged for stepping, float64: inputs and outputs in its ordering,
-    hidden units sorted by degree."""
-
-    ordering: np.ndarray  # (D,) dimension generated at each position
-    weights: list[np.ndarray]  # layer l: (fan_out, fan_in), both sorted; rows are contiguous
-    biases: list[np.ndarray]
-    degrees: list[np.ndarray]  # sorted degrees of each hidden layer's units
-    direct: np.ndarray | None  # (D_out, D_in) in positions
-
-
-def _sort(net: Network, k: int) -> _Sorted:
-    ordering = np.argsort(net.input_degrees[k], kind="stable")
-    weights, biases, degrees = [], [], []
-    prev = ordering
-    for l, hidden in enumerate(net.hidden_degrees):
-        perm = np.argsort(hidden[k], kind="stable")
-        weights.append(_f64(net.weights[l][prev][:, perm].T))
-        biases.append(net.biases[l][perm].astype(np.float64))
-        degrees.append(hidden[k][perm])
-        prev = perm
-    weights.append(_f64(net.weights[-1][prev][:, ordering].T))
-    biases.append(net.biases[-1][ordering].astype(np.float64))
-    direct = None if net.direct is None else _f64(net.direct[ordering][:, ordering].T)
-    return _Sorted(ordering, weights, biases, degrees, direct)
-
-
-def _f64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -136,19 +111,19 @@ class _Block:
 
 @dataclass(frozen=True)
 class _GroupPlan:
-    nets: list[_Sorted]  # one per group
+    nets: list[MaskWeights]  # one per group
     widths: list[int]  # hidden layer widths
     blocks: list[_Block]
 
 
-def _group_plan(nets: list[_Sorted], dims: int, block: int) -> _GroupPlan:
+def _group_plan(nets: list[MaskWeights], dims: int, block: int) -> _GroupPlan:
     """Blocks of `block` steps for the masks of `nets` stepping together."""
     widths = [len(d) for d in nets[0].degrees]
     blocks = [_plan_block(nets, t0, min(t0 + block, dims)) for t0 in range(0, dims, block)]
     return _GroupPlan(nets, widths, blocks)
 
 
-def _plan_block(nets: list[_Sorted], t0: int, t1: int) -> _Block:
+def _plan_block(nets: list[MaskWeights], t0: int, t1: int) -> _Block:
     n_groups, nb, n_hidden = len(nets), t1 - t0, len(nets[0].degrees)
     # Each stage's units in the block, per group: [lo, hi) of its sorted rows, each unit's
     # degree and step. The outputs are a stage with one unit per step: position t0 + j, which
@@ -252,7 +227,7 @@ def _plan_block(nets: list[_Sorted], t0: int, t1: int) -> _Block:
                 steps.append(None)
                 continue
             m = int(own_at[l][j]) + c
-            wj = np.ascontiguousarray(full[:, slot_at[j] : slot_at[j] + c, :m])
+            wj = full[:, slot_at[j] : slot_at[j] + c, :m].copy()  # a copy, never a view keeping `full`
             nxt = int(fresh_at[l + 1][j]) if l < n_hidden else 0
             steps.append((wj, m, nxt, nxt + c))
         parts = [(lo, hi, k) for (lo, hi), k in zip(spans[l], known, strict=True)]
@@ -262,14 +237,16 @@ def _plan_block(nets: list[_Sorted], t0: int, t1: int) -> _Block:
 
 
 class FastSampler:
-    """Stepping sampler for one network. Each mask's sorted weights, and the plans for one mask
-    and for all masks stepping together, are built on first use and kept."""
+    """Stepping sampler over each mask's network in its own coordinates (network.MaskWeights,
+    shared with the engine's onnxruntime session). The plans for one mask and for all masks
+    stepping together are built on first use, or all at once by warm(), and kept."""
 
-    def __init__(self, net: Network, block: int = BLOCK, group_block: int = GROUP_BLOCK):
-        self.net = net
+    def __init__(self, masks: list[MaskWeights], block: int = BLOCK, group_block: int = GROUP_BLOCK):
+        self.masks = masks
+        self.dims = len(masks[0].ordering)
+        self.n_masks = len(masks)
         self.block = block
         self.group_block = group_block
-        self._sorted: dict[int, _Sorted] = {}
         self._plans: dict[tuple[int, ...], _GroupPlan] = {}
         self._lock = threading.Lock()
 
@@ -279,21 +256,18 @@ class FastSampler:
             with self._lock:  # one build per plan even when concurrent requests need it
                 plan = self._plans.get(masks)
                 if plan is None:
-                    for k in masks:
-                        if k not in self._sorted:  # shared by every plan with mask k
-                            self._sorted[k] = _sort(self.net, k)
-                    nets = [self._sorted[k] for k in masks]
                     block = self.block if len(masks) == 1 else self.group_block
-                    plan = self._plans[masks] = _group_plan(nets, self.net.dims, block)
+                    nets = [self.masks[k] for k in masks]
+                    plan = self._plans[masks] = _group_plan(nets, self.dims, block)
         return plan
 
     def warm(self) -> None:
-        """Build every plan now (~0.2 s and ~110 MB at D=784, [500, 500], K=8) rather than on the
+        """Build every plan now (~0.7 s and ~60 MB at D=784, [1000, 1000], K=8) rather than on the
         first request that needs it."""
-        for k in range(self.net.n_masks):
+        for k in range(self.n_masks):
             self.group_plan((k,))
-        if self.net.n_masks > 1:
-            self.group_plan(tuple(range(self.net.n_masks)))
+        if self.n_masks > 1:
+            self.group_plan(tuple(range(self.n_masks)))
 
     def run(
         self,
@@ -302,15 +276,23 @@ class FastSampler:
         observed: np.ndarray | None = None,
         values: np.ndarray | None = None,
         return_probs: bool = False,
+        evidence: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Sample N rows under mask k from uniforms u (N, D): x_d = 1 where u_d < p_d.
 
         observed (N, D) bool and values (N, D) clamp entries; returns (x (N, D) uint8,
         log weights (N,) = sum of log p(x_d | x_<d) over clamped d, and, if asked, the
         per-step probabilities (N, D) in dimension order).
+
+        evidence (l0, l1), each (N, D) float64, are the log-likelihoods log p(y_d | x_d = 0)
+        and log p(y_d | x_d = 1) of soft observations (never both -inf): each step draws from
+        p(x_d | x_<d) p(y_d | x_d), normalised (x_d = 1 where u_d < that probability), and the
+        log weight adds log sum_x p(x_d = x | x_<d) p(y_d | x) over d: E[w] = sum_x p_k(x) p(y | x).
+        (l0, l1) = (-inf, 0) clamps to 1, (0, -inf) to 0, (0, 0) leaves d free. The per-step
+        probabilities stay the model's, p(x_d = 1 | x_<d).
         """
         return self.run_masks(np.full(len(u), k, dtype=np.int64), u, observed, values,
-                              return_probs)
+                              return_probs, evidence)
 
     def run_masks(
         self,
@@ -319,6 +301,7 @@ class FastSampler:
         observed: np.ndarray | None = None,
         values: np.ndarray | None = None,
         return_probs: bool = False,
+        evidence: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Like run, with row i under mask masks[i] (valid mask indices): every mask in one loop.
         Row i's result does not depend on the other rows beyond float64 rounding."""
@@ -333,10 +316,10 @@ class FastSampler:
         passes: list[tuple[tuple[int, ...], np.ndarray, np.ndarray]] = []  # (masks, rows, group)
         if len(present) == 1:
             passes.append(((int(present[0]),), np.arange(n), np.zeros(n, dtype=np.int64)))
-        elif _pass_rows(self.net.n_masks, int(np.bincount(group).max())) <= (
+        elif _pass_rows(self.n_masks, int(np.bincount(group).max())) <= (
                 len(present) * _pass_rows(1, 0) + n):
             # one pass of every mask: the usual mixture batch
-            passes.append((tuple(range(self.net.n_masks)), np.arange(n), masks))
+            passes.append((tuple(range(self.n_masks)), np.arange(n), masks))
         else:  # a few masks, or many rows under a few masks: one pass each costs less
             for i, k in enumerate(present):
                 rows = np.flatnonzero(group == i)
@@ -345,7 +328,8 @@ class FastSampler:
             plan = self.group_plan(plan_masks)
             for start in range(0, len(rows), MAX_ROWS):
                 part = slice(start, start + MAX_ROWS)
-                _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs)
+                _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs,
+                          evidence)
         return x, logw, probs
 
 
@@ -364,6 +348,7 @@ def _run_plan(
     x: np.ndarray,
     logw: np.ndarray,
     probs: np.ndarray | None,
+    evidence: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Sample u[rows] (row i under plan.nets[group[i]]) into x, logw and probs at rows."""
     nets = plan.nets
@@ -382,6 +367,8 @@ def _run_plan(
             t = np.log(um / (1.0 - um))
         if observed is not None and values is not None:
             t = np.where(observed[cells], np.where(values[cells] > 0.5, -np.inf, np.inf), t)
+        if evidence is not None:
+            t = _tilt(t, evidence[1][cells] - evidence[0][cells])
         thr[g, :, : len(m)] = t.T
     xs = np.zeros((n_groups, dims, n_rows))
     logits = np.zeros((n_groups, dims, n_rows))
@@ -437,7 +424,7 @@ def _run_plan(
         xg = np.empty((len(m), dims), dtype=np.uint8)
         xg[:, order] = xs[g, :, : len(m)].T
         x[m] = xg
-        if probs is None and observed is None:
+        if probs is None and observed is None and evidence is None:
             continue
         zg = np.empty((len(m), dims))
         zg[:, order] = logits[g, :, : len(m)].T
@@ -446,6 +433,18 @@ def _run_plan(
         if observed is not None and values is not None:
             ll = _log_sigmoid(np.where(values[m] > 0.5, zg, -zg))
             logw[m] = np.where(observed[m], ll, 0.0).sum(axis=1)
+        if evidence is not None:
+            # log sum_x p(x_d = x | x_<d) p(y_d | x): log p(x_d = 1 | .) = log_sigmoid(z)
+            norm = np.logaddexp(_log_sigmoid(zg) + evidence[1][m], _log_sigmoid(-zg) + evidence[0][m])
+            logw[m] += norm.sum(axis=1)
+
+
+def _tilt(t: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Thresholds t on the logits moved by the evidence's log-odds: x = 1 where z + shift > t.
+    An infinite shift clamps (+inf: 1, -inf: 0) whatever t is, even t = -inf (u = 0)."""
+    with np.errstate(invalid="ignore"):  # -inf - -inf: replaced below
+        moved = t - shift
+    return np.where(shift == np.inf, -np.inf, np.where(shift == -np.inf, np.inf, moved))
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

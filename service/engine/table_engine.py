@@ -28,6 +28,7 @@ from service.engine.runtime import make_session, requested_providers
 log = logging.getLogger("made.engine")
 
 SUMMARY_DRAWS = 200  # draws behind an exact row's column distributions (more than the samples asked)
+IMPUTE_DRAWS = 1 << 16  # draws of /impute's rows that go through the network together, at most
 
 
 @dataclass
@@ -215,44 +216,68 @@ class TableEngine:
         distribution, log p(x_known) and the effective sample size behind them.
         Exact rows (every mask puts the known columns first): SUMMARY_DRAWS (at least n_samples)
         exact draws pooled over the masks, each mask drawn from its posterior p_k(x_known); the
-        others: likelihood weighting, n_importance draws per mask, resampled for the completions."""
+        others: likelihood weighting, n_importance draws per mask, resampled for the completions.
+
+        Row i draws from numpy.random.default_rng([seed, i]), so its answer does not depend on the
+        other rows; the draws of all rows go through the network together, IMPUTE_DRAWS at a time
+        (a row's draws are never split)."""
         values = self.check_values(values)
-        rng = np.random.default_rng(seed)
+        seed = seed if seed is not None else int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
         n, k_all = len(values), np.arange(self.n_masks)
         unknown = np.isnan(values)
         exact = exact_orders(self.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
         per_mask = np.stack([self._exact_logprob(values, int(k)) for k in k_all])  # (K, N)
-        lp = _logmeanexp(per_mask, axis=0)
-        samples = np.empty((n, n_samples, self.dims))
-        dists: list[dict[str, dict[str, Any]]] = []
-        ess = np.zeros(n)
-        stderr = np.zeros(n)
+        out = TableImpute(np.empty((n, n_samples, self.dims)), [{} for _ in range(n)],
+                          _logmeanexp(per_mask, axis=0), exact, np.zeros(n), np.zeros(n))
+        plans = []  # per row: its generator, masks and noise
         for i in range(n):
-            unk_cols = set(np.flatnonzero(unknown[i]).tolist())
+            rng = np.random.default_rng([seed, i])
             if exact[i]:
-                draws = max(n_samples, SUMMARY_DRAWS) if unk_cols else n_samples
+                draws = max(n_samples, SUMMARY_DRAWS) if unknown[i].any() else n_samples
                 post = np.exp(per_mask[:, i] - np.logaddexp.reduce(per_mask[:, i]))
                 ks = rng.choice(self.n_masks, size=draws, p=post / post.sum())
-                filled, _, level_p = self._complete(np.repeat(values[i : i + 1], draws, 0), ks,
-                                                    rng.random((draws, self.dims, NOISE_PER_COLUMN)), unk_cols)
-                weights = np.full(draws, 1.0 / draws)
-                samples[i] = filled[:n_samples]
-                ess[i] = draws
             else:
-                reps = n_importance * self.n_masks
                 ks = np.repeat(k_all, n_importance)
-                filled, logw, level_p = self._complete(np.repeat(values[i : i + 1], reps, 0), ks,
-                                                       rng.random((reps, self.dims, NOISE_PER_COLUMN)), unk_cols)
-                lp[i] = _logmeanexp(logw[None, :], axis=1)[0]
-                stderr[i] = _delta_stderr(logw[None, :])[0]
-                weights = np.exp(logw - logw.max())
+            plans.append((rng, ks, rng.random((len(ks), self.dims, NOISE_PER_COLUMN))))
+        group: list[int] = []
+        for i in range(n):
+            group.append(i)
+            if i == n - 1 or sum(len(plans[j][1]) for j in (*group, i + 1)) > IMPUTE_DRAWS:
+                self._impute_group(values, unknown, group, plans, n_samples, out)
+                group = []
+        return out
+
+    def _impute_group(self, values: np.ndarray, unknown: np.ndarray, rows: list[int],
+                      plans: list[tuple[np.random.Generator, np.ndarray, np.ndarray]], n_samples: int,
+                      out: TableImpute) -> None:
+        """Rows' draws through one _complete call, then each row's summaries from its own draws."""
+        sizes = [len(plans[i][1]) for i in rows]
+        cols = set(np.flatnonzero(unknown[rows].any(axis=0)).tolist())
+        filled, logw, level_p = self._complete(
+            np.repeat(values[rows], sizes, axis=0), np.concatenate([plans[i][1] for i in rows]),
+            np.concatenate([plans[i][2] for i in rows]), cols)
+        start = 0
+        for i, size in zip(rows, sizes, strict=True):
+            part = slice(start, start + size)
+            start += size
+            rng, row_filled, unk_cols = plans[i][0], filled[part], np.flatnonzero(unknown[i]).tolist()
+            if out.exact[i]:
+                weights = np.full(size, 1.0 / size)
+                out.samples[i] = row_filled[:n_samples]
+                out.ess[i] = size
+                row_p = {c: level_p[c][part] for c in unk_cols if c in level_p}
+            else:
+                row_logw = logw[part]
+                out.logprob_observed[i] = _logmeanexp(row_logw[None, :], axis=1)[0]
+                out.stderr[i] = _delta_stderr(row_logw[None, :])[0]
+                weights = np.exp(row_logw - row_logw.max())
                 weights /= weights.sum()
-                ess[i] = 1.0 / np.sum(weights**2)
-                samples[i] = filled[rng.choice(reps, size=n_samples, p=weights)]
-                level_p = {}  # a draw's level probabilities ignore the known cells after it
-            dists.append({self.schema.columns[c].name: self._distribution(c, filled[:, c], weights, level_p.get(c))
-                          for c in sorted(unk_cols)})
-        return TableImpute(samples, dists, lp, exact, ess, stderr)
+                out.ess[i] = 1.0 / np.sum(weights**2)
+                out.samples[i] = row_filled[rng.choice(size, size=n_samples, p=weights)]
+                row_p = {}  # a draw's level probabilities ignore the known cells after it
+            out.distributions[i] = {self.schema.columns[c].name: self._distribution(c, row_filled[:, c], weights,
+                                                                                    row_p.get(c))
+                                    for c in unk_cols}
 
     def _distribution(self, c: int, cells: np.ndarray, weights: np.ndarray,
                       level_p: np.ndarray | None) -> dict[str, Any]:

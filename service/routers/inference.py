@@ -1,5 +1,5 @@
-"""Inference: log-probabilities, conditionals, samples, imputations. Each names its model or gets
-the default; the data plane does the work."""
+"""Inference: log-probabilities, conditionals, samples, imputations, denoising. Each names its
+model or gets the default; the data plane does the work."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from service.routers.deps import DataPlaneDep
 from service.schemas import (
     ConditionalsRequest,
     ConditionalsResponse,
+    DenoiseRequest,
+    DenoiseResponse,
     ErrorResponse,
     ImputeRequest,
     ImputeResponse,
@@ -87,3 +89,11 @@ async def sample(
 async def impute(req: ImputeRequest, dp: DataPlaneDep) -> ImputeResponse:
     """Completions of the missing values (null) given the observed ones, with marginals."""
     return await dp.impute(req)
+
+
+@router.post("/denoise", responses=ERRORS, response_model_exclude_none=True)
+async def denoise(req: DenoiseRequest, dp: DataPlaneDep) -> DenoiseResponse:
+    """The clean rows behind noisy ones (each bit flipped with probability eps): per-entry
+    marginals p(clean = 1 | noisy), the most likely value of each entry, clean samples,
+    log p(noisy) with its standard error and the effective sample size."""
+    return await dp.denoise(req)

@@ -4,7 +4,8 @@ Inputs `x` (float32 [N, D]) and `mask_index` (int64 scalar); output `logits` (fl
 The K masks are stored as degrees (int32, K x width per layer) and rebuilt inside the graph by
 Gather + broadcast comparison, so a K = 32 graph is barely larger than a K = 1 graph.
 Initializer names (W{l}, b{l}, input_degrees, hidden_degrees_{l}, direct_W) are part of the
-format: the serving engine reads the weights from them for its fast sampler.
+format: this module writes them (build_graph) and reads them back (read_arrays), for the serving
+engine, which also runs the graph of one dense pass built here (dense_graph) under the same names.
 
 Weight matrices may be stored as float16 (half the file): the graph then casts each to float32
 once (onnxruntime folds the Cast at session creation), so all arithmetic stays float32 and the
@@ -13,9 +14,14 @@ model is exactly the float32 network whose weights are the float16 values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from made.errors import ModelStoreError
 
 OPSET = 17
 WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -111,3 +117,64 @@ def build_graph(
     model.ir_version = 8  # readable by onnxruntime releases from 1.14 on
     onnx.checker.check_model(model)
     return model
+
+
+@dataclass(frozen=True)
+class GraphArrays:
+    """What build_graph stored, read back as float32 weights and int64 degrees."""
+
+    weights: list[np.ndarray]  # (fan_in, fan_out) per layer, the last one into the outputs
+    biases: list[np.ndarray]
+    input_degrees: np.ndarray  # (K, D)
+    hidden_degrees: list[np.ndarray]  # (K, H_l) per hidden layer
+    direct: np.ndarray | None  # (D_in, D_out) or None
+
+
+def read_arrays(path: Path) -> GraphArrays:
+    """The initializers of a graph build_graph wrote; a file that is not one is a ModelStoreError."""
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors of a damaged file
+        raise ModelStoreError(f"{path} is not a readable ONNX model: {exc}") from None
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    try:
+        n_layers = sum(1 for name in inits if name.startswith("W") and name[1:].isdigit())
+        weights = [inits[f"W{i}"].astype(np.float32) for i in range(n_layers)]
+        biases = [inits[f"b{i}"].astype(np.float32) for i in range(n_layers)]
+        hidden = [inits[f"hidden_degrees_{i}"].astype(np.int64) for i in range(n_layers - 1)]
+        degrees = inits["input_degrees"].astype(np.int64)
+    except KeyError as exc:
+        raise ModelStoreError(f"{path} lacks the initializer {exc}; was it written by made export?") from None
+    direct = inits["direct_W"].astype(np.float32) if "direct_W" in inits else None
+    return GraphArrays(weights, biases, degrees, hidden, direct)
+
+
+def dense_graph(n_layers: int, direct: bool) -> bytes:
+    """One dense pass of a MADE whose (masked) weights are inputs, serialized: `x` (N, D) and
+    W{l} (fan_out, fan_in), b{l} (fan_out,) for each layer, `direct_W` (D, D) when `direct`,
+    all float32; output `logits` (N, D). The engine feeds it each mask's network in that mask's
+    coordinates (network.MaskWeights), so one session with no weights of its own serves all K
+    masks from the arrays the sampler steps through (the stored graph, by contrast, rebuilds the
+    mask from degrees on every call)."""
+    def tensor(name: str, shape: list[str | int]) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    inputs = [tensor("x", ["N", "D"])]
+    nodes = []
+    h = "x"
+    for l in range(n_layers):
+        inputs += [tensor(f"W{l}", [f"out{l}", f"in{l}"]), tensor(f"b{l}", [f"out{l}"])]
+        last = l == n_layers - 1
+        out = ("pre_logits" if direct else "logits") if last else f"a{l}"
+        nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [out], transB=1))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"h{l}"]))
+            h = f"h{l}"
+    if direct:
+        inputs.append(tensor("direct_W", ["D", "D"]))
+        nodes.append(helper.make_node("Gemm", ["x", "direct_W", "pre_logits"], ["logits"], transB=1))
+    graph = helper.make_graph(nodes, "made_dense", inputs, [tensor("logits", ["N", "D"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

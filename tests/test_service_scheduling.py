@@ -1,0 +1,110 @@
+"""Fair turns between endpoints (service.scheduling) and the bounded queue per endpoint: a cheap
+request is not served after every expensive request queued before it, and past MADE_MAX_QUEUE an
+endpoint answers 503 with Retry-After at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from made.errors import MadeError
+from service.errors import Overloaded
+from service.scheduling import FairScheduler
+from service.settings import Settings
+from service.testing import in_process
+
+pytestmark = pytest.mark.anyio
+
+
+def _job(log: list[str], name: str, seconds: float, lock: threading.Lock) -> str:
+    with lock:
+        log.append(name)
+    time.sleep(seconds)
+    return name
+
+
+async def test_a_cheap_lane_gets_the_next_thread_not_a_place_behind_an_expensive_backlog() -> None:
+    scheduler = FairScheduler(slots=1, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    slow = [asyncio.create_task(scheduler.run("/impute", _job, started, f"impute{i}", 0.05, lock))
+            for i in range(8)]
+    await asyncio.sleep(0.01)  # impute0 runs, impute1..7 wait for the one thread
+    fast = asyncio.create_task(scheduler.run("/logprob", _job, started, "logprob", 0.0, lock))
+    assert await fast == "logprob"
+    await asyncio.gather(*slow)
+    # FIFO would start logprob ninth; fair turns start it as soon as impute0 frees the thread
+    assert started.index("logprob") == 1, started
+
+
+async def test_lanes_with_work_share_the_threads_by_time_used() -> None:
+    """Two lanes keep 6 calls each queued on one thread; the lane whose calls take 3x as long
+    gets about a third as many turns while both have work."""
+    scheduler = FairScheduler(slots=1, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    tasks = [asyncio.create_task(scheduler.run(lane, _job, started, lane, seconds, lock))
+             for lane, seconds in [("slow", 0.06), ("quick", 0.02)] for _ in range(6)]
+    await asyncio.gather(*tasks)
+    first_eight = started[:8]
+    assert 1 <= first_eight.count("slow") <= 3, started
+    assert sorted(started) == ["quick"] * 6 + ["slow"] * 6
+
+
+async def test_a_waiting_call_that_is_cancelled_gives_its_turn_away() -> None:
+    scheduler = FairScheduler(slots=1, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    first = asyncio.create_task(scheduler.run("a", _job, started, "a0", 0.05, lock))
+    await asyncio.sleep(0.01)
+    doomed = asyncio.create_task(scheduler.run("b", _job, started, "b0", 0.0, lock))
+    later = asyncio.create_task(scheduler.run("c", _job, started, "c0", 0.0, lock))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    assert await first == "a0" and await later == "c0"
+    assert started == ["a0", "c0"] and scheduler.busy == 0
+
+
+async def test_past_the_queue_limit_a_lane_is_refused_with_a_retry_after() -> None:
+    scheduler = FairScheduler(slots=1, max_queue=2)
+    async with scheduler.admit("/impute"), scheduler.admit("/impute"):
+        with pytest.raises(Overloaded, match="/impute has 2 requests in progress") as info:
+            async with scheduler.admit("/impute"):
+                pass
+        assert info.value.retry_after >= 1
+        async with scheduler.admit("/logprob"):  # other endpoints keep their own places
+            pass
+    async with scheduler.admit("/impute"):  # places are given back
+        pass
+
+
+async def test_over_http_the_extra_request_gets_503_with_retry_after(tiny_store: Path) -> None:
+    cfg = Settings(store=tiny_store, default_model="tiny", max_queue=1, threads=1)
+    rows = np.random.default_rng(0).integers(0, 2, (300, 8)).astype(float)
+    rows[:, :3] = np.nan  # likelihood weighting: a request that takes a while
+    body = {"x": [[None if v != v else int(v) for v in r] for r in rows], "n_importance": 200}
+    async with in_process(cfg) as made:
+        while (await made.http.get("/readyz")).status_code != 200:
+            await asyncio.sleep(0.05)
+        answers = await asyncio.gather(*(made.http.post("/impute", json=body) for _ in range(3)))
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses[0] == 200 and 503 in statuses, statuses
+        refused = next(r for r in answers if r.status_code == 503)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["type"] == "overloaded" and "MADE_MAX_QUEUE" in refused.json()["detail"]
+        # another endpoint is not refused for /impute's queue
+        r = await made.http.post("/logprob", json={"x": [[0] * 8]})
+        assert r.status_code == 200
+        metrics = (await made.http.get("/metrics")).text
+        refusals = statuses.count(503)
+        assert f'made_overloaded_total{{endpoint="/impute"}} {float(refusals)}' in metrics
+        assert 'made_endpoint_requests{endpoint="/impute"} 0.0' in metrics  # every place given back
+
+
+async def test_overloaded_is_a_made_error() -> None:
+    assert issubclass(Overloaded, MadeError)
