@@ -150,29 +150,32 @@ def read_arrays(path: Path) -> GraphArrays:
 
 
 def dense_graph(n_layers: int, direct: bool) -> bytes:
-    """One dense pass of a MADE whose (masked) weights are inputs, serialized: `x` (N, D) and
-    W{l} (fan_out, fan_in), b{l} (fan_out,) for each layer, `direct_W` (D, D) when `direct`,
-    all float32; output `logits` (N, D). The engine feeds it each mask's network in that mask's
-    coordinates (network.MaskWeights), so one session with no weights of its own serves all K
-    masks from the arrays the sampler steps through (the stored graph, by contrast, rebuilds the
-    mask from degrees on every call)."""
-    def tensor(name: str, shape: list[str | int]) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    """One dense pass of a MADE whose (masked) weights are inputs, serialized: `x` (N, D) in
+    dimension order; `order` (D,) int64, the mask's ordering, and `inverse` (D,), its inverse
+    permutation; W{l} (fan_out, fan_in) and b{l} (fan_out,) for each layer and `direct_W` (D, D)
+    when `direct`, in the mask's coordinates, float32; output `logits` (N, D) in dimension order.
+    The engine feeds it each mask's network in that mask's coordinates (network.MaskWeights), so
+    one session with no weights of its own serves all K masks from the arrays the sampler steps
+    through (the stored graph, by contrast, rebuilds the mask from degrees on every call)."""
+    def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, kind, shape)
 
-    inputs = [tensor("x", ["N", "D"])]
-    nodes = []
-    h = "x"
+    inputs = [tensor("x", ["N", "D"]), tensor("order", ["D"], TensorProto.INT64),
+              tensor("inverse", ["D"], TensorProto.INT64)]
+    nodes = [helper.make_node("Gather", ["x", "order"], ["xs"], axis=1)]
+    h = "xs"
     for l in range(n_layers):
         inputs += [tensor(f"W{l}", [f"out{l}", f"in{l}"]), tensor(f"b{l}", [f"out{l}"])]
         last = l == n_layers - 1
-        out = ("pre_logits" if direct else "logits") if last else f"a{l}"
+        out = ("pre_logits" if direct else "positioned") if last else f"a{l}"
         nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [out], transB=1))
         if not last:
             nodes.append(helper.make_node("Relu", [out], [f"h{l}"]))
             h = f"h{l}"
     if direct:
         inputs.append(tensor("direct_W", ["D", "D"]))
-        nodes.append(helper.make_node("Gemm", ["x", "direct_W", "pre_logits"], ["logits"], transB=1))
+        nodes.append(helper.make_node("Gemm", ["xs", "direct_W", "pre_logits"], ["positioned"], transB=1))
+    nodes.append(helper.make_node("Gather", ["positioned", "inverse"], ["logits"], axis=1))
     graph = helper.make_graph(nodes, "made_dense", inputs, [tensor("logits", ["N", "D"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -150,7 +150,9 @@ class Engine:
     def _feed(m: MaskWeights, device: str) -> dict[str, ort.OrtValue]:
         """Mask m's arrays as onnxruntime values: on the CPU they share the numpy memory (no
         copy); on a GPU they are copied to it once, here."""
-        arrays = {**{f"W{l}": w for l, w in enumerate(m.weights)},
+        arrays = {"order": np.ascontiguousarray(m.ordering, dtype=np.int64),
+                  "inverse": np.argsort(m.ordering).astype(np.int64),
+                  **{f"W{l}": w for l, w in enumerate(m.weights)},
                   **{f"b{l}": b for l, b in enumerate(m.biases)}}
         if m.direct is not None:
             arrays["direct_W"] = m.direct
@@ -170,39 +172,28 @@ class Engine:
                                       f"stored graph (by up to {worst:.3g}); the file is not what made export "
                                       "writes")
 
-    def positioned_logits(self, xs: np.ndarray, mask: int) -> np.ndarray:
-        """(N, D) float32 logits of mask k with inputs and outputs in k's ordering: xs is
-        x[:, ordering] as float32 (missing inputs replaced beforehand)."""
-        feed = self._feeds[mask]
-        if len(xs) <= CHUNK:
-            return self._run(xs, feed)
-        return np.concatenate([self._run(xs[i : i + CHUNK], feed) for i in range(0, len(xs), CHUNK)])
-
-    def _run(self, xs: np.ndarray, feed: dict[str, ort.OrtValue]) -> np.ndarray:
-        x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(xs, dtype=np.float32))
-        out: np.ndarray = self.session.run_with_ort_values(["logits"], {"x": x, **feed})[0].numpy()
-        return out
-
     def logits(self, x: np.ndarray, mask: int) -> np.ndarray:
         """(N, D) float32 logits of mask k; missing (NaN) inputs must be replaced beforehand."""
-        order = self.masks[mask].ordering
-        z = self.positioned_logits(np.asarray(x, dtype=np.float32)[:, order], mask)
-        out = np.empty_like(z)
-        out[:, order] = z
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        feed = self._feeds[mask]
+        if len(xf) <= CHUNK:
+            return self._run(xf, feed)
+        return np.concatenate([self._run(xf[i : i + CHUNK], feed) for i in range(0, len(xf), CHUNK)])
+
+    def _run(self, x: np.ndarray, feed: dict[str, ort.OrtValue]) -> np.ndarray:
+        out: np.ndarray = self.session.run_with_ort_values(
+            ["logits"], {"x": ort.OrtValue.ortvalue_from_numpy(x), **feed})[0].numpy()
         return out
 
     def mask_logliks(self, x: np.ndarray, masks: list[int],
                      observed: np.ndarray | None = None) -> np.ndarray:
-        """(len(masks), N): log p_k of the observed entries (all entries when observed is None).
-        The sum over d does not depend on the order of d, so it runs in each mask's ordering."""
+        """(len(masks), N): log p_k of the observed entries (all entries when observed is None)."""
         # converted to float32 once for all masks; NaN can only be where observed is False
-        filled = np.asarray(x if observed is None else np.nan_to_num(x, nan=0.0), dtype=np.float32)
+        filled = np.ascontiguousarray(x if observed is None else np.nan_to_num(x, nan=0.0),
+                                      dtype=np.float32)
         out = np.empty((len(masks), len(x)))
         for i, k in enumerate(masks):
-            order = self.masks[k].ordering
-            xs = filled[:, order]
-            out[i] = row_loglik(self.positioned_logits(xs, k), xs,
-                                None if observed is None else observed[:, order])
+            out[i] = row_loglik(self.logits(filled, k), filled, observed)
         return out
 
     def _masks(self, masks: Literal["all"] | int) -> list[int]:
