@@ -294,7 +294,9 @@ class DataPlane:
     # --- /conditionals ---------------------------------------------------------------------------
     @admitted("/conditionals")
     async def conditionals(self, req: ConditionalsRequest) -> ConditionalsResponse:
-        engine = self.bits_engine(req.model, "/conditionals")
+        engine = self.engine(req.model)
+        if isinstance(engine, TableEngine):
+            return await self.tables.conditionals(engine, req)
         x = req.rows
         self._check_rows(engine, x, "/conditionals")
         mask = self._check_mask(engine, req.mask)

@@ -367,14 +367,22 @@ class LogProbResponse(_Response):
                                                "values); send it back to repeat the estimate")
     surprisal: list[dict[str, dict[str, float | None]]] | None = Field(
         None, description="explain: per record and column, in_order = -log p(x_c | the columns before c) "
-        "averaged over the masks, given_others = -log p(x_c | every other column) (categories; null for numbers)")
+        "averaged over the masks, given_others = -log p(x_c | every other column) under the mixture, in the "
+        "units of in_order (a number's rounding bin, or its density where it has no decimals; NA a mass)")
 
 
 class ConditionalsResponse(_Response):
     mask: int
-    ordering: list[int] = Field(description="the order in which mask k generates the dimensions")
-    probs: list[list[float]] = Field(description="probs[i][d] = p(x_d = 1 | the dimensions "
-                                                 "before d in ordering), for row i")
+    ordering: list[int] = Field(description="the order in which mask k generates the dimensions (table "
+                                            "models: the columns, by their index in the model's columns)")
+    probs: list[list[float]] | None = Field(None, description="models of bits: probs[i][d] = p(x_d = 1 | the "
+                                                              "dimensions before d in ordering), for row i")
+    column_order: list[str] | None = Field(None, description="table models: the column names in the order "
+                                                             "mask k generates them")
+    conditionals: list[dict[str, dict[str, int | float | None]]] | None = Field(
+        None, description="table models: conditionals[i][column] = that column's distribution given the "
+        "columns before it in mask k's ordering, for record i: {level: probability} for a category; "
+        '{"mean", "sd", "q05", "q50", "q95"} of its value for a number (and "p_absent" where it can be NA)')
 
 
 class SampleResponse(_Response):

@@ -11,9 +11,11 @@ import numpy as np
 
 from made.errors import InvalidInput
 from made.schema import ABSENT, Schema
-from service.engine.table_engine import TableEngine
+from service.engine.table_engine import TableConditionals, TableEngine
 from service.records import decode_records, parse_given, parse_records
 from service.schemas import (
+    ConditionalsRequest,
+    ConditionalsResponse,
     ImputeRequest,
     ImputeResponse,
     LogProbRequest,
@@ -25,6 +27,9 @@ from service.settings import Settings
 
 T = TypeVar("T")
 
+# explain integrates each numeric column over its values: thousands of network passes per record
+EXPLAIN_MAX_RECORDS = 32
+
 
 class TablePlane:
     def __init__(self, settings: Settings, in_thread: Callable[..., Awaitable[Any]],
@@ -34,7 +39,7 @@ class TablePlane:
         self._timed = timed
         self._new_seed = new_seed
 
-    def values(self, engine: TableEngine, req: LogProbRequest | ImputeRequest) -> np.ndarray:
+    def values(self, engine: TableEngine, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
         if req.records is None:
             columns = ", ".join(engine.schema.names)
             raise InvalidInput(f"model '{engine.name}' models the columns of a table ({columns}): send "
@@ -65,6 +70,10 @@ class TablePlane:
         seed = None if complete else (req.seed if req.seed is not None else self._new_seed())
         if req.explain and not complete:
             raise InvalidInput("explain needs complete records: every column known", loc=("explain",))
+        numeric = any(col.kind == "numeric" for col in engine.schema.columns)
+        if req.explain and numeric and len(values) > EXPLAIN_MAX_RECORDS:
+            raise InvalidInput(f"explain is for a few records at a time: at most {EXPLAIN_MAX_RECORDS} per request on "
+                               f"a model with numeric columns, got {len(values)}", loc=("explain",))
 
         def run() -> tuple[Any, Any]:
             result = engine.logprob(values, masks=masks, seed=seed, n_importance=req.n_importance)
@@ -75,6 +84,26 @@ class TablePlane:
             model=engine.name, version=engine.version, logprob=result.logprob.tolist(), exact=result.exact.tolist(),
             stderr=[None if e else float(s) for e, s in zip(result.exact, result.stderr, strict=True)], seed=seed,
             surprisal=_surprisal(engine.schema, surprisal) if surprisal is not None else None)
+
+    # --- /conditionals --------------------------------------------------------------------------
+    async def conditionals(self, engine: TableEngine, req: ConditionalsRequest) -> ConditionalsResponse:
+        values = self.values(engine, req)
+        mask = int(req.mask)
+        if not 0 <= mask < engine.n_masks:
+            raise InvalidInput(f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks "
+                               f"(0..{engine.n_masks - 1})", loc=("mask",))
+        unknown = np.argwhere(np.isnan(values))
+        if len(unknown):
+            i, c = (int(v) for v in unknown[0])
+            name = engine.schema.columns[c].name
+            raise InvalidInput(f"records[{i}], column '{name}' is unknown (null or left out), but /conditionals "
+                               "needs complete records; /impute gives the distribution of unknown cells",
+                               loc=("records", i, name))
+        r = await self._timed(self._in_thread(engine.conditionals, values, mask))
+        return ConditionalsResponse.model_construct(
+            model=engine.name, version=engine.version, mask=mask, ordering=r.ordering.tolist(),
+            column_order=[engine.schema.columns[c].name for c in r.ordering],
+            conditionals=_conditionals(engine.schema, r, len(values)))
 
     # --- /sample --------------------------------------------------------------------------------
     async def sample(self, engine: TableEngine, req: SampleRequest) -> SampleResponse:
@@ -140,6 +169,28 @@ def _point_fill(schema: Schema, values: np.ndarray, dists: list[dict[str, dict[s
             else:
                 filled[i, c] = float(d["q50"])
     return filled
+
+
+def _conditionals(schema: Schema, r: TableConditionals, n: int) -> list[dict[str, dict[str, int | float | None]]]:
+    """Per record, each column's distribution as JSON: levels' probabilities, or a number's summary
+    (its quantiles as values of the column: rounded to its decimals)."""
+    out: list[dict[str, dict[str, int | float | None]]] = [{} for _ in range(n)]
+    for col, dist in zip(schema.columns, r.columns, strict=True):
+        if col.kind != "numeric":
+            for row, probs in zip(out, dist["probs"].tolist(), strict=True):
+                row[col.name] = dict(zip(col.levels, probs, strict=True))
+            continue
+        for i, row in enumerate(out):
+            d: dict[str, int | float | None] = {}
+            if "p_absent" in dist:
+                d["p_absent"] = float(dist["p_absent"][i])
+            for key in ("mean", "sd"):
+                v = float(dist[key][i])
+                d[key] = None if v != v else v
+            for key in ("q05", "q50", "q95"):
+                d[key] = col.decode(float(dist[key][i]))
+            row[col.name] = d
+    return out
 
 
 def _surprisal(schema: Schema, s: dict[str, np.ndarray]) -> list[dict[str, dict[str, float | None]]]:

@@ -148,7 +148,7 @@ async def test_bad_records_are_422_naming_record_column_and_what_is_allowed(
 
 
 async def test_other_endpoints_refuse_table_models_clearly(made: InProcessClient) -> None:
-    got, answer = await post(made, "/conditionals", {"x": [[0, 1, 0, 1]]})
+    got, answer = await post(made, "/conditionals", {"x": [[0, 1, 0, 1]]})  # a table model reads records
     assert got == 422 and "models the columns of a table" in answer["detail"]
     got, answer = await post(made, "/sample", {"model": "tiny", "n": 2, "given": {"a": "red"}})
     assert got == 422 and answer["detail"].startswith("given is for table models")
@@ -158,6 +158,101 @@ async def test_other_endpoints_refuse_table_models_clearly(made: InProcessClient
     assert got == 422 and "'maybe' is not a level" in answer["detail"]
     got, answer = await post(made, "/logprob", {"model": "tiny", "x": [[0, 1, 0, 1, 0, 1, 0, 1]]})
     assert got == 200  # the bits model beside them answers as before
+
+
+async def test_explain_gives_numbers_their_surprisal_given_the_others(made: InProcessClient,
+                                                                       registry: ModelRegistry) -> None:
+    records = [{"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"},
+               {"kind": "z", "size": 0.5, "score": 25.0, "budget": 5000}]  # a budget far from 1000 x size
+    status, body = await post(made, "/logprob", {"model": "mixed", "records": records, "explain": True})
+    assert status == 200, body
+    engine = registry.get("mixed")
+    assert isinstance(engine, TableEngine)
+    truth = engine.surprisal(parse_records(engine.schema, records))
+    for i, rec in enumerate(body["surprisal"]):
+        for c, name in enumerate(engine.schema.names):
+            assert rec[name]["given_others"] == pytest.approx(truth["given_others"][i, c], abs=1e-12)
+            assert rec[name]["in_order"] == pytest.approx(truth["in_order"][i, c], abs=1e-12)
+    assert body["surprisal"][1]["budget"]["given_others"] > 10 > body["surprisal"][0]["budget"]["given_others"]
+    status, body = await post(made, "/logprob", {"model": "mixed", "records": records * 17, "explain": True})
+    assert status == 422 and body["errors"][0]["loc"] == ["body", "explain"]
+    assert body["detail"] == "explain is for a few records at a time: at most 32 per request on a model with " \
+                             "numeric columns, got 34"
+
+
+# --- /conditionals on records -----------------------------------------------------------------------
+
+async def test_conditionals_of_records_are_the_engines_per_column_likelihoods(
+        made: InProcessClient, registry: ModelRegistry) -> None:
+    engine = registry.get("cats")
+    assert isinstance(engine, TableEngine)
+    values = parse_records(engine.schema, RECORDS)
+    for k in range(engine.n_masks):
+        status, body = await post(made, "/conditionals", {"records": RECORDS, "mask": k})
+        assert status == 200, body
+        assert set(body) == {"model", "version", "mask", "ordering", "column_order", "conditionals"}
+        assert body["mask"] == k and body["ordering"] == engine.orderings[k].tolist()
+        assert body["column_order"] == [engine.schema.names[c] for c in engine.orderings[k]]
+        assert len(body["conditionals"]) == len(RECORDS)
+        for c, col in enumerate(engine.schema.columns):
+            for level_code, level in enumerate(col.levels):
+                x = values.copy()
+                x[:, c] = level_code
+                expected = np.exp(engine.column_logliks(x, k)[:, c])  # exp log p_k(x_c = level | before c)
+                got = [rec[col.name][level] for rec in body["conditionals"]]
+                np.testing.assert_allclose(got, expected, rtol=1e-9)
+            assert all(sum(rec[col.name].values()) == pytest.approx(1.0) for rec in body["conditionals"])
+    # the first column of the ordering sees no other: the same distribution for every record
+    first = engine.schema.names[int(engine.orderings[0][0])]
+    status, body = await post(made, "/conditionals", {"records": RECORDS})
+    assert body["mask"] == 0 and body["conditionals"][0][first] == pytest.approx(body["conditionals"][1][first])
+
+
+async def test_conditionals_of_numbers_summarise_them_like_impute(made: InProcessClient,
+                                                                  registry: ModelRegistry) -> None:
+    records = [{"kind": "z", "size": 3.5, "score": 20.1, "budget": 3480},
+               {"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"}]
+    status, body = await post(made, "/conditionals", {"model": "mixed", "records": records, "mask": 1})
+    assert status == 200, body
+    engine = registry.get("mixed")
+    assert isinstance(engine, TableEngine)
+    r = engine.conditionals(parse_records(engine.schema, records), 1)
+    for i, rec in enumerate(body["conditionals"]):
+        assert set(rec["score"]) == {"mean", "sd", "q05", "q50", "q95"}
+        assert list(rec["budget"]) == ["p_absent", "mean", "sd", "q05", "q50", "q95"]
+        assert rec["budget"]["p_absent"] == pytest.approx(r.columns[3]["p_absent"][i], rel=1e-12)
+        assert rec["score"]["mean"] == pytest.approx(r.columns[2]["mean"][i], rel=1e-12)
+        assert rec["score"]["q05"] <= rec["score"]["q50"] <= rec["score"]["q95"]
+        assert isinstance(rec["budget"]["q50"], int)  # a value of the column: budget has no decimals
+        assert round(rec["size"]["q50"], 2) == rec["size"]["q50"]
+        assert sum(rec["kind"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("body", "loc", "detail"), [
+    ({"records": [{"a": "red", "b": "yes", "c": "q"}]}, ["body", "records", 0, "d"],
+     "records[0], column 'd' is unknown (null or left out), but /conditionals needs complete records"),
+    ({"records": [{**RECORDS[0], "d": None}]}, ["body", "records", 0, "d"], "records[0], column 'd' is unknown"),
+    ({"records": [{**RECORDS[0], "a": "purple"}]}, ["body", "records", 0, "a"],
+     "records[0], column 'a': 'purple' is not a level"),
+    ({"records": [{**RECORDS[0], "e": 1}]}, ["body", "records", 0, "e"], "records[0] has no column 'e'"),
+    ({"records": RECORDS, "mask": 3}, ["body", "mask"], "mask 3 does not exist: model 'cats' has 3 masks"),
+    ({"records": RECORDS, "mask": -1}, ["body", "mask"], "mask: must be a mask index"),
+    ({"records": RECORDS, "x": [[0, 1]]}, ["body"], "send the rows as x"),
+    ({"x": [[0, 1, 0, 1]]}, ["body", "x"], "model 'cats' models the columns of a table"),
+    ({"model": "tiny", "records": RECORDS}, ["body", "records"], "this model reads rows of 0/1"),
+])
+async def test_conditionals_refuse_bad_records_with_their_loc(made: InProcessClient, body: dict, loc: list,
+                                                              detail: str) -> None:
+    got, answer = await post(made, "/conditionals", body)
+    assert got == 422 and answer["detail"].startswith(detail), answer
+    assert answer["errors"][0]["loc"] == loc, answer
+
+
+async def test_conditionals_of_bits_are_unchanged(made: InProcessClient) -> None:
+    status, body = await post(made, "/conditionals", {"model": "tiny", "x": [[0, 1, 0, 1, 0, 1, 0, 1]], "mask": 1})
+    assert status == 200, body
+    assert set(body) == {"model", "version", "mask", "ordering", "probs"}
+    assert len(body["probs"]) == 1 and len(body["probs"][0]) == 8
 
 
 @pytest.mark.slow

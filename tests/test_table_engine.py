@@ -130,3 +130,147 @@ def test_numbers_and_absent_numbers(table_store: Path) -> None:
     assert abs(scores[0]["mean"] - 0) < 2.5 and abs(scores[1]["mean"] - 20) < 2.5, scores
     assert scores[1]["q05"] < scores[1]["q50"] < scores[1]["q95"]
     assert 0.1 < result.distributions[0]["budget"]["p_absent"] < 0.5
+
+
+# --- explain: each column's surprisal given every other ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def mixed(table_store: Path) -> TableEngine:
+    return TableEngine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], threads=1)
+
+
+def _mixed_rows(mixed: TableEngine) -> np.ndarray:
+    """Test rows (a budget NA among them) and two odd ones: a budget far from 1000 x size, a size
+    far from what its kind and budget say."""
+    test = load_table_dataset(mixed.manifest["training"]["dataset"], schema=mixed.schema).split("test")
+    rows = np.concatenate([test[:3], [[2, 0.5, 25.0, 5000.0], [0, 9.0, -3.0, ABSENT]]])
+    assert (rows[:, 3] == ABSENT).any() and (rows[:, 3] != ABSENT).any()
+    return rows
+
+
+def test_given_others_of_a_category_is_the_enumerated_posterior(joint: tuple[np.ndarray, np.ndarray],
+                                                               cats: TableEngine) -> None:
+    records, logp = joint
+    mix = _mixture(logp)
+    rows = records[[0, 17, 40, 71]]
+    given = cats.surprisal(rows)["given_others"]
+    for i, row in enumerate(rows):
+        r = int(np.flatnonzero(np.all(records == row, axis=1))[0])
+        for c in range(cats.dims):
+            others = np.all(np.delete(records, c, axis=1) == np.delete(row, c), axis=1)
+            assert given[i, c] == pytest.approx(-(mix[r] - np.logaddexp.reduce(mix[others])), abs=1e-9)
+
+
+def test_given_others_of_a_number_sums_over_every_rounding_bin(mixed: TableEngine) -> None:
+    """A number recorded to `decimals` places: -log P(its bin | the other columns), P the mixture,
+    against the sum of the joint over every bin (and NA) of the column, term by term."""
+    rows = _mixed_rows(mixed)
+    got = mixed.surprisal(rows)["given_others"]
+    base = _mixture(np.stack([mixed.column_logliks(rows, k).sum(axis=1) for k in range(mixed.n_masks)]))
+    for c, top in ((1, 200.0), (2, 80.0), (3, 40_000.0)):
+        col = mixed.schema.columns[c]
+        bins = np.round(np.arange(0.0 if col.transform == "log" else -top, top, col.resolution), col.decimals)
+        if col.nullable:
+            bins = np.append(bins, ABSENT)
+        for i, row in enumerate(rows):
+            x = np.repeat(row[None, :], len(bins), axis=0)
+            x[:, c] = bins
+            terms = np.stack([mixed.column_logliks(x, k) for k in range(mixed.n_masks)])  # (K, bins, C)
+            assert np.all(np.exp(np.logaddexp.reduce(terms[:, :, c], axis=1)) > 1 - 1e-3)  # the bins cover it
+            truth = -(base[i] - np.logaddexp.reduce(_mixture(terms.sum(axis=2))))
+            assert got[i, c] == pytest.approx(truth, abs=2e-3), (col.name, i)
+    assert got[3, 3] > 10 and got[4, 1] > 10  # the odd cells stand out
+    assert np.all(np.isfinite(got)) and np.all(got[:, 0] >= 0)
+
+
+def test_given_others_of_a_number_converges_on_a_finer_grid(mixed: TableEngine,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.engine.table_engine as te
+
+    rows = _mixed_rows(mixed)
+    got = mixed.surprisal(rows)["given_others"]
+    monkeypatch.setattr(te, "GIVEN_STEP", te.GIVEN_STEP / 20)
+    monkeypatch.setattr(te, "GIVEN_NODES", 400_001)
+    monkeypatch.setattr(te, "GIVEN_TAIL", 1e-10)
+    monkeypatch.setattr(te, "GIVEN_LOCAL", np.linspace(-40.0, 40.0, 801))
+    fine = mixed.surprisal(rows)["given_others"]
+    np.testing.assert_allclose(got, fine, rtol=0, atol=1e-4)
+
+
+def test_given_others_of_a_continuous_number_is_a_density(table_store: Path) -> None:
+    """The same network read with 'score' continuous (no decimals): its given_others is -log of a
+    density per unit of score, whose integral over score (a fine Riemann sum) is 1."""
+    import dataclasses
+
+    from made.schema import Schema
+
+    engine = TableEngine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], threads=1)
+    engine.schema = Schema(tuple(dataclasses.replace(col, decimals=None) if col.name == "score" else col
+                                 for col in engine.schema.columns))
+    rows = _mixed_rows(engine)[[0, 3]]
+    c, step = 2, 0.002
+    grid = np.arange(-80.0, 80.0, step)
+    for i, row in enumerate(rows):
+        x = np.repeat(row[None, :], len(grid), axis=0)
+        x[:, c] = grid
+        some = slice(None, None, len(grid) // 7)  # a few values of score
+        got = engine.surprisal(x[some])["given_others"][:, c]
+        joint = _mixture(np.stack([engine.column_logliks(x, k).sum(axis=1) for k in range(engine.n_masks)]))
+        log_norm = np.logaddexp.reduce(joint) + np.log(step)  # log ∫ p(score, the others) d score
+        np.testing.assert_allclose(got, -(joint[some] - log_norm), rtol=0, atol=1e-3, err_msg=f"row {i}")
+
+
+# --- per-column conditionals ------------------------------------------------------------------------
+
+def test_conditionals_are_the_engines_own_column_likelihoods(cats: TableEngine) -> None:
+    rows = np.array([[0, 1, 2, 0], [2, 0, 3, 2], [1, 1, 0, 1]], dtype=float)
+    for k in range(cats.n_masks):
+        r = cats.conditionals(rows, k)
+        assert r.mask == k and r.ordering.tolist() == cats.orderings[k].tolist()
+        for c, col in enumerate(cats.schema.columns):
+            probs = r.columns[c]["probs"]
+            for level in range(len(col.levels)):
+                x = rows.copy()
+                x[:, c] = level
+                np.testing.assert_allclose(probs[:, level], np.exp(cats.column_logliks(x, k)[:, c]), rtol=1e-12)
+            np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_conditionals_of_numbers_summarise_their_rounding_bins(mixed: TableEngine) -> None:
+    """Mean, sd and quantiles of a number's conditional against its bins' probabilities (the
+    engine's own log-likelihoods, bin by bin); p_absent against the likelihood of NA."""
+    rows = _mixed_rows(mixed)[[0, 3, 4]]
+    for k in range(mixed.n_masks):
+        r = mixed.conditionals(rows, k)
+        for c, top in ((1, 1000.0), (2, 80.0), (3, 40_000.0)):  # size's tail is long: its sd needs all of it
+            col, dist = mixed.schema.columns[c], r.columns[c]
+            bins = np.round(np.arange(0.0 if col.transform == "log" else -top, top, col.resolution), col.decimals)
+            for i, row in enumerate(rows):
+                x = np.repeat(row[None, :], len(bins), axis=0)
+                x[:, c] = bins
+                mass = np.exp(mixed.column_logliks(x, k)[:, c])
+                present = 1.0
+                if col.nullable:
+                    absent = row.copy()
+                    absent[c] = ABSENT
+                    p_absent = np.exp(mixed.column_logliks(absent[None, :], k)[0, c])
+                    assert dist["p_absent"][i] == pytest.approx(p_absent, rel=1e-6)  # float32 passes of 1 row or 5
+                    present = 1 - p_absent
+                assert mass.sum() == pytest.approx(present, abs=1e-4)
+                mass /= mass.sum()
+                mean = mass @ bins
+                assert dist["mean"][i] == pytest.approx(mean, rel=1e-3, abs=1e-3)
+                assert dist["sd"][i] == pytest.approx(np.sqrt(mass @ (bins - mean) ** 2), rel=5e-3)
+                cdf = np.cumsum(mass)
+                for q, p in (("q05", 0.05), ("q50", 0.5), ("q95", 0.95)):
+                    j = int(np.flatnonzero(bins == dist[q][i])[0])  # a value of the column: on a bin
+                    assert cdf[j] >= p - 1e-6 and (j == 0 or cdf[j - 1] <= p + 1e-6), (col.name, q, i)
+
+
+def test_conditionals_need_complete_rows_and_a_mask(cats: TableEngine) -> None:
+    from made.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="complete records"):
+        cats.conditionals(np.array([[0, np.nan, 1, 1]]), 0)
+    with pytest.raises(InvalidInput, match="out of range"):
+        cats.conditionals(np.array([[0, 1, 1, 1]]), cats.n_masks)

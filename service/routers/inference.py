@@ -60,9 +60,10 @@ async def logprob(req: LogProbRequest, dp: DataPlaneDep) -> LogProbResponse:
     return await dp.logprob(req)
 
 
-@router.post("/conditionals", responses=ERRORS)
+@router.post("/conditionals", responses=ERRORS, response_model_exclude_none=True)
 async def conditionals(req: ConditionalsRequest, dp: DataPlaneDep) -> ConditionalsResponse:
-    """p(x_d = 1 | the dimensions before d in mask k's ordering), per row and dimension."""
+    """p(x_d = 1 | the dimensions before d in mask k's ordering), per row and dimension; for a
+    table model's records, each column's distribution given the columns before it."""
     return await dp.conditionals(req)
 
 
