@@ -174,6 +174,11 @@ def _impute_records(records: Records, model: str | None, n_samples: int | None, 
         "records": _records_payload(records)})
 
 
+def _conditionals_records(records: Records, model: str | None, mask: int) -> _Call[ConditionalsResponse]:
+    return _Call("POST", "/conditionals", ConditionalsResponse, {
+        "model": model, "mask": mask, "records": _records_payload(records)})
+
+
 # --- the clients ----------------------------------------------------------------------------------
 
 class MadeClient:
@@ -276,6 +281,12 @@ class MadeClient:
         and n_samples completions per record (.samples)."""
         return self._run(_impute_records(records, model, n_samples, seed, n_importance))
 
+    def conditionals_records(self, records: Records, *, model: str | None = None,
+                             mask: int = 0) -> ConditionalsResponse:
+        """Per complete record, each column's distribution given the columns before it in mask
+        `mask`'s ordering (.conditionals; the ordering in .column_order)."""
+        return self._run(_conditionals_records(records, model, mask))
+
 
 class AsyncMadeClient:
     """The same methods as MadeClient, awaitable (concurrent requests from one task group)."""
@@ -366,3 +377,7 @@ class AsyncMadeClient:
     async def impute_records(self, records: Records, *, model: str | None = None, n_samples: int | None = None,
                              seed: int | None = None, n_importance: int | None = None) -> ImputeResponse:
         return await self._run(_impute_records(records, model, n_samples, seed, n_importance))
+
+    async def conditionals_records(self, records: Records, *, model: str | None = None,
+                                   mask: int = 0) -> ConditionalsResponse:
+        return await self._run(_conditionals_records(records, model, mask))

@@ -266,6 +266,11 @@ def test_records_through_a_real_server_and_the_client(both_store: Path) -> None:
         assert len(made.sample_records(5, seed=1, given={"b": "no"})) == 5
         imputed = made.impute_records([{"a": "green"}], n_samples=2, seed=1)
         assert imputed.records and imputed.records[0]["a"] == "green"
+        complete = [r for r in RECORDS if None not in r.values() and len(r) == len(engine.schema.names)]
+        cond = made.conditionals_records(complete[:1], mask=0)
+        assert cond.conditionals is not None and cond.column_order is not None
+        first = cond.column_order[0]  # nothing before it: its distribution is the model's marginal
+        assert abs(sum(cond.conditionals[0][first].values()) - 1) < 1e-9
         with pytest.raises(MadeAPIError) as info:
             made.logprob_records([{"a": "grey"}])
         assert info.value.status_code == 422
