@@ -46,8 +46,7 @@ app = FastAPI()
 async def logprob(body: LogProbBody) -> LogProbAnswer:
     """A constant answer, one row per row sent."""
     n = len(body.x)
-    return LogProbAnswer(model="bare", version="1", logprob=[-1.0] * n, exact=[True] * n,
-                         stderr=[None] * n)
+    return LogProbAnswer(model="bare", version="1", logprob=[-1.0] * n, exact=[True] * n, stderr=[None] * n)
 
 
 @app.get("/healthz")
@@ -60,8 +59,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, server_header=False,
-                log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, server_header=False, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -57,18 +57,43 @@ def server(store: Path, env: dict[str, str]) -> Iterator[str]:
 
 def run_hey(url: str, body: str, clients: int, requests: int, mode: str) -> Result:
     requests -= requests % clients  # hey sends requests // clients per client
-    out = subprocess.run(["hey", "-n", str(requests), "-c", str(clients), "-m", "POST",
-                          "-T", "application/json", "-d", body, "-t", "60", url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "hey",
+            "-n",
+            str(requests),
+            "-c",
+            str(clients),
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-d",
+            body,
+            "-t",
+            "60",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def grab(pattern: str, default: float = float("nan")) -> float:
         m = re.search(pattern, out)
         return float(m.group(1)) if m else default
 
     ok = int(grab(r"\[200\]\s+(\d+) responses", 0))
-    return Result(mode, clients, requests, grab(r"Total:\s+([\d.]+) secs"),
-                  grab(r"Requests/sec:\s+([\d.]+)"), 1000 * grab(r"50%+ in ([\d.]+) secs"),
-                  1000 * grab(r"99%+ in ([\d.]+) secs"), requests - ok)
+    return Result(
+        mode,
+        clients,
+        requests,
+        grab(r"Total:\s+([\d.]+) secs"),
+        grab(r"Requests/sec:\s+([\d.]+)"),
+        1000 * grab(r"50%+ in ([\d.]+) secs"),
+        1000 * grab(r"99%+ in ([\d.]+) secs"),
+        requests - ok,
+    )
 
 
 async def _run_httpx(url: str, body: str, clients: int, requests: int, mode: str) -> Result:
@@ -91,9 +116,16 @@ async def _run_httpx(url: str, body: str, clients: int, requests: int, mode: str
         await asyncio.gather(*(worker() for _ in range(clients)))
         seconds = time.perf_counter() - start
     latencies.sort()
-    return Result(mode, clients, requests, seconds, requests / seconds,
-                  1000 * latencies[len(latencies) // 2],
-                  1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], errors)
+    return Result(
+        mode,
+        clients,
+        requests,
+        seconds,
+        requests / seconds,
+        1000 * latencies[len(latencies) // 2],
+        1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        errors,
+    )
 
 
 def load(tool: str, url: str, body: str, clients: int, requests: int, mode: str) -> Result:
@@ -103,8 +135,7 @@ def load(tool: str, url: str, body: str, clients: int, requests: int, mode: str)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--model", default=None, help="default: the server's default model")
     parser.add_argument("--clients", type=int, default=64)
@@ -125,16 +156,14 @@ def main() -> int:
     on = {"MADE_BATCH_DELAY_MS": str(args.delay_ms)}
     with server(args.store, on) as base:
         url = f"{base}/sample"
-        model = httpx.post(url, content=body, headers={"Content-Type": "application/json"},
-                           timeout=60).json()["model"]
+        model = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=60).json()["model"]
         load(tool, url, body, 8, 200, "warm-up")
         results.append(load(tool, url, body, 1, args.sequential, "sequential"))
         results.append(load(tool, url, body, args.clients, args.requests, "concurrent, batching"))
     with server(args.store, {**on, "MADE_MAX_BATCH": "1"}) as base:
         url = f"{base}/sample"
         load(tool, url, body, 8, 100, "warm-up")
-        results.append(load(tool, url, body, args.clients, args.requests // 4,
-                            "concurrent, batching off"))
+        results.append(load(tool, url, body, args.clients, args.requests // 4, "concurrent, batching off"))
 
     ratio = results[1].rps / results[0].rps
     verdict = "PASS" if ratio >= args.target else "FAIL"
@@ -145,8 +174,10 @@ def main() -> int:
         "",
         "| mode | clients | requests | req/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *(f"| {r.mode} | {r.clients} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | "
-          f"{r.p99_ms:.1f} | {r.errors} |" for r in results),
+        *(
+            f"| {r.mode} | {r.clients} | {r.requests} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |"
+            for r in results
+        ),
         "",
         f"Throughput of {args.clients} concurrent clients with batching / sequential: "
         f"**{ratio:.1f}x** (target >= {args.target:g}x: {verdict}); batching on / off at "
@@ -155,13 +186,18 @@ def main() -> int:
     print("\n" + "\n".join(lines))
     if args.write:
         out = ROOT / "docs" / "batching-bench.md"
-        out.write_text("# Dynamic batching benchmark\n\nWritten by `bench/batching.py --write`.\n\n"
-                       + "\n".join(lines) + "\n")
+        out.write_text(
+            "# Dynamic batching benchmark\n\nWritten by `bench/batching.py --write`.\n\n" + "\n".join(lines) + "\n"
+        )
         print(f"wrote {out}", file=sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps({"model": model, "tool": tool, "ratio": ratio,
-                                         "results": [asdict(r) for r in results]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"model": model, "tool": tool, "ratio": ratio, "results": [asdict(r) for r in results]}, indent=1
+            )
+        )
     return 0 if ratio >= args.target and not any(r.errors for r in results) else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -76,14 +76,18 @@ def dense_matmul_session(net: Network, threads: int) -> ort.InferenceSession:
         inits.append(numpy_helper.from_array(net.direct, "Wd"))
         nodes.append(helper.make_node("MatMul", ["x", "Wd"], ["hd"]))
         outputs.append(helper.make_tensor_value_info("hd", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, ["N", net.dims])], outputs, initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", net.dims])],
+        outputs,
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def numpy_dense(net: Network) -> Callable[[np.ndarray], object]:
@@ -145,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=str(ROOT / "model_store"))
     parser.add_argument("--name", default="binarized-mnist")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="onnxruntime intra-op and BLAS threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op and BLAS threads (default 1)")
     parser.add_argument("--n", type=int, default=1000, help="rows sampled by both samplers")
-    parser.add_argument("--naive-rows", type=int, default=None,
-                        help="time the naive sampler on fewer rows and extrapolate (default: n)")
+    parser.add_argument(
+        "--naive-rows", type=int, default=None, help="time the naive sampler on fewer rows and extrapolate (default: n)"
+    )
     parser.add_argument("--repeats", type=int, default=10, help="rounds for throughputs")
     parser.add_argument("--calls", type=int, default=300, help="calls for each latency")
     parser.add_argument("--write", action="store_true", help=f"write the table to {DOC}")
@@ -164,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFound:
         tmp = tempfile.TemporaryDirectory(prefix="engine-bench-")
         model = open_model(random_default_model(Path(tmp.name), args.name), args.name)
-        source = (f"**stand-in**: `{args.name}` is not in {args.store} yet, so a randomly "
-                  "initialised model of the same shape (D=784, hidden [500, 500], K=8, direct) "
-                  "built with made.onnx_graph.build_graph")
+        source = (
+            f"**stand-in**: `{args.name}` is not in {args.store} yet, so a randomly "
+            "initialised model of the same shape (D=784, hidden [500, 500], K=8, direct) "
+            "built with made.onnx_graph.build_graph"
+        )
     print(f"model: {source}", file=sys.stderr)
     engine = Engine(model, ["CPUExecutionProvider"], threads=args.threads)
     net = load_network(engine.model.onnx_path)
@@ -189,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     rows += [
         ("sampling", f"fast sampler, n={args.n}, mask 0", f"{fast_time:.3f} s", "best of runs"),
         ("sampling", f"naive sampler ({dims} graph runs), n={args.n}", f"{naive_time:.1f} s", how),
-        ("sampling", "**speed-up, fast vs naive**", f"**{naive_time / fast_time:.0f}x**",
-         f"target >= 30x; identical samples on {same}/{naive_rows} rows"),
+        (
+            "sampling",
+            "**speed-up, fast vs naive**",
+            f"**{naive_time / fast_time:.0f}x**",
+            f"target >= 30x; identical samples on {same}/{naive_rows} rows",
+        ),
     ]
 
     # 2. log p(x) at batch 1000 against the dense roofline
@@ -201,49 +211,86 @@ def main(argv: list[str] | None = None) -> int:
     dense_np = numpy_dense(net)
     stored_k = np.array(0, dtype=np.int64)
     stored = make_session(engine.model.onnx_path, engine.providers, args.threads)  # the graph as stored
-    times = best_of({
-        "numpy": lambda: dense_np(xf),
-        "ort": lambda: dense_ort.run(None, {"x": xf}),
-        "one": lambda: engine.logprob(x, masks=0),
-        "mix": lambda: engine.logprob(x, masks="all"),
-        "stored": lambda: stored.run(["logits"], {"x": xf, "mask_index": stored_k}),
-        "dense": lambda: engine.logits(xf, 0),
-    }, args.repeats)
+    times = best_of(
+        {
+            "numpy": lambda: dense_np(xf),
+            "ort": lambda: dense_ort.run(None, {"x": xf}),
+            "one": lambda: engine.logprob(x, masks=0),
+            "mix": lambda: engine.logprob(x, masks="all"),
+            "stored": lambda: stored.run(["logits"], {"x": xf, "mask_index": stored_k}),
+            "dense": lambda: engine.logits(xf, 0),
+        },
+        args.repeats,
+    )
     gemm_np = flops * BATCH / times["numpy"]
     gemm_ort = flops * BATCH / times["ort"]
     roofline = max(gemm_np, gemm_ort)
     direct = " + 2 D^2" if net.direct is not None else ""
-    rows.append(("roofline", f"FLOPs per row, one mask (2 x sum fan_in x fan_out{direct})",
-                 f"{flops / 1e6:.2f} M", f"the mixture needs K={k} times that"))
-    rows.append(("roofline", f"dense float32 matmul, numpy, batch {BATCH}",
-                 f"{gemm_np / 1e9:.1f} GFLOP/s", "same shapes, same threads"))
-    rows.append(("roofline", f"dense float32 MatMul, onnxruntime, batch {BATCH}",
-                 f"{gemm_ort / 1e9:.1f} GFLOP/s", "a bare graph of the same MatMuls"))
-    rows.append(("roofline", "**roofline**: the faster of the two", f"{roofline / 1e9:.1f} GFLOP/s",
-                 "the denominator below"))
-    for key, label, work in (("one", "log p(x), one mask", flops),
-                             ("mix", f"log p(x), mixture of {k}", k * flops)):
+    rows.append(
+        (
+            "roofline",
+            f"FLOPs per row, one mask (2 x sum fan_in x fan_out{direct})",
+            f"{flops / 1e6:.2f} M",
+            f"the mixture needs K={k} times that",
+        )
+    )
+    rows.append(
+        (
+            "roofline",
+            f"dense float32 matmul, numpy, batch {BATCH}",
+            f"{gemm_np / 1e9:.1f} GFLOP/s",
+            "same shapes, same threads",
+        )
+    )
+    rows.append(
+        (
+            "roofline",
+            f"dense float32 MatMul, onnxruntime, batch {BATCH}",
+            f"{gemm_ort / 1e9:.1f} GFLOP/s",
+            "a bare graph of the same MatMuls",
+        )
+    )
+    rows.append(
+        ("roofline", "**roofline**: the faster of the two", f"{roofline / 1e9:.1f} GFLOP/s", "the denominator below")
+    )
+    for key, label, work in (("one", "log p(x), one mask", flops), ("mix", f"log p(x), mixture of {k}", k * flops)):
         rate = BATCH / times[key]
         achieved = rate * work
-        rows.append(("roofline", f"{label}, batch {BATCH}", f"{rate:,.0f} rows/s",
-                     f"{achieved / 1e9:.1f} GFLOP/s"))
-        rows.append(("roofline", f"**{label}: fraction of roofline**",
-                     f"**{achieved / roofline:.2f}**",
-                     f"target >= 0.5; {achieved / gemm_np:.2f} of numpy's, "
-                     f"{achieved / gemm_ort:.2f} of onnxruntime's"))
-    rows.append(("roofline", "logits only, stored graph (masks rebuilt per call), batch 1000",
-                 f"{BATCH / times['stored']:,.0f} rows/s", "mask_index as input"))
-    rows.append(("roofline", "logits only, the mask's weights fed to one dense pass (what the engine runs), "
-                 "batch 1000", f"{BATCH / times['dense']:,.0f} rows/s",
-                 f"{times['stored'] / times['dense']:.2f}x the stored graph"))
+        rows.append(("roofline", f"{label}, batch {BATCH}", f"{rate:,.0f} rows/s", f"{achieved / 1e9:.1f} GFLOP/s"))
+        rows.append(
+            (
+                "roofline",
+                f"**{label}: fraction of roofline**",
+                f"**{achieved / roofline:.2f}**",
+                f"target >= 0.5; {achieved / gemm_np:.2f} of numpy's, {achieved / gemm_ort:.2f} of onnxruntime's",
+            )
+        )
+    rows.append(
+        (
+            "roofline",
+            "logits only, stored graph (masks rebuilt per call), batch 1000",
+            f"{BATCH / times['stored']:,.0f} rows/s",
+            "mask_index as input",
+        )
+    )
+    rows.append(
+        (
+            "roofline",
+            "logits only, the mask's weights fed to one dense pass (what the engine runs), batch 1000",
+            f"{BATCH / times['dense']:,.0f} rows/s",
+            f"{times['stored'] / times['dense']:.2f}x the stored graph",
+        )
+    )
 
     # 3. single-row latency
     x1, x1f = x[:1], xf[:1]
     for label, fn in (
         ("logprob, 1 row, mixture", lambda: engine.logprob(x1)),
         ("logprob, 1 row, one mask", lambda: engine.logprob(x1, masks=0)),
-        ("logits, 1 row, stored graph (masks rebuilt per call)",
-         lambda: stored.run(["logits"], {"x": x1f, "mask_index": stored_k})),
+        (
+            "logits, 1 row, stored graph (masks rebuilt per call)",
+            lambda: stored.run(["logits"], {"x": x1f, "mask_index": stored_k}),
+        ),
         ("logits, 1 row, the engine's dense pass", lambda: engine.logits(x1f, 0)),
         ("sample(n=1), mixture", lambda: engine.sample(1, seed=0)),
         # what dynamic batching hands the engine: 64 single-sample requests, all K masks in one
@@ -265,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(rows: list[tuple[str, str, str, str]], source: str, args: argparse.Namespace,
-           engine: Engine) -> str:
+def render(rows: list[tuple[str, str, str, str]], source: str, args: argparse.Namespace, engine: Engine) -> str:
     lines = [
         "# Engine benchmark",
         "",
@@ -279,8 +325,7 @@ def render(rows: list[tuple[str, str, str, str]], source: str, args: argparse.Na
         f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine shows "
         "mostly in the p99s).",
         "",
-        f"Regenerate: `.venv/bin/python bench/engine_bench.py --threads {args.threads} --write` "
-        "(or `make bench`).",
+        f"Regenerate: `.venv/bin/python bench/engine_bench.py --threads {args.threads} --write` (or `make bench`).",
         "",
         "| figure | measurement | value | note |",
         "|---|---|---|---|",

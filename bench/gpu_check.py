@@ -76,7 +76,8 @@ def probe_cuda(ort: Any) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
     )
@@ -117,8 +118,9 @@ def mask_logliks(session: Any, x: np.ndarray, n_masks: int) -> np.ndarray:
     out = np.empty((n_masks, len(x)))
     for k in range(n_masks):
         mask = np.array(k, dtype=np.int64)
-        parts = [session.run(["logits"], {"x": xf[i : i + CHUNK], "mask_index": mask})[0]
-                 for i in range(0, len(xf), CHUNK)]
+        parts = [
+            session.run(["logits"], {"x": xf[i : i + CHUNK], "mask_index": mask})[0] for i in range(0, len(xf), CHUNK)
+        ]
         logits = np.concatenate(parts).astype(np.float64)  # (N, D)
         signed = np.where(x > 0.5, logits, -logits)
         out[k] = -np.logaddexp(0.0, -signed).sum(axis=1)  # log sigmoid(+-z), stable
@@ -158,7 +160,9 @@ def gpu_name() -> str:
     try:
         done = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired):
         return "?"
@@ -200,15 +204,12 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
         f"- GPU: {gpu_name()}; host: {platform.platform()}, {os.cpu_count()} CPUs",
-        f"- onnxruntime: {ort_description(ort)}; CUDA session providers: "
-        f"{', '.join(cuda.get_providers())}",
+        f"- onnxruntime: {ort_description(ort)}; CUDA session providers: {', '.join(cuda.get_providers())}",
         f"- NVIDIA_TF32_OVERRIDE={os.environ.get('NVIDIA_TF32_OVERRIDE', '(unset)')}; CUDA provider "
         f"use_tf32={cuda.get_provider_options().get(CUDA, {}).get('use_tf32', '?')}",
-        f"- model: {model.name} version {model.version} (D={model.dims}, K={model.n_masks}); "
-        f"rows: {source}",
+        f"- model: {model.name} version {model.version} (D={model.dims}, K={model.n_masks}); rows: {source}",
         "",
-        f"## CPU/CUDA parity of log p(x), tolerance {args.tolerance:g} nats: "
-        f"{'passed' if ok else 'FAILED'}",
+        f"## CPU/CUDA parity of log p(x), tolerance {args.tolerance:g} nats: {'passed' if ok else 'FAILED'}",
         "",
         "| mask | max abs difference (nats) | mean log p(x), CPU |",
         "|---|---|---|",
@@ -236,8 +237,7 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
         sample = "n/a (no service.engine)"
         if engine is not None:
             sample = f"{rows_per_second(lambda: engine.sample(b, seed=0), b):,.0f}"  # noqa: B023
-        lines.append(f"| {b} | {cpu_rate:,.0f} | {cuda_rate:,.0f} | {cuda_rate / cpu_rate:.1f} "
-                     f"| {sample} |")
+        lines.append(f"| {b} | {cpu_rate:,.0f} | {cuda_rate:,.0f} | {cuda_rate / cpu_rate:.1f} | {sample} |")
     lines += [
         "",
         "The sampler steps through the network in numpy on the CPU whatever the provider, so its",
@@ -250,11 +250,13 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=os.environ.get("MADE_STORE", str(ROOT / "model_store")))
-    parser.add_argument("--model", default=os.environ.get("MADE_DEFAULT_MODEL") or None,
-                        help="default: binarized-mnist if in the store, else the first name")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("MADE_DEFAULT_MODEL") or None,
+        help="default: binarized-mnist if in the store, else the first name",
+    )
     parser.add_argument("--rows", type=int, default=1000, help="rows for the parity check")
-    parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")],
-                        default=[1, 64, 1024, 8192])
+    parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 64, 1024, 8192])
     parser.add_argument("--tolerance", type=float, default=1e-4, help="nats")
     parser.add_argument("--write", action="store_true", help="also write the markdown to --out")
     parser.add_argument("--out", default=str(ROOT / "docs" / "gpu-check.md"))
@@ -268,10 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         Path(args.out).write_text(report)
     if not ok:
-        print(f"gpu_check: CPU and CUDA log p(x) differ by more than {args.tolerance:g} nats "
-              "(see the parity table; TF32 matmuls are the usual cause: check the CUDA provider "
-              "options above, or set NVIDIA_TF32_OVERRIDE=0)",
-              file=sys.stderr)
+        print(
+            f"gpu_check: CPU and CUDA log p(x) differ by more than {args.tolerance:g} nats "
+            "(see the parity table; TF32 matmuls are the usual cause: check the CUDA provider "
+            "options above, or set NVIDIA_TF32_OVERRIDE=0)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

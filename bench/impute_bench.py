@@ -77,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="binarized-mnist")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--repeats", type=int, default=20, help="requests of the fast kinds")
-    parser.add_argument("--slow-repeats", type=int, default=5,
-                        help="requests of the importance-sampled row, and of each baseline kind")
-    parser.add_argument("--baseline", type=Path, default=None,
-                        help="a checkout of another revision, served beside this tree's")
-    parser.add_argument("--baseline-label", default=None,
-                        help="what the baseline is, for the table (default: its path)")
+    parser.add_argument(
+        "--slow-repeats", type=int, default=5, help="requests of the importance-sampled row, and of each baseline kind"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="a checkout of another revision, served beside this tree's"
+    )
+    parser.add_argument(
+        "--baseline-label", default=None, help="what the baseline is, for the table (default: its path)"
+    )
     parser.add_argument("--write", action="store_true", help=f"write the table to {DOC}")
     args = parser.parse_args(argv)
     if not (args.store / args.name).is_dir():
@@ -98,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline is not None:
             base_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
             servers["baseline"] = stack.enter_context(made_serve(args.store, env=base_env))
-        clients = {s: stack.enter_context(httpx.Client(base_url=p.url, timeout=600))
-                   for s, p in servers.items()}
+        clients = {s: stack.enter_context(httpx.Client(base_url=p.url, timeout=600)) for s, p in servers.items()}
         row, source = mnist_row(args.data, clients["this tree"], args.name)
         half = len(row) // 2
         exact_row = row[:half] + [None] * (len(row) - half)
@@ -109,13 +111,24 @@ def main(argv: list[str] | None = None) -> int:
             fast = args.repeats if server == "this tree" else args.slow_repeats
             kinds += [
                 Kind(server, "/sample n=64", "/sample", {"n": 64, "model": args.name}, fast),
-                Kind(server, "/impute, exact row (second half missing), defaults", "/impute",
-                     {"x": [exact_row], "model": args.name}, fast),
+                Kind(
+                    server,
+                    "/impute, exact row (second half missing), defaults",
+                    "/impute",
+                    {"x": [exact_row], "model": args.name},
+                    fast,
+                ),
             ]
             if server == "this tree":
-                kinds.append(Kind(server, "/impute, same row, first half missing (not exact: "
-                                  "likelihood weighting), defaults", "/impute",
-                                  {"x": [weighted_row], "model": args.name}, args.slow_repeats))
+                kinds.append(
+                    Kind(
+                        server,
+                        "/impute, same row, first half missing (not exact: likelihood weighting), defaults",
+                        "/impute",
+                        {"x": [weighted_row], "model": args.name},
+                        args.slow_repeats,
+                    )
+                )
         for kind in kinds:  # warm-up: the sampler builds its plans on first use
             clients[kind.server].post(kind.path, json=kind.body).raise_for_status()
         failed = 0
@@ -128,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 kind.seconds.append(time.perf_counter() - start)
                 if r.status_code != 200:
                     failed += 1
-                    print(f"{kind.server} {kind.path}: {r.status_code} {r.text[:200]}",
-                          file=sys.stderr)
+                    print(f"{kind.server} {kind.path}: {r.status_code} {r.text[:200]}", file=sys.stderr)
                 elif kind.path == "/impute":
                     kind.exact, kind.ess = r.json()["exact"][0], r.json()["ess"][0]
             print(f"round {round_ + 1} done", file=sys.stderr)
@@ -161,12 +173,13 @@ def render(kinds: list[Kind], source: str, args: argparse.Namespace) -> str:
     for k in kinds:
         exact = "" if k.exact is None else str(k.exact).lower()
         ess = "" if k.ess is None else f"{k.ess:.1f}"
-        lines.append(f"| {k.server} | {k.label} | {len(k.seconds)} | {k.median_ms:.1f} | "
-                     f"{k.median_ms / sample[k.server]:.2f}x | {exact} | {ess} |")
+        lines.append(
+            f"| {k.server} | {k.label} | {len(k.seconds)} | {k.median_ms:.1f} | "
+            f"{k.median_ms / sample[k.server]:.2f}x | {exact} | {ess} |"
+        )
     exact_kind = {k.server: k for k in kinds if k.label.startswith("/impute, exact")}
     ratios = {s: k.median_ms / sample[s] for s, k in exact_kind.items()}
-    summary = (f"Exact-row /impute with its defaults / /sample n=64: **{ratios['this tree']:.2f}x** "
-               "(target <= 3x)")
+    summary = f"Exact-row /impute with its defaults / /sample n=64: **{ratios['this tree']:.2f}x** (target <= 3x)"
     if "baseline" in ratios:
         summary += f"; baseline {ratios['baseline']:.1f}x"
     lines += ["", summary + ".", ""]

@@ -112,8 +112,7 @@ class Row:
 def summarize(phase: str, endpoint: str, runs: list[Run], seconds: float) -> Row:
     """Merge runs: each run's quantile grid stands for its requests in equal shares."""
     values = np.concatenate([np.asarray(r.quantiles_us, dtype=np.float64) for r in runs])
-    weights = np.concatenate([np.full(len(r.quantiles_us), r.requests / len(r.quantiles_us))
-                              for r in runs])
+    weights = np.concatenate([np.full(len(r.quantiles_us), r.requests / len(r.quantiles_us)) for r in runs])
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order]) / max(weights.sum(), 1e-12)
 
@@ -122,8 +121,9 @@ def summarize(phase: str, endpoint: str, runs: list[Run], seconds: float) -> Row
         return float(values[order][i]) / 1000
 
     requests = sum(r.requests for r in runs)
-    return Row(phase, endpoint, requests, requests / seconds, quantile(0.50), quantile(0.99),
-               sum(r.unexpected for r in runs))
+    return Row(
+        phase, endpoint, requests, requests / seconds, quantile(0.50), quantile(0.99), sum(r.unexpected for r in runs)
+    )
 
 
 @dataclass
@@ -141,15 +141,14 @@ def targets(manifest: dict[str, Any], model: str | None) -> list[Target]:
     rng = np.random.default_rng(0)
     row = rng.integers(0, 2, dims).tolist()
     holes: list[int | None] = list(row)
-    for d in manifest["orderings"][0][-(dims // 2):]:
+    for d in manifest["orderings"][0][-(dims // 2) :]:
         holes[d] = None
     named = {"model": model} if model else {}
     return [
         Target("/logprob", "/logprob (1 row)", {**named, "x": [row]}),
         Target("/conditionals", "/conditionals (1 row)", {**named, "x": [row], "mask": 0}),
         Target("/sample", "/sample (n=4)", {**named, "n": 4}),
-        Target("/impute", f"/impute (1 row, last {dims // 2} of {dims} missing, defaults)",
-               {**named, "x": [holes]}),
+        Target("/impute", f"/impute (1 row, last {dims // 2} of {dims} missing, defaults)", {**named, "x": [holes]}),
     ]
 
 
@@ -160,17 +159,29 @@ class Wrk:
         self.script.write_text(LUA)
         self._count = 0
 
-    def start(self, url: str, body: dict[str, object], connections: int, seconds: float,
-              threads: int = 1) -> tuple[subprocess.Popen[bytes], Path]:
+    def start(
+        self, url: str, body: dict[str, object], connections: int, seconds: float, threads: int = 1
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         self._count += 1
         body_file = self.workdir / f"body{self._count}.json"
         out = self.workdir / f"out{self._count}.json"
         body_file.write_text(json.dumps(body))
         proc = subprocess.Popen(
-            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-             "--timeout", "30s", "-s", str(self.script), url],
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(self.script),
+                url,
+            ],
             env={**os.environ, "BODY_FILE": str(body_file), "WRK_OUT": str(out)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         return proc, out
 
     def finish(self, endpoint: str, proc: subprocess.Popen[bytes], out: Path) -> Run:
@@ -179,17 +190,16 @@ class Wrk:
             sys.exit(f"wrk failed on {endpoint} (exit {proc.returncode}): {err.decode()[-500:]}")
         data = json.loads(out.read_text())
         errors = {k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout")}
-        return Run(endpoint, int(data["requests"]), data["duration_us"] / 1e6, errors,
-                   [int(v) for v in data["quantiles_us"]])
+        return Run(
+            endpoint, int(data["requests"]), data["duration_us"] / 1e6, errors, [int(v) for v in data["quantiles_us"]]
+        )
 
     def mix(self, base: str, mix: list[Target], clients: int, seconds: float) -> list[Run]:
         """Every target at once, clients // len(mix) connections each."""
-        started = [(t, *self.start(base + t.path, t.body, clients // len(mix), seconds))
-                   for t in mix]
+        started = [(t, *self.start(base + t.path, t.body, clients // len(mix), seconds)) for t in mix]
         return [self.finish(t.label, proc, out) for t, proc, out in started]
 
-    def one(self, url: str, body: dict[str, object], clients: int, seconds: float,
-            label: str) -> Run:
+    def one(self, url: str, body: dict[str, object], clients: int, seconds: float, label: str) -> Run:
         return self.finish(label, *self.start(url, body, clients, seconds, threads=2))
 
 
@@ -198,14 +208,18 @@ def fairness(alone: dict[str, Row], mixed: list[Row]) -> list[str]:
     pairs = [(alone[r.endpoint], r) for r in mixed if r.endpoint in alone]
     if not pairs:
         return []
-    lines = ["Each endpoint in the mix against the same endpoint alone (same connections; target: "
-             "p99 in the mix at most 3x its p99 alone):", "",
-             "| endpoint | p99 alone (ms) | p99 in the mix (ms) | ratio | within 3x |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "Each endpoint in the mix against the same endpoint alone (same connections; target: "
+        "p99 in the mix at most 3x its p99 alone):",
+        "",
+        "| endpoint | p99 alone (ms) | p99 in the mix (ms) | ratio | within 3x |",
+        "|---|---:|---:|---:|---|",
+    ]
     for a, m in pairs:
         ratio = m.p99_ms / a.p99_ms if a.p99_ms else float("inf")
-        lines.append(f"| {m.endpoint} | {a.p99_ms:.1f} | {m.p99_ms:.1f} | {ratio:.1f}x | "
-                     f"{'yes' if ratio <= 3 else 'no'} |")
+        lines.append(
+            f"| {m.endpoint} | {a.p99_ms:.1f} | {m.p99_ms:.1f} | {ratio:.1f}x | {'yes' if ratio <= 3 else 'no'} |"
+        )
     return [*lines, ""]
 
 
@@ -241,8 +255,11 @@ class RssSampler:
 @contextmanager
 def bare_server() -> Iterator[tuple[str, int]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_bare_app.py"), "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "_bare_app.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -265,11 +282,15 @@ def table(rows: list[Row]) -> list[str]:
     def cpu(r: Row) -> str:
         return "" if r.server_cpu is None else f"{r.server_cpu:.2f}"
 
-    return ["| phase | endpoint | requests | req/s | p50 ms | p99 ms | unexpected errors | "
-            "server CPU (cores) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-            *(f"| {r.phase} | {r.endpoint} | {r.requests} | {r.rps:.0f} | {r.p50_ms:.1f} | "
-              f"{r.p99_ms:.1f} | {r.unexpected} | {cpu(r)} |" for r in rows)]
+    return [
+        "| phase | endpoint | requests | req/s | p50 ms | p99 ms | unexpected errors | server CPU (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r.phase} | {r.endpoint} | {r.requests} | {r.rps:.0f} | {r.p50_ms:.1f} | "
+            f"{r.p99_ms:.1f} | {r.unexpected} | {cpu(r)} |"
+            for r in rows
+        ),
+    ]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -284,23 +305,30 @@ def _mix_rows(phase: str, mix: list[Target], runs: list[Run], seconds: float) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--model", default=None, help="default: the server's default model")
     parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
     parser.add_argument("--duration", type=float, default=60.0, help="mixed load, seconds")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds, not counted")
-    parser.add_argument("--alone-seconds", type=float, default=10.0,
-                        help="seconds of each endpoint alone before the mix (0: skip)")
-    parser.add_argument("--leak-requests", type=int, default=0,
-                        help="run the leak check: requests answered after the warm-up before "
-                             "memory is compared, e.g. 100000 (default 0: not run)")
-    parser.add_argument("--leak-model", default=None,
-                        help="the model of the leak check's mix (default: --model)")
+    parser.add_argument(
+        "--alone-seconds", type=float, default=10.0, help="seconds of each endpoint alone before the mix (0: skip)"
+    )
+    parser.add_argument(
+        "--leak-requests",
+        type=int,
+        default=0,
+        help="run the leak check: requests answered after the warm-up before "
+        "memory is compared, e.g. 100000 (default 0: not run)",
+    )
+    parser.add_argument("--leak-model", default=None, help="the model of the leak check's mix (default: --model)")
     parser.add_argument("--max-growth-mb", type=float, default=50.0)
-    parser.add_argument("--compare-seconds", type=float, default=15.0,
-                        help="seconds of /logprob against made serve and the bare app (0: skip)")
+    parser.add_argument(
+        "--compare-seconds",
+        type=float,
+        default=15.0,
+        help="seconds of /logprob against made serve and the bare app (0: skip)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--write", action="store_true", help="write docs/load.md")
     args = parser.parse_args()
@@ -347,8 +375,9 @@ def main() -> int:
         if args.alone_seconds > 0:
             for t in mix:
                 print(f"alone: {t.path}, {args.clients // 4} clients, {args.alone_seconds:g} s", file=sys.stderr)
-                run = wrk.finish(t.label, *wrk.start(server.url + t.path, t.body, args.clients // 4,
-                                                     args.alone_seconds))
+                run = wrk.finish(
+                    t.label, *wrk.start(server.url + t.path, t.body, args.clients // 4, args.alone_seconds)
+                )
                 alone[t.label] = summarize(f"alone, {args.alone_seconds:g} s", t.label, [run], run.seconds)
             rows += alone.values()
 
@@ -367,8 +396,11 @@ def main() -> int:
                 start, cpu = time.perf_counter(), cpu_seconds(pid)
                 while served < args.leak_requests:
                     left = (args.leak_requests - served) / rate if rate else 0.0
-                    print(f"leak check: {served} of {args.leak_requests} requests answered"
-                          + (f", about {left:.0f} s to go" if rate else ""), file=sys.stderr)
+                    print(
+                        f"leak check: {served} of {args.leak_requests} requests answered"
+                        + (f", about {left:.0f} s to go" if rate else ""),
+                        file=sys.stderr,
+                    )
                     # rounds of at most 30 s, the last sized to end near the count
                     batch = wrk.mix(server.url, leak_mix, args.clients, min(max(left + 1, 5), 30))
                     if not sum(r.requests for r in batch):
@@ -380,47 +412,47 @@ def main() -> int:
                 # the leak check's own rounds, merged per endpoint
                 per_target = [[r for r in leak_runs if r.endpoint == t.label] for t in leak_mix]
                 phase = f"leak check on '{leak_name}', {seconds:.0f} s"
-                rows += [summarize(phase, t.label, rs, seconds)
-                         for t, rs in zip(leak_mix, per_target, strict=True)]
+                rows += [summarize(phase, t.label, rs, seconds) for t, rs in zip(leak_mix, per_target, strict=True)]
                 rows.append(summarize(phase, "**all**", leak_runs, seconds))
                 rows[-1].server_cpu = (cpu_seconds(pid) - cpu) / seconds
                 memory[f"after the leak check ({served} requests)"] = rss_bytes(pid) / MB
         growth = (rss_bytes(pid) - rss_start) / MB
-        memory["highest sample (once a second)"] = max(s for _, s in sampler.samples) / MB if (
-            sampler.samples) else float("nan")
+        memory["highest sample (once a second)"] = (
+            max(s for _, s in sampler.samples) / MB if (sampler.samples) else float("nan")
+        )
         memory["peak (VmHWM)"] = rss_bytes(pid, "VmHWM") / MB
 
         # The floor, on each model of the run: the main one, and the leak check's if another.
-        floors = [(name, mix[0].body)] + ([(leak_name, leak_mix[0].body)]
-                                          if leak_name != name and args.leak_requests > 0 else [])
+        floors = [(name, mix[0].body)] + (
+            [(leak_name, leak_mix[0].body)] if leak_name != name and args.leak_requests > 0 else []
+        )
         if args.compare_seconds > 0:
             for model_name, body in floors:
-                print(f"floor: /logprob on made serve ({model_name}), {args.compare_seconds:g} s",
-                      file=sys.stderr)
+                print(f"floor: /logprob on made serve ({model_name}), {args.compare_seconds:g} s", file=sys.stderr)
                 start, cpu = time.perf_counter(), cpu_seconds(pid)
-                run = wrk.one(server.url + "/logprob", body, args.clients, args.compare_seconds,
-                              "made serve")
-                compare.append(summarize(f"/logprob, 1 row of '{model_name}'", "`made serve`",
-                                         [run], run.seconds))
+                run = wrk.one(server.url + "/logprob", body, args.clients, args.compare_seconds, "made serve")
+                compare.append(summarize(f"/logprob, 1 row of '{model_name}'", "`made serve`", [run], run.seconds))
                 compare[-1].server_cpu = (cpu_seconds(pid) - cpu) / (time.perf_counter() - start)
     if args.compare_seconds > 0:
         with tempfile.TemporaryDirectory() as tmp, bare_server() as (bare, bare_pid):
             wrk = Wrk(Path(tmp))
             wrk.one(bare + "/logprob", floors[0][1], args.clients, 2, "warm-up")
             for i, (model_name, body) in enumerate(floors):
-                print(f"floor: /logprob on the bare app ({model_name}), {args.compare_seconds:g} s",
-                      file=sys.stderr)
+                print(f"floor: /logprob on the bare app ({model_name}), {args.compare_seconds:g} s", file=sys.stderr)
                 start, cpu = time.perf_counter(), cpu_seconds(bare_pid)
                 run = wrk.one(bare + "/logprob", body, args.clients, args.compare_seconds, "bare")
-                compare.insert(2 * i + 1, summarize(
-                    f"/logprob, 1 row of '{model_name}'", "bare FastAPI (`bench/_bare_app.py`)",
-                    [run], run.seconds))
-                compare[2 * i + 1].server_cpu = ((cpu_seconds(bare_pid) - cpu)
-                                                 / (time.perf_counter() - start))
+                compare.insert(
+                    2 * i + 1,
+                    summarize(
+                        f"/logprob, 1 row of '{model_name}'", "bare FastAPI (`bench/_bare_app.py`)", [run], run.seconds
+                    ),
+                )
+                compare[2 * i + 1].server_cpu = (cpu_seconds(bare_pid) - cpu) / (time.perf_counter() - start)
 
     unexpected = sum(r.unexpected for r in rows + compare) + sum(r.unexpected for r in warm)
-    shown_args = [a for i, a in enumerate(sys.argv[1:]) if a != "--json" and (
-        i == 0 or sys.argv[i] != "--json")]  # the command as rerun, less where the JSON went
+    shown_args = [
+        a for i, a in enumerate(sys.argv[1:]) if a != "--json" and (i == 0 or sys.argv[i] != "--json")
+    ]  # the command as rerun, less where the JSON went
     leak_ran = args.leak_requests > 0
     growth_ok = not leak_ran or growth < args.max_growth_mb
     lines = [
@@ -433,8 +465,7 @@ def main() -> int:
         "",
         *table(rows),
         "",
-        "Unexpected errors (any status but 200, timeouts, broken connections), warm-up "
-        f"included: **{unexpected}**.",
+        f"Unexpected errors (any status but 200, timeouts, broken connections), warm-up included: **{unexpected}**.",
         "",
         *fairness(alone, [r for r in rows if r.phase.startswith("mixed")]),
         "Resident memory of the server process (VmRSS from /proc/PID/status):",
@@ -446,33 +477,56 @@ def main() -> int:
     ]
     if leak_ran:
         verdict = "PASS" if growth_ok else "FAIL"
-        lines += [f"Growth from the warm-up to the end: {growth:+.1f} MB over {served} requests "
-                  f"(bound {args.max_growth_mb:g} MB over {args.leak_requests}): **{verdict}**.",
-                  ""]
+        lines += [
+            f"Growth from the warm-up to the end: {growth:+.1f} MB over {served} requests "
+            f"(bound {args.max_growth_mb:g} MB over {args.leak_requests}): **{verdict}**.",
+            "",
+        ]
     else:
-        lines += [f"Growth over the mixed load: {growth:+.1f} MB over {served} requests. The leak "
-                  "check (100000 requests) did not run: `--leak-requests 100000` runs it, "
-                  "`--leak-model` picks a cheaper model's mix to reach the count sooner.", ""]
+        lines += [
+            f"Growth over the mixed load: {growth:+.1f} MB over {served} requests. The leak "
+            "check (100000 requests) did not run: `--leak-requests 100000` runs it, "
+            "`--leak-model` picks a cheaper model's mix to reach the count sooner.",
+            "",
+        ]
     if compare:
-        ratios = "; ".join(f"{made.phase.split(' of ')[-1]}: **{made.rps / bare.rps:.0%}**"
-                           for made, bare in zip(compare[::2], compare[1::2], strict=True))
-        lines += ["Single-row /logprob against a bare FastAPI endpoint that parses the same body "
-                  f"and answers a constant ({args.compare_seconds:g} s each, {args.clients} "
-                  "connections, one after the other):", "", *table(compare), "",
-                  f"`made serve` answers this share of the bare endpoint's requests per second: "
-                  f"{ratios}.", ""]
+        ratios = "; ".join(
+            f"{made.phase.split(' of ')[-1]}: **{made.rps / bare.rps:.0%}**"
+            for made, bare in zip(compare[::2], compare[1::2], strict=True)
+        )
+        lines += [
+            "Single-row /logprob against a bare FastAPI endpoint that parses the same body "
+            f"and answers a constant ({args.compare_seconds:g} s each, {args.clients} "
+            "connections, one after the other):",
+            "",
+            *table(compare),
+            "",
+            f"`made serve` answers this share of the bare endpoint's requests per second: {ratios}.",
+            "",
+        ]
     print("\n" + "\n".join(lines))
     if args.write:
         out = ROOT / "docs" / "load.md"
-        out.write_text("# Load, errors and memory under concurrent clients\n\nWritten by "
-                       "`bench/load.py --write` (its docstring describes the phases).\n\n"
-                       + "\n".join(lines))
+        out.write_text(
+            "# Load, errors and memory under concurrent clients\n\nWritten by "
+            "`bench/load.py --write` (its docstring describes the phases).\n\n" + "\n".join(lines)
+        )
         print(f"wrote {out}", file=sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps({
-            "model": name, "tool": tool, "rows": [asdict(r) for r in rows],
-            "compare": [asdict(r) for r in compare], "memory_mb": memory,
-            "growth_mb": growth, "unexpected": unexpected}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": name,
+                    "tool": tool,
+                    "rows": [asdict(r) for r in rows],
+                    "compare": [asdict(r) for r in compare],
+                    "memory_mb": memory,
+                    "growth_mb": growth,
+                    "unexpected": unexpected,
+                },
+                indent=1,
+            )
+        )
     return 0 if unexpected == 0 and growth_ok else 1
 
 

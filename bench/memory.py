@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "memory.md"
 
-PROBE = r'''
+PROBE = r"""
 import json, sys, time
 import numpy as np
 
@@ -84,13 +84,19 @@ out["logprob, 1 row, mixture (ms)"] = median_ms(lambda: e.logprob(x))
 out["sample, n=4, mixture (ms)"] = median_ms(lambda: e.sample(4, 0))
 out["impute, 1 exact row, defaults (ms)"] = median_ms(lambda: e.impute(half, seed=0))
 print(json.dumps(out))
-'''
+"""
 
 
 def probe(root: Path, store: Path, name: str, threads: int, calls: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(store), name, str(threads), str(calls)],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(store), name, str(threads), str(calls)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if proc.returncode != 0:
         sys.exit(f"probe of {root} failed: {proc.stderr[-800:]}")
     result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -110,8 +116,9 @@ def main() -> int:
     store = args.store.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(old), args.against],
-                       check=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(old), args.against], check=True
+        )
         try:
             runs: dict[str, list[dict[str, float]]] = {"this checkout": [], args.against: []}
             for r in range(args.rounds):
@@ -142,8 +149,10 @@ def main() -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        DOC.write_text("# Memory and single-row latency of the engine\n\nWritten by `bench/memory.py --write` "
-                       "(its docstring describes what is measured).\n\n" + table)
+        DOC.write_text(
+            "# Memory and single-row latency of the engine\n\nWritten by `bench/memory.py --write` "
+            "(its docstring describes what is measured).\n\n" + table
+        )
         print(f"wrote {DOC}", file=sys.stderr)
     return 0
 

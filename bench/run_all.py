@@ -21,8 +21,7 @@ NOT_FOR_MAKE_BENCH = {"run_all.py", "results.py", "gpu_check.py"}
 
 
 def scripts() -> list[Path]:
-    return sorted(p for p in BENCH.glob("*.py")
-                  if p.name not in NOT_FOR_MAKE_BENCH and not p.name.startswith("_"))
+    return sorted(p for p in BENCH.glob("*.py") if p.name not in NOT_FOR_MAKE_BENCH and not p.name.startswith("_"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,8 +56,7 @@ def resolve(name_or_path: str) -> Path:
         raise DataError(f"no data set named '{name_or_path}': {candidate} does not exist")
     if not looks_like_path:
         raise DataError(
-            f"no data set '{name_or_path}': it is not a file, and MADE_DATA_DIR is not set "
-            "to look it up as a name"
+            f"no data set '{name_or_path}': it is not a file, and MADE_DATA_DIR is not set to look it up as a name"
         )
     raise DataError(f"data file not found: {path}")
 
@@ -103,8 +102,10 @@ def parse_image_shape(text: str) -> list[int]:
 def check_image_shape(shape: list[int] | None, dims: int) -> list[int] | None:
     """The shape, if its H x W pixels are the data's dimensions."""
     if shape is not None and math.prod(shape) != dims:
-        raise DataError(f"image shape {shape[0]},{shape[1]} has {math.prod(shape)} pixels but the data have "
-                        f"{dims} dimensions: H x W must equal the number of columns")
+        raise DataError(
+            f"image shape {shape[0]},{shape[1]} has {math.prod(shape)} pixels but the data have "
+            f"{dims} dimensions: H x W must equal the number of columns"
+        )
     return shape
 
 
@@ -206,8 +207,7 @@ def sniff_delimiter(line: str, tab: bool = True) -> str | None:
 def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) of each data line; a UTF-8 byte-order mark (Excel) is ignored."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        lines = ((n, line) for n, line in enumerate(fh, start=1)
-                 if line.strip() and not line.lstrip().startswith("#"))
+        lines = ((n, line) for n, line in enumerate(fh, start=1) if line.strip() and not line.lstrip().startswith("#"))
         first = next(lines, None)
         if first is None:
             return
@@ -233,8 +233,11 @@ def _binary_row(path: Path, lineno: int, cells: list[str], first: bool) -> np.nd
     bad = (values != 0) & (values != 1)
     if bad.any():
         col = int(np.argmax(bad))
-        what = (_cell_problem(cells, col, first) if np.isnan(values[col])
-                else f"holds {format_value(values[col])}, expected 0 or 1")
+        what = (
+            _cell_problem(cells, col, first)
+            if np.isnan(values[col])
+            else f"holds {format_value(values[col])}, expected 0 or 1"
+        )
         raise DataError(f"{path} line {lineno}, column {col + 1} {what}")
     return values.astype(np.uint8)
 
@@ -248,8 +251,7 @@ def _cell_problem(cells: list[str], col: int, first: bool) -> str:
         return f"{shown}{trailing}: 0/1 data here must be complete; fill the cell or drop the row"
     problem = f"holds {_show(cell)}, expected 0 or 1"
     if len(cells) == 1 and len(cell) > 16:
-        return (f"{problem}: the whole line is one cell; separate the values with ',' "
-                "(or ';', '|', tab or spaces)")
+        return f"{problem}: the whole line is one cell; separate the values with ',' (or ';', '|', tab or spaces)"
     if first:
         return f"{problem} (if this line is a header row, every cell of it must be a name, not a number)"
     return problem
@@ -307,12 +309,16 @@ def load_intensities(path: str | Path, binary_train: np.ndarray, key: str = "tra
         raise DataError(f"{path}[{key}] holds {images.dtype}, expected uint8 intensities 0..255")
     images = images.reshape(len(images), -1)
     if images.shape[1] != d or len(images) < n:
-        raise DataError(f"{path}[{key}] has {len(images)} images of {images.shape[1]} pixels; the training "
-                        f"split needs at least {n} of {d}")
+        raise DataError(
+            f"{path}[{key}] has {len(images)} images of {images.shape[1]} pixels; the training "
+            f"split needs at least {n} of {d}"
+        )
     images = images[:n]
     bad = ((images == 0) & (binary_train == 1)) | ((images == 255) & (binary_train == 0))
     if bad.any():
         r, c = (int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{path}[{key}] image {r} pixel {c} has intensity {images[r, c]} but the binary "
-                        f"training row {r} has {binary_train[r, c]}: these are not the images it was drawn from")
+        raise DataError(
+            f"{path}[{key}] image {r} pixel {c} has intensity {images[r, c]} but the binary "
+            f"training row {r} has {binary_train[r, c]}: these are not the images it was drawn from"
+        )
     return (images.astype(np.float32) / 255.0).astype(np.float32)

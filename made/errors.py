@@ -23,6 +23,8 @@ class ModelStoreError(MadeError):
 
 class ModelNotFound(ModelStoreError):
     """No model of that name in the store."""
+
+
 class InvalidInput(MadeError):
     """A request or argument that the model cannot accept (wrong width, unknown mask, ...).
     `loc` names the request field it is about, as validation errors do (("x",), ("mask",))."""

@@ -42,8 +42,7 @@ def mixture(col: Column, p: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, 
     return absent, log_w, mu, log_s
 
 
-def value_loglik(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray,
-                 values: np.ndarray) -> np.ndarray:
+def value_loglik(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, values: np.ndarray) -> np.ndarray:
     """(N,) log probability (of the rounding bin) or log density of present numeric values."""
     v = np.asarray(values, dtype=np.float64)[:, None]
     inv_s = np.exp(-log_s)

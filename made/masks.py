@@ -50,8 +50,9 @@ def orderings_to_degrees(orderings: np.ndarray) -> np.ndarray:
     return degrees
 
 
-def build_masks(input_degrees: np.ndarray, hidden_degrees: list[np.ndarray],
-                output_degrees: np.ndarray | None = None) -> list[np.ndarray]:
+def build_masks(
+    input_degrees: np.ndarray, hidden_degrees: list[np.ndarray], output_degrees: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Masks of one network from its degrees; each mask is (fan_out, fan_in) float32.
 
     Hidden unit k of layer l keeps unit j of layer l-1 when m_l(k) >= m_{l-1}(j); output d keeps
@@ -131,9 +132,7 @@ def make_mask_set(
     per_layer: list[list[np.ndarray]] = [[] for _ in hidden]
     for k in range(n_masks):
         orderings[k] = base_order if (k == 0 or not order_agnostic) else rng.permutation(dims)
-        layers = base_hidden if (k == 0 or not connectivity_agnostic) else sample_hidden_degrees(
-            dims, hidden, rng
-        )
+        layers = base_hidden if (k == 0 or not connectivity_agnostic) else sample_hidden_degrees(dims, hidden, rng)
         for store, layer in zip(per_layer, layers, strict=True):
             store.append(layer)
     hidden_degrees = tuple(np.stack(layer_list) for layer_list in per_layer)

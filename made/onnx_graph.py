@@ -55,8 +55,9 @@ def build_graph(
 
     def weight(matrix: np.ndarray, init_name: str) -> str:
         """Store a (fan_in, fan_out) matrix; return the name of its float32 value in the graph."""
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(matrix).astype(WEIGHT_DTYPES[weight_dtype]),
-                                             init_name))
+        inits.append(
+            numpy_helper.from_array(np.ascontiguousarray(matrix).astype(WEIGHT_DTYPES[weight_dtype]), init_name)
+        )
         if weight_dtype == "float32":
             return init_name
         nodes.append(helper.make_node("Cast", [init_name], [init_name + "_f32"], to=TensorProto.FLOAT))
@@ -157,11 +158,15 @@ def dense_graph(n_layers: int, direct: bool) -> bytes:
     The engine feeds it each mask's network in that mask's coordinates (network.MaskWeights), so
     one session with no weights of its own serves all K masks from the arrays the sampler steps
     through (the stored graph, by contrast, rebuilds the mask from degrees on every call)."""
+
     def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, kind, shape)
 
-    inputs = [tensor("x", ["N", "D"]), tensor("order", ["D"], TensorProto.INT64),
-              tensor("inverse", ["D"], TensorProto.INT64)]
+    inputs = [
+        tensor("x", ["N", "D"]),
+        tensor("order", ["D"], TensorProto.INT64),
+        tensor("inverse", ["D"], TensorProto.INT64),
+    ]
     nodes = [helper.make_node("Gather", ["x", "order"], ["xs"], axis=1)]
     h = "xs"
     for l in range(n_layers):

@@ -102,8 +102,14 @@ class Column:
         if self.kind != "numeric":
             out["levels"] = list(self.levels)
         else:
-            out.update(transform=self.transform, loc=self.loc, scale=self.scale, decimals=self.decimals,
-                       nullable=self.nullable, components=self.components)
+            out.update(
+                transform=self.transform,
+                loc=self.loc,
+                scale=self.scale,
+                decimals=self.decimals,
+                nullable=self.nullable,
+                components=self.components,
+            )
         if self.bits:
             out.update(bits=list(self.bits), none_level=self.none_level)
         return out
@@ -112,21 +118,35 @@ class Column:
     def from_json(cls, data: Any, where: str = "schema") -> Column:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data.get("name"):
             raise DataError(f"{where}: each column must be an object with a non-empty 'name'")
-        known = {"name", "kind", "levels", "transform", "loc", "scale", "decimals", "nullable", "components",
-                 "bits", "none_level"}
+        known = {
+            "name",
+            "kind",
+            "levels",
+            "transform",
+            "loc",
+            "scale",
+            "decimals",
+            "nullable",
+            "components",
+            "bits",
+            "none_level",
+        }
         extra = sorted(set(data) - known)
         if extra:
             raise DataError(f"{where}: column '{data['name']}' has unknown fields {extra}")
         try:
             return cls(
-                name=data["name"], kind=str(data.get("kind", "")),
+                name=data["name"],
+                kind=str(data.get("kind", "")),
                 levels=tuple(str(v) for v in data.get("levels", ())),
-                transform=str(data.get("transform", "none")), loc=float(data.get("loc", 0.0)),
+                transform=str(data.get("transform", "none")),
+                loc=float(data.get("loc", 0.0)),
                 scale=float(data.get("scale", 1.0)),
                 decimals=None if data.get("decimals") is None else int(data["decimals"]),
                 nullable=bool(data.get("nullable", False)),
                 components=int(data.get("components", DEFAULT_COMPONENTS if data.get("kind") == "numeric" else 0)),
-                bits=tuple(int(b) for b in data.get("bits", ())), none_level=bool(data.get("none_level", False)),
+                bits=tuple(int(b) for b in data.get("bits", ())),
+                none_level=bool(data.get("none_level", False)),
             )
         except (TypeError, ValueError) as exc:
             raise DataError(f"{where}: column '{data['name']}' is malformed: {exc}") from None
@@ -142,8 +162,10 @@ class Column:
                 text = value.strip()
                 if text in MISSING_CELLS:
                     if not self.nullable:
-                        raise DataError(f"{where}, column '{self.name}': the value is absent ({value!r}) but this "
-                                        "column never is in the training data")
+                        raise DataError(
+                            f"{where}, column '{self.name}': the value is absent ({value!r}) but this "
+                            "column never is in the training data"
+                        )
                     return ABSENT
                 try:
                     number = float(text)
@@ -156,21 +178,25 @@ class Column:
             if not math.isfinite(number):
                 raise DataError(f"{where}, column '{self.name}': {number} is not a finite number")
             if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
-                raise DataError(f"{where}, column '{self.name}': {number:g} is not positive; this column holds "
-                                "positive numbers")
+                raise DataError(
+                    f"{where}, column '{self.name}': {number:g} is not positive; this column holds positive numbers"
+                )
             return number
         given = value if isinstance(value, str) else _level_text(value)
         if given is None:
-            raise DataError(f"{where}, column '{self.name}': expected one of {_shown_levels(self.levels)}, "
-                            f"got {json.dumps(value)}")
+            raise DataError(
+                f"{where}, column '{self.name}': expected one of {_shown_levels(self.levels)}, got {json.dumps(value)}"
+            )
         text = given.strip()
         if text == "" and ABSENT_LEVEL in self.levels:
             text = ABSENT_LEVEL
         try:
             return float(self.levels.index(text))
         except ValueError:
-            raise DataError(f"{where}, column '{self.name}': {text!r} is not a level of this column; it has "
-                            f"{_shown_levels(self.levels)}") from None
+            raise DataError(
+                f"{where}, column '{self.name}': {text!r} is not a level of this column; it has "
+                f"{_shown_levels(self.levels)}"
+            ) from None
 
     def decode(self, code: float) -> Any:
         """An encoded cell -> its JSON value (a level name, a number, "NA", or None if unknown)."""
@@ -316,8 +342,10 @@ class Schema:
             bad = np.flatnonzero((on > 1) | ((on == 0) & ~col.none_level))
             if len(bad):
                 r = int(bad[0])
-                raise DataError(f"{where} row {r}: bits {list(col.bits)} of column '{col.name}' hold "
-                                f"{block[r].tolist()}, not one-hot")
+                raise DataError(
+                    f"{where} row {r}: bits {list(col.bits)} of column '{col.name}' hold "
+                    f"{block[r].tolist()}, not one-hot"
+                )
             out[:, j] = np.where(on == 0, len(col.bits), np.argmax(block, axis=1))
         return out
 

@@ -26,17 +26,31 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 TABLE_OUTPUT = "params"  # a table model's graph output: every column's parameters, (N, U_out)
-REQUIRED = ("format_version", "name", "version", "dims", "hidden", "n_masks", "orderings", "files",
-            "dataset", "metrics", "created_at")
+REQUIRED = (
+    "format_version",
+    "name",
+    "version",
+    "dims",
+    "hidden",
+    "n_masks",
+    "orderings",
+    "files",
+    "dataset",
+    "metrics",
+    "created_at",
+)
 
 
 def table_graph_signature(schema: Any) -> dict[str, Any]:
     """The graph entry of a table model's manifest: network inputs in, column parameters out, and
     where each column's units start (made.schema.Schema.in_offsets / out_offsets)."""
-    return {"inputs": {"x": f"float32 [N, {schema.n_in}]", "mask_index": "int64 []"},
-            "outputs": {TABLE_OUTPUT: f"float32 [N, {schema.n_out}]"},
-            "input_offsets": schema.in_offsets.tolist(), "output_offsets": schema.out_offsets.tolist(),
-            "opset": 17}
+    return {
+        "inputs": {"x": f"float32 [N, {schema.n_in}]", "mask_index": "int64 []"},
+        "outputs": {TABLE_OUTPUT: f"float32 [N, {schema.n_out}]"},
+        "input_offsets": schema.in_offsets.tolist(),
+        "output_offsets": schema.out_offsets.tolist(),
+        "opset": 17,
+    }
 
 
 def sha256_file(path: Path) -> str:
@@ -172,8 +186,7 @@ def next_version(store: Path, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
-def write_version(store: Path, name: str, graph: bytes, fields: dict[str, Any],
-                  version: str | None = None) -> Path:
+def write_version(store: Path, name: str, graph: bytes, fields: dict[str, Any], version: str | None = None) -> Path:
     """Write STORE/NAME/VERSION/{model.onnx, manifest.json} atomically: the files are assembled
     in a hidden temporary directory and renamed into place, so a reader never sees half a version.
     `graph` is the serialized ONNX model; `fields` are the model's manifest entries; the store's
@@ -196,8 +209,11 @@ def write_version(store: Path, name: str, graph: bytes, fields: dict[str, Any],
             "name": name,
             "version": version,
             "activation": "relu",
-            "graph": {"inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
-                      "outputs": {"logits": "float32 [N, D]"}, "opset": OPSET},
+            "graph": {
+                "inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
+                "outputs": {"logits": "float32 [N, D]"},
+                "opset": OPSET,
+            },
             **fields,  # a table model brings its own graph signature
             "files": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -77,8 +77,9 @@ def read_table(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != len(header):
-                raise DataError(f"{path} line {reader.line_num} has {len(row)} cells, expected {len(header)} "
-                                "like the header row")
+                raise DataError(
+                    f"{path} line {reader.line_num} has {len(row)} cells, expected {len(header)} like the header row"
+                )
             rows.append(row)
             lines.append(reader.line_num)
     if not rows:
@@ -158,8 +159,10 @@ def infer_column(name: str, cells: list[str], source: str) -> Column:
     if not distinct:
         raise DataError(f"{source}: column '{name}' is empty in every row; leave it out with --drop-columns {name}")
     if len(distinct) > MAX_LEVELS or (len(distinct) > 50 and len(distinct) > len(cells) / 2):
-        raise DataError(f"{source}: column '{name}' looks like free text ({len(distinct)} distinct values in "
-                        f"{len(cells)} rows, e.g. {distinct[0]!r}); leave it out with --drop-columns {name}")
+        raise DataError(
+            f"{source}: column '{name}' looks like free text ({len(distinct)} distinct values in "
+            f"{len(cells)} rows, e.g. {distinct[0]!r}); leave it out with --drop-columns {name}"
+        )
     levels = distinct + ([ABSENT_LEVEL] if absent and ABSENT_LEVEL not in distinct else [])
     if len(levels) == 2 and not absent:
         return Column(name, "binary", tuple(levels))
@@ -176,12 +179,21 @@ def _numeric_column(name: str, present: list[str], nullable: bool) -> Column:
     if values.min() > 0 and values.std() > 0:
         skew = float(np.mean(((values - values.mean()) / values.std()) ** 3))
         transform = "log" if skew > 1.0 else "none"
-    col = Column(name, "numeric", transform=transform, decimals=decimals, nullable=nullable,
-                 components=DEFAULT_COMPONENTS)
+    col = Column(
+        name, "numeric", transform=transform, decimals=decimals, nullable=nullable, components=DEFAULT_COMPONENTS
+    )
     t = transformed(col, values)
     scale = float(t.std()) or 1.0
-    return Column(name, "numeric", transform=transform, loc=float(t.mean()), scale=scale, decimals=decimals,
-                  nullable=nullable, components=DEFAULT_COMPONENTS)
+    return Column(
+        name,
+        "numeric",
+        transform=transform,
+        loc=float(t.mean()),
+        scale=scale,
+        decimals=decimals,
+        nullable=nullable,
+        components=DEFAULT_COMPONENTS,
+    )
 
 
 def infer_schema(header: list[str], rows: list[list[str]], source: str) -> Schema:
@@ -189,8 +201,7 @@ def infer_schema(header: list[str], rows: list[list[str]], source: str) -> Schem
 
 
 # --- encoding --------------------------------------------------------------------------------------
-def encode_table(schema: Schema, header: list[str], rows: list[list[str]], lines: list[int],
-                 source: str) -> np.ndarray:
+def encode_table(schema: Schema, header: list[str], rows: list[list[str]], lines: list[int], source: str) -> np.ndarray:
     """Cells of a file -> (N, C) float64 in the schema's column order; errors name line and column."""
     missing = [c.name for c in schema.columns if c.name not in header]
     if missing:
@@ -240,8 +251,12 @@ def is_table_file(path: Path) -> bool:
     return any(c not in ("0", "1") for c in cells)
 
 
-def load_table_dataset(name_or_path: str, schema: Schema | None = None, drop_columns: tuple[str, ...] = (),
-                       splits: tuple[str, ...] = SPLITS) -> TableDataset:
+def load_table_dataset(
+    name_or_path: str,
+    schema: Schema | None = None,
+    drop_columns: tuple[str, ...] = (),
+    splits: tuple[str, ...] = SPLITS,
+) -> TableDataset:
     """The splits of a table; the schema is inferred from the training split unless given."""
     path = resolve(name_or_path)
     files = _split_files(path)
@@ -249,18 +264,22 @@ def load_table_dataset(name_or_path: str, schema: Schema | None = None, drop_col
         files = {s: path for s in splits} if len(splits) == 1 else {}
     missing = [s for s in splits if s not in files]
     if missing:
-        raise DataError(f"no '{missing[0]}' file found beside {path} (name them like {path.stem}_train"
-                        f"{path.suffix}, ..._valid, ..._test)")
+        raise DataError(
+            f"no '{missing[0]}' file found beside {path} (name them like {path.stem}_train"
+            f"{path.suffix}, ..._valid, ..._test)"
+        )
     read = {s: read_table(files[s]) for s in splits}
     if schema is None:
         header, rows, _ = read.get("train") or read[splits[0]]
         unknown = [c for c in drop_columns if c not in header]
         if unknown:
-            raise DataError(f"--drop-columns names {unknown[0]!r}, which {path} does not have "
-                            f"(it has: {', '.join(header)})")
+            raise DataError(
+                f"--drop-columns names {unknown[0]!r}, which {path} does not have (it has: {', '.join(header)})"
+            )
         keep = [j for j, h in enumerate(header) if h not in drop_columns]
-        schema = infer_schema([header[j] for j in keep], [[r[j] for j in keep] for r in rows],
-                              str(files.get("train", path)))
+        schema = infer_schema(
+            [header[j] for j in keep], [[r[j] for j in keep] for r in rows], str(files.get("train", path))
+        )
     arrays = {s: encode_table(schema, h, r, lines, str(files[s])) for s, (h, r, lines) in read.items()}
     return TableDataset(name=dataset_name(files[splits[0]]), source=str(path), schema=schema, splits=arrays)
 
@@ -276,8 +295,9 @@ def read_groups(path: str | Path, dims: int) -> Schema:
     except FileNotFoundError:
         raise DataError(f"groups file not found: {path}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"cannot read {path} as a groups file ({{\"groups\": [{{\"columns\": [...], "
-                        f"\"none\": bool}}]}}): {exc}") from None
+        raise DataError(
+            f'cannot read {path} as a groups file ({{"groups": [{{"columns": [...], "none": bool}}]}}): {exc}'
+        ) from None
     if data.get("dims") not in (None, dims):
         raise DataError(f"{path} describes {data['dims']} bit columns but the data have {dims}")
     owner: dict[int, int] = {}

@@ -40,9 +40,11 @@ def main() -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--rows", type=int, default=0, help="first N rows only (0: all)")
-    parser.add_argument("--providers", default="CPUExecutionProvider",
-                        help="comma-separated onnxruntime providers, e.g. "
-                             "CUDAExecutionProvider,CPUExecutionProvider")
+    parser.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="comma-separated onnxruntime providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
+    )
     args = parser.parse_args()
 
     run_dir = Path(args.run_dir)
@@ -53,8 +55,9 @@ def main() -> int:
     fp32 = MADE(cfg.model)
     fp32.load_state_dict(state)
     served = MADE(cfg.model)
-    served.load_state_dict({k: v.half().float() if dtype == "float16" and k.endswith("weight") else v
-                            for k, v in state.items()})
+    served.load_state_dict(
+        {k: v.half().float() if dtype == "float16" and k.endswith("weight") else v for k, v in state.items()}
+    )
     x = load_dataset(args.dataset, splits=(args.split,)).split(args.split)
     if args.rows:
         x = x[: args.rows]
@@ -66,8 +69,7 @@ def main() -> int:
         print(f"export_parity: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     if session.get_providers()[0] != providers[0]:  # onnxruntime-gpu falls back to the CPU silently
-        print(f"export_parity: asked for {providers[0]}, the session runs {session.get_providers()}",
-              file=sys.stderr)
+        print(f"export_parity: asked for {providers[0]}, the session runs {session.get_providers()}", file=sys.stderr)
         return 2
 
     worst, per_mask_ort, per_mask_torch, per_mask_fp32 = [], [], [], []
@@ -87,14 +89,25 @@ def main() -> int:
         top = a.max(axis=0)
         return float(-(top + np.log(np.exp(a - top).mean(axis=0))).mean())
 
-    print(json.dumps({
-        "model": f"{args.name}/{stored.version}", "weight_dtype": dtype, "rows": len(x), "split": args.split,
-        "max_abs_diff_logp_per_mask": worst, "max_abs_diff_logp": max(worst),
-        "mixture_nll_onnxruntime": mixture_nll(per_mask_ort), "mixture_nll_torch_stored_weights":
-        mixture_nll(per_mask_torch), "mixture_nll_torch_float32": mixture_nll(per_mask_fp32),
-        "providers": session.get_providers(), "threads": torch.get_num_threads(),
-        "ok": max(worst) <= 1e-4 and not math.isnan(max(worst)),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": f"{args.name}/{stored.version}",
+                "weight_dtype": dtype,
+                "rows": len(x),
+                "split": args.split,
+                "max_abs_diff_logp_per_mask": worst,
+                "max_abs_diff_logp": max(worst),
+                "mixture_nll_onnxruntime": mixture_nll(per_mask_ort),
+                "mixture_nll_torch_stored_weights": mixture_nll(per_mask_torch),
+                "mixture_nll_torch_float32": mixture_nll(per_mask_fp32),
+                "providers": session.get_providers(),
+                "threads": torch.get_num_threads(),
+                "ok": max(worst) <= 1e-4 and not math.isnan(max(worst)),
+            },
+            indent=1,
+        )
+    )
     return 0 if max(worst) <= 1e-4 else 1
 
 

@@ -40,80 +40,114 @@ EXAMPLES: list[tuple[str, str]] = [
     ("Readiness (503 until the models are loaded)", f"curl -s {SHOWN}/readyz"),
     ("The models", f"curl -s {SHOWN}/models"),
     ("One model's manifest", f"curl -s {SHOWN}/models/$MODEL"),
-    ("Samples (the same seed gives the same samples)",
-     f"curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 2, \"seed\": 0}}'"),
-    ("Samples, bit-packed (base64 of numpy.packbits(samples, axis=1))",
-     f"curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 2, \"seed\": 0, \"encoding\": \"packed\"}}'"),
-    ("Samples as a PNG grid (models with an image_shape)",
-     f"curl -s {SHOWN}/sample {JSON} -H 'Accept: image/png' -d '{{\"n\": 64, \"seed\": 0}}' "
-     "-o samples.png && file samples.png"),
-    ("log p(x) of two rows (here: two samples), in nats",
-     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 2, \"seed\": 0}}' | jq -c .samples)\n"
-     f"curl -s {SHOWN}/logprob {JSON} -d \"{{\\\"x\\\": $X}}\""),
-    ("log p(x_observed) with missing values (null): the second half of a row missing",
-     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
-     "HALF=$(echo \"$X\" | jq -c '[.[0] | .[:(length/2)] + [range(length/2) | null]]')\n"
-     f"curl -s {SHOWN}/logprob {JSON} -d \"{{\\\"x\\\": $HALF, \\\"seed\\\": 0}}\""),
-    ("Conditionals p(x_d = 1 | x_<d) under mask 0",
-     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
-     f"curl -s {SHOWN}/conditionals {JSON} -d \"{{\\\"x\\\": $X, \\\"mask\\\": 0}}\""),
-    ("Imputation: completions of the missing half, marginals, log p(x_observed)",
-     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
-     "HALF=$(echo \"$X\" | jq -c '[.[0] | .[:(length/2)] + [range(length/2) | null]]')\n"
-     f"curl -s {SHOWN}/impute {JSON} -d \"{{\\\"x\\\": $HALF, \\\"n_samples\\\": 2, "
-     "\\\"seed\\\": 0, \\\"n_importance\\\": 200}\""),
-    ("Denoising: a row with every tenth value flipped; p(clean = 1 | noisy), the most likely clean "
-     "values, log p(noisy)",
-     f"X=$(curl -s {SHOWN}/sample {JSON} -d '{{\"n\": 1, \"seed\": 0}}' | jq -c .samples)\n"
-     "NOISY=$(echo \"$X\" | jq -c '[.[0] | to_entries | map(if .key % 10 == 0 then 1 - .value "
-     "else .value end)]')\n"
-     f"curl -s {SHOWN}/denoise {JSON} -d \"{{\\\"x\\\": $NOISY, \\\"eps\\\": 0.1, \\\"n_samples\\\": 1, "
-     "\\\"seed\\\": 0, \\\"n_importance\\\": 50}\""),
-    ("Metrics (Prometheus text; a few lines)",
-     f"curl -s {SHOWN}/metrics | grep -E '^made_requests_total.*sample|^made_batch_requests_sum'"),
-    ("An invalid value: 422 naming the row, the column and the problem",
-     f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/conditionals {JSON} "
-     "-d '{\"x\": [[0, 1, 2]]}'"),
-    ("An unknown model: 404",
-     f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/sample {JSON} "
-     "-d '{\"n\": 1, \"model\": \"nope\"}'"),
-    ("The OpenAPI UI",
-     f"curl -s -o /dev/null -w '%{{http_code}} %{{content_type}}\\n' {SHOWN}/docs"),
+    ("Samples (the same seed gives the same samples)", f'curl -s {SHOWN}/sample {JSON} -d \'{{"n": 2, "seed": 0}}\''),
+    (
+        "Samples, bit-packed (base64 of numpy.packbits(samples, axis=1))",
+        f'curl -s {SHOWN}/sample {JSON} -d \'{{"n": 2, "seed": 0, "encoding": "packed"}}\'',
+    ),
+    (
+        "Samples as a PNG grid (models with an image_shape)",
+        f"curl -s {SHOWN}/sample {JSON} -H 'Accept: image/png' -d '{{\"n\": 64, \"seed\": 0}}' "
+        "-o samples.png && file samples.png",
+    ),
+    (
+        "log p(x) of two rows (here: two samples), in nats",
+        f'X=$(curl -s {SHOWN}/sample {JSON} -d \'{{"n": 2, "seed": 0}}\' | jq -c .samples)\n'
+        f'curl -s {SHOWN}/logprob {JSON} -d "{{\\"x\\": $X}}"',
+    ),
+    (
+        "log p(x_observed) with missing values (null): the second half of a row missing",
+        f'X=$(curl -s {SHOWN}/sample {JSON} -d \'{{"n": 1, "seed": 0}}\' | jq -c .samples)\n'
+        "HALF=$(echo \"$X\" | jq -c '[.[0] | .[:(length/2)] + [range(length/2) | null]]')\n"
+        f'curl -s {SHOWN}/logprob {JSON} -d "{{\\"x\\": $HALF, \\"seed\\": 0}}"',
+    ),
+    (
+        "Conditionals p(x_d = 1 | x_<d) under mask 0",
+        f'X=$(curl -s {SHOWN}/sample {JSON} -d \'{{"n": 1, "seed": 0}}\' | jq -c .samples)\n'
+        f'curl -s {SHOWN}/conditionals {JSON} -d "{{\\"x\\": $X, \\"mask\\": 0}}"',
+    ),
+    (
+        "Imputation: completions of the missing half, marginals, log p(x_observed)",
+        f'X=$(curl -s {SHOWN}/sample {JSON} -d \'{{"n": 1, "seed": 0}}\' | jq -c .samples)\n'
+        "HALF=$(echo \"$X\" | jq -c '[.[0] | .[:(length/2)] + [range(length/2) | null]]')\n"
+        f'curl -s {SHOWN}/impute {JSON} -d "{{\\"x\\": $HALF, \\"n_samples\\": 2, '
+        '\\"seed\\": 0, \\"n_importance\\": 200}"',
+    ),
+    (
+        "Denoising: a row with every tenth value flipped; p(clean = 1 | noisy), the most likely clean "
+        "values, log p(noisy)",
+        f'X=$(curl -s {SHOWN}/sample {JSON} -d \'{{"n": 1, "seed": 0}}\' | jq -c .samples)\n'
+        'NOISY=$(echo "$X" | jq -c \'[.[0] | to_entries | map(if .key % 10 == 0 then 1 - .value '
+        "else .value end)]')\n"
+        f'curl -s {SHOWN}/denoise {JSON} -d "{{\\"x\\": $NOISY, \\"eps\\": 0.1, \\"n_samples\\": 1, '
+        '\\"seed\\": 0, \\"n_importance\\": 50}"',
+    ),
+    (
+        "Metrics (Prometheus text; a few lines)",
+        f"curl -s {SHOWN}/metrics | grep -E '^made_requests_total.*sample|^made_batch_requests_sum'",
+    ),
+    (
+        "An invalid value: 422 naming the row, the column and the problem",
+        f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/conditionals {JSON} -d '{{\"x\": [[0, 1, 2]]}}'",
+    ),
+    (
+        "An unknown model: 404",
+        f'curl -s -w \'\\nHTTP %{{http_code}}\\n\' {SHOWN}/sample {JSON} -d \'{{"n": 1, "model": "nope"}}\'',
+    ),
+    ("The OpenAPI UI", f"curl -s -o /dev/null -w '%{{http_code}} %{{content_type}}\\n' {SHOWN}/docs"),
 ]
 
 # Records of a table model (the shipped `diamonds`), for the README's section on tables.
 RECORDS_BEGIN, RECORDS_END = "<!-- records:begin -->", "<!-- records:end -->"
-DIAMOND = '{"carat": 0.71, "cut": "Ideal", "color": "E", "clarity": "VS2", "depth": 61.9, "table": 56, '\
+DIAMOND = (
+    '{"carat": 0.71, "cut": "Ideal", "color": "E", "clarity": "VS2", "depth": 61.9, "table": 56, '
     '"price": 2859, "x": 5.72, "y": 5.76, "z": 3.55}'
+)
 ODD = DIAMOND.replace('"price": 2859', '"price": 28590')
 RECORD_EXAMPLES: list[tuple[str, str]] = [
-    ("A table model's columns (GET /models/{name} holds the whole schema)",
-     f"curl -s {SHOWN}/models/diamonds | jq -c '.columns[] | {{name, kind, levels, transform, decimals}}'"),
-    ("log p(record) in nats: a real diamond, and the same one at ten times the price",
-     f"curl -s {SHOWN}/logprob {JSON} -d '{{\"model\": \"diamonds\", \"records\": [{DIAMOND}, {ODD}]}}'"),
-    ("Which field makes a record unlikely: each column's surprisal (explain)",
-     f"curl -s {SHOWN}/logprob {JSON} -d '{{\"model\": \"diamonds\", \"explain\": true, "
-     f"\"records\": [{ODD}]}}' | jq -c '.surprisal[0] | to_entries[] | {{column: .key, "
-     "in_order: (.value.in_order * 100 | round / 100), given_others: (.value.given_others // null "
-     "| if . then (. * 100 | round / 100) else . end)}'"),
-    ("Unknown cells (keys left out, or null) are summed out",
-     f"curl -s {SHOWN}/logprob {JSON} -d '{{\"model\": \"diamonds\", \"seed\": 0, "
-     "\"records\": [{\"carat\": 0.71, \"cut\": \"Ideal\", \"price\": null}]}'"),
-    ("Synthetic records that meet a condition",
-     f"curl -s {SHOWN}/sample {JSON} -d '{{\"model\": \"diamonds\", \"n\": 3, \"seed\": 0, "
-     "\"given\": {\"cut\": \"Ideal\", \"color\": \"E\"}}'"),
-    ("Imputation: the missing price and depth of a record, with their distributions",
-     f"curl -s {SHOWN}/impute {JSON} -d '{{\"model\": \"diamonds\", \"n_samples\": 2, \"seed\": 0, "
-     "\"records\": [{\"carat\": 1.01, \"cut\": \"Premium\", \"color\": \"F\", \"clarity\": \"SI1\", "
-     "\"table\": 58, \"x\": 6.4, \"y\": 6.35, \"z\": 3.98}]}'"),
-    ("A CSV file scored in one request (empty cells of columns that are never empty are unknown)",
-     "printf 'carat,cut,color,clarity,depth,table,price,x,y,z\\n0.71,Ideal,E,VS2,61.9,56,2859,5.72,5.76,3.55\\n"
-     "0.71,Ideal,E,VS2,61.9,56,28590,5.72,5.76,3.55\\n0.3,Good,,SI1,,,,,,\\n' > rows.csv\n"
-     f"curl -s '{SHOWN}/logprob?model=diamonds&seed=0' -H 'Content-Type: text/csv' -H 'Accept: text/csv' "
-     "--data-binary @rows.csv"),
-    ("A level the model never saw: 422 naming the record, the column and the levels",
-     f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/logprob {JSON} "
-     "-d '{\"model\": \"diamonds\", \"records\": [{\"cut\": \"Superb\"}]}'"),
+    (
+        "A table model's columns (GET /models/{name} holds the whole schema)",
+        f"curl -s {SHOWN}/models/diamonds | jq -c '.columns[] | {{name, kind, levels, transform, decimals}}'",
+    ),
+    (
+        "log p(record) in nats: a real diamond, and the same one at ten times the price",
+        f'curl -s {SHOWN}/logprob {JSON} -d \'{{"model": "diamonds", "records": [{DIAMOND}, {ODD}]}}\'',
+    ),
+    (
+        "Which field makes a record unlikely: each column's surprisal (explain)",
+        f'curl -s {SHOWN}/logprob {JSON} -d \'{{"model": "diamonds", "explain": true, '
+        f"\"records\": [{ODD}]}}' | jq -c '.surprisal[0] | to_entries[] | {{column: .key, "
+        "in_order: (.value.in_order * 100 | round / 100), given_others: (.value.given_others // null "
+        "| if . then (. * 100 | round / 100) else . end)}'",
+    ),
+    (
+        "Unknown cells (keys left out, or null) are summed out",
+        f'curl -s {SHOWN}/logprob {JSON} -d \'{{"model": "diamonds", "seed": 0, '
+        '"records": [{"carat": 0.71, "cut": "Ideal", "price": null}]}\'',
+    ),
+    (
+        "Synthetic records that meet a condition",
+        f'curl -s {SHOWN}/sample {JSON} -d \'{{"model": "diamonds", "n": 3, "seed": 0, '
+        '"given": {"cut": "Ideal", "color": "E"}}\'',
+    ),
+    (
+        "Imputation: the missing price and depth of a record, with their distributions",
+        f'curl -s {SHOWN}/impute {JSON} -d \'{{"model": "diamonds", "n_samples": 2, "seed": 0, '
+        '"records": [{"carat": 1.01, "cut": "Premium", "color": "F", "clarity": "SI1", '
+        '"table": 58, "x": 6.4, "y": 6.35, "z": 3.98}]}\'',
+    ),
+    (
+        "A CSV file scored in one request (empty cells of columns that are never empty are unknown)",
+        "printf 'carat,cut,color,clarity,depth,table,price,x,y,z\\n0.71,Ideal,E,VS2,61.9,56,2859,5.72,5.76,3.55\\n"
+        "0.71,Ideal,E,VS2,61.9,56,28590,5.72,5.76,3.55\\n0.3,Good,,SI1,,,,,,\\n' > rows.csv\n"
+        f"curl -s '{SHOWN}/logprob?model=diamonds&seed=0' -H 'Content-Type: text/csv' -H 'Accept: text/csv' "
+        "--data-binary @rows.csv",
+    ),
+    (
+        "A level the model never saw: 422 naming the record, the column and the levels",
+        f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/logprob {JSON} "
+        '-d \'{"model": "diamonds", "records": [{"cut": "Superb"}]}\'',
+    ),
 ]
 
 
@@ -152,8 +186,7 @@ def render(output: str) -> tuple[str, str]:
         return "text", output.rstrip()
     text = json.dumps(shorten(data), indent=1)
     # one line per innermost list of scalars: easier to read than a column of numbers
-    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]",
-                  lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "]", text)
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "]", text)
     return "json", f"{text}\n{status}".rstrip()
 
 
@@ -171,8 +204,10 @@ def main() -> int:
         listing = httpx.get(f"http://{base}/models").json()
         model = listing["default"]
         is_image = any(m["name"] == model and m["image_shape"] for m in listing["models"])
-        blocks = [f"Generated by `scripts/readme_examples.py` against the store "
-                  f"`{args.store.name}` (default model `{model}`); long arrays are shortened.\n"]
+        blocks = [
+            f"Generated by `scripts/readme_examples.py` against the store "
+            f"`{args.store.name}` (default model `{model}`); long arrays are shortened.\n"
+        ]
         for title, commands in EXAMPLES:
             if "image/png" in commands and not is_image:
                 continue  # the default model has no image_shape
@@ -182,8 +217,9 @@ def main() -> int:
         if "diamonds" in names:
             records += [run_example(title, commands, base, work) for title, commands in RECORD_EXAMPLES]
             table_picture(base, args.table_picture)
-        png = httpx.post(f"http://{base}/sample?scale=3", json={"n": 64, "seed": 0},
-                         headers={"Accept": "image/png"}, timeout=120)
+        png = httpx.post(
+            f"http://{base}/sample?scale=3", json={"n": 64, "seed": 0}, headers={"Accept": "image/png"}, timeout=120
+        )
         if png.status_code == 200:
             args.picture.write_bytes(png.content)
             print(f"wrote {args.picture}", file=sys.stderr)
@@ -264,17 +300,24 @@ def denoise_picture(base: str, path: Path, eps: float = 0.1, n: int = 8) -> None
         return
     clean = np.load(data)["test"][:n].astype(np.uint8)
     noisy = np.where(np.random.default_rng(0).random(clean.shape) < eps, 1 - clean, clean)
-    r = httpx.post(f"http://{base}/denoise", json={"x": noisy.tolist(), "eps": eps, "n_samples": 1, "seed": 0,
-                                                    "n_importance": 50}, timeout=600)
+    r = httpx.post(
+        f"http://{base}/denoise",
+        json={"x": noisy.tolist(), "eps": eps, "n_samples": 1, "seed": 0, "n_importance": 50},
+        timeout=600,
+    )
     if r.status_code != 200:
         print(f"no denoising picture: {r.json()['detail']}", file=sys.stderr)
         return
     answer = r.json()
     marginals, likely = np.array(answer["marginals"]), np.array(answer["most_likely"])
     median = np.stack([median_filter(x.reshape(28, 28), size=3).ravel() for x in noisy])
-    panels = [("clean test digits", clean), (f"each bit flipped with probability {eps:g}", noisy),
-              ("POST /denoise: p(clean = 1 | noisy)", marginals),
-              ("POST /denoise: most likely value", likely), ("3x3 median filter", median)]
+    panels = [
+        ("clean test digits", clean),
+        (f"each bit flipped with probability {eps:g}", noisy),
+        ("POST /denoise: p(clean = 1 | noisy)", marginals),
+        ("POST /denoise: most likely value", likely),
+        ("3x3 median filter", median),
+    ]
     fig, axes = plt.subplots(len(panels), n, figsize=(n * 1.1, len(panels) * 1.25))
     for row, (title, images) in enumerate(panels):
         errors = "" if row in (0, 2) else f" ({100 * np.mean(images != clean):.1f}% of bits wrong)"

@@ -47,8 +47,9 @@ Rows and columns are counted from 0.
 
 def build_registry(settings: Settings) -> ModelRegistry:
     providers = requested_providers(settings.providers) if settings.providers else None
-    return ModelRegistry(settings.store, default_model=settings.default_model, providers=providers,
-                         threads=settings.threads or None)
+    return ModelRegistry(
+        settings.store, default_model=settings.default_model, providers=providers, threads=settings.threads or None
+    )
 
 
 async def _load(registry: ModelRegistry, dataplane: DataPlane) -> None:
@@ -96,15 +97,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         await dataplane.aclose()  # requests in flight have finished: let queued batches finish
         log.info("stopped")
 
-    app = FastAPI(title="MADE density models", version="1", description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPI(title="MADE density models", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.dataplane = dataplane
     # Added first, so it runs inside RequestMiddleware (request ids, the body size limit).
     app.add_middleware(CsvRecordsMiddleware, dataplane=dataplane, api_key=settings.api_key)
-    app.add_middleware(RequestMiddleware, metrics=app_metrics,
-                       max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMiddleware, metrics=app_metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -120,4 +119,3 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     else:
         app.include_router(admin.off_router)
     return app
-

@@ -39,9 +39,15 @@ class _Pending(Generic[T, R]):
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, run: Callable[[list[T]], list[R]], *, delay_s: float, max_rows: int,
-                 execute: Callable[[Callable[[list[T]], list[R]], list[T]], Awaitable[list[R]]] | None = None,
-                 observe: Callable[[int, int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[T]], list[R]],
+        *,
+        delay_s: float,
+        max_rows: int,
+        execute: Callable[[Callable[[list[T]], list[R]], list[T]], Awaitable[list[R]]] | None = None,
+        observe: Callable[[int, int, float], None] | None = None,
+    ) -> None:
         self._run = run
         self.delay_s = delay_s
         self.max_rows = max_rows

@@ -43,8 +43,7 @@ Rows = np.ndarray | Sequence[Sequence[int | float | None]]
 class MadeAPIError(Exception):
     """The server answered with an error status."""
 
-    def __init__(self, status_code: int, detail: str, type: str = "",
-                 request_id: str | None = None) -> None:
+    def __init__(self, status_code: int, detail: str, type: str = "", request_id: str | None = None) -> None:
         super().__init__(f"{status_code} {type}: {detail}")
         self.status_code = status_code
         self.detail = detail
@@ -87,8 +86,9 @@ def _check(response: httpx.Response) -> httpx.Response:
             body = response.json()
         except ValueError:
             body = {"detail": response.text}
-        raise MadeAPIError(response.status_code, str(body.get("detail", "")),
-                           str(body.get("type", "")), body.get("request_id"))
+        raise MadeAPIError(
+            response.status_code, str(body.get("detail", "")), str(body.get("type", "")), body.get("request_id")
+        )
     return response
 
 
@@ -98,48 +98,93 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 # --- the requests ---------------------------------------------------------------------------------
 
-def _logprob(x: Rows, model: str | None, masks: Literal["all"] | int, seed: int | None,
-             n_importance: int | None, packed: bool) -> _Call[LogProbResponse]:
-    return _Call("POST", "/logprob", LogProbResponse, {
-        "model": model, "masks": masks, "seed": seed, "n_importance": n_importance,
-        **_rows_payload(x, packed)})
+
+def _logprob(
+    x: Rows, model: str | None, masks: Literal["all"] | int, seed: int | None, n_importance: int | None, packed: bool
+) -> _Call[LogProbResponse]:
+    return _Call(
+        "POST",
+        "/logprob",
+        LogProbResponse,
+        {"model": model, "masks": masks, "seed": seed, "n_importance": n_importance, **_rows_payload(x, packed)},
+    )
 
 
-def _conditionals(x: Rows, model: str | None, mask: int,
-                  packed: bool) -> _Call[ConditionalsResponse]:
-    return _Call("POST", "/conditionals", ConditionalsResponse,
-                 {"model": model, "mask": mask, **_rows_payload(x, packed)})
+def _conditionals(x: Rows, model: str | None, mask: int, packed: bool) -> _Call[ConditionalsResponse]:
+    return _Call(
+        "POST", "/conditionals", ConditionalsResponse, {"model": model, "mask": mask, **_rows_payload(x, packed)}
+    )
 
 
-def _sample(n: int, model: str | None, seed: int | None, mask: Literal["mixture"] | int,
-            packed: bool) -> _Call[SampleResponse]:
-    return _Call("POST", "/sample", SampleResponse, {
-        "model": model, "n": n, "seed": seed, "mask": mask,
-        "encoding": "packed" if packed else None})
+def _sample(
+    n: int, model: str | None, seed: int | None, mask: Literal["mixture"] | int, packed: bool
+) -> _Call[SampleResponse]:
+    return _Call(
+        "POST",
+        "/sample",
+        SampleResponse,
+        {"model": model, "n": n, "seed": seed, "mask": mask, "encoding": "packed" if packed else None},
+    )
 
 
-def _sample_png(n: int, model: str | None, seed: int | None, mask: Literal["mixture"] | int,
-                scale: int) -> _Call[BaseModel]:
-    return _Call("POST", f"/sample?scale={scale}", None,
-                 {"model": model, "n": n, "seed": seed, "mask": mask}, {"Accept": "image/png"})
+def _sample_png(
+    n: int, model: str | None, seed: int | None, mask: Literal["mixture"] | int, scale: int
+) -> _Call[BaseModel]:
+    return _Call(
+        "POST",
+        f"/sample?scale={scale}",
+        None,
+        {"model": model, "n": n, "seed": seed, "mask": mask},
+        {"Accept": "image/png"},
+    )
 
 
-def _impute(x: Rows, model: str | None, n_samples: int | None, seed: int | None,
-            n_importance: int | None, packed_output: bool) -> _Call[ImputeResponse]:
-    return _Call("POST", "/impute", ImputeResponse, {
-        "model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance,
-        "encoding": "packed" if packed_output else None, **_rows_payload(x, False)})
+def _impute(
+    x: Rows, model: str | None, n_samples: int | None, seed: int | None, n_importance: int | None, packed_output: bool
+) -> _Call[ImputeResponse]:
+    return _Call(
+        "POST",
+        "/impute",
+        ImputeResponse,
+        {
+            "model": model,
+            "n_samples": n_samples,
+            "seed": seed,
+            "n_importance": n_importance,
+            "encoding": "packed" if packed_output else None,
+            **_rows_payload(x, False),
+        },
+    )
 
 
 Eps = float | Sequence[float] | Sequence[Sequence[float]] | np.ndarray
 
 
-def _denoise(x: Rows, eps: Eps, model: str | None, n_samples: int | None, seed: int | None,
-             n_importance: int | None, packed: bool, packed_output: bool) -> _Call[DenoiseResponse]:
+def _denoise(
+    x: Rows,
+    eps: Eps,
+    model: str | None,
+    n_samples: int | None,
+    seed: int | None,
+    n_importance: int | None,
+    packed: bool,
+    packed_output: bool,
+) -> _Call[DenoiseResponse]:
     e: Any = np.asarray(eps, dtype=np.float64).tolist() if isinstance(eps, np.ndarray) else eps
-    return _Call("POST", "/denoise", DenoiseResponse, {
-        "model": model, "eps": e, "n_samples": n_samples, "seed": seed, "n_importance": n_importance,
-        "encoding": "packed" if packed_output else None, **_rows_payload(x, packed)})
+    return _Call(
+        "POST",
+        "/denoise",
+        DenoiseResponse,
+        {
+            "model": model,
+            "eps": e,
+            "n_samples": n_samples,
+            "seed": seed,
+            "n_importance": n_importance,
+            "encoding": "packed" if packed_output else None,
+            **_rows_payload(x, packed),
+        },
+    )
 
 
 Records = Sequence[dict[str, Any]] | Any  # a list of {column: value}, or a pandas DataFrame
@@ -154,38 +199,77 @@ def _records_payload(records: Records) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and v != v else v) for k, v in dict(r).items()} for r in rows]
 
 
-def _logprob_records(records: Records, model: str | None, masks: Literal["all"] | int, seed: int | None,
-                     n_importance: int | None, explain: bool) -> _Call[LogProbResponse]:
-    return _Call("POST", "/logprob", LogProbResponse, {
-        "model": model, "masks": masks, "seed": seed, "n_importance": n_importance,
-        "explain": explain or None, "records": _records_payload(records)})
+def _logprob_records(
+    records: Records,
+    model: str | None,
+    masks: Literal["all"] | int,
+    seed: int | None,
+    n_importance: int | None,
+    explain: bool,
+) -> _Call[LogProbResponse]:
+    return _Call(
+        "POST",
+        "/logprob",
+        LogProbResponse,
+        {
+            "model": model,
+            "masks": masks,
+            "seed": seed,
+            "n_importance": n_importance,
+            "explain": explain or None,
+            "records": _records_payload(records),
+        },
+    )
 
 
-def _sample_records(n: int, model: str | None, seed: int | None, given: dict[str, Any] | None,
-                    mask: Literal["mixture"] | int) -> _Call[SampleResponse]:
-    return _Call("POST", "/sample", SampleResponse, {"model": model, "n": n, "seed": seed, "given": given,
-                                                     "mask": mask})
+def _sample_records(
+    n: int, model: str | None, seed: int | None, given: dict[str, Any] | None, mask: Literal["mixture"] | int
+) -> _Call[SampleResponse]:
+    return _Call(
+        "POST", "/sample", SampleResponse, {"model": model, "n": n, "seed": seed, "given": given, "mask": mask}
+    )
 
 
-def _impute_records(records: Records, model: str | None, n_samples: int | None, seed: int | None,
-                    n_importance: int | None) -> _Call[ImputeResponse]:
-    return _Call("POST", "/impute", ImputeResponse, {
-        "model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance,
-        "records": _records_payload(records)})
+def _impute_records(
+    records: Records, model: str | None, n_samples: int | None, seed: int | None, n_importance: int | None
+) -> _Call[ImputeResponse]:
+    return _Call(
+        "POST",
+        "/impute",
+        ImputeResponse,
+        {
+            "model": model,
+            "n_samples": n_samples,
+            "seed": seed,
+            "n_importance": n_importance,
+            "records": _records_payload(records),
+        },
+    )
 
 
 def _conditionals_records(records: Records, model: str | None, mask: int) -> _Call[ConditionalsResponse]:
-    return _Call("POST", "/conditionals", ConditionalsResponse, {
-        "model": model, "mask": mask, "records": _records_payload(records)})
+    return _Call(
+        "POST",
+        "/conditionals",
+        ConditionalsResponse,
+        {"model": model, "mask": mask, "records": _records_payload(records)},
+    )
 
 
 # --- the clients ----------------------------------------------------------------------------------
 
+
 class MadeClient:
     """Blocking client."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
-                 timeout: float = 60.0, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         self._owns_http = http is None
         self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
         self.http.headers.update(_headers(api_key))
@@ -193,8 +277,9 @@ class MadeClient:
     def __enter__(self) -> MadeClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -202,8 +287,7 @@ class MadeClient:
             self.http.close()
 
     def _raw(self, call: _Call[Any]) -> httpx.Response:
-        return _check(self.http.request(call.method, call.path, json=call.json,
-                                        headers=call.headers))
+        return _check(self.http.request(call.method, call.path, json=call.json, headers=call.headers))
 
     def _run(self, call: _Call[M]) -> M:
         assert call.parse is not None
@@ -230,59 +314,118 @@ class MadeClient:
     def metrics(self) -> str:
         return self._raw(_Call("GET", "/metrics", None)).text
 
-    def logprob(self, x: Rows, *, model: str | None = None, masks: Literal["all"] | int = "all",
-                seed: int | None = None, n_importance: int | None = None,
-                packed: bool = False) -> LogProbResponse:
+    def logprob(
+        self,
+        x: Rows,
+        *,
+        model: str | None = None,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int | None = None,
+        packed: bool = False,
+    ) -> LogProbResponse:
         return self._run(_logprob(x, model, masks, seed, n_importance, packed))
 
-    def conditionals(self, x: Rows, *, model: str | None = None, mask: int = 0,
-                     packed: bool = False) -> ConditionalsResponse:
+    def conditionals(
+        self, x: Rows, *, model: str | None = None, mask: int = 0, packed: bool = False
+    ) -> ConditionalsResponse:
         return self._run(_conditionals(x, model, mask, packed))
 
-    def sample(self, n: int, *, model: str | None = None, seed: int | None = None,
-               mask: Literal["mixture"] | int = "mixture", packed: bool = False) -> SampleResponse:
+    def sample(
+        self,
+        n: int,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        mask: Literal["mixture"] | int = "mixture",
+        packed: bool = False,
+    ) -> SampleResponse:
         return self._run(_sample(n, model, seed, mask, packed))
 
-    def sample_png(self, n: int, *, model: str | None = None, seed: int | None = None,
-                   mask: Literal["mixture"] | int = "mixture", scale: int = 2) -> bytes:
+    def sample_png(
+        self,
+        n: int,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        mask: Literal["mixture"] | int = "mixture",
+        scale: int = 2,
+    ) -> bytes:
         """A grid of n samples as PNG (models with an image_shape)."""
         return self._raw(_sample_png(n, model, seed, mask, scale)).content
 
-    def impute(self, x: Rows, *, model: str | None = None, n_samples: int | None = None,
-               seed: int | None = None, n_importance: int | None = None,
-               packed_output: bool = False) -> ImputeResponse:
+    def impute(
+        self,
+        x: Rows,
+        *,
+        model: str | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+        n_importance: int | None = None,
+        packed_output: bool = False,
+    ) -> ImputeResponse:
         return self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
 
-    def denoise(self, x: Rows, eps: Eps, *, model: str | None = None, n_samples: int | None = None,
-                seed: int | None = None, n_importance: int | None = None, packed: bool = False,
-                packed_output: bool = False) -> DenoiseResponse:
+    def denoise(
+        self,
+        x: Rows,
+        eps: Eps,
+        *,
+        model: str | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+        n_importance: int | None = None,
+        packed: bool = False,
+        packed_output: bool = False,
+    ) -> DenoiseResponse:
         """The clean rows behind noisy rows x, each bit flipped with probability eps (a number, one
         per row or one per entry): .marginals, .most_likely, .array() (clean samples),
         .logprob_noisy with .stderr, and .ess."""
         return self._run(_denoise(x, eps, model, n_samples, seed, n_importance, packed, packed_output))
 
     # --- models of a table's columns: records keyed by column name ------------------------------
-    def logprob_records(self, records: Records, *, model: str | None = None, masks: Literal["all"] | int = "all",
-                        seed: int | None = None, n_importance: int | None = None,
-                        explain: bool = False) -> LogProbResponse:
+    def logprob_records(
+        self,
+        records: Records,
+        *,
+        model: str | None = None,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int | None = None,
+        explain: bool = False,
+    ) -> LogProbResponse:
         """log p(record) per record; unknown (missing or None) cells summed out; `explain` adds
         each column's surprisal. `records`: a list of dicts, or a pandas DataFrame."""
         return self._run(_logprob_records(records, model, masks, seed, n_importance, explain))
 
-    def sample_records(self, n: int, *, model: str | None = None, seed: int | None = None,
-                       given: dict[str, Any] | None = None,
-                       mask: Literal["mixture"] | int = "mixture") -> list[dict[str, Any]]:
+    def sample_records(
+        self,
+        n: int,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        given: dict[str, Any] | None = None,
+        mask: Literal["mixture"] | int = "mixture",
+    ) -> list[dict[str, Any]]:
         """n sampled records (meeting `given`, {column: value}, when sent)."""
         return list(self._run(_sample_records(n, model, seed, given, mask)).records or [])
 
-    def impute_records(self, records: Records, *, model: str | None = None, n_samples: int | None = None,
-                       seed: int | None = None, n_importance: int | None = None) -> ImputeResponse:
+    def impute_records(
+        self,
+        records: Records,
+        *,
+        model: str | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+        n_importance: int | None = None,
+    ) -> ImputeResponse:
         """The records filled in (.records), each unknown column's distribution (.distributions)
         and n_samples completions per record (.samples)."""
         return self._run(_impute_records(records, model, n_samples, seed, n_importance))
 
-    def conditionals_records(self, records: Records, *, model: str | None = None,
-                             mask: int = 0) -> ConditionalsResponse:
+    def conditionals_records(
+        self, records: Records, *, model: str | None = None, mask: int = 0
+    ) -> ConditionalsResponse:
         """Per complete record, each column's distribution given the columns before it in mask
         `mask`'s ordering (.conditionals; the ordering in .column_order)."""
         return self._run(_conditionals_records(records, model, mask))
@@ -291,8 +434,14 @@ class MadeClient:
 class AsyncMadeClient:
     """The same methods as MadeClient, awaitable (concurrent requests from one task group)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
-                 timeout: float = 60.0, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self.http.headers.update(_headers(api_key))
@@ -300,8 +449,9 @@ class AsyncMadeClient:
     async def __aenter__(self) -> AsyncMadeClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -309,8 +459,7 @@ class AsyncMadeClient:
             await self.http.aclose()
 
     async def _raw(self, call: _Call[Any]) -> httpx.Response:
-        return _check(await self.http.request(call.method, call.path, json=call.json,
-                                              headers=call.headers))
+        return _check(await self.http.request(call.method, call.path, json=call.json, headers=call.headers))
 
     async def _run(self, call: _Call[M]) -> M:
         assert call.parse is not None
@@ -335,49 +484,106 @@ class AsyncMadeClient:
     async def metrics(self) -> str:
         return (await self._raw(_Call("GET", "/metrics", None))).text
 
-    async def logprob(self, x: Rows, *, model: str | None = None,
-                      masks: Literal["all"] | int = "all", seed: int | None = None,
-                      n_importance: int | None = None, packed: bool = False) -> LogProbResponse:
+    async def logprob(
+        self,
+        x: Rows,
+        *,
+        model: str | None = None,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int | None = None,
+        packed: bool = False,
+    ) -> LogProbResponse:
         return await self._run(_logprob(x, model, masks, seed, n_importance, packed))
 
-    async def conditionals(self, x: Rows, *, model: str | None = None, mask: int = 0,
-                           packed: bool = False) -> ConditionalsResponse:
+    async def conditionals(
+        self, x: Rows, *, model: str | None = None, mask: int = 0, packed: bool = False
+    ) -> ConditionalsResponse:
         return await self._run(_conditionals(x, model, mask, packed))
 
-    async def sample(self, n: int, *, model: str | None = None, seed: int | None = None,
-                     mask: Literal["mixture"] | int = "mixture",
-                     packed: bool = False) -> SampleResponse:
+    async def sample(
+        self,
+        n: int,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        mask: Literal["mixture"] | int = "mixture",
+        packed: bool = False,
+    ) -> SampleResponse:
         return await self._run(_sample(n, model, seed, mask, packed))
 
-    async def sample_png(self, n: int, *, model: str | None = None, seed: int | None = None,
-                         mask: Literal["mixture"] | int = "mixture", scale: int = 2) -> bytes:
+    async def sample_png(
+        self,
+        n: int,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        mask: Literal["mixture"] | int = "mixture",
+        scale: int = 2,
+    ) -> bytes:
         return (await self._raw(_sample_png(n, model, seed, mask, scale))).content
 
-    async def impute(self, x: Rows, *, model: str | None = None, n_samples: int | None = None,
-                     seed: int | None = None, n_importance: int | None = None,
-                     packed_output: bool = False) -> ImputeResponse:
+    async def impute(
+        self,
+        x: Rows,
+        *,
+        model: str | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+        n_importance: int | None = None,
+        packed_output: bool = False,
+    ) -> ImputeResponse:
         return await self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
 
-    async def denoise(self, x: Rows, eps: Eps, *, model: str | None = None, n_samples: int | None = None,
-                      seed: int | None = None, n_importance: int | None = None, packed: bool = False,
-                      packed_output: bool = False) -> DenoiseResponse:
-        return await self._run(_denoise(x, eps, model, n_samples, seed, n_importance, packed,
-                                        packed_output))
+    async def denoise(
+        self,
+        x: Rows,
+        eps: Eps,
+        *,
+        model: str | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+        n_importance: int | None = None,
+        packed: bool = False,
+        packed_output: bool = False,
+    ) -> DenoiseResponse:
+        return await self._run(_denoise(x, eps, model, n_samples, seed, n_importance, packed, packed_output))
 
-    async def logprob_records(self, records: Records, *, model: str | None = None,
-                              masks: Literal["all"] | int = "all", seed: int | None = None,
-                              n_importance: int | None = None, explain: bool = False) -> LogProbResponse:
+    async def logprob_records(
+        self,
+        records: Records,
+        *,
+        model: str | None = None,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int | None = None,
+        explain: bool = False,
+    ) -> LogProbResponse:
         return await self._run(_logprob_records(records, model, masks, seed, n_importance, explain))
 
-    async def sample_records(self, n: int, *, model: str | None = None, seed: int | None = None,
-                             given: dict[str, Any] | None = None,
-                             mask: Literal["mixture"] | int = "mixture") -> list[dict[str, Any]]:
+    async def sample_records(
+        self,
+        n: int,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        given: dict[str, Any] | None = None,
+        mask: Literal["mixture"] | int = "mixture",
+    ) -> list[dict[str, Any]]:
         return list((await self._run(_sample_records(n, model, seed, given, mask))).records or [])
 
-    async def impute_records(self, records: Records, *, model: str | None = None, n_samples: int | None = None,
-                             seed: int | None = None, n_importance: int | None = None) -> ImputeResponse:
+    async def impute_records(
+        self,
+        records: Records,
+        *,
+        model: str | None = None,
+        n_samples: int | None = None,
+        seed: int | None = None,
+        n_importance: int | None = None,
+    ) -> ImputeResponse:
         return await self._run(_impute_records(records, model, n_samples, seed, n_importance))
 
-    async def conditionals_records(self, records: Records, *, model: str | None = None,
-                                   mask: int = 0) -> ConditionalsResponse:
+    async def conditionals_records(
+        self, records: Records, *, model: str | None = None, mask: int = 0
+    ) -> ConditionalsResponse:
         return await self._run(_conditionals_records(records, model, mask))

@@ -61,7 +61,9 @@ class CsvRecordsMiddleware:
         payload = json.dumps(request).encode()
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [
-            (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
         replay = replay_body(payload, receive)
         if "text/csv" not in headers.get("accept", "") or scope["path"] != "/logprob":
             await self.app(scope, replay, send)
@@ -77,8 +79,9 @@ class CsvRecordsMiddleware:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:
-            raise InvalidInput(f"query parameter {unknown[0]!r} is not an option of a CSV request "
-                               f"({', '.join(sorted(_OPTIONS))})")
+            raise InvalidInput(
+                f"query parameter {unknown[0]!r} is not an option of a CSV request ({', '.join(sorted(_OPTIONS))})"
+            )
         request: dict[str, Any] = {}
         for key, value in query.items():
             if _OPTIONS[key] is int:
@@ -94,8 +97,7 @@ class CsvRecordsMiddleware:
                 request[key] = value
         engine = self.dataplane.engine(request.get("model"))
         if not isinstance(engine, TableEngine):
-            raise InvalidInput(f"model '{engine.name}' reads rows of 0/1; CSV bodies are for table models "
-                               "(send JSON)")
+            raise InvalidInput(f"model '{engine.name}' reads rows of 0/1; CSV bodies are for table models (send JSON)")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -146,14 +148,26 @@ class _CsvAnswer:
         answer = json.loads(body)
         extra = ["logprob", "exact", "stderr"]
         scores = zip(answer["logprob"], answer["exact"], answer["stderr"], strict=True)
-        rows = [[*row, lp, str(ex).lower(), "" if se is None else se]
-                for row, (lp, ex, se) in zip(self.rows, scores, strict=True)]
+        rows = [
+            [*row, lp, str(ex).lower(), "" if se is None else se]
+            for row, (lp, ex, se) in zip(self.rows, scores, strict=True)
+        ]
         keep = [(k, v) for k, v in self.start.get("headers", []) if k not in (b"content-type", b"content-length")]
         await _send(self.send, 200, "text/csv; charset=utf-8", to_csv([*self.header, *extra], rows).encode(), keep)
 
 
-async def _send(send: Send, status: int, media: str, payload: bytes,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        *(headers or []), (b"content-type", media.encode()), (b"content-length", str(len(payload)).encode())]})
+async def _send(
+    send: Send, status: int, media: str, payload: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *(headers or []),
+                (b"content-type", media.encode()),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -64,16 +64,21 @@ _INLINE_NOISE = 1 << 14
 P = ParamSpec("P")
 
 
-def admitted(endpoint: str) -> Callable[[Callable[Concatenate[DataPlane, P], Awaitable[T]]],
-                                        Callable[Concatenate[DataPlane, P], Awaitable[T]]]:
+def admitted(
+    endpoint: str,
+) -> Callable[[Callable[Concatenate[DataPlane, P], Awaitable[T]]], Callable[Concatenate[DataPlane, P], Awaitable[T]]]:
     """A DataPlane method that serves `endpoint`: it runs admitted (DataPlane.admit)."""
-    def wrap(method: Callable[Concatenate[DataPlane, P], Awaitable[T]]) -> Callable[
-            Concatenate[DataPlane, P], Awaitable[T]]:
+
+    def wrap(
+        method: Callable[Concatenate[DataPlane, P], Awaitable[T]],
+    ) -> Callable[Concatenate[DataPlane, P], Awaitable[T]]:
         @functools.wraps(method)
         async def inner(self: DataPlane, *args: P.args, **kwargs: P.kwargs) -> T:
             async with self.admit(endpoint):
                 return await method(self, *args, **kwargs)
+
         return inner
+
     return wrap
 
 
@@ -110,8 +115,7 @@ class DataPlane:
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn in an engine thread, when the current request's endpoint gets its fair turn.
         abandon_on_cancel: a timed-out request answers at once; its thread finishes unobserved."""
-        return await self.scheduler.run(_lane.get(), functools.partial(fn, *args, **kwargs),
-                                        abandon_on_cancel=True)
+        return await self.scheduler.run(_lane.get(), functools.partial(fn, *args, **kwargs), abandon_on_cancel=True)
 
     @contextlib.asynccontextmanager
     async def admit(self, endpoint: str) -> AsyncIterator[None]:
@@ -138,8 +142,9 @@ class DataPlane:
                 return await work
         except TimeoutError:
             limit = self.settings.request_timeout
-            raise RequestTimeout(f"the request took longer than {limit:g} s "
-                                 "(MADE_REQUEST_TIMEOUT); send fewer rows or samples") from None
+            raise RequestTimeout(
+                f"the request took longer than {limit:g} s (MADE_REQUEST_TIMEOUT); send fewer rows or samples"
+            ) from None
 
     def _check_ready(self) -> None:
         if not self.registry.ready:
@@ -157,19 +162,26 @@ class DataPlane:
         """The engine of a model of bits; a table model is refused with what it answers instead."""
         engine = self.engine(name)
         if isinstance(engine, TableEngine):
-            raise InvalidInput(f"model '{engine.name}' models the columns of a table; {endpoint} answers models "
-                               "of bits (a table model answers /logprob, /sample and /impute with records)")
+            raise InvalidInput(
+                f"model '{engine.name}' models the columns of a table; {endpoint} answers models "
+                "of bits (a table model answers /logprob, /sample and /impute with records)"
+            )
         return engine
 
-    def _batcher(self, endpoint: str, engine: Engine, key: object,
-                 run: Callable[[list[Any]], list[Any]]) -> Batcher[Any, Any]:
+    def _batcher(
+        self, endpoint: str, engine: Engine, key: object, run: Callable[[list[Any]], list[Any]]
+    ) -> Batcher[Any, Any]:
         ident = (endpoint, engine.name, id(engine), key)  # id: a reload may reuse a version
         batcher = self._batchers.get(ident)
         if batcher is None:
             observe = functools.partial(self.metrics.observe_batch, endpoint, engine.name)
             batcher = Batcher(
-                run, delay_s=self.settings.batch_delay_ms / 1000, max_rows=self.settings.max_batch,
-                execute=functools.partial(self.scheduler.run, endpoint), observe=observe)
+                run,
+                delay_s=self.settings.batch_delay_ms / 1000,
+                max_rows=self.settings.max_batch,
+                execute=functools.partial(self.scheduler.run, endpoint),
+                observe=observe,
+            )
             if self.registry.is_served(engine):
                 self._batchers[ident] = batcher
             else:  # the request took its engine just before a reload replaced it
@@ -201,18 +213,19 @@ class DataPlane:
         return report
 
     def publish_models(self) -> None:
-        self.metrics.set_models((e.name, e.version, ",".join(e.providers))
-                                for e in self.registry.engines())
+        self.metrics.set_models((e.name, e.version, ",".join(e.providers)) for e in self.registry.engines())
 
     def _check_rows(self, engine: Engine, x: np.ndarray, endpoint: str) -> None:
         n, d = x.shape
         if d != engine.dims:
-            raise InvalidInput(f"x: rows have {d} value{'s' * (d != 1)} but model "
-                               f"'{engine.name}' has {engine.dims} dimensions (one value per "
-                               "dimension)", loc=("x",))
+            raise InvalidInput(
+                f"x: rows have {d} value{'s' * (d != 1)} but model "
+                f"'{engine.name}' has {engine.dims} dimensions (one value per "
+                "dimension)",
+                loc=("x",),
+            )
         if n > self.settings.max_rows:
-            raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request "
-                               "(MADE_MAX_ROWS)")
+            raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request (MADE_MAX_ROWS)")
         self.metrics.observe_rows(endpoint, engine.name, n)
 
     def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine | None = None) -> None:
@@ -223,19 +236,23 @@ class DataPlane:
             rows, what = int(missing.any(axis=1).sum()), "rows with missing values"
         else:
             rows = int((~engine.exact_rows(~missing)).sum())
-            what = ("rows that need importance sampling (a missing value before an observed one "
-                    "in some mask's ordering)")
+            what = "rows that need importance sampling (a missing value before an observed one in some mask's ordering)"
         if rows * n_importance > self.settings.max_draws:
-            raise InvalidInput(f"{rows} {what} x n_importance {n_importance} = "
-                               f"{rows * n_importance} importance draws; the limit is "
-                               f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
-                               "fewer rows or a smaller n_importance")
+            raise InvalidInput(
+                f"{rows} {what} x n_importance {n_importance} = "
+                f"{rows * n_importance} importance draws; the limit is "
+                f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
+                "fewer rows or a smaller n_importance"
+            )
 
     def _check_mask(self, engine: Engine, mask: int, field: str = "mask") -> int:
         if not 0 <= mask < engine.n_masks:
-            raise InvalidInput(f"{field} {mask} does not exist: model '{engine.name}' has "
-                               f"{engine.n_masks} mask{'s' if engine.n_masks > 1 else ''} "
-                               f"(0..{engine.n_masks - 1})", loc=(field,))
+            raise InvalidInput(
+                f"{field} {mask} does not exist: model '{engine.name}' has "
+                f"{engine.n_masks} mask{'s' if engine.n_masks > 1 else ''} "
+                f"(0..{engine.n_masks - 1})",
+                loc=(field,),
+            )
         return mask
 
     # --- models -----------------------------------------------------------------------------------
@@ -246,12 +263,20 @@ class DataPlane:
         for e in self.registry.engines():
             dataset = e.manifest.get("dataset")
             metrics = e.manifest.get("metrics") or {}
-            infos.append(ModelInfo(
-                name=e.name, version=e.version, dims=e.dims, n_masks=e.n_masks,
-                default=e.name == default, image_shape=e.image_shape,
-                dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
-                test_nll=metrics.get("test_nll"), providers=list(e.providers),
-                columns=e.schema.names if isinstance(e, TableEngine) else None))
+            infos.append(
+                ModelInfo(
+                    name=e.name,
+                    version=e.version,
+                    dims=e.dims,
+                    n_masks=e.n_masks,
+                    default=e.name == default,
+                    image_shape=e.image_shape,
+                    dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
+                    test_nll=metrics.get("test_nll"),
+                    providers=list(e.providers),
+                    columns=e.schema.names if isinstance(e, TableEngine) else None,
+                )
+            )
         return ModelsResponse(models=infos, default=default)
 
     def manifest(self, name: str) -> dict[str, Any]:
@@ -278,18 +303,20 @@ class DataPlane:
             run = functools.partial(_logprob_batch, engine, masks)
             work = self._logprob_pieces(self._batcher("/logprob", engine, masks, run), x)
         else:
-            work = self._in_thread(engine.logprob, x, masks=masks, seed=seed,
-                                   n_importance=req.n_importance)
+            work = self._in_thread(engine.logprob, x, masks=masks, seed=seed, n_importance=req.n_importance)
         result: LogProbResult = await self._timed(work)
         return LogProbResponse.model_construct(
-            model=engine.name, version=engine.version, logprob=result.logprob.tolist(),
-            exact=result.exact.tolist(), stderr=_floats(result.stderr), seed=seed)
+            model=engine.name,
+            version=engine.version,
+            logprob=result.logprob.tolist(),
+            exact=result.exact.tolist(),
+            stderr=_floats(result.stderr),
+            seed=seed,
+        )
 
-    async def _logprob_pieces(self, batcher: Batcher[np.ndarray, LogProbResult],
-                              x: np.ndarray) -> LogProbResult:
+    async def _logprob_pieces(self, batcher: Batcher[np.ndarray, LogProbResult], x: np.ndarray) -> LogProbResult:
         parts = await self._submit_rows(batcher, x)
-        return LogProbResult(*(np.concatenate([getattr(p, f) for p in parts])
-                               for f in ("logprob", "exact", "stderr")))
+        return LogProbResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("logprob", "exact", "stderr")))
 
     # --- /conditionals ---------------------------------------------------------------------------
     @admitted("/conditionals")
@@ -301,18 +328,22 @@ class DataPlane:
         self._check_rows(engine, x, "/conditionals")
         mask = self._check_mask(engine, req.mask)
         run = functools.partial(_conditionals_batch, engine, mask)
-        parts = await self._timed(
-            self._submit_rows(self._batcher("/conditionals", engine, mask, run), x))
+        parts = await self._timed(self._submit_rows(self._batcher("/conditionals", engine, mask, run), x))
         probs = np.concatenate(parts)
         return ConditionalsResponse.model_construct(
-            model=engine.name, version=engine.version, mask=mask,
-            ordering=engine.orderings[mask].tolist(), probs=probs.tolist())
+            model=engine.name,
+            version=engine.version,
+            mask=mask,
+            ordering=engine.orderings[mask].tolist(),
+            probs=probs.tolist(),
+        )
 
     # --- /sample ---------------------------------------------------------------------------------
     def _check_sample(self, engine: Engine, req: SampleRequest) -> int | None:
         if req.n > self.settings.max_samples:
-            raise InvalidInput(f"n is {req.n}; the limit is {self.settings.max_samples} samples "
-                               "per request (MADE_MAX_SAMPLES)")
+            raise InvalidInput(
+                f"n is {req.n}; the limit is {self.settings.max_samples} samples per request (MADE_MAX_SAMPLES)"
+            )
         self.metrics.observe_rows("/sample", engine.name, req.n)
         return None if req.mask == "mixture" else self._check_mask(engine, int(req.mask))
 
@@ -341,8 +372,7 @@ class DataPlane:
     async def _submit_rows(self, batcher: Batcher[np.ndarray, T], x: np.ndarray) -> list[T]:
         if len(x) <= self.settings.max_batch:
             return [await batcher.submit(x, len(x))]
-        return list(await asyncio.gather(*(batcher.submit(x[rows], len(x[rows]))
-                                           for rows in self._pieces(len(x)))))
+        return list(await asyncio.gather(*(batcher.submit(x[rows], len(x[rows])) for rows in self._pieces(len(x)))))
 
     @admitted("/sample")
     async def sample(self, req: SampleRequest) -> SampleResponse:
@@ -350,28 +380,38 @@ class DataPlane:
         if isinstance(engine, TableEngine):
             return await self.tables.sample(engine, req)
         if req.given is not None:
-            raise InvalidInput("given is for table models (records); a model of bits has no columns to "
-                               "condition on here (use /impute with null for the unknown values)", loc=("given",))
+            raise InvalidInput(
+                "given is for table models (records); a model of bits has no columns to "
+                "condition on here (use /impute with null for the unknown values)",
+                loc=("given",),
+            )
         mask = self._check_sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
         samples = await self._timed(self._samples(engine, req.n, seed, mask))
         packed = req.encoding == "packed"
         return SampleResponse.model_construct(
-            model=engine.name, version=engine.version, seed=seed, mask=req.mask,
+            model=engine.name,
+            version=engine.version,
+            seed=seed,
+            mask=req.mask,
             samples=None if packed else samples.tolist(),
             samples_b64=pack_rows(samples) if packed else None,
-            shape=list(samples.shape) if packed else None)
+            shape=list(samples.shape) if packed else None,
+        )
 
     @admitted("/sample")
     async def sample_png(self, req: SampleRequest, scale: int) -> tuple[bytes, int]:
         """A grid of the samples as PNG, and the seed used."""
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
-            raise NotAcceptable(f"model '{engine.name}' models the columns of a table, not an image; ask for "
-                                "application/json")
+            raise NotAcceptable(
+                f"model '{engine.name}' models the columns of a table, not an image; ask for application/json"
+            )
         if not engine.image_shape or math.prod(engine.image_shape) != engine.dims:
-            raise NotAcceptable(f"model '{engine.name}' has no image_shape, so its samples cannot "
-                                "be drawn as an image; ask for application/json")
+            raise NotAcceptable(
+                f"model '{engine.name}' has no image_shape, so its samples cannot "
+                "be drawn as an image; ask for application/json"
+            )
         mask = self._check_sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
         samples = await self._timed(self._samples(engine, req.n, seed, mask))
@@ -388,22 +428,30 @@ class DataPlane:
         self._check_rows(engine, x, "/impute")
         total = len(x) * req.n_samples
         if total > self.settings.max_samples:
-            raise InvalidInput(f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
-                               f"the limit is {self.settings.max_samples} per request "
-                               "(MADE_MAX_SAMPLES)")
+            raise InvalidInput(
+                f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
+                f"the limit is {self.settings.max_samples} per request "
+                "(MADE_MAX_SAMPLES)"
+            )
         self._check_draws(x, req.n_importance, engine)
         seed = req.seed if req.seed is not None else new_seed()
-        r = await self._timed(self._in_thread(engine.impute, x, n_samples=req.n_samples, seed=seed,
-                                              n_importance=req.n_importance))
+        r = await self._timed(
+            self._in_thread(engine.impute, x, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance)
+        )
         packed = req.encoding == "packed"
         return ImputeResponse.model_construct(
-            model=engine.name, version=engine.version, seed=seed,
+            model=engine.name,
+            version=engine.version,
+            seed=seed,
             samples=None if packed else r.samples.tolist(),
             samples_b64=pack_rows(r.samples) if packed else None,
             shape=list(r.samples.shape) if packed else None,
-            marginals=r.marginals.tolist(), logprob_observed=r.logprob_observed.tolist(),
+            marginals=r.marginals.tolist(),
+            logprob_observed=r.logprob_observed.tolist(),
             stderr=_floats(getattr(r, "stderr", np.full(len(x), np.nan))),
-            exact=r.exact.tolist(), ess=r.ess.tolist())
+            exact=r.exact.tolist(),
+            ess=r.ess.tolist(),
+        )
 
     # --- /denoise --------------------------------------------------------------------------------
     @admitted("/denoise")
@@ -416,42 +464,58 @@ class DataPlane:
         self._check_rows(engine, x, "/denoise")
         total = len(x) * req.n_samples
         if total > self.settings.max_samples:
-            raise InvalidInput(f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
-                               f"the limit is {self.settings.max_samples} per request "
-                               "(MADE_MAX_SAMPLES)", loc=("n_samples",))
+            raise InvalidInput(
+                f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
+                f"the limit is {self.settings.max_samples} per request "
+                "(MADE_MAX_SAMPLES)",
+                loc=("n_samples",),
+            )
         eps = np.broadcast_to(req.eps if req.eps.ndim != 1 else req.eps[:, None], x.shape)
         rows = int((~((eps == 0) & ~np.isnan(x)).all(axis=1)).sum())
         if rows * req.n_importance > self.settings.max_draws:
-            raise InvalidInput(f"{rows} noisy rows x n_importance {req.n_importance} = "
-                               f"{rows * req.n_importance} importance draws; the limit is "
-                               f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
-                               "fewer rows or a smaller n_importance", loc=("n_importance",))
+            raise InvalidInput(
+                f"{rows} noisy rows x n_importance {req.n_importance} = "
+                f"{rows * req.n_importance} importance draws; the limit is "
+                f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
+                "fewer rows or a smaller n_importance",
+                loc=("n_importance",),
+            )
         seed = req.seed if req.seed is not None else new_seed()
-        r = await self._timed(self._in_thread(engine.denoise, x, req.eps, n_samples=req.n_samples,
-                                              seed=seed, n_importance=req.n_importance))
+        r = await self._timed(
+            self._in_thread(
+                engine.denoise, x, req.eps, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance
+            )
+        )
         packed = req.encoding == "packed"
         return DenoiseResponse.model_construct(
-            model=engine.name, version=engine.version, seed=seed,
+            model=engine.name,
+            version=engine.version,
+            seed=seed,
             samples=None if packed else r.samples.tolist(),
             samples_b64=pack_rows(r.samples) if packed else None,
             shape=list(r.samples.shape) if packed else None,
-            marginals=r.marginals.tolist(), most_likely=r.most_likely.tolist(),
-            logprob_noisy=r.logprob_noisy.tolist(), stderr=_floats(r.stderr), ess=r.ess.tolist())
+            marginals=r.marginals.tolist(),
+            most_likely=r.most_likely.tolist(),
+            logprob_noisy=r.logprob_noisy.tolist(),
+            stderr=_floats(r.stderr),
+            ess=r.ess.tolist(),
+        )
 
 
 # --- batch functions (run in a worker thread) ---------------------------------------------
+
 
 def _split(total: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(total, np.cumsum(sizes)[:-1])
 
 
-def _logprob_batch(engine: Engine, masks: Literal["all"] | int,
-                   xs: list[np.ndarray]) -> list[LogProbResult]:
+def _logprob_batch(engine: Engine, masks: Literal["all"] | int, xs: list[np.ndarray]) -> list[LogProbResult]:
     r = engine.logprob(np.concatenate(xs), masks=masks)
     sizes = [len(x) for x in xs]
-    return [LogProbResult(lp, ex, se) for lp, ex, se in
-            zip(_split(r.logprob, sizes), _split(r.exact, sizes), _split(r.stderr, sizes),
-                strict=True)]
+    return [
+        LogProbResult(lp, ex, se)
+        for lp, ex, se in zip(_split(r.logprob, sizes), _split(r.exact, sizes), _split(r.stderr, sizes), strict=True)
+    ]
 
 
 def _conditionals_batch(engine: Engine, mask: int, xs: list[np.ndarray]) -> list[np.ndarray]:

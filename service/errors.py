@@ -87,20 +87,19 @@ def error_body(status: int, kind: str, detail: str, **extra: Any) -> dict[str, A
     return body
 
 
-def error_response(status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None,
-                   **extra: Any) -> JSONResponse:
+def error_response(
+    status: int, kind: str, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     ctx = request_context.get()
     if ctx is not None:
         ctx.error_type = kind  # a metrics label
     headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
-    return JSONResponse(error_body(status, kind, detail, **extra), status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(status, kind, detail, **extra), status_code=status, headers=headers)
 
 
 def internal_error_body() -> dict[str, Any]:
     """A bug, not bad input: the client learns only the request id; the log has the traceback."""
-    return error_body(500, "internal_error",
-                      "internal error; the server log has the details under this request id")
+    return error_body(500, "internal_error", "internal error; the server log has the details under this request id")
 
 
 def describe_validation_error(err: Mapping[str, Any]) -> str:
@@ -148,25 +147,28 @@ def install_error_handlers(app: FastAPI) -> None:
             loc = ["body", *getattr(exc, "loc", ())]
             return error_response(status, kind, str(exc), errors=[{"loc": loc, "msg": str(exc), "type": kind}])
         retry = getattr(exc, "retry_after", None)
-        return error_response(status, kind, str(exc),
-                              headers={"Retry-After": str(retry)} if retry is not None else None)
+        return error_response(
+            status, kind, str(exc), headers={"Retry-After": str(retry)} if retry is not None else None
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e),
-             "type": e.get("type")}
+            {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e), "type": e.get("type")}
             for e in exc.errors()
         ]
         content_type = request.headers.get("content-type", "")
         if errors and errors[0]["loc"] == ["body"] and "json" not in content_type:
-            detail = ("the request body must be JSON, sent with 'Content-Type: application/json' "
-                      f"(got '{content_type}')" if content_type else
-                      "the request needs a JSON body, sent with 'Content-Type: application/json'")
+            detail = (
+                f"the request body must be JSON, sent with 'Content-Type: application/json' (got '{content_type}')"
+                if content_type
+                else "the request needs a JSON body, sent with 'Content-Type: application/json'"
+            )
             if content_type:  # a body of another type: 415, as clients expect
                 return error_response(415, "unsupported_media_type", detail)
-            return error_response(422, "invalid_input", detail, errors=[
-                {"loc": ["body"], "msg": detail, "type": "missing"}])
+            return error_response(
+                422, "invalid_input", detail, errors=[{"loc": ["body"], "msg": detail, "type": "missing"}]
+            )
         detail = "; ".join(dict.fromkeys(e["msg"] for e in errors[:5]))  # dedupe, keep order
         if len(errors) > 5:
             detail += f"; and {len(errors) - 5} more"

@@ -32,9 +32,14 @@ def current_request_id() -> str | None:
     ctx = request_context.get()
     return ctx.request_id if ctx else None
 
+
 # Attributes every LogRecord has; anything else came through `extra=` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName", "color_message"}  # uvicorn's ANSI-coloured copy
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}  # uvicorn's ANSI-coloured copy
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,8 +47,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -67,8 +71,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                       "stream": "ext://sys.stderr"},
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
         },
         "loggers": {
             "made": {"level": level},

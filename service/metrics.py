@@ -11,8 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 
@@ -21,33 +20,63 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
-        self.requests = Counter("made_requests", "HTTP requests answered",
-                                ["endpoint", "model", "status"], registry=r)
-        self.latency = Histogram("made_request_duration_seconds", "time to answer a request",
-                                 ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.errors = Counter("made_errors", "requests answered with an error status",
-                              ["endpoint", "model", "type"], registry=r)
+        self.requests = Counter("made_requests", "HTTP requests answered", ["endpoint", "model", "status"], registry=r)
+        self.latency = Histogram(
+            "made_request_duration_seconds",
+            "time to answer a request",
+            ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "made_errors", "requests answered with an error status", ["endpoint", "model", "type"], registry=r
+        )
         self.in_flight = Gauge("made_requests_in_flight", "requests being served", registry=r)
-        self.request_rows = Histogram("made_request_rows", "rows (or samples) in one request",
-                                      ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
-        self.batch_rows = Histogram("made_batch_rows", "rows in one merged engine call",
-                                    ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
-        self.batch_requests = Histogram("made_batch_requests", "requests merged in one engine call",
-                                        ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r)
-        self.engine_latency = Histogram("made_engine_duration_seconds", "time of one engine call",
-                                        ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.endpoint_requests = Gauge("made_endpoint_requests", "requests an endpoint holds (waiting for "
-                                       "an engine thread, batching or running); at MADE_MAX_QUEUE it "
-                                       "answers 503", ["endpoint"], registry=r)
-        self.overloaded = Counter("made_overloaded", "requests refused with 503 at MADE_MAX_QUEUE",
-                                  ["endpoint"], registry=r)
+        self.request_rows = Histogram(
+            "made_request_rows",
+            "rows (or samples) in one request",
+            ["endpoint", "model"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "made_batch_rows", "rows in one merged engine call", ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "made_batch_requests",
+            "requests merged in one engine call",
+            ["endpoint", "model"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.engine_latency = Histogram(
+            "made_engine_duration_seconds",
+            "time of one engine call",
+            ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.endpoint_requests = Gauge(
+            "made_endpoint_requests",
+            "requests an endpoint holds (waiting for "
+            "an engine thread, batching or running); at MADE_MAX_QUEUE it "
+            "answers 503",
+            ["endpoint"],
+            registry=r,
+        )
+        self.overloaded = Counter(
+            "made_overloaded", "requests refused with 503 at MADE_MAX_QUEUE", ["endpoint"], registry=r
+        )
         self.models_loaded = Gauge("made_models_loaded", "models loaded and served", registry=r)
-        self.model_info = Gauge("made_model_info", "1 for each loaded model version",
-                                ["model", "version", "providers"], registry=r)
-        self.reloads = Counter("made_model_reloads", "versions a reload loaded or refused",
-                               ["model", "outcome"], registry=r)
-        self.reload_failures = Counter("made_reload_errors", "reloads that failed as a whole "
-                                       "(store unreadable, models not loaded)", registry=r)
+        self.model_info = Gauge(
+            "made_model_info", "1 for each loaded model version", ["model", "version", "providers"], registry=r
+        )
+        self.reloads = Counter(
+            "made_model_reloads", "versions a reload loaded or refused", ["model", "outcome"], registry=r
+        )
+        self.reload_failures = Counter(
+            "made_reload_errors", "reloads that failed as a whole (store unreadable, models not loaded)", registry=r
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), remembered: labels() costs more than the observation."""
@@ -57,8 +86,7 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def observe_request(self, endpoint: str, model: str, status: int, seconds: float,
-                        error_type: str | None) -> None:
+    def observe_request(self, endpoint: str, model: str, status: int, seconds: float, error_type: str | None) -> None:
         self.child(self.requests, endpoint, model, str(status)).inc()
         self.child(self.latency, endpoint, model).observe(seconds)
         if status >= 400:
@@ -67,8 +95,7 @@ class Metrics:
     def observe_rows(self, endpoint: str, model: str, rows: int) -> None:
         self.child(self.request_rows, endpoint, model).observe(rows)
 
-    def observe_batch(self, endpoint: str, model: str, rows: int, requests: int,
-                      seconds: float) -> None:
+    def observe_batch(self, endpoint: str, model: str, rows: int, requests: int, seconds: float) -> None:
         self.child(self.batch_rows, endpoint, model).observe(rows)
         self.child(self.batch_requests, endpoint, model).observe(requests)
         self.child(self.engine_latency, endpoint, model).observe(seconds)

@@ -55,8 +55,7 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", ctx.request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", ctx.request_id.encode())]
             await send(message)
 
         try:
@@ -80,11 +79,21 @@ class RequestMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(endpoint, ctx.model, status, elapsed, ctx.error_type)
-            log.info("%s %s %d", scope["method"], scope["path"], status, extra={
-                "request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2), "model": ctx.model or None,
-                "client": (scope.get("client") or ("", 0))[0]})
+            log.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "request_id": ctx.request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "model": ctx.model or None,
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+            )
             request_context.reset(token)
 
     async def _read_limited(self, scope: Scope, receive: Receive, length: str) -> Receive | None:
@@ -111,9 +120,11 @@ class RequestMiddleware:
     async def _too_large(self, send: Send, ctx: RequestContext) -> None:
         ctx.error_type = "payload_too_large"
         body: dict[str, Any] = error_body(
-            413, "payload_too_large",
+            413,
+            "payload_too_large",
             f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); send "
-            "fewer rows per request, or bit-packed rows (x_b64)")
+            "fewer rows per request, or bit-packed rows (x_b64)",
+        )
         await _send_json(send, 413, body)
 
 
@@ -134,7 +145,15 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -66,16 +66,28 @@ WHERE = "the Open Inference Protocol (/v2)"
 # Input datatypes read, and their numpy types (binary data is little-endian). BYTES and BF16
 # have no meaning for rows of bits (BF16 has no numpy type either).
 DTYPES: dict[str, type[np.generic]] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
 }
 FLOATS = {"FP16", "FP32", "FP64"}
 
 # Output name -> (datatype, whether its shape is [n, D] rather than [n]).
 OUTPUTS: dict[str, tuple[str, bool]] = {
-    "logprob": ("FP64", False), "exact": ("BOOL", False), "stderr": ("FP64", False),
-    "conditionals": ("FP64", True), "samples": ("UINT8", True),
+    "logprob": ("FP64", False),
+    "exact": ("BOOL", False),
+    "stderr": ("FP64", False),
+    "conditionals": ("FP64", True),
+    "samples": ("UINT8", True),
 }
 _LOGPROB_OUTPUTS = {"logprob", "exact", "stderr"}
 _NEEDS_X = _LOGPROB_OUTPUTS | {"conditionals"}
@@ -94,10 +106,12 @@ def server_version() -> str:
         return version("made")
     except PackageNotFoundError:  # run from a source tree that was never installed
         from made import __version__
+
         return __version__
 
 
 # --- errors as the protocol has them -----------------------------------------------------------
+
 
 def error_response(exc: MadeError) -> JSONResponse:
     """{"error": message} with the status the rest of the API gives, but 400 for bad input
@@ -114,8 +128,7 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
         ctx.error_type = kind  # a metrics label, as for every other endpoint
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     # The protocol's {"error"}, and the fields every error of this server has besides.
-    return JSONResponse({"error": message, **error_body(status, kind, message)}, status_code=status,
-                        headers=headers)
+    return JSONResponse({"error": message, **error_body(status, kind, message)}, status_code=status, headers=headers)
 
 
 class V2ErrorResponse(BaseModel):
@@ -133,9 +146,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    200: {"description": "the inference response: JSON, followed by binary tensor data when an output "
-                         f"asked for it ({HEADER_LENGTH} gives the JSON part's length)",
-          "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {}}},
+    200: {
+        "description": "the inference response: JSON, followed by binary tensor data when an output "
+        f"asked for it ({HEADER_LENGTH} gives the JSON part's length)",
+        "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {}},
+    },
     413: {"model": ErrorResponse, "description": "body over MADE_MAX_BODY_BYTES"},
     504: {"model": V2ErrorResponse, "description": "over MADE_REQUEST_TIMEOUT"},
 }
@@ -184,6 +199,7 @@ def _describe(errors: Sequence[Any], prefix: str = "") -> str:
 
 # --- the inference request -------------------------------------------------------------------
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -220,8 +236,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as exc:
         raise InvalidInput(f"the request body is not valid {encoding} data ({exc})") from None
     if len(out) > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes once decompressed "
-                              "(MADE_MAX_BODY_BYTES)")
+        raise PayloadTooLarge(f"the request body is over {limit} bytes once decompressed (MADE_MAX_BODY_BYTES)")
     return out
 
 
@@ -231,9 +246,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         head, tail = body, b""
     else:
         if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise InvalidInput(f"{HEADER_LENGTH} is {header_length!r}, but it must be the byte "
-                               f"length of the JSON part of the body ({len(body)} bytes in all)")
-        head, tail = body[: int(header_length)], body[int(header_length):]
+            raise InvalidInput(
+                f"{HEADER_LENGTH} is {header_length!r}, but it must be the byte "
+                f"length of the JSON part of the body ({len(body)} bytes in all)"
+            )
+        head, tail = body[: int(header_length)], body[int(header_length) :]
     try:
         obj = json.loads(head)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -255,67 +272,88 @@ def read_tensors(req: InferRequest, binary: bytes) -> dict[str, np.ndarray]:
             raise InvalidInput(f"input {tensor.name} is sent twice")
         dtype = DTYPES.get(tensor.datatype)
         if dtype is None:
-            raise InvalidInput(f"input {tensor.name}: datatype {tensor.datatype!r} is not read here; send "
-                               "FP32 (NaN for a missing value), FP64, or an integer or BOOL type for "
-                               "complete rows")
+            raise InvalidInput(
+                f"input {tensor.name}: datatype {tensor.datatype!r} is not read here; send "
+                "FP32 (NaN for a missing value), FP64, or an integer or BOOL type for "
+                "complete rows"
+            )
         count = math.prod(tensor.shape)
         size = tensor.parameters.get("binary_data_size")
         unknown = sorted(set(tensor.parameters) - {"binary_data_size"})
         if unknown:
-            raise InvalidInput(f"input {tensor.name}: parameter {unknown[0]} is not supported (of the "
-                               "extensions only binary_tensor_data is; no shared memory)")
+            raise InvalidInput(
+                f"input {tensor.name}: parameter {unknown[0]} is not supported (of the "
+                "extensions only binary_tensor_data is; no shared memory)"
+            )
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidInput(f"input {tensor.name}: binary_data_size must be a byte count, got "
-                                   f"{json_value(size)}")
+                raise InvalidInput(
+                    f"input {tensor.name}: binary_data_size must be a byte count, got {json_value(size)}"
+                )
             if tensor.data is not None:
                 raise InvalidInput(f"input {tensor.name} has both data and binary_data_size; send one")
             need = count * np.dtype(dtype).itemsize
             if size != need:
-                raise InvalidInput(f"input {tensor.name}: binary_data_size is {size} bytes, but shape "
-                                   f"{tensor.shape} of {tensor.datatype} needs {need}")
+                raise InvalidInput(
+                    f"input {tensor.name}: binary_data_size is {size} bytes, but shape "
+                    f"{tensor.shape} of {tensor.datatype} needs {need}"
+                )
             if offset + size > len(binary):
-                raise InvalidInput(f"input {tensor.name}: the body ends before its {size} bytes of binary "
-                                   f"data (is {HEADER_LENGTH} set to the JSON part's length?)")
+                raise InvalidInput(
+                    f"input {tensor.name}: the body ends before its {size} bytes of binary "
+                    f"data (is {HEADER_LENGTH} set to the JSON part's length?)"
+                )
             little = np.dtype(dtype).newbyteorder("<")
-            values = (np.frombuffer(binary, dtype=little, count=count, offset=offset).astype(np.float64)
-                      if count else np.empty(0))
+            values = (
+                np.frombuffer(binary, dtype=little, count=count, offset=offset).astype(np.float64)
+                if count
+                else np.empty(0)
+            )
             offset += size
         else:
             values = _json_values(tensor, count)
             if np.isnan(values).any() and tensor.datatype not in FLOATS:
-                raise InvalidInput(f"input {tensor.name}: a missing value (NaN or null) needs FP32 or FP64 "
-                                   f"data, not {tensor.datatype}")
+                raise InvalidInput(
+                    f"input {tensor.name}: a missing value (NaN or null) needs FP32 or FP64 data, not {tensor.datatype}"
+                )
         tensors[tensor.name] = values.reshape(tensor.shape)
     if offset != len(binary):
-        raise InvalidInput(f"the body has {len(binary) - offset} bytes of binary data that no input's "
-                           "binary_data_size accounts for")
+        raise InvalidInput(
+            f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for"
+        )
     return tensors
 
 
 def _json_values(tensor: InferInput, count: int) -> np.ndarray:
     """The JSON data of a tensor, flat or nested in row-major order, as flat float64."""
     if not isinstance(tensor.data, list):
-        raise InvalidInput(f"input {tensor.name} needs data: a list of its values, flat or nested in "
-                           "row-major order (or binary data, with binary_data_size)")
+        raise InvalidInput(
+            f"input {tensor.name} needs data: a list of its values, flat or nested in "
+            "row-major order (or binary data, with binary_data_size)"
+        )
     try:
         values = np.array(tensor.data)
     except ValueError:
-        raise InvalidInput(f"input {tensor.name}: the nested lists of data are ragged; nest them as the "
-                           f"shape {tensor.shape} or send them flat") from None
+        raise InvalidInput(
+            f"input {tensor.name}: the nested lists of data are ragged; nest them as the "
+            f"shape {tensor.shape} or send them flat"
+        ) from None
     if values.dtype.kind not in "biuf":  # null (missing), strings, objects
         items = values.ravel().tolist() if values.dtype == object else [values.ravel()[0].item()]
         for v in items:
             if v is not None and type(v) not in (int, float, bool):
-                raise InvalidInput(f"input {tensor.name}: data must hold numbers (NaN or null for a "
-                                   f"missing value), got {json_value(v)}")
+                raise InvalidInput(
+                    f"input {tensor.name}: data must hold numbers (NaN or null for a "
+                    f"missing value), got {json_value(v)}"
+                )
     try:
         values = values.astype(np.float64).ravel()
     except (OverflowError, TypeError, ValueError):  # an integer past float64's range
         raise InvalidInput(f"input {tensor.name}: data holds a number out of range") from None
     if values.size != count:
-        raise InvalidInput(f"input {tensor.name}: shape {tensor.shape} needs {count} values, but data "
-                           f"holds {values.size}")
+        raise InvalidInput(
+            f"input {tensor.name}: shape {tensor.shape} needs {count} values, but data holds {values.size}"
+        )
     return values
 
 
@@ -329,13 +367,15 @@ def check_bits(x: np.ndarray, allow_missing: bool, output: str) -> None:
         return
     i, j = (int(t) for t in np.argwhere(~valid)[0])
     if missing[i, j]:
-        raise InvalidInput(f"input x: row {i}, column {j} is missing (NaN), but output {output} needs "
-                           "complete rows (0 or 1 only)")
+        raise InvalidInput(
+            f"input x: row {i}, column {j} is missing (NaN), but output {output} needs complete rows (0 or 1 only)"
+        )
     expected = "0, 1 or NaN (missing)" if allow_missing else "0 or 1"
     raise InvalidInput(f"input x: row {i}, column {j}: expected {expected}, got {format_value(x[i, j])}")
 
 
 # --- one inference ---------------------------------------------------------------------------
+
 
 def _validated(cls: type[BaseModel], params: dict[str, Any], names: Sequence[str], **fields: Any) -> Any:
     """The endpoint's own request model, validating the parameters it takes (the rows are set
@@ -355,8 +395,9 @@ def _wanted_outputs(req: InferRequest, has_x: bool) -> list[tuple[str, bool]]:
     if req.outputs is None:
         names = [*(["logprob"] if has_x else []), *(["samples"] if "n" in req.parameters else [])]
         if not names:
-            raise InvalidInput("send input x (rows to score: output logprob) or parameters.n (the number "
-                               "of samples: output samples)")
+            raise InvalidInput(
+                "send input x (rows to score: output logprob) or parameters.n (the number of samples: output samples)"
+            )
         return [(n, default_binary) for n in names]
     wanted: list[tuple[str, bool]] = []
     for out in req.outputs:
@@ -366,8 +407,10 @@ def _wanted_outputs(req: InferRequest, has_x: bool) -> list[tuple[str, bool]]:
             raise InvalidInput(f"output {out.name} is requested twice")
         unknown = sorted(set(out.parameters) - {"binary_data"})
         if unknown:
-            raise InvalidInput(f"output {out.name}: parameter {unknown[0]} is not supported (of the "
-                               "extensions only binary_tensor_data is: no classification, no shared memory)")
+            raise InvalidInput(
+                f"output {out.name}: parameter {unknown[0]} is not supported (of the "
+                "extensions only binary_tensor_data is: no classification, no shared memory)"
+            )
         binary = out.parameters.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise InvalidInput(f"output {out.name}: binary_data must be true or false, got {json_value(binary)}")
@@ -384,8 +427,10 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes)
     tensors = read_tensors(req, binary)
     extra = sorted(set(tensors) - {"x"})
     if extra:
-        raise InvalidInput(f"unknown input {extra[0]!r}: model '{engine.name}' takes one input, x ([N, "
-                           f"{engine.dims}], FP32, NaN for a missing value)")
+        raise InvalidInput(
+            f"unknown input {extra[0]!r}: model '{engine.name}' takes one input, x ([N, "
+            f"{engine.dims}], FP32, NaN for a missing value)"
+        )
     x = tensors.get("x")
     wanted = _wanted_outputs(req, x is not None)
     names = {n for n, _ in wanted}
@@ -394,8 +439,7 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes)
         if x is None:
             raise InvalidInput(f"output {first} needs input x ([N, {engine.dims}], FP32, NaN for a missing value)")
         if x.ndim != 2:
-            raise InvalidInput(f"input x must have shape [N, D] (N rows of {engine.dims} values), got "
-                               f"{list(x.shape)}")
+            raise InvalidInput(f"input x must have shape [N, D] (N rows of {engine.dims} values), got {list(x.shape)}")
         if len(x) == 0:
             raise InvalidInput("input x holds no rows; send at least one")
         check_bits(x, allow_missing="conditionals" not in names, output="conditionals")
@@ -404,8 +448,7 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes)
     values: dict[str, np.ndarray] = {}
     version, seed = engine.version, None
     if names & _LOGPROB_OUTPUTS:
-        lp_req: LogProbRequest = _validated(LogProbRequest, params, _LOGPROB_PARAMETERS, model=engine.name,
-                                            x=[[0]])
+        lp_req: LogProbRequest = _validated(LogProbRequest, params, _LOGPROB_PARAMETERS, model=engine.name, x=[[0]])
         lp = await dp.logprob(lp_req.model_copy(update={"x": x}))
         values["logprob"] = np.asarray(lp.logprob, dtype=np.float64)
         values["exact"] = np.asarray(lp.exact, dtype=np.bool_)
@@ -414,25 +457,32 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes)
         if lp.seed is not None:  # rows with missing values: importance draws
             seed = lp.seed
     if "conditionals" in names:
-        c_req: ConditionalsRequest = _validated(ConditionalsRequest, params, ("mask",), model=engine.name,
-                                                x=[[0]])
+        c_req: ConditionalsRequest = _validated(ConditionalsRequest, params, ("mask",), model=engine.name, x=[[0]])
         cond = await dp.conditionals(c_req.model_copy(update={"x": x}))
         values["conditionals"] = np.asarray(cond.probs, dtype=np.float64).reshape(-1, engine.dims)
         version = cond.version
     if "samples" in names:
         if "n" not in req.parameters:
-            raise InvalidInput("output samples needs parameters.n, the number of samples (and parameters.seed "
-                               "to repeat them)")
-        s_req: SampleRequest = _validated(SampleRequest, params, _SAMPLE_PARAMETERS, model=engine.name,
-                                          encoding="packed")
+            raise InvalidInput(
+                "output samples needs parameters.n, the number of samples (and parameters.seed to repeat them)"
+            )
+        s_req: SampleRequest = _validated(
+            SampleRequest, params, _SAMPLE_PARAMETERS, model=engine.name, encoding="packed"
+        )
         sampled = await dp.sample(s_req)
         values["samples"] = sampled.array().reshape(-1, engine.dims)
         version, seed = sampled.version, sampled.seed
     return _response(engine.name, version, req.id, seed, wanted, values)
 
 
-def _response(name: str, version: str, request_id: str | None, seed: int | None,
-              wanted: list[tuple[str, bool]], values: dict[str, np.ndarray]) -> Response:
+def _response(
+    name: str,
+    version: str,
+    request_id: str | None,
+    seed: int | None,
+    wanted: list[tuple[str, bool]],
+    values: dict[str, np.ndarray],
+) -> Response:
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for out, binary in wanted:
@@ -455,33 +505,56 @@ def _response(name: str, version: str, request_id: str | None, seed: int | None,
     head = json.dumps(body, separators=(",", ":")).encode()
     if not chunks:
         return Response(head, media_type="application/json")
-    return Response(head + b"".join(chunks), media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(head))})
+    return Response(
+        head + b"".join(chunks), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(head))}
+    )
 
 
 # --- the routes ------------------------------------------------------------------------------
 
+
 def _engine(dp: DataPlane, name: str, model_version: str | None) -> Engine:
     engine = dp.bits_engine(name, WHERE)
     if model_version is not None and model_version != engine.version:
-        raise ModelNotFound(f"model '{name}' has no version '{model_version}' served (it serves version "
-                            f"'{engine.version}')")
+        raise ModelNotFound(
+            f"model '{name}' has no version '{model_version}' served (it serves version '{engine.version}')"
+        )
     return engine
 
 
 def model_metadata(engine: Engine) -> dict[str, Any]:
-    outputs = [{"name": name, "datatype": datatype, "shape": [-1, engine.dims] if wide else [-1]}
-               for name, (datatype, wide) in OUTPUTS.items()]
-    return {"name": engine.name, "versions": [engine.version], "platform": PLATFORM,
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, engine.dims]}], "outputs": outputs}
+    outputs = [
+        {"name": name, "datatype": datatype, "shape": [-1, engine.dims] if wide else [-1]}
+        for name, (datatype, wide) in OUTPUTS.items()
+    ]
+    return {
+        "name": engine.name,
+        "versions": [engine.version],
+        "platform": PLATFORM,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, engine.dims]}],
+        "outputs": outputs,
+    }
 
 
-_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "description": "the v2 inference request: inputs [x], outputs, parameters (n, seed, "
-    "mask, masks, n_importance, binary_data_output); binary tensor data may follow the JSON "
-    f"({HEADER_LENGTH} header)"}, "example": {
-        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, "NaN", 1]}],
-        "outputs": [{"name": "logprob"}]}}}}}
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "the v2 inference request: inputs [x], outputs, parameters (n, seed, "
+                    "mask, masks, n_importance, binary_data_output); binary tensor data may follow the JSON "
+                    f"({HEADER_LENGTH} header)",
+                },
+                "example": {
+                    "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, "NaN", 1]}],
+                    "outputs": [{"name": "logprob"}],
+                },
+            }
+        },
+    }
+}
 
 
 def make_router(dependencies: Sequence[DependsParam] = ()) -> APIRouter:
@@ -526,24 +599,27 @@ def make_router(dependencies: Sequence[DependsParam] = ()) -> APIRouter:
     async def version_ready(name: str, model_version: str, dp: DataPlaneDep) -> dict[str, Any]:
         return {"name": _engine(dp, name, model_version).name, "ready": True}
 
-    async def _infer(request: Request, dp: DataPlane, name: str, model_version: str | None,
-                     limit: int) -> Response:
+    async def _infer(request: Request, dp: DataPlane, name: str, model_version: str | None, limit: int) -> Response:
         engine = _engine(dp, name, model_version)
         body = await request.body()
         body = _decompress(body, request.headers.get("content-encoding", ""), limit)
         req, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
         return await infer(dp, engine, req, binary)
 
-    @guarded.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_class=Response,
-                  responses=INFER_ERRORS)
+    @guarded.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_class=Response, responses=INFER_ERRORS)
     async def infer_latest(name: str, request: Request, dp: DataPlaneDep, settings: SettingsDep) -> Response:
         """Log-probabilities, conditionals or samples as v2 tensors (see the module's notes)."""
         return await _infer(request, dp, name, None, settings.max_body_bytes)
 
-    @guarded.post("/models/{name}/versions/{model_version}/infer", openapi_extra=_INFER_BODY,
-                  response_class=Response, responses=INFER_ERRORS)
-    async def infer_version(name: str, model_version: str, request: Request, dp: DataPlaneDep,
-                            settings: SettingsDep) -> Response:
+    @guarded.post(
+        "/models/{name}/versions/{model_version}/infer",
+        openapi_extra=_INFER_BODY,
+        response_class=Response,
+        responses=INFER_ERRORS,
+    )
+    async def infer_version(
+        name: str, model_version: str, request: Request, dp: DataPlaneDep, settings: SettingsDep
+    ) -> Response:
         """As /v2/models/{name}/infer, for the version served (404 for any other)."""
         return await _infer(request, dp, name, model_version, settings.max_body_bytes)
 
@@ -551,4 +627,3 @@ def make_router(dependencies: Sequence[DependsParam] = ()) -> APIRouter:
     router.include_router(health)
     router.include_router(guarded, dependencies=list(dependencies))
     return router
-

@@ -30,12 +30,15 @@ def parse_records(schema: Schema, records: Any, field: str = "records") -> np.nd
     out = np.full((len(records), len(schema)), np.nan)
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise InvalidInput(f"{field}[{i}] must be an object keyed by column name, got {type(record).__name__}",
-                               loc=(field, i))
+            raise InvalidInput(
+                f"{field}[{i}] must be an object keyed by column name, got {type(record).__name__}", loc=(field, i)
+            )
         extra = [k for k in record if k not in known]
         if extra:
-            raise InvalidInput(f"{field}[{i}] has no column {extra[0]!r}; the columns are {', '.join(schema.names)}",
-                               loc=(field, i, str(extra[0])))
+            raise InvalidInput(
+                f"{field}[{i}] has no column {extra[0]!r}; the columns are {', '.join(schema.names)}",
+                loc=(field, i, str(extra[0])),
+            )
         for j, col in enumerate(schema.columns):
             try:
                 out[i, j] = col.encode_cell(record.get(col.name), f"{field}[{i}]")

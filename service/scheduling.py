@@ -71,8 +71,10 @@ class FairScheduler:
         """Take one of the lane's `max_queue` places for a request, or raise Overloaded."""
         lane = self._lane(lane_name)
         if lane.admitted >= self.max_queue:
-            raise Overloaded(f"{lane_name} has {lane.admitted} requests in progress, its limit "
-                             "(MADE_MAX_QUEUE); retry later", retry_after=self.retry_after(lane))
+            raise Overloaded(
+                f"{lane_name} has {lane.admitted} requests in progress, its limit (MADE_MAX_QUEUE); retry later",
+                retry_after=self.retry_after(lane),
+            )
         lane.admitted += 1
 
     def leave(self, lane_name: str) -> None:
@@ -92,16 +94,16 @@ class FairScheduler:
         return max(1, math.ceil(lane.admitted * lane.mean_cost / self.slots))
 
     # --- engine calls -------------------------------------------------------------------------
-    async def run(self, lane_name: str, fn: Callable[..., T], *args: Any,
-                  abandon_on_cancel: bool = False) -> T:
+    async def run(self, lane_name: str, fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
         """fn(*args) in a worker thread once the lane's turn comes."""
         lane = self._lane(lane_name)
         estimate = await self._acquire(lane)
         lane.running += 1
         start = time.perf_counter()
         try:
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._threads,
-                                                  abandon_on_cancel=abandon_on_cancel)
+            return await anyio.to_thread.run_sync(
+                functools.partial(fn, *args), limiter=self._threads, abandon_on_cancel=abandon_on_cancel
+            )
         finally:
             took = time.perf_counter() - start
             lane.running -= 1

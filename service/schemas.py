@@ -33,11 +33,13 @@ Encoding = Literal["json", "packed"]
 StrictInt = Annotated[int, Strict()]
 # At most 2^53 - 1: larger integers do not survive JSON parsers that read numbers as doubles.
 Seed = Annotated[int, Strict(), Field(ge=0, le=2**53 - 1, description="seed of the random draws")]
-ModelName = Annotated[str | None, Field(min_length=1, max_length=200,
-                                        description="model to use; the server's default if absent")]
+ModelName = Annotated[
+    str | None, Field(min_length=1, max_length=200, description="model to use; the server's default if absent")
+]
 
 
 # --- the compact encoding ---------------------------------------------------------------------
+
 
 def pack_rows(a: np.ndarray) -> str:
     """Base64 of np.packbits(a, axis=-1): each row (last axis) padded to whole bytes, MSB first."""
@@ -82,8 +84,7 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
             for j, v in enumerate(row):
                 if type(v) not in allowed:
                     if v is None:
-                        raise _fail(f"row {i}, column {j} is null, but this endpoint needs "
-                                    "complete rows (0 or 1 only)")
+                        raise _fail(f"row {i}, column {j} is null, but this endpoint needs complete rows (0 or 1 only)")
                     raise _fail(f"row {i}, column {j}: expected {expected}, got {json_value(v)}")
         has_float |= float in kinds
         has_null |= type(None) in kinds
@@ -92,8 +93,10 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
         common = lengths.most_common(1)[0][0]
         i = next(i for i, row in enumerate(value) if len(row) != common)
         got = len(value[i])
-        raise _fail(f"row {i} has {got} value{'s' * (got != 1)} but the other rows have {common}; "
-                    "every row needs one value per dimension")
+        raise _fail(
+            f"row {i} has {got} value{'s' * (got != 1)} but the other rows have {common}; "
+            "every row needs one value per dimension"
+        )
     a = np.array(value, dtype=np.float64)  # None -> NaN
     if a.shape[1] == 0:
         raise _fail("rows are empty; every row needs one value per dimension")
@@ -116,16 +119,22 @@ def _rows_schema(allow_missing: bool) -> dict[str, Any]:
     if allow_missing:
         cell = {"anyOf": [cell, {"type": "null"}]}
     what = "0/1 values, null where missing" if allow_missing else "0/1 values"
-    return {"type": "array", "minItems": 1,
-            "items": {"type": "array", "minItems": 1, "items": cell},
-            "description": f"rows of {what}, one value per dimension", "example": [[0, 1, 1, 0]]}
+    return {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "array", "minItems": 1, "items": cell},
+        "description": f"rows of {what}, one value per dimension",
+        "example": [[0, 1, 1, 0]],
+    }
 
 
 # (N, D) float64 arrays once validated; NaN marks a missing value.
-RowsWithMissing = Annotated[np.ndarray, PlainValidator(lambda v: _parse_rows(v, True)),
-                            WithJsonSchema(_rows_schema(True))]
-CompleteRows = Annotated[np.ndarray, PlainValidator(lambda v: _parse_rows(v, False)),
-                         WithJsonSchema(_rows_schema(False))]
+RowsWithMissing = Annotated[
+    np.ndarray, PlainValidator(lambda v: _parse_rows(v, True)), WithJsonSchema(_rows_schema(True))
+]
+CompleteRows = Annotated[
+    np.ndarray, PlainValidator(lambda v: _parse_rows(v, False)), WithJsonSchema(_rows_schema(False))
+]
 
 
 def _parse_masks(value: object) -> Literal["all"] | int:
@@ -152,20 +161,34 @@ def _parse_mask(value: object) -> int:
 
 _MASK_INDEX = {"type": "integer", "minimum": 0}
 MasksSpec = Annotated[
-    Literal["all"] | int, PlainValidator(_parse_masks),
-    WithJsonSchema({"anyOf": [{"const": "all"}, _MASK_INDEX], "default": "all",
-                    "description": '"all": the ensemble as a mixture; k: mask k alone'}),
+    Literal["all"] | int,
+    PlainValidator(_parse_masks),
+    WithJsonSchema(
+        {
+            "anyOf": [{"const": "all"}, _MASK_INDEX],
+            "default": "all",
+            "description": '"all": the ensemble as a mixture; k: mask k alone',
+        }
+    ),
 ]
 SampleMask = Annotated[
-    Literal["mixture"] | int, PlainValidator(_parse_sample_mask),
-    WithJsonSchema({"anyOf": [{"const": "mixture"}, _MASK_INDEX], "default": "mixture",
-                    "description": '"mixture": each sample draws its mask uniformly; k: mask k'}),
+    Literal["mixture"] | int,
+    PlainValidator(_parse_sample_mask),
+    WithJsonSchema(
+        {
+            "anyOf": [{"const": "mixture"}, _MASK_INDEX],
+            "default": "mixture",
+            "description": '"mixture": each sample draws its mask uniformly; k: mask k',
+        }
+    ),
 ]
-MaskIndex = Annotated[int, PlainValidator(_parse_mask),
-                      WithJsonSchema({**_MASK_INDEX, "default": 0, "description": "mask k"})]
+MaskIndex = Annotated[
+    int, PlainValidator(_parse_mask), WithJsonSchema({**_MASK_INDEX, "default": 0, "description": "mask k"})
+]
 
 
 # --- requests ------------------------------------------------------------------------------------
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -180,22 +203,30 @@ class _RowsRequest(_Request):
 
     x: np.ndarray | None = None  # (N, D) float64, NaN for null; each request types it
     x_b64: str | None = Field(
-        None, description="compact alternative to x for complete rows: base64 of "
+        None,
+        description="compact alternative to x for complete rows: base64 of "
         "numpy.packbits(rows, axis=1) (each row padded to whole bytes, most significant bit "
-        "first); needs `shape`")
+        "first); needs `shape`",
+    )
     shape: tuple[StrictInt, StrictInt] | None = Field(
-        None, description="[N, D] of the rows in x_b64", examples=[[2, 784]])
+        None, description="[N, D] of the rows in x_b64", examples=[[2, 784]]
+    )
     records: list[Record] | None = Field(
-        None, description="models of a table's columns: one object per row, keyed by column name "
+        None,
+        description="models of a table's columns: one object per row, keyed by column name "
         '(GET /models/{name} lists the columns); a key left out or null is unknown, "NA" a value '
-        "recorded as absent", examples=[[{"cut": "Ideal", "carat": 0.3, "price": None}]])
+        "recorded as absent",
+        examples=[[{"cut": "Ideal", "carat": 0.3, "price": None}]],
+    )
 
     @model_validator(mode="after")
     def _one_encoding(self) -> _RowsRequest:
         given = [n for n, v in (("x", self.x), ("x_b64", self.x_b64), ("records", self.records)) if v is not None]
         if len(given) != 1:
-            raise _fail("send the rows as x (JSON lists), as x_b64 with shape, or as records (table "
-                        "models), " + (f"not {' and '.join(given)} together" if given else "got none of them"))
+            raise _fail(
+                "send the rows as x (JSON lists), as x_b64 with shape, or as records (table "
+                "models), " + (f"not {' and '.join(given)} together" if given else "got none of them")
+            )
         if self.records is not None:
             return self
         if self.x_b64 is not None:
@@ -223,8 +254,7 @@ def _decode_packed(data: str, shape: tuple[int, int] | None) -> np.ndarray:
         raise _fail("x_b64 is not valid base64") from None
     need = n * ((d + 7) // 8)
     if len(raw) != need:
-        raise _fail(f"x_b64 holds {len(raw)} bytes but shape [{n}, {d}] needs {need} "
-                    f"({(d + 7) // 8} per row)")
+        raise _fail(f"x_b64 holds {len(raw)} bytes but shape [{n}, {d}] needs {need} ({(d + 7) // 8} per row)")
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(n, -1), axis=1, count=d)
     return bits.astype(np.float64)
 
@@ -235,10 +265,14 @@ class LogProbRequest(_RowsRequest):
     masks: MasksSpec = "all"
     seed: Seed | None = None
     n_importance: StrictInt = Field(
-        1000, ge=1, le=100_000,
-        description="draws per mask and row for rows whose missing values need importance sampling")
-    explain: bool = Field(False, description="records: add each column's surprisal, to say which field "
-                                             "makes a record unlikely")
+        1000,
+        ge=1,
+        le=100_000,
+        description="draws per mask and row for rows whose missing values need importance sampling",
+    )
+    explain: bool = Field(
+        False, description="records: add each column's surprisal, to say which field makes a record unlikely"
+    )
 
 
 class ConditionalsRequest(_RowsRequest):
@@ -253,12 +287,15 @@ class SampleRequest(_Request):
     seed: Seed | None = None
     mask: SampleMask = "mixture"
     encoding: Encoding = Field(
-        "json", description='"packed": samples come as samples_b64 (bit-packed rows, base64) '
-        "with shape, instead of JSON lists")
+        "json",
+        description='"packed": samples come as samples_b64 (bit-packed rows, base64) with shape, instead of JSON lists',
+    )
     given: Record | None = Field(
-        None, description="table models: {column: value} that every sampled record meets; exact where "
+        None,
+        description="table models: {column: value} that every sampled record meets; exact where "
         "a mask's ordering puts the given columns first, importance-weighted otherwise (see ess)",
-        examples=[{"cut": "Ideal", "color": "E"}])
+        examples=[{"cut": "Ideal", "color": "E"}],
+    )
 
 
 class ImputeRequest(_RowsRequest):
@@ -303,8 +340,10 @@ def _parse_eps(value: object) -> np.ndarray:
     rows = []
     for i, row in enumerate(value):
         if not isinstance(row, list):
-            raise _fail(f"eps row {i} must be a list of numbers like the other rows (a per-entry "
-                        f"eps has the shape of x), got {json_value(row)}")
+            raise _fail(
+                f"eps row {i} must be a list of numbers like the other rows (a per-entry "
+                f"eps has the shape of x), got {json_value(row)}"
+            )
         rows.append(_eps_numbers(row, f"eps row {i}, column {{j}}"))
     if len({len(r) for r in rows}) > 1:
         raise _fail("eps rows differ in length; a per-entry eps has the shape of x")
@@ -313,13 +352,21 @@ def _parse_eps(value: object) -> np.ndarray:
 
 _EPS_NUMBER = {"type": "number", "minimum": 0, "maximum": 0.5}
 EpsSpec = Annotated[
-    np.ndarray, PlainValidator(_parse_eps),
-    WithJsonSchema({"anyOf": [_EPS_NUMBER, {"type": "array", "items": _EPS_NUMBER},
-                              {"type": "array", "items": {"type": "array", "items": _EPS_NUMBER}}],
-                    "description": "flip probability of the noise, within [0, 0.5]: one number for "
-                    "every entry, a list (one per row) or a list of lists (one per entry, the shape "
-                    "of x). 0: the entry is exact; 0.5: it says nothing (as a null in x)",
-                    "examples": [0.1]}),
+    np.ndarray,
+    PlainValidator(_parse_eps),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _EPS_NUMBER,
+                {"type": "array", "items": _EPS_NUMBER},
+                {"type": "array", "items": {"type": "array", "items": _EPS_NUMBER}},
+            ],
+            "description": "flip probability of the noise, within [0, 0.5]: one number for "
+            "every entry, a list (one per row) or a list of lists (one per entry, the shape "
+            "of x). 0: the entry is exact; 0.5: it says nothing (as a null in x)",
+            "examples": [0.1],
+        }
+    ),
 ]
 
 
@@ -329,8 +376,9 @@ class DenoiseRequest(_RowsRequest):
     model: ModelName = None
     x: RowsWithMissing | None = None
     eps: EpsSpec
-    n_samples: StrictInt = Field(10, ge=0, description="clean rows drawn from the posterior per "
-                                 "row (0: marginals and estimates only)")
+    n_samples: StrictInt = Field(
+        10, ge=0, description="clean rows drawn from the posterior per row (0: marginals and estimates only)"
+    )
     seed: Seed | None = None
     n_importance: StrictInt = Field(1000, ge=1, le=100_000, description="draws per mask and row")
     encoding: Encoding = Field("json", description='"packed": samples come as samples_b64')
@@ -344,12 +392,15 @@ class DenoiseRequest(_RowsRequest):
         if eps.ndim == 1 and len(eps) != n:
             raise _fail(f"eps has {len(eps)} values, one per row, but x has {n} row{'s' * (n != 1)}")
         if eps.ndim == 2 and eps.shape != (n, d):
-            raise _fail(f"eps has shape [{eps.shape[0]}, {eps.shape[1]}] but x has shape [{n}, {d}]; "
-                        "a per-entry eps has one value per value of x")
+            raise _fail(
+                f"eps has shape [{eps.shape[0]}, {eps.shape[1]}] but x has shape [{n}, {d}]; "
+                "a per-entry eps has one value per value of x"
+            )
         return self
 
 
 # --- responses -----------------------------------------------------------------------------------
+
 
 class _Response(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
@@ -359,42 +410,50 @@ class _Response(BaseModel):
 
 
 class LogProbResponse(_Response):
-    logprob: list[float] = Field(description="log p(x) per row, in nats (log p(x_observed) where "
-                                             "values are missing)")
+    logprob: list[float] = Field(description="log p(x) per row, in nats (log p(x_observed) where values are missing)")
     exact: list[bool] = Field(description="false where logprob is an importance-sampling estimate")
     stderr: list[float | None] = Field(description="standard error of estimated rows, else null")
-    seed: int | None = Field(None, description="seed of the importance draws (rows with missing "
-                                               "values); send it back to repeat the estimate")
+    seed: int | None = Field(
+        None, description="seed of the importance draws (rows with missing values); send it back to repeat the estimate"
+    )
     surprisal: list[dict[str, dict[str, float | None]]] | None = Field(
-        None, description="explain: per record and column, in_order = -log p(x_c | the columns before c) "
+        None,
+        description="explain: per record and column, in_order = -log p(x_c | the columns before c) "
         "averaged over the masks, given_others = -log p(x_c | every other column) under the mixture, in the "
-        "units of in_order (a number's rounding bin, or its density where it has no decimals; NA a mass)")
+        "units of in_order (a number's rounding bin, or its density where it has no decimals; NA a mass)",
+    )
 
 
 class ConditionalsResponse(_Response):
     mask: int
-    ordering: list[int] = Field(description="the order in which mask k generates the dimensions (table "
-                                            "models: the columns, by their index in the model's columns)")
-    probs: list[list[float]] | None = Field(None, description="models of bits: probs[i][d] = p(x_d = 1 | the "
-                                                              "dimensions before d in ordering), for row i")
-    column_order: list[str] | None = Field(None, description="table models: the column names in the order "
-                                                             "mask k generates them")
+    ordering: list[int] = Field(
+        description="the order in which mask k generates the dimensions (table "
+        "models: the columns, by their index in the model's columns)"
+    )
+    probs: list[list[float]] | None = Field(
+        None, description="models of bits: probs[i][d] = p(x_d = 1 | the dimensions before d in ordering), for row i"
+    )
+    column_order: list[str] | None = Field(
+        None, description="table models: the column names in the order mask k generates them"
+    )
     conditionals: list[dict[str, dict[str, int | float | None]]] | None = Field(
-        None, description="table models: conditionals[i][column] = that column's distribution given the "
+        None,
+        description="table models: conditionals[i][column] = that column's distribution given the "
         "columns before it in mask k's ordering, for record i: {level: probability} for a category; "
-        '{"mean", "sd", "q05", "q50", "q95"} of its value for a number (and "p_absent" where it can be NA)')
+        '{"mean", "sd", "q05", "q50", "q95"} of its value for a number (and "p_absent" where it can be NA)',
+    )
 
 
 class SampleResponse(_Response):
     seed: int = Field(description="the seed that produced these samples (drawn when not sent)")
     mask: Literal["mixture"] | int
     samples: list[list[int]] | None = Field(None, description="n rows of 0/1 (encoding json)")
-    samples_b64: str | None = Field(None, description="encoding packed: base64 of "
-                                                      "numpy.packbits(samples, axis=1)")
+    samples_b64: str | None = Field(None, description="encoding packed: base64 of numpy.packbits(samples, axis=1)")
     shape: list[int] | None = Field(None, description="encoding packed: [n, D]")
     records: list[Record] | None = Field(None, description="table models: n sampled records")
-    exact: bool | None = Field(None, description="given: false where the records are resampled from "
-                                                 "importance-weighted draws")
+    exact: bool | None = Field(
+        None, description="given: false where the records are resampled from importance-weighted draws"
+    )
     ess: float | None = Field(None, description="given: the effective sample size behind the records")
 
     def array(self) -> np.ndarray:
@@ -407,21 +466,23 @@ class SampleResponse(_Response):
 class ImputeResponse(_Response):
     seed: int
     samples: list[list[list[int]]] | list[list[Record]] | None = Field(
-        None, description="samples[i]: n_samples completions of row i (encoding json), as records for table "
-        "models")
-    samples_b64: str | None = Field(None, description="encoding packed: base64 of "
-                                                      "numpy.packbits(samples, axis=2)")
+        None, description="samples[i]: n_samples completions of row i (encoding json), as records for table models"
+    )
+    samples_b64: str | None = Field(None, description="encoding packed: base64 of numpy.packbits(samples, axis=2)")
     shape: list[int] | None = Field(None, description="encoding packed: [N, n_samples, D]")
     marginals: list[list[float]] | None = Field(None, description="p(x_d = 1 | x_observed) (bit models)")
     records: list[Record] | None = Field(
-        None, description="table models: each record with its unknown cells filled by their most likely "
-        "level, or the median of a number")
+        None,
+        description="table models: each record with its unknown cells filled by their most likely "
+        "level, or the median of a number",
+    )
     distributions: list[dict[str, dict[str, Any]]] | None = Field(
-        None, description="table models: per record, each unknown column's distribution: {level: probability} "
-        'for categories; {"mean", "sd", "q05", "q50", "q95"} for numbers (and "p_absent" where it can be NA)')
+        None,
+        description="table models: per record, each unknown column's distribution: {level: probability} "
+        'for categories; {"mean", "sd", "q05", "q50", "q95"} for numbers (and "p_absent" where it can be NA)',
+    )
     logprob_observed: list[float] = Field(description="log p(x_observed) per row, nats")
-    stderr: list[float | None] = Field(description="standard error of logprob_observed where "
-                                                   "estimated, else null")
+    stderr: list[float | None] = Field(description="standard error of logprob_observed where estimated, else null")
     exact: list[bool]
     ess: list[float] = Field(description="effective sample size behind each row's estimates")
 
@@ -435,19 +496,23 @@ class ImputeResponse(_Response):
 class DenoiseResponse(_Response):
     seed: int = Field(description="the seed of the draws (drawn when not sent)")
     samples: list[list[list[int]]] | None = Field(
-        None, description="samples[i]: n_samples clean rows for noisy row i, resampled from the "
-        "importance-weighted draws with probability proportional to their weights (encoding json)")
-    samples_b64: str | None = Field(None, description="encoding packed: base64 of "
-                                                      "numpy.packbits(samples, axis=2)")
+        None,
+        description="samples[i]: n_samples clean rows for noisy row i, resampled from the "
+        "importance-weighted draws with probability proportional to their weights (encoding json)",
+    )
+    samples_b64: str | None = Field(None, description="encoding packed: base64 of numpy.packbits(samples, axis=2)")
     shape: list[int] | None = Field(None, description="encoding packed: [N, n_samples, D]")
     marginals: list[list[float]] = Field(description="p(clean x_d = 1 | noisy row), per entry")
     most_likely: list[list[int]] = Field(
         description="the most likely clean value of each entry on its own: 1 where marginals > 0.5 "
-        "(the noisy value at exactly 0.5)")
-    logprob_noisy: list[float] = Field(description="log p(noisy row) per row, nats: the model's "
-                                                   "probability of the row after the noise")
-    stderr: list[float | None] = Field(description="standard error of logprob_noisy (0 where eps is 0 "
-                                                   "everywhere; null with n_importance 1)")
+        "(the noisy value at exactly 0.5)"
+    )
+    logprob_noisy: list[float] = Field(
+        description="log p(noisy row) per row, nats: the model's probability of the row after the noise"
+    )
+    stderr: list[float | None] = Field(
+        description="standard error of logprob_noisy (0 where eps is 0 everywhere; null with n_importance 1)"
+    )
     ess: list[float] = Field(description="effective sample size of each row's importance weights")
 
     def array(self) -> np.ndarray:

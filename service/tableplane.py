@@ -32,8 +32,13 @@ EXPLAIN_MAX_RECORDS = 32
 
 
 class TablePlane:
-    def __init__(self, settings: Settings, in_thread: Callable[..., Awaitable[Any]],
-                 timed: Callable[[Awaitable[Any]], Awaitable[Any]], new_seed: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        in_thread: Callable[..., Awaitable[Any]],
+        timed: Callable[[Awaitable[Any]], Awaitable[Any]],
+        new_seed: Callable[[], int],
+    ) -> None:
         self.settings = settings
         self._in_thread = in_thread
         self._timed = timed
@@ -42,29 +47,37 @@ class TablePlane:
     def values(self, engine: TableEngine, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
         if req.records is None:
             columns = ", ".join(engine.schema.names)
-            raise InvalidInput(f"model '{engine.name}' models the columns of a table ({columns}): send "
-                               '"records", one object per row keyed by column name', loc=("x",))
+            raise InvalidInput(
+                f"model '{engine.name}' models the columns of a table ({columns}): send "
+                '"records", one object per row keyed by column name',
+                loc=("x",),
+            )
         values = parse_records(engine.schema, req.records)
         if len(values) > self.settings.max_rows:
-            raise InvalidInput(f"records has {len(values)} rows; the limit is {self.settings.max_rows} per request "
-                               "(MADE_MAX_ROWS)", loc=("records",))
+            raise InvalidInput(
+                f"records has {len(values)} rows; the limit is {self.settings.max_rows} per request (MADE_MAX_ROWS)",
+                loc=("records",),
+            )
         return values
 
     def _check_draws(self, values: np.ndarray, engine: TableEngine, n_importance: int) -> None:
         rows = int(np.isnan(values).any(axis=1).sum())
         draws = rows * n_importance
         if draws > self.settings.max_draws:
-            raise InvalidInput(f"{rows} records with unknown cells x n_importance {n_importance} = {draws} draws "
-                               f"per mask; the limit is {self.settings.max_draws} per request (MADE_MAX_DRAWS)",
-                               loc=("n_importance",))
+            raise InvalidInput(
+                f"{rows} records with unknown cells x n_importance {n_importance} = {draws} draws "
+                f"per mask; the limit is {self.settings.max_draws} per request (MADE_MAX_DRAWS)",
+                loc=("n_importance",),
+            )
 
     # --- /logprob -------------------------------------------------------------------------------
     async def logprob(self, engine: TableEngine, req: LogProbRequest) -> LogProbResponse:
         values = self.values(engine, req)
         masks = req.masks
         if masks != "all" and not 0 <= int(masks) < engine.n_masks:
-            raise InvalidInput(f"masks {masks} does not exist: model '{engine.name}' has {engine.n_masks} masks",
-                               loc=("masks",))
+            raise InvalidInput(
+                f"masks {masks} does not exist: model '{engine.name}' has {engine.n_masks} masks", loc=("masks",)
+            )
         self._check_draws(values, engine, req.n_importance)
         complete = not np.isnan(values).any()
         seed = None if complete else (req.seed if req.seed is not None else self._new_seed())
@@ -72,8 +85,11 @@ class TablePlane:
             raise InvalidInput("explain needs complete records: every column known", loc=("explain",))
         numeric = any(col.kind == "numeric" for col in engine.schema.columns)
         if req.explain and numeric and len(values) > EXPLAIN_MAX_RECORDS:
-            raise InvalidInput(f"explain is for a few records at a time: at most {EXPLAIN_MAX_RECORDS} per request on "
-                               f"a model with numeric columns, got {len(values)}", loc=("explain",))
+            raise InvalidInput(
+                f"explain is for a few records at a time: at most {EXPLAIN_MAX_RECORDS} per request on "
+                f"a model with numeric columns, got {len(values)}",
+                loc=("explain",),
+            )
 
         def run() -> tuple[Any, Any]:
             result = engine.logprob(values, masks=masks, seed=seed, n_importance=req.n_importance)
@@ -81,55 +97,83 @@ class TablePlane:
 
         result, surprisal = await self._timed(self._in_thread(run))
         return LogProbResponse.model_construct(
-            model=engine.name, version=engine.version, logprob=result.logprob.tolist(), exact=result.exact.tolist(),
-            stderr=[None if e else float(s) for e, s in zip(result.exact, result.stderr, strict=True)], seed=seed,
-            surprisal=_surprisal(engine.schema, surprisal) if surprisal is not None else None)
+            model=engine.name,
+            version=engine.version,
+            logprob=result.logprob.tolist(),
+            exact=result.exact.tolist(),
+            stderr=[None if e else float(s) for e, s in zip(result.exact, result.stderr, strict=True)],
+            seed=seed,
+            surprisal=_surprisal(engine.schema, surprisal) if surprisal is not None else None,
+        )
 
     # --- /conditionals --------------------------------------------------------------------------
     async def conditionals(self, engine: TableEngine, req: ConditionalsRequest) -> ConditionalsResponse:
         values = self.values(engine, req)
         mask = int(req.mask)
         if not 0 <= mask < engine.n_masks:
-            raise InvalidInput(f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks "
-                               f"(0..{engine.n_masks - 1})", loc=("mask",))
+            raise InvalidInput(
+                f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks "
+                f"(0..{engine.n_masks - 1})",
+                loc=("mask",),
+            )
         unknown = np.argwhere(np.isnan(values))
         if len(unknown):
             i, c = (int(v) for v in unknown[0])
             name = engine.schema.columns[c].name
-            raise InvalidInput(f"records[{i}], column '{name}' is unknown (null or left out), but /conditionals "
-                               "needs complete records; /impute gives the distribution of unknown cells",
-                               loc=("records", i, name))
+            raise InvalidInput(
+                f"records[{i}], column '{name}' is unknown (null or left out), but /conditionals "
+                "needs complete records; /impute gives the distribution of unknown cells",
+                loc=("records", i, name),
+            )
         r = await self._timed(self._in_thread(engine.conditionals, values, mask))
         return ConditionalsResponse.model_construct(
-            model=engine.name, version=engine.version, mask=mask, ordering=r.ordering.tolist(),
+            model=engine.name,
+            version=engine.version,
+            mask=mask,
+            ordering=r.ordering.tolist(),
             column_order=[engine.schema.columns[c].name for c in r.ordering],
-            conditionals=_conditionals(engine.schema, r, len(values)))
+            conditionals=_conditionals(engine.schema, r, len(values)),
+        )
 
     # --- /sample --------------------------------------------------------------------------------
     async def sample(self, engine: TableEngine, req: SampleRequest) -> SampleResponse:
         if req.n > self.settings.max_samples:
-            raise InvalidInput(f"n is {req.n}; the limit is {self.settings.max_samples} samples per request "
-                               "(MADE_MAX_SAMPLES)", loc=("n",))
+            raise InvalidInput(
+                f"n is {req.n}; the limit is {self.settings.max_samples} samples per request (MADE_MAX_SAMPLES)",
+                loc=("n",),
+            )
         if req.encoding != "json":
             raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))
         mask = None if req.mask == "mixture" else int(req.mask)
         if mask is not None and not 0 <= mask < engine.n_masks:
-            raise InvalidInput(f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks",
-                               loc=("mask",))
+            raise InvalidInput(
+                f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks", loc=("mask",)
+            )
         seed = req.seed if req.seed is not None else self._new_seed()
         if req.given is None:
             values = await self._timed(self._in_thread(engine.sample, req.n, seed, mask))
-            return SampleResponse.model_construct(model=engine.name, version=engine.version, seed=seed,
-                                                  mask=req.mask, records=decode_records(engine.schema, values))
+            return SampleResponse.model_construct(
+                model=engine.name,
+                version=engine.version,
+                seed=seed,
+                mask=req.mask,
+                records=decode_records(engine.schema, values),
+            )
         if mask is not None:
             raise InvalidInput("given samples from the mixture of every mask; leave mask out", loc=("mask",))
         row = parse_given(engine.schema, req.given)
-        result = await self._timed(self._in_thread(engine.impute, row[None, :], n_samples=req.n, seed=seed,
-                                                   n_importance=max(req.n, 1000)))
+        result = await self._timed(
+            self._in_thread(engine.impute, row[None, :], n_samples=req.n, seed=seed, n_importance=max(req.n, 1000))
+        )
         return SampleResponse.model_construct(
-            model=engine.name, version=engine.version, seed=seed, mask=req.mask,
-            records=decode_records(engine.schema, result.samples[0]), exact=bool(result.exact[0]),
-            ess=float(result.ess[0]))
+            model=engine.name,
+            version=engine.version,
+            seed=seed,
+            mask=req.mask,
+            records=decode_records(engine.schema, result.samples[0]),
+            exact=bool(result.exact[0]),
+            ess=float(result.ess[0]),
+        )
 
     # --- /impute --------------------------------------------------------------------------------
     async def impute(self, engine: TableEngine, req: ImputeRequest) -> ImputeResponse:
@@ -138,20 +182,29 @@ class TablePlane:
             raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))
         total = len(values) * req.n_samples
         if total > self.settings.max_samples:
-            raise InvalidInput(f"{len(values)} records x n_samples {req.n_samples} = {total} samples; the limit is "
-                               f"{self.settings.max_samples} per request (MADE_MAX_SAMPLES)", loc=("n_samples",))
+            raise InvalidInput(
+                f"{len(values)} records x n_samples {req.n_samples} = {total} samples; the limit is "
+                f"{self.settings.max_samples} per request (MADE_MAX_SAMPLES)",
+                loc=("n_samples",),
+            )
         self._check_draws(values, engine, req.n_importance)
         seed = req.seed if req.seed is not None else self._new_seed()
-        r = await self._timed(self._in_thread(engine.impute, values, n_samples=req.n_samples, seed=seed,
-                                              n_importance=req.n_importance))
+        r = await self._timed(
+            self._in_thread(engine.impute, values, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance)
+        )
         filled = _point_fill(engine.schema, values, r.distributions)
         return ImputeResponse.model_construct(
-            model=engine.name, version=engine.version, seed=seed,
+            model=engine.name,
+            version=engine.version,
+            seed=seed,
             samples=[decode_records(engine.schema, s) for s in r.samples],
-            records=decode_records(engine.schema, filled), distributions=r.distributions,
+            records=decode_records(engine.schema, filled),
+            distributions=r.distributions,
             logprob_observed=r.logprob_observed.tolist(),
             stderr=[None if e else float(s) for e, s in zip(r.exact, r.stderr, strict=True)],
-            exact=r.exact.tolist(), ess=r.ess.tolist())
+            exact=r.exact.tolist(),
+            ess=r.ess.tolist(),
+        )
 
 
 def _point_fill(schema: Schema, values: np.ndarray, dists: list[dict[str, dict[str, Any]]]) -> np.ndarray:
@@ -195,6 +248,13 @@ def _conditionals(schema: Schema, r: TableConditionals, n: int) -> list[dict[str
 
 def _surprisal(schema: Schema, s: dict[str, np.ndarray]) -> list[dict[str, dict[str, float | None]]]:
     in_order, given = s["in_order"], s["given_others"]
-    return [{col.name: {"in_order": float(in_order[i, c]),
-                        "given_others": None if np.isnan(given[i, c]) else float(given[i, c])}
-             for c, col in enumerate(schema.columns)} for i in range(len(in_order))]
+    return [
+        {
+            col.name: {
+                "in_order": float(in_order[i, c]),
+                "given_others": None if np.isnan(given[i, c]) else float(given[i, c]),
+            }
+            for c, col in enumerate(schema.columns)
+        }
+        for i in range(len(in_order))
+    ]

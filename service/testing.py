@@ -48,14 +48,18 @@ class InProcessClient(AsyncMadeClient):
 
 
 @asynccontextmanager
-async def in_process(settings: Settings, registry: ModelRegistry | None = None, *,
-                     api_key: str | None = None, lifespan: bool = True,
-                     headers: dict[str, str] | None = None) -> AsyncIterator[InProcessClient]:
+async def in_process(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    *,
+    api_key: str | None = None,
+    lifespan: bool = True,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[InProcessClient]:
     """A client of a fresh app; `registry` may be a loaded one shared between apps."""
     app = create_app(settings, registry)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://made.test",
-                                 headers=headers) as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://made.test", headers=headers) as http:
         client = InProcessClient(http=http, api_key=api_key)
         if lifespan:
             async with app.router.lifespan_context(app):
@@ -65,6 +69,7 @@ async def in_process(settings: Settings, registry: ModelRegistry | None = None, 
 
 
 # --- a real `made serve` -----------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -89,8 +94,9 @@ class ServerProcess:
 
 
 @contextmanager
-def made_serve(store: Path, *, env: dict[str, str] | None = None, log_path: Path | None = None,
-               ready_timeout: float = 120.0) -> Iterator[ServerProcess]:
+def made_serve(
+    store: Path, *, env: dict[str, str] | None = None, log_path: Path | None = None, ready_timeout: float = 120.0
+) -> Iterator[ServerProcess]:
     """`made serve --store STORE` on a free loopback port (or on MADE_PORT when `env` sets it,
     with no --port), ready; SIGTERMed on exit if alive."""
     from_env = env is not None and "MADE_PORT" in env
@@ -100,7 +106,10 @@ def made_serve(store: Path, *, env: dict[str, str] | None = None, log_path: Path
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [*made_command(), "serve", "--store", str(store), *([] if from_env else ["--port", str(port)])],
-                env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=log,
+            )
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
         try:
             _wait_ready(server, ready_timeout)
@@ -119,8 +128,7 @@ def _wait_ready(server: ServerProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            raise RuntimeError(f"made serve exited with status {server.proc.returncode}:\n"
-                               + server.logs()[-2000:])
+            raise RuntimeError(f"made serve exited with status {server.proc.returncode}:\n" + server.logs()[-2000:])
         try:
             if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
                 return

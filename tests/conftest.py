@@ -44,18 +44,38 @@ def write_npz(path: Path, dims: int, seed: int = 0, n: int = 600) -> Path:
     return path
 
 
-def train_tiny(run_dir: Path, data: Path, *, hidden: list[int], masks: int = 1, epochs: int = 15,
-               order_agnostic: bool = False, connectivity_agnostic: bool = False,
-               direct: bool = False, seed: int = 0) -> Path:
+def train_tiny(
+    run_dir: Path,
+    data: Path,
+    *,
+    hidden: list[int],
+    masks: int = 1,
+    epochs: int = 15,
+    order_agnostic: bool = False,
+    connectivity_agnostic: bool = False,
+    direct: bool = False,
+    seed: int = 0,
+) -> Path:
     from training.model import MADEConfig
     from training.train import TrainConfig, Trainer
 
     dims = int(np.load(data)["train"].shape[1])
     cfg = TrainConfig(
         dataset=str(data),
-        model=MADEConfig(dims=dims, hidden=hidden, n_masks=masks, order_agnostic=order_agnostic,
-                         connectivity_agnostic=connectivity_agnostic, direct=direct, mask_seed=seed),
-        seed=seed, max_epochs=epochs, batch_size=50, lr=1e-2, patience=epochs,
+        model=MADEConfig(
+            dims=dims,
+            hidden=hidden,
+            n_masks=masks,
+            order_agnostic=order_agnostic,
+            connectivity_agnostic=connectivity_agnostic,
+            direct=direct,
+            mask_seed=seed,
+        ),
+        seed=seed,
+        max_epochs=epochs,
+        batch_size=50,
+        lr=1e-2,
+        patience=epochs,
     )
     Trainer(cfg, run_dir).run(progress=False)
     return run_dir
@@ -71,15 +91,30 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = base / "store"
     d8 = write_npz(base / "d8.npz", 8, seed=1)
     d10 = write_npz(base / "d10.npz", 10, seed=2)
-    export_run(train_tiny(base / "run-tiny", d8, hidden=[24, 24], masks=4, order_agnostic=True,
-                          connectivity_agnostic=True, direct=True), store, "tiny")
+    export_run(
+        train_tiny(
+            base / "run-tiny",
+            d8,
+            hidden=[24, 24],
+            masks=4,
+            order_agnostic=True,
+            connectivity_agnostic=True,
+            direct=True,
+        ),
+        store,
+        "tiny",
+    )
     export_run(train_tiny(base / "run-tiny1", d8, hidden=[16]), store, "tiny1")
-    export_run(train_tiny(base / "run-tiny10", d10, hidden=[32], masks=3, order_agnostic=True,
-                          connectivity_agnostic=True), store, "tiny10")
+    export_run(
+        train_tiny(base / "run-tiny10", d10, hidden=[32], masks=3, order_agnostic=True, connectivity_agnostic=True),
+        store,
+        "tiny10",
+    )
     return store
 
 
 # --- engine fixtures ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def tiny_engines(tiny_store: Path) -> dict:
@@ -87,8 +122,10 @@ def tiny_engines(tiny_store: Path) -> dict:
     from made.store import open_model
     from service.engine.engine import Engine
 
-    return {name: Engine(open_model(tiny_store, name), ["CPUExecutionProvider"], threads=1)
-            for name in ("tiny", "tiny1", "tiny10")}
+    return {
+        name: Engine(open_model(tiny_store, name), ["CPUExecutionProvider"], threads=1)
+        for name in ("tiny", "tiny1", "tiny10")
+    }
 
 
 def all_binary_vectors(dims: int) -> np.ndarray:
@@ -116,32 +153,49 @@ def enumerate_joint(model: Any) -> tuple[np.ndarray, np.ndarray]:
     x = all_binary_vectors(model.dims)
     logp = np.empty((model.n_masks, len(x)))
     for k in range(model.n_masks):
-        z = session.run(["logits"], {"x": x.astype(np.float32),
-                                     "mask_index": np.array(k, dtype=np.int64)})[0]
+        z = session.run(["logits"], {"x": x.astype(np.float32), "mask_index": np.array(k, dtype=np.int64)})[0]
         z = z.astype(np.float64)
         logp[k] = -np.logaddexp(0.0, np.where(x > 0.5, -z, z)).sum(axis=1)
     return x, logp
 
 
-def write_random_model(store: Path, name: str, dims: int, hidden: list[int], n_masks: int, *,
-                       order_agnostic: bool, direct: bool, seed: int = 0) -> Path:
+def write_random_model(
+    store: Path,
+    name: str,
+    dims: int,
+    hidden: list[int],
+    n_masks: int,
+    *,
+    order_agnostic: bool,
+    direct: bool,
+    seed: int = 0,
+) -> Path:
     """A MADE with random weights (no training) in `store`, as `made export` writes it: enough
     for exactness checks at real size."""
     from training.export import export_random_model
 
-    return export_random_model(store, name, dims, hidden, n_masks, order_agnostic=order_agnostic,
-                               direct=direct, seed=seed)
+    return export_random_model(
+        store, name, dims, hidden, n_masks, order_agnostic=order_agnostic, direct=direct, seed=seed
+    )
 
 
 @pytest.fixture(scope="session")
 def random784_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """'random784': D=784, hidden [500, 500], K=2 (mask 1 with a random ordering), direct
     connections, random weights: the size of the binarized-MNIST default model."""
-    return write_random_model(tmp_path_factory.mktemp("random784") / "store", "random784", 784,
-                              [500, 500], 2, order_agnostic=True, direct=True)
+    return write_random_model(
+        tmp_path_factory.mktemp("random784") / "store",
+        "random784",
+        784,
+        [500, 500],
+        2,
+        order_agnostic=True,
+        direct=True,
+    )
 
 
 # --- table models ---------------------------------------------------------------------------------
+
 
 def _write_splits(folder: Path, name: str, header: list[str], rows: list[list[str]]) -> Path:
     n = len(rows)
@@ -160,8 +214,10 @@ def categorical_rows(n: int, seed: int) -> list[list[str]]:
     c = (a + 2 * b + rng.choice(3, n, p=[0.7, 0.2, 0.1])) % 4
     d = np.where(rng.random(n) < 0.15, -1, (a + c) % 2)
     names_a, names_c, names_d = ["red", "green", "blue"], ["p", "q", "r", "s"], ["u", "v"]
-    return [[names_a[i], ["no", "yes"][j], names_c[k], "" if m < 0 else names_d[m]]
-            for i, j, k, m in zip(a, b, c, d, strict=True)]
+    return [
+        [names_a[i], ["no", "yes"][j], names_c[k], "" if m < 0 else names_d[m]]
+        for i, j, k, m in zip(a, b, c, d, strict=True)
+    ]
 
 
 def mixed_rows(n: int, seed: int) -> list[list[str]]:
@@ -170,8 +226,10 @@ def mixed_rows(n: int, seed: int) -> list[list[str]]:
     size = np.round(np.exp(rng.normal(1.0 + 0.5 * kind, 0.4)), 2)
     score = np.round(10 * kind + rng.normal(0, 3, n), 1)
     budget = np.where(rng.random(n) < 0.3, -1.0, np.round(size * 1000 + rng.normal(0, 50, n)))
-    return [[["x", "y", "z"][k], f"{s:.2f}", f"{t:.1f}", "NA" if b < 0 else str(int(b))]
-            for k, s, t, b in zip(kind, size, score, budget, strict=True)]
+    return [
+        [["x", "y", "z"][k], f"{s:.2f}", f"{t:.1f}", "NA" if b < 0 else str(int(b))]
+        for k, s, t, b in zip(kind, size, score, budget, strict=True)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -189,9 +247,21 @@ def table_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mixed = _write_splits(base, "mixed", ["kind", "size", "score", "budget"], mixed_rows(3000, 1))
     for name, path, masks in (("cats", cats, 3), ("mixed", mixed, 2)):
         data = load_table_dataset(str(path))
-        cfg = TrainConfig(dataset=str(path), model=TableMADEConfig(
-            columns=data.schema.to_json(), hidden=[32], n_masks=masks, order_agnostic=True,
-            connectivity_agnostic=True, direct=True), max_epochs=12, batch_size=50, lr=1e-2, patience=12)
+        cfg = TrainConfig(
+            dataset=str(path),
+            model=TableMADEConfig(
+                columns=data.schema.to_json(),
+                hidden=[32],
+                n_masks=masks,
+                order_agnostic=True,
+                connectivity_agnostic=True,
+                direct=True,
+            ),
+            max_epochs=12,
+            batch_size=50,
+            lr=1e-2,
+            patience=12,
+        )
         Trainer(cfg, base / f"run-{name}", data).run(progress=False)
         export_run(base / f"run-{name}", store, name)
     return store

@@ -42,16 +42,12 @@ def _bad_calls(base: Path) -> dict[str, list[str]]:
         "missing-data": [*run, "--dataset", str(base / "absent.npz"), "--out", str(base / "r1")],
         "unknown-name": [*run, "--dataset", "no_such_set_anywhere", "--out", str(base / "r2")],
         "non-binary": [*run, "--dataset", str(bad), "--out", str(base / "r3")],
-        "hidden-not-integers": [*run, "--dataset", str(good), "--hidden", "500,abc",
-                                "--out", str(base / "r4")],
-        "hidden-zero-width": [*run, "--dataset", str(good), "--hidden", "16,0",
-                              "--out", str(base / "r5")],
-        "unwritable-out": [*run, "--dataset", str(good), "--hidden", "8",
-                           "--out", str(regular_file / "run")],
+        "hidden-not-integers": [*run, "--dataset", str(good), "--hidden", "500,abc", "--out", str(base / "r4")],
+        "hidden-zero-width": [*run, "--dataset", str(good), "--hidden", "16,0", "--out", str(base / "r5")],
+        "unwritable-out": [*run, "--dataset", str(good), "--hidden", "8", "--out", str(regular_file / "run")],
         "other-config": [*run, "--dataset", str(good), "--hidden", "16", "--out", str(other)],
         "masks-zero": [*run, "--dataset", str(good), "--masks", "0", "--out", str(base / "r6")],
-        "export-no-run": ["export", str(base / "no-run"), "--store", str(base / "store"),
-                          "--name", "m"],
+        "export-no-run": ["export", str(base / "no-run"), "--store", str(base / "store"), "--name", "m"],
         "no-command": [],
     }
 
@@ -68,8 +64,9 @@ def failures(base: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     env.pop("MADE_DATA_DIR", None)
     calls = _bad_calls(base)
     procs = {
-        name: subprocess.Popen([str(MADE_BIN), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, cwd=base)
+        name: subprocess.Popen(
+            [str(MADE_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=base
+        )
         for name, args in calls.items()
     }
     results = {}
@@ -119,10 +116,10 @@ def test_failed_runs_leave_no_run_directory_behind(
 
 # --- what a new user meets first (issue 15) -------------------------------------------------------
 
+
 def _made(*args: str, cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(MADE_BIN), *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=180, **kw)  # type: ignore[call-overload]
+    return subprocess.run([str(MADE_BIN), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=180, **kw)  # type: ignore[call-overload]
 
 
 def _csv_splits(folder: Path, name: str, dims: int) -> Path:
@@ -143,15 +140,30 @@ def test_help_shows_the_defaults(tmp_path: Path) -> None:
 
 def test_progress_to_a_file_is_one_plain_line_per_epoch_with_the_time_left(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "d.npz", 6, n=240)
-    result = _made("train", "--dataset", str(data), "--hidden", "8", "--max-epochs", "3", "--threads", "1",
-                   "--out", str(tmp_path / "run"), cwd=tmp_path)  # stderr is a pipe, not a terminal
+    result = _made(
+        "train",
+        "--dataset",
+        str(data),
+        "--hidden",
+        "8",
+        "--max-epochs",
+        "3",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )  # stderr is a pipe, not a terminal
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "it/s" not in result.stderr and "%|" not in result.stderr
     epochs = [line for line in result.stderr.splitlines() if " epoch " in line and "s/epoch" in line]
     assert len(epochs) == 3, result.stderr
     for i, line in enumerate(epochs, start=1):
-        assert re.search(rf"epoch {i}/3 train \d+\.\d+ valid \d+\.\d+ \(best .*\), \d+\.\d s/epoch, "
-                         r"at most \d+s left$", line), line
+        assert re.search(
+            rf"epoch {i}/3 train \d+\.\d+ valid \d+\.\d+ \(best .*\), \d+\.\d s/epoch, "
+            r"at most \d+s left$",
+            line,
+        ), line
     assert epochs[-1].endswith("at most 0s left")
 
 
@@ -159,9 +171,26 @@ def test_progress_on_a_terminal_is_a_bar_with_the_remaining_time(tmp_path: Path)
     data = write_npz(tmp_path / "d.npz", 6, n=240)
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
-    proc = subprocess.Popen([str(MADE_BIN), "train", "--dataset", str(data), "--hidden", "8", "--max-epochs", "2",
-                             "--threads", "1", "--out", str(tmp_path / "run")], stdout=subprocess.DEVNULL,
-                            stderr=terminal, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            str(MADE_BIN),
+            "train",
+            "--dataset",
+            str(data),
+            "--hidden",
+            "8",
+            "--max-epochs",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+    )
     os.close(terminal)
     seen = b""
     while True:
@@ -182,22 +211,51 @@ def test_progress_on_a_terminal_is_a_bar_with_the_remaining_time(tmp_path: Path)
 
 def test_image_shape_for_images_other_than_mnist(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "letters.npz", 6, n=240)
-    refused = _made("train", "--no-progress", "--dataset", str(data), "--hidden", "8", "--max-epochs", "1",
-                    "--image-shape", "4,4", "--out", str(tmp_path / "bad"), cwd=tmp_path)
+    refused = _made(
+        "train",
+        "--no-progress",
+        "--dataset",
+        str(data),
+        "--hidden",
+        "8",
+        "--max-epochs",
+        "1",
+        "--image-shape",
+        "4,4",
+        "--out",
+        str(tmp_path / "bad"),
+        cwd=tmp_path,
+    )
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert "image shape 4,4 has 16 pixels but the data have 6 dimensions" in refused.stderr
     assert not (tmp_path / "bad").exists()
-    malformed = _made("export", str(tmp_path / "bad"), "--store", "s", "--name", "m", "--image-shape", "4",
-                      cwd=tmp_path)
+    malformed = _made(
+        "export", str(tmp_path / "bad"), "--store", "s", "--name", "m", "--image-shape", "4", cwd=tmp_path
+    )
     assert malformed.returncode == 2 and "expected two positive integers" in malformed.stderr
     run = tmp_path / "run"
-    trained = _made("train", "--no-progress", "--dataset", str(data), "--hidden", "8", "--max-epochs", "1",
-                    "--image-shape", "2,3", "--out", str(run), cwd=tmp_path)
+    trained = _made(
+        "train",
+        "--no-progress",
+        "--dataset",
+        str(data),
+        "--hidden",
+        "8",
+        "--max-epochs",
+        "1",
+        "--image-shape",
+        "2,3",
+        "--out",
+        str(run),
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr
     store = tmp_path / "store"
     assert _made("export", str(run), "--store", str(store), "--name", "a", cwd=tmp_path).returncode == 0
-    assert _made("export", str(run), "--store", str(store), "--name", "b", "--image-shape", "3,2",
-                 cwd=tmp_path).returncode == 0
+    assert (
+        _made("export", str(run), "--store", str(store), "--name", "b", "--image-shape", "3,2", cwd=tmp_path).returncode
+        == 0
+    )
     assert json.loads((store / "a" / "1" / "manifest.json").read_text())["image_shape"] == [2, 3]
     assert json.loads((store / "b" / "1" / "manifest.json").read_text())["image_shape"] == [3, 2]
 
@@ -205,8 +263,22 @@ def test_image_shape_for_images_other_than_mnist(tmp_path: Path) -> None:
 def test_a_csv_data_set_is_named_without_its_split(tmp_path: Path) -> None:
     train_csv = _csv_splits(tmp_path, "ocr_letters", 6)
     run, store = tmp_path / "run", tmp_path / "store"
-    assert _made("train", "--no-progress", "--dataset", str(train_csv), "--hidden", "8", "--max-epochs", "1",
-                 "--out", str(run), cwd=tmp_path).returncode == 0
+    assert (
+        _made(
+            "train",
+            "--no-progress",
+            "--dataset",
+            str(train_csv),
+            "--hidden",
+            "8",
+            "--max-epochs",
+            "1",
+            "--out",
+            str(run),
+            cwd=tmp_path,
+        ).returncode
+        == 0
+    )
     assert _made("export", str(run), "--store", str(store), "--name", "m", cwd=tmp_path).returncode == 0
     manifest = json.loads((store / "m" / "1" / "manifest.json").read_text())
     assert manifest["dataset"]["name"] == "ocr_letters"

@@ -35,8 +35,7 @@ def _data_error(name_or_path: str | Path, **kwargs: object) -> str:
 def test_npz_splits_load_as_uint8_matrices(tmp_path: Path) -> None:
     splits = {"train": _matrix(30, 7, 0), "valid": _matrix(10, 7, 1), "test": _matrix(12, 7, 2)}
     as_float = {k: v.astype(np.float32) for k, v in splits.items()}
-    np.savez(tmp_path / "toy.npz", train=as_float["train"], valid=as_float["valid"],
-             test=as_float["test"])
+    np.savez(tmp_path / "toy.npz", train=as_float["train"], valid=as_float["valid"], test=as_float["test"])
     data = load_dataset(str(tmp_path / "toy.npz"))
     assert data.name == "toy" and data.dims == 7 and data.image_shape is None
     for name, expected in splits.items():
@@ -80,8 +79,7 @@ def test_text_matrix_accepts_mixed_whitespace_comments_and_blank_lines(tmp_path:
 
 
 def test_a_name_is_looked_up_in_made_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    np.savez(tmp_path / "toy.npz", train=_matrix(9, 4, 0), valid=_matrix(3, 4, 1),
-             test=_matrix(3, 4, 2))
+    np.savez(tmp_path / "toy.npz", train=_matrix(9, 4, 0), valid=_matrix(3, 4, 1), test=_matrix(3, 4, 2))
     monkeypatch.chdir(tmp_path.parent)  # 'toy' is not a file in the working directory
     monkeypatch.setenv("MADE_DATA_DIR", str(tmp_path))
     data = load_dataset("toy")
@@ -196,8 +194,7 @@ def test_ragged_rows_name_the_line(tmp_path: Path) -> None:
 
 
 def test_empty_splits_are_refused(tmp_path: Path) -> None:
-    np.savez(tmp_path / "e.npz", train=np.zeros((0, 5), np.uint8), valid=_matrix(3, 5, 1),
-             test=_matrix(3, 5, 2))
+    np.savez(tmp_path / "e.npz", train=np.zeros((0, 5), np.uint8), valid=_matrix(3, 5, 1), test=_matrix(3, 5, 2))
     message = _data_error(tmp_path / "e.npz")
     assert "empty" in message and "train" in message
     (tmp_path / "blank_test.amat").write_text("\n# only a comment\n\n")
@@ -215,8 +212,7 @@ def test_missing_splits_are_named(tmp_path: Path) -> None:
 
 
 def test_malformed_arrays_and_files_are_refused(tmp_path: Path) -> None:
-    np.savez(tmp_path / "w.npz", train=_matrix(5, 3, 0), valid=_matrix(5, 4, 1),
-             test=_matrix(5, 3, 2))
+    np.savez(tmp_path / "w.npz", train=_matrix(5, 3, 0), valid=_matrix(5, 4, 1), test=_matrix(5, 3, 2))
     assert "different numbers of columns" in _data_error(tmp_path / "w.npz")
     np.savez(tmp_path / "flat.npz", train=np.ones(5), valid=_matrix(5, 3, 1), test=_matrix(5, 3, 2))
     assert "2-D" in _data_error(tmp_path / "flat.npz")
@@ -227,8 +223,7 @@ def test_malformed_arrays_and_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_model_of_other_dimensions_is_refused(tmp_path: Path) -> None:
-    np.savez(tmp_path / "d5.npz", train=_matrix(20, 5, 0), valid=_matrix(5, 5, 1),
-             test=_matrix(5, 5, 2))
+    np.savez(tmp_path / "d5.npz", train=_matrix(20, 5, 0), valid=_matrix(5, 5, 1), test=_matrix(5, 5, 2))
     cfg = TrainConfig(dataset=str(tmp_path / "d5.npz"), model=MADEConfig(dims=7, hidden=[8]))
     with pytest.raises(ConfigError) as info:
         Trainer(cfg, tmp_path / "run")

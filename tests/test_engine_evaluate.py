@@ -23,16 +23,18 @@ def runs(tiny_store: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     base = ["evaluate", "--store", str(tiny_store)]
     calls = {
         "all": [*base, "--name", "tiny", "--dataset", str(d8)],
-        "mask0": [*base, "--name", "tiny", "--dataset", str(d8), "--masks", "0",
-                  "--split", "valid"],
+        "mask0": [*base, "--name", "tiny", "--dataset", str(d8), "--masks", "0", "--split", "valid"],
         "unknown-model": [*base, "--name", "no-such-model", "--dataset", str(d8)],
         "wrong-dims": [*base, "--name", "tiny", "--dataset", str(d10)],
         "mask-out-of-range": [*base, "--name", "tiny", "--dataset", str(d8), "--masks", "9"],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MADE_PROVIDERS": "cpu", "MADE_THREADS": "1"}
-    procs = {name: subprocess.Popen([str(MADE_BIN), *args], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env)
-             for name, args in calls.items()}
+    procs = {
+        name: subprocess.Popen(
+            [str(MADE_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for name, args in calls.items()
+    }
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=120)
@@ -46,7 +48,8 @@ def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
 
 
 def test_evaluate_prints_the_mixture_nll_as_one_json_object_on_the_last_line(
-    runs: dict[str, subprocess.CompletedProcess[str]], tiny_store: Path,
+    runs: dict[str, subprocess.CompletedProcess[str]],
+    tiny_store: Path,
     tiny_engines: dict[str, Engine],
 ) -> None:
     result = last_json(runs["all"])
@@ -59,7 +62,8 @@ def test_evaluate_prints_the_mixture_nll_as_one_json_object_on_the_last_line(
 
 
 def test_evaluate_scores_one_mask_alone_when_asked(
-    runs: dict[str, subprocess.CompletedProcess[str]], tiny_store: Path,
+    runs: dict[str, subprocess.CompletedProcess[str]],
+    tiny_store: Path,
     tiny_engines: dict[str, Engine],
 ) -> None:
     result = last_json(runs["mask0"])
@@ -70,13 +74,17 @@ def test_evaluate_scores_one_mask_alone_when_asked(
     assert result["nll"] != pytest.approx(-tiny_engines["tiny"].logprob(valid).logprob.mean())
 
 
-@pytest.mark.parametrize(("case", "words"), [
-    ("unknown-model", "no-such-model"),
-    ("wrong-dims", "10 dimensions, model tiny has 8"),
-    ("mask-out-of-range", "mask 9"),
-])
-def test_evaluate_errors_exit_2_with_one_line(runs: dict[str, subprocess.CompletedProcess[str]],
-                                              case: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("unknown-model", "no-such-model"),
+        ("wrong-dims", "10 dimensions, model tiny has 8"),
+        ("mask-out-of-range", "mask 9"),
+    ],
+)
+def test_evaluate_errors_exit_2_with_one_line(
+    runs: dict[str, subprocess.CompletedProcess[str]], case: str, words: str
+) -> None:
     proc = runs[case]
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

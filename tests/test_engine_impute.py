@@ -14,8 +14,7 @@ from service.engine.engine import Engine, ImputeResult
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
 
 
-def enumerated_posterior(x_all: np.ndarray, p: np.ndarray,
-                         row: np.ndarray) -> tuple[float, np.ndarray]:
+def enumerated_posterior(x_all: np.ndarray, p: np.ndarray, row: np.ndarray) -> tuple[float, np.ndarray]:
     """(log p(x_O), p(x_d = 1 | x_O) for every d) of one row (NaN = missing) under p (2^D,)."""
     obs = ~np.isnan(row)
     match = (x_all[:, obs] == row[obs]).all(axis=1)
@@ -23,8 +22,9 @@ def enumerated_posterior(x_all: np.ndarray, p: np.ndarray,
     return float(logsumexp(np.log(p[match]))), weights @ x_all[match]
 
 
-def assert_marginals_within_four_standard_errors(result: ImputeResult, rows: np.ndarray,
-                                                 x_all: np.ndarray, p: np.ndarray) -> None:
+def assert_marginals_within_four_standard_errors(
+    result: ImputeResult, rows: np.ndarray, x_all: np.ndarray, p: np.ndarray
+) -> None:
     """Monte Carlo marginals: the binomial standard error sqrt(p (1 - p) / ESS) per entry."""
     for i, row in enumerate(rows):
         _, truth = enumerated_posterior(x_all, p, row)
@@ -100,8 +100,9 @@ def test_completions_keep_every_observed_value(tiny_engines: dict[str, Engine]) 
     assert result.samples.shape == (5, 7, 10) and result.samples.dtype == np.uint8
     observed = ~np.isnan(rows)
     for i in range(5):
-        np.testing.assert_array_equal(result.samples[i][:, observed[i]],
-                                      np.broadcast_to(rows[i, observed[i]], (7, observed[i].sum())))
+        np.testing.assert_array_equal(
+            result.samples[i][:, observed[i]], np.broadcast_to(rows[i, observed[i]], (7, observed[i].sum()))
+        )
         np.testing.assert_array_equal(result.marginals[i, observed[i]], rows[i, observed[i]])
     assert set(np.unique(result.samples)) <= {0, 1}
 
@@ -143,16 +144,19 @@ def test_imputation_is_reproduced_by_its_seed(tiny_engines: dict[str, Engine]) -
     assert not np.array_equal(a.marginals, c.marginals)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"n_importance": 0}, "n_importance"),
-                                                 ({"n_samples": -1}, "n_samples")])
-def test_impute_refuses_a_count_below_its_minimum(tiny_engines: dict[str, Engine],
-                                                  kwargs: dict[str, int], message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"n_importance": 0}, "n_importance"), ({"n_samples": -1}, "n_samples")]
+)
+def test_impute_refuses_a_count_below_its_minimum(
+    tiny_engines: dict[str, Engine], kwargs: dict[str, int], message: str
+) -> None:
     row = np.array([[np.nan, 1, 0, 1, 0, 1, 0, 1]])
     with pytest.raises(InvalidInput, match=message):
         tiny_engines["tiny"].impute(row, **kwargs)  # type: ignore[arg-type]
 
 
 # --- exact rows: n_samples exact completions, not n_importance x K weighted draws --------------
+
 
 @pytest.fixture(scope="module")
 def mix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, np.ndarray, np.ndarray]:
@@ -162,8 +166,9 @@ def mix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, np.ndarray, n
     posterior over masks matters. With the enumerated joint (2^D, D) and log p_k (K, 2^D)."""
     from made.store import open_model
 
-    store = write_random_model(tmp_path_factory.mktemp("mix") / "store", "mix", 8, [6, 6], 4,
-                               order_agnostic=False, direct=False, seed=3)
+    store = write_random_model(
+        tmp_path_factory.mktemp("mix") / "store", "mix", 8, [6, 6], 4, order_agnostic=False, direct=False, seed=3
+    )
     model = open_model(store, "mix")
     x_all, logp = enumerate_joint(model)
     return Engine(model, ["CPUExecutionProvider"], threads=1), x_all, logp
@@ -188,9 +193,7 @@ def test_exact_rows_completions_follow_the_conditional_of_the_mixture(
 ) -> None:
     engine, x_all, logp = mix
     p_k = np.exp(logp)
-    rows = np.array([[1, 0, 0, 1, 1, 0, np.nan, np.nan],
-                     [0, 1, 1, 0, 1] + [np.nan] * 3,
-                     [np.nan] * 8])
+    rows = np.array([[1, 0, 0, 1, 1, 0, np.nan, np.nan], [0, 1, 1, 0, 1] + [np.nan] * 3, [np.nan] * 8])
     n_samples = 20_000
     result = engine.impute(rows, n_samples=n_samples, seed=0)
     assert result.exact.all() and np.isnan(result.stderr).all()
@@ -203,12 +206,14 @@ def test_exact_rows_completions_follow_the_conditional_of_the_mixture(
         got = cell_frequencies(result.samples[i])
         se = np.sqrt(want * (1 - want) / n_samples)
         assert (np.abs(got - want) <= 4.5 * se + 1e-12).all(), (
-            f"row {i}: worst cell off by {np.max(np.abs(got - want) / (se + 1e-12)):.1f} se")
+            f"row {i}: worst cell off by {np.max(np.abs(got - want) / (se + 1e-12)):.1f} se"
+        )
         # Rao-Blackwellised estimates from the same completions: within the binomial standard
         # error of S draws
         _, marginal = truth[i]
-        assert (np.abs(result.marginals[i] - marginal)
-                <= 4 * np.sqrt(marginal * (1 - marginal) / n_samples) + 1e-9).all()
+        assert (
+            np.abs(result.marginals[i] - marginal) <= 4 * np.sqrt(marginal * (1 - marginal) / n_samples) + 1e-9
+        ).all()
     # The test has power: with masks drawn uniformly instead of from the posterior p_k(x_obs),
     # the first row's completions would be far off.
     row = rows[0]
@@ -241,12 +246,12 @@ def assert_same_answers(a: ImputeResult, i: int, b: ImputeResult, j: int) -> Non
     np.testing.assert_array_equal(a.samples[i], b.samples[j])
     np.testing.assert_array_equal(a.exact[i], b.exact[j])
     for field in ("marginals", "logprob_observed", "ess", "stderr"):
-        np.testing.assert_allclose(getattr(a, field)[i], getattr(b, field)[j], rtol=1e-12,
-                                   atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(getattr(a, field)[i], getattr(b, field)[j], rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 def test_a_row_gets_the_same_answer_whatever_else_is_in_its_request_and_sampler_calls(
-    mix: tuple[Engine, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch,
+    mix: tuple[Engine, np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     engine = mix[0]
     rows = likely_rows(engine, 6, seed=9)
@@ -297,15 +302,17 @@ def test_rows_that_are_not_exact_are_likelihood_weighted_from_their_own_stream(
         np.testing.assert_array_equal(got.samples[i], pool[rng.choice(k * s, size=n_samples, p=w_norm)])
         np.testing.assert_allclose(got.logprob_observed[i], logw.max() + np.log(w.mean()), rtol=1e-12)
         np.testing.assert_allclose(got.ess[i], 1 / np.sum(w_norm**2), rtol=1e-12)
-        np.testing.assert_allclose(got.marginals[i], np.where(np.isnan(row), w_norm @ pool, row),
-                                   rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(
+            got.marginals[i], np.where(np.isnan(row), w_norm @ pool, row), rtol=1e-12, atol=1e-15
+        )
         per_mask = w.reshape(k, s)
         stderr = np.sqrt((per_mask.var(axis=1, ddof=1) / s).sum()) / per_mask.mean(axis=1).sum()
         np.testing.assert_allclose(got.stderr[i], stderr, rtol=1e-12)
 
 
 def test_exact_rows_are_those_whose_missing_values_every_ordering_puts_last(
-    tiny_engines: dict[str, Engine], mix: tuple[Engine, np.ndarray, np.ndarray],
+    tiny_engines: dict[str, Engine],
+    mix: tuple[Engine, np.ndarray, np.ndarray],
 ) -> None:
     from made.masks import exact_orders
 

@@ -54,9 +54,7 @@ def test_masks_of_an_agnostic_model_are_different_distributions(
     assert all(np.abs(reference[0] - reference[k]).max() > 0.05 for k in range(1, len(reference)))
 
 
-def test_a_row_scores_the_same_alone_and_in_a_batch(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
+def test_a_row_scores_the_same_alone_and_in_a_batch(tiny_engines: dict[str, Engine], tiny_joint: Joint) -> None:
     x, _ = tiny_joint["tiny10"]
     engine = tiny_engines["tiny10"]
     batch = engine.logprob(x).logprob
@@ -70,8 +68,7 @@ def test_an_empty_batch_gives_an_empty_result(tiny_engines: dict[str, Engine]) -
 
 
 @pytest.mark.parametrize("mask", [4, -1, True, 1.0, "first"])
-def test_an_invalid_mask_is_refused_with_the_valid_range(tiny_engines: dict[str, Engine],
-                                                         mask: object) -> None:
+def test_an_invalid_mask_is_refused_with_the_valid_range(tiny_engines: dict[str, Engine], mask: object) -> None:
     with pytest.raises(InvalidInput, match="mask") as info:
         tiny_engines["tiny"].logprob(np.zeros((1, 8)), masks=mask)  # type: ignore[arg-type]
     assert "'all'" in str(info.value) or "0..3" in str(info.value)

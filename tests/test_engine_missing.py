@@ -44,8 +44,7 @@ def test_trailing_missing_dimensions_are_exact_under_a_natural_order_model(
         rows[i, 8 - m :] = np.nan  # the last m dimensions missing
     result = engine.logprob(rows, seed=0)
     assert result.exact.all() and np.isnan(result.stderr).all()
-    np.testing.assert_allclose(result.logprob, enumerated_logp_observed(x_all, logp[0], rows),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(result.logprob, enumerated_logp_observed(x_all, logp[0], rows), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny10"])
@@ -60,8 +59,7 @@ def test_dimensions_last_in_mask_ks_ordering_are_exact_under_mask_k(
             rows[i, engine.orderings[k][-m:]] = np.nan
         result = engine.logprob(rows, masks=k, seed=0)
         assert result.exact.all(), f"mask {k}"
-        np.testing.assert_allclose(result.logprob, enumerated_logp_observed(x_all, logp[k], rows),
-                                   rtol=0, atol=1e-5)
+        np.testing.assert_allclose(result.logprob, enumerated_logp_observed(x_all, logp[k], rows), rtol=0, atol=1e-5)
 
 
 def test_a_row_with_every_value_missing_has_log_probability_zero(
@@ -78,8 +76,7 @@ def _not_last_everywhere(engine: Engine, ks: list[int]) -> list[int]:
     return sorted({int(engine.orderings[k][0]) for k in ks})
 
 
-@pytest.mark.parametrize(("name", "masks"), [("tiny", "all"), ("tiny10", "all"), ("tiny", 2),
-                                             ("tiny10", 1)])
+@pytest.mark.parametrize(("name", "masks"), [("tiny", "all"), ("tiny10", "all"), ("tiny", 2), ("tiny10", 1)])
 def test_out_of_order_missing_dimensions_are_estimated_within_four_standard_errors(
     name: str, masks: str | int, tiny_engines: dict[str, Engine], tiny_joint: Joint
 ) -> None:

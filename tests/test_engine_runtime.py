@@ -29,9 +29,7 @@ def test_an_unknown_provider_name_is_a_config_error_listing_the_known_ones() -> 
         requested_providers(["quantum", "cpu"])
 
 
-def test_made_providers_reaches_the_engines_through_settings(
-    tiny_store: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_made_providers_reaches_the_engines_through_settings(tiny_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from service.app import build_registry
 
     monkeypatch.setenv("MADE_PROVIDERS", "cpu")
@@ -124,8 +122,7 @@ def test_concurrent_calls_give_the_same_results_as_sequential_calls(
 ) -> None:
     engine = tiny_engines["tiny"]
     rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 2, (int(rng.integers(1, 300)), 8)).astype(np.float64)
-               for _ in range(160)]
+    batches = [rng.integers(0, 2, (int(rng.integers(1, 300)), 8)).astype(np.float64) for _ in range(160)]
     missing = batches[0].copy()
     missing[:, [0, 3]] = np.nan
 

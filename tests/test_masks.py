@@ -26,13 +26,14 @@ MASK_SETS: dict[str, dict[str, Any]] = {
     "natural-1layer": dict(dims=12, hidden=[24]),
     "random-ordering-2layers": dict(dims=12, hidden=[20, 20], random_ordering=True, mask_seed=3),
     "order-agnostic-k4": dict(dims=10, hidden=[16, 16], n_masks=4, order_agnostic=True),
-    "connectivity-agnostic-k4": dict(dims=10, hidden=[16, 16], n_masks=4,
-                                     connectivity_agnostic=True, mask_seed=5),
-    "both-agnostic-3layers-k3": dict(dims=9, hidden=[12, 10, 12], n_masks=3, order_agnostic=True,
-                                     connectivity_agnostic=True, mask_seed=7),
+    "connectivity-agnostic-k4": dict(dims=10, hidden=[16, 16], n_masks=4, connectivity_agnostic=True, mask_seed=5),
+    "both-agnostic-3layers-k3": dict(
+        dims=9, hidden=[12, 10, 12], n_masks=3, order_agnostic=True, connectivity_agnostic=True, mask_seed=7
+    ),
     "direct-k3": dict(dims=8, hidden=[16], n_masks=3, order_agnostic=True, direct=True),
-    "narrow-d20-5-3": dict(dims=20, hidden=[5, 3], n_masks=4, order_agnostic=True,
-                           connectivity_agnostic=True, mask_seed=11),
+    "narrow-d20-5-3": dict(
+        dims=20, hidden=[5, 3], n_masks=4, order_agnostic=True, connectivity_agnostic=True, mask_seed=11
+    ),
     "narrow-direct-d20-4": dict(dims=20, hidden=[4], n_masks=2, random_ordering=True, direct=True),
 }
 
@@ -135,12 +136,9 @@ def test_perturbing_inputs_at_or_after_d_leaves_output_d_unchanged(spec: dict[st
     ("dims", "hidden"),
     [(20, [5, 3]), (20, [1]), (20, [3, 1, 3]), (50, [2, 2, 2]), (2, [1]), (3, [7, 1])],
 )
-def test_narrow_hidden_layers_leave_no_unit_without_input_or_output(
-    dims: int, hidden: list[int]
-) -> None:
+def test_narrow_hidden_layers_leave_no_unit_without_input_or_output(dims: int, hidden: list[int]) -> None:
     for seed in range(25):
-        masks = make_mask_set(dims, hidden, 4, order_agnostic=True, connectivity_agnostic=True,
-                              seed=seed)
+        masks = make_mask_set(dims, hidden, 4, order_agnostic=True, connectivity_agnostic=True, seed=seed)
         for k in range(masks.n_masks):
             dense = masks.masks(k)  # (fan_out, fan_in) per layer, last = output
             for layer in range(len(hidden)):
@@ -163,8 +161,7 @@ def test_hidden_degrees_lie_between_the_previous_minimum_and_d_minus_1() -> None
 
 @pytest.mark.parametrize(
     ("dims", "hidden", "n_masks"),
-    [(1, [10], 1), (0, [10], 1), (-3, [10], 1), (10, [0], 1), (10, [8, 0], 1), (10, [-2], 1),
-     (10, [8], 0)],
+    [(1, [10], 1), (0, [10], 1), (-3, [10], 1), (10, [0], 1), (10, [8, 0], 1), (10, [-2], 1), (10, [8], 0)],
 )
 def test_impossible_architectures_are_refused(dims: int, hidden: list[int], n_masks: int) -> None:
     with pytest.raises(ConfigError):
@@ -183,9 +180,7 @@ def test_same_seed_gives_the_same_masks_and_another_seed_other_masks() -> None:
     for k in range(5):
         assert all(np.array_equal(x, y) for x, y in zip(a.masks(k), b.masks(k), strict=True))
     assert not np.array_equal(a.orderings, c.orderings)
-    assert not all(
-        np.array_equal(x, y) for x, y in zip(a.hidden_degrees, c.hidden_degrees, strict=True)
-    )
+    assert not all(np.array_equal(x, y) for x, y in zip(a.hidden_degrees, c.hidden_degrees, strict=True))
 
 
 def test_make_mask_set_does_not_touch_global_random_state() -> None:
@@ -261,18 +256,22 @@ def _exact_orders_by_definition(orderings: np.ndarray, observed: np.ndarray) -> 
 
 def test_exact_orders_is_true_when_every_observed_dimension_comes_first() -> None:
     orderings = np.array([[2, 0, 1, 3], [0, 1, 2, 3], [3, 2, 1, 0]])
-    observed = np.array([
-        [False, False, True, False],  # {2}: first in mask 0 only
-        [True, True, False, False],  # {0, 1}: a prefix of mask 1 only
-        [True, True, True, True],  # nothing missing: exact everywhere
-        [False, False, False, False],  # nothing observed: exact everywhere
-        [False, False, True, True],  # {2, 3}: a prefix of mask 2
-    ])
-    expected = np.array([
-        [True, False, True, True, False],
-        [False, True, True, True, False],
-        [False, False, True, True, True],
-    ])
+    observed = np.array(
+        [
+            [False, False, True, False],  # {2}: first in mask 0 only
+            [True, True, False, False],  # {0, 1}: a prefix of mask 1 only
+            [True, True, True, True],  # nothing missing: exact everywhere
+            [False, False, False, False],  # nothing observed: exact everywhere
+            [False, False, True, True],  # {2, 3}: a prefix of mask 2
+        ]
+    )
+    expected = np.array(
+        [
+            [True, False, True, True, False],
+            [False, True, True, True, False],
+            [False, False, True, True, True],
+        ]
+    )
     assert np.array_equal(exact_orders(orderings, observed), expected)
 
     rng = np.random.default_rng(0)

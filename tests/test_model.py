@@ -18,10 +18,12 @@ from training.model import MADE, MADEConfig
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "natural-d6": dict(dims=6, hidden=[12]),
-    "agnostic-direct-d8-k4": dict(dims=8, hidden=[16, 16], n_masks=4, order_agnostic=True,
-                                  connectivity_agnostic=True, direct=True, mask_seed=1),
-    "agnostic-d10-k3": dict(dims=10, hidden=[8, 4], n_masks=3, order_agnostic=True,
-                            connectivity_agnostic=True, mask_seed=2),
+    "agnostic-direct-d8-k4": dict(
+        dims=8, hidden=[16, 16], n_masks=4, order_agnostic=True, connectivity_agnostic=True, direct=True, mask_seed=1
+    ),
+    "agnostic-d10-k3": dict(
+        dims=10, hidden=[8, 4], n_masks=3, order_agnostic=True, connectivity_agnostic=True, mask_seed=2
+    ),
 }
 
 
@@ -155,8 +157,9 @@ def test_degrees_are_buffers_saved_with_the_weights_and_restored_exactly(tmp_pat
 
 def test_masking_never_writes_into_the_weights() -> None:
     torch.manual_seed(0)
-    model = MADE(MADEConfig(dims=10, hidden=[16, 16], n_masks=3, order_agnostic=True,
-                            connectivity_agnostic=True, direct=True))
+    model = MADE(
+        MADEConfig(dims=10, hidden=[16, 16], n_masks=3, order_agnostic=True, connectivity_agnostic=True, direct=True)
+    )
     weights = [layer.weight for layer in model.layers] + [model.direct.weight]  # type: ignore[union-attr]
     before = [w.detach().clone() for w in weights]
     x = torch.randint(0, 2, (32, 10), generator=torch.Generator().manual_seed(0)).float()

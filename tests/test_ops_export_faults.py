@@ -70,8 +70,9 @@ def test_an_export_killed_at_any_point_leaves_only_whole_versions(tmp_path: Path
     leftovers: list[str] = []
     versions: list[str] = []
     for attempt in range(20):  # until a kill has landed inside a write (nearly always the first)
-        proc = subprocess.Popen([sys.executable, "-c", EXPORTER, str(run_dir), str(store)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", EXPORTER, str(run_dir), str(store)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         if attempt == 0:  # let one whole version land first, so the kill hits a later one
             while proc.poll() is None and not list_versions(store, "big"):

@@ -43,9 +43,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two finished tiny runs of the same architecture with different weights (D=8)."""
     base = tmp_path_factory.mktemp("reload-runs")
     data = write_npz(base / "d8.npz", 8, seed=1)
-    return {s: train_tiny(base / f"run-{s}", data, hidden=[12], masks=2, epochs=2, seed=i,
-                          order_agnostic=True)
-            for i, s in enumerate(("a", "b"))}
+    return {
+        s: train_tiny(base / f"run-{s}", data, hidden=[12], masks=2, epochs=2, seed=i, order_agnostic=True)
+        for i, s in enumerate(("a", "b"))
+    }
 
 
 @pytest.fixture
@@ -105,7 +106,8 @@ async def _served(made: InProcessClient) -> str:
 
 
 async def test_a_new_version_is_served_after_reload_and_no_request_in_flight_fails(
-        store: Path, runs: dict[str, Path]) -> None:
+    store: Path, runs: dict[str, Path]
+) -> None:
     v1 = _logprob(store, "1")
     async with in_process(_settings(store)) as made:
         await made.wait_ready()
@@ -126,16 +128,16 @@ async def test_a_new_version_is_served_after_reload_and_no_request_in_flight_fai
             tg.start_soon(hammer, "/logprob", {"x": ROW})
             tg.start_soon(hammer, "/sample", {"n": 3, "seed": 1})
             tg.start_soon(hammer, "/conditionals", {"x": ROW, "mask": 1})
-            tg.start_soon(hammer, "/impute", {"x": [[0, None, 1, None, 1, 0, 0, 1]],
-                                              "n_samples": 2, "seed": 0})
+            tg.start_soon(hammer, "/impute", {"x": [[0, None, 1, None, 1, 0, 0, 1]], "n_samples": 2, "seed": 0})
             await anyio.sleep(0.2)
             export_run(runs["b"], store, "m")  # version 2, different weights
             body = await _reload(made)
             await anyio.sleep(0.3)
             stop.set()
         assert failures == []
-        assert body["results"] == [{"name": "m", "version": "2", "status": "loaded",
-                                    "reason": None, "previous": "1", "cached": False}]
+        assert body["results"] == [
+            {"name": "m", "version": "2", "status": "loaded", "reason": None, "previous": "1", "cached": False}
+        ]
         assert body["models"] == {"m": "2"} and body["default"] == "m"
         assert await _served(made) == "2"
         # every answer came whole from one version: version 1 until the swap, version 2 after
@@ -157,13 +159,20 @@ async def test_a_new_version_is_served_after_reload_and_no_request_in_flight_fai
         assert (await _reload(made))["results"][0]["status"] == "unchanged"
         shutil.rmtree(store / "m" / "2")
         body = await _reload(made)
-        assert body["results"][0] == {"name": "m", "version": "1", "status": "loaded",
-                                      "reason": None, "previous": "2", "cached": False}
+        assert body["results"][0] == {
+            "name": "m",
+            "version": "1",
+            "status": "loaded",
+            "reason": None,
+            "previous": "2",
+            "cached": False,
+        }
         assert (await made.logprob(ROW)).logprob[0] == pytest.approx(v1, rel=1e-6)
 
 
 async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_keeps_serving(
-        store: Path, runs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    store: Path, runs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     v1 = _logprob(store, "1")
     async with in_process(_settings(store)) as made:
         await made.wait_ready()
@@ -173,13 +182,15 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
             body = await _reload(made)
         reasons = {r["version"]: r["reason"] for r in body["results"]}
         assert [(r["version"], r["status"]) for r in body["results"]] == [
-            ("3", "refused"), ("2", "refused"), ("1", "unchanged")]
+            ("3", "refused"),
+            ("2", "refused"),
+            ("1", "unchanged"),
+        ]
         assert "does not match the orderings in its manifest" in reasons["3"]
         assert f"{store / 'm' / '2' / MODEL_FILE} does not match its manifest checksum" in reasons["2"]
         assert body["models"] == {"m": "1"}
         logged = [r for r in caplog.records if r.getMessage().startswith("refused model m")]
-        assert [(r.levelname, getattr(r, "version", None)) for r in logged] == [
-            ("ERROR", "3"), ("ERROR", "2")]
+        assert [(r.levelname, getattr(r, "version", None)) for r in logged] == [("ERROR", "3"), ("ERROR", "2")]
         assert reasons["2"] in logged[1].getMessage()
         assert await _served(made) == "1"
         assert (await made.logprob(ROW)).logprob[0] == pytest.approx(v1, rel=1e-6)
@@ -189,7 +200,10 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
         with caplog.at_level(logging.INFO, logger="made.engine"):
             again = await _reload(made)
         assert [(r["version"], r["status"], r["cached"]) for r in again["results"]] == [
-            ("3", "refused", True), ("2", "refused", True), ("1", "unchanged", False)]
+            ("3", "refused", True),
+            ("2", "refused", True),
+            ("1", "unchanged", False),
+        ]
         assert not [r for r in caplog.records if r.getMessage().startswith("refused")]
         # ... but a good version above them is served.
         export_run(runs["b"], store, "m")  # version 4
@@ -209,14 +223,13 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
 async def test_admin_endpoints_are_off_without_an_admin_or_api_key(store: Path) -> None:
     async with in_process(_settings(store, admin_key=None)) as made:
         await made.wait_ready()
-        for method, path in (("POST", "/admin/reload"), ("GET", "/admin/reload"),
-                             ("POST", "/admin/anything")):
+        for method, path in (("POST", "/admin/reload"), ("GET", "/admin/reload"), ("POST", "/admin/anything")):
             for headers in ({}, ADMIN, AUTH):
                 r = await made.http.request(method, path, headers=headers)
                 assert r.status_code == 404 and r.json()["type"] == "not_found", (path, r.text)
                 assert r.json()["detail"].startswith(
-                    "admin endpoints are off: the server has neither MADE_ADMIN_KEY nor "
-                    "MADE_API_KEY"), r.json()
+                    "admin endpoints are off: the server has neither MADE_ADMIN_KEY nor MADE_API_KEY"
+                ), r.json()
         spec = (await made.http.get("/openapi.json")).json()
         assert not [p for p in spec["paths"] if p.startswith("/admin")]
         assert (await made.logprob(ROW)).version == "1"  # the rest is served as usual
@@ -226,11 +239,10 @@ async def test_reload_answers_only_with_the_admin_key(store: Path) -> None:
     async with in_process(_settings(store, api_key=KEY)) as made:
         await made.wait_ready()
         for headers, detail in (
-                ({}, "admin endpoints require the admin key: send 'Authorization: Bearer "
-                     "<MADE_ADMIN_KEY>'"),
-                ({"Authorization": "Bearer wrong"}, "the admin key in the Authorization header is "
-                                                    "wrong"),
-                (AUTH, "the admin key in the Authorization header is wrong")):  # the API key
+            ({}, "admin endpoints require the admin key: send 'Authorization: Bearer <MADE_ADMIN_KEY>'"),
+            ({"Authorization": "Bearer wrong"}, "the admin key in the Authorization header is wrong"),
+            (AUTH, "the admin key in the Authorization header is wrong"),
+        ):  # the API key
             r = await made.http.post("/admin/reload", headers=headers)
             assert r.status_code == 401 and r.json()["type"] == "unauthorized", r.text
             assert r.json()["detail"] == detail and r.headers["www-authenticate"] == "Bearer"
@@ -254,7 +266,8 @@ async def test_reload_takes_the_api_key_when_no_admin_key_is_set(store: Path) ->
         await made.wait_ready()
         r = await made.http.post("/admin/reload")
         assert r.status_code == 401 and r.json()["detail"] == (
-            "admin endpoints require the admin key: send 'Authorization: Bearer <MADE_API_KEY>'")
+            "admin endpoints require the admin key: send 'Authorization: Bearer <MADE_API_KEY>'"
+        )
         r = await made.http.post("/admin/reload", headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
         assert (await _reload(made, headers=AUTH))["models"] == {"m": "1"}
@@ -270,8 +283,7 @@ async def test_the_store_is_polled_every_reload_interval(store: Path, runs: dict
                 await anyio.sleep(0.05)
 
 
-async def test_a_store_empty_at_startup_becomes_ready_on_reload(
-        tmp_path: Path, runs: dict[str, Path]) -> None:
+async def test_a_store_empty_at_startup_becomes_ready_on_reload(tmp_path: Path, runs: dict[str, Path]) -> None:
     store = tmp_path / "store"
     store.mkdir()
     async with in_process(_settings(store)) as made:
@@ -290,11 +302,10 @@ async def test_a_store_empty_at_startup_becomes_ready_on_reload(
 
 # --- a real `made serve` ------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_made_serve_swaps_versions_under_load_and_refuses_a_broken_one(
-        store: Path, runs: dict[str, Path]) -> None:
-    env = {"MADE_API_KEY": KEY, "MADE_PROVIDERS": "cpu", "MADE_THREADS": "1",
-           "OMP_NUM_THREADS": "1"}
+def test_made_serve_swaps_versions_under_load_and_refuses_a_broken_one(store: Path, runs: dict[str, Path]) -> None:
+    env = {"MADE_API_KEY": KEY, "MADE_PROVIDERS": "cpu", "MADE_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with made_serve(store, env=env) as server:
         versions: list[str] = []
         failures: list[str] = []
@@ -313,9 +324,14 @@ def test_made_serve_swaps_versions_under_load_and_refuses_a_broken_one(
                     else:
                         versions.append(r.json()["version"])
 
-        threads = [threading.Thread(target=client, args=args) for args in
-                   (("/logprob", {"x": ROW}), ("/sample", {"n": 2, "seed": 0}),
-                    ("/impute", {"x": [[0, None, 1, None, 1, 0, 0, 1]], "seed": 0}))]
+        threads = [
+            threading.Thread(target=client, args=args)
+            for args in (
+                ("/logprob", {"x": ROW}),
+                ("/sample", {"n": 2, "seed": 0}),
+                ("/impute", {"x": [[0, None, 1, None, 1, 0, 0, 1]], "seed": 0}),
+            )
+        ]
         for t in threads:
             t.start()
         try:

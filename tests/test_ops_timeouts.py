@@ -22,8 +22,7 @@ from service.testing import made_serve
 # row is an importance-sampling estimate, ~1.5 s per million draws on one core here.
 HEAVY_ROWS = [[0, None, 1, None, 1, 0, None, 1]] * 12
 HEAVY = {
-    "/impute": {"model": "tiny", "x": HEAVY_ROWS, "n_samples": 1, "n_importance": 100_000,
-                "seed": 0},
+    "/impute": {"model": "tiny", "x": HEAVY_ROWS, "n_samples": 1, "n_importance": 100_000, "seed": 0},
     "/logprob": {"model": "tiny", "x": HEAVY_ROWS, "n_importance": 100_000, "seed": 0},
 }
 TIMEOUT = 1.0
@@ -31,10 +30,14 @@ TIMEOUT = 1.0
 
 @pytest.mark.slow
 def test_a_request_past_the_timeout_gets_504_while_cheap_ones_are_served(tiny_store: Path) -> None:
-    env = {"MADE_REQUEST_TIMEOUT": str(TIMEOUT), "MADE_MAX_DRAWS": "10000000", "MADE_THREADS": "2",
-           "MADE_PROVIDERS": "cpu", "OMP_NUM_THREADS": "1"}
-    with made_serve(tiny_store, env=env) as server, httpx.Client(base_url=server.url,
-                                                                 timeout=60) as http:
+    env = {
+        "MADE_REQUEST_TIMEOUT": str(TIMEOUT),
+        "MADE_MAX_DRAWS": "10000000",
+        "MADE_THREADS": "2",
+        "MADE_PROVIDERS": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    with made_serve(tiny_store, env=env) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         heavy: dict[str, Any] = {}
 
         def send_heavy() -> None:
@@ -50,9 +53,11 @@ def test_a_request_past_the_timeout_gets_504_while_cheap_ones_are_served(tiny_st
         # calls still occupy a core), cheap requests of every kind are answered.
         cheap: list[tuple[str, int, float]] = []
         while thread.is_alive():
-            for path, body in (("/logprob", {"x": [[0, 1, 1, 0, 1, 0, 0, 1]]}),
-                               ("/sample", {"n": 2, "seed": 1}),
-                               ("/conditionals", {"x": [[0, 1, 1, 0, 1, 0, 0, 1]]})):
+            for path, body in (
+                ("/logprob", {"x": [[0, 1, 1, 0, 1, 0, 0, 1]]}),
+                ("/sample", {"n": 2, "seed": 1}),
+                ("/conditionals", {"x": [[0, 1, 1, 0, 1, 0, 0, 1]]}),
+            ):
                 start = time.perf_counter()
                 r = http.post(path, json=body)
                 cheap.append((path, r.status_code, time.perf_counter() - start))
@@ -63,8 +68,9 @@ def test_a_request_past_the_timeout_gets_504_while_cheap_ones_are_served(tiny_st
             status, body, seconds = heavy[path]
             assert status == 504, (path, body)
             assert body["type"] == "timeout" and body["request_id"]
-            assert body["detail"] == (f"the request took longer than {TIMEOUT:g} s "
-                                      "(MADE_REQUEST_TIMEOUT); send fewer rows or samples")
+            assert body["detail"] == (
+                f"the request took longer than {TIMEOUT:g} s (MADE_REQUEST_TIMEOUT); send fewer rows or samples"
+            )
             assert TIMEOUT <= seconds < TIMEOUT + 1.0, (path, seconds)  # at the limit, not later
         assert len(cheap) > 10 and {s for _, s, _ in cheap} == {200}, cheap
         assert max(seconds for _, _, seconds in cheap) < TIMEOUT

@@ -30,10 +30,32 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _train_args(data: Path, run_dir: Path, epochs: int, hidden: str = "256,256") -> list[str]:
-    return [str(MADE_BIN), "train", "--dataset", str(data), "--hidden", hidden, "--masks", "2",
-            "--order-agnostic", "--seed", "1", "--max-epochs", str(epochs), "--patience", "100",
-            "--batch-size", "50", "--lr", "0.005", "--threads", "1", "--no-progress",
-            "--out", str(run_dir)]
+    return [
+        str(MADE_BIN),
+        "train",
+        "--dataset",
+        str(data),
+        "--hidden",
+        hidden,
+        "--masks",
+        "2",
+        "--order-agnostic",
+        "--seed",
+        "1",
+        "--max-epochs",
+        str(epochs),
+        "--patience",
+        "100",
+        "--batch-size",
+        "50",
+        "--lr",
+        "0.005",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run_dir),
+    ]
 
 
 def _checkpoint_epoch(run_dir: Path) -> int:
@@ -64,8 +86,9 @@ def _temporaries(run_dir: Path, target: str) -> list[str]:
         return []
 
 
-def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], deadline: float,
-               then_wait: float = 0.0) -> None:
+def _kill_when(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], deadline: float, then_wait: float = 0.0
+) -> None:
     """SIGKILL `proc` as soon as `ready()` (polled in a tight loop), or `then_wait` s later."""
     while not ready():
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -76,8 +99,7 @@ def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], deadlin
 
 
 @pytest.mark.slow
-def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_never_killed(
-        tmp_path: Path) -> None:
+def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_never_killed(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "chain20.npz", 20, seed=5, n=1500)
     run_dir = tmp_path / "killed"
     args = _train_args(data, run_dir, epochs=EPOCHS)
@@ -88,19 +110,25 @@ def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_neve
     for point in plan:
         for _attempt in range(5):  # a write may finish before the kill lands: try again
             start_epoch = _checkpoint_epoch(run_dir)
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    env=ENV)
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
             deadline = time.monotonic() + 90
             if point == "startup":  # importing torch, loading data, or in the first epoch
                 _kill_when(proc, lambda: True, deadline, rng.uniform(0.0, 1.0))
             elif point == "mid-epoch":  # a random way into the epoch after a checkpoint
-                _kill_when(proc, lambda: _checkpoint_epoch(run_dir) > start_epoch,  # noqa: B023
-                           deadline, rng.uniform(0.0, 0.15))
+                _kill_when(
+                    proc,
+                    lambda: _checkpoint_epoch(run_dir) > start_epoch,  # noqa: B023
+                    deadline,
+                    rng.uniform(0.0, 0.15),
+                )
             else:  # as soon as a new temporary file of the write appears
                 target = CHECKPOINT if point == "checkpoint-write" else BEST
                 stale = set(_temporaries(run_dir, target))  # left by an earlier kill
-                _kill_when(proc, lambda: bool(set(_temporaries(run_dir, target)) - stale),  # noqa: B023
-                           deadline)
+                _kill_when(
+                    proc,
+                    lambda: bool(set(_temporaries(run_dir, target)) - stale),  # noqa: B023
+                    deadline,
+                )
                 if not set(_temporaries(run_dir, target)) - stale:
                     continue  # the write had finished: not the point asked for
             break
@@ -139,12 +167,14 @@ def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_neve
         assert all(torch.equal(mine[k], theirs[k]) for k in mine), name
     assert (run_dir / HISTORY).read_text().count("\n") == EPOCHS
     assert [json.loads(x)["valid_nll"] for x in (run_dir / HISTORY).read_text().splitlines()] == [
-        json.loads(x)["valid_nll"] for x in (reference / HISTORY).read_text().splitlines()]
+        json.loads(x)["valid_nll"] for x in (reference / HISTORY).read_text().splitlines()
+    ]
     mine_m, ref_m = (json.loads((d / METRICS).read_text()) for d in (run_dir, reference))
     assert mine_m["test_nll"] == ref_m["test_nll"] and mine_m["best_epoch"] == ref_m["best_epoch"]
 
 
 # --- a full or unwritable run directory ---------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -153,9 +183,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _started_run(data: Path, run_dir: Path) -> bytes:
     """Two epochs trained in this process; returns the checkpoint's bytes."""
-    cfg = TrainConfig.from_dict({"dataset": str(data), "seed": 0, "max_epochs": 2,
-                                 "batch_size": 50, "lr": 0.005, "patience": 100,
-                                 "model": {"dims": 30, "hidden": [200]}})
+    cfg = TrainConfig.from_dict(
+        {
+            "dataset": str(data),
+            "seed": 0,
+            "max_epochs": 2,
+            "batch_size": 50,
+            "lr": 0.005,
+            "patience": 100,
+            "model": {"dims": 30, "hidden": [200]},
+        }
+    )
     Trainer(cfg, run_dir).run(progress=False)
     return (run_dir / CHECKPOINT).read_bytes()
 
@@ -163,12 +201,30 @@ def _started_run(data: Path, run_dir: Path) -> bytes:
 def _resume(data: Path, run_dir: Path, prefix: str = "") -> subprocess.CompletedProcess[str]:
     """`made train` resuming the run of _started_run for two more epochs, after `prefix`
     (shell commands, e.g. a ulimit)."""
-    args = ["train", "--dataset", str(data), "--hidden", "200", "--seed", "0", "--max-epochs", "4",
-            "--patience", "100", "--batch-size", "50", "--lr", "0.005", "--threads", "1",
-            "--no-progress", "--out", str(run_dir)]
+    args = [
+        "train",
+        "--dataset",
+        str(data),
+        "--hidden",
+        "200",
+        "--seed",
+        "0",
+        "--max-epochs",
+        "4",
+        "--patience",
+        "100",
+        "--batch-size",
+        "50",
+        "--lr",
+        "0.005",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run_dir),
+    ]
     script = f'{prefix}\nexec "{MADE_BIN}" "$@"'
-    return subprocess.run(["bash", "-c", script, "bash", *args], capture_output=True, text=True,
-                          env=ENV, timeout=120)
+    return subprocess.run(["bash", "-c", script, "bash", *args], capture_output=True, text=True, env=ENV, timeout=120)
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -188,8 +244,7 @@ def _assert_last_checkpoint_intact(run_dir: Path, before: bytes) -> None:
     assert list(run_dir.glob(".*.tmp")) == []
 
 
-def test_a_file_size_limit_stops_training_with_one_line_and_the_checkpoint_intact(
-        data: Path, tmp_path: Path) -> None:
+def test_a_file_size_limit_stops_training_with_one_line_and_the_checkpoint_intact(data: Path, tmp_path: Path) -> None:
     """RLIMIT_FSIZE (ulimit -f) makes the ~160 kB checkpoint write fail with EFBIG, as a full
     disk would: one line naming the file and the reason, exit 2, the epoch-2 checkpoint kept;
     without the limit, the same command carries on from it."""
@@ -217,8 +272,7 @@ def _mounted(*args: str) -> Iterator[None]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_a_full_disk_stops_training_with_one_line_and_the_checkpoint_intact(
-        data: Path, tmp_path: Path) -> None:
+def test_a_full_disk_stops_training_with_one_line_and_the_checkpoint_intact(data: Path, tmp_path: Path) -> None:
     """A 400 kB tmpfs holds one checkpoint (160 kB) and the best weights (50 kB) but not the
     temporary copy that replaces them: ENOSPC mid-run."""
     disk = tmp_path / "disk"
@@ -226,16 +280,16 @@ def test_a_full_disk_stops_training_with_one_line_and_the_checkpoint_intact(
     with _mounted("-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)):
         run_dir = disk / "run"
         before = _started_run(data, run_dir)
-        (disk / "filler").write_bytes(b"\0" * (400 * 1024 - sum(
-            p.stat().st_size for p in run_dir.iterdir()) - 100 * 1024))
+        (disk / "filler").write_bytes(
+            b"\0" * (400 * 1024 - sum(p.stat().st_size for p in run_dir.iterdir()) - 100 * 1024)
+        )
         result = _resume(data, run_dir)
         _assert_one_line_error(result, str(run_dir), "No space left on device")
         _assert_last_checkpoint_intact(run_dir, before)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
-def test_a_read_only_run_directory_is_one_line_and_the_checkpoint_intact(
-        data: Path, tmp_path: Path) -> None:
+def test_a_read_only_run_directory_is_one_line_and_the_checkpoint_intact(data: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     before = _started_run(data, run_dir)
     with _mounted("--bind", "-o", "ro", str(run_dir), str(run_dir)):
@@ -247,6 +301,5 @@ def test_a_read_only_run_directory_is_one_line_and_the_checkpoint_intact(
             (run_dir / ".probe").unlink()
             pytest.skip("this mount(8) does not make read-only bind mounts")
         result = _resume(data, run_dir)
-        _assert_one_line_error(result, f"cannot write to run directory {run_dir}",
-                               "Read-only file system")
+        _assert_one_line_error(result, f"cannot write to run directory {run_dir}", "Read-only file system")
     _assert_last_checkpoint_intact(run_dir, before)

@@ -56,6 +56,7 @@ async def post(made: InProcessClient, path: str, body: Any, **kw: Any) -> tuple[
 
 # --- answers ----------------------------------------------------------------------------------
 
+
 async def test_models_lists_every_model_and_the_default(made: InProcessClient) -> None:
     models = await made.models()
     assert [m.name for m in models.models] == ["tiny", "tiny1", "tiny10"]
@@ -65,8 +66,7 @@ async def test_models_lists_every_model_and_the_default(made: InProcessClient) -
     assert tiny.providers == ["CPUExecutionProvider"] and tiny.test_nll is not None
 
 
-async def test_model_endpoint_returns_the_manifest(made: InProcessClient,
-                                                   registry: ModelRegistry) -> None:
+async def test_model_endpoint_returns_the_manifest(made: InProcessClient, registry: ModelRegistry) -> None:
     manifest = await made.model("tiny10")
     assert manifest == json.loads(json.dumps(registry.get("tiny10").manifest))
     with pytest.raises(MadeAPIError) as info:
@@ -75,7 +75,8 @@ async def test_model_endpoint_returns_the_manifest(made: InProcessClient,
 
 
 async def test_logprob_matches_the_engine_for_the_mixture_and_one_mask(
-        made: InProcessClient, registry: ModelRegistry) -> None:
+    made: InProcessClient, registry: ModelRegistry
+) -> None:
     engine = registry.get("tiny")
     for masks in ("all", 2):
         r = await made.logprob(X8, masks=masks)  # type: ignore[arg-type]
@@ -86,7 +87,8 @@ async def test_logprob_matches_the_engine_for_the_mixture_and_one_mask(
 
 
 async def test_logprob_with_missing_values_is_reproducible_from_the_returned_seed(
-        made: InProcessClient, registry: ModelRegistry) -> None:
+    made: InProcessClient, registry: ModelRegistry
+) -> None:
     x: list[list[int | None]] = [[0, None, 1, None, 1, 0, 0, 1], [1, 1, 1, 1, 0, 0, 0, 0]]
     first = await made.logprob(x, n_importance=200)
     assert first.seed is not None
@@ -109,8 +111,7 @@ async def test_packed_rows_give_the_same_answer_as_json_rows(made: InProcessClie
     assert packed.probs == as_json.probs
 
 
-async def test_conditionals_give_the_ordering_and_probabilities(
-        made: InProcessClient, registry: ModelRegistry) -> None:
+async def test_conditionals_give_the_ordering_and_probabilities(made: InProcessClient, registry: ModelRegistry) -> None:
     r = await made.conditionals(X8, mask=3)
     engine = registry.get("tiny")
     assert r.ordering == engine.orderings[3].tolist() and r.mask == 3
@@ -118,7 +119,8 @@ async def test_conditionals_give_the_ordering_and_probabilities(
 
 
 async def test_sample_is_reproducible_by_seed_and_matches_the_engine(
-        made: InProcessClient, registry: ModelRegistry) -> None:
+    made: InProcessClient, registry: ModelRegistry
+) -> None:
     a = await made.sample(50, seed=7)
     b = await made.sample(50, seed=7)
     assert a.samples == b.samples and a.seed == 7 and a.mask == "mixture"
@@ -146,8 +148,7 @@ async def test_impute_keeps_observed_values_and_reports_marginals(made: InProces
     samples = r.array()
     assert samples.shape == (2, 5, 8)
     observed = ~np.isnan(np.array(x, dtype=float))
-    np.testing.assert_array_equal(samples[0][:, observed[0]],
-                                  np.broadcast_to(np.array(x[0])[observed[0]], (5, 5)))
+    np.testing.assert_array_equal(samples[0][:, observed[0]], np.broadcast_to(np.array(x[0])[observed[0]], (5, 5)))
     assert r.marginals[1] == [1, 1, 1, 1, 0, 0, 0, 0]
     assert all(0 <= p <= 1 for p in r.marginals[0]) and r.ess[0] > 1
     packed = await made.impute(x, n_samples=5, seed=1, n_importance=100, packed_output=True)
@@ -181,30 +182,42 @@ async def test_png_for_a_model_without_image_shape_is_406(made: InProcessClient)
 
 # --- errors -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("path", "body", "status", "detail"), [
-    ("/logprob", {"x": [[0, 1, 1, 0, 1, 0, 0, 3]]}, 422,
-     "x: row 0, column 7: expected 0, 1 or null, got 3"),
-    ("/logprob", {"x": [[0, 1, 1, 0, 1, 0, 0]]}, 422,
-     "x: rows have 7 values but model 'tiny' has 8 dimensions"),
-    ("/logprob", {"x": X8, "masks": 4}, 422,
-     "masks 4 does not exist: model 'tiny' has 4 masks (0..3)"),
-    ("/logprob", {"x": X8, "model": "tiny1", "masks": 1}, 422,
-     "masks 1 does not exist: model 'tiny1' has 1 mask (0..0)"),
-    ("/logprob", {"x": X8, "model": "missing"}, 404, "unknown model 'missing'"),
-    ("/conditionals", {"x": [[0, 1, 1, 0, 1, 0, None, 1]]}, 422,
-     "x: row 0, column 6 is null, but this endpoint needs complete rows"),
-    ("/conditionals", {"x": X8, "mask": 9}, 422, "mask 9 does not exist"),
-    ("/sample", {"n": 10_001}, 422, "n is 10001; the limit is 10000 samples per request "
-                                    "(MADE_MAX_SAMPLES)"),
-    ("/sample", {"n": 1, "mask": 4}, 422, "mask 4 does not exist"),
-    ("/sample", {"n": 1, "model": "x"}, 404, "unknown model 'x'"),
-    ("/impute", {"x": [[0, None, 1, 0, 1, 0, 0, 1]] * 2, "n_samples": 6000}, 422,
-     "2 rows x n_samples 6000 = 12000 samples; the limit is 10000"),
-    ("/impute", {"x": [[0, None, 1, 0, 1, 0, 0, "a"]]}, 422, "x: row 0, column 7"),
-])
-async def test_bad_requests_get_4xx_naming_the_problem(made: InProcessClient, path: str,
-                                                       body: dict, status: int,
-                                                       detail: str) -> None:
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "detail"),
+    [
+        ("/logprob", {"x": [[0, 1, 1, 0, 1, 0, 0, 3]]}, 422, "x: row 0, column 7: expected 0, 1 or null, got 3"),
+        ("/logprob", {"x": [[0, 1, 1, 0, 1, 0, 0]]}, 422, "x: rows have 7 values but model 'tiny' has 8 dimensions"),
+        ("/logprob", {"x": X8, "masks": 4}, 422, "masks 4 does not exist: model 'tiny' has 4 masks (0..3)"),
+        (
+            "/logprob",
+            {"x": X8, "model": "tiny1", "masks": 1},
+            422,
+            "masks 1 does not exist: model 'tiny1' has 1 mask (0..0)",
+        ),
+        ("/logprob", {"x": X8, "model": "missing"}, 404, "unknown model 'missing'"),
+        (
+            "/conditionals",
+            {"x": [[0, 1, 1, 0, 1, 0, None, 1]]},
+            422,
+            "x: row 0, column 6 is null, but this endpoint needs complete rows",
+        ),
+        ("/conditionals", {"x": X8, "mask": 9}, 422, "mask 9 does not exist"),
+        ("/sample", {"n": 10_001}, 422, "n is 10001; the limit is 10000 samples per request (MADE_MAX_SAMPLES)"),
+        ("/sample", {"n": 1, "mask": 4}, 422, "mask 4 does not exist"),
+        ("/sample", {"n": 1, "model": "x"}, 404, "unknown model 'x'"),
+        (
+            "/impute",
+            {"x": [[0, None, 1, 0, 1, 0, 0, 1]] * 2, "n_samples": 6000},
+            422,
+            "2 rows x n_samples 6000 = 12000 samples; the limit is 10000",
+        ),
+        ("/impute", {"x": [[0, None, 1, 0, 1, 0, 0, "a"]]}, 422, "x: row 0, column 7"),
+    ],
+)
+async def test_bad_requests_get_4xx_naming_the_problem(
+    made: InProcessClient, path: str, body: dict, status: int, detail: str
+) -> None:
     got, answer = await post(made, path, body)
     assert got == status, answer
     assert answer["detail"].startswith(detail), answer["detail"]
@@ -220,8 +233,9 @@ async def test_a_body_sent_as_another_media_type_is_415(made: InProcessClient) -
         r = await made.http.post("/logprob", content=body, headers={"Content-Type": content_type})
         assert r.status_code == 415, r.text
         assert r.json()["type"] == "unsupported_media_type"
-        assert r.json()["detail"] == ("the request body must be JSON, sent with 'Content-Type: "
-                                      f"application/json' (got '{content_type}')")
+        assert r.json()["detail"] == (
+            f"the request body must be JSON, sent with 'Content-Type: application/json' (got '{content_type}')"
+        )
     r = await made.http.post("/logprob", content=body)  # no Content-Type at all
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body"]
     assert "Content-Type: application/json" in r.json()["detail"]
@@ -229,8 +243,7 @@ async def test_a_body_sent_as_another_media_type_is_415(made: InProcessClient) -
 
 async def test_a_wrong_width_names_its_field_in_errors(made: InProcessClient) -> None:
     got, answer = await post(made, "/logprob", {"x": [[0, 1, 1]]})
-    assert got == 422 and answer["errors"] == [
-        {"loc": ["body", "x"], "msg": answer["detail"], "type": "invalid_input"}]
+    assert got == 422 and answer["errors"] == [{"loc": ["body", "x"], "msg": answer["detail"], "type": "invalid_input"}]
 
 
 async def test_rows_over_max_rows_are_refused(tiny_store: Path, registry: ModelRegistry) -> None:
@@ -241,19 +254,22 @@ async def test_rows_over_max_rows_are_refused(tiny_store: Path, registry: ModelR
     assert info.value.detail == "x has 3 rows; the limit is 2 per request (MADE_MAX_ROWS)"
 
 
-async def test_importance_draws_over_max_draws_are_refused(tiny_store: Path,
-                                                          registry: ModelRegistry) -> None:
+async def test_importance_draws_over_max_draws_are_refused(tiny_store: Path, registry: ModelRegistry) -> None:
     x = [[0, None, 1, 0, 1, 0, 0, 1]] * 3 + [[0, 1, 1, 0, 1, 0, 0, 1]]
     async with in_process(settings(tiny_store, max_draws=2000), registry) as made:
         assert (await made.logprob(x[:2], n_importance=1000)).exact == [False, False]
-        for call, rows in ((made.logprob, "rows with missing values"),
-                           (made.impute, "rows that need importance sampling (a missing value "
-                                         "before an observed one in some mask's ordering)")):
+        for call, rows in (
+            (made.logprob, "rows with missing values"),
+            (
+                made.impute,
+                "rows that need importance sampling (a missing value before an observed one in some mask's ordering)",
+            ),
+        ):
             with pytest.raises(MadeAPIError) as info:
                 await call(x, n_importance=1000)
             assert info.value.status_code == 422 and info.value.detail.startswith(
-                f"3 {rows} x n_importance 1000 = 3000 importance draws; the limit is 2000 per "
-                "request (MADE_MAX_DRAWS)")
+                f"3 {rows} x n_importance 1000 = 3000 importance draws; the limit is 2000 per request (MADE_MAX_DRAWS)"
+            )
         # /impute: exact rows (missing values after every observed one in every ordering) draw
         # n_samples completions, no importance draws: they do not count
         exact = [[0, 1, 1, 0, 1, 0, None, None]] * 3
@@ -264,19 +280,28 @@ async def test_importance_draws_over_max_draws_are_refused(tiny_store: Path,
 async def test_no_500_for_malformed_bodies(made: InProcessClient) -> None:
     """ASGITransport re-raises server errors, so a 500 would fail here loudly."""
     bad: list[tuple[str, bytes]] = [
-        ("/logprob", b""), ("/logprob", b"{"), ("/logprob", b"[]"), ("/logprob", b"null"),
-        ("/logprob", b'{"x": null}'), ("/logprob", b'{"x": [[]]}'), ("/logprob", b'{"x": [null]}'),
-        ("/logprob", b'{"x": [[NaN, 1, 0, 1, 0, 1, 0, 1]]}'), ("/logprob", b'{"x": {"a": 1}}'),
-        ("/logprob", b'{"x": [[1e400, 1, 0, 1, 0, 1, 0, 1]]}'), ("/logprob", b'"x"'),
+        ("/logprob", b""),
+        ("/logprob", b"{"),
+        ("/logprob", b"[]"),
+        ("/logprob", b"null"),
+        ("/logprob", b'{"x": null}'),
+        ("/logprob", b'{"x": [[]]}'),
+        ("/logprob", b'{"x": [null]}'),
+        ("/logprob", b'{"x": [[NaN, 1, 0, 1, 0, 1, 0, 1]]}'),
+        ("/logprob", b'{"x": {"a": 1}}'),
+        ("/logprob", b'{"x": [[1e400, 1, 0, 1, 0, 1, 0, 1]]}'),
+        ("/logprob", b'"x"'),
         ("/logprob", b'{"x": [[0,1,0,1,0,1,0,1]], "n_importance": 10000000}'),
         ("/logprob", b'{"x": [[0,1,0,1,0,1,0,1]], "seed": 1e30}'),
         ("/logprob", b'{"x": [[0,1,0,1,0,1,0,1]], "masks": 99999999999999999999999}'),
         ("/conditionals", b'{"x_b64": "AAAA", "shape": [4, 8]}'),
         ("/conditionals", b'{"x_b64": "AAAA", "shape": [3]}'),
         ("/conditionals", b'{"x_b64": 5, "shape": [3, 8]}'),
-        ("/sample", b'{"n": -1}'), ("/sample", b'{"n": 1, "seed": -1}'),
+        ("/sample", b'{"n": -1}'),
+        ("/sample", b'{"n": 1, "seed": -1}'),
         ("/sample", b'{"n": 1, "seed": 99999999999999999999999}'),
-        ("/sample", b'{"n": 1, "model": 5}'), ("/sample", b'{"n": 1, "model": ""}'),
+        ("/sample", b'{"n": 1, "model": 5}'),
+        ("/sample", b'{"n": 1, "model": ""}'),
         ("/impute", b'{"x": [[0,1,0,1,0,1,0,1]], "n_samples": 0}'),
         ("/impute", b'{"x": [[0,1,0,1,0,1,0,1]], "model": "tiny10"}'),
         ("/models/..%2F..", b""),
@@ -291,8 +316,8 @@ async def test_no_500_for_malformed_bodies(made: InProcessClient) -> None:
 
 
 async def test_a_bug_answers_500_with_the_request_id_and_no_traceback(
-        tiny_store: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tiny_store: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from service.app import create_app
     from service.dataplane import DataPlane
 
@@ -305,8 +330,11 @@ async def test_a_bug_answers_500_with_the_request_id_and_no_traceback(
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         r = await http.get("/models", headers={"X-Request-ID": "bug-1"})
     assert r.status_code == 500 and r.headers["x-request-id"] == "bug-1"
-    assert r.json() == {"detail": "internal error; the server log has the details under this "
-                                  "request id", "type": "internal_error", "request_id": "bug-1"}
+    assert r.json() == {
+        "detail": "internal error; the server log has the details under this request id",
+        "type": "internal_error",
+        "request_id": "bug-1",
+    }
     logged = [rec for rec in caplog.records if rec.levelname == "ERROR" and rec.exc_info]
     assert logged and "secret internals" in str(logged[0].exc_info[1])  # type: ignore[index]
 
@@ -322,8 +350,7 @@ async def test_body_over_the_limit_is_413(tiny_store: Path, registry: ModelRegis
     async with in_process(settings(tiny_store, max_body_bytes=1024), registry) as made:
         body = json.dumps({"x": X8 * 30}).encode()
         assert len(body) > 1024
-        r = await made.http.post("/logprob", content=body,
-                                 headers={"Content-Type": "application/json"})
+        r = await made.http.post("/logprob", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 413
         assert "over 1024 bytes (MADE_MAX_BODY_BYTES)" in r.json()["detail"]
 
@@ -331,8 +358,7 @@ async def test_body_over_the_limit_is_413(tiny_store: Path, registry: ModelRegis
             for i in range(0, len(body), 100):
                 yield body[i : i + 100]
 
-        r = await made.http.post("/logprob", content=chunks(),
-                                 headers={"Content-Type": "application/json"})
+        r = await made.http.post("/logprob", content=chunks(), headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and r.json()["type"] == "payload_too_large"
         assert (await made.logprob(X8)).model == "tiny"  # a small body still passes
 
@@ -346,8 +372,10 @@ async def test_request_timeout_answers_504(tiny_store: Path, registry: ModelRegi
 
 # --- auth -------------------------------------------------------------------------------------
 
+
 async def test_api_key_guards_everything_but_health_readiness_and_metrics(
-        tiny_store: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_store: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     compared: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -359,20 +387,21 @@ async def test_api_key_guards_everything_but_health_readiness_and_metrics(
     async with in_process(settings(tiny_store, api_key="s3cret"), registry) as made:
         for path in ("/healthz", "/readyz", "/metrics"):
             assert (await made.http.get(path)).status_code == 200, path
-        for method, path, body in [("GET", "/models", None), ("GET", "/models/tiny", None),
-                                   ("POST", "/logprob", {"x": X8}), ("POST", "/sample", {"n": 1}),
-                                   ("POST", "/conditionals", {"x": X8}),
-                                   ("POST", "/impute", {"x": X8})]:
+        for method, path, body in [
+            ("GET", "/models", None),
+            ("GET", "/models/tiny", None),
+            ("POST", "/logprob", {"x": X8}),
+            ("POST", "/sample", {"n": 1}),
+            ("POST", "/conditionals", {"x": X8}),
+            ("POST", "/impute", {"x": X8}),
+        ]:
             r = await made.http.request(method, path, json=body)
             assert r.status_code == 401, path
             assert r.headers["www-authenticate"] == "Bearer"
             assert "requires an API key" in r.json()["detail"]
-            r = await made.http.request(method, path, json=body,
-                                        headers={"Authorization": "Bearer wrong"})
-            assert r.status_code == 401 and r.json()["detail"] == (
-                "the API key in the Authorization header is wrong")
-            r = await made.http.request(method, path, json=body,
-                                        headers={"Authorization": "Bearer s3cret"})
+            r = await made.http.request(method, path, json=body, headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401 and r.json()["detail"] == ("the API key in the Authorization header is wrong")
+            r = await made.http.request(method, path, json=body, headers={"Authorization": "Bearer s3cret"})
             assert r.status_code == 200, (path, r.text)
     assert (b"wrong", b"s3cret") in compared and (b"s3cret", b"s3cret") in compared
 
@@ -383,6 +412,7 @@ async def test_typed_client_sends_the_api_key(tiny_store: Path, registry: ModelR
 
 
 # --- readiness, metrics, request ids, docs --------------------------------------------------------
+
 
 async def test_readyz_is_503_until_models_load(tiny_store: Path) -> None:
     cfg = settings(tiny_store, providers=["cpu"])
@@ -406,8 +436,7 @@ async def test_readyz_explains_a_store_that_cannot_load(tmp_path: Path) -> None:
                 break
             await anyio.sleep(0.01)
         assert r.status_code == 503
-        assert r.json()["detail"] == (
-            f"models failed to load: model store {tmp_path} holds no models")
+        assert r.json()["detail"] == (f"models failed to load: model store {tmp_path} holds no models")
 
 
 async def test_default_model_setting_picks_the_default(tiny_store: Path) -> None:
@@ -416,8 +445,7 @@ async def test_default_model_setting_picks_the_default(tiny_store: Path) -> None
         assert (await made.sample(1, seed=0)).model == "tiny10"
 
 
-async def test_metrics_count_requests_errors_latency_and_rows_per_endpoint_and_model(
-        made: InProcessClient) -> None:
+async def test_metrics_count_requests_errors_latency_and_rows_per_endpoint_and_model(made: InProcessClient) -> None:
     await made.logprob(X8, model="tiny1")
     await post(made, "/logprob", {"x": [[2] * 8], "model": "tiny1"})
     text = await made.metrics()
@@ -430,16 +458,13 @@ async def test_metrics_count_requests_errors_latency_and_rows_per_endpoint_and_m
     assert "made_models_loaded 3.0" in text
 
 
-async def test_request_id_is_echoed_and_logged(made: InProcessClient,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_request_id_is_echoed_and_logged(made: InProcessClient, caplog: pytest.LogCaptureFixture) -> None:
     from service.log_config import JsonFormatter
 
     with caplog.at_level("INFO", logger="made.service.access"):
-        r = await made.http.post("/sample", json={"n": 1, "mask": 99},
-                                 headers={"X-Request-ID": "abc-123"})
+        r = await made.http.post("/sample", json={"n": 1, "mask": 99}, headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123" and r.json()["request_id"] == "abc-123"
-    access = [json.loads(JsonFormatter().format(rec)) for rec in caplog.records
-              if rec.name == "made.service.access"]
+    access = [json.loads(JsonFormatter().format(rec)) for rec in caplog.records if rec.name == "made.service.access"]
     assert access[-1]["request_id"] == "abc-123" and access[-1]["status"] == 422
     assert access[-1]["path"] == "/sample" and access[-1]["model"] == "tiny"
     r = await made.http.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
@@ -448,8 +473,17 @@ async def test_request_id_is_echoed_and_logged(made: InProcessClient,
 
 async def test_openapi_documents_every_endpoint(made: InProcessClient) -> None:
     spec = (await made.http.get("/openapi.json")).json()
-    assert {"/logprob", "/conditionals", "/sample", "/impute", "/models", "/models/{name}",
-            "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert {
+        "/logprob",
+        "/conditionals",
+        "/sample",
+        "/impute",
+        "/models",
+        "/models/{name}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= set(spec["paths"])
     sample = spec["paths"]["/sample"]["post"]
     assert "image/png" in sample["responses"]["200"]["content"]
     assert (await made.http.get("/docs")).status_code == 200

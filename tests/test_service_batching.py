@@ -126,6 +126,7 @@ async def test_a_cancelled_request_does_not_disturb_the_others() -> None:
 
 # --- through the app: real engine, real onnxruntime --------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def registry(tiny_store: Path) -> ModelRegistry:
     reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
@@ -143,7 +144,8 @@ def histogram(text: str, name: str, endpoint: str, model: str) -> tuple[float, f
 
 
 async def test_concurrent_samples_are_merged_and_each_matches_its_seed(
-        tiny_store: Path, registry: ModelRegistry) -> None:
+    tiny_store: Path, registry: ModelRegistry
+) -> None:
     engine = registry.get("tiny")
     got: dict[int, np.ndarray] = {}
     async with in_process(Settings(store=tiny_store, batch_delay_ms=50), registry) as made:
@@ -164,7 +166,8 @@ async def test_concurrent_samples_are_merged_and_each_matches_its_seed(
 
 
 async def test_concurrent_logprob_requests_with_the_same_masks_share_a_call(
-        tiny_store: Path, registry: ModelRegistry) -> None:
+    tiny_store: Path, registry: ModelRegistry
+) -> None:
     engine = registry.get("tiny10")
     rng = np.random.default_rng(0)
     xs = [(rng.random((1 + i % 4, 10)) < 0.5).astype(float) for i in range(16)]
@@ -185,11 +188,11 @@ async def test_concurrent_logprob_requests_with_the_same_masks_share_a_call(
 
 
 async def test_a_large_request_is_split_into_pieces_with_the_same_answer(
-        tiny_store: Path, registry: ModelRegistry) -> None:
+    tiny_store: Path, registry: ModelRegistry
+) -> None:
     rng = np.random.default_rng(1)
     x = (rng.random((7, 8)) < 0.5).astype(float)
-    async with in_process(Settings(store=tiny_store, max_batch=3, batch_delay_ms=0),
-                          registry) as made:
+    async with in_process(Settings(store=tiny_store, max_batch=3, batch_delay_ms=0), registry) as made:
         samples = (await made.sample(1000, seed=11, model="tiny", packed=True)).array()
         lp = await made.logprob(x, model="tiny1")
         probs = await made.conditionals(x, model="tiny1")

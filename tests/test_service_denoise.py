@@ -71,8 +71,9 @@ def test_the_answer_is_the_engines(made: MadeClient, registry: ModelRegistry) ->
 
 def test_packed_rows_in_and_out_and_the_forms_of_eps(made: MadeClient) -> None:
     plain = made.denoise(Y, [0.1, 0.1], n_samples=3, seed=0, n_importance=50)
-    packed = made.denoise(np.array(Y), np.full((2, 8), 0.1), n_samples=3, seed=0, n_importance=50,
-                          packed=True, packed_output=True)
+    packed = made.denoise(
+        np.array(Y), np.full((2, 8), 0.1), n_samples=3, seed=0, n_importance=50, packed=True, packed_output=True
+    )
     assert packed.samples is None and packed.shape == [2, 3, 8]
     np.testing.assert_array_equal(packed.array(), plain.array())
     assert packed.marginals == plain.marginals and packed.logprob_noisy == plain.logprob_noisy
@@ -109,32 +110,47 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.mark.parametrize(("body", "detail", "loc"), [
-    ({"x": Y, "eps": 0.6}, "eps: eps is 0.6; a flip probability must be within [0, 0.5]", ["body", "eps"]),
-    ({"x": Y, "eps": -0.1}, "eps: eps is -0.1; a flip probability must be within [0, 0.5]", ["body", "eps"]),
-    ({"x": Y, "eps": "a"}, 'eps: eps must be a number within [0, 0.5], got "a"', ["body", "eps"]),
-    ({"x": Y, "eps": True}, "eps: eps must be a number within [0, 0.5], got true", ["body", "eps"]),
-    ({"x": Y, "eps": None}, "eps: eps must be a number within [0, 0.5], got null", ["body", "eps"]),
-    ({"x": Y, "eps": []}, "eps: eps is an empty list", ["body", "eps"]),
-    ({"x": Y, "eps": [0.1, 0.9]}, "eps: eps row 1 is 0.9", ["body", "eps"]),
-    ({"x": Y, "eps": [[0.1] * 8, [0.1] * 7 + [1]]}, "eps: eps row 1, column 7 is 1", ["body", "eps"]),
-    ({"x": Y, "eps": [[0.1] * 8, 0.1]}, "eps: eps row 1 must be a list of numbers", ["body", "eps"]),
-    ({"x": Y, "eps": [[0.1] * 8, [0.1] * 7]}, "eps: eps rows differ in length", ["body", "eps"]),
-    ({"x": Y, "eps": [0.1]}, "eps has 1 values, one per row, but x has 2 rows", ["body"]),
-    ({"x": Y, "eps": [[0.1] * 7] * 2}, "eps has shape [2, 7] but x has shape [2, 8]", ["body"]),
-    ({"x": Y}, "eps is required", ["body", "eps"]),
-    ({"x": [[0, 1, 1, 0, 1, 0, 0, 2]], "eps": 0.1}, "x: row 0, column 7: expected 0, 1 or null, got 2",
-     ["body", "x"]),
-    ({"x": [[0, 1, 1]], "eps": 0.1}, "x: rows have 3 values but model 'tiny' has 8 dimensions", ["body", "x"]),
-    ({"x": Y, "eps": 0.1, "n_importance": 0}, "n_importance: input should be greater than or equal to 1",
-     ["body", "n_importance"]),
-    ({"x": Y, "eps": 0.1, "n_samples": 6000}, "2 rows x n_samples 6000 = 12000 samples; the limit is 10000",
-     ["body", "n_samples"]),
-    ({"x": Y, "eps": 0.1, "n_importance": 100_000, "model": "tiny10"},
-     "x: rows have 8 values but model 'tiny10' has 10 dimensions", ["body", "x"]),
-    ({"records": [{"a": 1}], "eps": 0.1}, "this model reads rows of 0/1", ["body", "records"]),
-    ({"x": Y, "eps": 0.1, "noise": 0.1}, "noise is not a field of this request", ["body", "noise"]),
-])
+@pytest.mark.parametrize(
+    ("body", "detail", "loc"),
+    [
+        ({"x": Y, "eps": 0.6}, "eps: eps is 0.6; a flip probability must be within [0, 0.5]", ["body", "eps"]),
+        ({"x": Y, "eps": -0.1}, "eps: eps is -0.1; a flip probability must be within [0, 0.5]", ["body", "eps"]),
+        ({"x": Y, "eps": "a"}, 'eps: eps must be a number within [0, 0.5], got "a"', ["body", "eps"]),
+        ({"x": Y, "eps": True}, "eps: eps must be a number within [0, 0.5], got true", ["body", "eps"]),
+        ({"x": Y, "eps": None}, "eps: eps must be a number within [0, 0.5], got null", ["body", "eps"]),
+        ({"x": Y, "eps": []}, "eps: eps is an empty list", ["body", "eps"]),
+        ({"x": Y, "eps": [0.1, 0.9]}, "eps: eps row 1 is 0.9", ["body", "eps"]),
+        ({"x": Y, "eps": [[0.1] * 8, [0.1] * 7 + [1]]}, "eps: eps row 1, column 7 is 1", ["body", "eps"]),
+        ({"x": Y, "eps": [[0.1] * 8, 0.1]}, "eps: eps row 1 must be a list of numbers", ["body", "eps"]),
+        ({"x": Y, "eps": [[0.1] * 8, [0.1] * 7]}, "eps: eps rows differ in length", ["body", "eps"]),
+        ({"x": Y, "eps": [0.1]}, "eps has 1 values, one per row, but x has 2 rows", ["body"]),
+        ({"x": Y, "eps": [[0.1] * 7] * 2}, "eps has shape [2, 7] but x has shape [2, 8]", ["body"]),
+        ({"x": Y}, "eps is required", ["body", "eps"]),
+        (
+            {"x": [[0, 1, 1, 0, 1, 0, 0, 2]], "eps": 0.1},
+            "x: row 0, column 7: expected 0, 1 or null, got 2",
+            ["body", "x"],
+        ),
+        ({"x": [[0, 1, 1]], "eps": 0.1}, "x: rows have 3 values but model 'tiny' has 8 dimensions", ["body", "x"]),
+        (
+            {"x": Y, "eps": 0.1, "n_importance": 0},
+            "n_importance: input should be greater than or equal to 1",
+            ["body", "n_importance"],
+        ),
+        (
+            {"x": Y, "eps": 0.1, "n_samples": 6000},
+            "2 rows x n_samples 6000 = 12000 samples; the limit is 10000",
+            ["body", "n_samples"],
+        ),
+        (
+            {"x": Y, "eps": 0.1, "n_importance": 100_000, "model": "tiny10"},
+            "x: rows have 8 values but model 'tiny10' has 10 dimensions",
+            ["body", "x"],
+        ),
+        ({"records": [{"a": 1}], "eps": 0.1}, "this model reads rows of 0/1", ["body", "records"]),
+        ({"x": Y, "eps": 0.1, "noise": 0.1}, "noise is not a field of this request", ["body", "noise"]),
+    ],
+)
 def test_bad_input_is_422_naming_the_field(http: TestClient, body: dict, detail: str, loc: list) -> None:
     r = http.post("/denoise", json=body)
     answer = r.json()
@@ -149,7 +165,8 @@ def test_importance_draws_over_max_draws_are_refused(tiny_store: Path, registry:
         assert ok.status_code == 200  # rows with eps 0 everywhere draw nothing
         r = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_importance": 100})
     assert r.status_code == 422 and r.json()["detail"].startswith(
-        "2 noisy rows x n_importance 100 = 200 importance draws; the limit is 150 per request (MADE_MAX_DRAWS)")
+        "2 noisy rows x n_importance 100 = 200 importance draws; the limit is 150 per request (MADE_MAX_DRAWS)"
+    )
 
 
 def test_a_table_model_is_refused_with_what_it_answers(table_store: Path) -> None:
@@ -158,8 +175,7 @@ def test_a_table_model_is_refused_with_what_it_answers(table_store: Path) -> Non
     with client_of(create_app(settings(table_store), registry)) as http:
         r = http.post("/denoise", json={"model": "cats", "x": [[0, 1]], "eps": 0.1})
     assert r.status_code == 422, r.text
-    assert r.json()["detail"].startswith("model 'cats' models the columns of a table; /denoise answers "
-                                         "models of bits")
+    assert r.json()["detail"].startswith("model 'cats' models the columns of a table; /denoise answers models of bits")
 
 
 def test_metrics_and_openapi_know_the_endpoint(http: TestClient, made: MadeClient) -> None:

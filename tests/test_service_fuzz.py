@@ -28,16 +28,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:starlette.testclien
 
 # The answer's status is documented for its operation, its content type too, and its body
 # validates against the documented schema of that status.
-CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
-               response_schema_conformance]
+CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
 def app(tiny_store: Path) -> FastAPI:
     registry = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
     registry.load()
-    return create_app(Settings(store=tiny_store, max_rows=64, max_samples=256,
-                               request_timeout=10), registry)
+    return create_app(Settings(store=tiny_store, max_rows=64, max_samples=256, request_timeout=10), registry)
 
 
 def test_generated_requests_never_get_a_server_error(app: FastAPI) -> None:
@@ -48,8 +46,7 @@ def test_generated_requests_never_get_a_server_error(app: FastAPI) -> None:
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(case: schemathesis.Case) -> None:
             response = case.call()
             statuses.append(response.status_code)

@@ -32,8 +32,7 @@ async def test_a_cheap_lane_gets_the_next_thread_not_a_place_behind_an_expensive
     scheduler = FairScheduler(slots=1, max_queue=100)
     started: list[str] = []
     lock = threading.Lock()
-    slow = [asyncio.create_task(scheduler.run("/impute", _job, started, f"impute{i}", 0.05, lock))
-            for i in range(8)]
+    slow = [asyncio.create_task(scheduler.run("/impute", _job, started, f"impute{i}", 0.05, lock)) for i in range(8)]
     await asyncio.sleep(0.01)  # impute0 runs, impute1..7 wait for the one thread
     fast = asyncio.create_task(scheduler.run("/logprob", _job, started, "logprob", 0.0, lock))
     assert await fast == "logprob"
@@ -48,8 +47,11 @@ async def test_lanes_with_work_share_the_threads_by_time_used() -> None:
     scheduler = FairScheduler(slots=1, max_queue=100)
     started: list[str] = []
     lock = threading.Lock()
-    tasks = [asyncio.create_task(scheduler.run(lane, _job, started, lane, seconds, lock))
-             for lane, seconds in [("slow", 0.06), ("quick", 0.02)] for _ in range(6)]
+    tasks = [
+        asyncio.create_task(scheduler.run(lane, _job, started, lane, seconds, lock))
+        for lane, seconds in [("slow", 0.06), ("quick", 0.02)]
+        for _ in range(6)
+    ]
     await asyncio.gather(*tasks)
     first_eight = started[:8]
     assert 1 <= first_eight.count("slow") <= 3, started

@@ -18,11 +18,9 @@ from service.testing import free_port, made_serve
 
 
 @pytest.mark.slow
-def test_made_serve_answers_every_endpoint_and_stops_gracefully_on_sigterm(
-        tiny_store: Path, tmp_path: Path) -> None:
+def test_made_serve_answers_every_endpoint_and_stops_gracefully_on_sigterm(tiny_store: Path, tmp_path: Path) -> None:
     # A long batch delay keeps a /sample request in flight long enough to SIGTERM during it.
-    env = {"MADE_BATCH_DELAY_MS": "400", "MADE_API_KEY": "k3y", "MADE_DEFAULT_MODEL": "tiny10",
-           "OMP_NUM_THREADS": "1"}
+    env = {"MADE_BATCH_DELAY_MS": "400", "MADE_API_KEY": "k3y", "MADE_DEFAULT_MODEL": "tiny10", "OMP_NUM_THREADS": "1"}
     log_path = tmp_path / "serve.log"
     with made_serve(tiny_store, env=env, log_path=log_path) as server:
         base, proc = server.url, server.proc
@@ -38,8 +36,7 @@ def test_made_serve_answers_every_endpoint_and_stops_gracefully_on_sigterm(
             assert made.sample(5, seed=3, packed=True).array().shape == (5, 10)
             imputed = made.impute([[0, None, 1, 0, 1, 0, 0, 1, 1, None]], n_samples=3, seed=0)
             assert np.asarray(imputed.samples).shape == (1, 3, 10)
-            assert 'made_requests_total{endpoint="/sample",model="tiny10",status="200"} 1.0' in (
-                made.metrics())
+            assert 'made_requests_total{endpoint="/sample",model="tiny10",status="200"} 1.0' in (made.metrics())
             with pytest.raises(MadeAPIError) as info:
                 made.logprob([[0, 1, 2, 0, 1, 0, 0, 1, 1, 0]])
             assert info.value.status_code == 422
@@ -51,9 +48,12 @@ def test_made_serve_answers_every_endpoint_and_stops_gracefully_on_sigterm(
             in_flight: dict[str, object] = {}
 
             def slow_sample() -> None:
-                r = httpx.post(f"{base}/sample", json={"n": 2, "seed": 1},
-                               headers={"Authorization": "Bearer k3y", "X-Request-ID": "last-one"},
-                               timeout=30)
+                r = httpx.post(
+                    f"{base}/sample",
+                    json={"n": 2, "seed": 1},
+                    headers={"Authorization": "Bearer k3y", "X-Request-ID": "last-one"},
+                    timeout=30,
+                )
                 in_flight["status"] = r.status_code
                 in_flight["samples"] = r.json()["samples"]
 
@@ -72,8 +72,9 @@ def test_made_serve_answers_every_endpoint_and_stops_gracefully_on_sigterm(
     access = [e for e in lines if e["logger"] == "made.service.access"]
     assert any(e["request_id"] == "last-one" and e["status"] == 200 for e in access)
     assert all({"ts", "level", "message", "request_id", "duration_ms"} <= set(e) for e in access)
-    assert not [line for line in log_path.read_text().splitlines()
-                if line and not line.startswith("{")], "every log line is JSON"
+    assert not [line for line in log_path.read_text().splitlines() if line and not line.startswith("{")], (
+        "every log line is JSON"
+    )
 
 
 @pytest.mark.slow

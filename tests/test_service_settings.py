@@ -11,8 +11,7 @@ from service.server import load_settings
 from service.settings import Settings
 
 
-def test_environment_variables_are_read_with_the_made_prefix(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_variables_are_read_with_the_made_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MADE_STORE", "/srv/models")
     monkeypatch.setenv("MADE_PROVIDERS", "cuda, cpu")
     monkeypatch.setenv("MADE_MAX_ROWS", "12")
@@ -37,14 +36,17 @@ def test_explicit_values_override_the_environment(monkeypatch: pytest.MonkeyPatc
     assert load_settings(store=Path("/from/cli"), workers=None).store == Path("/from/cli")
 
 
-@pytest.mark.parametrize(("name", "value", "expected"), [
-    ("MADE_MAX_ROWS", "many", "MADE_MAX_ROWS: Input should be a valid integer"),
-    ("MADE_BATCH_DELAY_MS", "-1", "MADE_BATCH_DELAY_MS: Input should be greater than or equal"),
-    ("MADE_LOG_LEVEL", "loud", "MADE_LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL "
-                               "(got 'loud')"),
-])
-def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str,
-                                                     value: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("MADE_MAX_ROWS", "many", "MADE_MAX_ROWS: Input should be a valid integer"),
+        ("MADE_BATCH_DELAY_MS", "-1", "MADE_BATCH_DELAY_MS: Input should be greater than or equal"),
+        ("MADE_LOG_LEVEL", "loud", "MADE_LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got 'loud')"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as info:
         load_settings()

@@ -103,8 +103,7 @@ async def test_sample_and_sample_given(made: InProcessClient) -> None:
 
 
 async def test_impute_fills_records_with_distributions(made: InProcessClient) -> None:
-    status, body = await post(made, "/impute", {"records": [{"a": "red", "b": "yes"}], "n_samples": 4,
-                                                "seed": 0})
+    status, body = await post(made, "/impute", {"records": [{"a": "red", "b": "yes"}], "n_samples": 4, "seed": 0})
     assert status == 200, body
     assert body["records"][0]["a"] == "red" and body["records"][0]["c"] in {"p", "q", "r", "s"}
     dist = body["distributions"][0]
@@ -114,34 +113,50 @@ async def test_impute_fills_records_with_distributions(made: InProcessClient) ->
 
 
 async def test_numbers_in_records(made: InProcessClient) -> None:
-    status, body = await post(made, "/impute", {"model": "mixed", "records": [{"kind": "z", "size": 3.5}],
-                                                "seed": 0, "n_importance": 200})
+    status, body = await post(
+        made, "/impute", {"model": "mixed", "records": [{"kind": "z", "size": 3.5}], "seed": 0, "n_importance": 200}
+    )
     assert status == 200, body
     score = body["distributions"][0]["score"]
     assert set(score) == {"mean", "sd", "q05", "q50", "q95"} and score["q05"] <= score["q50"] <= score["q95"]
     assert set(body["distributions"][0]["budget"]) >= {"p_absent", "mean"}
-    status, body = await post(made, "/logprob", {"model": "mixed", "records": [
-        {"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"}, {"kind": "x", "size": 2.5, "score": 1.5,
-                                                                   "budget": 2500}]})
+    status, body = await post(
+        made,
+        "/logprob",
+        {
+            "model": "mixed",
+            "records": [
+                {"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"},
+                {"kind": "x", "size": 2.5, "score": 1.5, "budget": 2500},
+            ],
+        },
+    )
     assert status == 200 and all(np.isfinite(body["logprob"]))
 
 
-@pytest.mark.parametrize(("body", "status", "detail"), [
-    ({"records": [{"a": "purple"}]}, 422, "records[0], column 'a': 'purple' is not a level of this column; it has "
-                                          "3 levels: 'blue', 'green', 'red'"),
-    ({"records": [{"colour": "red"}]}, 422, "records[0] has no column 'colour'; the columns are a, b, c, d"),
-    ({"records": [{"a": 3}]}, 422, "records[0], column 'a': '3' is not a level"),
-    ({"records": []}, 422, "records must be a non-empty list"),
-    ({"records": [["red"]]}, 422, "records row 0: input should be a valid dictionary"),
-    ({"model": "mixed", "records": [{"size": "big"}]}, 422, "records[0], column 'size': 'big' is not a number"),
-    ({"model": "mixed", "records": [{"size": -2}]}, 422, "records[0], column 'size': -2 is not positive"),
-    ({"model": "mixed", "records": [{"score": "NA"}]}, 422, "records[0], column 'score': the value is absent"),
-    ({"x": [[0, 1, 0, 1]]}, 422, "model 'cats' models the columns of a table (a, b, c, d): send \"records\""),
-    ({"model": "tiny", "records": RECORDS}, 422, "this model reads rows of 0/1 (x or x_b64), not records"),
-    ({"records": RECORDS, "masks": 7}, 422, "masks 7 does not exist"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        (
+            {"records": [{"a": "purple"}]},
+            422,
+            "records[0], column 'a': 'purple' is not a level of this column; it has 3 levels: 'blue', 'green', 'red'",
+        ),
+        ({"records": [{"colour": "red"}]}, 422, "records[0] has no column 'colour'; the columns are a, b, c, d"),
+        ({"records": [{"a": 3}]}, 422, "records[0], column 'a': '3' is not a level"),
+        ({"records": []}, 422, "records must be a non-empty list"),
+        ({"records": [["red"]]}, 422, "records row 0: input should be a valid dictionary"),
+        ({"model": "mixed", "records": [{"size": "big"}]}, 422, "records[0], column 'size': 'big' is not a number"),
+        ({"model": "mixed", "records": [{"size": -2}]}, 422, "records[0], column 'size': -2 is not positive"),
+        ({"model": "mixed", "records": [{"score": "NA"}]}, 422, "records[0], column 'score': the value is absent"),
+        ({"x": [[0, 1, 0, 1]]}, 422, "model 'cats' models the columns of a table (a, b, c, d): send \"records\""),
+        ({"model": "tiny", "records": RECORDS}, 422, "this model reads rows of 0/1 (x or x_b64), not records"),
+        ({"records": RECORDS, "masks": 7}, 422, "masks 7 does not exist"),
+    ],
+)
 async def test_bad_records_are_422_naming_record_column_and_what_is_allowed(
-        made: InProcessClient, body: dict, status: int, detail: str) -> None:
+    made: InProcessClient, body: dict, status: int, detail: str
+) -> None:
     got, answer = await post(made, "/logprob", body)
     assert got == status and answer["detail"].startswith(detail), answer
     assert answer["errors"][0]["msg"] == answer["detail"]
@@ -160,10 +175,13 @@ async def test_other_endpoints_refuse_table_models_clearly(made: InProcessClient
     assert got == 200  # the bits model beside them answers as before
 
 
-async def test_explain_gives_numbers_their_surprisal_given_the_others(made: InProcessClient,
-                                                                       registry: ModelRegistry) -> None:
-    records = [{"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"},
-               {"kind": "z", "size": 0.5, "score": 25.0, "budget": 5000}]  # a budget far from 1000 x size
+async def test_explain_gives_numbers_their_surprisal_given_the_others(
+    made: InProcessClient, registry: ModelRegistry
+) -> None:
+    records = [
+        {"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"},
+        {"kind": "z", "size": 0.5, "score": 25.0, "budget": 5000},
+    ]  # a budget far from 1000 x size
     status, body = await post(made, "/logprob", {"model": "mixed", "records": records, "explain": True})
     assert status == 200, body
     engine = registry.get("mixed")
@@ -176,14 +194,18 @@ async def test_explain_gives_numbers_their_surprisal_given_the_others(made: InPr
     assert body["surprisal"][1]["budget"]["given_others"] > 10 > body["surprisal"][0]["budget"]["given_others"]
     status, body = await post(made, "/logprob", {"model": "mixed", "records": records * 17, "explain": True})
     assert status == 422 and body["errors"][0]["loc"] == ["body", "explain"]
-    assert body["detail"] == "explain is for a few records at a time: at most 32 per request on a model with " \
-                             "numeric columns, got 34"
+    assert (
+        body["detail"] == "explain is for a few records at a time: at most 32 per request on a model with "
+        "numeric columns, got 34"
+    )
 
 
 # --- /conditionals on records -----------------------------------------------------------------------
 
+
 async def test_conditionals_of_records_are_the_engines_per_column_likelihoods(
-        made: InProcessClient, registry: ModelRegistry) -> None:
+    made: InProcessClient, registry: ModelRegistry
+) -> None:
     engine = registry.get("cats")
     assert isinstance(engine, TableEngine)
     values = parse_records(engine.schema, RECORDS)
@@ -208,10 +230,13 @@ async def test_conditionals_of_records_are_the_engines_per_column_likelihoods(
     assert body["mask"] == 0 and body["conditionals"][0][first] == pytest.approx(body["conditionals"][1][first])
 
 
-async def test_conditionals_of_numbers_summarise_them_like_impute(made: InProcessClient,
-                                                                  registry: ModelRegistry) -> None:
-    records = [{"kind": "z", "size": 3.5, "score": 20.1, "budget": 3480},
-               {"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"}]
+async def test_conditionals_of_numbers_summarise_them_like_impute(
+    made: InProcessClient, registry: ModelRegistry
+) -> None:
+    records = [
+        {"kind": "z", "size": 3.5, "score": 20.1, "budget": 3480},
+        {"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"},
+    ]
     status, body = await post(made, "/conditionals", {"model": "mixed", "records": records, "mask": 1})
     assert status == 200, body
     engine = registry.get("mixed")
@@ -228,21 +253,31 @@ async def test_conditionals_of_numbers_summarise_them_like_impute(made: InProces
         assert sum(rec["kind"].values()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(("body", "loc", "detail"), [
-    ({"records": [{"a": "red", "b": "yes", "c": "q"}]}, ["body", "records", 0, "d"],
-     "records[0], column 'd' is unknown (null or left out), but /conditionals needs complete records"),
-    ({"records": [{**RECORDS[0], "d": None}]}, ["body", "records", 0, "d"], "records[0], column 'd' is unknown"),
-    ({"records": [{**RECORDS[0], "a": "purple"}]}, ["body", "records", 0, "a"],
-     "records[0], column 'a': 'purple' is not a level"),
-    ({"records": [{**RECORDS[0], "e": 1}]}, ["body", "records", 0, "e"], "records[0] has no column 'e'"),
-    ({"records": RECORDS, "mask": 3}, ["body", "mask"], "mask 3 does not exist: model 'cats' has 3 masks"),
-    ({"records": RECORDS, "mask": -1}, ["body", "mask"], "mask: must be a mask index"),
-    ({"records": RECORDS, "x": [[0, 1]]}, ["body"], "send the rows as x"),
-    ({"x": [[0, 1, 0, 1]]}, ["body", "x"], "model 'cats' models the columns of a table"),
-    ({"model": "tiny", "records": RECORDS}, ["body", "records"], "this model reads rows of 0/1"),
-])
-async def test_conditionals_refuse_bad_records_with_their_loc(made: InProcessClient, body: dict, loc: list,
-                                                              detail: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "loc", "detail"),
+    [
+        (
+            {"records": [{"a": "red", "b": "yes", "c": "q"}]},
+            ["body", "records", 0, "d"],
+            "records[0], column 'd' is unknown (null or left out), but /conditionals needs complete records",
+        ),
+        ({"records": [{**RECORDS[0], "d": None}]}, ["body", "records", 0, "d"], "records[0], column 'd' is unknown"),
+        (
+            {"records": [{**RECORDS[0], "a": "purple"}]},
+            ["body", "records", 0, "a"],
+            "records[0], column 'a': 'purple' is not a level",
+        ),
+        ({"records": [{**RECORDS[0], "e": 1}]}, ["body", "records", 0, "e"], "records[0] has no column 'e'"),
+        ({"records": RECORDS, "mask": 3}, ["body", "mask"], "mask 3 does not exist: model 'cats' has 3 masks"),
+        ({"records": RECORDS, "mask": -1}, ["body", "mask"], "mask: must be a mask index"),
+        ({"records": RECORDS, "x": [[0, 1]]}, ["body"], "send the rows as x"),
+        ({"x": [[0, 1, 0, 1]]}, ["body", "x"], "model 'cats' models the columns of a table"),
+        ({"model": "tiny", "records": RECORDS}, ["body", "records"], "this model reads rows of 0/1"),
+    ],
+)
+async def test_conditionals_refuse_bad_records_with_their_loc(
+    made: InProcessClient, body: dict, loc: list, detail: str
+) -> None:
     got, answer = await post(made, "/conditionals", body)
     assert got == 422 and answer["detail"].startswith(detail), answer
     assert answer["errors"][0]["loc"] == loc, answer
@@ -257,12 +292,13 @@ async def test_conditionals_of_bits_are_unchanged(made: InProcessClient) -> None
 
 @pytest.mark.slow
 def test_records_through_a_real_server_and_the_client(both_store: Path) -> None:
-    with made_serve(both_store, env={"MADE_DEFAULT_MODEL": "cats", "OMP_NUM_THREADS": "1"}) as server, \
-            MadeClient(server.url, timeout=60) as made:
+    with (
+        made_serve(both_store, env={"MADE_DEFAULT_MODEL": "cats", "OMP_NUM_THREADS": "1"}) as server,
+        MadeClient(server.url, timeout=60) as made,
+    ):
         lp = made.logprob_records(RECORDS)
         engine = TableEngine(open_model(both_store, "cats"), ["CPUExecutionProvider"], threads=1)
-        np.testing.assert_allclose(lp.logprob, engine.logprob(parse_records(engine.schema, RECORDS)).logprob,
-                                   atol=1e-9)
+        np.testing.assert_allclose(lp.logprob, engine.logprob(parse_records(engine.schema, RECORDS)).logprob, atol=1e-9)
         assert len(made.sample_records(5, seed=1, given={"b": "no"})) == 5
         imputed = made.impute_records([{"a": "green"}], n_samples=2, seed=1)
         assert imputed.records and imputed.records[0]["a"] == "green"
@@ -287,8 +323,9 @@ CSV = "a,b,c,d,id\nred,yes,q,u,17\nblue,no,s,,18\ngreen,,p,v,19\n"  # b empty: n
 
 
 async def test_a_csv_file_is_scored_with_one_request(made: InProcessClient, registry: ModelRegistry) -> None:
-    r = await made.http.post("/logprob?model=cats&seed=4", content=CSV.encode(),
-                             headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+    r = await made.http.post(
+        "/logprob?model=cats&seed=4", content=CSV.encode(), headers={"Content-Type": "text/csv", "Accept": "text/csv"}
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/csv") and r.headers["x-request-id"]
     lines = r.text.splitlines()
@@ -297,8 +334,11 @@ async def test_a_csv_file_is_scored_with_one_request(made: InProcessClient, regi
     assert [c[4] for c in cells] == ["17", "18", "19"]
     engine = registry.get("cats")
     assert isinstance(engine, TableEngine)
-    records = [{"a": "red", "b": "yes", "c": "q", "d": "u"}, {"a": "blue", "b": "no", "c": "s", "d": "NA"},
-               {"a": "green", "c": "p", "d": "v"}]  # the empty d is the level NA; the empty b unknown
+    records = [
+        {"a": "red", "b": "yes", "c": "q", "d": "u"},
+        {"a": "blue", "b": "no", "c": "s", "d": "NA"},
+        {"a": "green", "c": "p", "d": "v"},
+    ]  # the empty d is the level NA; the empty b unknown
     expected = engine.logprob(parse_records(engine.schema, records), seed=4)
     np.testing.assert_allclose([float(c[5]) for c in cells], expected.logprob, atol=1e-9)
     assert [c[6] for c in cells] == [str(e).lower() for e in expected.exact]
@@ -309,8 +349,9 @@ async def test_a_csv_file_is_scored_with_one_request(made: InProcessClient, regi
 
 async def test_csv_errors_are_json_and_name_the_problem(made: InProcessClient) -> None:
     bad = "a,b\nred,perhaps\n"
-    r = await made.http.post("/logprob", content=bad.encode(), headers={"Content-Type": "text/csv",
-                                                                         "Accept": "text/csv"})
+    r = await made.http.post(
+        "/logprob", content=bad.encode(), headers={"Content-Type": "text/csv", "Accept": "text/csv"}
+    )
     assert r.status_code == 422 and "CSV row 0, column 'b': 'perhaps' is not a level" in r.json()["detail"]
     r = await made.http.post("/logprob?model=tiny", content=CSV.encode(), headers={"Content-Type": "text/csv"})
     assert r.status_code == 422 and "CSV bodies are for table models" in r.json()["detail"]
@@ -324,6 +365,7 @@ async def test_csv_requests_need_the_api_key_like_json(both_store: Path, registr
     async with in_process(Settings(store=both_store, default_model="cats", api_key="k"), registry) as client:
         r = await client.http.post("/logprob", content=CSV.encode(), headers={"Content-Type": "text/csv"})
         assert r.status_code == 401
-        r = await client.http.post("/logprob", content=CSV.encode(),
-                                   headers={"Content-Type": "text/csv", "Authorization": "Bearer k"})
+        r = await client.http.post(
+            "/logprob", content=CSV.encode(), headers={"Content-Type": "text/csv", "Authorization": "Bearer k"}
+        )
         assert r.status_code == 200, r.text

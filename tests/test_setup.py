@@ -19,8 +19,14 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 def _dry_run(*args: str, env: dict[str, str] | None = None) -> list[str]:
     """The commands `make -n ARGS` would run, without running them."""
     clean = {k: v for k, v in os.environ.items() if k not in ("MADE_HOST", "MADE_PORT")}
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), *args], capture_output=True, text=True,
-                         env={**clean, **(env or {})}, check=True, timeout=60).stdout
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        check=True,
+        timeout=60,
+    ).stdout
     return out.splitlines()
 
 

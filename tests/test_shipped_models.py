@@ -54,12 +54,15 @@ def test_the_default_binarized_mnist_model_has_the_promised_shape() -> None:
     assert len(manifest["metrics"]["test_nll_per_mask"]) == manifest["n_masks"]
 
 
-@pytest.mark.parametrize(("name", "variable", "run_variable"), [
-    (PREFERRED_DEFAULT, "BMNIST_ARGS", "BMNIST_RUN"),
-    ("mushrooms", "MUSHROOMS_ARGS", None),
-    ("diamonds", "TABLE_ARGS", None),
-    ("health-insurance", "TABLE_ARGS", None),
-])
+@pytest.mark.parametrize(
+    ("name", "variable", "run_variable"),
+    [
+        (PREFERRED_DEFAULT, "BMNIST_ARGS", "BMNIST_RUN"),
+        ("mushrooms", "MUSHROOMS_ARGS", None),
+        ("diamonds", "TABLE_ARGS", None),
+        ("health-insurance", "TABLE_ARGS", None),
+    ],
+)
 def test_the_makefile_command_trains_what_was_shipped(name: str, variable: str, run_variable: str | None) -> None:
     """`make model-NAME` passes these arguments to `made train`: they describe exactly the
     training configuration recorded in the shipped manifest (data paths aside)."""

@@ -89,8 +89,19 @@ def test_a_manifest_lacking_a_field_is_refused_by_name(store: Path, field: str) 
 
 
 def test_contract_fields_are_all_required() -> None:
-    contract = {"format_version", "name", "version", "dims", "hidden", "n_masks", "orderings",
-                "files", "dataset", "metrics", "created_at"}
+    contract = {
+        "format_version",
+        "name",
+        "version",
+        "dims",
+        "hidden",
+        "n_masks",
+        "orderings",
+        "files",
+        "dataset",
+        "metrics",
+        "created_at",
+    }
     assert contract <= set(REQUIRED)
 
 
@@ -107,9 +118,7 @@ def test_contract_fields_are_all_required() -> None:
         ({"files": {"model.onnx": "0" * 64}}, "checksum"),
     ],
 )
-def test_an_inconsistent_manifest_is_refused_by_name(
-    store: Path, change: dict[str, object], expected: str
-) -> None:
+def test_an_inconsistent_manifest_is_refused_by_name(store: Path, change: dict[str, object], expected: str) -> None:
     _edit_manifest(store, change)
     message = _refusal(store)
     assert str(store / "tiny" / "1") in message and expected in message

@@ -39,8 +39,7 @@ def test_the_schema_is_read_from_the_csv_header_and_kept_in_the_manifest(cats: T
     assert cats.manifest["dataset"]["name"] == "cats"
 
 
-def test_every_mask_and_the_mixture_are_normalised(joint: tuple[np.ndarray, np.ndarray],
-                                                   cats: TableEngine) -> None:
+def test_every_mask_and_the_mixture_are_normalised(joint: tuple[np.ndarray, np.ndarray], cats: TableEngine) -> None:
     records, logp = joint
     assert len(records) == 3 * 2 * 4 * 3
     np.testing.assert_allclose(np.logaddexp.reduce(logp, axis=1), 0.0, atol=1e-5)
@@ -67,8 +66,7 @@ def test_export_matches_torch_on_real_rows(table_store: Path, cats: TableEngine)
 def test_unknown_cells_are_summed_out(joint: tuple[np.ndarray, np.ndarray], cats: TableEngine) -> None:
     records, logp = joint
     mix = _mixture(logp)
-    queries = np.array([[0, np.nan, 2, np.nan], [np.nan, 1, np.nan, 2], [2, 0, 3, np.nan],
-                        [np.nan, np.nan, np.nan, 1]])
+    queries = np.array([[0, np.nan, 2, np.nan], [np.nan, 1, np.nan, 2], [2, 0, 3, np.nan], [np.nan, np.nan, np.nan, 1]])
     result = cats.logprob(queries, seed=0, n_importance=4000)
     for row, lp, exact, se in zip(queries, result.logprob, result.exact, result.stderr, strict=True):
         match = np.all(np.isnan(row) | (records == row), axis=1)
@@ -80,8 +78,7 @@ def test_unknown_cells_are_summed_out(joint: tuple[np.ndarray, np.ndarray], cats
     assert not result.exact.all()  # the test covers both paths
 
 
-def test_imputed_distributions_are_the_exact_posterior(joint: tuple[np.ndarray, np.ndarray],
-                                                       cats: TableEngine) -> None:
+def test_imputed_distributions_are_the_exact_posterior(joint: tuple[np.ndarray, np.ndarray], cats: TableEngine) -> None:
     records, logp = joint
     mix = _mixture(logp)
     rows = np.array([[1, np.nan, np.nan, 0], [np.nan, 0, 1, np.nan]])
@@ -99,8 +96,9 @@ def test_imputed_distributions_are_the_exact_posterior(joint: tuple[np.ndarray, 
         assert result.ess[i] >= (SUMMARY_DRAWS if result.exact[i] else 10)
 
 
-def test_samples_follow_the_model_and_repeat_with_their_seed(joint: tuple[np.ndarray, np.ndarray],
-                                                             cats: TableEngine) -> None:
+def test_samples_follow_the_model_and_repeat_with_their_seed(
+    joint: tuple[np.ndarray, np.ndarray], cats: TableEngine
+) -> None:
     records, logp = joint
     probs = np.exp(_mixture(logp))
     n = 20_000
@@ -134,6 +132,7 @@ def test_numbers_and_absent_numbers(table_store: Path) -> None:
 
 # --- explain: each column's surprisal given every other ---------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mixed(table_store: Path) -> TableEngine:
     return TableEngine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], threads=1)
@@ -148,8 +147,9 @@ def _mixed_rows(mixed: TableEngine) -> np.ndarray:
     return rows
 
 
-def test_given_others_of_a_category_is_the_enumerated_posterior(joint: tuple[np.ndarray, np.ndarray],
-                                                               cats: TableEngine) -> None:
+def test_given_others_of_a_category_is_the_enumerated_posterior(
+    joint: tuple[np.ndarray, np.ndarray], cats: TableEngine
+) -> None:
     records, logp = joint
     mix = _mixture(logp)
     rows = records[[0, 17, 40, 71]]
@@ -183,8 +183,9 @@ def test_given_others_of_a_number_sums_over_every_rounding_bin(mixed: TableEngin
     assert np.all(np.isfinite(got)) and np.all(got[:, 0] >= 0)
 
 
-def test_given_others_of_a_number_converges_on_a_finer_grid(mixed: TableEngine,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_given_others_of_a_number_converges_on_a_finer_grid(
+    mixed: TableEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import service.engine.table_engine as te
 
     rows = _mixed_rows(mixed)
@@ -205,8 +206,9 @@ def test_given_others_of_a_continuous_number_is_a_density(table_store: Path) -> 
     from made.schema import Schema
 
     engine = TableEngine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], threads=1)
-    engine.schema = Schema(tuple(dataclasses.replace(col, decimals=None) if col.name == "score" else col
-                                 for col in engine.schema.columns))
+    engine.schema = Schema(
+        tuple(dataclasses.replace(col, decimals=None) if col.name == "score" else col for col in engine.schema.columns)
+    )
     rows = _mixed_rows(engine)[[0, 3]]
     c, step = 2, 0.002
     grid = np.arange(-80.0, 80.0, step)
@@ -221,6 +223,7 @@ def test_given_others_of_a_continuous_number_is_a_density(table_store: Path) -> 
 
 
 # --- per-column conditionals ------------------------------------------------------------------------
+
 
 def test_conditionals_are_the_engines_own_column_likelihoods(cats: TableEngine) -> None:
     rows = np.array([[0, 1, 2, 0], [2, 0, 3, 2], [1, 1, 0, 1]], dtype=float)

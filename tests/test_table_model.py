@@ -15,25 +15,36 @@ from made.heads import column_loglik, sample_column
 from made.schema import ABSENT, Column, Schema
 from training.table_model import TableMADE, TableMADEConfig
 
-CATS = Schema((
-    Column("a", "categorical", ("x", "y", "z")),
-    Column("b", "binary", ("no", "yes")),
-    Column("c", "categorical", ("p", "q", "r", "s")),
-    Column("d", "categorical", ("NA", "u", "v")),
-))
-MIXED = Schema((
-    Column("n", "numeric", transform="none", loc=1.0, scale=2.0, decimals=1, components=3),
-    Column("k", "categorical", ("a", "b", "c")),
-    Column("w", "numeric", transform="log", loc=0.5, scale=0.7, decimals=2, nullable=True, components=2),
-    Column("f", "binary", ("0", "1")),
-    Column("g", "numeric", transform="none", loc=0.0, scale=1.0, decimals=None, components=4),
-))
+CATS = Schema(
+    (
+        Column("a", "categorical", ("x", "y", "z")),
+        Column("b", "binary", ("no", "yes")),
+        Column("c", "categorical", ("p", "q", "r", "s")),
+        Column("d", "categorical", ("NA", "u", "v")),
+    )
+)
+MIXED = Schema(
+    (
+        Column("n", "numeric", transform="none", loc=1.0, scale=2.0, decimals=1, components=3),
+        Column("k", "categorical", ("a", "b", "c")),
+        Column("w", "numeric", transform="log", loc=0.5, scale=0.7, decimals=2, nullable=True, components=2),
+        Column("f", "binary", ("0", "1")),
+        Column("g", "numeric", transform="none", loc=0.0, scale=1.0, decimals=None, components=4),
+    )
+)
 
 
 def _model(schema: Schema, masks: int = 4, direct: bool = True, seed: int = 0) -> TableMADE:
     torch.manual_seed(seed)
-    cfg = TableMADEConfig(columns=schema.to_json(), hidden=[16, 12], n_masks=masks, order_agnostic=True,
-                          connectivity_agnostic=True, direct=direct, mask_seed=seed)
+    cfg = TableMADEConfig(
+        columns=schema.to_json(),
+        hidden=[16, 12],
+        n_masks=masks,
+        order_agnostic=True,
+        connectivity_agnostic=True,
+        direct=direct,
+        mask_seed=seed,
+    )
     model = TableMADE(cfg)
     with torch.no_grad():  # large random weights: a model far from uniform, so errors show
         for p in model.parameters():
@@ -97,14 +108,16 @@ def test_a_numeric_column_sums_to_one_over_its_bins_and_integrates_to_one_as_a_d
             top = 60 if col.transform == "none" else 1000
             grid = np.round(np.arange(0 if col.transform == "log" else -60, top + r / 2, r), col.decimals)
             grid = grid[grid >= 0] if col.transform == "log" else grid
-            mass = [np.exp(np.logaddexp.reduce(column_loglik(col, np.repeat(p[i:i + 1], len(grid), 0), grid)))
-                    for i in range(3)]
+            mass = [
+                np.exp(np.logaddexp.reduce(column_loglik(col, np.repeat(p[i : i + 1], len(grid), 0), grid)))
+                for i in range(3)
+            ]
             absent = np.exp(column_loglik(col, p, np.full(3, ABSENT))) if col.nullable else np.zeros(3)
             np.testing.assert_allclose(np.array(mass) + absent, 1.0, atol=2e-4)
         else:  # a density: trapezoid over a fine grid
             grid = np.linspace(-40, 40, 400_001)
             for i in range(3):
-                dens = np.exp(column_loglik(col, np.repeat(p[i:i + 1], len(grid), 0), grid))
+                dens = np.exp(column_loglik(col, np.repeat(p[i : i + 1], len(grid), 0), grid))
                 assert abs(np.trapezoid(dens, grid) - 1.0) < 1e-4
 
 

@@ -73,7 +73,7 @@ def test_free_text_is_a_one_line_error_naming_the_column(tmp_path: Path) -> None
 
 def test_a_level_never_seen_in_training_names_line_column_and_value(tmp_path: Path) -> None:
     rows = _rows()
-    bad = rows[:3] + ["purple" + rows[3][rows[3].index(","):]]
+    bad = rows[:3] + ["purple" + rows[3][rows[3].index(",") :]]
     path = _splits(tmp_path, "t", HEADER, rows, valid=bad)
     with pytest.raises(DataError) as info:
         load_table_dataset(str(path), drop_columns=("title",))
@@ -146,12 +146,25 @@ def test_bit_groups_become_categories(data_dir: Path) -> None:
 def test_real_tables_infer_their_documented_kinds(data_dir: Path) -> None:
     diamonds = load_table_dataset(str(data_dir / "tables" / "diamonds_train.csv"))
     kinds = {c.name: c.kind for c in diamonds.schema.columns}
-    assert kinds == {"carat": "numeric", "cut": "categorical", "color": "categorical", "clarity": "categorical",
-                     "depth": "numeric", "table": "numeric", "price": "numeric", "x": "numeric", "y": "numeric",
-                     "z": "numeric"}
+    assert kinds == {
+        "carat": "numeric",
+        "cut": "categorical",
+        "color": "categorical",
+        "clarity": "categorical",
+        "depth": "numeric",
+        "table": "numeric",
+        "price": "numeric",
+        "x": "numeric",
+        "y": "numeric",
+        "z": "numeric",
+    }
     assert diamonds.split("train").shape == (43152, 10)
-    result = subprocess.run([str(MADE_BIN), "train", "--dataset", str(data_dir / "tables" / "movies_train.csv"),
-                             "--out", "unused"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(MADE_BIN), "train", "--dataset", str(data_dir / "tables" / "movies_train.csv"), "--out", "unused"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert "column 'title' looks like free text" in result.stderr and "--drop-columns title" in result.stderr
     movies = load_table_dataset(str(data_dir / "tables" / "movies_train.csv"), drop_columns=("title",))

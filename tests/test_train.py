@@ -28,15 +28,24 @@ from training.model import MADE, MADEConfig
 from training.train import CONFIG, CURVE, HISTORY, METRICS, TrainConfig, Trainer
 
 MADE_BIN = Path(sys.executable).with_name("made")
-NLL_FIELDS = ("best_epoch", "epochs", "valid_nll", "valid_nll_stderr", "valid_nll_per_mask",
-              "test_nll", "test_nll_stderr", "test_nll_per_mask", "valid_n", "test_n")
+NLL_FIELDS = (
+    "best_epoch",
+    "epochs",
+    "valid_nll",
+    "valid_nll_stderr",
+    "valid_nll_per_mask",
+    "test_nll",
+    "test_nll_stderr",
+    "test_nll_per_mask",
+    "valid_n",
+    "test_n",
+)
 
 
 def _config(data: Path, **overrides: Any) -> TrainConfig:
     model = overrides.pop("model", {})
     dims = int(np.load(data)["train"].shape[1])
-    base: dict[str, Any] = dict(dataset=str(data), seed=0, max_epochs=4, batch_size=50, lr=1e-2,
-                                patience=50)
+    base: dict[str, Any] = dict(dataset=str(data), seed=0, max_epochs=4, batch_size=50, lr=1e-2, patience=50)
     base.update(overrides)
     return TrainConfig(model=MADEConfig(dims=dims, **{"hidden": [16], **model}), **base)
 
@@ -74,8 +83,11 @@ def data10(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(data10: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
     """K=3 order- and connectivity-agnostic masks, two hidden layers, 6 epochs."""
-    cfg = _config(data10, max_epochs=6, model=dict(hidden=[16, 16], n_masks=3, order_agnostic=True,
-                                                   connectivity_agnostic=True, mask_seed=4))
+    cfg = _config(
+        data10,
+        max_epochs=6,
+        model=dict(hidden=[16, 16], n_masks=3, order_agnostic=True, connectivity_agnostic=True, mask_seed=4),
+    )
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     _train(cfg, run_dir)
     return cfg, run_dir
@@ -90,8 +102,7 @@ def test_same_seed_reproduces_weights_and_metrics_exactly(data10: Path, tmp_path
     assert _nll_metrics(tmp_path / "a") == _nll_metrics(tmp_path / "b")
     assert _history(tmp_path / "a") == _history(tmp_path / "b")
     # another seed is another run (weights, shuffling and mask draws all differ)
-    _train(_config(data10, seed=1, model=dict(n_masks=2, order_agnostic=True, direct=True)),
-           tmp_path / "c")
+    _train(_config(data10, seed=1, model=dict(n_masks=2, order_agnostic=True, direct=True)), tmp_path / "c")
     a, c = _tensors(tmp_path / "a" / BEST), _tensors(tmp_path / "c" / BEST)
     assert not torch.equal(a["layers.0.weight"], c["layers.0.weight"])
     assert _history(tmp_path / "a") != _history(tmp_path / "c")
@@ -167,21 +178,21 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(tmp_path: P
     rng = np.random.default_rng(0)
     coins = lambda n: (rng.random((n, 10)) < 0.5).astype(np.uint8)  # noqa: E731
     np.savez(tmp_path / "overfit.npz", train=coins(20), valid=coins(200), test=coins(50))
-    cfg = _config(tmp_path / "overfit.npz", max_epochs=300, patience=3, batch_size=10, lr=3e-2,
-                  model=dict(hidden=[64]))
+    cfg = _config(tmp_path / "overfit.npz", max_epochs=300, patience=3, batch_size=10, lr=3e-2, model=dict(hidden=[64]))
     metrics = _train(cfg, tmp_path / "run")
     valids = [v for _, _, v in _history(tmp_path / "run")]
     assert metrics["epochs"] < 300
     assert metrics["epochs"] == metrics["best_epoch"] + 3 == len(valids)
     best = valids[metrics["best_epoch"] - 1]
     assert best == min(valids)
-    assert all(v >= best for v in valids[metrics["best_epoch"]:])
+    assert all(v >= best for v in valids[metrics["best_epoch"] :])
 
 
 def test_adagrad_learns_and_a_longer_resumed_run_matches_one_run(data10: Path, tmp_path: Path) -> None:
     """Resume restores the optimizer's accumulators, the random stream and the stepped rate."""
-    kwargs: dict[str, Any] = dict(optimizer="adagrad", lr=0.05, lr_step=2, lr_gamma=0.5,
-                                  model=dict(n_masks=2, connectivity_agnostic=True))
+    kwargs: dict[str, Any] = dict(
+        optimizer="adagrad", lr=0.05, lr_step=2, lr_gamma=0.5, model=dict(n_masks=2, connectivity_agnostic=True)
+    )
     whole = _train(_config(data10, max_epochs=6, **kwargs), tmp_path / "whole")
     _train(_config(data10, max_epochs=3, **kwargs), tmp_path / "split")
     split = _train(_config(data10, max_epochs=6, **kwargs), tmp_path / "split")
@@ -234,12 +245,33 @@ def _checkpoint_epoch(path: Path) -> int:
 def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "chain20.npz", 20, seed=5, n=3000)
     run_dir = tmp_path / "killed"
-    args = ["train", "--dataset", str(data), "--hidden", "32", "--masks", "2", "--order-agnostic",
-            "--seed", "3", "--max-epochs", "14", "--patience", "100", "--batch-size", "50",
-            "--lr", "0.005", "--threads", "1", "--no-progress", "--out", str(run_dir)]
+    args = [
+        "train",
+        "--dataset",
+        str(data),
+        "--hidden",
+        "32",
+        "--masks",
+        "2",
+        "--order-agnostic",
+        "--seed",
+        "3",
+        "--max-epochs",
+        "14",
+        "--patience",
+        "100",
+        "--batch-size",
+        "50",
+        "--lr",
+        "0.005",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run_dir),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(MADE_BIN), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen([str(MADE_BIN), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 120
         while _checkpoint_epoch(run_dir / CHECKPOINT) < 2:
@@ -258,8 +290,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) ->
     # as if the kill had also cut a write short: its temporary file is left behind
     (run_dir / f".{CHECKPOINT}.k1ll3d.tmp").write_bytes(b"half a checkpoint")
 
-    resumed = subprocess.run([str(MADE_BIN), *args], capture_output=True, text=True, env=env,
-                             timeout=300)
+    resumed = subprocess.run([str(MADE_BIN), *args], capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {run_dir} after epoch {killed_at}" in resumed.stderr
     assert json.loads(resumed.stdout.splitlines()[-1])["test_nll"] > 0
@@ -301,8 +332,7 @@ def test_a_file_killed_mid_rewrite_is_always_whole(tmp_path: Path) -> None:
     version (the kill lands in a write most of the time)."""
     target = tmp_path / "state.bin"
     for delay in (0.05, 0.13, 0.31):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             time.sleep(delay)
@@ -360,9 +390,24 @@ def test_rebinarize_with_images_of_another_split_is_one_line_exit_2(tmp_path: Pa
     images = np.load(gray)["train_images"]
     np.savez(tmp_path / "shuffled.npz", train_images=images[::-1].copy())
     result = subprocess.run(
-        [str(MADE_BIN), "train", "--dataset", str(data), "--rebinarize", str(tmp_path / "shuffled.npz"),
-         "--hidden", "8", "--max-epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(MADE_BIN),
+            "train",
+            "--dataset",
+            str(data),
+            "--rebinarize",
+            str(tmp_path / "shuffled.npz"),
+            "--hidden",
+            "8",
+            "--max-epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not the images it was drawn from" in result.stderr

@@ -49,13 +49,20 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
     return config, tensors, metrics
 
 
-def graph_from_tensors(tensors: dict[str, np.ndarray], n_hidden: int, direct: bool,
-                       weight_dtype: str = "float32") -> onnx.ModelProto:
+def graph_from_tensors(
+    tensors: dict[str, np.ndarray], n_hidden: int, direct: bool, weight_dtype: str = "float32"
+) -> onnx.ModelProto:
     weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
     biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
     hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
-    return build_graph(weights, biases, tensors["input_degrees"], hidden_degrees,
-                       tensors["direct.weight"] if direct else None, weight_dtype=weight_dtype)
+    return build_graph(
+        weights,
+        biases,
+        tensors["input_degrees"],
+        hidden_degrees,
+        tensors["direct.weight"] if direct else None,
+        weight_dtype=weight_dtype,
+    )
 
 
 def _dataset_image_shape(config: dict[str, Any]) -> list[int] | None:
@@ -68,8 +75,15 @@ def _dataset_image_shape(config: dict[str, Any]) -> list[int] | None:
     return None
 
 
-def _export_table_run(config: dict[str, Any], tensors: dict[str, np.ndarray], metrics: dict[str, Any],
-                      store: Path, name: str, version: str | None, weight_dtype: str) -> Path:
+def _export_table_run(
+    config: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    metrics: dict[str, Any],
+    store: Path,
+    name: str,
+    version: str | None,
+    weight_dtype: str,
+) -> Path:
     """A table model: the graph maps network inputs (N, U_in) to every column's parameters
     (N, U_out); the manifest holds the column schema and the K orderings of the columns."""
     model_cfg = config["model"]
@@ -79,8 +93,16 @@ def _export_table_run(config: dict[str, Any], tensors: dict[str, np.ndarray], me
     biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
     hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
     direct = tensors["direct.weight"] if model_cfg.get("direct") else None
-    graph = build_graph(weights, biases, tensors["input_degrees"], hidden_degrees, direct, weight_dtype=weight_dtype,
-                        output_degrees=tensors["output_degrees"], output_name=TABLE_OUTPUT)
+    graph = build_graph(
+        weights,
+        biases,
+        tensors["input_degrees"],
+        hidden_degrees,
+        direct,
+        weight_dtype=weight_dtype,
+        output_degrees=tensors["output_degrees"],
+        output_name=TABLE_OUTPUT,
+    )
     orderings = np.argsort(tensors["column_degrees"], axis=1, kind="stable")
     fields = {
         "dims": len(schema),
@@ -90,8 +112,11 @@ def _export_table_run(config: dict[str, Any], tensors: dict[str, np.ndarray], me
         "direct": bool(model_cfg.get("direct")),
         "weight_dtype": weight_dtype,
         "columns": schema.to_json(),
-        "dataset": {"name": dataset_name(str(config["dataset"])), "source": str(config["dataset"]),
-                    **({"groups": config["groups"]} if config.get("groups") else {})},
+        "dataset": {
+            "name": dataset_name(str(config["dataset"])),
+            "source": str(config["dataset"]),
+            **({"groups": config["groups"]} if config.get("groups") else {}),
+        },
         "metrics": metrics,
         "training": config,
         "image_shape": None,
@@ -100,8 +125,14 @@ def _export_table_run(config: dict[str, Any], tensors: dict[str, np.ndarray], me
     return write_version(store, name, graph.SerializeToString(), fields, version)
 
 
-def export_run(run_dir: str | Path, store: str | Path, name: str, version: str | None = None,
-               weight_dtype: str = "float32", image_shape: list[int] | None = None) -> Path:
+def export_run(
+    run_dir: str | Path,
+    store: str | Path,
+    name: str,
+    version: str | None = None,
+    weight_dtype: str = "float32",
+    image_shape: list[int] | None = None,
+) -> Path:
     """Export a finished run; weight_dtype 'float16' stores the weight matrices in half the bytes
     (the served model is then the float32 network with float16-rounded weights). image_shape
     [H, W] overrides the run's own (from `made train --image-shape`, or found for MNIST)."""
@@ -118,13 +149,16 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
         return _export_table_run(config, tensors, metrics, store, name, version, weight_dtype)
     n_hidden = len(model_cfg["hidden"])
     degrees = tensors["input_degrees"]
-    masks = MaskSet(orderings=np.argsort(degrees, axis=1), hidden_degrees=tuple(
-        tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)))
+    masks = MaskSet(
+        orderings=np.argsort(degrees, axis=1),
+        hidden_degrees=tuple(tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)),
+    )
     assert np.array_equal(orderings_to_degrees(masks.orderings), degrees)
     graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype)
 
-    image_shape = check_image_shape(image_shape or config.get("image_shape") or _dataset_image_shape(config),
-                                    int(model_cfg["dims"]))
+    image_shape = check_image_shape(
+        image_shape or config.get("image_shape") or _dataset_image_shape(config), int(model_cfg["dims"])
+    )
 
     fields = {
         "dims": int(model_cfg["dims"]),
@@ -141,23 +175,41 @@ def export_run(run_dir: str | Path, store: str | Path, name: str, version: str |
     return write_version(store, name, graph.SerializeToString(), fields, version)
 
 
-def export_random_model(store: Path, name: str, dims: int, hidden: list[int], n_masks: int, *,
-                        order_agnostic: bool = False, connectivity_agnostic: bool = True,
-                        direct: bool = False, seed: int = 0) -> Path:
+def export_random_model(
+    store: Path,
+    name: str,
+    dims: int,
+    hidden: list[int],
+    n_masks: int,
+    *,
+    order_agnostic: bool = False,
+    connectivity_agnostic: bool = True,
+    direct: bool = False,
+    seed: int = 0,
+) -> Path:
     """A MADE of the given shape with random (untrained) weights, written to the store like
     `made export` writes: what exactness tests and benchmarks need at real size. Returns store."""
-    masks = make_mask_set(dims, hidden, n_masks, order_agnostic=order_agnostic,
-                          connectivity_agnostic=connectivity_agnostic, seed=seed)
+    masks = make_mask_set(
+        dims, hidden, n_masks, order_agnostic=order_agnostic, connectivity_agnostic=connectivity_agnostic, seed=seed
+    )
     rng = np.random.default_rng(seed)
     widths = [dims, *hidden, dims]
     # (fan_out, fan_in) like torch; about half of each matrix is masked, hence the factor 2
-    weights = [(rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32)
-               for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    weights = [
+        (rng.standard_normal((b, a)) * np.sqrt(2.0 / a)).astype(np.float32)
+        for a, b in zip(widths[:-1], widths[1:], strict=True)
+    ]
     biases = [(0.1 * rng.standard_normal(b)).astype(np.float32) for b in widths[1:]]
     direct_w = (rng.standard_normal((dims, dims)) / np.sqrt(dims)).astype(np.float32) if direct else None
     graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees), direct_w)
-    fields = {"dims": dims, "hidden": list(hidden), "n_masks": n_masks,
-              "orderings": masks.orderings.tolist(), "direct": direct,
-              "dataset": {"name": "random-weights"}, "metrics": {}}
+    fields = {
+        "dims": dims,
+        "hidden": list(hidden),
+        "n_masks": n_masks,
+        "orderings": masks.orderings.tolist(),
+        "direct": direct,
+        "dataset": {"name": "random-weights"},
+        "metrics": {},
+    }
     write_version(Path(store), name, graph.SerializeToString(), fields, "1")
     return Path(store)

@@ -30,18 +30,25 @@ _BAR = "{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, at most {remaining} 
 
 
 class Progress:
-    def __init__(self, max_epochs: int, batches_per_epoch: int, start_epoch: int, enabled: bool,
-                 stream: IO[str] | None = None):
+    def __init__(
+        self, max_epochs: int, batches_per_epoch: int, start_epoch: int, enabled: bool, stream: IO[str] | None = None
+    ):
         self.max_epochs = max_epochs
         self.stream = stream if stream is not None else sys.stderr
         self.bar: Any = None
         if enabled and self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_epochs * batches_per_epoch, initial=start_epoch * batches_per_epoch,
-                            file=self.stream, dynamic_ncols=True, unit="batch", mininterval=0.5,
-                            desc=f"epoch {min(start_epoch + 1, max_epochs)}/{max_epochs}",
-                            bar_format=_BAR)
+            self.bar = tqdm(
+                total=max_epochs * batches_per_epoch,
+                initial=start_epoch * batches_per_epoch,
+                file=self.stream,
+                dynamic_ncols=True,
+                unit="batch",
+                mininterval=0.5,
+                desc=f"epoch {min(start_epoch + 1, max_epochs)}/{max_epochs}",
+                bar_format=_BAR,
+            )
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Progress]:
@@ -62,15 +69,23 @@ class Progress:
             self.bar.set_postfix_str(f"train {running_train_nll:.2f}", refresh=False)
             self.bar.update(1)
 
-    def epoch(self, epoch: int, train_nll: float, valid_nll: float, best_valid: float, best_epoch: int,
-              seconds: float) -> None:
+    def epoch(
+        self, epoch: int, train_nll: float, valid_nll: float, best_valid: float, best_epoch: int, seconds: float
+    ) -> None:
         """One line per epoch; `seconds` is the training time of all epochs so far."""
         per_epoch = seconds / max(epoch, 1)
         left = (self.max_epochs - epoch) * per_epoch
-        log.info("epoch %d/%d train %.3f valid %.3f (best %.3f @ %d), %.1f s/epoch, at most %s left",
-                 epoch, self.max_epochs, train_nll, valid_nll, best_valid, best_epoch, per_epoch,
-                 format_duration(left))
+        log.info(
+            "epoch %d/%d train %.3f valid %.3f (best %.3f @ %d), %.1f s/epoch, at most %s left",
+            epoch,
+            self.max_epochs,
+            train_nll,
+            valid_nll,
+            best_valid,
+            best_epoch,
+            per_epoch,
+            format_duration(left),
+        )
         if self.bar is not None:
-            self.bar.set_description_str(f"epoch {min(epoch + 1, self.max_epochs)}/{self.max_epochs}",
-                                         refresh=False)
+            self.bar.set_description_str(f"epoch {min(epoch + 1, self.max_epochs)}/{self.max_epochs}", refresh=False)
             self.bar.set_postfix_str(f"valid {valid_nll:.2f}")

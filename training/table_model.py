@@ -52,9 +52,15 @@ class TableMADEConfig:
 
     def mask_set(self) -> MaskSet:
         """K orderings of the C columns and hidden degrees in [1, C - 1]."""
-        return make_mask_set(self.dims, list(self.hidden), self.n_masks, order_agnostic=self.order_agnostic,
-                             connectivity_agnostic=self.connectivity_agnostic,
-                             random_ordering=self.random_ordering, seed=self.mask_seed)
+        return make_mask_set(
+            self.dims,
+            list(self.hidden),
+            self.n_masks,
+            order_agnostic=self.order_agnostic,
+            connectivity_agnostic=self.connectivity_agnostic,
+            random_ordering=self.random_ordering,
+            seed=self.mask_seed,
+        )
 
 
 class TableMADE(MaskedNetwork):
@@ -73,7 +79,8 @@ class TableMADE(MaskedNetwork):
             self.register_buffer(f"hidden_degrees_{i}", torch.from_numpy(degrees))
         widths = [self.schema.n_in, *config.hidden, self.schema.n_out]
         self.layers: list[nn.Linear] = nn.ModuleList(  # type: ignore[assignment]
-            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
         self.direct = nn.Linear(self.schema.n_in, self.schema.n_out, bias=False) if config.direct else None
         self._mask_cache: dict[int, list[torch.Tensor]] = {}
 
@@ -131,8 +138,11 @@ class TableMADE(MaskedNetwork):
             width = torch.from_numpy(hi - lo).float()[:, None]
             lo_t, hi_t = torch.from_numpy(lo).float()[:, None], torch.from_numpy(hi).float()[:, None]
             inv_s = torch.exp(-log_s)
-            log_mass = (F.logsigmoid((hi_t - mu) * inv_s) + F.logsigmoid(-(lo_t - mu) * inv_s)
-                        + torch.log(-torch.expm1(-width * inv_s)))
+            log_mass = (
+                F.logsigmoid((hi_t - mu) * inv_s)
+                + F.logsigmoid(-(lo_t - mu) * inv_s)
+                + torch.log(-torch.expm1(-width * inv_s))
+            )
             ll = torch.logsumexp(log_w + log_mass, dim=1)
         if col.nullable:
             a = p[:, 0]

@@ -134,14 +134,15 @@ class Trainer:
         self.data = data if data is not None else load_training_data(cfg)
         if self.data.dims != cfg.model.dims:
             raise ConfigError(
-                f"data set {self.data.source} has {self.data.dims} dimensions, "
-                f"the model expects {cfg.model.dims}"
+                f"data set {self.data.source} has {self.data.dims} dimensions, the model expects {cfg.model.dims}"
             )
         self.train_x = torch.from_numpy(self.data.split("train")).to(
-            TableMADE.input_dtype if isinstance(cfg.model, TableMADEConfig) else MADE.input_dtype)
+            TableMADE.input_dtype if isinstance(cfg.model, TableMADEConfig) else MADE.input_dtype
+        )
         self.valid_x = self.data.split("valid")
-        self.train_p = (torch.from_numpy(load_intensities(cfg.rebinarize, self.data.split("train")))
-                        if cfg.rebinarize else None)
+        self.train_p = (
+            torch.from_numpy(load_intensities(cfg.rebinarize, self.data.split("train"))) if cfg.rebinarize else None
+        )
 
     def epoch_rows(self, gen: torch.Generator) -> torch.Tensor:
         """The training rows of one epoch: the static split, or a fresh binarization of its images."""
@@ -157,9 +158,7 @@ class Trainer:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise CheckpointError(
-                f"cannot write to run directory {self.run_dir}: {exc.strerror or exc}"
-            ) from None
+            raise CheckpointError(f"cannot write to run directory {self.run_dir}: {exc.strerror or exc}") from None
         # a run killed mid-write leaves its temporary file behind (the target is intact)
         for stale in self.run_dir.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
@@ -197,8 +196,9 @@ class Trainer:
             return self._run(progress)
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
-            raise CheckpointError(f"cannot write to run directory {self.run_dir}: "
-                                  f"{exc.strerror or exc}{where}") from None
+            raise CheckpointError(
+                f"cannot write to run directory {self.run_dir}: {exc.strerror or exc}{where}"
+            ) from None
 
     def _run(self, progress: bool) -> dict[str, Any]:
         cfg = self.cfg
@@ -208,8 +208,12 @@ class Trainer:
         optimizer = build_optimizer(cfg, model)
         gen = torch.Generator().manual_seed(cfg.seed)
         progress_state: dict[str, Any] = {
-            "epoch": 0, "best_valid": None, "best_epoch": 0, "bad_epochs": 0,
-            "finished": False, "seconds": 0.0,
+            "epoch": 0,
+            "best_valid": None,
+            "best_epoch": 0,
+            "bad_epochs": 0,
+            "finished": False,
+            "seconds": 0.0,
         }
         history: list[dict[str, Any]] = []
         if resume is not None:
@@ -242,8 +246,15 @@ class Trainer:
         self._checkpoint(model, optimizer, gen, progress_state)
         return self.finish(model, progress_state)
 
-    def _epochs(self, model: MADE | TableMADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
-                progress_state: dict[str, Any], history: list[dict[str, Any]], bars: Progress) -> None:
+    def _epochs(
+        self,
+        model: MADE | TableMADE,
+        optimizer: torch.optim.Optimizer,
+        gen: torch.Generator,
+        progress_state: dict[str, Any],
+        history: list[dict[str, Any]],
+        bars: Progress,
+    ) -> None:
         """Epochs until max_epochs or early stopping, each ending with an atomic checkpoint."""
         cfg, n = self.cfg, len(self.train_x)
         while progress_state["epoch"] < cfg.max_epochs and progress_state["bad_epochs"] < cfg.patience:
@@ -276,24 +287,42 @@ class Trainer:
                 progress_state["bad_epochs"] += 1
             progress_state["epoch"] = epoch
             progress_state["seconds"] += time.perf_counter() - started
-            row = {"epoch": epoch, "train_nll": total / count, "valid_nll": valid,
-                   "seconds": round(progress_state["seconds"], 2)}
+            row = {
+                "epoch": epoch,
+                "train_nll": total / count,
+                "valid_nll": valid,
+                "seconds": round(progress_state["seconds"], 2),
+            }
             history.append(row)
             self._append_history(row)
             self._checkpoint(model, optimizer, gen, progress_state)
-            bars.epoch(epoch, row["train_nll"], valid, progress_state["best_valid"], progress_state["best_epoch"],
-                       progress_state["seconds"])
+            bars.epoch(
+                epoch,
+                row["train_nll"],
+                valid,
+                progress_state["best_valid"],
+                progress_state["best_epoch"],
+                progress_state["seconds"],
+            )
             if epoch % 10 == 0:
                 write_curve(self.run_dir / CURVE, history)
 
-    def _checkpoint(self, model: MADE | TableMADE, optimizer: torch.optim.Optimizer, gen: torch.Generator,
-                    progress_state: dict[str, Any]) -> None:
+    def _checkpoint(
+        self,
+        model: MADE | TableMADE,
+        optimizer: torch.optim.Optimizer,
+        gen: torch.Generator,
+        progress_state: dict[str, Any],
+    ) -> None:
         opt_tensors, opt_meta = optimizer_tensors(optimizer)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update(opt_tensors)
         tensors["rng.torch"] = gen.get_state()
-        save_tensors(self.run_dir / CHECKPOINT, tensors,
-                     {"progress": progress_state, "optimizer": opt_meta, "config": self.cfg.to_dict()})
+        save_tensors(
+            self.run_dir / CHECKPOINT,
+            tensors,
+            {"progress": progress_state, "optimizer": opt_meta, "config": self.cfg.to_dict()},
+        )
 
     def _append_history(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / HISTORY, "a", encoding="utf-8") as fh:
@@ -318,23 +347,30 @@ class Trainer:
         """Evaluate the best weights on valid and test; write metrics.json."""
         tensors, _ = load_tensors(self.run_dir / BEST)
         model.load_state_dict(tensors)
-        metrics: dict[str, Any] = {"best_epoch": progress_state["best_epoch"],
-                                   "epochs": progress_state["epoch"],
-                                   "train_seconds": round(progress_state["seconds"], 1),
-                                   "torch_threads": torch.get_num_threads(),
-                                   "hardware": _hardware()}
+        metrics: dict[str, Any] = {
+            "best_epoch": progress_state["best_epoch"],
+            "epochs": progress_state["epoch"],
+            "train_seconds": round(progress_state["seconds"], 1),
+            "torch_threads": torch.get_num_threads(),
+            "hardware": _hardware(),
+        }
         for split in ("valid", "test"):
             data = self.data.split(split)
-            per_mask = [mean_and_stderr(nll_per_example(model, data, k, self.cfg.eval_batch))
-                        for k in range(model.n_masks)]
+            per_mask = [
+                mean_and_stderr(nll_per_example(model, data, k, self.cfg.eval_batch)) for k in range(model.n_masks)
+            ]
             mix, mix_se = mean_and_stderr(nll_per_example(model, data, None, self.cfg.eval_batch))
             metrics[f"{split}_nll"] = mix
             metrics[f"{split}_nll_stderr"] = mix_se
             metrics[f"{split}_nll_per_mask"] = [m for m, _ in per_mask]
             metrics[f"{split}_n"] = len(data)
         atomic_write_text(self.run_dir / METRICS, json.dumps(metrics, indent=2))
-        log.info("finished: valid %.3f test %.3f ± %.3f nats", metrics["valid_nll"], metrics["test_nll"],
-                 metrics["test_nll_stderr"])
+        log.info(
+            "finished: valid %.3f test %.3f ± %.3f nats",
+            metrics["valid_nll"],
+            metrics["test_nll"],
+            metrics["test_nll_stderr"],
+        )
         return metrics
 
 

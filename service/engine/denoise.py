@@ -58,17 +58,18 @@ def check_eps(eps: float | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         a = a[:, None]
     elif a.ndim == 2:
         if a.shape != (n, d):
-            raise InvalidInput(f"eps has shape {list(a.shape)} but x has shape [{n}, {d}]: a "
-                               "per-entry eps needs one value per value of x", loc=("eps",))
+            raise InvalidInput(
+                f"eps has shape {list(a.shape)} but x has shape [{n}, {d}]: a "
+                "per-entry eps needs one value per value of x",
+                loc=("eps",),
+            )
     else:
-        raise InvalidInput(f"eps must be a number, one per row or one per entry, got {a.ndim} "
-                           "dimensions", loc=("eps",))
+        raise InvalidInput(f"eps must be a number, one per row or one per entry, got {a.ndim} dimensions", loc=("eps",))
     bad = ~((a >= 0) & (a <= 0.5))  # NaN included
     if bad.any():
         i, j = (int(t) for t in np.argwhere(bad)[0])
         at = ("", f" row {i}", f" row {i}, column {j}")[ndim]
-        raise InvalidInput(f"eps{at} is {float(a[i, j])!r}; a flip probability must be within "
-                           "[0, 0.5]", loc=("eps",))
+        raise InvalidInput(f"eps{at} is {float(a[i, j])!r}; a flip probability must be within [0, 0.5]", loc=("eps",))
     return np.broadcast_to(a, shape).astype(np.float64)
 
 
@@ -84,8 +85,14 @@ def flip_evidence(y: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return l0, l1
 
 
-def denoise(engine: Engine, y: np.ndarray, eps: float | np.ndarray, n_samples: int = 10,
-            seed: int | None = None, n_importance: int = 1000) -> DenoiseResult:
+def denoise(
+    engine: Engine,
+    y: np.ndarray,
+    eps: float | np.ndarray,
+    n_samples: int = 10,
+    seed: int | None = None,
+    n_importance: int = 1000,
+) -> DenoiseResult:
     """p(x | y) under the mixture for each noisy row y (0/1; NaN: missing) and flip
     probabilities eps (a number, one per row, or one per entry, each in [0, 1/2]).
 
@@ -111,9 +118,14 @@ def denoise(engine: Engine, y: np.ndarray, eps: float | np.ndarray, n_samples: i
     seed = _check_seed(seed)
     n, d = y.shape
     k, s = engine.n_masks, n_importance
-    out = DenoiseResult(samples=np.empty((n, n_samples, d), dtype=np.uint8),
-                        marginals=np.empty((n, d)), most_likely=np.empty((n, d), dtype=np.uint8),
-                        logprob_noisy=np.empty(n), stderr=np.empty(n), ess=np.empty(n))
+    out = DenoiseResult(
+        samples=np.empty((n, n_samples, d), dtype=np.uint8),
+        marginals=np.empty((n, d)),
+        most_likely=np.empty((n, d), dtype=np.uint8),
+        logprob_noisy=np.empty(n),
+        stderr=np.empty(n),
+        ess=np.empty(n),
+    )
     l0, l1 = flip_evidence(y, eps)
     certain = ((eps == 0) & ~np.isnan(y)).all(axis=1)
     if certain.any():
@@ -168,8 +180,16 @@ def _calls(rows: np.ndarray, total: int, per_call: int) -> list[list[tuple[int, 
     return [c for c in calls if c]
 
 
-def _estimate(r: int, pool: np.ndarray, logw: np.ndarray, rng: np.random.Generator, k: int, s: int,
-              n_samples: int, out: DenoiseResult) -> None:
+def _estimate(
+    r: int,
+    pool: np.ndarray,
+    logw: np.ndarray,
+    rng: np.random.Generator,
+    k: int,
+    s: int,
+    n_samples: int,
+    out: DenoiseResult,
+) -> None:
     """Row r's estimates from its pooled weighted draws (k x s, mask after mask)."""
     top = logw.max()
     if not np.isfinite(top):  # cannot happen for eps <= 1/2 (every weight > 0), kept loud

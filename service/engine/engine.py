@@ -82,8 +82,7 @@ def row_loglik(logits: np.ndarray, x: np.ndarray, observed: np.ndarray | None = 
 
 
 class Engine:
-    def __init__(self, model: StoredModel, providers: list[str] | None = None,
-                 threads: int | None = None):
+    def __init__(self, model: StoredModel, providers: list[str] | None = None, threads: int | None = None):
         self.model = model
         self.name = model.name
         self.version = model.version
@@ -102,8 +101,7 @@ class Engine:
         self.direct = network.direct is not None
         self.flops_per_row = network.flops_per_row()
         providers = providers or requested_providers()
-        self.session = make_session(model.onnx_path, providers, threads,
-                                    dense_graph(len(network.weights), self.direct))
+        self.session = make_session(model.onnx_path, providers, threads, dense_graph(len(network.weights), self.direct))
         self.providers: list[str] = list(self.session.get_providers())
         device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._feeds = [self._feed(m, device) for m in self.masks]
@@ -112,29 +110,29 @@ class Engine:
         self.sampler.warm()  # the plans now, not on the first request that needs them
         # (D, K) float64: the position of dimension d in mask k's ordering (see exact_rows)
         self._positions = np.argsort(self.orderings, axis=1).T.astype(np.float64)
-        log.info("loaded model %s version %s (D=%d, K=%d) on %s", self.name, self.version,
-                 self.dims, self.n_masks, ",".join(self.providers))
+        log.info(
+            "loaded model %s version %s (D=%d, K=%d) on %s",
+            self.name,
+            self.version,
+            self.dims,
+            self.n_masks,
+            ",".join(self.providers),
+        )
 
     # --- validation -------------------------------------------------------------------------
     def check_mask(self, mask: int) -> int:
-        if (isinstance(mask, bool) or not isinstance(mask, int | np.integer)
-                or not 0 <= mask < self.n_masks):
+        if isinstance(mask, bool) or not isinstance(mask, int | np.integer) or not 0 <= mask < self.n_masks:
             raise InvalidInput(
-                f"mask {mask!r} is out of range: model {self.name} has {self.n_masks} masks "
-                f"(0..{self.n_masks - 1})"
+                f"mask {mask!r} is out of range: model {self.name} has {self.n_masks} masks (0..{self.n_masks - 1})"
             )
         return int(mask)
 
     def check_x(self, x: np.ndarray, allow_missing: bool) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:
-            raise InvalidInput(
-                f"x must be a 2-D array of rows (N, {self.dims}), got shape {x.shape}"
-            )
+            raise InvalidInput(f"x must be a 2-D array of rows (N, {self.dims}), got shape {x.shape}")
         if x.shape[1] != self.dims:
-            raise InvalidInput(
-                f"x has {x.shape[1]} columns, model {self.name} has {self.dims} dimensions"
-            )
+            raise InvalidInput(f"x has {x.shape[1]} columns, model {self.name} has {self.dims} dimensions")
         missing = np.isnan(x)
         if missing.any() and not allow_missing:
             r, c = (int(i) for i in np.argwhere(missing)[0])
@@ -150,10 +148,12 @@ class Engine:
     def _feed(m: MaskWeights, device: str) -> dict[str, ort.OrtValue]:
         """Mask m's arrays as onnxruntime values: on the CPU they share the numpy memory (no
         copy); on a GPU they are copied to it once, here."""
-        arrays = {"order": np.ascontiguousarray(m.ordering, dtype=np.int64),
-                  "inverse": np.argsort(m.ordering).astype(np.int64),
-                  **{f"W{l}": w for l, w in enumerate(m.weights)},
-                  **{f"b{l}": b for l, b in enumerate(m.biases)}}
+        arrays = {
+            "order": np.ascontiguousarray(m.ordering, dtype=np.int64),
+            "inverse": np.argsort(m.ordering).astype(np.int64),
+            **{f"W{l}": w for l, w in enumerate(m.weights)},
+            **{f"b{l}": b for l, b in enumerate(m.biases)},
+        }
         if m.direct is not None:
             arrays["direct_W"] = m.direct
         return {name: ort.OrtValue.ortvalue_from_numpy(a, device, 0) for name, a in arrays.items()}
@@ -168,9 +168,11 @@ class Engine:
             got = self.logits(x, k)
             if not np.allclose(got, want, rtol=0, atol=PARITY_ATOL):
                 worst = float(np.max(np.abs(got - want)))
-                raise ModelStoreError(f"{model.onnx_path}: mask {k}'s weights give other logits than the "
-                                      f"stored graph (by up to {worst:.3g}); the file is not what made export "
-                                      "writes")
+                raise ModelStoreError(
+                    f"{model.onnx_path}: mask {k}'s weights give other logits than the "
+                    f"stored graph (by up to {worst:.3g}); the file is not what made export "
+                    "writes"
+                )
 
     def logits(self, x: np.ndarray, mask: int) -> np.ndarray:
         """(N, D) float32 logits of mask k; missing (NaN) inputs must be replaced beforehand."""
@@ -182,15 +184,14 @@ class Engine:
 
     def _run(self, x: np.ndarray, feed: dict[str, ort.OrtValue]) -> np.ndarray:
         out: np.ndarray = self.session.run_with_ort_values(
-            ["logits"], {"x": ort.OrtValue.ortvalue_from_numpy(x), **feed})[0].numpy()
+            ["logits"], {"x": ort.OrtValue.ortvalue_from_numpy(x), **feed}
+        )[0].numpy()
         return out
 
-    def mask_logliks(self, x: np.ndarray, masks: list[int],
-                     observed: np.ndarray | None = None) -> np.ndarray:
+    def mask_logliks(self, x: np.ndarray, masks: list[int], observed: np.ndarray | None = None) -> np.ndarray:
         """(len(masks), N): log p_k of the observed entries (all entries when observed is None)."""
         # converted to float32 once for all masks; NaN can only be where observed is False
-        filled = np.ascontiguousarray(x if observed is None else np.nan_to_num(x, nan=0.0),
-                                      dtype=np.float32)
+        filled = np.ascontiguousarray(x if observed is None else np.nan_to_num(x, nan=0.0), dtype=np.float32)
         out = np.empty((len(masks), len(x)))
         for i, k in enumerate(masks):
             out[i] = row_loglik(self.logits(filled, k), filled, observed)
@@ -204,8 +205,9 @@ class Engine:
         return [self.check_mask(masks)]
 
     # --- log-likelihood -----------------------------------------------------------------------
-    def logprob(self, x: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None,
-                n_importance: int = 1000) -> LogProbResult:
+    def logprob(
+        self, x: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+    ) -> LogProbResult:
         """log p(x) under the mixture of `masks`; missing values (NaN) summed out."""
         x = self.check_x(x, allow_missing=True)
         _check_count("n_importance", n_importance, 1)
@@ -225,8 +227,9 @@ class Engine:
             logprob[rows], exact[rows], stderr[rows] = est.logprob, est.exact, est.stderr
         return LogProbResult(logprob, exact, stderr)
 
-    def _observed_logprob(self, x: np.ndarray, observed: np.ndarray, ks: list[int], seed: int | None,
-                          n_importance: int) -> LogProbResult:
+    def _observed_logprob(
+        self, x: np.ndarray, observed: np.ndarray, ks: list[int], seed: int | None, n_importance: int
+    ) -> LogProbResult:
         """log p(x_O) for rows with missing values: one pass where mask orderings allow it,
         likelihood weighting with n_importance draws per mask and row otherwise."""
         n = len(x)
@@ -255,8 +258,9 @@ class Engine:
         stderr = np.where(exact, np.nan, np.sqrt(var_mean) / mean_rel)
         return LogProbResult(scale + np.log(mean_rel), np.asarray(exact, dtype=bool), stderr)
 
-    def _weighted_draws(self, jobs: list[tuple[int, np.ndarray]], x: np.ndarray, observed: np.ndarray,
-                        s: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _weighted_draws(
+        self, jobs: list[tuple[int, np.ndarray]], x: np.ndarray, observed: np.ndarray, s: int, rng: np.random.Generator
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each job (mask k, row indices): S completions per row under mask k with their log
         weights, ((n, S, D), (n, S)). All jobs' draws step through the sampler in one loop, so K
         masks cost about one pass, not K."""
@@ -344,8 +348,9 @@ class Engine:
         sums = observed.astype(np.float64) @ self._positions  # (N, K)
         return np.asarray((sums == (m * (m - 1) / 2)[:, None]).all(axis=1))
 
-    def impute(self, x: np.ndarray, n_samples: int = 10, seed: int | None = None,
-               n_importance: int = 1000) -> ImputeResult:
+    def impute(
+        self, x: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+    ) -> ImputeResult:
         """p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value):
         n_samples completions, marginals p(x_d = 1 | x_obs), log p(x_obs) and an ESS.
 
@@ -387,8 +392,11 @@ class Engine:
         out = ImputeResult(
             samples=np.empty((n, n_samples, d), dtype=np.uint8),
             marginals=np.where(observed, x, 0.0),  # observed entries give their own value
-            logprob_observed=np.empty(n), exact=self.exact_rows(observed), ess=np.empty(n),
-            stderr=np.full(n, np.nan))
+            logprob_observed=np.empty(n),
+            exact=self.exact_rows(observed),
+            ess=np.empty(n),
+            stderr=np.full(n, np.nan),
+        )
         complete = observed.all(axis=1)
         if complete.any():
             rows = np.flatnonzero(complete)
@@ -398,17 +406,22 @@ class Engine:
             out.ess[rows] = float(n_importance * self.n_masks)
         exact_rows = np.flatnonzero(out.exact & ~complete)
         weighted_rows = np.flatnonzero(~out.exact)
-        rngs = {int(i): np.random.default_rng([seed, int(i)])
-                for i in (*exact_rows, *weighted_rows)}
+        rngs = {int(i): np.random.default_rng([seed, int(i)]) for i in (*exact_rows, *weighted_rows)}
         if len(exact_rows):
             self._impute_exact(x, observed, exact_rows, rngs, n_samples, out)
         if len(weighted_rows):
             self._impute_weighted(x, observed, weighted_rows, rngs, n_samples, n_importance, out)
         return out
 
-    def _impute_exact(self, x: np.ndarray, observed: np.ndarray, rows: np.ndarray,
-                      rngs: dict[int, np.random.Generator], n_samples: int,
-                      out: ImputeResult) -> None:
+    def _impute_exact(
+        self,
+        x: np.ndarray,
+        observed: np.ndarray,
+        rows: np.ndarray,
+        rngs: dict[int, np.random.Generator],
+        n_samples: int,
+        out: ImputeResult,
+    ) -> None:
         """Exact rows: max(n_samples, 1) completions each, their masks from the posterior."""
         ks = list(range(self.n_masks))
         draws = max(n_samples, 1)
@@ -429,17 +442,25 @@ class Engine:
             picked = rows[part]
             obs = np.repeat(observed[picked], draws, axis=0)
             values = np.repeat(np.nan_to_num(x[picked], nan=0.0), draws, axis=0)
-            done, _, probs = self.sampler.run_masks(masks.reshape(-1), u.reshape(-1, self.dims),
-                                                    obs, values, return_probs=True)
+            done, _, probs = self.sampler.run_masks(
+                masks.reshape(-1), u.reshape(-1, self.dims), obs, values, return_probs=True
+            )
             assert probs is not None
             done = done.reshape(len(part), draws, self.dims)
             out.samples[picked] = done[:, :n_samples]
             estimate = probs.reshape(len(part), draws, self.dims).mean(axis=1)
             out.marginals[picked] = np.where(observed[picked], out.marginals[picked], estimate)
 
-    def _impute_weighted(self, x: np.ndarray, observed: np.ndarray, rows: np.ndarray,
-                         rngs: dict[int, np.random.Generator], n_samples: int, n_importance: int,
-                         out: ImputeResult) -> None:
+    def _impute_weighted(
+        self,
+        x: np.ndarray,
+        observed: np.ndarray,
+        rows: np.ndarray,
+        rngs: dict[int, np.random.Generator],
+        n_samples: int,
+        n_importance: int,
+        out: ImputeResult,
+    ) -> None:
         """Rows that are not exact: n_importance likelihood-weighting draws per mask and row,
         drawn mask after mask from the row's generator, then the resampling from it. The draws
         of all rows go through the sampler in calls of at most _IMPUTE_VALUES values (a row's
@@ -476,12 +497,20 @@ class Engine:
                 pool_logw[r][first:end] = logw[at : at + end - first]
                 at += end - first
                 if end == total:
-                    self._resample(r, x, observed, pool_x.pop(r), pool_logw.pop(r), rngs[r],
-                                   n_samples, s, out)
+                    self._resample(r, x, observed, pool_x.pop(r), pool_logw.pop(r), rngs[r], n_samples, s, out)
 
-    def _resample(self, r: int, x: np.ndarray, observed: np.ndarray, pool: np.ndarray,
-                  logw: np.ndarray, rng: np.random.Generator, n_samples: int, s: int,
-                  out: ImputeResult) -> None:
+    def _resample(
+        self,
+        r: int,
+        x: np.ndarray,
+        observed: np.ndarray,
+        pool: np.ndarray,
+        logw: np.ndarray,
+        rng: np.random.Generator,
+        n_samples: int,
+        s: int,
+        out: ImputeResult,
+    ) -> None:
         """Row r's estimates from its pooled weighted draws (K x s, mask after mask)."""
         top = logw.max()
         w = np.exp(logw - top)
@@ -497,8 +526,14 @@ class Engine:
         out.samples[r] = pool[picks]
 
     # --- denoising ----------------------------------------------------------------------------
-    def denoise(self, y: np.ndarray, eps: float | np.ndarray, n_samples: int = 10,
-                seed: int | None = None, n_importance: int = 1000) -> DenoiseResult:
+    def denoise(
+        self,
+        y: np.ndarray,
+        eps: float | np.ndarray,
+        n_samples: int = 10,
+        seed: int | None = None,
+        n_importance: int = 1000,
+    ) -> DenoiseResult:
         """p(clean x | noisy y) with independent bit flips of probability eps (a number, one per
         row or one per entry): see service.engine.denoise.denoise."""
         return denoise(self, y, eps, n_samples=n_samples, seed=seed, n_importance=n_importance)

@@ -17,9 +17,15 @@ from service.engine.engine import Engine
 from service.engine.table_engine import TableEngine
 
 
-def evaluate_store_model(store: str | Path, name: str, dataset: str, split: str = "test",
-                         masks: str | int = "all", providers: list[str] | None = None,
-                         threads: int | None = None) -> dict[str, Any]:
+def evaluate_store_model(
+    store: str | Path,
+    name: str,
+    dataset: str,
+    split: str = "test",
+    masks: str | int = "all",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
     # Check the model, the data and --masks against the manifest before loading the engine, so
     # that a refusal is the command's only line on stderr (loading logs a line of its own).
     model = open_model(Path(store), name)
@@ -27,15 +33,23 @@ def evaluate_store_model(store: str | Path, name: str, dataset: str, split: str 
     if masks != "all" and (isinstance(masks, bool) or not isinstance(masks, int)):
         raise InvalidInput(f"--masks must be 'all' or a mask index, got {masks!r}")
     if isinstance(masks, int) and not 0 <= masks < model.n_masks:
-        raise InvalidInput(f"mask {masks} is out of range: model {name} has {model.n_masks} masks "
-                           f"(0..{model.n_masks - 1})")
+        raise InvalidInput(
+            f"mask {masks} is out of range: model {name} has {model.n_masks} masks (0..{model.n_masks - 1})"
+        )
     kind = TableEngine if "columns" in model.manifest else Engine
     engine: Engine | TableEngine = kind(model, providers, threads)
     nll = -engine.logprob(x.astype("float64"), masks=masks).logprob  # type: ignore[arg-type]
     n = len(nll)
     stderr = float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    return {"nll": float(nll.mean()), "stderr": stderr, "n": n, "split": split, "model": name,
-            "version": engine.version, "masks": masks}
+    return {
+        "nll": float(nll.mean()),
+        "stderr": stderr,
+        "n": n,
+        "split": split,
+        "model": name,
+        "version": engine.version,
+        "masks": masks,
+    }
 
 
 def _bit_rows(model: StoredModel, dataset: str, split: str) -> np.ndarray:

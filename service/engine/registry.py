@@ -68,8 +68,13 @@ def fingerprint(version_dir: Path) -> Fingerprint:
 
 
 class ModelRegistry:
-    def __init__(self, store: Path | str, default_model: str | None = None,
-                 providers: list[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        store: Path | str,
+        default_model: str | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ):
         self.store = Path(store)
         self._wanted_default = default_model or None
         self.providers = providers
@@ -110,8 +115,7 @@ class ModelRegistry:
         if self._wanted_default:
             if self._wanted_default not in names:
                 raise ModelNotFound(
-                    f"default model '{self._wanted_default}' is not in store {self.store} "
-                    f"(it has: {', '.join(names)})"
+                    f"default model '{self._wanted_default}' is not in store {self.store} (it has: {', '.join(names)})"
                 )
             return self._wanted_default
         return PREFERRED_DEFAULT if PREFERRED_DEFAULT in names else names[0]
@@ -136,16 +140,20 @@ class ModelRegistry:
                 report.error = f"cannot read model store {self.store}: {exc.strerror or exc}"
                 return report
             for name in sorted(set(current) - set(names)):
-                results.append(ReloadResult(name, current[name].version, "kept",
-                                            f"model '{name}' is no longer in store {self.store}; "
-                                            "still served until the server restarts"))
+                results.append(
+                    ReloadResult(
+                        name,
+                        current[name].version,
+                        "kept",
+                        f"model '{name}' is no longer in store {self.store}; still served until the server restarts",
+                    )
+                )
             if any(r.status == "loaded" for r in results):
                 self._engines = engines  # one reference swap: readers see the old or the new dict
                 self._fingerprints = stamps
             return self._report(results)
 
-    def _refresh(self, name: str, engines: dict[str, AnyEngine],
-                 stamps: dict[str, Fingerprint]) -> list[ReloadResult]:
+    def _refresh(self, name: str, engines: dict[str, AnyEngine], stamps: dict[str, Fingerprint]) -> list[ReloadResult]:
         """Try the versions of `name` from the newest down to the one served (or to the oldest,
         when the served one has left the store); the first that loads goes into `engines`."""
         served = engines.get(name)
@@ -153,12 +161,14 @@ class ModelRegistry:
         for version in reversed(list_versions(self.store, name)):
             path = self.store / name / version
             stamp = fingerprint(path)
-            if served is not None and version == served.version and (
-                    stamp == stamps.get(name)):
+            if served is not None and version == served.version and (stamp == stamps.get(name)):
                 results.append(ReloadResult(name, version, "unchanged"))
                 return results
-            if served is not None and version_key(version) < version_key(served.version) and (
-                    (self.store / name / served.version).is_dir()):
+            if (
+                served is not None
+                and version_key(version) < version_key(served.version)
+                and ((self.store / name / served.version).is_dir())
+            ):
                 break  # never roll back past a served version that is still in the store
             refused = self._refused.get((name, version))
             if refused is not None and refused[0] == stamp:
@@ -169,22 +179,37 @@ class ModelRegistry:
             except Exception as exc:  # whatever breaks a new version must not reach the old one
                 reason = str(exc) if isinstance(exc, MadeError) else f"{type(exc).__name__}: {exc}"
                 self._refused[(name, version)] = (stamp, reason)
-                log.error("refused model %s version %s: %s", name, version, reason,
-                          extra={"model": name, "version": version, "reason": reason})
+                log.error(
+                    "refused model %s version %s: %s",
+                    name,
+                    version,
+                    reason,
+                    extra={"model": name, "version": version, "reason": reason},
+                )
                 results.append(ReloadResult(name, version, "refused", reason))
                 continue
             self._refused.pop((name, version), None)
             engines[name] = engine
             stamps[name] = stamp
             previous = served.version if served is not None else None
-            log.info("reloaded model %s: version %s replaces %s", name, version, previous or "none",
-                     extra={"model": name, "version": version, "previous": previous})
+            log.info(
+                "reloaded model %s: version %s replaces %s",
+                name,
+                version,
+                previous or "none",
+                extra={"model": name, "version": version, "previous": previous},
+            )
             results.append(ReloadResult(name, version, "loaded", previous=previous))
             return results
         if served is not None:
-            results.append(ReloadResult(name, served.version, "kept",
-                                        f"no version of '{name}' in the store loads; version "
-                                        f"{served.version} is still served"))
+            results.append(
+                ReloadResult(
+                    name,
+                    served.version,
+                    "kept",
+                    f"no version of '{name}' in the store loads; version {served.version} is still served",
+                )
+            )
         return results
 
     def _retry_load(self) -> ReloadReport:
@@ -201,8 +226,9 @@ class ModelRegistry:
         return self._report([ReloadResult(n, e.version, "loaded") for n, e in self._engines.items()])
 
     def _report(self, results: list[ReloadResult]) -> ReloadReport:
-        return ReloadReport(results, {n: e.version for n, e in sorted(self._engines.items())},
-                            self.default_name, self.ready)
+        return ReloadReport(
+            results, {n: e.version for n, e in sorted(self._engines.items())}, self.default_name, self.ready
+        )
 
     def get(self, name: str | None = None) -> AnyEngine:
         engines = self._engines  # one read: a concurrent swap cannot split this lookup

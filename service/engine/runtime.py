@@ -48,8 +48,13 @@ def requested_providers(spec: Sequence[str] = ()) -> list[str]:
                 raise ConfigError(f"unknown provider '{item}' in MADE_PROVIDERS (known: {known})")
             wanted.append(name)
     chosen = [p for p in wanted if p in available]
-    dropped = [p for p in wanted if p not in available and p != "CUDAExecutionProvider" or
-               (p == "CUDAExecutionProvider" and explicit and p not in available)]
+    dropped = [
+        p
+        for p in wanted
+        if p not in available
+        and p != "CUDAExecutionProvider"
+        or (p == "CUDAExecutionProvider" and explicit and p not in available)
+    ]
     for p in dropped:
         log.warning("provider %s requested but not available in this onnxruntime build", p)
     if "CPUExecutionProvider" not in chosen:
@@ -68,8 +73,9 @@ def provider_options(providers: list[str]) -> list[str | tuple[str, dict[str, st
     return [(p, _EXACT_FLOAT32[p]) if p in _EXACT_FLOAT32 else p for p in providers]
 
 
-def make_session(path: Path, providers: list[str], threads: int | None = None,
-                 model_bytes: bytes | None = None) -> ort.InferenceSession:
+def make_session(
+    path: Path, providers: list[str], threads: int | None = None, model_bytes: bytes | None = None
+) -> ort.InferenceSession:
     """A session for the graph at `path`, or for `model_bytes` (a variant of it) when given;
     `threads` intra-op threads (Settings.threads; None or 0: onnxruntime's choice)."""
     options = ort.SessionOptions()
@@ -82,8 +88,7 @@ def make_session(path: Path, providers: list[str], threads: int | None = None,
     options.enable_cpu_mem_arena = False
     source = model_bytes if model_bytes is not None else str(path)
     try:
-        session = ort.InferenceSession(source, sess_options=options,
-                                       providers=provider_options(providers))
+        session = ort.InferenceSession(source, sess_options=options, providers=provider_options(providers))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelStoreError(f"onnxruntime cannot load {path}: {exc}") from None
     actual = session.get_providers()

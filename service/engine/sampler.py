@@ -185,8 +185,9 @@ def _plan_block(nets: list[MaskWeights], t0: int, t1: int) -> _Block:
         slot_at = np.concatenate([[0], np.cumsum(per_step[l])])
         n_slots = int(slot_at[-1])
         src = np.full((n_groups, n_slots), n_units, dtype=np.int64)
-        own_rows = np.tile(np.repeat(own_at[l], per_step[l]) + np.arange(n_slots)
-                           - np.repeat(slot_at[:-1], per_step[l]), (n_groups, 1))
+        own_rows = np.tile(
+            np.repeat(own_at[l], per_step[l]) + np.arange(n_slots) - np.repeat(slot_at[:-1], per_step[l]), (n_groups, 1)
+        )
         bias = np.zeros((n_groups, n_slots, 1))
         full = np.zeros((n_groups, n_slots, n_cols))  # weights of every slot over the buffer
         out_rows = np.zeros((n_groups, n_units), dtype=np.int64)
@@ -231,8 +232,7 @@ def _plan_block(nets: list[MaskWeights], t0: int, t1: int) -> _Block:
             nxt = int(fresh_at[l + 1][j]) if l < n_hidden else 0
             steps.append((wj, m, nxt, nxt + c))
         parts = [(lo, hi, k) for (lo, hi), k in zip(spans[l], known, strict=True)]
-        stages.append(_Stage(buffer_of[l], parts, n_units, src, own_rows, bias, steps,
-                             out_rows, dst_rows))
+        stages.append(_Stage(buffer_of[l], parts, n_units, src, own_rows, bias, steps, out_rows, dst_rows))
     return _Block(t0, t1, stages, rows, x_rows)
 
 
@@ -291,8 +291,7 @@ class FastSampler:
         (l0, l1) = (-inf, 0) clamps to 1, (0, -inf) to 0, (0, 0) leaves d free. The per-step
         probabilities stay the model's, p(x_d = 1 | x_<d).
         """
-        return self.run_masks(np.full(len(u), k, dtype=np.int64), u, observed, values,
-                              return_probs, evidence)
+        return self.run_masks(np.full(len(u), k, dtype=np.int64), u, observed, values, return_probs, evidence)
 
     def run_masks(
         self,
@@ -316,8 +315,7 @@ class FastSampler:
         passes: list[tuple[tuple[int, ...], np.ndarray, np.ndarray]] = []  # (masks, rows, group)
         if len(present) == 1:
             passes.append(((int(present[0]),), np.arange(n), np.zeros(n, dtype=np.int64)))
-        elif _pass_rows(self.n_masks, int(np.bincount(group).max())) <= (
-                len(present) * _pass_rows(1, 0) + n):
+        elif _pass_rows(self.n_masks, int(np.bincount(group).max())) <= (len(present) * _pass_rows(1, 0) + n):
             # one pass of every mask: the usual mixture batch
             passes.append((tuple(range(self.n_masks)), np.arange(n), masks))
         else:  # a few masks, or many rows under a few masks: one pass each costs less
@@ -328,8 +326,7 @@ class FastSampler:
             plan = self.group_plan(plan_masks)
             for start in range(0, len(rows), MAX_ROWS):
                 part = slice(start, start + MAX_ROWS)
-                _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs,
-                          evidence)
+                _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs, evidence)
         return x, logw, probs
 
 
@@ -388,16 +385,17 @@ def _run_plan(
             for g, (lo, hi, known) in enumerate(st.parts):
                 r = sizes[g]
                 if hi > lo and known and r:
-                    matmul(nets[g].weights[l][lo:hi, :known], below[g, :known, :r],
-                           out=part[g, : hi - lo, :r])
+                    matmul(nets[g].weights[l][lo:hi, :known], below[g, :known, :r], out=part[g, : hi - lo, :r])
                 direct = nets[g].direct
                 if l == n_hidden and direct is not None and t0 > 0 and r:
                     part[g, :nb, :r] += direct[t0:t1, :t0] @ xs[g, :t0, :r]
             own = part[gi, st.src]
             own += st.bias
             bufs[st.buffer][gi, st.own_rows] = own
-        hidden = [(bufs[st.buffer], bufs[nxt.buffer], st.steps)
-                  for st, nxt in zip(block.stages[:-1], block.stages[1:], strict=True)]
+        hidden = [
+            (bufs[st.buffer], bufs[nxt.buffer], st.steps)
+            for st, nxt in zip(block.stages[:-1], block.stages[1:], strict=True)
+        ]
         inputs, out_steps, x_rows = bufs[0], block.stages[-1].steps, block.x_rows
         for j in range(nb):
             # hidden units of degree t0 + j, lowest layer first, into the next stage's buffer
@@ -412,8 +410,7 @@ def _run_plan(
             z = logits[:, t0 + j : t0 + j + 1, :]
             matmul(w, inputs[:, :m, :], out=z)
             # the input of position t0 + j, where the next steps read it
-            greater(z[:, 0, :], thr[:, t0 + j, :],
-                    out=inputs[:, x_rows[j], :] if j + 1 < nb else xs[:, t1 - 1, :])
+            greater(z[:, 0, :], thr[:, t0 + j, :], out=inputs[:, x_rows[j], :] if j + 1 < nb else xs[:, t1 - 1, :])
         xs[:, t0 : t1 - 1, :] = inputs[:, x_rows[: nb - 1], :]
         for act, st, nxt in zip(acts, block.stages, block.stages[1:], strict=False):
             act[gi, st.dst_rows] = bufs[nxt.buffer][gi, st.out_rows]

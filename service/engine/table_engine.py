@@ -85,13 +85,23 @@ class TableEngine:
         self.providers: list[str] = list(self.session.get_providers())
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}
-        if ins.get("x", [None, None])[1] != self.schema.n_in or outs.get(TABLE_OUTPUT, [None, None])[1] != \
-                self.schema.n_out:
-            raise ModelStoreError(f"{model.onnx_path} does not match its manifest's columns "
-                                  f"(graph {ins} -> {outs}, schema {self.schema.n_in} -> {self.schema.n_out})")
+        if (
+            ins.get("x", [None, None])[1] != self.schema.n_in
+            or outs.get(TABLE_OUTPUT, [None, None])[1] != self.schema.n_out
+        ):
+            raise ModelStoreError(
+                f"{model.onnx_path} does not match its manifest's columns "
+                f"(graph {ins} -> {outs}, schema {self.schema.n_in} -> {self.schema.n_out})"
+            )
         self.positions = np.argsort(self.orderings, axis=1)  # (K, C): position of column c in mask k
-        log.info("loaded table model %s version %s (%d columns, K=%d) on %s", self.name, self.version,
-                 self.dims, self.n_masks, self.providers[0])
+        log.info(
+            "loaded table model %s version %s (%d columns, K=%d) on %s",
+            self.name,
+            self.version,
+            self.dims,
+            self.n_masks,
+            self.providers[0],
+        )
 
     # --- one forward pass ---------------------------------------------------------------------
     def params(self, values: np.ndarray, mask: int) -> np.ndarray:
@@ -122,8 +132,9 @@ class TableEngine:
         return [int(masks)]
 
     # --- the walk -------------------------------------------------------------------------------
-    def _complete(self, values: np.ndarray, ks: np.ndarray, u: np.ndarray,
-                  probs_of: set[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    def _complete(
+        self, values: np.ndarray, ks: np.ndarray, u: np.ndarray, probs_of: set[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Fill each row's unknown cells in mask ks[i]'s order, drawing with noise u (N, C, 3);
         return (completed rows, log weights = Σ over known cells of log p(x_c | x_<c), and for the
         columns in probs_of the level probabilities each draw was made from)."""
@@ -156,8 +167,9 @@ class TableEngine:
         return filled, logw, level_p
 
     # --- log p ----------------------------------------------------------------------------------
-    def logprob(self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None,
-                n_importance: int = 1000) -> TableLogProb:
+    def logprob(
+        self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+    ) -> TableLogProb:
         """log p(x_known) per row in nats: the unknown (NaN) cells summed out, exactly where every
         mask in use puts them after the known ones, else by likelihood weighting."""
         values = self.check_values(values)
@@ -217,17 +229,21 @@ class TableEngine:
             for level in range(len(col.levels)):
                 x = values.copy()
                 x[:, c] = level
-                alts.append(_logmeanexp(np.stack([self.column_logliks(x, k).sum(axis=1)
-                                                  for k in range(self.n_masks)]), axis=0))
+                alts.append(
+                    _logmeanexp(np.stack([self.column_logliks(x, k).sum(axis=1) for k in range(self.n_masks)]), axis=0)
+                )
             given[:, c] = -(base - np.logaddexp.reduce(np.stack(alts), axis=0))
         return {"in_order": in_order, "given_others": given}
 
     def _logliks(self, values: np.ndarray, params: np.ndarray) -> np.ndarray:
-        return np.stack([column_loglik(col, self._slice(params, c), values[:, c])
-                         for c, col in enumerate(self.schema.columns)], axis=1)
+        return np.stack(
+            [column_loglik(col, self._slice(params, c), values[:, c]) for c, col in enumerate(self.schema.columns)],
+            axis=1,
+        )
 
-    def _log_numeric_normaliser(self, values: np.ndarray, c: int, params: list[np.ndarray],
-                                per_mask: np.ndarray) -> np.ndarray:
+    def _log_numeric_normaliser(
+        self, values: np.ndarray, c: int, params: list[np.ndarray], per_mask: np.ndarray
+    ) -> np.ndarray:
         """(N,) log of p(x_-c) with numeric column c summed out, under the mixture of the masks.
 
         Under mask k, p_k(x_c', x_-c) = p_k(x_<c) p_k(x_c' | x_<c) g_k(x_c'), with g_k the
@@ -283,13 +299,16 @@ class TableEngine:
                 g = self._log_after(x, np.repeat(np.arange(m), nodes), _cells(col, grid.ravel()), c, k)
                 g = g.reshape(m, nodes)
                 z = (grid[:, :, None] - mu[:, None, :]) * np.exp(-log_s)[:, None, :]
-                log_pdf = np.logaddexp.reduce(wide_w[:, None, :] + log_sigmoid(z) + log_sigmoid(-z)
-                                              - log_s[:, None, :], axis=2)  # (m, G)
+                log_pdf = np.logaddexp.reduce(
+                    wide_w[:, None, :] + log_sigmoid(z) + log_sigmoid(-z) - log_s[:, None, :], axis=2
+                )  # (m, G)
                 z_lo = (lo[rows, None] - mu) * np.exp(-log_s)
                 z_hi = (hi[rows, None] - mu) * np.exp(-log_s)
-                terms = [np.logaddexp.reduce(log_pdf + g + trap_w, axis=1),
-                         np.logaddexp.reduce(wide_w + log_sigmoid(z_lo), axis=1) + g[:, 0],
-                         np.logaddexp.reduce(wide_w + log_sigmoid(-z_hi), axis=1) + g[:, -1]]
+                terms = [
+                    np.logaddexp.reduce(log_pdf + g + trap_w, axis=1),
+                    np.logaddexp.reduce(wide_w + log_sigmoid(z_lo), axis=1) + g[:, 0],
+                    np.logaddexp.reduce(wide_w + log_sigmoid(-z_hi), axis=1) + g[:, -1],
+                ]
                 if narrow.any():
                     ri, mi = np.nonzero(narrow)
                     ys = mu[ri, mi][:, None] + np.exp(log_s[ri, mi])[:, None] * GIVEN_LOCAL[None, :]
@@ -367,8 +386,9 @@ class TableEngine:
         filled, _, _ = self._complete(np.full((n, self.dims), np.nan), ks, u)
         return filled
 
-    def impute(self, values: np.ndarray, n_samples: int = 10, seed: int | None = None,
-               n_importance: int = 1000) -> TableImpute:
+    def impute(
+        self, values: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+    ) -> TableImpute:
         """Completions of each row's unknown cells given its known ones, each unknown column's
         distribution, log p(x_known) and the effective sample size behind them.
         Exact rows (every mask puts the known columns first): SUMMARY_DRAWS (at least n_samples)
@@ -384,8 +404,14 @@ class TableEngine:
         unknown = np.isnan(values)
         exact = exact_orders(self.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
         per_mask = np.stack([self._exact_logprob(values, int(k)) for k in k_all])  # (K, N)
-        out = TableImpute(np.empty((n, n_samples, self.dims)), [{} for _ in range(n)],
-                          _logmeanexp(per_mask, axis=0), exact, np.zeros(n), np.zeros(n))
+        out = TableImpute(
+            np.empty((n, n_samples, self.dims)),
+            [{} for _ in range(n)],
+            _logmeanexp(per_mask, axis=0),
+            exact,
+            np.zeros(n),
+            np.zeros(n),
+        )
         plans = []  # per row: its generator, masks and noise
         for i in range(n):
             rng = np.random.default_rng([seed, i])
@@ -404,15 +430,24 @@ class TableEngine:
                 group = []
         return out
 
-    def _impute_group(self, values: np.ndarray, unknown: np.ndarray, rows: list[int],
-                      plans: list[tuple[np.random.Generator, np.ndarray, np.ndarray]], n_samples: int,
-                      out: TableImpute) -> None:
+    def _impute_group(
+        self,
+        values: np.ndarray,
+        unknown: np.ndarray,
+        rows: list[int],
+        plans: list[tuple[np.random.Generator, np.ndarray, np.ndarray]],
+        n_samples: int,
+        out: TableImpute,
+    ) -> None:
         """Rows' draws through one _complete call, then each row's summaries from its own draws."""
         sizes = [len(plans[i][1]) for i in rows]
         cols = set(np.flatnonzero(unknown[rows].any(axis=0)).tolist())
         filled, logw, level_p = self._complete(
-            np.repeat(values[rows], sizes, axis=0), np.concatenate([plans[i][1] for i in rows]),
-            np.concatenate([plans[i][2] for i in rows]), cols)
+            np.repeat(values[rows], sizes, axis=0),
+            np.concatenate([plans[i][1] for i in rows]),
+            np.concatenate([plans[i][2] for i in rows]),
+            cols,
+        )
         start = 0
         for i, size in zip(rows, sizes, strict=True):
             part = slice(start, start + size)
@@ -432,12 +467,14 @@ class TableEngine:
                 out.ess[i] = 1.0 / np.sum(weights**2)
                 out.samples[i] = row_filled[rng.choice(size, size=n_samples, p=weights)]
                 row_p = {}  # a draw's level probabilities ignore the known cells after it
-            out.distributions[i] = {self.schema.columns[c].name: self._distribution(c, row_filled[:, c], weights,
-                                                                                    row_p.get(c))
-                                    for c in unk_cols}
+            out.distributions[i] = {
+                self.schema.columns[c].name: self._distribution(c, row_filled[:, c], weights, row_p.get(c))
+                for c in unk_cols
+            }
 
-    def _distribution(self, c: int, cells: np.ndarray, weights: np.ndarray,
-                      level_p: np.ndarray | None) -> dict[str, Any]:
+    def _distribution(
+        self, c: int, cells: np.ndarray, weights: np.ndarray, level_p: np.ndarray | None
+    ) -> dict[str, Any]:
         """A column's posterior from weighted draws: level probabilities (Rao-Blackwellised from the
         conditionals the draws were made from, where those are exact), or a number's weighted mean,
         sd and 5/50/95% quantiles (and the probability that it is absent)."""
@@ -460,8 +497,10 @@ class TableEngine:
         sd = float(math.sqrt(max(w @ (v - mean) ** 2, 0.0)))
         order = np.argsort(v)
         cdf = np.cumsum(w[order])
-        q = {f"q{int(p * 100):02d}": col.decode(float(v[order][min(np.searchsorted(cdf, p), len(v) - 1)]))
-             for p in (0.05, 0.5, 0.95)}
+        q = {
+            f"q{int(p * 100):02d}": col.decode(float(v[order][min(np.searchsorted(cdf, p), len(v) - 1)]))
+            for p in (0.05, 0.5, 0.95)
+        }
         return {**out, "mean": mean, "sd": sd, **q}
 
 
@@ -485,8 +524,9 @@ def _mixture_quantiles(probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log
     return 0.5 * (lo + hi)
 
 
-def _mixture_moments(col: Column, log_w: np.ndarray, mu: np.ndarray,
-                     log_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _mixture_moments(
+    col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(N,) mean and sd of a numeric column's value under its mixture of logistics over y: in
     closed form for a plain column (a logistic's variance is pi^2 s^2 / 3); for a log-transformed
     one by the trapezoidal rule in each component's standard units over QUANTILE_T (its 1e-12 to

@@ -14,8 +14,9 @@ from service.errors import Unauthorized
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="MADE_API_KEY, when the server sets one")
-_admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminKey",
-                           description="MADE_ADMIN_KEY, or MADE_API_KEY when no admin key is set")
+_admin_bearer = HTTPBearer(
+    auto_error=False, scheme_name="AdminKey", description="MADE_ADMIN_KEY, or MADE_API_KEY when no admin key is set"
+)
 
 
 # async, though they only read app.state: FastAPI runs a sync dependency in a worker thread.
@@ -67,8 +68,7 @@ async def require_admin_key(
         raise Unauthorized("admin endpoints are off: the server has no MADE_ADMIN_KEY")
     secret, variable = key
     if credentials is None:
-        raise Unauthorized("admin endpoints require the admin key: send "
-                           f"'Authorization: Bearer <{variable}>'")
+        raise Unauthorized(f"admin endpoints require the admin key: send 'Authorization: Bearer <{variable}>'")
     if not same_key(credentials.credentials, secret):
         raise Unauthorized("the admin key in the Authorization header is wrong")
 

@@ -67,12 +67,19 @@ async def conditionals(req: ConditionalsRequest, dp: DataPlaneDep) -> Conditiona
     return await dp.conditionals(req)
 
 
-@router.post("/sample", response_model=SampleResponse, response_model_exclude_none=True, responses={
-    **ERRORS,
-    200: {"content": {"image/png": {}},
-          "description": "JSON; or, with `Accept: image/png` on a model with image_shape, a grid"},
-    406: {"model": ErrorResponse, "description": "image/png asked of a model without image_shape"},
-})
+@router.post(
+    "/sample",
+    response_model=SampleResponse,
+    response_model_exclude_none=True,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"image/png": {}},
+            "description": "JSON; or, with `Accept: image/png` on a model with image_shape, a grid",
+        },
+        406: {"model": ErrorResponse, "description": "image/png asked of a model without image_shape"},
+    },
+)
 async def sample(
     req: SampleRequest,
     dp: DataPlaneDep,
