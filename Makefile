@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install serve test lint bench clean models model-binarized-mnist model-mushrooms model-diamonds \
 	model-health-insurance results tables
@@ -25,14 +26,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make test` also runs `made score --ray` on a local Ray: the optional ray extra (~25 s and
+# ~330 MB on top of install), kept out of what `make serve` needs.
+$(TEST_STAMP): $(STAMP)
+	@echo "==> the ray extra, for the tests of made score --ray"
+	$(BIN)/python -m pip install --progress-bar on -e '.[train,cpu,dev,ray]'
+	touch $(TEST_STAMP)
+
 serve: install
 	$(BIN)/made serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check made service training tests bench scripts
+	$(BIN)/ruff format --check made service training tests bench scripts
 	$(BIN)/mypy
 
-test: lint
+test: lint $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: install

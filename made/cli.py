@@ -1,4 +1,4 @@
-"""The `made` command line: train, export, evaluate, serve.
+"""The `made` command line: train, export, evaluate, score, serve.
 
 Heavy imports (torch, onnxruntime, fastapi) happen inside each command, so that the serving
 image, which has no torch, can still run `made serve`. Every MadeError ends as one line on
@@ -75,16 +75,30 @@ def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = No
     from training.train import TrainConfig
 
     connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
-    shape = dict(hidden=args.hidden, n_masks=args.masks, order_agnostic=args.order_agnostic,
-                 connectivity_agnostic=connectivity, random_ordering=args.random_ordering, direct=args.direct,
-                 mask_seed=args.seed)
-    model = (MADEConfig(dims=dims, **shape) if schema is None
-             else TableMADEConfig(columns=schema.to_json(), **shape))  # type: ignore[arg-type]
+    shape = dict(
+        hidden=args.hidden,
+        n_masks=args.masks,
+        order_agnostic=args.order_agnostic,
+        connectivity_agnostic=connectivity,
+        random_ordering=args.random_ordering,
+        direct=args.direct,
+        mask_seed=args.seed,
+    )
+    model = MADEConfig(dims=dims, **shape) if schema is None else TableMADEConfig(columns=schema.to_json(), **shape)  # type: ignore[arg-type]
     return TrainConfig(
-        dataset=args.dataset, model=model, seed=args.seed, max_epochs=args.max_epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, patience=args.patience, lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma, rebinarize=args.rebinarize, image_shape=args.image_shape,
+        dataset=args.dataset,
+        model=model,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        lr_step=args.lr_step,
+        lr_gamma=args.lr_gamma,
+        rebinarize=args.rebinarize,
+        image_shape=args.image_shape,
         groups=getattr(args, "groups", None),
     )
 
@@ -107,12 +121,15 @@ def load_training_data(args: argparse.Namespace) -> Dataset | TableDataset:
     if args.schema or is_table_file(path) or path.suffix == ".parquet":
         schema = Schema.read(args.schema) if args.schema else None
         if schema is not None and drop:
-            raise DataError("--drop-columns goes with an inferred schema; with --schema, list only the columns "
-                            "to model in the schema file")
+            raise DataError(
+                "--drop-columns goes with an inferred schema; with --schema, list only the columns "
+                "to model in the schema file"
+            )
         return load_table_dataset(args.dataset, schema=schema, drop_columns=drop)
     if drop:
-        raise DataError("--drop-columns names columns of a table (a CSV with a header row); "
-                        f"{args.dataset} is bit data")
+        raise DataError(
+            f"--drop-columns names columns of a table (a CSV with a header row); {args.dataset} is bit data"
+        )
     return load_dataset(args.dataset)
 
 
@@ -145,17 +162,50 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
-    version_dir = export_run(args.run_dir, args.store, args.name, args.version, args.weights,
-                             image_shape=args.image_shape)
+    version_dir = export_run(
+        args.run_dir, args.store, args.name, args.version, args.weights, image_shape=args.image_shape
+    )
     print(str(version_dir))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from service.engine.evaluate import evaluate_store_model
+    from service.engine.runtime import requested_providers
+    from service.settings import Settings
 
-    result = evaluate_store_model(args.store, args.name, args.dataset, args.split, args.masks)
+    settings = Settings()  # MADE_PROVIDERS and MADE_THREADS, as for `made serve`
+    result = evaluate_store_model(
+        args.store,
+        args.name,
+        args.dataset,
+        args.split,
+        args.masks,
+        requested_providers(settings.providers),
+        settings.threads or None,
+    )
     print(json.dumps(result))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from service.score import score_file
+
+    if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
+        logging.getLogger("made.engine").setLevel(logging.WARNING)
+    result = score_file(
+        args.store,
+        args.name,
+        args.input,
+        args.output,
+        version=args.version,
+        conditionals=args.conditionals,
+        batch_size=args.batch_size,
+        ray=args.ray,
+        progress=not args.no_progress,
+        threads=args.threads or None,
+    )
+    print(json.dumps(result.to_json()))
     return 0
 
 
@@ -171,19 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a MADE (resumes an unfinished run in --out)",
-                       formatter_class=_DefaultsFormatter)
+    t = sub.add_parser(
+        "train", help="train a MADE (resumes an unfinished run in --out)", formatter_class=_DefaultsFormatter
+    )
     t.add_argument("--dataset", required=True, help="an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR")
-    t.add_argument("--hidden", type=_int_list, default="500", metavar="W1,W2,...",
-                   help="hidden layer widths, e.g. 500,500")
+    t.add_argument(
+        "--hidden", type=_int_list, default="500", metavar="W1,W2,...", help="hidden layer widths, e.g. 500,500"
+    )
     t.add_argument("--masks", type=int, default=1, help="K, the fixed set of masks (1: plain MADE)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, config, log, curve")
     t.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling: same seed, same run")
-    t.add_argument("--max-epochs", type=int, default=200,
-                   help="at most this many epochs (early stopping may end sooner); the progress shows the time left")
+    t.add_argument(
+        "--max-epochs",
+        type=int,
+        default=200,
+        help="at most this many epochs (early stopping may end sooner); the progress shows the time left",
+    )
     t.add_argument("--order-agnostic", action="store_true", help="a random ordering per mask")
-    t.add_argument("--connectivity-agnostic", action="store_true",
-                   help="new hidden degrees per mask (implied when --masks > 1 without --order-agnostic)")
+    t.add_argument(
+        "--connectivity-agnostic",
+        action="store_true",
+        help="new hidden degrees per mask (implied when --masks > 1 without --order-agnostic)",
+    )
     t.add_argument("--random-ordering", action="store_true", help="one random ordering instead of natural")
     t.add_argument("--direct", action="store_true", help="direct input-to-output connections")
     t.add_argument("--batch-size", type=int, default=100, help="rows per minibatch")
@@ -192,39 +251,70 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled with adamw)")
     t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")
     t.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-step decay")
-    t.add_argument("--rebinarize", metavar="IMAGES_NPZ", default=None,
-                   help="grayscale .npz (train_images) the binary training rows were drawn from, e.g. "
-                        "mnist.npz: train each epoch on a fresh binarization of them (valid/test stay as given)")
+    t.add_argument(
+        "--rebinarize",
+        metavar="IMAGES_NPZ",
+        default=None,
+        help="grayscale .npz (train_images) the binary training rows were drawn from, e.g. "
+        "mnist.npz: train each epoch on a fresh binarization of them (valid/test stay as given)",
+    )
     t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    t.add_argument("--schema", metavar="FILE", default=None,
-                   help="a table's columns as JSON (the manifest's 'columns' format), instead of inferring them")
-    t.add_argument("--groups", metavar="FILE", default=None,
-                   help="one-hot groups of bit columns (../shared/data/groups/NAME.json): train them as categories")
-    t.add_argument("--drop-columns", metavar="A,B", default=None,
-                   help="columns of a table to leave out (e.g. free text)")
-    t.add_argument("--image-shape", type=_image_shape_arg, default=None, metavar="H,W",
-                   help="height,width of image data, e.g. 16,8 (MNIST-like 28,28 is found by itself): "
-                        "its models answer /sample with a PNG grid")
-    t.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (one line per epoch is logged either way; there is no bar when stderr "
-                        "is not a terminal)")
+    t.add_argument(
+        "--schema",
+        metavar="FILE",
+        default=None,
+        help="a table's columns as JSON (the manifest's 'columns' format), instead of inferring them",
+    )
+    t.add_argument(
+        "--groups",
+        metavar="FILE",
+        default=None,
+        help="one-hot groups of bit columns (../shared/data/groups/NAME.json): train them as categories",
+    )
+    t.add_argument(
+        "--drop-columns", metavar="A,B", default=None, help="columns of a table to leave out (e.g. free text)"
+    )
+    t.add_argument(
+        "--image-shape",
+        type=_image_shape_arg,
+        default=None,
+        metavar="H,W",
+        help="height,width of image data, e.g. 16,8 (MNIST-like 28,28 is found by itself): "
+        "its models answer /sample with a PNG grid",
+    )
+    t.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (one line per epoch is logged either way; there is no bar when stderr is not a terminal)",
+    )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="export a run to the model store as ONNX + manifest",
-                       formatter_class=_DefaultsFormatter)
+    e = sub.add_parser(
+        "export", help="export a run to the model store as ONNX + manifest", formatter_class=_DefaultsFormatter
+    )
     e.add_argument("run_dir", help="a run directory of made train")
     e.add_argument("--store", required=True, help="model store directory")
     e.add_argument("--name", required=True, help="model name in the store")
     e.add_argument("--version", default=None, help="default: one more than the highest stored")
-    e.add_argument("--weights", choices=["float32", "float16"], default="float32",
-                   help="storage type of the weight matrices (float16: half the file; arithmetic stays float32)")
-    e.add_argument("--image-shape", type=_image_shape_arg, default=None, metavar="H,W",
-                   help="height,width of image data (default: the run's own, from made train)")
+    e.add_argument(
+        "--weights",
+        choices=["float32", "float16"],
+        default="float32",
+        help="storage type of the weight matrices (float16: half the file; arithmetic stays float32)",
+    )
+    e.add_argument(
+        "--image-shape",
+        type=_image_shape_arg,
+        default=None,
+        metavar="H,W",
+        help="height,width of image data (default: the run's own, from made train)",
+    )
     e.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("evaluate", help="test NLL of a stored model, as JSON on the last line",
-                       formatter_class=_DefaultsFormatter)
+    v = sub.add_parser(
+        "evaluate", help="test NLL of a stored model, as JSON on the last line", formatter_class=_DefaultsFormatter
+    )
     v.add_argument("--store", required=True, help="model store directory")
     v.add_argument("--name", required=True, help="model name in the store")
     v.add_argument("--dataset", required=True, help="an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR")
@@ -232,8 +322,50 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--masks", type=_masks_arg, default="all", help="'all' (the mixture) or a mask index")
     v.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("serve", help="run the HTTP service",
-                       formatter_class=_DefaultsFormatter)
+    c = sub.add_parser(
+        "score",
+        help="score a CSV or Parquet file: the same rows with a logprob column",
+        formatter_class=_DefaultsFormatter,
+    )
+    c.add_argument("--store", required=True, help="model store directory")
+    c.add_argument("--name", required=True, help="model name in the store")
+    c.add_argument("--version", default=None, help="model version (default: the highest stored)")
+    c.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="a .csv (or .tsv) or .parquet file: rows of 0/1 for a bit model (empty cell: missing), "
+        "named columns for a table model",
+    )
+    c.add_argument(
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="a .csv or .parquet file (written atomically): the input's rows, then logprob in nats",
+    )
+    c.add_argument(
+        "--conditionals",
+        action="store_true",
+        help="bit models: also cond_0..cond_{D-1}, p(x_d = 1 | the dimensions before d in mask 0's order)",
+    )
+    c.add_argument("--batch-size", type=int, default=4096, help="rows read, scored and written at a time")
+    c.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="blocks scored at once, each on one onnxruntime thread (0: the CPU cores; without --ray)",
+    )
+    c.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS|local",
+        help="score on Ray Data: a cluster's address (ray://HOST:10001, auto), or 'local' for an "
+        "in-process Ray with 2 CPUs (needs pip install made[ray])",
+    )
+    c.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
+    c.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("serve", help="run the HTTP service", formatter_class=_DefaultsFormatter)
     # defaults None: the service's Settings fill them from MADE_* variables, or their own defaults
     s.add_argument("--store", default=None, help="model store directory (default: $MADE_STORE or model_store)")
     s.add_argument("--host", default=None, help="address to listen on (default: $MADE_HOST or 127.0.0.1)")
