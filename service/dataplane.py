@@ -228,15 +228,12 @@ class DataPlane:
             raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request (MADE_MAX_ROWS)")
         self.metrics.observe_rows(endpoint, engine.name, n)
 
-    def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine | None = None) -> None:
-        """Rows with missing values x n_importance; with `engine` (/impute), only the rows that
-        are not exact count: an exact row draws n_samples completions (MADE_MAX_SAMPLES)."""
-        missing = np.isnan(x)
-        if engine is None:
-            rows, what = int(missing.any(axis=1).sum()), "rows with missing values"
-        else:
-            rows = int((~engine.exact_rows(~missing)).sum())
-            what = "rows that need importance sampling (a missing value before an observed one in some mask's ordering)"
+    def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine) -> None:
+        """Rows that need importance sampling x n_importance: a row whose missing values every
+        mask's ordering puts after its observed ones is exact (/logprob: one pass per mask;
+        /impute: n_samples completions, counted against MADE_MAX_SAMPLES) and does not count."""
+        rows = int((~engine.exact_rows(~np.isnan(x))).sum())
+        what = "rows that need importance sampling (a missing value before an observed one in some mask's ordering)"
         if rows * n_importance > self.settings.max_draws:
             raise InvalidInput(
                 f"{rows} {what} x n_importance {n_importance} = "
@@ -295,7 +292,7 @@ class DataPlane:
         masks: Literal["all"] | int = req.masks
         if masks != "all":
             self._check_mask(engine, int(masks), "masks")
-        self._check_draws(x, req.n_importance)
+        self._check_draws(x, req.n_importance, engine)
         complete = not np.isnan(x).any()
         seed = None if complete else (req.seed if req.seed is not None else new_seed())
         if complete:

@@ -258,23 +258,20 @@ async def test_importance_draws_over_max_draws_are_refused(tiny_store: Path, reg
     x = [[0, None, 1, 0, 1, 0, 0, 1]] * 3 + [[0, 1, 1, 0, 1, 0, 0, 1]]
     async with in_process(settings(tiny_store, max_draws=2000), registry) as made:
         assert (await made.logprob(x[:2], n_importance=1000)).exact == [False, False]
-        for call, rows in (
-            (made.logprob, "rows with missing values"),
-            (
-                made.impute,
-                "rows that need importance sampling (a missing value before an observed one in some mask's ordering)",
-            ),
-        ):
+        rows = "rows that need importance sampling (a missing value before an observed one in some mask's ordering)"
+        for call in (made.logprob, made.impute):
             with pytest.raises(MadeAPIError) as info:
                 await call(x, n_importance=1000)
             assert info.value.status_code == 422 and info.value.detail.startswith(
                 f"3 {rows} x n_importance 1000 = 3000 importance draws; the limit is 2000 per request (MADE_MAX_DRAWS)"
             )
-        # /impute: exact rows (missing values after every observed one in every ordering) draw
-        # n_samples completions, no importance draws: they do not count
+        # exact rows (missing values after every observed one in every ordering) need no
+        # importance draws: /logprob sums them out in one pass per mask, /impute draws n_samples
         exact = [[0, 1, 1, 0, 1, 0, None, None]] * 3
         r = await made.impute(exact, model="tiny1", n_importance=1000, n_samples=2, seed=0)
         assert r.exact == [True] * 3 and r.ess == [2.0] * 3
+        lp = await made.logprob(exact, model="tiny1", n_importance=1000)
+        assert lp.exact == [True] * 3
 
 
 async def test_no_500_for_malformed_bodies(made: InProcessClient) -> None:
