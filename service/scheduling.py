@@ -5,7 +5,9 @@ Every engine call (a merged batch of /logprob rows, one /impute request, ...) ru
 to the lane (endpoint) that has used the least engine time: start-time fair queuing with each
 call charged its lane's running mean cost when it starts and corrected by what it really took
 when it ends. A lane that was idle re-enters at the current least charge, so it cannot bank
-credit. With 16 clients on each of /logprob, /conditionals, /sample and /impute, each lane gets
+credit. A lane whose calls are long (LONG_CALL_S on average) holds at most all threads but one,
+so a short call never waits for long calls to end (the cost: such a lane alone uses one thread
+fewer). With 16 clients on each of /logprob, /conditionals, /sample and /impute, each lane gets
 a quarter of the threads' time: a cheap request waits for at most the calls already running,
 not behind every expensive request queued before it (what one FIFO of threads did).
 
@@ -35,6 +37,9 @@ T = TypeVar("T")
 
 # Weight of the newest call in a lane's running mean cost.
 _EWMA = 0.2
+# A lane whose calls take longer than this on average (seconds) may hold at most all threads
+# but one: a thread stays free for short calls, which would otherwise wait for a long one to end.
+LONG_CALL_S = 0.05
 
 
 @dataclass
@@ -43,6 +48,7 @@ class _Lane:
     mean_cost: float = 0.0  # running mean seconds of one call; 0: none seen yet
     waiting: deque[asyncio.Future[float]] = field(default_factory=deque)
     running: int = 0
+    held: int = 0  # threads granted to the lane (running, or about to)
     admitted: int = 0  # requests holding a place (waiting, batching or running)
 
 
@@ -109,31 +115,39 @@ class FairScheduler:
             lane.running -= 1
             lane.charged += took - estimate
             lane.mean_cost = took if not lane.mean_cost else (1 - _EWMA) * lane.mean_cost + _EWMA * took
-            self._free()
+            self._free(lane)
+
+    def _may_take(self, lane: _Lane) -> bool:
+        """Whether the lane may take one more thread: a lane of long calls keeps one free."""
+        return self.slots == 1 or lane.mean_cost < LONG_CALL_S or lane.held < self.slots - 1
 
     def _grant(self, lane: _Lane) -> float:
         """Take a thread for the lane, charging it the lane's mean cost (corrected at the end)."""
         self.busy += 1
+        lane.held += 1
         lane.charged += lane.mean_cost
         return lane.mean_cost
 
-    def _free(self) -> None:
+    def _free(self, lane: _Lane) -> None:
         self.busy -= 1
+        lane.held -= 1
         self._dispatch()
 
     async def _acquire(self, lane: _Lane) -> float:
-        if self.busy < self.slots and not any(other.waiting for other in self.lanes.values()):
+        waiting = any(other.waiting for other in self.lanes.values())
+        if self.busy < self.slots and not waiting and self._may_take(lane):
             return self._grant(lane)
         if not lane.waiting and not lane.running:  # re-entering: no credit from idle time
             lane.charged = max(lane.charged, self._floor())
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         lane.waiting.append(future)
+        self._dispatch()  # a thread may be free that a capped lane could not take
         try:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():  # granted just as it was cancelled
                 lane.charged -= future.result()
-                self._free()
+                self._free(lane)
             else:
                 lane.waiting.remove(future)
             raise
@@ -141,7 +155,7 @@ class FairScheduler:
     def _dispatch(self) -> None:
         """Give free threads to the waiting lanes with the least charge."""
         while self.busy < self.slots:
-            ready = [lane for lane in self.lanes.values() if lane.waiting]
+            ready = [lane for lane in self.lanes.values() if lane.waiting and self._may_take(lane)]
             if not ready:
                 return
             lane = min(ready, key=lambda candidate: candidate.charged)

@@ -110,3 +110,28 @@ async def test_over_http_the_extra_request_gets_503_with_retry_after(tiny_store:
 
 async def test_overloaded_is_a_made_error() -> None:
     assert issubclass(Overloaded, MadeError)
+
+
+async def test_a_lane_of_long_calls_leaves_a_thread_free_for_short_ones() -> None:
+    scheduler = FairScheduler(slots=2, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    now = {"long": 0, "most": 0}
+
+    def long_call(name: str) -> str:
+        with lock:
+            now["long"] += 1
+            now["most"] = max(now["most"], now["long"])
+        try:
+            return _job(started, name, 0.08, lock)
+        finally:
+            with lock:
+                now["long"] -= 1
+
+    await scheduler.run("/impute", long_call, "first")  # its mean cost is now above LONG_CALL_S
+    backlog = [asyncio.create_task(scheduler.run("/impute", long_call, f"impute{i}")) for i in range(4)]
+    await asyncio.sleep(0.01)
+    quick = await scheduler.run("/logprob", _job, started, "logprob", 0.0, lock)
+    assert quick == "logprob" and started.index("logprob") == 2, started  # first, impute0, then at once
+    await asyncio.gather(*backlog)
+    assert now["most"] == 1  # never both threads: one stayed free
