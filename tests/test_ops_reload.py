@@ -129,10 +129,13 @@ async def test_a_new_version_is_served_after_reload_and_no_request_in_flight_fai
             tg.start_soon(hammer, "/sample", {"n": 3, "seed": 1})
             tg.start_soon(hammer, "/conditionals", {"x": ROW, "mask": 1})
             tg.start_soon(hammer, "/impute", {"x": [[0, None, 1, None, 1, 0, 0, 1]], "n_samples": 2, "seed": 0})
-            await anyio.sleep(0.2)
-            export_run(runs["b"], store, "m")  # version 2, different weights
-            body = await _reload(made)
-            await anyio.sleep(0.3)
+            with anyio.fail_after(60):  # enough answers on each side of the swap, however slow the machine
+                while len(seen) < 6:
+                    await anyio.sleep(0.01)
+                export_run(runs["b"], store, "m")  # version 2, different weights
+                body = await _reload(made)
+                while sum(v == "2" for v, _ in seen) < 6:
+                    await anyio.sleep(0.01)
             stop.set()
         assert failures == []
         assert body["results"] == [
