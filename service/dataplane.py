@@ -242,6 +242,16 @@ class DataPlane:
                 "fewer rows or a smaller n_importance"
             )
 
+    def _check_completions(self, rows: int, n_samples: int, loc: tuple[str, ...] = ()) -> None:
+        """rows x n_samples completions (/impute, /denoise) within MADE_MAX_SAMPLES."""
+        total = rows * n_samples
+        if total > self.settings.max_samples:
+            raise InvalidInput(
+                f"{rows} rows x n_samples {n_samples} = {total} samples; "
+                f"the limit is {self.settings.max_samples} per request (MADE_MAX_SAMPLES)",
+                loc=loc,
+            )
+
     def _check_mask(self, engine: Engine, mask: int, field: str = "mask") -> int:
         if not 0 <= mask < engine.n_masks:
             raise InvalidInput(
@@ -423,13 +433,7 @@ class DataPlane:
             return await self.tables.impute(engine, req)
         x = req.rows
         self._check_rows(engine, x, "/impute")
-        total = len(x) * req.n_samples
-        if total > self.settings.max_samples:
-            raise InvalidInput(
-                f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
-                f"the limit is {self.settings.max_samples} per request "
-                "(MADE_MAX_SAMPLES)"
-            )
+        self._check_completions(len(x), req.n_samples)
         self._check_draws(x, req.n_importance, engine)
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(
@@ -459,14 +463,7 @@ class DataPlane:
         engine = self.bits_engine(req.model, "/denoise")
         x = req.rows
         self._check_rows(engine, x, "/denoise")
-        total = len(x) * req.n_samples
-        if total > self.settings.max_samples:
-            raise InvalidInput(
-                f"{len(x)} rows x n_samples {req.n_samples} = {total} samples; "
-                f"the limit is {self.settings.max_samples} per request "
-                "(MADE_MAX_SAMPLES)",
-                loc=("n_samples",),
-            )
+        self._check_completions(len(x), req.n_samples, loc=("n_samples",))
         eps = np.broadcast_to(req.eps if req.eps.ndim != 1 else req.eps[:, None], x.shape)
         rows = int((~((eps == 0) & ~np.isnan(x)).all(axis=1)).sum())
         if rows * req.n_importance > self.settings.max_draws:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from made.errors import InvalidInput
+from service.engine.sampler import split_draws
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine
@@ -140,7 +141,7 @@ def denoise(
     total = k * s  # draws per row; draw j is under mask j // s
     pool_x: dict[int, np.ndarray] = {}
     pool_logw: dict[int, np.ndarray] = {}
-    for pieces in _calls(rows, total, max(1, _DENOISE_VALUES // d)):
+    for pieces in split_draws(rows, total, max(1, _DENOISE_VALUES // d)):
         u = np.concatenate([rngs[r].random((end - first, d)) for r, first, end in pieces])
         picked = np.concatenate([np.full(end - first, r) for r, first, end in pieces])
         masks = np.concatenate([np.arange(first, end) // s for _, first, end in pieces])
@@ -160,24 +161,6 @@ def denoise(
     tie = out.marginals == 0.5
     out.most_likely[:] = np.where(tie, np.nan_to_num(y, nan=0.0), out.marginals > 0.5)
     return out
-
-
-def _calls(rows: np.ndarray, total: int, per_call: int) -> list[list[tuple[int, int, int]]]:
-    """`total` draws for each row, cut into sampler calls of at most `per_call` draws: per call,
-    (row, first draw, end) pieces; a row's draws may span calls, in order."""
-    calls: list[list[tuple[int, int, int]]] = [[]]
-    room = per_call
-    for r in rows:
-        first = 0
-        while first < total:
-            if room == 0:
-                calls.append([])
-                room = per_call
-            end = min(total, first + room)
-            calls[-1].append((int(r), first, end))
-            room -= end - first
-            first = end
-    return [c for c in calls if c]
 
 
 def _estimate(

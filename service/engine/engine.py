@@ -23,7 +23,7 @@ from made.store import StoredModel
 from service.engine.denoise import DenoiseResult, denoise
 from service.engine.network import MaskWeights, load_network, mask_weights
 from service.engine.runtime import make_session, requested_providers
-from service.engine.sampler import FastSampler
+from service.engine.sampler import FastSampler, split_draws
 
 log = logging.getLogger("made.engine")
 
@@ -468,18 +468,7 @@ class Engine:
         k, s, dims = self.n_masks, n_importance, self.dims
         total = k * s  # draws per row; draw j is under mask j // s
         per_call = max(1, _IMPUTE_VALUES // dims)
-        calls: list[list[tuple[int, int, int]]] = [[]]  # (row, first draw, end) per piece
-        room = per_call
-        for r in rows:
-            first = 0
-            while first < total:
-                if room == 0:
-                    calls.append([])
-                    room = per_call
-                end = min(total, first + room)
-                calls[-1].append((int(r), first, end))
-                room -= end - first
-                first = end
+        calls = split_draws(rows, total, per_call)  # (row, first draw, end) pieces per call
         pool_x: dict[int, np.ndarray] = {}
         pool_logw: dict[int, np.ndarray] = {}
         for pieces in calls:

@@ -450,3 +450,21 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def _log_sigmoid(z: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -np.asarray(z, dtype=np.float64))
+
+
+def split_draws(rows: np.ndarray, total: int, per_call: int) -> list[list[tuple[int, int, int]]]:
+    """`total` draws for each row, cut into sampler calls of at most `per_call` draws: per call,
+    (row, first draw, end) pieces; a row's draws may span calls, in order."""
+    calls: list[list[tuple[int, int, int]]] = [[]]
+    room = per_call
+    for r in rows:
+        first = 0
+        while first < total:
+            if room == 0:
+                calls.append([])
+                room = per_call
+            end = min(total, first + room)
+            calls[-1].append((int(r), first, end))
+            room -= end - first
+            first = end
+    return [c for c in calls if c]
