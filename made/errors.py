@@ -34,6 +34,27 @@ class InvalidInput(MadeError):
         self.loc = loc
 
 
+class NotReady(MadeError):
+    """The models are not loaded (yet, or loading failed)."""
+
+
+class RequestTimeout(MadeError):
+    """A request ran past its time limit (the service's MADE_REQUEST_TIMEOUT)."""
+
+
+class Overloaded(MadeError):
+    """An endpoint holds as many requests as it may queue (MADE_MAX_QUEUE): retry after
+    `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotAcceptable(MadeError):
+    """The representation asked for (e.g. a PNG of samples) is not one this model can give."""
+
+
 def format_value(value: float) -> str:
     """A number as a person writes it in a message: 2, not np.float64(2.0); 0.5; nan."""
     value = float(value)

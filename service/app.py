@@ -105,12 +105,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.add_middleware(CsvRecordsMiddleware, dataplane=dataplane, api_key=settings.api_key)
     app.add_middleware(RequestMiddleware, metrics=app_metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
     # Only a server with a key declares the bearer scheme, so the OpenAPI document tells the truth.
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
-    app.include_router(models.router, dependencies=protected)
+    # The inference routes first: a request is matched against the routes in order.
     app.include_router(inference.router, dependencies=protected)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(models.router, dependencies=protected)
     app.include_router(oip.make_router(protected))  # the Open Inference Protocol (KServe v2), /v2
     # Admin endpoints: their own key (MADE_ADMIN_KEY, else MADE_API_KEY), not the API key's
     # check (one Authorization header holds one key); off without either.

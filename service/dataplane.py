@@ -15,6 +15,7 @@ import functools
 import math
 import os
 import secrets
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,12 +25,11 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from made.errors import InvalidInput
+from made.errors import InvalidInput, NotAcceptable, NotReady, Overloaded, RequestTimeout
 from service.batching import Batcher
 from service.engine import Engine, LogProbResult, ModelRegistry
 from service.engine.registry import AnyEngine, ReloadReport
 from service.engine.table_engine import TableEngine
-from service.errors import NotAcceptable, NotReady, Overloaded, RequestTimeout
 from service.imaging import samples_png
 from service.log_config import request_context
 from service.metrics import Metrics
@@ -56,10 +56,6 @@ T = TypeVar("T")
 
 # The endpoint whose request is running (set by DataPlane.admit): the scheduler's lane.
 _lane: contextvars.ContextVar[str] = contextvars.ContextVar("made_lane", default="other")
-
-# Noise for up to this many values is drawn on the event loop; more goes to a thread.
-_INLINE_NOISE = 1 << 14
-
 
 P = ParamSpec("P")
 
@@ -92,10 +88,33 @@ def _floats(a: np.ndarray) -> list[float | None]:
     return [None if v != v else v for v in a.tolist()]
 
 
+class _Noise:
+    """One /sample request's noise, from its own seed: drawn in an engine thread by the first of
+    the request's pieces to run (Engine.noise), so that merging or splitting requests changes no
+    one's samples and the event loop draws nothing."""
+
+    def __init__(self, engine: Engine, n: int, seed: int, mask: int | None) -> None:
+        self._args = (engine, n, seed, mask)
+        self._lock = threading.Lock()
+        self._drawn: tuple[np.ndarray, np.ndarray] | None = None
+
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uniforms (n, D), mask ids (n,))."""
+        with self._lock:
+            if self._drawn is None:
+                engine, n, seed, mask = self._args
+                self._drawn = engine.noise(n, seed, mask)
+            return self._drawn
+
+
 @dataclass(frozen=True)
 class _SampleWork:
-    u: np.ndarray  # (n, D) uniforms
-    masks: np.ndarray  # (n,) mask ids
+    noise: _Noise
+    rows: slice  # the request's rows this piece samples
+
+    @property
+    def n(self) -> int:
+        return int(self.rows.stop - self.rows.start)
 
 
 class DataPlane:
@@ -124,9 +143,9 @@ class DataPlane:
         try:
             self.scheduler.enter(endpoint)
         except Overloaded:
-            self.metrics.overloaded.labels(endpoint).inc()
+            self.metrics.child(self.metrics.overloaded, endpoint).inc()
             raise
-        held = self.metrics.endpoint_requests.labels(endpoint)
+        held = self.metrics.child(self.metrics.endpoint_requests, endpoint)
         held.inc()
         token = _lane.set(endpoint)
         try:
@@ -216,6 +235,8 @@ class DataPlane:
         self.metrics.set_models((e.name, e.version, ",".join(e.providers)) for e in self.registry.engines())
 
     def _check_rows(self, engine: Engine, x: np.ndarray, endpoint: str) -> None:
+        """The width and row count of rows the request schema parsed: what their validation
+        lacks (it needs the model). The engine then takes them as checked."""
         n, d = x.shape
         if d != engine.dims:
             raise InvalidInput(
@@ -302,7 +323,6 @@ class DataPlane:
         masks: Literal["all"] | int = req.masks
         if masks != "all":
             self._check_mask(engine, int(masks), "masks")
-        self._check_draws(x, req.n_importance, engine)
         complete = not np.isnan(x).any()
         seed = None if complete else (req.seed if req.seed is not None else new_seed())
         if complete:
@@ -310,7 +330,10 @@ class DataPlane:
             run = functools.partial(_logprob_batch, engine, masks)
             work = self._logprob_pieces(self._batcher("/logprob", engine, masks, run), x)
         else:
-            work = self._in_thread(engine.logprob, x, masks=masks, seed=seed, n_importance=req.n_importance)
+            self._check_draws(x, req.n_importance, engine)
+            work = self._in_thread(
+                engine.logprob, x, masks=masks, seed=seed, n_importance=req.n_importance, checked=True
+            )
         result: LogProbResult = await self._timed(work)
         return LogProbResponse.model_construct(
             model=engine.name,
@@ -323,6 +346,8 @@ class DataPlane:
 
     async def _logprob_pieces(self, batcher: Batcher[np.ndarray, LogProbResult], x: np.ndarray) -> LogProbResult:
         parts = await self._submit_rows(batcher, x)
+        if len(parts) == 1:
+            return parts[0]
         return LogProbResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("logprob", "exact", "stderr")))
 
     # --- /conditionals ---------------------------------------------------------------------------
@@ -355,26 +380,21 @@ class DataPlane:
         return None if req.mask == "mixture" else self._check_mask(engine, int(req.mask))
 
     async def _samples(self, engine: Engine, n: int, seed: int, mask: int | None) -> np.ndarray:
-        if n * engine.dims <= _INLINE_NOISE:
-            u, ks = engine.noise(n, seed, mask)
-        else:
-            u, ks = await self._in_thread(engine.noise, n, seed, mask)
-        # Every request's noise comes from its own seed, so merging (or splitting) changes no
-        # one's samples.
+        noise = _Noise(engine, n, seed, mask)
         run = functools.partial(_sample_batch, engine)
         batcher = self._batcher("/sample", engine, None, run)
         if n <= self.settings.max_batch:
-            out: np.ndarray = await batcher.submit(_SampleWork(u, ks), n)
+            out: np.ndarray = await batcher.submit(_SampleWork(noise, slice(0, n)), n)
             return out
-        pieces = [_SampleWork(u[rows], ks[rows]) for rows in self._pieces(n)]
-        parts = await asyncio.gather(*(batcher.submit(w, len(w.u)) for w in pieces))
+        pieces = [_SampleWork(noise, rows) for rows in self._pieces(n)]
+        parts = await asyncio.gather(*(batcher.submit(w, w.n) for w in pieces))
         return np.concatenate(parts)
 
     def _pieces(self, n: int) -> list[slice]:
         """A large request goes in pieces of at most MADE_MAX_BATCH rows: the engine is fastest
         on cache-sized batches, and other requests get their turns in between."""
         step = self.settings.max_batch
-        return [slice(i, i + step) for i in range(0, n, step)]
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     async def _submit_rows(self, batcher: Batcher[np.ndarray, T], x: np.ndarray) -> list[T]:
         if len(x) <= self.settings.max_batch:
@@ -437,7 +457,9 @@ class DataPlane:
         self._check_draws(x, req.n_importance, engine)
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(
-            self._in_thread(engine.impute, x, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance)
+            self._in_thread(
+                engine.impute, x, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance, checked=True
+            )
         )
         packed = req.encoding == "packed"
         return ImputeResponse.model_construct(
@@ -477,7 +499,13 @@ class DataPlane:
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(
             self._in_thread(
-                engine.denoise, x, req.eps, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance
+                engine.denoise,
+                x,
+                req.eps,
+                n_samples=req.n_samples,
+                seed=seed,
+                n_importance=req.n_importance,
+                checked=True,
             )
         )
         packed = req.encoding == "packed"
@@ -503,8 +531,13 @@ def _split(total: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(total, np.cumsum(sizes)[:-1])
 
 
+def _rows(xs: list[np.ndarray]) -> np.ndarray:
+    """The merged requests' rows (a lone request's as they are, no copy)."""
+    return xs[0] if len(xs) == 1 else np.concatenate(xs)
+
+
 def _logprob_batch(engine: Engine, masks: Literal["all"] | int, xs: list[np.ndarray]) -> list[LogProbResult]:
-    r = engine.logprob(np.concatenate(xs), masks=masks)
+    r = engine.logprob(_rows(xs), masks=masks, checked=True)
     sizes = [len(x) for x in xs]
     return [
         LogProbResult(lp, ex, se)
@@ -513,10 +546,11 @@ def _logprob_batch(engine: Engine, masks: Literal["all"] | int, xs: list[np.ndar
 
 
 def _conditionals_batch(engine: Engine, mask: int, xs: list[np.ndarray]) -> list[np.ndarray]:
-    return _split(engine.conditionals(np.concatenate(xs), mask=mask), [len(x) for x in xs])
+    return _split(engine.conditionals(_rows(xs), mask=mask, checked=True), [len(x) for x in xs])
 
 
 def _sample_batch(engine: Engine, works: list[_SampleWork]) -> list[np.ndarray]:
-    u = np.concatenate([w.u for w in works])
-    masks = np.concatenate([w.masks for w in works])
-    return _split(engine.sample_from_noise(u, masks), [len(w.u) for w in works])
+    noise = [w.noise.get() for w in works]
+    u = np.concatenate([u[w.rows] for (u, _), w in zip(noise, works, strict=True)])
+    masks = np.concatenate([ks[w.rows] for (_, ks), w in zip(noise, works, strict=True)])
+    return _split(engine.sample_from_noise(u, masks), [w.n for w in works])

@@ -23,6 +23,10 @@ from made.errors import (
     MadeError,
     ModelNotFound,
     ModelStoreError,
+    NotAcceptable,
+    NotReady,
+    Overloaded,
+    RequestTimeout,
 )
 from service.log_config import current_request_id, request_context
 from service.schemas import json_value
@@ -36,26 +40,6 @@ class Unauthorized(MadeError):
 
 class PayloadTooLarge(MadeError):
     """The body is over MADE_MAX_BODY_BYTES."""
-
-
-class NotReady(MadeError):
-    """The models are not loaded (yet, or loading failed)."""
-
-
-class RequestTimeout(MadeError):
-    """The request ran past MADE_REQUEST_TIMEOUT."""
-
-
-class Overloaded(MadeError):
-    """An endpoint holds MADE_MAX_QUEUE requests already: 503 with Retry-After."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class NotAcceptable(MadeError):
-    """The Accept header asks for a representation this model cannot give (e.g. PNG)."""
 
 
 # Most specific first: ModelNotFound is a ModelStoreError.

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from service.errors import Overloaded
+from made.errors import Overloaded
 
 T = TypeVar("T")
 

@@ -68,7 +68,9 @@ def json_value(v: object) -> str:
 
 
 def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
-    """A JSON list of rows of 0/1 (and null where allowed) -> (N, D) float64, NaN for null."""
+    """A JSON list of rows of 0/1 (and null where allowed) -> (N, D) float32, NaN for null: the
+    array the engine runs on (onnxruntime reads float32), validated here once (service.dataplane
+    adds the width, which needs the model, and hands it to the engine as checked)."""
     expected = "0, 1 or null" if allow_missing else "0 or 1"
     if not isinstance(value, list):
         raise _fail(f"must be a list of rows, each a list of {expected}, got {json_value(value)}")
@@ -97,7 +99,7 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
             f"row {i} has {got} value{'s' * (got != 1)} but the other rows have {common}; "
             "every row needs one value per dimension"
         )
-    a = np.array(value, dtype=np.float64)  # None -> NaN
+    a = np.array(value, dtype=np.float32)  # None -> NaN; 0 and 1 are exact
     if a.shape[1] == 0:
         raise _fail("rows are empty; every row needs one value per dimension")
     if has_float:  # a JSON NaN literal must not pass for null
@@ -128,7 +130,7 @@ def _rows_schema(allow_missing: bool) -> dict[str, Any]:
     }
 
 
-# (N, D) float64 arrays once validated; NaN marks a missing value.
+# (N, D) float32 arrays once validated; NaN marks a missing value.
 RowsWithMissing = Annotated[
     np.ndarray, PlainValidator(lambda v: _parse_rows(v, True)), WithJsonSchema(_rows_schema(True))
 ]
@@ -201,7 +203,7 @@ class _RowsRequest(_Request):
     """Rows as JSON lists (`x`), or bit-packed (`x_b64` + `shape`) for large complete batches; or,
     for a model of a table's columns, `records`."""
 
-    x: np.ndarray | None = None  # (N, D) float64, NaN for null; each request types it
+    x: np.ndarray | None = None  # (N, D) float32, NaN for null; each request types it
     x_b64: str | None = Field(
         None,
         description="compact alternative to x for complete rows: base64 of "
@@ -236,7 +238,7 @@ class _RowsRequest(_Request):
 
     @property
     def rows(self) -> np.ndarray:
-        """(N, D) float64, NaN where missing: from x or x_b64, whichever came."""
+        """(N, D) float32, NaN where missing: from x or x_b64, whichever came."""
         if self.x is None:
             raise InvalidInput("this model reads rows of 0/1 (x or x_b64), not records", loc=("records",))
         return self.x
@@ -256,7 +258,7 @@ def _decode_packed(data: str, shape: tuple[int, int] | None) -> np.ndarray:
     if len(raw) != need:
         raise _fail(f"x_b64 holds {len(raw)} bytes but shape [{n}, {d}] needs {need} ({(d + 7) // 8} per row)")
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(n, -1), axis=1, count=d)
-    return bits.astype(np.float64)
+    return bits.astype(np.float32)
 
 
 class LogProbRequest(_RowsRequest):

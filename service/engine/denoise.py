@@ -93,6 +93,7 @@ def denoise(
     n_samples: int = 10,
     seed: int | None = None,
     n_importance: int = 1000,
+    checked: bool = False,
 ) -> DenoiseResult:
     """p(x | y) under the mixture for each noisy row y (0/1; NaN: missing) and flip
     probabilities eps (a number, one per row, or one per entry, each in [0, 1/2]).
@@ -112,7 +113,7 @@ def denoise(
     """
     from service.engine.engine import _check_count, _check_seed, _logmeanexp
 
-    y = engine.check_x(y, allow_missing=True)
+    y = engine.check_x(y, allow_missing=True, checked=checked)
     _check_count("n_samples", n_samples, 0)
     _check_count("n_importance", n_importance, 1)
     eps = check_eps(eps, y.shape)

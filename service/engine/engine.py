@@ -127,8 +127,17 @@ class Engine:
             )
         return int(mask)
 
-    def check_x(self, x: np.ndarray, allow_missing: bool) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
+    def check_x(self, x: np.ndarray, allow_missing: bool, checked: bool = False) -> np.ndarray:
+        """x as (N, D) floats of 0, 1 and, where allowed, NaN (missing), or InvalidInput naming
+        the first row and column that is not. float32 rows stay float32 (what onnxruntime runs
+        on), others become float64. checked: x was made so upstream (the service's request
+        schema parsed its values, its data plane checked its width), so it is taken as it is:
+        a request is validated once."""
+        if checked:
+            return x
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:
             raise InvalidInput(f"x must be a 2-D array of rows (N, {self.dims}), got shape {x.shape}")
         if x.shape[1] != self.dims:
@@ -206,10 +215,17 @@ class Engine:
 
     # --- log-likelihood -----------------------------------------------------------------------
     def logprob(
-        self, x: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+        self,
+        x: np.ndarray,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        checked: bool = False,
     ) -> LogProbResult:
-        """log p(x) under the mixture of `masks`; missing values (NaN) summed out."""
-        x = self.check_x(x, allow_missing=True)
+        """log p(x) under the mixture of `masks`; missing values (NaN) summed out. checked: see
+        check_x."""
+        x = self.check_x(x, allow_missing=True, checked=checked)
         _check_count("n_importance", n_importance, 1)
         ks = self._masks(masks)
         n = len(x)
@@ -278,9 +294,10 @@ class Engine:
         return out
 
     # --- conditionals ------------------------------------------------------------------------
-    def conditionals(self, x: np.ndarray, mask: int = 0) -> np.ndarray:
-        """(N, D): p(x_d = 1 | the dimensions before d in mask k's ordering)."""
-        x = self.check_x(x, allow_missing=False)
+    def conditionals(self, x: np.ndarray, mask: int = 0, *, checked: bool = False) -> np.ndarray:
+        """(N, D): p(x_d = 1 | the dimensions before d in mask k's ordering). checked: see
+        check_x."""
+        x = self.check_x(x, allow_missing=False, checked=checked)
         return _sigmoid(self.logits(x, self.check_mask(mask)).astype(np.float64))
 
     def full_conditionals(self, x: np.ndarray) -> np.ndarray:
@@ -349,7 +366,13 @@ class Engine:
         return np.asarray((sums == (m * (m - 1) / 2)[:, None]).all(axis=1))
 
     def impute(
-        self, x: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+        self,
+        x: np.ndarray,
+        n_samples: int = 10,
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        checked: bool = False,
     ) -> ImputeResult:
         """p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value):
         n_samples completions, marginals p(x_d = 1 | x_obs), log p(x_obs) and an ESS.
@@ -383,7 +406,7 @@ class Engine:
         default_rng(seed): a single-row request draws what it drew before rows had streams of
         their own.
         """
-        x = self.check_x(x, allow_missing=True)
+        x = self.check_x(x, allow_missing=True, checked=checked)
         _check_count("n_samples", n_samples, 0)
         _check_count("n_importance", n_importance, 1)
         seed = _check_seed(seed)
@@ -391,7 +414,8 @@ class Engine:
         observed = ~np.isnan(x)
         out = ImputeResult(
             samples=np.empty((n, n_samples, d), dtype=np.uint8),
-            marginals=np.where(observed, x, 0.0),  # observed entries give their own value
+            # observed entries give their own value
+            marginals=np.where(observed, x, 0.0).astype(np.float64, copy=False),
             logprob_observed=np.empty(n),
             exact=self.exact_rows(observed),
             ess=np.empty(n),
@@ -522,10 +546,12 @@ class Engine:
         n_samples: int = 10,
         seed: int | None = None,
         n_importance: int = 1000,
+        *,
+        checked: bool = False,
     ) -> DenoiseResult:
         """p(clean x | noisy y) with independent bit flips of probability eps (a number, one per
-        row or one per entry): see service.engine.denoise.denoise."""
-        return denoise(self, y, eps, n_samples=n_samples, seed=seed, n_importance=n_importance)
+        row or one per entry): see service.engine.denoise.denoise. checked: see check_x."""
+        return denoise(self, y, eps, n_samples=n_samples, seed=seed, n_importance=n_importance, checked=checked)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
