@@ -117,6 +117,12 @@ def test_a_store_model_loads_with_the_providers_asked_for(tiny_store: Path) -> N
     assert engine.providers == ["CPUExecutionProvider"]
 
 
+def test_sessions_do_not_spin_waiting_for_work(tiny_engines: dict[str, Engine]) -> None:
+    """Spinning intra-op threads take the cores the sampler and the HTTP loop need (runtime.py)."""
+    options = next(iter(tiny_engines.values())).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_concurrent_calls_give_the_same_results_as_sequential_calls(
     tiny_engines: dict[str, Engine],
 ) -> None:

@@ -86,6 +86,11 @@ def make_session(
     # 4096-row call of the MNIST model); without it, a call's buffers go back to malloc, and
     # large ones to the system (release_freed_memory).
     options.enable_cpu_mem_arena = False
+    # No spinning: by default onnxruntime's intra-op threads spin-wait for the next run, taking
+    # the cores the sampler and the HTTP loop need. Under bench/load.py's mix (2 cores) turning it
+    # off served 45-55 requests/s instead of 27-33 with lower p99 on /logprob and /conditionals;
+    # single-row /logprob alone stayed within run-to-run noise (168-215 vs 182-184 req/s).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model_bytes if model_bytes is not None else str(path)
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=provider_options(providers))
