@@ -1,7 +1,8 @@
 """Load, latency, errors and memory of a real `made serve` under concurrent clients.
 
     .venv/bin/python bench/load.py [--store model_store] [--model NAME] [--clients 64]
-        [--duration 60] [--leak-requests 100000 [--leak-model NAME]] [--compare-seconds 15]
+        [--duration 60] [--paced-load 0.5] [--leak-requests 100000 [--leak-model NAME]]
+        [--compare-seconds 15]
         [--write] [--json FILE]
 
 One `made serve` process on a free loopback port, logging as deployed (MADE_LOG_LEVEL=INFO: one
@@ -14,7 +15,11 @@ generator is wrk (apt-get install wrk), one process per endpoint, on the same ma
    mask 0's ordering, default settings). Every answer must be 200: another status, a timeout or
    a broken connection is an unexpected error. Before it, each endpoint alone with the same
    --clients / 4 connections for --alone-seconds: the table compares each endpoint's p99 in the
-   mix with its p99 alone (fair scheduling's target: at most 3x);
+   mix with its p99 alone (fair scheduling's target: at most 3x), and the share of its alone
+   throughput each endpoint keeps in the mix (with closed-loop clients, Little's law ties the
+   two: see the table's note). Then, with --paced-load L (default 0.5), the same at a load the
+   server can carry: each connection waits between requests so that each endpoint offers L / 4
+   of its alone req/s; each endpoint paced alone for --duration, then the four paced together;
 3. leak check, with --leak-requests N (not run by default, so that `make bench` takes about two
    minutes): more rounds of the mix, on --leak-model's (default: the same model), until N
    requests have been answered since the warm-up. The server's resident memory (VmRSS in
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -66,6 +72,10 @@ wrk.headers["Content-Type"] = "application/json"
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()
+local think = tonumber(os.getenv("THINK_MS") or "0")
+if think > 0 then
+  delay = function() return think end  -- ms a connection waits before each request
+end
 
 done = function(summary, latency, requests)
   local out = assert(io.open(os.getenv("WRK_OUT"), "w"))
@@ -107,6 +117,8 @@ class Row:
     p99_ms: float
     unexpected: int
     server_cpu: float | None = None  # cores the server process used on average (its CPU time / wall)
+    think_ms: float = 0.0  # what each connection waited before each request (paced phases)
+    connections: int = 0  # (paced phases)
 
 
 def summarize(phase: str, endpoint: str, runs: list[Run], seconds: float) -> Row:
@@ -160,8 +172,15 @@ class Wrk:
         self._count = 0
 
     def start(
-        self, url: str, body: dict[str, object], connections: int, seconds: float, threads: int = 1
+        self,
+        url: str,
+        body: dict[str, object],
+        connections: int,
+        seconds: float,
+        threads: int = 1,
+        think_ms: float = 0.0,
     ) -> tuple[subprocess.Popen[bytes], Path]:
+        """wrk on url; think_ms > 0: each connection waits that long before each request."""
         self._count += 1
         body_file = self.workdir / f"body{self._count}.json"
         out = self.workdir / f"out{self._count}.json"
@@ -178,7 +197,7 @@ class Wrk:
                 str(self.script),
                 url,
             ],
-            env={**os.environ, "BODY_FILE": str(body_file), "WRK_OUT": str(out)},
+            env={**os.environ, "BODY_FILE": str(body_file), "WRK_OUT": str(out), "THINK_MS": str(round(think_ms))},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -194,9 +213,31 @@ class Wrk:
             endpoint, int(data["requests"]), data["duration_us"] / 1e6, errors, [int(v) for v in data["quantiles_us"]]
         )
 
-    def mix(self, base: str, mix: list[Target], clients: int, seconds: float) -> list[Run]:
-        """Every target at once, clients // len(mix) connections each."""
-        started = [(t, *self.start(base + t.path, t.body, clients // len(mix), seconds)) for t in mix]
+    def mix(
+        self,
+        base: str,
+        mix: list[Target],
+        clients: int,
+        seconds: float,
+        think_ms: dict[str, float] | None = None,
+        connections: dict[str, int] | None = None,
+    ) -> list[Run]:
+        """Every target at once, clients // len(mix) connections each (or `connections`, and
+        think_ms, per label)."""
+        think, conns = think_ms or {}, connections or {}
+        started = [
+            (
+                t,
+                *self.start(
+                    base + t.path,
+                    t.body,
+                    conns.get(t.label, clients // len(mix)),
+                    seconds,
+                    think_ms=think.get(t.label, 0.0),
+                ),
+            )
+            for t in mix
+        ]
         return [self.finish(t.label, proc, out) for t, proc, out in started]
 
     def one(self, url: str, body: dict[str, object], clients: int, seconds: float, label: str) -> Run:
@@ -204,7 +245,8 @@ class Wrk:
 
 
 def fairness(alone: dict[str, Row], mixed: list[Row]) -> list[str]:
-    """Each endpoint's p99 in the mix against its p99 alone at the same connections."""
+    """Each endpoint's p99 in the mix against its p99 alone at the same connections, with its
+    share of its alone throughput kept in the mix."""
     pairs = [(alone[r.endpoint], r) for r in mixed if r.endpoint in alone]
     if not pairs:
         return []
@@ -212,13 +254,54 @@ def fairness(alone: dict[str, Row], mixed: list[Row]) -> list[str]:
         "Each endpoint in the mix against the same endpoint alone (same connections; target: "
         "p99 in the mix at most 3x its p99 alone):",
         "",
-        "| endpoint | p99 alone (ms) | p99 in the mix (ms) | ratio | within 3x |",
-        "|---|---:|---:|---:|---|",
+        "| endpoint | p99 alone (ms) | p99 in the mix (ms) | ratio | within 3x | req/s in the mix / alone |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    shares = []
+    for a, m in pairs:
+        ratio = m.p99_ms / a.p99_ms if a.p99_ms else float("inf")
+        share = m.rps / a.rps if a.rps else float("nan")
+        shares.append(share)
+        lines.append(
+            f"| {m.endpoint} | {a.p99_ms:.1f} | {m.p99_ms:.1f} | {ratio:.1f}x | {'yes' if ratio <= 3 else 'no'} "
+            f"| {share:.2f} |"
+        )
+    total = float(np.nansum(shares))
+    lines += [
+        "",
+        f"The shares sum to {total:.2f}. Every connection here sends its next request when its "
+        "answer comes (a closed loop), so by Little's law an endpoint's mean latency is its "
+        "connections over its throughput, and its mean latency in the mix is 1 / share times "
+        "its mean alone. When each endpoint alone already keeps the server busy, the shares "
+        f"can sum to at most about 1, so some endpoint of the {len(pairs)} keeps at most "
+        f"1/{len(pairs)} of its throughput and waits at least {len(pairs)}x longer on average, "
+        "whatever the scheduler does: at saturation, 3x for every endpoint cannot be met. The "
+        "paced phase below asks the question that remains: at a load the server can carry, do "
+        "the expensive endpoints make the cheap ones wait?",
+    ]
+    return [*lines, ""]
+
+
+def paced(alone: dict[str, Row], mixed: list[Row], load: float) -> list[str]:
+    """Each endpoint's p99 in the paced mix against its p99 paced alone (same pacing)."""
+    pairs = [(alone[r.endpoint], r) for r in mixed if r.endpoint in alone]
+    if not pairs:
+        return []
+    lines = [
+        f"Paced: each connection waits between requests so that each endpoint offers "
+        f"{load / len(pairs):.3g} of the requests per second it answered alone (the four together "
+        f"{load:.0%} of the server's capacity); each endpoint paced alone, then the four "
+        "paced together (target: p99 in the mix at most 3x its p99 alone):",
+        "",
+        "| endpoint | connections | think time (ms) | req/s alone / in the mix | p99 paced alone (ms) "
+        "| p99 in the paced mix (ms) | ratio | within 3x |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for a, m in pairs:
         ratio = m.p99_ms / a.p99_ms if a.p99_ms else float("inf")
         lines.append(
-            f"| {m.endpoint} | {a.p99_ms:.1f} | {m.p99_ms:.1f} | {ratio:.1f}x | {'yes' if ratio <= 3 else 'no'} |"
+            f"| {m.endpoint} | {a.connections} | {a.think_ms:.0f} | {a.rps:.1f} / {m.rps:.1f} | {a.p99_ms:.1f} "
+            f"| {m.p99_ms:.1f} | {ratio:.1f}x | {'yes' if ratio <= 3 else 'no'} |"
         )
     return [*lines, ""]
 
@@ -293,6 +376,18 @@ def table(rows: list[Row]) -> list[str]:
     ]
 
 
+def settle(pid: int, limit_s: float = 120.0) -> None:
+    """Wait until the server is idle (under 5% of a core over half a second): requests whose
+    clients left at the end of a phase still finish their engine work, and the next phase must
+    not measure it."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before < 0.025:
+            return
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -328,6 +423,13 @@ def main() -> int:
         type=float,
         default=15.0,
         help="seconds of /logprob against made serve and the bare app (0: skip)",
+    )
+    parser.add_argument(
+        "--paced-load",
+        type=float,
+        default=0.5,
+        help="the paced phases' offered load, as a share of the server's capacity (each endpoint "
+        "offers this / 4 of its alone req/s; 0: skip)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--write", action="store_true", help="write docs/load.md")
@@ -374,6 +476,7 @@ def main() -> int:
         alone: dict[str, Row] = {}
         if args.alone_seconds > 0:
             for t in mix:
+                settle(pid)
                 print(f"alone: {t.path}, {args.clients // 4} clients, {args.alone_seconds:g} s", file=sys.stderr)
                 run = wrk.finish(
                     t.label, *wrk.start(server.url + t.path, t.body, args.clients // 4, args.alone_seconds)
@@ -381,6 +484,7 @@ def main() -> int:
                 alone[t.label] = summarize(f"alone, {args.alone_seconds:g} s", t.label, [run], run.seconds)
             rows += alone.values()
 
+        settle(pid)
         print(f"mixed load: {args.clients} clients, {args.duration:g} s", file=sys.stderr)
         with RssSampler(pid) as sampler:
             start, cpu = time.perf_counter(), cpu_seconds(pid)
@@ -416,6 +520,41 @@ def main() -> int:
                 rows.append(summarize(phase, "**all**", leak_runs, seconds))
                 rows[-1].server_cpu = (cpu_seconds(pid) - cpu) / seconds
                 memory[f"after the leak check ({served} requests)"] = rss_bytes(pid) / MB
+        paced_alone: dict[str, Row] = {}
+        paced_rows: list[Row] = []
+        if args.paced_load > 0 and alone:
+            # Per endpoint, connections x 1 / (think + latency) = its share of req/s. A think time
+            # stays under uvicorn's 5 s keep-alive (an idle connection is closed after it), so a
+            # slow endpoint gets fewer connections; latency at this load is taken as its
+            # service time, about connections alone / req/s alone / 4 (a guess: the table
+            # shows the req/s each endpoint really offered).
+            think: dict[str, float] = {}
+            conns: dict[str, int] = {}
+            for t in mix:
+                rate = args.paced_load / 4 * alone[t.label].rps  # req/s wanted
+                service_ms = 1000 * (args.clients // 4) / alone[t.label].rps / 4
+                conns[t.label] = max(1, min(args.clients // 4, math.floor(rate * (4.0 + service_ms / 1000))))
+                think[t.label] = max(0.0, 1000 * conns[t.label] / rate - service_ms)
+            for t in mix:
+                settle(pid)
+                print(
+                    f"paced alone: {t.path}, {conns[t.label]} connections, think {think[t.label]:.0f} ms, "
+                    f"{args.duration:g} s",
+                    file=sys.stderr,
+                )
+                run = wrk.finish(
+                    t.label,
+                    *wrk.start(server.url + t.path, t.body, conns[t.label], args.duration, think_ms=think[t.label]),
+                )
+                paced_alone[t.label] = summarize("paced alone", t.label, [run], run.seconds)
+                paced_alone[t.label].think_ms = think[t.label]
+                paced_alone[t.label].connections = conns[t.label]
+            settle(pid)
+            print(f"paced mix: {args.duration:g} s", file=sys.stderr)
+            start = time.perf_counter()
+            runs = wrk.mix(server.url, mix, args.clients, args.duration, think_ms=think, connections=conns)
+            paced_rows = _mix_rows("paced mix", mix, runs, time.perf_counter() - start)
+            rows += [*paced_alone.values(), *paced_rows]
         growth = (rss_bytes(pid) - rss_start) / MB
         memory["highest sample (once a second)"] = (
             max(s for _, s in sampler.samples) / MB if (sampler.samples) else float("nan")
@@ -468,6 +607,7 @@ def main() -> int:
         f"Unexpected errors (any status but 200, timeouts, broken connections), warm-up included: **{unexpected}**.",
         "",
         *fairness(alone, [r for r in rows if r.phase.startswith("mixed")]),
+        *paced(paced_alone, paced_rows, args.paced_load),
         "Resident memory of the server process (VmRSS from /proc/PID/status):",
         "",
         "| reading | MB |",
