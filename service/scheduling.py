@@ -5,9 +5,9 @@ Every engine call (a merged batch of /logprob rows, one /impute request, ...) ru
 to the lane (endpoint) that has used the least engine time: start-time fair queuing with each
 call charged its lane's running mean cost when it starts and corrected by what it really took
 when it ends. A lane that was idle re-enters at the current least charge, so it cannot bank
-credit. A lane whose calls are long (LONG_CALL_S on average) holds at most all threads but one,
-so a short call never waits for long calls to end (the cost: such a lane alone uses one thread
-fewer). With 16 clients on each of /logprob, /conditionals, /sample and /impute, each lane gets
+credit. The lanes whose calls are long (LONG_CALL_S on average) hold at most all threads but
+one between them, so a short call never waits for long calls to end (the cost: long calls alone
+use one thread fewer). With 16 clients on each of /logprob, /conditionals, /sample and /impute, each lane gets
 a quarter of the threads' time: a cheap request waits for at most the calls already running,
 not behind every expensive request queued before it (what one FIFO of threads did).
 
@@ -37,8 +37,9 @@ T = TypeVar("T")
 
 # Weight of the newest call in a lane's running mean cost.
 _EWMA = 0.2
-# A lane whose calls take longer than this on average (seconds) may hold at most all threads
-# but one: a thread stays free for short calls, which would otherwise wait for a long one to end.
+# Lanes whose calls take longer than this on average (seconds) may hold at most all threads but
+# one between them: a thread stays free for short calls, which would otherwise wait for a long
+# one to end.
 LONG_CALL_S = 0.05
 
 
@@ -118,8 +119,12 @@ class FairScheduler:
             self._free(lane)
 
     def _may_take(self, lane: _Lane) -> bool:
-        """Whether the lane may take one more thread: a lane of long calls keeps one free."""
-        return self.slots == 1 or lane.mean_cost < LONG_CALL_S or lane.held < self.slots - 1
+        """Whether the lane may take one more thread: the lanes of long calls together keep
+        one free (each on its own would leave none when two of them are busy)."""
+        if self.slots == 1 or lane.mean_cost < LONG_CALL_S:
+            return True
+        long_held = sum(other.held for other in self.lanes.values() if other.mean_cost >= LONG_CALL_S)
+        return long_held < self.slots - 1
 
     def _grant(self, lane: _Lane) -> float:
         """Take a thread for the lane, charging it the lane's mean cost (corrected at the end)."""

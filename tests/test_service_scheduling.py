@@ -137,3 +137,36 @@ async def test_a_lane_of_long_calls_leaves_a_thread_free_for_short_ones() -> Non
     assert quick == "logprob" and "impute1" not in started, started
     await asyncio.gather(*backlog)
     assert now["most"] == 1  # never both threads: one stayed free
+
+
+async def test_two_lanes_of_long_calls_together_leave_a_thread_free_for_short_ones() -> None:
+    """/sample and /impute both busy with long calls on 2 threads: /conditionals still gets one
+    at once (each long lane capped on its own would hold one thread each, leaving none)."""
+    scheduler = FairScheduler(slots=2, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    now = {"long": 0, "most": 0}
+
+    def long_call(name: str) -> str:
+        with lock:
+            now["long"] += 1
+            now["most"] = max(now["most"], now["long"])
+        try:
+            return _job(started, name, 0.2, lock)
+        finally:
+            with lock:
+                now["long"] -= 1
+
+    await scheduler.run("/impute", long_call, "impute-first")  # both lanes' mean costs are now long
+    await scheduler.run("/sample", long_call, "sample-first")
+    backlog = [
+        asyncio.create_task(scheduler.run(lane, long_call, f"{lane}{i}"))
+        for i in range(3)
+        for lane in ("/impute", "/sample")
+    ]
+    await asyncio.sleep(0.01)
+    quick = await scheduler.run("/conditionals", _job, started, "conditionals", 0.0, lock)
+    # at once: the first long call is still running, so no second one has started
+    assert quick == "conditionals" and len([n for n in started if n.endswith(("0", "1", "2"))]) == 1, started
+    await asyncio.gather(*backlog)
+    assert now["most"] == 1  # never two long calls at once: one thread stayed free
