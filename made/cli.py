@@ -75,6 +75,13 @@ def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = No
     from training.train import TrainConfig
 
     connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
+    bits_only = {"--activation": args.activation != "relu", "--init": args.init != "default"}
+    bits_only["--resample-masks"] = args.resample_masks
+    if schema is not None and any(bits_only.values()):
+        flag = next(f for f, used in bits_only.items() if used)
+        raise ConfigError(
+            f"{flag} is for bit data; table models (--schema, --groups, a table) train ReLU units as built"
+        )
     shape = dict(
         hidden=args.hidden,
         n_masks=args.masks,
@@ -84,7 +91,12 @@ def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = No
         direct=args.direct,
         mask_seed=args.seed,
     )
-    model = MADEConfig(dims=dims, **shape) if schema is None else TableMADEConfig(columns=schema.to_json(), **shape)  # type: ignore[arg-type]
+    model = (
+        MADEConfig(dims=dims, activation=args.activation, init=args.init, **shape)  # type: ignore[arg-type]
+        if schema is None
+        else TableMADEConfig(columns=schema.to_json(), **shape)  # type: ignore[arg-type]
+    )
+    lr = args.lr if args.lr is not None else (1.0 if args.optimizer == "adadelta" else 1e-3)
     return TrainConfig(
         dataset=args.dataset,
         model=model,
@@ -92,8 +104,12 @@ def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = No
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
-        lr=args.lr,
+        lr=lr,
         weight_decay=args.weight_decay,
+        eps=args.eps,
+        rho=args.rho,
+        resample_masks=args.resample_masks,
+        valid_masks=args.valid_masks,
         patience=args.patience,
         lr_step=args.lr_step,
         lr_gamma=args.lr_gamma,
@@ -245,9 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--random-ordering", action="store_true", help="one random ordering instead of natural")
     t.add_argument("--direct", action="store_true", help="direct input-to-output connections")
+    t.add_argument("--activation", choices=["relu", "tanh"], default="relu", help="hidden units (bit data only)")
+    t.add_argument(
+        "--init",
+        choices=["default", "orthogonal"],
+        default="default",
+        help="weights: torch's default, or orthogonal matrices with zero biases (bit data only)",
+    )
+    t.add_argument(
+        "--resample-masks",
+        action="store_true",
+        help="a fresh mask for every update (per --order-agnostic/--connectivity-agnostic); the K "
+        "--masks are the ensemble validated, tested and exported (bit data only)",
+    )
+    t.add_argument(
+        "--valid-masks",
+        type=int,
+        default=0,
+        help="validate each epoch on the first N masks' mixture (0: all K); the final scores use all K",
+    )
     t.add_argument("--batch-size", type=int, default=100, help="rows per minibatch")
-    t.add_argument("--optimizer", choices=["adam", "adamw", "adagrad"], default="adam", help="the optimizer")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument(
+        "--optimizer",
+        choices=["adam", "adamw", "adagrad", "adadelta", "sgd"],
+        default="adam",
+        help="the optimizer (sgd: plain, constant rate)",
+    )
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.001; 1.0 with adadelta)")
+    t.add_argument("--eps", type=float, default=None, help="the optimizer's epsilon (default: torch's)")
+    t.add_argument("--rho", type=float, default=0.9, help="adadelta's decay of its running averages")
     t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled with adamw)")
     t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")
     t.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-step decay")

@@ -25,6 +25,15 @@ from made.errors import ModelStoreError
 
 OPSET = 17
 WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16}
+# The hidden units' nonlinearity (the manifest's "activation") -> its ONNX operator.
+ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh"}
+
+
+def _activation_op(activation: str) -> str:
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {activation!r}") from None
 
 
 def build_graph(
@@ -37,11 +46,14 @@ def build_graph(
     weight_dtype: str = "float32",
     output_degrees: np.ndarray | None = None,
     output_name: str = "logits",
+    activation: str = "relu",
 ) -> onnx.ModelProto:
     """weights[l] is (fan_out, fan_in) like torch; degrees are (K, width) per layer;
-    weight_dtype ('float32' or 'float16') is how the weight matrices are stored. A table model
-    passes the degrees of its input units and of its output units (`output_degrees`, stored as
-    the initializer output_degrees) and names its output `params`."""
+    weight_dtype ('float32' or 'float16') is how the weight matrices are stored; activation
+    ('relu' or 'tanh') is the hidden units' nonlinearity. A table model passes the degrees of its
+    input units and of its output units (`output_degrees`, stored as the initializer
+    output_degrees) and names its output `params`."""
+    act_op = _activation_op(activation)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {weight_dtype!r}")
     dims = int(input_degrees.shape[1])
@@ -95,7 +107,7 @@ def build_graph(
         out = "pre_logits" if (last and direct is not None) else (output_name if last else f"pre{l}")
         nodes.append(helper.make_node("Add", [f"mm{l}", f"b{l}"], [out]))
         if not last:
-            nodes.append(helper.make_node("Relu", [out], [f"h{l}"]))
+            nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
             h = f"h{l}"
     if direct is not None:
         direct_name = weight(direct.T, "direct_W")
@@ -150,14 +162,16 @@ def read_arrays(path: Path) -> GraphArrays:
     return GraphArrays(weights, biases, degrees, hidden, direct)
 
 
-def dense_graph(n_layers: int, direct: bool) -> bytes:
+def dense_graph(n_layers: int, direct: bool, activation: str = "relu") -> bytes:
     """One dense pass of a MADE whose (masked) weights are inputs, serialized: `x` (N, D) in
     dimension order; `order` (D,) int64, the mask's ordering, and `inverse` (D,), its inverse
     permutation; W{l} (fan_out, fan_in) and b{l} (fan_out,) for each layer and `direct_W` (D, D)
     when `direct`, in the mask's coordinates, float32; output `logits` (N, D) in dimension order.
     The engine feeds it each mask's network in that mask's coordinates (network.MaskWeights), so
     one session with no weights of its own serves all K masks from the arrays the sampler steps
-    through (the stored graph, by contrast, rebuilds the mask from degrees on every call)."""
+    through (the stored graph, by contrast, rebuilds the mask from degrees on every call).
+    `activation` is the hidden units' nonlinearity, as in build_graph."""
+    act_op = _activation_op(activation)
 
     def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, kind, shape)
@@ -175,7 +189,7 @@ def dense_graph(n_layers: int, direct: bool) -> bytes:
         out = ("pre_logits" if direct else "positioned") if last else f"a{l}"
         nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [out], transB=1))
         if not last:
-            nodes.append(helper.make_node("Relu", [out], [f"h{l}"]))
+            nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
             h = f"h{l}"
     if direct:
         inputs.append(tensor("direct_W", ["D", "D"]))

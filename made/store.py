@@ -20,7 +20,7 @@ import numpy as np
 
 from made.atomic import fsync_dir
 from made.errors import ModelNotFound, ModelStoreError
-from made.onnx_graph import OPSET
+from made.onnx_graph import ACTIVATIONS, OPSET
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -86,6 +86,12 @@ class StoredModel:
         return np.asarray(self.manifest["orderings"], dtype=np.int64)
 
     @property
+    def activation(self) -> str:
+        """The hidden units' nonlinearity (relu or tanh); read_manifest has checked it. A
+        manifest written before the field existed is a ReLU model."""
+        return str(self.manifest.get("activation", "relu"))
+
+    @property
     def image_shape(self) -> list[int] | None:
         shape = self.manifest.get("image_shape")
         return list(shape) if shape else None
@@ -135,6 +141,11 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
             f"{path} has format_version {manifest['format_version']}, this build reads {FORMAT_VERSION}"
         )
     check_manifest_shapes(manifest, path)
+    activation = manifest.get("activation", "relu")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ModelStoreError(
+            f"{path} has activation {activation!r}; this build serves {' or '.join(map(repr, ACTIVATIONS))}"
+        )
     return manifest
 
 

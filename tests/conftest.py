@@ -169,13 +169,22 @@ def write_random_model(
     order_agnostic: bool,
     direct: bool,
     seed: int = 0,
+    activation: str = "relu",
 ) -> Path:
     """A MADE with random weights (no training) in `store`, as `made export` writes it: enough
     for exactness checks at real size."""
     from training.export import export_random_model
 
     return export_random_model(
-        store, name, dims, hidden, n_masks, order_agnostic=order_agnostic, direct=direct, seed=seed
+        store,
+        name,
+        dims,
+        hidden,
+        n_masks,
+        order_agnostic=order_agnostic,
+        direct=direct,
+        seed=seed,
+        activation=activation,
     )
 
 

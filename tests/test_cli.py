@@ -38,6 +38,14 @@ def _bad_calls(base: Path) -> dict[str, list[str]]:
     cfg = TrainConfig(dataset=str(good), model=MADEConfig(dims=6, hidden=[8]))
     Trainer(cfg, other).prepare_run_dir()
     run = ["train", "--no-progress", "--max-epochs", "1", "--threads", "1"]
+    # table models are ReLU-only: tanh units, orthogonal initialisation and fresh masks per
+    # update are refused for a table, for --groups and for --schema
+    table = base / "colours_train.csv"
+    table.write_text("colour,size\n" + "".join(f"{c},{s}\n" for c, s in [("red", "1"), ("blue", "0")] * 30))
+    for split in ("valid", "test"):
+        (base / f"colours_{split}.csv").write_text(table.read_text())
+    groups = base / "groups.json"
+    groups.write_text('{"groups": [{"columns": [0], "none": true}]}')
     return {
         "missing-data": [*run, "--dataset", str(base / "absent.npz"), "--out", str(base / "r1")],
         "unknown-name": [*run, "--dataset", "no_such_set_anywhere", "--out", str(base / "r2")],
@@ -47,6 +55,30 @@ def _bad_calls(base: Path) -> dict[str, list[str]]:
         "unwritable-out": [*run, "--dataset", str(good), "--hidden", "8", "--out", str(regular_file / "run")],
         "other-config": [*run, "--dataset", str(good), "--hidden", "16", "--out", str(other)],
         "masks-zero": [*run, "--dataset", str(good), "--masks", "0", "--out", str(base / "r6")],
+        "tanh-table": [*run, "--dataset", str(table), "--activation", "tanh", "--out", str(base / "r7")],
+        "tanh-groups": [
+            *run,
+            "--dataset",
+            str(good),
+            "--groups",
+            str(groups),
+            "--activation",
+            "tanh",
+            "--out",
+            str(base / "r8"),
+        ],
+        "orthogonal-table": [*run, "--dataset", str(table), "--init", "orthogonal", "--out", str(base / "r9")],
+        "resample-groups": [
+            *run,
+            "--dataset",
+            str(good),
+            "--groups",
+            str(groups),
+            "--resample-masks",
+            "--out",
+            str(base / "r10"),
+        ],
+        "activation-unknown": [*run, "--dataset", str(good), "--activation", "sigmoid", "--out", str(base / "r11")],
         "export-no-run": ["export", str(base / "no-run"), "--store", str(base / "store"), "--name", "m"],
         "no-command": [],
     }
@@ -85,6 +117,11 @@ CASES = {
     "unwritable-out": ("made train: error", "plain-file"),
     "other-config": ("made train: error", "another --out"),
     "masks-zero": ("made train: error", "masks"),
+    "tanh-table": ("made train: error", "--activation is for bit data"),
+    "tanh-groups": ("made train: error", "--activation is for bit data"),
+    "orthogonal-table": ("made train: error", "--init is for bit data"),
+    "resample-groups": ("made train: error", "--resample-masks is for bit data"),
+    "activation-unknown": ("made train: error", "'sigmoid'"),
     "export-no-run": ("made export: error", "no-run"),
     "no-command": ("made: error", "command"),
 }
@@ -108,7 +145,7 @@ def test_failed_runs_leave_no_run_directory_behind(
     failures: dict[str, subprocess.CompletedProcess[str]], base: Path
 ) -> None:
     assert all(result.returncode == 2 for result in failures.values())
-    for name in ("r1", "r2", "r3", "r4", "r5", "r6"):
+    for name in ("r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11"):
         assert not (base / name).exists(), name
     # the other run's configuration was not overwritten by the refused call
     assert '"hidden": [\n      8\n    ]' in (base / "other-run" / "config.json").read_text()
@@ -132,7 +169,7 @@ def _csv_splits(folder: Path, name: str, dims: int) -> Path:
 def test_help_shows_the_defaults(tmp_path: Path) -> None:
     out = _made("train", "--help", cwd=tmp_path).stdout
     flat = " ".join(out.split())
-    assert "(default: 200)" in flat and "(default: 0.001)" in flat and "(default: 20)" in flat
+    assert "(default: 200)" in flat and "(default: 0.001; 1.0 with adadelta)" in flat and "(default: 20)" in flat
     assert "(default: None)" not in flat and "(default: False)" not in flat
     serve = " ".join(_made("serve", "--help", cwd=tmp_path).stdout.split())
     assert "$MADE_PORT or 8000" in serve and "$MADE_HOST or 127.0.0.1" in serve

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -371,3 +373,60 @@ def test_an_unknown_weight_type_is_refused(runs: dict[str, Path], tmp_path: Path
         timeout=60,
     )
     assert result.returncode == 2 and "invalid choice: 'bf16'" in result.stderr
+
+
+def _op_types(graph: bytes | onnx.ModelProto) -> list[str]:
+    model = onnx.load_from_string(graph) if isinstance(graph, bytes) else graph
+    return [node.op_type for node in model.graph.node]
+
+
+def test_tanh_models_export_tanh_graphs_that_match_pytorch_on_real_test_data(data_dir: Path, tmp_path: Path) -> None:
+    """A tanh model's stored graph and the engine's dense graph both apply Tanh (and no Relu);
+    the stored graph gives PyTorch's log p(x) on every real test row, for every mask."""
+    from made.onnx_graph import dense_graph
+
+    def train(name: str, **settings: Any) -> Path:
+        data = data_dir / f"{name}.npz"
+        model = settings.pop("model")
+        cfg = TrainConfig(
+            dataset=str(data),
+            model=MADEConfig(dims=int(np.load(data)["test"].shape[1]), activation="tanh", **model),
+            seed=0,
+            max_epochs=2,
+            batch_size=100,
+            lr=3e-3,
+            **settings,
+        )
+        run_dir = tmp_path / f"run-{name}"
+        metrics = Trainer(cfg, run_dir).run(progress=False)
+        assert metrics["test_nll"] < cfg.model.dims * np.log(2)  # trained: better than fair coins
+        return run_dir
+
+    runs = {
+        "mushrooms": train(
+            "mushrooms",
+            model=dict(hidden=[64], n_masks=3, order_agnostic=True, connectivity_agnostic=True, init="orthogonal"),
+        ),
+        "dna": train(
+            "dna",
+            model=dict(hidden=[48, 48], n_masks=3, order_agnostic=True, connectivity_agnostic=True, direct=True),
+            resample_masks=True,
+        ),
+    }
+    for name, run_dir in runs.items():
+        version = export_run(run_dir, tmp_path / "store", name)
+        manifest = json.loads((version / "manifest.json").read_text())
+        assert manifest["activation"] == "tanh"
+        assert manifest["training"]["model"]["activation"] == "tanh"
+        ops = _op_types(onnx.load(str(version / "model.onnx")))
+        n_hidden = len(manifest["hidden"])
+        assert ops.count("Tanh") == n_hidden and "Relu" not in ops
+        dense = _op_types(dense_graph(n_hidden + 1, manifest["direct"], "tanh"))
+        assert dense.count("Tanh") == n_hidden and "Relu" not in dense
+        _assert_graph_matches(
+            _model_of(run_dir), _session(version / "model.onnx"), np.load(data_dir / f"{name}.npz")["test"]
+        )
+    # a ReLU model's graphs keep Relu, and no graph is built for an unknown nonlinearity
+    assert "Tanh" not in _op_types(dense_graph(2, False)) and "Relu" in _op_types(dense_graph(2, False))
+    with pytest.raises(ValueError, match="activation"):
+        dense_graph(2, False, "sigmoid")

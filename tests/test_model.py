@@ -194,3 +194,115 @@ def test_moving_the_model_to_another_dtype_rebuilds_its_masks() -> None:
     double = model.double().log_prob(x.double(), 1).detach()
     assert double.dtype == torch.float64
     torch.testing.assert_close(double.float(), single, rtol=1e-5, atol=1e-5)
+
+
+# --- tanh units, orthogonal initialisation, fresh masks per update (issue 13) ---------------------
+
+
+def _manual_logits(model: MADE, x: torch.Tensor, masks: list[torch.Tensor], act: Any) -> torch.Tensor:
+    """The network written out by hand: act(masked affine) per hidden layer, then the outputs."""
+    h = x
+    for i, layer in enumerate(model.layers):
+        h = h @ (masks[i] * layer.weight).T + layer.bias
+        if i < len(model.layers) - 1:
+            h = act(h)
+    if model.direct is not None:
+        h = h + x @ (masks[-1] * model.direct.weight).T
+    return h
+
+
+@pytest.mark.parametrize(("activation", "fn"), [("relu", torch.relu), ("tanh", torch.tanh)])
+def test_the_hidden_units_apply_the_configured_activation(activation: str, fn: Any) -> None:
+    torch.manual_seed(0)
+    config = MADEConfig(dims=7, hidden=[12, 9], n_masks=2, order_agnostic=True, direct=True, activation=activation)
+    model = MADE(config)
+    x = (torch.rand(50, 7) < 0.5).float()
+    for k in range(2):
+        with torch.no_grad():
+            expected = _manual_logits(model, x, model.masks(k), fn)
+            torch.testing.assert_close(model(x, k), expected, rtol=0, atol=1e-6)
+            other = torch.relu if activation == "tanh" else torch.tanh
+            assert not torch.allclose(model(x, k), _manual_logits(model, x, model.masks(k), other), atol=1e-3)
+
+
+def test_an_unknown_activation_or_initialisation_is_refused() -> None:
+    from made.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown activation 'sigmoid'"):
+        MADE(MADEConfig(dims=4, hidden=[8], activation="sigmoid"))
+    with pytest.raises(ConfigError, match="unknown initialisation 'glorot'"):
+        MADE(MADEConfig(dims=4, hidden=[8], init="glorot"))
+
+
+def test_orthogonal_initialisation_gives_orthogonal_matrices_and_zero_biases() -> None:
+    torch.manual_seed(0)
+    model = MADE(MADEConfig(dims=20, hidden=[50, 30], direct=True, init="orthogonal"))
+    assert model.direct is not None
+    for w in [layer.weight for layer in model.layers] + [model.direct.weight]:
+        w = w.detach().double()
+        small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w  # rows or columns orthonormal
+        torch.testing.assert_close(small, torch.eye(min(w.shape), dtype=torch.float64), rtol=0, atol=1e-5)
+    for layer in model.layers:
+        assert torch.count_nonzero(layer.bias) == 0
+    # the default initialisation is torch's, not orthogonal
+    w = MADE(MADEConfig(dims=20, hidden=[50])).layers[0].weight.detach()
+    assert not torch.allclose(w @ w.T, torch.eye(50), atol=0.1)
+
+
+def _dependence(model: MADE, masks: list[torch.Tensor], dims: int) -> torch.Tensor:
+    """(D, D): entry (d, j) is True where output d's logit depends on input j (Jacobian != 0)."""
+    x = (torch.rand(1, dims) < 0.5).float().requires_grad_(True)
+    rows = []
+    for d in range(dims):
+        (grad,) = torch.autograd.grad(model(x, masks=masks)[0, d], x)
+        rows.append(grad[0] != 0)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_fresh_masks_are_autoregressive_reproducible_and_new(activation: str) -> None:
+    torch.manual_seed(0)
+    dims = 9
+    config = MADEConfig(
+        dims=dims,
+        hidden=[40, 40],
+        n_masks=2,
+        order_agnostic=True,
+        connectivity_agnostic=True,
+        direct=True,
+        activation=activation,
+        init="orthogonal",
+    )
+    model = MADE(config)
+    for layer in model.layers:  # nonzero biases: a dependence through them would show
+        torch.nn.init.normal_(layer.bias)
+    orders = set()
+    for seed in range(6):
+        masks = model.draw_masks(seed)
+        for a, b in zip(masks, model.draw_masks(seed), strict=True):
+            assert torch.equal(a, b)  # a pure function of the seed
+        # the ordering the masks imply: output d sees exactly the inputs before it (direct mask)
+        degree = masks[-1].sum(dim=1).long() + 1  # output d sees deg(d) - 1 inputs directly
+        assert sorted(degree.tolist()) == list(range(1, dims + 1))
+        orders.add(tuple(degree.tolist()))
+        seen = _dependence(model, masks, dims)
+        allowed = degree[None, :] < degree[:, None]  # (d, j): deg(j) < deg(d)
+        assert not (seen & ~allowed).any(), f"seed {seed}: an output sees a later input"
+        assert seen.sum() >= allowed.sum() // 2  # and the network does use earlier inputs
+    assert len(orders) == 6  # order-agnostic: a new ordering each draw
+
+
+def test_fresh_masks_keep_what_the_model_does_not_vary() -> None:
+    model = MADE(MADEConfig(dims=8, hidden=[30], n_masks=3, connectivity_agnostic=True))  # natural order
+    fixed = MADE(MADEConfig(dims=8, hidden=[30], n_masks=1, order_agnostic=True))  # one set of degrees
+    position = torch.arange(1, 9, dtype=torch.float32)  # natural order: input j has degree j + 1
+    for seed in range(4):
+        masks = model.draw_masks(seed)
+        m = masks[0].sum(dim=1)  # a unit of degree m sees the inputs of degree <= m
+        assert torch.equal(masks[0], (m[:, None] >= position[None, :]).float())
+        assert torch.equal(masks[1], (position[:, None] > m[None, :]).float())
+        if seed:
+            assert not torch.equal(masks[0], model.draw_masks(0)[0])  # new hidden degrees each draw
+        # not connectivity-agnostic: every draw keeps mask 0's hidden degrees, under a new ordering
+        kept = fixed.draw_masks(seed)
+        assert torch.equal(kept[0].sum(dim=1), fixed.hidden_degrees_0[0].float())  # type: ignore[operator]

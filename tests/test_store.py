@@ -168,3 +168,15 @@ def test_the_highest_version_is_opened_and_temporary_directories_are_invisible(s
     assert open_model(store, "tiny").version == "10"
     assert open_model(store, "tiny", "9").manifest["version"] == "9"
     assert list_names(store) == ["tiny"]
+
+
+def test_the_activation_is_relu_or_tanh_and_anything_else_is_refused(store: Path) -> None:
+    assert open_model(store, "tiny").activation == "relu"  # written by made export
+    _edit_manifest(store, {}, drop="activation")
+    assert open_model(store, "tiny").activation == "relu"  # a manifest from before the field
+    _edit_manifest(store, {"activation": "tanh"})
+    assert open_model(store, "tiny").activation == "tanh"
+    for bad in ("sigmoid", "ReLU", None, 1):
+        _edit_manifest(store, {"activation": bad})
+        message = _refusal(store)
+        assert "manifest.json has activation" in message and "'relu' or 'tanh'" in message, message

@@ -412,3 +412,126 @@ def test_rebinarize_with_images_of_another_split_is_one_line_exit_2(tmp_path: Pa
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "not the images it was drawn from" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+# --- the official MADE code's settings (issue 13) ---------------------------------------------------
+
+
+OFFICIAL: dict[str, Any] = dict(
+    optimizer="adadelta",
+    lr=1.0,
+    rho=0.95,
+    eps=1e-5,
+    resample_masks=True,
+    valid_masks=2,
+    model=dict(
+        hidden=[16],
+        n_masks=3,
+        order_agnostic=True,
+        connectivity_agnostic=True,
+        direct=True,
+        activation="tanh",
+        init="orthogonal",
+    ),
+)
+
+
+def test_official_settings_are_recorded_and_a_resumed_run_matches_one_run(data10: Path, tmp_path: Path) -> None:
+    """tanh, orthogonal, adadelta, a fresh mask per update: recorded in config.json, and the mask
+    draws come from the checkpointed random stream, so a resumed run is the uninterrupted one."""
+    whole = _train(_config(data10, max_epochs=6, **OFFICIAL), tmp_path / "whole")
+    _train(_config(data10, max_epochs=3, **OFFICIAL), tmp_path / "split")
+    split = _train(_config(data10, max_epochs=6, **OFFICIAL), tmp_path / "split")
+    _assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "split" / CHECKPOINT)
+    assert {k: split[k] for k in NLL_FIELDS} == {k: whole[k] for k in NLL_FIELDS}
+    assert _history(tmp_path / "whole") == _history(tmp_path / "split")
+
+    config = json.loads((tmp_path / "whole" / CONFIG).read_text())
+    assert (config["model"]["activation"], config["model"]["init"]) == ("tanh", "orthogonal")
+    assert (config["optimizer"], config["lr"], config["rho"], config["eps"]) == ("adadelta", 1.0, 0.95, 1e-5)
+    assert (config["resample_masks"], config["valid_masks"]) == (True, 2)
+    tensors, meta = load_tensors(tmp_path / "whole" / CHECKPOINT)
+    assert any(name.endswith(".acc_delta") for name in tensors)  # Adadelta's accumulators
+    assert meta["optimizer"]["param_groups"][0]["rho"] == 0.95
+    valids = [v for _, _, v in _history(tmp_path / "whole")]
+    assert min(valids[1:]) < valids[0] - 0.05  # it learns
+
+
+def test_each_epoch_validates_on_the_first_masks_and_the_final_scores_on_all(data10: Path, tmp_path: Path) -> None:
+    from training.train import build_model, nll_per_example
+
+    cfg = _config(data10, max_epochs=1, **OFFICIAL)
+    metrics = _train(cfg, tmp_path / "run")
+    model = build_model(cfg.model)
+    model.load_state_dict(_tensors(tmp_path / "run" / BEST))
+    valid = load_dataset(str(data10)).split("valid")
+    first_two = float(nll_per_example(model, valid, None, first_masks=2).mean())
+    every = float(nll_per_example(model, valid, None).mean())
+    assert _history(tmp_path / "run")[0][2] == pytest.approx(first_two, abs=1e-9)
+    assert metrics["valid_nll"] == pytest.approx(every, abs=1e-9)
+    assert abs(first_two - every) > 1e-6  # the two differ: the test tells them apart
+
+
+def test_a_fresh_mask_per_update_trains_the_network_for_masks_it_never_stored(data10: Path, tmp_path: Path) -> None:
+    """Scored under 16 masks drawn afresh, a model trained with a new mask per update is close
+    to its stored masks; one trained on its 2 stored masks only is far worse under new ones."""
+    from training.train import build_model
+
+    x = torch.from_numpy(load_dataset(str(data10)).split("valid")).float()
+    gaps = {}
+    for resample in (False, True):
+        cfg = _config(
+            data10,
+            max_epochs=12,
+            resample_masks=resample,
+            model=dict(hidden=[32], n_masks=2, order_agnostic=True, connectivity_agnostic=True),
+        )
+        _train(cfg, tmp_path / str(resample))
+        model = build_model(cfg.model)
+        model.load_state_dict(_tensors(tmp_path / str(resample) / BEST))
+        assert isinstance(model, MADE)
+        with torch.no_grad():
+            stored = np.mean([-model.log_prob(x, k).mean().item() for k in range(2)])
+            fresh = np.mean([-model.log_prob(x, masks=model.draw_masks(10_000 + s)).mean().item() for s in range(16)])
+        gaps[resample] = fresh - stored
+    assert gaps[True] < 0.5 * gaps[False], gaps
+
+
+def test_a_run_recorded_before_the_new_options_resumes(data10: Path, tmp_path: Path) -> None:
+    """A config.json without activation, init, eps, rho, resample_masks or valid_masks (written
+    before they existed) reads as their defaults, which that run trained with: it resumes."""
+    _train(_config(data10, max_epochs=4), tmp_path / "whole")
+    _train(_config(data10, max_epochs=2), tmp_path / "old")
+    path = tmp_path / "old" / CONFIG
+    old = json.loads(path.read_text())
+    for key in ("eps", "rho", "resample_masks", "valid_masks"):
+        del old[key]
+    for key in ("activation", "init"):
+        del old["model"][key]
+    path.write_text(json.dumps(old, indent=2))
+    _train(_config(data10, max_epochs=4), tmp_path / "old")
+    _assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "old" / CHECKPOINT)
+    # another activation is another run, refused as every other change of configuration is
+    with pytest.raises(CheckpointError, match="another --out"):
+        _train(_config(data10, max_epochs=4, model=dict(hidden=[16], activation="tanh")), tmp_path / "old")
+
+
+def test_plain_sgd_takes_steps_of_lr_times_the_gradient(data10: Path, tmp_path: Path) -> None:
+    from training.train import build_model, build_optimizer
+
+    cfg = _config(data10, optimizer="sgd", lr=0.01)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0
+    x = torch.from_numpy(load_dataset(str(data10)).split("train")[:50]).float()
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = -model.log_prob(x).mean()
+    loss.backward()
+    grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+    optimizer.step()
+    for b, g, p in zip(before, grads, model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.01 * g)
+    _train(_config(data10, optimizer="sgd", lr=0.5, max_epochs=6), tmp_path / "sgd")
+    valids = [v for _, _, v in _history(tmp_path / "sgd")]
+    assert valids[-1] < valids[0] - 0.1  # it learns

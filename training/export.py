@@ -50,7 +50,11 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
 
 
 def graph_from_tensors(
-    tensors: dict[str, np.ndarray], n_hidden: int, direct: bool, weight_dtype: str = "float32"
+    tensors: dict[str, np.ndarray],
+    n_hidden: int,
+    direct: bool,
+    weight_dtype: str = "float32",
+    activation: str = "relu",
 ) -> onnx.ModelProto:
     weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
     biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
@@ -62,6 +66,7 @@ def graph_from_tensors(
         hidden_degrees,
         tensors["direct.weight"] if direct else None,
         weight_dtype=weight_dtype,
+        activation=activation,
     )
 
 
@@ -154,7 +159,8 @@ def export_run(
         hidden_degrees=tuple(tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)),
     )
     assert np.array_equal(orderings_to_degrees(masks.orderings), degrees)
-    graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype)
+    activation = str(model_cfg.get("activation", "relu"))  # runs from before the option: ReLU
+    graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype, activation)
 
     image_shape = check_image_shape(
         image_shape or config.get("image_shape") or _dataset_image_shape(config), int(model_cfg["dims"])
@@ -166,6 +172,7 @@ def export_run(
         "n_masks": int(masks.n_masks),
         "orderings": masks.orderings.tolist(),
         "direct": bool(model_cfg.get("direct")),
+        "activation": activation,
         "weight_dtype": weight_dtype,
         "dataset": {"name": dataset_name(str(config["dataset"])), "source": str(config["dataset"])},
         "metrics": metrics,
@@ -186,6 +193,7 @@ def export_random_model(
     connectivity_agnostic: bool = True,
     direct: bool = False,
     seed: int = 0,
+    activation: str = "relu",
 ) -> Path:
     """A MADE of the given shape with random (untrained) weights, written to the store like
     `made export` writes: what exactness tests and benchmarks need at real size. Returns store."""
@@ -201,13 +209,16 @@ def export_random_model(
     ]
     biases = [(0.1 * rng.standard_normal(b)).astype(np.float32) for b in widths[1:]]
     direct_w = (rng.standard_normal((dims, dims)) / np.sqrt(dims)).astype(np.float32) if direct else None
-    graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees), direct_w)
+    graph = build_graph(
+        weights, biases, masks.input_degrees(), list(masks.hidden_degrees), direct_w, activation=activation
+    )
     fields = {
         "dims": dims,
         "hidden": list(hidden),
         "n_masks": n_masks,
         "orderings": masks.orderings.tolist(),
         "direct": direct,
+        "activation": activation,
         "dataset": {"name": "random-weights"},
         "metrics": {},
     }

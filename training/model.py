@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
+from made.errors import ConfigError
+from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set, orderings_to_degrees
+
+# Hidden-unit nonlinearities a model may use; the exported graph and the serving engine apply
+# the same one (the manifest's "activation", made/onnx_graph.py ACTIVATIONS).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "tanh": torch.tanh}
+INITS = ("default", "orthogonal")
 
 
 @dataclass
@@ -22,6 +29,10 @@ class MADEConfig:
     random_ordering: bool = False  # with one shared ordering: a random one instead of natural
     direct: bool = False  # direct input-to-output weights (masked by ordering)
     mask_seed: int = 0  # seeds the mask set, so the same config gives the same masks
+    activation: str = "relu"  # hidden units: relu | tanh
+    # weight initialisation: torch's default (uniform), or orthogonal weight matrices with zero
+    # hidden biases (the official MADE code's `Orthogonal`)
+    init: str = "default"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +64,7 @@ class MaskedNetwork(nn.Module):
     direct: nn.Linear | None
     input_degrees: torch.Tensor
     _mask_cache: dict[int, list[torch.Tensor]]
+    activation: str = "relu"  # the hidden units' nonlinearity, a key of ACTIVATIONS
 
     @property
     def n_masks(self) -> int:
@@ -64,15 +76,18 @@ class MaskedNetwork(nn.Module):
     def log_prob(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
-        """(N, inputs) -> (N, outputs) under mask k (MADE: the logits of p(x_d = 1 | x before d))."""
-        masks = self.masks(mask_index)
+    def forward(self, x: torch.Tensor, mask_index: int = 0, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(N, inputs) -> (N, outputs) under mask k (MADE: the logits of p(x_d = 1 | x before d)),
+        or under the dense `masks` given (one per layer, then the direct mask if any)."""
+        if masks is None:
+            masks = self.masks(mask_index)
+        act = ACTIVATIONS[self.activation]
         h = x
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = F.linear(h, masks[i] * layer.weight, layer.bias)
             if i < last:
-                h = F.relu(h)
+                h = act(h)
         if self.direct is not None:
             h = h + F.linear(x, masks[-1] * self.direct.weight)
         return h
@@ -101,7 +116,12 @@ class MADE(MaskedNetwork):
 
     def __init__(self, config: MADEConfig):
         super().__init__()
+        if config.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation '{config.activation}', expected one of {', '.join(ACTIVATIONS)}")
+        if config.init not in INITS:
+            raise ConfigError(f"unknown initialisation '{config.init}', expected one of {', '.join(INITS)}")
         self.config = config
+        self.activation = config.activation
         masks = config.mask_set()
         self.register_buffer("input_degrees", torch.from_numpy(masks.input_degrees()))  # (K, D)
         for i, degrees in enumerate(masks.hidden_degrees):
@@ -112,6 +132,39 @@ class MADE(MaskedNetwork):
         )
         self.direct = nn.Linear(config.dims, config.dims, bias=False) if config.direct else None
         self._mask_cache: dict[int, list[torch.Tensor]] = {}
+        if config.init == "orthogonal":
+            self.orthogonal_init()
+
+    @torch.no_grad()
+    def orthogonal_init(self) -> None:
+        """Every weight matrix (hidden layers, outputs, direct connections) orthogonal, every
+        bias zero, as the official code's `Orthogonal` initialiser does (it draws each matrix as
+        a slice of a random square orthogonal one; torch's orthogonal_ draws a (semi-)orthogonal
+        matrix of the layer's shape directly). The weights are drawn before masking, as there;
+        training then starts the output biases at the data's marginals (train.init_output_bias)."""
+        for layer in self.layers:
+            nn.init.orthogonal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        if self.direct is not None:
+            nn.init.orthogonal_(self.direct.weight)
+
+    def draw_masks(self, seed: int) -> list[torch.Tensor]:
+        """Dense masks of a fresh mask drawn from `seed`: a new random ordering when the model is
+        order-agnostic (else mask 0's), new hidden degrees when connectivity-agnostic (else mask
+        0's). For training with a new mask per update (TrainConfig.resample_masks); the model's
+        K stored masks stay what is evaluated and exported."""
+        cfg = self.config
+        fresh = make_mask_set(cfg.dims, list(cfg.hidden), 1, random_ordering=cfg.order_agnostic, seed=seed)
+        inp0, hidden0 = self.degrees(0)
+        inp = orderings_to_degrees(fresh.orderings)[0] if cfg.order_agnostic else inp0.cpu().numpy()
+        if cfg.connectivity_agnostic:
+            hidden = [h[0] for h in fresh.hidden_degrees]
+        else:
+            hidden = [h.cpu().numpy() for h in hidden0]
+        dense = build_masks(inp, hidden)
+        if self.direct is not None:
+            dense.append(build_direct_mask(inp))
+        return [torch.from_numpy(m).to(self.input_degrees.device) for m in dense]
 
     def degrees(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden: list[torch.Tensor] = [getattr(self, f"hidden_degrees_{i}")[k] for i in range(len(self.config.hidden))]
@@ -129,7 +182,8 @@ class MADE(MaskedNetwork):
             self._mask_cache[k] = cached
         return cached
 
-    def log_prob(self, x: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
-        """(N,) log p_k(x) in nats, from logits with a stable BCE (never log of a sigmoid)."""
-        logits = self(x, mask_index)
+    def log_prob(self, x: torch.Tensor, mask_index: int = 0, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(N,) log p_k(x) in nats (or under the dense `masks` given), from logits with a stable
+        BCE (never log of a sigmoid)."""
+        logits = self(x, mask_index, masks)
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)

@@ -43,9 +43,18 @@ class TrainConfig:
     seed: int = 0  # seeds weights, shuffling and the mask drawn per minibatch
     max_epochs: int = 200
     batch_size: int = 100
-    optimizer: str = "adam"  # adam | adamw (decoupled weight decay) | adagrad
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay) | adagrad | adadelta | sgd
     lr: float = 1e-3
     weight_decay: float = 0.0
+    eps: float | None = None  # the optimizer's epsilon (adam, adamw, adagrad, adadelta); None: torch's
+    rho: float = 0.9  # adadelta's decay of its running averages
+    # a fresh mask (ordering and/or hidden degrees, as the model is order- and/or connectivity-
+    # agnostic) for every update, as the official code's `shuffle_mask -1`; the K stored masks
+    # are then K more draws, the ensemble that is validated, tested and exported
+    resample_masks: bool = False
+    # validate each epoch on the mixture of the first N of the K masks (0: all K), to keep epochs
+    # cheap when K is large; the final valid and test NLL (metrics.json) always use all K
+    valid_masks: int = 0
     lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: constant)
     lr_gamma: float = 0.1
     patience: int = 20  # epochs without a better validation NLL before stopping
@@ -92,24 +101,43 @@ def load_training_data(cfg: TrainConfig) -> Dataset | TableDataset:
     return load_dataset(cfg.dataset)
 
 
+OPTIMIZERS = ("adam", "adamw", "adagrad", "adadelta", "sgd")
+
+
 def build_optimizer(cfg: TrainConfig, model: MADE | TableMADE) -> torch.optim.Optimizer:
+    """The optimizer of a configuration. adadelta is Zeiler's rule as the official MADE code has
+    it (its DNA command: decay 0.95, epsilon 1e-5), times lr (1.0 there); sgd is plain minibatch
+    gradient descent at a constant rate (the official code's update rule `None`)."""
+    params, lr, wd = model.parameters(), cfg.lr, cfg.weight_decay
+
+    def eps(default: float) -> float:  # torch's own default unless one is given
+        return default if cfg.eps is None else cfg.eps
+
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, eps=eps(1e-8))
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, eps=eps(1e-8))
     if cfg.optimizer == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"unknown optimizer '{cfg.optimizer}', expected adam, adamw or adagrad")
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd, eps=eps(1e-10))
+    if cfg.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, rho=cfg.rho, weight_decay=wd, eps=eps(1e-6))
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    raise ConfigError(f"unknown optimizer '{cfg.optimizer}', expected one of {', '.join(OPTIMIZERS)}")
 
 
 @torch.no_grad()
-def nll_per_example(model: MADE | TableMADE, data: np.ndarray, mask: int | None, batch: int = 1000) -> np.ndarray:
-    """(N,) negative log-likelihood in nats: one mask, or the mixture of all (mask=None)."""
+def nll_per_example(
+    model: MADE | TableMADE, data: np.ndarray, mask: int | None, batch: int = 1000, first_masks: int = 0
+) -> np.ndarray:
+    """(N,) negative log-likelihood in nats: one mask, or the mixture of all (mask=None; of the
+    first `first_masks` masks when that is between 1 and K - 1)."""
     model.eval()
+    subset = list(range(first_masks)) if 0 < first_masks < model.n_masks else None
     out = []
     for start in range(0, len(data), batch):
         x = torch.from_numpy(data[start : start + batch]).to(model.input_dtype)
-        lp = model.mixture_log_prob(x) if mask is None else model.log_prob(x, mask)
+        lp = model.mixture_log_prob(x, subset) if mask is None else model.log_prob(x, mask)
         out.append(-lp.numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -132,6 +160,10 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.data = data if data is not None else load_training_data(cfg)
+        if cfg.resample_masks and isinstance(cfg.model, TableMADEConfig):
+            raise ConfigError("resampling masks per update is for bit models, not for tables")
+        if cfg.valid_masks < 0:
+            raise ConfigError(f"valid_masks must be 0 (all masks) or a positive count, got {cfg.valid_masks}")
         if self.data.dims != cfg.model.dims:
             raise ConfigError(
                 f"data set {self.data.source} has {self.data.dims} dimensions, the model expects {cfg.model.dims}"
@@ -172,6 +204,12 @@ class Trainer:
             stored = json.loads(config_path.read_text())
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from None
+        try:
+            # read through TrainConfig: a field added since that run was written (activation,
+            # init, ...) takes its default, which is what the run trained with
+            stored = TrainConfig.from_dict(stored).to_dict()
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{config_path} does not describe a training run: {exc!r}") from None
         mine = self.cfg.to_dict()
         for key in sorted(set(stored) | set(mine)):
             if key in _RESUMABLE and (key != "rebinarize" or bool(stored.get(key)) == bool(mine.get(key))):
@@ -269,15 +307,20 @@ class Trainer:
             total, count = 0.0, 0
             for start in range(0, n, cfg.batch_size):
                 x = rows[order[start : start + cfg.batch_size]]
-                k = int(torch.randint(model.n_masks, (1,), generator=gen)) if model.n_masks > 1 else 0
-                loss = -model.log_prob(x, k).mean()
+                if cfg.resample_masks:
+                    assert isinstance(model, MADE)
+                    seed = int(torch.randint(2**62, (1,), generator=gen))
+                    loss = -model.log_prob(x, masks=model.draw_masks(seed)).mean()
+                else:
+                    k = int(torch.randint(model.n_masks, (1,), generator=gen)) if model.n_masks > 1 else 0
+                    loss = -model.log_prob(x, k).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(x)
                 count += len(x)
                 bars.batch(total / count)
-            valid = float(nll_per_example(model, self.valid_x, None, cfg.eval_batch).mean())
+            valid = float(nll_per_example(model, self.valid_x, None, cfg.eval_batch, cfg.valid_masks).mean())
             epoch = progress_state["epoch"] + 1
             best = progress_state["best_valid"]
             if best is None or valid < best:

@@ -101,12 +101,13 @@ class Engine:
         self.direct = network.direct is not None
         self.flops_per_row = network.flops_per_row()
         providers = providers or requested_providers()
-        self.session = make_session(model.onnx_path, providers, threads, dense_graph(len(network.weights), self.direct))
+        dense = dense_graph(len(network.weights), self.direct, model.activation)  # the manifest's activation
+        self.session = make_session(model.onnx_path, providers, threads, dense)
         self.providers: list[str] = list(self.session.get_providers())
         device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._feeds = [self._feed(m, device) for m in self.masks]
         self._check_parity(model, providers, threads)
-        self.sampler = FastSampler(self.masks)
+        self.sampler = FastSampler(self.masks, activation=model.activation)
         self.sampler.warm()  # the plans now, not on the first request that needs them
         # (D, K) float64: the position of dimension d in mask k's ordering (see exact_rows)
         self._positions = np.argsort(self.orderings, axis=1).T.astype(np.float64)

@@ -15,7 +15,7 @@ What makes that fast in numpy:
 - All masks in one loop. Rows are grouped by mask, G groups padded to R rows, arrays kept
   transposed, (G, units, R), so that a step's new units are contiguous rows. Within a block each
   step owns a range of slots per layer, as many as the mask with the most units of that degree
-  has; masks with fewer leave empty slots (zero weights and bias, so ReLU gives 0). Every step
+  has; masks with fewer leave empty slots (zero weights and bias: ReLU and tanh give 0). Every step
   runs the same batched matmuls for all groups: the number of numpy calls per step does not grow
   with the number of masks in the batch (a merged batch of 64 mixture samples costs about one
   loop, not K).
@@ -255,8 +255,13 @@ class FastSampler:
     shared with the engine's onnxruntime session). The plans for one mask and for all masks
     stepping together are built on first use, or all at once by warm(), and kept."""
 
-    def __init__(self, masks: list[MaskWeights], block: int = BLOCK, group_block: int = GROUP_BLOCK):
+    def __init__(
+        self, masks: list[MaskWeights], block: int = BLOCK, group_block: int = GROUP_BLOCK, activation: str = "relu"
+    ):
+        if activation not in ("relu", "tanh"):
+            raise ValueError(f"activation must be 'relu' or 'tanh', not {activation!r}")
         self.masks = masks
+        self.activation = activation  # the hidden units' nonlinearity (the manifest's)
         self.dims = len(masks[0].ordering)
         self.n_masks = len(masks)
         self.block = block
@@ -340,7 +345,7 @@ class FastSampler:
             plan = self.group_plan(plan_masks)
             for start in range(0, len(rows), MAX_ROWS):
                 part = slice(start, start + MAX_ROWS)
-                _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs, evidence)
+                _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs, evidence, self.activation)
         return x, logw, probs
 
 
@@ -360,8 +365,11 @@ def _run_plan(
     logw: np.ndarray,
     probs: np.ndarray | None,
     evidence: tuple[np.ndarray, np.ndarray] | None = None,
+    activation: str = "relu",
 ) -> None:
-    """Sample u[rows] (row i under plan.nets[group[i]]) into x, logw and probs at rows."""
+    """Sample u[rows] (row i under plan.nets[group[i]]) into x, logw and probs at rows; the
+    hidden units are `activation` units (relu or tanh)."""
+    tanh = activation == "tanh"
     nets = plan.nets
     n_groups, dims = len(nets), u.shape[1]
     members = [rows[group == g] for g in range(n_groups)]
@@ -386,7 +394,7 @@ def _run_plan(
     acts = [np.zeros((n_groups, h + 1, n_rows)) for h in plan.widths]  # + 1: a row for padding
     n_hidden = len(plan.widths)
     gi = np.arange(n_groups)[:, None]
-    matmul, maximum, greater = np.matmul, np.maximum, np.greater
+    matmul, maximum, greater, tanh_ = np.matmul, np.maximum, np.greater, np.tanh
     for block in plan.blocks:
         t0, t1 = block.t0, block.t1
         nb = t1 - t0
@@ -417,7 +425,10 @@ def _run_plan(
                 step = steps[j]
                 if step is not None:
                     w, m, lo, hi = step
-                    maximum(matmul(w, buf[:, :m, :]), 0.0, out=nxt_buf[:, lo:hi, :])
+                    if tanh:
+                        tanh_(matmul(w, buf[:, :m, :]), out=nxt_buf[:, lo:hi, :])
+                    else:
+                        maximum(matmul(w, buf[:, :m, :]), 0.0, out=nxt_buf[:, lo:hi, :])
             out_step = out_steps[j]
             assert out_step is not None  # one output per step
             w, m = out_step[0], out_step[1]
