@@ -54,6 +54,68 @@ K32_DIRECT = [
     "30",
 ]
 OURS = (("connect4", 11.90), ("ocr_letters", 28.34), ("rcv1", 47.10), ("web", 28.53))
+# The official code's ADULT command (github.com/mgermain/MADE README: `trainMADE.py adult 0.01 0
+# -1 0 ? 300 100 30 False 0 None 0 [500] 1234 False Output False tanh Orthogonal 0`): one mask
+# with a random ordering (its trainer shuffles once before training), 500 tanh units,
+# orthogonal weights and zero biases, direct input-to-output connections, plain SGD at 0.01
+# (update rule `None`, decrease constant 0), minibatches of 100, look-ahead 30, no epoch limit
+# (5000 here) and no weight decay. The README has no MUSHROOMS command: the same one is used.
+OFFICIAL_ADULT = [
+    "--hidden",
+    "500",
+    "--masks",
+    "1",
+    "--random-ordering",
+    "--direct",
+    "--activation",
+    "tanh",
+    "--init",
+    "orthogonal",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.01",
+    "--batch-size",
+    "100",
+    "--max-epochs",
+    "5000",
+    "--patience",
+    "30",
+]
+# Its DNA command (`trainMADE.py dna 1e-5 0.95 -1 -1 Full 300 100 30 False 0 adadelta 0 [500]
+# 1234 False Output False hinge Orthogonal 0`): 500 ReLU units, orthogonal weights, direct
+# connections, AdaDelta (decay 0.95, epsilon 1e-5), minibatches of 100, look-ahead 30, a new
+# ordering and connectivity for every update, validated each epoch on 300 masks and tested on
+# 1000. Here: a new mask per update too; K = 300 stored masks (validated each epoch on the first
+# 32 of them, to keep an epoch at ~0.3 s on one core; the final valid and test NLL use all 300).
+OFFICIAL_DNA = [
+    "--hidden",
+    "500",
+    "--masks",
+    "300",
+    "--order-agnostic",
+    "--connectivity-agnostic",
+    "--resample-masks",
+    "--valid-masks",
+    "32",
+    "--direct",
+    "--init",
+    "orthogonal",
+    "--optimizer",
+    "adadelta",
+    "--lr",
+    "1",
+    "--rho",
+    "0.95",
+    "--eps",
+    "1e-5",
+    "--batch-size",
+    "100",
+    "--max-epochs",
+    "5000",
+    "--patience",
+    "30",
+]
 
 # name -> (data set, train arguments, paper's number, paper's setting, target)
 EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
@@ -209,6 +271,30 @@ EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
         "mask sampling",
         47.60,
     ),
+    # the official code's own settings (OFFICIAL_ADULT, OFFICIAL_DNA above); target: the paper's
+    # number itself, the gap this closes
+    "adult-1x500-k1-official": ("adult", OFFICIAL_ADULT, 13.12, "MADE", 13.12),
+    "mushrooms-1x500-k1-official": ("mushrooms", OFFICIAL_ADULT, 9.68, "MADE", 9.68),
+    "dna-1x500-k300-official": ("dna", OFFICIAL_DNA, 79.66, "mask sampling", 79.66),
+    # the same settings with Adam instead of plain SGD: which of the two changes does the work
+    **{
+        f"{name}-1x500-k1-tanh-orth-adam": (
+            name,
+            [{"sgd": "adam", "0.01": "0.001", "5000": "1000"}.get(a, a) for a in OFFICIAL_ADULT],
+            paper,
+            "MADE",
+            paper,
+        )
+        for name, paper in (("adult", 13.12), ("mushrooms", 9.68))
+    },
+    # the official protocol in full: validated each epoch on 300 masks, tested on 1000
+    "dna-1x500-k1000-official": (
+        "dna",
+        [{"300": "1000", "32": "300"}.get(a, a) for a in OFFICIAL_DNA],
+        79.66,
+        "mask sampling",
+        79.66,
+    ),
     "nips-1x500-k1": (
         "nips",
         ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--max-epochs", "300", "--patience", "30"],
@@ -236,16 +322,37 @@ NOTES = """Notes on the gaps:
   thanks to float16 weight storage.
 - dna: 32 masks without direct connections stop at 85.35 (overfitting, +3.35 over the target);
   with direct input-to-output connections (as the official code's DNA command uses) and 128 masks
-  the mixture reaches 80.63, within the target; the paper's 79.66 samples a new mask per update.
+  the mixture reaches 80.63, within the target. The official command (`*-official` rows; its
+  settings are OFFICIAL_DNA in bench/results.py: orthogonal initialisation, AdaDelta, a new
+  ordering and connectivity for every update, 500 ReLU units, direct connections) gives
+  80.04 with K = 300 masks validated per epoch on 32 of them (0.4 s an epoch, 2 minutes in
+  all), 0.59 nats better than the 128-mask Adam run but 0.38 above the paper's 79.66: not met.
+  The official protocol in full (validated on 300 masks each epoch, tested on a mixture of 1000)
+  reaches 79.59 ± 0.34 (valid 79.56) after 372 epochs: the paper's 79.66 is met. A K = 1000
+  model is for this measurement: the engine would hold 1000 masked copies of the weights
+  (~0.85 MB each here), so a served DNA model would take fewer masks (80.04 at K = 300 above).
 - connect4, ocr_letters, rcv1, web: the splits are ours (../shared/data/README.md), so the
   paper's numbers are a reference; the target is the paper's number + 0.5. Direct input-to-output
   connections matter most on connect4 (12.55 -> 11.75). rcv1 has 7,000 training rows here (the
   paper's train set was larger): every variant stops improving on validation within ~30 epochs
   (K=1) or overfits later (K=32), and more weight decay (1e-3) did worse on validation.
-- adult, mushrooms: direct connections move adult 13.27 -> 13.24 and mushrooms 9.89 -> 9.88; the
-  official code's adult command trains tanh units with orthogonal initialisation (our models
-  are ReLU only: the exporter, the serving graph and the sampler assume it), not tried here.
-- Train times were measured while other trainings and test runs shared the same 2 cores.
+- adult, mushrooms: direct connections move adult 13.27 -> 13.24 and mushrooms 9.89 -> 9.88
+  (Adam, ReLU). The official code's ADULT command (`*-official` rows; OFFICIAL_ADULT in
+  bench/results.py: one mask with a random ordering, 500 tanh units, orthogonal weights and zero
+  biases, direct connections, plain SGD at 0.01 in minibatches of 100, look-ahead 30, no weight
+  decay) closes both gaps: adult 13.11 (paper 13.12) after 1445 epochs, mushrooms 9.63 (paper
+  9.68; the README has no MUSHROOMS command, so the ADULT one was used) after 2803 epochs, both
+  met and both chosen on validation. Output biases start at the data's marginals here (zero in
+  the official code). With Adam (lr 0.001) instead of SGD (`*-tanh-orth-adam` rows), the same
+  networks stop after 67 (adult) and 254 (mushrooms) epochs at adult 13.18 and mushrooms 9.67:
+  tanh units, orthogonal weights and a random ordering (not separated here) give most of the
+  mushrooms gain (9.88 -> 9.67) and a third of adult's (13.24 -> 13.18); the long, slow SGD
+  descent gives the rest (13.11, 9.63), and the best validation NLL. These models export and
+  serve like the others (the manifest's `activation` is "tanh"; the graph and the engine's
+  sampler apply it).
+- Train times were measured while other trainings and test runs shared the same 2 cores (the
+  `*-official` and `*-tanh-orth-adam` rows: one torch thread each, with up to three other
+  trainings running and some paused for minutes by benchmarks, which the times include).
 """
 
 
@@ -286,8 +393,23 @@ def describe(run: Path) -> str:
     cfg = json.loads((run / "config.json").read_text())
     m = cfg["model"]
     parts = [f"hidden {','.join(map(str, m['hidden']))}", f"K={m['n_masks']}"]
-    parts += [flag for flag in ("order_agnostic", "connectivity_agnostic", "direct") if m.get(flag)]
-    parts.append(f"{cfg['optimizer']} lr {cfg['lr']:g}")
+    parts += [flag for flag in ("order_agnostic", "connectivity_agnostic", "random_ordering", "direct") if m.get(flag)]
+    if m.get("activation", "relu") != "relu":
+        parts.append(f"{m['activation']} units")
+    if m.get("init", "default") != "default":
+        parts.append(f"{m['init']} init")
+    if cfg.get("resample_masks"):
+        parts.append("a new mask per update")
+    if cfg.get("valid_masks"):
+        parts.append(f"validated per epoch on {cfg['valid_masks']} of the K masks")
+    optimizer = f"{cfg['optimizer']} lr {cfg['lr']:g}"
+    if cfg["optimizer"] == "adadelta":
+        optimizer += f" rho {cfg.get('rho', 0.9):g}"
+    if cfg.get("eps") is not None:
+        optimizer += f" eps {cfg['eps']:g}"
+    parts.append(optimizer)
+    if cfg.get("batch_size", 100) != 100:
+        parts.append(f"batch {cfg['batch_size']}")
     if cfg.get("weight_decay"):
         parts.append(f"wd {cfg['weight_decay']:g}")
     if cfg.get("rebinarize"):
