@@ -33,6 +33,14 @@ from service.engine import ModelRegistry
 from service.settings import Settings
 
 
+def providers_under_test() -> list[str]:
+    """The onnxruntime providers the tests' engines run on: MADE_TEST_PROVIDERS (e.g.
+    CUDAExecutionProvider,CPUExecutionProvider on a GPU machine with onnxruntime-gpu), else the
+    CPU. Engines built with it check that the first one really runs (onnxruntime falls back to
+    the CPU silently)."""
+    return os.environ.get("MADE_TEST_PROVIDERS", "CPUExecutionProvider").split(",")
+
+
 class InProcessClient(AsyncMadeClient):
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Until /readyz is 200 (models load in the background at startup)."""

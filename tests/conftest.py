@@ -118,14 +118,17 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engines(tiny_store: Path) -> dict:
-    """An Engine (CPU, one thread) for each tiny model, keyed by name."""
+    """An Engine (one thread, on service.testing.providers_under_test(): the CPU unless
+    MADE_TEST_PROVIDERS says otherwise) for each tiny model, keyed by name."""
     from made.store import open_model
     from service.engine.engine import Engine
+    from service.testing import providers_under_test
 
-    return {
-        name: Engine(open_model(tiny_store, name), ["CPUExecutionProvider"], threads=1)
-        for name in ("tiny", "tiny1", "tiny10")
-    }
+    providers = providers_under_test()
+    engines = {name: Engine(open_model(tiny_store, name), providers, threads=1) for name in ("tiny", "tiny1", "tiny10")}
+    for engine in engines.values():  # onnxruntime falls back to the CPU silently: not here
+        assert engine.providers[0] == providers[0], engine.providers
+    return engines
 
 
 def all_binary_vectors(dims: int) -> np.ndarray:

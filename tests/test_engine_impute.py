@@ -10,6 +10,7 @@ from scipy.special import logsumexp
 import service.engine.engine as engine_module
 from made.errors import InvalidInput
 from service.engine.engine import Engine, ImputeResult
+from service.testing import providers_under_test
 
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
 
@@ -171,7 +172,7 @@ def mix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, np.ndarray, n
     )
     model = open_model(store, "mix")
     x_all, logp = enumerate_joint(model)
-    return Engine(model, ["CPUExecutionProvider"], threads=1), x_all, logp
+    return Engine(model, providers_under_test(), threads=1), x_all, logp
 
 
 def conditional_cells(x_all: np.ndarray, p: np.ndarray, row: np.ndarray) -> np.ndarray:

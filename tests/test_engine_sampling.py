@@ -14,6 +14,7 @@ from made.errors import InvalidInput
 from made.store import open_model
 from service.engine import sampler as sampler_module
 from service.engine.engine import Engine
+from service.testing import providers_under_test
 
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
 # A draw may legitimately flip when u is this close to p: a sliced matmul and a full one round
@@ -66,7 +67,7 @@ def test_fast_samples_equal_naive_samples_for_every_mask(name: str, tiny_engines
 def test_fast_samples_equal_naive_samples_on_a_784_dimensional_network(
     random784_store: Path,
 ) -> None:
-    engine = Engine(open_model(random784_store, "random784"), ["CPUExecutionProvider"], threads=1)
+    engine = Engine(open_model(random784_store, "random784"), providers_under_test(), threads=1)
     assert engine.direct
     # mask 0 in natural order, mask 1 in a random one; each alone, and both in one batch (the
     # masks step through one loop), against the same naive samples
@@ -87,7 +88,7 @@ def test_fast_samples_equal_naive_samples_on_a_784_dimensional_network(
 def test_fast_samples_equal_naive_samples_without_hidden_layers(direct: bool, tmp_path: Path) -> None:
     # the outputs then read the inputs alone: the stepping loop's degenerate case
     store = write_random_model(tmp_path, "flat", 7, [], 3, order_agnostic=True, direct=direct)
-    engine = Engine(open_model(store, "flat"), ["CPUExecutionProvider"], threads=1)
+    engine = Engine(open_model(store, "flat"), providers_under_test(), threads=1)
     u = np.random.default_rng(0).random((3000, engine.dims))
     masks = np.random.default_rng(1).integers(0, 3, len(u))
     mixed, _, mixed_p = engine.sampler.run_masks(masks, u, return_probs=True)
@@ -103,7 +104,7 @@ def test_random_weights_give_a_784_dimensional_model_uncertain_draws(
     random784_store: Path,
 ) -> None:
     # the exactness test above means something only if most draws are not foregone conclusions
-    engine = Engine(open_model(random784_store, "random784"), ["CPUExecutionProvider"], threads=1)
+    engine = Engine(open_model(random784_store, "random784"), providers_under_test(), threads=1)
     _, _, p = engine.sampler.run(1, np.random.default_rng(0).random((20, 784)), return_probs=True)
     assert p is not None and ((p > 0.05) & (p < 0.95)).mean() > 0.5
 
@@ -200,7 +201,7 @@ def k8_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     store = write_random_model(
         tmp_path_factory.mktemp("k8"), "k8", 784, [500, 500], 8, order_agnostic=True, direct=True
     )
-    return Engine(open_model(store, "k8"), ["CPUExecutionProvider"], threads=1)
+    return Engine(open_model(store, "k8"), providers_under_test(), threads=1)
 
 
 def test_a_seeds_sample_is_the_same_alone_and_merged_into_a_batch_of_other_masks(

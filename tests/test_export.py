@@ -25,6 +25,7 @@ from made.masks import make_mask_set
 from made.onnx_graph import build_graph
 from made.store import REQUIRED, list_names, list_versions, open_model
 from service.engine.runtime import provider_options
+from service.testing import providers_under_test
 from training.checkpoint import BEST, load_tensors, save_tensors
 from training.export import export_run
 from training.model import MADE, MADEConfig
@@ -57,7 +58,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # The parity and autoregressive tests run on the CPU provider; on a GPU machine with
 # onnxruntime-gpu, MADE_TEST_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider runs them on CUDA.
-PROVIDERS = os.environ.get("MADE_TEST_PROVIDERS", "CPUExecutionProvider").split(",")
+PROVIDERS = providers_under_test()
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -339,7 +340,7 @@ def test_float16_weights_halve_the_file_and_are_the_exact_model_served(runs: dic
     rounded.load_state_dict({k: v.half().float() if k.endswith("weight") else v for k, v in model.state_dict().items()})
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), rounded.parameters(), strict=True))
     session = _session(version / "model.onnx")
-    engine = Engine(open_model(tmp_path / "store", "image"), ["CPUExecutionProvider"], threads=1)
+    engine = Engine(open_model(tmp_path / "store", "image"), providers_under_test(), threads=1)
     x = np.array(np.random.default_rng(3).random((300, 16)) < 0.5, dtype=np.uint8)
     for k, expected in enumerate(_assert_graph_matches(rounded, session, x)):
         # the serving engine (per-mask sessions with the mask folded in, float64 sampler) agrees

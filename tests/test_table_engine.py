@@ -14,11 +14,12 @@ from made.schema import ABSENT
 from made.store import open_model
 from made.tables import load_table_dataset
 from service.engine.table_engine import SUMMARY_DRAWS, TableEngine
+from service.testing import providers_under_test
 
 
 @pytest.fixture(scope="module")
 def cats(table_store: Path) -> TableEngine:
-    return TableEngine(open_model(table_store, "cats"), ["CPUExecutionProvider"], threads=1)
+    return TableEngine(open_model(table_store, "cats"), providers_under_test(), threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_samples_follow_the_model_and_repeat_with_their_seed(
 
 
 def test_numbers_and_absent_numbers(table_store: Path) -> None:
-    mixed = TableEngine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], threads=1)
+    mixed = TableEngine(open_model(table_store, "mixed"), providers_under_test(), threads=1)
     cols = {c.name: c for c in mixed.schema.columns}
     assert cols["size"].kind == "numeric" and cols["size"].decimals == 2
     assert cols["budget"].nullable and cols["budget"].decimals == 0
@@ -135,7 +136,7 @@ def test_numbers_and_absent_numbers(table_store: Path) -> None:
 
 @pytest.fixture(scope="module")
 def mixed(table_store: Path) -> TableEngine:
-    return TableEngine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], threads=1)
+    return TableEngine(open_model(table_store, "mixed"), providers_under_test(), threads=1)
 
 
 def _mixed_rows(mixed: TableEngine) -> np.ndarray:
@@ -205,7 +206,7 @@ def test_given_others_of_a_continuous_number_is_a_density(table_store: Path) -> 
 
     from made.schema import Schema
 
-    engine = TableEngine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], threads=1)
+    engine = TableEngine(open_model(table_store, "mixed"), providers_under_test(), threads=1)
     engine.schema = Schema(
         tuple(dataclasses.replace(col, decimals=None) if col.name == "score" else col for col in engine.schema.columns)
     )
