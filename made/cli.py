@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -417,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dataset_path(dataset: str) -> str:
+    """--dataset as given, or for a bare name that is not a file (`mushrooms`), its path in
+    MADE_DATA_DIR (Settings.data_dir): runs record the path, so a resume needs no variable."""
+    from made.data import resolve
+
+    if os.sep in dataset or Path(dataset).suffix or Path(dataset).exists():
+        return dataset
+    from service.settings import load_settings
+
+    return str(resolve(dataset, load_settings().data_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -427,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if args.command in ("train", "evaluate"):
+            args.dataset = _dataset_path(args.dataset)
         return func(args)
     except MadeError as exc:
         print(f"made {args.command}: error: {exc}", file=sys.stderr)

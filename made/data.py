@@ -1,6 +1,7 @@
 """Binary data sets: .npz with train/valid/test, CSV of 0/1, Larochelle's .amat text files.
 
-A data set is named either by a path or by a name looked up as $MADE_DATA_DIR/NAME.npz.
+A data set is named either by a path or by a name looked up as DATA_DIR/NAME.npz (the caller's
+data directory: `made` passes Settings.data_dir, from MADE_DATA_DIR).
 Every problem (missing file, non-binary values, ragged rows, empty split) is a DataError
 naming the file and, where it applies, the row and column.
 """
@@ -42,14 +43,13 @@ class Dataset:
         return self.splits[name]
 
 
-def resolve(name_or_path: str) -> Path:
-    """A path as given if it exists, else $MADE_DATA_DIR/NAME.npz."""
+def resolve(name_or_path: str, data_dir: Path | None = None) -> Path:
+    """A path as given if it exists, else data_dir/NAME.npz for a bare name."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path
     looks_like_path = os.sep in name_or_path or path.suffix in (".npz", *_TEXT_SUFFIXES)
-    data_dir = os.environ.get("MADE_DATA_DIR")
-    if not looks_like_path and data_dir:
+    if not looks_like_path and data_dir is not None:
         candidate = Path(data_dir).expanduser() / f"{name_or_path}.npz"
         if candidate.exists():
             return candidate
@@ -61,9 +61,10 @@ def resolve(name_or_path: str) -> Path:
     raise DataError(f"data file not found: {path}")
 
 
-def load_dataset(name_or_path: str, splits: tuple[str, ...] = SPLITS) -> Dataset:
-    """Load the requested splits of a data set; each must be a non-empty binary matrix."""
-    path = resolve(name_or_path)
+def load_dataset(name_or_path: str, splits: tuple[str, ...] = SPLITS, data_dir: Path | None = None) -> Dataset:
+    """Load the requested splits of a data set (a path, or a name in data_dir); each must be a
+    non-empty binary matrix."""
+    path = resolve(name_or_path, data_dir)
     if path.suffix == ".npz":
         arrays = _load_npz(path, splits)
         name = dataset_name(path)

@@ -15,25 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from pydantic import ValidationError
 
-from made.errors import ConfigError, ModelStoreError
+from made.errors import ModelStoreError
 from service.app import create_app
 from service.log_config import configure_logging, logging_config
-from service.settings import Settings
+from service.settings import load_settings
 
 log = logging.getLogger("made.service")
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and overrides; a bad value is one line, not a traceback."""
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = "MADE_" + "_".join(str(p) for p in err["loc"]).upper()
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{name}: {msg} (got {err.get('input')!r})") from None
 
 
 def serve(

@@ -7,10 +7,12 @@ instead of patching the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from made.errors import ConfigError
 
 MIB = 1 << 20
 
@@ -64,6 +66,9 @@ class Settings(BaseSettings):
     # Where `made serve` listens (its --host and --port win); 0.0.0.0 to be reached from elsewhere.
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    # Where `made train/evaluate --dataset NAME` (a bare name, not a path) finds NAME.npz, e.g.
+    # ../shared/data; unset: data sets are named by their paths.
+    data_dir: Path | None = None
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -72,7 +77,7 @@ class Settings(BaseSettings):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
-    @field_validator("default_model", "api_key", "admin_key", mode="before")
+    @field_validator("default_model", "api_key", "admin_key", "data_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -84,3 +89,14 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and overrides; a bad value is one line, not a traceback."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "MADE_" + "_".join(str(p) for p in err["loc"]).upper()
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {msg} (got {err.get('input')!r})") from None

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from made.errors import ConfigError
-from service.server import load_settings
-from service.settings import Settings
+from service.settings import Settings, load_settings
 
 
 def test_environment_variables_are_read_with_the_made_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,8 +26,11 @@ def test_environment_variables_are_read_with_the_made_prefix(monkeypatch: pytest
 def test_empty_api_key_and_default_model_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MADE_API_KEY", "")
     monkeypatch.setenv("MADE_DEFAULT_MODEL", "")
+    monkeypatch.setenv("MADE_DATA_DIR", "")
     s = Settings()
-    assert s.api_key is None and s.default_model is None
+    assert s.api_key is None and s.default_model is None and s.data_dir is None
+    monkeypatch.setenv("MADE_DATA_DIR", "/srv/data")
+    assert Settings().data_dir == Path("/srv/data")
 
 
 def test_explicit_values_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
