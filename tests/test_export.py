@@ -199,25 +199,36 @@ def _check_parity(run_dir: Path, store: Path, x: np.ndarray) -> None:
     _assert_graph_matches(_model_of(run_dir), session, x)
 
 
-def test_onnx_matches_pytorch_for_every_mask_on_real_test_data(data_dir: Path, tmp_path: Path) -> None:
-    def train(name: str, **model: object) -> Path:
-        data = data_dir / f"{name}.npz"
-        dims = int(np.load(data)["test"].shape[1])
-        cfg = TrainConfig(
-            dataset=str(data),
-            model=MADEConfig(dims=dims, **model),  # type: ignore[arg-type]
-            seed=0,
-            max_epochs=2,
-            batch_size=100,
-            lr=3e-3,
-        )
-        run_dir = tmp_path / f"run-{name}"
-        metrics = Trainer(cfg, run_dir).run(progress=False)
-        assert metrics["test_nll"] < dims * np.log(2)  # trained: better than fair coins
-        return run_dir
+def _train_real(data_dir: Path, tmp_path: Path, name: str, model: dict[str, Any], **settings: Any) -> Path:
+    """Two epochs of a MADE (`model`: MADEConfig's fields but dims) on the real data set `name`,
+    with TrainConfig `settings`; the run directory."""
+    data = data_dir / f"{name}.npz"
+    dims = int(np.load(data)["test"].shape[1])
+    cfg = TrainConfig(
+        dataset=str(data),
+        model=MADEConfig(dims=dims, **model),
+        seed=0,
+        max_epochs=2,
+        batch_size=100,
+        lr=3e-3,
+        **settings,
+    )
+    run_dir = tmp_path / f"run-{name}"
+    metrics = Trainer(cfg, run_dir).run(progress=False)
+    assert metrics["test_nll"] < dims * np.log(2)  # trained: better than fair coins
+    return run_dir
 
-    agnostic = train("mushrooms", hidden=[64], n_masks=3, order_agnostic=True, connectivity_agnostic=True, mask_seed=1)
-    direct = train("dna", hidden=[48, 48], n_masks=3, order_agnostic=True, direct=True, mask_seed=2)
+
+def test_onnx_matches_pytorch_for_every_mask_on_real_test_data(data_dir: Path, tmp_path: Path) -> None:
+    agnostic = _train_real(
+        data_dir,
+        tmp_path,
+        "mushrooms",
+        dict(hidden=[64], n_masks=3, order_agnostic=True, connectivity_agnostic=True, mask_seed=1),
+    )
+    direct = _train_real(
+        data_dir, tmp_path, "dna", dict(hidden=[48, 48], n_masks=3, order_agnostic=True, direct=True, mask_seed=2)
+    )
     _check_parity(agnostic, tmp_path / "store", np.load(data_dir / "mushrooms.npz")["test"])
     _check_parity(direct, tmp_path / "store", np.load(data_dir / "dna.npz")["test"])
 
@@ -386,33 +397,10 @@ def test_tanh_models_export_tanh_graphs_that_match_pytorch_on_real_test_data(dat
     the stored graph gives PyTorch's log p(x) on every real test row, for every mask."""
     from made.onnx_graph import dense_graph
 
-    def train(name: str, **settings: Any) -> Path:
-        data = data_dir / f"{name}.npz"
-        model = settings.pop("model")
-        cfg = TrainConfig(
-            dataset=str(data),
-            model=MADEConfig(dims=int(np.load(data)["test"].shape[1]), activation="tanh", **model),
-            seed=0,
-            max_epochs=2,
-            batch_size=100,
-            lr=3e-3,
-            **settings,
-        )
-        run_dir = tmp_path / f"run-{name}"
-        metrics = Trainer(cfg, run_dir).run(progress=False)
-        assert metrics["test_nll"] < cfg.model.dims * np.log(2)  # trained: better than fair coins
-        return run_dir
-
+    tanh = dict(activation="tanh", n_masks=3, order_agnostic=True, connectivity_agnostic=True)
     runs = {
-        "mushrooms": train(
-            "mushrooms",
-            model=dict(hidden=[64], n_masks=3, order_agnostic=True, connectivity_agnostic=True, init="orthogonal"),
-        ),
-        "dna": train(
-            "dna",
-            model=dict(hidden=[48, 48], n_masks=3, order_agnostic=True, connectivity_agnostic=True, direct=True),
-            resample_masks=True,
-        ),
+        "mushrooms": _train_real(data_dir, tmp_path, "mushrooms", dict(tanh, hidden=[64], init="orthogonal")),
+        "dna": _train_real(data_dir, tmp_path, "dna", dict(tanh, hidden=[48, 48], direct=True), resample_masks=True),
     }
     for name, run_dir in runs.items():
         version = export_run(run_dir, tmp_path / "store", name)

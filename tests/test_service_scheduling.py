@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,10 +113,8 @@ async def test_overloaded_is_a_made_error() -> None:
     assert issubclass(Overloaded, MadeError)
 
 
-async def test_a_lane_of_long_calls_leaves_a_thread_free_for_short_ones() -> None:
-    scheduler = FairScheduler(slots=2, max_queue=100)
-    started: list[str] = []
-    lock = threading.Lock()
+def _long_calls(started: list[str], lock: threading.Lock) -> tuple[Callable[[str], str], dict[str, int]]:
+    """A 0.2 s call logged in `started`, and a count of how many run at once ("most": the peak)."""
     now = {"long": 0, "most": 0}
 
     def long_call(name: str) -> str:
@@ -127,6 +126,15 @@ async def test_a_lane_of_long_calls_leaves_a_thread_free_for_short_ones() -> Non
         finally:
             with lock:
                 now["long"] -= 1
+
+    return long_call, now
+
+
+async def test_a_lane_of_long_calls_leaves_a_thread_free_for_short_ones() -> None:
+    scheduler = FairScheduler(slots=2, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    long_call, now = _long_calls(started, lock)
 
     await scheduler.run("/impute", long_call, "first")  # its mean cost is now above LONG_CALL_S
     backlog = [asyncio.create_task(scheduler.run("/impute", long_call, f"impute{i}")) for i in range(4)]
@@ -145,17 +153,7 @@ async def test_two_lanes_of_long_calls_together_leave_a_thread_free_for_short_on
     scheduler = FairScheduler(slots=2, max_queue=100)
     started: list[str] = []
     lock = threading.Lock()
-    now = {"long": 0, "most": 0}
-
-    def long_call(name: str) -> str:
-        with lock:
-            now["long"] += 1
-            now["most"] = max(now["most"], now["long"])
-        try:
-            return _job(started, name, 0.2, lock)
-        finally:
-            with lock:
-                now["long"] -= 1
+    long_call, now = _long_calls(started, lock)
 
     await scheduler.run("/impute", long_call, "impute-first")  # both lanes' mean costs are now long
     await scheduler.run("/sample", long_call, "sample-first")
