@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from made.store import open_model  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
-from service.engine.table_engine import TableEngine, is_table_model  # noqa: E402
+from service.engine.table_engine import TableEngine  # noqa: E402
 from service.score import ScoreResult, score_file  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/score_bench.py --write"
@@ -41,7 +41,7 @@ def make_inputs(store: Path, name: str, rows: int, folder: Path) -> dict[str, Pa
     import pyarrow.parquet as pq
 
     model = open_model(store, name)
-    if is_table_model(model):
+    if model.is_table:
         engine = TableEngine(model)
         records = engine.schema.decode_rows(engine.sample(rows, seed=0))
         table = pa.table({c: [r[c] for r in records] for c in engine.schema.names})

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +349,20 @@ class Schema:
             out[:, j] = np.where(on == 0, len(col.bits), np.argmax(block, axis=1))
         return out
 
+    # --- bit vectors ----------------------------------------------------------------------------
+    @classmethod
+    def bits(cls, dims: int) -> Schema:
+        """The schema of a model of D-bit rows: D binary columns x0..x{D-1}, levels "0" and "1".
+        A bit row is already its own encoding (codes 0/1, NaN unknown) and its own network input,
+        one unit per column in and out: a bit model's graph and engine are this schema's,
+        specialised."""
+        return _bit_schema(int(dims))
+
+    @property
+    def bit_columns(self) -> bool:
+        """True for the schema of a bit model (Schema.bits): rows of it are rows of x."""
+        return self == _bit_schema(len(self.columns))
+
     # --- JSON -----------------------------------------------------------------------------------
     def to_json(self) -> list[dict[str, Any]]:
         return [c.to_json() for c in self.columns]
@@ -371,6 +385,14 @@ class Schema:
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path} as a JSON schema: {exc}") from None
         return cls.from_json(data, str(path))
+
+
+BIT_LEVELS = ("0", "1")
+
+
+@lru_cache(maxsize=16)
+def _bit_schema(dims: int) -> Schema:
+    return Schema(tuple(Column(f"x{d}", "binary", BIT_LEVELS) for d in range(dims)))
 
 
 def transformed(col: Column, values: np.ndarray) -> np.ndarray:

@@ -13,14 +13,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from made.atomic import fsync_dir
-from made.errors import ModelNotFound, ModelStoreError
+from made.errors import DataError, ModelNotFound, ModelStoreError
 from made.onnx_graph import ACTIVATIONS, OPSET
+from made.schema import Schema
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -99,6 +101,22 @@ class StoredModel:
     @property
     def onnx_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def is_table(self) -> bool:
+        """A model of a table's columns (its manifest lists them), not of bit vectors."""
+        return "columns" in self.manifest
+
+    @cached_property
+    def schema(self) -> Schema:
+        """Every model's columns: a table model's from its manifest; a bit model's are its D
+        binary columns x0..x{D-1} (Schema.bits), which its manifest need not spell out."""
+        if not self.is_table:
+            return Schema.bits(self.dims)
+        try:
+            return Schema.from_json(self.manifest["columns"], f"{self.path}/{MANIFEST}")
+        except DataError as exc:
+            raise ModelStoreError(f"{self.path}: the manifest's columns are not a valid schema: {exc}") from None
 
 
 def list_names(store: Path) -> list[str]:

@@ -226,7 +226,10 @@ def _sample_records(
     n: int, model: str | None, seed: int | None, given: dict[str, Any] | None, mask: Literal["mixture"] | int
 ) -> _Call[SampleResponse]:
     return _Call(
-        "POST", "/sample", SampleResponse, {"model": model, "n": n, "seed": seed, "given": given, "mask": mask}
+        "POST",
+        "/sample",
+        SampleResponse,
+        {"model": model, "n": n, "seed": seed, "given": given, "mask": mask, "encoding": "records"},
     )
 
 

@@ -21,7 +21,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from made.errors import InvalidInput, MadeError
 from made.schema import ABSENT
-from service.engine.table_engine import TableEngine
 from service.errors import error_body, status_of
 from service.middleware import replay_body
 from service.records import parse_csv, to_csv
@@ -95,15 +94,13 @@ class CsvRecordsMiddleware:
                 request[key] = value if value == "all" else int(value) if value.isdigit() else value
             else:
                 request[key] = value
-        engine = self.dataplane.engine(request.get("model"))
-        if not isinstance(engine, TableEngine):
-            raise InvalidInput(f"model '{engine.name}' reads rows of 0/1; CSV bodies are for table models (send JSON)")
+        schema = self.dataplane.engine(request.get("model")).model.schema  # a bit model's: x0..x{D-1}
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidInput("the CSV body is not UTF-8 text") from None
-        values, header, rows = parse_csv(engine.schema, text)
-        request["records"] = [_record(engine.schema, row) for row in values]
+        values, header, rows = parse_csv(schema, text)
+        request["records"] = [_record(schema, row) for row in values]
         return request, header, rows
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from made.errors import InvalidInput, NotAcceptable, NotReady, Overloaded, RequestTimeout
 from service.batching import Batcher
 from service.engine import Engine, LogProbResult, ModelRegistry
+from service.engine.bit_columns import BitColumns
 from service.engine.registry import AnyEngine, ReloadReport
 from service.engine.table_engine import TableEngine
 from service.imaging import samples_png
@@ -316,8 +317,10 @@ class DataPlane:
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
             return await self.tables.logprob(engine, req)
+        if req.records is not None:
+            return await self.tables.logprob(BitColumns(engine), req)
         if req.explain:
-            raise InvalidInput("explain is for records of a table model", loc=("explain",))
+            raise InvalidInput("explain is for records; send the rows as records to have it", loc=("explain",))
         x = req.rows
         self._check_rows(engine, x, "/logprob")
         masks: Literal["all"] | int = req.masks
@@ -356,6 +359,8 @@ class DataPlane:
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
             return await self.tables.conditionals(engine, req)
+        if req.records is not None:
+            return await self.tables.conditionals(BitColumns(engine), req)
         x = req.rows
         self._check_rows(engine, x, "/conditionals")
         mask = self._check_mask(engine, req.mask)
@@ -406,12 +411,8 @@ class DataPlane:
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
             return await self.tables.sample(engine, req)
-        if req.given is not None:
-            raise InvalidInput(
-                "given is for table models (records); a model of bits has no columns to "
-                "condition on here (use /impute with null for the unknown values)",
-                loc=("given",),
-            )
+        if req.given is not None or req.encoding == "records":  # records, as from a table model
+            return await self.tables.sample(BitColumns(engine), req)
         mask = self._check_sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
         samples = await self._timed(self._samples(engine, req.n, seed, mask))
@@ -451,6 +452,8 @@ class DataPlane:
         engine = self.engine(req.model)
         if isinstance(engine, TableEngine):
             return await self.tables.impute(engine, req)
+        if req.records is not None:
+            return await self.tables.impute(BitColumns(engine), req)
         x = req.rows
         self._check_rows(engine, x, "/impute")
         self._check_completions(len(x), req.n_samples)

@@ -240,7 +240,7 @@ class _RowsRequest(_Request):
     def rows(self) -> np.ndarray:
         """(N, D) float32, NaN where missing: from x or x_b64, whichever came."""
         if self.x is None:
-            raise InvalidInput("this model reads rows of 0/1 (x or x_b64), not records", loc=("records",))
+            raise InvalidInput("/denoise reads rows of 0/1 (x or x_b64), not records", loc=("records",))
         return self.x
 
 
@@ -288,13 +288,15 @@ class SampleRequest(_Request):
     n: StrictInt = Field(..., ge=1, description="number of samples (at most MADE_MAX_SAMPLES)")
     seed: Seed | None = None
     mask: SampleMask = "mixture"
-    encoding: Encoding = Field(
+    encoding: Literal["json", "packed", "records"] = Field(
         "json",
-        description='"packed": samples come as samples_b64 (bit-packed rows, base64) with shape, instead of JSON lists',
+        description='"packed": samples come as samples_b64 (bit-packed rows, base64) with shape, instead of JSON '
+        'lists; "records": as records keyed by column name (a model of bits: columns x0..x{D-1}). A table model '
+        "answers records either way",
     )
     given: Record | None = Field(
         None,
-        description="table models: {column: value} that every sampled record meets; exact where "
+        description="{column: value} that every sampled record meets (records out); exact where "
         "a mask's ordering puts the given columns first, importance-weighted otherwise (see ess)",
         examples=[{"cut": "Ideal", "color": "E"}],
     )

@@ -57,7 +57,7 @@ from made.schema import ABSENT_LEVEL, MISSING_CELLS, Schema
 from made.store import MANIFEST, StoredModel, open_model
 from made.tables import _cell_text
 from service.engine.engine import Engine
-from service.engine.table_engine import TableEngine, is_table_model
+from service.engine.table_engine import TableEngine
 
 SCORE_COLUMN = "logprob"
 COND_PREFIX = "cond_"
@@ -235,7 +235,7 @@ class Scorer:
     out. One per process (or per Ray actor)."""
 
     def __init__(self, model: StoredModel, names: list[str], source: str, conditionals: bool = False):
-        self.table = is_table_model(model)
+        self.table = model.is_table
         self.conditionals = conditionals
         self.source = source
         check_columns(model, names, source, conditionals)
@@ -356,17 +356,17 @@ class Scorer:
 
 def check_columns(model: StoredModel, names: list[str], source: str, conditionals: bool) -> None:
     """Refuse an input whose columns cannot feed the model, before the engine is loaded."""
-    extra = score_names(model.dims if not is_table_model(model) else len(model.manifest["columns"]), conditionals)
+    extra = score_names(len(model.schema), conditionals)
     clash = [n for n in extra if n in names]
     if clash:
         raise DataError(f"{source} already has a column '{clash[0]}' (a scored file?); rename or drop it first")
-    if is_table_model(model):
+    if model.is_table:
         if conditionals:
             raise ConfigError(
                 f"--conditionals is for models of bits; {model.name} is a table model "
                 "(POST /logprob with explain gives per-column surprisal)"
             )
-        wanted = [c["name"] for c in model.manifest["columns"]]
+        wanted = model.schema.names
         if not set(wanted) & set(names):
             raise DataError(
                 f"{source} has none of model {model.name}'s columns ({', '.join(wanted)}); "
@@ -621,7 +621,7 @@ def score_file(
     if out_kind == "parquet":
         _pyarrow(output)
     model = open_model(Path(store), name, version)
-    plan = inspect_input(source, table=is_table_model(model))
+    plan = inspect_input(source, table=model.is_table)
     check_columns(model, plan.names, str(source), conditionals)
     if ray is not None:
         return score_on_ray(
@@ -806,7 +806,7 @@ def score_on_ray(
     import pyarrow.csv as pacsv
 
     files = _model_files(model)
-    dims = model.dims if not is_table_model(model) else len(model.manifest["columns"])
+    dims = len(model.schema)
     n_scores = len(score_names(dims, conditionals))
     source = str(plan.path.resolve())
     rows = blocks = 0

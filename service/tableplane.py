@@ -11,6 +11,7 @@ import numpy as np
 
 from made.errors import InvalidInput
 from made.schema import ABSENT, Schema
+from service.engine.bit_columns import BitColumns
 from service.engine.table_engine import TableConditionals, TableEngine
 from service.records import decode_records, parse_given, parse_records
 from service.schemas import (
@@ -26,6 +27,9 @@ from service.schemas import (
 from service.settings import Settings
 
 T = TypeVar("T")
+
+# What answers records: a table model's engine, or a bit model's through its columns x0..x{D-1}
+Columns = TableEngine | BitColumns
 
 # explain integrates each numeric column over its values: thousands of network passes per record
 EXPLAIN_MAX_RECORDS = 32
@@ -44,7 +48,7 @@ class TablePlane:
         self._timed = timed
         self._new_seed = new_seed
 
-    def values(self, engine: TableEngine, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
+    def values(self, engine: Columns, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
         if req.records is None:
             columns = ", ".join(engine.schema.names)
             raise InvalidInput(
@@ -60,7 +64,7 @@ class TablePlane:
             )
         return values
 
-    def _check_draws(self, values: np.ndarray, engine: TableEngine, n_importance: int) -> None:
+    def _check_draws(self, values: np.ndarray, engine: Columns, n_importance: int) -> None:
         rows = int(np.isnan(values).any(axis=1).sum())
         draws = rows * n_importance
         if draws > self.settings.max_draws:
@@ -71,7 +75,7 @@ class TablePlane:
             )
 
     # --- /logprob -------------------------------------------------------------------------------
-    async def logprob(self, engine: TableEngine, req: LogProbRequest) -> LogProbResponse:
+    async def logprob(self, engine: Columns, req: LogProbRequest) -> LogProbResponse:
         values = self.values(engine, req)
         masks = req.masks
         if masks != "all" and not 0 <= int(masks) < engine.n_masks:
@@ -83,11 +87,15 @@ class TablePlane:
         seed = None if complete else (req.seed if req.seed is not None else self._new_seed())
         if req.explain and not complete:
             raise InvalidInput("explain needs complete records: every column known", loc=("explain",))
-        numeric = any(col.kind == "numeric" for col in engine.schema.columns)
-        if req.explain and numeric and len(values) > EXPLAIN_MAX_RECORDS:
+        limit: int | None
+        if isinstance(engine, BitColumns):
+            limit, what = engine.explain_limit, f"a model of {engine.dims} bits"
+        else:
+            numeric = any(col.kind == "numeric" for col in engine.schema.columns)
+            limit, what = (EXPLAIN_MAX_RECORDS if numeric else None), "a model with numeric columns"
+        if req.explain and limit is not None and len(values) > limit:
             raise InvalidInput(
-                f"explain is for a few records at a time: at most {EXPLAIN_MAX_RECORDS} per request on "
-                f"a model with numeric columns, got {len(values)}",
+                f"explain is for a few records at a time: at most {limit} per request on {what}, got {len(values)}",
                 loc=("explain",),
             )
 
@@ -107,7 +115,7 @@ class TablePlane:
         )
 
     # --- /conditionals --------------------------------------------------------------------------
-    async def conditionals(self, engine: TableEngine, req: ConditionalsRequest) -> ConditionalsResponse:
+    async def conditionals(self, engine: Columns, req: ConditionalsRequest) -> ConditionalsResponse:
         values = self.values(engine, req)
         mask = int(req.mask)
         if not 0 <= mask < engine.n_masks:
@@ -136,13 +144,13 @@ class TablePlane:
         )
 
     # --- /sample --------------------------------------------------------------------------------
-    async def sample(self, engine: TableEngine, req: SampleRequest) -> SampleResponse:
+    async def sample(self, engine: Columns, req: SampleRequest) -> SampleResponse:
         if req.n > self.settings.max_samples:
             raise InvalidInput(
                 f"n is {req.n}; the limit is {self.settings.max_samples} samples per request (MADE_MAX_SAMPLES)",
                 loc=("n",),
             )
-        if req.encoding != "json":
+        if req.encoding == "packed":
             raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))
         mask = None if req.mask == "mixture" else int(req.mask)
         if mask is not None and not 0 <= mask < engine.n_masks:
@@ -176,7 +184,7 @@ class TablePlane:
         )
 
     # --- /impute --------------------------------------------------------------------------------
-    async def impute(self, engine: TableEngine, req: ImputeRequest) -> ImputeResponse:
+    async def impute(self, engine: Columns, req: ImputeRequest) -> ImputeResponse:
         values = self.values(engine, req)
         if req.encoding != "json":
             raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))

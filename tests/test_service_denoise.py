@@ -147,7 +147,7 @@ def anyio_backend() -> str:
             "x: rows have 8 values but model 'tiny10' has 10 dimensions",
             ["body", "x"],
         ),
-        ({"records": [{"a": 1}], "eps": 0.1}, "this model reads rows of 0/1", ["body", "records"]),
+        ({"records": [{"a": 1}], "eps": 0.1}, "/denoise reads rows of 0/1", ["body", "records"]),
         ({"x": Y, "eps": 0.1, "noise": 0.1}, "noise is not a field of this request", ["body", "noise"]),
     ],
 )

@@ -150,7 +150,7 @@ async def test_numbers_in_records(made: InProcessClient) -> None:
         ({"model": "mixed", "records": [{"size": -2}]}, 422, "records[0], column 'size': -2 is not positive"),
         ({"model": "mixed", "records": [{"score": "NA"}]}, 422, "records[0], column 'score': the value is absent"),
         ({"x": [[0, 1, 0, 1]]}, 422, "model 'cats' models the columns of a table (a, b, c, d): send \"records\""),
-        ({"model": "tiny", "records": RECORDS}, 422, "this model reads rows of 0/1 (x or x_b64), not records"),
+        ({"model": "tiny", "records": RECORDS}, 422, "records[0] has no column 'a'; the columns are x0, x1, x2"),
         ({"records": RECORDS, "masks": 7}, 422, "masks 7 does not exist"),
     ],
 )
@@ -166,7 +166,7 @@ async def test_other_endpoints_refuse_table_models_clearly(made: InProcessClient
     got, answer = await post(made, "/conditionals", {"x": [[0, 1, 0, 1]]})  # a table model reads records
     assert got == 422 and "models the columns of a table" in answer["detail"]
     got, answer = await post(made, "/sample", {"model": "tiny", "n": 2, "given": {"a": "red"}})
-    assert got == 422 and answer["detail"].startswith("given is for table models")
+    assert got == 422 and answer["detail"].startswith("given[0] has no column 'a'")  # bits are columns x0..x7
     r = await made.http.post("/sample", json={"n": 2}, headers={"Accept": "image/png"})
     assert r.status_code == 406
     got, answer = await post(made, "/sample", {"n": 2, "given": {"a": "red", "b": "maybe"}})
@@ -272,7 +272,7 @@ async def test_conditionals_of_numbers_summarise_them_like_impute(
         ({"records": RECORDS, "mask": -1}, ["body", "mask"], "mask: must be a mask index"),
         ({"records": RECORDS, "x": [[0, 1]]}, ["body"], "send the rows as x"),
         ({"x": [[0, 1, 0, 1]]}, ["body", "x"], "model 'cats' models the columns of a table"),
-        ({"model": "tiny", "records": RECORDS}, ["body", "records"], "this model reads rows of 0/1"),
+        ({"model": "tiny", "records": RECORDS}, ["body", "records", 0, "a"], "records[0] has no column 'a'"),
     ],
 )
 async def test_conditionals_refuse_bad_records_with_their_loc(
@@ -310,6 +310,12 @@ def test_records_through_a_real_server_and_the_client(both_store: Path) -> None:
         with pytest.raises(MadeAPIError) as info:
             made.logprob_records([{"a": "grey"}])
         assert info.value.status_code == 422
+        # the bits model beside them takes records too: its columns are x0..x7
+        bits = [[0, 1, 1, 0, 1, 0, 0, 1]]
+        as_records = made.logprob_records([{f"x{d}": v for d, v in enumerate(bits[0])}], model="tiny")
+        assert as_records.logprob == made.logprob(bits, model="tiny").logprob
+        given = made.sample_records(4, model="tiny", seed=2, given={"x0": 1})
+        assert len(given) == 4 and all(r["x0"] == "1" for r in given)
         try:  # a DataFrame goes in as its records, where pandas is installed (it is not a dependency)
             import pandas as pd
         except ImportError:
@@ -354,7 +360,7 @@ async def test_csv_errors_are_json_and_name_the_problem(made: InProcessClient) -
     )
     assert r.status_code == 422 and "CSV row 0, column 'b': 'perhaps' is not a level" in r.json()["detail"]
     r = await made.http.post("/logprob?model=tiny", content=CSV.encode(), headers={"Content-Type": "text/csv"})
-    assert r.status_code == 422 and "CSV bodies are for table models" in r.json()["detail"]
+    assert r.status_code == 422 and "the CSV header names none of the model's columns (x0, x1," in r.json()["detail"]
     r = await made.http.post("/logprob?colour=1", content=CSV.encode(), headers={"Content-Type": "text/csv"})
     assert r.status_code == 422 and "query parameter 'colour'" in r.json()["detail"]
     r = await made.http.post("/logprob", content=b"x,y\n1,2\n", headers={"Content-Type": "text/csv"})

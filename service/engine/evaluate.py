@@ -10,7 +10,6 @@ import numpy as np
 
 from made.data import load_dataset
 from made.errors import DataError, InvalidInput
-from made.schema import Schema
 from made.store import StoredModel, open_model
 from made.tables import load_table_dataset
 from service.engine.engine import Engine
@@ -63,7 +62,7 @@ def _bit_rows(model: StoredModel, dataset: str, split: str) -> np.ndarray:
 def _table_rows(model: StoredModel, dataset: str, split: str) -> np.ndarray:
     """A table model scores its table's rows; one trained on bit groups (--groups) scores bit rows
     through those groups, so its NLL compares with a bit-level model's on the same rows."""
-    schema = Schema.from_json(model.manifest["columns"])
+    schema = model.schema
     if schema.bit_dims:
         data = load_dataset(dataset, splits=(split,))
         return schema.encode_bits(data.split(split), f"{data.source}[{split}]")

@@ -19,7 +19,7 @@ from made.errors import MadeError, ModelNotFound, ModelStoreError
 from made.store import list_names, list_versions, open_model, version_key
 from service.engine.engine import Engine
 from service.engine.runtime import requested_providers
-from service.engine.table_engine import TableEngine, is_table_model
+from service.engine.table_engine import TableEngine
 
 # What a registry serves: a model of bits, or of a table's columns (its manifest has "columns").
 AnyEngine = Engine | TableEngine
@@ -92,7 +92,7 @@ class ModelRegistry:
 
     def _engine(self, name: str, version: str | None = None) -> AnyEngine:
         model = open_model(self.store, name, version)
-        kind = TableEngine if is_table_model(model) else Engine
+        kind = TableEngine if model.is_table else Engine
         return kind(model, self.providers or requested_providers(), self.threads)
 
     def load(self) -> None:

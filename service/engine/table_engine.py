@@ -21,7 +21,7 @@ import numpy as np
 from made.errors import InvalidInput, ModelStoreError
 from made.heads import NOISE_PER_COLUMN, column_loglik, level_probs, log_sigmoid, mixture, sample_column
 from made.masks import exact_orders
-from made.schema import ABSENT, Column, Schema, input_value, round_to_precision, unstandardise
+from made.schema import ABSENT, Column, input_value, round_to_precision, unstandardise
 from made.store import TABLE_OUTPUT, StoredModel
 from service.engine.runtime import make_session, requested_providers
 
@@ -71,10 +71,7 @@ class TableEngine:
         self.name = model.name
         self.version = model.version
         self.manifest = model.manifest
-        try:
-            self.schema = Schema.from_json(model.manifest["columns"], f"{model.path}/manifest.json")
-        except Exception as exc:
-            raise ModelStoreError(f"{model.path}: the manifest's columns are not a valid schema: {exc}") from None
+        self.schema = model.schema
         self.dims = len(self.schema)
         self.n_masks = model.n_masks
         self.orderings = model.orderings
@@ -564,7 +561,3 @@ def _delta_stderr(logw: np.ndarray) -> np.ndarray:
     mean = w.mean(axis=1)
     sd = w.std(axis=1, ddof=1) if w.shape[1] > 1 else np.zeros(len(w))
     return sd / np.sqrt(w.shape[1]) / np.maximum(mean, 1e-300)
-
-
-def is_table_model(model: StoredModel) -> bool:
-    return "columns" in model.manifest

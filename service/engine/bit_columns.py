@@ -1,0 +1,111 @@
+"""A bit model seen through its column schema: D binary columns x0..x{D-1} (made.schema's
+Schema.bits), answered by the bit engine's own fast paths.
+
+A bit row is already its encoding under that schema (codes 0/1, NaN for an unknown cell), so a
+record of a bit model becomes a row of x with no conversion, and the table data plane's records,
+`explain`, `given` and per-column distributions work on bit models as on table models: log p with
+unknown cells summed out (Engine.logprob), conditionals (Engine.conditionals), exact or weighted
+imputation (Engine.impute: its marginals are each unknown column's P(level "1")), samples from the
+one-pass sampler. Nothing is loaded twice: the view holds the engine, not a second session.
+Numpy only; nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from made.errors import InvalidInput
+from made.schema import BIT_LEVELS, Schema
+from service.engine.engine import Engine, _logmeanexp, log_sigmoid
+from service.engine.table_engine import TableConditionals, TableImpute, TableLogProb
+
+# explain's given_others flips each column of each record: D + 1 network rows per record and mask
+EXPLAIN_ROWS = 1 << 16
+
+
+class BitColumns:
+    """The columns interface of service.engine.table_engine.TableEngine over a bit Engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self.version = engine.version
+        self.manifest = engine.manifest
+        self.schema: Schema = engine.model.schema
+        self.dims = engine.dims
+        self.n_masks = engine.n_masks
+        self.orderings = engine.orderings
+        self.explain_limit = max(1, EXPLAIN_ROWS // (self.dims + 1))
+
+    def check_values(self, values: np.ndarray) -> np.ndarray:
+        """Encoded cells (N, D) as the engine's rows: the codes are 0/1 and NaN already."""
+        return self.engine.check_x(np.asarray(values, dtype=np.float64), allow_missing=True)
+
+    def logprob(
+        self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+    ) -> TableLogProb:
+        r = self.engine.logprob(self.check_values(values), masks=masks, seed=seed, n_importance=n_importance)
+        return TableLogProb(r.logprob, r.exact, np.where(r.exact, 0.0, r.stderr))
+
+    def surprisal(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """Per column of complete rows: -log p_k(x_d | the columns before d) averaged over the masks
+        ("in_order"), and -log p(x_d | every other column) under the mixture ("given_others"),
+        which is -log sigmoid(log p(x) - log p(x with d flipped)): D + 1 rows per record."""
+        x = self.check_values(values)
+        if np.isnan(x).any():
+            raise InvalidInput("explain needs complete records")
+        n, d = x.shape
+        ks = list(range(self.n_masks))
+        xf = x.astype(np.float32)
+        in_order = np.zeros((n, d))
+        for k in ks:
+            z = self.engine.logits(xf, k).astype(np.float64)
+            in_order -= log_sigmoid(np.where(x > 0.5, z, -z))
+        in_order /= len(ks)
+        given = np.empty((n, d))
+        eye = np.eye(d, dtype=bool)
+        step = self.explain_limit
+        for start in range(0, n, step):
+            block = x[start : start + step]
+            flipped = np.repeat(block[:, None, :], d, axis=1)  # (b, D, D): row j has x_j flipped
+            flipped[:, eye] = 1.0 - block
+            rows = np.concatenate([block[:, None, :], flipped], axis=1).reshape(-1, d)
+            lp = _logmeanexp(self.engine.mask_logliks(rows, ks), axis=0).reshape(len(block), d + 1)
+            given[start : start + len(block)] = -log_sigmoid(lp[:, :1] - lp[:, 1:])
+        return {"in_order": in_order, "given_others": given}
+
+    def conditionals(self, values: np.ndarray, mask: int) -> TableConditionals:
+        """Each column's P(level) given the columns before it in mask k's ordering."""
+        p1 = self.engine.conditionals(self.check_values(values), mask)
+        k = self.engine.check_mask(mask)
+        columns = [{"probs": np.stack([1.0 - p1[:, c], p1[:, c]], axis=1)} for c in range(self.dims)]
+        return TableConditionals(k, self.orderings[k].copy(), columns)
+
+    def sample(self, n: int, seed: int, mask: int | None = None) -> np.ndarray:
+        return self.engine.sample(n, seed, mask).astype(np.float64)
+
+    def impute(
+        self, values: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+    ) -> TableImpute:
+        """Engine.impute's completions and estimates; each unknown column's distribution is
+        {"0": 1 - m, "1": m}, m the engine's marginal P(x_d = 1 | the known cells)."""
+        x = self.check_values(values)
+        r = self.engine.impute(x, n_samples=n_samples, seed=seed, n_importance=n_importance)
+        unknown = np.isnan(x)
+        names = self.schema.names
+        zero, one = BIT_LEVELS
+        m = r.marginals
+        distributions = [
+            {names[c]: {zero: 1.0 - float(m[i, c]), one: float(m[i, c])} for c in np.flatnonzero(row)}
+            for i, row in enumerate(unknown)
+        ]
+        return TableImpute(
+            r.samples.astype(np.float64),
+            distributions,
+            r.logprob_observed,
+            r.exact,
+            r.ess,
+            np.where(r.exact, 0.0, r.stderr),
+        )
