@@ -18,10 +18,11 @@ import numpy as np
 
 from made.errors import InvalidInput
 from made.schema import BIT_LEVELS, Schema
-from service.engine.engine import Engine, _logmeanexp, log_sigmoid
+from service.engine.engine import Engine, log_sigmoid
 from service.engine.table_engine import TableConditionals, TableImpute, TableLogProb
 
-# explain's given_others flips each column of each record: D + 1 network rows per record and mask
+# explain's given_others flips each column of each record: D + 1 network rows per record and mask,
+# so a request takes at most this many rows' worth of records
 EXPLAIN_ROWS = 1 << 16
 
 
@@ -52,7 +53,7 @@ class BitColumns:
     def surprisal(self, values: np.ndarray) -> dict[str, np.ndarray]:
         """Per column of complete rows: -log p_k(x_d | the columns before d) averaged over the masks
         ("in_order"), and -log p(x_d | every other column) under the mixture ("given_others"),
-        which is -log sigmoid(log p(x) - log p(x with d flipped)): D + 1 rows per record."""
+        which is -log sigmoid(log p(x) - log p(x with d flipped)) (Engine.flip_logprobs)."""
         x = self.check_values(values)
         if np.isnan(x).any():
             raise InvalidInput("explain needs complete records")
@@ -64,16 +65,8 @@ class BitColumns:
             z = self.engine.logits(xf, k).astype(np.float64)
             in_order -= log_sigmoid(np.where(x > 0.5, z, -z))
         in_order /= len(ks)
-        given = np.empty((n, d))
-        eye = np.eye(d, dtype=bool)
-        step = self.explain_limit
-        for start in range(0, n, step):
-            block = x[start : start + step]
-            flipped = np.repeat(block[:, None, :], d, axis=1)  # (b, D, D): row j has x_j flipped
-            flipped[:, eye] = 1.0 - block
-            rows = np.concatenate([block[:, None, :], flipped], axis=1).reshape(-1, d)
-            lp = _logmeanexp(self.engine.mask_logliks(rows, ks), axis=0).reshape(len(block), d + 1)
-            given[start : start + len(block)] = -log_sigmoid(lp[:, :1] - lp[:, 1:])
+        lp = self.engine.flip_logprobs(x)
+        given = -log_sigmoid(lp[:, :1] - lp[:, 1:])  # -log p(x_d | the rest)
         return {"in_order": in_order, "given_others": given}
 
     def conditionals(self, values: np.ndarray, mask: int) -> TableConditionals:

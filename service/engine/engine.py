@@ -302,11 +302,18 @@ class Engine:
         return _sigmoid(self.logits(x, self.check_mask(mask)).astype(np.float64))
 
     def full_conditionals(self, x: np.ndarray) -> np.ndarray:
-        """(N, D): p(x_d = 1 | every other dimension) under the mixture, from D + 1 rows per row:
-        x itself and x with each dimension flipped."""
+        """(N, D): p(x_d = 1 | every other dimension) under the mixture."""
+        x = self.check_x(x, allow_missing=False)
+        lp = self.flip_logprobs(x)
+        # log p(x_d = 1, x_-d) - log p(x_d = 0, x_-d) = ±(log p(x) - log p(x flipped at d))
+        return _sigmoid(np.where(x > 0.5, 1.0, -1.0) * (lp[:, :1] - lp[:, 1:]))
+
+    def flip_logprobs(self, x: np.ndarray) -> np.ndarray:
+        """(N, D + 1): log p(x) under the mixture, then log p(x with dimension d flipped) for
+        each d: D + 1 rows per row of complete x, CHUNK rows per network call at most."""
         x = self.check_x(x, allow_missing=False)
         n, d = x.shape
-        out = np.empty((n, d))
+        out = np.empty((n, d + 1))
         rows_per_chunk = max(1, CHUNK // (d + 1))
         eye = np.eye(d, dtype=bool)
         ks = list(range(self.n_masks))
@@ -315,10 +322,7 @@ class Engine:
             flipped = np.repeat(block[:, None, :], d, axis=1)  # (b, D, D): row j has x_j flipped
             flipped[:, eye] = 1.0 - block
             rows = np.concatenate([block[:, None, :], flipped], axis=1).reshape(-1, d)
-            lp = _logmeanexp(self.mask_logliks(rows, ks), axis=0).reshape(len(block), d + 1)
-            # log p(x_d = 1, x_-d) - log p(x_d = 0, x_-d) = ±(log p(x) - log p(x flipped at d))
-            sign = np.where(block > 0.5, 1.0, -1.0)
-            out[start : start + len(block)] = _sigmoid(sign * (lp[:, :1] - lp[:, 1:]))
+            out[start : start + len(block)] = _logmeanexp(self.mask_logliks(rows, ks), axis=0).reshape(-1, d + 1)
         return out
 
     # --- sampling ----------------------------------------------------------------------------
