@@ -30,8 +30,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from service.settings import data_directory  # noqa: E402
+
 DOC = ROOT / "docs" / "denoise.md"
-DATA = Path(os.environ.get("MADE_DATA_DIR", ROOT.parent / "shared" / "data")) / "binarized_mnist.npz"
+DATA = data_directory(ROOT) / "binarized_mnist.npz"
 
 
 def corrupt(clean: np.ndarray, eps: float, seed: int) -> np.ndarray:

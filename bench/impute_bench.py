@@ -40,11 +40,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from service.settings import data_directory
 from service.testing import made_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "impute-bench.md"
-DATA = Path(os.environ.get("MADE_DATA_DIR", ROOT.parent / "shared" / "data")) / "binarized_mnist.npz"
+DATA = data_directory(ROOT) / "binarized_mnist.npz"
 
 
 @dataclass

@@ -20,7 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("MADE_DATA_DIR", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT))
+from service.settings import data_directory  # noqa: E402
+
+DATA = data_directory(ROOT)
 RUNS = ROOT / "runs" / "results"
 
 # The settings of the rows added for the four sets with our own splits and the direct variants.

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("MADE_DATA_DIR", ROOT.parent / "shared" / "data"))
+from service.settings import data_directory  # noqa: E402
+
+DATA = data_directory(ROOT)
 RUNS = ROOT / "runs" / "results"
 DOC = ROOT / "docs" / "tables.md"
 BIN = Path(sys.executable).with_name("made")

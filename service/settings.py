@@ -100,3 +100,9 @@ def load_settings(**overrides: Any) -> Settings:
         name = "MADE_" + "_".join(str(p) for p in err["loc"]).upper()
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{name}: {msg} (got {err.get('input')!r})") from None
+
+
+def data_directory(checkout: Path) -> Path:
+    """Where benches and scripts find the data sets: MADE_DATA_DIR (Settings.data_dir), else
+    ../shared/data beside the checkout."""
+    return load_settings().data_dir or checkout.parent / "shared" / "data"
