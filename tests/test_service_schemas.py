@@ -90,7 +90,7 @@ def test_bad_options_say_what_was_expected(body: dict, expected: str) -> None:
         ({"n": "3"}, 'n: input should be a valid integer, got "3"'),
         ({"n": 2.5}, "n: input should be a valid integer, got 2.5"),
         ({"n": 1, "mask": "all"}, 'mask: must be "mixture" or a mask index'),
-        ({"n": 1, "encoding": "zip"}, "encoding: input should be 'json' or 'packed'"),
+        ({"n": 1, "encoding": "zip"}, "encoding: input should be 'json', 'packed' or 'records'"),
     ],
 )
 def test_sample_request_errors(body: dict, expected: str) -> None:
