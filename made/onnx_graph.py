@@ -200,3 +200,131 @@ def dense_graph(n_layers: int, direct: bool, activation: str = "relu") -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+# --- companion graphs of the device path (issue 16): built at load time, never stored ------------
+
+
+def jacobi_step_graph(n_layers: int, direct: bool, activation: str = "relu") -> bytes:
+    """One Jacobi fixed-point step of a MADE (Song et al. 2020), everything in the mask's
+    coordinates (position t: the t-th dimension of its ordering): inputs `xs` (N, D) float32,
+    the current guess; `thr` (N, D) float32, the draw's thresholds on the logits; W{l}, b{l}
+    and `direct_W` as in dense_graph (the engine's per-mask arrays, network.MaskWeights).
+    Outputs `x_next` = 1[logits(xs) > thr] (N, D) float32, `changed` (N,) bool (x_next differs
+    from xs: false means xs is the fixed point, i.e. the exact sample) and `logits` (N, D) of xs.
+    A threshold of -inf draws 1, +inf draws 0 (clamped entries)."""
+    act_op = _activation_op(activation)
+
+    def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, kind, shape)
+
+    inputs = [tensor("xs", ["N", "D"]), tensor("thr", ["N", "D"])]
+    nodes = []
+    h = "xs"
+    for l in range(n_layers):
+        inputs += [tensor(f"W{l}", [f"out{l}", f"in{l}"]), tensor(f"b{l}", [f"out{l}"])]
+        last = l == n_layers - 1
+        out = ("pre_logits" if direct else "logits") if last else f"a{l}"
+        nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [out], transB=1))
+        if not last:
+            nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
+            h = f"h{l}"
+    if direct:
+        inputs.append(tensor("direct_W", ["D", "D"]))
+        nodes.append(helper.make_node("Gemm", ["xs", "direct_W", "pre_logits"], ["logits"], transB=1))
+    nodes += [
+        helper.make_node("Greater", ["logits", "thr"], ["drawn"]),
+        helper.make_node("Cast", ["drawn"], ["x_next"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["x_next", "xs"], ["diff"]),
+        helper.make_node("Abs", ["diff"], ["absdiff"]),
+        helper.make_node("ReduceMax", ["absdiff"], ["most"], axes=[1], keepdims=0),
+        helper.make_node("Cast", ["most"], ["changed"], to=TensorProto.BOOL),
+    ]
+    outputs = [tensor("x_next", ["N", "D"]), tensor("changed", ["N"], TensorProto.BOOL), tensor("logits", ["N", "D"])]
+    graph = helper.make_graph(nodes, "made_jacobi_step", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed: bool = False) -> bytes:
+    """log p_k(x) of every row under K masks in one call, all K masks in each batched MatMul.
+
+    Inputs: `x` (N, D) float32 of 0/1 in dimension order; `observed` (N, D) float32 of 0/1
+    when built with observed=True (only those entries' terms are summed: log p_k(x_obs) where
+    every mask puts the missing dimensions last); `orders` (K, D) int64, each mask's ordering;
+    the masked weights stacked over the masks, each mask in its own coordinates: W{l}
+    (K, fan_in, fan_out), b{l} (K, 1, fan_out) and, when `direct`, direct_W (K, D, D) (input
+    position, output position). Outputs: `logliks` (K, N) float64, sum over d of
+    log p_k(x_d | x_<d), each term softplus'd in float32 and summed in float64 (as the engine's
+    row_loglik), and `mixture` (N,) float64, log (1/K) sum_k p_k(x). The host receives O(N K)
+    numbers, not the (N, D) logits of every mask."""
+    act_op = _activation_op(activation)
+
+    def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, kind, shape)
+
+    inputs = [tensor("x", ["N", "D"])]
+    if observed:
+        inputs.append(tensor("observed", ["N", "D"]))
+    inputs.append(tensor("orders", ["K", "D"], TensorProto.INT64))
+    inits = [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+    ]
+    nodes = [
+        # (N, K, D) -> (K, N, D): each mask's copy of x in its positions
+        helper.make_node("Gather", ["x", "orders"], ["x_nkd"], axis=1),
+        helper.make_node("Transpose", ["x_nkd"], ["xk"], perm=[1, 0, 2]),
+    ]
+    h = "xk"
+    for l in range(n_layers):
+        inputs += [tensor(f"W{l}", ["K", f"in{l}", f"out{l}"]), tensor(f"b{l}", ["K", 1, f"out{l}"])]
+        last = l == n_layers - 1
+        nodes.append(helper.make_node("MatMul", [h, f"W{l}"], [f"mm{l}"]))
+        out = ("pre_logits" if direct else "logits") if last else f"a{l}"
+        nodes.append(helper.make_node("Add", [f"mm{l}", f"b{l}"], [out]))
+        if not last:
+            nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
+            h = f"h{l}"
+    if direct:
+        inputs.append(tensor("direct_W", ["K", "D", "D"]))
+        nodes.append(helper.make_node("MatMul", ["xk", "direct_W"], ["direct_out"]))
+        nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], ["logits"]))
+    # -log p(x_d | x_<d) = softplus(s), s = logit where x_d = 0, -logit where x_d = 1: s = z (1 - 2x)
+    nodes += [
+        helper.make_node("Mul", ["xk", "two"], ["x2"]),
+        helper.make_node("Sub", ["one", "x2"], ["sign"]),
+        helper.make_node("Mul", ["logits", "sign"], ["s"]),
+        helper.make_node("Softplus", ["s"], ["nll_terms"]),
+    ]
+    terms = "nll_terms"
+    if observed:
+        nodes += [
+            helper.make_node("Gather", ["observed", "orders"], ["obs_nkd"], axis=1),
+            helper.make_node("Transpose", ["obs_nkd"], ["obsk"], perm=[1, 0, 2]),
+            helper.make_node("Mul", [terms, "obsk"], ["nll_observed"]),
+        ]
+        terms = "nll_observed"
+    nodes += [
+        helper.make_node("Cast", [terms], ["nll64"], to=TensorProto.DOUBLE),
+        helper.make_node("ReduceSum", ["nll64", "axis2"], ["nll"], keepdims=0),
+        helper.make_node("Neg", ["nll"], ["logliks"]),
+        # log mean_k exp(l_k), shifted by the largest l_k of each row
+        helper.make_node("ReduceMax", ["logliks"], ["top"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["logliks", "top"], ["shifted"]),
+        helper.make_node("Exp", ["shifted"], ["ratios"]),
+        helper.make_node("ReduceMean", ["ratios"], ["mean_ratio"], axes=[0], keepdims=0),
+        helper.make_node("Log", ["mean_ratio"], ["log_mean"]),
+        helper.make_node("Squeeze", ["top", "axis0"], ["top_n"]),
+        helper.make_node("Add", ["log_mean", "top_n"], ["mixture"]),
+    ]
+    outputs = [tensor("logliks", ["K", "N"], TensorProto.DOUBLE), tensor("mixture", ["N"], TensorProto.DOUBLE)]
+    graph = helper.make_graph(nodes, "made_scores", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -21,6 +21,7 @@ from made.masks import exact_orders
 from made.onnx_graph import dense_graph
 from made.store import StoredModel
 from service.engine.denoise import DenoiseResult, denoise
+from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler
 from service.engine.network import MaskWeights, load_network, mask_weights
 from service.engine.runtime import make_session, requested_providers
 from service.engine.sampler import FastSampler, split_draws
@@ -34,6 +35,7 @@ CHUNK = 4096
 # another order differ by ~1e-5 on the 784-dimensional model).
 PARITY_ROWS = 8
 PARITY_ATOL = 1e-3
+GRAPH_SCORES_ATOL = 1e-3  # nats per row: a check that the scores graph is the model, not of its precision
 # Values (draws x D) of /impute's noise in one sampler call, at most: bounds what a call holds
 # (8 bytes of noise, 1 of completion, and for exact rows 8 of per-step probability per value:
 # ~140 MB at 1 << 23), while rows and masks still step through the sampler together.
@@ -107,6 +109,8 @@ class Engine:
         device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self._feeds = [self._feed(m, device) for m in self.masks]
         self._check_parity(model, providers, threads)
+        if self.use_graph_scores():
+            self._check_graph_scores()
         self.sampler = FastSampler(self.masks, activation=model.activation)
         self.sampler.warm()  # the plans now, not on the first request that needs them
         # (D, K) float64: the position of dimension d in mask k's ordering (see exact_rows)
@@ -202,10 +206,34 @@ class Engine:
         """(len(masks), N): log p_k of the observed entries (all entries when observed is None)."""
         # converted to float32 once for all masks; NaN can only be where observed is False
         filled = np.ascontiguousarray(x if observed is None else np.nan_to_num(x, nan=0.0), dtype=np.float32)
-        out = np.empty((len(masks), len(x)))
+        if self.use_graph_scores():  # on a GPU: every mask in one call, O(N) numbers back
+            return self.graph_scores().scores(filled, masks, observed)[0]
+        return self._pass_logliks(filled, masks, observed)
+
+    def _pass_logliks(self, filled: np.ndarray, masks: list[int], observed: np.ndarray | None) -> np.ndarray:
+        """mask_logliks by one pass per mask, the logits back on the host."""
+        out = np.empty((len(masks), len(filled)))
         for i, k in enumerate(masks):
             out[i] = row_loglik(self.logits(filled, k), filled, observed)
         return out
+
+    def _check_graph_scores(self) -> None:
+        """Where the scores graph is to answer mask_logliks (a GPU), build it at load and check it
+        against the per-mask passes on random rows; if it fails or disagrees, serve with the
+        passes (a warning in the log), never with wrong numbers or a first request that fails."""
+        x = (np.random.default_rng(1).random((PARITY_ROWS, self.dims)) < 0.5).astype(np.float32)
+        ks = list(range(self.n_masks))
+        want = self._pass_logliks(x, ks, None)
+        try:
+            got = self.graph_scores().scores(x, ks, None)[0]
+            worst = float(np.max(np.abs(got - want)))
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            worst, why = math.inf, f"{type(exc).__name__}: {exc}"
+        else:
+            why = f"it differs from the per-mask passes by up to {worst:.3g} nats"
+        if not worst <= GRAPH_SCORES_ATOL:
+            log.warning("model %s: not using the scores graph on %s (%s)", self.name, self.providers[0], why)
+            self.graph_scores_enabled = False
 
     def _masks(self, masks: Literal["all"] | int) -> list[int]:
         if isinstance(masks, str):
@@ -557,6 +585,52 @@ class Engine:
         """p(clean x | noisy y) with independent bit flips of probability eps (a number, one per
         row or one per entry): see service.engine.denoise.denoise. checked: see check_x."""
         return denoise(self, y, eps, n_samples=n_samples, seed=seed, n_importance=n_importance, checked=checked)
+
+    # --- the device path (issue 16): Jacobi sampling, log-likelihoods computed in the graph ---
+    def jacobi_sampler(self) -> JacobiSampler:
+        """The Jacobi fixed-point sampler (service.engine.jacobi) on this engine's providers
+        and per-mask weights, built on first use; a stand-in for self.sampler (run_masks)."""
+        built: JacobiSampler | None = getattr(self, "_jacobi", None)
+        if built is None:
+            with BUILD_LOCK:
+                built = getattr(self, "_jacobi", None)
+                if built is None:
+                    threads = self.session.get_session_options().intra_op_num_threads
+                    built = self._jacobi = JacobiSampler(
+                        self.model.onnx_path, self.masks, self._feeds, self.model.activation, self.providers, threads
+                    )
+        return built
+
+    def sample_jacobi(self, u: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """As sample_from_noise, by Jacobi iteration (one batched forward pass per iteration,
+        at most D + 1): the same samples except where |u - p| is below float32 resolution."""
+        for k in np.unique(masks):
+            self.check_mask(int(k))
+        return self.jacobi_sampler().run_masks(np.asarray(masks, dtype=np.int64), u)[0]
+
+    def graph_scores(self) -> GraphScores:
+        """log p_k(x) of all K masks in one graph (service.engine.jacobi.GraphScores), built on
+        first use (it stacks a copy of the K masks' weights)."""
+        built: GraphScores | None = getattr(self, "_graph_scores", None)
+        if built is None:
+            with BUILD_LOCK:
+                built = getattr(self, "_graph_scores", None)
+                if built is None:
+                    threads = self.session.get_session_options().intra_op_num_threads
+                    built = self._graph_scores = GraphScores(
+                        self.model.onnx_path, self.masks, self.model.activation, self.providers, threads
+                    )
+        return built
+
+    # None: by provider (the graph on CUDA; on the CPU the per-mask passes, which bench/engine_bench.py
+    # measured as fast or faster there: the graph ran the mixture at 0.9x at batch 1000 on 2 cores);
+    # True or False forces one path
+    graph_scores_enabled: bool | None = None
+
+    def use_graph_scores(self) -> bool:
+        if self.graph_scores_enabled is not None:
+            return self.graph_scores_enabled
+        return self.providers[0] == "CUDAExecutionProvider"
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
