@@ -229,3 +229,50 @@ def test_the_scores_graph_is_checked_at_load_and_let_go_if_wrong(
     assert not bad.use_graph_scores()
     assert "not using the scores graph" in caplog.text and "differs from the per-mask passes by up to 1" in caplog.text
     np.testing.assert_allclose(bad.logprob(x).logprob, want, rtol=0, atol=1e-5)
+
+
+def test_jacobi_samples_for_the_engine_where_told_and_is_checked_at_load(
+    tiny_store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the engine samples by Jacobi (CUDA; forced here), calls of JACOBI_MIN_ROWS rows or
+    more go through it, with the same samples; one whose samples disagree at load is not used."""
+    from service.engine import engine as engine_module
+    from service.engine import jacobi
+
+    model = open_model(tiny_store, "tiny")
+    plain = Engine(model, providers_under_test(), threads=1)
+    assert plain.use_jacobi() == (plain.providers[0] == "CUDAExecutionProvider")
+    n = engine_module.JACOBI_MIN_ROWS * 4
+    u, masks = plain.noise(n, seed=8)
+    want = plain.sampler.run_masks(masks, u)[0]
+
+    monkeypatch.setattr(Engine, "jacobi_enabled", True)
+    told = Engine(model, providers_under_test(), threads=1)
+    assert told._jacobi is not None  # built and checked at load
+    assert told.sampler_for(n) is told._jacobi and told.sampler_for(1) is told.sampler
+    calls = []
+    real = jacobi.JacobiSampler.run
+
+    def counted(self: jacobi.JacobiSampler, *args: object, **kwargs: object) -> jacobi.JacobiRun:
+        calls.append(len(args[1]))  # type: ignore[arg-type]
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jacobi.JacobiSampler, "run", counted)
+    np.testing.assert_array_equal(told.sample_from_noise(u, masks), want)
+    x = np.where(np.random.default_rng(3).random((3, told.dims)) < 0.5, 1.0, 0.0)
+    x[:, 5:] = np.nan
+    imputed = told.impute(x, n_samples=20, seed=1, n_importance=40)
+    np.testing.assert_array_equal(imputed.samples, plain.impute(x, n_samples=20, seed=1, n_importance=40).samples)
+    assert calls[0] == n and len(calls) >= 2  # the samples, then the imputation's draws
+
+    def wrong(self: jacobi.JacobiSampler, *args: object, **kwargs: object) -> jacobi.JacobiRun:
+        run = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        run.samples[:] = 1 - run.samples  # not the model's samples
+        return run
+
+    monkeypatch.setattr(jacobi.JacobiSampler, "run", wrong)
+    with caplog.at_level("WARNING", logger="made.engine"):
+        bad = Engine(model, providers_under_test(), threads=1)
+    assert not bad.use_jacobi() and bad.sampler_for(n) is bad.sampler
+    assert "not sampling by Jacobi iteration" in caplog.text and "64 of 64 samples differ" in caplog.text
+    np.testing.assert_array_equal(bad.sample_from_noise(u, masks), want)

@@ -146,7 +146,7 @@ def denoise(
         u = np.concatenate([rngs[r].random((end - first, d)) for r, first, end in pieces])
         picked = np.concatenate([np.full(end - first, r) for r, first, end in pieces])
         masks = np.concatenate([np.arange(first, end) // s for _, first, end in pieces])
-        done, logw, _ = engine.sampler.run_masks(masks, u, evidence=(l0[picked], l1[picked]))
+        done, logw, _ = engine.sampler_for(len(u)).run_masks(masks, u, evidence=(l0[picked], l1[picked]))
         at = 0
         for r, first, end in pieces:
             if first == 0:

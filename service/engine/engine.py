@@ -35,6 +35,10 @@ CHUNK = 4096
 # another order differ by ~1e-5 on the 784-dimensional model).
 PARITY_ROWS = 8
 PARITY_ATOL = 1e-3
+# Jacobi sampling (service.engine.jacobi) on a device: calls of fewer rows step in numpy, where a
+# pass per dimension costs less than ~40 device round trips; to be tuned from bench/gpu_check.py
+JACOBI_MIN_ROWS = 16
+JACOBI_CHECK_ROWS = 64  # noise rows of the load-time check
 GRAPH_SCORES_ATOL = 1e-3  # nats per row: a check that the scores graph is the model, not of its precision
 # Values (draws x D) of /impute's noise in one sampler call, at most: bounds what a call holds
 # (8 bytes of noise, 1 of completion, and for exact rows 8 of per-step probability per value:
@@ -113,6 +117,8 @@ class Engine:
             self._check_graph_scores()
         self.sampler = FastSampler(self.masks, activation=model.activation)
         self.sampler.warm()  # the plans now, not on the first request that needs them
+        if self.use_jacobi():
+            self._check_jacobi()
         # (D, K) float64: the position of dimension d in mask k's ordering (see exact_rows)
         self._positions = np.argsort(self.orderings, axis=1).T.astype(np.float64)
         log.info(
@@ -313,7 +319,7 @@ class Engine:
         picked = np.concatenate([np.repeat(rows, s) for _, rows in jobs]).astype(np.int64)
         values = np.nan_to_num(x[picked], nan=0.0)
         u = rng.random((len(picked), self.dims))
-        samples, logw, _ = self.sampler.run_masks(masks, u, observed[picked], values)
+        samples, logw, _ = self.sampler_for(len(u)).run_masks(masks, u, observed[picked], values)
         out, start = [], 0
         for _, rows in jobs:
             n = len(rows)
@@ -371,7 +377,7 @@ class Engine:
             self.check_mask(int(k))
         # all masks step through one loop: a merged batch of mixture samples costs about one
         # loop, not one per mask
-        return self.sampler.run_masks(np.asarray(masks, dtype=np.int64), u)[0]
+        return self.sampler_for(len(u)).run_masks(np.asarray(masks, dtype=np.int64), u)[0]
 
     def sample(self, n: int, seed: int, mask: int | None = None) -> np.ndarray:
         return self.sample_from_noise(*self.noise(n, seed, mask))
@@ -499,7 +505,7 @@ class Engine:
             picked = rows[part]
             obs = np.repeat(observed[picked], draws, axis=0)
             values = np.repeat(np.nan_to_num(x[picked], nan=0.0), draws, axis=0)
-            done, _, probs = self.sampler.run_masks(
+            done, _, probs = self.sampler_for(masks.size).run_masks(
                 masks.reshape(-1), u.reshape(-1, self.dims), obs, values, return_probs=True
             )
             assert probs is not None
@@ -533,7 +539,7 @@ class Engine:
             picked = np.concatenate([np.full(end - first, r) for r, first, end in pieces])
             masks = np.concatenate([np.arange(first, end) // s for _, first, end in pieces])
             values = np.nan_to_num(x[picked], nan=0.0)
-            done, logw, _ = self.sampler.run_masks(masks, u, observed[picked], values)
+            done, logw, _ = self.sampler_for(len(u)).run_masks(masks, u, observed[picked], values)
             at = 0
             for r, first, end in pieces:
                 if first == 0:
@@ -631,6 +637,40 @@ class Engine:
         if self.graph_scores_enabled is not None:
             return self.graph_scores_enabled
         return self.providers[0] == "CUDAExecutionProvider"
+
+    # None: by provider (Jacobi on CUDA, for calls of at least JACOBI_MIN_ROWS rows; the numpy
+    # stepping sampler on the CPU, where it is 5-10x faster on the 784-dimensional model);
+    # True or False forces the choice for calls of JACOBI_MIN_ROWS rows or more
+    jacobi_enabled: bool | None = None
+
+    def use_jacobi(self) -> bool:
+        if self.jacobi_enabled is not None:
+            return self.jacobi_enabled
+        return self.providers[0] == "CUDAExecutionProvider"
+
+    def sampler_for(self, rows: int) -> FastSampler | JacobiSampler:
+        """The sampler of a call of `rows` rows (sample, impute, denoise): Jacobi on the device
+        where use_jacobi() and the call is large enough to fill it, else the stepping sampler.
+        Both draw the same samples from the same noise (up to float32 ties)."""
+        if rows >= JACOBI_MIN_ROWS and self.use_jacobi():
+            return self.jacobi_sampler()
+        return self.sampler
+
+    def _check_jacobi(self) -> None:
+        """Where Jacobi is to sample (a GPU), build it at load and check its samples against the
+        stepping sampler's on the same noise, every mask; if it fails or disagrees on more than
+        a near-tie's row, sample with the stepping sampler (a warning in the log)."""
+        u, ks = self.noise(JACOBI_CHECK_ROWS, seed=2)
+        ks[: self.n_masks] = np.arange(min(self.n_masks, len(ks)))
+        want = self.sampler.run_masks(ks, u)[0]
+        try:
+            differ = int((self.jacobi_sampler().run_masks(ks, u)[0] != want).any(axis=1).sum())
+            why = f"{differ} of {len(u)} samples differ from the stepping sampler's"
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            differ, why = len(u), f"{type(exc).__name__}: {exc}"
+        if differ > 1:
+            log.warning("model %s: not sampling by Jacobi iteration on %s (%s)", self.name, self.providers[0], why)
+            self.jacobi_enabled = False
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
