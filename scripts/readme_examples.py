@@ -144,6 +144,22 @@ RECORD_EXAMPLES: list[tuple[str, str]] = [
         "--data-binary @rows.csv",
     ),
     (
+        "A model of bits takes records too (its columns are x0..x{D-1}): a sampled mushroom with "
+        "bit x20 (bruises) flipped, and the three bits its other bits make least likely",
+        f'R=$(curl -s {SHOWN}/sample {JSON} -d \'{{"model": "mushrooms", "n": 1, "seed": 0, "encoding": "records"}}\' '
+        '| jq -c \'.records | .[0].x20 |= (if . == "1" then "0" else "1" end)\')\n'
+        f'curl -s {SHOWN}/logprob {JSON} -d "{{\\"model\\": \\"mushrooms\\", \\"explain\\": true, \\"records\\": $R}}" '
+        "| jq -c '.surprisal[0] | to_entries | sort_by(-.value.given_others) | .[:3][] | {column: .key, "
+        "given_others: (.value.given_others * 100 | round / 100)}'",
+    ),
+    (
+        "Records of bits that meet a condition: the given bits, and how many bits are 1 in each record",
+        f'curl -s {SHOWN}/sample {JSON} -d \'{{"model": "mushrooms", "n": 3, "seed": 0, '
+        '"given": {"x5": 1, "x20": 1}}\' '
+        "| jq -c '{exact, ess, given: [.records[] | {x5, x20}], "
+        'ones: [.records[] | [.[] | select(. == "1")] | length]}\'',
+    ),
+    (
         "A level the model never saw: 422 naming the record, the column and the levels",
         f"curl -s -w '\\nHTTP %{{http_code}}\\n' {SHOWN}/logprob {JSON} "
         '-d \'{"model": "diamonds", "records": [{"cut": "Superb"}]}\'',
