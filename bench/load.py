@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/load.py [--store model_store] [--model NAME] [--clients 64]
         [--duration 60] [--paced-load 0.5] [--leak-requests 100000 [--leak-model NAME]]
-        [--compare-seconds 15]
+        [--compare-seconds 15] [--floor-rounds 3] [--floor-only]
         [--write] [--json FILE]
 
 One `made serve` process on a free loopback port, logging as deployed (MADE_LOG_LEVEL=INFO: one
@@ -28,10 +28,13 @@ generator is wrk (apt-get install wrk), one process per endpoint, on the same ma
    requests per second, so 100000 take hours; `--leak-model mushrooms` reaches them in minutes
    through the same code paths;
 4. floor: POST /logprob with one row from --clients connections for --compare-seconds, against
-   `made serve` and then against bench/_bare_app.py (a bare FastAPI endpoint that parses the
-   same body into a pydantic model of the same shape and returns a constant, under uvicorn the
-   same way), for the model and for the leak check's if it is another. The ratio is what the
-   model and the service cost above FastAPI itself.
+   `made serve` and against bench/_bare_app.py (a bare FastAPI endpoint that parses the same
+   body into a pydantic model of the same shape and returns a constant, under uvicorn the same
+   way), in turn for --floor-rounds rounds with both servers up, for the model and for the leak
+   check's if it is another and for each --floor-model. The ratio is what the model and the
+   service cost above FastAPI itself; on a machine whose CPUs are shared, only the ratio of a round means much, and the
+   rounds give its spread. --floor-only runs this phase alone (on --model, default mushrooms)
+   and prints it.
 
 Prints markdown tables; --write saves them to docs/load.md. Exit status 1 on any unexpected
 error or memory growth at or over the bound. Without wrk it prints that it skipped, exit 0.
@@ -361,6 +364,84 @@ def bare_server() -> Iterator[tuple[str, int]]:
         proc.wait(timeout=30)
 
 
+def floor(
+    wrk: Wrk, made: tuple[str, int], bare: tuple[str, int], model_name: str, body: dict[str, object], args: Any
+) -> list[Row]:
+    """POST /logprob with one row on `made serve` and on the bare app, in --floor-rounds
+    alternating rounds (made, bare, made, bare, ...) of --compare-seconds each, both servers up:
+    each pair saw the same machine, so the ratio of a round holds where CPU time is shared and
+    stolen (the absolute req/s do not). Rows: made, bare, made, bare, ..."""
+    servers = [("`made serve`", *made), ("bare FastAPI (`bench/_bare_app.py`)", *bare)]
+    for _, url, _ in servers:
+        wrk.one(url + "/logprob", body, args.clients, 2, "warm-up")
+    rows = []
+    for i in range(args.floor_rounds):
+        for label, url, pid in servers:
+            settle(pid)
+            print(
+                f"floor, round {i + 1} of {args.floor_rounds}: /logprob on {label} ({model_name}), "
+                f"{args.compare_seconds:g} s",
+                file=sys.stderr,
+            )
+            start, cpu = time.perf_counter(), cpu_seconds(pid)
+            run = wrk.one(url + "/logprob", body, args.clients, args.compare_seconds, label)
+            rows.append(summarize(f"/logprob, 1 row of '{model_name}', round {i + 1}", label, [run], run.seconds))
+            rows[-1].server_cpu = (cpu_seconds(pid) - cpu) / (time.perf_counter() - start)
+    return rows
+
+
+def floor_ratios(compare: list[Row]) -> dict[str, list[float]]:
+    """Per model, each round's req/s of `made serve` over the bare app's."""
+    ratios: dict[str, list[float]] = {}
+    for made, bare in zip(compare[::2], compare[1::2], strict=True):
+        model = made.phase.split(" of ")[-1].rsplit(", round", 1)[0]
+        ratios.setdefault(model, []).append(made.rps / bare.rps)
+    return ratios
+
+
+def floor_lines(compare: list[Row], args: Any) -> list[str]:
+    shares = "; ".join(
+        f"{model}: **{float(np.median(r)):.0%}** (median of {len(r)} rounds; {min(r):.0%} to {max(r):.0%})"
+        for model, r in floor_ratios(compare).items()
+    )
+    return [
+        "Single-row /logprob against a bare FastAPI endpoint that parses the same body "
+        f"and answers a constant ({args.compare_seconds:g} s each, {args.clients} "
+        f"connections, the two in turn for {args.floor_rounds} rounds, both servers up):",
+        "",
+        *table(compare),
+        "",
+        f"`made serve` answers this share of the bare endpoint's requests per second: {shares}.",
+        "",
+    ]
+
+
+def floor_only(args: Any) -> int:
+    """--floor-only: the floor alone, on --model (default mushrooms, the cheapest model to run),
+    printed (and --json); docs/load.md is left as it is."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        made_serve(args.store, env={"MADE_LOG_LEVEL": "INFO"}) as server,
+        bare_server() as bare,
+    ):
+        wrk = Wrk(Path(tmp))
+        model_name = args.model or "mushrooms"
+        manifest = httpx.get(f"{server.url}/models/{model_name}", timeout=30).json()
+        body = targets(manifest, model_name)[0].body
+        r = httpx.post(server.url + "/logprob", json=body, timeout=120)
+        if r.status_code != 200:
+            sys.exit(f"/logprob on {model_name} answered {r.status_code}: {r.text[:300]}")
+        compare = floor(wrk, (server.url, server.proc.pid), bare, model_name, body, args)
+    unexpected = sum(r.unexpected for r in compare)
+    print("\n" + "\n".join(floor_lines(compare, args)))
+    print(f"Unexpected errors: {unexpected}.")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"compare": [asdict(r) for r in compare], "ratios": floor_ratios(compare)}, indent=1)
+        )
+    return 0 if unexpected == 0 else 1
+
+
 def table(rows: list[Row]) -> list[str]:
     def cpu(r: Row) -> str:
         return "" if r.server_cpu is None else f"{r.server_cpu:.2f}"
@@ -425,6 +506,19 @@ def main() -> int:
         help="seconds of /logprob against made serve and the bare app (0: skip)",
     )
     parser.add_argument(
+        "--floor-rounds", type=int, default=3, help="rounds of the floor, made serve and the bare app in turn"
+    )
+    parser.add_argument(
+        "--floor-model",
+        action="append",
+        help="also run the floor on this model (repeatable), e.g. mushrooms, the cheapest model to run",
+    )
+    parser.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="only the floor (default model: mushrooms), --floor-rounds of --compare-seconds each; prints, no --write",
+    )
+    parser.add_argument(
         "--paced-load",
         type=float,
         default=0.5,
@@ -439,6 +533,8 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("bench/load.py skipped: the load generator wrk is not installed (apt-get install wrk)")
         return 0
+    if args.floor_only:
+        return floor_only(args)
     if args.clients % 4:
         sys.exit("--clients must be a multiple of 4 (a quarter per endpoint)")
     version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()
@@ -565,28 +661,14 @@ def main() -> int:
         floors = [(name, mix[0].body)] + (
             [(leak_name, leak_mix[0].body)] if leak_name != name and args.leak_requests > 0 else []
         )
+        for extra in args.floor_model or []:
+            if extra not in {n for n, _ in floors}:
+                floors.append((extra, mix_of(extra)[0].body))
         if args.compare_seconds > 0:
-            for model_name, body in floors:
-                print(f"floor: /logprob on made serve ({model_name}), {args.compare_seconds:g} s", file=sys.stderr)
-                start, cpu = time.perf_counter(), cpu_seconds(pid)
-                run = wrk.one(server.url + "/logprob", body, args.clients, args.compare_seconds, "made serve")
-                compare.append(summarize(f"/logprob, 1 row of '{model_name}'", "`made serve`", [run], run.seconds))
-                compare[-1].server_cpu = (cpu_seconds(pid) - cpu) / (time.perf_counter() - start)
-    if args.compare_seconds > 0:
-        with tempfile.TemporaryDirectory() as tmp, bare_server() as (bare, bare_pid):
-            wrk = Wrk(Path(tmp))
-            wrk.one(bare + "/logprob", floors[0][1], args.clients, 2, "warm-up")
-            for i, (model_name, body) in enumerate(floors):
-                print(f"floor: /logprob on the bare app ({model_name}), {args.compare_seconds:g} s", file=sys.stderr)
-                start, cpu = time.perf_counter(), cpu_seconds(bare_pid)
-                run = wrk.one(bare + "/logprob", body, args.clients, args.compare_seconds, "bare")
-                compare.insert(
-                    2 * i + 1,
-                    summarize(
-                        f"/logprob, 1 row of '{model_name}'", "bare FastAPI (`bench/_bare_app.py`)", [run], run.seconds
-                    ),
-                )
-                compare[2 * i + 1].server_cpu = (cpu_seconds(bare_pid) - cpu) / (time.perf_counter() - start)
+            settle(pid)
+            with bare_server() as bare:
+                for model_name, body in floors:
+                    compare += floor(wrk, (server.url, pid), bare, model_name, body, args)
 
     unexpected = sum(r.unexpected for r in rows + compare) + sum(r.unexpected for r in warm)
     shown_args = [
@@ -630,20 +712,7 @@ def main() -> int:
             "",
         ]
     if compare:
-        ratios = "; ".join(
-            f"{made.phase.split(' of ')[-1]}: **{made.rps / bare.rps:.0%}**"
-            for made, bare in zip(compare[::2], compare[1::2], strict=True)
-        )
-        lines += [
-            "Single-row /logprob against a bare FastAPI endpoint that parses the same body "
-            f"and answers a constant ({args.compare_seconds:g} s each, {args.clients} "
-            "connections, one after the other):",
-            "",
-            *table(compare),
-            "",
-            f"`made serve` answers this share of the bare endpoint's requests per second: {ratios}.",
-            "",
-        ]
+        lines += floor_lines(compare, args)
     print("\n" + "\n".join(lines))
     if args.write:
         out = ROOT / "docs" / "load.md"

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
 
 from made.errors import MadeError
 from service import oip
@@ -74,6 +76,10 @@ async def _poll_store(dataplane: DataPlane, interval: float) -> None:
             log.exception("reload of store %s failed", dataplane.registry.store)
 
 
+def _route_of(endpoint: Callable[..., Any]) -> APIRoute:
+    return next(r for r in inference.router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
+
+
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
     """The service. `registry` may be passed already loaded (tests share one between apps)."""
     settings = settings or Settings()
@@ -103,7 +109,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.dataplane = dataplane
     # Added first, so it runs inside RequestMiddleware (request ids, the body size limit).
     app.add_middleware(CsvRecordsMiddleware, dataplane=dataplane, api_key=settings.api_key)
-    app.add_middleware(RequestMiddleware, metrics=app_metrics, max_body_bytes=settings.max_body_bytes)
+    # POST /logprob's small JSON requests take the express handler, the rest the routes.
+    express = inference.ExpressLogprob(_route_of(inference.logprob), dataplane, settings.api_key)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=app_metrics,
+        max_body_bytes=settings.max_body_bytes,
+        express={"/logprob": express},
+    )
     install_error_handlers(app)
     # Only a server with a key declares the bearer scheme, so the OpenAPI document tells the truth.
     protected = [Depends(require_api_key)] if settings.api_key is not None else []

@@ -68,6 +68,11 @@ class Batcher(Generic[T, R]):
 
     async def submit(self, item: T, rows: int) -> R:
         """Queue one request's work; returns its own result once its batch has run."""
+        return await self.enqueue(item, rows)
+
+    def enqueue(self, item: T, rows: int) -> asyncio.Future[R]:
+        """Queue one request's work; the future gets its result once its batch has run. A
+        future done before then (an exception set, cancelled) drops the work if it has not run."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(item, rows, future))
         self._queued_rows += rows
@@ -78,7 +83,7 @@ class Batcher(Generic[T, R]):
         if self._worker is None or self._worker.done():
             # A fresh context: the worker serves many requests, it must not log as the first one.
             self._worker = asyncio.create_task(self._work(), context=contextvars.Context())
-        return await future
+        return future
 
     async def aclose(self) -> None:
         """Let queued work finish (graceful shutdown)."""

@@ -1,14 +1,22 @@
 """Inference: log-probabilities, conditionals, samples, imputations, denoising. Each names its
-model or gets the default; the data plane does the work."""
+model or gets the default; the data plane does the work. POST /logprob also has an express
+handler (ExpressLogprob) for its common small JSON request."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+import numpy as np
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import ConfigDict, Field, SecretStr, Strict, TypeAdapter, ValidationError, create_model
+from starlette.types import Receive, Scope, Send
 
-from service.routers.deps import DataPlaneDep
+from service.dataplane import DataPlane
+from service.routers.deps import DataPlaneDep, same_key
 from service.schemas import (
     ConditionalsRequest,
     ConditionalsResponse,
@@ -58,6 +66,118 @@ def _wants_png(accept: str | None) -> bool:
 async def logprob(req: LogProbRequest, dp: DataPlaneDep) -> LogProbResponse:
     """log p(x) per row in nats; missing values (null) summed out."""
     return await dp.logprob(req)
+
+
+class ExpressLogprob:
+    """POST /logprob with a small JSON body, answered by the route's own function without the
+    app's per-request machinery (exception middleware, routing, dependency injection): for one
+    row that machinery cost more than the model (docs/load.md, the floor). RequestMiddleware
+    calls it with the body it has read; the answer is the route's, byte for byte: the request
+    the route would validate (express_request), the route's function, the response serialized
+    as FastAPI serializes a response model (pydantic's dump_json, response_model_exclude_none),
+    errors through the app's own exception handlers. What it is not sure to answer as the route
+    would, it declines before doing any work (returns False) and the app answers: another
+    content type, a body over EXPRESS_MAX_BYTES, a body its strict parse leaves to the route
+    (which then accepts it or names the problem), a missing or wrong API key (the route's
+    401). A dependency added to the route must be added here too."""
+
+    EXPRESS_MAX_BYTES = 64 * 1024  # larger requests gain nothing; an invalid one is parsed twice
+
+    def __init__(self, route: APIRoute, dataplane: DataPlane, api_key: SecretStr | None) -> None:
+        self.route = route  # scope["route"]: the metrics label, as routing would set it
+        self.dataplane = dataplane
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
+        if not body or len(body) > self.EXPRESS_MAX_BYTES:
+            return False
+        content_type = authorization = None
+        for key, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
+            if key == b"content-type":
+                content_type = content_type or value
+            elif key == b"authorization":
+                authorization = authorization or value
+        if content_type is None or content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+            return False
+        if self.api_key is not None and not _bearer_is(authorization, self.api_key):
+            return False
+        req = express_request(body)
+        if req is None:
+            return False
+        scope["route"] = self.route
+        try:
+            answer: Response = Response(
+                _LOGPROB_RESPONSE.dump_json(await logprob(req, self.dataplane), exclude_none=True),
+                media_type="application/json",
+            )
+        except Exception as exc:
+            handler = _handler_of(scope["app"], exc)
+            if handler is None:
+                raise
+            answer = await handler(Request(scope, receive), exc)
+        await answer(scope, receive, send)
+        return True
+
+
+_LOGPROB_RESPONSE = TypeAdapter(LogProbResponse)
+
+# The common /logprob body, strictly: rows of JSON 0, 1 and null, the other fields as
+# LogProbRequest declares them (limits and all) but only as JSON spells them (no "1" for 1, no
+# 1.0, no "true"), no x_b64 or records. Parsed and checked in one pass of pydantic's JSON
+# parser, where the route parses with json.loads and checks the rows in Python
+# (service.schemas._parse_rows): for one row that took longer than the model.
+_STRICT = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+_Bit = Annotated[int, Strict(), Field(ge=0, le=1)]
+_ExpressBody = create_model(  # type: ignore[call-overload]
+    "_ExpressBody",
+    __config__=_STRICT,
+    x=(list[list[_Bit | None]], ...),
+    **{
+        name: (field.annotation, field)
+        for name, field in LogProbRequest.model_fields.items()
+        if name in ("model", "masks", "seed", "n_importance", "explain")
+    },
+)
+
+
+def express_request(body: bytes) -> LogProbRequest | None:
+    """The request the route would validate from this body, or None where the strict parse
+    cannot tell (the route then parses it, accepts or names the problem). Every body it accepts,
+    LogProbRequest accepts with the same values (tests/test_service_express.py)."""
+    try:
+        parsed = _ExpressBody.model_validate_json(body)
+    except ValidationError:  # not JSON, not UTF-8, another shape, another spelling
+        return None
+    rows = parsed.x
+    width = len(rows[0]) if rows else 0
+    if not width or any(len(row) != width for row in rows):
+        return None  # no rows, empty or ragged rows: the route says which
+    return LogProbRequest.model_construct(
+        x=np.array(rows, dtype=np.float32),  # None -> NaN, as _parse_rows converts
+        model=parsed.model,
+        masks=parsed.masks,
+        seed=parsed.seed,
+        n_importance=parsed.n_importance,
+        explain=parsed.explain,
+    )
+
+
+def _bearer_is(authorization: bytes | None, key: SecretStr) -> bool:
+    """Whether the header carries `Bearer <key>` as the route's HTTPBearer reads it."""
+    if not authorization:
+        return False
+    scheme, credentials = get_authorization_scheme_param(authorization.decode("latin-1"))
+    return bool(scheme and credentials) and scheme.lower() == "bearer" and same_key(credentials, key)
+
+
+def _handler_of(app: Any, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
+    """The app's exception handler for exc, looked up as Starlette's exception middleware does."""
+    handlers = app.exception_handlers
+    for cls in type(exc).__mro__:
+        if cls in handlers and cls is not Exception:
+            handler: Callable[[Request, Exception], Awaitable[Response]] = handlers[cls]
+            return handler
+    return None
 
 
 @router.post("/conditionals", responses=ERRORS, response_model_exclude_none=True)
