@@ -43,24 +43,42 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 class JsonFormatter(logging.Formatter):
-    """{"ts", "level", "logger", "message", "request_id"?, **extra, "exc_info"?}"""
+    """{"ts", "level", "logger", "message", "request_id"?, **extra, "exc_info"?}
+
+    One line per request on the hot path: the encoder is built once, the timestamp's seconds
+    are formatted once per second, and the record's fields are read once."""
+
+    _encoder = json.JSONEncoder(default=str)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:  # a race only formats the same second twice
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None) or current_request_id()
+        fields = vars(record)
+        request_id = fields.get("request_id") or current_request_id()
         if request_id:
             entry["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key not in entry and not key.startswith("_"):
+        for key, value in fields.items():
+            if key not in _STANDARD and key not in entry and key[0] != "_":
                 entry[key] = value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._encoder.encode(entry)
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
