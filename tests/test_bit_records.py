@@ -233,3 +233,23 @@ async def test_bit_models_answers_to_x_are_unchanged(made: InProcessClient) -> N
     assert body["samples"] and "records" not in body or body.get("records") is None
     models = (await made.http.get("/models")).json()["models"]
     assert all(m.get("columns") is None for m in models)
+
+
+def test_a_manifest_whose_columns_are_not_a_schema_is_refused(table_store: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from made.errors import ModelStoreError
+    from service.engine.table_engine import TableEngine
+
+    store = tmp_path / "store"
+    shutil.copytree(table_store / "cats", store / "cats")
+    manifest_path = next((store / "cats").glob("*/manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["columns"][1]["kind"] = "ordinal"
+    manifest_path.write_text(json.dumps(manifest))
+    model = open_model(store, "cats")
+    with pytest.raises(ModelStoreError, match=r"manifest's columns are not a valid schema: .*unknown kind 'ordinal'"):
+        _ = model.schema
+    with pytest.raises(ModelStoreError, match="not a valid schema"):
+        TableEngine(model, ["CPUExecutionProvider"], threads=1)
