@@ -171,32 +171,48 @@ def dense_graph(n_layers: int, direct: bool, activation: str = "relu") -> bytes:
     one session with no weights of its own serves all K masks from the arrays the sampler steps
     through (the stored graph, by contrast, rebuilds the mask from degrees on every call).
     `activation` is the hidden units' nonlinearity, as in build_graph."""
-    act_op = _activation_op(activation)
-
-    def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, kind, shape)
-
     inputs = [
-        tensor("x", ["N", "D"]),
-        tensor("order", ["D"], TensorProto.INT64),
-        tensor("inverse", ["D"], TensorProto.INT64),
+        _tensor("x", ["N", "D"]),
+        _tensor("order", ["D"], TensorProto.INT64),
+        _tensor("inverse", ["D"], TensorProto.INT64),
     ]
     nodes = [helper.make_node("Gather", ["x", "order"], ["xs"], axis=1)]
-    h = "xs"
+    layer_inputs, layer_nodes = _masked_layers("xs", n_layers, direct, activation, "positioned")
+    nodes += [*layer_nodes, helper.make_node("Gather", ["positioned", "inverse"], ["logits"], axis=1)]
+    return _serialized(helper.make_graph(nodes, "made_dense", inputs + layer_inputs, [_tensor("logits", ["N", "D"])]))
+
+
+def _tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, kind, shape)
+
+
+def _masked_layers(
+    x: str, n_layers: int, direct: bool, activation: str, out: str
+) -> tuple[list[onnx.ValueInfoProto], list[onnx.NodeProto]]:
+    """The inputs and nodes of a MADE's layers whose masked weights are inputs, in the mask's
+    coordinates (network.MaskWeights: W{l} (fan_out, fan_in), b{l}, direct_W (D, D)): from the
+    positioned input `x` to the positioned logits `out`."""
+    act_op = _activation_op(activation)
+    inputs: list[onnx.ValueInfoProto] = []
+    nodes: list[onnx.NodeProto] = []
+    h = x
     for l in range(n_layers):
-        inputs += [tensor(f"W{l}", [f"out{l}", f"in{l}"]), tensor(f"b{l}", [f"out{l}"])]
+        inputs += [_tensor(f"W{l}", [f"out{l}", f"in{l}"]), _tensor(f"b{l}", [f"out{l}"])]
         last = l == n_layers - 1
-        out = ("pre_logits" if direct else "positioned") if last else f"a{l}"
-        nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [out], transB=1))
+        result = ("pre_logits" if direct else out) if last else f"a{l}"
+        nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [result], transB=1))
         if not last:
-            nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
+            nodes.append(helper.make_node(act_op, [result], [f"h{l}"]))
             h = f"h{l}"
     if direct:
-        inputs.append(tensor("direct_W", ["D", "D"]))
-        nodes.append(helper.make_node("Gemm", ["xs", "direct_W", "pre_logits"], ["positioned"], transB=1))
-    nodes.append(helper.make_node("Gather", ["positioned", "inverse"], ["logits"], axis=1))
-    graph = helper.make_graph(nodes, "made_dense", inputs, [tensor("logits", ["N", "D"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        inputs.append(_tensor("direct_W", ["D", "D"]))
+        nodes.append(helper.make_node("Gemm", [x, "direct_W", "pre_logits"], [out], transB=1))
+    return inputs, nodes
+
+
+def _serialized(graph: onnx.GraphProto) -> bytes:
+    """A graph built at load time (never stored), checked and serialized for a session."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -213,25 +229,8 @@ def jacobi_step_graph(n_layers: int, direct: bool, activation: str = "relu") -> 
     Outputs `x_next` = 1[logits(xs) > thr] (N, D) float32, `changed` (N,) bool (x_next differs
     from xs: false means xs is the fixed point, i.e. the exact sample) and `logits` (N, D) of xs.
     A threshold of -inf draws 1, +inf draws 0 (clamped entries)."""
-    act_op = _activation_op(activation)
-
-    def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, kind, shape)
-
-    inputs = [tensor("xs", ["N", "D"]), tensor("thr", ["N", "D"])]
-    nodes = []
-    h = "xs"
-    for l in range(n_layers):
-        inputs += [tensor(f"W{l}", [f"out{l}", f"in{l}"]), tensor(f"b{l}", [f"out{l}"])]
-        last = l == n_layers - 1
-        out = ("pre_logits" if direct else "logits") if last else f"a{l}"
-        nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [out], transB=1))
-        if not last:
-            nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
-            h = f"h{l}"
-    if direct:
-        inputs.append(tensor("direct_W", ["D", "D"]))
-        nodes.append(helper.make_node("Gemm", ["xs", "direct_W", "pre_logits"], ["logits"], transB=1))
+    layer_inputs, nodes = _masked_layers("xs", n_layers, direct, activation, "logits")
+    inputs = [_tensor("xs", ["N", "D"]), _tensor("thr", ["N", "D"]), *layer_inputs]
     nodes += [
         helper.make_node("Greater", ["logits", "thr"], ["drawn"]),
         helper.make_node("Cast", ["drawn"], ["x_next"], to=TensorProto.FLOAT),
@@ -240,12 +239,12 @@ def jacobi_step_graph(n_layers: int, direct: bool, activation: str = "relu") -> 
         helper.make_node("ReduceMax", ["absdiff"], ["most"], axes=[1], keepdims=0),
         helper.make_node("Cast", ["most"], ["changed"], to=TensorProto.BOOL),
     ]
-    outputs = [tensor("x_next", ["N", "D"]), tensor("changed", ["N"], TensorProto.BOOL), tensor("logits", ["N", "D"])]
-    graph = helper.make_graph(nodes, "made_jacobi_step", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    outputs = [
+        _tensor("x_next", ["N", "D"]),
+        _tensor("changed", ["N"], TensorProto.BOOL),
+        _tensor("logits", ["N", "D"]),
+    ]
+    return _serialized(helper.make_graph(nodes, "made_jacobi_step", inputs, outputs))
 
 
 def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed: bool = False) -> bytes:
@@ -262,13 +261,10 @@ def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed
     numbers, not the (N, D) logits of every mask."""
     act_op = _activation_op(activation)
 
-    def tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, kind, shape)
-
-    inputs = [tensor("x", ["N", "D"])]
+    inputs = [_tensor("x", ["N", "D"])]
     if observed:
-        inputs.append(tensor("observed", ["N", "D"]))
-    inputs.append(tensor("orders", ["K", "D"], TensorProto.INT64))
+        inputs.append(_tensor("observed", ["N", "D"]))
+    inputs.append(_tensor("orders", ["K", "D"], TensorProto.INT64))
     inits = [
         numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
@@ -282,7 +278,7 @@ def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed
     ]
     h = "xk"
     for l in range(n_layers):
-        inputs += [tensor(f"W{l}", ["K", f"in{l}", f"out{l}"]), tensor(f"b{l}", ["K", 1, f"out{l}"])]
+        inputs += [_tensor(f"W{l}", ["K", f"in{l}", f"out{l}"]), _tensor(f"b{l}", ["K", 1, f"out{l}"])]
         last = l == n_layers - 1
         nodes.append(helper.make_node("MatMul", [h, f"W{l}"], [f"mm{l}"]))
         out = ("pre_logits" if direct else "logits") if last else f"a{l}"
@@ -291,7 +287,7 @@ def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed
             nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
             h = f"h{l}"
     if direct:
-        inputs.append(tensor("direct_W", ["K", "D", "D"]))
+        inputs.append(_tensor("direct_W", ["K", "D", "D"]))
         nodes.append(helper.make_node("MatMul", ["xk", "direct_W"], ["direct_out"]))
         nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], ["logits"]))
     # -log p(x_d | x_<d) = softplus(s), s = logit where x_d = 0, -logit where x_d = 1: s = z (1 - 2x)
@@ -322,9 +318,5 @@ def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed
         helper.make_node("Squeeze", ["top", "axis0"], ["top_n"]),
         helper.make_node("Add", ["log_mean", "top_n"], ["mixture"]),
     ]
-    outputs = [tensor("logliks", ["K", "N"], TensorProto.DOUBLE), tensor("mixture", ["N"], TensorProto.DOUBLE)]
-    graph = helper.make_graph(nodes, "made_scores", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    outputs = [_tensor("logliks", ["K", "N"], TensorProto.DOUBLE), _tensor("mixture", ["N"], TensorProto.DOUBLE)]
+    return _serialized(helper.make_graph(nodes, "made_scores", inputs, outputs, initializer=inits))

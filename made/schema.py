@@ -358,11 +358,6 @@ class Schema:
         specialised."""
         return _bit_schema(int(dims))
 
-    @property
-    def bit_columns(self) -> bool:
-        """True for the schema of a bit model (Schema.bits): rows of it are rows of x."""
-        return self == _bit_schema(len(self.columns))
-
     # --- JSON -----------------------------------------------------------------------------------
     def to_json(self) -> list[dict[str, Any]]:
         return [c.to_json() for c in self.columns]

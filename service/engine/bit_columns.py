@@ -41,13 +41,15 @@ class BitColumns:
         self.explain_limit = max(1, EXPLAIN_ROWS // (self.dims + 1))
 
     def check_values(self, values: np.ndarray) -> np.ndarray:
-        """Encoded cells (N, D) as the engine's rows: the codes are 0/1 and NaN already."""
+        """Encoded cells (N, D) as the engine's rows (the codes are 0/1 and NaN already), checked
+        once here: the engine calls below are told so (checked=True)."""
         return self.engine.check_x(np.asarray(values, dtype=np.float64), allow_missing=True)
 
     def logprob(
         self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
     ) -> TableLogProb:
-        r = self.engine.logprob(self.check_values(values), masks=masks, seed=seed, n_importance=n_importance)
+        x = self.check_values(values)
+        r = self.engine.logprob(x, masks=masks, seed=seed, n_importance=n_importance, checked=True)
         return TableLogProb(r.logprob, r.exact, np.where(r.exact, 0.0, r.stderr))
 
     def surprisal(self, values: np.ndarray) -> dict[str, np.ndarray]:
@@ -71,7 +73,7 @@ class BitColumns:
 
     def conditionals(self, values: np.ndarray, mask: int) -> TableConditionals:
         """Each column's P(level) given the columns before it in mask k's ordering."""
-        p1 = self.engine.conditionals(self.check_values(values), mask)
+        p1 = self.engine.conditionals(np.asarray(values, dtype=np.float64), mask)  # checked there, complete
         k = self.engine.check_mask(mask)
         columns = [{"probs": np.stack([1.0 - p1[:, c], p1[:, c]], axis=1)} for c in range(self.dims)]
         return TableConditionals(k, self.orderings[k].copy(), columns)
@@ -85,7 +87,7 @@ class BitColumns:
         """Engine.impute's completions and estimates; each unknown column's distribution is
         {"0": 1 - m, "1": m}, m the engine's marginal P(x_d = 1 | the known cells)."""
         x = self.check_values(values)
-        r = self.engine.impute(x, n_samples=n_samples, seed=seed, n_importance=n_importance)
+        r = self.engine.impute(x, n_samples=n_samples, seed=seed, n_importance=n_importance, checked=True)
         unknown = np.isnan(x)
         names = self.schema.names
         zero, one = BIT_LEVELS

@@ -21,7 +21,7 @@ from made.masks import exact_orders
 from made.onnx_graph import dense_graph
 from made.store import StoredModel
 from service.engine.denoise import DenoiseResult, denoise
-from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler
+from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler, device_of
 from service.engine.network import MaskWeights, load_network, mask_weights
 from service.engine.runtime import make_session, requested_providers
 from service.engine.sampler import FastSampler, split_draws
@@ -110,8 +110,11 @@ class Engine:
         dense = dense_graph(len(network.weights), self.direct, model.activation)  # the manifest's activation
         self.session = make_session(model.onnx_path, providers, threads, dense)
         self.providers: list[str] = list(self.session.get_providers())
-        device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-        self._feeds = [self._feed(m, device) for m in self.masks]
+        self._feeds = [self._feed(m, device_of(self.providers)) for m in self.masks]
+        # the device path's companions (issue 16), built on first use or by the checks below
+        self._threads = self.session.get_session_options().intra_op_num_threads
+        self._jacobi: JacobiSampler | None = None
+        self._graph_scores: GraphScores | None = None
         self._check_parity(model, providers, threads)
         if self.use_graph_scores():
             self._check_graph_scores()
@@ -596,16 +599,14 @@ class Engine:
     def jacobi_sampler(self) -> JacobiSampler:
         """The Jacobi fixed-point sampler (service.engine.jacobi) on this engine's providers
         and per-mask weights, built on first use; a stand-in for self.sampler (run_masks)."""
-        built: JacobiSampler | None = getattr(self, "_jacobi", None)
-        if built is None:
+        if self._jacobi is None:
             with BUILD_LOCK:
-                built = getattr(self, "_jacobi", None)
-                if built is None:
-                    threads = self.session.get_session_options().intra_op_num_threads
-                    built = self._jacobi = JacobiSampler(
-                        self.model.onnx_path, self.masks, self._feeds, self.model.activation, self.providers, threads
+                if self._jacobi is None:
+                    model = self.model
+                    self._jacobi = JacobiSampler(
+                        model.onnx_path, self.masks, self._feeds, model.activation, self.providers, self._threads
                     )
-        return built
+        return self._jacobi
 
     def sample_jacobi(self, u: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """As sample_from_noise, by Jacobi iteration (one batched forward pass per iteration,
@@ -617,16 +618,13 @@ class Engine:
     def graph_scores(self) -> GraphScores:
         """log p_k(x) of all K masks in one graph (service.engine.jacobi.GraphScores), built on
         first use (it stacks a copy of the K masks' weights)."""
-        built: GraphScores | None = getattr(self, "_graph_scores", None)
-        if built is None:
+        if self._graph_scores is None:
             with BUILD_LOCK:
-                built = getattr(self, "_graph_scores", None)
-                if built is None:
-                    threads = self.session.get_session_options().intra_op_num_threads
-                    built = self._graph_scores = GraphScores(
-                        self.model.onnx_path, self.masks, self.model.activation, self.providers, threads
+                if self._graph_scores is None:
+                    self._graph_scores = GraphScores(
+                        self.model.onnx_path, self.masks, self.model.activation, self.providers, self._threads
                     )
-        return built
+        return self._graph_scores
 
     # None: by provider (the graph on CUDA; on the CPU the per-mask passes, which bench/engine_bench.py
     # measured as fast or faster there: the graph ran the mixture at 0.9x at batch 1000 on 2 cores);
