@@ -17,11 +17,18 @@
 5. samples/s at n = 1, 64, 1000, 10000: Jacobi iteration on the device against the CPU's numpy
    stepping sampler, on the same noise, with the Jacobi pass counts;
 6. imputation rows/s (the second half of mask 0's ordering missing, 10 samples a row) with either
-   sampler; 7. p50/p99 latency of single-row calls.
+   sampler; 7. p50/p99 latency of single-row calls;
+8. HTTP: `made serve` (a store holding the model alone) with MADE_PROVIDERS=cuda, then with
+   MADE_PROVIDERS=cpu, each driven in turn by `hey -c 64 -z 10s` on POST /logprob (1 row, 64
+   rows) and POST /sample (n=64): req/s, p50/p99, and the CUDA/CPU ratio against issue 16's 5x.
+   GET /models must show the CUDA server's model on the CUDA provider (else that side is not
+   measured); the report quotes it and the server's "loaded model" log line. Without `hey` on
+   PATH, or without the service's dependencies, the step says so and is skipped.
 
 --cpu-dry-run runs every step on the CPU provider with small sizes (no GPU needed; what the
-tests run): its numbers say nothing about a GPU. Exit status: 0 all good, 1 parity off, 2 no
-usable CUDA provider (or no model). docs/gpu-check.md, "How to re-measure", gives the procedure
+tests run; its HTTP step serves both sides on the CPU provider, 2 s a measurement): its numbers
+say nothing about a GPU. Exit status: 0 all good, 1 parity off, 2 no usable CUDA provider (or
+no model). docs/gpu-check.md, "How to re-measure", gives the procedure
 on a bare machine (scripts/gpu_bundle.sh).
 """
 
@@ -30,11 +37,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
+import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,10 +227,13 @@ class Sizes:
     jacobi_parity_rows: int
     latency_calls: int
     min_seconds: float
+    http_seconds: float  # hey -z, each request on each server
 
 
-GPU_SIZES = Sizes([1, 64, 1024, 8192, 65536], 8192, [8192, 65536], [1, 64, 1000, 10000], [100, 1000], 1000, 200, 0.5)
-DRY_SIZES = Sizes([1, 64], 64, [256], [1, 16], [4], 16, 10, 0.02)
+GPU_SIZES = Sizes(
+    [1, 64, 1024, 8192, 65536], 8192, [8192, 65536], [1, 64, 1000, 10000], [100, 1000], 1000, 200, 0.5, 10.0
+)
+DRY_SIZES = Sizes([1, 64], 64, [256], [1, 16], [4], 16, 10, 0.02, 2.0)
 
 
 def roofline(net: Any, device: str, batch: int, min_seconds: float) -> float:
@@ -276,6 +290,202 @@ def first_flip_margins(engine: Any, masks: np.ndarray, u: np.ndarray, got: np.nd
         p = engine.conditionals(want[i : i + 1].astype(np.float64), int(masks[i]))[0, d]
         margins.append(abs(u[i, d] - p))
     return np.array(margins)
+
+
+# --- 8. HTTP: `made serve` on the device's provider against the CPU provider, under hey --------
+
+HTTP_TARGET = 5.0  # issue 16: req/s on CUDA over req/s on the CPU provider, 64 clients
+
+
+@dataclass(frozen=True)
+class HeyRun:
+    """One `hey` run: answers that were 200, everything else (other statuses, errors), time."""
+
+    ok: int
+    other: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_hey(out: str) -> HeyRun:
+    """hey's text summary: Total, the latency distribution (its "50%% in"; hey prints no 99% line
+    under 100 answers: nan), status codes, errors."""
+
+    def number(pattern: str) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else float("nan")
+
+    statuses = {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
+    errors = out.split("Error distribution:", 1)[1] if "Error distribution:" in out else ""
+    failed = sum(int(n) for n in re.findall(r"^\s*\[(\d+)\]\s", errors, re.M))
+    return HeyRun(
+        ok=statuses.get(200, 0),
+        other=sum(n for code, n in statuses.items() if code != 200) + failed,
+        seconds=number(r"Total:\s+([\d.]+) secs"),
+        p50_ms=1e3 * number(r"50%+ in ([\d.]+) secs"),
+        p99_ms=1e3 * number(r"99%+ in ([\d.]+) secs"),
+    )
+
+
+def run_hey(hey: str, url: str, body: Path, clients: int, seconds: float) -> HeyRun:
+    """POST the JSON in `body` to url from `clients` connections for `seconds` (hey -z: requests
+    in flight at the end are answered and counted)."""
+    cmd = [hey, "-c", str(clients), "-z", f"{seconds:g}s", "-t", "60", "-m", "POST", "-T", "application/json"]
+    done = subprocess.run([*cmd, "-D", str(body), url], capture_output=True, text=True, timeout=seconds + 120)
+    if done.returncode != 0:
+        raise CheckFailed(f"hey failed (status {done.returncode}): {done.stderr.strip()[-500:]}", 1)
+    return parse_hey(done.stdout)
+
+
+def http_bodies(name: str, x: np.ndarray) -> list[tuple[str, str, dict[str, object]]]:
+    """(path, label, JSON body) of each request measured: rows of the parity set."""
+    rows = np.resize(x, (64, x.shape[1])).astype(np.int8).tolist()
+    return [
+        ("/logprob", "/logprob, 1 row", {"model": name, "x": rows[:1]}),
+        ("/logprob", "/logprob, 64 rows", {"model": name, "x": rows}),
+        ("/sample", "/sample, n=64", {"model": name, "n": 64}),
+    ]
+
+
+LOADED_LINE = re.compile(r"loaded model (\S+) version (\S+) \(D=\d+, K=\d+\) on ([\w,]+)")
+
+
+def serve_and_measure(
+    hey: str,
+    store: Path,
+    spec: str,
+    expected: str,
+    model: Any,
+    bodies: list[tuple[str, str, dict[str, object]]],
+    seconds: float,
+    clients: int,
+    workdir: Path,
+    warm_up: float,
+) -> tuple[str, list[HeyRun] | None]:
+    """`made serve` with MADE_PROVIDERS=spec, checked to run the model on `expected`, each body
+    under hey in turn. (what GET /models and the log say, the runs; None if it ran elsewhere)."""
+    import httpx
+
+    from service.testing import made_serve
+
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {
+        "MADE_PROVIDERS": spec,
+        "MADE_DEFAULT_MODEL": model.name,
+        "MADE_API_KEY": "",  # unset
+        "MADE_LOG_LEVEL": "INFO",  # as deployed: an access line a request, to the log file
+        "PYTHONPATH": pythonpath,  # `python -m made.cli` from this checkout, no install needed
+    }
+    log = workdir / f"serve-{spec}.log"
+    try:
+        with made_serve(store, env=env, log_path=log, ready_timeout=300) as server:
+            listed = httpx.get(f"{server.url}/models", timeout=30).json()["models"]
+            providers: list[str] = next((m["providers"] for m in listed if m["name"] == model.name), [])
+            found = [m.group(0) for m in map(LOADED_LINE.search, server.logs().splitlines()) if m]
+            seen = (
+                f"MADE_PROVIDERS={spec}: GET /models says {model.name} runs on {', '.join(providers) or 'nothing'}; "
+                f"its log: {f'`{found[-1]}`' if found else '(no loaded-model line)'}"
+            )
+            if not providers or providers[0] != expected:
+                return f"{seen}. NOT on {expected}: not measured.", None
+            runs = []
+            for i, (path, _, body) in enumerate(bodies):
+                body_file = workdir / f"body{i}.json"
+                body_file.write_text(json.dumps(body))
+                run_hey(hey, server.url + path, body_file, clients, warm_up)
+                runs.append(run_hey(hey, server.url + path, body_file, clients, seconds))
+            return seen + ".", runs
+    except RuntimeError as exc:  # made serve exited or was not ready
+        return f"MADE_PROVIDERS={spec}: `made serve` did not start: {str(exc).splitlines()[0]}", None
+    except (CheckFailed, OSError, subprocess.SubprocessError, httpx.HTTPError, ValueError, KeyError) as exc:
+        return f"MADE_PROVIDERS={spec}: the measurement broke off: {exc}", None
+
+
+def http_throughput(
+    model: Any, x: np.ndarray, dry: bool, seconds: float, clients: int, hey: str | None = None
+) -> list[str]:
+    """Step 8's markdown: `made serve` on the device's provider against the CPU provider, each in
+    turn under `clients` hey clients; a line saying why where hey or the service's dependencies
+    are missing."""
+    hey = (shutil.which("hey") or "") if hey is None else hey
+    device, label = ("cpu", "device (CPU)") if dry else ("cuda", "CUDA")
+    lines = [f"## HTTP throughput, {clients} clients: `made serve` on {label} against the CPU provider", ""]
+    missing = None
+    if not hey:
+        missing = "the load generator `hey` is not on PATH (apt-get install hey; scripts/gpu_bundle.sh carries it)"
+    else:
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+
+            import service.testing  # noqa: F401
+        except ImportError as exc:
+            missing = f"the service's dependencies are missing ({exc}; scripts/gpu_bundle.sh carries them)"
+    if missing:
+        print(f"gpu_check: HTTP step skipped: {missing}", file=sys.stderr)
+        return [*lines, f"Skipped: {missing}.", ""]
+    bodies = http_bodies(model.name, x)
+    warm_up = min(1.0, seconds / 2)
+    sides = [(label, device, CPU if dry else CUDA), ("CPU", "cpu", CPU)]
+    runs: list[list[HeyRun] | None] = []
+    notes = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-http-") as tmp:
+        work = Path(tmp)
+        store = work / "store"
+        shutil.copytree(model.path, store / model.name / model.version)  # this model alone: one to load
+        for i, (side, spec, expected) in enumerate(sides):
+            (work / f"server{i}").mkdir()
+            print(f"gpu_check: HTTP step, {side}: made serve with MADE_PROVIDERS={spec}", file=sys.stderr)
+            note, got = serve_and_measure(
+                hey, store, spec, expected, model, bodies, seconds, clients, work / f"server{i}", warm_up
+            )
+            notes.append(f"- {note}")
+            runs.append(got)
+            if got is None:
+                print(f"gpu_check: HTTP step, {side}: {note}", file=sys.stderr)
+
+    def cells(run: HeyRun | None) -> list[str]:
+        if run is None:
+            return ["n/a", "n/a"]
+        p99 = "n/a" if np.isnan(run.p99_ms) else f"{run.p99_ms:.1f}"
+        return [f"{run.rps:,.0f}", f"{run.p50_ms:.1f} / {p99}"]
+
+    lines += [
+        f"`made serve` on a store holding {model.name} version {model.version} alone, started in turn with "
+        f"MADE_PROVIDERS={device} and MADE_PROVIDERS=cpu, every other setting at its default (INFO logs, to a "
+        f"file). Each request in turn: `hey -c {clients} -z {seconds:g}s` on the same machine, after {warm_up:g} s "
+        "of the same not counted. /logprob rows are rows of the parity set (above); /sample answers JSON lists; "
+        "p99 is n/a under 100 answers.",
+        "",
+        *notes,
+        "",
+        f"| request | {label} req/s | p50 / p99 ms | CPU req/s | p50 / p99 ms | not 200, {label} / CPU "
+        f"| {label} / CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    met = 0
+    for i, (_, name, _) in enumerate(bodies):
+        dev, cpu = (r[i] if r else None for r in runs)
+        other = " / ".join("n/a" if r is None else str(r.other) for r in (dev, cpu))
+        ratio = dev.rps / cpu.rps if dev and cpu and cpu.rps > 0 else None
+        met += ratio is not None and ratio >= HTTP_TARGET
+        shown = "n/a" if ratio is None else f"{ratio:.2f}"
+        lines.append(f"| {name} | {' | '.join(cells(dev) + cells(cpu))} | {other} | {shown} |")
+    lines += [
+        "",
+        f"Target (issue 16): /logprob and /sample over HTTP at >= {HTTP_TARGET:g}x the CPU provider's req/s with "
+        f"64 clients{'' if clients == 64 else f' (measured with {clients})'}: met by {met} of {len(bodies)}"
+        + ("; a dry run serves both on the CPU provider: the ratio says nothing about a GPU." if dry else ".")
+        + f" This step took {time.perf_counter() - started:.0f} s.",
+        "",
+    ]
+    return lines
 
 
 def run(args: argparse.Namespace) -> tuple[str, bool]:
@@ -471,7 +681,11 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
     ):
         p50, p99 = latencies(fn, sizes.latency_calls)
         lines.append(f"| {label} | {p50:.3f} | {p99:.3f} |")
-    lines += ["", f"{sizes.latency_calls} calls each. The whole run took {time.perf_counter() - started:.0f} s.", ""]
+    lines += ["", f"{sizes.latency_calls} calls each.", ""]
+
+    seconds = args.http_seconds if args.http_seconds is not None else sizes.http_seconds
+    lines += http_throughput(model, x, dry, seconds, args.http_clients)
+    lines += [f"The whole run took {time.perf_counter() - started:.0f} s.", ""]
     lines += HOW_TO.splitlines()
     return "\n".join(lines) + "\n", ok
 
@@ -481,28 +695,48 @@ HOW_TO = """## How to re-measure
 The device machine is bare and reaches no registry: the onnxruntime-gpu wheel (built for CUDA 13,
 ~256 MB) travels from here in chunks of under 60 MB, one chunk per device call (a call carries
 at most 64 MiB with the working tree; git-ignored files carried by earlier calls stay while the
-machine is warm). numpy, onnx, CUDA 13 and cuDNN 9 (PyTorch's nvidia-* packages) are already there.
+machine is warm). numpy, onnx, pillow, CUDA 13 and cuDNN 9 (PyTorch's nvidia-* packages) are
+already there.
 
 1. Here, with network: `scripts/gpu_bundle.sh prepare` downloads `onnxruntime-gpu==1.31.1`
    (cp312, manylinux x86_64) with `pip download` into `.gpu/wheels/`, splits it into
    `.gpu/chunks/ort.part-NN` (48 MiB each; `CHUNK_MB=` to change) with `SHA256SUMS`, and copies
-   `binarized_mnist.npz` (test rows for the parity check) into `.gpu/data/`. `.gpu/` is
-   git-ignored. It prints the device calls to make.
-2. On the device, one call per chunk, back to back (the machine stays warm 30 s after a call):
-   carry `.gpu/chunks/ort.part-00` with the command `true`, then `.gpu/chunks/ort.part-01`, and so
-   on; the last call carries the last chunk, `.gpu/chunks/SHA256SUMS` and `.gpu/data`, and runs
-   `scripts/gpu_bundle.sh run --write --out $OUT/gpu-check.md`: it checks and assembles the wheel,
-   installs it with `pip install --no-index --no-deps --target /tmp/site`, puts the nvidia-*
-   libraries on `LD_LIBRARY_PATH`, and runs bench/gpu_check.py (a few minutes). Copy the returned
+   `binarized_mnist.npz` (test rows for the parity check) into `.gpu/data/`. For the HTTP step it
+   also downloads the serving wheels into `.gpu/serve-wheels/` (pyproject.toml's dependencies but
+   numpy, onnx and pillow, with everything they need, for Python 3.12, at the versions of the
+   virtualenv here; never plain onnxruntime: 20 wheels, 3.9 MiB) and copies the load generator
+   `hey` (6.3 MiB, a Go binary that links only libc; `HEY=PATH` for another) into `.gpu/bin/`.
+   `.gpu/` is git-ignored. It prints the device calls to make and what each carries.
+2. On the device, the calls back to back (the machine stays warm 30 s after a call). With
+   1.31.1 and the ~9 MiB working tree, six:
+
+   - calls 1 to 5, one chunk a call (57 MiB each with the tree), command `true`:
+     carry `[".gpu/chunks/ort.part-00"]`, then `[".gpu/chunks/ort.part-01"]`, and so on to
+     `[".gpu/chunks/ort.part-04"]`;
+   - call 6 (26 MiB), carry
+     `[".gpu/chunks/ort.part-05", ".gpu/chunks/SHA256SUMS", ".gpu/data", ".gpu/serve-wheels", ".gpu/bin"]`,
+     command `PYTHONUNBUFFERED=1 bash scripts/gpu_bundle.sh run --write --out $OUT/gpu-check.md`.
+
+   (Where `.gpu/serve-wheels` and `.gpu/bin` would not fit beside the last chunk, prepare prints
+   a call of their own, command `true`, before the last.) The last call checks and assembles the
+   wheel, installs it and the serving wheels with `pip install --no-index --no-deps --target
+   /tmp/site`, puts `hey` on `PATH` and the nvidia-* libraries on `LD_LIBRARY_PATH`, and runs
+   bench/gpu_check.py (a few minutes, the HTTP step about two of them). Copy the returned
    `gpu-check.md` over docs/gpu-check.md.
-3. HTTP under 64 clients (issue 16, part 4) is a separate step, not prepared by the script: it
-   also needs the serving wheels (fastapi, uvicorn, pydantic and their dependencies, from
-   `pip download` of the project's dependencies) and a `wrk` binary carried the same way; then
-   `MADE_PROVIDERS=cuda python3 bench/load.py --clients 64 --duration 30` against
-   `MADE_PROVIDERS=cpu python3 bench/load.py --clients 64 --duration 30` on the same box.
+3. HTTP under 64 clients (issue 16, part 4) is gpu_check's last step, in that same call:
+   `made serve` (`python3 -m made.cli serve` from the checkout, nothing installed) on a store
+   holding the model alone, first with `MADE_PROVIDERS=cuda`, then with `MADE_PROVIDERS=cpu`, on
+   the same box. GET /models must show the CUDA server's model on `CUDAExecutionProvider` (else
+   that side is not measured); the report quotes it and the server's `loaded model ... on ...` log
+   line. Each server in turn, each request in turn: `hey -c 64 -z 10s` (after 1 s not counted)
+   POSTing /logprob with 1 row and with 64 rows of the parity set, and /sample with n=64 (JSON
+   lists): req/s, p50/p99, answers other than 200, and CUDA/CPU against the 5x target. `--http-seconds` and
+   `--http-clients` change the length and the clients. Without `hey` or the serving wheels the
+   step says so and is skipped; the rest of the report stands.
 
 Here, without a GPU: `python bench/gpu_check.py --cpu-dry-run` runs every step on the CPU provider
-with small sizes (tests/test_gpu_check.py runs it on a tiny model).
+with small sizes, the HTTP step's two servers both on the CPU provider for 2 s a request
+(tests/test_gpu_check.py runs it on a tiny model).
 """
 
 
@@ -518,6 +752,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="nats")
     parser.add_argument("--write", action="store_true", help="also write the markdown to --out")
     parser.add_argument("--out", default=None, help="default docs/gpu-check.md (a dry run needs --out to --write)")
+    parser.add_argument(
+        "--http-seconds",
+        type=float,
+        default=None,
+        help="seconds of `hey -z` per request and server in the HTTP step (default 10; 2 with --cpu-dry-run)",
+    )
+    parser.add_argument("--http-clients", type=int, default=64, help="hey -c: concurrent clients in the HTTP step")
     parser.add_argument(
         "--cpu-dry-run",
         action="store_true",

@@ -1,19 +1,35 @@
 """bench/gpu_check.py, the one-run GPU measurement of issue 16: its CPU dry run runs every step
-(parity, roofline, log p(x), sampling, imputation, latency) on the CPU provider through the same
-code paths as on a GPU (IOBinding included), and without CUDA the real check refuses with status 2."""
+(parity, roofline, log p(x), sampling, imputation, latency, and HTTP throughput of two `made serve`
+under hey) on the CPU provider through the same code paths as on a GPU (IOBinding included), and
+without CUDA the real check refuses with status 2."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import write_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.py"
+HEY = shutil.which("hey")
+
+
+def load_gpu_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_check", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +40,9 @@ def gpu_check(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_cpu_dry_run_measures_every_step_and_writes_its_report(tmp_path: Path) -> None:
     store = write_random_model(tmp_path, "t", 10, [16, 16], 3, order_agnostic=True, direct=True)
     out = tmp_path / "report.md"
-    done = gpu_check("--cpu-dry-run", "--store", str(store), "--model", "t", "--write", "--out", str(out))
+    done = gpu_check(
+        "--cpu-dry-run", "--store", str(store), "--model", "t", "--write", "--out", str(out), "--http-seconds", "0.2"
+    )
     assert done.returncode == 0, done.stderr
     report = out.read_text()
     assert report == done.stdout.rstrip("\n") + "\n"
@@ -43,6 +61,23 @@ def test_the_cpu_dry_run_measures_every_step_and_writes_its_report(tmp_path: Pat
         assert section in report
     assert "| 64 | mixture of 3 |" in report and "| 16 |" in report
     assert "IOBinding: scores graph True, Jacobi sampler True" in report
+    # HTTP: two real `made serve` in turn (both on the CPU provider here), hey on each request
+    assert "## HTTP throughput, 64 clients: `made serve` on device (CPU) against the CPU provider" in report
+    if HEY is None:  # CI machines may lack hey: the step says why and the run still passes
+        assert "Skipped: the load generator `hey` is not on PATH" in report
+        return
+    assert (
+        report.count("MADE_PROVIDERS=cpu: GET /models says t runs on CPUExecutionProvider; its log: `loaded model t")
+        == 2
+    )
+    assert "`hey -c 64 -z 0.2s`" in report
+    for request in ("/logprob, 1 row", "/logprob, 64 rows", "/sample, n=64"):
+        row = re.search(rf"^\| {re.escape(request)} \| (.*) \|$", report, re.M)
+        assert row is not None, report
+        dev_rps, _, cpu_rps, _, errors, ratio = row.group(1).split(" | ")
+        assert float(dev_rps.replace(",", "")) > 0 and float(cpu_rps.replace(",", "")) > 0
+        assert errors == "0 / 0" and float(ratio) > 0
+    assert "at >= 5x the CPU provider's req/s with 64 clients: met by" in report
 
 
 def test_a_dry_run_does_not_overwrite_the_measured_document() -> None:
@@ -55,3 +90,39 @@ def test_without_cuda_the_check_refuses_with_status_2() -> None:
     done = gpu_check()
     assert done.returncode == 2
     assert "no CUDA provider" in done.stderr
+
+
+def test_the_http_step_without_hey_says_why_and_is_skipped() -> None:
+    gpu_check_module = load_gpu_check()
+    lines = gpu_check_module.http_throughput(None, np.zeros((1, 4)), True, 0.1, 64, hey="")
+    assert lines[0].startswith("## HTTP throughput, 64 clients")
+    assert "Skipped: the load generator `hey` is not on PATH" in "\n".join(lines)
+
+
+HEY_OUTPUT = """
+Summary:
+  Total:\t10.0123 secs
+  Requests/sec:\t100.3767
+
+Latency distribution:
+  10% in 0.0053 secs
+  50% in 0.0075 secs
+  99% in 0.0412 secs
+
+Status code distribution:
+  [200]\t1000 responses
+  [503]\t3 responses
+
+Error distribution:
+  [2]\tPost "http://127.0.0.1:8000/logprob": EOF
+"""
+
+
+def test_hey_summaries_are_read_with_only_200_answers_counted() -> None:
+    run = load_gpu_check().parse_hey(HEY_OUTPUT)
+    assert (run.ok, run.other, run.seconds) == (1000, 5, 10.0123)
+    assert run.rps == pytest.approx(1000 / 10.0123)
+    assert (run.p50_ms, run.p99_ms) == pytest.approx((7.5, 41.2))
+    # under 100 answers hey prints no 99% line ("0% in 0.0000 secs" in its place)
+    few = load_gpu_check().parse_hey(HEY_OUTPUT.replace("99% in 0.0412", "0% in 0.0000"))
+    assert np.isnan(few.p99_ms)
