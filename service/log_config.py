@@ -63,22 +63,96 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
+        exc_text = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(
+            record.created, record.msecs, record.levelname, record.name, record.getMessage(), vars(record), exc_text
+        )
+
+    def line(
+        self,
+        created: float,
+        msecs: float,
+        level: str,
+        logger: str,
+        message: str,
+        fields: dict[str, Any],
+        exc_text: str | None = None,
+    ) -> str:
+        """The JSON line of a record with these attributes; `fields` are its attributes (the
+        standard ones are skipped) or, for AccessLog's records never built, its extra fields."""
         entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created, record.msecs),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+            "ts": self._timestamp(created, msecs),
+            "level": level,
+            "logger": logger,
+            "message": message,
         }
-        fields = vars(record)
         request_id = fields.get("request_id") or current_request_id()
         if request_id:
             entry["request_id"] = request_id
         for key, value in fields.items():
             if key not in _STANDARD and key not in entry and key[0] != "_":
                 entry[key] = value
-        if record.exc_info:
-            entry["exc_info"] = self.formatException(record.exc_info)
+        if exc_text:
+            entry["exc_info"] = exc_text
         return self._encoder.encode(entry)
+
+
+class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """logging_config's handler: JSON lines on a stream; `write_line` writes one line that
+    AccessLog formatted without a record."""
+
+    def write_line(self, line: str) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.write(line + self.terminator)
+            self.flush()
+
+
+class AccessLog:
+    """INFO lines of one logger, one per request (the access log). Where logging is as
+    logging_config set it up (no filters, and the one handler the record would reach is a
+    JsonStreamHandler with a JsonFormatter), the line is formatted from the fields and written
+    straight to that handler's stream: the same line as the record would give, at a fifth of
+    the cost of building the record and walking the handlers (on a one-row /logprob that was a
+    tenth of the request). Otherwise (caplog, a user's own handlers or filters) the record goes
+    through logging as usual."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def info(self, message: str, fields: dict[str, Any]) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        handler = self._sole_json_handler()
+        if handler is not None:
+            created = time.time()
+            formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+            msecs = (created - int(created)) * 1000
+            try:
+                handler.write_line(formatter.line(created, msecs, "INFO", logger.name, message, fields))
+                return
+            except Exception:  # a closed or broken stream: logging's own handling of it
+                pass
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, (), None, None, fields))
+
+    def _sole_json_handler(self) -> JsonStreamHandler | None:
+        found: JsonStreamHandler | None = None
+        node: logging.Logger | None = self.logger
+        while node is not None:
+            if node.filters:
+                return None
+            for handler in node.handlers:
+                if (
+                    found is not None
+                    or type(handler) is not JsonStreamHandler
+                    or handler.filters
+                    or handler.level > logging.INFO
+                    or type(handler.formatter) is not JsonFormatter
+                ):
+                    return None
+                found = handler
+            node = node.parent if node.propagate else None
+        return found
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
@@ -89,7 +163,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+            "stderr": {"class": f"{__name__}.JsonStreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
         },
         "loggers": {
             "made": {"level": level},
