@@ -103,7 +103,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         await dataplane.aclose()  # requests in flight have finished: let queued batches finish
         log.info("stopped")
 
-    app = FastAPI(title="MADE density models", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="MADE density models",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.dataplane = dataplane

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     # POST /admin/reload. A look lists directories and stats files: cheap at any interval >= 1.
     reload_interval: Annotated[float, Field(ge=0.0)] = 0.0
     log_level: str = "INFO"
+    # FastAPI's native OpenTelemetry instrumentation (traces, HTTP metrics and logs to the
+    # providers an OpenTelemetry SDK sets up, e.g. FASTAPI_OTEL_AUTO_CONFIGURE=true with OTEL_*
+    # variables). Off by default: the service has its own metrics (/metrics) and JSON access
+    # log, and FastAPI's look for configured providers on every request cost 7% of a one-row
+    # /logprob (docs/load.md).
+    opentelemetry: bool = False
     # Uvicorn worker processes (each loads every model and batches on its own).
     workers: Annotated[int, Field(ge=1)] = 1
     # Threads running engine calls, and onnxruntime's intra-op threads per session; 0: automatic.
