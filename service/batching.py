@@ -8,6 +8,12 @@ releases the GIL inside onnxruntime and numpy).
 
 The caller supplies `run(items) -> results`, one result per item, so the batcher knows nothing
 of models: the data plane concatenates rows (or noise) and splits the output.
+
+With `timeout_s`, an item not answered that long after it was queued fails with `expired()`
+(the data plane's 504), whether it still waits or its engine call runs (which then finishes
+unobserved). Every item gets the same timeout, so deadlines come in the order items are queued:
+one timer, for the oldest item still unanswered, serves them all (a timer per request cost
+more than the rest of the batching of a one-row request).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class Batcher(Generic[T, R]):
         max_rows: int,
         execute: Callable[[Callable[[list[T]], list[R]], list[T]], Awaitable[list[R]]] | None = None,
         observe: Callable[[int, int, float], None] | None = None,
+        timeout_s: float | None = None,
+        expired: Callable[[], Exception] = TimeoutError,
     ) -> None:
         self._run = run
         self.delay_s = delay_s
@@ -65,6 +73,12 @@ class Batcher(Generic[T, R]):
         self._target = 1
         self._regrouped = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self.timeout_s = timeout_s
+        self._expired = expired
+        # Futures not answered yet, with their deadlines, oldest first (dicts keep insertion
+        # order); the timer is set for the first of them.
+        self._deadlines: dict[asyncio.Future[R], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     async def submit(self, item: T, rows: int) -> R:
         """Queue one request's work; returns its own result once its batch has run."""
@@ -73,8 +87,14 @@ class Batcher(Generic[T, R]):
     def enqueue(self, item: T, rows: int) -> asyncio.Future[R]:
         """Queue one request's work; the future gets its result once its batch has run. A
         future done before then (an exception set, cancelled) drops the work if it has not run."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, rows, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        pending = _Pending(item, rows, future)
+        self._queue.append(pending)
+        if self.timeout_s is not None:
+            self._deadlines[future] = pending.enqueued + self.timeout_s
+            if self._timer is None:
+                self._timer = loop.call_later(self.timeout_s, self._expire_due)
         self._queued_rows += rows
         if self._queued_rows >= self.max_rows:
             self._full.set()
@@ -89,6 +109,27 @@ class Batcher(Generic[T, R]):
         """Let queued work finish (graceful shutdown)."""
         if self._worker is not None:
             await asyncio.shield(self._worker)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire_due(self) -> None:
+        """Fail the items past their deadline; set the timer for the next one."""
+        self._timer = None
+        now = time.monotonic()
+        deadlines = self._deadlines
+        while deadlines:
+            future = next(iter(deadlines))
+            deadline = deadlines[future]
+            if deadline > now:
+                self._timer = asyncio.get_running_loop().call_later(deadline - now, self._expire_due)
+                return
+            del deadlines[future]
+            if not future.done():
+                future.set_exception(self._expired())
+
+    def _answered(self, future: asyncio.Future[R]) -> None:
+        self._deadlines.pop(future, None)
 
     def _take(self) -> list[_Pending[T, R]]:
         batch = [self._queue.popleft()]
@@ -116,7 +157,12 @@ class Batcher(Generic[T, R]):
                 self._regrouped.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._regrouped.wait(), max(self.delay_s, last_call / 2))
-            batch = [p for p in self._take() if not p.future.done()]  # done: timed out, gone
+            batch = []
+            for p in self._take():
+                if p.future.done():  # timed out, or its request is gone
+                    self._answered(p.future)
+                else:
+                    batch.append(p)
             if not batch:
                 continue
             items = [p.item for p in batch]
@@ -127,6 +173,7 @@ class Batcher(Generic[T, R]):
                     raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
             except Exception as exc:  # every request of the batch gets the error
                 for p in batch:
+                    self._answered(p.future)
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
@@ -135,6 +182,7 @@ class Batcher(Generic[T, R]):
             if self._observe is not None:
                 self._observe(sum(p.rows for p in batch), len(batch), last_call)
             for p, result in zip(batch, results, strict=True):
+                self._answered(p.future)
                 if not p.future.done():
                     p.future.set_result(result)
 

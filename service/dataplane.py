@@ -215,6 +215,8 @@ class DataPlane:
                 max_rows=self.settings.max_batch,
                 execute=functools.partial(self.scheduler.run, endpoint),
                 observe=observe,
+                timeout_s=self.settings.request_timeout,
+                expired=self._timeout_error,
             )
             if self.registry.is_served(engine):
                 self._batchers[ident] = batcher
@@ -335,21 +337,37 @@ class DataPlane:
             return await self.tables.logprob(BitColumns(engine), req)
         if req.explain:
             raise InvalidInput("explain is for records; send the rows as records to have it", loc=("explain",))
-        x = req.rows
+        return await self._logprob_rows(engine, req.rows, req.masks, req.seed, req.n_importance)
+
+    @admitted("/logprob")
+    async def logprob_rows(
+        self, model: str | None, x: np.ndarray, masks: Literal["all"] | int, seed: int | None, n_importance: int
+    ) -> LogProbResponse:
+        """POST /logprob of rows x (float32 0/1/NaN, parsed as the request schema parses them;
+        no records, no explain): the same answer as logprob() of that request, without building
+        it (the express handler's one-row requests)."""
+        engine = self.engine(model)
+        if isinstance(engine, TableEngine):
+            req = LogProbRequest.model_construct(x=x, model=model, masks=masks, seed=seed, n_importance=n_importance)
+            return await self.tables.logprob(engine, req)
+        return await self._logprob_rows(engine, x, masks, seed, n_importance)
+
+    async def _logprob_rows(
+        self, engine: Engine, x: np.ndarray, masks: Literal["all"] | int, seed: int | None, n_importance: int
+    ) -> LogProbResponse:
         self._check_rows(engine, x, "/logprob")
-        masks: Literal["all"] | int = req.masks
         if masks != "all":
             self._check_mask(engine, int(masks), "masks")
         complete = not np.isnan(x).any()
-        seed = None if complete else (req.seed if req.seed is not None else new_seed())
+        seed = None if complete else (seed if seed is not None else new_seed())
         if complete:
             # Exact, one pass: merge with other requests for the same model and masks.
             run = functools.partial(_logprob_batch, engine, masks)
             result = await self._logprob_pieces(self._batcher("/logprob", engine, masks, run), x)
         else:
-            self._check_draws(x, req.n_importance, engine)
+            self._check_draws(x, n_importance, engine)
             result = await self._timed(
-                self._in_thread(engine.logprob, x, masks=masks, seed=seed, n_importance=req.n_importance, checked=True)
+                self._in_thread(engine.logprob, x, masks=masks, seed=seed, n_importance=n_importance, checked=True)
             )
         return LogProbResponse.model_construct(
             model=engine.name,
@@ -361,7 +379,7 @@ class DataPlane:
         )
 
     async def _logprob_pieces(self, batcher: Batcher[np.ndarray, LogProbResult], x: np.ndarray) -> LogProbResult:
-        parts = await self._batched(batcher, x)
+        parts = await self._batched(batcher, self._row_pieces(x))
         if len(parts) == 1:
             return parts[0]
         return LogProbResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("logprob", "exact", "stderr")))
@@ -378,7 +396,7 @@ class DataPlane:
         self._check_rows(engine, x, "/conditionals")
         mask = self._check_mask(engine, req.mask)
         run = functools.partial(_conditionals_batch, engine, mask)
-        parts = await self._timed(self._submit_rows(self._batcher("/conditionals", engine, mask, run), x))
+        parts = await self._batched(self._batcher("/conditionals", engine, mask, run), self._row_pieces(x))
         probs = np.concatenate(parts)
         return ConditionalsResponse.model_construct(
             model=engine.name,
@@ -401,12 +419,10 @@ class DataPlane:
         noise = _Noise(engine, n, seed, mask)
         run = functools.partial(_sample_batch, engine)
         batcher = self._batcher("/sample", engine, None, run)
-        if n <= self.settings.max_batch:
-            out: np.ndarray = await batcher.submit(_SampleWork(noise, slice(0, n)), n)
-            return out
-        pieces = [_SampleWork(noise, rows) for rows in self._pieces(n)]
-        parts = await asyncio.gather(*(batcher.submit(w, w.n) for w in pieces))
-        return np.concatenate(parts)
+        parts = await self._batched(
+            batcher, [(_SampleWork(noise, rows), rows.stop - rows.start) for rows in self._pieces(n)]
+        )
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _pieces(self, n: int) -> list[slice]:
         """A large request goes in pieces of at most MADE_MAX_BATCH rows: the engine is fastest
@@ -414,31 +430,23 @@ class DataPlane:
         step = self.settings.max_batch
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
-    async def _submit_rows(self, batcher: Batcher[np.ndarray, T], x: np.ndarray) -> list[T]:
+    def _row_pieces(self, x: np.ndarray) -> list[tuple[np.ndarray, int]]:
         if len(x) <= self.settings.max_batch:
-            return [await batcher.submit(x, len(x))]
-        return list(await asyncio.gather(*(batcher.submit(x[rows], len(x[rows])) for rows in self._pieces(len(x)))))
+            return [(x, len(x))]
+        return [(x[rows], rows.stop - rows.start) for rows in self._pieces(len(x))]
 
-    async def _batched(self, batcher: Batcher[np.ndarray, T], x: np.ndarray) -> list[T]:
-        """_timed(_submit_rows(batcher, x)) with a timer callback for MADE_REQUEST_TIMEOUT instead
-        of a cancel scope around the request and a task per piece (at one row per request the
-        scope was a sixth of the data plane's time). On timeout the piece awaited fails with
-        RequestTimeout; the pieces not run yet are dropped, those running finish unobserved."""
-        pieces = [x] if len(x) <= self.settings.max_batch else [x[rows] for rows in self._pieces(len(x))]
-        futures = [batcher.enqueue(piece, len(piece)) for piece in pieces]
-        timer = asyncio.get_running_loop().call_later(self.settings.request_timeout, self._expire, futures)
+    async def _batched(self, batcher: Batcher[Any, T], pieces: list[tuple[Any, int]]) -> list[T]:
+        """The results of a request's pieces (item, rows) from their batcher. The batcher
+        answers a piece RequestTimeout at MADE_REQUEST_TIMEOUT (no cancel scope or task per
+        request: at one row per request those were a sixth of the data plane's time); then the
+        pieces not run yet are dropped, those running finish unobserved."""
+        futures = [batcher.enqueue(item, rows) for item, rows in pieces]
         try:
             return [await future for future in futures]
         finally:
-            timer.cancel()
             for future in futures:
                 if not future.cancel() and not future.cancelled():
                     future.exception()  # retrieved: a failed piece after the one that raised
-
-    def _expire(self, futures: list[asyncio.Future[Any]]) -> None:
-        pending = next((f for f in futures if not f.done()), None)
-        if pending is not None:
-            pending.set_exception(self._timeout_error())
 
     @admitted("/sample")
     async def sample(self, req: SampleRequest) -> SampleResponse:
@@ -449,7 +457,7 @@ class DataPlane:
             return await self.tables.sample(BitColumns(engine), req)
         mask = self._check_sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
-        samples = await self._timed(self._samples(engine, req.n, seed, mask))
+        samples = await self._samples(engine, req.n, seed, mask)
         packed = req.encoding == "packed"
         return SampleResponse.model_construct(
             model=engine.name,
@@ -476,7 +484,7 @@ class DataPlane:
             )
         mask = self._check_sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
-        samples = await self._timed(self._samples(engine, req.n, seed, mask))
+        samples = await self._samples(engine, req.n, seed, mask)
         png = await self._in_thread(samples_png, samples, engine.image_shape, scale)
         return png, seed
 

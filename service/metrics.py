@@ -19,6 +19,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter("made_requests", "HTTP requests answered", ["endpoint", "model", "status"], registry=r)
         self.latency = Histogram(
@@ -87,8 +88,15 @@ class Metrics:
         return found
 
     def observe_request(self, endpoint: str, model: str, status: int, seconds: float, error_type: str | None) -> None:
-        self.child(self.requests, endpoint, model, str(status)).inc()
-        self.child(self.latency, endpoint, model).observe(seconds)
+        key = (endpoint, model, status)
+        pair = self._request_children.get(key)
+        if pair is None:  # one lookup a request, not two with their label tuples
+            pair = self._request_children[key] = (
+                self.child(self.requests, endpoint, model, str(status)),
+                self.child(self.latency, endpoint, model),
+            )
+        pair[0].inc()
+        pair[1].observe(seconds)
         if status >= 400:
             self.child(self.errors, endpoint, model, error_type or "http_error").inc()
 

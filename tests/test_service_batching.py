@@ -203,3 +203,28 @@ async def test_a_large_request_is_split_into_pieces_with_the_same_answer(
     np.testing.assert_allclose(probs.probs, engine1.conditionals(x), rtol=1e-5)
     assert histogram(text, "made_batch_rows", "/sample", "tiny") == (334.0, 1000.0)
     assert histogram(text, "made_batch_rows", "/logprob", "tiny1") == (3.0, 7.0)
+
+
+async def test_an_item_past_its_timeout_fails_at_its_deadline_whether_waiting_or_running() -> None:
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        time.sleep(0.4 if 1 in items else 0.0)
+        return [2 * i for i in items]
+
+    batcher: Batcher[int, int] = Batcher(
+        run, delay_s=0.0, max_rows=1, timeout_s=0.1, expired=lambda: TimeoutError("past MADE_REQUEST_TIMEOUT")
+    )
+    start = time.monotonic()
+    running = batcher.enqueue(1, 1)  # its engine call takes 0.4 s
+    waiting = batcher.enqueue(2, 1)  # queued behind it (one row a call)
+    for future in (running, waiting):
+        with pytest.raises(TimeoutError, match="past MADE_REQUEST_TIMEOUT"):
+            await future
+    assert time.monotonic() - start < 0.3  # at the deadline, not when the running call ends
+    await batcher.aclose()  # the running call finishes unobserved
+    assert calls == [[1]]  # the item that timed out while waiting was dropped, not run
+    # a later item has a deadline of its own and is answered in time
+    assert await batcher.submit(3, 1) == 6
+    await batcher.aclose()

@@ -5,7 +5,7 @@ handler (ExpressLogprob) for its common small JSON request."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 from fastapi import APIRouter, Header, Query, Request
@@ -69,11 +69,12 @@ async def logprob(req: LogProbRequest, dp: DataPlaneDep) -> LogProbResponse:
 
 
 class ExpressLogprob:
-    """POST /logprob with a small JSON body, answered by the route's own function without the
+    """POST /logprob with a small JSON body of rows, answered by the data plane without the
     app's per-request machinery (exception middleware, routing, dependency injection): for one
     row that machinery cost more than the model (docs/load.md, the floor). RequestMiddleware
-    calls it with the body it has read; the answer is the route's, byte for byte: the request
-    the route would validate (express_request), the route's function, the response serialized
+    calls it with the body it has read; the answer is the route's, byte for byte: the values
+    the route would validate (express_request), the data plane's answer to them
+    (DataPlane.logprob_rows, what the route's DataPlane.logprob runs for rows), the response serialized
     as FastAPI serializes a response model (pydantic's dump_json, response_model_exclude_none),
     errors through the app's own exception handlers. What it is not sure to answer as the route
     would, it declines before doing any work (returns False) and the app answers: another
@@ -106,16 +107,18 @@ class ExpressLogprob:
             return False
         scope["route"] = self.route
         try:
-            answer: Response = Response(
-                _LOGPROB_RESPONSE.dump_json(await logprob(req, self.dataplane), exclude_none=True),
-                media_type="application/json",
-            )
+            answer = await self.dataplane.logprob_rows(req.model, req.x, req.masks, req.seed, req.n_importance)
         except Exception as exc:
             handler = _handler_of(scope["app"], exc)
             if handler is None:
                 raise
-            answer = await handler(Request(scope, receive), exc)
-        await answer(scope, receive, send)
+            await (await handler(Request(scope, receive), exc))(scope, receive, send)
+            return True
+        # What Response(content, media_type="application/json") sends, without building one.
+        content = _LOGPROB_RESPONSE.dump_json(answer, exclude_none=True)
+        headers = [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
         return True
 
 
@@ -140,7 +143,18 @@ _ExpressBody = create_model(  # type: ignore[call-overload]
 )
 
 
-def express_request(body: bytes) -> LogProbRequest | None:
+class ExpressBody(NamedTuple):
+    """What express_request read: the fields of LogProbRequest it may set (the others, x_b64,
+    shape, records and explain, are at their defaults)."""
+
+    x: np.ndarray
+    model: str | None
+    masks: Literal["all"] | int
+    seed: int | None
+    n_importance: int
+
+
+def express_request(body: bytes) -> ExpressBody | None:
     """The request the route would validate from this body, or None where the strict parse
     cannot tell (the route then parses it, accepts or names the problem). Every body it accepts,
     LogProbRequest accepts with the same values (tests/test_service_express.py)."""
@@ -150,15 +164,14 @@ def express_request(body: bytes) -> LogProbRequest | None:
         return None
     rows = parsed.x
     width = len(rows[0]) if rows else 0
-    if not width or any(len(row) != width for row in rows):
-        return None  # no rows, empty or ragged rows: the route says which
-    return LogProbRequest.model_construct(
-        x=np.array(rows, dtype=np.float32),  # None -> NaN, as _parse_rows converts
-        model=parsed.model,
-        masks=parsed.masks,
-        seed=parsed.seed,
-        n_importance=parsed.n_importance,
-        explain=parsed.explain,
+    if not width or any(len(row) != width for row in rows) or parsed.explain:
+        return None  # no rows, empty or ragged rows, explain of rows: the route says what is wrong
+    return ExpressBody(
+        np.array(rows, dtype=np.float32),  # None -> NaN, as _parse_rows converts
+        parsed.model,
+        parsed.masks,
+        parsed.seed,
+        parsed.n_importance,
     )
 
 
