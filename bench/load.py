@@ -285,15 +285,16 @@ def fairness(alone: dict[str, Row], mixed: list[Row]) -> list[str]:
     return [*lines, ""]
 
 
-def paced(alone: dict[str, Row], mixed: list[Row], load: float) -> list[str]:
-    """Each endpoint's p99 in the paced mix against its p99 paced alone (same pacing)."""
+def paced(alone: dict[str, Row], mixed: list[Row], load: float, closed: dict[str, Row] | None = None) -> list[str]:
+    """Each endpoint's p99 in the paced mix against its p99 paced alone (same pacing); `closed`:
+    each endpoint alone with closed-loop clients (the rates the pacing is a share of)."""
     pairs = [(alone[r.endpoint], r) for r in mixed if r.endpoint in alone]
     if not pairs:
         return []
     lines = [
         f"Paced: each connection waits between requests so that each endpoint offers "
         f"{load / len(pairs):.3g} of the requests per second it answered alone (the four together "
-        f"{load:.0%} of the server's capacity); each endpoint paced alone, then the four "
+        f"{load:.0%} of what they answered alone, each at full load); each endpoint paced alone, then the four "
         "paced together (target: p99 in the mix at most 3x its p99 alone):",
         "",
         "| endpoint | connections | think time (ms) | req/s alone / in the mix | p99 paced alone (ms) "
@@ -306,7 +307,27 @@ def paced(alone: dict[str, Row], mixed: list[Row], load: float) -> list[str]:
             f"| {m.endpoint} | {a.connections} | {a.think_ms:.0f} | {a.rps:.1f} / {m.rps:.1f} | {a.p99_ms:.1f} "
             f"| {m.p99_ms:.1f} | {ratio:.1f}x | {'yes' if ratio <= 3 else 'no'} |"
         )
-    return [*lines, ""]
+    lines.append("")
+    used = [a.server_cpu for a, _ in pairs if a.server_cpu is not None]
+    full = [r.server_cpu for r in (closed or {}).values() if r.server_cpu is not None]
+    mix_cpu = next((r.server_cpu for r in mixed if r.endpoint == "**all**" and r.server_cpu is not None), None)
+    if used:
+        lines.append(
+            "What the paced load really asks of the server, in its CPU (cores, its CPU time over the wall "
+            "time): each endpoint paced alone "
+            + ", ".join(f"{a.endpoint} {a.server_cpu:.2f}" for a, _ in pairs if a.server_cpu is not None)
+            + f", {sum(used):.2f} together"
+            + (f"; the paced mix {mix_cpu:.2f}" if mix_cpu is not None else "")
+            + (
+                f"; at what a request cost with the closed-loop clients alone (those used "
+                f"{', '.join(f'{c:.2f}' for c in full)}), the same requests would use "
+                f"{load / len(pairs) * sum(full):.2f} together."
+                if len(full) == len(pairs)
+                else "."
+            )
+        )
+        lines.append("")
+    return lines
 
 
 def rss_bytes(pid: int, field_name: str = "VmRSS") -> int:
@@ -522,8 +543,8 @@ def main() -> int:
         "--paced-load",
         type=float,
         default=0.5,
-        help="the paced phases' offered load, as a share of the server's capacity (each endpoint "
-        "offers this / 4 of its alone req/s; 0: skip)",
+        help="the paced phases' offered load, as a share of the req/s the endpoints answered alone "
+        "(each endpoint offers this / 4 of its own; 0: skip)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--write", action="store_true", help="write docs/load.md")
@@ -574,10 +595,12 @@ def main() -> int:
             for t in mix:
                 settle(pid)
                 print(f"alone: {t.path}, {args.clients // 4} clients, {args.alone_seconds:g} s", file=sys.stderr)
+                cpu = cpu_seconds(pid)
                 run = wrk.finish(
                     t.label, *wrk.start(server.url + t.path, t.body, args.clients // 4, args.alone_seconds)
                 )
                 alone[t.label] = summarize(f"alone, {args.alone_seconds:g} s", t.label, [run], run.seconds)
+                alone[t.label].server_cpu = (cpu_seconds(pid) - cpu) / run.seconds
             rows += alone.values()
 
         settle(pid)
@@ -638,18 +661,21 @@ def main() -> int:
                     f"{args.duration:g} s",
                     file=sys.stderr,
                 )
+                cpu = cpu_seconds(pid)
                 run = wrk.finish(
                     t.label,
                     *wrk.start(server.url + t.path, t.body, conns[t.label], args.duration, think_ms=think[t.label]),
                 )
                 paced_alone[t.label] = summarize("paced alone", t.label, [run], run.seconds)
+                paced_alone[t.label].server_cpu = (cpu_seconds(pid) - cpu) / run.seconds
                 paced_alone[t.label].think_ms = think[t.label]
                 paced_alone[t.label].connections = conns[t.label]
             settle(pid)
             print(f"paced mix: {args.duration:g} s", file=sys.stderr)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds(pid)
             runs = wrk.mix(server.url, mix, args.clients, args.duration, think_ms=think, connections=conns)
             paced_rows = _mix_rows("paced mix", mix, runs, time.perf_counter() - start)
+            paced_rows[-1].server_cpu = (cpu_seconds(pid) - cpu) / (time.perf_counter() - start)
             rows += [*paced_alone.values(), *paced_rows]
         growth = (rss_bytes(pid) - rss_start) / MB
         memory["highest sample (once a second)"] = (
@@ -689,7 +715,7 @@ def main() -> int:
         f"Unexpected errors (any status but 200, timeouts, broken connections), warm-up included: **{unexpected}**.",
         "",
         *fairness(alone, [r for r in rows if r.phase.startswith("mixed")]),
-        *paced(paced_alone, paced_rows, args.paced_load),
+        *paced(paced_alone, paced_rows, args.paced_load, alone),
         "Resident memory of the server process (VmRSS from /proc/PID/status):",
         "",
         "| reading | MB |",
