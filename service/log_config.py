@@ -6,6 +6,7 @@ while serving a request (in the event loop or in a worker thread) is tagged with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.config
@@ -98,13 +99,38 @@ class JsonFormatter(logging.Formatter):
 
 
 class JsonStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """logging_config's handler: JSON lines on a stream; `write_line` writes one line that
-    AccessLog formatted without a record."""
+    """logging_config's handler: JSON lines on a stream. Lines that AccessLog formatted without a
+    record (write_line, from the event loop) are written together once per turn of the loop: one
+    write for all the requests a turn answered, not one each. A record written meanwhile, and
+    flush() (logging's shutdown calls it), write them first, so lines keep their order."""
 
-    def write_line(self, line: str) -> None:
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def write_line(self, line: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self.stream.write(line + self.terminator)
+            self._pending.append(line)
+            first = len(self._pending) == 1
+        if loop is None:
             self.flush()
+        elif first:
+            loop.call_soon(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:  # under the lock: Handler.handle holds it
+            self._write_pending()
+        super().emit(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                self._write_pending()
+            super().flush()
+
+    def _write_pending(self) -> None:
+        lines, self._pending = self._pending, []
+        self.stream.write(self.terminator.join(lines) + self.terminator)
 
 
 class AccessLog:
@@ -129,7 +155,7 @@ class AccessLog:
             formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
             msecs = (created - int(created)) * 1000
             try:
-                handler.write_line(formatter.line(created, msecs, "INFO", logger.name, message, fields))
+                handler.write_line(formatter.line(created, msecs, "INFO", logger.name, message, fields), _loop())
                 return
             except Exception:  # a closed or broken stream: logging's own handling of it
                 pass
@@ -153,6 +179,13 @@ class AccessLog:
                 found = handler
             node = node.parent if node.propagate else None
         return found
+
+
+def _loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:

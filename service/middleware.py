@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -54,7 +54,8 @@ class RequestMiddleware:
                 incoming = value.decode("latin-1")
             elif key == b"content-length":
                 length = value.decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        # an id that is only an id (not a secret): 128 random bits without a system call
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
         ctx = RequestContext(request_id=request_id)
         token = request_context.set(ctx)
         start = time.perf_counter()

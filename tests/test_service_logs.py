@@ -3,6 +3,7 @@ configures it, through logging otherwise, the same line either way."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -30,9 +31,10 @@ def logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     handler = JsonStreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     log = logging.getLogger("made.test.access")
-    log.propagate, log.handlers, log.level = False, [handler], logging.INFO
+    log.propagate, log.handlers, log.filters = False, [handler], []
+    log.setLevel(logging.INFO)  # (setLevel, not the attribute: isEnabledFor caches)
     yield log, stream
-    log.handlers, log.propagate = [], True
+    log.handlers, log.filters, log.propagate = [], [], True
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -51,7 +53,7 @@ def test_the_direct_line_is_the_line_the_record_gives(
     log.handlers = [handler]  # pytest's capture handlers, added for the test's call, would see records
     direct_writes: list[str] = []
     write_line = handler.write_line
-    monkeypatch.setattr(handler, "write_line", lambda line: (direct_writes.append(line), write_line(line)))
+    monkeypatch.setattr(handler, "write_line", lambda line, loop: (direct_writes.append(line), write_line(line, loop)))
     access = AccessLog(log)
     access.info("POST /logprob 200", FIELDS)  # straight to the handler's stream
     log.addFilter(lambda record: True)  # a filter: the record goes through logging
@@ -72,3 +74,33 @@ def test_other_handlers_and_levels_get_the_record(logger: tuple[logging.Logger, 
     log.setLevel(logging.WARNING)
     AccessLog(log).info("POST /logprob 200", FIELDS)
     assert len(stream.getvalue().splitlines()) == 1  # below the level: no line either way
+
+
+def test_lines_written_in_the_loop_go_out_together_once_a_turn_and_in_order(
+    logger: tuple[logging.Logger, io.StringIO],
+) -> None:
+    log, stream = logger
+
+    async def serve() -> list[str]:
+        log.handlers = log.handlers[:1]  # ours, less pytest's capture handlers
+        access = AccessLog(log)
+        access.info("POST /logprob 200", FIELDS)
+        access.info("POST /sample 200", FIELDS)
+        written = [stream.getvalue()]  # nothing yet: the loop has not turned
+        await asyncio.sleep(0)
+        written.append(stream.getvalue())
+        access.info("POST /impute 200", FIELDS)
+        log.warning("a record meanwhile")  # writes the waiting line first
+        written.append(stream.getvalue())
+        return written
+
+    before, after_turn, after_record = asyncio.run(serve())
+    assert before == ""
+    assert [json.loads(line)["message"] for line in after_turn.splitlines()] == [
+        "POST /logprob 200",
+        "POST /sample 200",
+    ]
+    assert [json.loads(line)["message"] for line in after_record.splitlines()][2:] == [
+        "POST /impute 200",
+        "a record meanwhile",
+    ]
