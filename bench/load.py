@@ -18,8 +18,10 @@ generator is wrk (apt-get install wrk), one process per endpoint, on the same ma
    mix with its p99 alone (fair scheduling's target: at most 3x), and the share of its alone
    throughput each endpoint keeps in the mix (with closed-loop clients, Little's law ties the
    two: see the table's note). Then, with --paced-load L (default 0.5), the same at a load the
-   server can carry: each connection waits between requests so that each endpoint offers L / 4
-   of its alone req/s; each endpoint paced alone for --duration, then the four paced together;
+   server can carry: each connection waits between requests so that each endpoint uses L / 4 of
+   the server CPU the saturated mix used (its CPU per request measured paced alone for
+   --calibrate-seconds first); each endpoint paced alone for --duration, then the four paced
+   together;
 3. leak check, with --leak-requests N (not run by default, so that `make bench` takes about two
    minutes): more rounds of the mix, on --leak-model's (default: the same model), until N
    requests have been answered since the warm-up. The server's resident memory (VmRSS in
@@ -285,17 +287,20 @@ def fairness(alone: dict[str, Row], mixed: list[Row]) -> list[str]:
     return [*lines, ""]
 
 
-def paced(alone: dict[str, Row], mixed: list[Row], load: float, closed: dict[str, Row] | None = None) -> list[str]:
+def paced(
+    alone: dict[str, Row], mixed: list[Row], load: float, closed: dict[str, Row] | None = None, capacity: float = 0.0
+) -> list[str]:
     """Each endpoint's p99 in the paced mix against its p99 paced alone (same pacing); `closed`:
     each endpoint alone with closed-loop clients (the rates the pacing is a share of)."""
     pairs = [(alone[r.endpoint], r) for r in mixed if r.endpoint in alone]
     if not pairs:
         return []
     lines = [
-        f"Paced: each connection waits between requests so that each endpoint offers "
-        f"{load / len(pairs):.3g} of the requests per second it answered alone (the four together "
-        f"{load:.0%} of what they answered alone, each at full load); each endpoint paced alone, then the four "
-        "paced together (target: p99 in the mix at most 3x its p99 alone):",
+        f"Paced: each connection waits between requests so that each endpoint asks for "
+        f"{load / len(pairs):.3g} of the server's CPU under the saturated mix ({capacity:.2f} cores, the "
+        f"most it used here), from its CPU per request measured paced alone: the four together {load:.0%} "
+        "of what the server can do here. Each endpoint paced alone, then the four paced together "
+        "(target: p99 in the mix at most 3x its p99 alone):",
         "",
         "| endpoint | connections | think time (ms) | req/s alone / in the mix | p99 paced alone (ms) "
         "| p99 in the paced mix (ms) | ratio | within 3x |",
@@ -543,8 +548,14 @@ def main() -> int:
         "--paced-load",
         type=float,
         default=0.5,
-        help="the paced phases' offered load, as a share of the req/s the endpoints answered alone "
-        "(each endpoint offers this / 4 of its own; 0: skip)",
+        help="the paced phases' load, as a share of the server CPU under the saturated mix: each endpoint "
+        "is paced to use this / 4 of it (0: skip)",
+    )
+    parser.add_argument(
+        "--calibrate-seconds",
+        type=float,
+        default=5.0,
+        help="seconds each endpoint runs paced alone to measure its server CPU per request",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--write", action="store_true", help="write docs/load.md")
@@ -641,19 +652,41 @@ def main() -> int:
                 memory[f"after the leak check ({served} requests)"] = rss_bytes(pid) / MB
         paced_alone: dict[str, Row] = {}
         paced_rows: list[Row] = []
+        capacity = 0.0  # cores the server used under the saturated mix: what it can use here
         if args.paced_load > 0 and alone:
-            # Per endpoint, connections x 1 / (think + latency) = its share of req/s. A think time
-            # stays under uvicorn's 5 s keep-alive (an idle connection is closed after it), so a
-            # slow endpoint gets fewer connections; latency at this load is taken as its
-            # service time, about connections alone / req/s alone / 4 (a guess: the table
-            # shows the req/s each endpoint really offered).
+            capacity = next(
+                r.server_cpu or 0.0 for r in rows if r.phase.startswith("mixed") and r.endpoint == "**all**"
+            )
+
+            def pacing(label: str, rate: float) -> tuple[int, float]:
+                """Connections and think time (ms) that offer `rate` req/s: connections x 1 /
+                (think + latency). A think time stays under uvicorn's 5 s keep-alive (an idle
+                connection is closed after it), so a slow endpoint gets fewer connections; latency
+                at this load is taken as its service time, about connections alone / req/s alone
+                / 4 (a guess: the table shows the req/s each endpoint really offered)."""
+                service_ms = 1000 * (args.clients // 4) / alone[label].rps / 4
+                n = max(1, min(args.clients // 4, math.floor(rate * (4.0 + service_ms / 1000))))
+                return n, max(0.0, 1000 * n / rate - service_ms)
+
+            # What a paced request costs the server: paced requests come one or two at a time and
+            # share engine calls less than closed-loop ones, so each endpoint's CPU per request
+            # is measured paced alone (at paced_load / 4 of its alone req/s, --calibrate-seconds),
+            # and its rate set to use paced_load / 4 of the capacity.
+            cost: dict[str, float] = {}
+            for t in mix:
+                settle(pid)
+                n, think_ms = pacing(t.label, args.paced_load / 4 * alone[t.label].rps)
+                print(f"paced, calibrating: {t.path}, {args.calibrate_seconds:g} s", file=sys.stderr)
+                cpu = cpu_seconds(pid)
+                run = wrk.finish(
+                    t.label, *wrk.start(server.url + t.path, t.body, n, args.calibrate_seconds, think_ms=think_ms)
+                )
+                cost[t.label] = (cpu_seconds(pid) - cpu) / max(1, run.requests)
             think: dict[str, float] = {}
             conns: dict[str, int] = {}
             for t in mix:
-                rate = args.paced_load / 4 * alone[t.label].rps  # req/s wanted
-                service_ms = 1000 * (args.clients // 4) / alone[t.label].rps / 4
-                conns[t.label] = max(1, min(args.clients // 4, math.floor(rate * (4.0 + service_ms / 1000))))
-                think[t.label] = max(0.0, 1000 * conns[t.label] / rate - service_ms)
+                rate = args.paced_load / 4 * capacity / cost[t.label]  # req/s wanted
+                conns[t.label], think[t.label] = pacing(t.label, rate)
             for t in mix:
                 settle(pid)
                 print(
@@ -715,7 +748,7 @@ def main() -> int:
         f"Unexpected errors (any status but 200, timeouts, broken connections), warm-up included: **{unexpected}**.",
         "",
         *fairness(alone, [r for r in rows if r.phase.startswith("mixed")]),
-        *paced(paced_alone, paced_rows, args.paced_load, alone),
+        *paced(paced_alone, paced_rows, args.paced_load, alone, capacity),
         "Resident memory of the server process (VmRSS from /proc/PID/status):",
         "",
         "| reading | MB |",
