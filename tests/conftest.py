@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from service.engine import ModelRegistry
 
 # Small models on a shared 2-core machine: one thread avoids spin-waiting against other work.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -277,3 +280,19 @@ def table_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Trainer(cfg, base / f"run-{name}", data).run(progress=False)
         export_run(base / f"run-{name}", store, name)
     return store
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """Async tests run on asyncio (module-wide, like anyio's own default)."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_store: Path) -> ModelRegistry:
+    """The tiny store loaded on the CPU, shared by one module's apps (a module may define its own)."""
+    from service.engine import ModelRegistry
+
+    reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
+    reg.load()
+    return reg

@@ -22,11 +22,6 @@ from tests.conftest import all_binary_vectors
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_the_schema_of_bits_is_d_binary_columns_whose_encoding_is_the_row_itself() -> None:
     schema = Schema.bits(5)
     assert schema.names == ["x0", "x1", "x2", "x3", "x4"]

@@ -275,18 +275,6 @@ def test_the_api_key_is_required_as_for_every_other_endpoint(client: triton.Infe
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
-
-
-@pytest.fixture
 async def made(tiny_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
     settings = Settings(store=tiny_store, batch_delay_ms=1, max_rows=50, max_samples=100)
     async with in_process(settings, registry) as c:

@@ -27,18 +27,6 @@ pytestmark = pytest.mark.anyio
 X8 = [[0, 1, 1, 0, 1, 0, 0, 1], [1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
-
-
 def settings(store: Path, **overrides: Any) -> Settings:
     return Settings(store=store, batch_delay_ms=1, **overrides)
 

@@ -20,11 +20,6 @@ from service.testing import in_process
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Recorder:
     """A batch function that doubles its items and records each call's items."""
 
@@ -125,13 +120,6 @@ async def test_a_cancelled_request_does_not_disturb_the_others() -> None:
 
 
 # --- through the app: real engine, real onnxruntime --------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
 
 
 def histogram(text: str, name: str, endpoint: str, model: str) -> tuple[float, float]:

@@ -25,13 +25,6 @@ if TYPE_CHECKING:
 Y = [[0, 1, 1, 0, 1, 0, 0, 1], [1, 1, 1, 1, 0, 0, 0, 0]]
 
 
-@pytest.fixture(scope="module")
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
-
-
 def settings(store: Path, **overrides: Any) -> Settings:
     return Settings(store=store, batch_delay_ms=1, **overrides)
 
@@ -103,11 +96,6 @@ async def test_the_async_client(tiny_store: Path, registry: ModelRegistry) -> No
         r = await client.denoise(Y, 0.1, n_samples=4, seed=3, n_importance=100)
     sync = registry.get("tiny").denoise(np.array(Y, dtype=float), 0.1, n_samples=4, seed=3, n_importance=100)
     np.testing.assert_array_equal(r.array(), sync.samples)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.parametrize(

@@ -30,18 +30,6 @@ EXPRESS = {"Content-Type": "application/json"}
 ROUTE = {"Content-Type": "application/vnd.made+json"}  # JSON to FastAPI, not to the express handler
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
-
-
 async def client(tiny_store: Path, registry: ModelRegistry, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(store=tiny_store, batch_delay_ms=1, **overrides), registry)
     async with (

@@ -23,11 +23,6 @@ from service.testing import InProcessClient, in_process, made_serve
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def both_store(tmp_path_factory: pytest.TempPathFactory, table_store: Path, tiny_store: Path) -> Path:
     """The table models beside a model of bits ('tiny')."""
