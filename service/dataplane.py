@@ -73,11 +73,11 @@ def admitted(
         @functools.wraps(method)
         async def inner(self: DataPlane, *args: P.args, **kwargs: P.kwargs) -> T:
             # self.admit(endpoint) without the context manager's generator: every request runs this
-            held, token = self._enter(endpoint)
+            token = self._enter(endpoint)
             try:
                 return await method(self, *args, **kwargs)
             finally:
-                self._leave(endpoint, held, token)
+                self._leave(endpoint, token)
 
         return inner
 
@@ -130,6 +130,7 @@ class DataPlane:
         self.metrics = metrics
         self.load_error: str | None = None
         self.scheduler = FairScheduler(settings.threads or os.cpu_count() or 1, settings.max_queue)
+        self._tracked: set[str] = set()  # endpoints whose made_endpoint_requests is published
         self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
         # Batchers of versions a reload replaced: they finish their queues, then are collected
         # (with the old Engine they hold); shutdown still waits for them.
@@ -146,25 +147,25 @@ class DataPlane:
     async def admit(self, endpoint: str) -> AsyncIterator[None]:
         """A request to `endpoint` holds one of its MADE_MAX_QUEUE places (or gets 503 at once);
         its engine calls take turns as that endpoint's (service.scheduling)."""
-        held, token = self._enter(endpoint)
+        token = self._enter(endpoint)
         try:
             yield
         finally:
-            self._leave(endpoint, held, token)
+            self._leave(endpoint, token)
 
-    def _enter(self, endpoint: str) -> tuple[Any, contextvars.Token[str]]:
+    def _enter(self, endpoint: str) -> contextvars.Token[str]:
         try:
             self.scheduler.enter(endpoint)
         except Overloaded:
             self.metrics.child(self.metrics.overloaded, endpoint).inc()
             raise
-        held = self.metrics.child(self.metrics.endpoint_requests, endpoint)
-        held.inc()
-        return held, _lane.set(endpoint)
+        if endpoint not in self._tracked:  # made_endpoint_requests reads the scheduler's count
+            self._tracked.add(endpoint)
+            self.metrics.track_endpoint_requests(endpoint, functools.partial(self.scheduler.admitted, endpoint))
+        return _lane.set(endpoint)
 
-    def _leave(self, endpoint: str, held: Any, token: contextvars.Token[str]) -> None:
+    def _leave(self, endpoint: str, token: contextvars.Token[str]) -> None:
         _lane.reset(token)
-        held.dec()
         self.scheduler.leave(endpoint)
 
     async def _timed(self, work: Awaitable[T]) -> T:

@@ -60,7 +60,7 @@ class RequestMiddleware:
         token = request_context.set(ctx)
         start = time.perf_counter()
         status = 500
-        self.metrics.in_flight.inc()
+        self.metrics.requests_in_flight += 1
 
         started = False
 
@@ -91,7 +91,7 @@ class RequestMiddleware:
                 await _send_json(send_with_id, 500, internal_error_body())
             raise
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.requests_in_flight -= 1
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"

@@ -87,6 +87,11 @@ class FairScheduler:
     def leave(self, lane_name: str) -> None:
         self.lanes[lane_name].admitted -= 1
 
+    def admitted(self, lane_name: str) -> int:
+        """Requests the lane holds (waiting, batching or running)."""
+        lane = self.lanes.get(lane_name)
+        return lane.admitted if lane is not None else 0
+
     @contextlib.asynccontextmanager
     async def admit(self, lane_name: str) -> AsyncIterator[None]:
         """A place in the lane for the whole request (enter, then leave)."""
