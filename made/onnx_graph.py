@@ -7,6 +7,9 @@ Initializer names (W{l}, b{l}, input_degrees, hidden_degrees_{l}, direct_W) are 
 format: this module writes them (build_graph) and reads them back (read_arrays), for the serving
 engine, which also runs the graph of one dense pass built here (dense_graph) under the same names.
 
+Serving reads and builds graphs through made.onnx_wire, without the onnx package (~10 MB of
+memory per worker); build_graph, for export, uses onnx and its checker.
+
 Weight matrices may be stored as float16 (half the file): the graph then casts each to float32
 once (onnxruntime folds the Cast at session creation), so all arithmetic stays float32 and the
 model is exactly the float32 network whose weights are the float16 values.
@@ -16,14 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+from made import onnx_wire as wire
 from made.errors import ModelStoreError
 
+if TYPE_CHECKING:
+    import onnx
+
 OPSET = 17
+IR_VERSION = 8  # readable by onnxruntime releases from 1.14 on
 WEIGHT_DTYPES = {"float32": np.float32, "float16": np.float16}
 # The hidden units' nonlinearity (the manifest's "activation") -> its ONNX operator.
 ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh"}
@@ -53,6 +60,9 @@ def build_graph(
     ('relu' or 'tanh') is the hidden units' nonlinearity. A table model passes the degrees of its
     input units and of its output units (`output_degrees`, stored as the initializer
     output_degrees) and names its output `params`."""
+    import onnx  # export only: serving never imports it (see the module's docstring)
+    from onnx import TensorProto, helper, numpy_helper
+
     act_op = _activation_op(activation)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {sorted(WEIGHT_DTYPES)}, not {weight_dtype!r}")
@@ -127,7 +137,7 @@ def build_graph(
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="made")
-    model.ir_version = 8  # readable by onnxruntime releases from 1.14 on
+    model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
 
@@ -146,10 +156,9 @@ class GraphArrays:
 def read_arrays(path: Path) -> GraphArrays:
     """The initializers of a graph build_graph wrote; a file that is not one is a ModelStoreError."""
     try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf decode errors of a damaged file
+        inits = wire.initializers(path.read_bytes())
+    except (OSError, wire.WireError) as exc:  # an unreadable or damaged file
         raise ModelStoreError(f"{path} is not a readable ONNX model: {exc}") from None
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     try:
         n_layers = sum(1 for name in inits if name.startswith("W") and name[1:].isdigit())
         weights = [inits[f"W{i}"].astype(np.float32) for i in range(n_layers)]
@@ -173,49 +182,45 @@ def dense_graph(n_layers: int, direct: bool, activation: str = "relu") -> bytes:
     `activation` is the hidden units' nonlinearity, as in build_graph."""
     inputs = [
         _tensor("x", ["N", "D"]),
-        _tensor("order", ["D"], TensorProto.INT64),
-        _tensor("inverse", ["D"], TensorProto.INT64),
+        _tensor("order", ["D"], wire.INT64),
+        _tensor("inverse", ["D"], wire.INT64),
     ]
-    nodes = [helper.make_node("Gather", ["x", "order"], ["xs"], axis=1)]
+    nodes = [wire.node("Gather", ["x", "order"], ["xs"], axis=1)]
     layer_inputs, layer_nodes = _masked_layers("xs", n_layers, direct, activation, "positioned")
-    nodes += [*layer_nodes, helper.make_node("Gather", ["positioned", "inverse"], ["logits"], axis=1)]
-    return _serialized(helper.make_graph(nodes, "made_dense", inputs + layer_inputs, [_tensor("logits", ["N", "D"])]))
+    nodes += [*layer_nodes, wire.node("Gather", ["positioned", "inverse"], ["logits"], axis=1)]
+    return _serialized(wire.graph(nodes, "made_dense", inputs + layer_inputs, [_tensor("logits", ["N", "D"])]))
 
 
-def _tensor(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, kind, shape)
+def _tensor(name: str, shape: list[str | int], kind: int = wire.FLOAT) -> bytes:
+    return wire.value_info(name, kind, shape)
 
 
-def _masked_layers(
-    x: str, n_layers: int, direct: bool, activation: str, out: str
-) -> tuple[list[onnx.ValueInfoProto], list[onnx.NodeProto]]:
+def _masked_layers(x: str, n_layers: int, direct: bool, activation: str, out: str) -> tuple[list[bytes], list[bytes]]:
     """The inputs and nodes of a MADE's layers whose masked weights are inputs, in the mask's
     coordinates (network.MaskWeights: W{l} (fan_out, fan_in), b{l}, direct_W (D, D)): from the
     positioned input `x` to the positioned logits `out`."""
     act_op = _activation_op(activation)
-    inputs: list[onnx.ValueInfoProto] = []
-    nodes: list[onnx.NodeProto] = []
+    inputs: list[bytes] = []
+    nodes: list[bytes] = []
     h = x
     for l in range(n_layers):
         inputs += [_tensor(f"W{l}", [f"out{l}", f"in{l}"]), _tensor(f"b{l}", [f"out{l}"])]
         last = l == n_layers - 1
         result = ("pre_logits" if direct else out) if last else f"a{l}"
-        nodes.append(helper.make_node("Gemm", [h, f"W{l}", f"b{l}"], [result], transB=1))
+        nodes.append(wire.node("Gemm", [h, f"W{l}", f"b{l}"], [result], transB=1))
         if not last:
-            nodes.append(helper.make_node(act_op, [result], [f"h{l}"]))
+            nodes.append(wire.node(act_op, [result], [f"h{l}"]))
             h = f"h{l}"
     if direct:
         inputs.append(_tensor("direct_W", ["D", "D"]))
-        nodes.append(helper.make_node("Gemm", [x, "direct_W", "pre_logits"], [out], transB=1))
+        nodes.append(wire.node("Gemm", [x, "direct_W", "pre_logits"], [out], transB=1))
     return inputs, nodes
 
 
-def _serialized(graph: onnx.GraphProto) -> bytes:
-    """A graph built at load time (never stored), checked and serialized for a session."""
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+def _serialized(graph: bytes) -> bytes:
+    """A graph built at load time (never stored), as a serialized model for a session
+    (tests/test_onnx_wire.py runs onnx's checker on every one)."""
+    return wire.model(graph, OPSET, IR_VERSION)
 
 
 # --- companion graphs of the device path (issue 16): built at load time, never stored ------------
@@ -232,19 +237,19 @@ def jacobi_step_graph(n_layers: int, direct: bool, activation: str = "relu") -> 
     layer_inputs, nodes = _masked_layers("xs", n_layers, direct, activation, "logits")
     inputs = [_tensor("xs", ["N", "D"]), _tensor("thr", ["N", "D"]), *layer_inputs]
     nodes += [
-        helper.make_node("Greater", ["logits", "thr"], ["drawn"]),
-        helper.make_node("Cast", ["drawn"], ["x_next"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["x_next", "xs"], ["diff"]),
-        helper.make_node("Abs", ["diff"], ["absdiff"]),
-        helper.make_node("ReduceMax", ["absdiff"], ["most"], axes=[1], keepdims=0),
-        helper.make_node("Cast", ["most"], ["changed"], to=TensorProto.BOOL),
+        wire.node("Greater", ["logits", "thr"], ["drawn"]),
+        wire.node("Cast", ["drawn"], ["x_next"], to=wire.FLOAT),
+        wire.node("Sub", ["x_next", "xs"], ["diff"]),
+        wire.node("Abs", ["diff"], ["absdiff"]),
+        wire.node("ReduceMax", ["absdiff"], ["most"], axes=[1], keepdims=0),
+        wire.node("Cast", ["most"], ["changed"], to=wire.BOOL),
     ]
     outputs = [
         _tensor("x_next", ["N", "D"]),
-        _tensor("changed", ["N"], TensorProto.BOOL),
+        _tensor("changed", ["N"], wire.BOOL),
         _tensor("logits", ["N", "D"]),
     ]
-    return _serialized(helper.make_graph(nodes, "made_jacobi_step", inputs, outputs))
+    return _serialized(wire.graph(nodes, "made_jacobi_step", inputs, outputs))
 
 
 def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed: bool = False) -> bytes:
@@ -264,59 +269,59 @@ def scores_graph(n_layers: int, direct: bool, activation: str = "relu", observed
     inputs = [_tensor("x", ["N", "D"])]
     if observed:
         inputs.append(_tensor("observed", ["N", "D"]))
-    inputs.append(_tensor("orders", ["K", "D"], TensorProto.INT64))
+    inputs.append(_tensor("orders", ["K", "D"], wire.INT64))
     inits = [
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0"),
-        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
-        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
-        numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+        wire.tensor("axis0", np.array([0], dtype=np.int64)),
+        wire.tensor("axis2", np.array([2], dtype=np.int64)),
+        wire.tensor("one", np.array(1.0, dtype=np.float32)),
+        wire.tensor("two", np.array(2.0, dtype=np.float32)),
     ]
     nodes = [
         # (N, K, D) -> (K, N, D): each mask's copy of x in its positions
-        helper.make_node("Gather", ["x", "orders"], ["x_nkd"], axis=1),
-        helper.make_node("Transpose", ["x_nkd"], ["xk"], perm=[1, 0, 2]),
+        wire.node("Gather", ["x", "orders"], ["x_nkd"], axis=1),
+        wire.node("Transpose", ["x_nkd"], ["xk"], perm=[1, 0, 2]),
     ]
     h = "xk"
     for l in range(n_layers):
         inputs += [_tensor(f"W{l}", ["K", f"in{l}", f"out{l}"]), _tensor(f"b{l}", ["K", 1, f"out{l}"])]
         last = l == n_layers - 1
-        nodes.append(helper.make_node("MatMul", [h, f"W{l}"], [f"mm{l}"]))
+        nodes.append(wire.node("MatMul", [h, f"W{l}"], [f"mm{l}"]))
         out = ("pre_logits" if direct else "logits") if last else f"a{l}"
-        nodes.append(helper.make_node("Add", [f"mm{l}", f"b{l}"], [out]))
+        nodes.append(wire.node("Add", [f"mm{l}", f"b{l}"], [out]))
         if not last:
-            nodes.append(helper.make_node(act_op, [out], [f"h{l}"]))
+            nodes.append(wire.node(act_op, [out], [f"h{l}"]))
             h = f"h{l}"
     if direct:
         inputs.append(_tensor("direct_W", ["K", "D", "D"]))
-        nodes.append(helper.make_node("MatMul", ["xk", "direct_W"], ["direct_out"]))
-        nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], ["logits"]))
+        nodes.append(wire.node("MatMul", ["xk", "direct_W"], ["direct_out"]))
+        nodes.append(wire.node("Add", ["pre_logits", "direct_out"], ["logits"]))
     # -log p(x_d | x_<d) = softplus(s), s = logit where x_d = 0, -logit where x_d = 1: s = z (1 - 2x)
     nodes += [
-        helper.make_node("Mul", ["xk", "two"], ["x2"]),
-        helper.make_node("Sub", ["one", "x2"], ["sign"]),
-        helper.make_node("Mul", ["logits", "sign"], ["s"]),
-        helper.make_node("Softplus", ["s"], ["nll_terms"]),
+        wire.node("Mul", ["xk", "two"], ["x2"]),
+        wire.node("Sub", ["one", "x2"], ["sign"]),
+        wire.node("Mul", ["logits", "sign"], ["s"]),
+        wire.node("Softplus", ["s"], ["nll_terms"]),
     ]
     terms = "nll_terms"
     if observed:
         nodes += [
-            helper.make_node("Gather", ["observed", "orders"], ["obs_nkd"], axis=1),
-            helper.make_node("Transpose", ["obs_nkd"], ["obsk"], perm=[1, 0, 2]),
-            helper.make_node("Mul", [terms, "obsk"], ["nll_observed"]),
+            wire.node("Gather", ["observed", "orders"], ["obs_nkd"], axis=1),
+            wire.node("Transpose", ["obs_nkd"], ["obsk"], perm=[1, 0, 2]),
+            wire.node("Mul", [terms, "obsk"], ["nll_observed"]),
         ]
         terms = "nll_observed"
     nodes += [
-        helper.make_node("Cast", [terms], ["nll64"], to=TensorProto.DOUBLE),
-        helper.make_node("ReduceSum", ["nll64", "axis2"], ["nll"], keepdims=0),
-        helper.make_node("Neg", ["nll"], ["logliks"]),
+        wire.node("Cast", [terms], ["nll64"], to=wire.DOUBLE),
+        wire.node("ReduceSum", ["nll64", "axis2"], ["nll"], keepdims=0),
+        wire.node("Neg", ["nll"], ["logliks"]),
         # log mean_k exp(l_k), shifted by the largest l_k of each row
-        helper.make_node("ReduceMax", ["logliks"], ["top"], axes=[0], keepdims=1),
-        helper.make_node("Sub", ["logliks", "top"], ["shifted"]),
-        helper.make_node("Exp", ["shifted"], ["ratios"]),
-        helper.make_node("ReduceMean", ["ratios"], ["mean_ratio"], axes=[0], keepdims=0),
-        helper.make_node("Log", ["mean_ratio"], ["log_mean"]),
-        helper.make_node("Squeeze", ["top", "axis0"], ["top_n"]),
-        helper.make_node("Add", ["log_mean", "top_n"], ["mixture"]),
+        wire.node("ReduceMax", ["logliks"], ["top"], axes=[0], keepdims=1),
+        wire.node("Sub", ["logliks", "top"], ["shifted"]),
+        wire.node("Exp", ["shifted"], ["ratios"]),
+        wire.node("ReduceMean", ["ratios"], ["mean_ratio"], axes=[0], keepdims=0),
+        wire.node("Log", ["mean_ratio"], ["log_mean"]),
+        wire.node("Squeeze", ["top", "axis0"], ["top_n"]),
+        wire.node("Add", ["log_mean", "top_n"], ["mixture"]),
     ]
-    outputs = [_tensor("logliks", ["K", "N"], TensorProto.DOUBLE), _tensor("mixture", ["N"], TensorProto.DOUBLE)]
-    return _serialized(helper.make_graph(nodes, "made_scores", inputs, outputs, initializer=inits))
+    outputs = [_tensor("logliks", ["K", "N"], wire.DOUBLE), _tensor("mixture", ["N"], wire.DOUBLE)]
+    return _serialized(wire.graph(nodes, "made_scores", inputs, outputs, inits))
