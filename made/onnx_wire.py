@@ -229,7 +229,17 @@ def _tensor_array(data: memoryview) -> tuple[str, np.ndarray]:
 
 
 def initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
-    """The initializers of a serialized ModelProto's graph, by name."""
+    """The initializers of a serialized ModelProto's graph, by name; WireError for bytes that
+    are not one."""
+    try:
+        return _initializers(model_bytes)
+    except WireError:
+        raise
+    except (ValueError, OverflowError, TypeError) as exc:  # a name not UTF-8, sizes that disagree, ...
+        raise WireError(str(exc)) from None
+
+
+def _initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
     found: dict[str, np.ndarray] = {}
     for number, _, value in fields(model_bytes):
         if number == 7 and isinstance(value, memoryview):  # graph

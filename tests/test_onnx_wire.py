@@ -125,6 +125,21 @@ def test_a_damaged_or_foreign_file_is_refused(tmp_path: Path, tiny_store: Path) 
     )
     with pytest.raises(ModelStoreError, match="lacks the initializer"):
         onnx_graph.read_arrays(other)
+    # any damage is refused with that message, or (in weight bytes) read: never another error
+    rng = np.random.default_rng(0)
+    refused = 0
+    for trial in range(300):
+        damaged = bytearray(good)
+        for at in rng.integers(0, len(good), size=int(rng.integers(1, 4))):
+            damaged[at] = int(rng.integers(0, 256))
+        path = tmp_path / f"damaged{trial}.onnx"
+        path.write_bytes(bytes(damaged))
+        try:
+            onnx_graph.read_arrays(path)
+        except ModelStoreError as exc:
+            assert "ONNX model" in str(exc) or "initializer" in str(exc), exc
+            refused += 1
+    assert refused > 0
     external = helper.make_tensor("W0", TensorProto.FLOAT, [2], [1.0, 2.0])
     external.data_location = TensorProto.EXTERNAL
     data = helper.make_model(helper.make_graph([], "g", [], [], initializer=[external])).SerializeToString()
