@@ -146,9 +146,9 @@ def _read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(data: bytes | memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
-    """(field number, wire type, value) of each field of a message: an int for varints and fixed
-    widths (their little-endian bits), the bytes for length-delimited fields."""
+def fields(data: bytes | memoryview) -> Iterator[tuple[int, int | memoryview]]:
+    """(field number, value) of each field of a message: an int for varints and fixed widths
+    (their little-endian bits), the bytes for length-delimited fields."""
     view = memoryview(data)
     pos, end = 0, len(view)
     while pos < end:
@@ -171,7 +171,7 @@ def fields(data: bytes | memoryview) -> Iterator[tuple[int, int, int | memoryvie
             raise WireError(f"field {number} has wire type {wire}, which ONNX does not use")
         if number == 0:
             raise WireError("field number 0")
-        yield number, wire, value
+        yield number, value
 
 
 def _signed(value: int) -> int:
@@ -190,9 +190,10 @@ def _packed_varints(value: int | memoryview) -> list[int]:
 
 def _tensor_array(data: memoryview) -> tuple[str, np.ndarray]:
     """(name, values) of a TensorProto: raw_data, or the typed repeated field of its type."""
-    name, code, dims, raw = "", 0, [], None
+    name, code, dims = "", 0, []
+    raw: memoryview | None = None
     typed: list[int | memoryview] = []
-    for number, _, value in fields(data):
+    for number, value in fields(data):
         if number == 1:
             dims += [_signed(v) for v in _packed_varints(value)]
         elif number == 2 and isinstance(value, int):
@@ -200,7 +201,7 @@ def _tensor_array(data: memoryview) -> tuple[str, np.ndarray]:
         elif number == 8 and isinstance(value, memoryview):
             name = bytes(value).decode()
         elif number == 9 and isinstance(value, memoryview):
-            raw = bytes(value)
+            raw = value
         elif number in (4, 5, 7, 10):  # float_data, int32_data, int64_data, double_data
             typed.append(value)
         elif number == 14 and value == 1:  # data_location EXTERNAL
@@ -208,14 +209,13 @@ def _tensor_array(data: memoryview) -> tuple[str, np.ndarray]:
     dtype = _NUMPY.get(code)
     if dtype is None:
         raise WireError(f"tensor {name or '?'} has data type {code}, which made does not write")
-    count = int(np.prod(dims)) if dims else 1
+    count = int(np.prod(dims))  # 1 for a scalar (no dims)
     if raw is not None:
         values = np.frombuffer(raw, dtype=dtype)
     elif code in (FLOAT, DOUBLE):
         width = 4 if code == FLOAT else 8
-        chunks = [
-            bytes(v) if isinstance(v, memoryview) else v.to_bytes(width, "little") for v in typed
-        ]  # packed, or one fixed-width value per field
+        # packed, or one fixed-width value per field
+        chunks = [v if isinstance(v, memoryview) else v.to_bytes(width, "little") for v in typed]
         values = np.frombuffer(b"".join(chunks), dtype=dtype)
     else:  # int32_data (int32, bool, float16 as its bits) or int64_data, varints
         ints = [_signed(v) for chunk in typed for v in _packed_varints(chunk)]
@@ -241,9 +241,9 @@ def initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
 
 def _initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
     found: dict[str, np.ndarray] = {}
-    for number, _, value in fields(model_bytes):
+    for number, value in fields(model_bytes):
         if number == 7 and isinstance(value, memoryview):  # graph
-            for g_number, _, g_value in fields(value):
+            for g_number, g_value in fields(value):
                 if g_number == 5 and isinstance(g_value, memoryview):  # initializer
                     name, array = _tensor_array(g_value)
                     found[name] = array
