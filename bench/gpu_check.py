@@ -27,9 +27,13 @@
 
 --cpu-dry-run runs every step on the CPU provider with small sizes (no GPU needed; what the
 tests run; its HTTP step serves both sides on the CPU provider, 2 s a measurement): its numbers
-say nothing about a GPU. Exit status: 0 all good, 1 parity off, 2 no usable CUDA provider (or
-no model). docs/gpu-check.md, "How to re-measure", gives the procedure
-on a bare machine (scripts/gpu_bundle.sh).
+say nothing about a GPU. `--http-seconds 0` skips the HTTP step. The report grows as the run goes:
+each step is printed when it ends and, with --write, the file is rewritten with every step so far
+(marked unfinished until the end), so a run stopped by a device call's time limit keeps what it
+measured; a step that raises is reported in its section and the others still run. Exit status: 0
+all good, 1 parity off or a step failed, 2 no usable CUDA provider (or no model).
+docs/gpu-check.md, "How to re-measure", gives the procedure on a bare machine
+(scripts/gpu_bundle.sh).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,7 +421,9 @@ def http_throughput(
     device, label = ("cpu", "device (CPU)") if dry else ("cuda", "CUDA")
     lines = [f"## HTTP throughput, {clients} clients: `made serve` on {label} against the CPU provider", ""]
     missing = None
-    if not hey:
+    if seconds <= 0:
+        missing = "--http-seconds 0"
+    elif not hey:
         missing = "the load generator `hey` is not on PATH (apt-get install hey; scripts/gpu_bundle.sh carries it)"
     else:
         try:
@@ -488,7 +495,67 @@ def http_throughput(
     return lines
 
 
-def run(args: argparse.Namespace) -> tuple[str, bool]:
+UNFINISHED = (
+    "**This run did not finish**: the report ends with the last step that completed (the device call's "
+    "time limit, or the process was stopped). What is above was measured."
+)
+
+
+class Report:
+    """The report as it grows, so that a run cut short keeps what it measured (device time is
+    minutes: a run that hits its call's limit must not come back empty). Each finished step is
+    printed at once, and with a path the file is rewritten, atomically, with every step so far and
+    a last line saying the run has not finished. A step that raises is reported in its own
+    section, its traceback on stderr, and the run goes on with the next step."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.lines: list[str] = []
+        self.failed: list[str] = []
+        self.seconds: dict[str, float] = {}
+
+    def add(self, lines: list[str]) -> None:
+        print("\n".join(lines), flush=True)
+        self.lines += lines
+        self._write(finished=False)
+
+    def step(self, title: str, measure: Callable[[list[str]], None]) -> None:
+        """Run `measure`, which appends its section's lines as it measures; where it raises, the
+        lines it had appended stay, followed by the error."""
+        started = time.perf_counter()
+        lines: list[str] = []
+        try:
+            measure(lines)
+        except Exception as exc:  # broken on this device: say so, and measure the rest
+            traceback.print_exc()
+            self.failed.append(title)
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+            lines[:] = [*(lines or [f"## {title}"]), "", f"**This step failed**: {why} (traceback on stderr).", ""]
+        self.seconds[title] = time.perf_counter() - started
+        print(f"gpu_check: {title}: {self.seconds[title]:.0f} s", file=sys.stderr, flush=True)
+        self.add(lines)
+
+    def timings(self, started: float) -> list[str]:
+        steps = "; ".join(f"{title} {s:.0f} s" for title, s in self.seconds.items())
+        return [f"The whole run took {time.perf_counter() - started:.0f} s ({steps}).", ""]
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+    def finish(self) -> str:
+        self._write(finished=True)
+        return self.text()
+
+    def _write(self, finished: bool) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.partial")
+        tmp.write_text(self.text() + ("" if finished else f"\n{UNFINISHED}\n"))
+        os.replace(tmp, self.path)
+
+
+def run(args: argparse.Namespace, report: Report) -> bool:
+    """Measure every step into `report`; False where the device's answers differ from the CPU's."""
     import onnxruntime as ort
 
     from service.engine import Engine
@@ -568,161 +635,177 @@ def run(args: argparse.Namespace) -> tuple[str, bool]:
         f"passes per sample: mean {jrun.passes.mean():.1f}, max {jrun.passes.max()} (D = {model.dims}).",
         "",
     ]
-
-    # roofline
+    report.add(lines)
     net = load_network(model.onnx_path)
     flops = net.flops_per_row()
-    roof = {b: roofline(net, device, b, sizes.min_seconds) for b in sizes.roofline_batches}
-    top = max(roof.values())
-    lines += [
-        "## Roofline",
-        "",
-        f"A bare graph of the model's float32 MatMuls (no masks, bias or activation; {flops / 1e6:.2f} MFLOP "
-        f"a row, K = {model.n_masks} times that for the mixture), x and outputs on the device:",
-        "",
-        "| batch | GFLOP/s |",
-        "|---|---|",
-        *[f"| {b} | {r / 1e9:,.1f} |" for b, r in roof.items()],
-        "",
-        f"Roofline: {top / 1e9:,.1f} GFLOP/s (the best of these).",
-        "",
-    ]
+    roof: dict[int, float] = {}  # FLOP/s by batch, once the roofline step has measured them
 
-    # log p(x)
+    def roofline_step(lines: list[str]) -> None:
+        roof.update({b: roofline(net, device, b, sizes.min_seconds) for b in sizes.roofline_batches})
+        lines += [
+            "## Roofline",
+            "",
+            f"A bare graph of the model's float32 MatMuls (no masks, bias or activation; {flops / 1e6:.2f} MFLOP "
+            f"a row, K = {model.n_masks} times that for the mixture), x and outputs on the device:",
+            "",
+            "| batch | GFLOP/s |",
+            "|---|---|",
+            *[f"| {b} | {r / 1e9:,.1f} |" for b, r in roof.items()],
+            "",
+            f"Roofline: {max(roof.values()) / 1e9:,.1f} GFLOP/s (the best of these).",
+            "",
+        ]
+
     def fraction(rate: float, masks: int) -> str:
-        return f"{rate * flops * masks / top:.3f}"
+        return f"{rate * flops * masks / max(roof.values()):.3f}" if roof else "n/a"
 
-    lines += [
-        "## log p(x), rows/s (fraction of the roofline)",
-        "",
-        "| batch | masks | engine per-mask passes, device | scores graph, device | scores graph + host checks "
-        "(Engine.logprob) | CPU engine |",
-        "|---|---|---|---|---|---|",
-    ]
-    for b in sizes.batches:
-        xb = np.resize(x, (b, model.dims))
-        xf = xb.astype(np.float32)
-        for label, ks_b in (("one (0)", [0]), (f"mixture of {model.n_masks}", k_all)):
-            masks_arg: Any = 0 if len(ks_b) == 1 else "all"
-            eng_dev.graph_scores_enabled = False
-            per_mask = rows_per_second(
-                lambda: _logmeanexp(eng_dev.mask_logliks(xb, ks_b), axis=0),  # noqa: B023
-                b,
-                sizes.min_seconds,
-            )
-            eng_dev.graph_scores_enabled = True
-            graph = rows_per_second(lambda: scores.scores(xf, ks_b), b, sizes.min_seconds)  # noqa: B023
-            full = rows_per_second(lambda: eng_dev.logprob(xb, masks=masks_arg), b, sizes.min_seconds)  # noqa: B023
-            eng_dev.graph_scores_enabled = None
-            cpu_cell = "n/a"
-            if b <= sizes.cpu_batch_max:
-                rate = rows_per_second(lambda: eng_cpu.logprob(xb, masks=masks_arg), b, sizes.min_seconds)  # noqa: B023
-                cpu_cell = f"{rate:,.0f} ({fraction(rate, len(ks_b))})"
-            lines.append(
-                f"| {b} | {label} | {per_mask:,.0f} ({fraction(per_mask, len(ks_b))}) | {graph:,.0f} "
-                f"({fraction(graph, len(ks_b))}) | {full:,.0f} ({fraction(full, len(ks_b))}) | {cpu_cell} |"
-            )
-    lines += [
-        "",
-        "The CPU engine's fraction is of the device's roofline. Targets (issue 16): the mixture at batch "
-        "8192 at >= 0.5 of the roofline.",
-        "",
-    ]
-
-    # sampling
-    lines += [
-        "## Sampling, samples/s (mixture: each sample's mask drawn uniformly)",
-        "",
-        "| n | Jacobi, device | numpy stepping sampler, CPU | Jacobi / CPU | Jacobi passes, mean / max |",
-        "|---|---|---|---|---|",
-    ]
-    for n in sizes.sample_ns:
-        u_n, ks_n = eng_cpu.noise(n, seed=1)
-        jac = rows_per_second(lambda: jacobi.run(ks_n, u_n), n, sizes.min_seconds)  # noqa: B023
-        step = rows_per_second(lambda: eng_cpu.sample_from_noise(u_n, ks_n), n, sizes.min_seconds)  # noqa: B023
-        p = jacobi.run(ks_n, u_n).passes
-        lines.append(f"| {n} | {jac:,.0f} | {step:,.0f} | {jac / step:.2f} | {p.mean():.1f} / {p.max()} |")
-    lines += ["", "Target (issue 16): n = 10000 at >= 30x the CPU sampler of the same machine.", ""]
-
-    # imputation
-    missing = eng_cpu.orderings[0][model.dims // 2 :]
-    lines += [
-        "## Imputation, rows/s (the second half of mask 0's ordering missing, 10 samples a row)",
-        "",
-        "| rows | exact rows | engine on the device, numpy sampler | engine on the device, Jacobi sampler "
-        "| CPU engine |",
-        "|---|---|---|---|---|",
-    ]
-    for n in sizes.impute_rows:
-        xi = np.resize(x, (n, model.dims)).copy()
-        xi[:, missing] = np.nan
-        exact = int(eng_cpu.exact_rows(~np.isnan(xi)).sum())
-        stepping = eng_dev.sampler
-        numpy_rate = rows_per_second(lambda: eng_dev.impute(xi, 10, seed=0), n, sizes.min_seconds)  # noqa: B023
-        eng_dev.sampler = jacobi  # type: ignore[assignment]  # the same run_masks interface
+    def logprob_step(lines: list[str]) -> None:
+        lines += [
+            "## log p(x), rows/s (fraction of the roofline)",
+            "",
+            "| batch | masks | engine per-mask passes, device | scores graph, device | scores graph + host checks "
+            "(Engine.logprob) | CPU engine |",
+            "|---|---|---|---|---|---|",
+        ]
         try:
-            jac_rate = rows_per_second(lambda: eng_dev.impute(xi, 10, seed=0), n, sizes.min_seconds)  # noqa: B023
-        finally:
-            eng_dev.sampler = stepping
-        cpu_rate = rows_per_second(lambda: eng_cpu.impute(xi, 10, seed=0), n, sizes.min_seconds)  # noqa: B023
-        lines.append(f"| {n} | {exact} | {numpy_rate:,.1f} | {jac_rate:,.1f} | {cpu_rate:,.1f} |")
-    lines.append("")
+            for b in sizes.batches:
+                xb = np.resize(x, (b, model.dims))
+                xf = xb.astype(np.float32)
+                for label, ks_b in (("one (0)", [0]), (f"mixture of {model.n_masks}", k_all)):
+                    masks_arg: Any = 0 if len(ks_b) == 1 else "all"
+                    eng_dev.graph_scores_enabled = False
+                    per_mask = rows_per_second(
+                        lambda: _logmeanexp(eng_dev.mask_logliks(xb, ks_b), axis=0),  # noqa: B023
+                        b,
+                        sizes.min_seconds,
+                    )
+                    eng_dev.graph_scores_enabled = True
+                    graph = rows_per_second(lambda: scores.scores(xf, ks_b), b, sizes.min_seconds)  # noqa: B023
+                    full = rows_per_second(lambda: eng_dev.logprob(xb, masks=masks_arg), b, sizes.min_seconds)  # noqa: B023
+                    eng_dev.graph_scores_enabled = None
+                    cpu_cell = "n/a"
+                    if b <= sizes.cpu_batch_max:
+                        rate = rows_per_second(lambda: eng_cpu.logprob(xb, masks=masks_arg), b, sizes.min_seconds)  # noqa: B023
+                        cpu_cell = f"{rate:,.0f} ({fraction(rate, len(ks_b))})"
+                    lines.append(
+                        f"| {b} | {label} | {per_mask:,.0f} ({fraction(per_mask, len(ks_b))}) | {graph:,.0f} "
+                        f"({fraction(graph, len(ks_b))}) | {full:,.0f} ({fraction(full, len(ks_b))}) | {cpu_cell} |"
+                    )
+        finally:  # a step that broke off leaves the engine as the service runs it
+            eng_dev.graph_scores_enabled = None
+        lines += [
+            "",
+            "The CPU engine's fraction is of the device's roofline. Targets (issue 16): the mixture at batch "
+            "8192 at >= 0.5 of the roofline.",
+            "",
+        ]
 
-    # latency
-    x1 = x[:1]
-    u1, k1 = eng_cpu.noise(1, seed=2)
-    lines += ["## Single-row latency, ms", "", "| call | p50 | p99 |", "|---|---|---|"]
-    for label, fn in (
-        ("logprob, mixture, device engine", lambda: eng_dev.logprob(x1)),
-        ("logprob, one mask, device engine", lambda: eng_dev.logprob(x1, masks=0)),
-        ("logprob, mixture, CPU engine", lambda: eng_cpu.logprob(x1)),
-        ("sample n=1, Jacobi on the device", lambda: jacobi.run(k1, u1)),
-        ("sample n=1, numpy stepping sampler", lambda: eng_cpu.sample_from_noise(u1, k1)),
-    ):
-        p50, p99 = latencies(fn, sizes.latency_calls)
-        lines.append(f"| {label} | {p50:.3f} | {p99:.3f} |")
-    lines += ["", f"{sizes.latency_calls} calls each.", ""]
+    def sampling_step(lines: list[str]) -> None:
+        lines += [
+            "## Sampling, samples/s (mixture: each sample's mask drawn uniformly)",
+            "",
+            "| n | Jacobi, device | numpy stepping sampler, CPU | Jacobi / CPU | Jacobi passes, mean / max |",
+            "|---|---|---|---|---|",
+        ]
+        for n in sizes.sample_ns:
+            u_n, ks_n = eng_cpu.noise(n, seed=1)
+            jac = rows_per_second(lambda: jacobi.run(ks_n, u_n), n, sizes.min_seconds)  # noqa: B023
+            step = rows_per_second(lambda: eng_cpu.sample_from_noise(u_n, ks_n), n, sizes.min_seconds)  # noqa: B023
+            p = jacobi.run(ks_n, u_n).passes
+            lines.append(f"| {n} | {jac:,.0f} | {step:,.0f} | {jac / step:.2f} | {p.mean():.1f} / {p.max()} |")
+        lines += ["", "Target (issue 16): n = 10000 at >= 30x the CPU sampler of the same machine.", ""]
+
+    def imputation_step(lines: list[str]) -> None:
+        missing = eng_cpu.orderings[0][model.dims // 2 :]
+        lines += [
+            "## Imputation, rows/s (the second half of mask 0's ordering missing, 10 samples a row)",
+            "",
+            "| rows | exact rows | engine on the device, numpy sampler | engine on the device, Jacobi sampler "
+            "| CPU engine |",
+            "|---|---|---|---|---|",
+        ]
+        for n in sizes.impute_rows:
+            xi = np.resize(x, (n, model.dims)).copy()
+            xi[:, missing] = np.nan
+            exact = int(eng_cpu.exact_rows(~np.isnan(xi)).sum())
+            stepping = eng_dev.sampler
+            numpy_rate = rows_per_second(lambda: eng_dev.impute(xi, 10, seed=0), n, sizes.min_seconds)  # noqa: B023
+            eng_dev.sampler = jacobi  # type: ignore[assignment]  # the same run_masks interface
+            try:
+                jac_rate = rows_per_second(lambda: eng_dev.impute(xi, 10, seed=0), n, sizes.min_seconds)  # noqa: B023
+            finally:
+                eng_dev.sampler = stepping
+            cpu_rate = rows_per_second(lambda: eng_cpu.impute(xi, 10, seed=0), n, sizes.min_seconds)  # noqa: B023
+            lines.append(f"| {n} | {exact} | {numpy_rate:,.1f} | {jac_rate:,.1f} | {cpu_rate:,.1f} |")
+        lines.append("")
+
+    def latency_step(lines: list[str]) -> None:
+        x1 = x[:1]
+        u1, k1 = eng_cpu.noise(1, seed=2)
+        lines += ["## Single-row latency, ms", "", "| call | p50 | p99 |", "|---|---|---|"]
+        for label, fn in (
+            ("logprob, mixture, device engine", lambda: eng_dev.logprob(x1)),
+            ("logprob, one mask, device engine", lambda: eng_dev.logprob(x1, masks=0)),
+            ("logprob, mixture, CPU engine", lambda: eng_cpu.logprob(x1)),
+            ("sample n=1, Jacobi on the device", lambda: jacobi.run(k1, u1)),
+            ("sample n=1, numpy stepping sampler", lambda: eng_cpu.sample_from_noise(u1, k1)),
+        ):
+            p50, p99 = latencies(fn, sizes.latency_calls)
+            lines.append(f"| {label} | {p50:.3f} | {p99:.3f} |")
+        lines += ["", f"{sizes.latency_calls} calls each.", ""]
 
     seconds = args.http_seconds if args.http_seconds is not None else sizes.http_seconds
-    lines += http_throughput(model, x, dry, seconds, args.http_clients)
-    lines += [f"The whole run took {time.perf_counter() - started:.0f} s.", ""]
-    lines += HOW_TO.splitlines()
-    return "\n".join(lines) + "\n", ok
+    report.step("Roofline", roofline_step)
+    report.step("log p(x)", logprob_step)
+    report.step("Sampling", sampling_step)
+    report.step("Imputation", imputation_step)
+    report.step("Single-row latency", latency_step)
+    report.step(
+        "HTTP throughput", lambda lines: lines.extend(http_throughput(model, x, dry, seconds, args.http_clients))
+    )
+    report.add([*report.timings(started), "", *HOW_TO.splitlines()])
+    return ok
 
 
 HOW_TO = """## How to re-measure
 
 The device machine is bare and reaches no registry: the onnxruntime-gpu wheel (built for CUDA 13,
-~256 MB) travels from here in chunks of under 60 MB, one chunk per device call (a call carries
-at most 64 MiB with the working tree; git-ignored files carried by earlier calls stay while the
-machine is warm). numpy, onnx, pillow, CUDA 13 and cuDNN 9 (PyTorch's nvidia-* packages) are
-already there.
+244 MiB) travels from here in chunks, one chunk per device call (a call carries at most 64 MiB
+with the working tree; git-ignored files carried by earlier calls stay while the machine is
+warm). numpy, onnx, pillow, CUDA 13 and cuDNN 9 (PyTorch's nvidia-* packages) are already there.
 
 1. Here, with network: `scripts/gpu_bundle.sh prepare` downloads `onnxruntime-gpu==1.31.1`
    (cp312, manylinux x86_64) with `pip download` into `.gpu/wheels/`, splits it into
-   `.gpu/chunks/ort.part-NN` (48 MiB each; `CHUNK_MB=` to change) with `SHA256SUMS`, and copies
+   `.gpu/chunks/ort.part-NN` with `SHA256SUMS`, each chunk as large as a call carries beside the
+   working tree, less 2 MiB (53 MiB with the 9 MiB tree; `CHUNK_MB=` to choose), and copies
    `binarized_mnist.npz` (test rows for the parity check) into `.gpu/data/`. For the HTTP step it
    also downloads the serving wheels into `.gpu/serve-wheels/` (pyproject.toml's dependencies but
    numpy, onnx and pillow, with everything they need, for Python 3.12, at the versions of the
    virtualenv here; never plain onnxruntime: 20 wheels, 3.9 MiB) and copies the load generator
    `hey` (6.3 MiB, a Go binary that links only libc; `HEY=PATH` for another) into `.gpu/bin/`.
-   `.gpu/` is git-ignored. It prints the device calls to make and what each carries.
+   `.gpu/` is git-ignored. It prints the device calls to make and what each carries. Run it again
+   after the working tree has grown: the chunks are sized for the tree it saw.
 2. On the device, the calls back to back (the machine stays warm 30 s after a call). With
-   1.31.1 and the ~9 MiB working tree, six:
+   1.31.1 and the 9 MiB working tree, five:
 
-   - calls 1 to 5, one chunk a call (57 MiB each with the tree), command `true`:
+   - calls 1 to 4, one chunk a call (61 MiB each with the tree), command `true`:
      carry `[".gpu/chunks/ort.part-00"]`, then `[".gpu/chunks/ort.part-01"]`, and so on to
-     `[".gpu/chunks/ort.part-04"]`;
-   - call 6 (26 MiB), carry
-     `[".gpu/chunks/ort.part-05", ".gpu/chunks/SHA256SUMS", ".gpu/data", ".gpu/serve-wheels", ".gpu/bin"]`,
-     command `PYTHONUNBUFFERED=1 bash scripts/gpu_bundle.sh run --write --out $OUT/gpu-check.md`.
+     `[".gpu/chunks/ort.part-03"]`;
+   - call 5 (58 MiB), carry
+     `[".gpu/chunks/ort.part-04", ".gpu/chunks/SHA256SUMS", ".gpu/data", ".gpu/serve-wheels", ".gpu/bin"]`,
+     command `PYTHONUNBUFFERED=1 bash scripts/gpu_bundle.sh run --write --out $OUT/gpu-check.md`,
+     with `timeout_s` all the device time that is left, less a minute.
 
    (Where `.gpu/serve-wheels` and `.gpu/bin` would not fit beside the last chunk, prepare prints
    a call of their own, command `true`, before the last.) The last call checks and assembles the
    wheel, installs it and the serving wheels with `pip install --no-index --no-deps --target
    /tmp/site`, puts `hey` on `PATH` and the nvidia-* libraries on `LD_LIBRARY_PATH`, and runs
    bench/gpu_check.py (a few minutes, the HTTP step about two of them). Copy the returned
-   `gpu-check.md` over docs/gpu-check.md.
+   `gpu-check.md` over docs/gpu-check.md. The report is rewritten after each step, so a call
+   that runs out of time still returns every step it finished, the file then ending with a line
+   that says the run did not finish; a step that fails on the device is reported in its own
+   section and the steps after it still run. The report's last lines give each step's seconds,
+   to size the next run.
 3. HTTP under 64 clients (issue 16, part 4) is gpu_check's last step, in that same call:
    `made serve` (`python3 -m made.cli serve` from the checkout, nothing installed) on a store
    holding the model alone, first with `MADE_PROVIDERS=cuda`, then with `MADE_PROVIDERS=cpu`, on
@@ -731,12 +814,15 @@ already there.
    line. Each server in turn, each request in turn: `hey -c 64 -z 10s` (after 1 s not counted)
    POSTing /logprob with 1 row and with 64 rows of the parity set, and /sample with n=64 (JSON
    lists): req/s, p50/p99, answers other than 200, and CUDA/CPU against the 5x target. `--http-seconds` and
-   `--http-clients` change the length and the clients. Without `hey` or the serving wheels the
-   step says so and is skipped; the rest of the report stands.
+   `--http-clients` change the length and the clients (`--http-seconds 0` skips the step). Without
+   `hey` or the serving wheels the step says so and is skipped; the rest of the report stands.
 
 Here, without a GPU: `python bench/gpu_check.py --cpu-dry-run` runs every step on the CPU provider
 with small sizes, the HTTP step's two servers both on the CPU provider for 2 s a request
-(tests/test_gpu_check.py runs it on a tiny model).
+(tests/test_gpu_check.py runs it on a tiny model). The whole procedure, the wheel's chunks and
+the device's Python included, was rehearsed on a CPU machine in a Python 3.12 virtualenv holding
+what the device holds (numpy, onnx, pillow, onnxruntime 1.30.0): `PATH=VENV/bin:$PATH bash
+scripts/gpu_bundle.sh run --cpu-dry-run --write --out /tmp/gpu-check.md`.
 """
 
 
@@ -768,14 +854,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.write and args.out is None and args.cpu_dry_run:
         parser.error("--cpu-dry-run --write needs --out: a dry run must not replace docs/gpu-check.md")
     out = Path(args.out) if args.out else ROOT / "docs" / "gpu-check.md"
+    report = Report(out if args.write else None)
     try:
-        report, ok = run(args)
+        ok = run(args, report)
     except CheckFailed as exc:
         print(f"gpu_check: {exc}", file=sys.stderr)
         return exc.status
-    print(report)
-    if args.write:
-        out.write_text(report)
+    report.finish()
+    status = 0
+    if report.failed:
+        print(f"gpu_check: these steps failed: {', '.join(report.failed)} (see their sections)", file=sys.stderr)
+        status = 1
     if not ok:
         print(
             f"gpu_check: the device's answers differ from the CPU's by more than {args.tolerance:g} nats or "
@@ -783,8 +872,8 @@ def main(argv: list[str] | None = None) -> int:
             "provider options above, or set NVIDIA_TF32_OVERRIDE=0)",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        status = 1
+    return status
 
 
 if __name__ == "__main__":

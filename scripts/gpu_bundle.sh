@@ -7,8 +7,9 @@
 #                                        assemble and install the wheels, run bench/gpu_check.py ARGS
 #
 # prepare: `pip download` of onnxruntime-gpu (cp312, manylinux x86_64: the device's Python 3.12)
-# into .gpu/wheels/, split into .gpu/chunks/ort.part-NN of CHUNK_MB (default 48: a device call
-# carries at most 64 MiB with the ~10 MB working tree), .gpu/chunks/SHA256SUMS naming the wheel,
+# into .gpu/wheels/, split into .gpu/chunks/ort.part-NN of CHUNK_MB (default: as large as a device
+# call carries beside the working tree, 64 MiB in all, less 2 MiB: fewer calls, and each call
+# costs device time), .gpu/chunks/SHA256SUMS naming the wheel,
 # and binarized_mnist.npz (parity rows) in .gpu/data/. For gpu_check's HTTP step (`made serve`
 # under `hey -c 64`): the service's runtime dependencies (pyproject.toml's but numpy, onnx and
 # pillow, which the device has) with everything they need, resolved for Python 3.12 and pinned
@@ -19,7 +20,7 @@
 set -euo pipefail
 
 ORT_VERSION="${ORT_VERSION:-1.31.1}"   # built for CUDA 13 (the device's driver and libraries)
-CHUNK_MB="${CHUNK_MB:-48}"
+CHUNK_MB="${CHUNK_MB:-auto}"  # auto: what fits beside the working tree in one call, less 2 MiB
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GPU="$ROOT/.gpu"
 CALL_LIMIT=$((64 << 20))  # bytes one device call carries, the working tree included
@@ -72,8 +73,14 @@ prepare() {
     mkdir -p "$GPU/wheels" "$GPU/chunks" "$GPU/data"
     "$python" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         "${PLATFORMS[@]}" -d "$GPU/wheels" "onnxruntime-gpu==$ORT_VERSION"
-    local wheel
+    local wheel tree
     wheel="$(ls "$GPU/wheels"/onnxruntime_gpu-"$ORT_VERSION"-*.whl | head -n 1)"
+    tree="$(tree_bytes)"
+    if [ "$CHUNK_MB" = auto ]; then CHUNK_MB=$(((CALL_LIMIT - tree) / 1048576 - 2)); fi
+    if [ "$CHUNK_MB" -lt 1 ]; then
+        echo "gpu_bundle: the working tree ($(mib "$tree")) leaves no room for the wheel in a call" >&2
+        exit 2
+    fi
     rm -f "$GPU/chunks"/ort.part-* "$GPU/chunks/SHA256SUMS"
     split -b "${CHUNK_MB}M" -d -a 2 "$wheel" "$GPU/chunks/ort.part-"
     (cd "$GPU/wheels" && sha256sum "$(basename "$wheel")") > "$GPU/chunks/SHA256SUMS"
@@ -90,10 +97,9 @@ prepare() {
     fi
 
     # sizes: each call carries the working tree and its own paths, at most CALL_LIMIT together
-    local tree serve_bytes last_bytes
+    local serve_bytes last_bytes
     local serve=(".gpu/serve-wheels")
     [ -d "$GPU/bin" ] && serve+=(".gpu/bin")
-    tree="$(tree_bytes)"
     serve_bytes="$(cd "$ROOT" && bytes_of "${serve[@]}")"
     local parts=("$GPU/chunks"/ort.part-*)
     local last=$((${#parts[@]} - 1))

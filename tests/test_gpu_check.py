@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -78,6 +79,76 @@ def test_the_cpu_dry_run_measures_every_step_and_writes_its_report(tmp_path: Pat
         assert float(dev_rps.replace(",", "")) > 0 and float(cpu_rps.replace(",", "")) > 0
         assert errors == "0 / 0" and float(ratio) > 0
     assert "at >= 5x the CPU provider's req/s with 64 clients: met by" in report
+
+
+def dry_run_args(tmp_path: Path, out: Path) -> list[str]:
+    store = write_random_model(tmp_path, "t", 10, [16, 16], 3, order_agnostic=True, direct=True)
+    return ["--cpu-dry-run", "--store", str(store), "--model", "t", "--write", "--out", str(out), "--http-seconds", "0"]
+
+
+def test_a_step_that_fails_is_reported_in_its_section_and_the_others_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpu_check_module = load_gpu_check()
+    real_latencies = gpu_check_module.latencies
+    calls = []
+
+    def broken(*args: object) -> float:
+        raise RuntimeError("CUDA failure 700: an illegal memory access\nwas encountered")
+
+    def third_breaks(*args: Any) -> tuple[float, float]:
+        calls.append(args)
+        if len(calls) == 3:
+            raise MemoryError("out of device memory")
+        return real_latencies(*args)
+
+    monkeypatch.setattr(gpu_check_module, "roofline", broken)
+    monkeypatch.setattr(gpu_check_module, "latencies", third_breaks)
+    out = tmp_path / "report.md"
+    assert gpu_check_module.main(dry_run_args(tmp_path, out)) == 1
+    report = out.read_text()
+    assert report == capsys.readouterr().out  # every step printed once, as it ended
+    assert (
+        "## Roofline\n\n**This step failed**: RuntimeError: CUDA failure 700: an illegal memory access was "
+        "encountered (traceback on stderr).\n" in report
+    )
+    # the steps after it measured all the same; without a roofline their fractions are n/a
+    logprob = report.split("## log p(x), rows/s", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"^\| 64 \| mixture of 3 \| [\d,]+ \(n/a\) \|", logprob, re.M), logprob
+    for section in ("## Sampling, samples/s", "## Imputation, rows/s"):
+        assert section in report
+    # a step that breaks off keeps the rows it measured before
+    latency = report.split("## Single-row latency, ms", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (logprob, [^|]+) \| [\d.]+ \| [\d.]+ \|$", latency, re.M)
+    assert rows == ["logprob, mixture, device engine", "logprob, one mask, device engine"], latency
+    assert "**This step failed**: MemoryError: out of device memory (traceback on stderr)." in latency
+    assert "calls each" not in latency
+    assert "Skipped: --http-seconds 0." in report
+    assert "Parity with the CPU, tolerance 0.0001 nats: passed" in report
+    assert gpu_check_module.UNFINISHED not in report and report.endswith(gpu_check_module.HOW_TO)
+
+
+def test_a_run_stopped_midway_leaves_the_steps_it_finished_marked_unfinished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpu_check_module = load_gpu_check()
+    steps_seen = []
+
+    def stopped(*args: object) -> tuple[float, float]:
+        steps_seen.append(Path(out).read_text())  # what was on disk while the latency step ran
+        raise KeyboardInterrupt  # as a kill would: no step catches it
+
+    monkeypatch.setattr(gpu_check_module, "latencies", stopped)
+    out = tmp_path / "report.md"
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check_module.main(dry_run_args(tmp_path, out))
+    report = out.read_text()
+    assert report == steps_seen[0]
+    assert report.endswith(f"\n{gpu_check_module.UNFINISHED}\n")
+    for section in ("Parity with the CPU", "## Roofline", "## log p(x), rows/s", "## Sampling", "## Imputation"):
+        assert section in report
+    assert "## Single-row latency" not in report and "## How to re-measure" not in report
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
 def test_a_dry_run_does_not_overwrite_the_measured_document() -> None:
