@@ -1,6 +1,6 @@
 """The curl examples of the API docs, with their real output, and the picture of samples.
 
-    .venv/bin/python scripts/readme_examples.py [--store model_store] [--doc docs/api.md]
+    .venv/bin/python scripts/readme_examples.py [--store model_store] [--doc README.md]
 
 Starts `made serve` on a free loopback port, runs each example below with bash and curl (jq
 for the shell variables), and writes the commands and their outputs between the markers
@@ -209,7 +209,7 @@ def render(output: str) -> tuple[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=ROOT / "model_store")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "api.md")
+    parser.add_argument("--doc", type=Path, default=ROOT / "README.md")
     parser.add_argument("--picture", type=Path, default=ROOT / "docs" / "samples.png")
     parser.add_argument("--table-picture", type=Path, default=ROOT / "docs" / "tables.png")
     parser.add_argument("--denoise-picture", type=Path, default=ROOT / "docs" / "denoise.png")
