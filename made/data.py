@@ -118,17 +118,39 @@ def _image_shape(name: str, dims: int) -> list[int] | None:
 
 
 def _load_npz(path: Path, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {s: check_binary(a, f"{path}[{s}]") for s, a in read_npz(path, splits).items()}
+
+
+def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz archive, never unpickled. Otherwise a one-line DataError that
+    names the file and what is wrong: not an .npz archive at all, a lone .npy array, a missing
+    array, object arrays (which only unpickling could read), a damaged archive. The file is
+    opened here, so that it is closed whatever numpy makes of it."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [s for s in splits if s not in npz.files]
-            if missing:
-                have = ", ".join(npz.files) or "nothing"
-                raise DataError(f"{path} has no '{missing[0]}' array (it has: {have})")
-            return {s: check_binary(npz[s], f"{path}[{s}]") for s in splits}
+        with open(path, "rb") as f:
+            head = f.read(6)
+            if head == b"\x93NUMPY":
+                raise DataError(
+                    f"{path} is a .npy file (one array); expected an .npz archive of named arrays: {', '.join(keys)}"
+                )
+            if not head.startswith(b"PK"):  # every zip archive, an empty one included
+                raise DataError(f"{path} is not an .npz archive (numpy's zip of named arrays, as numpy.savez writes)")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as npz:
+                missing = [k for k in keys if k not in npz.files]
+                if missing:
+                    have = ", ".join(npz.files) or "nothing"
+                    raise DataError(f"{path} has no '{missing[0]}' array (it has: {have})")
+                return {k: npz[k] for k in keys}
     except DataError:
         raise
-    except Exception as exc:  # zip errors, pickled object arrays, truncated files
-        raise DataError(f"cannot read {path} as .npz: {exc}") from None
+    except Exception as exc:  # unreadable, zip errors, truncated files, object arrays
+        if isinstance(exc, ValueError) and "pickle" in str(exc):
+            raise DataError(
+                f"{path} holds object arrays, which only unpickling could read: save numeric arrays"
+            ) from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        raise DataError(f"cannot read {path} as .npz: {why or type(exc).__name__}") from None
 
 
 def _split_files(path: Path) -> dict[str, Path]:
@@ -295,16 +317,7 @@ def load_intensities(path: str | Path, binary_train: np.ndarray, key: str = "tra
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"grayscale image file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if key not in npz.files:
-                have = ", ".join(npz.files) or "nothing"
-                raise DataError(f"{path} has no '{key}' array (it has: {have})")
-            images = npz[key]
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"cannot read {path} as .npz: {exc}") from None
+    images = read_npz(path, (key,))[key]
     n, d = binary_train.shape
     if images.dtype != np.uint8:
         raise DataError(f"{path}[{key}] holds {images.dtype}, expected uint8 intensities 0..255")

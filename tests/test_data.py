@@ -238,6 +238,33 @@ def test_malformed_arrays_and_files_are_refused(tmp_path: Path) -> None:
     assert "unsupported" in _data_error(tmp_path / "x.parquet")
 
 
+def test_files_that_are_not_npz_archives_are_refused_saying_what_they_are(tmp_path: Path) -> None:
+    """Never numpy's fallback advice to unpickle: a text file, a lone .npy array, object arrays,
+    a truncated archive and an empty one each get their own reason, in one line."""
+    (tmp_path / "text.npz").write_text("0,1,1\n1,0,0\n")
+    message = _data_error(tmp_path / "text.npz")
+    assert "text.npz is not an .npz archive" in message and "pickle" not in message
+    np.save(tmp_path / "one.npy", _matrix(4, 3, 0))
+    (tmp_path / "one.npz").write_bytes((tmp_path / "one.npy").read_bytes())
+    assert "one.npz is a .npy file (one array); expected an .npz archive of named arrays: train, valid, test" in (
+        _data_error(tmp_path / "one.npz")
+    )
+    splits = {s: _matrix(4, 3, i) for i, s in enumerate(("train", "valid", "test"))}
+    np.savez(tmp_path / "objects.npz", **{**splits, "train": np.array([[0, 1], [1]], dtype=object)})
+    message = _data_error(tmp_path / "objects.npz")
+    assert "objects.npz holds object arrays, which only unpickling could read" in message
+    assert "allow_pickle" not in message
+    np.savez(tmp_path / "whole.npz", **splits)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:300])
+    assert "cannot read" in _data_error(tmp_path / "cut.npz") and "cut.npz as .npz" in _data_error(tmp_path / "cut.npz")
+    np.savez(tmp_path / "empty.npz")
+    assert "empty.npz has no 'train' array (it has: nothing)" in _data_error(tmp_path / "empty.npz")
+    # the grayscale images behind --rebinarize are read the same way
+    with pytest.raises(DataError, match="text.npz is not an .npz archive"):
+        load_intensities(tmp_path / "text.npz", splits["train"])
+    assert load_dataset(str(tmp_path / "whole.npz")).split("train").shape == (4, 3)
+
+
 def test_a_model_of_other_dimensions_is_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "d5.npz", train=_matrix(20, 5, 0), valid=_matrix(5, 5, 1), test=_matrix(5, 5, 2))
     cfg = TrainConfig(dataset=str(tmp_path / "d5.npz"), model=MADEConfig(dims=7, hidden=[8]))
