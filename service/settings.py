@@ -98,12 +98,15 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and overrides; a bad value is one line, not a traceback."""
+    """Settings from the environment and overrides (a command's options: `port` is `--port`); a
+    bad value is one line naming where it came from, not a traceback."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = "MADE_" + "_".join(str(p) for p in err["loc"]).upper()
+        field = "_".join(str(p) for p in err["loc"])
+        name = f"--{field.replace('_', '-')}" if field in given else f"MADE_{field.upper()}"
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{name}: {msg} (got {err.get('input')!r})") from None
 

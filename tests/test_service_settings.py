@@ -53,3 +53,13 @@ def test_a_bad_value_is_one_line_naming_the_variable(
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bad_option_is_named_as_the_option_and_a_bad_variable_as_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^--port: Input should be less than or equal to 65535 \(got 99999\)$"):
+        load_settings(port=99999)
+    monkeypatch.setenv("MADE_WORKERS", "0")
+    with pytest.raises(ConfigError, match=r"^MADE_WORKERS: Input should be greater than or equal to 1"):
+        load_settings(port=8000, workers=None)
