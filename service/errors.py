@@ -119,6 +119,34 @@ def _format_loc(loc: Sequence[Any]) -> str:
     return where
 
 
+def unreadable_body(exc: StarletteHTTPException) -> str | None:
+    """What made a request body unreadable where FastAPI says only "There was an error parsing
+    the body" (a 400 raised from the decoding error): bytes that are not UTF-8, or JSON nested
+    deeper than the parser's recursion; None for any other HTTP error."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1].hex()
+        return f"the request body is not valid JSON (not UTF-8: byte 0x{byte} at position {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the request body is not valid JSON here: its arrays or objects nest too deeply"
+    return None
+
+
+def compressed(request: Request) -> JSONResponse | None:
+    """The 415 for a body sent with a Content-Encoding (only the /v2 inference endpoints decode
+    gzip and deflate), once that body failed to parse as JSON; None for a plain body."""
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    detail = (
+        f"Content-Encoding '{coding}' is not supported here: send the request body uncompressed "
+        "(the /v2 inference endpoints take gzip and deflate)"
+    )
+    return error_response(415, "unsupported_media_type", detail)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """The one place where exceptions become HTTP responses; no traceback ever reaches a client."""
 
@@ -137,6 +165,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if exc.errors() and exc.errors()[0].get("type") == "json_invalid" and (refused := compressed(request)):
+            return refused
         errors = [
             {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e), "type": e.get("type")}
             for e in exc.errors()
@@ -160,6 +190,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = unreadable_body(exc)
+        if unreadable is not None and (refused := compressed(request)):
+            return refused
+        if unreadable is not None:  # the same answer as a body that is not JSON
+            errors = [{"loc": ["body"], "msg": unreadable, "type": "json_invalid"}]
+            return error_response(422, "invalid_input", unreadable, errors=errors)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and detail == "Not Found":

@@ -255,6 +255,10 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         obj = json.loads(head)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"the inference request is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidInput(
+            "the inference request is not valid JSON here: its arrays or objects nest too deeply"
+        ) from None
     if not isinstance(obj, dict):
         raise InvalidInput("the inference request must be a JSON object with inputs")
     try:

@@ -3,6 +3,7 @@ agree with the engine, errors are 4xx with one sentence naming what was wrong, n
 
 from __future__ import annotations
 
+import gzip
 import hmac
 import io
 import json
@@ -227,6 +228,33 @@ async def test_a_body_sent_as_another_media_type_is_415(made: InProcessClient) -
     r = await made.http.post("/logprob", content=body)  # no Content-Type at all
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body"]
     assert "Content-Type: application/json" in r.json()["detail"]
+
+
+async def test_bodies_that_cannot_be_read_as_json_say_why(made: InProcessClient) -> None:
+    """FastAPI says only "There was an error parsing the body" (400) for these; we say what."""
+    json_headers = {"Content-Type": "application/json"}
+    r = await made.http.post("/logprob", content=b'{"x": "\xff\xfe"}', headers=json_headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == "the request body is not valid JSON (not UTF-8: byte 0xff at position 7)"
+    assert r.json()["errors"] == [{"loc": ["body"], "msg": r.json()["detail"], "type": "json_invalid"}]
+    deep = b'{"n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for path in ("/logprob", "/sample"):
+        r = await made.http.post(path, content=deep, headers=json_headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == "the request body is not valid JSON here: its arrays or objects nest too deeply"
+    # a compressed body: we do not decode Content-Encoding, and say so (415, as RFC 9110 asks)
+    body = gzip.compress(json.dumps({"n": 1, "seed": 0}).encode())
+    r = await made.http.post("/sample", content=body, headers={**json_headers, "Content-Encoding": "gzip"})
+    assert r.status_code == 415, r.text
+    assert r.json()["type"] == "unsupported_media_type" and r.headers["x-request-id"] == r.json()["request_id"]
+    assert r.json()["detail"] == (
+        "Content-Encoding 'gzip' is not supported here: send the request body uncompressed (the /v2 inference "
+        "endpoints take gzip and deflate)"
+    )
+    r = await made.http.post(
+        "/sample", content=b'{"n": 1, "seed": 0}', headers={**json_headers, "Content-Encoding": "identity"}
+    )
+    assert r.status_code == 200 and len(r.json()["samples"]) == 1
 
 
 async def test_a_wrong_width_names_its_field_in_errors(made: InProcessClient) -> None:
