@@ -52,7 +52,7 @@ def value_loglik(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarr
         jacobian = -np.log(col.scale) - (transformed(col, v) if col.transform == "log" else 0.0)
         return np.logaddexp.reduce(log_w + log_pdf, axis=1) + np.ravel(jacobian)
     lo, hi = bin_edges(col, v)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # a bin float64 cannot resolve: -inf
         width = hi - lo  # inf where the bin starts at -inf
         a_hi, a_lo = (hi - mu) * inv_s, (lo - mu) * inv_s
         log_mass = log_sigmoid(a_hi) + log_sigmoid(-a_lo) + np.log(-np.expm1(-width * inv_s))

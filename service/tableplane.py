@@ -12,7 +12,7 @@ import numpy as np
 from made.errors import InvalidInput
 from made.schema import ABSENT, Schema
 from service.engine.bit_columns import BitColumns
-from service.engine.table_engine import TableConditionals, TableEngine
+from service.engine.table_engine import ImpossibleEvidence, TableConditionals, TableEngine
 from service.records import decode_records, parse_given, parse_records
 from service.schemas import (
     ConditionalsRequest,
@@ -170,9 +170,12 @@ class TablePlane:
         if mask is not None:
             raise InvalidInput("given samples from the mixture of every mask; leave mask out", loc=("mask",))
         row = parse_given(engine.schema, req.given)
-        result = await self._timed(
-            self._in_thread(engine.impute, row[None, :], n_samples=req.n, seed=seed, n_importance=max(req.n, 1000))
-        )
+        try:
+            result = await self._timed(
+                self._in_thread(engine.impute, row[None, :], n_samples=req.n, seed=seed, n_importance=max(req.n, 1000))
+            )
+        except ImpossibleEvidence as exc:
+            raise InvalidInput(f"given: {exc.reason()}", loc=("given",)) from None
         return SampleResponse.model_construct(
             model=engine.name,
             version=engine.version,
@@ -197,9 +200,14 @@ class TablePlane:
             )
         self._check_draws(values, engine, req.n_importance)
         seed = req.seed if req.seed is not None else self._new_seed()
-        r = await self._timed(
-            self._in_thread(engine.impute, values, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance)
-        )
+        try:
+            r = await self._timed(
+                self._in_thread(
+                    engine.impute, values, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance
+                )
+            )
+        except ImpossibleEvidence as exc:
+            raise InvalidInput(f"records[{exc.row}]: {exc.reason()}", loc=("records", exc.row)) from None
         filled = _point_fill(engine.schema, values, r.distributions)
         return ImputeResponse.model_construct(
             model=engine.name,

@@ -129,6 +129,30 @@ async def test_numbers_in_records(made: InProcessClient) -> None:
     assert status == 200 and all(np.isfinite(body["logprob"]))
 
 
+async def test_known_values_of_probability_zero_are_a_422_naming_them_not_a_500(made: InProcessClient) -> None:
+    """A size of 1e300 is a rounding bin too narrow for float64: probability zero under every
+    mask. /logprob says so with null; conditioning on it (impute, sample given) is refused."""
+    status, body = await post(made, "/logprob", {"model": "mixed", "records": [{"kind": "x", "size": 1e300}]})
+    assert status == 200 and body["logprob"] == [None], body
+    records = [{"kind": "x", "size": 2.5}, {"kind": "x", "size": 1e300}]
+    for n_importance in (50, 1000):
+        status, body = await post(
+            made, "/impute", {"model": "mixed", "records": records, "seed": 0, "n_importance": n_importance}
+        )
+        assert status == 422, body
+        assert body["detail"].startswith(
+            "records[1]: the known values have probability zero under the model (column 'size'), to float64 precision"
+        )
+        assert body["errors"][0]["loc"] == ["body", "records", 1]
+    # every mask that puts size first makes the row exact: the same answer from the exact path
+    status, body = await post(made, "/impute", {"model": "mixed", "records": [{"size": 1e300}], "seed": 0})
+    assert status == 422 and body["detail"].startswith("records[0]: the known values have probability zero"), body
+    status, body = await post(made, "/sample", {"model": "mixed", "n": 2, "seed": 0, "given": {"size": 1e300}})
+    assert status == 422, body
+    assert body["detail"].startswith("given: the known values have probability zero under the model (column 'size')")
+    assert body["errors"][0]["loc"] == ["body", "given"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "detail"),
     [

@@ -47,6 +47,23 @@ class TableLogProb:
     stderr: np.ndarray  # (N,) 0 where exact
 
 
+class ImpossibleEvidence(InvalidInput):
+    """Known cells that have probability 0 under the model, to float64 precision (a number far
+    outside the values it was trained on): there is nothing to condition on. `row` is the row's
+    index, `columns` the known columns found impossible on their own (maybe none)."""
+
+    def __init__(self, row: int, columns: list[str]):
+        self.row, self.columns = row, columns
+        super().__init__(f"row {row}: {self.reason()}")
+
+    def reason(self) -> str:
+        where = f" (column {', '.join(repr(c) for c in self.columns)})" if self.columns else ""
+        return (
+            f"the known values have probability zero under the model{where}, to float64 precision, so nothing "
+            "can be drawn given them: a number far outside the values the model was trained on does this"
+        )
+
+
 @dataclass
 class TableImpute:
     samples: np.ndarray  # (N, S, C) completed rows (encoded)
@@ -401,6 +418,10 @@ class TableEngine:
         unknown = np.isnan(values)
         exact = exact_orders(self.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
         per_mask = np.stack([self._exact_logprob(values, int(k)) for k in k_all])  # (K, N)
+        per_mask[np.isnan(per_mask)] = -np.inf  # an overflow in the network: no probability either
+        impossible = exact & np.isneginf(per_mask).all(axis=0)
+        if impossible.any():
+            raise self._impossible(values, int(np.argmax(impossible)))
         out = TableImpute(
             np.empty((n, n_samples, self.dims)),
             [{} for _ in range(n)],
@@ -456,7 +477,9 @@ class TableEngine:
                 out.ess[i] = size
                 row_p = {c: level_p[c][part] for c in unk_cols if c in level_p}
             else:
-                row_logw = logw[part]
+                row_logw = np.where(np.isnan(logw[part]), -np.inf, logw[part])
+                if np.isneginf(row_logw).all():
+                    raise self._impossible(values, i)
                 out.logprob_observed[i] = _logmeanexp(row_logw[None, :], axis=1)[0]
                 out.stderr[i] = _delta_stderr(row_logw[None, :])[0]
                 weights = np.exp(row_logw - row_logw.max())
@@ -468,6 +491,21 @@ class TableEngine:
                 self.schema.columns[c].name: self._distribution(c, row_filled[:, c], weights, row_p.get(c))
                 for c in unk_cols
             }
+
+    def _impossible(self, values: np.ndarray, i: int) -> ImpossibleEvidence:
+        """Row i's known cells have probability 0 under every mask (to float64 precision): the
+        error, naming the known columns whose own term is -inf under mask 0 (unknown cells read
+        as 0), where there are such."""
+        row = values[i : i + 1]
+        params = self.params(row, 0)
+        names = []
+        for c, col in enumerate(self.schema.columns):
+            if not np.isnan(row[0, c]):
+                with np.errstate(all="ignore"):
+                    term = column_loglik(col, self._slice(params, c), row[:, c])[0]
+                if not np.isfinite(term):
+                    names.append(col.name)
+        return ImpossibleEvidence(i, names)
 
     def _distribution(
         self, c: int, cells: np.ndarray, weights: np.ndarray, level_p: np.ndarray | None
@@ -549,15 +587,18 @@ def _mixture_moments(
 
 
 def _logmeanexp(a: np.ndarray, axis: int) -> np.ndarray:
+    """log mean exp(a) along axis; -inf where every term is -inf (probability zero)."""
     m = np.max(a, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    return np.squeeze(m, axis=axis) + np.log(np.mean(np.exp(a - m), axis=axis))
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis=axis) + np.log(np.mean(np.exp(a - m), axis=axis))
 
 
 def _delta_stderr(logw: np.ndarray) -> np.ndarray:
     """Standard error of log(mean w) by the delta method, per row of (N, S) log weights."""
     m = logw.max(axis=1, keepdims=True)
-    w = np.exp(logw - m)
+    with np.errstate(invalid="ignore"):  # NaN for a row whose weights are all 0: no estimate
+        w = np.exp(logw - m)
     mean = w.mean(axis=1)
     sd = w.std(axis=1, ddof=1) if w.shape[1] > 1 else np.zeros(len(w))
     return sd / np.sqrt(w.shape[1]) / np.maximum(mean, 1e-300)
