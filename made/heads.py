@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from made.schema import ABSENT, Column, bin_edges, round_to_precision, standardise, transformed, unstandardise
+from made.schema import (
+    ABSENT,
+    Column,
+    bin_edges,
+    bin_width,
+    round_to_precision,
+    standardise,
+    transformed,
+    unstandardise,
+)
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -9.0, 7.0
 NOISE_PER_COLUMN = 3  # uniforms a sampled cell uses: absence or level, mixture component, value
@@ -52,8 +61,8 @@ def value_loglik(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarr
         jacobian = -np.log(col.scale) - (transformed(col, v) if col.transform == "log" else 0.0)
         return np.logaddexp.reduce(log_w + log_pdf, axis=1) + np.ravel(jacobian)
     lo, hi = bin_edges(col, v)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # a bin float64 cannot resolve: -inf
-        width = hi - lo  # inf where the bin starts at -inf
+    width = bin_width(col, v)  # inf where the bin starts at -inf
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         a_hi, a_lo = (hi - mu) * inv_s, (lo - mu) * inv_s
         log_mass = log_sigmoid(a_hi) + log_sigmoid(-a_lo) + np.log(-np.expm1(-width * inv_s))
     return np.logaddexp.reduce(log_w + log_mass, axis=1)

@@ -37,6 +37,7 @@ import numpy as np
 from made.errors import DataError
 
 KINDS = ("binary", "categorical", "numeric")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the network's inputs are float32
 ABSENT = np.inf  # an encoded numeric cell recorded as NA (modelled as data)
 ABSENT_LEVEL = "NA"  # the level of a categorical cell recorded as empty or NA
 MISSING_CELLS = frozenset({"", "NA"})  # how a table file spells an absent cell
@@ -180,6 +181,11 @@ class Column:
             if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
                 raise DataError(
                     f"{where}, column '{self.name}': {number:g} is not positive; this column holds positive numbers"
+                )
+            if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:
+                raise DataError(
+                    f"{where}, column '{self.name}': {number:g} is too far from this column's values for the "
+                    f"model to read (the network reads (value - {self.loc:g}) / {self.scale:g} as a float32)"
                 )
             return number
         given = value if isinstance(value, str) else _level_text(value)
@@ -429,6 +435,19 @@ def bin_edges(col: Column, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             hi_y = np.where(hi > 0, (np.log(np.maximum(hi, 1e-300)) - col.loc) / col.scale, -np.inf)
         return lo_y, hi_y
     return (lo - col.loc) / col.scale, (hi - col.loc) / col.scale
+
+
+def bin_width(col: Column, values: np.ndarray) -> np.ndarray:
+    """hi - lo of bin_edges, computed so that it stays exact where the edges are too close for
+    float64 to tell apart (the bin of a huge value, whose probability is then tiny, not zero):
+    log(hi / lo) = log1p(r / lo) under a log transform, r otherwise, standardised; inf for a bin
+    that starts at -inf."""
+    r = col.resolution
+    v = np.asarray(values, dtype=np.float64)
+    if col.transform == "log":
+        lo = v - r / 2
+        return np.where(lo > 0, np.log1p(r / np.where(lo > 0, lo, 1.0)) / col.scale, np.inf)
+    return np.full(v.shape, r / col.scale)
 
 
 def round_to_precision(col: Column, values: np.ndarray) -> np.ndarray:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from made.masks import exact_orders
 from made.schema import ABSENT
 from made.store import open_model
 from made.tables import load_table_dataset
-from service.engine.table_engine import SUMMARY_DRAWS, TableEngine
+from service.engine.table_engine import SUMMARY_DRAWS, ImpossibleEvidence, TableEngine
 from service.testing import providers_under_test
 
 
@@ -278,3 +279,22 @@ def test_conditionals_need_complete_rows_and_a_mask(cats: TableEngine) -> None:
         cats.conditionals(np.array([[0, np.nan, 1, 1]]), 0)
     with pytest.raises(InvalidInput, match="out of range"):
         cats.conditionals(np.array([[0, 1, 1, 1]]), cats.n_masks)
+
+
+def test_imputing_given_cells_of_probability_zero_names_them(mixed: TableEngine) -> None:
+    """A size recorded as absent, in a column that never is: probability 0 under every mask, so
+    there is nothing to condition on (the HTTP schema refuses such a cell before; the engine says
+    so itself rather than drawing from NaN weights). Both paths: exact (a complete row) and
+    weighted (size and budget known)."""
+    nan = np.nan
+    for row, exact in (([1.0, ABSENT, 5.0, 1000.0], True), ([nan, ABSENT, nan, 1000.0], False)):
+        values = np.array([[0.0, 2.5, nan, nan], row])
+        unknown = np.isnan(values[1:])
+        assert bool(exact_orders(mixed.orderings, ~unknown).all() or not unknown.any()) is exact
+        assert mixed.logprob(values[1:]).logprob[0] == -np.inf
+        with pytest.raises(ImpossibleEvidence) as info:
+            mixed.impute(values, n_samples=2, seed=0, n_importance=20)
+        assert (info.value.row, info.value.columns) == (1, ["size"]), exact
+        assert str(info.value).startswith(
+            "row 1: the known values have probability zero under the model (column 'size')"
+        )

@@ -19,7 +19,7 @@ from torch import nn
 
 from made.heads import LOG_SCALE_MAX, LOG_SCALE_MIN
 from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
-from made.schema import ABSENT, Schema, bin_edges, input_value
+from made.schema import ABSENT, Schema, bin_edges, bin_width, input_value
 from training.model import MaskedNetwork
 
 
@@ -135,7 +135,7 @@ class TableMADE(MaskedNetwork):
             ll = torch.logsumexp(log_w + log_pdf, dim=1) + jac
         else:
             lo, hi = bin_edges(col, vals)
-            width = torch.from_numpy(hi - lo).float()[:, None]
+            width = torch.from_numpy(bin_width(col, vals)).float()[:, None]
             lo_t, hi_t = torch.from_numpy(lo).float()[:, None], torch.from_numpy(hi).float()[:, None]
             inv_s = torch.exp(-log_s)
             log_mass = (

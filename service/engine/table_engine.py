@@ -528,15 +528,17 @@ class TableEngine:
         if not len(v) or w.sum() <= 0:
             return {**out, "mean": None, "sd": None, "q05": None, "q50": None, "q95": None}
         w = w / w.sum()
-        mean = float(w @ v)
-        sd = float(math.sqrt(max(w @ (v - mean) ** 2, 0.0)))
+        with np.errstate(over="ignore", invalid="ignore"):  # draws near float64's limit: no finite moments
+            mean = float(w @ v)
+            sd = float(np.sqrt(max(float(w @ (v - mean) ** 2), 0.0)))
         order = np.argsort(v)
         cdf = np.cumsum(w[order])
         q = {
             f"q{int(p * 100):02d}": col.decode(float(v[order][min(np.searchsorted(cdf, p), len(v) - 1)]))
             for p in (0.05, 0.5, 0.95)
         }
-        return {**out, "mean": mean, "sd": sd, **q}
+        finite = math.isfinite(mean) and math.isfinite(sd)
+        return {**out, "mean": mean if finite else None, "sd": sd if finite else None, **q}
 
 
 def _cells(col: Column, y: np.ndarray) -> np.ndarray:
