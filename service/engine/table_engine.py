@@ -60,7 +60,7 @@ class ImpossibleEvidence(InvalidInput):
         where = f" (column {', '.join(repr(c) for c in self.columns)})" if self.columns else ""
         return (
             f"the known values have probability zero under the model{where}, to float64 precision, so nothing "
-            "can be drawn given them: a number far outside the values the model was trained on does this"
+            "can be drawn given them (a number far outside the values the model was trained on can do this)"
         )
 
 
