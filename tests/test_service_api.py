@@ -202,6 +202,12 @@ async def test_png_for_a_model_without_image_shape_is_406(made: InProcessClient)
             "2 rows x n_samples 6000 = 12000 samples; the limit is 10000",
         ),
         ("/impute", {"x": [[0, None, 1, 0, 1, 0, 0, "a"]]}, 422, "x: row 0, column 7"),
+        (
+            "/logprob",
+            {"x": [[0, 1, 0, 1e300, 0, 0, 0, 0]]},
+            422,
+            "x: row 0, column 3: expected 0, 1 or null, got 1e+300",
+        ),
     ],
 )
 async def test_bad_requests_get_4xx_naming_the_problem(
