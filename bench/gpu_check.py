@@ -542,9 +542,8 @@ class Report:
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
 
-    def finish(self) -> str:
+    def finish(self) -> None:
         self._write(finished=True)
-        return self.text()
 
     def _write(self, finished: bool) -> None:
         if self.path is None:

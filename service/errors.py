@@ -190,10 +190,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        unreadable = unreadable_body(exc)
-        if unreadable is not None and (refused := compressed(request)):
-            return refused
-        if unreadable is not None:  # the same answer as a body that is not JSON
+        if (unreadable := unreadable_body(exc)) is not None:  # the same answer as a body that is not JSON
+            if refused := compressed(request):
+                return refused
             errors = [{"loc": ["body"], "msg": unreadable, "type": "json_invalid"}]
             return error_response(422, "invalid_input", unreadable, errors=errors)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")

@@ -99,11 +99,9 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
             f"row {i} has {got} value{'s' * (got != 1)} but the other rows have {common}; "
             "every row needs one value per dimension"
         )
-    if has_float:  # a number past float32 becomes inf here, and is refused below by its JSON value
-        with np.errstate(over="ignore"):
-            a = np.array(value, dtype=np.float32)
-    else:
-        a = np.array(value, dtype=np.float32)  # None -> NaN; 0 and 1 are exact
+    # None -> NaN; 0 and 1 are exact; a number past float32 becomes inf, refused below by its JSON value
+    with np.errstate(over="ignore"):
+        a = np.array(value, dtype=np.float32)
     if a.shape[1] == 0:
         raise _fail("rows are empty; every row needs one value per dimension")
     if has_float:  # a JSON NaN literal must not pass for null
