@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     max_draws: Annotated[int, Field(ge=1)] = 200_000
     # Larger bodies get 413 before they are parsed.
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * MIB
+    # Values per row a request may send (columns of a CSV body, entries of a row of x, keys of
+    # a record): bodies are counted against it (and MADE_MAX_ROWS) before anything is built.
+    max_width: Annotated[int, Field(ge=1)] = 16_384
+    # One request's work, in values the network computes (service.budget: rows x masks x D for
+    # a pass, draws x D for sampling, weighted by what each costs); refused past it with a 422
+    # before any array is made. The default keeps any admitted request within about a minute
+    # of one core here (docs/operations.md).
+    max_work: Annotated[int, Field(ge=1)] = 250_000_000
     # onnxruntime providers by preference, e.g. "cuda,cpu"; empty: CUDA if available, else CPU.
     providers: Annotated[list[str], NoDecode] = []
     # How long the first queued request waits for others to share its engine call (Triton's
@@ -55,6 +63,19 @@ class Settings(BaseSettings):
     request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
     # Seconds SIGTERM waits for in-flight requests before they are cancelled.
     shutdown_timeout: Annotated[float, Field(ge=0.0)] = 30.0
+    # Seconds a client may take to send a request's body once its headers are in; past it the
+    # request is answered 408 and the connection closed (slow clients hold no place forever).
+    read_timeout: Annotated[float, Field(gt=0.0)] = 30.0
+    # Connections (and requests in progress) the server holds at once; past it uvicorn answers
+    # 503 at once (its limit_concurrency).
+    max_connections: Annotated[int, Field(ge=1)] = 1024
+    # Seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive).
+    keep_alive_timeout: Annotated[float, Field(gt=0.0)] = 5.0
+    # Text cells of the CSV the service answers that begin with =, +, -, @, a tab or a carriage
+    # return (and are not numbers) get a leading ' so that a spreadsheet does not run them as
+    # formulas (OWASP's CSV injection advice; `made score` has --no-escape-formulas); off only
+    # for trusted pipelines.
+    csv_escape_formulas: bool = True
     # Seconds between looks at the store for new versions (hot reload); 0: only on
     # POST /admin/reload. A look lists directories and stats files: cheap at any interval >= 1.
     reload_interval: Annotated[float, Field(ge=0.0)] = 0.0
