@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from made.errors import InvalidInput
-from service.engine.sampler import split_draws
+from service.engine.sampler import stream_weighted
 
 if TYPE_CHECKING:
     from service.engine.engine import Engine
 
 # Values (draws x D) of noise in one sampler call, at most: each value costs ~8 bytes of noise,
-# 16 of evidence, 1 of sample and the sampler's own float64 buffers (~100 MB a call at 1 << 21).
+# 16 of evidence, 1 of sample and the sampler's own float64 buffers (~100 MB a call at 1 << 21),
+# whatever n_importance: the draws are not kept (sampler.stream_weighted).
 _DENOISE_VALUES = 1 << 21
 
 
@@ -110,6 +111,12 @@ def denoise(
 
     A row with eps = 0 everywhere and nothing missing is its own posterior: it is answered
     exactly (log p(y) as /logprob computes it, stderr 0, ess K x n_importance, nominal).
+
+    The pool is never held: all rows' draws go through the sampler _DENOISE_VALUES values a
+    call (a cancellation checkpoint before each), each row keeping only its log weights (8
+    bytes a draw) and the weighted sum of its draws; the n_samples resampled rows are drawn
+    again from the generator states saved before each call (sampler.WeightedPool.redraw), the
+    same rows bit for bit. Memory is bounded by the call size, not by n_importance x D.
     """
     from service.engine.engine import _check_count, _check_seed, _logmeanexp
 
@@ -139,42 +146,28 @@ def denoise(
         out.ess[rows] = float(k * s)
     rows = np.flatnonzero(~certain)
     rngs = {int(r): np.random.default_rng([seed, int(r)]) for r in rows}
-    total = k * s  # draws per row; draw j is under mask j // s
-    pool_x: dict[int, np.ndarray] = {}
-    pool_logw: dict[int, np.ndarray] = {}
-    for pieces in split_draws(rows, total, max(1, _DENOISE_VALUES // d)):
-        u = np.concatenate([rngs[r].random((end - first, d)) for r, first, end in pieces])
-        picked = np.concatenate([np.full(end - first, r) for r, first, end in pieces])
-        masks = np.concatenate([np.arange(first, end) // s for _, first, end in pieces])
+    per_call = max(1, _DENOISE_VALUES // d)
+
+    def draw(picked: np.ndarray, masks: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         done, logw, _ = engine.sampler_for(len(u)).run_masks(masks, u, evidence=(l0[picked], l1[picked]))
-        at = 0
-        for r, first, end in pieces:
-            if first == 0:
-                pool_x[r] = np.empty((total, d), dtype=np.uint8)
-                pool_logw[r] = np.empty(total)
-            pool_x[r][first:end] = done[at : at + end - first]
-            pool_logw[r][first:end] = logw[at : at + end - first]
-            at += end - first
-            if end == total:
-                _estimate(r, pool_x.pop(r), pool_logw.pop(r), rngs[r], k, s, n_samples, out)
-    exact = (eps == 0) & ~np.isnan(y)  # every draw keeps y there: no rounding of w_norm @ pool
+        return done, logw
+
+    for pool in stream_weighted(rows, k * s, s, d, per_call, rngs, draw):  # draw j is under mask j // s
+        r = pool.row
+        w_norm = _estimate(r, pool.logw, k, s, out)
+        out.marginals[r] = np.clip(pool.mean, 0.0, 1.0)
+        picks = rngs[r].choice(len(w_norm), size=n_samples, replace=True, p=w_norm)
+        out.samples[r] = pool.redraw(picks, d, per_call, draw)
+    exact = (eps == 0) & ~np.isnan(y)  # every draw keeps y there: no rounding of the weighted mean
     out.marginals[exact] = y[exact]
     tie = out.marginals == 0.5
     out.most_likely[:] = np.where(tie, np.nan_to_num(y, nan=0.0), out.marginals > 0.5)
     return out
 
 
-def _estimate(
-    r: int,
-    pool: np.ndarray,
-    logw: np.ndarray,
-    rng: np.random.Generator,
-    k: int,
-    s: int,
-    n_samples: int,
-    out: DenoiseResult,
-) -> None:
-    """Row r's estimates from its pooled weighted draws (k x s, mask after mask)."""
+def _estimate(r: int, logw: np.ndarray, k: int, s: int, out: DenoiseResult) -> np.ndarray:
+    """Row r's log p(y), its standard error and ESS from the log weights of its pooled draws
+    (k x s, mask after mask); returns the normalised weights."""
     top = logw.max()
     if not np.isfinite(top):  # cannot happen for eps <= 1/2 (every weight > 0), kept loud
         raise InvalidInput(f"row {r}: every importance weight is 0")
@@ -188,5 +181,4 @@ def _estimate(
     else:
         out.stderr[r] = math.nan
     out.ess[r] = 1.0 / float(np.sum(w_norm**2))
-    out.marginals[r] = np.clip(w_norm @ pool, 0.0, 1.0)
-    out.samples[r] = pool[rng.choice(len(pool), size=n_samples, replace=True, p=w_norm)]
+    return w_norm

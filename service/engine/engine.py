@@ -20,11 +20,12 @@ from made.errors import InvalidInput, ModelStoreError, format_value
 from made.masks import exact_orders
 from made.onnx_graph import dense_graph
 from made.store import StoredModel
+from service.engine.cancel import checkpoint
 from service.engine.denoise import DenoiseResult, denoise
 from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler, device_of
 from service.engine.network import MaskWeights, load_network, mask_weights
 from service.engine.runtime import make_session, requested_providers
-from service.engine.sampler import FastSampler, split_draws
+from service.engine.sampler import FastSampler, split_draws, stream_weighted
 
 log = logging.getLogger("made.engine")
 
@@ -40,10 +41,13 @@ PARITY_ATOL = 1e-3
 JACOBI_MIN_ROWS = 16
 JACOBI_CHECK_ROWS = 64  # noise rows of the load-time check
 GRAPH_SCORES_ATOL = 1e-3  # nats per row: a check that the scores graph is the model, not of its precision
-# Values (draws x D) of /impute's noise in one sampler call, at most: bounds what a call holds
-# (8 bytes of noise, 1 of completion, and for exact rows 8 of per-step probability per value:
-# ~140 MB at 1 << 23), while rows and masks still step through the sampler together.
-_IMPUTE_VALUES = 1 << 23
+# Values (draws x D) of noise in one sampler call of /impute or of /logprob's importance draws,
+# at most: bounds what a call holds (8 bytes of noise, 3 of clamps and completion, the
+# sampler's buffers, and for exact rows 8 of per-step probability per value: measured peaks of
+# ~185 MiB at 1 << 23 on binarized-mnist, ~305 MiB for exact rows, so about half that at
+# 1 << 22, within the 300 MB a request may add to the server, docs/operations.md), whatever
+# n_importance, while rows and masks still step through the sampler together.
+_IMPUTE_VALUES = 1 << 22
 
 
 @dataclass
@@ -261,8 +265,10 @@ class Engine:
         *,
         checked: bool = False,
     ) -> LogProbResult:
-        """log p(x) under the mixture of `masks`; missing values (NaN) summed out. checked: see
-        check_x."""
+        """log p(x) under the mixture of `masks`; missing values (NaN) summed out, exactly where
+        every mask's ordering allows, else by likelihood weighting with n_importance draws per
+        mask and row (from numpy.random.default_rng(seed), streamed through the sampler in
+        calls of bounded size: memory does not grow with n_importance). checked: see check_x."""
         x = self.check_x(x, allow_missing=True, checked=checked)
         _check_count("n_importance", n_importance, 1)
         ks = self._masks(masks)
@@ -285,51 +291,73 @@ class Engine:
         self, x: np.ndarray, observed: np.ndarray, ks: list[int], seed: int | None, n_importance: int
     ) -> LogProbResult:
         """log p(x_O) for rows with missing values: one pass where mask orderings allow it,
-        likelihood weighting with n_importance draws per mask and row otherwise."""
-        n = len(x)
+        likelihood weighting with n_importance draws per mask and row otherwise (_weighted_means:
+        streamed through the sampler, the draws not kept)."""
+        n, s = len(x), n_importance
         is_exact = exact_orders(self.orderings[ks], observed)  # (len(ks), n)
-        exact_ll = self.mask_logliks(x, ks, observed)  # valid where is_exact
-        rng = np.random.default_rng(seed)
-        log_means = np.empty((len(ks), n))
+        log_means = self.mask_logliks(x, ks, observed)  # valid where is_exact
         variances = np.zeros((len(ks), n))  # of the mean weight, relative to a per-row scale
-        draws: dict[int, np.ndarray] = {}
-        log_means[:] = exact_ll
-        jobs = [(k, np.flatnonzero(~is_exact[i])) for i, k in enumerate(ks)]
-        for i, (_, logw) in enumerate(self._weighted_draws(jobs, x, observed, n_importance, rng)):
-            if logw.size:
-                todo = jobs[i][1]
-                draws[i] = logw
-                log_means[i, todo] = _logmeanexp(logw, axis=1)
+        # the (mask, row) pairs to weight, mask after mask, rows in order: the draw order
+        todo_i, todo_r = np.nonzero(~is_exact)
+        rng = np.random.default_rng(seed)
+        top, mean, m2 = self._weighted_means(np.asarray(ks)[todo_i], todo_r, x, observed, s, rng)
+        with np.errstate(divide="ignore"):  # every weight 0: log p = -inf, as before
+            log_means[todo_i, todo_r] = top + np.log(mean)
         # mixture mean and delta-method standard error, computed relative to each row's maximum
         scale = log_means.max(axis=0)
         mean_rel = np.exp(log_means - scale).mean(axis=0)
-        for i, logw in draws.items():
-            todo = np.flatnonzero(~is_exact[i])
-            w_rel = np.exp(logw - scale[todo, None])
-            variances[i, todo] = w_rel.var(axis=1, ddof=1) / logw.shape[1] if logw.shape[1] > 1 else 0.0
+        if s > 1:  # var of w / exp(scale) = exp(2 (top - scale)) var of w / exp(top)
+            variances[todo_i, todo_r] = m2 / (s - 1) * np.exp(2.0 * (top - scale[todo_r])) / s
         var_mean = variances.sum(axis=0) / len(ks) ** 2
         exact = is_exact.all(axis=0)
         stderr = np.where(exact, np.nan, np.sqrt(var_mean) / mean_rel)
         return LogProbResult(scale + np.log(mean_rel), np.asarray(exact, dtype=bool), stderr)
 
-    def _weighted_draws(
-        self, jobs: list[tuple[int, np.ndarray]], x: np.ndarray, observed: np.ndarray, s: int, rng: np.random.Generator
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For each job (mask k, row indices): S completions per row under mask k with their log
-        weights, ((n, S, D), (n, S)). All jobs' draws step through the sampler in one loop, so K
-        masks cost about one pass, not K."""
-        masks = np.concatenate([np.full(len(rows) * s, k, dtype=np.int64) for k, rows in jobs])
-        picked = np.concatenate([np.repeat(rows, s) for _, rows in jobs]).astype(np.int64)
-        values = np.nan_to_num(x[picked], nan=0.0)
-        u = rng.random((len(picked), self.dims))
-        samples, logw, _ = self.sampler_for(len(u)).run_masks(masks, u, observed[picked], values)
-        out, start = [], 0
-        for _, rows in jobs:
-            n = len(rows)
-            part = slice(start, start + n * s)
-            out.append((samples[part].reshape(n, s, self.dims), logw[part].reshape(n, s)))
-            start += n * s
-        return out
+    def _weighted_means(
+        self, masks: np.ndarray, rows: np.ndarray, x: np.ndarray, observed: np.ndarray, s: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each pair i (mask masks[i], row rows[i]): s completions of the row's missing
+        values under the mask, drawn pair after pair from rng, and of their weights w (the
+        probability of the row's observed values) the running maximum log weight `top`, the
+        mean of w / exp(top) and its sum of squared deviations m2, each (pairs,).
+
+        All pairs' draws step through the sampler together (K masks cost about one pass, not
+        K), _IMPUTE_VALUES values a call at most (a pair's draws may span calls), with a
+        cancellation checkpoint before each call. The statistics are merged call by call
+        (Chan et al.'s pairwise update, rescaled when the maximum grows), so what is kept is
+        three numbers per pair, whatever s: rng draws the same uniforms in the same order as
+        one call would, and the answers differ from one call's only by float rounding."""
+        pairs, dims = len(rows), self.dims
+        top = np.full(pairs, -np.inf)
+        mean = np.zeros(pairs)
+        m2 = np.zeros(pairs)
+        count = np.zeros(pairs)
+        filled = np.nan_to_num(x, nan=0.0).astype(np.uint8)  # the sampler clamps to these where observed
+        for pieces in split_draws(np.arange(pairs), s, max(1, _IMPUTE_VALUES // dims)):
+            checkpoint()
+            piece = np.array(pieces, dtype=np.int64).reshape(-1, 3)
+            pid, lens = piece[:, 0], piece[:, 2] - piece[:, 1]
+            of = np.repeat(pid, lens)
+            u = rng.random((int(lens.sum()), dims))
+            picked = rows[of]
+            _, logw, _ = self.sampler_for(len(u)).run_masks(masks[of], u, observed[picked], filled[picked])
+            del u
+            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            new_top = np.maximum(top[pid], np.maximum.reduceat(logw, starts))
+            ref = np.where(np.isfinite(new_top), new_top, 0.0)
+            w = np.exp(logw - np.repeat(ref, lens))
+            part_mean = np.add.reduceat(w, starts) / lens
+            w -= np.repeat(part_mean, lens)
+            part_m2 = np.add.reduceat(w * w, starts)
+            rescale = np.exp(top[pid] - ref)  # the statistics so far, relative to the new maximum
+            n_a = count[pid]
+            n_ab = n_a + lens
+            delta = part_mean - mean[pid] * rescale
+            mean[pid] = mean[pid] * rescale + delta * (lens / n_ab)
+            m2[pid] = m2[pid] * rescale**2 + part_m2 + delta**2 * (n_a * lens / n_ab)
+            count[pid] = n_ab
+            top[pid] = new_top
+        return top, mean, m2
 
     # --- conditionals ------------------------------------------------------------------------
     def conditionals(self, x: np.ndarray, mask: int = 0, *, checked: bool = False) -> np.ndarray:
@@ -347,7 +375,8 @@ class Engine:
 
     def flip_logprobs(self, x: np.ndarray) -> np.ndarray:
         """(N, D + 1): log p(x) under the mixture, then log p(x with dimension d flipped) for
-        each d: D + 1 rows per row of complete x, CHUNK rows per network call at most."""
+        each d: D + 1 rows per row of complete x, CHUNK rows per network call at most, with a
+        cancellation checkpoint before each."""
         x = self.check_x(x, allow_missing=False)
         n, d = x.shape
         out = np.empty((n, d + 1))
@@ -355,6 +384,7 @@ class Engine:
         eye = np.eye(d, dtype=bool)
         ks = list(range(self.n_masks))
         for start in range(0, n, rows_per_chunk):
+            checkpoint()  # a cancelled caller stops here (service.engine.cancel)
             block = x[start : start + rows_per_chunk]  # (b, D)
             flipped = np.repeat(block[:, None, :], d, axis=1)  # (b, D, D): row j has x_j flipped
             flipped[:, eye] = 1.0 - block
@@ -439,12 +469,16 @@ class Engine:
         Other rows (`exact` false): likelihood weighting, n_importance draws per mask, pooled
         as the mixture with weights w / K; log p(x_obs) is the mean weight, with a delta-method
         standard error; the marginals are the weighted mean of the draws; the completions are
-        resampled from the weighted pool; `ess` = (sum w)^2 / sum w^2 of the pool.
+        resampled from the weighted pool; `ess` = (sum w)^2 / sum w^2 of the pool. The pool is
+        not held: the draws stream through the sampler, each row keeping its log weights (8
+        bytes a draw) and weighted sums, and the resampled completions are drawn again from the
+        generator's saved states, the same ones bit for bit (see _impute_weighted).
 
         Row i draws all its random numbers from numpy.random.default_rng([seed, i]) (seed None:
         a fresh one): its answer depends on the seed, its index and its own values, not on the
         other rows, nor on how rows are grouped into sampler calls (all rows' draws go through
-        the sampler together, _IMPUTE_VALUES values at a time). default_rng([seed, 0]) is
+        the sampler together, _IMPUTE_VALUES values at a time, with a cancellation checkpoint
+        (service.engine.cancel) before each call). default_rng([seed, 0]) is
         default_rng(seed): a single-row request draws what it drew before rows had streams of
         their own.
         """
@@ -488,34 +522,49 @@ class Engine:
         n_samples: int,
         out: ImputeResult,
     ) -> None:
-        """Exact rows: max(n_samples, 1) completions each, their masks from the posterior."""
+        """Exact rows: max(n_samples, 1) completions each, their masks from the posterior (all
+        drawn first, then the uniforms). The completions of all rows go through the sampler in
+        calls of at most _IMPUTE_VALUES values (a row's may span calls), with a cancellation
+        checkpoint before each; the marginals are summed call by call."""
         ks = list(range(self.n_masks))
-        draws = max(n_samples, 1)
+        draws, dims = max(n_samples, 1), self.dims
         loglik = self.mask_logliks(x[rows], ks, observed[rows])  # (K, rows): log p_k(x_obs)
         out.logprob_observed[rows] = _logmeanexp(loglik, axis=0)
         posterior = np.exp(loglik - loglik.max(axis=0))
         posterior /= posterior.sum(axis=0)
         out.ess[rows] = float(draws)
-        per_call = max(1, _IMPUTE_VALUES // (draws * self.dims))  # rows per sampler call
-        for start in range(0, len(rows), per_call):
-            part = np.arange(start, min(start + per_call, len(rows)))
-            masks = np.empty((len(part), draws), dtype=np.int64)
-            u = np.empty((len(part), draws, self.dims))
-            for j, r in enumerate(part):
-                rng = rngs[int(rows[r])]
-                masks[j] = rng.choice(self.n_masks, size=draws, p=posterior[:, r])
-                u[j] = rng.random((draws, self.dims))
-            picked = rows[part]
-            obs = np.repeat(observed[picked], draws, axis=0)
-            values = np.repeat(np.nan_to_num(x[picked], nan=0.0), draws, axis=0)
-            done, _, probs = self.sampler_for(masks.size).run_masks(
-                masks.reshape(-1), u.reshape(-1, self.dims), obs, values, return_probs=True
+        filled = np.nan_to_num(x[rows], nan=0.0).astype(np.uint8)  # clamped where observed
+        masks_of: dict[int, np.ndarray] = {}  # j: row rows[j]'s masks, while its draws go through
+        sums: dict[int, np.ndarray] = {}  # j: its per-step probabilities summed over draws so far
+        for pieces in split_draws(np.arange(len(rows)), draws, max(1, _IMPUTE_VALUES // dims)):
+            checkpoint()
+            masks, noise = [], []
+            for j, first, end in pieces:
+                rng = rngs[int(rows[j])]
+                if first == 0:
+                    masks_of[j] = rng.choice(self.n_masks, size=draws, p=posterior[:, j])
+                    sums[j] = np.zeros(dims)
+                masks.append(masks_of[j][first:end])
+                noise.append(rng.random((end - first, dims)))
+            u = np.concatenate(noise)
+            del noise
+            of = np.concatenate([np.full(end - first, j) for j, first, end in pieces])
+            done, _, probs = self.sampler_for(len(u)).run_masks(
+                np.concatenate(masks), u, observed[rows[of]], filled[of], return_probs=True
             )
+            del u
             assert probs is not None
-            done = done.reshape(len(part), draws, self.dims)
-            out.samples[picked] = done[:, :n_samples]
-            estimate = probs.reshape(len(part), draws, self.dims).mean(axis=1)
-            out.marginals[picked] = np.where(observed[picked], out.marginals[picked], estimate)
+            at = 0
+            for j, first, end in pieces:
+                r = int(rows[j])
+                if first < n_samples:
+                    keep = min(end, n_samples) - first
+                    out.samples[r, first : first + keep] = done[at : at + keep]
+                sums[j] += probs[at : at + end - first].sum(axis=0)
+                at += end - first
+                if end == draws:
+                    del masks_of[j]
+                    out.marginals[r] = np.where(observed[r], out.marginals[r], sums.pop(j) / draws)
 
     def _impute_weighted(
         self,
@@ -528,45 +577,30 @@ class Engine:
         out: ImputeResult,
     ) -> None:
         """Rows that are not exact: n_importance likelihood-weighting draws per mask and row,
-        drawn mask after mask from the row's generator, then the resampling from it. The draws
-        of all rows go through the sampler in calls of at most _IMPUTE_VALUES values (a row's
-        draws may span several calls)."""
-        k, s, dims = self.n_masks, n_importance, self.dims
-        total = k * s  # draws per row; draw j is under mask j // s
+        drawn mask after mask from the row's generator, then the resampling from them. The
+        draws of all rows go through the sampler in calls of at most _IMPUTE_VALUES values (a
+        row's draws may span calls; sampler.stream_weighted), with a cancellation checkpoint
+        before each call, and are not kept: per row, their log weights (8 bytes a draw) and
+        their weighted mean (the marginals) are, and the n_samples resampled draws are drawn
+        again from the saved generator states (WeightedPool.redraw), bit for bit."""
+        dims = self.dims
         per_call = max(1, _IMPUTE_VALUES // dims)
-        calls = split_draws(rows, total, per_call)  # (row, first draw, end) pieces per call
-        pool_x: dict[int, np.ndarray] = {}
-        pool_logw: dict[int, np.ndarray] = {}
-        for pieces in calls:
-            u = np.concatenate([rngs[r].random((end - first, dims)) for r, first, end in pieces])
-            picked = np.concatenate([np.full(end - first, r) for r, first, end in pieces])
-            masks = np.concatenate([np.arange(first, end) // s for _, first, end in pieces])
-            values = np.nan_to_num(x[picked], nan=0.0)
-            done, logw, _ = self.sampler_for(len(u)).run_masks(masks, u, observed[picked], values)
-            at = 0
-            for r, first, end in pieces:
-                if first == 0:
-                    pool_x[r] = np.empty((total, dims), dtype=np.uint8)
-                    pool_logw[r] = np.empty(total)
-                pool_x[r][first:end] = done[at : at + end - first]
-                pool_logw[r][first:end] = logw[at : at + end - first]
-                at += end - first
-                if end == total:
-                    self._resample(r, x, observed, pool_x.pop(r), pool_logw.pop(r), rngs[r], n_samples, s, out)
+        filled = np.nan_to_num(x, nan=0.0).astype(np.uint8)  # clamped where observed
 
-    def _resample(
-        self,
-        r: int,
-        x: np.ndarray,
-        observed: np.ndarray,
-        pool: np.ndarray,
-        logw: np.ndarray,
-        rng: np.random.Generator,
-        n_samples: int,
-        s: int,
-        out: ImputeResult,
-    ) -> None:
-        """Row r's estimates from its pooled weighted draws (K x s, mask after mask)."""
+        def draw(picked: np.ndarray, masks: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            done, logw, _ = self.sampler_for(len(u)).run_masks(masks, u, observed[picked], filled[picked])
+            return done, logw
+
+        for pool in stream_weighted(rows, self.n_masks * n_importance, n_importance, dims, per_call, rngs, draw):
+            r = pool.row
+            w_norm = self._weights(r, pool.logw, n_importance, out)
+            out.marginals[r] = np.where(observed[r], x[r], pool.mean)
+            picks = rngs[r].choice(len(w_norm), size=n_samples, replace=True, p=w_norm)
+            out.samples[r] = pool.redraw(picks, dims, per_call, draw)
+
+    def _weights(self, r: int, logw: np.ndarray, s: int, out: ImputeResult) -> np.ndarray:
+        """Row r's log p(x_obs), its standard error and ESS from the log weights of its pooled
+        draws (K x s, mask after mask); returns the normalised weights."""
         top = logw.max()
         w = np.exp(logw - top)
         w_norm = w / w.sum()
@@ -576,9 +610,7 @@ class Engine:
             var = per_mask.var(axis=1, ddof=1) / s
             out.stderr[r] = math.sqrt(var.sum()) / per_mask.mean(axis=1).sum()
         out.ess[r] = 1.0 / float(np.sum(w_norm**2))
-        out.marginals[r] = np.where(observed[r], x[r], w_norm @ pool)
-        picks = rng.choice(len(pool), size=n_samples, replace=True, p=w_norm)
-        out.samples[r] = pool[picks]
+        return w_norm
 
     # --- denoising ----------------------------------------------------------------------------
     def denoise(

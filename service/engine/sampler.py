@@ -48,11 +48,15 @@ float64 such a flip needs |u - p| < ~1e-15, so a seed gives the same samples in 
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from service.engine.cancel import checkpoint
 from service.engine.network import MaskWeights
 
 # Steps per block: longer blocks mean fewer, larger block GEMMs but more work per step (the
@@ -322,7 +326,9 @@ class FastSampler:
         evidence: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Like run, with row i under mask masks[i] (valid mask indices): every mask in one loop.
-        Row i's result does not depend on the other rows beyond float64 rounding."""
+        Row i's result does not depend on the other rows beyond float64 rounding. Large calls
+        go through the loop MAX_ROWS rows at a time, with a cancellation checkpoint between
+        passes."""
         n, dims = u.shape
         x = np.empty((n, dims), dtype=np.uint8)
         logw = np.zeros(n)
@@ -341,9 +347,13 @@ class FastSampler:
             for i, k in enumerate(present):
                 rows = np.flatnonzero(group == i)
                 passes.append(((int(k),), rows, np.zeros(len(rows), dtype=np.int64)))
+        first = True
         for plan_masks, rows, grp in passes:
             plan = self.group_plan(plan_masks)
             for start in range(0, len(rows), MAX_ROWS):
+                if not first:  # between passes: a cancelled caller stops here (service.engine.cancel)
+                    checkpoint()
+                first = False
                 part = slice(start, start + MAX_ROWS)
                 _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs, evidence, self.activation)
         return x, logw, probs
@@ -503,3 +513,116 @@ def split_draws(rows: np.ndarray, total: int, per_call: int) -> list[list[tuple[
             room -= end - first
             first = end
     return [c for c in calls if c]
+
+
+# A sampler call as likelihood weighting makes it: (row of each draw, mask of each draw,
+# uniforms (n, D)) -> (draws (n, D) uint8, log weights (n,)); the row says what is clamped.
+DrawFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class WeightedPool:
+    """One row's pool of `total` likelihood-weighting draws (draw j under mask j // s), kept
+    without the draws: their log weights (8 bytes a draw), their weighted mean, and the state
+    of the row's generator before each run of draws that went through the sampler together, so
+    that any draws can be made again, bit for bit, by redraw()."""
+
+    row: int
+    s: int  # draws per mask
+    logw: np.ndarray  # (total,) float64
+    mean: np.ndarray  # (D,) float64: sum_j w_j x_j / sum_j w_j (NaN where every weight is 0)
+    runs: list[tuple[int, int, Mapping[str, Any]]]  # (first draw, end, bit generator state before it)
+
+    def redraw(self, picks: np.ndarray, dims: int, per_call: int, draw: DrawFn) -> np.ndarray:
+        """(len(picks), D) uint8: draws picks[i] of the pool again: each distinct draw's
+        uniforms regenerated from its run's saved state (advanced past the draws before it),
+        through the sampler per_call draws at a time, the picked draws only."""
+        wanted, inverse = np.unique(np.asarray(picks, dtype=np.int64), return_inverse=True)
+        out = np.empty((len(wanted), dims), dtype=np.uint8)
+        starts = np.array([first for first, _, _ in self.runs])
+        run_of = np.searchsorted(starts, wanted, side="right") - 1
+        for lo in range(0, len(wanted), per_call):
+            checkpoint()
+            part = wanted[lo : lo + per_call]
+            u = np.empty((len(part), dims))
+            bits: Any = None  # the run's bit generator (PCG64 for default_rng), from its state
+            gen, pos, at_run = np.random.default_rng(0), 0, -1
+            for i, (j, r) in enumerate(zip(part.tolist(), run_of[lo : lo + per_call].tolist(), strict=True)):
+                first, end, state = self.runs[r]
+                assert first <= j < end
+                if r != at_run:
+                    bits = getattr(np.random, state["bit_generator"])()
+                    bits.state = state
+                    gen, pos, at_run = np.random.Generator(bits), first, r
+                if j > pos:  # each float64 uniform is one 64-bit step of the bit generator
+                    bits.advance((j - pos) * dims)
+                u[i] = gen.random(dims)
+                pos = j + 1
+            out[lo : lo + len(part)] = draw(np.full(len(part), self.row), part // self.s, u)[0]
+        return out[inverse.reshape(-1)]
+
+
+class _Streaming:
+    """A row's pool while its draws go through the sampler: the log weights so far and the
+    weighted sum of the draws relative to the running maximum log weight (rescaled when it
+    grows), so that nothing of size draws x D is kept."""
+
+    def __init__(self, total: int, dims: int) -> None:
+        self.logw = np.empty(total)
+        self.top = -np.inf
+        self.acc = np.zeros(dims)  # sum_j exp(logw_j - top) x_j
+        self.wsum = 0.0  # sum_j exp(logw_j - top)
+        self.runs: list[tuple[int, int, Mapping[str, Any]]] = []
+
+    def add(self, first: int, logw: np.ndarray, x: np.ndarray) -> None:
+        self.logw[first : first + len(logw)] = logw
+        top = max(self.top, float(logw.max()))
+        if top == -np.inf:  # every weight so far is 0
+            return
+        rescale = math.exp(self.top - top)  # 0 while self.top is -inf
+        w = np.exp(logw - top)
+        self.acc *= rescale
+        self.acc += w @ x
+        self.wsum = self.wsum * rescale + float(w.sum())
+        self.top = top
+
+
+def stream_weighted(
+    rows: np.ndarray,
+    total: int,
+    s: int,
+    dims: int,
+    per_call: int,
+    rngs: dict[int, np.random.Generator],
+    draw: DrawFn,
+) -> Iterator[WeightedPool]:
+    """Likelihood weighting of `total` draws per row (draw j under mask j // s), each row's
+    uniforms from rngs[row] in draw order, all rows' draws through `draw` in calls of at most
+    per_call draws (split_draws: a row's draws may span calls), with a cancellation checkpoint
+    before each call. Yields each row's WeightedPool once its last draw is in: what it keeps
+    is O(total) numbers plus O(D), never the draws, so memory is bounded by the call size and
+    not by total x D. The generators end where drawing every uniform at once leaves them."""
+    pending: dict[int, _Streaming] = {}
+    for pieces in split_draws(rows, total, per_call):
+        checkpoint()
+        noise = []
+        for r, first, end in pieces:
+            if first == 0:
+                pending[r] = _Streaming(total, dims)
+            pending[r].runs.append((first, end, rngs[r].bit_generator.state))
+            noise.append(rngs[r].random((end - first, dims)))
+        u = np.concatenate(noise)
+        del noise
+        picked = np.concatenate([np.full(end - first, r) for r, first, end in pieces])
+        masks = np.concatenate([np.arange(first, end) // s for _, first, end in pieces])
+        done, logw = draw(picked, masks, u)
+        del u
+        at = 0
+        for r, first, end in pieces:
+            pending[r].add(first, logw[at : at + end - first], done[at : at + end - first])
+            at += end - first
+            if end == total:
+                p = pending.pop(r)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = p.acc / p.wsum
+                yield WeightedPool(r, s, p.logw, mean, p.runs)

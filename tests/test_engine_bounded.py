@@ -1,0 +1,266 @@
+"""No single request can take the server down: importance draws, imputation and denoising go
+through the network in chunks whose size does not depend on n_importance (their memory does not
+grow with it), a chunk size that splits one row's draws over several sampler calls gives the same
+answers as one large chunk, and a cancelled call stops at its next chunk by raising Abandoned.
+
+Real computations on small models (tiny trained ones from conftest, and a random D=256 one for
+the memory measurements); the sampler is only wrapped, to count its calls."""
+
+from __future__ import annotations
+
+import contextvars
+import tracemalloc
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+import service.engine.denoise as denoise_module
+import service.engine.engine as engine_module
+import service.engine.sampler as sampler_module
+from service.engine.cancel import Abandoned, CancelToken, running_under
+from service.engine.engine import Engine
+from tests.conftest import write_random_model
+
+WIDE = 256  # dimensions of the memory model: one draw of it is WIDE bytes as uint8, 8 x WIDE as noise
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """A D=256, K=2 random MADE (order-agnostic, so missing values before observed ones are
+    likelihood weighted), one thread, on the CPU."""
+    from made.store import open_model
+
+    store = tmp_path_factory.mktemp("wide") / "store"
+    write_random_model(store, "wide", WIDE, [16], 2, order_agnostic=True, direct=False, seed=3)
+    engine = Engine(open_model(store, "wide"), ["CPUExecutionProvider"], threads=1)
+    engine.jacobi_enabled = False
+    return engine
+
+
+def half_missing(engine: Engine, n: int = 1, seed: int = 0) -> np.ndarray:
+    x = (np.random.default_rng(seed).random((n, engine.dims)) < 0.5).astype(np.float64)
+    x[:, : engine.dims // 2] = np.nan
+    return x
+
+
+def peak_bytes(call: Callable[[], Any]) -> int:
+    """The largest memory (numpy's arrays included) traced while `call` runs, above what was in
+    use when it started."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        call()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def growth_per_draw(engine: Engine, call: Callable[[int], Any], small: int = 2000, large: int = 20000) -> float:
+    """Bytes of peak memory per extra importance draw, from n_importance small to large."""
+    call(small)  # warm: plans, caches
+    low, high = peak_bytes(lambda: call(small)), peak_bytes(lambda: call(large))
+    return (high - low) / (engine.n_masks * (large - small))
+
+
+# Calls of 500 draws: far fewer than a request's 2 x 20000, so that memory is the call's, not the request's.
+CALL_VALUES = 500 * WIDE
+
+
+def test_logprob_with_missing_values_holds_no_more_memory_for_more_draws(
+    wide: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", CALL_VALUES)
+    x = half_missing(wide)
+    assert not wide.logprob(x, seed=0, n_importance=2).exact[0]
+    wide.logprob(x, seed=0, n_importance=2000)
+    low = peak_bytes(lambda: wide.logprob(x, seed=0, n_importance=2000))
+    high = peak_bytes(lambda: wide.logprob(x, seed=0, n_importance=20000))
+    # before: all 2 x 20000 draws' uniforms at once (82 MB here); now three numbers per (mask, row)
+    assert high < 1.5 * low, (low, high)
+
+
+def test_weighted_imputation_keeps_log_weights_not_draws(wide: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", CALL_VALUES)
+    x = half_missing(wide)
+    assert not wide.exact_rows(~np.isnan(x))[0]
+    per_draw = growth_per_draw(wide, lambda s: wide.impute(x, n_samples=5, seed=1, n_importance=s))
+    # before: the pool (WIDE bytes a draw) and its float64 copy in w_norm @ pool (8 x WIDE)
+    assert per_draw < WIDE / 4, per_draw
+
+
+def test_denoising_keeps_log_weights_not_draws(wide: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(denoise_module, "_DENOISE_VALUES", CALL_VALUES)
+    y = np.nan_to_num(half_missing(wide), nan=1.0)
+    per_draw = growth_per_draw(wide, lambda s: wide.denoise(y, 0.1, n_samples=5, seed=2, n_importance=s))
+    assert per_draw < WIDE / 4, per_draw
+
+
+class Calls:
+    """Counts the engine's sampler calls (the real ones, run as they are) and their sizes, and
+    runs `then(count)` after each."""
+
+    def __init__(self, engine: Engine, monkeypatch: pytest.MonkeyPatch, then: Callable[[int], None] | None = None):
+        self.sizes: list[int] = []
+        real = engine.sampler.run_masks
+
+        def run_masks(masks: np.ndarray, u: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+            out = real(masks, u, *args, **kwargs)
+            self.sizes.append(len(u))
+            if then is not None:
+                then(len(self.sizes))
+            return out
+
+        monkeypatch.setattr(engine, "jacobi_enabled", False)  # every call through engine.sampler
+        monkeypatch.setattr(engine.sampler, "run_masks", run_masks)
+
+
+def test_logprob_draws_go_through_the_sampler_in_bounded_calls_with_the_same_answers(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = tiny_engines["tiny"]
+    x = half_missing(engine, 3, seed=4)
+    x[1, [1, 5]] = np.nan
+    x[2] = np.nan
+    x[2, 3] = 1.0
+    one = engine.logprob(x, seed=7, n_importance=300)
+    assert not one.exact.all()
+    calls = Calls(engine, monkeypatch)
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 37)  # 37 draws a call: a row's 300 span calls
+    got = engine.logprob(x, seed=7, n_importance=300)
+    assert max(calls.sizes) <= 37 and len(calls.sizes) > 8, calls.sizes
+    np.testing.assert_array_equal(got.exact, one.exact)
+    np.testing.assert_allclose(got.logprob, one.logprob, rtol=1e-12)
+    np.testing.assert_allclose(got.stderr, one.stderr, rtol=1e-9)
+    # one mask: the same draws of that mask, pair after pair
+    single = engine.logprob(x, masks=2, seed=8, n_importance=50)
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 1 << 23)
+    np.testing.assert_allclose(engine.logprob(x, masks=2, seed=8, n_importance=50).logprob, single.logprob, rtol=1e-12)
+
+
+def test_resampled_completions_are_drawn_again_bit_for_bit(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resampled draws are made again from the saved generator states: the same
+    completions, and the same generator states after the row, as the pool itself holds: checked
+    against the pool drawn at once, by hand (the weighted pool of test_engine_impute)."""
+    engine = tiny_engines["tiny"]
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 13)  # 13 draws a call
+    row = half_missing(engine, 1, seed=5)[0]
+    row[7] = np.nan
+    k, s, d, n_samples = engine.n_masks, 40, engine.dims, 500
+    calls = Calls(engine, monkeypatch)
+    got = engine.impute(row[None], n_samples=n_samples, seed=3, n_importance=s)
+    sizes = list(calls.sizes)
+    rng = np.random.default_rng([3, 0])
+    u = rng.random((k * s, d))
+    obs = np.broadcast_to(~np.isnan(row), (k * s, d))
+    pool, logw, _ = engine.sampler.run_masks(
+        np.repeat(np.arange(k), s), u, obs, np.nan_to_num(np.broadcast_to(row, (k * s, d)))
+    )
+    w = np.exp(logw - logw.max())
+    picks = rng.choice(k * s, size=n_samples, p=w / w.sum())
+    np.testing.assert_array_equal(got.samples[0], pool[picks])
+    np.testing.assert_allclose(got.marginals[0], np.where(np.isnan(row), (w / w.sum()) @ pool, row), rtol=1e-12)
+    # the draws went through in calls of 13, then the distinct picked ones again, 13 a call
+    assert max(sizes) <= 13
+    assert sum(sizes) == k * s + len(np.unique(picks))
+
+
+@pytest.fixture
+def cancel_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[Calls, CancelToken, Any]]]:
+    """run(engine, call, after=n): call() in a worker thread under a fresh token (as the service
+    runs engine calls, the context copied into the thread), the token cancelled by the sampler
+    wrapper once n calls are done (n = 0: before the call starts); returns (calls, token,
+    result or the exception raised)."""
+    pool = ThreadPoolExecutor(1)
+
+    def run(engine: Engine, call: Callable[[], Any], after: int) -> tuple[Calls, CancelToken, Any]:
+        token = CancelToken()
+        calls = Calls(engine, monkeypatch, lambda count: token.cancel("timed out") if count == after else None)
+        if after == 0:
+            token.cancel("timed out")
+        with running_under(token):
+            ctx = contextvars.copy_context()
+        future = pool.submit(ctx.run, call)
+        try:
+            return calls, token, future.result(timeout=120)
+        except Abandoned as exc:
+            return calls, token, exc
+
+    yield run
+    pool.shutdown()
+
+
+def test_a_cancelled_logprob_stops_at_its_next_chunk(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch, cancel_after: Any
+) -> None:
+    engine = tiny_engines["tiny"]
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 10)  # 10 draws a call: 4 x 200 / 10 = 80 calls
+    x = half_missing(engine, 1, seed=6)
+    calls, token, got = cancel_after(engine, lambda: engine.logprob(x, seed=1, n_importance=200), after=3)
+    assert isinstance(got, Abandoned) and str(got) == "timed out"
+    assert calls.sizes == [10, 10, 10]
+    calls, _, got = cancel_after(engine, lambda: engine.logprob(x, seed=1, n_importance=200), after=0)
+    assert isinstance(got, Abandoned) and calls.sizes == []
+    # with no token, or one never cancelled, it runs to the end
+    calls, _, got = cancel_after(engine, lambda: engine.logprob(x, seed=1, n_importance=200), after=-1)
+    assert not isinstance(got, Abandoned) and len(calls.sizes) == 80
+    assert engine.logprob(x, seed=1, n_importance=200).logprob == pytest.approx(got.logprob, rel=1e-12)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_a_cancelled_imputation_stops_at_its_next_chunk(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch, cancel_after: Any, exact: bool
+) -> None:
+    engine = tiny_engines["tiny"]
+    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 10)
+    x = half_missing(engine, 2, seed=7)
+    if exact:  # every mask's ordering last: all missing
+        x[:] = np.nan
+    assert engine.exact_rows(~np.isnan(x)).all() == exact
+    call = lambda: engine.impute(x, n_samples=100, seed=1, n_importance=100)  # noqa: E731
+    calls, _, got = cancel_after(engine, call, after=2)
+    assert isinstance(got, Abandoned)
+    assert calls.sizes == [10, 10]  # of 20 (exact: 2 x 100 completions) or 80 calls and the redraws
+    calls, _, got = cancel_after(engine, call, after=0)
+    assert isinstance(got, Abandoned) and calls.sizes == []
+
+
+def test_a_cancelled_denoising_stops_at_its_next_chunk(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch, cancel_after: Any
+) -> None:
+    engine = tiny_engines["tiny10"]
+    monkeypatch.setattr(denoise_module, "_DENOISE_VALUES", 10 * 10)
+    y = (np.random.default_rng(8).random((2, 10)) < 0.5).astype(np.float64)
+    call = lambda: engine.denoise(y, 0.1, n_samples=10, seed=1, n_importance=100)  # noqa: E731
+    calls, _, got = cancel_after(engine, call, after=4)
+    assert isinstance(got, Abandoned) and calls.sizes == [10] * 4  # of 60 calls
+    calls, _, got = cancel_after(engine, call, after=0)
+    assert isinstance(got, Abandoned) and calls.sizes == []
+
+
+def test_cancelled_explanations_and_large_sampler_calls_stop(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = tiny_engines["tiny"]
+    x = (np.random.default_rng(9).random((3000, engine.dims)) < 0.5).astype(np.float64)
+    token = CancelToken()
+    token.cancel("shutting down")
+    with running_under(token), pytest.raises(Abandoned, match="shutting down"):
+        engine.full_conditionals(x)
+    # the sampler's own loop over passes of MAX_ROWS rows: stops between passes
+    monkeypatch.setattr(sampler_module, "MAX_ROWS", 100)
+    passes: list[int] = []
+    real = sampler_module._run_plan
+    monkeypatch.setattr(
+        sampler_module, "_run_plan", lambda plan, rows, *a, **k: passes.append(len(rows)) or real(plan, rows, *a, **k)
+    )
+    u = np.random.default_rng(10).random((1000, engine.dims))
+    with running_under(token), pytest.raises(Abandoned):
+        engine.sampler.run_masks(np.zeros(1000, dtype=np.int64), u)
+    assert passes == [100]
+    assert engine.sampler.run_masks(np.zeros(1000, dtype=np.int64), u)[0].shape == (1000, engine.dims)
