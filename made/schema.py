@@ -215,7 +215,9 @@ class Column:
         if self.decimals is None:
             return float(code)
         rounded = round(float(code), self.decimals)
-        return int(rounded) if self.decimals <= 0 else rounded
+        # a whole number as an int, where it is one exactly (past 2^53 a float's digits are
+        # noise: 1e300 stays 1e+300, not 301 digits that JSON readers refuse)
+        return int(rounded) if self.decimals <= 0 and abs(rounded) < 2.0**53 else rounded
 
 
 def _level_text(value: Any) -> str | None:
@@ -448,6 +450,28 @@ def bin_width(col: Column, values: np.ndarray) -> np.ndarray:
         lo = v - r / 2
         return np.where(lo > 0, np.log1p(r / np.where(lo > 0, lo, 1.0)) / col.scale, np.inf)
     return np.full(v.shape, r / col.scale)
+
+
+FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+
+def value_range(col: Column) -> tuple[float, float]:
+    """The smallest and largest present value of a numeric column that encode_cell takes back and
+    the network reads: a log-transformed column's values in [0, float64's largest]; a plain
+    column's within FLOAT32_MAX of loc in units of its scale (a hair inside it, so that the
+    bound survives rounding)."""
+    if col.transform == "log":
+        return 0.0, FLOAT64_MAX
+    reach = col.scale * FLOAT32_MAX * (1.0 - 1e-6)
+    return max(col.loc - reach, -FLOAT64_MAX), min(col.loc + reach, FLOAT64_MAX)
+
+
+def drawn_in_range(col: Column, values: np.ndarray) -> np.ndarray:
+    """Present numeric values drawn from the model, clipped to value_range: a draw past float64
+    (overflowed to inf, which would read as ABSENT) or past what the network reads becomes the
+    nearest value the column can hold. NaN stays NaN."""
+    lo, hi = value_range(col)
+    return np.clip(np.asarray(values, dtype=np.float64), lo, hi)
 
 
 def round_to_precision(col: Column, values: np.ndarray) -> np.ndarray:

@@ -11,8 +11,16 @@ import numpy as np
 
 from made.errors import InvalidInput
 from made.schema import ABSENT, Schema
+from service import budget
 from service.engine.bit_columns import BitColumns
-from service.engine.table_engine import ImpossibleEvidence, TableConditionals, TableEngine
+from service.engine.table_engine import (
+    GIVEN_LOCAL,
+    GIVEN_NODES,
+    SUMMARY_DRAWS,
+    ImpossibleEvidence,
+    TableConditionals,
+    TableEngine,
+)
 from service.records import decode_records, parse_given, parse_records
 from service.schemas import (
     ConditionalsRequest,
@@ -74,6 +82,34 @@ class TablePlane:
                 loc=("n_importance",),
             )
 
+    # --- the work budget (MADE_MAX_WORK), from the request alone -----------------------------
+    def _check_work(self, units: int, what: str, loc: tuple[str | int, ...]) -> None:
+        budget.check_work(self.settings.max_work, units, what, loc)
+
+    def _draws(self, values: np.ndarray, engine: Columns, masks: list[int]) -> tuple[int, int]:
+        """(rows with unknown cells that some mask in `masks` does not put last: importance
+        sampled, rows with unknown cells drawn exactly)."""
+        unknown = np.isnan(values).any(axis=1)
+        exact = _exact_rows(engine, ~np.isnan(values), masks)
+        return int((unknown & ~exact).sum()), int((unknown & exact).sum())
+
+    def _impute_work(
+        self, engine: Columns, values: np.ndarray, n_samples: int, n_importance: int, loc: tuple[str | int, ...]
+    ) -> None:
+        """impute's work: a pass per mask over the rows, then the draws (the table engine draws
+        max(n_samples, SUMMARY_DRAWS) for an exact row, a bit model n_samples)."""
+        masks = list(range(engine.n_masks))
+        weighted, exact = self._draws(values, engine, masks)
+        per_exact = max(n_samples, 1) if isinstance(engine, BitColumns) else max(n_samples, SUMMARY_DRAWS)
+        draws = weighted * n_importance * len(masks) + exact * per_exact
+        units = budget.passes(len(values), len(masks), _width(engine)) + _drawn(engine, draws)
+        self._check_work(
+            units,
+            f"{weighted} records with unknown cells x n_importance {n_importance} x {len(masks)} masks "
+            f"and {exact} drawn exactly x {per_exact}",
+            loc,
+        )
+
     # --- /logprob -------------------------------------------------------------------------------
     async def logprob(self, engine: Columns, req: LogProbRequest) -> LogProbResponse:
         values = self.values(engine, req)
@@ -98,6 +134,16 @@ class TablePlane:
                 f"explain is for a few records at a time: at most {limit} per request on {what}, got {len(values)}",
                 loc=("explain",),
             )
+        ks = list(range(engine.n_masks)) if masks == "all" else [int(masks)]
+        weighted, _ = self._draws(values, engine, ks)
+        units = budget.passes(len(values), len(ks), _width(engine))
+        units += _drawn(engine, weighted * req.n_importance * len(ks))
+        work = f"{weighted} records with unknown cells x n_importance {req.n_importance} x {len(ks)} masks"
+        if req.explain:
+            per_record = _explain_passes(engine)
+            units += budget.passes(len(values) * per_record, engine.n_masks, _width(engine))
+            work = f"explain of {len(values)} records ({per_record:,} passes each) x {engine.n_masks} masks"
+        self._check_work(units, work, ("explain",) if req.explain else ("n_importance",))
 
         def run() -> tuple[Any, Any]:
             result = engine.logprob(values, masks=masks, seed=seed, n_importance=req.n_importance)
@@ -133,6 +179,7 @@ class TablePlane:
                 "needs complete records; /impute gives the distribution of unknown cells",
                 loc=("records", i, name),
             )
+        self._check_work(budget.passes(len(values), 1, _width(engine)), f"{len(values)} records", ("records",))
         r = await self._timed(self._in_thread(engine.conditionals, values, mask))
         return ConditionalsResponse.model_construct(
             model=engine.name,
@@ -157,6 +204,8 @@ class TablePlane:
             raise InvalidInput(
                 f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks", loc=("mask",)
             )
+        if req.given is None:
+            self._check_work(_drawn(engine, req.n), f"n {req.n} samples", ("n",))
         seed = req.seed if req.seed is not None else self._new_seed()
         if req.given is None:
             values = await self._timed(self._in_thread(engine.sample, req.n, seed, mask))
@@ -170,9 +219,11 @@ class TablePlane:
         if mask is not None:
             raise InvalidInput("given samples from the mixture of every mask; leave mask out", loc=("mask",))
         row = parse_given(engine.schema, req.given)
+        n_importance = max(req.n, 1000)
+        self._impute_work(engine, row[None, :], req.n, n_importance, ("n",))
         try:
             result = await self._timed(
-                self._in_thread(engine.impute, row[None, :], n_samples=req.n, seed=seed, n_importance=max(req.n, 1000))
+                self._in_thread(engine.impute, row[None, :], n_samples=req.n, seed=seed, n_importance=n_importance)
             )
         except ImpossibleEvidence as exc:
             raise InvalidInput(f"given: {exc.reason()}", loc=("given",)) from None
@@ -199,6 +250,7 @@ class TablePlane:
                 loc=("n_samples",),
             )
         self._check_draws(values, engine, req.n_importance)
+        self._impute_work(engine, values, req.n_samples, req.n_importance, ("n_importance",))
         seed = req.seed if req.seed is not None else self._new_seed()
         try:
             r = await self._timed(
@@ -221,6 +273,40 @@ class TablePlane:
             exact=r.exact.tolist(),
             ess=r.ess.tolist(),
         )
+
+
+def _width(engine: Columns) -> int:
+    """Values one network pass computes per row: a table model's outputs, a bit model's bits."""
+    return engine.dims if isinstance(engine, BitColumns) else engine.schema.n_out
+
+
+def _drawn(engine: Columns, draws: int) -> int:
+    """The work of `draws` rows drawn: column by column, a pass each (a table model), or by the
+    stepping sampler (a bit model)."""
+    if isinstance(engine, BitColumns):
+        return budget.drawn(draws, engine.dims)
+    return budget.table_drawn(draws, engine.dims, engine.schema.n_out)
+
+
+def _explain_passes(engine: Columns) -> int:
+    """Network rows per record and mask that explain (surprisal) runs: a bit model's record and
+    its D flips, plus the in-order pass; a table model's in-order pass, each level of each
+    category, and each number's integral (at most GIVEN_NODES grid points and GIVEN_LOCAL points
+    per narrow mixture component)."""
+    if isinstance(engine, BitColumns):
+        return engine.dims + 2
+    return 1 + sum(
+        len(col.levels) if col.kind != "numeric" else GIVEN_NODES + col.components * len(GIVEN_LOCAL)
+        for col in engine.schema.columns
+    )
+
+
+def _exact_rows(engine: Columns, known: np.ndarray, masks: list[int]) -> np.ndarray:
+    """(N,) rows whose known cells every mask in `masks` puts first (complete rows included): the
+    m known columns come first in an ordering when their positions in it sum to m (m - 1) / 2."""
+    positions = np.argsort(np.asarray(engine.orderings)[masks], axis=1).astype(np.float64)  # (K, C)
+    m = known.sum(axis=1, dtype=np.float64)
+    return np.asarray(((known.astype(np.float64) @ positions.T) == (m * (m - 1) / 2)[:, None]).all(axis=1))
 
 
 def _point_fill(schema: Schema, values: np.ndarray, dists: list[dict[str, dict[str, Any]]]) -> np.ndarray:

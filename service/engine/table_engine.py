@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -21,14 +22,19 @@ import numpy as np
 from made.errors import InvalidInput, ModelStoreError
 from made.heads import NOISE_PER_COLUMN, column_loglik, level_probs, log_sigmoid, mixture, sample_column
 from made.masks import exact_orders
-from made.schema import ABSENT, Column, input_value, round_to_precision, unstandardise
+from made.schema import ABSENT, Column, drawn_in_range, input_value, round_to_precision, unstandardise
 from made.store import TABLE_OUTPUT, StoredModel
+from service.engine.cancel import checkpoint
 from service.engine.runtime import make_session, requested_providers
 
 log = logging.getLogger("made.engine")
 
 SUMMARY_DRAWS = 200  # draws behind an exact row's column distributions (more than the samples asked)
-IMPUTE_DRAWS = 1 << 16  # draws of /impute's rows that go through the network together, at most
+# Rows (draws, records) that go through the network together, at most: every long path (log p
+# with unknown cells, impute, sample, explain) works in chunks of this many, so its memory does
+# not grow with n_importance or the rows, and checks for cancellation (cancel.checkpoint)
+# between chunks. A draw's answer does not depend on its chunk.
+CHUNK = 2048
 
 # explain's given_others of a numeric column: the integral over its values (see surprisal)
 GIVEN_STEP = 0.01  # grid spacing, in the column's standardised units (1% of its training sd), at most...
@@ -169,9 +175,13 @@ class TableEngine:
                     continue
                 p = self._slice(self.params(filled[todo], int(k)), c)
                 col = self.schema.columns[c]
-                filled[todo, c] = sample_column(col, p, u[todo, c])
+                filled[todo, c] = _draw(col, p, u[todo, c])
                 if probs_of is not None and c in probs_of and col.kind != "numeric":
-                    level_p.setdefault(c, np.full((len(filled), len(col.levels)), np.nan))[todo] = level_probs(col, p)
+                    with np.errstate(over="ignore"):
+                        probs = level_probs(col, p)
+                    level_p.setdefault(c, np.full((len(filled), len(col.levels)), np.nan))[todo] = probs
+            if unk.all():
+                continue  # nothing known to score (a sample)
             # every known cell scored given the completed row: one pass per mask
             params = self.params(filled[rows], int(k))
             for c, col in enumerate(self.schema.columns):
@@ -192,28 +202,39 @@ class TableEngine:
         unknown = np.isnan(values)
         exact = exact_orders(self.orderings[ks], ~unknown).all(axis=0) | ~unknown.any(axis=1)
         per_mask = np.stack([self._exact_logprob(values, k) for k in ks])  # (K, N)
+        per_mask[np.isnan(per_mask)] = -np.inf  # an overflow in the network: no probability either
         lp = _logmeanexp(per_mask, axis=0)
         stderr = np.zeros(n)
         todo = np.flatnonzero(~exact)
         if len(todo):
+            # row todo[j]'s draws are n_importance under each mask in ks, one after another; they
+            # go through the network CHUNK at a time, their noise drawn in that order (the
+            # stream one call for all of them would draw), their weights summed as they come
             rng = np.random.default_rng(seed)
-            reps = np.repeat(todo, n_importance * len(ks))
-            draw_ks = np.tile(np.repeat(ks, n_importance), len(todo))
-            _, logw, _ = self._complete(values[reps], draw_ks, rng.random((len(reps), self.dims, NOISE_PER_COLUMN)))
-            logw = logw.reshape(len(todo), -1)
-            lp[todo] = _logmeanexp(logw, axis=1)
-            stderr[todo] = _delta_stderr(logw)
+            per_row, k_arr = n_importance * len(ks), np.asarray(ks, dtype=np.int64)
+            acc = _MeanWeights(len(todo))
+            for draws in _chunks(len(todo) * per_row):
+                checkpoint()
+                idx = np.arange(draws.start, draws.stop)
+                j = idx // per_row
+                u = rng.random((len(idx), self.dims, NOISE_PER_COLUMN))
+                _, logw, _ = self._complete(values[todo[j]], k_arr[(idx % per_row) // n_importance], u)
+                acc.add(j, logw)
+            lp[todo], stderr[todo] = acc.log_mean(), acc.stderr()
         return TableLogProb(lp, exact, stderr)
 
     def _exact_logprob(self, values: np.ndarray, k: int) -> np.ndarray:
         """Σ over known cells of log p_k(x_c | x_<c), the unknown ones read as 0: exactly
         log p_k(x_known) for rows whose known columns all come first in mask k's ordering."""
-        params = self.params(values, k)
         total = np.zeros(len(values))
-        for c, col in enumerate(self.schema.columns):
-            known = ~np.isnan(values[:, c])
-            if known.any():
-                total[known] += column_loglik(col, self._slice(params, c)[known], values[known, c])
+        for part in _chunks(len(values)):
+            checkpoint()
+            x = values[part]
+            params = self.params(x, k)
+            for c, col in enumerate(self.schema.columns):
+                known = ~np.isnan(x[:, c])
+                if known.any():
+                    total[part][known] += column_loglik(col, self._slice(params, c)[known], x[known, c])
         return total
 
     def surprisal(self, values: np.ndarray) -> dict[str, np.ndarray]:
@@ -241,6 +262,7 @@ class TableEngine:
                 continue
             alts = []
             for level in range(len(col.levels)):
+                checkpoint()
                 x = values.copy()
                 x[:, c] = level
                 alts.append(
@@ -303,6 +325,7 @@ class TableEngine:
             trap[[0, -1]] = np.log(0.5)
             trap_w = trap[None, :] + np.log(h)[:, None]  # (m, G)
             for k, (absent, log_w_all, mu_all, log_s_all) in enumerate(priors):
+                checkpoint()
                 before = self.positions[k] < self.positions[k, c]
                 if before.sum() == self.dims - 1:  # c comes last: the integral is p_k(x_<c) exactly
                     out[k, rows] = per_mask[k, rows][:, before].sum(axis=1)
@@ -347,6 +370,7 @@ class TableEngine:
         if not len(after):
             return out
         for first in range(0, len(rows), GIVEN_BATCH):
+            checkpoint()
             part = slice(first, first + GIVEN_BATCH)
             x = values[rows[part]].copy()
             x[:, c] = cells[part]
@@ -369,6 +393,19 @@ class TableEngine:
         k = self._masks(mask)[0]
         if np.isnan(values).any():
             raise InvalidInput("conditionals needs complete records")
+        parts = []
+        for rows in _chunks(len(values)):
+            checkpoint()
+            parts.append(self._conditionals(values[rows], k))
+        if len(parts) <= 1:
+            columns = parts[0] if parts else self._conditionals(values, k)
+        else:
+            columns = [
+                {key: np.concatenate([p[c][key] for p in parts]) for key in col} for c, col in enumerate(parts[0])
+            ]
+        return TableConditionals(k, self.orderings[k].copy(), columns)
+
+    def _conditionals(self, values: np.ndarray, k: int) -> list[dict[str, np.ndarray]]:
         params = self.params(values, k)
         columns: list[dict[str, np.ndarray]] = []
         for c, col in enumerate(self.schema.columns):
@@ -378,27 +415,30 @@ class TableEngine:
                 continue
             absent, log_w, mu, log_s = mixture(col, p)
             q = _mixture_quantiles(np.array([0.05, 0.5, 0.95]), log_w, mu, log_s)
-            qv = round_to_precision(col, unstandardise(col, q))
-            if col.transform == "log":
-                qv = np.maximum(qv, 0.0)
+            with np.errstate(over="ignore"):
+                qv = drawn_in_range(col, round_to_precision(col, unstandardise(col, q)))  # inf is ABSENT
             mean, sd = _mixture_moments(col, log_w, mu, log_s)
             out = {"mean": mean, "sd": sd, "q05": qv[:, 0], "q50": qv[:, 1], "q95": qv[:, 2]}
             if absent is not None:
                 out["p_absent"] = np.exp(log_sigmoid(absent))
             columns.append(out)
-        return TableConditionals(k, self.orderings[k].copy(), columns)
+        return columns
 
     # --- sampling and imputation ----------------------------------------------------------------
     def sample(self, n: int, seed: int, mask: int | None = None) -> np.ndarray:
         """(n, C) exact samples: each draws its mask uniformly (or uses `mask`), then its cells in
-        that mask's order from pre-drawn noise; the same seed gives the same records."""
+        that mask's order from pre-drawn noise; the same seed gives the same records (CHUNK rows
+        at a time, their noise drawn in turn from one stream)."""
         if n < 0:
             raise InvalidInput(f"n must be at least 0, got {n}")
         rng = np.random.default_rng(seed)
         ks = np.full(n, self._masks(mask)[0]) if mask is not None else rng.integers(self.n_masks, size=n)
-        u = rng.random((n, self.dims, NOISE_PER_COLUMN))
-        filled, _, _ = self._complete(np.full((n, self.dims), np.nan), ks, u)
-        return filled
+        out = np.empty((n, self.dims))
+        for part in _chunks(n):
+            checkpoint()
+            u = rng.random((part.stop - part.start, self.dims, NOISE_PER_COLUMN))
+            out[part] = self._complete(np.full((part.stop - part.start, self.dims), np.nan), ks[part], u)[0]
+        return out
 
     def impute(
         self, values: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
@@ -410,8 +450,10 @@ class TableEngine:
         others: likelihood weighting, n_importance draws per mask, resampled for the completions.
 
         Row i draws from numpy.random.default_rng([seed, i]), so its answer does not depend on the
-        other rows; the draws of all rows go through the network together, IMPUTE_DRAWS at a time
-        (a row's draws are never split)."""
+        other rows. The draws of all rows go through the network CHUNK at a time (a row's draws
+        split over chunks where they are more), and a row keeps of each draw only what its answer
+        needs: its drawn cells and weight (and, exact rows, the level probabilities they were
+        drawn from), never the network's outputs."""
         values = self.check_values(values)
         seed = seed if seed is not None else int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
         n, k_all = len(values), np.arange(self.n_masks)
@@ -430,67 +472,84 @@ class TableEngine:
             np.zeros(n),
             np.zeros(n),
         )
-        plans = []  # per row: its generator, masks and noise
+        pools = []
         for i in range(n):
             rng = np.random.default_rng([seed, i])
+            if not unknown[i].any():  # nothing to draw: the row itself
+                out.samples[i] = values[i]
+                out.ess[i] = n_samples
+                continue
             if exact[i]:
-                draws = max(n_samples, SUMMARY_DRAWS) if unknown[i].any() else n_samples
                 post = np.exp(per_mask[:, i] - np.logaddexp.reduce(per_mask[:, i]))
-                ks = rng.choice(self.n_masks, size=draws, p=post / post.sum())
+                ks = rng.choice(self.n_masks, size=max(n_samples, SUMMARY_DRAWS), p=post / post.sum())
+                pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), len(ks), ks))
             else:
-                ks = np.repeat(k_all, n_importance)
-            plans.append((rng, ks, rng.random((len(ks), self.dims, NOISE_PER_COLUMN))))
-        group: list[int] = []
-        for i in range(n):
-            group.append(i)
-            if i == n - 1 or sum(len(plans[j][1]) for j in (*group, i + 1)) > IMPUTE_DRAWS:
-                self._impute_group(values, unknown, group, plans, n_samples, out)
-                group = []
+                pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), self.n_masks * n_importance, None, n_importance))
+        for chunk in _segments(pools):
+            checkpoint()
+            sizes = [stop - start for _, start, stop in chunk]
+            rows = np.repeat(np.array([pool.row for pool, _, _ in chunk]), sizes)
+            # each row's noise drawn in its own stream's order: the draws do not depend on the chunks
+            u = np.concatenate(
+                [
+                    pool.rng.random((size, self.dims, NOISE_PER_COLUMN))
+                    for (pool, _, _), size in zip(chunk, sizes, strict=True)
+                ]
+            )
+            ks = np.concatenate([pool.masks(start, stop) for pool, start, stop in chunk])
+            cols = {int(c) for pool, _, _ in chunk for c in pool.unknown}
+            filled, logw, level_p = self._complete(values[rows], ks, u, cols)
+            first = 0
+            done = [pool for pool, _, stop in chunk if stop == pool.draws]
+            for pool, start, stop in chunk:
+                part, draws = slice(first, first + stop - start), slice(start, stop)
+                first += stop - start
+                if pool.cells is None:  # the row's first draws: room for what it keeps of them all
+                    pool.cells = np.empty((pool.draws, len(pool.unknown)))
+                    if not out.exact[pool.row]:
+                        pool.logw = np.empty(pool.draws)
+                pool.cells[draws] = filled[part][:, pool.unknown]
+                if pool.logw is not None:
+                    pool.logw[draws] = logw[part]
+                    continue
+                for c in pool.unknown.tolist():  # an exact row: the level probabilities of its draws
+                    if c in level_p:
+                        if c not in pool.level_p:
+                            pool.level_p[c] = np.empty((pool.draws, level_p[c].shape[1]))
+                        pool.level_p[c][draws] = level_p[c][part]
+            del filled, logw, level_p, u  # the chunk's arrays go before the rows' summaries are made
+            for pool in done:
+                self._finish(values, pool, n_samples, out)
         return out
 
-    def _impute_group(
-        self,
-        values: np.ndarray,
-        unknown: np.ndarray,
-        rows: list[int],
-        plans: list[tuple[np.random.Generator, np.ndarray, np.ndarray]],
-        n_samples: int,
-        out: TableImpute,
-    ) -> None:
-        """Rows' draws through one _complete call, then each row's summaries from its own draws."""
-        sizes = [len(plans[i][1]) for i in rows]
-        cols = set(np.flatnonzero(unknown[rows].any(axis=0)).tolist())
-        filled, logw, level_p = self._complete(
-            np.repeat(values[rows], sizes, axis=0),
-            np.concatenate([plans[i][1] for i in rows]),
-            np.concatenate([plans[i][2] for i in rows]),
-            cols,
-        )
-        start = 0
-        for i, size in zip(rows, sizes, strict=True):
-            part = slice(start, start + size)
-            start += size
-            rng, row_filled, unk_cols = plans[i][0], filled[part], np.flatnonzero(unknown[i]).tolist()
-            if out.exact[i]:
-                weights = np.full(size, 1.0 / size)
-                out.samples[i] = row_filled[:n_samples]
-                out.ess[i] = size
-                row_p = {c: level_p[c][part] for c in unk_cols if c in level_p}
-            else:
-                row_logw = np.where(np.isnan(logw[part]), -np.inf, logw[part])
-                if np.isneginf(row_logw).all():
-                    raise self._impossible(values, i)
-                out.logprob_observed[i] = _logmeanexp(row_logw[None, :], axis=1)[0]
-                out.stderr[i] = _delta_stderr(row_logw[None, :])[0]
-                weights = np.exp(row_logw - row_logw.max())
-                weights /= weights.sum()
-                out.ess[i] = 1.0 / np.sum(weights**2)
-                out.samples[i] = row_filled[rng.choice(size, size=n_samples, p=weights)]
-                row_p = {}  # a draw's level probabilities ignore the known cells after it
-            out.distributions[i] = {
-                self.schema.columns[c].name: self._distribution(c, row_filled[:, c], weights, row_p.get(c))
-                for c in unk_cols
-            }
+    def _finish(self, values: np.ndarray, pool: _Pool, n_samples: int, out: TableImpute) -> None:
+        """A row's summaries from its draws, once they are all in."""
+        i, size, unk_cols = pool.row, pool.draws, pool.unknown.tolist()
+        cells, row_p, row_logw = pool.cells, pool.level_p, pool.logw  # (draws, unknown columns), ...
+        assert cells is not None
+        pool.cells, pool.level_p, pool.logw = None, {}, None
+        if row_logw is None:  # an exact row
+            weights = np.full(size, 1.0 / size)
+            chosen = np.arange(n_samples)
+            out.ess[i] = size
+        else:
+            row_logw[np.isnan(row_logw)] = -np.inf
+            if np.isneginf(row_logw).all():
+                raise self._impossible(values, i)
+            out.logprob_observed[i] = _logmeanexp(row_logw[None, :], axis=1)[0]
+            out.stderr[i] = _delta_stderr(row_logw[None, :])[0]
+            weights = np.exp(row_logw - row_logw.max())
+            weights /= weights.sum()
+            out.ess[i] = 1.0 / np.sum(weights**2)
+            chosen = pool.rng.choice(size, size=n_samples, p=weights)
+            row_p = {}  # a draw's level probabilities ignore the known cells after it
+        samples = np.repeat(values[i][None, :], n_samples, axis=0)
+        samples[:, pool.unknown] = cells[chosen]
+        out.samples[i] = samples
+        out.distributions[i] = {
+            self.schema.columns[c].name: self._distribution(c, cells[:, j], weights, row_p.get(c))
+            for j, c in enumerate(unk_cols)
+        }
 
     def _impossible(self, values: np.ndarray, i: int) -> ImpossibleEvidence:
         """Row i's known cells have probability 0 under every mask (to float64 precision): the
@@ -539,6 +598,114 @@ class TableEngine:
         }
         finite = math.isfinite(mean) and math.isfinite(sd)
         return {**out, "mean": mean if finite else None, "sd": sd if finite else None, **q}
+
+
+def _chunks(total: int) -> Iterator[slice]:
+    """slice(0, CHUNK), slice(CHUNK, 2 CHUNK), ... over `total` rows."""
+    step = max(1, int(CHUNK))
+    for first in range(0, total, step):
+        yield slice(first, min(first + step, total))
+
+
+def _draw(col: Column, p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """sample_column's cells, a drawn number kept within what the column can hold. A number given
+    far outside the training values can move another column's conditional past float64 (a
+    log-transformed price of exp(1000)): such a draw overflows to inf, which is ABSENT, an "NA"
+    of a column that may never be absent. Clipped (made.schema.drawn_in_range), it stays a value:
+    the record reads back, and the draws that reached it weigh what the model gives them."""
+    with np.errstate(over="ignore"):  # a far logit's sigmoid overflows to its limit, 0 or 1: harmless
+        cells = sample_column(col, p, u)
+    if col.kind != "numeric":
+        return cells
+    if not col.nullable:
+        return drawn_in_range(col, cells)
+    with np.errstate(over="ignore"):  # sample_column's own test for absence, on the same noise
+        absent = u[:, 0] < 1.0 / (1.0 + np.exp(-np.asarray(p[:, 0], dtype=np.float64)))
+    return np.where(absent, ABSENT, drawn_in_range(col, cells))
+
+
+@dataclass
+class _Pool:
+    """One imputed row's draws: its generator (noise, then the resampling), its unknown columns,
+    how many draws and under which masks (`ks`, or draw j under mask j // n_importance), and
+    what it keeps of each chunk of them (drawn cells, log weights, level probabilities)."""
+
+    row: int
+    rng: np.random.Generator
+    unknown: np.ndarray
+    draws: int
+    ks: np.ndarray | None
+    n_importance: int = 1
+    cells: np.ndarray | None = None  # (draws, unknown columns), from its first chunk on
+    logw: np.ndarray | None = None  # (draws,), weighted rows
+    level_p: dict[int, np.ndarray] = field(default_factory=dict)  # column -> (draws, levels), exact rows
+
+    def masks(self, start: int, stop: int) -> np.ndarray:
+        if self.ks is not None:
+            return self.ks[start:stop]
+        return np.arange(start, stop, dtype=np.int64) // self.n_importance
+
+
+def _segments(pools: list[_Pool]) -> Iterator[list[tuple[_Pool, int, int]]]:
+    """The rows' draws in row order, CHUNK at a time: (pool, first draw, end) per row in a chunk."""
+    step = max(1, int(CHUNK))
+    chunk: list[tuple[_Pool, int, int]] = []
+    room = step
+    for pool in pools:
+        start = 0
+        while start < pool.draws:
+            stop = min(pool.draws, start + room)
+            chunk.append((pool, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield chunk
+                chunk, room = [], step
+    if chunk:
+        yield chunk
+
+
+class _MeanWeights:
+    """Per row, log of the mean importance weight and its delta-method standard error (as
+    _logmeanexp and _delta_stderr give them from all the log weights at once), accumulated chunk
+    by chunk: the count, the running max m of the log weights, and the mean and sum of squared
+    deviations of exp(log w - m), rescaled when m grows and merged by Chan et al.'s rule."""
+
+    def __init__(self, rows: int) -> None:
+        self.n = np.zeros(rows)
+        self.m = np.full(rows, -np.inf)
+        self.mean = np.zeros(rows)
+        self.m2 = np.zeros(rows)
+
+    def add(self, rows: np.ndarray, logw: np.ndarray) -> None:
+        """Log weights of draws of `rows` (non-decreasing: each row's draws together)."""
+        a = np.where(np.isnan(logw), -np.inf, logw)  # an overflow in the network: no probability
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        g, counts = rows[starts], np.diff(np.append(starts, len(rows))).astype(np.float64)
+        new_m = np.maximum(self.m[g], np.maximum.reduceat(a, starts))
+        base = np.where(np.isfinite(new_m), new_m, 0.0)
+        w = np.exp(a - np.repeat(base, counts.astype(np.int64)))
+        mean_b = np.add.reduceat(w, starts) / counts
+        m2_b = np.add.reduceat((w - np.repeat(mean_b, counts.astype(np.int64))) ** 2, starts)
+        f = np.exp(self.m[g] - base)
+        n_a, mean_a, m2_a = self.n[g], self.mean[g] * f, self.m2[g] * f * f
+        n = n_a + counts
+        delta = mean_b - mean_a
+        self.mean[g] = mean_a + delta * counts / n
+        self.m2[g] = m2_a + m2_b + delta**2 * n_a * counts / n
+        self.n[g], self.m[g] = n, new_m
+
+    def log_mean(self) -> np.ndarray:
+        """log mean w; -inf where every weight is 0."""
+        with np.errstate(divide="ignore"):
+            return np.where(np.isfinite(self.m), self.m + np.log(self.mean), -np.inf)
+
+    def stderr(self) -> np.ndarray:
+        """Standard error of log(mean w) by the delta method; NaN where every weight is 0."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sd = np.where(self.n > 1, np.sqrt(np.maximum(self.m2, 0.0) / np.maximum(self.n - 1, 1.0)), 0.0)
+            se = sd / np.sqrt(self.n) / np.maximum(self.mean, 1e-300)
+        return np.where(np.isfinite(self.m), se, np.nan)
 
 
 def _cells(col: Column, y: np.ndarray) -> np.ndarray:
