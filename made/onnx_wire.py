@@ -248,3 +248,27 @@ def _initializers(model_bytes: bytes) -> dict[str, np.ndarray]:
                     name, array = _tensor_array(g_value)
                     found[name] = array
     return found
+
+
+def initializer_shapes(model_bytes: bytes) -> dict[str, tuple[int, ...]]:
+    """The shape of each initializer of a serialized ModelProto's graph, by name, read without
+    building the values (no copy of their bytes): what a loader checks before it allocates
+    arrays from them. WireError for bytes that are not a ModelProto."""
+    try:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for number, value in fields(model_bytes):
+            if number == 7 and isinstance(value, memoryview):  # graph
+                for g_number, g_value in fields(value):
+                    if g_number == 5 and isinstance(g_value, memoryview):  # initializer
+                        name, dims = "", []
+                        for t_number, t_value in fields(g_value):
+                            if t_number == 1:
+                                dims += [_signed(v) for v in _packed_varints(t_value)]
+                            elif t_number == 8 and isinstance(t_value, memoryview):
+                                name = bytes(t_value).decode()
+                        shapes[name] = tuple(dims)
+        return shapes
+    except WireError:
+        raise
+    except (ValueError, OverflowError, TypeError) as exc:  # a name not UTF-8, ...
+        raise WireError(str(exc)) from None

@@ -1,16 +1,21 @@
 """The models a server holds: the highest version of every name in the store, and a default.
 
-`load()` is the strict start: every name's highest version must load, or the server is not ready.
-`reload()` is the lenient refresh of a running server: each name's newest version that loads
-is swapped in, a broken one is refused with its reason (and the version served so far stays),
-and nothing already served is dropped. New engines are built before the swap, and the swap
-replaces the whole dict at once, so a request that already holds an Engine keeps using it.
+`load()` is the start: every name's newest version that loads is served; a broken version is
+refused with its reason (logged) and the next lower one tried, and a name none of whose versions
+loads keeps the server from being ready, with the reasons. `reload()` is the lenient refresh of
+a running server: each name's newest version that loads is swapped in, a broken one is refused
+with its reason (and the version served so far stays), and nothing already served is dropped.
+New engines are built before the swap, and the swap replaces the whole dict at once, so a
+request that already holds an Engine keeps using it. Whatever a version raises while it loads
+(a bad file, onnxruntime, MemoryError, a bug) refuses that version only: it becomes a
+ModelStoreError with a one-sentence reason (load_failure).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,6 +64,20 @@ class ReloadReport:
         return any(r.status == "loaded" for r in self.results)
 
 
+def load_failure(exc: BaseException) -> str:
+    """Why a version failed to load, as one non-empty sentence: a MadeError's own message; for
+    anything else its type and message ("MemoryError" alone says it ran out of memory)."""
+    text = " ".join(str(exc).split())  # onnxruntime's messages span lines
+    if len(text) > 1000:
+        text = text[:997] + "..."
+    if isinstance(exc, MadeError) and text:
+        return text
+    if isinstance(exc, MemoryError):
+        return f"ran out of memory while loading (MemoryError{': ' + text if text else ''})"
+    kind = type(exc).__name__
+    return f"{kind} while loading: {text}" if text else f"{kind} while loading (no message)"
+
+
 def fingerprint(version_dir: Path) -> Fingerprint:
     try:
         entries = sorted((p.name, p.stat()) for p in version_dir.iterdir() if p.is_file())
@@ -91,22 +110,84 @@ class ModelRegistry:
         self.ready = False
 
     def _engine(self, name: str, version: str | None = None) -> AnyEngine:
-        model = open_model(self.store, name, version)
-        kind = TableEngine if model.is_table else Engine
-        return kind(model, self.providers or requested_providers(), self.threads)
+        """Open and build one version; whatever fails is a ModelStoreError with its reason."""
+        try:
+            model = open_model(self.store, name, version)
+            kind = TableEngine if model.is_table else Engine
+            return kind(model, self.providers or requested_providers(), self.threads)
+        except ModelStoreError:
+            raise
+        except Exception as exc:  # MemoryError, onnxruntime's, a bug: this version only
+            if not isinstance(exc, MadeError | MemoryError):  # a bug: keep its traceback in the log
+                log.error("loading model %s version %s raised", name, version, exc_info=True)
+            raise ModelStoreError(load_failure(exc)) from None
+
+    def _try(self, name: str, version: str, stamp: Fingerprint) -> AnyEngine | str:
+        """The engine of a version, or the reason it is refused (logged once per set of files:
+        a refused version is not retried until its files change)."""
+        refused = self._refused.get((name, version))
+        if refused is not None and refused[0] == stamp:
+            return refused[1]
+        try:
+            engine = self._engine(name, version)
+        except Exception as exc:  # _engine raises ModelStoreError; anything else is a bug here
+            reason = load_failure(exc)
+            self._refused[(name, version)] = (stamp, reason)
+            log.error(
+                "refused model %s version %s: %s",
+                name,
+                version,
+                reason,
+                extra={"model": name, "version": version, "reason": reason},
+            )
+            return reason
+        self._refused.pop((name, version), None)
+        return engine
 
     def load(self) -> None:
-        """Load every model; a broken one is an error naming its file."""
+        """Load every model; a name with no version that loads is a ModelStoreError naming the
+        reasons (never another exception: the caller reports it and stays not ready)."""
         with self._lock:
-            self._load()
+            self._guarded(self._load)
+
+    def _guarded(self, load: Callable[[], None]) -> None:
+        try:
+            load()
+        except MadeError:
+            raise
+        except OSError as exc:  # the store itself unreadable
+            raise ModelStoreError(f"cannot read model store {self.store}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            raise ModelStoreError(load_failure(exc)) from None
 
     def _load(self) -> None:
         names = list_names(self.store)
         if not names:
             raise ModelStoreError(f"model store {self.store} holds no models")
-        engines = {name: self._engine(name) for name in names}
+        engines: dict[str, AnyEngine] = {}
+        stamps: dict[str, Fingerprint] = {}
+        failed: list[str] = []
+        for name in names:
+            reasons = []
+            for version in reversed(list_versions(self.store, name)):
+                stamp = fingerprint(self.store / name / version)
+                found = self._try(name, version, stamp)
+                if isinstance(found, str):
+                    reasons.append(f"version {version}: {found}")
+                    continue
+                engines[name], stamps[name] = found, stamp
+                break
+            else:
+                failed.append(
+                    f"no version of model '{name}' loads ({'; '.join(reasons)})"
+                    if reasons
+                    else f"model '{name}' in store {self.store} has no versions"
+                )
+        if failed:
+            more = f" (and {len(failed) - 1} more model{'s' if len(failed) > 2 else ''})" if len(failed) > 1 else ""
+            raise ModelStoreError(failed[0] + more)
         default = self._pick_default(names)
-        self._fingerprints = {n: fingerprint(e.model.path) for n, e in engines.items()}
+        self._fingerprints = stamps
         self._engines = engines
         self.default_name = default
         self.ready = True
@@ -170,25 +251,13 @@ class ModelRegistry:
                 and ((self.store / name / served.version).is_dir())
             ):
                 break  # never roll back past a served version that is still in the store
-            refused = self._refused.get((name, version))
-            if refused is not None and refused[0] == stamp:
-                results.append(ReloadResult(name, version, "refused", refused[1], cached=True))
+            cached = self._refused.get((name, version))
+            found = self._try(name, version, stamp)
+            if isinstance(found, str):
+                was_cached = cached is not None and cached[0] == stamp
+                results.append(ReloadResult(name, version, "refused", found, cached=was_cached))
                 continue
-            try:
-                engine = self._engine(name, version)
-            except Exception as exc:  # whatever breaks a new version must not reach the old one
-                reason = str(exc) if isinstance(exc, MadeError) else f"{type(exc).__name__}: {exc}"
-                self._refused[(name, version)] = (stamp, reason)
-                log.error(
-                    "refused model %s version %s: %s",
-                    name,
-                    version,
-                    reason,
-                    extra={"model": name, "version": version, "reason": reason},
-                )
-                results.append(ReloadResult(name, version, "refused", reason))
-                continue
-            self._refused.pop((name, version), None)
+            engine = found
             engines[name] = engine
             stamps[name] = stamp
             previous = served.version if served is not None else None
@@ -214,7 +283,7 @@ class ModelRegistry:
 
     def _retry_load(self) -> ReloadReport:
         try:
-            self._load()
+            self._guarded(self._load)
         except MadeError as exc:
             error = f"models failed to load: {exc}"
             if error != self._last_error:  # a poller retries every interval: log each change once
