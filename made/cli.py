@@ -221,6 +221,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         ray=args.ray,
         progress=not args.no_progress,
         threads=args.threads or None,
+        escape_formulas=not args.no_escape_formulas,
     )
     print(json.dumps(result.to_json()))
     return 0
@@ -406,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         "in-process Ray with 2 CPUs (needs pip install made[ray])",
     )
     c.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
+    c.add_argument(
+        "--no-escape-formulas",
+        action="store_true",
+        help="write text cells that begin with =, +, -, @, a tab or a carriage return as they are, "
+        "not with a leading ' that keeps a spreadsheet from running them (trusted pipelines only)",
+    )
     c.set_defaults(func=cmd_score)
 
     s = sub.add_parser("serve", help="run the HTTP service", formatter_class=_DefaultsFormatter)

@@ -9,6 +9,12 @@ n_importance, masks, n_samples, explain), read against the model's columns as th
 were (service.records.parse_csv). With `Accept: text/csv`, /logprob answers the CSV it was sent
 with `logprob`, `exact` and `stderr` columns added. Everything else passes through untouched,
 and the route then validates, authorises and answers as for JSON.
+
+A body is bounded before it is parsed: its lines and the cells of each line are counted on the
+bytes against MADE_MAX_ROWS and MADE_MAX_WIDTH (service.records.check_csv_bounds), and a large
+admitted body is parsed in a worker thread, so that no request holds the event loop. Text cells
+of the CSV answer that a spreadsheet would run as formulas are escaped unless
+MADE_CSV_ESCAPE_FORMULAS is false (service.records.escape_formula).
 """
 
 from __future__ import annotations
@@ -17,17 +23,23 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from made.errors import InvalidInput, MadeError
 from made.schema import ABSENT
-from service.errors import error_body, status_of
+from service.auth import carries_key
+from service.errors import compressed, error_body, status_of
 from service.middleware import replay_body
-from service.records import parse_csv, to_csv
-from service.routers.deps import same_key
+from service.records import check_csv_bounds, parse_csv, to_csv
 
 _PATHS = {"/logprob", "/impute"}
 _OPTIONS = {"model": str, "seed": int, "n_importance": int, "n_samples": int, "masks": str, "explain": str}
+# Bodies (and answers of rows) past these are parsed (written) in a worker thread; smaller ones
+# take less time than the hop to a thread.
+_THREAD_BYTES = 64 * 1024
+_THREAD_ROWS = 1000
 
 
 class CsvRecordsMiddleware:
@@ -40,41 +52,60 @@ class CsvRecordsMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _PATHS:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "text/csv" or not self._authorised(headers):
+        content_type = authorization = encoding = accept = ""
+        for key, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
+            if key == b"content-type":
+                content_type = content_type or value.decode("latin-1")
+            elif key == b"authorization":
+                authorization = authorization or value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = encoding or value.decode("latin-1")
+            elif key == b"accept":
+                accept = accept or value.decode("latin-1")
+        media = content_type.split(";")[0].strip().lower()
+        if media != "text/csv" or not self._authorised(authorization):
             await self.app(scope, receive, send)  # JSON, or the route's 401
             return
-        body = b""
+        if encoding.strip().lower() not in ("", "identity"):
+            refused = compressed(Request(scope))  # the JSON routes' 415, word for word
+            assert refused is not None
+            await refused(scope, receive, send)
+            return
+        chunks: list[bytes] = []
         while True:
             message = await receive()
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
+        settings = self.dataplane.settings
         try:
-            request, header, rows = self._to_json(scope, body)
+            request, schema = self._options(scope)
+            check_csv_bounds(body, max_rows=settings.max_rows, max_width=settings.max_width)
+            if len(body) > _THREAD_BYTES:
+                header, rows, payload = await anyio.to_thread.run_sync(_to_json, request, schema, body)
+            else:
+                header, rows, payload = _to_json(request, schema, body)
         except MadeError as exc:
             status, kind = status_of(exc)
             await _send(send, status, "application/json", json.dumps(error_body(status, kind, str(exc))).encode())
             return
-        payload = json.dumps(request).encode()
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
         ]
         replay = replay_body(payload, receive)
-        if "text/csv" not in headers.get("accept", "") or scope["path"] != "/logprob":
+        if "text/csv" not in accept or scope["path"] != "/logprob":
             await self.app(scope, replay, send)
             return
-        await self.app(scope, replay, _CsvAnswer(send, header, rows))
+        await self.app(scope, replay, _CsvAnswer(send, header, rows, escape=settings.csv_escape_formulas))
 
-    def _authorised(self, headers: dict[str, str]) -> bool:
-        if self.api_key is None:
-            return True
-        return same_key(headers.get("authorization", "").removeprefix("Bearer ").strip(), self.api_key)
+    def _authorised(self, authorization: str) -> bool:
+        return self.api_key is None or carries_key(authorization, self.api_key)
 
-    def _to_json(self, scope: Scope, body: bytes) -> tuple[dict[str, Any], list[str], list[list[str]]]:
+    def _options(self, scope: Scope) -> tuple[dict[str, Any], Any]:
+        """The request's options from the query string, and the schema of the model it names."""
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:
@@ -95,13 +126,19 @@ class CsvRecordsMiddleware:
             else:
                 request[key] = value
         schema = self.dataplane.engine(request.get("model")).model.schema  # a bit model's: x0..x{D-1}
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput("the CSV body is not UTF-8 text") from None
-        values, header, rows = parse_csv(schema, text)
-        request["records"] = [_record(schema, row) for row in values]
-        return request, header, rows
+        return request, schema
+
+
+def _to_json(request: dict[str, Any], schema: Any, body: bytes) -> tuple[list[str], list[list[str]], bytes]:
+    """The CSV body as the JSON request's bytes, with its header and rows as read (for the answer);
+    bounded beforehand (check_csv_bounds), run in a worker thread for a large body."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("the CSV body is not UTF-8 text") from None
+    values, header, rows = parse_csv(schema, text)
+    request = {**request, "records": [_record(schema, row) for row in values]}
+    return header, rows, json.dumps(request).encode()
 
 
 def _record(schema: Any, row: Any) -> dict[str, Any]:
@@ -121,8 +158,8 @@ class _CsvAnswer:
     """Turns /logprob's JSON answer into the CSV it was sent, with logprob, exact and stderr added;
     error answers stay JSON."""
 
-    def __init__(self, send: Send, header: list[str], rows: list[list[str]]) -> None:
-        self.send, self.header, self.rows = send, header, rows
+    def __init__(self, send: Send, header: list[str], rows: list[list[str]], *, escape: bool = True) -> None:
+        self.send, self.header, self.rows, self.escape = send, header, rows, escape
         self.start: Message | None = None
         self.chunks: list[bytes] = []
 
@@ -142,6 +179,14 @@ class _CsvAnswer:
             await self.send(self.start)
             await self.send({"type": "http.response.body", "body": body})
             return
+        if len(self.rows) > _THREAD_ROWS:
+            payload = await anyio.to_thread.run_sync(self._csv, body)
+        else:
+            payload = self._csv(body)
+        keep = [(k, v) for k, v in self.start.get("headers", []) if k not in (b"content-type", b"content-length")]
+        await _send(self.send, 200, "text/csv; charset=utf-8", payload, keep)
+
+    def _csv(self, body: bytes) -> bytes:
         answer = json.loads(body)
         extra = ["logprob", "exact", "stderr"]
         scores = zip(answer["logprob"], answer["exact"], answer["stderr"], strict=True)
@@ -149,8 +194,7 @@ class _CsvAnswer:
             [*row, lp, str(ex).lower(), "" if se is None else se]
             for row, (lp, ex, se) in zip(self.rows, scores, strict=True)
         ]
-        keep = [(k, v) for k, v in self.start.get("headers", []) if k not in (b"content-type", b"content-length")]
-        await _send(self.send, 200, "text/csv; charset=utf-8", to_csv([*self.header, *extra], rows).encode(), keep)
+        return to_csv([*self.header, *extra], rows, escape=self.escape).encode()
 
 
 async def _send(

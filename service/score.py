@@ -24,7 +24,9 @@ The output keeps the input's columns as they were: a CSV's cells as text (in a P
 string columns, except a bit model's 0/1 columns, which become uint8 with missing cells null), a
 Parquet file's columns with their types. It is written to a temporary file beside it and renamed
 into place at the end: a bad cell halfway through leaves no output at all (and the error names
-its line and column).
+its line and column). In a CSV output, text cells that a spreadsheet would run as formulas (=cmd,
++HYPERLINK(...), @SUM(...): service.records.escape_formula) get a leading ' unless
+escape_formulas is off (`--no-escape-formulas`, for trusted pipelines); Parquet is written as is.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import concurrent.futures
 import contextlib
 import csv
 import io
+import itertools
 import logging
 import math
 import os
@@ -58,6 +61,7 @@ from made.store import MANIFEST, StoredModel, open_model
 from made.tables import _cell_text
 from service.engine.engine import Engine
 from service.engine.table_engine import TableEngine
+from service.records import escape_formulas as escape_cells
 
 SCORE_COLUMN = "logprob"
 COND_PREFIX = "cond_"
@@ -457,19 +461,23 @@ def _first_line(exc: BaseException) -> str:
 # --- writing ---------------------------------------------------------------------------------------
 class CsvSink:
     """CSV output: the input's cells unchanged (text), scores at full precision (repr of the
-    float64, which reads back to the same number), an empty cell for none."""
+    float64, which reads back to the same number), an empty cell for none. escape: text cells a
+    spreadsheet would run as formulas get a leading ' (service.records.escape_formula)."""
 
-    def __init__(self, fh: IO[str], delimiter: str):
+    def __init__(self, fh: IO[str], delimiter: str, escape: bool = True):
         self.writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+        self.escape = escape
         self.started = False
 
     def _header(self, names: list[str]) -> None:
         if not self.started:
-            self.writer.writerow(names)
+            self.writer.writerow(escape_cells(names) if self.escape else names)
             self.started = True
 
     def write_rows(self, names: list[str], rows: list[list[str]], scores: dict[str, np.ndarray]) -> None:
         self._header([*names, *scores])
+        if self.escape and _may_need_escape(rows):
+            rows = [escape_cells(row) for row in rows]
         columns = [_float_cells(v) for v in scores.values()]
         self.writer.writerows([*row, *extra] for row, extra in zip(rows, zip(*columns, strict=True), strict=True))
 
@@ -480,8 +488,17 @@ class CsvSink:
         block = Block(base, table=table.select(base), text=False)
         self._header(names)
         columns = [block.column_text(j) for j in range(len(base))]
+        if self.escape:
+            columns = [escape_cells(column) for column in columns]
         columns += [_float_cells(table.column(name).to_numpy(zero_copy_only=False)) for name in names[len(base) :]]
         self.writer.writerows(zip(*columns, strict=True))
+
+
+def _may_need_escape(rows: list[list[str]]) -> bool:
+    """False when no cell of rows can begin a formula: one C-speed search of the joined cells
+    (a cell holding a line break may make it say True, and the rows are then checked cell by cell)."""
+    joined = "\n" + "\n".join(itertools.chain.from_iterable(rows))
+    return any(f"\n{c}" in joined for c in "=+-@\t\r")
 
 
 def _float_cells(values: np.ndarray) -> list[str]:
@@ -604,9 +621,11 @@ def score_file(
     ray: str | None = None,
     progress: bool = True,
     threads: int | None = None,
+    escape_formulas: bool = True,
 ) -> ScoreResult:
     """Score every row of input_path with model `name` of `store`; write output_path atomically.
-    threads: blocks scored at once (default: the CPU cores this process may use)."""
+    threads: blocks scored at once (default: the CPU cores this process may use). escape_formulas:
+    text cells of a CSV output that a spreadsheet would run as formulas get a leading '."""
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -634,6 +653,7 @@ def score_file(
             batch_size=batch_size,
             progress=progress,
             start=start,
+            escape_formulas=escape_formulas,
         )
     scorer = Scorer(model, plan.names, str(source), conditionals)
     delimiter = "\t" if output.suffix.lower() == ".tsv" else (plan.delimiter if plan.kind == "csv" else ",")
@@ -651,7 +671,7 @@ def score_file(
             scored = _scored_blocks(scorer, blocks_in, threads or _cores())
             if out_kind == "csv":
                 with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                    sink = CsvSink(fh, delimiter)
+                    sink = CsvSink(fh, delimiter, escape_formulas)
                     for block, x, scores in scored:
                         if block.rows is not None:
                             sink.write_rows(block.names, block.rows, scores)
@@ -796,6 +816,7 @@ def score_on_ray(
     batch_size: int,
     progress: bool,
     start: float,
+    escape_formulas: bool = True,
 ) -> ScoreResult:
     """Ray Data: read the file, map_batches over a pool of RayScorer actors (each loads the engine
     once, with one onnxruntime thread like the local path's), then stream the scored blocks back in order and write
@@ -877,7 +898,7 @@ def score_on_ray(
                     csv_sink = None
                     if parquet is None:
                         fh = stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
-                        csv_sink = CsvSink(fh, delimiter)
+                        csv_sink = CsvSink(fh, delimiter, escape_formulas)
                     else:
                         stack.callback(parquet.close)
                     for table in _ray_batches(ds, plan):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from service.auth import bearer_token, same_key
 from service.dataplane import DataPlane
 from service.errors import Unauthorized
 from service.settings import Settings
 
+# The bearer schemes declare the key in the OpenAPI document; what a request carries is read by
+# service.auth.bearer_token, the one parser of the Authorization header (the CSV middleware and
+# the express /logprob handler use it too).
 _bearer = HTTPBearer(auto_error=False, description="MADE_API_KEY, when the server sets one")
 _admin_bearer = HTTPBearer(
     auto_error=False, scheme_name="AdminKey", description="MADE_ADMIN_KEY, or MADE_API_KEY when no admin key is set"
@@ -35,15 +38,17 @@ DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 
 
 async def require_api_key(
+    request: Request,
     settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """401 unless the request carries `Authorization: Bearer <MADE_API_KEY>` (when one is set)."""
     if settings.api_key is None:
         return
-    if credentials is None:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
         raise Unauthorized("this server requires an API key: send 'Authorization: Bearer <key>'")
-    if not same_key(credentials.credentials, settings.api_key):
+    if not same_key(token, settings.api_key):
         raise Unauthorized("the API key in the Authorization header is wrong")
 
 
@@ -58,8 +63,9 @@ def admin_key(settings: Settings) -> tuple[SecretStr, str] | None:
 
 
 async def require_admin_key(
+    request: Request,
     settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
 ) -> None:
     """401 unless the request carries `Authorization: Bearer <admin key>` (see admin_key); the
     app mounts the admin endpoints only when there is one."""
@@ -67,12 +73,8 @@ async def require_admin_key(
     if key is None:  # not mounted then; refuse all the same
         raise Unauthorized("admin endpoints are off: the server has no MADE_ADMIN_KEY")
     secret, variable = key
-    if credentials is None:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
         raise Unauthorized(f"admin endpoints require the admin key: send 'Authorization: Bearer <{variable}>'")
-    if not same_key(credentials.credentials, secret):
+    if not same_key(token, secret):
         raise Unauthorized("the admin key in the Authorization header is wrong")
-
-
-def same_key(given: str, key: SecretStr) -> bool:
-    # Constant time: the comparison must not reveal how many leading bytes matched.
-    return hmac.compare_digest(given.encode(), key.get_secret_value().encode())

@@ -11,12 +11,12 @@ import numpy as np
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import ConfigDict, Field, SecretStr, Strict, TypeAdapter, ValidationError, create_model
 from starlette.types import Receive, Scope, Send
 
+from service.auth import carries_key
 from service.dataplane import DataPlane
-from service.routers.deps import DataPlaneDep, same_key
+from service.routers.deps import DataPlaneDep
 from service.schemas import (
     ConditionalsRequest,
     ConditionalsResponse,
@@ -176,11 +176,8 @@ def express_request(body: bytes) -> ExpressBody | None:
 
 
 def _bearer_is(authorization: bytes | None, key: SecretStr) -> bool:
-    """Whether the header carries `Bearer <key>` as the route's HTTPBearer reads it."""
-    if not authorization:
-        return False
-    scheme, credentials = get_authorization_scheme_param(authorization.decode("latin-1"))
-    return bool(scheme and credentials) and scheme.lower() == "bearer" and same_key(credentials, key)
+    """Whether the header carries `Bearer <key>` as the route reads it (service.auth, the one parser)."""
+    return carries_key(authorization, key)
 
 
 def _handler_of(app: Any, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:

@@ -1,0 +1,75 @@
+"""One reading of the Authorization header for every route (service.auth.bearer_token): the
+scheme is case-insensitive (RFC 7235), so `bearer`, `Bearer` and `BEARER` with the key are
+accepted, and a wrong key refused, alike on JSON routes, the express /logprob, the CSV
+middleware and the admin endpoints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from service.auth import bearer_token, carries_key
+from service.engine import ModelRegistry
+from service.settings import Settings
+from service.testing import in_process
+
+STORE = Path(__file__).resolve().parent.parent / "model_store"
+
+
+def test_bearer_token_reads_the_scheme_in_any_case() -> None:
+    for header in ("Bearer k", "bearer k", "BEARER k", "bEaReR\tk", "  Bearer   k  ", b"bearer k"):
+        assert bearer_token(header) == "k", header
+    for header in (None, "", "Bearer", "Bearer   ", "Basic k", "Bearerk", "Token k", "k"):
+        assert bearer_token(header) is None, header
+    assert bearer_token("Bearer a b") == "a b"  # the rest of the header, as HTTPBearer read it
+    key = SecretStr("k")
+    assert carries_key("bearer k", key) and not carries_key("bearer K", key) and not carries_key(None, key)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "store"
+    shutil.copytree(STORE / "diamonds", path / "diamonds")
+    shutil.copytree(STORE / "mushrooms", path / "mushrooms")
+    return path
+
+
+@pytest.fixture(scope="module")
+def registry(store: Path) -> ModelRegistry:
+    reg = ModelRegistry(store, providers=["CPUExecutionProvider"], threads=1)
+    reg.load()
+    return reg
+
+
+CSV = b"carat,cut,color,clarity,depth,table,price,x,y,z\n0.3,Ideal,E,SI1,61.5,55,326,3.95,3.98,2.43\n"
+RECORDS = {"model": "diamonds", "records": [{"carat": 0.3, "cut": "Ideal"}]}
+BITS = {"model": "mushrooms", "x": [[0] * 112]}  # the express handler's request
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+async def test_every_route_reads_the_scheme_alike(store: Path, registry: ModelRegistry, scheme: str) -> None:
+    settings = Settings(store=store, default_model="diamonds", api_key="k", admin_key="a")
+    async with in_process(settings, registry) as client:
+        http = client.http
+        for key, status in (("k", 200), ("wrong", 401)):
+            auth = {"Authorization": f"{scheme} {key}"}
+            r = await http.post("/logprob", json=RECORDS, headers=auth)
+            assert r.status_code == status, ("json", r.text)
+            r = await http.post("/logprob", json=BITS, headers=auth)
+            assert r.status_code == status, ("express", r.text)
+            r = await http.post("/logprob?model=diamonds", content=CSV, headers={"Content-Type": "text/csv", **auth})
+            assert r.status_code == status, ("csv", r.text)
+            if status == 200:
+                assert len(r.json()["logprob"]) == 1
+            r = await http.get("/models", headers=auth)
+            assert r.status_code == status, ("models", r.text)
+        r = await http.post("/admin/reload", headers={"Authorization": f"{scheme} a"})
+        assert r.status_code == 200, ("admin", r.text)
+        r = await http.post("/admin/reload", headers={"Authorization": f"{scheme} k"})
+        assert r.status_code == 401, ("admin with the API key", r.text)
+        r = await http.post("/logprob", content=CSV, headers={"Content-Type": "text/csv", "Authorization": "Basic k"})
+        assert r.status_code == 401 and "requires an API key" in r.json()["detail"]
