@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from made.errors import MadeError
 from service import oip
+from service.body_bounds import Limits
 from service.csv_records import CsvRecordsMiddleware
 from service.dataplane import DataPlane
 from service.engine import ModelRegistry, requested_providers
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         yield
         for task in tasks:
             task.cancel()  # a load or reload in its thread finishes unobserved
+        dataplane.cancel_all("shutdown")  # engine calls still running stop at their next chunk
         await dataplane.aclose()  # requests in flight have finished: let queued batches finish
         log.info("stopped")
 
@@ -121,6 +123,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         RequestMiddleware,
         metrics=app_metrics,
         max_body_bytes=settings.max_body_bytes,
+        limits=Limits(max_rows=settings.max_rows, max_width=settings.max_width),
+        read_timeout=settings.read_timeout,
         express={"/logprob": express},
     )
     install_error_handlers(app)

@@ -27,9 +27,11 @@ import anyio.to_thread
 import numpy as np
 
 from made.errors import InvalidInput, NotAcceptable, NotReady, Overloaded, RequestTimeout
+from service import budget
 from service.batching import Batcher
 from service.engine import Engine, LogProbResult, ModelRegistry
 from service.engine.bit_columns import BitColumns
+from service.engine.cancel import Abandoned, CancelToken, running_under
 from service.engine.registry import AnyEngine, ReloadReport
 from service.engine.table_engine import TableEngine
 from service.imaging import samples_png
@@ -135,13 +137,27 @@ class DataPlane:
         # Batchers of versions a reload replaced: they finish their queues, then are collected
         # (with the old Engine they hold); shutdown still waits for them.
         self._retired: weakref.WeakSet[Batcher[Any, Any]] = weakref.WeakSet()
+        # The tokens of engine calls running or waiting for a thread: cancelled when their
+        # request times out, and all of them at shutdown (the engine stops at its next chunk).
+        self._tokens: set[CancelToken] = set()
         self.tables = TablePlane(settings, self._in_thread, self._timed, new_seed)
 
     # --- plumbing ------------------------------------------------------------------------------
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn in an engine thread, when the current request's endpoint gets its fair turn.
-        abandon_on_cancel: a timed-out request answers at once; its thread finishes unobserved."""
-        return await self.scheduler.run(_lane.get(), functools.partial(fn, *args, **kwargs), abandon_on_cancel=True)
+        abandon_on_cancel: a timed-out request answers at once; its thread goes on to the
+        engine's next checkpoint, where its cancelled token stops it (made_abandoned_total)."""
+        endpoint = _lane.get()
+        call = functools.partial(self._abandonable, endpoint, functools.partial(fn, *args, **kwargs))
+        return await self.scheduler.run(endpoint, call, abandon_on_cancel=True)
+
+    def _abandonable(self, endpoint: str, call: Callable[[], T]) -> T:
+        """call() in its engine thread; counted when it stops at a checkpoint, nobody waiting."""
+        try:
+            return call()
+        except Abandoned:
+            self.metrics.child(self.metrics.abandoned, endpoint).inc()
+            raise
 
     @contextlib.asynccontextmanager
     async def admit(self, endpoint: str) -> AsyncIterator[None]:
@@ -169,11 +185,28 @@ class DataPlane:
         self.scheduler.leave(endpoint)
 
     async def _timed(self, work: Awaitable[T]) -> T:
+        """work within MADE_REQUEST_TIMEOUT, its engine calls under a token cancelled when the
+        request times out or is cancelled (shutdown), so that they stop at their next chunk."""
+        token = CancelToken()
+        self._tokens.add(token)
         try:
-            async with asyncio.timeout(self.settings.request_timeout):  # no task, unlike wait_for
-                return await work
+            with running_under(token):
+                async with asyncio.timeout(self.settings.request_timeout):  # no task, unlike wait_for
+                    return await work
         except TimeoutError:
+            token.cancel("timeout")
             raise self._timeout_error() from None
+        except BaseException:
+            token.cancel("cancelled")
+            raise
+        finally:
+            self._tokens.discard(token)
+
+    def cancel_all(self, reason: str) -> int:
+        """Cancel every engine call still running (shutdown): each stops at its next chunk."""
+        for token in self._tokens:
+            token.cancel(reason)
+        return len(self._tokens)
 
     def _timeout_error(self) -> RequestTimeout:
         limit = self.settings.request_timeout
@@ -267,10 +300,12 @@ class DataPlane:
             raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request (MADE_MAX_ROWS)")
         self.metrics.observe_rows(endpoint, engine.name, n)
 
-    def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine) -> None:
+    def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine, masks: int) -> int:
         """Rows that need importance sampling x n_importance: a row whose missing values every
         mask's ordering puts after its observed ones is exact (/logprob: one pass per mask;
-        /impute: n_samples completions, counted against MADE_MAX_SAMPLES) and does not count."""
+        /impute: n_samples completions, counted against MADE_MAX_SAMPLES) and does not count.
+        Within MADE_MAX_DRAWS, and their work (x `masks`) within MADE_MAX_WORK with `passes`
+        passes of the rows; returns the number of such rows."""
         rows = int((~engine.exact_rows(~np.isnan(x))).sum())
         what = "rows that need importance sampling (a missing value before an observed one in some mask's ordering)"
         if rows * n_importance > self.settings.max_draws:
@@ -280,6 +315,15 @@ class DataPlane:
                 f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
                 "fewer rows or a smaller n_importance"
             )
+        work = budget.passes(len(x), masks, engine.dims) + budget.drawn(rows * n_importance * masks, engine.dims)
+        budget.check_work(
+            self.settings.max_work,
+            work,
+            f"{len(x)} rows, {rows} of them with importance sampling x n_importance {n_importance} x {masks} "
+            f"mask{'s' * (masks != 1)}",
+            loc=("n_importance",),
+        )
+        return rows
 
     def _check_completions(self, rows: int, n_samples: int, loc: tuple[str, ...] = ()) -> None:
         """rows x n_samples completions (/impute, /denoise) within MADE_MAX_SAMPLES."""
@@ -307,8 +351,7 @@ class DataPlane:
         default = self.registry.default_name
         infos = []
         for e in self.registry.engines():
-            dataset = e.manifest.get("dataset")
-            metrics = e.manifest.get("metrics") or {}
+            spec = e.model.spec  # the typed manifest (made.store.Manifest), checked at load
             infos.append(
                 ModelInfo(
                     name=e.name,
@@ -317,8 +360,8 @@ class DataPlane:
                     n_masks=e.n_masks,
                     default=e.name == default,
                     image_shape=e.image_shape,
-                    dataset=dataset.get("name") if isinstance(dataset, dict) else dataset,
-                    test_nll=metrics.get("test_nll"),
+                    dataset=spec.dataset_name,
+                    test_nll=spec.test_nll,
                     providers=list(e.providers),
                     columns=e.schema.names if isinstance(e, TableEngine) else None,
                 )
@@ -326,7 +369,7 @@ class DataPlane:
         return ModelsResponse(models=infos, default=default)
 
     def manifest(self, name: str) -> dict[str, Any]:
-        return dict(self.engine(name).manifest)
+        return self.engine(name).model.public_manifest()  # training files' paths as names only
 
     # --- /logprob --------------------------------------------------------------------------------
     @admitted("/logprob")
@@ -362,11 +405,15 @@ class DataPlane:
         complete = not np.isnan(x).any()
         seed = None if complete else (seed if seed is not None else new_seed())
         if complete:
+            k = engine.n_masks if masks == "all" else 1
+            budget.check_work(
+                self.settings.max_work, budget.passes(len(x), k, engine.dims), f"{len(x)} rows x {k} masks"
+            )
             # Exact, one pass: merge with other requests for the same model and masks.
             run = functools.partial(_logprob_batch, engine, masks)
             result = await self._logprob_pieces(self._batcher("/logprob", engine, masks, run), x)
         else:
-            self._check_draws(x, n_importance, engine)
+            self._check_draws(x, n_importance, engine, engine.n_masks if masks == "all" else 1)
             result = await self._timed(
                 self._in_thread(engine.logprob, x, masks=masks, seed=seed, n_importance=n_importance, checked=True)
             )
@@ -396,6 +443,7 @@ class DataPlane:
         x = req.rows
         self._check_rows(engine, x, "/conditionals")
         mask = self._check_mask(engine, req.mask)
+        budget.check_work(self.settings.max_work, budget.passes(len(x), 1, engine.dims), f"{len(x)} rows")
         run = functools.partial(_conditionals_batch, engine, mask)
         parts = await self._batched(self._batcher("/conditionals", engine, mask, run), self._row_pieces(x))
         probs = np.concatenate(parts)
@@ -413,6 +461,7 @@ class DataPlane:
             raise InvalidInput(
                 f"n is {req.n}; the limit is {self.settings.max_samples} samples per request (MADE_MAX_SAMPLES)"
             )
+        budget.check_work(self.settings.max_work, budget.drawn(req.n, engine.dims), f"n {req.n}", loc=("n",))
         self.metrics.observe_rows("/sample", engine.name, req.n)
         return None if req.mask == "mixture" else self._check_mask(engine, int(req.mask))
 
@@ -500,7 +549,16 @@ class DataPlane:
         x = req.rows
         self._check_rows(engine, x, "/impute")
         self._check_completions(len(x), req.n_samples)
-        self._check_draws(x, req.n_importance, engine)
+        weighted = self._check_draws(x, req.n_importance, engine, engine.n_masks)
+        exact = len(x) - weighted
+        budget.check_work(
+            self.settings.max_work,
+            budget.drawn(exact * max(req.n_samples, 1) + weighted * req.n_importance * engine.n_masks, engine.dims)
+            + budget.passes(len(x), engine.n_masks, engine.dims),
+            f"{exact} exact rows x n_samples {req.n_samples} and {weighted} rows x n_importance "
+            f"{req.n_importance} x {engine.n_masks} masks",
+            loc=("n_importance",),
+        )
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(
             self._in_thread(
@@ -542,6 +600,13 @@ class DataPlane:
                 "fewer rows or a smaller n_importance",
                 loc=("n_importance",),
             )
+        budget.check_work(
+            self.settings.max_work,
+            budget.drawn(rows * req.n_importance * engine.n_masks, engine.dims)
+            + budget.passes(len(x), engine.n_masks, engine.dims),
+            f"{rows} noisy rows x n_importance {req.n_importance} x {engine.n_masks} masks",
+            loc=("n_importance",),
+        )
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(
             self._in_thread(

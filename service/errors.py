@@ -33,6 +33,9 @@ from service.schemas import json_value
 
 log = logging.getLogger("made.service")
 
+# Problems a 422 lists in its `errors` (its detail names the first five and counts the rest).
+MAX_LISTED = 10
+
 
 class Unauthorized(MadeError):
     """The API key is configured and the request lacks it or carries a wrong one."""
@@ -167,9 +170,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         if exc.errors() and exc.errors()[0].get("type") == "json_invalid" and (refused := compressed(request)):
             return refused
-        errors = [
+        problems = exc.errors()
+        errors = [  # the first few, never the body: the detail counts the rest
             {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e), "type": e.get("type")}
-            for e in exc.errors()
+            for e in problems[:MAX_LISTED]
         ]
         content_type = request.headers.get("content-type", "")
         if errors and errors[0]["loc"] == ["body"] and "json" not in content_type:
@@ -184,8 +188,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 422, "invalid_input", detail, errors=[{"loc": ["body"], "msg": detail, "type": "missing"}]
             )
         detail = "; ".join(dict.fromkeys(e["msg"] for e in errors[:5]))  # dedupe, keep order
-        if len(errors) > 5:
-            detail += f"; and {len(errors) - 5} more"
+        if len(problems) > 5:
+            detail += f"; and {len(problems) - 5} more"
         return error_response(422, "invalid_input", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -72,6 +72,12 @@ class Metrics:
         self.overloaded = Counter(
             "made_overloaded", "requests refused with 503 at MADE_MAX_QUEUE", ["endpoint"], registry=r
         )
+        self.abandoned = Counter(
+            "made_abandoned",
+            "engine calls stopped at a checkpoint after their request timed out or the server shut down",
+            ["endpoint"],
+            registry=r,
+        )
         self.models_loaded = Gauge("made_models_loaded", "models loaded and served", registry=r)
         self.model_info = Gauge(
             "made_model_info", "1 for each loaded model version", ["model", "version", "providers"], registry=r

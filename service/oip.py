@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
+import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from made.errors import InvalidInput, MadeError, ModelNotFound, format_value
+from service.body_bounds import INLINE_BYTES, Limits, check_json
 from service.dataplane import DataPlane, new_seed
 from service.engine import Engine
 from service.errors import NotReady, PayloadTooLarge, error_body, status_of
@@ -61,6 +64,7 @@ from service.schemas import ConditionalsRequest, ErrorResponse, LogProbRequest, 
 PLATFORM = "onnxruntime_onnx"  # what Triton calls an ONNX model run by onnxruntime
 EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_BYTE_COUNT = re.compile(r"[0-9]{1,15}")
 WHERE = "the Open Inference Protocol (/v2)"
 
 # Input datatypes read, and their numpy types (binary data is little-endian). BYTES and BF16
@@ -240,17 +244,27 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
-    """The JSON inference request and the binary data after it (the extension's)."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON part of the body and the binary data after it (the extension's)."""
     if header_length is None:
-        head, tail = body, b""
-    else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise InvalidInput(
-                f"{HEADER_LENGTH} is {header_length!r}, but it must be the byte "
-                f"length of the JSON part of the body ({len(body)} bytes in all)"
-            )
-        head, tail = body[: int(header_length)], body[int(header_length) :]
+        return body, b""
+    given = header_length.strip()
+    # ASCII digits only, and few of them: str.isdigit() takes '²' and int() refuses 4300 digits
+    if not _BYTE_COUNT.fullmatch(given) or int(given) > len(body):
+        shown = header_length if len(header_length) <= 40 else header_length[:37] + "..."
+        raise InvalidInput(
+            f"{HEADER_LENGTH} is {shown!r}, but it must be the byte "
+            f"length of the JSON part of the body ({len(body)} bytes in all)"
+        )
+    return body[: int(given)], body[int(given) :]
+
+
+def parse_request(body: bytes, header_length: str | None, limits: Limits | None = None) -> tuple[InferRequest, bytes]:
+    """The JSON inference request and the binary data after it (the extension's); the JSON
+    checked against `limits` (service.body_bounds) before it is parsed."""
+    head, tail = split_body(body, header_length)
+    if limits is not None:
+        check_json(head, limits)
     try:
         obj = json.loads(head)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -267,8 +281,10 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         raise InvalidInput(_describe(exc.errors())) from None
 
 
-def read_tensors(req: InferRequest, binary: bytes) -> dict[str, np.ndarray]:
-    """Every input as float64 (NaN = missing), from JSON data or from the binary part."""
+def read_tensors(req: InferRequest, binary: bytes, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """Every input as float64 (NaN = missing), from JSON data or from the binary part; with
+    `limits`, shapes past MADE_MAX_ROWS rows or MADE_MAX_WIDTH values a row are refused before
+    any array is made."""
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in req.inputs:
@@ -281,6 +297,8 @@ def read_tensors(req: InferRequest, binary: bytes) -> dict[str, np.ndarray]:
                 "FP32 (NaN for a missing value), FP64, or an integer or BOOL type for "
                 "complete rows"
             )
+        if limits is not None:
+            _check_shape(tensor, limits)
         count = math.prod(tensor.shape)
         size = tensor.parameters.get("binary_data_size")
         unknown = sorted(set(tensor.parameters) - {"binary_data_size"})
@@ -326,6 +344,19 @@ def read_tensors(req: InferRequest, binary: bytes) -> dict[str, np.ndarray]:
             f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for"
         )
     return tensors
+
+
+def _check_shape(tensor: InferInput, limits: Limits) -> None:
+    shape = tensor.shape
+    if shape and shape[0] > limits.max_rows:
+        raise InvalidInput(
+            f"{tensor.name} has {shape[0]} rows; the limit is {limits.max_rows} per request (MADE_MAX_ROWS)"
+        )
+    if len(shape) > 1 and math.prod(shape[1:]) > limits.max_width:
+        raise InvalidInput(
+            f"input {tensor.name} has shape {shape}: {math.prod(shape[1:])} values a row; the limit is "
+            f"{limits.max_width} (MADE_MAX_WIDTH)"
+        )
 
 
 def _json_values(tensor: InferInput, count: int) -> np.ndarray:
@@ -428,7 +459,7 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes)
     unknown = sorted(set(req.parameters) - set(_PARAMETERS) - _IGNORED)
     if unknown:
         raise InvalidInput(f"unknown parameter {unknown[0]!r}; the parameters are {', '.join(_PARAMETERS)}")
-    tensors = read_tensors(req, binary)
+    tensors = read_tensors(req, binary, Limits(max_rows=dp.settings.max_rows, max_width=dp.settings.max_width))
     extra = sorted(set(tensors) - {"x"})
     if extra:
         raise InvalidInput(
@@ -607,7 +638,14 @@ def make_router(dependencies: Sequence[DependsParam] = ()) -> APIRouter:
         engine = _engine(dp, name, model_version)
         body = await request.body()
         body = _decompress(body, request.headers.get("content-encoding", ""), limit)
-        req, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
+        limits = Limits(max_rows=dp.settings.max_rows, max_width=dp.settings.max_width)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if len(body) <= INLINE_BYTES:
+            req, binary = parse_request(body, header_length, limits)
+        else:  # the bounds' scan in a thread (numpy releases the GIL), then the parse here
+            head, _ = split_body(body, header_length)
+            await anyio.to_thread.run_sync(check_json, head, limits)
+            req, binary = parse_request(body, header_length)
         return await infer(dp, engine, req, binary)
 
     @guarded.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_class=Response, responses=INFER_ERRORS)

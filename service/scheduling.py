@@ -158,7 +158,7 @@ class FairScheduler:
             if future.done() and not future.cancelled():  # granted just as it was cancelled
                 lane.charged -= future.result()
                 self._free(lane)
-            else:
+            elif future in lane.waiting:  # _dispatch may have dropped it already
                 lane.waiting.remove(future)
             raise
 
@@ -169,4 +169,7 @@ class FairScheduler:
             if not ready:
                 return
             lane = min(ready, key=lambda candidate: candidate.charged)
-            lane.waiting.popleft().set_result(self._grant(lane))
+            future = lane.waiting.popleft()
+            if future.done():  # its request was cancelled (timeout, shutdown) and has not run its except yet
+                continue
+            future.set_result(self._grant(lane))

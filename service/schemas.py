@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from made.errors import InvalidInput
+from service.body_bounds import current_limits
 
 Encoding = Literal["json", "packed"]
 StrictInt = Annotated[int, Strict()]
@@ -252,6 +253,13 @@ def _decode_packed(data: str, shape: tuple[int, int] | None) -> np.ndarray:
     n, d = shape
     if n < 1 or d < 1:
         raise _fail(f"shape must be [N, D] with N >= 1 and D >= 1, got [{n}, {d}]")
+    limits = current_limits.get()
+    if n > limits.max_rows:
+        raise _fail(f"shape has {n} rows; the limit is {limits.max_rows} per request (MADE_MAX_ROWS)")
+    if d > limits.max_width:
+        raise _fail(f"shape has {d} values a row; the limit is {limits.max_width} (MADE_MAX_WIDTH)")
+    if len(data) > 4 * ((n * ((d + 7) // 8) + 2) // 3):  # longer than its base64 could be: not decoded
+        raise _fail(f"x_b64 holds more data than shape [{n}, {d}] needs ({(d + 7) // 8} bytes per row)")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):

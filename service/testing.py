@@ -12,7 +12,9 @@ until it is ready.
 
 from __future__ import annotations
 
+import functools
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -103,10 +105,17 @@ class ServerProcess:
 
 @contextmanager
 def made_serve(
-    store: Path, *, env: dict[str, str] | None = None, log_path: Path | None = None, ready_timeout: float = 120.0
+    store: Path,
+    *,
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    ready_timeout: float = 120.0,
+    address_space: int | None = None,
 ) -> Iterator[ServerProcess]:
     """`made serve --store STORE` on a free loopback port (or on MADE_PORT when `env` sets it,
-    with no --port), ready; SIGTERMed on exit if alive."""
+    with no --port), ready; SIGTERMed on exit if alive. `address_space`: its limit in bytes
+    (RLIMIT_AS, as `prlimit --as`), so that a runaway allocation fails in the server instead of
+    taking the machine."""
     from_env = env is not None and "MADE_PORT" in env
     port = int(env["MADE_PORT"]) if env is not None and from_env else free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,6 +126,7 @@ def made_serve(
                 env={**os.environ, **(env or {})},
                 stdout=log,
                 stderr=log,
+                preexec_fn=None if address_space is None else functools.partial(_limit_address_space, address_space),
             )
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
         try:
@@ -130,6 +140,10 @@ def made_serve(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def _limit_address_space(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _wait_ready(server: ServerProcess, timeout: float) -> None:
