@@ -169,29 +169,36 @@ class _Scan:
                 self._check(level.depth, starts, items, final)
 
     def _check(self, depth: int, starts: np.ndarray, items: np.ndarray, final: bool) -> None:
-        widest = int(items.argmax())
-        count, start = int(items[widest]), int(starts[widest])
+        """Raise for the first container over its limit: a top-level field's list MADE_MAX_ROWS
+        items, its object MADE_MAX_WIDTH keys; anything one level further MADE_MAX_WIDTH."""
+        is_list = self.bytes[starts] == ord("[")
         if depth == 2:
-            is_list = self.body[start] == ord("[")
+            limits = np.where(is_list, self.limits.max_rows, self.limits.max_width)
+        else:
+            limits = np.full(len(starts), self.limits.max_width)
+        over = np.flatnonzero(items > limits)
+        if not len(over):
+            return
+        i = int(over[0])
+        count, start = int(items[i]), int(starts[i])
+        if depth == 2:
             limit, setting, what = (
                 (self.limits.max_rows, "MADE_MAX_ROWS", "items")
-                if is_list
+                if is_list[i]
                 else (self.limits.max_width, "MADE_MAX_WIDTH", "keys")
             )
-            if count > limit:
-                name = _field_name(self.body, start)
-                raise InvalidInput(
-                    f"{name} has {_count(count, final)} {what}; the limit is {limit} per request ({setting})",
-                    loc=(name,) if name != "a field" else (),
-                )
-        elif count > self.limits.max_width:
-            owner = max((t for t in self.tops if t < start), default=start)
-            name = _field_name(self.body, owner)
+            name = _field_name(self.body, start)
             raise InvalidInput(
-                f"{name}: an item holds {_count(count, final)} values; the limit is {self.limits.max_width} per row "
-                "(MADE_MAX_WIDTH)",
+                f"{name} has {_count(count, final)} {what}; the limit is {limit} per request ({setting})",
                 loc=(name,) if name != "a field" else (),
             )
+        owner = max((t for t in self.tops if t < start), default=start)
+        name = _field_name(self.body, owner)
+        raise InvalidInput(
+            f"{name}: an item holds {_count(count, final)} values; the limit is {self.limits.max_width} per row "
+            "(MADE_MAX_WIDTH)",
+            loc=(name,) if name != "a field" else (),
+        )
 
     def _check_digits(self, a: np.ndarray, quotes: np.ndarray) -> None:
         """No run of digits outside strings longer than MAX_DIGITS (a run may span pieces)."""

@@ -7,6 +7,7 @@ Tiny models are trained here, in the test session, on a small correlated binary 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,11 +289,23 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def store_of(dest: Path, *models: Path) -> Path:
+    """A store at dest holding copies of these model directories (STORE/NAME, all its versions)."""
+    for model in models:
+        shutil.copytree(model, dest / model.name)
+    return dest
+
+
+def cpu_registry(store: Path, default_model: str | None = None) -> ModelRegistry:
+    """The store loaded on the CPU with one thread, as the service tests share it."""
+    from service.engine import ModelRegistry
+
+    reg = ModelRegistry(store, default_model=default_model, providers=["CPUExecutionProvider"], threads=1)
+    reg.load()
+    return reg
+
+
 @pytest.fixture(scope="module")
 def registry(tiny_store: Path) -> ModelRegistry:
     """The tiny store loaded on the CPU, shared by one module's apps (a module may define its own)."""
-    from service.engine import ModelRegistry
-
-    reg = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
+    return cpu_registry(tiny_store)

@@ -5,10 +5,10 @@ middleware and the admin endpoints."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import cpu_registry, store_of
 from pydantic import SecretStr
 
 from service.auth import bearer_token, carries_key
@@ -31,17 +31,12 @@ def test_bearer_token_reads_the_scheme_in_any_case() -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("auth") / "store"
-    shutil.copytree(STORE / "diamonds", path / "diamonds")
-    shutil.copytree(STORE / "mushrooms", path / "mushrooms")
-    return path
+    return store_of(tmp_path_factory.mktemp("auth") / "store", STORE / "diamonds", STORE / "mushrooms")
 
 
 @pytest.fixture(scope="module")
 def registry(store: Path) -> ModelRegistry:
-    reg = ModelRegistry(store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
+    return cpu_registry(store)
 
 
 CSV = b"carat,cut,color,clarity,depth,table,price,x,y,z\n0.3,Ideal,E,SI1,61.5,55,326,3.95,3.98,2.43\n"

@@ -7,13 +7,13 @@ routes' 415. On the shipped `diamonds` table model."""
 from __future__ import annotations
 
 import gzip
-import shutil
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cpu_registry, store_of
 
 import service.csv_records
 from made.errors import InvalidInput
@@ -32,16 +32,12 @@ ROW = "0.3,Ideal,E,SI1,61.5,55,326,3.95,3.98\n"
 
 @pytest.fixture(scope="module")
 def diamonds_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("bounds") / "store"
-    shutil.copytree(STORE / "diamonds", store / "diamonds")
-    return store
+    return store_of(tmp_path_factory.mktemp("bounds") / "store", STORE / "diamonds")
 
 
 @pytest.fixture(scope="module")
 def registry(diamonds_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(diamonds_store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
+    return cpu_registry(diamonds_store)
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import cpu_registry, store_of
 
 from made.cli import main
 from service.engine import ModelRegistry
@@ -57,16 +57,12 @@ def _csv_body() -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("inject") / "store"
-    shutil.copytree(STORE / "diamonds", path / "diamonds")
-    return path
+    return store_of(tmp_path_factory.mktemp("inject") / "store", STORE / "diamonds")
 
 
 @pytest.fixture(scope="module")
 def registry(store: Path) -> ModelRegistry:
-    reg = ModelRegistry(store, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
+    return cpu_registry(store)
 
 
 @pytest.mark.anyio

@@ -6,7 +6,6 @@ gives records that read back (no "NA" in a column that is never absent)."""
 
 from __future__ import annotations
 
-import shutil
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import _write_splits
+from conftest import _write_splits, cpu_registry, store_of
 
 from made.schema import ABSENT
 from made.store import open_model
@@ -152,17 +151,12 @@ def test_work_cancelled_midway_stops_at_the_next_chunk(mixed: TableEngine, monke
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, table_store: Path, tiny_store: Path) -> Path:
-    store = tmp_path_factory.mktemp("bounds") / "store"
-    shutil.copytree(table_store, store)
-    shutil.copytree(tiny_store / "tiny", store / "tiny")
-    return store
+    return store_of(tmp_path_factory.mktemp("bounds") / "store", *table_store.iterdir(), tiny_store / "tiny")
 
 
 @pytest.fixture(scope="module")
 def registry(store: Path) -> ModelRegistry:
-    reg = ModelRegistry(store, default_model="mixed", providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
+    return cpu_registry(store, default_model="mixed")
 
 
 @pytest.fixture
