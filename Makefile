@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install serve test lint bench clean models model-binarized-mnist model-mushrooms model-diamonds \
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --progress-bar on torch==2.13.0
 	@echo "==> [3/3] made with its training, serving (CPU onnxruntime) and test dependencies"
 	$(BIN)/python -m pip install --progress-bar on -e '.[train,cpu,dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 	@echo "==> installed: . $(BIN)/activate, then made --help"
 
 install: $(STAMP)
@@ -33,7 +34,18 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --progress-bar on -e '.[train,cpu,dev,ray]'
 	touch $(TEST_STAMP)
 
-serve: install
+# `make serve` installs what serving needs and nothing more: pyproject's base dependencies and
+# the CPU onnxruntime (no torch, no training, dev or test tools; scripts/serve_install.sh measures
+# it). A venv that `make install` filled has all of it already.
+$(SERVE_STAMP): pyproject.toml
+	@echo "==> [1/2] virtual environment $(VENV) (Python: $(PYTHON))"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "==> [2/2] made with its serving dependencies only (CPU onnxruntime; no torch)"
+	$(BIN)/python -m pip install --progress-bar on -e '.[cpu]'
+	touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/made serve --host $(HOST) --port $(PORT)
 
 lint: install

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -54,3 +55,50 @@ def test_the_license_is_an_spdx_string_for_setuptools() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["license"] == "MIT"  # a TOML table is deprecated (a warning at every install)
     assert "setuptools>=77" in pyproject["build-system"]["requires"][0]  # the first to read SPDX strings
+
+
+def test_make_serve_on_a_fresh_clone_installs_the_serving_set_only(tmp_path: Path) -> None:
+    lines = _dry_run("serve", f"VENV={tmp_path / 'venv'}")  # a fresh venv: every step would run
+    installs = [line for line in lines if "pip install" in line and "--upgrade pip" not in line]
+    assert installs == [f"{tmp_path / 'venv'}/bin/python -m pip install --progress-bar on -e '.[cpu]'"], installs
+    # a venv whose serving set is in (`make serve` or `make install` left the stamp) serves as it is
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / ".installed-serve").touch()
+    assert not [line for line in _dry_run("serve", f"VENV={tmp_path / 'venv'}") if "pip install" in line]
+    assert any(".installed-serve" in line for line in _dry_run("install", f"VENV={tmp_path / 'fresh'}"))
+
+
+# What the serving set lacks: the train extra (torch, safetensors, matplotlib, tqdm, pyarrow), the
+# training code and the test tools. Serving must never import them.
+_WITHOUT_TRAINING = """
+import sys
+for name in ("torch", "training", "safetensors", "matplotlib", "tqdm", "pyarrow", "pytest", "scipy"):
+    sys.modules[name] = None  # import name -> ImportError
+import anyio
+from service.settings import Settings
+from service.testing import in_process
+
+async def main():
+    async with in_process(Settings(store=sys.argv[1])) as made:
+        await made.wait_ready(timeout=120)
+        for body in ({"x": [[0, 1] * 392]}, {"model": "diamonds", "records": [{"carat": 0.3}]}):
+            r = await made.http.post("/logprob", json=body)
+            assert r.status_code == 200, r.text
+        r = await made.http.post("/sample", json={"n": 2, "seed": 0}, headers={"Accept": "image/png"})
+        assert r.status_code == 200 and r.content.startswith(b"\\x89PNG"), r.text
+        r = await made.http.post("/impute", json={"model": "health-insurance", "records": [{}], "n_samples": 1})
+        assert r.status_code == 200, r.text
+anyio.run(main)
+print("served")
+"""
+
+
+def test_the_shipped_store_serves_without_the_training_extra() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRAINING, str(ROOT / "model_store")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("served"), out.stderr[-3000:]
