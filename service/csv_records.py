@@ -31,6 +31,7 @@ from made.errors import InvalidInput, MadeError
 from made.schema import ABSENT
 from service.auth import carries_key
 from service.errors import compressed, error_body, status_of
+from service.log_config import request_context
 from service.middleware import replay_body
 from service.records import check_csv_bounds, parse_csv, to_csv
 
@@ -88,7 +89,12 @@ class CsvRecordsMiddleware:
                 header, rows, payload = _to_json(request, schema, body)
         except MadeError as exc:
             status, kind = status_of(exc)
-            await _send(send, status, "application/json", json.dumps(error_body(status, kind, str(exc))).encode())
+            ctx = request_context.get()
+            if ctx is not None:
+                ctx.error_type = kind  # the metrics label, as the app's error handler sets it
+            extra = {"errors": [{"loc": ["body", *getattr(exc, "loc", ())], "msg": str(exc), "type": kind}]}
+            body = error_body(status, kind, str(exc), **(extra if status == 422 else {}))
+            await _send(send, status, "application/json", json.dumps(body).encode())
             return
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [

@@ -108,6 +108,9 @@ async def test_a_long_cell_is_a_422_naming_its_line_and_column(made: InProcessCl
         detail = r.json()["detail"]
         assert detail.startswith(where) and str(MAX_CSV_CELL) in detail, detail
         assert "xxxx" not in detail and "yyyy" not in detail  # the cell is not echoed
+        assert r.json()["errors"] == [{"loc": ["body"], "msg": detail, "type": "invalid_input"}]  # as every 422
+    metrics = (await made.http.get("/metrics")).text
+    assert 'made_errors_total{endpoint="unmatched",model="diamonds",type="invalid_input"} 4.0' in metrics
 
 
 async def test_a_large_body_is_parsed_off_the_event_loop(made: InProcessClient, parses: list[int]) -> None:
