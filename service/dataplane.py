@@ -304,8 +304,8 @@ class DataPlane:
         """Rows that need importance sampling x n_importance: a row whose missing values every
         mask's ordering puts after its observed ones is exact (/logprob: one pass per mask;
         /impute: n_samples completions, counted against MADE_MAX_SAMPLES) and does not count.
-        Within MADE_MAX_DRAWS, and their work (x `masks`) within MADE_MAX_WORK with `passes`
-        passes of the rows; returns the number of such rows."""
+        Within MADE_MAX_DRAWS, and their work (their draws under each of `masks` masks, plus a
+        pass of every row under each) within MADE_MAX_WORK; returns the number of such rows."""
         rows = int((~engine.exact_rows(~np.isnan(x))).sum())
         what = "rows that need importance sampling (a missing value before an observed one in some mask's ordering)"
         if rows * n_importance > self.settings.max_draws:
