@@ -93,8 +93,8 @@ class CsvRecordsMiddleware:
             if ctx is not None:
                 ctx.error_type = kind  # the metrics label, as the app's error handler sets it
             extra = {"errors": [{"loc": ["body", *getattr(exc, "loc", ())], "msg": str(exc), "type": kind}]}
-            body = error_body(status, kind, str(exc), **(extra if status == 422 else {}))
-            await _send(send, status, "application/json", json.dumps(body).encode())
+            refusal = error_body(status, kind, str(exc), **(extra if status == 422 else {}))
+            await _send(send, status, "application/json", json.dumps(refusal).encode())
             return
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [
