@@ -20,7 +20,6 @@ from fastapi.routing import APIRoute
 
 from made.errors import MadeError
 from service import oip
-from service.body_bounds import Limits
 from service.csv_records import CsvRecordsMiddleware
 from service.dataplane import DataPlane
 from service.engine import ModelRegistry, requested_providers
@@ -123,7 +122,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         RequestMiddleware,
         metrics=app_metrics,
         max_body_bytes=settings.max_body_bytes,
-        limits=Limits(max_rows=settings.max_rows, max_width=settings.max_width),
+        limits=dataplane.limits,
         read_timeout=settings.read_timeout,
         express={"/logprob": express},
     )

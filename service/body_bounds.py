@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+import anyio.to_thread
 import numpy as np
 
 from made.errors import InvalidInput
@@ -61,6 +62,15 @@ current_limits: contextvars.ContextVar[Limits] = contextvars.ContextVar(
     "made_limits",
     default=Limits(max_rows=10_000, max_width=16_384),  # noqa: B039 (frozen: immutable)
 )
+
+
+async def check_json_async(body: bytes, limits: Limits) -> None:
+    """check_json from the event loop: inline for a small body, in a worker thread for one over
+    INLINE_BYTES (numpy releases the GIL on the large arrays, so the loop goes on meanwhile)."""
+    if len(body) <= INLINE_BYTES:
+        check_json(body, limits)
+    else:
+        await anyio.to_thread.run_sync(check_json, body, limits)
 
 
 def check_json(body: bytes, limits: Limits) -> None:

@@ -30,8 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from made.errors import InvalidInput, MadeError
 from made.schema import ABSENT
 from service.auth import carries_key
-from service.errors import compressed, error_body, status_of
-from service.log_config import request_context
+from service.errors import compressed, made_error_body
 from service.middleware import replay_body
 from service.records import check_csv_bounds, parse_csv, to_csv
 
@@ -88,12 +87,7 @@ class CsvRecordsMiddleware:
             else:
                 header, rows, payload = _to_json(request, schema, body)
         except MadeError as exc:
-            status, kind = status_of(exc)
-            ctx = request_context.get()
-            if ctx is not None:
-                ctx.error_type = kind  # the metrics label, as the app's error handler sets it
-            extra = {"errors": [{"loc": ["body", *getattr(exc, "loc", ())], "msg": str(exc), "type": kind}]}
-            refusal = error_body(status, kind, str(exc), **(extra if status == 422 else {}))
+            status, refusal = made_error_body(exc)  # as the app's error handler answers it
             await _send(send, status, "application/json", json.dumps(refusal).encode())
             return
         scope = dict(scope)

@@ -29,6 +29,7 @@ import numpy as np
 from made.errors import InvalidInput, NotAcceptable, NotReady, Overloaded, RequestTimeout
 from service import budget
 from service.batching import Batcher
+from service.body_bounds import Limits
 from service.engine import Engine, LogProbResult, ModelRegistry
 from service.engine.bit_columns import BitColumns
 from service.engine.cancel import Abandoned, CancelToken, running_under
@@ -141,6 +142,8 @@ class DataPlane:
         # request times out, and all of them at shutdown (the engine stops at its next chunk).
         self._tokens: set[CancelToken] = set()
         self.tables = TablePlane(settings, self._in_thread, self._timed, new_seed)
+        # What a body may hold (service.body_bounds), from the settings once.
+        self.limits = Limits(max_rows=settings.max_rows, max_width=settings.max_width)
 
     # --- plumbing ------------------------------------------------------------------------------
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -300,12 +303,13 @@ class DataPlane:
             raise InvalidInput(f"x has {n} rows; the limit is {self.settings.max_rows} per request (MADE_MAX_ROWS)")
         self.metrics.observe_rows(endpoint, engine.name, n)
 
-    def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine, masks: int) -> int:
+    def _check_draws(self, x: np.ndarray, n_importance: int, engine: Engine, masks: int, per_exact_row: int = 0) -> int:
         """Rows that need importance sampling x n_importance: a row whose missing values every
         mask's ordering puts after its observed ones is exact (/logprob: one pass per mask;
         /impute: n_samples completions, counted against MADE_MAX_SAMPLES) and does not count.
-        Within MADE_MAX_DRAWS, and their work (their draws under each of `masks` masks, plus a
-        pass of every row under each) within MADE_MAX_WORK; returns the number of such rows."""
+        Within MADE_MAX_DRAWS, and their work (their draws under each of `masks` masks,
+        `per_exact_row` draws of each other row, and a pass of every row under each mask) within
+        MADE_MAX_WORK; returns the number of such rows."""
         rows = int((~engine.exact_rows(~np.isnan(x))).sum())
         what = "rows that need importance sampling (a missing value before an observed one in some mask's ordering)"
         if rows * n_importance > self.settings.max_draws:
@@ -315,14 +319,12 @@ class DataPlane:
                 f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
                 "fewer rows or a smaller n_importance"
             )
-        work = budget.passes(len(x), masks, engine.dims) + budget.drawn(rows * n_importance * masks, engine.dims)
-        budget.check_work(
-            self.settings.max_work,
-            work,
-            f"{len(x)} rows, {rows} of them with importance sampling x n_importance {n_importance} x {masks} "
-            f"mask{'s' * (masks != 1)}",
-            loc=("n_importance",),
-        )
+        exact = len(x) - rows
+        draws = rows * n_importance * masks + exact * per_exact_row
+        what = f"{len(x)} rows, {rows} of them with importance sampling x n_importance {n_importance} x {masks} "
+        what += f"mask{'s' * (masks != 1)}" + (f" and {exact} drawn exactly x {per_exact_row}" if per_exact_row else "")
+        work = budget.passes(len(x), masks, engine.dims) + budget.drawn(draws, engine.dims)
+        budget.check_work(self.settings.max_work, work, what, loc=("n_importance",))
         return rows
 
     def _check_completions(self, rows: int, n_samples: int, loc: tuple[str, ...] = ()) -> None:
@@ -549,16 +551,8 @@ class DataPlane:
         x = req.rows
         self._check_rows(engine, x, "/impute")
         self._check_completions(len(x), req.n_samples)
-        weighted = self._check_draws(x, req.n_importance, engine, engine.n_masks)
-        exact = len(x) - weighted
-        budget.check_work(
-            self.settings.max_work,
-            budget.drawn(exact * max(req.n_samples, 1) + weighted * req.n_importance * engine.n_masks, engine.dims)
-            + budget.passes(len(x), engine.n_masks, engine.dims),
-            f"{exact} exact rows x n_samples {req.n_samples} and {weighted} rows x n_importance "
-            f"{req.n_importance} x {engine.n_masks} masks",
-            loc=("n_importance",),
-        )
+        # an exact row draws max(n_samples, 1) completions
+        self._check_draws(x, req.n_importance, engine, engine.n_masks, per_exact_row=max(req.n_samples, 1))
         seed = req.seed if req.seed is not None else new_seed()
         r = await self._timed(
             self._in_thread(

@@ -84,6 +84,19 @@ def error_response(
     return JSONResponse(error_body(status, kind, detail, **extra), status_code=status, headers=headers)
 
 
+def made_error_body(exc: MadeError) -> tuple[int, dict[str, Any]]:
+    """The status and body of a domain error, as every route answers it: a 422 lists its problem
+    under `errors` (the shape of a validation error); the error type goes to the metrics."""
+    status, kind = status_of(exc)
+    ctx = request_context.get()
+    if ctx is not None:
+        ctx.error_type = kind  # a metrics label
+    extra: dict[str, Any] = {}
+    if status == 422:
+        extra["errors"] = [{"loc": ["body", *getattr(exc, "loc", ())], "msg": str(exc), "type": kind}]
+    return status, error_body(status, kind, str(exc), **extra)
+
+
 def internal_error_body() -> dict[str, Any]:
     """A bug, not bad input: the client learns only the request id; the log has the traceback."""
     return error_body(500, "internal_error", "internal error; the server log has the details under this request id")
@@ -155,16 +168,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MadeError)
     async def _made_error(request: Request, exc: MadeError) -> JSONResponse:
-        status, kind = status_of(exc)
+        status, body = made_error_body(exc)
         if status >= 500 and status != 503 and status != 504:
-            log.error("request failed: %s", exc, extra={"error_type": kind})
-        if status == 422:  # the same shape as a validation error: every 422 lists its problems
-            loc = ["body", *getattr(exc, "loc", ())]
-            return error_response(status, kind, str(exc), errors=[{"loc": loc, "msg": str(exc), "type": kind}])
+            log.error("request failed: %s", exc, extra={"error_type": body["type"]})
         retry = getattr(exc, "retry_after", None)
-        return error_response(
-            status, kind, str(exc), headers={"Retry-After": str(retry)} if retry is not None else None
-        )
+        headers = {"Retry-After": str(retry)} if retry is not None else {}
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,12 +18,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from made.errors import InvalidInput
-from service.body_bounds import INLINE_BYTES, Limits, check_json, current_limits
-from service.errors import error_body, internal_error_body
+from service.body_bounds import Limits, check_json_async, current_limits
+from service.errors import error_body, internal_error_body, made_error_body
 from service.log_config import AccessLog, RequestContext, request_context
 from service.metrics import Metrics
 
@@ -108,7 +107,6 @@ class RequestMiddleware:
                 await self._too_slow(send_with_id, ctx)
             elif (refused := await self._over_bounds(scope, content_type, read[1])) is not None:
                 status = 422
-                ctx.error_type = "invalid_input"
                 await _send_json(send_with_id, 422, refused)
             else:
                 replay, body = read
@@ -165,14 +163,9 @@ class RequestMiddleware:
         if media != b"application/json" and not media.endswith(b"+json"):
             return None
         try:
-            if len(body) <= INLINE_BYTES:
-                check_json(body, self.limits)
-            else:  # numpy releases the GIL on the large arrays: the event loop goes on meanwhile
-                await anyio.to_thread.run_sync(check_json, body, self.limits)
+            await check_json_async(body, self.limits)
         except InvalidInput as exc:
-            detail = str(exc)
-            errors = [{"loc": ["body", *exc.loc], "msg": detail, "type": "invalid_input"}]
-            return error_body(422, "invalid_input", detail, errors=errors)
+            return made_error_body(exc)[1]
         return None
 
     async def _read_limited(

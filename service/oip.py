@@ -42,7 +42,6 @@ from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,7 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from made.errors import InvalidInput, MadeError, ModelNotFound, format_value
-from service.body_bounds import INLINE_BYTES, Limits, check_json
+from service.body_bounds import Limits, check_json_async
 from service.dataplane import DataPlane, new_seed
 from service.engine import Engine
 from service.errors import NotReady, PayloadTooLarge, error_body, status_of
@@ -259,12 +258,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[: int(given)], body[int(given) :]
 
 
-def parse_request(body: bytes, header_length: str | None, limits: Limits | None = None) -> tuple[InferRequest, bytes]:
-    """The JSON inference request and the binary data after it (the extension's); the JSON
-    checked against `limits` (service.body_bounds) before it is parsed."""
-    head, tail = split_body(body, header_length)
-    if limits is not None:
-        check_json(head, limits)
+def parse_request(head: bytes) -> InferRequest:
+    """The JSON inference request: the body's JSON part (split_body), bounded beforehand."""
     try:
         obj = json.loads(head)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -276,7 +271,7 @@ def parse_request(body: bytes, header_length: str | None, limits: Limits | None 
     if not isinstance(obj, dict):
         raise InvalidInput("the inference request must be a JSON object with inputs")
     try:
-        return InferRequest.model_validate(obj), tail
+        return InferRequest.model_validate(obj)
     except ValidationError as exc:
         raise InvalidInput(_describe(exc.errors())) from None
 
@@ -459,7 +454,7 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes)
     unknown = sorted(set(req.parameters) - set(_PARAMETERS) - _IGNORED)
     if unknown:
         raise InvalidInput(f"unknown parameter {unknown[0]!r}; the parameters are {', '.join(_PARAMETERS)}")
-    tensors = read_tensors(req, binary, Limits(max_rows=dp.settings.max_rows, max_width=dp.settings.max_width))
+    tensors = read_tensors(req, binary, dp.limits)
     extra = sorted(set(tensors) - {"x"})
     if extra:
         raise InvalidInput(
@@ -638,15 +633,9 @@ def make_router(dependencies: Sequence[DependsParam] = ()) -> APIRouter:
         engine = _engine(dp, name, model_version)
         body = await request.body()
         body = _decompress(body, request.headers.get("content-encoding", ""), limit)
-        limits = Limits(max_rows=dp.settings.max_rows, max_width=dp.settings.max_width)
-        header_length = request.headers.get(HEADER_LENGTH)
-        if len(body) <= INLINE_BYTES:
-            req, binary = parse_request(body, header_length, limits)
-        else:  # the bounds' scan in a thread (numpy releases the GIL), then the parse here
-            head, _ = split_body(body, header_length)
-            await anyio.to_thread.run_sync(check_json, head, limits)
-            req, binary = parse_request(body, header_length)
-        return await infer(dp, engine, req, binary)
+        head, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        await check_json_async(head, dp.limits)
+        return await infer(dp, engine, parse_request(head), binary)
 
     @guarded.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_class=Response, responses=INFER_ERRORS)
     async def infer_latest(name: str, request: Request, dp: DataPlaneDep, settings: SettingsDep) -> Response:

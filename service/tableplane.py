@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from made.errors import InvalidInput
+from made.masks import exact_orders
 from made.schema import ABSENT, Schema
 from service import budget
 from service.engine.bit_columns import BitColumns
@@ -90,7 +91,7 @@ class TablePlane:
         """(rows with unknown cells that some mask in `masks` does not put last: importance
         sampled, rows with unknown cells drawn exactly)."""
         unknown = np.isnan(values).any(axis=1)
-        exact = _exact_rows(engine, ~np.isnan(values), masks)
+        exact = exact_orders(np.asarray(engine.orderings)[masks], ~np.isnan(values)).all(axis=0)
         return int((unknown & ~exact).sum()), int((unknown & exact).sum())
 
     def _impute_work(
@@ -299,14 +300,6 @@ def _explain_passes(engine: Columns) -> int:
         len(col.levels) if col.kind != "numeric" else GIVEN_NODES + col.components * len(GIVEN_LOCAL)
         for col in engine.schema.columns
     )
-
-
-def _exact_rows(engine: Columns, known: np.ndarray, masks: list[int]) -> np.ndarray:
-    """(N,) rows whose known cells every mask in `masks` puts first (complete rows included): the
-    m known columns come first in an ordering when their positions in it sum to m (m - 1) / 2."""
-    positions = np.argsort(np.asarray(engine.orderings)[masks], axis=1).astype(np.float64)  # (K, C)
-    m = known.sum(axis=1, dtype=np.float64)
-    return np.asarray(((known.astype(np.float64) @ positions.T) == (m * (m - 1) / 2)[:, None]).all(axis=1))
 
 
 def _point_fill(schema: Schema, values: np.ndarray, dists: list[dict[str, dict[str, Any]]]) -> np.ndarray:

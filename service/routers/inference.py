@@ -100,7 +100,7 @@ class ExpressLogprob:
                 authorization = authorization or value
         if content_type is None or content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             return False
-        if self.api_key is not None and not _bearer_is(authorization, self.api_key):
+        if self.api_key is not None and not carries_key(authorization, self.api_key):
             return False
         req = express_request(body)
         if req is None:
@@ -173,11 +173,6 @@ def express_request(body: bytes) -> ExpressBody | None:
         parsed.seed,
         parsed.n_importance,
     )
-
-
-def _bearer_is(authorization: bytes | None, key: SecretStr) -> bool:
-    """Whether the header carries `Bearer <key>` as the route reads it (service.auth, the one parser)."""
-    return carries_key(authorization, key)
 
 
 def _handler_of(app: Any, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
