@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {args.data} is absent (the binarized MNIST test set is needed)", file=sys.stderr)
         return 0
 
-    from made.store import open_model
+    from made.store.versions import open_model
     from service.engine.engine import Engine
 
     model = open_model(args.store, args.name)

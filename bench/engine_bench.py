@@ -46,8 +46,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from made.errors import ModelNotFound  # noqa: E402
-from made.store import open_model  # noqa: E402
+from made.core.errors import ModelNotFound  # noqa: E402
+from made.store.versions import open_model  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
 from service.engine.network import Network, load_network  # noqa: E402
 from service.engine.runtime import make_session  # noqa: E402

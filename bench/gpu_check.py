@@ -206,8 +206,8 @@ def gpu_name() -> str:
 
 
 def pick_model(store: Path, name: str | None) -> Any:
-    from made.errors import MadeError
-    from made.store import list_names, open_model
+    from made.core.errors import MadeError
+    from made.store.versions import list_names, open_model
 
     names = list_names(store)
     if name is None:

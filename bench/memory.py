@@ -37,7 +37,7 @@ def rss():
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
 
-import service.app  # noqa: F401  (what a server has imported before it loads models)
+import service.http.app  # noqa: F401  (what a server has imported before it loads models)
 try:  # what create_app does first, where the code base has it
     from service.engine.runtime import release_freed_memory
     release_freed_memory()

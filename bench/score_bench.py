@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from made.store import open_model  # noqa: E402
+from made.store.versions import open_model  # noqa: E402
+from service.batch.score import ScoreResult, score_file  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
 from service.engine.table_engine import TableEngine  # noqa: E402
-from service.score import ScoreResult, score_file  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/score_bench.py --write"
 

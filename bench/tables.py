@@ -180,13 +180,13 @@ def independent_baseline(name: str, fresh: bool = False) -> tuple[float, float]:
 
 def _fit_independent(name: str) -> tuple[float, float]:
     """Each column's marginal by maximum likelihood: a category's smoothed frequencies; a number's
-    mixture head (the model's own, made.heads) fitted by Adam on the column's distinct training
+    mixture head (the model's own, made.core.heads) fitted by Adam on the column's distinct training
     values weighted by their counts, started at the data's quantiles. Scored on the test rows."""
     import torch
 
-    from made.heads import column_loglik
-    from made.schema import ABSENT, standardise
-    from made.tables import load_table_dataset
+    from made.core.heads import column_loglik
+    from made.core.schema import ABSENT, standardise
+    from made.io.tables import load_table_dataset
     from training.table_model import TableMADE, TableMADEConfig
 
     run_cfg = json.loads((RUNS / f"{name}-2x256-k8" / "config.json").read_text())
@@ -336,7 +336,7 @@ def main() -> int:
 
 
 def _train_rows(cfg: dict) -> int:
-    from made.tables import read_table
+    from made.io.tables import read_table
 
     return len(read_table(Path(cfg["dataset"]))[1])
 

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from made.errors import ConfigError, MadeError
+from made.core.errors import ConfigError, MadeError
 
 if TYPE_CHECKING:
-    from made.data import Dataset
-    from made.schema import Schema
-    from made.tables import TableDataset
+    from made.core.schema import Schema
+    from made.io.data import Dataset
+    from made.io.tables import TableDataset
     from training.train import TrainConfig
 
 
@@ -50,8 +50,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def _image_shape_arg(text: str) -> list[int]:
-    from made.data import parse_image_shape
-    from made.errors import DataError
+    from made.core.errors import DataError
+    from made.io.data import parse_image_shape
 
     try:
         return parse_image_shape(text)
@@ -123,10 +123,10 @@ def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = No
 def load_training_data(args: argparse.Namespace) -> Dataset | TableDataset:
     """Bits (.npz, CSV of 0/1, .amat), bits read as categories (--groups), or a table (a CSV with
     a header row, Parquet, or any data with --schema)."""
-    from made.data import load_dataset
-    from made.errors import DataError
-    from made.schema import Schema
-    from made.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
+    from made.core.errors import DataError
+    from made.core.schema import Schema
+    from made.io.data import load_dataset
+    from made.io.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
 
     drop = tuple(c.strip() for c in (args.drop_columns or "").split(",") if c.strip())
     if args.groups:
@@ -151,9 +151,9 @@ def load_training_data(args: argparse.Namespace) -> Dataset | TableDataset:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from made.data import check_image_shape
-    from made.masks import validate_architecture
-    from made.tables import TableDataset
+    from made.core.masks import validate_architecture
+    from made.io.data import check_image_shape
+    from made.io.tables import TableDataset
 
     # bad data and impossible architectures are refused before the seconds of importing torch
     data = load_training_data(args)
@@ -206,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from service.score import score_file
+    from service.batch.score import score_file
 
     if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
         logging.getLogger("made.engine").setLevel(logging.WARNING)
@@ -228,7 +228,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.server import serve
+    from service.http.server import serve
 
     serve(store=args.store, host=args.host, port=args.port, workers=args.workers)
     return 0
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _dataset_path(dataset: str) -> str:
     """--dataset as given, or for a bare name that is not a file (`mushrooms`), its path in
     MADE_DATA_DIR (Settings.data_dir): runs record the path, so a resume needs no variable."""
-    from made.data import resolve
+    from made.io.data import resolve
 
     if os.sep in dataset or Path(dataset).suffix or Path(dataset).exists():
         return dataset

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from made import onnx_wire as wire
-from made.errors import ModelStoreError
+from made.core.errors import ModelStoreError
 
 if TYPE_CHECKING:
     import onnx

@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from made.data import load_dataset  # noqa: E402
-from made.store import open_model  # noqa: E402
+from made.io.data import load_dataset  # noqa: E402
+from made.store.versions import open_model  # noqa: E402
 from service.engine.runtime import provider_options  # noqa: E402
 from training.checkpoint import BEST, load_tensors  # noqa: E402
 from training.model import MADE  # noqa: E402

@@ -277,7 +277,7 @@ def table_picture(base: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from made.tables import read_table
+    from made.io.tables import read_table
 
     data = ROOT.parent / "shared" / "data" / "tables" / "diamonds_test.csv"
     if not data.exists():

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

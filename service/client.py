@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from service.schemas import (
+from service.core.schemas import (
     ConditionalsResponse,
     DenoiseResponse,
     ImputeResponse,

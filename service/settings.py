@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from made.errors import ConfigError
+from made.core.errors import ConfigError
 
 MIB = 1 << 20
 
@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # Values per row a request may send (columns of a CSV body, entries of a row of x, keys of
     # a record): bodies are counted against it (and MADE_MAX_ROWS) before anything is built.
     max_width: Annotated[int, Field(ge=1)] = 16_384
-    # One request's work, in values the network computes (service.budget: rows x masks x D for
+    # One request's work, in values the network computes (service.core.budget: rows x masks x D for
     # a pass, draws x D for sampling, weighted by what each costs); refused past it with a 422
     # before any array is made. The default keeps any admitted request within about a minute
     # of one core here (docs/operations.md).

@@ -29,9 +29,9 @@ from pathlib import Path
 import anyio
 import httpx
 
-from service.app import create_app
 from service.client import AsyncMadeClient, MadeAPIError
 from service.engine import ModelRegistry
+from service.http.app import create_app
 from service.settings import Settings
 
 

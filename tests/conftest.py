@@ -124,7 +124,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_engines(tiny_store: Path) -> dict:
     """An Engine (one thread, on service.testing.providers_under_test(): the CPU unless
     MADE_TEST_PROVIDERS says otherwise) for each tiny model, keyed by name."""
-    from made.store import open_model
+    from made.store.versions import open_model
     from service.engine.engine import Engine
     from service.testing import providers_under_test
 
@@ -146,7 +146,7 @@ def tiny_joint(tiny_store: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """For each tiny model: every binary vector (2^D, D) and log p_k of each under every mask
     (K, 2^D), from a bare onnxruntime session of the stored graph, in float64: the reference
     that the engine's answers are checked against by enumeration."""
-    from made.store import open_model
+    from made.store.versions import open_model
 
     return {name: enumerate_joint(open_model(tiny_store, name)) for name in ("tiny", "tiny1", "tiny10")}
 
@@ -252,7 +252,7 @@ def mixed_rows(n: int, seed: int) -> list[list[str]]:
 def table_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """'cats' (4 categorical columns, K=3) and 'mixed' (a category, two numbers, a nullable number;
     K=2), trained on the CSV tables above and exported like `made export` does."""
-    from made.tables import load_table_dataset
+    from made.io.tables import load_table_dataset
     from training.export import export_run
     from training.table_model import TableMADEConfig
     from training.train import TrainConfig, Trainer

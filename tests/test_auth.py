@@ -1,4 +1,4 @@
-"""One reading of the Authorization header for every route (service.auth.bearer_token): the
+"""One reading of the Authorization header for every route (service.http.auth.bearer_token): the
 scheme is case-insensitive (RFC 7235), so `bearer`, `Bearer` and `BEARER` with the key are
 accepted, and a wrong key refused, alike on JSON routes, the express /logprob, the CSV
 middleware and the admin endpoints."""
@@ -11,8 +11,8 @@ import pytest
 from conftest import cpu_registry, store_of
 from pydantic import SecretStr
 
-from service.auth import bearer_token, carries_key
 from service.engine import ModelRegistry
+from service.http.auth import bearer_token, carries_key
 from service.settings import Settings
 from service.testing import in_process
 

@@ -1,4 +1,4 @@
-"""A bit model is a model of D binary columns: made.schema's Schema.bits is its column schema,
+"""A bit model is a model of D binary columns: made.core.schema's Schema.bits is its column schema,
 TableMADE over it is MADE, and over HTTP its rows can come and go as records keyed x0..x{D-1}
 (explain, given, per-column distributions), answered by the bit engine and checked here against
 its x answers and against enumeration of every binary vector."""
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from made.schema import Column, Schema
-from made.store import open_model
+from made.core.schema import Column, Schema
+from made.store.versions import open_model
 from service.engine import ModelRegistry
 from service.settings import Settings
 from service.testing import InProcessClient, in_process
@@ -234,7 +234,7 @@ def test_a_manifest_whose_columns_are_not_a_schema_is_refused(table_store: Path,
     import json
     import shutil
 
-    from made.errors import ModelStoreError
+    from made.core.errors import ModelStoreError
     from service.engine.table_engine import TableEngine
 
     store = tmp_path / "store"

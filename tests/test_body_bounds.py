@@ -1,4 +1,4 @@
-"""service.body_bounds: a JSON body's structure counted on its bytes, before it is parsed. The
+"""service.core.body_bounds: a JSON body's structure counted on its bytes, before it is parsed. The
 counts are checked against json.loads of the same bodies (generated, with strings full of the
 bytes that would fool a naive scan), and a scan in pieces of a few bytes must say what a scan
 in one piece says."""
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from made.errors import InvalidInput
-from service import body_bounds
-from service.body_bounds import MAX_DEPTH, MAX_DIGITS, MAX_FIELDS, Limits, check_json
+from made.core.errors import InvalidInput
+from service.core import body_bounds
+from service.core.body_bounds import MAX_DEPTH, MAX_DIGITS, MAX_FIELDS, Limits, check_json
 
 LIMITS = Limits(max_rows=3, max_width=4)
 TRICKY = st.text(alphabet='[]{},:"\\ab0 \n\t\u00e9', max_size=6)

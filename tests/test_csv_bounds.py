@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from conftest import cpu_registry, store_of
 
-import service.csv_records
-from made.errors import InvalidInput
+import service.http.csv_records
+from made.core.errors import InvalidInput
+from service.core.records import MAX_CSV_CELL, check_csv_bounds
 from service.engine import ModelRegistry
-from service.records import MAX_CSV_CELL, check_csv_bounds
 from service.settings import Settings
 from service.testing import InProcessClient, in_process
 
@@ -50,13 +50,13 @@ async def made(diamonds_store: Path, registry: ModelRegistry) -> AsyncIterator[I
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The thread ids of the middleware's calls of parse_csv (the real one, which builds the rows)."""
     calls: list[int] = []
-    real: Callable[..., Any] = service.csv_records.parse_csv
+    real: Callable[..., Any] = service.http.csv_records.parse_csv
 
     def spy(*args: Any) -> Any:
         calls.append(threading.get_ident())
         return real(*args)
 
-    monkeypatch.setattr(service.csv_records, "parse_csv", spy)
+    monkeypatch.setattr(service.http.csv_records, "parse_csv", spy)
     return calls
 
 

@@ -15,9 +15,9 @@ import pytest
 from conftest import cpu_registry, store_of
 
 from made.cli import main
+from service.batch.score import score_file
+from service.core.records import escape_formula, to_csv
 from service.engine import ModelRegistry
-from service.records import escape_formula, to_csv
-from service.score import score_file
 from service.settings import Settings
 from service.testing import in_process
 

@@ -1,4 +1,4 @@
-"""Data loading (made/data.py): .npz, CSV and .amat files, lookup by name, one-line errors that
+"""Data loading (made/io/data.py): .npz, CSV and .amat files, lookup by name, one-line errors that
 say what and where, and the real data sets with the shapes their README documents."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from made.data import dataset_name, load_dataset, load_intensities, read_text_matrix
-from made.errors import ConfigError, DataError
+from made.core.errors import ConfigError, DataError
+from made.io.data import dataset_name, load_dataset, load_intensities, read_text_matrix
 from training.model import MADEConfig
 from training.train import TrainConfig, Trainer
 
@@ -87,7 +87,7 @@ def test_a_name_is_looked_up_in_the_data_directory_given(tmp_path: Path, monkeyp
     with pytest.raises(DataError) as info:
         load_dataset("nosuchset", data_dir=tmp_path)
     assert str(tmp_path / "nosuchset.npz") in str(info.value)
-    # the environment is Settings' to read (made/cli.py passes Settings.data_dir), not made.data's
+    # the environment is Settings' to read (made/cli.py passes Settings.data_dir), not made.io.data's
     monkeypatch.setenv("MADE_DATA_DIR", str(tmp_path))
     assert "MADE_DATA_DIR" in _data_error("toy")
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.special import logsumexp
 
 import service.engine.denoise as denoise_module
-from made.errors import InvalidInput
+from made.core.errors import InvalidInput
 from service.engine.denoise import DenoiseResult
 from service.engine.engine import Engine
 

@@ -439,7 +439,7 @@ def test_dockerignore_keeps_the_build_context_to_the_serving_files() -> None:
     for path in [
         "pyproject.toml",
         "made/cli.py",
-        "service/app.py",
+        "service/http/app.py",
         "service/engine/engine.py",
         "model_store/binarized-mnist/2/model.onnx",
     ]:
@@ -570,7 +570,7 @@ class Server:
 def served(container: Container, tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`docker run IMAGE --host 127.0.0.1 --port P`: the ENTRYPOINT, two arguments appended."""
     if not (container.app / "service" / "server.py").exists():
-        pytest.skip("service/server.py is not written yet")
+        pytest.skip("service/http/server.py is not written yet")
     env = dict(container.env)
     store = Path(env["MADE_STORE"])
     model = "tiny"

@@ -31,7 +31,7 @@ WIDE = 256  # dimensions of the memory model: one draw of it is WIDE bytes as ui
 def wide(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """A D=256, K=2 random MADE (order-agnostic, so missing values before observed ones are
     likelihood weighted), one thread, on the CPU."""
-    from made.store import open_model
+    from made.store.versions import open_model
 
     store = tmp_path_factory.mktemp("wide") / "store"
     write_random_model(store, "wide", WIDE, [16], 2, order_agnostic=True, direct=False, seed=3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from made.errors import InvalidInput
+from made.core.errors import InvalidInput
 from service.engine.engine import Engine
 
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture

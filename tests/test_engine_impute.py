@@ -8,7 +8,7 @@ from conftest import enumerate_joint, write_random_model
 from scipy.special import logsumexp
 
 import service.engine.engine as engine_module
-from made.errors import InvalidInput
+from made.core.errors import InvalidInput
 from service.engine.engine import Engine, ImputeResult
 from service.testing import providers_under_test
 
@@ -166,7 +166,7 @@ def mix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, np.ndarray, n
     order (as the shipped binarized-mnist model), random weights: a row with its last
     dimensions missing is exact under every mask, while the masks' p_k(x_obs) differ, so the
     posterior over masks matters. With the enumerated joint (2^D, D) and log p_k (K, 2^D)."""
-    from made.store import open_model
+    from made.store.versions import open_model
 
     store = write_random_model(
         tmp_path_factory.mktemp("mix") / "store", "mix", 8, [6, 6], 4, order_agnostic=False, direct=False, seed=3
@@ -316,7 +316,7 @@ def test_exact_rows_are_those_whose_missing_values_every_ordering_puts_last(
     tiny_engines: dict[str, Engine],
     mix: tuple[Engine, np.ndarray, np.ndarray],
 ) -> None:
-    from made.masks import exact_orders
+    from made.core.masks import exact_orders
 
     rng = np.random.default_rng(0)
     for engine in (*tiny_engines.values(), mix[0]):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import write_random_model
 
-from made.store import open_model
+from made.store.versions import open_model
 from service.engine.engine import Engine, _logmeanexp
 from service.engine.jacobi import JacobiSampler, float32_floor
 from service.testing import providers_under_test

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from made.errors import InvalidInput
+from made.core.errors import InvalidInput
 from service.engine.engine import Engine
 
 MODELS = ["tiny", "tiny1", "tiny10"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from made.errors import InvalidInput
+from made.core.errors import InvalidInput
 from service.engine.engine import Engine
 
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture

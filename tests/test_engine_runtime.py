@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from made.errors import ConfigError, ModelStoreError
-from made.store import open_model
+from made.core.errors import ConfigError, ModelStoreError
+from made.store.versions import open_model
 from service.engine import engine as engine_module
 from service.engine.engine import Engine
 from service.engine.network import MaskWeights, Network
@@ -31,7 +31,7 @@ def test_an_unknown_provider_name_is_a_config_error_listing_the_known_ones() -> 
 
 
 def test_made_providers_reaches_the_engines_through_settings(tiny_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.app import build_registry
+    from service.http.app import build_registry
 
     monkeypatch.setenv("MADE_PROVIDERS", "cpu")
     registry = build_registry(Settings(store=tiny_store))

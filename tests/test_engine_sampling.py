@@ -10,8 +10,8 @@ import pytest
 from conftest import write_random_model
 from scipy.stats import chisquare
 
-from made.errors import InvalidInput
-from made.store import open_model
+from made.core.errors import InvalidInput
+from made.store.versions import open_model
 from service.engine import sampler as sampler_module
 from service.engine.engine import Engine
 from service.testing import providers_under_test

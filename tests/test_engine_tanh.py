@@ -15,8 +15,8 @@ import torch
 from conftest import enumerate_joint, write_npz, write_random_model
 from test_engine_sampling import assert_fast_equals_naive, chi_square_pvalue
 
-from made.errors import ModelStoreError
-from made.store import open_model
+from made.core.errors import ModelStoreError
+from made.store.versions import open_model
 from service.engine.engine import Engine
 from training.checkpoint import BEST, load_tensors
 from training.export import export_run

@@ -20,10 +20,10 @@ import pytest
 import torch
 from conftest import train_tiny, write_npz
 
-from made.errors import ModelStoreError
-from made.masks import make_mask_set
+from made.core.errors import ModelStoreError
+from made.core.masks import make_mask_set
 from made.onnx_graph import build_graph
-from made.store import REQUIRED, list_names, list_versions, open_model
+from made.store.versions import REQUIRED, list_names, list_versions, open_model
 from service.engine.runtime import provider_options
 from service.testing import providers_under_test
 from training.checkpoint import BEST, load_tensors, save_tensors

@@ -35,8 +35,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.app import create_app
-from service.metrics import Metrics
+from service.core.metrics import Metrics
+from service.http.app import create_app
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -440,7 +440,7 @@ def test_an_idle_pod_reports_one_request_in_flight_the_scrape_itself(tmp_path: P
 def test_probe_and_scrape_paths_answer_without_the_api_key(tmp_path: Path) -> None:
     """The kubelet and Prometheus send no Authorization header: with MADE_API_KEY set (as the
     manifests always set it) the probed and scraped paths must still answer, not 401."""
-    pytest.importorskip("service.oip", reason="the /v2 endpoints are not in this tree")
+    pytest.importorskip("service.http.oip", reason="the /v2 endpoints are not in this tree")
     app = create_app(Settings(store=tmp_path, api_key="k"))  # no lifespan: never ready
 
     async def statuses() -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Degrees and masks (made/masks.py) and the autoregressive property of the torch model built
+"""Degrees and masks (made/core/masks.py) and the autoregressive property of the torch model built
 from them: output d never depends on an input at or after d in its mask's ordering."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from made.errors import ConfigError
-from made.masks import (
+from made.core.errors import ConfigError
+from made.core.masks import (
     build_masks,
     exact_orders,
     make_mask_set,

@@ -226,7 +226,7 @@ def test_the_hidden_units_apply_the_configured_activation(activation: str, fn: A
 
 
 def test_an_unknown_activation_or_initialisation_is_refused() -> None:
-    from made.errors import ConfigError
+    from made.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown activation 'sigmoid'"):
         MADE(MADEConfig(dims=4, hidden=[8], activation="sigmoid"))

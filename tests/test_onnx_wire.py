@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from made import onnx_graph, onnx_wire
-from made.errors import ModelStoreError
+from made.core.errors import ModelStoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_a_damaged_or_foreign_file_is_refused(tmp_path: Path, tiny_store: Path) 
 def test_serving_loads_models_without_importing_onnx(tiny_store: Path) -> None:
     code = (
         "import sys\n"
-        "from service.app import create_app\n"
+        "from service.http.app import create_app\n"
         "from service.settings import Settings\n"
         "from service.engine import ModelRegistry\n"
         f"r = ModelRegistry({str(tiny_store)!r}); r.load()\n"

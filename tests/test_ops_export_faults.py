@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import write_npz
 
-from made.store import list_versions, open_model
+from made.store.versions import list_versions, open_model
 from training.checkpoint import BEST, save_tensors
 from training.export import export_run
 from training.model import MADE, MADEConfig

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import service.engine.engine as engine_module
-from made.store import MANIFEST
+from made.store.versions import MANIFEST
 from service.settings import Settings
 from service.testing import InProcessClient, in_process
 

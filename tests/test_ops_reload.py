@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import train_tiny, write_npz
 
-from made.store import MANIFEST, MODEL_FILE, open_model
+from made.store.versions import MANIFEST, MODEL_FILE, open_model
 from service.engine.engine import Engine
 from service.settings import Settings
 from service.testing import InProcessClient, in_process, made_serve

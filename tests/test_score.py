@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from made.store import open_model
+from made.store.versions import open_model
+from service.batch.score import _row_seed, score_file
+from service.core.records import parse_csv
 from service.engine.engine import Engine
 from service.engine.table_engine import TableEngine
-from service.records import parse_csv
-from service.score import _row_seed, score_file
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "model_store"
@@ -292,11 +292,11 @@ def test_scoring_imports_neither_torch_nor_ray(bit_csv: tuple[Path, list[list[st
 
 
 def test_progress_off_a_terminal_is_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.score
+    import service.batch.score
 
-    monkeypatch.setattr(service.score, "_PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(service.batch.score, "_PROGRESS_EVERY_S", 0.0)
     stream = io.StringIO()  # not a terminal: no bar, whose carriage returns would garble a log
-    bar = service.score.Progress(1000, "B", True, stream)
+    bar = service.batch.score.Progress(1000, "B", True, stream)
     bar.update(40, 500)
     bar.update(40, 1000)
     bar.close()
@@ -304,7 +304,7 @@ def test_progress_off_a_terminal_is_plain_lines(monkeypatch: pytest.MonkeyPatch)
     assert lines[0].startswith("made score: 40 rows (50%), ") and lines[1].startswith("made score: 80 rows (100%)")
     assert "\r" not in stream.getvalue()
     quiet = io.StringIO()
-    service.score.Progress(1000, "B", False, quiet).update(40, 500)
+    service.batch.score.Progress(1000, "B", False, quiet).update(40, 500)
     assert quiet.getvalue() == ""
 
 
@@ -482,7 +482,7 @@ def test_ray_table_model_and_a_bad_cell(ray_local: Any, diamonds: TableEngine, t
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     rows[150][names.index("cut")] = "Superb"
     bad = _write_csv(tmp_path / "bad.csv", rows, names)
-    from made.errors import DataError
+    from made.core.errors import DataError
 
     with pytest.raises(DataError, match="'Superb' is not a level"):
         score_file(STORE, "diamonds", bad, tmp_path / "bad-out.csv", batch_size=50, ray="local", progress=False)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from made.store import public_manifest
+from made.store.versions import public_manifest
 from service.client import MadeAPIError
 from service.engine import ModelRegistry
 from service.settings import Settings
@@ -340,8 +340,8 @@ async def test_no_500_for_malformed_bodies(made: InProcessClient) -> None:
 async def test_a_bug_answers_500_with_the_request_id_and_no_traceback(
     tiny_store: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.app import create_app
-    from service.dataplane import DataPlane
+    from service.core.dataplane import DataPlane
+    from service.http.app import create_app
 
     def broken(self: DataPlane) -> None:
         raise RuntimeError("secret internals")
@@ -405,7 +405,7 @@ async def test_api_key_guards_everything_but_health_readiness_and_metrics(
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("service.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr("service.http.auth.hmac.compare_digest", spy)
     async with in_process(settings(tiny_store, api_key="s3cret"), registry) as made:
         for path in ("/healthz", "/readyz", "/metrics"):
             assert (await made.http.get(path)).status_code == 200, path
@@ -481,7 +481,7 @@ async def test_metrics_count_requests_errors_latency_and_rows_per_endpoint_and_m
 
 
 async def test_request_id_is_echoed_and_logged(made: InProcessClient, caplog: pytest.LogCaptureFixture) -> None:
-    from service.log_config import JsonFormatter
+    from service.core.log_config import JsonFormatter
 
     with caplog.at_level("INFO", logger="made.service.access"):
         r = await made.http.post("/sample", json={"n": 1, "mask": 99}, headers={"X-Request-ID": "abc-123"})

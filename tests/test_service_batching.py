@@ -12,7 +12,7 @@ import anyio
 import numpy as np
 import pytest
 
-from service.batching import Batcher
+from service.core.batching import Batcher
 from service.engine import ModelRegistry
 from service.settings import Settings
 from service.testing import in_process

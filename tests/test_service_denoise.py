@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
 from service.client import MadeAPIError, MadeClient
 from service.engine import ModelRegistry
+from service.http.app import create_app
 from service.settings import Settings
 from service.testing import in_process
 

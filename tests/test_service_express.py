@@ -1,4 +1,4 @@
-"""POST /logprob's express handler (service.routers.inference.ExpressLogprob) answers exactly as
+"""POST /logprob's express handler (service.http.routers.inference.ExpressLogprob) answers exactly as
 the route: its strict parse accepts nothing the route's LogProbRequest would read otherwise, and
 the same body through the express handler and through the route gives the same status, body and
 headers (the route is reached with a `+json` content type, which the express handler leaves to
@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 
-from service.app import create_app
+from service.core.schemas import LogProbRequest
 from service.engine import ModelRegistry
-from service.routers.inference import express_request
-from service.schemas import LogProbRequest
+from service.http.app import create_app
+from service.http.routers.inference import express_request
 from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -104,7 +104,7 @@ async def test_bodies_the_express_parse_leaves_to_the_route(http: httpx.AsyncCli
 async def test_express_counts_in_the_metrics_and_logs_as_the_route(
     http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.log_config import JsonFormatter
+    from service.core.log_config import JsonFormatter
 
     with caplog.at_level("INFO", logger="made.service.access"):
         r = await http.post("/logprob", json={"x": [ROW]}, headers={"X-Request-ID": "express-1"})

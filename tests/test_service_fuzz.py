@@ -18,8 +18,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.app import create_app
 from service.engine import ModelRegistry
+from service.http.app import create_app
 from service.settings import Settings
 
 # schemathesis drives ASGI apps through starlette's TestClient, which warns about httpx.

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.log_config import AccessLog, JsonFormatter, JsonStreamHandler
+from service.core.log_config import AccessLog, JsonFormatter, JsonStreamHandler
 
 FIELDS = {
     "request_id": "abc-123",

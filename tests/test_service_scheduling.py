@@ -1,4 +1,4 @@
-"""Fair turns between endpoints (service.scheduling) and the bounded queue per endpoint: a cheap
+"""Fair turns between endpoints (service.core.scheduling) and the bounded queue per endpoint: a cheap
 request is not served after every expensive request queued before it, and past MADE_MAX_QUEUE an
 endpoint answers 503 with Retry-After at once."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from made.errors import MadeError
-from service.errors import Overloaded
-from service.scheduling import FairScheduler
+from made.core.errors import MadeError
+from service.core.scheduling import FairScheduler
+from service.http.errors import Overloaded
 from service.settings import Settings
 from service.testing import in_process
 

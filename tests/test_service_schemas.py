@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from service.errors import describe_validation_error
-from service.schemas import (
+from service.core.schemas import (
     ConditionalsRequest,
     LogProbRequest,
     SampleRequest,
     pack_rows,
     unpack_rows,
 )
+from service.http.errors import describe_validation_error
 
 
 def message(model: type[BaseModel], body: dict) -> str:

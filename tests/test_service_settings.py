@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from made.errors import ConfigError
+from made.core.errors import ConfigError
 from service.settings import Settings, load_settings
 
 

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from made.store import open_model
+from made.store.versions import open_model
 from service.client import MadeAPIError, MadeClient
+from service.core.records import parse_records
 from service.engine import ModelRegistry
 from service.engine.table_engine import TableEngine
-from service.records import parse_records
 from service.settings import Settings
 from service.testing import InProcessClient, in_process, made_serve
 

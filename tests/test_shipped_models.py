@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from made.cli import build_parser, train_config
-from made.schema import Schema
-from made.store import list_names, open_model
+from made.core.schema import Schema
+from made.store.versions import list_names, open_model
 from service.engine.evaluate import evaluate_store_model
 from service.engine.registry import PREFERRED_DEFAULT
 from training.train import TrainConfig

@@ -1,4 +1,4 @@
-"""Reading the model store (made/store.py): a missing, truncated or altered file and a manifest
+"""Reading the model store (made/store/versions.py): a missing, truncated or altered file and a manifest
 lacking a field are refused with the file's name; hidden temporary directories are invisible;
 the highest version is the one opened."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from made.errors import ModelNotFound, ModelStoreError
-from made.store import (
+from made.core.errors import ModelNotFound, ModelStoreError
+from made.store.versions import (
     REQUIRED,
     latest_version,
     list_names,

@@ -1,4 +1,4 @@
-"""The manifest, typed (made.store.Manifest): every field of the wrong type is refused with a
+"""The manifest, typed (made.store.versions.Manifest): every field of the wrong type is refused with a
 reason naming it, the sizes it declares are bounded before anything is allocated from them, the
 graph's tensors must have the shapes it declares, and what clients are shown of it holds no
 path of the server's files."""
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from made.errors import ModelStoreError
-from made.store import MANIFEST, list_names, open_model, public_manifest
+from made.core.errors import ModelStoreError
+from made.store.versions import MANIFEST, list_names, open_model, public_manifest
 
 SHIPPED = Path(__file__).resolve().parents[1] / "model_store"
 

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from conftest import _write_splits, cpu_registry, store_of
 
-from made.schema import ABSENT
-from made.store import open_model
+from made.core.schema import ABSENT
+from made.store.versions import open_model
+from service.core.records import parse_given, parse_records
+from service.core.tableplane import TablePlane
 from service.engine import ModelRegistry
 from service.engine import table_engine as te
 from service.engine.cancel import Abandoned, CancelToken, running_under
 from service.engine.table_engine import TableEngine
-from service.records import parse_given, parse_records
 from service.settings import Settings
-from service.tableplane import TablePlane
 from service.testing import InProcessClient, in_process, providers_under_test
 
 STORE = Path(__file__).resolve().parent.parent / "model_store"
@@ -225,7 +225,7 @@ def test_the_default_budget_admits_default_requests_on_the_shipped_diamonds() ->
 def power(tmp_path_factory: pytest.TempPathFactory) -> TableEngine:
     """'power': a positive number and its cube (both log-transformed, never absent) and a
     category: given a far x, the model's log y = 3 log x runs past float64."""
-    from made.tables import load_table_dataset
+    from made.io.tables import load_table_dataset
     from training.export import export_run
     from training.table_model import TableMADEConfig
     from training.train import TrainConfig, Trainer

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from made.masks import exact_orders
-from made.schema import ABSENT
-from made.store import open_model
-from made.tables import load_table_dataset
+from made.core.masks import exact_orders
+from made.core.schema import ABSENT
+from made.io.tables import load_table_dataset
+from made.store.versions import open_model
 from service.engine.table_engine import SUMMARY_DRAWS, ImpossibleEvidence, TableEngine
 from service.testing import providers_under_test
 
@@ -205,7 +205,7 @@ def test_given_others_of_a_continuous_number_is_a_density(table_store: Path) -> 
     density per unit of score, whose integral over score (a fine Riemann sum) is 1."""
     import dataclasses
 
-    from made.schema import Schema
+    from made.core.schema import Schema
 
     engine = TableEngine(open_model(table_store, "mixed"), providers_under_test(), threads=1)
     engine.schema = Schema(
@@ -273,7 +273,7 @@ def test_conditionals_of_numbers_summarise_their_rounding_bins(mixed: TableEngin
 
 
 def test_conditionals_need_complete_rows_and_a_mask(cats: TableEngine) -> None:
-    from made.errors import InvalidInput
+    from made.core.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="complete records"):
         cats.conditionals(np.array([[0, np.nan, 1, 1]]), 0)

@@ -1,4 +1,4 @@
-"""The table model (training/table_model.py) and its heads (made/heads.py): autoregressive per
+"""The table model (training/table_model.py) and its heads (made/core/heads.py): autoregressive per
 column for every mask, normalised (by enumeration over every record of a small categorical
 schema, and numerically for numbers), and the numpy heads equal to the torch ones."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from made.heads import column_loglik, sample_column
-from made.schema import ABSENT, Column, Schema
+from made.core.heads import column_loglik, sample_column
+from made.core.schema import ABSENT, Column, Schema
 from training.table_model import TableMADE, TableMADEConfig
 
 CATS = Schema(

@@ -1,4 +1,4 @@
-"""Tables (made/tables.py, made/schema.py): the schema inferred from a CSV's training split, cells
+"""Tables (made/io/tables.py, made/core/schema.py): the schema inferred from a CSV's training split, cells
 encoded and refused with line, column and value, schema files, bit groups as categories, and the
 real tables of ../shared/data/tables."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from made.data import load_dataset
-from made.errors import DataError
-from made.schema import ABSENT, Schema
-from made.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
+from made.core.errors import DataError
+from made.core.schema import ABSENT, Schema
+from made.io.data import load_dataset
+from made.io.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
 
 MADE_BIN = Path(sys.executable).with_name("made")
 

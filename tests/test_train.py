@@ -21,8 +21,8 @@ from conftest import write_npz
 from PIL import Image
 from safetensors import safe_open
 
-from made.data import load_dataset
-from made.errors import CheckpointError
+from made.core.errors import CheckpointError
+from made.io.data import load_dataset
 from training.checkpoint import BEST, CHECKPOINT, load_tensors
 from training.model import MADE, MADEConfig
 from training.train import CONFIG, CURVE, HISTORY, METRICS, TrainConfig, Trainer
@@ -316,7 +316,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) ->
 
 WRITER = """
 import sys
-from made.atomic import atomic_write_bytes
+from made.io.atomic import atomic_write_bytes
 path, versions = sys.argv[1], [bytes([65 + i]) * (4 << 20) for i in range(2)]
 atomic_write_bytes(path, versions[0])
 print("ready", flush=True)

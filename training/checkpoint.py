@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from made.atomic import atomic_write_with
-from made.errors import CheckpointError
+from made.core.errors import CheckpointError
+from made.io.atomic import atomic_write_with
 from training.run_files import BEST, CHECKPOINT  # noqa: F401  (re-exported)
 
 

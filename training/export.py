@@ -15,12 +15,12 @@ import onnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from made.data import check_image_shape, dataset_name, load_dataset
-from made.errors import CheckpointError, ModelStoreError
-from made.masks import MaskSet, make_mask_set, orderings_to_degrees
+from made.core.errors import CheckpointError, ModelStoreError
+from made.core.masks import MaskSet, make_mask_set, orderings_to_degrees
+from made.core.schema import Schema
+from made.io.data import check_image_shape, dataset_name, load_dataset
 from made.onnx_graph import WEIGHT_DTYPES, build_graph
-from made.schema import Schema
-from made.store import TABLE_OUTPUT, table_graph_signature, write_version
+from made.store.versions import TABLE_OUTPUT, table_graph_signature, write_version
 from training.run_files import BEST, CONFIG, METRICS
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from made.errors import ConfigError
-from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set, orderings_to_degrees
+from made.core.errors import ConfigError
+from made.core.masks import MaskSet, build_direct_mask, build_masks, make_mask_set, orderings_to_degrees
 
 # Hidden-unit nonlinearities a model may use; the exported graph and the serving engine apply
 # the same one (the manifest's "activation", made/onnx_graph.py ACTIVATIONS).

@@ -1,8 +1,8 @@
 """MADE over the columns of a table (torch): one degree per column, every unit of a column sharing
 it, and each column's conditional (Bernoulli, softmax or a mixture of logistics) from its slice of
-the outputs. The math of the heads mirrors made/heads.py, which serves the exported model.
+the outputs. The math of the heads mirrors made/core/heads.py, which serves the exported model.
 
-`values` are (N, C) float64 encoded cells (made.schema): level codes, numbers, ABSENT for a
+`values` are (N, C) float64 encoded cells (made.core.schema): level codes, numbers, ABSENT for a
 number recorded as NA. Training data hold no unknown cells.
 """
 
@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from made.heads import LOG_SCALE_MAX, LOG_SCALE_MIN
-from made.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
-from made.schema import ABSENT, Schema, bin_edges, bin_width, input_value
+from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN
+from made.core.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
+from made.core.schema import ABSENT, Schema, bin_edges, bin_width, input_value
 from training.model import MaskedNetwork
 
 
 @dataclass
 class TableMADEConfig:
-    columns: list[dict[str, Any]]  # the schema's JSON form (made.schema)
+    columns: list[dict[str, Any]]  # the schema's JSON form (made.core.schema)
     hidden: list[int] = field(default_factory=lambda: [500])
     n_masks: int = 1
     order_agnostic: bool = False

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from made.atomic import atomic_write_text, atomic_write_with
-from made.data import Dataset, load_dataset, load_intensities
-from made.errors import CheckpointError, ConfigError
-from made.tables import TableDataset, load_grouped_bits, load_table_dataset
+from made.core.errors import CheckpointError, ConfigError
+from made.io.atomic import atomic_write_text, atomic_write_with
+from made.io.data import Dataset, load_dataset, load_intensities
+from made.io.tables import TableDataset, load_grouped_bits, load_table_dataset
 from training.checkpoint import (
     BEST,
     CHECKPOINT,

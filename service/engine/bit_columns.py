@@ -1,4 +1,4 @@
-"""A bit model seen through its column schema: D binary columns x0..x{D-1} (made.schema's
+"""A bit model seen through its column schema: D binary columns x0..x{D-1} (made.core.schema's
 Schema.bits), answered by the bit engine's own fast paths.
 
 A bit row is already its encoding under that schema (codes 0/1, NaN for an unknown cell), so a
@@ -16,8 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-from made.errors import InvalidInput
-from made.schema import BIT_LEVELS, Schema
+from made.core.errors import InvalidInput
+from made.core.schema import BIT_LEVELS, Schema
 from service.engine.engine import Engine, log_sigmoid
 from service.engine.table_engine import TableConditionals, TableImpute, TableLogProb
 

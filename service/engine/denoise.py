@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from made.errors import InvalidInput
+from made.core.errors import InvalidInput
 from service.engine.sampler import stream_weighted
 
 if TYPE_CHECKING:

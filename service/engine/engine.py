@@ -16,10 +16,10 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from made.errors import InvalidInput, ModelStoreError, format_value
-from made.masks import exact_orders
+from made.core.errors import InvalidInput, ModelStoreError, format_value
+from made.core.masks import exact_orders
 from made.onnx_graph import dense_graph
-from made.store import StoredModel
+from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
 from service.engine.denoise import DenoiseResult, denoise
 from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler, device_of

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from made.data import load_dataset
-from made.errors import DataError, InvalidInput
-from made.store import StoredModel, open_model
-from made.tables import load_table_dataset
+from made.core.errors import DataError, InvalidInput
+from made.io.data import load_dataset
+from made.io.tables import load_table_dataset
+from made.store.versions import StoredModel, open_model
 from service.engine.engine import Engine
 from service.engine.table_engine import TableEngine
 

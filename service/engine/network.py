@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from made.errors import ModelStoreError
-from made.masks import orderings_to_degrees
+from made.core.errors import ModelStoreError
+from made.core.masks import orderings_to_degrees
 from made.onnx_graph import read_arrays
 
 

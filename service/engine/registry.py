@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from made.errors import MadeError, ModelNotFound, ModelStoreError
-from made.store import list_names, list_versions, open_model, version_key
+from made.core.errors import MadeError, ModelNotFound, ModelStoreError
+from made.store.versions import list_names, list_versions, open_model, version_key
 from service.engine.engine import Engine
 from service.engine.runtime import requested_providers
 from service.engine.table_engine import TableEngine

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from made.errors import ConfigError, ModelStoreError
+from made.core.errors import ConfigError, ModelStoreError
 
 log = logging.getLogger("made.engine")
 

@@ -1,7 +1,7 @@
 """The engine of a table model: records of named columns in, exact or estimated answers out.
 Numpy in, numpy out, onnxruntime underneath; nothing here knows HTTP.
 
-Cells are encoded as made.schema describes: (N, C) float64, NaN for an unknown cell. One routine
+Cells are encoded as made.core.schema describes: (N, C) float64, NaN for an unknown cell. One routine
 does all the work (`_complete`): it walks each row's mask ordering column by column, draws every
 unknown cell from its conditional with pre-drawn noise, and scores every known cell given the
 columns before it. Where a mask's ordering puts every known column before every unknown one, the
@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from made.errors import InvalidInput, ModelStoreError
-from made.heads import NOISE_PER_COLUMN, column_loglik, level_probs, log_sigmoid, mixture, sample_column
-from made.masks import exact_orders
-from made.schema import ABSENT, Column, drawn_in_range, input_value, round_to_precision, unstandardise
-from made.store import TABLE_OUTPUT, StoredModel
+from made.core.errors import InvalidInput, ModelStoreError
+from made.core.heads import NOISE_PER_COLUMN, column_loglik, level_probs, log_sigmoid, mixture, sample_column
+from made.core.masks import exact_orders
+from made.core.schema import ABSENT, Column, drawn_in_range, input_value, round_to_precision, unstandardise
+from made.store.versions import TABLE_OUTPUT, StoredModel
 from service.engine.cancel import checkpoint
 from service.engine.runtime import make_session, requested_providers
 
@@ -611,7 +611,7 @@ def _draw(col: Column, p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """sample_column's cells, a drawn number kept within what the column can hold. A number given
     far outside the training values can move another column's conditional past float64 (a
     log-transformed price of exp(1000)): such a draw overflows to inf, which is ABSENT, an "NA"
-    of a column that may never be absent. Clipped (made.schema.drawn_in_range), it stays a value:
+    of a column that may never be absent. Clipped (made.core.schema.drawn_in_range), it stays a value:
     the record reads back, and the draws that reached it weigh what the model gives them."""
     with np.errstate(over="ignore"):  # a far logit's sigmoid overflows to its limit, 0 or 1: harmless
         cells = sample_column(col, p, u)

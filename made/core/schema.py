@@ -1,0 +1,480 @@
+"""The column schema of a table model: each column's name, kind, levels or scaling, in one place.
+
+A table model is a MADE whose unit of autoregression is a column: one degree per column, so that
+all the input units of a column share its degree, and all the output units that parametrise its
+conditional share it too. Binary data is the special case of D binary columns.
+
+Kinds and their units (inputs -> outputs):
+- binary: levels (l0, l1) coded 0/1; one input (the code), one output (the logit of level 1).
+- categorical: L levels coded 0..L-1; one-hot inputs, L outputs (the logits of a softmax).
+- numeric: a number, optionally log-transformed, standardised to y = (t(v) - loc) / scale; one
+  input (y), plus an "absent" indicator input when the column is nullable. Outputs: the logit of
+  "absent" when nullable, then a mixture of `components` logistics over y (weight logits, means,
+  log scales). A number recorded to `decimals` places gets the probability of its rounding bin
+  [v - r/2, v + r/2] (r = 10^-decimals), so repeated values (counts, x = 0) have bounded
+  likelihoods; `decimals` None is a density.
+
+Cells a training table leaves empty or `NA` are data, not gaps: a categorical column gets a level
+"NA", a numeric column is nullable. Encoded tables are float64 (N, C) arrays: the level code of a
+categorical or binary cell, the value of a numeric one, ABSENT for a numeric cell recorded as NA,
+and NaN for a cell that is unknown (summed out or imputed by the engine).
+
+This module (numpy only) owns the schema's JSON form, which the manifest's "columns" holds and
+`made train --schema FILE` reads, and the encoding of cells to arrays and back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from made.core.errors import DataError
+
+KINDS = ("binary", "categorical", "numeric")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the network's inputs are float32
+ABSENT = np.inf  # an encoded numeric cell recorded as NA (modelled as data)
+ABSENT_LEVEL = "NA"  # the level of a categorical cell recorded as empty or NA
+MISSING_CELLS = frozenset({"", "NA"})  # how a table file spells an absent cell
+DEFAULT_COMPONENTS = 5
+MAX_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    levels: tuple[str, ...] = ()  # binary and categorical
+    # numeric only
+    transform: str = "none"  # "none" or "log" (values > 0)
+    loc: float = 0.0
+    scale: float = 1.0
+    decimals: int | None = None  # the precision values are recorded at; None: continuous
+    nullable: bool = False
+    components: int = 0
+    bits: tuple[int, ...] = ()  # grouped bit data: the one-hot bit columns this column stands for
+    none_level: bool = False  # grouped bit data: the last level is "no bit set"
+
+    def __post_init__(self) -> None:
+        where = f"column '{self.name}'"
+        if self.kind not in KINDS:
+            raise DataError(f"{where}: unknown kind '{self.kind}', expected one of {', '.join(KINDS)}")
+        if self.kind == "binary" and len(self.levels) != 2:
+            raise DataError(f"{where}: a binary column has exactly 2 levels, got {list(self.levels)}")
+        if self.kind == "categorical" and not self.levels:
+            raise DataError(f"{where}: a categorical column needs its levels")
+        if len(set(self.levels)) != len(self.levels):
+            raise DataError(f"{where}: its levels repeat: {list(self.levels)}")
+        if self.kind == "numeric":
+            if self.transform not in ("none", "log"):
+                raise DataError(f"{where}: transform must be 'none' or 'log', got '{self.transform}'")
+            if not (self.scale > 0 and math.isfinite(self.scale) and math.isfinite(self.loc)):
+                raise DataError(f"{where}: scale must be positive and loc finite")
+            if self.components < 1:
+                raise DataError(f"{where}: a numeric column needs at least 1 mixture component")
+            if self.decimals is not None and not -12 <= self.decimals <= 12:
+                raise DataError(f"{where}: decimals must be an integer in -12..12 or null")
+
+    @property
+    def n_in(self) -> int:
+        if self.kind == "categorical":
+            return len(self.levels)
+        return 1 + int(self.kind == "numeric" and self.nullable)
+
+    @property
+    def n_out(self) -> int:
+        if self.kind == "categorical":
+            return len(self.levels)
+        if self.kind == "binary":
+            return 1
+        return int(self.nullable) + 3 * self.components
+
+    @property
+    def resolution(self) -> float:
+        return 0.0 if self.decimals is None else 10.0 ** (-self.decimals)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.kind != "numeric":
+            out["levels"] = list(self.levels)
+        else:
+            out.update(
+                transform=self.transform,
+                loc=self.loc,
+                scale=self.scale,
+                decimals=self.decimals,
+                nullable=self.nullable,
+                components=self.components,
+            )
+        if self.bits:
+            out.update(bits=list(self.bits), none_level=self.none_level)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "schema") -> Column:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data.get("name"):
+            raise DataError(f"{where}: each column must be an object with a non-empty 'name'")
+        known = {
+            "name",
+            "kind",
+            "levels",
+            "transform",
+            "loc",
+            "scale",
+            "decimals",
+            "nullable",
+            "components",
+            "bits",
+            "none_level",
+        }
+        extra = sorted(set(data) - known)
+        if extra:
+            raise DataError(f"{where}: column '{data['name']}' has unknown fields {extra}")
+        try:
+            return cls(
+                name=data["name"],
+                kind=str(data.get("kind", "")),
+                levels=tuple(str(v) for v in data.get("levels", ())),
+                transform=str(data.get("transform", "none")),
+                loc=float(data.get("loc", 0.0)),
+                scale=float(data.get("scale", 1.0)),
+                decimals=None if data.get("decimals") is None else int(data["decimals"]),
+                nullable=bool(data.get("nullable", False)),
+                components=int(data.get("components", DEFAULT_COMPONENTS if data.get("kind") == "numeric" else 0)),
+                bits=tuple(int(b) for b in data.get("bits", ())),
+                none_level=bool(data.get("none_level", False)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{where}: column '{data['name']}' is malformed: {exc}") from None
+
+    # --- cells ----------------------------------------------------------------------------------
+    def encode_cell(self, value: Any, where: str) -> float:
+        """A cell (a string from a file, or a JSON value) -> its code or value; None -> NaN (unknown).
+        `where` names the row for errors ("row 3")."""
+        if value is None:
+            return math.nan
+        if self.kind == "numeric":
+            if isinstance(value, str):
+                text = value.strip()
+                if text in MISSING_CELLS:
+                    if not self.nullable:
+                        raise DataError(
+                            f"{where}, column '{self.name}': the value is absent ({value!r}) but this "
+                            "column never is in the training data"
+                        )
+                    return ABSENT
+                try:
+                    number = float(text)
+                except ValueError:
+                    raise DataError(f"{where}, column '{self.name}': {value!r} is not a number") from None
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise DataError(f"{where}, column '{self.name}': expected a number, got {json.dumps(value)}")
+            else:
+                number = float(value)
+            if not math.isfinite(number):
+                raise DataError(f"{where}, column '{self.name}': {number} is not a finite number")
+            if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
+                raise DataError(
+                    f"{where}, column '{self.name}': {number:g} is not positive; this column holds positive numbers"
+                )
+            if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:
+                raise DataError(
+                    f"{where}, column '{self.name}': {number:g} is too far from this column's values for the "
+                    f"model to read (the network reads (value - {self.loc:g}) / {self.scale:g} as a float32)"
+                )
+            return number
+        given = value if isinstance(value, str) else _level_text(value)
+        if given is None:
+            raise DataError(
+                f"{where}, column '{self.name}': expected one of {_shown_levels(self.levels)}, got {json.dumps(value)}"
+            )
+        text = given.strip()
+        if text == "" and ABSENT_LEVEL in self.levels:
+            text = ABSENT_LEVEL
+        try:
+            return float(self.levels.index(text))
+        except ValueError:
+            raise DataError(
+                f"{where}, column '{self.name}': {text!r} is not a level of this column; it has "
+                f"{_shown_levels(self.levels)}"
+            ) from None
+
+    def decode(self, code: float) -> Any:
+        """An encoded cell -> its JSON value (a level name, a number, "NA", or None if unknown)."""
+        if math.isnan(code):
+            return None
+        if self.kind != "numeric":
+            return self.levels[int(code)]
+        if code == ABSENT:
+            return ABSENT_LEVEL
+        if self.decimals is None:
+            return float(code)
+        rounded = round(float(code), self.decimals)
+        # a whole number as an int, where it is one exactly (past 2^53 a float's digits are
+        # noise: 1e300 stays 1e+300, not 301 digits that JSON readers refuse)
+        return int(rounded) if self.decimals <= 0 and abs(rounded) < 2.0**53 else rounded
+
+
+def _level_text(value: Any) -> str | None:
+    """JSON numbers and booleans name levels too (a level "3" may be sent as 3)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    return None
+
+
+def _shown_levels(levels: tuple[str, ...], limit: int = 12) -> str:
+    shown = ", ".join(repr(v) for v in levels[:limit])
+    return f"{len(levels)} levels: {shown}{', ...' if len(levels) > limit else ''}"
+
+
+@dataclass(frozen=True)
+class Schema:
+    columns: tuple[Column, ...]
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.columns]
+        if len(self.columns) < 2:
+            raise DataError(f"a table model needs at least 2 columns, got {len(self.columns)}")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise DataError(f"column names repeat: {dup}")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise DataError(f"unknown column '{name}'; the columns are {', '.join(self.names)}") from None
+
+    # --- units ----------------------------------------------------------------------------------
+    @cached_property
+    def in_offsets(self) -> np.ndarray:
+        """(C + 1,) where each column's input units start (and the total at the end)."""
+        return np.concatenate([[0], np.cumsum([c.n_in for c in self.columns])]).astype(np.int64)
+
+    @cached_property
+    def out_offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum([c.n_out for c in self.columns])]).astype(np.int64)
+
+    @property
+    def n_in(self) -> int:
+        return int(self.in_offsets[-1])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.out_offsets[-1])
+
+    @cached_property
+    def in_columns(self) -> np.ndarray:
+        """(U_in,) the column of each input unit."""
+        return np.repeat(np.arange(len(self.columns)), [c.n_in for c in self.columns]).astype(np.int64)
+
+    @cached_property
+    def out_columns(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.columns)), [c.n_out for c in self.columns]).astype(np.int64)
+
+    @property
+    def all_binary(self) -> bool:
+        return all(c.kind == "binary" for c in self.columns)
+
+    # --- arrays ---------------------------------------------------------------------------------
+    def network_inputs(self, values: np.ndarray) -> np.ndarray:
+        """(N, C) encoded cells -> (N, U_in) float32 network inputs. Unknown (NaN) cells give zero
+        inputs: they must be cells the outputs in use cannot see."""
+        values = np.asarray(values, dtype=np.float64)
+        out = np.zeros((values.shape[0], self.n_in), dtype=np.float32)
+        for j, col in enumerate(self.columns):
+            v = values[:, j]
+            known = ~np.isnan(v)
+            start = int(self.in_offsets[j])
+            if col.kind == "binary":
+                out[known, start] = v[known]
+            elif col.kind == "categorical":
+                rows = np.flatnonzero(known)
+                out[rows, start + v[rows].astype(np.int64)] = 1.0
+            else:
+                present = known & (v != ABSENT)
+                out[present, start] = input_value(col, v[present])
+                if col.nullable:
+                    out[known & (v == ABSENT), start + 1] = 1.0
+        return out
+
+    def encode_rows(self, rows: list[list[Any]], first_row: int = 0, what: str = "row") -> np.ndarray:
+        """Rows of cells in column order -> (N, C) float64; errors name row and column."""
+        out = np.empty((len(rows), len(self.columns)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            for j, col in enumerate(self.columns):
+                out[i, j] = col.encode_cell(row[j], f"{what} {first_row + i}")
+        return out
+
+    def decode_rows(self, values: np.ndarray) -> list[dict[str, Any]]:
+        return [{c.name: c.decode(v) for c, v in zip(self.columns, row, strict=True)} for row in values]
+
+    # --- grouped bit data -----------------------------------------------------------------------
+    @property
+    def bit_dims(self) -> int:
+        """The width of the bit rows a grouped-bits schema reads (0 if it is not one)."""
+        if not all(c.bits for c in self.columns):
+            return 0
+        return 1 + max(b for c in self.columns for b in c.bits)
+
+    def encode_bits(self, bits: np.ndarray, where: str) -> np.ndarray:
+        """(N, D) 0/1 rows -> (N, C) codes, for a schema of bit groups (--groups)."""
+        bits = np.asarray(bits)
+        if bits.ndim != 2 or bits.shape[1] != self.bit_dims:
+            raise DataError(f"{where} has {bits.shape[-1]} columns; the model reads rows of {self.bit_dims} bits")
+        out = np.empty((len(bits), len(self.columns)), dtype=np.float64)
+        for j, col in enumerate(self.columns):
+            block = bits[:, list(col.bits)]
+            if col.kind == "binary" and len(col.bits) == 1:
+                out[:, j] = block[:, 0]
+                continue
+            on = block.sum(axis=1)
+            bad = np.flatnonzero((on > 1) | ((on == 0) & ~col.none_level))
+            if len(bad):
+                r = int(bad[0])
+                raise DataError(
+                    f"{where} row {r}: bits {list(col.bits)} of column '{col.name}' hold "
+                    f"{block[r].tolist()}, not one-hot"
+                )
+            out[:, j] = np.where(on == 0, len(col.bits), np.argmax(block, axis=1))
+        return out
+
+    # --- bit vectors ----------------------------------------------------------------------------
+    @classmethod
+    def bits(cls, dims: int) -> Schema:
+        """The schema of a model of D-bit rows: D binary columns x0..x{D-1}, levels "0" and "1".
+        A bit row is already its own encoding (codes 0/1, NaN unknown) and its own network input,
+        one unit per column in and out: a bit model's graph and engine are this schema's,
+        specialised."""
+        return _bit_schema(int(dims))
+
+    # --- JSON -----------------------------------------------------------------------------------
+    def to_json(self) -> list[dict[str, Any]]:
+        return [c.to_json() for c in self.columns]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "schema") -> Schema:
+        if isinstance(data, dict) and "columns" in data:  # a manifest, or {"columns": [...]}
+            data = data["columns"]
+        if not isinstance(data, list):
+            raise DataError(f"{where}: expected a list of columns (or an object with 'columns')")
+        return cls(tuple(Column.from_json(c, where) for c in data))
+
+    @classmethod
+    def read(cls, path: str | Path) -> Schema:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"schema file not found: {path}") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path} as a JSON schema: {exc}") from None
+        return cls.from_json(data, str(path))
+
+
+BIT_LEVELS = ("0", "1")
+
+
+@lru_cache(maxsize=16)
+def _bit_schema(dims: int) -> Schema:
+    return Schema(tuple(Column(f"x{d}", "binary", BIT_LEVELS) for d in range(dims)))
+
+
+def transformed(col: Column, values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if col.transform == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(v)
+    return v
+
+
+def standardise(col: Column, values: np.ndarray) -> np.ndarray:
+    """Values in the column's units -> y, the network's input and the mixture's variable."""
+    return (transformed(col, values) - col.loc) / col.scale
+
+
+def input_value(col: Column, values: np.ndarray) -> np.ndarray:
+    """The network's input for present numeric values: y, with a log column's zeros (a value that
+    rounds to 0) read as half the resolution, so that the input stays finite."""
+    v = np.asarray(values, dtype=np.float64)
+    if col.transform == "log":
+        v = np.maximum(v, col.resolution / 2 if col.decimals is not None else np.finfo(np.float64).tiny)
+    return standardise(col, v)
+
+
+def unstandardise(col: Column, y: np.ndarray) -> np.ndarray:
+    t = np.asarray(y, dtype=np.float64) * col.scale + col.loc
+    return np.exp(t) if col.transform == "log" else t
+
+
+def bin_edges(col: Column, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The standardised edges of each value's rounding bin [v - r/2, v + r/2] (a bin that reaches
+    zero or below under a log transform starts at -inf: the sampler rounds such draws to it)."""
+    r = col.resolution
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = v - r / 2, v + r / 2
+    if col.transform == "log":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo_y = np.where(lo > 0, (np.log(np.maximum(lo, 1e-300)) - col.loc) / col.scale, -np.inf)
+            hi_y = np.where(hi > 0, (np.log(np.maximum(hi, 1e-300)) - col.loc) / col.scale, -np.inf)
+        return lo_y, hi_y
+    return (lo - col.loc) / col.scale, (hi - col.loc) / col.scale
+
+
+def bin_width(col: Column, values: np.ndarray) -> np.ndarray:
+    """hi - lo of bin_edges, computed so that it stays exact where the edges are too close for
+    float64 to tell apart (the bin of a huge value, whose probability is then tiny, not zero):
+    log(hi / lo) = log1p(r / lo) under a log transform, r otherwise, standardised; inf for a bin
+    that starts at -inf."""
+    r = col.resolution
+    v = np.asarray(values, dtype=np.float64)
+    if col.transform == "log":
+        lo = v - r / 2
+        return np.where(lo > 0, np.log1p(r / np.where(lo > 0, lo, 1.0)) / col.scale, np.inf)
+    return np.full(v.shape, r / col.scale)
+
+
+FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+
+def value_range(col: Column) -> tuple[float, float]:
+    """The smallest and largest present value of a numeric column that encode_cell takes back and
+    the network reads: a log-transformed column's values in [0, float64's largest]; a plain
+    column's within FLOAT32_MAX of loc in units of its scale (a hair inside it, so that the
+    bound survives rounding)."""
+    if col.transform == "log":
+        return 0.0, FLOAT64_MAX
+    reach = col.scale * FLOAT32_MAX * (1.0 - 1e-6)
+    return max(col.loc - reach, -FLOAT64_MAX), min(col.loc + reach, FLOAT64_MAX)
+
+
+def drawn_in_range(col: Column, values: np.ndarray) -> np.ndarray:
+    """Present numeric values drawn from the model, clipped to value_range: a draw past float64
+    (overflowed to inf, which would read as ABSENT) or past what the network reads becomes the
+    nearest value the column can hold. NaN stays NaN."""
+    lo, hi = value_range(col)
+    return np.clip(np.asarray(values, dtype=np.float64), lo, hi)
+
+
+def round_to_precision(col: Column, values: np.ndarray) -> np.ndarray:
+    if col.decimals is None:
+        return np.asarray(values, dtype=np.float64)
+    return np.round(np.asarray(values, dtype=np.float64), col.decimals)

@@ -1,0 +1,355 @@
+"""The data plane's side for models of a table's columns: records in (JSON or CSV), the table
+engine run in a worker thread, records and column distributions out. The request was validated
+by its schema; the records are parsed once here, against the model's columns."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from made.core.errors import InvalidInput
+from made.core.masks import exact_orders
+from made.core.schema import ABSENT, Schema
+from service.core import budget
+from service.core.records import decode_records, parse_given, parse_records
+from service.core.schemas import (
+    ConditionalsRequest,
+    ConditionalsResponse,
+    ImputeRequest,
+    ImputeResponse,
+    LogProbRequest,
+    LogProbResponse,
+    SampleRequest,
+    SampleResponse,
+)
+from service.engine.bit_columns import BitColumns
+from service.engine.table_engine import (
+    GIVEN_LOCAL,
+    GIVEN_NODES,
+    SUMMARY_DRAWS,
+    ImpossibleEvidence,
+    TableConditionals,
+    TableEngine,
+)
+from service.settings import Settings
+
+T = TypeVar("T")
+
+# What answers records: a table model's engine, or a bit model's through its columns x0..x{D-1}
+Columns = TableEngine | BitColumns
+
+# explain integrates each numeric column over its values: thousands of network passes per record
+EXPLAIN_MAX_RECORDS = 32
+
+
+class TablePlane:
+    def __init__(
+        self,
+        settings: Settings,
+        in_thread: Callable[..., Awaitable[Any]],
+        timed: Callable[[Awaitable[Any]], Awaitable[Any]],
+        new_seed: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self._in_thread = in_thread
+        self._timed = timed
+        self._new_seed = new_seed
+
+    def values(self, engine: Columns, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
+        if req.records is None:
+            columns = ", ".join(engine.schema.names)
+            raise InvalidInput(
+                f"model '{engine.name}' models the columns of a table ({columns}): send "
+                '"records", one object per row keyed by column name',
+                loc=("x",),
+            )
+        values = parse_records(engine.schema, req.records)
+        if len(values) > self.settings.max_rows:
+            raise InvalidInput(
+                f"records has {len(values)} rows; the limit is {self.settings.max_rows} per request (MADE_MAX_ROWS)",
+                loc=("records",),
+            )
+        return values
+
+    def _check_draws(self, values: np.ndarray, engine: Columns, n_importance: int) -> None:
+        rows = int(np.isnan(values).any(axis=1).sum())
+        draws = rows * n_importance
+        if draws > self.settings.max_draws:
+            raise InvalidInput(
+                f"{rows} records with unknown cells x n_importance {n_importance} = {draws} draws "
+                f"per mask; the limit is {self.settings.max_draws} per request (MADE_MAX_DRAWS)",
+                loc=("n_importance",),
+            )
+
+    # --- the work budget (MADE_MAX_WORK), from the request alone -----------------------------
+    def _check_work(self, units: int, what: str, loc: tuple[str | int, ...]) -> None:
+        budget.check_work(self.settings.max_work, units, what, loc)
+
+    def _draws(self, values: np.ndarray, engine: Columns, masks: list[int]) -> tuple[int, int]:
+        """(rows with unknown cells that some mask in `masks` does not put last: importance
+        sampled, rows with unknown cells drawn exactly)."""
+        unknown = np.isnan(values).any(axis=1)
+        exact = exact_orders(np.asarray(engine.orderings)[masks], ~np.isnan(values)).all(axis=0)
+        return int((unknown & ~exact).sum()), int((unknown & exact).sum())
+
+    def _impute_work(
+        self, engine: Columns, values: np.ndarray, n_samples: int, n_importance: int, loc: tuple[str | int, ...]
+    ) -> None:
+        """impute's work: a pass per mask over the rows, then the draws (the table engine draws
+        max(n_samples, SUMMARY_DRAWS) for an exact row, a bit model n_samples)."""
+        masks = list(range(engine.n_masks))
+        weighted, exact = self._draws(values, engine, masks)
+        per_exact = max(n_samples, 1) if isinstance(engine, BitColumns) else max(n_samples, SUMMARY_DRAWS)
+        draws = weighted * n_importance * len(masks) + exact * per_exact
+        units = budget.passes(len(values), len(masks), _width(engine)) + _drawn(engine, draws)
+        self._check_work(
+            units,
+            f"{weighted} records with unknown cells x n_importance {n_importance} x {len(masks)} masks "
+            f"and {exact} drawn exactly x {per_exact}",
+            loc,
+        )
+
+    # --- /logprob -------------------------------------------------------------------------------
+    async def logprob(self, engine: Columns, req: LogProbRequest) -> LogProbResponse:
+        values = self.values(engine, req)
+        masks = req.masks
+        if masks != "all" and not 0 <= int(masks) < engine.n_masks:
+            raise InvalidInput(
+                f"masks {masks} does not exist: model '{engine.name}' has {engine.n_masks} masks", loc=("masks",)
+            )
+        self._check_draws(values, engine, req.n_importance)
+        complete = not np.isnan(values).any()
+        seed = None if complete else (req.seed if req.seed is not None else self._new_seed())
+        if req.explain and not complete:
+            raise InvalidInput("explain needs complete records: every column known", loc=("explain",))
+        limit: int | None
+        if isinstance(engine, BitColumns):
+            limit, what = engine.explain_limit, f"a model of {engine.dims} bits"
+        else:
+            numeric = any(col.kind == "numeric" for col in engine.schema.columns)
+            limit, what = (EXPLAIN_MAX_RECORDS if numeric else None), "a model with numeric columns"
+        if req.explain and limit is not None and len(values) > limit:
+            raise InvalidInput(
+                f"explain is for a few records at a time: at most {limit} per request on {what}, got {len(values)}",
+                loc=("explain",),
+            )
+        ks = list(range(engine.n_masks)) if masks == "all" else [int(masks)]
+        weighted, _ = self._draws(values, engine, ks)
+        units = budget.passes(len(values), len(ks), _width(engine))
+        units += _drawn(engine, weighted * req.n_importance * len(ks))
+        work = f"{weighted} records with unknown cells x n_importance {req.n_importance} x {len(ks)} masks"
+        if req.explain:
+            per_record = _explain_passes(engine)
+            units += budget.passes(len(values) * per_record, engine.n_masks, _width(engine))
+            work = f"explain of {len(values)} records ({per_record:,} passes each) x {engine.n_masks} masks"
+        self._check_work(units, work, ("explain",) if req.explain else ("n_importance",))
+
+        def run() -> tuple[Any, Any]:
+            result = engine.logprob(values, masks=masks, seed=seed, n_importance=req.n_importance)
+            return result, engine.surprisal(values) if req.explain else None
+
+        result, surprisal = await self._timed(self._in_thread(run))
+        return LogProbResponse.model_construct(
+            model=engine.name,
+            version=engine.version,
+            logprob=result.logprob.tolist(),
+            exact=result.exact.tolist(),
+            stderr=[None if e else float(s) for e, s in zip(result.exact, result.stderr, strict=True)],
+            seed=seed,
+            surprisal=_surprisal(engine.schema, surprisal) if surprisal is not None else None,
+        )
+
+    # --- /conditionals --------------------------------------------------------------------------
+    async def conditionals(self, engine: Columns, req: ConditionalsRequest) -> ConditionalsResponse:
+        values = self.values(engine, req)
+        mask = int(req.mask)
+        if not 0 <= mask < engine.n_masks:
+            raise InvalidInput(
+                f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks "
+                f"(0..{engine.n_masks - 1})",
+                loc=("mask",),
+            )
+        unknown = np.argwhere(np.isnan(values))
+        if len(unknown):
+            i, c = (int(v) for v in unknown[0])
+            name = engine.schema.columns[c].name
+            raise InvalidInput(
+                f"records[{i}], column '{name}' is unknown (null or left out), but /conditionals "
+                "needs complete records; /impute gives the distribution of unknown cells",
+                loc=("records", i, name),
+            )
+        self._check_work(budget.passes(len(values), 1, _width(engine)), f"{len(values)} records", ("records",))
+        r = await self._timed(self._in_thread(engine.conditionals, values, mask))
+        return ConditionalsResponse.model_construct(
+            model=engine.name,
+            version=engine.version,
+            mask=mask,
+            ordering=r.ordering.tolist(),
+            column_order=[engine.schema.columns[c].name for c in r.ordering],
+            conditionals=_conditionals(engine.schema, r, len(values)),
+        )
+
+    # --- /sample --------------------------------------------------------------------------------
+    async def sample(self, engine: Columns, req: SampleRequest) -> SampleResponse:
+        if req.n > self.settings.max_samples:
+            raise InvalidInput(
+                f"n is {req.n}; the limit is {self.settings.max_samples} samples per request (MADE_MAX_SAMPLES)",
+                loc=("n",),
+            )
+        if req.encoding == "packed":
+            raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))
+        mask = None if req.mask == "mixture" else int(req.mask)
+        if mask is not None and not 0 <= mask < engine.n_masks:
+            raise InvalidInput(
+                f"mask {mask} does not exist: model '{engine.name}' has {engine.n_masks} masks", loc=("mask",)
+            )
+        if req.given is None:
+            self._check_work(_drawn(engine, req.n), f"n {req.n} samples", ("n",))
+        seed = req.seed if req.seed is not None else self._new_seed()
+        if req.given is None:
+            values = await self._timed(self._in_thread(engine.sample, req.n, seed, mask))
+            return SampleResponse.model_construct(
+                model=engine.name,
+                version=engine.version,
+                seed=seed,
+                mask=req.mask,
+                records=decode_records(engine.schema, values),
+            )
+        if mask is not None:
+            raise InvalidInput("given samples from the mixture of every mask; leave mask out", loc=("mask",))
+        row = parse_given(engine.schema, req.given)
+        n_importance = max(req.n, 1000)
+        self._impute_work(engine, row[None, :], req.n, n_importance, ("n",))
+        try:
+            result = await self._timed(
+                self._in_thread(engine.impute, row[None, :], n_samples=req.n, seed=seed, n_importance=n_importance)
+            )
+        except ImpossibleEvidence as exc:
+            raise InvalidInput(f"given: {exc.reason()}", loc=("given",)) from None
+        return SampleResponse.model_construct(
+            model=engine.name,
+            version=engine.version,
+            seed=seed,
+            mask=req.mask,
+            records=decode_records(engine.schema, result.samples[0]),
+            exact=bool(result.exact[0]),
+            ess=float(result.ess[0]),
+        )
+
+    # --- /impute --------------------------------------------------------------------------------
+    async def impute(self, engine: Columns, req: ImputeRequest) -> ImputeResponse:
+        values = self.values(engine, req)
+        if req.encoding != "json":
+            raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))
+        total = len(values) * req.n_samples
+        if total > self.settings.max_samples:
+            raise InvalidInput(
+                f"{len(values)} records x n_samples {req.n_samples} = {total} samples; the limit is "
+                f"{self.settings.max_samples} per request (MADE_MAX_SAMPLES)",
+                loc=("n_samples",),
+            )
+        self._check_draws(values, engine, req.n_importance)
+        self._impute_work(engine, values, req.n_samples, req.n_importance, ("n_importance",))
+        seed = req.seed if req.seed is not None else self._new_seed()
+        try:
+            r = await self._timed(
+                self._in_thread(
+                    engine.impute, values, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance
+                )
+            )
+        except ImpossibleEvidence as exc:
+            raise InvalidInput(f"records[{exc.row}]: {exc.reason()}", loc=("records", exc.row)) from None
+        filled = _point_fill(engine.schema, values, r.distributions)
+        return ImputeResponse.model_construct(
+            model=engine.name,
+            version=engine.version,
+            seed=seed,
+            samples=[decode_records(engine.schema, s) for s in r.samples],
+            records=decode_records(engine.schema, filled),
+            distributions=r.distributions,
+            logprob_observed=r.logprob_observed.tolist(),
+            stderr=[None if e else float(s) for e, s in zip(r.exact, r.stderr, strict=True)],
+            exact=r.exact.tolist(),
+            ess=r.ess.tolist(),
+        )
+
+
+def _width(engine: Columns) -> int:
+    """Values one network pass computes per row: a table model's outputs, a bit model's bits."""
+    return engine.dims if isinstance(engine, BitColumns) else engine.schema.n_out
+
+
+def _drawn(engine: Columns, draws: int) -> int:
+    """The work of `draws` rows drawn: column by column, a pass each (a table model), or by the
+    stepping sampler (a bit model)."""
+    if isinstance(engine, BitColumns):
+        return budget.drawn(draws, engine.dims)
+    return budget.table_drawn(draws, engine.dims, engine.schema.n_out)
+
+
+def _explain_passes(engine: Columns) -> int:
+    """Network rows per record and mask that explain (surprisal) runs: a bit model's record and
+    its D flips, plus the in-order pass; a table model's in-order pass, each level of each
+    category, and each number's integral (at most GIVEN_NODES grid points and GIVEN_LOCAL points
+    per narrow mixture component)."""
+    if isinstance(engine, BitColumns):
+        return engine.dims + 2
+    return 1 + sum(
+        len(col.levels) if col.kind != "numeric" else GIVEN_NODES + col.components * len(GIVEN_LOCAL)
+        for col in engine.schema.columns
+    )
+
+
+def _point_fill(schema: Schema, values: np.ndarray, dists: list[dict[str, dict[str, Any]]]) -> np.ndarray:
+    """Each unknown cell at its most likely level, or the median of a number (NA where absence is
+    more likely than not)."""
+    filled = values.copy()
+    for i, dist in enumerate(dists):
+        for name, d in dist.items():
+            c = schema.index(name)
+            col = schema.columns[c]
+            if col.kind != "numeric":
+                filled[i, c] = float(col.levels.index(max(d, key=lambda level: float(d[level]))))
+            elif d.get("p_absent", 0.0) > 0.5 or d.get("q50") is None:
+                filled[i, c] = ABSENT
+            else:
+                filled[i, c] = float(d["q50"])
+    return filled
+
+
+def _conditionals(schema: Schema, r: TableConditionals, n: int) -> list[dict[str, dict[str, int | float | None]]]:
+    """Per record, each column's distribution as JSON: levels' probabilities, or a number's summary
+    (its quantiles as values of the column: rounded to its decimals)."""
+    out: list[dict[str, dict[str, int | float | None]]] = [{} for _ in range(n)]
+    for col, dist in zip(schema.columns, r.columns, strict=True):
+        if col.kind != "numeric":
+            for row, probs in zip(out, dist["probs"].tolist(), strict=True):
+                row[col.name] = dict(zip(col.levels, probs, strict=True))
+            continue
+        for i, row in enumerate(out):
+            d: dict[str, int | float | None] = {}
+            if "p_absent" in dist:
+                d["p_absent"] = float(dist["p_absent"][i])
+            for key in ("mean", "sd"):
+                v = float(dist[key][i])
+                d[key] = None if v != v else v
+            for key in ("q05", "q50", "q95"):
+                d[key] = col.decode(float(dist[key][i]))
+            row[col.name] = d
+    return out
+
+
+def _surprisal(schema: Schema, s: dict[str, np.ndarray]) -> list[dict[str, dict[str, float | None]]]:
+    in_order, given = s["in_order"], s["given_others"]
+    return [
+        {
+            col.name: {
+                "in_order": float(in_order[i, c]),
+                "given_others": None if np.isnan(given[i, c]) else float(given[i, c]),
+            }
+            for c, col in enumerate(schema.columns)
+        }
+        for i in range(len(in_order))
+    ]

@@ -1,0 +1,251 @@
+"""The request middleware (pure ASGI): request id, body size limit, metrics and the access log.
+
+Pure ASGI rather than BaseHTTPMiddleware: it neither buffers responses nor runs the app in
+another task, so the request context it sets is the one the handlers see. A path may have an
+express handler (service.http.routers.inference.ExpressLogprob) that answers the common request
+with the body already read here, ahead of the app's routing and dependency injection; what
+it declines, the app answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from made.core.errors import InvalidInput
+from service.core.body_bounds import Limits, check_json_async, current_limits
+from service.core.log_config import AccessLog, RequestContext, request_context
+from service.core.metrics import Metrics
+from service.http.errors import error_body, internal_error_body, made_error_body
+
+log = logging.getLogger("made.service.access")
+access_log = AccessLog(log)
+
+# A body this small cannot hold anything over the bounds that its parse and validation would not
+# refuse at once (no number of 4300 digits, a few hundred items): not scanned (the one-row
+# /logprob stays as fast as it was).
+_UNSCANNED_BYTES = 4096
+_SLOW: Literal["slow"] = "slow"  # _read_limited: the body did not arrive in time
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+# A lean handler of one POST path: (scope, body, receive, send) -> whether it answered. One that
+# declines (False) has sent nothing, and the app answers the request as usual.
+Express = Callable[[Scope, bytes, Receive, Send], Awaitable[bool]]
+
+
+class RequestMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        limits: Limits | None = None,
+        read_timeout: float | None = None,
+        express: Mapping[str, Express] | None = None,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        # Bounds on a JSON body's structure, checked before it is parsed (service.core.body_bounds).
+        self.limits = limits
+        # Seconds the body may take to arrive (MADE_READ_TIMEOUT): a slow client gets 408.
+        self.read_timeout = read_timeout
+        # POST paths with a lean handler that may answer a request before the app (see Express).
+        self.express = dict(express or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = length = ""
+        content_type = b""
+        for key, value in scope["headers"]:  # ASGI header names are lower-case bytes
+            if key == b"x-request-id":
+                incoming = value.decode("latin-1")
+            elif key == b"content-length":
+                length = value.decode("latin-1")
+            elif key == b"content-type" and not content_type:
+                content_type = value
+        # an id that is only an id (not a secret): 128 random bits without a system call
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
+        ctx = RequestContext(request_id=request_id)
+        token = request_context.set(ctx)
+        if self.limits is not None:
+            current_limits.set(self.limits)  # the request's own task: gone with it
+        start = time.perf_counter()
+        status = 500
+        self.metrics.requests_in_flight += 1
+
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", ctx.request_id.encode())]
+            await send(message)
+
+        try:
+            read = await self._read_limited(scope, receive, length)
+            if read is None:
+                status = 413
+                await self._too_large(send_with_id, ctx)
+            elif read == _SLOW:
+                status = 408
+                await self._too_slow(send_with_id, ctx)
+            elif (refused := await self._over_bounds(scope, content_type, read[1])) is not None:
+                status = 422
+                await _send_json(send_with_id, 422, refused)
+            else:
+                replay, body = read
+                express = self.express.get(scope["path"]) if scope["method"] == "POST" else None
+                if express is None or body is None or not await express(scope, body, replay, send_with_id):
+                    await self.app(scope, replay, send_with_id)
+        except asyncio.CancelledError:
+            # The server is shutting down and its grace period is over (uvicorn cancels the
+            # requests left): one still waiting or running is told to come back, and its task
+            # ends there (re-raised, uvicorn would log the cancellation as an error).
+            if not started:
+                ctx.error_type = "shutting_down"
+                status = 503
+                gone = error_body(
+                    503, "shutting_down", "the server is shutting down; retry the request (another replica may answer)"
+                )
+                await _send_json(send_with_id, 503, gone, retry_after=1)
+                return
+            raise
+        except Exception:
+            # Here, not in an exception handler: Starlette's outermost middleware would answer
+            # after this request's context (its id) is gone. Re-raised for the server's log.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started:
+                ctx.error_type = "internal_error"
+                await _send_json(send_with_id, 500, internal_error_body())
+            raise
+        finally:
+            self.metrics.requests_in_flight -= 1
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(endpoint, ctx.model, status, elapsed, ctx.error_type)
+            access_log.info(
+                f"{scope['method']} {scope['path']} {status}",
+                {
+                    "request_id": ctx.request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "model": ctx.model or None,
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+            )
+            request_context.reset(token)
+
+    async def _over_bounds(self, scope: Scope, content_type: bytes, body: bytes | None) -> dict[str, Any] | None:
+        """The 422 body for a JSON body over the bounds of service.core.body_bounds, or None. /v2
+        checks its own (it may be compressed or carry binary data after its JSON)."""
+        if self.limits is None or body is None or len(body) <= _UNSCANNED_BYTES or scope["path"].startswith("/v2"):
+            return None
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media != b"application/json" and not media.endswith(b"+json"):
+            return None
+        try:
+            await check_json_async(body, self.limits)
+        except InvalidInput as exc:
+            return made_error_body(exc)[1]
+        return None
+
+    async def _read_limited(
+        self, scope: Scope, receive: Receive, length: str
+    ) -> tuple[Receive, bytes | None] | Literal["slow"] | None:
+        """A receive that replays the body and the body (None: not read); None when the body is
+        over the limit; _SLOW when it did not arrive within the read timeout."""
+        if scope["method"] not in _BODY_METHODS:
+            return receive, None
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            return None  # refused before reading a byte
+        if self.read_timeout is None:
+            return await self._read_body(receive)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await self._read_body(receive)
+        except TimeoutError:
+            return _SLOW
+
+    async def _read_body(self, receive: Receive) -> tuple[Receive, bytes | None] | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return receive, None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        return replay_body(body, receive), body
+
+    async def _too_slow(self, send: Send, ctx: RequestContext) -> None:
+        ctx.error_type = "request_timeout"
+        body = error_body(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {self.read_timeout:g} s (MADE_READ_TIMEOUT); "
+            "the connection is closed",
+        )
+        await _send_json(send, 408, body)
+
+    async def _too_large(self, send: Send, ctx: RequestContext) -> None:
+        ctx.error_type = "payload_too_large"
+        body: dict[str, Any] = error_body(
+            413,
+            "payload_too_large",
+            f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); send "
+            "fewer rows per request, or bit-packed rows (x_b64)",
+        )
+        await _send_json(send, 413, body)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` as the whole request, then waits on `receive` (the disconnect),
+    as Starlette does after a body."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], retry_after: int | None = None) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"connection", b"close"),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
