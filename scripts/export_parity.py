@@ -49,7 +49,7 @@ def main() -> int:
 
     run_dir = Path(args.run_dir)
     stored = open_model(Path(args.store), args.name)
-    dtype = stored.manifest.get("weight_dtype", "float32")
+    dtype = stored.manifest.weight_dtype or "float32"
     cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
     state = load_tensors(run_dir / BEST)[0]
     fp32 = MADE(cfg.model)
@@ -64,7 +64,8 @@ def main() -> int:
     xt = torch.from_numpy(x).float()
     providers = args.providers.split(",")
     try:
-        session = ort.InferenceSession(str(stored.path / "model.onnx"), providers=provider_options(providers))
+        # the stored graph of one mask; onnxruntime reads its weights from weights.safetensors beside it
+        session = ort.InferenceSession(str(stored.onnx_path), providers=provider_options(providers))
     except Exception as exc:  # e.g. a provider this onnxruntime build lacks
         print(f"export_parity: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from conftest import write_random_model
 
+from made.core.numerics import logmeanexp
 from made.store.versions import open_model
-from service.engine.engine import Engine, _logmeanexp
+from service.engine.engine import Engine
 from service.engine.jacobi import JacobiSampler, float32_floor
 from service.testing import providers_under_test
 
@@ -28,7 +29,7 @@ def jacobi(engine: Engine, bind: bool) -> JacobiSampler:
     through IOBinding (bind True: the CUDA code path, on whatever provider runs)."""
     threads = engine.session.get_session_options().intra_op_num_threads
     return JacobiSampler(
-        engine.model.onnx_path, engine.masks, engine._feeds, engine.model.activation, engine.providers, threads, bind
+        engine.model.path / "jacobi_step.onnx", engine.masks, engine._feeds, engine.providers, threads, bind
     )
 
 
@@ -127,7 +128,7 @@ def test_jacobi_and_graph_scores_on_tanh_models(hidden: list[int], tmp_path: Pat
     ll, mix = engine.graph_scores().scores(x)
     want = engine.mask_logliks(x, list(range(engine.n_masks)))
     np.testing.assert_allclose(ll, want, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(mix, _logmeanexp(want, axis=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mix, logmeanexp(want, axis=0), rtol=0, atol=1e-5)
 
 
 def test_jacobi_on_the_shipped_models(data_dir: Path) -> None:
@@ -165,7 +166,7 @@ def test_graph_scores_equal_the_per_mask_passes(
     ll, mix = scores.scores(x)
     np.testing.assert_allclose(ll, engine.mask_logliks(x, ks), rtol=0, atol=1e-5)
     np.testing.assert_allclose(ll, logp, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(mix, _logmeanexp(logp, axis=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mix, logmeanexp(logp, axis=0), rtol=0, atol=1e-5)
     assert abs(np.logaddexp.reduce(mix)) < 1e-4  # the mixture sums to one over all 2^D rows
     for k in ks:  # one mask alone, and a subset in another order
         np.testing.assert_allclose(scores.scores(x, [k])[0][0], logp[k], rtol=0, atol=1e-5)
@@ -198,7 +199,7 @@ def test_graph_scores_on_the_shipped_models(data_dir: Path) -> None:
         want = engine.mask_logliks(x, ks)
         ll, mix = engine.graph_scores().scores(x)
         np.testing.assert_allclose(ll, want, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(mix, _logmeanexp(want, axis=0), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(mix, logmeanexp(want, axis=0), rtol=0, atol=1e-5)
         observed = np.random.default_rng(0).random(x.shape) < 0.7
         got = engine.graph_scores().scores(x, observed=observed)[0]
         np.testing.assert_allclose(got, engine.mask_logliks(x, ks, observed), rtol=0, atol=1e-5)

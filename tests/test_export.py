@@ -1,6 +1,7 @@
-"""`made export` (training/export.py, made/onnx_graph.py): the store layout and versions,
-the manifest, ONNX-vs-PyTorch parity on real data for every mask, the autoregressive property
-of the graph itself, its size, and that a failed export leaves no version behind."""
+"""`made export` (training/export.py, training/graphs.py): the store layout (format 2) and
+versions, the manifest, ONNX-vs-PyTorch parity on real data for every mask, the autoregressive
+property of the stored graph itself, its size, that a failed export leaves no version behind, and
+`made export --upgrade`, which rewrites a format-1 version in place with the same answers."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ from conftest import train_tiny, write_npz
 
 from made.core.errors import ModelStoreError
 from made.core.masks import make_mask_set
-from made.onnx_graph import build_graph
-from made.store.versions import REQUIRED, list_names, list_versions, open_model
+from made.store.files import BIT_FILES, DENSE_GRAPH, JACOBI_GRAPH, SCORES_GRAPH, SCORES_OBSERVED_GRAPH, WEIGHTS
+from made.store.manifest import REQUIRED
+from made.store.versions import list_names, list_versions, open_model
 from service.engine.runtime import provider_options
 from service.testing import providers_under_test
 from training.checkpoint import BEST, load_tensors, save_tensors
 from training.export import export_run
+from training.graphs import dense_graph, version_files, weight_arrays
 from training.model import MADE, MADEConfig
 from training.train import CONFIG, METRICS, TrainConfig, Trainer
 
@@ -98,9 +101,9 @@ def test_made_export_writes_the_version_directory(runs: dict[str, Path], tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(store / "chain" / "1")
-    assert sorted(p.name for p in (store / "chain" / "1").iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in (store / "chain" / "1").iterdir()) == sorted(["manifest.json", *BIT_FILES])
     assert sorted(p.name for p in (store / "chain").iterdir()) == ["1"]
-    assert open_model(store, "chain").manifest["name"] == "chain"
+    assert open_model(store, "chain").manifest.name == "chain"
 
 
 def test_versions_increment_and_an_existing_one_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -138,7 +141,7 @@ def test_names_and_versions_that_would_escape_or_hide_are_refused(
 def test_manifest_describes_the_model_its_data_and_its_metrics(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir = runs["image"]
     version_dir = export_run(run_dir, tmp_path / "store", "digits")
-    manifest = json.loads((version_dir / "manifest.json").read_text())
+    written = json.loads((version_dir / "manifest.json").read_text())  # the file as written
     contract = (
         "format_version",
         "name",
@@ -153,31 +156,34 @@ def test_manifest_describes_the_model_its_data_and_its_metrics(runs: dict[str, P
         "created_at",
         "image_shape",
     )
-    assert set(contract) <= set(manifest)
-    assert set(REQUIRED) <= set(manifest)
+    assert set(contract) <= set(written)
+    assert set(REQUIRED) <= set(written)
     config = json.loads((run_dir / CONFIG).read_text())
     metrics = json.loads((run_dir / METRICS).read_text())
-    assert manifest["name"] == "digits" and manifest["version"] == "1"
-    assert manifest["dims"] == 16 and manifest["hidden"] == [24, 24] and manifest["n_masks"] == 4
-    assert manifest["training"] == config
-    assert manifest["image_shape"] == [4, 4]
-    assert manifest["dataset"]["name"] == "binarized_mnist_tiny"
-    for key in ("test_nll", "test_nll_stderr", "valid_nll", "test_nll_per_mask", "valid_nll_per_mask"):
-        assert manifest["metrics"][key] == metrics[key]
-    assert len(manifest["metrics"]["test_nll_per_mask"]) == 4
-    digest = hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
-    assert manifest["files"] == {"model.onnx": digest}
-    assert datetime.fromisoformat(manifest["created_at"]).tzinfo is not None
+    manifest = open_model(tmp_path / "store", "digits").manifest
+    assert manifest.format_version == 2 and manifest.weight_dtype == "float32"
+    assert manifest.name == "digits" and manifest.version == "1"
+    assert manifest.dims == 16 and manifest.hidden == [24, 24] and manifest.n_masks == 4
+    assert manifest.training == config
+    assert manifest.image_shape == [4, 4]
+    assert manifest.dataset.name == "binarized_mnist_tiny"
+    assert written["metrics"] == metrics
+    for key in ("test_nll", "test_nll_stderr", "valid_nll"):
+        assert getattr(manifest.metrics, key) == metrics[key]
+    assert manifest.metrics.model_extra is not None and len(manifest.metrics.model_extra["test_nll_per_mask"]) == 4
+    assert manifest.files == {f: hashlib.sha256((version_dir / f).read_bytes()).hexdigest() for f in BIT_FILES}
+    assert datetime.fromisoformat(manifest.created_at).tzinfo is not None
     # orderings[k] lists the dimensions in mask k's order: ranks of the model's degrees
     degrees = _model_of(run_dir).input_degrees.numpy()
-    for k, order in enumerate(manifest["orderings"]):
+    for k, order in enumerate(manifest.orderings):
         assert sorted(order) == list(range(16))
         assert [int(degrees[k, d]) for d in order] == list(range(1, 17))
-    assert len({tuple(o) for o in manifest["orderings"]}) == 4
+    assert len({tuple(o) for o in manifest.orderings}) == 4
 
-    plain = json.loads((export_run(runs["plain"], tmp_path / "store", "chain") / "manifest.json").read_text())
-    assert plain["image_shape"] is None
-    assert plain["orderings"] == [list(range(9))]
+    export_run(runs["plain"], tmp_path / "store", "chain")
+    plain = open_model(tmp_path / "store", "chain").manifest
+    assert plain.image_shape is None and "image_shape" in plain.as_json()
+    assert plain.orderings == [list(range(9))]
 
 
 def _assert_graph_matches(model: MADE, session: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
@@ -242,7 +248,7 @@ def test_onnx_matches_pytorch_on_tiny_models(runs: dict[str, Path], tmp_path: Pa
 def test_onnx_output_d_ignores_inputs_at_or_after_d_for_every_mask(runs: dict[str, Path], tmp_path: Path) -> None:
     version_dir = export_run(runs["image"], tmp_path / "store", "ar")
     session = _session(version_dir / "model.onnx")
-    orderings = np.array(json.loads((version_dir / "manifest.json").read_text())["orderings"])
+    orderings = np.array(open_model(tmp_path / "store", "ar").orderings)
     rng = np.random.default_rng(1)
     x = (rng.random((64, 16)) < 0.5).astype(np.float32)
     for k, order in enumerate(orderings):
@@ -259,21 +265,22 @@ def test_onnx_output_d_ignores_inputs_at_or_after_d_for_every_mask(runs: dict[st
         assert moved >= len(order) // 2
 
 
-def _random_graph_bytes(dims: int, hidden: list[int], n_masks: int) -> int:
+def _random_version_bytes(dims: int, hidden: list[int], n_masks: int) -> dict[str, int]:
     masks = make_mask_set(dims, hidden, n_masks, order_agnostic=True, connectivity_agnostic=True)
     rng = np.random.default_rng(0)
     widths = [dims, *hidden, dims]
     weights = [rng.standard_normal((b, a)).astype(np.float32) for a, b in zip(widths[:-1], widths[1:], strict=True)]
     biases = [rng.standard_normal(b).astype(np.float32) for b in widths[1:]]
-    graph = build_graph(weights, biases, masks.input_degrees(), list(masks.hidden_degrees))
-    return len(graph.SerializeToString())
+    arrays = weight_arrays(weights, biases, masks.input_degrees(), list(masks.hidden_degrees))
+    return {name: len(data) for name, data in version_files(arrays).items()}
 
 
-def test_32_masks_cost_little_more_than_one() -> None:
-    one = _random_graph_bytes(100, [500], 1)
-    many = _random_graph_bytes(100, [500], 32)
-    assert one > 100 * 500 * 4 * 2  # the weights are all there
-    assert many <= 1.2 * one
+def test_32_masks_cost_little_more_than_one_and_the_weights_are_stored_once() -> None:
+    one = _random_version_bytes(100, [500], 1)
+    many = _random_version_bytes(100, [500], 32)
+    assert one[WEIGHTS] > 100 * 500 * 4 * 2  # the weights are all there
+    assert sum(many.values()) <= 1.2 * sum(one.values())
+    assert sum(one.values()) - one[WEIGHTS] < 10_000  # every graph without weights of its own
 
 
 def _write_random_run(run_dir: Path, data: Path, dims: int, hidden: list[int]) -> None:
@@ -287,7 +294,7 @@ def _write_random_run(run_dir: Path, data: Path, dims: int, hidden: list[int]) -
 
 
 def test_a_failed_export_leaves_no_version_behind(tmp_path: Path) -> None:
-    """The file size limit makes writing the ~400 kB model.onnx fail mid-export (EFBIG): the
+    """The file size limit makes writing the ~400 kB weights.safetensors fail mid-export (EFBIG): the
     command fails cleanly, nothing is listed, no temporary directory stays, and the next export
     takes version 1 as if nothing had happened."""
     data = write_npz(tmp_path / "d100.npz", 100, n=60)
@@ -318,7 +325,7 @@ def test_hidden_temporary_directories_are_not_versions(runs: dict[str, Path], tm
     export_run(runs["plain"], store, "m")
     leftover = store / "m" / ".2.abcd.tmp"
     leftover.mkdir()
-    for f in ("manifest.json", "model.onnx"):
+    for f in ("manifest.json", *BIT_FILES):
         (leftover / f).write_bytes((store / "m" / "1" / f).read_bytes())
     (store / ".hidden-name").mkdir()
     assert list_versions(store, "m") == ["1"]
@@ -339,10 +346,10 @@ def test_float16_weights_halve_the_file_and_are_the_exact_model_served(runs: dic
     _write_random_run(big, data, 100, [300])
     full = export_run(big, tmp_path / "store", "full")
     half = export_run(big, tmp_path / "store", "half", weight_dtype="float16")
-    ratio = (half / "model.onnx").stat().st_size / (full / "model.onnx").stat().st_size
+    ratio = (half / WEIGHTS).stat().st_size / (full / WEIGHTS).stat().st_size
     assert 0.45 < ratio < 0.55
-    assert json.loads((half / "manifest.json").read_text())["weight_dtype"] == "float16"
-    assert json.loads((full / "manifest.json").read_text())["weight_dtype"] == "float32"
+    assert open_model(tmp_path / "store", "half").manifest.weight_dtype == "float16"
+    assert open_model(tmp_path / "store", "full").manifest.weight_dtype == "float32"
 
     run_dir = runs["image"]  # K=4 order-agnostic masks, two hidden layers, direct connections
     version = export_run(run_dir, tmp_path / "store", "image", weight_dtype="float16")
@@ -359,7 +366,7 @@ def test_float16_weights_halve_the_file_and_are_the_exact_model_served(runs: dic
         assert np.abs(engine_lp - expected).max() <= 1e-4, f"engine, mask {k}"
     u, ks = engine.noise(50, seed=1, mask=0)
     assert np.array_equal(engine.sample_from_noise(u, ks), engine.naive_sample(u, 0))
-    net = load_network(version / "model.onnx")
+    net = load_network(open_model(tmp_path / "store", "image"))
     assert net.weights[0].dtype == np.float32
     assert np.array_equal(net.weights[1], rounded.layers[1].weight.detach().numpy().T)
     assert net.direct is not None and np.array_equal(net.direct, rounded.direct.weight.detach().numpy().T)
@@ -395,8 +402,6 @@ def _op_types(graph: bytes | onnx.ModelProto) -> list[str]:
 def test_tanh_models_export_tanh_graphs_that_match_pytorch_on_real_test_data(data_dir: Path, tmp_path: Path) -> None:
     """A tanh model's stored graph and the engine's dense graph both apply Tanh (and no Relu);
     the stored graph gives PyTorch's log p(x) on every real test row, for every mask."""
-    from made.onnx_graph import dense_graph
-
     tanh = dict(activation="tanh", n_masks=3, order_agnostic=True, connectivity_agnostic=True)
     runs = {
         "mushrooms": _train_real(data_dir, tmp_path, "mushrooms", dict(tanh, hidden=[64], init="orthogonal")),
@@ -404,14 +409,13 @@ def test_tanh_models_export_tanh_graphs_that_match_pytorch_on_real_test_data(dat
     }
     for name, run_dir in runs.items():
         version = export_run(run_dir, tmp_path / "store", name)
-        manifest = json.loads((version / "manifest.json").read_text())
-        assert manifest["activation"] == "tanh"
-        assert manifest["training"]["model"]["activation"] == "tanh"
-        ops = _op_types(onnx.load(str(version / "model.onnx")))
-        n_hidden = len(manifest["hidden"])
-        assert ops.count("Tanh") == n_hidden and "Relu" not in ops
-        dense = _op_types(dense_graph(n_hidden + 1, manifest["direct"], "tanh"))
-        assert dense.count("Tanh") == n_hidden and "Relu" not in dense
+        manifest = open_model(tmp_path / "store", name).manifest
+        assert manifest.activation == "tanh"
+        assert manifest.training is not None and manifest.training["model"]["activation"] == "tanh"
+        n_hidden = len(manifest.hidden)
+        for graph in ("model.onnx", DENSE_GRAPH, JACOBI_GRAPH, SCORES_GRAPH, SCORES_OBSERVED_GRAPH):
+            ops = _op_types((version / graph).read_bytes())
+            assert ops.count("Tanh") == n_hidden and "Relu" not in ops, graph
         _assert_graph_matches(
             _model_of(run_dir), _session(version / "model.onnx"), np.load(data_dir / f"{name}.npz")["test"]
         )
@@ -419,3 +423,72 @@ def test_tanh_models_export_tanh_graphs_that_match_pytorch_on_real_test_data(dat
     assert "Tanh" not in _op_types(dense_graph(2, False)) and "Relu" in _op_types(dense_graph(2, False))
     with pytest.raises(ValueError, match="activation"):
         dense_graph(2, False, "sigmoid")
+
+
+def _as_format_1(version_dir: Path) -> None:
+    """Rewrite a format-2 version as made export wrote format 1: one model.onnx holding its
+    weights (the stored graph with its initializers inline), the manifest listing it alone."""
+    graph = onnx.load(str(version_dir / "model.onnx"))  # reads the external initializers
+    raw = json.loads((version_dir / "manifest.json").read_text())
+    for f in raw["files"]:
+        (version_dir / f).unlink()
+    onnx.save(graph, str(version_dir / "model.onnx"))
+    raw["format_version"] = 1
+    raw["files"] = {"model.onnx": hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()}
+    (version_dir / "manifest.json").write_text(json.dumps(raw))
+
+
+def test_upgrade_rewrites_a_format_1_version_in_place_with_the_same_answers(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from service.engine.engine import Engine
+
+    store = tmp_path / "store"
+    export_run(runs["image"], store, "m", weight_dtype="float16")
+    export_run(runs["plain"], store, "plain")
+    engine = Engine(open_model(store, "m"), ["CPUExecutionProvider"], threads=1)
+    x = (np.random.default_rng(5).random((40, 16)) < 0.5).astype(np.float32)
+    x[::3, 4:9] = np.nan
+    before = engine.logprob(x, seed=2, n_importance=50).logprob
+    u, ks = engine.noise(30, seed=3)
+    samples = engine.sample_from_noise(u, ks)
+    weights = open_model(store, "m").weights()
+    created = open_model(store, "m").manifest.created_at
+    _as_format_1(store / "m" / "1")
+    with pytest.raises(ModelStoreError, match=r"store format 1; rewrite it as format 2 with `made export --upgrade "):
+        open_model(store, "m")
+
+    result = subprocess.run(
+        [str(MADE_BIN), "export", "--upgrade", str(store)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(store / "m" / "1")]  # the format-2 version 'plain' is left alone
+    assert sorted(p.name for p in (store / "m").iterdir()) == ["1"]  # swapped in place, nothing left over
+    upgraded = open_model(store, "m")
+    assert upgraded.manifest.format_version == 2 and upgraded.manifest.created_at == created
+    assert upgraded.manifest.weight_dtype == "float16" and sorted(upgraded.manifest.files) == sorted(BIT_FILES)
+    assert all(
+        np.array_equal(a, weights[name]) and a.dtype == weights[name].dtype for name, a in upgraded.weights().items()
+    )
+    engine = Engine(upgraded, ["CPUExecutionProvider"], threads=1)
+    assert np.array_equal(engine.logprob(x, seed=2, n_importance=50).logprob, before)
+    assert np.array_equal(engine.sample_from_noise(u, ks), samples)
+    again = subprocess.run(
+        [str(MADE_BIN), "export", "--upgrade", str(store / "m" / "1")], capture_output=True, text=True
+    )
+    assert again.returncode == 0 and again.stdout == ""  # already format 2: nothing to do
+
+
+def test_upgrade_refuses_a_damaged_format_1_version_and_leaves_it(runs: dict[str, Path], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    export_run(runs["plain"], store, "m")
+    _as_format_1(store / "m" / "1")
+    graph = store / "m" / "1" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10])
+    result = subprocess.run(
+        [str(MADE_BIN), "export", "--upgrade", str(store / "m" / "1")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert f"{graph} is missing or does not match its manifest checksum" in result.stderr
+    assert json.loads((store / "m" / "1" / "manifest.json").read_text())["format_version"] == 1
+    assert sorted(p.name for p in (store / "m" / "1").iterdir()) == ["manifest.json", "model.onnx"]

@@ -35,7 +35,7 @@ while True:
 
 def _random_run(run_dir: Path, data: Path) -> Path:
     """A run as far as export is concerned (config, metrics, best weights): D=784, 1000 hidden
-    units, direct connections; about 6 MB of ONNX."""
+    units, direct connections; about 6 MB of weights."""
     cfg = TrainConfig(dataset=str(data), model=MADEConfig(dims=784, hidden=[1000], direct=True))
     run_dir.mkdir(parents=True)
     (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict()))
@@ -47,7 +47,7 @@ def _random_run(run_dir: Path, data: Path) -> Path:
 
 def _kill_inside_a_write(proc: subprocess.Popen[str], model_dir: Path, delay_s: float) -> bool:
     """SIGKILL `proc` `delay_s` after a temporary version directory appears under `model_dir`
-    (polled every millisecond; a random sleep lands mostly in the graph building, before any
+    (polled every millisecond; a random sleep lands mostly in the graphs' building, before any
     file is written). True when the directory was seen before the process ended."""
     seen = False
     deadline = time.monotonic() + 60

@@ -48,11 +48,12 @@ def test_every_shipped_model_is_intact_and_each_file_under_10_mb() -> None:
 
 def test_the_default_binarized_mnist_model_has_the_promised_shape() -> None:
     manifest = open_model(STORE, PREFERRED_DEFAULT).manifest
-    assert manifest["dims"] == 784 and manifest["image_shape"] == [28, 28]
-    assert len(manifest["hidden"]) == 2
-    assert manifest["n_masks"] >= 8 and len(manifest["orderings"]) == manifest["n_masks"]
-    assert manifest["metrics"]["test_nll"] <= BMNIST_TARGET
-    assert len(manifest["metrics"]["test_nll_per_mask"]) == manifest["n_masks"]
+    assert manifest.dims == 784 and manifest.image_shape == [28, 28]
+    assert len(manifest.hidden) == 2 and manifest.weight_dtype == "float16"
+    assert manifest.n_masks >= 8 and len(manifest.orderings) == manifest.n_masks
+    assert manifest.test_nll is not None and manifest.test_nll <= BMNIST_TARGET
+    assert manifest.metrics.model_extra is not None
+    assert len(manifest.metrics.model_extra["test_nll_per_mask"]) == manifest.n_masks
 
 
 @pytest.mark.parametrize(
@@ -70,11 +71,11 @@ def test_the_makefile_command_trains_what_was_shipped(name: str, variable: str, 
     variables = _make_variables()
     args = shlex.split(_expand(variables[variable], variables))
     manifest = open_model(STORE, name).manifest
-    dataset = manifest["training"]["dataset"]
-    parsed = build_parser().parse_args(["train", "--dataset", dataset, "--out", "unused", *args])
-    schema = Schema.from_json(manifest["columns"]) if "columns" in manifest else None
-    expected = train_config(parsed, manifest["dims"], schema).to_dict()
-    shipped = dict(manifest["training"])
+    assert manifest.training is not None
+    shipped = dict(manifest.training)
+    parsed = build_parser().parse_args(["train", "--dataset", shipped["dataset"], "--out", "unused", *args])
+    schema = Schema.from_json(manifest.columns) if manifest.columns is not None else None
+    expected = train_config(parsed, manifest.dims, schema).to_dict()
     for key in ("image_shape", "groups"):  # options added after a model shipped, left at their default
         if key not in shipped and expected.get(key) is None:
             expected.pop(key, None)
@@ -116,7 +117,7 @@ def test_shipped_binarized_mnist_scores_its_recorded_test_nll(data_dir: Path) ->
     result = evaluate_store_model(STORE, PREFERRED_DEFAULT, str(data_dir / "binarized_mnist.npz"))
     assert result["n"] == 10000
     assert result["nll"] <= BMNIST_TARGET
-    assert abs(result["nll"] - manifest["metrics"]["test_nll"]) < 0.05
+    assert manifest.test_nll is not None and abs(result["nll"] - manifest.test_nll) < 0.05
 
 
 @pytest.mark.parametrize(("name", "table"), [("diamonds", "diamonds"), ("health-insurance", "health_insurance")])
@@ -125,5 +126,5 @@ def test_shipped_table_models_score_their_recorded_test_nll(data_dir: Path, name
     training run (torch) did."""
     manifest = open_model(STORE, name).manifest
     result = evaluate_store_model(STORE, name, str(data_dir / "tables" / f"{table}_test.csv"))
-    assert result["n"] == manifest["metrics"]["test_n"]
-    assert abs(result["nll"] - manifest["metrics"]["test_nll"]) < 1e-3
+    assert manifest.metrics.model_extra is not None and result["n"] == manifest.metrics.model_extra["test_n"]
+    assert manifest.test_nll is not None and abs(result["nll"] - manifest.test_nll) < 1e-3

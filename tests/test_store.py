@@ -1,6 +1,7 @@
-"""Reading the model store (made/store/versions.py): a missing, truncated or altered file and a manifest
-lacking a field are refused with the file's name; hidden temporary directories are invisible;
-the highest version is the one opened."""
+"""Reading the model store (made/store/): a missing, truncated or altered file, weights that do not
+match the manifest and a manifest lacking a field are refused with the file's name; a format-1
+version is refused with the command that upgrades it; hidden temporary directories are
+invisible; the highest version is the one opened."""
 
 from __future__ import annotations
 
@@ -8,17 +9,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from made.core.errors import ModelNotFound, ModelStoreError
-from made.store.versions import (
-    REQUIRED,
-    latest_version,
-    list_names,
-    list_versions,
-    open_model,
-    sha256_file,
-)
+from made.store.files import BIT_FILES, WEIGHTS, sha256_file
+from made.store.manifest import REQUIRED
+from made.store.versions import latest_version, list_names, list_versions, open_model
 
 
 @pytest.fixture
@@ -39,13 +37,27 @@ def _refusal(store: Path, name: str = "tiny", version: str | None = None) -> str
 
 
 def _edit_manifest(store: Path, change: dict[str, object], drop: str | None = None) -> Path:
+    """Rewrite the file as JSON (a damaged manifest is what is under test, not read through the store)."""
     path = store / "tiny" / "1" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest.update(change)
+    raw = json.loads(path.read_text())
+    raw.update(change)
     if drop is not None:
-        del manifest[drop]
-    path.write_text(json.dumps(manifest))
+        raw.pop(drop)
+    path.write_text(json.dumps(raw))
     return path
+
+
+def _rewrite_weights(store: Path, change: dict[str, np.ndarray], drop: str | None = None) -> Path:
+    """Replace weights.safetensors by a valid file of other arrays, its checksum updated: only
+    the shape check stands between it and the engine."""
+    version_dir = store / "tiny" / "1"
+    arrays = {**load_file(str(version_dir / WEIGHTS)), **change}
+    if drop is not None:
+        arrays.pop(drop)
+    save_file(arrays, str(version_dir / WEIGHTS))
+    files = json.loads((version_dir / "manifest.json").read_text())["files"]
+    _edit_manifest(store, {"files": {**files, WEIGHTS: sha256_file(version_dir / WEIGHTS)}})
+    return version_dir / WEIGHTS
 
 
 def test_an_intact_copy_opens_and_describes_itself(store: Path) -> None:
@@ -54,31 +66,83 @@ def test_an_intact_copy_opens_and_describes_itself(store: Path) -> None:
     assert model.orderings.shape == (4, 8)
     assert sorted(model.orderings[0].tolist()) == list(range(8))
     assert model.onnx_path == store / "tiny" / "1" / "model.onnx"
-    assert model.manifest["files"]["model.onnx"] == sha256_file(model.onnx_path)
+    assert model.manifest.format_version == 2
+    assert sorted(model.manifest.files) == sorted(BIT_FILES)
+    for fname, digest in model.manifest.files.items():
+        assert digest == sha256_file(model.file(fname))
+    weights = model.weights()  # hidden [24, 24], direct connections
+    assert sorted(weights) == ["W0", "W1", "W2", "b0", "b1", "b2", "direct_W"] + [
+        "hidden_degrees_0",
+        "hidden_degrees_1",
+        "input_degrees",
+    ]
+    assert weights["W1"].shape == (24, 24) and weights["hidden_degrees_1"].shape == (4, 24)
 
 
-def test_a_missing_model_file_is_refused_by_name(store: Path) -> None:
-    onnx = store / "tiny" / "1" / "model.onnx"
-    onnx.unlink()
+@pytest.mark.parametrize("fname", BIT_FILES)
+def test_a_missing_file_is_refused_by_name(store: Path, fname: str) -> None:
+    path = store / "tiny" / "1" / fname
+    path.unlink()
     message = _refusal(store)
-    assert str(onnx) in message and "missing" in message
+    assert str(path) in message and "missing" in message
 
 
-def test_a_truncated_model_file_is_refused_by_name(store: Path) -> None:
-    onnx = store / "tiny" / "1" / "model.onnx"
-    data = onnx.read_bytes()
-    onnx.write_bytes(data[: len(data) // 2])
+@pytest.mark.parametrize("fname", BIT_FILES)
+def test_a_truncated_file_is_refused_by_name(store: Path, fname: str) -> None:
+    path = store / "tiny" / "1" / fname
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
     message = _refusal(store)
-    assert str(onnx) in message and "checksum" in message
+    assert str(path) in message and "checksum" in message
 
 
-def test_one_altered_byte_is_refused_by_name(store: Path) -> None:
-    onnx = store / "tiny" / "1" / "model.onnx"
-    data = bytearray(onnx.read_bytes())
+@pytest.mark.parametrize("fname", BIT_FILES)
+def test_one_altered_byte_is_refused_by_name(store: Path, fname: str) -> None:
+    path = store / "tiny" / "1" / fname
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
-    onnx.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
     message = _refusal(store)
-    assert str(onnx) in message and "checksum" in message
+    assert str(path) in message and "checksum" in message
+
+
+def test_weights_of_another_shape_are_refused_before_any_array_is_built(store: Path) -> None:
+    weights = load_file(str(store / "tiny" / "1" / WEIGHTS))
+    path = _rewrite_weights(store, {"W0": np.zeros((weights["W0"].shape[0], 3), dtype=np.float32)})
+    message = _refusal(store)
+    assert str(path) in message and "W0 is 8x3 in the file" in message, message
+
+
+@pytest.mark.parametrize(
+    ("change", "drop", "expected"),
+    [
+        ({}, "b1", "lacks the array 'b1'"),
+        ({}, "direct_W", "lacks the array 'direct_W'"),
+        ({"spare": np.zeros(2, dtype=np.float32)}, None, "holds the array 'spare'"),
+        ({"input_degrees": np.zeros((4, 8), dtype=np.int64)}, None, "input_degrees is I64"),
+    ],
+)
+def test_weights_the_manifest_does_not_describe_are_refused_by_name(
+    store: Path, change: dict[str, np.ndarray], drop: str | None, expected: str
+) -> None:
+    path = _rewrite_weights(store, change, drop)
+    message = _refusal(store)
+    assert str(path) in message and expected in message, message
+
+
+def test_a_weights_file_that_is_not_safetensors_is_refused_by_name(store: Path) -> None:
+    path = store / "tiny" / "1" / WEIGHTS
+    path.write_bytes(b"\xff" * 64)
+    files = json.loads((store / "tiny" / "1" / "manifest.json").read_text())["files"]
+    _edit_manifest(store, {"files": {**files, WEIGHTS: sha256_file(path)}})
+    message = _refusal(store)
+    assert str(path) in message and "not a readable safetensors file" in message, message
+
+
+def test_a_format_1_version_is_refused_with_the_command_that_upgrades_it(store: Path) -> None:
+    _edit_manifest(store, {"format_version": 1})
+    message = _refusal(store)
+    assert "store format 1" in message and f"made export --upgrade {store / 'tiny' / '1'}" in message, message
 
 
 @pytest.mark.parametrize("field", REQUIRED)
@@ -114,8 +178,8 @@ def test_contract_fields_are_all_required() -> None:
         ({"orderings": [3, 1, 4, 1]}, "permutation"),
         ({"orderings": [[0, 1, 2, 3, 4, 5, 6, "7"]] * 4}, "permutation"),
         ({"dims": 1}, "dims"),
-        ({"files": {}}, "model.onnx"),
-        ({"files": {"model.onnx": "0" * 64}}, "checksum"),
+        ({"files": {}}, "weights.safetensors"),
+        ({"files": {"weights.safetensors": "0" * 64}}, "model.onnx"),
     ],
 )
 def test_an_inconsistent_manifest_is_refused_by_name(store: Path, change: dict[str, object], expected: str) -> None:
@@ -166,7 +230,7 @@ def test_the_highest_version_is_opened_and_temporary_directories_are_invisible(s
     assert list_versions(store, "tiny") == ["1", "2", "9", "10"]
     assert latest_version(store, "tiny") == "10"
     assert open_model(store, "tiny").version == "10"
-    assert open_model(store, "tiny", "9").manifest["version"] == "9"
+    assert open_model(store, "tiny", "9").manifest.version == "9"
     assert list_names(store) == ["tiny"]
 
 

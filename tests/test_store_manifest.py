@@ -1,6 +1,6 @@
-"""The manifest, typed (made.store.versions.Manifest): every field of the wrong type is refused with a
+"""The manifest, typed (made.store.manifest.Manifest): every field of the wrong type is refused with a
 reason naming it, the sizes it declares are bounded before anything is allocated from them, the
-graph's tensors must have the shapes it declares, and what clients are shown of it holds no
+stored weights must have the shapes it declares, and what clients are shown of it holds no
 path of the server's files."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from made.core.errors import ModelStoreError
-from made.store.versions import MANIFEST, list_names, open_model, public_manifest
+from made.store.manifest import MANIFEST, Manifest, public_manifest
+from made.store.versions import list_names, open_model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "model_store"
 
@@ -31,11 +32,11 @@ def store(tiny_store: Path, tmp_path: Path) -> Path:
 def _edit(store: Path, change: dict[str, Any]) -> Path:
     """Set manifest fields; a dotted key sets a field of a section (metrics.test_nll)."""
     path = store / "tiny" / "1" / MANIFEST
-    manifest = json.loads(path.read_text())
+    raw = json.loads(path.read_text())  # the file as JSON: what is under test is a damaged one
     for key, value in change.items():
         section, _, field = key.rpartition(".")
-        (manifest[section] if section else manifest)[field] = value
-    path.write_text(json.dumps(manifest))
+        (raw[section] if section else raw)[field] = value
+    path.write_text(json.dumps(raw))
     return path
 
 
@@ -110,55 +111,74 @@ def test_sizes_are_bounded_and_consistent(store: Path, change: dict[str, Any], e
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"hidden": [24, 25]}, "W1 is 24x24 in the graph, 24x25 by the manifest"),
-        ({"hidden": [24]}, "does not match its manifest's hidden [24]: the graph has 3 weight layers"),
+        ({"hidden": [24, 25]}, "W1 is 24x24 in the file, 24x25 by the manifest"),
+        ({"hidden": [24]}, "W1 is 24x24 in the file, 24x8 by the manifest"),
         ({"direct": False}, "has direct connections (direct_W), its manifest says direct: false"),
-        ({"n_masks": 2, "orderings": [list(range(8))] * 2}, "does not match the orderings in its manifest"),
+        ({"n_masks": 2, "orderings": [list(range(8))] * 2}, "input_degrees is 4x8 in the file, 2x8 by the manifest"),
+        ({"weight_dtype": "float16"}, "W0 is F32, the manifest's weights are float16"),
     ],
 )
-def test_the_graph_must_have_the_shapes_the_manifest_declares(
+def test_the_weights_must_have_the_shapes_the_manifest_declares(
     store: Path, change: dict[str, Any], expected: str
 ) -> None:
-    """Checked on the graph's tensor shapes before the engine builds arrays from its weights."""
+    """Checked on weights.safetensors' header before the engine builds arrays from it."""
     _edit(store, change)
     assert expected in _refusal(store)
 
 
 def test_the_typed_manifest_gives_what_the_model_list_serves(store: Path) -> None:
     model = open_model(store, "tiny")
-    assert model.spec.dataset_name == model.manifest["dataset"]["name"] == "d8"
-    assert model.spec.test_nll == pytest.approx(model.manifest["metrics"]["test_nll"])
-    assert (model.spec.image_shape, model.spec.activation, model.spec.direct) == (None, "relu", True)
-    assert model.spec.model_extra is not None and "training" not in model.spec.model_extra  # known: typed
+    manifest = model.manifest
+    assert manifest.dataset_name == manifest.dataset.name == "d8"
+    assert manifest.test_nll == manifest.metrics.test_nll and manifest.test_nll is not None
+    assert (manifest.image_shape, manifest.activation, manifest.direct) == (None, "relu", True)
+    assert manifest.model_extra is not None and "training" not in manifest.model_extra  # known: typed
     _edit(store, {"metrics.test_nll": 12, "image_shape": [2, 4], "future_field": {"any": "thing"}})
     model = open_model(store, "tiny")
-    assert model.spec.test_nll == 12.0 and model.image_shape == [2, 4]
-    assert model.manifest["future_field"] == {"any": "thing"}  # unknown fields are kept
+    assert model.manifest.test_nll == 12.0 and model.image_shape == [2, 4]
+    assert model.manifest.model_extra == {"future_field": {"any": "thing"}}  # unknown fields are kept
+    assert model.public_manifest()["future_field"] == {"any": "thing"}  # and served
 
 
 @pytest.mark.parametrize("name", list_names(SHIPPED))
 def test_every_shipped_manifest_is_accepted_and_served_without_paths(name: str) -> None:
     model = open_model(SHIPPED, name)
     served = public_manifest(model.manifest)
-    assert served["dataset"]["source"] == Path(model.manifest["dataset"]["source"]).name
-    assert served["training"]["dataset"] == Path(model.manifest["training"]["dataset"]).name
+    source, training = model.manifest.dataset.source, model.manifest.training
+    assert source is not None and training is not None
+    assert served["dataset"]["source"] == Path(source).name
+    assert served["training"]["dataset"] == Path(training["dataset"]).name
     assert "/" not in json.dumps({k: served[k] for k in ("dataset", "training")})
-    assert served["orderings"] == model.manifest["orderings"] and served["metrics"] == model.manifest["metrics"]
-    assert model.manifest["dataset"]["source"].count("/") > 0  # the store's copy is left as it is
+    assert served["orderings"] == model.manifest.orderings
+    assert served["metrics"] == model.manifest.metrics.model_dump(mode="json", exclude_unset=True)
+    assert source.count("/") > 0  # the store's copy is left as it is
+    on_disk = json.loads((model.path / MANIFEST).read_text())
+    assert served == {**on_disk, "dataset": served["dataset"], "training": served["training"]}  # all else as stored
 
 
 def test_public_manifest_reduces_every_path_of_a_training_file_to_its_name() -> None:
-    manifest = {
-        "name": "m",
-        "dataset": {"name": "diamonds", "source": "/home/x/data/diamonds_train.csv", "groups": [["a/b", "c"]]},
-        "training": {
-            "dataset": "C:\\data\\diamonds_train.csv",
-            "extra": {"cache": "~/cache/x.npz", "up": "../d/y.npz"},
-        },
-        "columns": [{"name": "km/h"}],
-    }
+    manifest = Manifest.model_validate(
+        {
+            "format_version": 2,
+            "name": "m",
+            "version": "1",
+            "dims": 2,
+            "hidden": [4],
+            "n_masks": 1,
+            "orderings": [[0, 1]],
+            "files": {},
+            "metrics": {},
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "dataset": {"name": "diamonds", "source": "/home/x/data/diamonds_train.csv", "groups": [["a/b", "c"]]},
+            "training": {
+                "dataset": "C:\\data\\diamonds_train.csv",
+                "extra": {"cache": "~/cache/x.npz", "up": "../d/y.npz"},
+            },
+            "columns": [{"name": "km/h"}],
+        }
+    )
     served = public_manifest(manifest)
     assert served["dataset"] == {"name": "diamonds", "source": "diamonds_train.csv", "groups": [["a/b", "c"]]}
     assert served["training"] == {"dataset": "diamonds_train.csv", "extra": {"cache": "x.npz", "up": "y.npz"}}
     assert served["columns"] == [{"name": "km/h"}]  # not a path: left alone
-    assert manifest["dataset"]["source"] == "/home/x/data/diamonds_train.csv"  # a copy
+    assert manifest.dataset.source == "/home/x/data/diamonds_train.csv"  # a copy

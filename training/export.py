@@ -1,4 +1,7 @@
-"""`made export`: a finished run -> STORE/NAME/VERSION/{model.onnx, manifest.json}, atomically.
+"""`made export`: a finished run -> STORE/NAME/VERSION (store format 2: manifest.json,
+weights.safetensors and every graph the engine runs, made.store.files), atomically; and
+`made export --upgrade`, which rewrites a format-1 version (one model.onnx holding its weights)
+as format 2 in place, keeping its number and its answers.
 
 The version directory is assembled under a hidden temporary name and renamed into place, so a
 reader never sees half a version. Reads the run's safetensors with numpy (no torch needed).
@@ -12,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
@@ -19,9 +23,18 @@ from made.core.errors import CheckpointError, ModelStoreError
 from made.core.masks import MaskSet, make_mask_set, orderings_to_degrees
 from made.core.schema import Schema
 from made.io.data import check_image_shape, dataset_name, load_dataset
-from made.onnx_graph import WEIGHT_DTYPES, build_graph
-from made.store.versions import TABLE_OUTPUT, table_graph_signature, write_version
+from made.store.files import MODEL_GRAPH, sha256_file
+from made.store.manifest import table_graph_signature
+from made.store.versions import list_names, list_versions, read_manifest, write_version
+from training.graphs import WEIGHT_DTYPES, version_files, weight_arrays
 from training.run_files import BEST, CONFIG, METRICS
+
+# The graph entry of a bit model's manifest (model.onnx's signature).
+BIT_GRAPH_SIGNATURE = {
+    "inputs": {"x": "float32 [N, D]", "mask_index": "int64 []"},
+    "outputs": {"logits": "float32 [N, D]"},
+    "opset": 17,
+}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -49,24 +62,22 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
     return config, tensors, metrics
 
 
-def graph_from_tensors(
+def arrays_from_tensors(
     tensors: dict[str, np.ndarray],
     n_hidden: int,
     direct: bool,
     weight_dtype: str = "float32",
-    activation: str = "relu",
-) -> onnx.ModelProto:
-    weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
-    biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
-    hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
-    return build_graph(
-        weights,
-        biases,
+    output_degrees: bool = False,
+) -> dict[str, np.ndarray]:
+    """A run's best weights (torch's names and layout) as the arrays of weights.safetensors."""
+    return weight_arrays(
+        [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)],
+        [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)],
         tensors["input_degrees"],
-        hidden_degrees,
+        [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)],
         tensors["direct.weight"] if direct else None,
         weight_dtype=weight_dtype,
-        activation=activation,
+        output_degrees=tensors["output_degrees"] if output_degrees else None,
     )
 
 
@@ -94,20 +105,7 @@ def _export_table_run(
     model_cfg = config["model"]
     schema = Schema.from_json(model_cfg["columns"])
     n_hidden = len(model_cfg["hidden"])
-    weights = [tensors[f"layers.{i}.weight"] for i in range(n_hidden + 1)]
-    biases = [tensors[f"layers.{i}.bias"] for i in range(n_hidden + 1)]
-    hidden_degrees = [tensors[f"hidden_degrees_{i}"] for i in range(n_hidden)]
-    direct = tensors["direct.weight"] if model_cfg.get("direct") else None
-    graph = build_graph(
-        weights,
-        biases,
-        tensors["input_degrees"],
-        hidden_degrees,
-        direct,
-        weight_dtype=weight_dtype,
-        output_degrees=tensors["output_degrees"],
-        output_name=TABLE_OUTPUT,
-    )
+    arrays = arrays_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype, output_degrees=True)
     orderings = np.argsort(tensors["column_degrees"], axis=1, kind="stable")
     fields = {
         "dims": len(schema),
@@ -125,9 +123,11 @@ def _export_table_run(
         "metrics": metrics,
         "training": config,
         "image_shape": None,
-        "graph": table_graph_signature(schema),
+        "graph": table_graph_signature(
+            schema.n_in, schema.n_out, schema.in_offsets.tolist(), schema.out_offsets.tolist()
+        ),
     }
-    return write_version(store, name, graph.SerializeToString(), fields, version)
+    return write_version(store, name, version_files(arrays), fields, version)
 
 
 def export_run(
@@ -160,7 +160,7 @@ def export_run(
     )
     assert np.array_equal(orderings_to_degrees(masks.orderings), degrees)
     activation = str(model_cfg.get("activation", "relu"))  # runs from before the option: ReLU
-    graph = graph_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype, activation)
+    arrays = arrays_from_tensors(tensors, n_hidden, bool(model_cfg.get("direct")), weight_dtype)
 
     image_shape = check_image_shape(
         image_shape or config.get("image_shape") or _dataset_image_shape(config), int(model_cfg["dims"])
@@ -178,8 +178,9 @@ def export_run(
         "metrics": metrics,
         "training": config,
         "image_shape": image_shape,
+        "graph": BIT_GRAPH_SIGNATURE,
     }
-    return write_version(store, name, graph.SerializeToString(), fields, version)
+    return write_version(store, name, version_files(arrays, activation), fields, version)
 
 
 def export_random_model(
@@ -209,9 +210,7 @@ def export_random_model(
     ]
     biases = [(0.1 * rng.standard_normal(b)).astype(np.float32) for b in widths[1:]]
     direct_w = (rng.standard_normal((dims, dims)) / np.sqrt(dims)).astype(np.float32) if direct else None
-    graph = build_graph(
-        weights, biases, masks.input_degrees(), list(masks.hidden_degrees), direct_w, activation=activation
-    )
+    arrays = weight_arrays(weights, biases, masks.input_degrees(), list(masks.hidden_degrees), direct_w)
     fields = {
         "dims": dims,
         "hidden": list(hidden),
@@ -219,8 +218,57 @@ def export_random_model(
         "orderings": masks.orderings.tolist(),
         "direct": direct,
         "activation": activation,
+        "weight_dtype": "float32",
         "dataset": {"name": "random-weights"},
         "metrics": {},
+        "graph": BIT_GRAPH_SIGNATURE,
     }
-    write_version(Path(store), name, graph.SerializeToString(), fields, "1")
+    write_version(Path(store), name, version_files(arrays, activation), fields, "1")
     return Path(store)
+
+
+def upgrade(target: str | Path) -> list[Path]:
+    """Rewrite format-1 versions as format 2 in place: `target` is a version directory
+    (STORE/NAME/VERSION) or a store (every format-1 version in it). The weights are read from
+    the format-1 model.onnx's initializers, unchanged (float16 stays float16), the graphs built
+    from them as export builds them, and the new version swapped in for the old one atomically
+    (made.store.versions.write_version), keeping its number, manifest fields and creation time.
+    Returns the versions rewritten; a version already of format 2 is left as it is."""
+    target = Path(target)
+    if (target / "manifest.json").is_file():
+        dirs = [target]
+    elif target.is_dir():
+        dirs = [target / name / v for name in list_names(target) for v in list_versions(target, name)]
+    else:
+        raise ModelStoreError(f"{target} is neither a store nor a version directory")
+    done = []
+    for version_dir in dirs:
+        old = read_manifest(version_dir, upgrading=True)
+        if old.format_version != 1:
+            continue
+        path = version_dir / MODEL_GRAPH
+        if MODEL_GRAPH not in old.files or not path.is_file() or sha256_file(path) != old.files[MODEL_GRAPH]:
+            raise ModelStoreError(f"{path} is missing or does not match its manifest checksum; not upgrading it")
+        try:
+            graph = onnx.load(str(path))
+        except Exception as exc:  # onnx raises DecodeError and others with no common base
+            raise ModelStoreError(f"{path} is not a readable ONNX model: {exc}") from None
+        arrays = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer if t.name not in ("axis0", "axis1")}
+        weight_dtype = str(arrays["W0"].dtype)
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ModelStoreError(f"{path}: W0 is {weight_dtype}, expected float32 or float16")
+        fields = old.as_json()
+        fields["weight_dtype"] = weight_dtype
+        for key in ("format_version", "name", "version", "files"):
+            del fields[key]
+        done.append(
+            write_version(
+                version_dir.parent.parent,
+                version_dir.parent.name,
+                version_files(arrays, old.activation),
+                fields,
+                version_dir.name,
+                replace=True,
+            )
+        )
+    return done

@@ -9,7 +9,7 @@ evidence moving the threshold by its log-odds. Starting from x = 0, after i pass
 positions of the ordering are final (output t reads only positions < t), so at most D passes
 reach the sample and one more confirms it; a row whose pass changes nothing is at the fixed
 point, which is unique, and leaves the batch. Each pass is one batched forward pass
-(made.onnx_graph.jacobi_step_graph) through an onnxruntime session: on a GPU the whole batch
+(the version's stored jacobi_step.onnx, made.store.files) through an onnxruntime session: on a GPU the whole batch
 steps on the device. The logits are float32 (the stepping sampler's are float64): a draw can
 differ only where |u - p| is below float32 resolution (~1e-7), as between two providers.
 
@@ -17,7 +17,7 @@ The float64 thresholds are rounded down to float32 (the largest float32 <= t): f
 logit z, z > t exactly when z > floor32(t), so the in-graph float32 comparison is the float64
 rule applied to the float32 logits.
 
-Scores in the graph (made.onnx_graph.scores_graph): log p_k(x) of every row for K masks in one
+Scores in the graph (the stored scores.onnx and scores_observed.onnx): log p_k(x) of every row for K masks in one
 call, the K masks' masked weights stacked (K, fan_in, fan_out) for batched MatMuls, the
 softplus terms and their float64 sums and the mixture computed in the graph: the host gets
 (K, N) and (N,) numbers instead of K x (N, D) logits.
@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from made.onnx_graph import jacobi_step_graph, scores_graph
+from made.core.numerics import log_sigmoid, sigmoid
 from service.engine.network import MaskWeights
 from service.engine.runtime import make_session
-from service.engine.sampler import _log_sigmoid, _sigmoid, _tilt
+from service.engine.sampler import tilt
 
 # Rows per session call: bounds the (rows, D) state and the per-pass temporaries (the hidden
 # layers' activations: ~8 KB a row at [1000, 1000]).
@@ -84,7 +84,7 @@ def thresholds(
     if observed is not None and values is not None:
         t = np.where(observed[cells], np.where(values[cells] > 0.5, -np.inf, np.inf), t)
     if evidence is not None:
-        t = _tilt(t, evidence[1][cells] - evidence[0][cells])
+        t = tilt(t, evidence[1][cells] - evidence[0][cells])
     return float32_floor(t)
 
 
@@ -104,10 +104,9 @@ class JacobiSampler:
 
     def __init__(
         self,
-        onnx_path: Path,
+        graph: Path,
         masks: list[MaskWeights],
         feeds: list[dict[str, ort.OrtValue]],
-        activation: str,
         providers: list[str],
         threads: int | None = None,
         bind: bool | None = None,
@@ -116,8 +115,7 @@ class JacobiSampler:
         self.masks = masks
         self.dims = len(masks[0].ordering)
         self.n_masks = len(masks)
-        graph = jacobi_step_graph(len(masks[0].weights), masks[0].direct is not None, activation)
-        self.session = make_session(onnx_path, providers, threads, graph)
+        self.session = make_session(graph, providers, threads)
         self.providers: list[str] = list(self.session.get_providers())
         self.device = device_of(self.providers)
         # IOBinding (device-resident state) where the provider is CUDA; bind=True forces it on
@@ -181,12 +179,12 @@ class JacobiSampler:
                 zg = np.empty((len(rows), dims))
                 zg[:, ordering] = logits
                 if out.probs is not None:
-                    out.probs[rows] = _sigmoid(zg)
+                    out.probs[rows] = sigmoid(zg)
                 if observed is not None and values is not None:
-                    ll = _log_sigmoid(np.where(values[rows] > 0.5, zg, -zg))
+                    ll = log_sigmoid(np.where(values[rows] > 0.5, zg, -zg))
                     out.logw[rows] = np.where(observed[rows], ll, 0.0).sum(axis=1)
                 if ev is not None:
-                    norm = np.logaddexp(_log_sigmoid(zg) + ev[1], _log_sigmoid(-zg) + ev[0])
+                    norm = np.logaddexp(log_sigmoid(zg) + ev[1], log_sigmoid(-zg) + ev[0])
                     out.logw[rows] += norm.sum(axis=1)
         return out
 
@@ -282,21 +280,20 @@ class JacobiSampler:
 
 
 class GraphScores:
-    """log p_k(x) for K masks in one onnxruntime call per chunk of rows (made.onnx_graph.scores_graph),
+    """log p_k(x) for K masks in one onnxruntime call per chunk of rows (the stored scores graphs),
     the masks' weights stacked (K, fan_in, fan_out) once at construction (K float32 copies of
     the weights: ~100 MB at D=784, [1000, 1000], K=8), on the device where the provider is CUDA.
     Sessions (with and without the observed-entries input) are built on first use."""
 
     def __init__(
         self,
-        onnx_path: Path,
+        graphs: tuple[Path, Path],
         masks: list[MaskWeights],
-        activation: str,
         providers: list[str],
         threads: int | None = None,
         bind: bool | None = None,
     ):
-        self.onnx_path, self.activation, self.threads = onnx_path, activation, threads
+        self.graphs, self.threads = graphs, threads  # (without, with the observed-entries input)
         self.requested = providers
         self.n_masks = len(masks)
         self.dims = len(masks[0].ordering)
@@ -332,8 +329,7 @@ class GraphScores:
             with self._lock:
                 session = self._sessions.get(observed)
                 if session is None:
-                    graph = scores_graph(self.n_layers, self.direct, self.activation, observed=observed)
-                    session = make_session(self.onnx_path, self.requested, self.threads, graph)
+                    session = make_session(self.graphs[observed], self.requested, self.threads)
                     self._sessions[observed] = session
         return session
 
