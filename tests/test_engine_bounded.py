@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import service.engine.denoise as denoise_module
-import service.engine.engine as engine_module
+import service.engine.missing as missing_module
 import service.engine.sampler as sampler_module
 from service.engine.cancel import Abandoned, CancelToken, running_under
 from service.engine.engine import Engine
@@ -73,7 +73,7 @@ CALL_VALUES = 500 * WIDE
 def test_logprob_with_missing_values_holds_no_more_memory_for_more_draws(
     wide: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", CALL_VALUES)
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", CALL_VALUES)
     x = half_missing(wide)
     assert not wide.logprob(x, seed=0, n_importance=2).exact[0]
     wide.logprob(x, seed=0, n_importance=2000)
@@ -84,7 +84,7 @@ def test_logprob_with_missing_values_holds_no_more_memory_for_more_draws(
 
 
 def test_weighted_imputation_keeps_log_weights_not_draws(wide: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", CALL_VALUES)
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", CALL_VALUES)
     x = half_missing(wide)
     assert not wide.exact_rows(~np.isnan(x))[0]
     per_draw = growth_per_draw(wide, lambda s: wide.impute(x, n_samples=5, seed=1, n_importance=s))
@@ -129,7 +129,7 @@ def test_logprob_draws_go_through_the_sampler_in_bounded_calls_with_the_same_ans
     one = engine.logprob(x, seed=7, n_importance=300)
     assert not one.exact.all()
     calls = Calls(engine, monkeypatch)
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 37)  # 37 draws a call: a row's 300 span calls
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 37)  # 37 draws a call: a row's 300 span calls
     got = engine.logprob(x, seed=7, n_importance=300)
     assert max(calls.sizes) <= 37 and len(calls.sizes) > 8, calls.sizes
     np.testing.assert_array_equal(got.exact, one.exact)
@@ -137,7 +137,7 @@ def test_logprob_draws_go_through_the_sampler_in_bounded_calls_with_the_same_ans
     np.testing.assert_allclose(got.stderr, one.stderr, rtol=1e-9)
     # one mask: the same draws of that mask, pair after pair
     single = engine.logprob(x, masks=2, seed=8, n_importance=50)
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 1 << 23)
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 1 << 23)
     np.testing.assert_allclose(engine.logprob(x, masks=2, seed=8, n_importance=50).logprob, single.logprob, rtol=1e-12)
 
 
@@ -148,7 +148,7 @@ def test_resampled_completions_are_drawn_again_bit_for_bit(
     completions, and the same generator states after the row, as the pool itself holds: checked
     against the pool drawn at once, by hand (the weighted pool of test_engine_impute)."""
     engine = tiny_engines["tiny"]
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 13)  # 13 draws a call
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 13)  # 13 draws a call
     row = half_missing(engine, 1, seed=5)[0]
     row[7] = np.nan
     k, s, d, n_samples = engine.n_masks, 40, engine.dims, 500
@@ -199,7 +199,7 @@ def test_a_cancelled_logprob_stops_at_its_next_chunk(
     tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch, cancel_after: Any
 ) -> None:
     engine = tiny_engines["tiny"]
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 10)  # 10 draws a call: 4 x 200 / 10 = 80 calls
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 10)  # 10 draws a call: 4 x 200 / 10 = 80 calls
     x = half_missing(engine, 1, seed=6)
     calls, token, got = cancel_after(engine, lambda: engine.logprob(x, seed=1, n_importance=200), after=3)
     assert isinstance(got, Abandoned) and str(got) == "timed out"
@@ -217,7 +217,7 @@ def test_a_cancelled_imputation_stops_at_its_next_chunk(
     tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch, cancel_after: Any, exact: bool
 ) -> None:
     engine = tiny_engines["tiny"]
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 8 * 10)
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 10)
     x = half_missing(engine, 2, seed=7)
     if exact:  # every mask's ordering last: all missing
         x[:] = np.nan

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import made_env, run_made_calls
 
 from service.engine.engine import Engine
-
-MADE_BIN = Path(sys.executable).with_name("made")
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +25,7 @@ def runs(tiny_store: Path) -> dict[str, subprocess.CompletedProcess[str]]:
         "wrong-dims": [*base, "--name", "tiny", "--dataset", str(d10)],
         "mask-out-of-range": [*base, "--name", "tiny", "--dataset", str(d8), "--masks", "9"],
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MADE_PROVIDERS": "cpu", "MADE_THREADS": "1"}
-    procs = {
-        name: subprocess.Popen(
-            [str(MADE_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        for name, args in calls.items()
-    }
-    out = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=120)
-        out[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    return out
+    return run_made_calls(calls, made_env(MADE_PROVIDERS="cpu", MADE_THREADS="1"))
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> dict:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import enumerate_joint, write_random_model
+from helpers import likely_rows
 from scipy.special import logsumexp
 
-import service.engine.engine as engine_module
+import service.engine.missing as missing_module
 from made.core.errors import InvalidInput
-from service.engine.engine import Engine, ImputeResult
+from service.engine.engine import Engine
+from service.engine.missing import ImputeResult
 from service.testing import providers_under_test
 
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
@@ -34,10 +36,6 @@ def assert_marginals_within_four_standard_errors(
         assert (np.abs(result.marginals[i] - truth) <= 4 * se + 1e-9).all(), (
             f"row {i}: marginals {np.round(result.marginals[i], 3)}, truth {np.round(truth, 3)}"
         )
-
-
-def likely_rows(engine: Engine, n: int, seed: int) -> np.ndarray:
-    return engine.sample(n, seed=seed).astype(np.float64)
 
 
 def test_trailing_missing_dimensions_of_a_natural_order_model_are_imputed_exactly(
@@ -274,7 +272,7 @@ def test_a_row_gets_the_same_answer_whatever_else_is_in_its_request_and_sampler_
     for i in (1, 3, 5):
         assert_same_answers(a, i, b, i)
     # sampler calls of a few draws each: a row's draws spread over several calls
-    monkeypatch.setattr(engine_module, "_IMPUTE_VALUES", 3 * 8 * 7 + 5)
+    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 3 * 8 * 7 + 5)
     c = engine.impute(rows, n_samples=7, seed=21, n_importance=40)
     for i in range(len(rows)):
         assert_same_answers(a, i, c, i)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import likely_rows
 from scipy.special import logsumexp
 
 from made.core.errors import InvalidInput
@@ -26,11 +27,6 @@ def enumerated_logp_observed(x_all: np.ndarray, logp: np.ndarray, rows: np.ndarr
 
 def mixture(logp: np.ndarray) -> np.ndarray:
     return logsumexp(logp, axis=0) - np.log(len(logp))
-
-
-def likely_rows(engine: Engine, n: int, seed: int) -> np.ndarray:
-    """Rows the model finds likely (its own samples), as float64 ready to blank out."""
-    return engine.sample(n, seed=seed).astype(np.float64)
 
 
 def test_trailing_missing_dimensions_are_exact_under_a_natural_order_model(

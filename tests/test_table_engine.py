@@ -14,7 +14,8 @@ from made.core.masks import exact_orders
 from made.core.schema import ABSENT
 from made.io.tables import load_table_dataset
 from made.store.versions import open_model
-from service.engine.table_engine import SUMMARY_DRAWS, ImpossibleEvidence, TableEngine
+from service.engine.table_engine import TableEngine
+from service.engine.table_impute import SUMMARY_DRAWS, ImpossibleEvidence
 from service.testing import providers_under_test
 
 
@@ -38,7 +39,7 @@ def test_the_schema_is_read_from_the_csv_header_and_kept_in_the_manifest(cats: T
     assert cats.schema.names == ["a", "b", "c", "d"]
     assert [c.kind for c in cats.schema.columns] == ["categorical", "binary", "categorical", "categorical"]
     assert cats.schema.columns[3].levels == ("u", "v", "NA")  # the empty cells are a level of their own
-    assert cats.manifest["dataset"]["name"] == "cats"
+    assert cats.manifest.dataset.name == "cats"
 
 
 def test_every_mask_and_the_mixture_are_normalised(joint: tuple[np.ndarray, np.ndarray], cats: TableEngine) -> None:
@@ -54,11 +55,12 @@ def test_export_matches_torch_on_real_rows(table_store: Path, cats: TableEngine)
     from training.checkpoint import load_tensors
     from training.table_model import TableMADE, TableMADEConfig
 
-    manifest = cats.manifest
-    model = TableMADE(TableMADEConfig.from_dict(manifest["training"]["model"]))
-    run = Path(manifest["training"]["dataset"]).parent / "run-cats"
+    training = cats.manifest.training
+    assert training is not None
+    model = TableMADE(TableMADEConfig.from_dict(training["model"]))
+    run = Path(training["dataset"]).parent / "run-cats"
     model.load_state_dict(load_tensors(run / "best.safetensors")[0])
-    test = load_table_dataset(manifest["training"]["dataset"], schema=cats.schema).split("test")
+    test = load_table_dataset(training["dataset"], schema=cats.schema).split("test")
     with torch.no_grad():
         for k in range(cats.n_masks):
             theirs = model.log_prob(torch.from_numpy(test), k).numpy()
@@ -143,7 +145,8 @@ def mixed(table_store: Path) -> TableEngine:
 def _mixed_rows(mixed: TableEngine) -> np.ndarray:
     """Test rows (a budget NA among them) and two odd ones: a budget far from 1000 x size, a size
     far from what its kind and budget say."""
-    test = load_table_dataset(mixed.manifest["training"]["dataset"], schema=mixed.schema).split("test")
+    assert mixed.manifest.training is not None
+    test = load_table_dataset(mixed.manifest.training["dataset"], schema=mixed.schema).split("test")
     rows = np.concatenate([test[:3], [[2, 0.5, 25.0, 5000.0], [0, 9.0, -3.0, ABSENT]]])
     assert (rows[:, 3] == ABSENT).any() and (rows[:, 3] != ABSENT).any()
     return rows
@@ -188,7 +191,7 @@ def test_given_others_of_a_number_sums_over_every_rounding_bin(mixed: TableEngin
 def test_given_others_of_a_number_converges_on_a_finer_grid(
     mixed: TableEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.engine.table_engine as te
+    import service.engine.table_explain as te
 
     rows = _mixed_rows(mixed)
     got = mixed.surprisal(rows)["given_others"]

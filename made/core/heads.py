@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from made.core.numerics import log_sigmoid
 from made.core.schema import (
     ABSENT,
     Column,
@@ -28,10 +29,6 @@ from made.core.schema import (
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -9.0, 7.0
 NOISE_PER_COLUMN = 3  # uniforms a sampled cell uses: absence or level, mixture component, value
-
-
-def log_sigmoid(z: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -z)
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:

@@ -19,21 +19,19 @@ weight and the posterior marginals are the weighted frequencies of the pool.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from made.core.errors import InvalidInput
-from service.engine.sampler import stream_weighted
+from made.core.numerics import logmeanexp
+from service.engine.checks import check_count, check_seed
+from service.engine.importance import pool_estimate, resample, stream_weighted
+from service.engine.passes import BitPasses
 
-if TYPE_CHECKING:
-    from service.engine.engine import Engine
-
-# Values (draws x D) of noise in one sampler call, at most: each value costs ~8 bytes of noise,
-# 16 of evidence, 1 of sample and the sampler's own float64 buffers (~100 MB a call at 1 << 21),
-# whatever n_importance: the draws are not kept (sampler.stream_weighted).
+# Values (draws x D) of noise in one sampler call, at most: it bounds what a call holds (noise,
+# evidence, samples and the sampler's float64 buffers; docs/engine.md), whatever n_importance:
+# the draws are not kept (importance.stream_weighted).
 _DENOISE_VALUES = 1 << 21
 
 
@@ -88,7 +86,7 @@ def flip_evidence(y: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def denoise(
-    engine: Engine,
+    engine: BitPasses,
     y: np.ndarray,
     eps: float | np.ndarray,
     n_samples: int = 10,
@@ -115,16 +113,14 @@ def denoise(
     The pool is never held: all rows' draws go through the sampler _DENOISE_VALUES values a
     call (a cancellation checkpoint before each), each row keeping only its log weights (8
     bytes a draw) and the weighted sum of its draws; the n_samples resampled rows are drawn
-    again from the generator states saved before each call (sampler.WeightedPool.redraw), the
+    again from the generator states saved before each call (importance.WeightedPool.redraw), the
     same rows bit for bit. Memory is bounded by the call size, not by n_importance x D.
     """
-    from service.engine.engine import _check_count, _check_seed, _logmeanexp
-
     y = engine.check_x(y, allow_missing=True, checked=checked)
-    _check_count("n_samples", n_samples, 0)
-    _check_count("n_importance", n_importance, 1)
+    check_count("n_samples", n_samples, 0)
+    check_count("n_importance", n_importance, 1)
     eps = check_eps(eps, y.shape)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     n, d = y.shape
     k, s = engine.n_masks, n_importance
     out = DenoiseResult(
@@ -141,7 +137,7 @@ def denoise(
         rows = np.flatnonzero(certain)
         out.samples[rows] = y[rows, None, :].astype(np.uint8)
         out.marginals[rows] = y[rows]
-        out.logprob_noisy[rows] = _logmeanexp(engine.mask_logliks(y[rows], list(range(k))), axis=0)
+        out.logprob_noisy[rows] = logmeanexp(engine.mask_logliks(y[rows], list(range(k))), axis=0)
         out.stderr[rows] = 0.0
         out.ess[rows] = float(k * s)
     rows = np.flatnonzero(~certain)
@@ -154,31 +150,13 @@ def denoise(
 
     for pool in stream_weighted(rows, k * s, s, d, per_call, rngs, draw):  # draw j is under mask j // s
         r = pool.row
-        w_norm = _estimate(r, pool.logw, k, s, out)
+        est = pool_estimate(r, pool.logw, k, s)
+        out.logprob_noisy[r], out.stderr[r], out.ess[r] = est.logprob, est.stderr, est.ess
         out.marginals[r] = np.clip(pool.mean, 0.0, 1.0)
-        picks = rngs[r].choice(len(w_norm), size=n_samples, replace=True, p=w_norm)
+        picks = resample(rngs[r], est.weights, n_samples)
         out.samples[r] = pool.redraw(picks, d, per_call, draw)
     exact = (eps == 0) & ~np.isnan(y)  # every draw keeps y there: no rounding of the weighted mean
     out.marginals[exact] = y[exact]
     tie = out.marginals == 0.5
     out.most_likely[:] = np.where(tie, np.nan_to_num(y, nan=0.0), out.marginals > 0.5)
     return out
-
-
-def _estimate(r: int, logw: np.ndarray, k: int, s: int, out: DenoiseResult) -> np.ndarray:
-    """Row r's log p(y), its standard error and ESS from the log weights of its pooled draws
-    (k x s, mask after mask); returns the normalised weights."""
-    top = logw.max()
-    if not np.isfinite(top):  # cannot happen for eps <= 1/2 (every weight > 0), kept loud
-        raise InvalidInput(f"row {r}: every importance weight is 0")
-    w = np.exp(logw - top)
-    w_norm = w / w.sum()
-    out.logprob_noisy[r] = top + math.log(w.mean())
-    if s > 1:
-        per_mask = w.reshape(k, s)
-        var = per_mask.var(axis=1, ddof=1) / s
-        out.stderr[r] = math.sqrt(var.sum()) / per_mask.mean(axis=1).sum()
-    else:
-        out.stderr[r] = math.nan
-    out.ess[r] = 1.0 / float(np.sum(w_norm**2))
-    return w_norm

@@ -1,0 +1,232 @@
+"""A table model's explanations, per column of complete records (no HTTP): how surprising each
+value is in order and given every other column (surprisal), and each column's conditional
+distribution summarised (column_summaries), with the numeric quadrature and mixture-of-logistics
+helpers they share. Functions of a TablePasses (service.engine.table_engine.TableEngine).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from made.core.errors import InvalidInput
+from made.core.heads import column_loglik, level_probs, mixture
+from made.core.numerics import log_sigmoid, logmeanexp
+from made.core.schema import ABSENT, Column, drawn_in_range, input_value, round_to_precision, unstandardise
+from service.engine.cancel import checkpoint
+from service.engine.passes import TablePasses
+
+# surprisal's given_others of a numeric column: the integral over its values (see
+# _log_numeric_normaliser); docs/tables.md says how these were chosen
+GIVEN_STEP = 0.01  # grid spacing, in the column's standardised units (1% of its training sd), at most...
+GIVEN_NODES = 4097  # ...unless the range needs more points than this: then the spacing grows
+GIVEN_TAIL = 1e-6  # the grid covers each mask's conditional from this quantile to 1 - it,
+GIVEN_REACH = 50.0  # within +-50 standardised units (and the record's own value +-1)
+GIVEN_LOCAL = np.linspace(-30.0, 30.0, 61)  # nodes of a component narrower than the step, in its scales
+GIVEN_BATCH = 1 << 16  # network rows per pass, at most
+QUANTILE_T = np.linspace(-27.631, 27.631, 1106)  # a logistic's standard units over its 1e-12..1-1e-12 range
+
+
+def surprisal(engine: TablePasses, values: np.ndarray) -> dict[str, np.ndarray]:
+    """Per column of complete rows: -log p(x_c | the columns before c) averaged over the masks
+    ("in_order"), and -log p(x_c | every other column) under the mixture ("given_others").
+
+    given_others = -(log p(x) - log Σ_v p(x_c = v, x_-c)), p the mixture of the masks. For a
+    category the sum runs over its levels. For a number it is an integral over the column's
+    values (_log_numeric_normaliser), and the answer is in the units of the column's own
+    likelihood, as in_order is: -log of the probability of the value's rounding bin for a
+    number recorded to `decimals` places, -log of a density per unit of the column's values
+    for a continuous one, -log P(NA | the others) for a nullable number recorded as NA (its
+    absence is a discrete mass beside the density of its values)."""
+    values = engine.check_values(values)
+    if np.isnan(values).any():
+        raise InvalidInput("explain needs complete records")
+    params = [engine.params(values, k) for k in range(engine.n_masks)]
+    per_mask = np.stack([engine.logliks(values, p) for p in params])  # (K, N, C)
+    in_order = -per_mask.mean(axis=0)
+    given = np.full(values.shape, np.nan)
+    base = logmeanexp(per_mask.sum(axis=2), axis=0)  # (N,) log p(x)
+    for c, col in enumerate(engine.schema.columns):
+        if col.kind == "numeric":
+            given[:, c] = -(base - _log_numeric_normaliser(engine, values, c, params, per_mask))
+            continue
+        alts = []
+        for level in range(len(col.levels)):
+            checkpoint()
+            x = values.copy()
+            x[:, c] = level
+            alts.append(
+                logmeanexp(np.stack([engine.column_logliks(x, k).sum(axis=1) for k in range(engine.n_masks)]), axis=0)
+            )
+        given[:, c] = -(base - np.logaddexp.reduce(np.stack(alts), axis=0))
+    return {"in_order": in_order, "given_others": given}
+
+
+def _log_numeric_normaliser(
+    engine: TablePasses, values: np.ndarray, c: int, params: list[np.ndarray], per_mask: np.ndarray
+) -> np.ndarray:
+    """(N,) log of p(x_-c) with numeric column c summed out, under the mixture of the masks.
+
+    Under mask k, p_k(x_c', x_-c) = p_k(x_<c) p_k(x_c' | x_<c) g_k(x_c'), with g_k the
+    likelihood of the columns after c given x_c', so that the integral over x_c' is
+    p_k(x_<c) E[g_k(X)] for X drawn from c's own conditional: a discrete mass at NA (nullable
+    columns) plus a mixture of logistics over y, the column's standardised value. E is taken
+    in y, where the mixture's density is known in closed form:
+      - on a uniform grid over the range where any mask's conditional has its mass (its
+        GIVEN_TAIL to 1 - GIVEN_TAIL quantiles, widened to the record's own value +-1, within
+        +-GIVEN_REACH), with spacing GIVEN_STEP (wider only past GIVEN_NODES points): the
+        trapezoidal rule on density x g, which converges geometrically for smooth integrands
+        once the spacing is below the width of their peaks;
+      - the mass beyond either end of the grid times g at that end;
+      - a component narrower than the spacing on its own grid of GIVEN_LOCAL scales.
+    g reads x_c' unrounded: for a column recorded to `decimals` places, the sum over rounding
+    bins is the integral to O(bin width^2)."""
+    col = engine.schema.columns[c]
+    n = len(values)
+    priors = [mixture(col, engine.column_params(p, c)) for p in params]
+    cells = values[:, c]
+    present = cells != ABSENT
+    y_obs = np.full(n, np.nan)
+    y_obs[present] = input_value(col, cells[present])
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    for _, log_w, mu, log_s in priors:
+        q = mixture_quantiles(np.array([GIVEN_TAIL, 1.0 - GIVEN_TAIL]), log_w, mu, log_s)
+        lo, hi = np.minimum(lo, q[:, 0]), np.maximum(hi, q[:, 1])
+    lo, hi = np.fmin(lo, y_obs - 1.0), np.fmax(hi, y_obs + 1.0)
+    lo = np.maximum(lo, np.fmin(-GIVEN_REACH, y_obs - 1.0))
+    hi = np.minimum(hi, np.fmax(GIVEN_REACH, y_obs + 1.0))
+    nodes = int(np.clip(np.ceil(np.max((hi - lo) / GIVEN_STEP)) + 1, 33, GIVEN_NODES))
+    local_w = np.full(len(GIVEN_LOCAL), np.log(GIVEN_LOCAL[1] - GIVEN_LOCAL[0]))
+    local_w[[0, -1]] += np.log(0.5)
+    local_w += log_sigmoid(GIVEN_LOCAL) + log_sigmoid(-GIVEN_LOCAL)  # the standard logistic's density
+    out = np.empty((engine.n_masks, n))
+    step = max(1, GIVEN_BATCH // (nodes + 1))
+    for first in range(0, n, step):
+        rows = slice(first, min(first + step, n))
+        x, m = values[rows], min(first + step, n) - first
+        grid = lo[rows, None] + (hi - lo)[rows, None] * np.linspace(0.0, 1.0, nodes)[None, :]  # (m, G)
+        h = (hi[rows] - lo[rows]) / (nodes - 1)
+        trap = np.full(nodes, 0.0)
+        trap[[0, -1]] = np.log(0.5)
+        trap_w = trap[None, :] + np.log(h)[:, None]  # (m, G)
+        for k, (absent, log_w_all, mu_all, log_s_all) in enumerate(priors):
+            checkpoint()
+            before = engine.positions[k] < engine.positions[k, c]
+            if before.sum() == engine.dims - 1:  # c comes last: the integral is p_k(x_<c) exactly
+                out[k, rows] = per_mask[k, rows][:, before].sum(axis=1)
+                continue
+            log_w, mu, log_s = log_w_all[rows], mu_all[rows], log_s_all[rows]
+            narrow = np.exp(log_s) < h[:, None]
+            wide_w = np.where(narrow, -np.inf, log_w)
+            g = _log_after(engine, x, np.repeat(np.arange(m), nodes), _cells(col, grid.ravel()), c, k)
+            g = g.reshape(m, nodes)
+            z = (grid[:, :, None] - mu[:, None, :]) * np.exp(-log_s)[:, None, :]
+            log_pdf = np.logaddexp.reduce(
+                wide_w[:, None, :] + log_sigmoid(z) + log_sigmoid(-z) - log_s[:, None, :], axis=2
+            )  # (m, G)
+            z_lo = (lo[rows, None] - mu) * np.exp(-log_s)
+            z_hi = (hi[rows, None] - mu) * np.exp(-log_s)
+            terms = [
+                np.logaddexp.reduce(log_pdf + g + trap_w, axis=1),
+                np.logaddexp.reduce(wide_w + log_sigmoid(z_lo), axis=1) + g[:, 0],
+                np.logaddexp.reduce(wide_w + log_sigmoid(-z_hi), axis=1) + g[:, -1],
+            ]
+            if narrow.any():
+                ri, mi = np.nonzero(narrow)
+                ys = mu[ri, mi][:, None] + np.exp(log_s[ri, mi])[:, None] * GIVEN_LOCAL[None, :]
+                g_n = _log_after(engine, x, np.repeat(ri, len(GIVEN_LOCAL)), _cells(col, ys.ravel()), c, k)
+                part = log_w[ri, mi] + np.logaddexp.reduce(g_n.reshape(len(ri), -1) + local_w, axis=1)
+                narrow_term = np.full(m, -np.inf)
+                np.logaddexp.at(narrow_term, ri, part)
+                terms.append(narrow_term)
+            log_e = np.logaddexp.reduce(np.stack(terms), axis=0)
+            if absent is not None:
+                a = absent[rows]
+                g_absent = _log_after(engine, x, np.arange(m), np.full(m, ABSENT), c, k)
+                log_e = np.logaddexp(log_sigmoid(-a) + log_e, log_sigmoid(a) + g_absent)
+            out[k, rows] = per_mask[k, rows][:, before].sum(axis=1) + log_e
+    return logmeanexp(out, axis=0)
+
+
+def _log_after(
+    engine: TablePasses, values: np.ndarray, rows: np.ndarray, cells: np.ndarray, c: int, k: int
+) -> np.ndarray:
+    """(len(rows),) log p_k(the columns after c | the ones before, x_c = cell) for values[rows]
+    with column c set to cells; GIVEN_BATCH rows per pass."""
+    after = np.flatnonzero(engine.positions[k] > engine.positions[k, c])
+    out = np.zeros(len(rows))
+    if not len(after):
+        return out
+    for first in range(0, len(rows), GIVEN_BATCH):
+        checkpoint()
+        part = slice(first, first + GIVEN_BATCH)
+        x = values[rows[part]].copy()
+        x[:, c] = cells[part]
+        params = engine.params(x, k)
+        for j in after.tolist():
+            out[part] += column_loglik(engine.schema.columns[j], engine.column_params(params, j), x[:, j])
+    return out
+
+
+def column_summaries(engine: TablePasses, values: np.ndarray, k: int) -> list[dict[str, np.ndarray]]:
+    params = engine.params(values, k)
+    columns: list[dict[str, np.ndarray]] = []
+    for c, col in enumerate(engine.schema.columns):
+        p = engine.column_params(params, c)
+        if col.kind != "numeric":
+            columns.append({"probs": level_probs(col, p)})
+            continue
+        absent, log_w, mu, log_s = mixture(col, p)
+        q = mixture_quantiles(np.array([0.05, 0.5, 0.95]), log_w, mu, log_s)
+        with np.errstate(over="ignore"):
+            qv = drawn_in_range(col, round_to_precision(col, unstandardise(col, q)))  # inf is ABSENT
+        mean, sd = mixture_moments(col, log_w, mu, log_s)
+        out = {"mean": mean, "sd": sd, "q05": qv[:, 0], "q50": qv[:, 1], "q95": qv[:, 2]}
+        if absent is not None:
+            out["p_absent"] = np.exp(log_sigmoid(absent))
+        columns.append(out)
+    return columns
+
+
+def _cells(col: Column, y: np.ndarray) -> np.ndarray:
+    """Standardised values -> the column's cells (the network reads them back as y)."""
+    with np.errstate(over="ignore"):
+        return np.minimum(unstandardise(col, y), np.finfo(np.float64).max)
+
+
+def mixture_quantiles(probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> np.ndarray:
+    """(N, Q) quantiles in y of each row's mixture of logistics (weights exp(log_w)), by bisection."""
+    s = np.exp(log_s)
+    lo = np.repeat(np.min(mu - 40 * s, axis=1)[:, None], len(probs), axis=1)
+    hi = np.repeat(np.max(mu + 40 * s, axis=1)[:, None], len(probs), axis=1)
+    w = np.exp(log_w)[:, None, :]
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        cdf = np.sum(w * np.exp(log_sigmoid((mid[:, :, None] - mu[:, None, :]) / s[:, None, :])), axis=2)
+        below = cdf < probs[None, :]
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def mixture_moments(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) mean and sd of a numeric column's value under its mixture of logistics over y: in
+    closed form for a plain column (a logistic's variance is pi^2 s^2 / 3); for a log-transformed
+    one by the trapezoidal rule in each component's standard units over QUANTILE_T (its 1e-12 to
+    1 - 1e-12 quantiles, as far as the sampler draws); NaN where that overflows."""
+    w, s = np.exp(log_w), np.exp(log_s)
+    if col.transform != "log":
+        mean_y = np.sum(w * mu, axis=1)
+        var_y = np.sum(w * ((mu - mean_y[:, None]) ** 2 + (np.pi * s) ** 2 / 3), axis=1)
+        return col.loc + col.scale * mean_y, col.scale * np.sqrt(var_y)
+    dens = np.exp(log_sigmoid(QUANTILE_T) + log_sigmoid(-QUANTILE_T))
+    dens /= dens.sum()  # the uniform spacing cancels
+    mean, var = np.empty(len(w)), np.empty(len(w))
+    step = max(1, (1 << 20) // (w.shape[1] * len(QUANTILE_T)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for first in range(0, len(w), step):
+            part = slice(first, first + step)
+            v = unstandardise(col, mu[part, :, None] + s[part, :, None] * QUANTILE_T)  # (n, M, T)
+            m = np.sum(w[part] * (v @ dens), axis=1)
+            mean[part] = m
+            var[part] = np.sum(w[part] * (((v - m[:, None, None]) ** 2) @ dens), axis=1)
+    bad = ~(np.isfinite(mean) & np.isfinite(var))
+    return np.where(bad, np.nan, mean), np.where(bad, np.nan, np.sqrt(np.where(bad, 0.0, var)))

@@ -1,0 +1,263 @@
+"""Imputation of table records (no HTTP): completions of each row's unknown cells given its known
+ones, each unknown column's posterior distribution, log p(x_known) and the effective sample size
+behind them. A function of a TablePasses (service.engine.table_engine.TableEngine), which walks
+the network; the weighting and resampling are service.engine.importance's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from made.core.errors import InvalidInput
+from made.core.heads import NOISE_PER_COLUMN, column_loglik
+from made.core.masks import exact_orders
+from made.core.numerics import effective_sample_size, log_mean_stderr, logmeanexp
+from made.core.schema import ABSENT
+from service.engine.cancel import checkpoint
+from service.engine.checks import check_seed
+from service.engine.importance import resample
+from service.engine.passes import TablePasses
+
+SUMMARY_DRAWS = 200  # draws behind an exact row's column distributions (more than the samples asked)
+
+
+class ImpossibleEvidence(InvalidInput):
+    """Known cells that have probability 0 under the model, to float64 precision (a number far
+    outside the values it was trained on): there is nothing to condition on. `row` is the row's
+    index, `columns` the known columns found impossible on their own (maybe none)."""
+
+    def __init__(self, row: int, columns: list[str]):
+        self.row, self.columns = row, columns
+        super().__init__(f"row {row}: {self.reason()}")
+
+    def reason(self) -> str:
+        where = f" (column {', '.join(repr(c) for c in self.columns)})" if self.columns else ""
+        return (
+            f"the known values have probability zero under the model{where}, to float64 precision, so nothing "
+            "can be drawn given them (a number far outside the values the model was trained on can do this)"
+        )
+
+
+@dataclass
+class TableImpute:
+    samples: np.ndarray  # (N, S, C) completed rows (encoded)
+    distributions: list[dict[str, dict[str, Any]]]  # per row: unknown column -> its distribution
+    logprob_observed: np.ndarray  # (N,)
+    exact: np.ndarray  # (N,)
+    ess: np.ndarray  # (N,)
+    stderr: np.ndarray  # (N,) of logprob_observed, 0 where exact
+
+
+def impute(
+    engine: TablePasses,
+    values: np.ndarray,
+    n_samples: int = 10,
+    seed: int | None = None,
+    n_importance: int = 1000,
+    chunk_rows: int = 2048,
+) -> TableImpute:
+    """Completions of each row's unknown cells given its known ones, each unknown column's
+    distribution, log p(x_known) and the effective sample size behind them.
+    Exact rows (every mask puts the known columns first): SUMMARY_DRAWS (at least n_samples)
+    exact draws pooled over the masks, each mask drawn from its posterior p_k(x_known); the
+    others: likelihood weighting, n_importance draws per mask, resampled for the completions.
+
+    Row i draws from numpy.random.default_rng([seed, i]), so its answer does not depend on the
+    other rows. The draws of all rows go through the network chunk_rows at a time (a row's draws
+    split over chunks where they are more), and a row keeps of each draw only what its answer
+    needs: its drawn cells and weight (and, exact rows, the level probabilities they were
+    drawn from), never the network's outputs."""
+    values = engine.check_values(values)
+    seed = check_seed(seed)
+    n, k_all = len(values), np.arange(engine.n_masks)
+    unknown = np.isnan(values)
+    exact = exact_orders(engine.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
+    per_mask = np.stack([engine.exact_logprob(values, int(k)) for k in k_all])  # (K, N)
+    per_mask[np.isnan(per_mask)] = -np.inf  # an overflow in the network: no probability either
+    impossible = exact & np.isneginf(per_mask).all(axis=0)
+    if impossible.any():
+        raise impossible_evidence(engine, values, int(np.argmax(impossible)))
+    out = TableImpute(
+        np.empty((n, n_samples, engine.dims)),
+        [{} for _ in range(n)],
+        logmeanexp(per_mask, axis=0),
+        exact,
+        np.zeros(n),
+        np.zeros(n),
+    )
+    pools = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        if not unknown[i].any():  # nothing to draw: the row itself
+            out.samples[i] = values[i]
+            out.ess[i] = n_samples
+            continue
+        if exact[i]:
+            post = np.exp(per_mask[:, i] - np.logaddexp.reduce(per_mask[:, i]))
+            ks = rng.choice(engine.n_masks, size=max(n_samples, SUMMARY_DRAWS), p=post / post.sum())
+            pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), len(ks), ks))
+        else:
+            pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), engine.n_masks * n_importance, None, n_importance))
+    for chunk in _segments(pools, chunk_rows):
+        checkpoint()
+        sizes = [stop - start for _, start, stop in chunk]
+        rows = np.repeat(np.array([pool.row for pool, _, _ in chunk]), sizes)
+        # each row's noise drawn in its own stream's order: the draws do not depend on the chunks
+        u = np.concatenate(
+            [
+                pool.rng.random((size, engine.dims, NOISE_PER_COLUMN))
+                for (pool, _, _), size in zip(chunk, sizes, strict=True)
+            ]
+        )
+        ks = np.concatenate([pool.masks(start, stop) for pool, start, stop in chunk])
+        cols = {int(c) for pool, _, _ in chunk for c in pool.unknown}
+        filled, logw, level_p = engine.complete(values[rows], ks, u, cols)
+        first = 0
+        done = [pool for pool, _, stop in chunk if stop == pool.draws]
+        for pool, start, stop in chunk:
+            part, draws = slice(first, first + stop - start), slice(start, stop)
+            first += stop - start
+            if pool.cells is None:  # the row's first draws: room for what it keeps of them all
+                pool.cells = np.empty((pool.draws, len(pool.unknown)))
+                if not out.exact[pool.row]:
+                    pool.logw = np.empty(pool.draws)
+            pool.cells[draws] = filled[part][:, pool.unknown]
+            if pool.logw is not None:
+                pool.logw[draws] = logw[part]
+                continue
+            for c in pool.unknown.tolist():  # an exact row: the level probabilities of its draws
+                if c in level_p:
+                    if c not in pool.level_p:
+                        pool.level_p[c] = np.empty((pool.draws, level_p[c].shape[1]))
+                    pool.level_p[c][draws] = level_p[c][part]
+        del filled, logw, level_p, u  # the chunk's arrays go before the rows' summaries are made
+        for pool in done:
+            _finish(engine, values, pool, n_samples, out)
+    return out
+
+
+def _finish(engine: TablePasses, values: np.ndarray, pool: _Pool, n_samples: int, out: TableImpute) -> None:
+    """A row's summaries from its draws, once they are all in."""
+    i, size, unk_cols = pool.row, pool.draws, pool.unknown.tolist()
+    cells, row_p, row_logw = pool.cells, pool.level_p, pool.logw  # (draws, unknown columns), ...
+    assert cells is not None
+    pool.cells, pool.level_p, pool.logw = None, {}, None
+    if row_logw is None:  # an exact row
+        weights = np.full(size, 1.0 / size)
+        chosen = np.arange(n_samples)
+        out.ess[i] = size
+    else:
+        row_logw[np.isnan(row_logw)] = -np.inf
+        if np.isneginf(row_logw).all():
+            raise impossible_evidence(engine, values, i)
+        out.logprob_observed[i] = logmeanexp(row_logw[None, :], axis=1)[0]
+        w = np.exp(row_logw - row_logw.max())
+        var_of_mean = w.var(ddof=1) / size if size > 1 else 0.0
+        out.stderr[i] = log_mean_stderr(max(float(w.mean()), 1e-300), var_of_mean)
+        weights = w / w.sum()
+        out.ess[i] = effective_sample_size(weights)
+        chosen = resample(pool.rng, weights, n_samples)
+        row_p = {}  # a draw's level probabilities ignore the known cells after it
+    samples = np.repeat(values[i][None, :], n_samples, axis=0)
+    samples[:, pool.unknown] = cells[chosen]
+    out.samples[i] = samples
+    out.distributions[i] = {
+        engine.schema.columns[c].name: _distribution(engine, c, cells[:, j], weights, row_p.get(c))
+        for j, c in enumerate(unk_cols)
+    }
+
+
+def impossible_evidence(engine: TablePasses, values: np.ndarray, i: int) -> ImpossibleEvidence:
+    """Row i's known cells have probability 0 under every mask (to float64 precision): the
+    error, naming the known columns whose own term is -inf under mask 0 (unknown cells read
+    as 0), where there are such."""
+    row = values[i : i + 1]
+    params = engine.params(row, 0)
+    names = []
+    for c, col in enumerate(engine.schema.columns):
+        if not np.isnan(row[0, c]):
+            with np.errstate(all="ignore"):
+                term = column_loglik(col, engine.column_params(params, c), row[:, c])[0]
+            if not np.isfinite(term):
+                names.append(col.name)
+    return ImpossibleEvidence(i, names)
+
+
+def _distribution(
+    engine: TablePasses, c: int, cells: np.ndarray, weights: np.ndarray, level_p: np.ndarray | None
+) -> dict[str, Any]:
+    """A column's posterior from weighted draws: level probabilities (Rao-Blackwellised from the
+    conditionals the draws were made from, where those are exact), or a number's weighted mean,
+    sd and 5/50/95% quantiles (and the probability that it is absent)."""
+    col = engine.schema.columns[c]
+    if col.kind != "numeric":
+        if level_p is not None:
+            probs = weights @ level_p
+        else:
+            probs = np.bincount(cells.astype(np.int64), weights=weights, minlength=len(col.levels))
+        return {level: float(p) for level, p in zip(col.levels, probs, strict=True)}
+    present = cells != ABSENT
+    out: dict[str, Any] = {}
+    if col.nullable:
+        out["p_absent"] = float(weights[~present].sum())
+    w, v = weights[present], cells[present]
+    if not len(v) or w.sum() <= 0:
+        return {**out, "mean": None, "sd": None, "q05": None, "q50": None, "q95": None}
+    w = w / w.sum()
+    with np.errstate(over="ignore", invalid="ignore"):  # draws near float64's limit: no finite moments
+        mean = float(w @ v)
+        sd = float(np.sqrt(max(float(w @ (v - mean) ** 2), 0.0)))
+    order = np.argsort(v)
+    cdf = np.cumsum(w[order])
+    q = {
+        f"q{int(p * 100):02d}": col.decode(float(v[order][min(np.searchsorted(cdf, p), len(v) - 1)]))
+        for p in (0.05, 0.5, 0.95)
+    }
+    finite = math.isfinite(mean) and math.isfinite(sd)
+    return {**out, "mean": mean if finite else None, "sd": sd if finite else None, **q}
+
+
+@dataclass
+class _Pool:
+    """One imputed row's draws: its generator (noise, then the resampling), its unknown columns,
+    how many draws and under which masks (`ks`, or draw j under mask j // n_importance), and
+    what it keeps of each chunk of them (drawn cells, log weights, level probabilities)."""
+
+    row: int
+    rng: np.random.Generator
+    unknown: np.ndarray
+    draws: int
+    ks: np.ndarray | None
+    n_importance: int = 1
+    cells: np.ndarray | None = None  # (draws, unknown columns), from its first chunk on
+    logw: np.ndarray | None = None  # (draws,), weighted rows
+    level_p: dict[int, np.ndarray] = field(default_factory=dict)  # column -> (draws, levels), exact rows
+
+    def masks(self, start: int, stop: int) -> np.ndarray:
+        if self.ks is not None:
+            return self.ks[start:stop]
+        return np.arange(start, stop, dtype=np.int64) // self.n_importance
+
+
+def _segments(pools: list[_Pool], chunk_rows: int) -> Iterator[list[tuple[_Pool, int, int]]]:
+    """The rows' draws in row order, chunk_rows at a time: (pool, first draw, end) per row in a chunk."""
+    step = max(1, int(chunk_rows))
+    chunk: list[tuple[_Pool, int, int]] = []
+    room = step
+    for pool in pools:
+        start = 0
+        while start < pool.draws:
+            stop = min(pool.draws, start + room)
+            chunk.append((pool, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield chunk
+                chunk, room = [], step
+    if chunk:
+        yield chunk
