@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import cpu_registry, post_ok
 
 from made.core.schema import Column, Schema
 from made.store.versions import open_model
@@ -72,22 +73,13 @@ def test_a_table_made_over_the_bit_schema_is_made() -> None:
 
 @pytest.fixture(scope="module")
 def registry(tiny_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(tiny_store, default_model="tiny", providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
+    return cpu_registry(tiny_store, default_model="tiny")
 
 
 @pytest.fixture
 async def made(tiny_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
     async with in_process(Settings(store=tiny_store, default_model="tiny"), registry) as client:
         yield client
-
-
-async def post(made: InProcessClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = await made.http.post(path, json=body)
-    assert r.status_code == 200, r.text
-    answer: dict[str, Any] = r.json()
-    return answer
 
 
 def records_of(x: np.ndarray) -> list[dict[str, int]]:
@@ -100,20 +92,20 @@ ROWS = all_binary_vectors(8)[::17]  # 16 rows of 8 bits
 
 async def test_records_score_as_the_rows_they_are(made: InProcessClient) -> None:
     x = ROWS.copy()
-    want = await post(made, "/logprob", {"x": x.astype(int).tolist()})
-    got = await post(made, "/logprob", {"records": records_of(x)})
+    want = await post_ok(made, "/logprob", {"x": x.astype(int).tolist()})
+    got = await post_ok(made, "/logprob", {"records": records_of(x)})
     assert got["logprob"] == want["logprob"] and got["exact"] == want["exact"]
     x[::2, 5:] = np.nan  # unknown cells: summed out exactly or by likelihood weighting, same seed
     x[1::4, 0] = np.nan
     xs = [[None if v != v else int(v) for v in row] for row in x]
-    want = await post(made, "/logprob", {"x": xs, "seed": 3})
-    got = await post(made, "/logprob", {"records": records_of(x), "seed": 3})
+    want = await post_ok(made, "/logprob", {"x": xs, "seed": 3})
+    got = await post_ok(made, "/logprob", {"records": records_of(x), "seed": 3})
     assert got["logprob"] == want["logprob"] and got["exact"] == want["exact"] and got["stderr"] == want["stderr"]
     assert not all(got["exact"])
 
 
 async def test_a_csv_of_bits_with_a_header_scores_as_its_rows(made: InProcessClient) -> None:
-    want = await post(made, "/logprob", {"x": ROWS[:5].astype(int).tolist()})
+    want = await post_ok(made, "/logprob", {"x": ROWS[:5].astype(int).tolist()})
     lines = ["id," + ",".join(f"x{d}" for d in range(8))]
     lines += [f"r{i}," + ",".join(str(int(v)) for v in row) for i, row in enumerate(ROWS[:5])]
     csv = "\n".join(lines) + "\n"
@@ -131,7 +123,7 @@ async def test_explain_on_bits_checked_by_enumeration(
     vectors, logp = tiny_joint["tiny"]  # (256, 8), (K, 256)
     mixture = np.logaddexp.reduce(logp, axis=0) - np.log(len(logp))
     index = {tuple(v): i for i, v in enumerate(vectors.astype(int))}
-    body = await post(made, "/logprob", {"records": records_of(ROWS), "explain": True})
+    body = await post_ok(made, "/logprob", {"records": records_of(ROWS), "explain": True})
     for r, (row, s) in enumerate(zip(ROWS.astype(int), body["surprisal"], strict=True)):
         i = index[tuple(row)]
         in_order = [s[f"x{d}"]["in_order"] for d in range(8)]
@@ -152,8 +144,8 @@ async def test_explain_on_bits_checked_by_enumeration(
 
 async def test_conditionals_and_impute_of_records_are_those_of_the_rows(made: InProcessClient) -> None:
     x = ROWS[:4]
-    want = await post(made, "/conditionals", {"x": x.astype(int).tolist(), "mask": 2})
-    got = await post(made, "/conditionals", {"records": records_of(x), "mask": 2})
+    want = await post_ok(made, "/conditionals", {"x": x.astype(int).tolist(), "mask": 2})
+    got = await post_ok(made, "/conditionals", {"records": records_of(x), "mask": 2})
     assert got["ordering"] == want["ordering"] and got["column_order"] == [f"x{d}" for d in want["ordering"]]
     for rec, probs in zip(got["conditionals"], want["probs"], strict=True):
         assert [rec[f"x{d}"]["1"] for d in range(8)] == pytest.approx(probs, abs=1e-12)
@@ -162,8 +154,10 @@ async def test_conditionals_and_impute_of_records_are_those_of_the_rows(made: In
     holes = ROWS[:6].copy()
     holes[:, [1, 4, 6]] = np.nan
     xs = [[None if v != v else int(v) for v in row] for row in holes]
-    want = await post(made, "/impute", {"x": xs, "seed": 11, "n_samples": 5, "n_importance": 200})
-    got = await post(made, "/impute", {"records": records_of(holes), "seed": 11, "n_samples": 5, "n_importance": 200})
+    want = await post_ok(made, "/impute", {"x": xs, "seed": 11, "n_samples": 5, "n_importance": 200})
+    got = await post_ok(
+        made, "/impute", {"records": records_of(holes), "seed": 11, "n_samples": 5, "n_importance": 200}
+    )
     assert got["exact"] == want["exact"] and got["ess"] == want["ess"]
     assert got["logprob_observed"] == want["logprob_observed"]
     for i, row in enumerate(holes):
@@ -185,20 +179,20 @@ async def test_sample_given_bits_meets_the_condition_with_the_right_frequencies(
     on = vectors[:, 0] == 1
     truth = p[on & (vectors[:, 1] == 1)].sum() / p[on].sum()
     n = 4000
-    body = await post(made, "/sample", {"model": "tiny1", "n": n, "seed": 4, "given": {"x0": 1}})
+    body = await post_ok(made, "/sample", {"model": "tiny1", "n": n, "seed": 4, "given": {"x0": 1}})
     assert body["exact"] is True and len(body["records"]) == n
     assert all(r["x0"] == "1" for r in body["records"])
     freq = np.mean([r["x1"] == "1" for r in body["records"]])
     assert abs(freq - truth) < 4 * np.sqrt(truth * (1 - truth) / n)
     # not exact under 'tiny' (orderings disagree): importance-weighted, with its ESS
-    body = await post(made, "/sample", {"model": "tiny", "n": 50, "seed": 4, "given": {"x3": 0, "x5": 1}})
+    body = await post_ok(made, "/sample", {"model": "tiny", "n": 50, "seed": 4, "given": {"x3": 0, "x5": 1}})
     assert all(r["x3"] == "0" and r["x5"] == "1" for r in body["records"])
     assert body["exact"] is False and 1 <= body["ess"] <= 4 * 1000
 
 
 async def test_samples_as_records_are_the_samples(made: InProcessClient) -> None:
-    want = await post(made, "/sample", {"n": 40, "seed": 9})
-    got = await post(made, "/sample", {"n": 40, "seed": 9, "encoding": "records"})
+    want = await post_ok(made, "/sample", {"n": 40, "seed": 9})
+    got = await post_ok(made, "/sample", {"n": 40, "seed": 9, "encoding": "records"})
     assert [[int(r[f"x{d}"]) for d in range(8)] for r in got["records"]] == want["samples"]
     assert got.get("samples") is None and got["seed"] == 9
 
@@ -222,9 +216,9 @@ async def test_bad_bit_records_are_422_naming_record_and_column(
 
 
 async def test_bit_models_answers_to_x_are_unchanged(made: InProcessClient) -> None:
-    body = await post(made, "/logprob", {"x": ROWS[:2].astype(int).tolist()})
+    body = await post_ok(made, "/logprob", {"x": ROWS[:2].astype(int).tolist()})
     assert set(body) == {"model", "version", "logprob", "exact", "stderr"}
-    body = await post(made, "/sample", {"n": 3, "seed": 1})
+    body = await post_ok(made, "/sample", {"n": 3, "seed": 1})
     assert body["samples"] and "records" not in body or body.get("records") is None
     models = (await made.http.get("/models")).json()["models"]
     assert all(m.get("columns") is None for m in models)

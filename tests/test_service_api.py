@@ -16,9 +16,10 @@ import anyio
 import httpx
 import numpy as np
 import pytest
+from helpers import metric, post
 from PIL import Image
 
-from made.store.versions import public_manifest
+from made.store.manifest import public_manifest
 from service.client import MadeAPIError
 from service.engine import ModelRegistry
 from service.settings import Settings
@@ -37,11 +38,6 @@ def settings(store: Path, **overrides: Any) -> Settings:
 async def made(tiny_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
     async with in_process(settings(tiny_store), registry) as client:
         yield client
-
-
-async def post(made: InProcessClient, path: str, body: Any, **kw: Any) -> tuple[int, dict]:
-    r = await made.http.post(path, json=body, **kw)
-    return r.status_code, r.json()
 
 
 # --- answers ----------------------------------------------------------------------------------
@@ -471,13 +467,13 @@ async def test_metrics_count_requests_errors_latency_and_rows_per_endpoint_and_m
     await made.logprob(X8, model="tiny1")
     await post(made, "/logprob", {"x": [[2] * 8], "model": "tiny1"})
     text = await made.metrics()
-    assert 'made_requests_total{endpoint="/logprob",model="tiny1",status="200"} 1.0' in text
-    assert 'made_requests_total{endpoint="/logprob",model="",status="422"} 1.0' in text
-    assert 'made_errors_total{endpoint="/logprob",model="",type="invalid_input"} 1.0' in text
-    assert 'made_request_duration_seconds_count{endpoint="/logprob",model="tiny1"} 1.0' in text
-    assert 'made_request_rows_sum{endpoint="/logprob",model="tiny1"} 3.0' in text
-    assert 'made_batch_rows_sum{endpoint="/logprob",model="tiny1"} 3.0' in text
-    assert "made_models_loaded 3.0" in text
+    assert metric(text, "made_requests_total", endpoint="/logprob", model="tiny1", status="200") == 1.0
+    assert metric(text, "made_requests_total", endpoint="/logprob", model="", status="422") == 1.0
+    assert metric(text, "made_errors_total", endpoint="/logprob", model="", type="invalid_input") == 1.0
+    assert metric(text, "made_request_duration_seconds_count", endpoint="/logprob", model="tiny1") == 1.0
+    assert metric(text, "made_request_rows_sum", endpoint="/logprob", model="tiny1") == 3.0
+    assert metric(text, "made_batch_rows_sum", endpoint="/logprob", model="tiny1") == 3.0
+    assert metric(text, "made_models_loaded") == 3.0
 
 
 async def test_request_id_is_echoed_and_logged(made: InProcessClient, caplog: pytest.LogCaptureFixture) -> None:

@@ -4,13 +4,12 @@ model beside them unchanged; in-process and against a real `made serve`."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from helpers import cpu_registry, post
 
 from made.store.versions import open_model
 from service.client import MadeAPIError, MadeClient
@@ -24,30 +23,14 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def both_store(tmp_path_factory: pytest.TempPathFactory, table_store: Path, tiny_store: Path) -> Path:
-    """The table models beside a model of bits ('tiny')."""
-    store = tmp_path_factory.mktemp("both") / "store"
-    shutil.copytree(table_store, store)
-    shutil.copytree(tiny_store / "tiny", store / "tiny")
-    return store
-
-
-@pytest.fixture(scope="module")
 def registry(both_store: Path) -> ModelRegistry:
-    reg = ModelRegistry(both_store, default_model="cats", providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
+    return cpu_registry(both_store, default_model="cats")
 
 
 @pytest.fixture
 async def made(both_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
     async with in_process(Settings(store=both_store, default_model="cats"), registry) as client:
         yield client
-
-
-async def post(made: InProcessClient, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    r = await made.http.post(path, json=body)
-    return r.status_code, r.json()
 
 
 RECORDS = [{"a": "red", "b": "yes", "c": "q", "d": "u"}, {"a": "blue", "b": "no", "c": "s", "d": "NA"}]

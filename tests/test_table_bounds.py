@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import _write_splits, cpu_registry, store_of
+from conftest import write_splits
+from helpers import cpu_registry
 
 from made.core.schema import ABSENT
 from made.store.versions import open_model
@@ -150,18 +151,13 @@ def test_work_cancelled_midway_stops_at_the_next_chunk(mixed: TableEngine, monke
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, table_store: Path, tiny_store: Path) -> Path:
-    return store_of(tmp_path_factory.mktemp("bounds") / "store", *table_store.iterdir(), tiny_store / "tiny")
-
-
-@pytest.fixture(scope="module")
-def registry(store: Path) -> ModelRegistry:
-    return cpu_registry(store, default_model="mixed")
+def registry(both_store: Path) -> ModelRegistry:
+    return cpu_registry(both_store, default_model="mixed")
 
 
 @pytest.fixture
-async def small_budget(store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
-    async with in_process(Settings(store=store, default_model="mixed", max_work=500_000), registry) as client:
+async def small_budget(both_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
+    async with in_process(Settings(store=both_store, default_model="mixed", max_work=500_000), registry) as client:
         yield client
 
 
@@ -206,9 +202,7 @@ async def test_the_work_budget_refuses_oversized_table_requests_and_admits_norma
 def test_the_default_budget_admits_default_requests_on_the_shipped_diamonds() -> None:
     """Default sizes on the shipped diamonds model pass Settings().max_work; the 101-byte request of
     100000 draws for two records with unknown cells does not."""
-    reg = ModelRegistry(STORE, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    engine = reg.get("diamonds")
+    engine = cpu_registry(STORE).model("diamonds")  # under the engine contract
     plane = TablePlane(Settings(store=STORE), None, None, lambda: 0)  # type: ignore[arg-type]
     rows = engine.sample(10, seed=0)
     rows[:, ::2] = np.nan
@@ -236,7 +230,7 @@ def power(tmp_path_factory: pytest.TempPathFactory) -> TableEngine:
     y = x**3 * np.exp(rng.normal(0.0, 0.1, 2000))
     kind = np.where(x > np.e, "big", "small")
     rows = [[f"{a:.3f}", f"{b:.3f}", k] for a, b, k in zip(x, y, kind, strict=True)]
-    path = _write_splits(base, "power", ["x", "y", "kind"], rows)
+    path = write_splits(base, "power", ["x", "y", "kind"], rows)
     data = load_table_dataset(str(path))
     cfg = TrainConfig(
         dataset=str(path),
@@ -272,9 +266,7 @@ def _check_valid(engine: TableEngine, samples: np.ndarray) -> None:
 
 
 def test_a_far_given_value_gives_records_that_read_back_on_the_shipped_diamonds() -> None:
-    reg = ModelRegistry(STORE, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    engine = reg.get("diamonds")
+    engine = cpu_registry(STORE).get("diamonds")
     for given in ({"carat": 1e30}, {"x": 1e30}):
         row = parse_given(engine.schema, given)
         r = engine.impute(row[None, :], n_samples=20, seed=1, n_importance=1000)
@@ -283,9 +275,9 @@ def test_a_far_given_value_gives_records_that_read_back_on_the_shipped_diamonds(
 
 @pytest.mark.anyio
 async def test_a_far_given_value_on_a_small_table_gives_valid_records_or_a_422_naming_it(
-    store: Path, registry: ModelRegistry
+    both_store: Path, registry: ModelRegistry
 ) -> None:
-    async with in_process(Settings(store=store, default_model="mixed"), registry) as made:
+    async with in_process(Settings(store=both_store, default_model="mixed"), registry) as made:
         engine = registry.get("mixed")
         for given in ({"size": 1e300}, {"score": 1e30}, {"kind": "z", "score": -1e30}, {"budget": 1e300}):
             for path, body in (

@@ -1,6 +1,10 @@
-"""The data plane's side for models of a table's columns: records in (JSON or CSV), the table
-engine run in a worker thread, records and column distributions out. The request was validated
-by its schema; the records are parsed once here, against the model's columns."""
+"""The records codec of the data plane: records in (JSON, or CSV turned into JSON records by the
+HTTP layer), the engine contract's records methods run in a worker thread, records and column
+distributions out. Every model answers records (service.engine.contract): a table model's are its
+rows, a model of bits's are its rows seen as columns x0..x{D-1}. The request was validated by its
+schema; the records are parsed once here, against the model's columns, and what the request
+costs is the model's own figure (width, draw_cost, explain_passes, exact_draws), checked before
+any work."""
 
 from __future__ import annotations
 
@@ -24,24 +28,12 @@ from service.core.schemas import (
     SampleRequest,
     SampleResponse,
 )
-from service.engine.bit_columns import BitColumns
-from service.engine.table_engine import (
-    GIVEN_LOCAL,
-    GIVEN_NODES,
-    SUMMARY_DRAWS,
-    ImpossibleEvidence,
-    TableConditionals,
-    TableEngine,
-)
+from service.engine.contract import ModelEngine
+from service.engine.table_engine import TableConditionals
+from service.engine.table_impute import ImpossibleEvidence
 from service.settings import Settings
 
 T = TypeVar("T")
-
-# What answers records: a table model's engine, or a bit model's through its columns x0..x{D-1}
-Columns = TableEngine | BitColumns
-
-# explain integrates each numeric column over its values: thousands of network passes per record
-EXPLAIN_MAX_RECORDS = 32
 
 
 class TablePlane:
@@ -57,7 +49,7 @@ class TablePlane:
         self._timed = timed
         self._new_seed = new_seed
 
-    def values(self, engine: Columns, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
+    def values(self, engine: ModelEngine, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
         if req.records is None:
             columns = ", ".join(engine.schema.names)
             raise InvalidInput(
@@ -73,7 +65,7 @@ class TablePlane:
             )
         return values
 
-    def _check_draws(self, values: np.ndarray, engine: Columns, n_importance: int) -> None:
+    def _check_draws(self, values: np.ndarray, engine: ModelEngine, n_importance: int) -> None:
         rows = int(np.isnan(values).any(axis=1).sum())
         draws = rows * n_importance
         if draws > self.settings.max_draws:
@@ -87,7 +79,7 @@ class TablePlane:
     def _check_work(self, units: int, what: str, loc: tuple[str | int, ...]) -> None:
         budget.check_work(self.settings.max_work, units, what, loc)
 
-    def _draws(self, values: np.ndarray, engine: Columns, masks: list[int]) -> tuple[int, int]:
+    def _draws(self, values: np.ndarray, engine: ModelEngine, masks: list[int]) -> tuple[int, int]:
         """(rows with unknown cells that some mask in `masks` does not put last: importance
         sampled, rows with unknown cells drawn exactly)."""
         unknown = np.isnan(values).any(axis=1)
@@ -95,15 +87,15 @@ class TablePlane:
         return int((unknown & ~exact).sum()), int((unknown & exact).sum())
 
     def _impute_work(
-        self, engine: Columns, values: np.ndarray, n_samples: int, n_importance: int, loc: tuple[str | int, ...]
+        self, engine: ModelEngine, values: np.ndarray, n_samples: int, n_importance: int, loc: tuple[str | int, ...]
     ) -> None:
-        """impute's work: a pass per mask over the rows, then the draws (the table engine draws
-        max(n_samples, SUMMARY_DRAWS) for an exact row, a bit model n_samples)."""
+        """impute's work: a pass per mask over the rows, then the draws (the model's exact_draws
+        for an exact row)."""
         masks = list(range(engine.n_masks))
         weighted, exact = self._draws(values, engine, masks)
-        per_exact = max(n_samples, 1) if isinstance(engine, BitColumns) else max(n_samples, SUMMARY_DRAWS)
+        per_exact = engine.exact_draws(n_samples)
         draws = weighted * n_importance * len(masks) + exact * per_exact
-        units = budget.passes(len(values), len(masks), _width(engine)) + _drawn(engine, draws)
+        units = budget.passes(len(values), len(masks), engine.width) + _drawn(engine, draws)
         self._check_work(
             units,
             f"{weighted} records with unknown cells x n_importance {n_importance} x {len(masks)} masks "
@@ -112,7 +104,7 @@ class TablePlane:
         )
 
     # --- /logprob -------------------------------------------------------------------------------
-    async def logprob(self, engine: Columns, req: LogProbRequest) -> LogProbResponse:
+    async def logprob(self, engine: ModelEngine, req: LogProbRequest) -> LogProbResponse:
         values = self.values(engine, req)
         masks = req.masks
         if masks != "all" and not 0 <= int(masks) < engine.n_masks:
@@ -124,25 +116,21 @@ class TablePlane:
         seed = None if complete else (req.seed if req.seed is not None else self._new_seed())
         if req.explain and not complete:
             raise InvalidInput("explain needs complete records: every column known", loc=("explain",))
-        limit: int | None
-        if isinstance(engine, BitColumns):
-            limit, what = engine.explain_limit, f"a model of {engine.dims} bits"
-        else:
-            numeric = any(col.kind == "numeric" for col in engine.schema.columns)
-            limit, what = (EXPLAIN_MAX_RECORDS if numeric else None), "a model with numeric columns"
-        if req.explain and limit is not None and len(values) > limit:
+        limited = engine.explain_limit() if req.explain else None
+        if limited is not None and len(values) > limited[0]:
+            limit, what = limited
             raise InvalidInput(
                 f"explain is for a few records at a time: at most {limit} per request on {what}, got {len(values)}",
                 loc=("explain",),
             )
         ks = list(range(engine.n_masks)) if masks == "all" else [int(masks)]
         weighted, _ = self._draws(values, engine, ks)
-        units = budget.passes(len(values), len(ks), _width(engine))
+        units = budget.passes(len(values), len(ks), engine.width)
         units += _drawn(engine, weighted * req.n_importance * len(ks))
         work = f"{weighted} records with unknown cells x n_importance {req.n_importance} x {len(ks)} masks"
         if req.explain:
-            per_record = _explain_passes(engine)
-            units += budget.passes(len(values) * per_record, engine.n_masks, _width(engine))
+            per_record = engine.explain_passes
+            units += budget.passes(len(values) * per_record, engine.n_masks, engine.width)
             work = f"explain of {len(values)} records ({per_record:,} passes each) x {engine.n_masks} masks"
         self._check_work(units, work, ("explain",) if req.explain else ("n_importance",))
 
@@ -162,7 +150,7 @@ class TablePlane:
         )
 
     # --- /conditionals --------------------------------------------------------------------------
-    async def conditionals(self, engine: Columns, req: ConditionalsRequest) -> ConditionalsResponse:
+    async def conditionals(self, engine: ModelEngine, req: ConditionalsRequest) -> ConditionalsResponse:
         values = self.values(engine, req)
         mask = int(req.mask)
         if not 0 <= mask < engine.n_masks:
@@ -180,7 +168,7 @@ class TablePlane:
                 "needs complete records; /impute gives the distribution of unknown cells",
                 loc=("records", i, name),
             )
-        self._check_work(budget.passes(len(values), 1, _width(engine)), f"{len(values)} records", ("records",))
+        self._check_work(budget.passes(len(values), 1, engine.width), f"{len(values)} records", ("records",))
         r = await self._timed(self._in_thread(engine.conditionals, values, mask))
         return ConditionalsResponse.model_construct(
             model=engine.name,
@@ -192,7 +180,7 @@ class TablePlane:
         )
 
     # --- /sample --------------------------------------------------------------------------------
-    async def sample(self, engine: Columns, req: SampleRequest) -> SampleResponse:
+    async def sample(self, engine: ModelEngine, req: SampleRequest) -> SampleResponse:
         if req.n > self.settings.max_samples:
             raise InvalidInput(
                 f"n is {req.n}; the limit is {self.settings.max_samples} samples per request (MADE_MAX_SAMPLES)",
@@ -239,7 +227,7 @@ class TablePlane:
         )
 
     # --- /impute --------------------------------------------------------------------------------
-    async def impute(self, engine: Columns, req: ImputeRequest) -> ImputeResponse:
+    async def impute(self, engine: ModelEngine, req: ImputeRequest) -> ImputeResponse:
         values = self.values(engine, req)
         if req.encoding != "json":
             raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))
@@ -276,30 +264,9 @@ class TablePlane:
         )
 
 
-def _width(engine: Columns) -> int:
-    """Values one network pass computes per row: a table model's outputs, a bit model's bits."""
-    return engine.dims if isinstance(engine, BitColumns) else engine.schema.n_out
-
-
-def _drawn(engine: Columns, draws: int) -> int:
-    """The work of `draws` rows drawn: column by column, a pass each (a table model), or by the
-    stepping sampler (a bit model)."""
-    if isinstance(engine, BitColumns):
-        return budget.drawn(draws, engine.dims)
-    return budget.table_drawn(draws, engine.dims, engine.schema.n_out)
-
-
-def _explain_passes(engine: Columns) -> int:
-    """Network rows per record and mask that explain (surprisal) runs: a bit model's record and
-    its D flips, plus the in-order pass; a table model's in-order pass, each level of each
-    category, and each number's integral (at most GIVEN_NODES grid points and GIVEN_LOCAL points
-    per narrow mixture component)."""
-    if isinstance(engine, BitColumns):
-        return engine.dims + 2
-    return 1 + sum(
-        len(col.levels) if col.kind != "numeric" else GIVEN_NODES + col.components * len(GIVEN_LOCAL)
-        for col in engine.schema.columns
-    )
+def _drawn(engine: ModelEngine, draws: int) -> int:
+    """The work of `draws` records drawn, each of its columns at the model's draw_cost."""
+    return budget.drawn(draws, engine.dims, engine.draw_cost)
 
 
 def _point_fill(schema: Schema, values: np.ndarray, dists: list[dict[str, dict[str, Any]]]) -> np.ndarray:

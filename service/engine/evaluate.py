@@ -1,8 +1,13 @@
-"""`made evaluate`: NLL of a stored model on a data split, with its standard error."""
+"""`made evaluate`: NLL of a stored model on a data split, with its standard error.
+
+The model's kind (service.engine.registry.model_kind) picks how the split is read, before the
+engine is built (registry.build_engine) so that a refusal of the data is the command's only line
+on stderr; the NLL is then the engine contract's log p of those rows as records."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +17,7 @@ from made.core.errors import DataError, InvalidInput
 from made.io.data import load_dataset
 from made.io.tables import load_table_dataset
 from made.store.versions import StoredModel, open_model
-from service.engine.engine import Engine
-from service.engine.table_engine import TableEngine
+from service.engine.registry import ModelKind, build_engine, model_kind
 
 
 def evaluate_store_model(
@@ -28,15 +32,14 @@ def evaluate_store_model(
     # Check the model, the data and --masks against the manifest before loading the engine, so
     # that a refusal is the command's only line on stderr (loading logs a line of its own).
     model = open_model(Path(store), name)
-    x = _table_rows(model, dataset, split) if "columns" in model.manifest else _bit_rows(model, dataset, split)
+    x = _READERS[model_kind(model)](model, dataset, split)
     if masks != "all" and (isinstance(masks, bool) or not isinstance(masks, int)):
         raise InvalidInput(f"--masks must be 'all' or a mask index, got {masks!r}")
     if isinstance(masks, int) and not 0 <= masks < model.n_masks:
         raise InvalidInput(
             f"mask {masks} is out of range: model {name} has {model.n_masks} masks (0..{model.n_masks - 1})"
         )
-    kind = TableEngine if "columns" in model.manifest else Engine
-    engine: Engine | TableEngine = kind(model, providers, threads)
+    engine = build_engine(model, providers, threads)
     nll = -engine.logprob(x.astype("float64"), masks=masks).logprob  # type: ignore[arg-type]
     n = len(nll)
     stderr = float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
@@ -67,3 +70,7 @@ def _table_rows(model: StoredModel, dataset: str, split: str) -> np.ndarray:
         data = load_dataset(dataset, splits=(split,))
         return schema.encode_bits(data.split(split), f"{data.source}[{split}]")
     return load_table_dataset(dataset, schema=schema, splits=(split,)).split(split)
+
+
+# How each kind reads a data split: rows of bits, or a table's records (encoded).
+_READERS: dict[ModelKind, Callable[[StoredModel, str, str], np.ndarray]] = {"bits": _bit_rows, "table": _table_rows}

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Literal
 
 from made.core.errors import MadeError, ModelNotFound, ModelStoreError
-from made.store.versions import list_names, list_versions, open_model, version_key
+from made.store.versions import StoredModel, list_names, list_versions, open_model, version_key
+from service.engine.bit_model import BitModel
+from service.engine.contract import ModelEngine
 from service.engine.engine import Engine
 from service.engine.runtime import requested_providers
 from service.engine.table_engine import TableEngine
-
-# What a registry serves: a model of bits, or of a table's columns (its manifest has "columns").
-AnyEngine = Engine | TableEngine
+from service.engine.table_model import TableModel
 
 log = logging.getLogger("made.engine")
 
@@ -86,6 +86,34 @@ def fingerprint(version_dir: Path) -> Fingerprint:
     return tuple((name, st.st_mtime_ns, st.st_size) for name, st in entries)
 
 
+ModelKind = Literal["bits", "table"]
+
+
+def model_kind(model: StoredModel) -> ModelKind:
+    """A stored model's kind: a model of a table's columns (its manifest lists them) or of bits."""
+    return "table" if model.is_table else "bits"
+
+
+def _bit_model(model: StoredModel, providers: list[str], threads: int | None) -> ModelEngine:
+    return BitModel(Engine(model, providers, threads))
+
+
+def _table_model(model: StoredModel, providers: list[str], threads: int | None) -> ModelEngine:
+    return TableModel(TableEngine(model, providers, threads))
+
+
+# The one place a kind picks its engine: everything after serves the contract.
+_ENGINES: dict[ModelKind, Callable[[StoredModel, list[str], int | None], ModelEngine]] = {
+    "bits": _bit_model,
+    "table": _table_model,
+}
+
+
+def build_engine(model: StoredModel, providers: list[str] | None = None, threads: int | None = None) -> ModelEngine:
+    """The engine of a stored version, under the engine contract (service.engine.contract)."""
+    return _ENGINES[model_kind(model)](model, providers or requested_providers(), threads)
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -98,7 +126,7 @@ class ModelRegistry:
         self._wanted_default = default_model or None
         self.providers = providers
         self.threads = threads
-        self._engines: dict[str, AnyEngine] = {}
+        self._engines: dict[str, ModelEngine] = {}
         # The files each served version was loaded from: a rewrite in place is a change too.
         self._fingerprints: dict[str, Fingerprint] = {}
         # Refused versions and the files they were refused for: not retried until those change
@@ -109,12 +137,10 @@ class ModelRegistry:
         self.default_name: str | None = None
         self.ready = False
 
-    def _engine(self, name: str, version: str | None = None) -> AnyEngine:
+    def _engine(self, name: str, version: str | None = None) -> ModelEngine:
         """Open and build one version; whatever fails is a ModelStoreError with its reason."""
         try:
-            model = open_model(self.store, name, version)
-            kind = TableEngine if model.is_table else Engine
-            return kind(model, self.providers or requested_providers(), self.threads)
+            return build_engine(open_model(self.store, name, version), self.providers, self.threads)
         except ModelStoreError:
             raise
         except Exception as exc:  # MemoryError, onnxruntime's, a bug: this version only
@@ -122,7 +148,7 @@ class ModelRegistry:
                 log.error("loading model %s version %s raised", name, version, exc_info=True)
             raise ModelStoreError(load_failure(exc)) from None
 
-    def _try(self, name: str, version: str, stamp: Fingerprint) -> AnyEngine | str:
+    def _try(self, name: str, version: str, stamp: Fingerprint) -> ModelEngine | str:
         """The engine of a version, or the reason it is refused (logged once per set of files:
         a refused version is not retried until its files change)."""
         refused = self._refused.get((name, version))
@@ -164,7 +190,7 @@ class ModelRegistry:
         names = list_names(self.store)
         if not names:
             raise ModelStoreError(f"model store {self.store} holds no models")
-        engines: dict[str, AnyEngine] = {}
+        engines: dict[str, ModelEngine] = {}
         stamps: dict[str, Fingerprint] = {}
         failed: list[str] = []
         for name in names:
@@ -234,7 +260,9 @@ class ModelRegistry:
                 self._fingerprints = stamps
             return self._report(results)
 
-    def _refresh(self, name: str, engines: dict[str, AnyEngine], stamps: dict[str, Fingerprint]) -> list[ReloadResult]:
+    def _refresh(
+        self, name: str, engines: dict[str, ModelEngine], stamps: dict[str, Fingerprint]
+    ) -> list[ReloadResult]:
         """Try the versions of `name` from the newest down to the one served (or to the oldest,
         when the served one has left the store); the first that loads goes into `engines`."""
         served = engines.get(name)
@@ -299,7 +327,8 @@ class ModelRegistry:
             results, {n: e.version for n, e in sorted(self._engines.items())}, self.default_name, self.ready
         )
 
-    def get(self, name: str | None = None) -> AnyEngine:
+    def model(self, name: str | None = None) -> ModelEngine:
+        """The served version of `name` (the default model when None), under the engine contract."""
         engines = self._engines  # one read: a concurrent swap cannot split this lookup
         key = name or self.default_name
         engine = engines.get(key) if key else None
@@ -308,13 +337,21 @@ class ModelRegistry:
             raise ModelNotFound(f"unknown model '{key}' (models: {known})")
         return engine
 
-    def is_served(self, engine: AnyEngine) -> bool:
+    def get(self, name: str | None = None) -> Engine | TableEngine:
+        """The loaded engine of `name`'s served version (tools and tests that call it directly)."""
+        return self.model(name).engine
+
+    def is_served(self, engine: Engine | TableEngine) -> bool:
         """Whether `engine` is the version served now (not one a reload has replaced)."""
-        return self._engines.get(engine.name) is engine
+        served = self._engines.get(engine.name)
+        return served is not None and served.engine is engine
 
     def names(self) -> list[str]:
         return sorted(self._engines)
 
-    def engines(self) -> list[AnyEngine]:
+    def models(self) -> list[ModelEngine]:
         engines = self._engines
         return [engines[n] for n in sorted(engines)]
+
+    def engines(self) -> list[Engine | TableEngine]:
+        return [m.engine for m in self.models()]

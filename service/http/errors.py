@@ -28,8 +28,8 @@ from made.core.errors import (
     Overloaded,
     RequestTimeout,
 )
+from service.core.fields import json_value
 from service.core.log_config import current_request_id, request_context
-from service.core.schemas import json_value
 
 log = logging.getLogger("made.service")
 
@@ -163,57 +163,60 @@ def compressed(request: Request) -> JSONResponse | None:
     return error_response(415, "unsupported_media_type", detail)
 
 
+async def _made_error(request: Request, exc: MadeError) -> JSONResponse:
+    status, body = made_error_body(exc)
+    if status >= 500 and status != 503 and status != 504:
+        log.error("request failed: %s", exc, extra={"error_type": body["type"]})
+    retry = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry)} if retry is not None else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if exc.errors() and exc.errors()[0].get("type") == "json_invalid" and (refused := compressed(request)):
+        return refused
+    problems = exc.errors()
+    errors = [  # the first few, never the body: the detail counts the rest
+        {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e), "type": e.get("type")}
+        for e in problems[:MAX_LISTED]
+    ]
+    content_type = request.headers.get("content-type", "")
+    if errors and errors[0]["loc"] == ["body"] and "json" not in content_type:
+        detail = (
+            f"the request body must be JSON, sent with 'Content-Type: application/json' (got '{content_type}')"
+            if content_type
+            else "the request needs a JSON body, sent with 'Content-Type: application/json'"
+        )
+        if content_type:  # a body of another type: 415, as clients expect
+            return error_response(415, "unsupported_media_type", detail)
+        return error_response(
+            422, "invalid_input", detail, errors=[{"loc": ["body"], "msg": detail, "type": "missing"}]
+        )
+    detail = "; ".join(dict.fromkeys(e["msg"] for e in errors[:5]))  # dedupe, keep order
+    if len(problems) > 5:
+        detail += f"; and {len(problems) - 5} more"
+    return error_response(422, "invalid_input", detail, errors=errors)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if (unreadable := unreadable_body(exc)) is not None:  # the same answer as a body that is not JSON
+        if refused := compressed(request):
+            return refused
+        errors = [{"loc": ["body"], "msg": unreadable, "type": "json_invalid"}]
+        return error_response(422, "invalid_input", unreadable, errors=errors)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no endpoint at {request.url.path} (see /docs)"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, kind, detail, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """The one place where exceptions become HTTP responses; no traceback ever reaches a client."""
-
-    @app.exception_handler(MadeError)
-    async def _made_error(request: Request, exc: MadeError) -> JSONResponse:
-        status, body = made_error_body(exc)
-        if status >= 500 and status != 503 and status != 504:
-            log.error("request failed: %s", exc, extra={"error_type": body["type"]})
-        retry = getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if retry is not None else {}
-        if status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if exc.errors() and exc.errors()[0].get("type") == "json_invalid" and (refused := compressed(request)):
-            return refused
-        problems = exc.errors()
-        errors = [  # the first few, never the body: the detail counts the rest
-            {"loc": list(e.get("loc", ())), "msg": describe_validation_error(e), "type": e.get("type")}
-            for e in problems[:MAX_LISTED]
-        ]
-        content_type = request.headers.get("content-type", "")
-        if errors and errors[0]["loc"] == ["body"] and "json" not in content_type:
-            detail = (
-                f"the request body must be JSON, sent with 'Content-Type: application/json' (got '{content_type}')"
-                if content_type
-                else "the request needs a JSON body, sent with 'Content-Type: application/json'"
-            )
-            if content_type:  # a body of another type: 415, as clients expect
-                return error_response(415, "unsupported_media_type", detail)
-            return error_response(
-                422, "invalid_input", detail, errors=[{"loc": ["body"], "msg": detail, "type": "missing"}]
-            )
-        detail = "; ".join(dict.fromkeys(e["msg"] for e in errors[:5]))  # dedupe, keep order
-        if len(problems) > 5:
-            detail += f"; and {len(problems) - 5} more"
-        return error_response(422, "invalid_input", detail, errors=errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if (unreadable := unreadable_body(exc)) is not None:  # the same answer as a body that is not JSON
-            if refused := compressed(request):
-                return refused
-            errors = [{"loc": ["body"], "msg": unreadable, "type": "json_invalid"}]
-            return error_response(422, "invalid_input", unreadable, errors=errors)
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no endpoint at {request.url.path} (see /docs)"
-        elif exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, kind, detail, headers=exc.headers)
+    app.add_exception_handler(MadeError, _made_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

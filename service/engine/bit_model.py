@@ -1,5 +1,6 @@
-"""A bit model seen through its column schema: D binary columns x0..x{D-1} (made.core.schema's
-Schema.bits), answered by the bit engine's own fast paths.
+"""A model of bits as the engine contract serves it (service.engine.contract.ModelEngine): its rows
+go to its bit engine, and its records are rows seen through its column schema, D binary columns
+x0..x{D-1} (made.core.schema's Schema.bits), answered by the same engine's fast paths.
 
 A bit row is already its encoding under that schema (codes 0/1, NaN for an unknown cell), so a
 record of a bit model becomes a row of x with no conversion, and the table data plane's records,
@@ -12,33 +13,66 @@ Numpy only; nothing here knows HTTP.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 
-from made.core.errors import InvalidInput
+from made.core.errors import InvalidInput, NotAcceptable
+from made.core.numerics import log_sigmoid
 from made.core.schema import BIT_LEVELS, Schema
-from service.engine.engine import Engine, log_sigmoid
-from service.engine.table_engine import TableConditionals, TableImpute, TableLogProb
+from made.store.versions import StoredModel
+from service.engine.engine import Engine
+from service.engine.table_engine import TableConditionals, TableLogProb
+from service.engine.table_impute import TableImpute
 
 # explain's given_others flips each column of each record: D + 1 network rows per record and mask,
 # so a request takes at most this many rows' worth of records
 EXPLAIN_ROWS = 1 << 16
 
+# Seconds per value drawn by the stepping sampler over seconds per value a pass computes (the
+# budget's unit), measured by bench/abuse.py --costs (docs/operations.md).
+STEP_COST = 3
 
-class BitColumns:
-    """The columns interface of service.engine.table_engine.TableEngine over a bit Engine."""
+
+class BitModel:
+    """A bit Engine under the engine contract: its records are its rows, and its rows its own."""
+
+    reads_rows = True
+    columns = None  # its records' columns are x0..x{D-1}: GET /models lists none
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.name = engine.name
         self.version = engine.version
-        self.manifest = engine.manifest
+        self.model: StoredModel = engine.model
         self.schema: Schema = engine.model.schema
         self.dims = engine.dims
         self.n_masks = engine.n_masks
         self.orderings = engine.orderings
-        self.explain_limit = max(1, EXPLAIN_ROWS // (self.dims + 1))
+        self.providers = engine.providers
+        self.image_shape = engine.image_shape
+        self.width = self.dims
+        self.draw_cost = STEP_COST
+        self.explain_passes = self.dims + 2  # the record, its D flips, and the in-order pass
+
+    def explain_limit(self) -> tuple[int, str]:
+        return max(1, EXPLAIN_ROWS // (self.dims + 1)), f"a model of {self.dims} bits"
+
+    def exact_draws(self, n_samples: int) -> int:
+        return max(n_samples, 1)
+
+    def bits(self, endpoint: str) -> Engine:
+        return self.engine
+
+    def image(self) -> list[int]:
+        shape = self.image_shape
+        if not shape or math.prod(shape) != self.dims:
+            raise NotAcceptable(
+                f"model '{self.name}' has no image_shape, so its samples cannot "
+                "be drawn as an image; ask for application/json"
+            )
+        return shape
 
     def check_values(self, values: np.ndarray) -> np.ndarray:
         """Encoded cells (N, D) as the engine's rows (the codes are 0/1 and NaN already), checked
