@@ -120,34 +120,19 @@ def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = No
     )
 
 
-def load_training_data(args: argparse.Namespace) -> Dataset | TableDataset:
-    """Bits (.npz, CSV of 0/1, .amat), bits read as categories (--groups), or a table (a CSV with
-    a header row, Parquet, or any data with --schema)."""
+def training_data(args: argparse.Namespace) -> Dataset | TableDataset:
+    """The data of `made train`'s arguments (made.io.training_data reads it): bits (.npz, CSV of
+    0/1, .amat), bits read as categories (--groups), or a table (a CSV with a header row,
+    Parquet, or any data with --schema)."""
     from made.core.errors import DataError
     from made.core.schema import Schema
-    from made.io.data import load_dataset
-    from made.io.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
+    from made.io.training_data import load_training_data
 
     drop = tuple(c.strip() for c in (args.drop_columns or "").split(",") if c.strip())
-    if args.groups:
-        if args.schema or drop:
-            raise DataError("--groups reads bit data as categories; it does not go with --schema or --drop-columns")
-        bits = load_dataset(args.dataset)
-        return load_grouped_bits(bits, read_groups(args.groups, bits.dims))
-    path = Path(args.dataset)
-    if args.schema or is_table_file(path) or path.suffix == ".parquet":
-        schema = Schema.read(args.schema) if args.schema else None
-        if schema is not None and drop:
-            raise DataError(
-                "--drop-columns goes with an inferred schema; with --schema, list only the columns "
-                "to model in the schema file"
-            )
-        return load_table_dataset(args.dataset, schema=schema, drop_columns=drop)
-    if drop:
-        raise DataError(
-            f"--drop-columns names columns of a table (a CSV with a header row); {args.dataset} is bit data"
-        )
-    return load_dataset(args.dataset)
+    if args.groups and (args.schema or drop):
+        raise DataError("--groups reads bit data as categories; it does not go with --schema or --drop-columns")
+    schema = Schema.read(args.schema) if args.schema else None
+    return load_training_data(args.dataset, schema=schema, groups=args.groups, drop_columns=drop)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -156,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from made.io.tables import TableDataset
 
     # bad data and impossible architectures are refused before the seconds of importing torch
-    data = load_training_data(args)
+    data = training_data(args)
     validate_architecture(data.dims, args.hidden, args.masks)
     args.image_shape = check_image_shape(args.image_shape, data.dims) or data.image_shape
     schema = data.schema if isinstance(data, TableDataset) else None
@@ -177,8 +162,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_run
+    from training.export import export_run, upgrade
 
+    if args.upgrade:
+        for upgraded in upgrade(args.upgrade):
+            print(str(upgraded))
+        return 0
+    if not (args.run_dir and args.store and args.name):
+        raise ConfigError("made export needs a run directory, --store and --name (or --upgrade PATH)")
     version_dir = export_run(
         args.run_dir, args.store, args.name, args.version, args.weights, image_shape=args.image_shape
     )
@@ -337,9 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "export", help="export a run to the model store as ONNX + manifest", formatter_class=_DefaultsFormatter
     )
-    e.add_argument("run_dir", help="a run directory of made train")
-    e.add_argument("--store", required=True, help="model store directory")
-    e.add_argument("--name", required=True, help="model name in the store")
+    e.add_argument("run_dir", nargs="?", help="a run directory of made train")
+    e.add_argument("--store", help="model store directory (required unless --upgrade)")
+    e.add_argument("--name", help="model name in the store (required unless --upgrade)")
+    e.add_argument(
+        "--upgrade",
+        metavar="PATH",
+        default=None,
+        help="rewrite format-1 versions as format 2 in place: STORE/NAME/VERSION, or STORE for all",
+    )
     e.add_argument("--version", default=None, help="default: one more than the highest stored")
     e.add_argument(
         "--weights",

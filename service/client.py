@@ -9,6 +9,9 @@
 
 `AsyncMadeClient` has the same methods, awaitable. Rows may be lists or numpy arrays (NaN for
 missing); `packed=True` sends complete rows bit-packed (x_b64), much smaller for large batches.
+Records of a table model are a list of dicts (JSON: a key left out or None is unknown, "NA" is
+absent) or a pandas DataFrame, which goes as the CSV it stands for, so that its empty cells mean
+what an empty cell of a CSV file means (absent where the column can be absent, else unknown).
 Errors raise MadeAPIError with the server's status, type and one-sentence detail. Pass `http=`
 an httpx client of your own, e.g. `httpx.AsyncClient(transport=httpx.ASGITransport(app))` to
 talk to an app in-process.
@@ -25,6 +28,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
+from made.io.csv import to_csv, value_text
 from service.core.schemas import (
     ConditionalsResponse,
     DenoiseResponse,
@@ -72,12 +76,18 @@ class _Call(Generic[M]):
     parse: type[M] | None  # None: the raw response is wanted
     payload: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None  # a body that is not JSON (a DataFrame's CSV)
+    params: dict[str, str] | None = None  # the options of a CSV body, in the query string
 
     @property
     def json(self) -> dict[str, Any] | None:
         if self.payload is None:
             return None
         return {k: v for k, v in self.payload.items() if v is not None}
+
+    def send(self) -> dict[str, Any]:
+        """The arguments of httpx's request() for this call."""
+        return {"json": self.json, "content": self.content, "params": self.params, "headers": self.headers}
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -190,13 +200,31 @@ def _denoise(
 Records = Sequence[dict[str, Any]] | Any  # a list of {column: value}, or a pandas DataFrame
 
 
-def _records_payload(records: Records) -> list[dict[str, Any]]:
-    """Plain records; a DataFrame's rows become records (NaN and None cells unknown)."""
-    if hasattr(records, "to_dict") and hasattr(records, "columns"):
-        rows = records.to_dict(orient="records")
-    else:
-        rows = list(records)
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in dict(r).items()} for r in rows]
+def _is_frame(records: Records) -> bool:
+    return hasattr(records, "to_dict") and hasattr(records, "columns") and hasattr(records, "isna")
+
+
+def _frame_csv(frame: Any) -> bytes:
+    """A DataFrame as the CSV file it stands for: its empty cells (NaN, None, pandas' NA) are
+    empty CSV cells, which the service reads as it reads a CSV body or file (absent where the
+    column can be absent, else unknown), so that a table read with pandas.read_csv and sent
+    here gets the log p the file itself gets; other cells as their JSON values would read."""
+    missing = frame.isna().to_numpy()
+    rows = [
+        ["" if gap else value_text(v) for v, gap in zip(record.values(), gaps, strict=True)]
+        for record, gaps in zip(frame.to_dict(orient="records"), missing, strict=True)
+    ]
+    return to_csv([str(c) for c in frame.columns], rows, escape=False).encode()
+
+
+def _records_call(path: str, parse: type[M], options: dict[str, Any], records: Records) -> _Call[M]:
+    """A request of records: plain records as JSON (a key left out or None unknown, "NA" or ""
+    absent), a DataFrame as a CSV body with the options in the query string."""
+    if not _is_frame(records):
+        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in dict(r).items()} for r in records]
+        return _Call("POST", path, parse, {**options, "records": rows})
+    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items() if v is not None}
+    return _Call("POST", path, parse, None, {"Content-Type": "text/csv"}, content=_frame_csv(records), params=params)
 
 
 def _logprob_records(
@@ -207,19 +235,8 @@ def _logprob_records(
     n_importance: int | None,
     explain: bool,
 ) -> _Call[LogProbResponse]:
-    return _Call(
-        "POST",
-        "/logprob",
-        LogProbResponse,
-        {
-            "model": model,
-            "masks": masks,
-            "seed": seed,
-            "n_importance": n_importance,
-            "explain": explain or None,
-            "records": _records_payload(records),
-        },
-    )
+    options = {"model": model, "masks": masks, "seed": seed, "n_importance": n_importance, "explain": explain or None}
+    return _records_call("/logprob", LogProbResponse, options, records)
 
 
 def _sample_records(
@@ -236,27 +253,12 @@ def _sample_records(
 def _impute_records(
     records: Records, model: str | None, n_samples: int | None, seed: int | None, n_importance: int | None
 ) -> _Call[ImputeResponse]:
-    return _Call(
-        "POST",
-        "/impute",
-        ImputeResponse,
-        {
-            "model": model,
-            "n_samples": n_samples,
-            "seed": seed,
-            "n_importance": n_importance,
-            "records": _records_payload(records),
-        },
-    )
+    options = {"model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
+    return _records_call("/impute", ImputeResponse, options, records)
 
 
 def _conditionals_records(records: Records, model: str | None, mask: int) -> _Call[ConditionalsResponse]:
-    return _Call(
-        "POST",
-        "/conditionals",
-        ConditionalsResponse,
-        {"model": model, "mask": mask, "records": _records_payload(records)},
-    )
+    return _records_call("/conditionals", ConditionalsResponse, {"model": model, "mask": mask}, records)
 
 
 # --- the clients ----------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ class MadeClient:
             self.http.close()
 
     def _raw(self, call: _Call[Any]) -> httpx.Response:
-        return _check(self.http.request(call.method, call.path, json=call.json, headers=call.headers))
+        return _check(self.http.request(call.method, call.path, **call.send()))
 
     def _run(self, call: _Call[M]) -> M:
         assert call.parse is not None
@@ -462,7 +464,7 @@ class AsyncMadeClient:
             await self.http.aclose()
 
     async def _raw(self, call: _Call[Any]) -> httpx.Response:
-        return _check(await self.http.request(call.method, call.path, json=call.json, headers=call.headers))
+        return _check(await self.http.request(call.method, call.path, **call.send()))
 
     async def _run(self, call: _Call[M]) -> M:
         assert call.parse is not None

@@ -10,18 +10,16 @@ import pty
 import re
 import struct
 import subprocess
-import sys
 import termios
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_npz
+from helpers import MADE_BIN, made_env, made_train_args, run_made, run_made_calls
 
 from training.model import MADEConfig
 from training.train import TrainConfig, Trainer
-
-MADE_BIN = Path(sys.executable).with_name("made")
 
 
 def _bad_calls(base: Path) -> dict[str, list[str]]:
@@ -92,20 +90,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def failures(base: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     """Run every bad call at once (each pays for starting Python, some for importing torch)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = made_env()
     env.pop("MADE_DATA_DIR", None)
-    calls = _bad_calls(base)
-    procs = {
-        name: subprocess.Popen(
-            [str(MADE_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=base
-        )
-        for name, args in calls.items()
-    }
-    results = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    return results
+    return run_made_calls(_bad_calls(base), env, cwd=base)
 
 
 CASES = {
@@ -154,11 +141,6 @@ def test_failed_runs_leave_no_run_directory_behind(
 # --- what a new user meets first (issue 15) -------------------------------------------------------
 
 
-def _made(*args: str, cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(MADE_BIN), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=180, **kw)  # type: ignore[call-overload]
-
-
 def _csv_splits(folder: Path, name: str, dims: int) -> Path:
     data = np.load(write_npz(folder / f"{name}.npz", dims, seed=1, n=240))
     for split in ("train", "valid", "test"):
@@ -167,28 +149,18 @@ def _csv_splits(folder: Path, name: str, dims: int) -> Path:
 
 
 def test_help_shows_the_defaults(tmp_path: Path) -> None:
-    out = _made("train", "--help", cwd=tmp_path).stdout
+    out = run_made("train", "--help", cwd=tmp_path).stdout
     flat = " ".join(out.split())
     assert "(default: 200)" in flat and "(default: 0.001; 1.0 with adadelta)" in flat and "(default: 20)" in flat
     assert "(default: None)" not in flat and "(default: False)" not in flat
-    serve = " ".join(_made("serve", "--help", cwd=tmp_path).stdout.split())
+    serve = " ".join(run_made("serve", "--help", cwd=tmp_path).stdout.split())
     assert "$MADE_PORT or 8000" in serve and "$MADE_HOST or 127.0.0.1" in serve
 
 
 def test_progress_to_a_file_is_one_plain_line_per_epoch_with_the_time_left(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "d.npz", 6, n=240)
-    result = _made(
-        "train",
-        "--dataset",
-        str(data),
-        "--hidden",
-        "8",
-        "--max-epochs",
-        "3",
-        "--threads",
-        "1",
-        "--out",
-        str(tmp_path / "run"),
+    result = run_made(
+        *made_train_args(data, tmp_path / "run", hidden=8, max_epochs=3, threads=1),
         cwd=tmp_path,
     )  # stderr is a pipe, not a terminal
     assert result.returncode == 0, result.stderr
@@ -209,23 +181,10 @@ def test_progress_on_a_terminal_is_a_bar_with_the_remaining_time(tmp_path: Path)
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
     proc = subprocess.Popen(
-        [
-            str(MADE_BIN),
-            "train",
-            "--dataset",
-            str(data),
-            "--hidden",
-            "8",
-            "--max-epochs",
-            "2",
-            "--threads",
-            "1",
-            "--out",
-            str(tmp_path / "run"),
-        ],
+        [str(MADE_BIN), *made_train_args(data, tmp_path / "run", hidden=8, max_epochs=2, threads=1)],
         stdout=subprocess.DEVNULL,
         stderr=terminal,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=made_env(),
         cwd=tmp_path,
     )
     os.close(terminal)
@@ -248,49 +207,28 @@ def test_progress_on_a_terminal_is_a_bar_with_the_remaining_time(tmp_path: Path)
 
 def test_image_shape_for_images_other_than_mnist(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "letters.npz", 6, n=240)
-    refused = _made(
-        "train",
-        "--no-progress",
-        "--dataset",
-        str(data),
-        "--hidden",
-        "8",
-        "--max-epochs",
-        "1",
-        "--image-shape",
-        "4,4",
-        "--out",
-        str(tmp_path / "bad"),
+    refused = run_made(
+        *made_train_args(data, tmp_path / "bad", no_progress=True, hidden=8, max_epochs=1, image_shape="4,4"),
         cwd=tmp_path,
     )
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert "image shape 4,4 has 16 pixels but the data have 6 dimensions" in refused.stderr
     assert not (tmp_path / "bad").exists()
-    malformed = _made(
+    malformed = run_made(
         "export", str(tmp_path / "bad"), "--store", "s", "--name", "m", "--image-shape", "4", cwd=tmp_path
     )
     assert malformed.returncode == 2 and "expected two positive integers" in malformed.stderr
     run = tmp_path / "run"
-    trained = _made(
-        "train",
-        "--no-progress",
-        "--dataset",
-        str(data),
-        "--hidden",
-        "8",
-        "--max-epochs",
-        "1",
-        "--image-shape",
-        "2,3",
-        "--out",
-        str(run),
-        cwd=tmp_path,
+    trained = run_made(
+        *made_train_args(data, run, no_progress=True, hidden=8, max_epochs=1, image_shape="2,3"), cwd=tmp_path
     )
     assert trained.returncode == 0, trained.stderr
     store = tmp_path / "store"
-    assert _made("export", str(run), "--store", str(store), "--name", "a", cwd=tmp_path).returncode == 0
+    assert run_made("export", str(run), "--store", str(store), "--name", "a", cwd=tmp_path).returncode == 0
     assert (
-        _made("export", str(run), "--store", str(store), "--name", "b", "--image-shape", "3,2", cwd=tmp_path).returncode
+        run_made(
+            "export", str(run), "--store", str(store), "--name", "b", "--image-shape", "3,2", cwd=tmp_path
+        ).returncode
         == 0
     )
     assert json.loads((store / "a" / "1" / "manifest.json").read_text())["image_shape"] == [2, 3]
@@ -300,22 +238,8 @@ def test_image_shape_for_images_other_than_mnist(tmp_path: Path) -> None:
 def test_a_csv_data_set_is_named_without_its_split(tmp_path: Path) -> None:
     train_csv = _csv_splits(tmp_path, "ocr_letters", 6)
     run, store = tmp_path / "run", tmp_path / "store"
-    assert (
-        _made(
-            "train",
-            "--no-progress",
-            "--dataset",
-            str(train_csv),
-            "--hidden",
-            "8",
-            "--max-epochs",
-            "1",
-            "--out",
-            str(run),
-            cwd=tmp_path,
-        ).returncode
-        == 0
-    )
-    assert _made("export", str(run), "--store", str(store), "--name", "m", cwd=tmp_path).returncode == 0
+    trained = run_made(*made_train_args(train_csv, run, no_progress=True, hidden=8, max_epochs=1), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert run_made("export", str(run), "--store", str(store), "--name", "m", cwd=tmp_path).returncode == 0
     manifest = json.loads((store / "m" / "1" / "manifest.json").read_text())
     assert manifest["dataset"]["name"] == "ocr_letters"

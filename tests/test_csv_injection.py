@@ -12,11 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import cpu_registry, store_of
+from helpers import cpu_registry, store_of
 
 from made.cli import main
+from made.io.csv import escape_formula, to_csv
 from service.batch.score import score_file
-from service.core.records import escape_formula, to_csv
 from service.engine import ModelRegistry
 from service.settings import Settings
 from service.testing import in_process

@@ -85,6 +85,20 @@ def test_a_level_never_seen_in_training_names_line_column_and_value(tmp_path: Pa
         load_table_dataset(str(path), drop_columns=("title",))
 
 
+def test_an_empty_cell_is_absent_where_the_column_can_be_and_refused_where_training_cannot_use_it(
+    tmp_path: Path,
+) -> None:
+    rows = _rows()
+    absent = rows[:3] + [",".join(c if j != 5 else "" for j, c in enumerate(rows[3].split(",")))]
+    data = load_table_dataset(str(_splits(tmp_path, "a", HEADER, rows, valid=absent)), drop_columns=("title",))
+    assert data.split("valid")[3, 5] == ABSENT  # budget: empty like NA, a value the column models
+    unknown = rows[:3] + [",".join(c if j != 4 else "" for j, c in enumerate(rows[3].split(",")))]
+    with pytest.raises(DataError, match=r"a_valid.csv line 5, column 'temp' is empty, and this column is never absent"):
+        load_table_dataset(str(_splits(tmp_path, "a", HEADER, rows, valid=unknown)), drop_columns=("title",))
+    (tmp_path / "semi_train.csv").write_text("x;y\n1,5;a\n2,5;b\n")  # ';' with decimal commas
+    assert load_table_dataset(str(tmp_path / "semi_train.csv"), splits=("train",)).schema.names == ["x", "y"]
+
+
 def test_a_schema_file_overrides_inference(tmp_path: Path) -> None:
     path = _splits(tmp_path, "t", HEADER, _rows())
     inferred = load_table_dataset(str(path), drop_columns=("title",)).schema

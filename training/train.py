@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from made.core.errors import CheckpointError, ConfigError
+from made.core.progress import Progress
 from made.io.atomic import atomic_write_text, atomic_write_with
-from made.io.data import Dataset, load_dataset, load_intensities
-from made.io.tables import TableDataset, load_grouped_bits, load_table_dataset
+from made.io.data import Dataset, load_intensities
+from made.io.tables import TableDataset
+from made.io.training_data import load_training_data
 from training.checkpoint import (
     BEST,
     CHECKPOINT,
@@ -29,7 +31,7 @@ from training.checkpoint import (
     save_tensors,
 )
 from training.model import MADE, MADEConfig
-from training.progress import Progress
+from training.progress import epoch_progress, log_epoch
 from training.run_files import CONFIG, CURVE, HISTORY, METRICS
 from training.table_model import TableMADE, TableMADEConfig
 
@@ -92,15 +94,6 @@ def build_model(config: MADEConfig | TableMADEConfig) -> MADE | TableMADE:
     return TableMADE(config) if isinstance(config, TableMADEConfig) else MADE(config)
 
 
-def load_training_data(cfg: TrainConfig) -> Dataset | TableDataset:
-    """The data set a configuration was trained on (bits, bits through groups, or a table)."""
-    if isinstance(cfg.model, TableMADEConfig):
-        if cfg.groups:
-            return load_grouped_bits(load_dataset(cfg.dataset), cfg.model.schema)
-        return load_table_dataset(cfg.dataset, schema=cfg.model.schema)
-    return load_dataset(cfg.dataset)
-
-
 OPTIMIZERS = ("adam", "adamw", "adagrad", "adadelta", "sgd")
 
 
@@ -159,7 +152,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, data: Dataset | TableDataset | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.data = data if data is not None else load_training_data(cfg)
+        if data is None:
+            schema = cfg.model.schema if isinstance(cfg.model, TableMADEConfig) else None
+            data = load_training_data(cfg.dataset, schema=schema, groups=cfg.groups if schema is not None else None)
+        self.data = data
         if cfg.resample_masks and isinstance(cfg.model, TableMADEConfig):
             raise ConfigError("resampling masks per update is for bit models, not for tables")
         if cfg.valid_masks < 0:
@@ -275,7 +271,7 @@ class Trainer:
                 init_output_bias(model, self.data.split("train"))
 
         n = len(self.train_x)
-        bars = Progress(cfg.max_epochs, math.ceil(n / cfg.batch_size), progress_state["epoch"], enabled=progress)
+        bars = epoch_progress(cfg.max_epochs, math.ceil(n / cfg.batch_size), progress_state["epoch"], enabled=progress)
         with bars.active():
             self._epochs(model, optimizer, gen, progress_state, history, bars)
         if history:
@@ -319,7 +315,7 @@ class Trainer:
                 optimizer.step()
                 total += loss.item() * len(x)
                 count += len(x)
-                bars.batch(total / count)
+                bars.update(1, note=f"train {total / count:.2f}")
             valid = float(nll_per_example(model, self.valid_x, None, cfg.eval_batch, cfg.valid_masks).mean())
             epoch = progress_state["epoch"] + 1
             best = progress_state["best_valid"]
@@ -339,7 +335,9 @@ class Trainer:
             history.append(row)
             self._append_history(row)
             self._checkpoint(model, optimizer, gen, progress_state)
-            bars.epoch(
+            log_epoch(
+                bars,
+                cfg.max_epochs,
                 epoch,
                 row["train_nll"],
                 valid,

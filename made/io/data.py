@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from made.core.errors import DataError, format_value
+from made.io.csv import MISSING_MARKERS, check_header, is_header, is_number, sniff_delimiter
 
 SPLITS = ("train", "valid", "test")
 _TEXT_SUFFIXES = (".csv", ".tsv", ".amat", ".txt")
@@ -153,7 +154,7 @@ def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read {path} as .npz: {why or type(exc).__name__}") from None
 
 
-def _split_files(path: Path) -> dict[str, Path]:
+def split_files(path: Path) -> dict[str, Path]:
     """Files of each split: a directory of *train*/*valid*/*test* files, or a file whose name
     carries the split (mnist_train.amat finds mnist_valid.amat and mnist_test.amat)."""
     if path.is_dir():
@@ -176,7 +177,7 @@ def _split_files(path: Path) -> dict[str, Path]:
 
 
 def _load_text_splits(path: Path, splits: tuple[str, ...]) -> tuple[dict[str, np.ndarray], str]:
-    files = _split_files(path)
+    files = split_files(path)
     if not files and path.is_file():
         # one file with no split in its name: it serves whichever split is asked for
         if len(splits) > 1:
@@ -200,7 +201,8 @@ def read_text_matrix(path: Path) -> np.ndarray:
     rows: list[np.ndarray] = []
     width, width_from, header = 0, "", False
     for lineno, cells in _text_rows(path):
-        if not rows and not header and _is_header(cells):
+        if not rows and not header and is_header(cells):
+            check_header(cells, str(path))
             width, width_from, header = len(cells), "the header row", True
             continue
         if not width:
@@ -211,20 +213,6 @@ def read_text_matrix(path: Path) -> np.ndarray:
     if not rows:
         raise DataError(f"{path} holds {'a header row but ' if header else ''}no rows")
     return np.stack(rows)
-
-
-# What a CSV file may separate its cells with, found from its first line (the most frequent);
-# a file with none of them is whitespace-separated, where a run of spaces is one separator.
-_DELIMITERS = (",", ";", "|", "\t")
-# Cells that mean "no value" in the wild (pandas' defaults, UCI's '?').
-_MISSING_MARKERS = frozenset({"", "na", "nan", "n/a", "null", "none", "?", "-"})
-
-
-def sniff_delimiter(line: str, tab: bool = True) -> str | None:
-    """The most frequent of _DELIMITERS in a file's first line, or None (whitespace-separated)."""
-    counts = {d: line.count(d) for d in _DELIMITERS if tab or d != "\t"}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] else None
 
 
 def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -242,16 +230,11 @@ def _text_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                 yield lineno, [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
 
 
-def _is_header(cells: list[str]) -> bool:
-    """A first line of names (none of them a number or a missing-value marker) is a header."""
-    return all(c.lower() not in _MISSING_MARKERS and not _is_number(c) for c in cells)
-
-
 def _binary_row(path: Path, lineno: int, cells: list[str], first: bool) -> np.ndarray:
     try:
         values = np.array(cells, dtype=np.float64)
     except ValueError:
-        col = next(j for j, c in enumerate(cells) if not _is_number(c))
+        col = next(j for j, c in enumerate(cells) if not is_number(c))
         raise DataError(f"{path} line {lineno}, column {col + 1} {_cell_problem(cells, col, first)}") from None
     bad = (values != 0) & (values != 1)
     if bad.any():
@@ -268,7 +251,7 @@ def _binary_row(path: Path, lineno: int, cells: list[str], first: bool) -> np.nd
 def _cell_problem(cells: list[str], col: int, first: bool) -> str:
     """What is wrong with a cell that is not 0 or 1, and what to do about it."""
     cell = cells[col]
-    if cell.lower() in _MISSING_MARKERS:
+    if cell.lower() in MISSING_MARKERS:
         shown = "is blank" if cell == "" else f"holds {_show(cell)}, a missing value"
         trailing = " (a separator at the end of the line?)" if cell == "" and col == len(cells) - 1 else ""
         return f"{shown}{trailing}: 0/1 data here must be complete; fill the cell or drop the row"
@@ -282,14 +265,6 @@ def _cell_problem(cells: list[str], col: int, first: bool) -> str:
 
 def _show(cell: str, limit: int = 40) -> str:
     return repr(cell if len(cell) <= limit else cell[:limit] + "...")
-
-
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 def check_binary(array: np.ndarray, where: str) -> np.ndarray:

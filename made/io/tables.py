@@ -32,7 +32,8 @@ from made.core.schema import (
     Schema,
     transformed,
 )
-from made.io.data import SPLITS, _split_files, dataset_name, resolve, sniff_delimiter
+from made.io.csv import cell_text, check_header, read_rows, sniff_delimiter, table_cell
+from made.io.data import SPLITS, dataset_name, resolve, split_files
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 MAX_INT_LEVELS = 20  # integer columns with at most this many values are categories (counts, codes)
@@ -59,43 +60,33 @@ class TableDataset:
 
 # --- reading files ---------------------------------------------------------------------------------
 def read_table(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """(column names, rows of cells as text, the file line of each row). CSV needs a header row."""
+    """(column names, rows of cells as text, the file line of each row), by the one CSV reader
+    (made.io.csv); a CSV needs a header row, and a Parquet file's typed cells are read as the
+    text a CSV would hold (made.io.csv.cell_text)."""
     if path.suffix == ".parquet":
         return _read_parquet(path)
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        sample = fh.readline()
-        delimiter = sniff_delimiter(sample) or ","
+        delimiter = sniff_delimiter(fh.readline()) or ","
         fh.seek(0)
-        reader = csv.reader(fh, delimiter=delimiter)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DataError(f"{path} is empty; a table needs a header row of column names") from None
+        read = read_rows(fh, delimiter, str(path))
+        first = next(read, None)
+        if first is None:
+            raise DataError(f"{path} is empty; a table needs a header row of column names")
+        header = [h.strip() for h in first[1]]
         _check_header(path, header)
-        rows, lines = [], []
-        for row in reader:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path} line {reader.line_num} has {len(row)} cells, expected {len(header)} like the header row"
-                )
+        lines, rows = [], []
+        for line, row in read:
+            lines.append(line)
             rows.append(row)
-            lines.append(reader.line_num)
     if not rows:
         raise DataError(f"{path} holds a header row but no rows")
     return header, rows, lines
 
 
 def _check_header(path: Path, header: list[str]) -> None:
-    if any(h == "" for h in header):
-        raise DataError(f"{path}: column {header.index('') + 1} of the header row has no name")
-    numeric = [h for h in header if _number(h) is not None]
-    if len(numeric) == len(header):
+    if header and all(_number(h) is not None for h in header):
         raise DataError(f"{path}: the first line holds numbers, not column names; a table needs a header row")
-    dup = sorted({h for h in header if header.count(h) > 1})
-    if dup:
-        raise DataError(f"{path}: the header row names {dup} more than once")
+    check_header(header, str(path))
 
 
 def _read_parquet(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
@@ -109,17 +100,9 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
         raise DataError(f"cannot read {path} as Parquet: {exc}") from None
     header = [str(n) for n in table.column_names]
     _check_header(path, header)
-    columns = [[_cell_text(v) for v in table.column(i).to_pylist()] for i in range(table.num_columns)]
+    columns = [[cell_text(v) for v in table.column(i).to_pylist()] for i in range(table.num_columns)]
     rows = [list(r) for r in zip(*columns, strict=True)]
     return header, rows, list(range(1, len(rows) + 1))
-
-
-def _cell_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, bool):
-        return str(int(value))
-    return str(value)
 
 
 def _number(text: str) -> float | None:
@@ -202,7 +185,9 @@ def infer_schema(header: list[str], rows: list[list[str]], source: str) -> Schem
 
 # --- encoding --------------------------------------------------------------------------------------
 def encode_table(schema: Schema, header: list[str], rows: list[list[str]], lines: list[int], source: str) -> np.ndarray:
-    """Cells of a file -> (N, C) float64 in the schema's column order; errors name line and column."""
+    """Cells of a file -> (N, C) float64 in the schema's column order; errors name line and column.
+    A cell is read as every CSV is (made.io.csv.table_cell); an unknown one (empty in a column
+    that is never absent) is refused, since training and evaluation need complete rows."""
     missing = [c.name for c in schema.columns if c.name not in header]
     if missing:
         raise DataError(f"{source} has no column {missing[0]!r} (it has: {', '.join(header)})")
@@ -214,7 +199,13 @@ def encode_table(schema: Schema, header: list[str], rows: list[list[str]], lines
             out[:, j] = _encode_fast(col, cells)
         except (KeyError, ValueError):  # the slow path finds the first bad cell and names it
             for i, cell in enumerate(cells):
-                out[i, j] = col.encode_cell(cell, f"{source} line {lines[i]}")
+                where = f"{source} line {lines[i]}"
+                out[i, j] = table_cell(col, cell, where)
+                if math.isnan(out[i, j]):
+                    raise DataError(
+                        f"{where}, column '{col.name}' is empty, and this column is never absent in the "
+                        "training data: a cell it cannot model; fill the cell or drop the row"
+                    ) from None
     return out
 
 
@@ -259,7 +250,7 @@ def load_table_dataset(
 ) -> TableDataset:
     """The splits of a table; the schema is inferred from the training split unless given."""
     path = resolve(name_or_path)
-    files = _split_files(path)
+    files = split_files(path)
     if not files and path.is_file():
         files = {s: path for s in splits} if len(splits) == 1 else {}
     missing = [s for s in splits if s not in files]

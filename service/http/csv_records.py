@@ -3,10 +3,13 @@
     curl -s localhost:8000/logprob?model=diamonds -H 'Content-Type: text/csv' -H 'Accept: text/csv' \\
         --data-binary @diamonds_test.csv
 
-A pure ASGI middleware in front of the routers: a POST to /logprob or /impute sent as text/csv
-becomes the JSON request {"records": [...]} (the options come from the query string: model, seed,
-n_importance, masks, n_samples, explain), read against the model's columns as the training files
-were (service.core.records.parse_csv). With `Accept: text/csv`, /logprob answers the CSV it was sent
+A pure ASGI middleware in front of the routers: a POST to /logprob, /impute or /conditionals sent
+as text/csv becomes the JSON request {"records": [...]} (the options come from the query string:
+model, seed, n_importance, masks, n_samples, explain, mask), read against the model's columns by
+the project's one CSV reader (service.core.records.parse_csv over made.io.csv: the delimiter
+found in the first line, a column named twice a 422, an empty cell absent where the column can
+be absent, else unknown). The Python client sends a DataFrame this way, so that its empty cells
+mean what a CSV file's do. With `Accept: text/csv`, /logprob answers the CSV it was sent
 with `logprob`, `exact` and `stderr` columns added. Everything else passes through untouched,
 and the route then validates, authorises and answers as for JSON.
 
@@ -14,7 +17,7 @@ A body is bounded before it is parsed: its lines and the cells of each line are 
 bytes against MADE_MAX_ROWS and MADE_MAX_WIDTH (service.core.records.check_csv_bounds), and a large
 admitted body is parsed in a worker thread, so that no request holds the event loop. Text cells
 of the CSV answer that a spreadsheet would run as formulas are escaped unless
-MADE_CSV_ESCAPE_FORMULAS is false (service.core.records.escape_formula).
+MADE_CSV_ESCAPE_FORMULAS is false (made.io.csv.escape_formula).
 """
 
 from __future__ import annotations
@@ -29,13 +32,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from made.core.errors import InvalidInput, MadeError
 from made.core.schema import ABSENT
-from service.core.records import check_csv_bounds, parse_csv, to_csv
+from made.io.csv import to_csv
+from service.core.records import check_csv_bounds, parse_csv
 from service.http.auth import carries_key
 from service.http.errors import compressed, made_error_body
 from service.http.middleware import replay_body
 
-_PATHS = {"/logprob", "/impute"}
-_OPTIONS = {"model": str, "seed": int, "n_importance": int, "n_samples": int, "masks": str, "explain": str}
+_PATHS = {"/logprob", "/impute", "/conditionals"}
+_OPTIONS = {
+    "model": str,
+    "seed": int,
+    "n_importance": int,
+    "n_samples": int,
+    "masks": str,
+    "explain": str,
+    "mask": int,
+}
 # Bodies (and answers of rows) past these are parsed (written) in a worker thread; smaller ones
 # take less time than the hop to a thread.
 _THREAD_BYTES = 64 * 1024

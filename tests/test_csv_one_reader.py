@@ -1,0 +1,159 @@
+"""One CSV reader (made.io.csv) for training files, HTTP bodies, `made score` inputs and the
+Python client's DataFrames: a ';'-separated body is read over HTTP as a file is, a column named
+twice is refused naming it everywhere (a 422, exit 2, a DataError), and an empty cell means the
+same wherever the rows go: absent where the column can be absent, else unknown. On the shipped
+`diamonds` model and on 'mixed' (a nullable number, trained in conftest)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cpu_registry, store_of
+
+from made.cli import main
+from made.core.errors import DataError, InvalidInput
+from made.io.csv import read_csv_text, value_text
+from made.io.tables import load_table_dataset
+from made.store.versions import open_model
+from service.core.records import check_csv_bounds, parse_records
+from service.engine import ModelRegistry
+from service.engine.table_engine import TableEngine
+from service.settings import Settings
+from service.testing import InProcessClient, in_process
+
+pytestmark = pytest.mark.anyio
+
+STORE = Path(__file__).resolve().parent.parent / "model_store"
+CSV = {"Content-Type": "text/csv"}
+DIAMONDS = "carat,cut,color,clarity,depth,table,price,x,y,z\n0.3,Ideal,E,SI1,61.5,55,326,3.95,3.98,2.43\n"
+# 'mixed': kind (a category), size and score (numbers), budget (a number that is sometimes NA).
+# Row 2: size empty (never absent: unknown), budget empty (absent). Row 3: kind and score
+# empty (unknown), budget NA (absent). pandas reads every one of them as NaN.
+MIXED = "kind,size,score,budget,id\nx,2.72,0.5,2700,1\ny,,10.2,,2\n,4.1,,NA,3\nz,3.5,20.1,3500,4\n"
+MEANT = [  # the same rows as JSON records: a key left out is unknown, "NA" absent
+    {"kind": "x", "size": 2.72, "score": 0.5, "budget": 2700},
+    {"kind": "y", "score": 10.2, "budget": "NA"},
+    {"size": 4.1, "budget": "NA"},
+    {"kind": "z", "size": 3.5, "score": 20.1, "budget": 3500},
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, table_store: Path) -> Path:
+    store = store_of(tmp_path_factory.mktemp("one-reader") / "store", STORE / "diamonds")
+    store_of(store, table_store / "mixed")
+    return store
+
+
+@pytest.fixture(scope="module")
+def registry(store: Path) -> ModelRegistry:
+    return cpu_registry(store)
+
+
+@pytest.fixture
+async def made(store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
+    async with in_process(Settings(store=store, default_model="diamonds"), registry) as client:
+        yield client
+
+
+async def test_a_semicolon_separated_body_is_read_like_a_comma_separated_one(made: InProcessClient) -> None:
+    commas = await made.http.post("/logprob?model=diamonds", content=DIAMONDS.encode(), headers=CSV)
+    assert commas.status_code == 200, commas.text
+    semicolons = DIAMONDS.replace(",", ";")  # as a spreadsheet in a locale whose decimal mark is ',' writes
+    answer = await made.http.post("/logprob?model=diamonds", content=semicolons.encode(), headers=CSV)
+    assert answer.status_code == 200, answer.text  # was a 422: the header was one column 'carat;cut;...'
+    assert answer.json()["logprob"] == commas.json()["logprob"]
+    tabs = await made.http.post("/logprob?model=diamonds", content=DIAMONDS.replace(",", "\t").encode(), headers=CSV)
+    assert tabs.status_code == 200 and tabs.json()["logprob"] == commas.json()["logprob"]
+
+
+def test_the_width_bound_counts_the_delimiter_the_reader_will_use() -> None:
+    check_csv_bounds(b"a;b\n1;2\n", max_rows=10, max_width=2)
+    with pytest.raises(InvalidInput, match="CSV line 2 has 3 columns; the limit is 2"):
+        check_csv_bounds(b"a;b\n1;2;3\n", max_rows=10, max_width=2)
+
+
+async def test_a_column_named_twice_is_a_422_naming_it(made: InProcessClient) -> None:
+    body = DIAMONDS.replace("depth", "cut", 1)
+    r = await made.http.post("/logprob?model=diamonds", content=body.encode(), headers=CSV)
+    assert r.status_code == 422, r.text  # was a 200 scoring the first 'cut' and carrying the second
+    assert r.json()["detail"] == (
+        "CSV: the header row names column 'cut' twice (columns 2 and 5); each column must be named once"
+    )
+
+
+def test_a_column_named_twice_is_refused_by_made_score_and_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text(DIAMONDS.replace("depth", "cut", 1))
+    args = ["score", "--store", str(STORE), "--name", "diamonds", "--no-progress", "--threads", "1"]
+    assert main([*args, "--input", str(path), "--output", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the header row names column 'cut' twice (columns 2 and 5); each column must be named once")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out.csv").exists()
+    with pytest.raises(DataError, match="names column 'cut' twice"):
+        load_table_dataset(str(path), splits=("test",))
+
+
+async def test_a_dataframe_through_the_client_scores_as_its_csv_does(made: InProcessClient, store: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_csv(io.StringIO(MIXED))  # every empty and NA cell a NaN
+    by_csv = await made.http.post("/logprob?model=mixed&seed=3", content=MIXED.encode(), headers=CSV)
+    assert by_csv.status_code == 200, by_csv.text
+    by_client = await made.logprob_records(frame, model="mixed", seed=3)
+    assert by_client.logprob == by_csv.json()["logprob"] and by_client.exact == by_csv.json()["exact"]
+    # both are the documented meaning: the records above, scored by the engine
+    engine = TableEngine(open_model(store, "mixed"), ["CPUExecutionProvider"], threads=1)
+    expected = engine.logprob(parse_records(engine.schema, MEANT), seed=3).logprob
+    np.testing.assert_allclose(by_client.logprob, expected, atol=1e-9)
+    # the old client meaning (every NaN unknown) gives row 2 another probability: the test can fail
+    unknown = await made.logprob_records(
+        [{k: v for k, v in r.items() if v != "NA"} for r in MEANT], model="mixed", seed=3
+    )
+    assert abs(unknown.logprob[1] - by_client.logprob[1]) > 1e-3
+    # /impute and /conditionals read a DataFrame the same way
+    imputed = await made.impute_records(frame, model="mixed", seed=3, n_samples=2)
+    assert imputed.records is not None and imputed.records[1]["budget"] == "NA" and imputed.records[1]["size"] != "NA"
+    complete = frame.iloc[[0, 3]].drop(columns=["id"])
+    cond = await made.conditionals_records(complete, model="mixed", mask=1)
+    as_json = await made.conditionals_records([MEANT[0], MEANT[3]], model="mixed", mask=1)
+    assert cond.conditionals == as_json.conditionals
+
+
+async def test_made_score_reads_empty_cells_as_the_service_does(
+    made: InProcessClient, store: Path, tmp_path: Path
+) -> None:
+    rows = "kind;size;score;budget\nx;2.72;0.5;2700\ny;2.1;10.2;\nz;3.5;20.1;NA\n"  # complete, then absent budgets
+    source = tmp_path / "in.csv"
+    source.write_text(rows)
+    args = ["score", "--store", str(store), "--name", "mixed", "--no-progress", "--threads", "1"]
+    assert main([*args, "--input", str(source), "--output", str(tmp_path / "out.csv")]) == 0
+    with open(tmp_path / "out.csv", newline="") as fh:
+        scored = list(csv.reader(fh, delimiter=";"))
+    served = await made.http.post("/logprob?model=mixed", content=rows.encode(), headers=CSV)
+    assert served.status_code == 200 and all(served.json()["exact"])
+    assert [float(r[-1]) for r in scored[1:]] == served.json()["logprob"]
+
+
+def test_the_reader_quotes_and_the_values_a_dataframe_holds() -> None:
+    header, rows = read_csv_text('\ufeffa;b\n"x;y";"2\n3"\n \n', "CSV")
+    assert header == ["a", "b"] and rows == [["x;y", "2\n3"]]  # the blank line is no row
+    with pytest.raises(DataError, match="CSV line 3 has 1 values, expected 2 like the header row"):
+        read_csv_text("a,b\n1,2\n3\n", "CSV")
+    with pytest.raises(DataError, match="column 2 of the header row has no name"):
+        read_csv_text("a,,c\n1,2,3\n", "CSV")
+    assert [value_text(v) for v in (56.0, np.float64(0.1), np.int64(3), True, None, float("nan"), "NA")] == [
+        "56",
+        "0.1",
+        "3",
+        "1",
+        "",
+        "",
+        "NA",
+    ]
