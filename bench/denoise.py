@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import model_options  # noqa: E402
 from service.settings import data_directory  # noqa: E402
 
 DOC = ROOT / "docs" / "denoise.md"
@@ -60,9 +61,7 @@ def pct(rate: tuple[float, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
-    parser.add_argument("--name", default="binarized-mnist")
-    parser.add_argument("--data", type=Path, default=DATA)
+    model_options(parser, DATA)
     parser.add_argument("--rows", type=int, default=100, help="test images per eps (the first ones)")
     parser.add_argument("--eps", default="0.05,0.1", help="flip probabilities, comma-separated")
     parser.add_argument("--n-importance", type=int, default=25, help="draws per mask and image")

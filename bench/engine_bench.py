@@ -41,11 +41,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import dense_matmul_graph, latencies  # noqa: E402
 from made.core.errors import ModelNotFound  # noqa: E402
 from made.store.versions import open_model  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
@@ -66,28 +66,10 @@ def random_default_model(store: Path, name: str, seed: int = 0) -> Path:
 def dense_matmul_session(net: Network, threads: int) -> ort.InferenceSession:
     """A bare onnxruntime graph of the network's dense matmuls (no masks, bias or ReLU): what
     onnxruntime's own MatMul reaches on these shapes."""
-    nodes, inits, h = [], [], "x"
-    for i, w in enumerate(net.weights):
-        inits.append(numpy_helper.from_array(w, f"W{i}"))
-        nodes.append(helper.make_node("MatMul", [h, f"W{i}"], [f"h{i}"]))
-        h = f"h{i}"
-    outputs = [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)]
-    if net.direct is not None:
-        inits.append(numpy_helper.from_array(net.direct, "Wd"))
-        nodes.append(helper.make_node("MatMul", ["x", "Wd"], ["hd"]))
-        outputs.append(helper.make_tensor_value_info("hd", TensorProto.FLOAT, None))
-    graph = helper.make_graph(
-        nodes,
-        "dense",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", net.dims])],
-        outputs,
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    graph, _ = dense_matmul_graph(net)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def numpy_dense(net: Network) -> Callable[[np.ndarray], object]:
@@ -123,18 +105,6 @@ def best_of(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
     return best
 
 
-def latencies(fn: Callable[[], object], calls: int) -> tuple[float, float]:
-    """(p50, p99) in milliseconds of `calls` single calls."""
-    for _ in range(5):
-        fn()
-    times = np.empty(calls)
-    for i in range(calls):
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
-
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -145,41 +115,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=str(ROOT / "model_store"))
-    parser.add_argument("--name", default="binarized-mnist")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op and BLAS threads (default 1)")
-    parser.add_argument("--n", type=int, default=1000, help="rows sampled by both samplers")
-    parser.add_argument(
-        "--naive-rows", type=int, default=None, help="time the naive sampler on fewer rows and extrapolate (default: n)"
-    )
-    parser.add_argument("--repeats", type=int, default=10, help="rounds for throughputs")
-    parser.add_argument("--calls", type=int, default=300, help="calls for each latency")
-    parser.add_argument("--write", action="store_true", help=f"write the table to {DOC}")
-    args = parser.parse_args(argv)
-    if str(args.threads) != _THREADS:
-        parser.error("--threads must be given as a separate argument")  # read before numpy
+def stored_session(engine: Engine, threads: int) -> ort.InferenceSession:
+    """The model's graph as stored (masks rebuilt per call, mask_index as input)."""
+    return make_session(engine.model.onnx_path, engine.providers, threads, engine.model.weights())
 
-    tmp = None
-    try:
-        model = open_model(Path(args.store), args.name)
-        source = f"`{args.name}` version {model.version} from {args.store}"
-    except ModelNotFound:
-        tmp = tempfile.TemporaryDirectory(prefix="engine-bench-")
-        model = open_model(random_default_model(Path(tmp.name), args.name), args.name)
-        source = (
-            f"**stand-in**: `{args.name}` is not in {args.store} yet, so a randomly "
-            "initialised model of the same shape (D=784, hidden [500, 500], K=8, direct) "
-            "built with made.onnx_graph.build_graph"
-        )
-    print(f"model: {source}", file=sys.stderr)
-    engine = Engine(model, ["CPUExecutionProvider"], threads=args.threads)
-    net = load_network(engine.model.onnx_path)
-    dims, k = engine.dims, engine.n_masks
-    rows = []  # (figure, measurement, value, note)
 
-    # 1. sampling: fast vs naive on the same noise, mask 0
+def sampling_rows(engine: Engine, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Figure 1: the stepping sampler against the naive one (a graph run per dimension), on the
+    same noise, mask 0."""
+    dims = engine.dims
     u = np.random.default_rng(0).random((args.n, dims))
     naive_rows = min(args.naive_rows or args.n, args.n)
     fast_time = best_of({"fast": lambda: engine.sampler.run(0, u)}, args.repeats)["fast"]
@@ -192,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     how = "timed in full, once"
     if naive_rows < args.n:
         how = f"**extrapolated**: timed on {naive_rows} rows, scaled x{args.n / naive_rows:g}"
-    rows += [
+    return [
         ("sampling", f"fast sampler, n={args.n}, mask 0", f"{fast_time:.3f} s", "best of runs"),
         ("sampling", f"naive sampler ({dims} graph runs), n={args.n}", f"{naive_time:.1f} s", how),
         (
@@ -203,14 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
 
-    # 2. log p(x) at batch 1000 against the dense roofline
+
+def roofline_rows(engine: Engine, net: Network, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Figure 2: log p(x) at batch 1000 against the dense-MatMul roofline (numpy's and
+    onnxruntime's), and the stored graph against the engine's dense pass."""
+    dims, k = engine.dims, engine.n_masks
+    rows: list[tuple[str, str, str, str]] = []
     x = (np.random.default_rng(1).random((BATCH, dims)) < 0.3).astype(np.float64)
     xf = x.astype(np.float32)
     flops = net.flops_per_row()
     dense_ort = dense_matmul_session(net, args.threads)
     dense_np = numpy_dense(net)
     stored_k = np.array(0, dtype=np.int64)
-    stored = make_session(engine.model.onnx_path, engine.providers, args.threads)  # the graph as stored
+    stored = stored_session(engine, args.threads)
     times = best_of(
         {
             "numpy": lambda: dense_np(xf),
@@ -293,8 +242,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{times['stored'] / times['dense']:.2f}x the stored graph",
         )
     )
+    return rows
 
-    # 3. single-row latency
+
+def latency_rows(engine: Engine, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Figure 3: single-row latency, p50 and p99."""
+    x = (np.random.default_rng(1).random((BATCH, engine.dims)) < 0.3).astype(np.float64)
+    xf = x.astype(np.float32)
+    stored_k = np.array(0, dtype=np.int64)
+    stored = stored_session(engine, args.threads)
+    rows: list[tuple[str, str, str, str]] = []
     x1, x1f = x[:1], xf[:1]
     for label, fn in (
         ("logprob, 1 row, mixture", lambda: engine.logprob(x1)),
@@ -312,6 +269,41 @@ def main(argv: list[str] | None = None) -> int:
         calls = args.calls if "sample" not in label else max(20, args.calls // 5)
         p50, p99 = latencies(fn, calls)
         rows.append(("latency", label, f"p50 {p50:.3f} ms", f"p99 {p99:.3f} ms ({calls} calls)"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=str(ROOT / "model_store"))
+    parser.add_argument("--name", default="binarized-mnist")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op and BLAS threads (default 1)")
+    parser.add_argument("--n", type=int, default=1000, help="rows sampled by both samplers")
+    parser.add_argument(
+        "--naive-rows", type=int, default=None, help="time the naive sampler on fewer rows and extrapolate (default: n)"
+    )
+    parser.add_argument("--repeats", type=int, default=10, help="rounds for throughputs")
+    parser.add_argument("--calls", type=int, default=300, help="calls for each latency")
+    parser.add_argument("--write", action="store_true", help=f"write the table to {DOC}")
+    args = parser.parse_args(argv)
+    if str(args.threads) != _THREADS:
+        parser.error("--threads must be given as a separate argument")  # read before numpy
+
+    tmp = None
+    try:
+        model = open_model(Path(args.store), args.name)
+        source = f"`{args.name}` version {model.version} from {args.store}"
+    except ModelNotFound:
+        tmp = tempfile.TemporaryDirectory(prefix="engine-bench-")
+        model = open_model(random_default_model(Path(tmp.name), args.name), args.name)
+        source = (
+            f"**stand-in**: `{args.name}` is not in {args.store} yet, so a randomly "
+            "initialised model of the same shape (D=784, hidden [500, 500], K=8, direct) "
+            "built with made.onnx_graph.build_graph"
+        )
+    print(f"model: {source}", file=sys.stderr)
+    engine = Engine(model, ["CPUExecutionProvider"], threads=args.threads)
+    net = load_network(engine.model)
+    rows = [*sampling_rows(engine, args), *roofline_rows(engine, net, args), *latency_rows(engine, args)]
 
     table = render(rows, source, args, engine)
     print(table)
@@ -328,7 +320,7 @@ def render(rows: list[tuple[str, str, str, str]], source: str, args: argparse.Na
     lines = [
         "# Engine benchmark",
         "",
-        f"Model: {source}; D={engine.dims}, hidden {engine.manifest.get('hidden')}, "
+        f"Model: {source}; D={engine.dims}, hidden {engine.manifest.hidden}, "
         f"K={engine.n_masks}, direct connections: {engine.direct}.",
         f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs; onnxruntime {ort.__version__} "
         f"({', '.join(engine.providers)}), numpy {np.__version__}; {args.threads} thread(s) for "

@@ -40,10 +40,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.settings import data_directory
-from service.testing import made_serve
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import model_options  # noqa: E402
+from service.settings import data_directory  # noqa: E402
+from service.testing import made_serve  # noqa: E402
+
 DOC = ROOT / "docs" / "impute-bench.md"
 DATA = data_directory(ROOT) / "binarized_mnist.npz"
 
@@ -74,9 +76,7 @@ def mnist_row(data: Path, http: httpx.Client, name: str) -> tuple[list[int], str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
-    parser.add_argument("--name", default="binarized-mnist")
-    parser.add_argument("--data", type=Path, default=DATA)
+    model_options(parser, DATA)
     parser.add_argument("--repeats", type=int, default=20, help="requests of the fast kinds")
     parser.add_argument(
         "--slow-repeats", type=int, default=5, help="requests of the importance-sampled row, and of each baseline kind"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,41 +19,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from service.settings import data_directory  # noqa: E402
+from bench.common import RUNS, data_dir, fresh_run, made_train, train_args  # noqa: E402
 
-DATA = data_directory(ROOT)
-RUNS = ROOT / "runs" / "results"
+DATA = data_dir()
 
 # The settings of the rows added for the four sets with our own splits and the direct variants.
-K1 = ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--max-epochs", "300", "--patience", "30"]
-K1_DIRECT = [
-    "--hidden",
-    "500",
-    "--masks",
-    "1",
-    "--direct",
-    "--weight-decay",
-    "1e-4",
-    "--max-epochs",
-    "300",
-    "--patience",
-    "30",
-]
-K32_DIRECT = [
-    "--hidden",
-    "500",
-    "--masks",
-    "32",
-    "--order-agnostic",
-    "--connectivity-agnostic",
-    "--direct",
-    "--weight-decay",
-    "1e-4",
-    "--max-epochs",
-    "600",
-    "--patience",
-    "30",
-]
+K1 = train_args("500", 1, max_epochs=300, patience=30)
+K1_DIRECT = train_args("500", 1, "--direct", max_epochs=300, patience=30)
+K32_DIRECT = train_args(
+    "500", 32, "--order-agnostic", "--connectivity-agnostic", "--direct", max_epochs=600, patience=30
+)
+# the binarized MNIST runs' schedule: the rate x0.3 every 40 epochs, at most 150
+MNIST_SCHEDULE = ["--lr-step", "40", "--lr-gamma", "0.3", "--max-epochs", "150", "--patience", "20"]
 OURS = (("connect4", 11.90), ("ocr_letters", 28.34), ("rcv1", 47.10), ("web", 28.53))
 # The official code's ADULT command (github.com/mgermain/MADE README: `trainMADE.py adult 0.01 0
 # -1 0 ? 300 100 30 False 0 None 0 [500] 1234 False Output False tanh Orthogonal 0`): one mask
@@ -134,14 +109,7 @@ EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
             "adamw",
             "--weight-decay",
             "0.1",
-            "--lr-step",
-            "40",
-            "--lr-gamma",
-            "0.3",
-            "--max-epochs",
-            "150",
-            "--patience",
-            "20",
+            *MNIST_SCHEDULE,
         ],
         88.40,
         "1 hidden layer, 1 mask",
@@ -156,14 +124,7 @@ EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
             "8",
             "--connectivity-agnostic",
             "--direct",
-            "--lr-step",
-            "40",
-            "--lr-gamma",
-            "0.3",
-            "--max-epochs",
-            "150",
-            "--patience",
-            "20",
+            *MNIST_SCHEDULE,
         ],
         86.64,
         "2 hidden layers, 32 masks",
@@ -195,55 +156,28 @@ EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
     ),
     "mushrooms-1x500-k1": (
         "mushrooms",
-        ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--max-epochs", "300", "--patience", "30"],
+        K1,
         9.68,
         "MADE",
         9.9,
     ),
     "adult-1x500-k1": (
         "adult",
-        ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--max-epochs", "300", "--patience", "30"],
+        K1,
         13.12,
         "MADE",
         13.3,
     ),
     "dna-1x500-k32": (
         "dna",
-        [
-            "--hidden",
-            "500",
-            "--masks",
-            "32",
-            "--order-agnostic",
-            "--connectivity-agnostic",
-            "--weight-decay",
-            "1e-4",
-            "--max-epochs",
-            "2000",
-            "--patience",
-            "50",
-        ],
+        train_args("500", 32, "--order-agnostic", "--connectivity-agnostic", max_epochs=2000, patience=50),
         79.66,
         "mask sampling",
         82.0,
     ),
     "dna-1x500-k128-direct": (
         "dna",
-        [
-            "--hidden",
-            "500",
-            "--masks",
-            "128",
-            "--order-agnostic",
-            "--connectivity-agnostic",
-            "--direct",
-            "--weight-decay",
-            "1e-4",
-            "--max-epochs",
-            "2000",
-            "--patience",
-            "50",
-        ],
+        train_args("500", 128, "--order-agnostic", "--connectivity-agnostic", "--direct", max_epochs=2000, patience=50),
         79.66,
         "mask sampling",
         82.0,
@@ -300,7 +234,7 @@ EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
     ),
     "nips-1x500-k1": (
         "nips",
-        ["--hidden", "500", "--masks", "1", "--weight-decay", "1e-4", "--max-epochs", "300", "--patience", "30"],
+        K1,
         280.25,
         "MADE",
         None,
@@ -365,30 +299,11 @@ NOTES = """Notes on the gaps:
 def run_one(name: str, threads: int, fresh: bool) -> dict:
     dataset, extra, *_ = EXPERIMENTS[name]
     out = RUNS / name
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    fresh_run(out, fresh)
     # a file named after --rebinarize is one of the data directory's
     extra = [str(DATA / a) if i and extra[i - 1] == "--rebinarize" else a for i, a in enumerate(extra)]
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "made"),
-        "train",
-        "--dataset",
-        str(DATA / f"{dataset}.npz"),
-        "--out",
-        str(out),
-        "--seed",
-        "0",
-        "--threads",
-        str(threads),
-        "--no-progress",
-        *extra,
-    ]
     started = time.time()
-    with open(out / "train.log", "a") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        subprocess.run(cmd, check=True, stdout=log, stderr=log)
+    made_train(["--dataset", str(DATA / f"{dataset}.npz"), *extra], out, threads, out / "train.log")
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["wall_seconds"] = time.time() - started
     return metrics

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from made.store.versions import open_model  # noqa: E402
-from service.batch.score import ScoreResult, score_file  # noqa: E402
+from service.batch.outputs import ScoreResult  # noqa: E402
+from service.batch.score import score_file  # noqa: E402
 from service.engine.engine import Engine  # noqa: E402
 from service.engine.table_engine import TableEngine  # noqa: E402
 

@@ -28,65 +28,23 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from service.settings import data_directory  # noqa: E402
+from bench.common import MADE, RUNS, data_dir, finished_metrics, fresh_run, made_train, train_args  # noqa: E402
 
-DATA = data_directory(ROOT)
-RUNS = ROOT / "runs" / "results"
+DATA = data_dir()
 DOC = ROOT / "docs" / "tables.md"
-BIN = Path(sys.executable).with_name("made")
 
-SIZE = [
-    "--hidden",
-    "500",
-    "--masks",
-    "1",
-    "--direct",
-    "--weight-decay",
-    "1e-4",
-    "--max-epochs",
-    "300",
-    "--patience",
-    "30",
-]
+SIZE = train_args("500", 1, "--direct", max_epochs=300, patience=30)
 # UCI set -> (paper's best published NLL (any model), extra arguments of both runs)
 UCI: dict[str, tuple[float | None, list[str]]] = {
     "mushrooms": (
         9.55,
-        [
-            "--hidden",
-            "500",
-            "--masks",
-            "16",
-            "--order-agnostic",
-            "--connectivity-agnostic",
-            "--direct",
-            "--weight-decay",
-            "1e-4",
-            "--max-epochs",
-            "600",
-            "--patience",
-            "40",
-        ],
+        train_args("500", 16, "--order-agnostic", "--connectivity-agnostic", "--direct", max_epochs=600, patience=40),
     ),
     "adult": (13.12, SIZE),
     "connect4": (None, SIZE),  # ours is not the paper's split: the target is our bit model
     "dna": (
         79.66,
-        [
-            "--hidden",
-            "500",
-            "--masks",
-            "32",
-            "--order-agnostic",
-            "--connectivity-agnostic",
-            "--direct",
-            "--weight-decay",
-            "1e-4",
-            "--max-epochs",
-            "2000",
-            "--patience",
-            "50",
-        ],
+        train_args("500", 32, "--order-agnostic", "--connectivity-agnostic", "--direct", max_epochs=2000, patience=50),
     ),
 }
 TABLES: dict[str, list[str]] = {
@@ -94,19 +52,16 @@ TABLES: dict[str, list[str]] = {
     "health_insurance": [],
     "movies": ["--drop-columns", "title"],
 }
-TABLE_ARGS = [
-    "--hidden",
+TABLE_ARGS = train_args(
     "256,256",
-    "--masks",
-    "8",
+    8,
     "--order-agnostic",
     "--connectivity-agnostic",
     "--direct",
-    "--max-epochs",
-    "150",
-    "--patience",
-    "20",
-]
+    weight_decay=None,
+    max_epochs=150,
+    patience=20,
+)
 
 
 def experiments() -> dict[str, list[str]]:
@@ -124,28 +79,9 @@ def experiments() -> dict[str, list[str]]:
 
 def train(name: str, args: list[str], fresh: bool, threads: int) -> dict:
     run = RUNS / name
-    if fresh and run.exists():
-        shutil.rmtree(run)
-    if not (run / "metrics.json").exists() or json.loads((run / "metrics.json").read_text()).get("epochs") is None:
-        RUNS.mkdir(parents=True, exist_ok=True)
-        with open(RUNS / f"{name}.log", "ab") as log:
-            subprocess.run(
-                [
-                    str(BIN),
-                    "train",
-                    *args,
-                    "--seed",
-                    "0",
-                    "--threads",
-                    str(threads),
-                    "--no-progress",
-                    "--out",
-                    str(run),
-                ],
-                stdout=log,
-                stderr=log,
-                check=True,
-            )
+    fresh_run(run, fresh)
+    if finished_metrics(run) is None:
+        made_train(args, run, threads, RUNS / f"{name}.log")
     return json.loads((run / "metrics.json").read_text())
 
 
@@ -154,10 +90,10 @@ def evaluate_on_bits(name: str, dataset: str) -> dict:
     store = RUNS / ".store"
     shutil.rmtree(store / name, ignore_errors=True)
     subprocess.run(
-        [str(BIN), "export", str(RUNS / name), "--store", str(store), "--name", name], check=True, capture_output=True
+        [str(MADE), "export", str(RUNS / name), "--store", str(store), "--name", name], check=True, capture_output=True
     )
     out = subprocess.run(
-        [str(BIN), "evaluate", "--store", str(store), "--name", name, "--dataset", dataset],
+        [str(MADE), "evaluate", "--store", str(store), "--name", name, "--dataset", dataset],
         check=True,
         capture_output=True,
         text=True,

@@ -5,6 +5,7 @@ without CUDA the real check refuses with status 2."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import shutil
@@ -31,6 +32,12 @@ def load_gpu_check() -> ModuleType:
     sys.modules.setdefault("gpu_check", module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def load_gpu_http() -> ModuleType:
+    """bench/gpu_http.py, the HTTP step, as gpu_check imports it (the repository on sys.path)."""
+    load_gpu_check()
+    return importlib.import_module("bench.gpu_http")
 
 
 def gpu_check(*args: str) -> subprocess.CompletedProcess[str]:
@@ -90,7 +97,9 @@ def test_a_step_that_fails_is_reported_in_its_section_and_the_others_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gpu_check_module = load_gpu_check()
-    real_latencies = gpu_check_module.latencies
+    steps = gpu_check_module.gpu_steps  # where the steps look their timing helpers up
+    report_module = importlib.import_module("bench.gpu_report")
+    real_latencies = steps.latencies
     calls = []
 
     def broken(*args: object) -> float:
@@ -102,8 +111,8 @@ def test_a_step_that_fails_is_reported_in_its_section_and_the_others_still_run(
             raise MemoryError("out of device memory")
         return real_latencies(*args)
 
-    monkeypatch.setattr(gpu_check_module, "roofline", broken)
-    monkeypatch.setattr(gpu_check_module, "latencies", third_breaks)
+    monkeypatch.setattr(steps, "roofline", broken)
+    monkeypatch.setattr(steps, "latencies", third_breaks)
     out = tmp_path / "report.md"
     assert gpu_check_module.main(dry_run_args(tmp_path, out)) == 1
     report = out.read_text()
@@ -125,7 +134,7 @@ def test_a_step_that_fails_is_reported_in_its_section_and_the_others_still_run(
     assert "calls each" not in latency
     assert "Skipped: --http-seconds 0." in report
     assert "Parity with the CPU, tolerance 0.0001 nats: passed" in report
-    assert gpu_check_module.UNFINISHED not in report and report.endswith(gpu_check_module.HOW_TO)
+    assert report_module.UNFINISHED not in report and report.endswith(report_module.HOW_TO)
 
 
 def test_a_run_stopped_midway_leaves_the_steps_it_finished_marked_unfinished(
@@ -138,13 +147,13 @@ def test_a_run_stopped_midway_leaves_the_steps_it_finished_marked_unfinished(
         steps_seen.append(Path(out).read_text())  # what was on disk while the latency step ran
         raise KeyboardInterrupt  # as a kill would: no step catches it
 
-    monkeypatch.setattr(gpu_check_module, "latencies", stopped)
+    monkeypatch.setattr(gpu_check_module.gpu_steps, "latencies", stopped)
     out = tmp_path / "report.md"
     with pytest.raises(KeyboardInterrupt):
         gpu_check_module.main(dry_run_args(tmp_path, out))
     report = out.read_text()
     assert report == steps_seen[0]
-    assert report.endswith(f"\n{gpu_check_module.UNFINISHED}\n")
+    assert report.endswith(f"\n{importlib.import_module('bench.gpu_report').UNFINISHED}\n")
     for section in ("Parity with the CPU", "## Roofline", "## log p(x), rows/s", "## Sampling", "## Imputation"):
         assert section in report
     assert "## Single-row latency" not in report and "## How to re-measure" not in report
@@ -164,8 +173,7 @@ def test_without_cuda_the_check_refuses_with_status_2() -> None:
 
 
 def test_the_http_step_without_hey_says_why_and_is_skipped() -> None:
-    gpu_check_module = load_gpu_check()
-    lines = gpu_check_module.http_throughput(None, np.zeros((1, 4)), True, 0.1, 64, hey="")
+    lines = load_gpu_http().http_throughput(None, np.zeros((1, 4)), True, 0.1, 64, hey="")
     assert lines[0].startswith("## HTTP throughput, 64 clients")
     assert "Skipped: the load generator `hey` is not on PATH" in "\n".join(lines)
 
@@ -190,10 +198,10 @@ Error distribution:
 
 
 def test_hey_summaries_are_read_with_only_200_answers_counted() -> None:
-    run = load_gpu_check().parse_hey(HEY_OUTPUT)
+    run = load_gpu_http().parse_hey(HEY_OUTPUT)
     assert (run.ok, run.other, run.seconds) == (1000, 5, 10.0123)
     assert run.rps == pytest.approx(1000 / 10.0123)
     assert (run.p50_ms, run.p99_ms) == pytest.approx((7.5, 41.2))
     # under 100 answers hey prints no 99% line ("0% in 0.0000 secs" in its place)
-    few = load_gpu_check().parse_hey(HEY_OUTPUT.replace("99% in 0.0412", "0% in 0.0000"))
+    few = load_gpu_http().parse_hey(HEY_OUTPUT.replace("99% in 0.0412", "0% in 0.0000"))
     assert np.isnan(few.p99_ms)

@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from made.store.versions import open_model
-from service.batch.score import _row_seed, score_file
+from service.batch.outputs import score_progress
+from service.batch.score import score_file
+from service.batch.scorer import row_seed
 from service.core.records import parse_csv
 from service.engine.engine import Engine
 from service.engine.table_engine import TableEngine
@@ -33,6 +35,13 @@ STORE = ROOT / "model_store"
 MADE_BIN = Path(sys.executable).with_name("made")
 # the console script where this Python has one (a virtual environment that installed made)
 MADE = [str(MADE_BIN)] if MADE_BIN.exists() else [sys.executable, "-m", "made.cli"]
+
+
+def _score_argv(source: Path, output: Path) -> list[str]:
+    """`made score` of the shipped mushrooms model, source to output (the command's arguments)."""
+    return ["score", "--store", str(STORE), "--name", "mushrooms", "--input", str(source), "--output", str(output)]
+
+
 D = 112  # mushrooms: 112 bits, one mask in the natural order
 
 
@@ -88,7 +97,7 @@ def _engine_scores(engine: Engine | TableEngine, x: np.ndarray) -> np.ndarray:
     complete = ~np.isnan(x).any(axis=1)
     out[complete] = engine.logprob(x[complete]).logprob
     for i in np.flatnonzero(~complete):
-        out[i] = engine.logprob(x[i : i + 1], seed=_row_seed(x[i])).logprob[0]
+        out[i] = engine.logprob(x[i : i + 1], seed=row_seed(x[i])).logprob[0]
     return out
 
 
@@ -249,6 +258,24 @@ def test_table_model_reads_its_columns_by_name(diamonds: TableEngine, tmp_path: 
     assert [r[-1] for r in _read_csv(tmp_path / "out2.csv")] == [r[-1] for r in table]
 
 
+def test_a_csv_scored_into_parquet_keeps_the_numbers_of_a_table_model_as_numbers(
+    diamonds: TableEngine, tmp_path: Path
+) -> None:
+    names, rows = _diamond_rows(diamonds, 50, seed=7)
+    path = _write_csv(tmp_path / "diamonds.csv", rows, names)
+    score_file(STORE, "diamonds", path, tmp_path / "out.parquet", progress=False)
+    table = pq.read_table(tmp_path / "out.parquet")
+    numeric = [c.name for c in diamonds.schema.columns if c.kind == "numeric"]
+    assert numeric and all(table.schema.field(name).type == pa.float64() for name in numeric)
+    carat = names.index("carat")
+    assert table.column("carat").to_pylist() == [None if r[carat] == "" else float(r[carat]) for r in rows]
+    assert table.schema.field("cut").type == pa.string()
+    # read back, the typed file scores as the CSV did
+    pq.write_table(table.drop_columns(["logprob"]), tmp_path / "typed.parquet")
+    score_file(STORE, "diamonds", tmp_path / "typed.parquet", tmp_path / "again.parquet", progress=False)
+    assert pq.read_table(tmp_path / "again.parquet").column("logprob").equals(table.column("logprob"))
+
+
 def test_a_model_column_the_file_lacks_is_unknown(diamonds: TableEngine, tmp_path: Path) -> None:
     names, rows = _diamond_rows(diamonds, 3, seed=6)
     keep = [j for j, name in enumerate(names) if name != "depth"]
@@ -271,15 +298,7 @@ def test_scoring_imports_neither_torch_nor_ray(bit_csv: tuple[Path, list[list[st
             sys.executable,
             "-c",
             code,
-            "score",
-            "--store",
-            str(STORE),
-            "--name",
-            "mushrooms",
-            "--input",
-            str(path),
-            "--output",
-            str(tmp_path / "o.csv"),
+            *_score_argv(path, tmp_path / "o.csv"),
         ],
         capture_output=True,
         text=True,
@@ -291,12 +310,9 @@ def test_scoring_imports_neither_torch_nor_ray(bit_csv: tuple[Path, list[list[st
     assert result.stderr == ""  # no progress lines off a terminal for a short run, no engine log line
 
 
-def test_progress_off_a_terminal_is_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.batch.score
-
-    monkeypatch.setattr(service.batch.score, "_PROGRESS_EVERY_S", 0.0)
+def test_progress_off_a_terminal_is_plain_lines() -> None:
     stream = io.StringIO()  # not a terminal: no bar, whose carriage returns would garble a log
-    bar = service.batch.score.Progress(1000, "B", True, stream)
+    bar = score_progress(1000, "B", True, stream, every_s=0.0)
     bar.update(40, 500)
     bar.update(40, 1000)
     bar.close()
@@ -304,7 +320,7 @@ def test_progress_off_a_terminal_is_plain_lines(monkeypatch: pytest.MonkeyPatch)
     assert lines[0].startswith("made score: 40 rows (50%), ") and lines[1].startswith("made score: 80 rows (100%)")
     assert "\r" not in stream.getvalue()
     quiet = io.StringIO()
-    service.batch.score.Progress(1000, "B", False, quiet).update(40, 500)
+    score_progress(1000, "B", False, quiet, every_s=0.0).update(40, 500)
     assert quiet.getvalue() == ""
 
 
@@ -497,15 +513,7 @@ def test_made_score_ray_local_from_the_command_line(bit_csv: tuple[Path, list[li
     result = subprocess.run(
         [
             *MADE,
-            "score",
-            "--store",
-            str(STORE),
-            "--name",
-            "mushrooms",
-            "--input",
-            str(path),
-            "--output",
-            str(tmp_path / "ray.csv"),
+            *_score_argv(path, tmp_path / "ray.csv"),
             "--ray",
             "local",
             "--batch-size",

@@ -14,7 +14,7 @@ from made.core.errors import ConfigError
 from made.core.masks import MaskSet, build_direct_mask, build_masks, make_mask_set, orderings_to_degrees
 
 # Hidden-unit nonlinearities a model may use; the exported graph and the serving engine apply
-# the same one (the manifest's "activation", made/onnx_graph.py ACTIVATIONS).
+# the same one (the manifest's "activation", made/store/manifest.py ACTIVATIONS; training/graphs.py ACTIVATION_OPS).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "tanh": torch.tanh}
 INITS = ("default", "orthogonal")
 

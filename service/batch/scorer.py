@@ -1,0 +1,243 @@
+"""Scoring a block of `made score`'s rows: one model's engine and how the input's columns feed it.
+
+What a row is:
+- a bit model reads D columns of 0/1 by position; an empty, NA, NaN, null or ? cell is a missing
+  value, summed out by the engine.
+- a table model reads its columns by name from the header (other columns are carried through,
+  not modelled; a model column the file lacks is unknown in every row), cells as the training
+  files were read.
+Rows with missing values that no mask's ordering can sum out exactly are importance-sampling
+estimates, seeded by the row's own values: a rerun, or the same row in another block, agrees. A
+row's score depends on nothing but the row (see _two_or_more), so the output is the same whatever
+the batch size, the number of threads, or whether Ray ran it.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from made.core.errors import ConfigError, DataError
+from made.core.masks import exact_orders
+from made.core.schema import Schema
+from made.io.csv import MISSING_MARKERS, encode_column
+from made.store.versions import StoredModel
+from service.batch.inputs import Block
+from service.engine.engine import Engine
+from service.engine.table_engine import TableEngine
+
+SCORE_COLUMN = "logprob"
+COND_PREFIX = "cond_"
+
+
+class Scorer:
+    """One model's engine and how the input's columns feed it: a block in, its score columns
+    out. One per process (or per Ray actor)."""
+
+    def __init__(self, model: StoredModel, names: list[str], source: str, conditionals: bool = False):
+        self.table = model.is_table
+        self.conditionals = conditionals
+        self.source = source
+        check_columns(model, names, source, conditionals)
+        # one onnxruntime thread per session: results that do not depend on the machine's cores;
+        # blocks are scored in parallel instead (score_file's threads, or Ray's actors)
+        self.engine: Engine | TableEngine = TableEngine(model, threads=1) if self.table else Engine(model, threads=1)
+        self.schema: Schema | None = self.engine.schema if isinstance(self.engine, TableEngine) else None
+        # table models: input column index of each model column (None: unknown in every row)
+        self.sources = (
+            [names.index(c.name) if c.name in names else None for c in self.schema.columns]
+            if self.schema is not None
+            else []
+        )
+
+    @property
+    def score_names(self) -> list[str]:
+        return score_names(self.engine.dims, self.conditionals)
+
+    # encoding
+    def encode(self, block: Block) -> np.ndarray:
+        """(N, D) float64 for the engine: 0/1 (bits) or codes and values (tables), NaN unknown."""
+        return self._encode_table(block) if self.schema is not None else self._encode_bits(block)
+
+    def _encode_bits(self, block: Block) -> np.ndarray:
+        if block.text or block.rows is not None:
+            x = _bits_from_text(block.text_rows(), block.where)
+        else:
+            x = _bits_from_arrow(block, self.source)
+        bad = ~np.isnan(x) & (x != 0) & (x != 1)
+        if bad.any():
+            r, c = (int(i) for i in np.argwhere(bad)[0])
+            value = x[r, c]
+            shown = _number_text(value)
+            raise DataError(
+                f"{block.where(r)}, column {c + 1} ({block.names[c]}) holds {shown}, expected 0 or 1 "
+                "(or an empty cell for a missing value)"
+            )
+        return x
+
+    def _encode_table(self, block: Block) -> np.ndarray:
+        schema = self.schema
+        assert schema is not None
+        out = np.full((len(block), len(schema)), np.nan)  # a column the file lacks: unknown
+        for j, (col, src) in enumerate(zip(schema.columns, self.sources, strict=True)):
+            if src is not None:
+                out[:, j] = encode_column(col, block.column_text(src), block.where)
+        return out
+
+    # the engine
+    def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """log p per row (and the conditionals of complete rows of a bit model). Rows that need no
+        estimate are scored in one call; each of the others alone, seeded by its values."""
+        n = len(x)
+        unknown = np.isnan(x)
+        if isinstance(self.engine, Engine):
+            exact = self.engine.exact_rows(~unknown)
+        else:
+            exact = exact_orders(self.engine.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
+        logprob = np.empty(n)
+        complete = ~unknown.any(axis=1)
+        # complete rows, then rows whose missing values are summed out exactly: the engine scores
+        # those two kinds apart, and each call must hold two rows or more (see _two_or_more)
+        for rows in (np.flatnonzero(complete), np.flatnonzero(exact & ~complete)):
+            if len(rows):
+                logprob[rows] = _two_or_more(lambda part: self.engine.logprob(part).logprob, x[rows])
+        for i in np.flatnonzero(~exact):
+            logprob[i] = self.engine.logprob(x[i : i + 1], seed=row_seed(x[i])).logprob[0]
+        out = {SCORE_COLUMN: logprob}
+        if self.conditionals and isinstance(self.engine, Engine):
+            engine = self.engine
+            cond = np.full((n, engine.dims), np.nan)
+            if complete.any():
+                cond[complete] = _two_or_more(lambda rows: engine.conditionals(rows, mask=0), x[complete])
+            out.update({f"{COND_PREFIX}{d}": cond[:, d] for d in range(engine.dims)})
+        return out
+
+    # output
+    def to_arrow(self, block: Block, scores: dict[str, np.ndarray], x: np.ndarray, out_kind: str) -> Any:
+        """The output rows as an Arrow table: the input's columns as they are, then the scores. A
+        CSV's cells stay text, except in a Parquet output, which gets types where the model gives
+        them: a bit model's 0/1 as uint8, a table model's numeric columns as float64 (missing or
+        absent cells null, which read back as they were read); other columns are strings."""
+        import pyarrow as pa
+
+        if block.rows is not None or (block.text and out_kind == "parquet"):
+            if out_kind == "parquet" and block.text and self.schema is None:
+                arrays = [
+                    pa.array(np.where(np.isnan(x[:, j]), 0, x[:, j]).astype(np.uint8), mask=np.isnan(x[:, j]))
+                    for j in range(x.shape[1])
+                ]
+            else:
+                arrays = [pa.array(block.column_text(j), type=pa.string()) for j in range(len(block.names))]
+                if out_kind == "parquet" and self.schema is not None:
+                    for k, (col, src) in enumerate(zip(self.schema.columns, self.sources, strict=True)):
+                        if src is not None and col.kind == "numeric":
+                            values = x[:, k]
+                            arrays[src] = pa.array(values, type=pa.float64(), mask=~np.isfinite(values))
+            table = pa.Table.from_arrays(arrays, names=block.names)
+        else:
+            table = block.table if isinstance(block.table, pa.Table) else pa.Table.from_batches([block.table])
+            table = table.replace_schema_metadata(None)
+        for name, values in scores.items():
+            table = table.append_column(
+                pa.field(name, pa.float64()), pa.array(values, type=pa.float64(), mask=np.isnan(values))
+            )
+        return table
+
+
+def check_columns(model: StoredModel, names: list[str], source: str, conditionals: bool) -> None:
+    """Refuse an input whose columns cannot feed the model, before the engine is loaded."""
+    extra = score_names(len(model.schema), conditionals)
+    clash = [n for n in extra if n in names]
+    if clash:
+        raise DataError(f"{source} already has a column '{clash[0]}' (a scored file?); rename or drop it first")
+    if model.is_table:
+        if conditionals:
+            raise ConfigError(
+                f"--conditionals is for models of bits; {model.name} is a table model "
+                "(POST /logprob with explain gives per-column surprisal)"
+            )
+        wanted = model.schema.names
+        if not set(wanted) & set(names):
+            raise DataError(
+                f"{source} has none of model {model.name}'s columns ({', '.join(wanted)}); "
+                f"it has: {', '.join(names[:20])}"
+            )
+        return
+    if len(names) != model.dims:
+        raise DataError(f"{source} has {len(names)} columns, model {model.name} has {model.dims} dimensions")
+
+
+def _two_or_more(run: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """run(rows), never on a single row: onnxruntime multiplies one row by another kernel than
+    several, rounding the float32 sums differently; with one thread per session and two rows or
+    more, a row's score does not depend on the rows it is scored with (nor on --batch-size, nor
+    on local vs Ray)."""
+    if len(rows) != 1:
+        return run(rows)
+    return run(np.repeat(rows, 2, axis=0))[:1]
+
+
+def score_names(dims: int, conditionals: bool) -> list[str]:
+    return [SCORE_COLUMN] + ([f"{COND_PREFIX}{d}" for d in range(dims)] if conditionals else [])
+
+
+def _bits_from_text(rows: list[list[str]], where: Callable[[int], str]) -> np.ndarray:
+    try:
+        return np.array(rows, dtype=np.float64)  # the fast path: every cell a number
+    except ValueError:
+        pass
+    out = np.empty((len(rows), len(rows[0]) if rows else 0))
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row):
+            out[i, j] = _bit_cell(cell, where, i, j)
+    return out
+
+
+def _bit_cell(cell: str, where: Callable[[int], str], i: int, j: int) -> float:
+    """A text cell of bit data: its number, or NaN for a missing-value marker."""
+    text = cell.strip()
+    if text.lower() in MISSING_MARKERS:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        shown = repr(text if len(text) <= 40 else text[:40] + "...")
+        raise DataError(
+            f"{where(i)}, column {j + 1} holds {shown}, expected 0 or 1 (or an empty cell for a missing value)"
+        ) from None
+
+
+def _bits_from_arrow(block: Block, source: str) -> np.ndarray:
+    """A Parquet file's (or Ray's) columns of bits: numbers or booleans, nulls missing; strings
+    are read as a CSV's cells."""
+    import pyarrow as pa
+
+    out = np.empty((len(block), len(block.names)))
+    for j in range(len(block.names)):
+        column = block.table.column(j)
+        kind = column.type
+        if (
+            pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_decimal(kind)
+        ):
+            out[:, j] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            cells = block.column_text(j)
+            out[:, j] = [_bit_cell(c, block.where, i, j) for i, c in enumerate(cells)]
+        else:
+            raise DataError(f"{source}: column {j + 1} ({block.names[j]}) holds {kind} values, expected 0/1 numbers")
+    return out
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def row_seed(row: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(row, dtype=np.float64).tobytes())
