@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cpu_registry, store_of
+from helpers import cpu_registry, store_of
 from pydantic import SecretStr
 
 from service.engine import ModelRegistry

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers import metric
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
@@ -110,8 +111,8 @@ async def test_express_counts_in_the_metrics_and_logs_as_the_route(
         r = await http.post("/logprob", json={"x": [ROW]}, headers={"X-Request-ID": "express-1"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "express-1"
     metrics = (await http.get("/metrics")).text
-    assert 'made_requests_total{endpoint="/logprob",model="tiny",status="200"} 1.0' in metrics
-    assert 'made_request_rows_count{endpoint="/logprob",model="tiny"} 1.0' in metrics
+    assert metric(metrics, "made_requests_total", endpoint="/logprob", model="tiny", status="200") == 1.0
+    assert metric(metrics, "made_request_rows_count", endpoint="/logprob", model="tiny") == 1.0
     access = [json.loads(JsonFormatter().format(rec)) for rec in caplog.records if rec.name == "made.service.access"]
     assert access[-1]["request_id"] == "express-1" and access[-1]["status"] == 200
     assert access[-1]["path"] == "/logprob" and access[-1]["model"] == "tiny" and access[-1]["message"].endswith(" 200")

@@ -3,7 +3,6 @@ JSON logs with request ids, and a SIGTERM that lets the request in flight finish
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers import json_lines, metric
 
 from service.client import MadeAPIError, MadeClient
 from service.testing import free_port, made_serve
@@ -62,19 +62,16 @@ def test_made_serve_answers_every_endpoint_and_stops_gracefully_on_sigterm(tiny_
             # SIGTERM while the request waits out its batch delay in the server (the /metrics
             # request that looks is in flight too, hence 2).
             deadline = time.monotonic() + 10
-            while "made_requests_in_flight 2.0" not in made.metrics():
+            while metric(made.metrics(), "made_requests_in_flight") != 2.0:
                 assert time.monotonic() < deadline, "the /sample request never arrived"
             proc.send_signal(signal.SIGTERM)
             thread.join(timeout=30)
         assert in_flight["status"] == 200 and len(in_flight["samples"]) == 2  # type: ignore[arg-type]
         assert proc.wait(timeout=30) == 0
-    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    lines = json_lines(log_path, every=True)  # every log line is JSON
     access = [e for e in lines if e["logger"] == "made.service.access"]
     assert any(e["request_id"] == "last-one" and e["status"] == 200 for e in access)
     assert all({"ts", "level", "message", "request_id", "duration_ms"} <= set(e) for e in access)
-    assert not [line for line in log_path.read_text().splitlines() if line and not line.startswith("{")], (
-        "every log line is JSON"
-    )
 
 
 @pytest.mark.slow

@@ -137,10 +137,11 @@ class AccessLog:
     """INFO lines of one logger, one per request (the access log). Where logging is as
     logging_config set it up (no filters, and the one handler the record would reach is a
     JsonStreamHandler with a JsonFormatter), the line is formatted from the fields and written
-    straight to that handler's stream: the same line as the record would give, at a fifth of
-    the cost of building the record and walking the handlers (on a one-row /logprob that was a
-    tenth of the request). Otherwise (caplog, a user's own handlers or filters) the record goes
-    through logging as usual."""
+    straight to that handler's stream: the same line as the record would give, without
+    building the record and walking the handlers, which on a one-row /logprob is a measurable
+    share of the request (docs/performance.md: a JSON-logging library through logging costs
+    more than the bound the project allows). Otherwise (caplog, a user's own handlers or
+    filters) the record goes through logging as usual."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger

@@ -68,15 +68,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = length = ""
-        content_type = b""
-        for key, value in scope["headers"]:  # ASGI header names are lower-case bytes
-            if key == b"x-request-id":
-                incoming = value.decode("latin-1")
-            elif key == b"content-length":
-                length = value.decode("latin-1")
-            elif key == b"content-type" and not content_type:
-                content_type = value
+        incoming, length, content_type = _request_head(scope["headers"])
         # an id that is only an id (not a secret): 128 random bits without a system call
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
         ctx = RequestContext(request_id=request_id)
@@ -84,10 +76,9 @@ class RequestMiddleware:
         if self.limits is not None:
             current_limits.set(self.limits)  # the request's own task: gone with it
         start = time.perf_counter()
-        status = 500
-        self.metrics.requests_in_flight += 1
-
+        status = 500  # until a response starts
         started = False
+        self.metrics.requests_in_flight += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -98,34 +89,18 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            read = await self._read_limited(scope, receive, length)
-            if read is None:
-                status = 413
-                await self._too_large(send_with_id, ctx)
-            elif read == _SLOW:
-                status = 408
-                await self._too_slow(send_with_id, ctx)
-            elif (refused := await self._over_bounds(scope, content_type, read[1])) is not None:
-                status = 422
-                await _send_json(send_with_id, 422, refused)
-            else:
-                replay, body = read
-                express = self.express.get(scope["path"]) if scope["method"] == "POST" else None
-                if express is None or body is None or not await express(scope, body, replay, send_with_id):
-                    await self.app(scope, replay, send_with_id)
+            await self._answer(scope, receive, send_with_id, ctx, length, content_type)
         except asyncio.CancelledError:
             # The server is shutting down and its grace period is over (uvicorn cancels the
             # requests left): one still waiting or running is told to come back, and its task
             # ends there (re-raised, uvicorn would log the cancellation as an error).
-            if not started:
-                ctx.error_type = "shutting_down"
-                status = 503
-                gone = error_body(
-                    503, "shutting_down", "the server is shutting down; retry the request (another replica may answer)"
-                )
-                await _send_json(send_with_id, 503, gone, retry_after=1)
-                return
-            raise
+            if started:
+                raise
+            ctx.error_type = "shutting_down"
+            gone = error_body(
+                503, "shutting_down", "the server is shutting down; retry the request (another replica may answer)"
+            )
+            await _send_json(send_with_id, 503, gone, retry_after=1)
         except Exception:
             # Here, not in an exception handler: Starlette's outermost middleware would answer
             # after this request's context (its id) is gone. Re-raised for the server's log.
@@ -136,23 +111,43 @@ class RequestMiddleware:
             raise
         finally:
             self.metrics.requests_in_flight -= 1
-            elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(endpoint, ctx.model, status, elapsed, ctx.error_type)
-            access_log.info(
-                f"{scope['method']} {scope['path']} {status}",
-                {
-                    "request_id": ctx.request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "model": ctx.model or None,
-                    "client": (scope.get("client") or ("", 0))[0],
-                },
-            )
+            self._finished(scope, ctx, status, time.perf_counter() - start)
             request_context.reset(token)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, length: str, content_type: bytes
+    ) -> None:
+        """The refusals of the body (too large, too slow, over the bounds), else the express
+        handler of the path or the app, with the body read."""
+        read = await self._read_limited(scope, receive, length)
+        if read is None:
+            await self._too_large(send, ctx)
+        elif read == _SLOW:
+            await self._too_slow(send, ctx)
+        elif (refused := await self._over_bounds(scope, content_type, read[1])) is not None:
+            await _send_json(send, 422, refused)
+        else:
+            replay, body = read
+            express = self.express.get(scope["path"]) if scope["method"] == "POST" else None
+            if express is None or body is None or not await express(scope, body, replay, send):
+                await self.app(scope, replay, send)
+
+    def _finished(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
+        """The request's metrics and its access-log line."""
+        endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.metrics.observe_request(endpoint, ctx.model, status, elapsed, ctx.error_type)
+        access_log.info(
+            f"{scope['method']} {scope['path']} {status}",
+            {
+                "request_id": ctx.request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "model": ctx.model or None,
+                "client": (scope.get("client") or ("", 0))[0],
+            },
+        )
 
     async def _over_bounds(self, scope: Scope, content_type: bytes, body: bytes | None) -> dict[str, Any] | None:
         """The 422 body for a JSON body over the bounds of service.core.body_bounds, or None. /v2
@@ -221,6 +216,20 @@ class RequestMiddleware:
             "fewer rows per request, or bit-packed rows (x_b64)",
         )
         await _send_json(send, 413, body)
+
+
+def _request_head(headers: list[tuple[bytes, bytes]]) -> tuple[str, str, bytes]:
+    """X-Request-ID, Content-Length and the first Content-Type of a request ("" where absent)."""
+    incoming = length = ""
+    content_type = b""
+    for key, value in headers:  # ASGI header names are lower-case bytes
+        if key == b"x-request-id":
+            incoming = value.decode("latin-1")
+        elif key == b"content-length":
+            length = value.decode("latin-1")
+        elif key == b"content-type" and not content_type:
+            content_type = value
+    return incoming, length, content_type
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:

@@ -70,8 +70,9 @@ async def logprob(req: LogProbRequest, dp: DataPlaneDep) -> LogProbResponse:
 
 class ExpressLogprob:
     """POST /logprob with a small JSON body of rows, answered by the data plane without the
-    app's per-request machinery (exception middleware, routing, dependency injection): for one
-    row that machinery cost more than the model (docs/load.md, the floor). RequestMiddleware
+    app's per-request machinery (exception middleware, routing, dependency injection), which
+    on a one-row request costs more than the model: kept because the plain route, measured
+    against it side by side, answers far fewer such requests (docs/performance.md). RequestMiddleware
     calls it with the body it has read; the answer is the route's, byte for byte: the values
     the route would validate (express_request), the data plane's answer to them
     (DataPlane.logprob_rows, what the route's DataPlane.logprob runs for rows), the response serialized
@@ -128,7 +129,7 @@ _LOGPROB_RESPONSE = TypeAdapter(LogProbResponse)
 # LogProbRequest declares them (limits and all) but only as JSON spells them (no "1" for 1, no
 # 1.0, no "true"), no x_b64 or records. Parsed and checked in one pass of pydantic's JSON
 # parser, where the route parses with json.loads and checks the rows in Python
-# (service.core.schemas._parse_rows): for one row that took longer than the model.
+# (service.core.fields): for one row that takes longer than the model.
 _STRICT = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
 _Bit = Annotated[int, Strict(), Field(ge=0, le=1)]
 _ExpressBody = create_model(  # type: ignore[call-overload]
