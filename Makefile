@@ -52,6 +52,7 @@ lint: install
 	$(BIN)/ruff check made service training tests bench scripts
 	$(BIN)/ruff format --check made service training tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the floors of the house: .importlinter
 
 test: lint $(TEST_STAMP)
 	$(BIN)/python -m pytest -q

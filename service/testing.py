@@ -130,7 +130,7 @@ def made_serve(
             )
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
         try:
-            _wait_ready(server, ready_timeout)
+            wait_until_ready(server, ready_timeout)
             yield server
         finally:
             if proc.poll() is None:
@@ -146,7 +146,9 @@ def _limit_address_space(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _wait_ready(server: ServerProcess, timeout: float) -> None:
+def wait_until_ready(server: ServerProcess, timeout: float) -> None:
+    """Until the server's /readyz is 200; RuntimeError with its log's tail if it exits or is
+    not ready within `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:

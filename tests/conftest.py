@@ -7,12 +7,12 @@ Tiny models are trained here, in the test session, on a small correlated binary 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from helpers import cpu_registry, store_of
 
 if TYPE_CHECKING:
     from service.engine import ModelRegistry
@@ -48,33 +48,16 @@ def write_npz(path: Path, dims: int, seed: int = 0, n: int = 600) -> Path:
     return path
 
 
-def train_tiny(
-    run_dir: Path,
-    data: Path,
-    *,
-    hidden: list[int],
-    masks: int = 1,
-    epochs: int = 15,
-    order_agnostic: bool = False,
-    connectivity_agnostic: bool = False,
-    direct: bool = False,
-    seed: int = 0,
-) -> Path:
+def train_tiny(run_dir: Path, data: Path, *, masks: int = 1, epochs: int = 15, seed: int = 0, **model: Any) -> Path:
+    """A MADE trained on `data` into run_dir: `masks` masks drawn with `seed`, `model` the rest of
+    its MADEConfig (hidden, order_agnostic, connectivity_agnostic, direct)."""
     from training.model import MADEConfig
     from training.train import TrainConfig, Trainer
 
     dims = int(np.load(data)["train"].shape[1])
     cfg = TrainConfig(
         dataset=str(data),
-        model=MADEConfig(
-            dims=dims,
-            hidden=hidden,
-            n_masks=masks,
-            order_agnostic=order_agnostic,
-            connectivity_agnostic=connectivity_agnostic,
-            direct=direct,
-            mask_seed=seed,
-        ),
+        model=MADEConfig(dims=dims, n_masks=masks, mask_seed=seed, **model),
         seed=seed,
         max_epochs=epochs,
         batch_size=50,
@@ -213,7 +196,7 @@ def random784_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- table models ---------------------------------------------------------------------------------
 
 
-def _write_splits(folder: Path, name: str, header: list[str], rows: list[list[str]]) -> Path:
+def write_splits(folder: Path, name: str, header: list[str], rows: list[list[str]]) -> Path:
     n = len(rows)
     cuts = {"train": rows[: n * 7 // 10], "valid": rows[n * 7 // 10 : n * 85 // 100], "test": rows[n * 85 // 100 :]}
     for split, part in cuts.items():
@@ -259,8 +242,8 @@ def table_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("tables")
     store = base / "store"
-    cats = _write_splits(base, "cats", ["a", "b", "c", "d"], categorical_rows(3000, 0))
-    mixed = _write_splits(base, "mixed", ["kind", "size", "score", "budget"], mixed_rows(3000, 1))
+    cats = write_splits(base, "cats", ["a", "b", "c", "d"], categorical_rows(3000, 0))
+    mixed = write_splits(base, "mixed", ["kind", "size", "score", "budget"], mixed_rows(3000, 1))
     for name, path, masks in (("cats", cats, 3), ("mixed", mixed, 2)):
         data = load_table_dataset(str(path))
         cfg = TrainConfig(
@@ -284,25 +267,15 @@ def table_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def both_store(tmp_path_factory: pytest.TempPathFactory, table_store: Path, tiny_store: Path) -> Path:
+    """The table models beside a model of bits ('tiny'): a module's own copy, free to change."""
+    return store_of(tmp_path_factory.mktemp("both") / "store", *table_store.iterdir(), tiny_store / "tiny")
+
+
+@pytest.fixture(scope="module")
 def anyio_backend() -> str:
     """Async tests run on asyncio (module-wide, like anyio's own default)."""
     return "asyncio"
-
-
-def store_of(dest: Path, *models: Path) -> Path:
-    """A store at dest holding copies of these model directories (STORE/NAME, all its versions)."""
-    for model in models:
-        shutil.copytree(model, dest / model.name)
-    return dest
-
-
-def cpu_registry(store: Path, default_model: str | None = None) -> ModelRegistry:
-    """The store loaded on the CPU with one thread, as the service tests share it."""
-    from service.engine import ModelRegistry
-
-    reg = ModelRegistry(store, default_model=default_model, providers=["CPUExecutionProvider"], threads=1)
-    reg.load()
-    return reg
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,9 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from dockerfile_parse.parser import image_from
 from dockerfile_parse.util import WordSplitter
+from helpers import json_lines
+
+from service.testing import ServerProcess, free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -270,12 +273,6 @@ def index_reachable() -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -591,17 +588,7 @@ def served(container: Container, tiny_store: Path, tmp_path_factory: pytest.Temp
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            tail = log_path.read_text()[-4000:]
-            assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{tail}"
-            assert time.monotonic() < deadline, f"not ready in 120 s:\n{tail}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_until_ready(ServerProcess(proc, url, log_path), 120)
         yield Server(url, log_path, model)
     finally:
         if proc.poll() is None:
@@ -663,7 +650,7 @@ def test_image_entry_point_serves_on_the_cpu_provider_where_cuda_is_missing(serv
     logprob = answer.json()["logprob"]
     assert len(logprob) == 2 and all(math.isfinite(v) and v < 0 for v in logprob)
     # the onnxruntime session's get_providers(), logged per model: CUDA failed, so the CPU runs
-    messages = [json.loads(line)["message"] for line in served.log.read_text().splitlines() if line.startswith("{")]
+    messages = [entry["message"] for entry in json_lines(served.log)]
     reports = [m for m in messages if default["name"] in m and "ExecutionProvider" in m]
     assert reports, "the log does not report the provider the default model runs on"
     assert any(m.endswith("CPUExecutionProvider") for m in reports), reports

@@ -12,7 +12,6 @@ are scaled down from the attacks where the effect is linear. About a minute in a
 from __future__ import annotations
 
 import base64
-import json
 import signal
 import socket
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import json_lines, metric, metric_samples
 
 from service.testing import ServerProcess, made_serve
 
@@ -249,9 +249,8 @@ def test_work_past_its_timeout_stops_and_is_counted(tmp_path: Path) -> None:
         r = httpx.post(f"{s.url}/impute", json={"x": [row] * 6, "n_importance": 1000, "seed": 0}, timeout=30)
         assert r.status_code == 504, r.text
         deadline = time.monotonic() + 15
-        metric = 'made_abandoned_total{endpoint="/impute"} 1.0'
-        while metric not in (text := httpx.get(f"{s.url}/metrics").text):
-            assert time.monotonic() < deadline, [line for line in text.splitlines() if "abandoned" in line]
+        while metric(text := httpx.get(f"{s.url}/metrics").text, "made_abandoned_total", endpoint="/impute") != 1.0:
+            assert time.monotonic() < deadline, metric_samples(text, "made_abandoned_total")
             time.sleep(0.1)
         # the engine thread is free again: a cheap request is answered at once
         assert httpx.post(f"{s.url}/sample", json={"n": 1}, timeout=10).status_code == 200
@@ -282,7 +281,7 @@ def test_sigterm_with_queued_requests_answers_each_and_exits(tmp_path: Path) -> 
         for c in clients:
             c.start()
         deadline = time.monotonic() + 20
-        while "made_requests_in_flight 17.0" not in httpx.get(f"{s.url}/metrics").text:
+        while metric(httpx.get(f"{s.url}/metrics").text, "made_requests_in_flight") != 17.0:
             assert time.monotonic() < deadline, "the 16 requests never arrived"
             time.sleep(0.05)
         start = time.monotonic()
@@ -295,5 +294,5 @@ def test_sigterm_with_queued_requests_answers_each_and_exits(tmp_path: Path) -> 
     assert exited < shutdown_s + 5, f"exited {exited:.1f} s after SIGTERM"
     assert len(statuses) == 16 and set(statuses) <= {200, 503}, statuses
     assert 503 in statuses, "16 requests of about a second each on one thread cannot all finish in 2 s"
-    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    lines = json_lines(logs)
     assert not [e for e in lines if e["level"] == "ERROR" and "Cancel" not in e["message"]], logs[-3000:]

@@ -17,8 +17,11 @@ import httpx
 import numpy as np
 import pytest
 from conftest import train_tiny, write_npz
+from helpers import json_lines, metric, metric_samples, post_ok, reload_result
 
-from made.store.versions import MANIFEST, MODEL_FILE, open_model
+from made.store.files import MODEL_GRAPH
+from made.store.manifest import MANIFEST
+from made.store.versions import open_model
 from service.engine.engine import Engine
 from service.settings import Settings
 from service.testing import InProcessClient, in_process, made_serve
@@ -90,10 +93,7 @@ def _wrong_dims(version_dir: Path) -> None:
 
 async def _reload(made: InProcessClient, **kw: Any) -> dict[str, Any]:
     kw.setdefault("headers", ADMIN)
-    r = await made.http.post("/admin/reload", **kw)
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    return await post_ok(made, "/admin/reload", None, **kw)
 
 
 async def _served(made: InProcessClient) -> str:
@@ -133,9 +133,7 @@ async def test_a_new_version_is_served_after_reload_and_no_request_in_flight_fai
                     await anyio.sleep(0.01)
             stop.set()
         assert failures == []
-        assert body["results"] == [
-            {"name": "m", "version": "2", "status": "loaded", "reason": None, "previous": "1", "cached": False}
-        ]
+        assert body["results"] == [reload_result("m", "2", "loaded", previous="1")]
         assert body["models"] == {"m": "2"} and body["default"] == "m"
         assert await _served(made) == "2"
         # every answer came whole from one version: version 1 until the swap, version 2 after
@@ -148,23 +146,17 @@ async def test_a_new_version_is_served_after_reload_and_no_request_in_flight_fai
         for version, lp in seen:
             assert lp == pytest.approx(v1 if version == "1" else v2, rel=1e-6)
         metrics = await made.metrics()
-        assert 'made_model_info{model="m",providers="CPUExecutionProvider",version="2"} 1.0' in metrics
-        info = [line for line in metrics.splitlines() if line.startswith("made_model_info{")]
-        assert len(info) == 1 and 'version="2"' in info[0]  # the replaced version is gone
-        assert 'made_model_reloads_total{model="m",outcome="loaded"} 1.0' in metrics
+        info = metric_samples(metrics, "made_model_info")
+        assert [(s.labels, s.value) for s in info] == [  # the replaced version is gone
+            ({"model": "m", "providers": "CPUExecutionProvider", "version": "2"}, 1.0)
+        ]
+        assert metric(metrics, "made_model_reloads_total", model="m", outcome="loaded") == 1.0
 
         # Nothing new: nothing changes. Removing the served version rolls back to the one below.
         assert (await _reload(made))["results"][0]["status"] == "unchanged"
         shutil.rmtree(store / "m" / "2")
         body = await _reload(made)
-        assert body["results"][0] == {
-            "name": "m",
-            "version": "1",
-            "status": "loaded",
-            "reason": None,
-            "previous": "2",
-            "cached": False,
-        }
+        assert body["results"][0] == reload_result("m", "1", "loaded", previous="2")
         assert (await made.logprob(ROW)).logprob[0] == pytest.approx(v1, rel=1e-6)
 
 
@@ -174,7 +166,7 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
     v1 = _logprob(store, "1")
     async with in_process(_settings(store)) as made:
         await made.wait_ready()
-        _alter_one_byte(_copy_version(store, "1", "2") / MODEL_FILE)
+        _alter_one_byte(_copy_version(store, "1", "2") / MODEL_GRAPH)
         _wrong_dims(_copy_version(store, "1", "3"))
         with caplog.at_level(logging.INFO, logger="made.engine"):
             body = await _reload(made)
@@ -184,8 +176,8 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
             ("2", "refused"),
             ("1", "unchanged"),
         ]
-        assert "does not match the orderings in its manifest" in reasons["3"]
-        assert f"{store / 'm' / '2' / MODEL_FILE} does not match its manifest checksum" in reasons["2"]
+        assert "weights.safetensors does not match its manifest's dims 9" in reasons["3"]
+        assert f"{store / 'm' / '2' / MODEL_GRAPH} does not match its manifest checksum" in reasons["2"]
         assert body["models"] == {"m": "1"}
         logged = [r for r in caplog.records if r.getMessage().startswith("refused model m")]
         assert [(r.levelname, getattr(r, "version", None)) for r in logged] == [("ERROR", "3"), ("ERROR", "2")]
@@ -209,13 +201,13 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
         assert body["results"][0]["status"] == "loaded" and body["models"] == {"m": "4"}
 
         # The served version altered in place is refused; the copy in memory keeps serving.
-        _alter_one_byte(store / "m" / "4" / MODEL_FILE)
+        _alter_one_byte(store / "m" / "4" / MODEL_GRAPH)
         body = await _reload(made)
         assert body["results"][0]["status"] == "refused"
         assert body["results"][-1]["status"] == "kept" and body["models"] == {"m": "4"}
         assert (await made.logprob(ROW)).version == "4"
         metrics = await made.metrics()
-        assert 'made_model_reloads_total{model="m",outcome="refused"} 3.0' in metrics
+        assert metric(metrics, "made_model_reloads_total", model="m", outcome="refused") == 3.0
 
 
 async def test_admin_endpoints_are_off_without_an_admin_or_api_key(store: Path) -> None:
@@ -341,7 +333,7 @@ def test_made_serve_swaps_versions_under_load_and_refuses_a_broken_one(store: Pa
                 assert r.json()["results"][0]["status"] == "loaded"
                 assert admin.get("/models").json()["models"][0]["version"] == "2"
                 time.sleep(0.5)
-                _alter_one_byte(_copy_version(store, "2", "3") / MODEL_FILE)
+                _alter_one_byte(_copy_version(store, "2", "3") / MODEL_GRAPH)
                 r = admin.post("/admin/reload")
                 assert r.status_code == 200
                 refused = r.json()["results"][0]
@@ -354,7 +346,7 @@ def test_made_serve_swaps_versions_under_load_and_refuses_a_broken_one(store: Pa
             stop.set()
             for t in threads:
                 t.join(timeout=30)
-        logs = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+        logs = json_lines(server.logs())
     assert failures == []
     assert versions.count("1") > 5 and versions.count("2") > 5 and "3" not in versions
     assert versions.index("2") > versions.index("1")

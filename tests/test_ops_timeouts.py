@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import metric
 
 from service.testing import made_serve
 
@@ -78,8 +79,8 @@ def test_a_request_past_the_timeout_gets_504_while_cheap_ones_are_served(tiny_st
         small = {**HEAVY["/impute"], "x": HEAVY_ROWS[:1], "n_importance": 100}
         assert http.post("/impute", json=small).status_code == 200
         metrics = http.get("/metrics").text
-        assert 'made_errors_total{endpoint="/impute",model="tiny",type="timeout"} 1.0' in metrics
-        assert 'made_errors_total{endpoint="/logprob",model="tiny",type="timeout"} 1.0' in metrics
+        assert metric(metrics, "made_errors_total", endpoint="/impute", model="tiny", type="timeout") == 1.0
+        assert metric(metrics, "made_errors_total", endpoint="/logprob", model="tiny", type="timeout") == 1.0
         # The abandoned engine calls run on to their end (seconds here), and a graceful stop
         # waits for them: SIGKILL instead, this test is not about shutdown.
         server.proc.kill()

@@ -11,61 +11,19 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import write_npz
-from safetensors import safe_open
+from helpers import MADE_BIN, STEADY_RUN, assert_same_tensors, checkpoint_epoch, made_train_args, retrain_in_one_thread
 
 from training.checkpoint import BEST, CHECKPOINT, load_tensors
-from training.train import CONFIG, HISTORY, METRICS, TrainConfig, Trainer
+from training.train import HISTORY, METRICS, TrainConfig, Trainer
 
-MADE_BIN = Path(sys.executable).with_name("made")
 EPOCHS = 20
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-def _train_args(data: Path, run_dir: Path, epochs: int, hidden: str = "256,256") -> list[str]:
-    return [
-        str(MADE_BIN),
-        "train",
-        "--dataset",
-        str(data),
-        "--hidden",
-        hidden,
-        "--masks",
-        "2",
-        "--order-agnostic",
-        "--seed",
-        "1",
-        "--max-epochs",
-        str(epochs),
-        "--patience",
-        "100",
-        "--batch-size",
-        "50",
-        "--lr",
-        "0.005",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--out",
-        str(run_dir),
-    ]
-
-
-def _checkpoint_epoch(run_dir: Path) -> int:
-    """The epoch the checkpoint holds; 0 when there is none yet."""
-    try:
-        with safe_open(str(run_dir / CHECKPOINT), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (FileNotFoundError, OSError):
-        return 0
-    return int(json.loads(meta["progress"])["epoch"])
 
 
 def _logged_epochs(run_dir: Path) -> list[int]:
@@ -102,14 +60,15 @@ def _kill_when(
 def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_never_killed(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "chain20.npz", 20, seed=5, n=1500)
     run_dir = tmp_path / "killed"
-    args = _train_args(data, run_dir, epochs=EPOCHS)
+    options = dict(hidden="256,256", masks=2, order_agnostic=True, seed=1, max_epochs=EPOCHS, **STEADY_RUN)
+    args = [str(MADE_BIN), *made_train_args(data, run_dir, **options)]
     rng = random.Random(7)
     # A checkpoint here is ~1 MB: the test sees its temporary file and kills within the write.
     plan = ["checkpoint-write", "best-write", "mid-epoch", "startup"]
     previous = 0
     for point in plan:
         for _attempt in range(5):  # a write may finish before the kill lands: try again
-            start_epoch = _checkpoint_epoch(run_dir)
+            start_epoch = checkpoint_epoch(run_dir / CHECKPOINT)
             proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
             deadline = time.monotonic() + 90
             if point == "startup":  # importing torch, loading data, or in the first epoch
@@ -117,7 +76,7 @@ def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_neve
             elif point == "mid-epoch":  # a random way into the epoch after a checkpoint
                 _kill_when(
                     proc,
-                    lambda: _checkpoint_epoch(run_dir) > start_epoch,  # noqa: B023
+                    lambda: checkpoint_epoch(run_dir / CHECKPOINT) > start_epoch,  # noqa: B023
                     deadline,
                     rng.uniform(0.0, 0.15),
                 )
@@ -140,7 +99,7 @@ def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_neve
             load_tensors(run_dir / CHECKPOINT)
         if (run_dir / BEST).exists():
             load_tensors(run_dir / BEST)
-        epoch = _checkpoint_epoch(run_dir)
+        epoch = checkpoint_epoch(run_dir / CHECKPOINT)
         assert epoch >= previous, f"{point}: the checkpoint went back from {previous} to {epoch}"
         finished = max(_logged_epochs(run_dir), default=0)
         assert finished - epoch <= 1, f"{point}: epochs {epoch + 1}..{finished} lost"
@@ -154,17 +113,9 @@ def test_a_run_killed_at_many_points_loses_at_most_one_epoch_and_ends_as_if_neve
 
     # The same run, never interrupted, in this process (one thread, as --threads 1).
     reference = tmp_path / "reference"
-    cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        Trainer(cfg, reference).run(progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    retrain_in_one_thread(run_dir, reference)
     for name in (CHECKPOINT, BEST):
-        mine, theirs = load_tensors(run_dir / name)[0], load_tensors(reference / name)[0]
-        assert sorted(mine) == sorted(theirs)
-        assert all(torch.equal(mine[k], theirs[k]) for k in mine), name
+        assert_same_tensors(run_dir / name, reference / name)
     assert (run_dir / HISTORY).read_text().count("\n") == EPOCHS
     assert [json.loads(x)["valid_nll"] for x in (run_dir / HISTORY).read_text().splitlines()] == [
         json.loads(x)["valid_nll"] for x in (reference / HISTORY).read_text().splitlines()
@@ -201,28 +152,7 @@ def _started_run(data: Path, run_dir: Path) -> bytes:
 def _resume(data: Path, run_dir: Path, prefix: str = "") -> subprocess.CompletedProcess[str]:
     """`made train` resuming the run of _started_run for two more epochs, after `prefix`
     (shell commands, e.g. a ulimit)."""
-    args = [
-        "train",
-        "--dataset",
-        str(data),
-        "--hidden",
-        "200",
-        "--seed",
-        "0",
-        "--max-epochs",
-        "4",
-        "--patience",
-        "100",
-        "--batch-size",
-        "50",
-        "--lr",
-        "0.005",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--out",
-        str(run_dir),
-    ]
+    args = made_train_args(data, run_dir, hidden=200, seed=0, max_epochs=4, **STEADY_RUN)
     script = f'{prefix}\nexec "{MADE_BIN}" "$@"'
     return subprocess.run(["bash", "-c", script, "bash", *args], capture_output=True, text=True, env=ENV, timeout=120)
 
@@ -239,7 +169,7 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments:
 
 def _assert_last_checkpoint_intact(run_dir: Path, before: bytes) -> None:
     assert (run_dir / CHECKPOINT).read_bytes() == before
-    assert _checkpoint_epoch(run_dir) == 2
+    assert checkpoint_epoch(run_dir / CHECKPOINT) == 2
     load_tensors(run_dir / BEST)
     assert list(run_dir.glob(".*.tmp")) == []
 
@@ -256,7 +186,7 @@ def test_a_file_size_limit_stops_training_with_one_line_and_the_checkpoint_intac
     result = _resume(data, run_dir)
     assert result.returncode == 0, result.stderr
     assert f"resuming {run_dir} after epoch 2" in result.stderr
-    assert _checkpoint_epoch(run_dir) == 4
+    assert checkpoint_epoch(run_dir / CHECKPOINT) == 4
 
 
 @contextlib.contextmanager

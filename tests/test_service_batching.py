@@ -3,7 +3,6 @@ what it would have got alone."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from helpers import metric
 
 from service.core.batching import Batcher
 from service.engine import ModelRegistry
@@ -123,12 +123,11 @@ async def test_a_cancelled_request_does_not_disturb_the_others() -> None:
 
 
 def histogram(text: str, name: str, endpoint: str, model: str) -> tuple[float, float]:
-    """(count, sum) of a histogram in Prometheus text."""
-    labels = f'{{endpoint="{endpoint}",model="{model}"}}'
-    count = re.search(rf"^{name}_count{re.escape(labels)} (\S+)$", text, re.M)
-    total = re.search(rf"^{name}_sum{re.escape(labels)} (\S+)$", text, re.M)
-    assert count and total, f"{name}{labels} not in metrics"
-    return float(count.group(1)), float(total.group(1))
+    """(count, sum) of a histogram in Prometheus text, for this endpoint and model."""
+    count = metric(text, f"{name}_count", endpoint=endpoint, model=model)
+    total = metric(text, f"{name}_sum", endpoint=endpoint, model=model)
+    assert count is not None and total is not None, f"{name} of {endpoint} {model} not in metrics"
+    return count, total
 
 
 async def test_concurrent_samples_are_merged_and_each_matches_its_seed(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from helpers import cpu_registry, metric
 
 from service.client import MadeAPIError, MadeClient
 from service.engine import ModelRegistry
@@ -158,9 +159,7 @@ def test_importance_draws_over_max_draws_are_refused(tiny_store: Path, registry:
 
 
 def test_a_table_model_is_refused_with_what_it_answers(table_store: Path) -> None:
-    registry = ModelRegistry(table_store, providers=["CPUExecutionProvider"], threads=1)
-    registry.load()
-    with client_of(create_app(settings(table_store), registry)) as http:
+    with client_of(create_app(settings(table_store), cpu_registry(table_store))) as http:
         r = http.post("/denoise", json={"model": "cats", "x": [[0, 1]], "eps": 0.1})
     assert r.status_code == 422, r.text
     assert r.json()["detail"].startswith("model 'cats' models the columns of a table; /denoise answers models of bits")
@@ -171,8 +170,8 @@ def test_metrics_and_openapi_know_the_endpoint(http: TestClient, made: MadeClien
     with pytest.raises(MadeAPIError):
         made.denoise(Y, 0.7)
     text = made.metrics()
-    assert 'made_requests_total{endpoint="/denoise",model="tiny",status="200"} 1.0' in text
-    assert 'made_request_rows_count{endpoint="/denoise",model="tiny"} 1.0' in text
+    assert metric(text, "made_requests_total", endpoint="/denoise", model="tiny", status="200") == 1.0
+    assert metric(text, "made_request_rows_count", endpoint="/denoise", model="tiny") == 1.0
     schema = http.get("/openapi.json").json()
     assert "/denoise" in schema["paths"]
     body = schema["components"]["schemas"]["DenoiseRequest"]

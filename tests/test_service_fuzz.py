@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from fastapi import FastAPI
+from helpers import cpu_registry
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
@@ -18,7 +19,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.engine import ModelRegistry
 from service.http.app import create_app
 from service.settings import Settings
 
@@ -33,9 +33,8 @@ CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conform
 
 @pytest.fixture(scope="module")
 def app(tiny_store: Path) -> FastAPI:
-    registry = ModelRegistry(tiny_store, providers=["CPUExecutionProvider"], threads=1)
-    registry.load()
-    return create_app(Settings(store=tiny_store, max_rows=64, max_samples=256, request_timeout=10), registry)
+    settings_ = Settings(store=tiny_store, max_rows=64, max_samples=256, request_timeout=10)
+    return create_app(settings_, cpu_registry(tiny_store))
 
 
 def test_generated_requests_never_get_a_server_error(app: FastAPI) -> None:

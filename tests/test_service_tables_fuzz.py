@@ -14,10 +14,10 @@ from typing import Any
 
 import anyio.from_thread
 import pytest
+from helpers import cpu_registry
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from service.engine import ModelRegistry
 from service.settings import Settings
 from service.testing import InProcessClient, in_process
 
@@ -65,8 +65,7 @@ Client = tuple[anyio.from_thread.BlockingPortal, InProcessClient]
 def client(table_store: Path) -> Iterator[Client]:
     """The app in process, driven from the test's thread through a portal (hypothesis runs
     its examples synchronously)."""
-    registry = ModelRegistry(table_store, default_model="mixed", providers=["CPUExecutionProvider"], threads=1)
-    registry.load()
+    registry = cpu_registry(table_store, default_model="mixed")
     settings_ = Settings(store=table_store, default_model="mixed", request_timeout=20)
     with (
         anyio.from_thread.start_blocking_portal() as portal,

@@ -18,8 +18,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_npz
+from helpers import (
+    MADE_BIN,
+    STEADY_RUN,
+    assert_same_tensors,
+    checkpoint_epoch,
+    made_train_args,
+    retrain_in_one_thread,
+    run_made,
+)
 from PIL import Image
-from safetensors import safe_open
 
 from made.core.errors import CheckpointError
 from made.io.data import load_dataset
@@ -27,7 +35,6 @@ from training.checkpoint import BEST, CHECKPOINT, load_tensors
 from training.model import MADE, MADEConfig
 from training.train import CONFIG, CURVE, HISTORY, METRICS, TrainConfig, Trainer
 
-MADE_BIN = Path(sys.executable).with_name("made")
 NLL_FIELDS = (
     "best_epoch",
     "epochs",
@@ -56,13 +63,6 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_tensors(path)[0]
-
-
-def _assert_same_tensors(a: Path, b: Path) -> None:
-    ta, tb = _tensors(a), _tensors(b)
-    assert sorted(ta) == sorted(tb)
-    for name in ta:
-        assert torch.equal(ta[name], tb[name]), name
 
 
 def _history(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -97,8 +97,8 @@ def test_same_seed_reproduces_weights_and_metrics_exactly(data10: Path, tmp_path
     cfg = _config(data10, model=dict(n_masks=2, order_agnostic=True, direct=True))
     _train(cfg, tmp_path / "a")
     _train(cfg, tmp_path / "b")
-    _assert_same_tensors(tmp_path / "a" / BEST, tmp_path / "b" / BEST)
-    _assert_same_tensors(tmp_path / "a" / CHECKPOINT, tmp_path / "b" / CHECKPOINT)
+    assert_same_tensors(tmp_path / "a" / BEST, tmp_path / "b" / BEST)
+    assert_same_tensors(tmp_path / "a" / CHECKPOINT, tmp_path / "b" / CHECKPOINT)
     assert _nll_metrics(tmp_path / "a") == _nll_metrics(tmp_path / "b")
     assert _history(tmp_path / "a") == _history(tmp_path / "b")
     # another seed is another run (weights, shuffling and mask draws all differ)
@@ -196,8 +196,8 @@ def test_adagrad_learns_and_a_longer_resumed_run_matches_one_run(data10: Path, t
     whole = _train(_config(data10, max_epochs=6, **kwargs), tmp_path / "whole")
     _train(_config(data10, max_epochs=3, **kwargs), tmp_path / "split")
     split = _train(_config(data10, max_epochs=6, **kwargs), tmp_path / "split")
-    _assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "split" / CHECKPOINT)
-    _assert_same_tensors(tmp_path / "whole" / BEST, tmp_path / "split" / BEST)
+    assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "split" / CHECKPOINT)
+    assert_same_tensors(tmp_path / "whole" / BEST, tmp_path / "split" / BEST)
     assert {k: split[k] for k in NLL_FIELDS} == {k: whole[k] for k in NLL_FIELDS}
     assert _history(tmp_path / "whole") == _history(tmp_path / "split")
 
@@ -219,7 +219,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_afresh(data10: Path, tm
     (tmp_path / "killed" / HISTORY).write_text(first_row + "\n")
     trainer.run(progress=False)
     assert _history(tmp_path / "killed") == _history(tmp_path / "reference")
-    _assert_same_tensors(tmp_path / "killed" / BEST, tmp_path / "reference" / BEST)
+    assert_same_tensors(tmp_path / "killed" / BEST, tmp_path / "reference" / BEST)
 
 
 def test_a_finished_run_is_not_trained_again(finished_run: tuple[TrainConfig, Path]) -> None:
@@ -232,49 +232,17 @@ def test_a_finished_run_is_not_trained_again(finished_run: tuple[TrainConfig, Pa
     assert metrics["epochs"] == 6
 
 
-def _checkpoint_epoch(path: Path) -> int:
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (FileNotFoundError, OSError):
-        return 0
-    return int(json.loads(meta["progress"])["epoch"])
-
-
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "chain20.npz", 20, seed=5, n=3000)
     run_dir = tmp_path / "killed"
-    args = [
-        "train",
-        "--dataset",
-        str(data),
-        "--hidden",
-        "32",
-        "--masks",
-        "2",
-        "--order-agnostic",
-        "--seed",
-        "3",
-        "--max-epochs",
-        "14",
-        "--patience",
-        "100",
-        "--batch-size",
-        "50",
-        "--lr",
-        "0.005",
-        "--threads",
-        "1",
-        "--no-progress",
-        "--out",
-        str(run_dir),
-    ]
+    options = dict(hidden=32, masks=2, order_agnostic=True, seed=3, max_epochs=14, **STEADY_RUN)
+    args = made_train_args(data, run_dir, **options)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([str(MADE_BIN), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 120
-        while _checkpoint_epoch(run_dir / CHECKPOINT) < 2:
+        while checkpoint_epoch(run_dir / CHECKPOINT) < 2:
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -282,7 +250,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) ->
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = _checkpoint_epoch(run_dir / CHECKPOINT)
+    killed_at = checkpoint_epoch(run_dir / CHECKPOINT)
     assert 2 <= killed_at < 14
     # whatever the kill interrupted, both checkpoint files are whole
     load_tensors(run_dir / CHECKPOINT)
@@ -297,17 +265,11 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path: Path) ->
 
     # the same run, never interrupted, in this process
     reference = tmp_path / "reference"
-    cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
+    cfg = retrain_in_one_thread(run_dir, reference)
     assert cfg.model.n_masks == 2 and cfg.model.order_agnostic and cfg.max_epochs == 14
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as --threads 1: the same kernels sum in the same order
-    try:
-        _train(cfg, reference)
-    finally:
-        torch.set_num_threads(threads)
 
-    _assert_same_tensors(run_dir / BEST, reference / BEST)
-    _assert_same_tensors(run_dir / CHECKPOINT, reference / CHECKPOINT)
+    assert_same_tensors(run_dir / BEST, reference / BEST)
+    assert_same_tensors(run_dir / CHECKPOINT, reference / CHECKPOINT)
     assert _nll_metrics(run_dir) == _nll_metrics(reference)
     assert _history(run_dir) == _history(reference)
     assert list(run_dir.glob(".*.tmp")) == []
@@ -375,7 +337,7 @@ def test_rebinarize_trains_each_epoch_on_a_fresh_draw_of_the_images(tmp_path: Pa
     # the random stream that draws the rows is checkpointed: a resumed run ends where one run ends
     _train(_config(data, rebinarize=str(gray), max_epochs=1), tmp_path / "split")
     split = _train(cfg, tmp_path / "split")
-    _assert_same_tensors(tmp_path / "run" / BEST, tmp_path / "split" / BEST)
+    assert_same_tensors(tmp_path / "run" / BEST, tmp_path / "split" / BEST)
     assert {k: split[k] for k in NLL_FIELDS} == {k: metrics[k] for k in NLL_FIELDS}
     # the images may have moved; rebinarization cannot be switched off in a resumed run
     moved = tmp_path / "moved.npz"
@@ -389,24 +351,16 @@ def test_rebinarize_with_images_of_another_split_is_one_line_exit_2(tmp_path: Pa
     data, gray, _ = _gray_data(tmp_path)
     images = np.load(gray)["train_images"]
     np.savez(tmp_path / "shuffled.npz", train_images=images[::-1].copy())
-    result = subprocess.run(
-        [
-            str(MADE_BIN),
-            "train",
-            "--dataset",
-            str(data),
-            "--rebinarize",
-            str(tmp_path / "shuffled.npz"),
-            "--hidden",
-            "8",
-            "--max-epochs",
-            "1",
-            "--out",
-            str(tmp_path / "run"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_made(
+        *made_train_args(
+            data,
+            tmp_path / "run",
+            rebinarize=tmp_path / "shuffled.npz",
+            hidden=8,
+            max_epochs=1,
+            no_progress=True,
+        ),
+        env=os.environ,
         timeout=120,
     )
     assert result.returncode == 2
@@ -442,7 +396,7 @@ def test_official_settings_are_recorded_and_a_resumed_run_matches_one_run(data10
     whole = _train(_config(data10, max_epochs=6, **OFFICIAL), tmp_path / "whole")
     _train(_config(data10, max_epochs=3, **OFFICIAL), tmp_path / "split")
     split = _train(_config(data10, max_epochs=6, **OFFICIAL), tmp_path / "split")
-    _assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "split" / CHECKPOINT)
+    assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "split" / CHECKPOINT)
     assert {k: split[k] for k in NLL_FIELDS} == {k: whole[k] for k in NLL_FIELDS}
     assert _history(tmp_path / "whole") == _history(tmp_path / "split")
 
@@ -510,7 +464,7 @@ def test_a_run_recorded_before_the_new_options_resumes(data10: Path, tmp_path: P
         del old["model"][key]
     path.write_text(json.dumps(old, indent=2))
     _train(_config(data10, max_epochs=4), tmp_path / "old")
-    _assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "old" / CHECKPOINT)
+    assert_same_tensors(tmp_path / "whole" / CHECKPOINT, tmp_path / "old" / CHECKPOINT)
     # another activation is another run, refused as every other change of configuration is
     with pytest.raises(CheckpointError, match="another --out"):
         _train(_config(data10, max_epochs=4, model=dict(hidden=[16], activation="tanh")), tmp_path / "old")

@@ -1,0 +1,230 @@
+"""Plain functions that many test files share (fixtures live in conftest.py).
+
+- `post`, `post_ok`: a JSON request to an in-process app, its status and JSON answer;
+  `reload_result`: an entry of /admin/reload's answer.
+- `store_of`, `cpu_registry`: a store of copied model directories, loaded on the CPU.
+- `json_lines`: the JSON records of a log (a server's log file, a stream, a string).
+- `metric`, `metric_samples`: Prometheus text read by prometheus_client's own parser, so that a
+  check compares a sample's value under exactly its labels, not a substring of the page.
+- `made_train_args`, `run_made`, `run_made_calls`: the real `made` command; `checkpoint_epoch`,
+  `retrain_in_one_thread`, `assert_same_tensors`: a training run's files.
+- `likely_rows`: rows an engine finds likely, ready to blank out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from safetensors import safe_open
+
+if TYPE_CHECKING:
+    from service.engine import ModelRegistry
+    from service.engine.engine import Engine
+    from service.testing import InProcessClient
+
+MADE_BIN = Path(sys.executable).with_name("made")  # the console script of this environment
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+async def post(made: InProcessClient, path: str, body: Any, **kw: Any) -> tuple[int, dict[str, Any]]:
+    """POST `body` as JSON (further httpx arguments in `kw`): the status and the JSON answer."""
+    r = await made.http.post(path, json=body, **kw)
+    answer: dict[str, Any] = r.json()
+    return r.status_code, answer
+
+
+async def post_ok(made: InProcessClient, path: str, body: Any, **kw: Any) -> dict[str, Any]:
+    """The JSON answer of a POST that must succeed (the test fails with the body of any other status)."""
+    r = await made.http.post(path, json=body, **kw)
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def reload_result(
+    name: str,
+    version: str,
+    status: str,
+    *,
+    reason: str | None = None,
+    previous: str | None = None,
+    cached: bool = False,
+) -> dict[str, Any]:
+    """One entry of POST /admin/reload's `results`, every field of it."""
+    return {
+        "name": name,
+        "version": version,
+        "status": status,
+        "reason": reason,
+        "previous": previous,
+        "cached": cached,
+    }
+
+
+# --- stores and registries ------------------------------------------------------------------------
+
+
+def store_of(dest: Path, *models: Path) -> Path:
+    """A store at dest holding copies of these model directories (STORE/NAME, all its versions)."""
+    for model in models:
+        shutil.copytree(model, dest / model.name)
+    return dest
+
+
+def cpu_registry(store: Path, default_model: str | None = None) -> ModelRegistry:
+    """The store loaded on the CPU with one thread, as the service tests share it."""
+    from service.engine import ModelRegistry
+
+    reg = ModelRegistry(store, default_model=default_model, providers=["CPUExecutionProvider"], threads=1)
+    reg.load()
+    return reg
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+
+def json_lines(log: str | Path | io.StringIO, *, every: bool = False) -> list[dict[str, Any]]:
+    """The JSON records of a log, one a line, in order. Lines that do not start with '{' (a
+    library that writes before logging is configured) are passed over, unless `every`: then each
+    line must be a JSON record, and the test fails naming the first that is not."""
+    if isinstance(log, Path):
+        text = log.read_text(errors="replace")
+    elif isinstance(log, io.StringIO):
+        text = log.getvalue()
+    else:
+        text = log
+    lines = text.splitlines()
+    if every:
+        plain = [line for line in lines if not line.startswith("{")]
+        assert not plain, f"a log line is not JSON: {plain[0]!r}"
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def metric_samples(text: str, name: str) -> list[Sample]:
+    """Every sample called `name` (e.g. made_requests_total, made_request_rows_sum) in Prometheus
+    text, whatever its labels."""
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` whose labels are exactly `labels` in Prometheus text; None
+    where there is no such sample (so that `assert metric(...) == 1.0` says what it found)."""
+    found = [s.value for s in metric_samples(text, name) if s.labels == labels]
+    assert len(found) <= 1, f"{name}{labels} appears {len(found)} times"
+    return found[0] if found else None
+
+
+# --- the `made` command ---------------------------------------------------------------------------
+
+
+# `made train` options of a scripted run: no early stop, small batches, one thread, no progress bar.
+STEADY_RUN: dict[str, object] = {"patience": 100, "batch_size": 50, "lr": 0.005, "threads": 1, "no_progress": True}
+
+
+def made_train_args(data: Path, out: Path, **options: object) -> list[str]:
+    """Arguments of `made train --dataset DATA ... --out OUT`: each option as --its-name VALUE
+    (underscores as dashes), a True one as a bare flag."""
+    args = ["train", "--dataset", str(data)]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return [*args, "--out", str(out)]
+
+
+def made_env(**extra: str) -> dict[str, str]:
+    """This environment for a `made` child: one OpenMP thread (a shared 2-core machine), plus `extra`."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_made(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 180, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """`made ARGS...` run to its end, its output captured as text (`kw`: e.g. cwd)."""
+    return subprocess.run(
+        [str(MADE_BIN), *args],
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else made_env(),
+        timeout=timeout,
+        **kw,
+    )
+
+
+def run_made_calls(
+    calls: Mapping[str, list[str]], env: Mapping[str, str], cwd: Path | None = None
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every `made` call at once (each pays for starting Python, some for importing torch), by name."""
+    procs = {
+        name: subprocess.Popen(
+            [str(MADE_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env), cwd=cwd
+        )
+        for name, args in calls.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results
+
+
+def retrain_in_one_thread(run_dir: Path, reference: Path) -> Any:
+    """The run recorded in run_dir's config.json trained afresh, uninterrupted, into `reference`
+    in this process on one thread (as `--threads 1`: the same kernels sum in the same order, so
+    the result is bit for bit the command's); returns its TrainConfig."""
+    import torch
+
+    from training.train import CONFIG, TrainConfig, Trainer
+
+    cfg = TrainConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, reference).run(progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return cfg
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    """Two safetensors files of a run hold the same names and bit-identical tensors."""
+    import torch
+
+    from training.checkpoint import load_tensors
+
+    ta, tb = load_tensors(a)[0], load_tensors(b)[0]
+    assert sorted(ta) == sorted(tb)
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a training checkpoint file holds; 0 where there is none (yet) or it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (FileNotFoundError, OSError):
+        return 0
+    return int(json.loads(meta["progress"])["epoch"])
+
+
+# --- engines --------------------------------------------------------------------------------------
+
+
+def likely_rows(engine: Engine, n: int, seed: int) -> np.ndarray:
+    """Rows the model finds likely (its own samples), as float64 ready to blank out."""
+    return engine.sample(n, seed=seed).astype(np.float64)
