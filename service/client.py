@@ -7,8 +7,10 @@
         lp = made.logprob([[0, 1, None, 1]], model="tiny")
         samples = made.sample(16, seed=0).array()  # (16, D) uint8
 
-`AsyncMadeClient` has the same methods, awaitable. Rows may be lists or numpy arrays (NaN for
-missing); `packed=True` sends complete rows bit-packed (x_b64), much smaller for large batches.
+`AsyncMadeClient` has the same methods, awaitable: each call is defined once (its signature,
+its request and how its response reads) and each client only sends it its own way. Rows may be
+lists or numpy arrays (NaN for missing); `packed=True` sends complete rows bit-packed (x_b64),
+much smaller for large batches.
 Records of a table model are a list of dicts (JSON: a key left out or None is unknown, "NA" is
 absent) or a pandas DataFrame, which goes as the CSV it stands for, so that its empty cells mean
 what an empty cell of a CSV file means (absent where the column can be absent, else unknown).
@@ -19,10 +21,11 @@ talk to an app in-process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import httpx
 import numpy as np
@@ -41,6 +44,8 @@ from service.core.schemas import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+P = ParamSpec("P")
 Rows = np.ndarray | Sequence[Sequence[int | float | None]]
 
 
@@ -67,13 +72,23 @@ def _rows_payload(x: Rows, packed: bool) -> dict[str, Any]:
     return {"x": [list(row) for row in x]}
 
 
+def _parsed(model: type[M]) -> Callable[[httpx.Response], M]:
+    """A response read as the service's response model `model`."""
+    return lambda response: model.model_validate(response.json())
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    return body
+
+
 @dataclass
-class _Call(Generic[M]):
-    """One request, built the same way by both clients."""
+class _Call(Generic[T]):
+    """One request, and how its response reads: what both clients send, each its own way."""
 
     method: str
     path: str
-    parse: type[M] | None  # None: the raw response is wanted
+    finish: Callable[[httpx.Response], T]  # the checked response -> the call's result
     payload: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes | None = None  # a body that is not JSON (a DataFrame's CSV)
@@ -109,62 +124,80 @@ def _headers(api_key: str | None) -> dict[str, str]:
 # --- the requests ---------------------------------------------------------------------------------
 
 
+def _readyz() -> _Call[ReadyResponse]:
+    return _Call("GET", "/readyz", _parsed(ReadyResponse))
+
+
+def _models() -> _Call[ModelsResponse]:
+    return _Call("GET", "/models", _parsed(ModelsResponse))
+
+
+def _model(name: str) -> _Call[dict[str, Any]]:
+    """The manifest of one model."""
+    return _Call("GET", f"/models/{name}", _json)
+
+
+def _metrics() -> _Call[str]:
+    return _Call("GET", "/metrics", lambda response: response.text)
+
+
 def _logprob(
-    x: Rows, model: str | None, masks: Literal["all"] | int, seed: int | None, n_importance: int | None, packed: bool
+    x: Rows,
+    *,
+    model: str | None = None,
+    masks: Literal["all"] | int = "all",
+    seed: int | None = None,
+    n_importance: int | None = None,
+    packed: bool = False,
 ) -> _Call[LogProbResponse]:
-    return _Call(
-        "POST",
-        "/logprob",
-        LogProbResponse,
-        {"model": model, "masks": masks, "seed": seed, "n_importance": n_importance, **_rows_payload(x, packed)},
-    )
+    options = {"model": model, "masks": masks, "seed": seed, "n_importance": n_importance}
+    return _Call("POST", "/logprob", _parsed(LogProbResponse), {**options, **_rows_payload(x, packed)})
 
 
-def _conditionals(x: Rows, model: str | None, mask: int, packed: bool) -> _Call[ConditionalsResponse]:
-    return _Call(
-        "POST", "/conditionals", ConditionalsResponse, {"model": model, "mask": mask, **_rows_payload(x, packed)}
-    )
+def _conditionals(
+    x: Rows, *, model: str | None = None, mask: int = 0, packed: bool = False
+) -> _Call[ConditionalsResponse]:
+    payload = {"model": model, "mask": mask, **_rows_payload(x, packed)}
+    return _Call("POST", "/conditionals", _parsed(ConditionalsResponse), payload)
 
 
 def _sample(
-    n: int, model: str | None, seed: int | None, mask: Literal["mixture"] | int, packed: bool
+    n: int,
+    *,
+    model: str | None = None,
+    seed: int | None = None,
+    mask: Literal["mixture"] | int = "mixture",
+    packed: bool = False,
 ) -> _Call[SampleResponse]:
-    return _Call(
-        "POST",
-        "/sample",
-        SampleResponse,
-        {"model": model, "n": n, "seed": seed, "mask": mask, "encoding": "packed" if packed else None},
-    )
+    payload = {"model": model, "n": n, "seed": seed, "mask": mask, "encoding": "packed" if packed else None}
+    return _Call("POST", "/sample", _parsed(SampleResponse), payload)
 
 
 def _sample_png(
-    n: int, model: str | None, seed: int | None, mask: Literal["mixture"] | int, scale: int
-) -> _Call[BaseModel]:
-    return _Call(
-        "POST",
-        f"/sample?scale={scale}",
-        None,
-        {"model": model, "n": n, "seed": seed, "mask": mask},
-        {"Accept": "image/png"},
-    )
+    n: int,
+    *,
+    model: str | None = None,
+    seed: int | None = None,
+    mask: Literal["mixture"] | int = "mixture",
+    scale: int = 2,
+) -> _Call[bytes]:
+    """A grid of n samples as PNG (models with an image_shape)."""
+    payload = {"model": model, "n": n, "seed": seed, "mask": mask}
+    return _Call("POST", f"/sample?scale={scale}", lambda response: response.content, payload, {"Accept": "image/png"})
 
 
 def _impute(
-    x: Rows, model: str | None, n_samples: int | None, seed: int | None, n_importance: int | None, packed_output: bool
+    x: Rows,
+    *,
+    model: str | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    n_importance: int | None = None,
+    packed_output: bool = False,
 ) -> _Call[ImputeResponse]:
-    return _Call(
-        "POST",
-        "/impute",
-        ImputeResponse,
-        {
-            "model": model,
-            "n_samples": n_samples,
-            "seed": seed,
-            "n_importance": n_importance,
-            "encoding": "packed" if packed_output else None,
-            **_rows_payload(x, False),
-        },
-    )
+    options = {"model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
+    payload = {**options, "encoding": "packed" if packed_output else None, **_rows_payload(x, False)}
+    return _Call("POST", "/impute", _parsed(ImputeResponse), payload)
 
 
 Eps = float | Sequence[float] | Sequence[Sequence[float]] | np.ndarray
@@ -173,28 +206,21 @@ Eps = float | Sequence[float] | Sequence[Sequence[float]] | np.ndarray
 def _denoise(
     x: Rows,
     eps: Eps,
-    model: str | None,
-    n_samples: int | None,
-    seed: int | None,
-    n_importance: int | None,
-    packed: bool,
-    packed_output: bool,
+    *,
+    model: str | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    n_importance: int | None = None,
+    packed: bool = False,
+    packed_output: bool = False,
 ) -> _Call[DenoiseResponse]:
+    """The clean rows behind noisy rows x, each bit flipped with probability eps (a number, one
+    per row or one per entry): .marginals, .most_likely, .array() (clean samples),
+    .logprob_noisy with .stderr, and .ess."""
     e: Any = np.asarray(eps, dtype=np.float64).tolist() if isinstance(eps, np.ndarray) else eps
-    return _Call(
-        "POST",
-        "/denoise",
-        DenoiseResponse,
-        {
-            "model": model,
-            "eps": e,
-            "n_samples": n_samples,
-            "seed": seed,
-            "n_importance": n_importance,
-            "encoding": "packed" if packed_output else None,
-            **_rows_payload(x, packed),
-        },
-    )
+    options = {"model": model, "eps": e, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
+    payload = {**options, "encoding": "packed" if packed_output else None, **_rows_payload(x, packed)}
+    return _Call("POST", "/denoise", _parsed(DenoiseResponse), payload)
 
 
 Records = Sequence[dict[str, Any]] | Any  # a list of {column: value}, or a pandas DataFrame
@@ -222,50 +248,99 @@ def _records_call(path: str, parse: type[M], options: dict[str, Any], records: R
     absent), a DataFrame as a CSV body with the options in the query string."""
     if not _is_frame(records):
         rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in dict(r).items()} for r in records]
-        return _Call("POST", path, parse, {**options, "records": rows})
+        return _Call("POST", path, _parsed(parse), {**options, "records": rows})
     params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items() if v is not None}
-    return _Call("POST", path, parse, None, {"Content-Type": "text/csv"}, content=_frame_csv(records), params=params)
+    return _Call(
+        "POST", path, _parsed(parse), None, {"Content-Type": "text/csv"}, content=_frame_csv(records), params=params
+    )
 
 
 def _logprob_records(
     records: Records,
-    model: str | None,
-    masks: Literal["all"] | int,
-    seed: int | None,
-    n_importance: int | None,
-    explain: bool,
+    *,
+    model: str | None = None,
+    masks: Literal["all"] | int = "all",
+    seed: int | None = None,
+    n_importance: int | None = None,
+    explain: bool = False,
 ) -> _Call[LogProbResponse]:
+    """log p(record) per record; unknown (missing or None) cells summed out; `explain` adds
+    each column's surprisal. `records`: a list of dicts, or a pandas DataFrame."""
     options = {"model": model, "masks": masks, "seed": seed, "n_importance": n_importance, "explain": explain or None}
     return _records_call("/logprob", LogProbResponse, options, records)
 
 
 def _sample_records(
-    n: int, model: str | None, seed: int | None, given: dict[str, Any] | None, mask: Literal["mixture"] | int
-) -> _Call[SampleResponse]:
-    return _Call(
-        "POST",
-        "/sample",
-        SampleResponse,
-        {"model": model, "n": n, "seed": seed, "given": given, "mask": mask, "encoding": "records"},
-    )
+    n: int,
+    *,
+    model: str | None = None,
+    seed: int | None = None,
+    given: dict[str, Any] | None = None,
+    mask: Literal["mixture"] | int = "mixture",
+) -> _Call[list[dict[str, Any]]]:
+    """n sampled records (meeting `given`, {column: value}, when sent)."""
+    payload = {"model": model, "n": n, "seed": seed, "given": given, "mask": mask, "encoding": "records"}
+    return _Call("POST", "/sample", lambda response: list(_parsed(SampleResponse)(response).records or []), payload)
 
 
 def _impute_records(
-    records: Records, model: str | None, n_samples: int | None, seed: int | None, n_importance: int | None
+    records: Records,
+    *,
+    model: str | None = None,
+    n_samples: int | None = None,
+    seed: int | None = None,
+    n_importance: int | None = None,
 ) -> _Call[ImputeResponse]:
+    """The records filled in (.records), each unknown column's distribution (.distributions)
+    and n_samples completions per record (.samples)."""
     options = {"model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
     return _records_call("/impute", ImputeResponse, options, records)
 
 
-def _conditionals_records(records: Records, model: str | None, mask: int) -> _Call[ConditionalsResponse]:
+def _conditionals_records(records: Records, *, model: str | None = None, mask: int = 0) -> _Call[ConditionalsResponse]:
+    """Per complete record, each column's distribution given the columns before it in mask
+    `mask`'s ordering (.conditionals; the ordering in .column_order)."""
     return _records_call("/conditionals", ConditionalsResponse, {"model": model, "mask": mask}, records)
 
 
 # --- the clients ----------------------------------------------------------------------------------
 
 
-class MadeClient:
-    """Blocking client."""
+class _Endpoint(Generic[P, T]):
+    """A method of both clients, defined once by its request builder (signature, docstring,
+    request, reading of the response): on MadeClient it returns the result, on AsyncMadeClient
+    an awaitable of it; each client's _send does the I/O its own way."""
+
+    def __init__(self, build: Callable[P, _Call[T]]) -> None:
+        self.build = build
+        self.__doc__ = build.__doc__
+
+    @overload
+    def __get__(self, client: None, owner: type) -> _Endpoint[P, T]: ...
+    @overload
+    def __get__(self, client: MadeClient, owner: type) -> Callable[P, T]: ...
+    @overload
+    def __get__(self, client: AsyncMadeClient, owner: type) -> Callable[P, Awaitable[T]]: ...
+    def __get__(self, client: Any, owner: type) -> Any:
+        if client is None:
+            return self
+        build, send = self.build, client._send
+
+        @functools.wraps(build)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return send(build(*args, **kwargs))
+
+        return call
+
+
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
+
+
+class _Endpoints(Generic[H]):
+    """The API's calls and the HTTP client they go through, shared by both clients: an httpx
+    client of the caller's (`http`, left open), or one made here (closed with this one)."""
+
+    _http_class: type[H]
 
     def __init__(
         self,
@@ -273,11 +348,33 @@ class MadeClient:
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
-        http: httpx.Client | None = None,
+        http: H | None = None,
     ) -> None:
         self._owns_http = http is None
-        self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
+        self.http: H = http or self._http_class(base_url=base_url, timeout=timeout)
         self.http.headers.update(_headers(api_key))
+
+    readyz = _Endpoint(_readyz)
+    models = _Endpoint(_models)
+    model = _Endpoint(_model)
+    metrics = _Endpoint(_metrics)
+    logprob = _Endpoint(_logprob)
+    conditionals = _Endpoint(_conditionals)
+    sample = _Endpoint(_sample)
+    sample_png = _Endpoint(_sample_png)
+    impute = _Endpoint(_impute)
+    denoise = _Endpoint(_denoise)
+    # models of a table's columns: records keyed by column name
+    logprob_records = _Endpoint(_logprob_records)
+    sample_records = _Endpoint(_sample_records)
+    impute_records = _Endpoint(_impute_records)
+    conditionals_records = _Endpoint(_conditionals_records)
+
+
+class MadeClient(_Endpoints[httpx.Client]):
+    """Blocking client."""
+
+    _http_class = httpx.Client
 
     def __enter__(self) -> MadeClient:
         return self
@@ -291,12 +388,8 @@ class MadeClient:
         if self._owns_http:
             self.http.close()
 
-    def _raw(self, call: _Call[Any]) -> httpx.Response:
-        return _check(self.http.request(call.method, call.path, **call.send()))
-
-    def _run(self, call: _Call[M]) -> M:
-        assert call.parse is not None
-        return call.parse.model_validate(self._raw(call).json())
+    def _send(self, call: _Call[T]) -> T:
+        return call.finish(_check(self.http.request(call.method, call.path, **call.send())))
 
     def healthz(self) -> bool:
         """True when the server answers /healthz with 200."""
@@ -305,151 +398,11 @@ class MadeClient:
         except httpx.TransportError:
             return False
 
-    def readyz(self) -> ReadyResponse:
-        return self._run(_Call("GET", "/readyz", ReadyResponse))
 
-    def models(self) -> ModelsResponse:
-        return self._run(_Call("GET", "/models", ModelsResponse))
-
-    def model(self, name: str) -> dict[str, Any]:
-        """The manifest of one model."""
-        manifest: dict[str, Any] = self._raw(_Call("GET", f"/models/{name}", None)).json()
-        return manifest
-
-    def metrics(self) -> str:
-        return self._raw(_Call("GET", "/metrics", None)).text
-
-    def logprob(
-        self,
-        x: Rows,
-        *,
-        model: str | None = None,
-        masks: Literal["all"] | int = "all",
-        seed: int | None = None,
-        n_importance: int | None = None,
-        packed: bool = False,
-    ) -> LogProbResponse:
-        return self._run(_logprob(x, model, masks, seed, n_importance, packed))
-
-    def conditionals(
-        self, x: Rows, *, model: str | None = None, mask: int = 0, packed: bool = False
-    ) -> ConditionalsResponse:
-        return self._run(_conditionals(x, model, mask, packed))
-
-    def sample(
-        self,
-        n: int,
-        *,
-        model: str | None = None,
-        seed: int | None = None,
-        mask: Literal["mixture"] | int = "mixture",
-        packed: bool = False,
-    ) -> SampleResponse:
-        return self._run(_sample(n, model, seed, mask, packed))
-
-    def sample_png(
-        self,
-        n: int,
-        *,
-        model: str | None = None,
-        seed: int | None = None,
-        mask: Literal["mixture"] | int = "mixture",
-        scale: int = 2,
-    ) -> bytes:
-        """A grid of n samples as PNG (models with an image_shape)."""
-        return self._raw(_sample_png(n, model, seed, mask, scale)).content
-
-    def impute(
-        self,
-        x: Rows,
-        *,
-        model: str | None = None,
-        n_samples: int | None = None,
-        seed: int | None = None,
-        n_importance: int | None = None,
-        packed_output: bool = False,
-    ) -> ImputeResponse:
-        return self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
-
-    def denoise(
-        self,
-        x: Rows,
-        eps: Eps,
-        *,
-        model: str | None = None,
-        n_samples: int | None = None,
-        seed: int | None = None,
-        n_importance: int | None = None,
-        packed: bool = False,
-        packed_output: bool = False,
-    ) -> DenoiseResponse:
-        """The clean rows behind noisy rows x, each bit flipped with probability eps (a number, one
-        per row or one per entry): .marginals, .most_likely, .array() (clean samples),
-        .logprob_noisy with .stderr, and .ess."""
-        return self._run(_denoise(x, eps, model, n_samples, seed, n_importance, packed, packed_output))
-
-    # --- models of a table's columns: records keyed by column name ------------------------------
-    def logprob_records(
-        self,
-        records: Records,
-        *,
-        model: str | None = None,
-        masks: Literal["all"] | int = "all",
-        seed: int | None = None,
-        n_importance: int | None = None,
-        explain: bool = False,
-    ) -> LogProbResponse:
-        """log p(record) per record; unknown (missing or None) cells summed out; `explain` adds
-        each column's surprisal. `records`: a list of dicts, or a pandas DataFrame."""
-        return self._run(_logprob_records(records, model, masks, seed, n_importance, explain))
-
-    def sample_records(
-        self,
-        n: int,
-        *,
-        model: str | None = None,
-        seed: int | None = None,
-        given: dict[str, Any] | None = None,
-        mask: Literal["mixture"] | int = "mixture",
-    ) -> list[dict[str, Any]]:
-        """n sampled records (meeting `given`, {column: value}, when sent)."""
-        return list(self._run(_sample_records(n, model, seed, given, mask)).records or [])
-
-    def impute_records(
-        self,
-        records: Records,
-        *,
-        model: str | None = None,
-        n_samples: int | None = None,
-        seed: int | None = None,
-        n_importance: int | None = None,
-    ) -> ImputeResponse:
-        """The records filled in (.records), each unknown column's distribution (.distributions)
-        and n_samples completions per record (.samples)."""
-        return self._run(_impute_records(records, model, n_samples, seed, n_importance))
-
-    def conditionals_records(
-        self, records: Records, *, model: str | None = None, mask: int = 0
-    ) -> ConditionalsResponse:
-        """Per complete record, each column's distribution given the columns before it in mask
-        `mask`'s ordering (.conditionals; the ordering in .column_order)."""
-        return self._run(_conditionals_records(records, model, mask))
-
-
-class AsyncMadeClient:
+class AsyncMadeClient(_Endpoints[httpx.AsyncClient]):
     """The same methods as MadeClient, awaitable (concurrent requests from one task group)."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._owns_http = http is None
-        self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
-        self.http.headers.update(_headers(api_key))
+    _http_class = httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncMadeClient:
         return self
@@ -463,132 +416,12 @@ class AsyncMadeClient:
         if self._owns_http:
             await self.http.aclose()
 
-    async def _raw(self, call: _Call[Any]) -> httpx.Response:
-        return _check(await self.http.request(call.method, call.path, **call.send()))
-
-    async def _run(self, call: _Call[M]) -> M:
-        assert call.parse is not None
-        return call.parse.model_validate((await self._raw(call)).json())
+    async def _send(self, call: _Call[T]) -> T:
+        return call.finish(_check(await self.http.request(call.method, call.path, **call.send())))
 
     async def healthz(self) -> bool:
+        """True when the server answers /healthz with 200."""
         try:
             return (await self.http.get("/healthz")).status_code == 200
         except httpx.TransportError:
             return False
-
-    async def readyz(self) -> ReadyResponse:
-        return await self._run(_Call("GET", "/readyz", ReadyResponse))
-
-    async def models(self) -> ModelsResponse:
-        return await self._run(_Call("GET", "/models", ModelsResponse))
-
-    async def model(self, name: str) -> dict[str, Any]:
-        manifest: dict[str, Any] = (await self._raw(_Call("GET", f"/models/{name}", None))).json()
-        return manifest
-
-    async def metrics(self) -> str:
-        return (await self._raw(_Call("GET", "/metrics", None))).text
-
-    async def logprob(
-        self,
-        x: Rows,
-        *,
-        model: str | None = None,
-        masks: Literal["all"] | int = "all",
-        seed: int | None = None,
-        n_importance: int | None = None,
-        packed: bool = False,
-    ) -> LogProbResponse:
-        return await self._run(_logprob(x, model, masks, seed, n_importance, packed))
-
-    async def conditionals(
-        self, x: Rows, *, model: str | None = None, mask: int = 0, packed: bool = False
-    ) -> ConditionalsResponse:
-        return await self._run(_conditionals(x, model, mask, packed))
-
-    async def sample(
-        self,
-        n: int,
-        *,
-        model: str | None = None,
-        seed: int | None = None,
-        mask: Literal["mixture"] | int = "mixture",
-        packed: bool = False,
-    ) -> SampleResponse:
-        return await self._run(_sample(n, model, seed, mask, packed))
-
-    async def sample_png(
-        self,
-        n: int,
-        *,
-        model: str | None = None,
-        seed: int | None = None,
-        mask: Literal["mixture"] | int = "mixture",
-        scale: int = 2,
-    ) -> bytes:
-        return (await self._raw(_sample_png(n, model, seed, mask, scale))).content
-
-    async def impute(
-        self,
-        x: Rows,
-        *,
-        model: str | None = None,
-        n_samples: int | None = None,
-        seed: int | None = None,
-        n_importance: int | None = None,
-        packed_output: bool = False,
-    ) -> ImputeResponse:
-        return await self._run(_impute(x, model, n_samples, seed, n_importance, packed_output))
-
-    async def denoise(
-        self,
-        x: Rows,
-        eps: Eps,
-        *,
-        model: str | None = None,
-        n_samples: int | None = None,
-        seed: int | None = None,
-        n_importance: int | None = None,
-        packed: bool = False,
-        packed_output: bool = False,
-    ) -> DenoiseResponse:
-        return await self._run(_denoise(x, eps, model, n_samples, seed, n_importance, packed, packed_output))
-
-    async def logprob_records(
-        self,
-        records: Records,
-        *,
-        model: str | None = None,
-        masks: Literal["all"] | int = "all",
-        seed: int | None = None,
-        n_importance: int | None = None,
-        explain: bool = False,
-    ) -> LogProbResponse:
-        return await self._run(_logprob_records(records, model, masks, seed, n_importance, explain))
-
-    async def sample_records(
-        self,
-        n: int,
-        *,
-        model: str | None = None,
-        seed: int | None = None,
-        given: dict[str, Any] | None = None,
-        mask: Literal["mixture"] | int = "mixture",
-    ) -> list[dict[str, Any]]:
-        return list((await self._run(_sample_records(n, model, seed, given, mask))).records or [])
-
-    async def impute_records(
-        self,
-        records: Records,
-        *,
-        model: str | None = None,
-        n_samples: int | None = None,
-        seed: int | None = None,
-        n_importance: int | None = None,
-    ) -> ImputeResponse:
-        return await self._run(_impute_records(records, model, n_samples, seed, n_importance))
-
-    async def conditionals_records(
-        self, records: Records, *, model: str | None = None, mask: int = 0
-    ) -> ConditionalsResponse:
-        return await self._run(_conditionals_records(records, model, mask))

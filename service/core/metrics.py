@@ -22,13 +22,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter("made_requests", "HTTP requests answered", ["endpoint", "model", "status"], registry=r)
-        self.latency = Histogram(
-            "made_request_duration_seconds",
-            "time to answer a request",
-            ["endpoint", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.latency = self._per_model("made_request_duration_seconds", "time to answer a request", LATENCY_BUCKETS)
         self.errors = Counter(
             "made_errors", "requests answered with an error status", ["endpoint", "model", "type"], registry=r
         )
@@ -37,29 +31,11 @@ class Metrics:
         self.requests_in_flight = 0
         self.in_flight = Gauge("made_requests_in_flight", "requests being served", registry=r)
         self.in_flight.set_function(lambda: self.requests_in_flight)
-        self.request_rows = Histogram(
-            "made_request_rows",
-            "rows (or samples) in one request",
-            ["endpoint", "model"],
-            buckets=SIZE_BUCKETS,
-            registry=r,
-        )
-        self.batch_rows = Histogram(
-            "made_batch_rows", "rows in one merged engine call", ["endpoint", "model"], buckets=SIZE_BUCKETS, registry=r
-        )
-        self.batch_requests = Histogram(
-            "made_batch_requests",
-            "requests merged in one engine call",
-            ["endpoint", "model"],
-            buckets=SIZE_BUCKETS,
-            registry=r,
-        )
-        self.engine_latency = Histogram(
-            "made_engine_duration_seconds",
-            "time of one engine call",
-            ["endpoint", "model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.request_rows = self._per_model("made_request_rows", "rows (or samples) in one request", SIZE_BUCKETS)
+        self.batch_rows = self._per_model("made_batch_rows", "rows in one merged engine call", SIZE_BUCKETS)
+        self.batch_requests = self._per_model("made_batch_requests", "requests merged in one engine call", SIZE_BUCKETS)
+        self.engine_latency = self._per_model(
+            "made_engine_duration_seconds", "time of one engine call", LATENCY_BUCKETS
         )
         self.endpoint_requests = Gauge(
             "made_endpoint_requests",
@@ -88,6 +64,10 @@ class Metrics:
         self.reload_failures = Counter(
             "made_reload_errors", "reloads that failed as a whole (store unreadable, models not loaded)", registry=r
         )
+
+    def _per_model(self, name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
+        """A histogram labelled by endpoint and model, on this app's registry."""
+        return Histogram(name, documentation, ["endpoint", "model"], buckets=buckets, registry=self.registry)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), remembered: labels() costs more than the observation."""

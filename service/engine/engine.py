@@ -21,12 +21,12 @@ from made.store.files import DENSE_GRAPH, JACOBI_GRAPH, SCORES_GRAPH, SCORES_OBS
 from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
 from service.engine.checks import check_count
-from service.engine.denoise import DenoiseResult, denoise
+from service.engine.denoise import denoise
 from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler, device_of
-from service.engine.missing import ImputeResult, LogProbResult, impute, observed_logprob
+from service.engine.missing import LogProbResult, impute, observed_logprob
 from service.engine.network import MaskWeights, load_network, mask_logits, mask_weights
-from service.engine.runtime import make_session, requested_providers
-from service.engine.sampler import FastSampler
+from service.engine.runtime import make_session, requested_providers, trim_heap
+from service.engine.sampler import FastSampler, Sampler
 
 log = logging.getLogger("made.engine")
 
@@ -34,11 +34,11 @@ log = logging.getLogger("made.engine")
 CHUNK = 4096
 # Rows of random inputs on which a loaded model's own forward pass is checked against its
 # stored graph, per mask, and the largest difference in logits allowed (float32 sums in
-# another order differ by ~1e-5 on the 784-dimensional model).
+# another order differ in their last bits: docs/engine.md gives the figure).
 PARITY_ROWS = 8
 PARITY_ATOL = 1e-3
 # Jacobi sampling (service.engine.jacobi) on a device: calls of fewer rows step in numpy, where a
-# pass per dimension costs less than ~40 device round trips; to be tuned from bench/gpu_check.py
+# pass per dimension costs less than the device's round trips (docs/engine.md; bench/gpu_check.py)
 JACOBI_MIN_ROWS = 16
 JACOBI_CHECK_ROWS = 64  # noise rows of the load-time check
 GRAPH_SCORES_ATOL = 1e-3  # nats per row: a check that the scores graph is the model, not of its precision
@@ -74,8 +74,7 @@ class Engine:
         self.n_masks = model.n_masks
         self.orderings = model.orderings
         self.image_shape = model.image_shape
-        weights = model.weights()  # weights.safetensors as stored: read once, for the network and the parity check
-        network = load_network(model, weights)
+        network = load_network(model)  # weights.safetensors, read once
         if network.dims != self.dims or network.n_masks != self.n_masks:
             raise ModelStoreError(f"{model.file(WEIGHTS)} does not match its manifest's dims or n_masks")
         # Each mask's network in its own coordinates, masked, float32: the one copy of the
@@ -88,12 +87,11 @@ class Engine:
         self.session = make_session(model.file(DENSE_GRAPH), providers, threads)
         self.providers: list[str] = list(self.session.get_providers())
         self._feeds = [self._feed(m, device_of(self.providers)) for m in self.masks]
-        # the device path's companions (issue 16), built on first use or by the checks below
+        # the device path's companions, built on first use or by the checks below
         self._threads = self.session.get_session_options().intra_op_num_threads
         self._jacobi: JacobiSampler | None = None
         self._graph_scores: GraphScores | None = None
-        self._check_parity(model, weights, providers, threads)
-        del weights
+        self._check_parity(model, providers, threads)
         if self.use_graph_scores():
             self._check_graph_scores()
         self.sampler = FastSampler(self.masks, activation=model.activation)
@@ -102,6 +100,8 @@ class Engine:
             self._check_jacobi()
         # (D, K) float64: the position of dimension d in mask k's ordering (see exact_rows)
         self._positions = np.argsort(self.orderings, axis=1).T.astype(np.float64)
+        del network
+        trim_heap()  # what loading freed (files read, graphs built, the network as stored) leaves the process
         log.info(
             "loaded model %s version %s (D=%d, K=%d) on %s",
             self.name,
@@ -159,13 +159,12 @@ class Engine:
             arrays["direct_W"] = m.direct
         return {name: ort.OrtValue.ortvalue_from_numpy(a, device, 0) for name, a in arrays.items()}
 
-    def _check_parity(
-        self, model: StoredModel, weights: dict[str, np.ndarray], providers: list[str], threads: int | None
-    ) -> None:
+    def _check_parity(self, model: StoredModel, providers: list[str], threads: int | None) -> None:
         """Refuse a model whose stored graph of one mask (the format's contract: masks rebuilt from
         the stored degrees) and the rearranged weights run through the dense graph disagree: it
-        runs once here, on random rows, for every mask, then is let go."""
-        stored = make_session(model.onnx_path, providers, threads, weights)
+        runs once here, on random rows, for every mask, then is let go. onnxruntime reads its
+        initializers from weights.safetensors itself (open_model has checked that file)."""
+        stored = make_session(model.onnx_path, providers, threads)
         x = (np.random.default_rng(0).random((PARITY_ROWS, self.dims)) < 0.5).astype(np.float32)
         for k in range(self.n_masks):
             try:
@@ -356,36 +355,14 @@ class Engine:
         sums = observed.astype(np.float64) @ self._positions  # (N, K)
         return np.asarray((sums == (m * (m - 1) / 2)[:, None]).all(axis=1))
 
-    def impute(
-        self,
-        x: np.ndarray,
-        n_samples: int = 10,
-        seed: int | None = None,
-        n_importance: int = 1000,
-        *,
-        checked: bool = False,
-    ) -> ImputeResult:
-        """p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value):
-        n_samples completions, marginals p(x_d = 1 | x_obs), log p(x_obs) and an ESS; exact
-        where every mask's ordering puts the missing dimensions last, else likelihood weighting
-        (service.engine.missing.impute states the estimates and their seeding). checked: see
-        check_x."""
-        return impute(self, x, n_samples=n_samples, seed=seed, n_importance=n_importance, checked=checked)
+    # p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value): exact where
+    # every mask's ordering puts the missing dimensions last, else likelihood weighting
+    impute = impute
 
     # --- denoising ----------------------------------------------------------------------------
-    def denoise(
-        self,
-        y: np.ndarray,
-        eps: float | np.ndarray,
-        n_samples: int = 10,
-        seed: int | None = None,
-        n_importance: int = 1000,
-        *,
-        checked: bool = False,
-    ) -> DenoiseResult:
-        """p(clean x | noisy y) with independent bit flips of probability eps (a number, one per
-        row or one per entry): see service.engine.denoise.denoise. checked: see check_x."""
-        return denoise(self, y, eps, n_samples=n_samples, seed=seed, n_importance=n_importance, checked=checked)
+    # p(clean x | noisy y) with independent bit flips of probability eps (a number, one per row or
+    # one per entry)
+    denoise = denoise
 
     # --- the device path: Jacobi sampling, log-likelihoods computed in the graph ---
     def jacobi_sampler(self) -> JacobiSampler:
@@ -440,7 +417,7 @@ class Engine:
             return self.jacobi_enabled
         return self.providers[0] == "CUDAExecutionProvider"
 
-    def sampler_for(self, rows: int) -> FastSampler | JacobiSampler:
+    def sampler_for(self, rows: int) -> Sampler:
         """The sampler of a call of `rows` rows (sample, impute, denoise): Jacobi on the device
         where use_jacobi() and the call is large enough to fill it, else the stepping sampler.
         Both draw the same samples from the same noise (up to float32 ties)."""

@@ -1,9 +1,9 @@
-"""The device path of issue 16: Jacobi fixed-point sampling and log-likelihoods computed in the graph.
+"""The device path: Jacobi fixed-point sampling and log-likelihoods computed in the graph.
 
 Jacobi sampling (Song et al. 2020, "Accelerating feedforward computation via parallel nonlinear
 equation solving"): with the noise u drawn beforehand, an exact sample of mask k is the fixed
 point of x <- 1[u < sigmoid(logits_k(x))], taken as the stepping sampler takes it
-(sampler._run_plan): x_d = 1 where z_d > logit(u_d), logit(u) = log(u / (1 - u)) in float64
+(sampler.Given.thresholds): x_d = 1 where z_d > logit(u_d), logit(u) = log(u / (1 - u)) in float64
 (u = 0 gives -inf: 1), clamped entries with threshold -inf (value 1) or +inf (value 0), soft
 evidence moving the threshold by its log-odds. Starting from x = 0, after i passes the first i
 positions of the ordering are final (output t reads only positions < t), so at most D passes
@@ -11,7 +11,7 @@ reach the sample and one more confirms it; a row whose pass changes nothing is a
 point, which is unique, and leaves the batch. Each pass is one batched forward pass
 (the version's stored jacobi_step.onnx, made.store.files) through an onnxruntime session: on a GPU the whole batch
 steps on the device. The logits are float32 (the stepping sampler's are float64): a draw can
-differ only where |u - p| is below float32 resolution (~1e-7), as between two providers.
+differ only where |u - p| is below float32 resolution, as between two providers.
 
 The float64 thresholds are rounded down to float32 (the largest float32 <= t): for a float32
 logit z, z > t exactly when z > floor32(t), so the in-graph float32 comparison is the float64
@@ -38,16 +38,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from made.core.numerics import log_sigmoid, sigmoid
 from service.engine.network import MaskWeights
 from service.engine.runtime import make_session
-from service.engine.sampler import tilt
+from service.engine.sampler import FREE, Draws, Given, Sampler
 
 # Rows per session call: bounds the (rows, D) state and the per-pass temporaries (the hidden
-# layers' activations: ~8 KB a row at [1000, 1000]).
+# layers' activations; docs/engine.md gives their size).
 JACOBI_ROWS = 4096
-# Rows x masks per call of the scores graph on the CPU (its (K, N, D) temporaries: ~100 MB at
-# D=784 and 8192); a device call takes DEVICE_SCALE times that.
+# Rows x masks per call of the scores graph on the CPU (it bounds its (K, N, D) temporaries:
+# docs/engine.md); a device call takes DEVICE_SCALE times that.
 SCORE_CELLS = 4096
 DEVICE_SCALE = 16
 # Held while an engine builds its Jacobi sampler or graph scores (once each, on first use).
@@ -68,39 +67,22 @@ def float32_floor(t: np.ndarray) -> np.ndarray:
     return t32
 
 
-def thresholds(
-    u: np.ndarray,
-    ordering: np.ndarray,
-    observed: np.ndarray | None = None,
-    values: np.ndarray | None = None,
-    evidence: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """(N, D) float32 thresholds on the logits, in the mask's positions: x = 1 where z > thr.
-    The stepping sampler's rule (sampler._run_plan), rounded down to float32."""
-    cells = np.ix_(np.arange(len(u)), ordering)
-    um = u[:, ordering]
-    with np.errstate(divide="ignore"):  # u = 0 gives -inf: x = 1, as u < p
-        t = np.log(um / (1.0 - um))
-    if observed is not None and values is not None:
-        t = np.where(observed[cells], np.where(values[cells] > 0.5, -np.inf, np.inf), t)
-    if evidence is not None:
-        t = tilt(t, evidence[1][cells] - evidence[0][cells])
-    return float32_floor(t)
+def thresholds(u: np.ndarray, rows: np.ndarray, ordering: np.ndarray, given: Given) -> np.ndarray:
+    """(len(rows), D) float32 thresholds on the logits of u[rows], in the mask's positions:
+    x = 1 where z > thr. The stepping sampler's rule (Given.thresholds), rounded down to float32."""
+    return float32_floor(given.thresholds(u, rows, ordering))
 
 
 @dataclass
-class JacobiRun:
-    samples: np.ndarray  # (N, D) uint8, dimension order
-    logw: np.ndarray  # (N,) float64: as FastSampler.run_masks
-    probs: np.ndarray | None  # (N, D) float64 p(x_d = 1 | x_<d) of the sample, if asked
+class JacobiRun(Draws):
     passes: np.ndarray  # (N,) int64: forward passes each row took, the confirming one included
 
 
-class JacobiSampler:
+class JacobiSampler(Sampler):
     """Exact sampling by Jacobi iteration through one onnxruntime session of the step graph,
     fed each mask's arrays (the engine's feeds: on the CPU the MaskWeights memory itself, on a
-    GPU its one device copy). Same interface as FastSampler.run_masks, so that it can stand in
-    for it (imputation, denoising). Keeps no per-call state: safe under concurrent calls."""
+    GPU its one device copy). A Sampler, so that it can stand in for the stepping sampler
+    (imputation, denoising). Keeps no per-call state: safe under concurrent calls."""
 
     def __init__(
         self,
@@ -125,31 +107,13 @@ class JacobiSampler:
         self.feeds = [{name: v for name, v in feed.items() if name in wanted} for feed in feeds]
         self.rows = rows
 
-    def run_masks(
-        self,
-        masks: np.ndarray,
-        u: np.ndarray,
-        observed: np.ndarray | None = None,
-        values: np.ndarray | None = None,
-        return_probs: bool = False,
-        evidence: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """As FastSampler.run_masks: (samples (N, D) uint8, log weights (N,), probabilities)."""
-        run = self.run(masks, u, observed, values, return_probs, evidence)
-        return run.samples, run.logw, run.probs
+    def draw(self, masks: np.ndarray, u: np.ndarray, given: Given, return_probs: bool) -> Draws:
+        return self.run(masks, u, given, return_probs)
 
-    def run(
-        self,
-        masks: np.ndarray,
-        u: np.ndarray,
-        observed: np.ndarray | None = None,
-        values: np.ndarray | None = None,
-        return_probs: bool = False,
-        evidence: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> JacobiRun:
-        """Row i under mask masks[i] from uniforms u[i]; see FastSampler.run for observed,
-        values, evidence and the log weights. Rows are grouped by mask, each group iterated on
-        its own, JACOBI_ROWS rows at a time."""
+    def run(self, masks: np.ndarray, u: np.ndarray, given: Given = FREE, return_probs: bool = False) -> JacobiRun:
+        """Row i under mask masks[i] from uniforms u[i], conditioned on `given` (see
+        Sampler.run_masks for the log weights), with the passes each row took. Rows are grouped
+        by mask, each group iterated on its own, JACOBI_ROWS rows at a time."""
         n, dims = u.shape
         masks = np.asarray(masks, dtype=np.int64)
         out = JacobiRun(
@@ -158,34 +122,16 @@ class JacobiSampler:
             probs=np.empty((n, dims)) if return_probs else None,
             passes=np.zeros(n, dtype=np.int64),
         )
-        need_logits = return_probs or observed is not None or evidence is not None
+        need_logits = return_probs or given.weighs
+        iterate = self._iterate_bound if self.bind else self._iterate
         for k in np.unique(masks):
             rows_k = np.flatnonzero(masks == k)
             ordering = self.masks[int(k)].ordering
             for start in range(0, len(rows_k), self.rows):
                 rows = rows_k[start : start + self.rows]
-                obs_r = None if observed is None else observed[rows]
-                val_r = None if values is None else values[rows]
-                ev = None if evidence is None else (evidence[0][rows], evidence[1][rows])
-                thr = thresholds(u[rows], ordering, obs_r, val_r, ev)
-                iterate = self._iterate_bound if self.bind else self._iterate
-                xs, logits, passes = iterate(int(k), thr, need_logits)
-                xg = np.empty((len(rows), dims), dtype=np.uint8)
-                xg[:, ordering] = xs
-                out.samples[rows] = xg
+                xs, logits, passes = iterate(int(k), thresholds(u, rows, ordering, given), need_logits)
                 out.passes[rows] = passes
-                if logits is None:
-                    continue
-                zg = np.empty((len(rows), dims))
-                zg[:, ordering] = logits
-                if out.probs is not None:
-                    out.probs[rows] = sigmoid(zg)
-                if observed is not None and values is not None:
-                    ll = log_sigmoid(np.where(values[rows] > 0.5, zg, -zg))
-                    out.logw[rows] = np.where(observed[rows], ll, 0.0).sum(axis=1)
-                if ev is not None:
-                    norm = np.logaddexp(log_sigmoid(zg) + ev[1], log_sigmoid(-zg) + ev[0])
-                    out.logw[rows] += norm.sum(axis=1)
+                out.put(rows, ordering, xs, logits, given)
         return out
 
     def _iterate(self, k: int, thr: np.ndarray, need_logits: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -282,7 +228,7 @@ class JacobiSampler:
 class GraphScores:
     """log p_k(x) for K masks in one onnxruntime call per chunk of rows (the stored scores graphs),
     the masks' weights stacked (K, fan_in, fan_out) once at construction (K float32 copies of
-    the weights: ~100 MB at D=784, [1000, 1000], K=8), on the device where the provider is CUDA.
+    the weights: docs/engine.md gives their size), on the device where the provider is CUDA.
     Sessions (with and without the observed-entries input) are built on first use."""
 
     def __init__(

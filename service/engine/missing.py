@@ -175,26 +175,33 @@ def impute(
     exact_rows = np.flatnonzero(out.exact & ~complete)
     weighted_rows = np.flatnonzero(~out.exact)
     rngs = {int(i): np.random.default_rng([seed, int(i)]) for i in (*exact_rows, *weighted_rows)}
+    job = _Imputation(engine, x, observed, rngs, n_samples, out)
     if len(exact_rows):
-        _impute_exact(engine, x, observed, exact_rows, rngs, n_samples, out)
+        _impute_exact(job, exact_rows)
     if len(weighted_rows):
-        _impute_weighted(engine, x, observed, weighted_rows, rngs, n_samples, n_importance, out)
+        _impute_weighted(job, weighted_rows, n_importance)
     return out
 
 
-def _impute_exact(
-    engine: BitPasses,
-    x: np.ndarray,
-    observed: np.ndarray,
-    rows: np.ndarray,
-    rngs: dict[int, np.random.Generator],
-    n_samples: int,
-    out: ImputeResult,
-) -> None:
+@dataclass
+class _Imputation:
+    """One impute call: the engine, the rows (NaN: missing) and which entries are observed, each
+    row's generator, the completions asked per row, and the result being filled in."""
+
+    engine: BitPasses
+    x: np.ndarray
+    observed: np.ndarray
+    rngs: dict[int, np.random.Generator]
+    n_samples: int
+    out: ImputeResult
+
+
+def _impute_exact(job: _Imputation, rows: np.ndarray) -> None:
     """Exact rows: max(n_samples, 1) completions each, their masks from the posterior (all
     drawn first, then the uniforms). The completions of all rows go through the sampler in
     calls of at most _IMPUTE_VALUES values (a row's may span calls), with a cancellation
     checkpoint before each; the marginals are summed call by call."""
+    engine, x, observed, rngs, n_samples, out = job.engine, job.x, job.observed, job.rngs, job.n_samples, job.out
     ks = list(range(engine.n_masks))
     draws, dims = max(n_samples, 1), engine.dims
     loglik = engine.mask_logliks(x[rows], ks, observed[rows])  # (K, rows): log p_k(x_obs)
@@ -236,16 +243,7 @@ def _impute_exact(
                 out.marginals[r] = np.where(observed[r], out.marginals[r], sums.pop(j) / draws)
 
 
-def _impute_weighted(
-    engine: BitPasses,
-    x: np.ndarray,
-    observed: np.ndarray,
-    rows: np.ndarray,
-    rngs: dict[int, np.random.Generator],
-    n_samples: int,
-    n_importance: int,
-    out: ImputeResult,
-) -> None:
+def _impute_weighted(job: _Imputation, rows: np.ndarray, n_importance: int) -> None:
     """Rows that are not exact: n_importance likelihood-weighting draws per mask and row,
     drawn mask after mask from the row's generator, then the resampling from them. The
     draws of all rows go through the sampler in calls of at most _IMPUTE_VALUES values (a
@@ -253,6 +251,7 @@ def _impute_weighted(
     before each call, and are not kept: per row, their log weights (8 bytes a draw) and
     their weighted mean (the marginals) are, and the n_samples resampled draws are drawn
     again from the saved generator states (WeightedPool.redraw), bit for bit."""
+    engine, x, observed, rngs, out = job.engine, job.x, job.observed, job.rngs, job.out
     dims = engine.dims
     per_call = max(1, _IMPUTE_VALUES // dims)
     filled = np.nan_to_num(x, nan=0.0).astype(np.uint8)  # clamped where observed
@@ -266,5 +265,5 @@ def _impute_weighted(
         est = pool_estimate(r, pool.logw, engine.n_masks, n_importance)
         out.logprob_observed[r], out.stderr[r], out.ess[r] = est.logprob, est.stderr, est.ess
         out.marginals[r] = np.where(observed[r], x[r], pool.mean)
-        picks = resample(rngs[r], est.weights, n_samples)
+        picks = resample(rngs[r], est.weights, job.n_samples)
         out.samples[r] = pool.redraw(picks, dims, per_call, draw)

@@ -50,24 +50,25 @@ class Network:
 
 def network_from_arrays(arrays: Mapping[str, np.ndarray], where: Path | str) -> Network:
     """The network of weights.safetensors' arrays (made.store.files names them), weights as
-    float32 (float16 ones widened exactly) and degrees as int64."""
+    float32 (float16 ones widened exactly; float32 ones are the arrays read, not copies) and
+    degrees as int64."""
     try:
         n_layers = sum(1 for name in arrays if name.startswith("W") and name[1:].isdigit())
-        weights = [arrays[f"W{i}"].astype(np.float32) for i in range(n_layers)]
-        biases = [arrays[f"b{i}"].astype(np.float32) for i in range(n_layers)]
+        weights = [arrays[f"W{i}"].astype(np.float32, copy=False) for i in range(n_layers)]
+        biases = [arrays[f"b{i}"].astype(np.float32, copy=False) for i in range(n_layers)]
         hidden = [arrays[f"hidden_degrees_{i}"].astype(np.int64) for i in range(n_layers - 1)]
         degrees = arrays["input_degrees"].astype(np.int64)
     except KeyError as exc:
         raise ModelStoreError(f"{where} lacks the array {exc}; was it written by made export?") from None
-    direct = arrays["direct_W"].astype(np.float32) if "direct_W" in arrays else None
+    direct = arrays["direct_W"].astype(np.float32, copy=False) if "direct_W" in arrays else None
     return Network(weights, biases, degrees, hidden, direct)
 
 
-def load_network(model: StoredModel, arrays: Mapping[str, np.ndarray] | None = None) -> Network:
-    """A bit model's network, from `arrays` (its weights.safetensors, already read) or read here;
-    open_model has checked the arrays' shapes against the manifest."""
+def load_network(model: StoredModel) -> Network:
+    """A bit model's network, read from its weights.safetensors; open_model has checked the
+    arrays' shapes against the manifest."""
     where = model.file(WEIGHTS)
-    net = network_from_arrays(model.weights() if arrays is None else arrays, where)
+    net = network_from_arrays(model.weights(), where)
     weights, dims = net.weights, net.dims
     shapes_ok = (
         len(weights) >= 1

@@ -10,8 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from made.core.schema import Schema
-from service.engine.jacobi import JacobiSampler
-from service.engine.sampler import FastSampler
+from service.engine.sampler import Sampler
 
 
 class BitPasses(Protocol):
@@ -33,7 +32,7 @@ class BitPasses(Protocol):
         """(N,) bool: rows whose missing dimensions every mask's ordering puts last."""
         ...
 
-    def sampler_for(self, rows: int) -> FastSampler | JacobiSampler:
+    def sampler_for(self, rows: int) -> Sampler:
         """The sampler of a call of `rows` rows; both kinds draw the same samples from the same noise."""
         ...
 

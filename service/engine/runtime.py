@@ -86,10 +86,12 @@ def make_session(
     threads: int | None = None,
     initializers: Mapping[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
-    """A session for the stored graph at `path`; `initializers` supplies the values of its
-    external initializers (made.store.files: a version's weights, read once from
-    weights.safetensors and used by onnxruntime without a copy); `threads` intra-op threads
-    (Settings.threads; None or 0: onnxruntime's choice)."""
+    """A session for the stored graph at `path`; `threads` intra-op threads (Settings.threads;
+    None or 0: onnxruntime's choice). A stored graph's external initializers are read by
+    onnxruntime from the file they name, beside `path` (made.store.files: weights.safetensors,
+    checked by open_model), into memory it owns; `initializers` supplies them instead, from
+    arrays that must then live as long as the session (they are kept with it). Serving passes
+    none: onnxruntime copies what it is given, so fed arrays would be held twice."""
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -130,3 +132,15 @@ def release_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 256 << 10)
     mallopt(m_trim_threshold, 1 << 20)
+
+
+def trim_heap() -> None:
+    """Hand the free pages inside glibc's heap back to the system (malloc_trim): loading a model
+    frees many small blocks (files read, graphs built, the stored network), which would
+    otherwise stay resident for the life of the server. No effect outside glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    malloc_trim(0)

@@ -49,13 +49,15 @@ any batch.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 from made.core.numerics import log_sigmoid, sigmoid
 from service.engine.cancel import checkpoint
 from service.engine.network import MaskWeights
-from service.engine.sampler_plan import GroupPlan, Stage, build_group_plan
+from service.engine.sampler_plan import Block, GroupPlan, Stage, build_group_plan
 
 # Steps per block: longer blocks mean fewer, larger block GEMMs but more work per step (the
 # block's own units grow with it, and so do the zero-weight rows of its earlier steps). Masks
@@ -74,7 +76,114 @@ GROUP_ROWS = 13
 MIXED_ROW = 1.6
 
 
-class FastSampler:
+@dataclass(frozen=True)
+class Given:
+    """What the draws of a call are conditioned on: clamped entries (observed (N, D) bool, their
+    values (N, D)) and soft evidence (l0, l1), each (N, D) float64, the log-likelihoods
+    log p(y_d | x_d = 0) and log p(y_d | x_d = 1) of soft observations (never both -inf).
+    Nothing given: free draws."""
+
+    observed: np.ndarray | None = None
+    values: np.ndarray | None = None
+    evidence: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def weighs(self) -> bool:
+        """Whether the draws carry log weights (so the logits of every step are needed)."""
+        return self.observed is not None or self.evidence is not None
+
+    def thresholds(self, u: np.ndarray, rows: np.ndarray, ordering: np.ndarray) -> np.ndarray:
+        """(len(rows), D) float64 thresholds on the logits of rows `rows`, in the positions of
+        `ordering`: x = 1 where z > logit(u), i.e. u < p; a clamped entry's threshold is -inf
+        (value 1) or +inf (value 0), and evidence moves it by its log-odds (tilt)."""
+        cells = np.ix_(rows, ordering)
+        um = u[cells]
+        with np.errstate(divide="ignore"):  # u = 0 gives -inf: x = 1, as u < p
+            t = np.log(um / (1.0 - um))
+        if self.observed is not None and self.values is not None:
+            t = np.where(self.observed[cells], np.where(self.values[cells] > 0.5, -np.inf, np.inf), t)
+        if self.evidence is not None:
+            t = tilt(t, self.evidence[1][cells] - self.evidence[0][cells])
+        return t
+
+
+FREE = Given()
+
+
+@dataclass
+class Draws:
+    samples: np.ndarray  # (N, D) uint8, dimension order
+    logw: np.ndarray  # (N,) float64 log weights (0 for free draws)
+    probs: np.ndarray | None  # (N, D) float64 p(x_d = 1 | x_<d) of the sample, if asked
+
+    def put(
+        self, rows: np.ndarray, ordering: np.ndarray, xs: np.ndarray, logits: np.ndarray | None, given: Given
+    ) -> None:
+        """Rows `rows` from their draws under the mask of `ordering`: xs and logits (len(rows), D)
+        in its positions (logits None: neither probabilities nor weights are wanted). The log
+        weight is the sum of log p(x_d | x_<d) over the clamped d, plus, with evidence,
+        log sum_x p(x_d = x | x_<d) p(y_d | x) over every d."""
+        dims = xs.shape[1]
+        xg = np.empty((len(rows), dims), dtype=np.uint8)
+        xg[:, ordering] = xs
+        self.samples[rows] = xg
+        if logits is None or (self.probs is None and not given.weighs):
+            return
+        zg = np.empty((len(rows), dims))
+        zg[:, ordering] = logits
+        if self.probs is not None:
+            self.probs[rows] = sigmoid(zg)
+        if given.observed is not None and given.values is not None:
+            ll = log_sigmoid(np.where(given.values[rows] > 0.5, zg, -zg))
+            self.logw[rows] = np.where(given.observed[rows], ll, 0.0).sum(axis=1)
+        if given.evidence is not None:
+            l0, l1 = given.evidence
+            # log sum_x p(x_d = x | x_<d) p(y_d | x): log p(x_d = 1 | .) = log_sigmoid(z)
+            norm = np.logaddexp(log_sigmoid(zg) + l1[rows], log_sigmoid(-zg) + l0[rows])
+            self.logw[rows] += norm.sum(axis=1)
+
+
+class Sampler(ABC):
+    """Exact sampling of rows, each under a mask of its own, from noise drawn beforehand: the
+    stepping sampler here, Jacobi iteration on a device (service.engine.jacobi), interchangeable."""
+
+    def run_masks(
+        self,
+        masks: np.ndarray | int,
+        u: np.ndarray,
+        observed: np.ndarray | None = None,
+        values: np.ndarray | None = None,
+        return_probs: bool = False,
+        evidence: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Sample row i under mask masks[i] (valid mask indices; one index: every row under it)
+        from uniforms u (N, D): x_d = 1 where u_d < p_d. Row i's result does not depend on the
+        other rows beyond float64 rounding.
+
+        observed (N, D) bool and values (N, D) clamp entries; returns (x (N, D) uint8,
+        log weights (N,) = sum of log p(x_d | x_<d) over clamped d, and, if asked, the
+        per-step probabilities (N, D) in dimension order).
+
+        evidence (l0, l1), each (N, D) float64, are the log-likelihoods log p(y_d | x_d = 0)
+        and log p(y_d | x_d = 1) of soft observations (never both -inf): each step draws from
+        p(x_d | x_<d) p(y_d | x_d), normalised (x_d = 1 where u_d < that probability), and the
+        log weight adds log sum_x p(x_d = x | x_<d) p(y_d | x) over d: E[w] = sum_x p_k(x) p(y | x).
+        (l0, l1) = (-inf, 0) clamps to 1, (0, -inf) to 0, (0, 0) leaves d free. The per-step
+        probabilities stay the model's, p(x_d = 1 | x_<d).
+        """
+        per_row = np.broadcast_to(np.asarray(masks, dtype=np.int64), (len(u),))
+        draws = self.draw(per_row, u, Given(observed, values, evidence), return_probs)
+        return draws.samples, draws.logw, draws.probs
+
+    @abstractmethod
+    def draw(self, masks: np.ndarray, u: np.ndarray, given: Given, return_probs: bool) -> Draws:
+        """run_masks' draws: row i under mask masks[i] (N,) from u[i], conditioned on `given`."""
+
+
+_Pass = tuple[tuple[int, ...], np.ndarray, np.ndarray]  # a plan's masks, its rows, each row's group
+
+
+class FastSampler(Sampler):
     """Stepping sampler over each mask's network in its own coordinates (network.MaskWeights,
     shared with the engine's onnxruntime session). The plans for one mask and for all masks
     stepping together are built on first use, or all at once by warm(), and kept."""
@@ -112,71 +221,40 @@ class FastSampler:
         if self.n_masks > 1:
             self.group_plan(tuple(range(self.n_masks)))
 
-    def run(
-        self,
-        k: int,
-        u: np.ndarray,
-        observed: np.ndarray | None = None,
-        values: np.ndarray | None = None,
-        return_probs: bool = False,
-        evidence: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Sample N rows under mask k from uniforms u (N, D): x_d = 1 where u_d < p_d.
+    # run(k, u, ...): every row under mask k, as run_masks(k, u, ...)
+    run = Sampler.run_masks
 
-        observed (N, D) bool and values (N, D) clamp entries; returns (x (N, D) uint8,
-        log weights (N,) = sum of log p(x_d | x_<d) over clamped d, and, if asked, the
-        per-step probabilities (N, D) in dimension order).
-
-        evidence (l0, l1), each (N, D) float64, are the log-likelihoods log p(y_d | x_d = 0)
-        and log p(y_d | x_d = 1) of soft observations (never both -inf): each step draws from
-        p(x_d | x_<d) p(y_d | x_d), normalised (x_d = 1 where u_d < that probability), and the
-        log weight adds log sum_x p(x_d = x | x_<d) p(y_d | x) over d: E[w] = sum_x p_k(x) p(y | x).
-        (l0, l1) = (-inf, 0) clamps to 1, (0, -inf) to 0, (0, 0) leaves d free. The per-step
-        probabilities stay the model's, p(x_d = 1 | x_<d).
-        """
-        return self.run_masks(np.full(len(u), k, dtype=np.int64), u, observed, values, return_probs, evidence)
-
-    def run_masks(
-        self,
-        masks: np.ndarray,
-        u: np.ndarray,
-        observed: np.ndarray | None = None,
-        values: np.ndarray | None = None,
-        return_probs: bool = False,
-        evidence: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Like run, with row i under mask masks[i] (valid mask indices): every mask in one loop.
-        Row i's result does not depend on the other rows beyond float64 rounding. Large calls
-        go through the loop MAX_ROWS rows at a time, with a cancellation checkpoint between
-        passes."""
+    def draw(self, masks: np.ndarray, u: np.ndarray, given: Given, return_probs: bool) -> Draws:
+        """Every mask in one loop; large calls go through the loop MAX_ROWS rows at a time, with a
+        cancellation checkpoint between passes."""
         n, dims = u.shape
-        x = np.empty((n, dims), dtype=np.uint8)
-        logw = np.zeros(n)
-        probs = np.empty((n, dims)) if return_probs else None
-        if n == 0:
-            return x, logw, probs
-        masks = np.asarray(masks, dtype=np.int64)
-        present, group = np.unique(masks, return_inverse=True)
-        passes: list[tuple[tuple[int, ...], np.ndarray, np.ndarray]] = []  # (masks, rows, group)
-        if len(present) == 1:
-            passes.append(((int(present[0]),), np.arange(n), np.zeros(n, dtype=np.int64)))
-        elif _pass_rows(self.n_masks, int(np.bincount(group).max())) <= (len(present) * _pass_rows(1, 0) + n):
-            # one pass of every mask: the usual mixture batch
-            passes.append((tuple(range(self.n_masks)), np.arange(n), masks))
-        else:  # a few masks, or many rows under a few masks: one pass each costs less
-            for i, k in enumerate(present):
-                rows = np.flatnonzero(group == i)
-                passes.append(((int(k),), rows, np.zeros(len(rows), dtype=np.int64)))
+        draws = Draws(np.empty((n, dims), dtype=np.uint8), np.zeros(n), np.empty((n, dims)) if return_probs else None)
         first = True
-        for plan_masks, rows, grp in passes:
+        for plan_masks, rows, grp in self._passes(masks) if n else []:
             plan = self.group_plan(plan_masks)
             for start in range(0, len(rows), MAX_ROWS):
                 if not first:  # between passes: a cancelled caller stops here (service.engine.cancel)
                     checkpoint()
                 first = False
                 part = slice(start, start + MAX_ROWS)
-                _run_plan(plan, rows[part], grp[part], u, observed, values, x, logw, probs, evidence, self.activation)
-        return x, logw, probs
+                _run_plan(plan, rows[part], grp[part], u, given, draws, self.activation)
+        return draws
+
+    def _passes(self, masks: np.ndarray) -> list[_Pass]:
+        """The passes of a call: (the masks of a plan, the rows, each row's group in the plan)."""
+        n = len(masks)
+        present, group = np.unique(masks, return_inverse=True)
+        if len(present) == 1:
+            return [((int(present[0]),), np.arange(n), np.zeros(n, dtype=np.int64))]
+        if _pass_rows(self.n_masks, int(np.bincount(group).max())) <= (len(present) * _pass_rows(1, 0) + n):
+            # one pass of every mask: the usual mixture batch
+            return [(tuple(range(self.n_masks)), np.arange(n), masks)]
+        # a few masks, or many rows under a few masks: one pass each costs less
+        passes: list[_Pass] = []
+        for i, k in enumerate(present):
+            rows = np.flatnonzero(group == i)
+            passes.append(((int(k),), rows, np.zeros(len(rows), dtype=np.int64)))
+        return passes
 
 
 def _pass_rows(groups: int, rows: int) -> float:
@@ -185,21 +263,10 @@ def _pass_rows(groups: int, rows: int) -> float:
 
 
 def _run_plan(
-    plan: GroupPlan,
-    rows: np.ndarray,
-    group: np.ndarray,
-    u: np.ndarray,
-    observed: np.ndarray | None,
-    values: np.ndarray | None,
-    x: np.ndarray,
-    logw: np.ndarray,
-    probs: np.ndarray | None,
-    evidence: tuple[np.ndarray, np.ndarray] | None = None,
-    activation: str = "relu",
+    plan: GroupPlan, rows: np.ndarray, group: np.ndarray, u: np.ndarray, given: Given, draws: Draws, activation: str
 ) -> None:
-    """Sample u[rows] (row i under plan.nets[group[i]]) into x, logw and probs at rows; the
-    hidden units are `activation` units (relu or tanh)."""
-    tanh = activation == "tanh"
+    """Sample u[rows] (row i under plan.nets[group[i]]) into draws at rows; the hidden units are
+    `activation` units (relu or tanh)."""
     nets = plan.nets
     n_groups, dims = len(nets), u.shape[1]
     members = [rows[group == g] for g in range(n_groups)]
@@ -208,87 +275,79 @@ def _run_plan(
     # thresholds on the logits, (G, D, R) in positions: x = 1 where z > logit(u), i.e. u < p
     thr = np.full((n_groups, dims, n_rows), np.inf)  # padding rows draw 0s
     for g, m in enumerate(members):
-        if not len(m):
-            continue
-        cells = np.ix_(m, nets[g].ordering)
-        um = u[cells]
-        with np.errstate(divide="ignore"):  # u = 0 gives -inf: x = 1, as u < p
-            t = np.log(um / (1.0 - um))
-        if observed is not None and values is not None:
-            t = np.where(observed[cells], np.where(values[cells] > 0.5, -np.inf, np.inf), t)
-        if evidence is not None:
-            t = tilt(t, evidence[1][cells] - evidence[0][cells])
-        thr[g, :, : len(m)] = t.T
+        if len(m):
+            thr[g, :, : len(m)] = given.thresholds(u, m, nets[g].ordering).T
     xs = np.zeros((n_groups, dims, n_rows))
     logits = np.zeros((n_groups, dims, n_rows))
     acts = [np.zeros((n_groups, h + 1, n_rows)) for h in plan.widths]  # + 1: a row for padding
-    n_hidden = len(plan.widths)
     gi = np.arange(n_groups)[:, None]
-    matmul, maximum, greater, tanh_ = np.matmul, np.maximum, np.greater, np.tanh
     for block in plan.blocks:
-        t0, t1 = block.t0, block.t1
-        nb = t1 - t0
-        # block GEMMs: what each unit of the block gets from the units known before it, one
-        # matmul per mask without padding (they are most of the work), then into the buffers
-        bufs = [np.zeros((n_groups, m, n_rows)) for m in block.buffer_rows]
-        for l, st in enumerate(block.stages):
-            below = xs if l == 0 else acts[l - 1]
-            part = np.zeros((n_groups, st.units + 1, n_rows))  # + 1: a row of 0s for padding
-            for g, (lo, hi, known) in enumerate(st.parts):
-                r = sizes[g]
-                if hi > lo and known and r:
-                    matmul(nets[g].weights[l][lo:hi, :known], below[g, :known, :r], out=part[g, : hi - lo, :r])
-                direct = nets[g].direct
-                if l == n_hidden and direct is not None and t0 > 0 and r:
-                    part[g, :nb, :r] += direct[t0:t1, :t0] @ xs[g, :t0, :r]
-            own = part[gi, st.src]
-            own += st.bias
-            bufs[st.buffer][gi, st.own_rows] = own
-        hidden = [
-            (bufs[st.buffer], bufs[nxt.buffer], _step_weights(st))
-            for st, nxt in zip(block.stages[:-1], block.stages[1:], strict=True)
-        ]
-        inputs, out_steps, x_rows = bufs[0], _step_weights(block.stages[-1]), block.x_rows
-        for j in range(nb):
-            # hidden units of degree t0 + j, lowest layer first, into the next stage's buffer
-            for buf, nxt_buf, steps in hidden:
-                step = steps[j]
-                if step is not None:
-                    w, m, lo, hi = step
-                    if tanh:
-                        tanh_(matmul(w, buf[:, :m, :]), out=nxt_buf[:, lo:hi, :])
-                    else:
-                        maximum(matmul(w, buf[:, :m, :]), 0.0, out=nxt_buf[:, lo:hi, :])
-            out_step = out_steps[j]
-            assert out_step is not None  # one output per step
-            w, m = out_step[0], out_step[1]
-            z = logits[:, t0 + j : t0 + j + 1, :]
-            matmul(w, inputs[:, :m, :], out=z)
-            # the input of position t0 + j, where the next steps read it
-            greater(z[:, 0, :], thr[:, t0 + j, :], out=inputs[:, x_rows[j], :] if j + 1 < nb else xs[:, t1 - 1, :])
-        xs[:, t0 : t1 - 1, :] = inputs[:, x_rows[: nb - 1], :]
+        bufs = _block_gemms(block, nets, sizes, xs, acts)
+        _step_block(block, bufs, xs, logits, thr, activation == "tanh")
         for act, st, nxt in zip(acts, block.stages, block.stages[1:], strict=False):
             act[gi, st.dst_rows] = bufs[nxt.buffer][gi, st.out_rows]
     for g, m in enumerate(members):
-        if not len(m):
-            continue
-        order = nets[g].ordering
-        xg = np.empty((len(m), dims), dtype=np.uint8)
-        xg[:, order] = xs[g, :, : len(m)].T
-        x[m] = xg
-        if probs is None and observed is None and evidence is None:
-            continue
-        zg = np.empty((len(m), dims))
-        zg[:, order] = logits[g, :, : len(m)].T
-        if probs is not None:
-            probs[m] = sigmoid(zg)
-        if observed is not None and values is not None:
-            ll = log_sigmoid(np.where(values[m] > 0.5, zg, -zg))
-            logw[m] = np.where(observed[m], ll, 0.0).sum(axis=1)
-        if evidence is not None:
-            # log sum_x p(x_d = x | x_<d) p(y_d | x): log p(x_d = 1 | .) = log_sigmoid(z)
-            norm = np.logaddexp(log_sigmoid(zg) + evidence[1][m], log_sigmoid(-zg) + evidence[0][m])
-            logw[m] += norm.sum(axis=1)
+        if len(m):
+            draws.put(m, nets[g].ordering, xs[g, :, : len(m)].T, logits[g, :, : len(m)].T, given)
+
+
+def _block_gemms(
+    block: Block, nets: list[MaskWeights], sizes: list[int], xs: np.ndarray, acts: list[np.ndarray]
+) -> list[np.ndarray]:
+    """The block's buffers, holding what each unit of the block gets from the units known before
+    it: one matmul per mask without padding (they are most of the work)."""
+    n_groups, n_rows, n_hidden = xs.shape[0], xs.shape[2], len(acts)
+    t0, t1 = block.t0, block.t1
+    gi = np.arange(n_groups)[:, None]
+    bufs = [np.zeros((n_groups, m, n_rows)) for m in block.buffer_rows]
+    for l, st in enumerate(block.stages):
+        below = xs if l == 0 else acts[l - 1]
+        part = np.zeros((n_groups, st.units + 1, n_rows))  # + 1: a row of 0s for padding
+        for g, (lo, hi, known) in enumerate(st.parts):
+            r = sizes[g]
+            if hi > lo and known and r:
+                np.matmul(nets[g].weights[l][lo:hi, :known], below[g, :known, :r], out=part[g, : hi - lo, :r])
+            direct = nets[g].direct
+            if l == n_hidden and direct is not None and t0 > 0 and r:
+                part[g, : t1 - t0, :r] += direct[t0:t1, :t0] @ xs[g, :t0, :r]
+        own = part[gi, st.src]
+        own += st.bias
+        bufs[st.buffer][gi, st.own_rows] = own
+    return bufs
+
+
+def _step_block(
+    block: Block, bufs: list[np.ndarray], xs: np.ndarray, logits: np.ndarray, thr: np.ndarray, tanh: bool
+) -> None:
+    """The block's steps: per step, each hidden layer's new units into the next stage's buffer,
+    then the output's logit and the drawn input, where the next steps read it; the block's
+    inputs then into xs."""
+    t0, t1 = block.t0, block.t1
+    nb = t1 - t0
+    hidden = [
+        (bufs[st.buffer], bufs[nxt.buffer], _step_weights(st))
+        for st, nxt in zip(block.stages[:-1], block.stages[1:], strict=True)
+    ]
+    inputs, out_steps, x_rows = bufs[0], _step_weights(block.stages[-1]), block.x_rows
+    matmul, maximum, greater, tanh_ = np.matmul, np.maximum, np.greater, np.tanh
+    for j in range(nb):
+        # hidden units of degree t0 + j, lowest layer first, into the next stage's buffer
+        for buf, nxt_buf, steps in hidden:
+            step = steps[j]
+            if step is not None:
+                w, m, lo, hi = step
+                if tanh:
+                    tanh_(matmul(w, buf[:, :m, :]), out=nxt_buf[:, lo:hi, :])
+                else:
+                    maximum(matmul(w, buf[:, :m, :]), 0.0, out=nxt_buf[:, lo:hi, :])
+        out_step = out_steps[j]
+        assert out_step is not None  # one output per step
+        w, m = out_step[0], out_step[1]
+        z = logits[:, t0 + j : t0 + j + 1, :]
+        matmul(w, inputs[:, :m, :], out=z)
+        # the input of position t0 + j, where the next steps read it
+        greater(z[:, 0, :], thr[:, t0 + j, :], out=inputs[:, x_rows[j], :] if j + 1 < nb else xs[:, t1 - 1, :])
+    xs[:, t0 : t1 - 1, :] = inputs[:, x_rows[: nb - 1], :]
 
 
 def _step_weights(stage: Stage) -> list[tuple[np.ndarray, int, int, int] | None]:

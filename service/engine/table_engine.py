@@ -68,7 +68,7 @@ class TableEngine:
         self.image_shape = None
         if self.orderings.shape != (self.n_masks, self.dims):
             raise ModelStoreError(f"{model.path}: orderings do not match n_masks x columns")
-        self.session = make_session(model.onnx_path, providers or requested_providers(), threads, model.weights())
+        self.session = make_session(model.onnx_path, providers or requested_providers(), threads)
         self.providers: list[str] = list(self.session.get_providers())
         ins = {i.name: i.shape for i in self.session.get_inputs()}
         outs = {o.name: o.shape for o in self.session.get_outputs()}

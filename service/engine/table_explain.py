@@ -83,18 +83,7 @@ def _log_numeric_normaliser(
     col = engine.schema.columns[c]
     n = len(values)
     priors = [mixture(col, engine.column_params(p, c)) for p in params]
-    cells = values[:, c]
-    present = cells != ABSENT
-    y_obs = np.full(n, np.nan)
-    y_obs[present] = input_value(col, cells[present])
-    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
-    for _, log_w, mu, log_s in priors:
-        q = mixture_quantiles(np.array([GIVEN_TAIL, 1.0 - GIVEN_TAIL]), log_w, mu, log_s)
-        lo, hi = np.minimum(lo, q[:, 0]), np.maximum(hi, q[:, 1])
-    lo, hi = np.fmin(lo, y_obs - 1.0), np.fmax(hi, y_obs + 1.0)
-    lo = np.maximum(lo, np.fmin(-GIVEN_REACH, y_obs - 1.0))
-    hi = np.minimum(hi, np.fmax(GIVEN_REACH, y_obs + 1.0))
-    nodes = int(np.clip(np.ceil(np.max((hi - lo) / GIVEN_STEP)) + 1, 33, GIVEN_NODES))
+    lo, hi, nodes = _grid(col, priors, values[:, c])
     local_w = np.full(len(GIVEN_LOCAL), np.log(GIVEN_LOCAL[1] - GIVEN_LOCAL[0]))
     local_w[[0, -1]] += np.log(0.5)
     local_w += log_sigmoid(GIVEN_LOCAL) + log_sigmoid(-GIVEN_LOCAL)  # the standard logistic's density
@@ -145,6 +134,27 @@ def _log_numeric_normaliser(
                 log_e = np.logaddexp(log_sigmoid(-a) + log_e, log_sigmoid(a) + g_absent)
             out[k, rows] = per_mask[k, rows][:, before].sum(axis=1) + log_e
     return logmeanexp(out, axis=0)
+
+
+def _grid(
+    col: Column, priors: list[tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]], cells: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each row's range of the integral in y, [lo, hi) (N,) each: where any mask's conditional
+    has its mass, widened to the record's own value +-1, within +-GIVEN_REACH; and the number of
+    grid nodes, the same for every row, for a spacing of GIVEN_STEP at most GIVEN_NODES."""
+    n = len(cells)
+    present = cells != ABSENT
+    y_obs = np.full(n, np.nan)
+    y_obs[present] = input_value(col, cells[present])
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    for _, log_w, mu, log_s in priors:
+        q = mixture_quantiles(np.array([GIVEN_TAIL, 1.0 - GIVEN_TAIL]), log_w, mu, log_s)
+        lo, hi = np.minimum(lo, q[:, 0]), np.maximum(hi, q[:, 1])
+    lo, hi = np.fmin(lo, y_obs - 1.0), np.fmax(hi, y_obs + 1.0)
+    lo = np.maximum(lo, np.fmin(-GIVEN_REACH, y_obs - 1.0))
+    hi = np.minimum(hi, np.fmax(GIVEN_REACH, y_obs + 1.0))
+    nodes = int(np.clip(np.ceil(np.max((hi - lo) / GIVEN_STEP)) + 1, 33, GIVEN_NODES))
+    return lo, hi, nodes
 
 
 def _log_after(

@@ -90,19 +90,7 @@ def impute(
         np.zeros(n),
         np.zeros(n),
     )
-    pools = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        if not unknown[i].any():  # nothing to draw: the row itself
-            out.samples[i] = values[i]
-            out.ess[i] = n_samples
-            continue
-        if exact[i]:
-            post = np.exp(per_mask[:, i] - np.logaddexp.reduce(per_mask[:, i]))
-            ks = rng.choice(engine.n_masks, size=max(n_samples, SUMMARY_DRAWS), p=post / post.sum())
-            pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), len(ks), ks))
-        else:
-            pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), engine.n_masks * n_importance, None, n_importance))
+    pools = _pools(values, per_mask, seed, n_samples, n_importance, out)
     for chunk in _segments(pools, chunk_rows):
         checkpoint()
         sizes = [stop - start for _, start, stop in chunk]
@@ -120,25 +108,36 @@ def impute(
         first = 0
         done = [pool for pool, _, stop in chunk if stop == pool.draws]
         for pool, start, stop in chunk:
-            part, draws = slice(first, first + stop - start), slice(start, stop)
+            pool.keep(slice(start, stop), slice(first, first + stop - start), filled, logw, level_p)
             first += stop - start
-            if pool.cells is None:  # the row's first draws: room for what it keeps of them all
-                pool.cells = np.empty((pool.draws, len(pool.unknown)))
-                if not out.exact[pool.row]:
-                    pool.logw = np.empty(pool.draws)
-            pool.cells[draws] = filled[part][:, pool.unknown]
-            if pool.logw is not None:
-                pool.logw[draws] = logw[part]
-                continue
-            for c in pool.unknown.tolist():  # an exact row: the level probabilities of its draws
-                if c in level_p:
-                    if c not in pool.level_p:
-                        pool.level_p[c] = np.empty((pool.draws, level_p[c].shape[1]))
-                    pool.level_p[c][draws] = level_p[c][part]
         del filled, logw, level_p, u  # the chunk's arrays go before the rows' summaries are made
         for pool in done:
             _finish(engine, values, pool, n_samples, out)
     return out
+
+
+def _pools(
+    values: np.ndarray, per_mask: np.ndarray, seed: int, n_samples: int, n_importance: int, out: TableImpute
+) -> list[_Pool]:
+    """Each row's draws to make, its generator default_rng([seed, i]) first: an exact row's
+    masks drawn from its posterior over them (per_mask (K, N): log p_k(x_known)), a weighted
+    row's n_importance per mask. A row with nothing unknown is its own answer, filled in here."""
+    n_masks = len(per_mask)
+    unknown = np.isnan(values)
+    pools = []
+    for i in range(len(values)):
+        rng = np.random.default_rng([seed, i])
+        if not unknown[i].any():  # nothing to draw: the row itself
+            out.samples[i] = values[i]
+            out.ess[i] = n_samples
+            continue
+        if out.exact[i]:
+            post = np.exp(per_mask[:, i] - np.logaddexp.reduce(per_mask[:, i]))
+            ks = rng.choice(n_masks, size=max(n_samples, SUMMARY_DRAWS), p=post / post.sum())
+            pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), len(ks), ks))
+        else:
+            pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), n_masks * n_importance, None, n_importance))
+    return pools
 
 
 def _finish(engine: TablePasses, values: np.ndarray, pool: _Pool, n_samples: int, out: TableImpute) -> None:
@@ -237,6 +236,26 @@ class _Pool:
     cells: np.ndarray | None = None  # (draws, unknown columns), from its first chunk on
     logw: np.ndarray | None = None  # (draws,), weighted rows
     level_p: dict[int, np.ndarray] = field(default_factory=dict)  # column -> (draws, levels), exact rows
+
+    def keep(
+        self, draws: slice, part: slice, filled: np.ndarray, logw: np.ndarray, level_p: dict[int, np.ndarray]
+    ) -> None:
+        """What the row keeps of its draws `draws`, rows `part` of a chunk's completions: the drawn
+        cells and, a weighted row (ks None), the log weights, or, an exact row, the level
+        probabilities the draws were made from."""
+        if self.cells is None:  # the row's first draws: room for what it keeps of them all
+            self.cells = np.empty((self.draws, len(self.unknown)))
+            if self.ks is None:
+                self.logw = np.empty(self.draws)
+        self.cells[draws] = filled[part][:, self.unknown]
+        if self.logw is not None:
+            self.logw[draws] = logw[part]
+            return
+        for c in self.unknown.tolist():
+            if c in level_p:
+                if c not in self.level_p:
+                    self.level_p[c] = np.empty((self.draws, level_p[c].shape[1]))
+                self.level_p[c][draws] = level_p[c][part]
 
     def masks(self, start: int, stop: int) -> np.ndarray:
         if self.ks is not None:
