@@ -3,8 +3,9 @@
     .venv/bin/python bench/memory.py [--against REV] [--store model_store] [--rounds 3] [--write]
 
 For each code base (this checkout, and REV checked out with `git worktree` into a temporary
-directory, default 8e3497d: the engine before one-copy-per-mask), a fresh Python process loads
-every model of the store the way `made serve` does (ModelRegistry, after the service's imports
+directory, default AGAINST), a fresh Python process loads every model of its own store (each
+code base its own `model_store`, since store formats differ between them; --store names one
+store for both) the way `made serve` does (ModelRegistry, after the service's imports
 and, where the code base has it, the allocator setting that create_app makes)
 and reads its VmRSS: after the imports, after loading, and after using each model of bits on
 what the service's endpoints run (log p of 1 and 4096 rows, 4 and 64 mixture samples, an exact
@@ -27,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "memory.md"
+AGAINST = "3b5e032"  # the code before the house's redesign (store format 1, engine built at load)
 
 PROBE = r"""
 import json, sys, time
@@ -37,7 +39,10 @@ def rss():
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
 
-import service.http.app  # noqa: F401  (what a server has imported before it loads models)
+try:  # what a server has imported before it loads models, in either layout
+    import service.http.app  # noqa: F401
+except ImportError:
+    import service.app  # noqa: F401
 try:  # what create_app does first, where the code base has it
     from service.engine.runtime import release_freed_memory
     release_freed_memory()
@@ -105,15 +110,15 @@ def probe(root: Path, store: Path, name: str, threads: int, calls: int) -> dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", default="8e3497d", help="the revision to compare with")
-    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--against", default=AGAINST, help="the revision to compare with")
+    parser.add_argument("--store", type=Path, help="one store for both code bases (default: each its own model_store)")
     parser.add_argument("--name", default="binarized-mnist", help="the model whose latency is timed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--write", action="store_true", help=f"write {DOC.relative_to(ROOT)}")
     args = parser.parse_args()
-    store = args.store.resolve()
+    store = args.store.resolve() if args.store else None
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
         subprocess.run(
@@ -123,8 +128,10 @@ def main() -> int:
             runs: dict[str, list[dict[str, float]]] = {"this checkout": [], args.against: []}
             for r in range(args.rounds):
                 print(f"round {r + 1} of {args.rounds}", file=sys.stderr)
-                runs[args.against].append(probe(old, store, args.name, args.threads, args.calls))
-                runs["this checkout"].append(probe(ROOT, store, args.name, args.threads, args.calls))
+                runs[args.against].append(probe(old, store or old / "model_store", args.name, args.threads, args.calls))
+                runs["this checkout"].append(
+                    probe(ROOT, store or ROOT / "model_store", args.name, args.threads, args.calls)
+                )
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
     keys = list(runs["this checkout"][0])
@@ -133,9 +140,11 @@ def main() -> int:
     load = os.getloadavg()[0]
     lines = [
         f"`bench/memory.py --against {args.against} --rounds {args.rounds} --calls {args.calls} "
-        f"--threads {args.threads}`: the models of `{args.store.name}` "
-        f"({', '.join(sorted(p.name for p in store.iterdir() if p.is_dir()))}) loaded as `made serve` loads "
-        f"them, in a fresh process per code base and round; medians over {args.rounds} alternating rounds; "
+        f"--threads {args.threads}`: the models of "
+        f"{f'`{store.name}`' if store else 'each code base its own `model_store`'} "
+        f"({', '.join(sorted(p.name for p in (store or ROOT / 'model_store').iterdir() if p.is_dir()))}) "
+        "loaded as `made serve` loads them, in a fresh process per code base and round; "
+        f"medians over {args.rounds} alternating rounds; "
         f"latencies on '{args.name}', one onnxruntime thread; load average {load:.1f} at the end "
         f"({os.cpu_count()} CPUs shared with other work).",
         "",

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -98,26 +99,9 @@ def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = No
         else TableMADEConfig(columns=schema.to_json(), **shape)  # type: ignore[arg-type]
     )
     lr = args.lr if args.lr is not None else (1.0 if args.optimizer == "adadelta" else 1e-3)
-    return TrainConfig(
-        dataset=args.dataset,
-        model=model,
-        seed=args.seed,
-        max_epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=lr,
-        weight_decay=args.weight_decay,
-        eps=args.eps,
-        rho=args.rho,
-        resample_masks=args.resample_masks,
-        valid_masks=args.valid_masks,
-        patience=args.patience,
-        lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma,
-        rebinarize=args.rebinarize,
-        image_shape=args.image_shape,
-        groups=getattr(args, "groups", None),
-    )
+    # every other TrainConfig field that `made train` has an option of, as given
+    names = [f.name for f in fields(TrainConfig) if f.name not in ("model", "lr") and hasattr(args, f.name)]
+    return TrainConfig(model=model, lr=lr, **{name: getattr(args, name) for name in names})
 
 
 def training_data(args: argparse.Namespace) -> Dataset | TableDataset:
@@ -225,15 +209,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="made", description="Train, export, evaluate and serve MADE models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+_DATASET_HELP = "an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR"
 
+
+def _add_store_and_name(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--store and --name: which model of which store a command reads (or writes)."""
+    unless = "" if required else " (required unless --upgrade)"
+    p.add_argument("--store", required=required, help=f"model store directory{unless}")
+    p.add_argument("--name", required=required, help=f"model name in the store{unless}")
+
+
+def _add_image_shape(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--image-shape", type=_image_shape_arg, default=None, metavar="H,W", help=help)
+
+
+def _add_train(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     t = sub.add_parser(
         "train", help="train a MADE (resumes an unfinished run in --out)", formatter_class=_DefaultsFormatter
     )
-    t.add_argument("--dataset", required=True, help="an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR")
+    t.add_argument("--dataset", required=True, help=_DATASET_HELP)
     t.add_argument(
         "--hidden", type=_int_list, default="500", metavar="W1,W2,...", help="hidden layer widths, e.g. 500,500"
     )
@@ -246,6 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         help="at most this many epochs (early stopping may end sooner); the progress shows the time left",
     )
+    _add_architecture(t)
+    _add_optimizer(t)
+    _add_train_data(t)
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (one line per epoch is logged either way; there is no bar when stderr is not a terminal)",
+    )
+    t.set_defaults(func=cmd_train)
+
+
+def _add_architecture(t: argparse.ArgumentParser) -> None:
+    """`made train`'s options of the network and its masks."""
     t.add_argument("--order-agnostic", action="store_true", help="a random ordering per mask")
     t.add_argument(
         "--connectivity-agnostic",
@@ -273,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="validate each epoch on the first N masks' mixture (0: all K); the final scores use all K",
     )
+
+
+def _add_optimizer(t: argparse.ArgumentParser) -> None:
+    """`made train`'s options of the optimizer, its rate and early stopping."""
     t.add_argument("--batch-size", type=int, default=100, help="rows per minibatch")
     t.add_argument(
         "--optimizer",
@@ -286,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled with adamw)")
     t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")
     t.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-step decay")
+    t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
+
+
+def _add_train_data(t: argparse.ArgumentParser) -> None:
+    """`made train`'s options of how the data is read."""
     t.add_argument(
         "--rebinarize",
         metavar="IMAGES_NPZ",
@@ -293,8 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="grayscale .npz (train_images) the binary training rows were drawn from, e.g. "
         "mnist.npz: train each epoch on a fresh binarization of them (valid/test stay as given)",
     )
-    t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     t.add_argument(
         "--schema",
         metavar="FILE",
@@ -310,27 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--drop-columns", metavar="A,B", default=None, help="columns of a table to leave out (e.g. free text)"
     )
-    t.add_argument(
-        "--image-shape",
-        type=_image_shape_arg,
-        default=None,
-        metavar="H,W",
-        help="height,width of image data, e.g. 16,8 (MNIST-like 28,28 is found by itself): "
+    _add_image_shape(
+        t,
+        "height,width of image data, e.g. 16,8 (MNIST-like 28,28 is found by itself): "
         "its models answer /sample with a PNG grid",
     )
-    t.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar (one line per epoch is logged either way; there is no bar when stderr is not a terminal)",
-    )
-    t.set_defaults(func=cmd_train)
 
+
+def _add_export(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     e = sub.add_parser(
         "export", help="export a run to the model store as ONNX + manifest", formatter_class=_DefaultsFormatter
     )
     e.add_argument("run_dir", nargs="?", help="a run directory of made train")
-    e.add_argument("--store", help="model store directory (required unless --upgrade)")
-    e.add_argument("--name", help="model name in the store (required unless --upgrade)")
+    _add_store_and_name(e, required=False)
     e.add_argument(
         "--upgrade",
         metavar="PATH",
@@ -344,32 +351,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="storage type of the weight matrices (float16: half the file; arithmetic stays float32)",
     )
-    e.add_argument(
-        "--image-shape",
-        type=_image_shape_arg,
-        default=None,
-        metavar="H,W",
-        help="height,width of image data (default: the run's own, from made train)",
-    )
+    _add_image_shape(e, "height,width of image data (default: the run's own, from made train)")
     e.set_defaults(func=cmd_export)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     v = sub.add_parser(
         "evaluate", help="test NLL of a stored model, as JSON on the last line", formatter_class=_DefaultsFormatter
     )
-    v.add_argument("--store", required=True, help="model store directory")
-    v.add_argument("--name", required=True, help="model name in the store")
-    v.add_argument("--dataset", required=True, help="an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR")
+    _add_store_and_name(v)
+    v.add_argument("--dataset", required=True, help=_DATASET_HELP)
     v.add_argument("--split", default="test", choices=["train", "valid", "test"], help="the split to score")
     v.add_argument("--masks", type=_masks_arg, default="all", help="'all' (the mixture) or a mask index")
     v.set_defaults(func=cmd_evaluate)
 
+
+def _add_score(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     c = sub.add_parser(
         "score",
         help="score a CSV or Parquet file: the same rows with a logprob column",
         formatter_class=_DefaultsFormatter,
     )
-    c.add_argument("--store", required=True, help="model store directory")
-    c.add_argument("--name", required=True, help="model name in the store")
+    _add_store_and_name(c)
     c.add_argument("--version", default=None, help="model version (default: the highest stored)")
     c.add_argument(
         "--input",
@@ -389,7 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bit models: also cond_0..cond_{D-1}, p(x_d = 1 | the dimensions before d in mask 0's order)",
     )
-    c.add_argument("--batch-size", type=int, default=4096, help="rows read, scored and written at a time")
     c.add_argument(
         "--threads",
         type=int,
@@ -403,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score on Ray Data: a cluster's address (ray://HOST:10001, auto), or 'local' for an "
         "in-process Ray with 2 CPUs (needs pip install made[ray])",
     )
+    c.add_argument("--batch-size", type=int, default=4096, help="rows read, scored and written at a time")
     c.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     c.add_argument(
         "--no-escape-formulas",
@@ -412,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=cmd_score)
 
+
+def _add_serve(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     s = sub.add_parser("serve", help="run the HTTP service", formatter_class=_DefaultsFormatter)
     # defaults None: the service's Settings fill them from MADE_* variables, or their own defaults
     s.add_argument("--store", default=None, help="model store directory (default: $MADE_STORE or model_store)")
@@ -419,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="port (default: $MADE_PORT or 8000)")
     s.add_argument("--workers", type=int, default=None, help="server processes (default: $MADE_WORKERS or 1)")
     s.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="made", description="Train, export, evaluate and serve MADE models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_export, _add_evaluate, _add_score, _add_serve):
+        add(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ make .venv/.installed-serve >"$work/install.log" 2>&1 || { tail -20 "$work/insta
 installed=$(date +%s.%N)
 .venv/bin/python - <<'EOF'
 import importlib.util
-for name in ("torch", "safetensors", "matplotlib", "pytest", "mypy", "ruff", "schemathesis", "ray"):
+for name in ("torch", "onnx", "matplotlib", "pytest", "mypy", "ruff", "schemathesis", "ray"):
     assert importlib.util.find_spec(name) is None, f"{name} is installed by make serve"
 EOF
 packages=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null | grep -vc '^made==')

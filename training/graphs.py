@@ -168,13 +168,21 @@ def model_graph(
             h = f"h{l}"
     if direct:
         direct_name = weight("direct_W")
-        nodes.append(helper.make_node("Greater", [out_row, in_col], ["keep_direct"]))  # (D_in, D_out)
-        nodes.append(helper.make_node("Cast", ["keep_direct"], ["mask_direct"], to=TensorProto.FLOAT))
-        nodes.append(helper.make_node("Mul", [direct_name, "mask_direct"], ["direct_Wm"]))
-        nodes.append(helper.make_node("MatMul", ["x", "direct_Wm"], ["direct_out"]))
-        nodes.append(helper.make_node("Add", ["pre_logits", "direct_out"], [output_name]))
+        nodes += _direct_nodes(direct_name, out_row, in_col, output_name)
     inputs = [_value("x", ["N", dims]), _value("mask_index", [], TensorProto.INT64)]
     return _model(nodes, name, inputs, [_value(output_name, ["N", out_dims])], inits, arrays)
+
+
+def _direct_nodes(direct_name: str, out_row: str, in_col: str, output_name: str) -> list[onnx.NodeProto]:
+    """The direct connections: x times the masked direct weights (output d reads input i when
+    deg(d) > deg(i)), added to the last layer's pre_logits as the graph's output."""
+    return [
+        helper.make_node("Greater", [out_row, in_col], ["keep_direct"]),  # (D_in, D_out)
+        helper.make_node("Cast", ["keep_direct"], ["mask_direct"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [direct_name, "mask_direct"], ["direct_Wm"]),
+        helper.make_node("MatMul", ["x", "direct_Wm"], ["direct_out"]),
+        helper.make_node("Add", ["pre_logits", "direct_out"], [output_name]),
+    ]
 
 
 def _value(name: str, shape: list[str | int], kind: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,43 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu
 INITS = ("default", "orthogonal")
 
 
+class MaskedConfig:
+    """What the bit and table model configs share: the fields that draw the K masks (each
+    config, a dataclass, declares them), their dict form (the run's config.json, the manifest's
+    "training") and the mask set they draw over the model's `dims` units of autoregression."""
+
+    dims: int
+    hidden: list[int]
+    n_masks: int
+    order_agnostic: bool
+    connectivity_agnostic: bool
+    random_ordering: bool
+    mask_seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The config of a dict, keeping the fields this build knows (a later build may add some)."""
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        return cls(**{k: data[k] for k in fields if k in data})
+
+    def mask_set(self) -> MaskSet:
+        """K orderings of the `dims` units and hidden degrees in [1, dims - 1]."""
+        return make_mask_set(
+            self.dims,
+            list(self.hidden),
+            self.n_masks,
+            order_agnostic=self.order_agnostic,
+            connectivity_agnostic=self.connectivity_agnostic,
+            random_ordering=self.random_ordering,
+            seed=self.mask_seed,
+        )
+
+
 @dataclass
-class MADEConfig:
+class MADEConfig(MaskedConfig):
     dims: int  # D, the number of binary inputs
     hidden: list[int] = field(default_factory=lambda: [500])  # widths of the hidden layers
     n_masks: int = 1  # K, the fixed mask set drawn per minibatch; 1 is plain MADE
@@ -33,25 +69,6 @@ class MADEConfig:
     # weight initialisation: torch's default (uniform), or orthogonal weight matrices with zero
     # hidden biases (the official MADE code's `Orthogonal`)
     init: str = "default"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MADEConfig:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-    def mask_set(self) -> MaskSet:
-        return make_mask_set(
-            self.dims,
-            list(self.hidden),
-            self.n_masks,
-            order_agnostic=self.order_agnostic,
-            connectivity_agnostic=self.connectivity_agnostic,
-            random_ordering=self.random_ordering,
-            seed=self.mask_seed,
-        )
 
 
 class MaskedNetwork(nn.Module):

@@ -9,7 +9,7 @@ number recorded as NA. Training data hold no unknown cells.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN
-from made.core.masks import MaskSet, build_direct_mask, build_masks, make_mask_set
+from made.core.masks import build_direct_mask, build_masks
 from made.core.schema import ABSENT, Schema, bin_edges, bin_width, input_value
-from training.model import MaskedNetwork
+from training.model import MaskedConfig, MaskedNetwork
 
 
 @dataclass
-class TableMADEConfig:
+class TableMADEConfig(MaskedConfig):
     columns: list[dict[str, Any]]  # the schema's JSON form (made.core.schema)
     hidden: list[int] = field(default_factory=lambda: [500])
     n_masks: int = 1
@@ -39,28 +39,9 @@ class TableMADEConfig:
         return Schema.from_json(self.columns)
 
     @property
-    def dims(self) -> int:
+    def dims(self) -> int:  # type: ignore[override]
         """C: the number of columns, the unit of autoregression."""
         return len(self.columns)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TableMADEConfig:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-    def mask_set(self) -> MaskSet:
-        """K orderings of the C columns and hidden degrees in [1, C - 1]."""
-        return make_mask_set(
-            self.dims,
-            list(self.hidden),
-            self.n_masks,
-            order_agnostic=self.order_agnostic,
-            connectivity_agnostic=self.connectivity_agnostic,
-            random_ordering=self.random_ordering,
-            seed=self.mask_seed,
-        )
 
 
 class TableMADE(MaskedNetwork):

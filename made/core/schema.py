@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -119,19 +119,7 @@ class Column:
     def from_json(cls, data: Any, where: str = "schema") -> Column:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data.get("name"):
             raise DataError(f"{where}: each column must be an object with a non-empty 'name'")
-        known = {
-            "name",
-            "kind",
-            "levels",
-            "transform",
-            "loc",
-            "scale",
-            "decimals",
-            "nullable",
-            "components",
-            "bits",
-            "none_level",
-        }
+        known = {f.name for f in fields(cls)}
         extra = sorted(set(data) - known)
         if extra:
             raise DataError(f"{where}: column '{data['name']}' has unknown fields {extra}")
@@ -159,35 +147,7 @@ class Column:
         if value is None:
             return math.nan
         if self.kind == "numeric":
-            if isinstance(value, str):
-                text = value.strip()
-                if text in MISSING_CELLS:
-                    if not self.nullable:
-                        raise DataError(
-                            f"{where}, column '{self.name}': the value is absent ({value!r}) but this "
-                            "column never is in the training data"
-                        )
-                    return ABSENT
-                try:
-                    number = float(text)
-                except ValueError:
-                    raise DataError(f"{where}, column '{self.name}': {value!r} is not a number") from None
-            elif isinstance(value, bool) or not isinstance(value, int | float):
-                raise DataError(f"{where}, column '{self.name}': expected a number, got {json.dumps(value)}")
-            else:
-                number = float(value)
-            if not math.isfinite(number):
-                raise DataError(f"{where}, column '{self.name}': {number} is not a finite number")
-            if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
-                raise DataError(
-                    f"{where}, column '{self.name}': {number:g} is not positive; this column holds positive numbers"
-                )
-            if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:
-                raise DataError(
-                    f"{where}, column '{self.name}': {number:g} is too far from this column's values for the "
-                    f"model to read (the network reads (value - {self.loc:g}) / {self.scale:g} as a float32)"
-                )
-            return number
+            return self._encode_number(value, where)
         given = value if isinstance(value, str) else _level_text(value)
         if given is None:
             raise DataError(
@@ -203,6 +163,38 @@ class Column:
                 f"{where}, column '{self.name}': {text!r} is not a level of this column; it has "
                 f"{_shown_levels(self.levels)}"
             ) from None
+
+    def _encode_number(self, value: Any, where: str) -> float:
+        """A numeric column's cell -> its value, or ABSENT for a cell that spells NA."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text in MISSING_CELLS:
+                if not self.nullable:
+                    raise DataError(
+                        f"{where}, column '{self.name}': the value is absent ({value!r}) but this "
+                        "column never is in the training data"
+                    )
+                return ABSENT
+            try:
+                number = float(text)
+            except ValueError:
+                raise DataError(f"{where}, column '{self.name}': {value!r} is not a number") from None
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataError(f"{where}, column '{self.name}': expected a number, got {json.dumps(value)}")
+        else:
+            number = float(value)
+        if not math.isfinite(number):
+            raise DataError(f"{where}, column '{self.name}': {number} is not a finite number")
+        if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
+            raise DataError(
+                f"{where}, column '{self.name}': {number:g} is not positive; this column holds positive numbers"
+            )
+        if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:
+            raise DataError(
+                f"{where}, column '{self.name}': {number:g} is too far from this column's values for the "
+                f"model to read (the network reads (value - {self.loc:g}) / {self.scale:g} as a float32)"
+            )
+        return number
 
     def decode(self, code: float) -> Any:
         """An encoded cell -> its JSON value (a level name, a number, "NA", or None if unknown)."""

@@ -7,9 +7,9 @@ graph the engine runs (written by training/graphs.py, none built at load):
 
 - model.onnx: x (N, U_in) and mask_index () -> logits (bits) or params (tables): the network
   of one mask, rebuilt from the degrees inside the graph. Its initializers are declared as
-  external data in weights.safetensors; serving feeds them from the arrays read here
-  (service.engine.runtime.make_session). A table model is served by it; a bit model's engine
-  runs it once at load to check its own arrangement of the weights.
+  external data in weights.safetensors (each at its offset in the file), which onnxruntime
+  reads itself once open_model has checked the file. A table model is served by it; a bit
+  model's engine runs it once at load to check its own arrangement of the weights.
 - dense.onnx, jacobi_step.onnx, scores.onnx, scores_observed.onnx (bit models): graphs whose
   weights are inputs, fed each mask's rearranged arrays (service.engine.network.MaskWeights).
 

@@ -214,22 +214,9 @@ def check_weight_budget(spec: Manifest, direct: bool, where: Path | str) -> None
 def check_manifest_shapes(spec: Manifest, where: Path | str) -> None:
     """The sizes a manifest declares: bounded (MAX_*), and its orderings K permutations of
     0..dims-1 (their lengths checked before any is sorted or compared with a range)."""
-    dims, k, hidden = spec.dims, spec.n_masks, spec.hidden
-    if not 2 <= dims <= MAX_DIMS:
-        raise ModelStoreError(f"{where}: dims: must be from 2 to {MAX_DIMS}, got {dims}")
-    if not 1 <= k <= MAX_MASKS:
-        raise ModelStoreError(f"{where}: n_masks: must be from 1 to {MAX_MASKS}, got {k}")
-    if dims * k > MAX_ORDERING_VALUES:
-        raise ModelStoreError(
-            f"{where}: dims x n_masks is {dims * k}, more than this build serves ({MAX_ORDERING_VALUES})"
-        )
-    if len(hidden) > MAX_HIDDEN_LAYERS:
-        raise ModelStoreError(f"{where}: hidden: must list at most {MAX_HIDDEN_LAYERS} layers, got {len(hidden)}")
-    for i, width in enumerate(hidden):
-        if not 1 <= width <= MAX_HIDDEN_WIDTH:
-            raise ModelStoreError(f"{where}: hidden[{i}]: must be from 1 to {MAX_HIDDEN_WIDTH} units, got {width}")
+    _check_sizes(spec, where)
     check_weight_budget(spec, bool(spec.direct), where)
-    orderings = spec.orderings
+    dims, k, orderings = spec.dims, spec.n_masks, spec.orderings
     if len(orderings) != k:
         raise ModelStoreError(f"{where}: 'orderings' must hold n_masks={k} lists, it holds {len(orderings)}")
     everything = range(dims)
@@ -245,6 +232,24 @@ def check_manifest_shapes(spec: Manifest, where: Path | str) -> None:
     for fname in spec.files:
         if fname in ("", ".", "..") or "/" in fname or "\\" in fname or fname == MANIFEST:
             raise ModelStoreError(f"{where}: files: {fname!r} is not the name of a file in the version directory")
+
+
+def _check_sizes(spec: Manifest, where: Path | str) -> None:
+    """dims, n_masks and the hidden widths within this build's bounds, before any is used."""
+    dims, k, hidden = spec.dims, spec.n_masks, spec.hidden
+    if not 2 <= dims <= MAX_DIMS:
+        raise ModelStoreError(f"{where}: dims: must be from 2 to {MAX_DIMS}, got {dims}")
+    if not 1 <= k <= MAX_MASKS:
+        raise ModelStoreError(f"{where}: n_masks: must be from 1 to {MAX_MASKS}, got {k}")
+    if dims * k > MAX_ORDERING_VALUES:
+        raise ModelStoreError(
+            f"{where}: dims x n_masks is {dims * k}, more than this build serves ({MAX_ORDERING_VALUES})"
+        )
+    if len(hidden) > MAX_HIDDEN_LAYERS:
+        raise ModelStoreError(f"{where}: hidden: must list at most {MAX_HIDDEN_LAYERS} layers, got {len(hidden)}")
+    for i, width in enumerate(hidden):
+        if not 1 <= width <= MAX_HIDDEN_WIDTH:
+            raise ModelStoreError(f"{where}: hidden[{i}]: must be from 1 to {MAX_HIDDEN_WIDTH} units, got {width}")
 
 
 # Manifest fields that hold the path of a training file: served as the file's name only.

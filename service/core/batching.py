@@ -145,46 +145,61 @@ class Batcher(Generic[T, R]):
     async def _work(self) -> None:
         last_call = 0.0  # seconds of the previous engine call of this worker; 0: none yet
         while self._queue:
-            # Triton's rule: the oldest request waits at most delay_s since it arrived (it may
-            # have waited through the previous engine call already).
-            wait = self.delay_s - (time.monotonic() - self._queue[0].enqueued)
-            if wait > 0 and self._queued_rows < self.max_rows:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), wait)
-            elif last_call and len(self._queue) < self._target and self._queued_rows < self.max_rows:
-                # Under concurrent load, wait (at most half a call) for the clients that the
-                # last call answered, rather than alternate between two half-full batches.
-                self._regrouped.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._regrouped.wait(), max(self.delay_s, last_call / 2))
-            batch = []
-            for p in self._take():
-                if p.future.done():  # timed out, or its request is gone
-                    self._answered(p.future)
-                else:
-                    batch.append(p)
-            if not batch:
-                continue
-            items = [p.item for p in batch]
-            start = time.perf_counter()
-            try:
-                results = await self._execute(self._run, items)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
-            except Exception as exc:  # every request of the batch gets the error
-                for p in batch:
-                    self._answered(p.future)
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            last_call = time.perf_counter() - start
-            self._target = len(batch) + len(self._queue)
-            if self._observe is not None:
-                self._observe(sum(p.rows for p in batch), len(batch), last_call)
-            for p, result in zip(batch, results, strict=True):
+            await self._gather(last_call)
+            batch = self._live(self._take())
+            seconds = await self._call(batch) if batch else None
+            if seconds is not None:
+                last_call = seconds
+
+    async def _gather(self, last_call: float) -> None:
+        """Wait for the requests that should go with the oldest one into the next call."""
+        # Triton's rule: the oldest request waits at most delay_s since it arrived (it may
+        # have waited through the previous engine call already).
+        wait = self.delay_s - (time.monotonic() - self._queue[0].enqueued)
+        if wait > 0 and self._queued_rows < self.max_rows:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), wait)
+        elif last_call and len(self._queue) < self._target and self._queued_rows < self.max_rows:
+            # Under concurrent load, wait (at most half a call) for the clients that the
+            # last call answered, rather than alternate between two half-full batches.
+            self._regrouped.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._regrouped.wait(), max(self.delay_s, last_call / 2))
+
+    def _live(self, taken: list[_Pending[T, R]]) -> list[_Pending[T, R]]:
+        """The taken requests still waiting for their answer (not timed out, not gone)."""
+        batch = []
+        for p in taken:
+            if p.future.done():
+                self._answered(p.future)
+            else:
+                batch.append(p)
+        return batch
+
+    async def _call(self, batch: list[_Pending[T, R]]) -> float | None:
+        """One engine call for the batch, each request answered its result (or the call's
+        error); the call's seconds, None if it failed."""
+        items = [p.item for p in batch]
+        start = time.perf_counter()
+        try:
+            results = await self._execute(self._run, items)
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch of {len(batch)} gave {len(results)} results")
+        except Exception as exc:  # every request of the batch gets the error
+            for p in batch:
                 self._answered(p.future)
                 if not p.future.done():
-                    p.future.set_result(result)
+                    p.future.set_exception(exc)
+            return None
+        seconds = time.perf_counter() - start
+        self._target = len(batch) + len(self._queue)
+        if self._observe is not None:
+            self._observe(sum(p.rows for p in batch), len(batch), seconds)
+        for p, result in zip(batch, results, strict=True):
+            self._answered(p.future)
+            if not p.future.done():
+                p.future.set_result(result)
+        return seconds
 
 
 async def _in_thread(run: Callable[[list[T]], list[R]], items: list[T]) -> list[R]:

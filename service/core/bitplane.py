@@ -27,6 +27,7 @@ import numpy as np
 from made.core.errors import RequestTimeout
 from service.core import budget
 from service.core.batching import Batcher
+from service.core.codec import Codec
 from service.core.imaging import samples_png
 from service.core.metrics import Metrics
 from service.core.request_checks import RowChecks, new_seed
@@ -47,6 +48,16 @@ from service.engine.missing import LogProbResult
 from service.settings import Settings
 
 T = TypeVar("T")
+
+
+def _drawn_fields(engine: Engine, seed: int, samples: np.ndarray, encoding: str) -> dict[str, Any]:
+    """What every answer of draws (/sample, /impute, /denoise) holds: the model, the seed that
+    repeats it, and the samples as the request's encoding asks (JSON rows, or bit-packed rows
+    and their shape)."""
+    fields: dict[str, Any] = {"model": engine.name, "version": engine.version, "seed": seed}
+    if encoding == "packed":
+        return {**fields, "samples": None, "samples_b64": pack_rows(samples), "shape": list(samples.shape)}
+    return {**fields, "samples": samples.tolist(), "samples_b64": None, "shape": None}
 
 
 def _floats(a: np.ndarray) -> list[float | None]:
@@ -83,27 +94,25 @@ class _SampleWork:
         return int(self.rows.stop - self.rows.start)
 
 
-class BitPlane:
-    """Rows of bits in, rows and numbers out, for one DataPlane: its scheduler, its request
-    timeout (timed), its worker threads (in_thread)."""
+class BitPlane(Codec):
+    """Rows of bits in, rows and numbers out, for one DataPlane (see Codec): requests for one
+    model merged in its scheduler's turns, a reload's engines told apart by is_served."""
 
     def __init__(
         self,
         settings: Settings,
+        in_thread: Callable[..., Awaitable[Any]],
+        timed: Callable[[Awaitable[Any]], Awaitable[Any]],
         metrics: Metrics,
         scheduler: FairScheduler,
         is_served: Callable[[Engine], bool],
-        in_thread: Callable[..., Awaitable[Any]],
-        timed: Callable[[Awaitable[Any]], Awaitable[Any]],
         timeout_error: Callable[[], RequestTimeout],
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, in_thread, timed)
         self.metrics = metrics
         self.scheduler = scheduler
         self.check = RowChecks(settings, metrics)
         self._is_served = is_served
-        self._in_thread = in_thread
-        self._timed = timed
         self._timeout_error = timeout_error
         self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
         # Batchers of versions a reload replaced: they finish their queues, then are collected
@@ -234,16 +243,7 @@ class BitPlane:
         mask = self.check.sample(engine, req)
         seed = req.seed if req.seed is not None else new_seed()
         samples = await self._samples(engine, req.n, seed, mask)
-        packed = req.encoding == "packed"
-        return SampleResponse.model_construct(
-            model=engine.name,
-            version=engine.version,
-            seed=seed,
-            mask=req.mask,
-            samples=None if packed else samples.tolist(),
-            samples_b64=pack_rows(samples) if packed else None,
-            shape=list(samples.shape) if packed else None,
-        )
+        return SampleResponse.model_construct(mask=req.mask, **_drawn_fields(engine, seed, samples, req.encoding))
 
     async def sample_png(self, engine: Engine, shape: list[int], req: SampleRequest, scale: int) -> tuple[bytes, int]:
         """A grid of the samples as PNG (each of `shape`), and the seed used."""
@@ -253,6 +253,14 @@ class BitPlane:
         png = await self._in_thread(samples_png, samples, shape, scale)
         return png, seed
 
+    async def _draw(self, method: Callable[..., T], req: ImputeRequest | DenoiseRequest, seed: int, *args: Any) -> T:
+        """An engine's impute or denoise of the request, in a worker thread under its timeout."""
+        return await self._timed(
+            self._in_thread(
+                method, *args, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance, checked=True
+            )
+        )
+
     # --- /impute ---------------------------------------------------------------------------------
     async def impute(self, engine: Engine, req: ImputeRequest) -> ImputeResponse:
         x = req.rows
@@ -261,19 +269,9 @@ class BitPlane:
         # an exact row draws max(n_samples, 1) completions
         self.check.draws(x, req.n_importance, engine, engine.n_masks, per_exact_row=max(req.n_samples, 1))
         seed = req.seed if req.seed is not None else new_seed()
-        r = await self._timed(
-            self._in_thread(
-                engine.impute, x, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance, checked=True
-            )
-        )
-        packed = req.encoding == "packed"
+        r = await self._draw(engine.impute, req, seed, x)
         return ImputeResponse.model_construct(
-            model=engine.name,
-            version=engine.version,
-            seed=seed,
-            samples=None if packed else r.samples.tolist(),
-            samples_b64=pack_rows(r.samples) if packed else None,
-            shape=list(r.samples.shape) if packed else None,
+            **_drawn_fields(engine, seed, r.samples, req.encoding),
             marginals=r.marginals.tolist(),
             logprob_observed=r.logprob_observed.tolist(),
             stderr=_floats(getattr(r, "stderr", np.full(len(x), np.nan))),
@@ -289,25 +287,9 @@ class BitPlane:
         x = req.rows
         self.check.denoise(engine, x, req.eps, req.n_samples, req.n_importance)
         seed = req.seed if req.seed is not None else new_seed()
-        r = await self._timed(
-            self._in_thread(
-                engine.denoise,
-                x,
-                req.eps,
-                n_samples=req.n_samples,
-                seed=seed,
-                n_importance=req.n_importance,
-                checked=True,
-            )
-        )
-        packed = req.encoding == "packed"
+        r = await self._draw(engine.denoise, req, seed, x, req.eps)
         return DenoiseResponse.model_construct(
-            model=engine.name,
-            version=engine.version,
-            seed=seed,
-            samples=None if packed else r.samples.tolist(),
-            samples_b64=pack_rows(r.samples) if packed else None,
-            shape=list(r.samples.shape) if packed else None,
+            **_drawn_fields(engine, seed, r.samples, req.encoding),
             marginals=r.marginals.tolist(),
             most_likely=r.most_likely.tolist(),
             logprob_noisy=r.logprob_noisy.tolist(),

@@ -96,7 +96,7 @@ class DataPlane:
         # the two codecs: records (every model), rows of bits (models that read them)
         self.tables = TablePlane(settings, self._in_thread, self._timed, new_seed)
         self.bits = BitPlane(
-            settings, metrics, self.scheduler, registry.is_served, self._in_thread, self._timed, self._timeout_error
+            settings, self._in_thread, self._timed, metrics, self.scheduler, registry.is_served, self._timeout_error
         )
         # What a body may hold (service.core.body_bounds), from the settings once.
         self.limits = Limits(max_rows=settings.max_rows, max_width=settings.max_width)

@@ -16,6 +16,7 @@ import binascii
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -56,29 +57,8 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
         raise fail(f"must be a list of rows, each a list of {expected}, got {json_value(value)}")
     if not value:
         raise fail("holds no rows; send at least one")
-    allowed = {int, float, type(None)} if allow_missing else {int, float}
-    has_float = has_null = False
-    for i, row in enumerate(value):
-        if not isinstance(row, list):
-            raise fail(f"row {i} must be a list of {expected}, got {json_value(row)}")
-        kinds = set(map(type, row))  # C speed; bool and str are caught here, not coerced
-        if not kinds <= allowed:
-            for j, v in enumerate(row):
-                if type(v) not in allowed:
-                    if v is None:
-                        raise fail(f"row {i}, column {j} is null, but this endpoint needs complete rows (0 or 1 only)")
-                    raise fail(f"row {i}, column {j}: expected {expected}, got {json_value(v)}")
-        has_float |= float in kinds
-        has_null |= type(None) in kinds
-    lengths = Counter(map(len, value))
-    if len(lengths) > 1:
-        common = lengths.most_common(1)[0][0]
-        i = next(i for i, row in enumerate(value) if len(row) != common)
-        got = len(value[i])
-        raise fail(
-            f"row {i} has {got} value{'s' * (got != 1)} but the other rows have {common}; "
-            "every row needs one value per dimension"
-        )
+    has_float, has_null = _check_cell_types(value, allow_missing, expected)
+    _check_lengths(value)
     # None -> NaN; 0 and 1 are exact; a number past float32 becomes inf, refused below by its JSON value
     with np.errstate(over="ignore"):
         a = np.array(value, dtype=np.float32)
@@ -96,6 +76,38 @@ def _parse_rows(value: object, allow_missing: bool) -> np.ndarray:
         i, j = (int(t) for t in np.argwhere(~valid)[0])
         raise fail(f"row {i}, column {j}: expected {expected}, got {json_value(value[i][j])}")
     return a
+
+
+def _check_cell_types(rows: list[Any], allow_missing: bool, expected: str) -> tuple[bool, bool]:
+    """Every row a list of numbers (and nulls where allowed), the first other cell refused by
+    its row and column; (whether any cell is a float, whether any is null)."""
+    allowed = {int, float, type(None)} if allow_missing else {int, float}
+    has_float = has_null = False
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise fail(f"row {i} must be a list of {expected}, got {json_value(row)}")
+        kinds = set(map(type, row))  # C speed; bool and str are caught here, not coerced
+        if not kinds <= allowed:
+            j, v = next((j, v) for j, v in enumerate(row) if type(v) not in allowed)
+            if v is None:
+                raise fail(f"row {i}, column {j} is null, but this endpoint needs complete rows (0 or 1 only)")
+            raise fail(f"row {i}, column {j}: expected {expected}, got {json_value(v)}")
+        has_float |= float in kinds
+        has_null |= type(None) in kinds
+    return has_float, has_null
+
+
+def _check_lengths(rows: list[list[Any]]) -> None:
+    """Every row as long as the others: the first that is not is named, against the common length."""
+    lengths = Counter(map(len, rows))
+    if len(lengths) > 1:
+        common = lengths.most_common(1)[0][0]
+        i = next(i for i, row in enumerate(rows) if len(row) != common)
+        got = len(rows[i])
+        raise fail(
+            f"row {i} has {got} value{'s' * (got != 1)} but the other rows have {common}; "
+            "every row needs one value per dimension"
+        )
 
 
 def _rows_schema(allow_missing: bool) -> dict[str, Any]:
@@ -121,53 +133,42 @@ CompleteRows = Annotated[
 ]
 
 
-def _parse_masks(value: object) -> Literal["all"] | int:
-    if value == "all" and isinstance(value, str):
-        return "all"
+def _mask_index(value: object, expected: str = "a mask index (an integer from 0)") -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    raise fail(f'must be "all" or a mask index (an integer from 0), got {json_value(value)}')
+    raise fail(f"must be {expected}, got {json_value(value)}")
 
 
-def _parse_sample_mask(value: object) -> Literal["mixture"] | int:
-    if value == "mixture" and isinstance(value, str):
-        return "mixture"
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise fail(f'must be "mixture" or a mask index (an integer from 0), got {json_value(value)}')
+def _word_or_mask(word: str) -> Callable[[object], str | int]:
+    """The validator of a field that takes `word` (its default) or a mask index."""
 
+    def parse(value: object) -> str | int:
+        if value == word and isinstance(value, str):
+            return word
+        return _mask_index(value, f'"{word}" or a mask index (an integer from 0)')
 
-def _parse_mask(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise fail(f"must be a mask index (an integer from 0), got {json_value(value)}")
+    return parse
 
 
 _MASK_INDEX = {"type": "integer", "minimum": 0}
+
+
+def _word_or_mask_schema(word: str, description: str) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [{"const": word}, _MASK_INDEX], "default": word, "description": description})
+
+
 MasksSpec = Annotated[
     Literal["all"] | int,
-    PlainValidator(_parse_masks),
-    WithJsonSchema(
-        {
-            "anyOf": [{"const": "all"}, _MASK_INDEX],
-            "default": "all",
-            "description": '"all": the ensemble as a mixture; k: mask k alone',
-        }
-    ),
+    PlainValidator(_word_or_mask("all")),
+    _word_or_mask_schema("all", '"all": the ensemble as a mixture; k: mask k alone'),
 ]
 SampleMask = Annotated[
     Literal["mixture"] | int,
-    PlainValidator(_parse_sample_mask),
-    WithJsonSchema(
-        {
-            "anyOf": [{"const": "mixture"}, _MASK_INDEX],
-            "default": "mixture",
-            "description": '"mixture": each sample draws its mask uniformly; k: mask k',
-        }
-    ),
+    PlainValidator(_word_or_mask("mixture")),
+    _word_or_mask_schema("mixture", '"mixture": each sample draws its mask uniformly; k: mask k'),
 ]
 MaskIndex = Annotated[
-    int, PlainValidator(_parse_mask), WithJsonSchema({**_MASK_INDEX, "default": 0, "description": "mask k"})
+    int, PlainValidator(_mask_index), WithJsonSchema({**_MASK_INDEX, "default": 0, "description": "mask k"})
 ]
 
 

@@ -30,7 +30,7 @@ def samples_png(samples: np.ndarray, image_shape: list[int], scale: int = 1) -> 
     if scale > 1:
         grid = np.kron(grid, np.ones((scale, scale), dtype=np.uint8))
     buf = io.BytesIO()
-    from PIL import Image  # imported on first use: ~10 MB a server without PNG requests never needs
+    from PIL import Image  # imported on first use: a server without PNG requests never loads it
 
     Image.fromarray(grid).save(buf, format="PNG")  # uint8 (H, W): greyscale
     return buf.getvalue()

@@ -9,7 +9,7 @@ the typed client can share these models.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -190,6 +190,22 @@ class _Response(BaseModel):
     version: str = Field(description="its version in the store")
 
 
+class _Samples:
+    """The reading of an answer's samples, JSON rows or bit-packed ones with their shape."""
+
+    if TYPE_CHECKING:  # the fields of the responses that hold samples
+        samples: Any
+        samples_b64: str | None
+        shape: list[int] | None
+
+    def array(self) -> np.ndarray:
+        """The samples as a uint8 array, whichever the encoding: (n, D) of /sample, (N,
+        n_samples, D) of /impute and /denoise."""
+        if self.samples_b64 is not None and self.shape is not None:
+            return unpack_rows(self.samples_b64, self.shape)
+        return np.asarray(self.samples, dtype=np.uint8)
+
+
 class LogProbResponse(_Response):
     logprob: list[float] = Field(description="log p(x) per row, in nats (log p(x_observed) where values are missing)")
     exact: list[bool] = Field(description="false where logprob is an importance-sampling estimate")
@@ -225,7 +241,7 @@ class ConditionalsResponse(_Response):
     )
 
 
-class SampleResponse(_Response):
+class SampleResponse(_Samples, _Response):
     seed: int = Field(description="the seed that produced these samples (drawn when not sent)")
     mask: Literal["mixture"] | int
     samples: list[list[int]] | None = Field(None, description="n rows of 0/1 (encoding json)")
@@ -237,14 +253,8 @@ class SampleResponse(_Response):
     )
     ess: float | None = Field(None, description="given: the effective sample size behind the records")
 
-    def array(self) -> np.ndarray:
-        """The samples as an (n, D) uint8 array, whichever the encoding."""
-        if self.samples_b64 is not None and self.shape is not None:
-            return unpack_rows(self.samples_b64, self.shape)
-        return np.asarray(self.samples, dtype=np.uint8)
 
-
-class ImputeResponse(_Response):
+class ImputeResponse(_Samples, _Response):
     seed: int
     samples: list[list[list[int]]] | list[list[Record]] | None = Field(
         None, description="samples[i]: n_samples completions of row i (encoding json), as records for table models"
@@ -267,14 +277,8 @@ class ImputeResponse(_Response):
     exact: list[bool]
     ess: list[float] = Field(description="effective sample size behind each row's estimates")
 
-    def array(self) -> np.ndarray:
-        """The completions as an (N, n_samples, D) uint8 array, whichever the encoding."""
-        if self.samples_b64 is not None and self.shape is not None:
-            return unpack_rows(self.samples_b64, self.shape)
-        return np.asarray(self.samples, dtype=np.uint8)
 
-
-class DenoiseResponse(_Response):
+class DenoiseResponse(_Samples, _Response):
     seed: int = Field(description="the seed of the draws (drawn when not sent)")
     samples: list[list[list[int]]] | None = Field(
         None,
@@ -295,12 +299,6 @@ class DenoiseResponse(_Response):
         description="standard error of logprob_noisy (0 where eps is 0 everywhere; null with n_importance 1)"
     )
     ess: list[float] = Field(description="effective sample size of each row's importance weights")
-
-    def array(self) -> np.ndarray:
-        """The clean samples as an (N, n_samples, D) uint8 array, whichever the encoding."""
-        if self.samples_b64 is not None and self.shape is not None:
-            return unpack_rows(self.samples_b64, self.shape)
-        return np.asarray(self.samples, dtype=np.uint8)
 
 
 class ModelInfo(BaseModel):

@@ -16,18 +16,9 @@ import numpy as np
 from made.core.errors import InvalidInput
 from made.core.masks import exact_orders
 from made.core.schema import ABSENT, Schema
-from service.core import budget
+from service.core import budget, schemas
+from service.core.codec import Codec
 from service.core.records import decode_records, parse_given, parse_records
-from service.core.schemas import (
-    ConditionalsRequest,
-    ConditionalsResponse,
-    ImputeRequest,
-    ImputeResponse,
-    LogProbRequest,
-    LogProbResponse,
-    SampleRequest,
-    SampleResponse,
-)
 from service.engine.contract import ModelEngine
 from service.engine.table_engine import TableConditionals
 from service.engine.table_impute import ImpossibleEvidence
@@ -36,7 +27,10 @@ from service.settings import Settings
 T = TypeVar("T")
 
 
-class TablePlane:
+class TablePlane(Codec):
+    """Records in, records and column distributions out, for one DataPlane (see Codec); a
+    request that sent no seed gets one of new_seed."""
+
     def __init__(
         self,
         settings: Settings,
@@ -44,12 +38,12 @@ class TablePlane:
         timed: Callable[[Awaitable[Any]], Awaitable[Any]],
         new_seed: Callable[[], int],
     ) -> None:
-        self.settings = settings
-        self._in_thread = in_thread
-        self._timed = timed
+        super().__init__(settings, in_thread, timed)
         self._new_seed = new_seed
 
-    def values(self, engine: ModelEngine, req: LogProbRequest | ImputeRequest | ConditionalsRequest) -> np.ndarray:
+    def values(
+        self, engine: ModelEngine, req: schemas.LogProbRequest | schemas.ImputeRequest | schemas.ConditionalsRequest
+    ) -> np.ndarray:
         if req.records is None:
             columns = ", ".join(engine.schema.names)
             raise InvalidInput(
@@ -104,7 +98,7 @@ class TablePlane:
         )
 
     # --- /logprob -------------------------------------------------------------------------------
-    async def logprob(self, engine: ModelEngine, req: LogProbRequest) -> LogProbResponse:
+    async def logprob(self, engine: ModelEngine, req: schemas.LogProbRequest) -> schemas.LogProbResponse:
         values = self.values(engine, req)
         masks = req.masks
         if masks != "all" and not 0 <= int(masks) < engine.n_masks:
@@ -139,7 +133,7 @@ class TablePlane:
             return result, engine.surprisal(values) if req.explain else None
 
         result, surprisal = await self._timed(self._in_thread(run))
-        return LogProbResponse.model_construct(
+        return schemas.LogProbResponse.model_construct(
             model=engine.name,
             version=engine.version,
             logprob=result.logprob.tolist(),
@@ -150,7 +144,7 @@ class TablePlane:
         )
 
     # --- /conditionals --------------------------------------------------------------------------
-    async def conditionals(self, engine: ModelEngine, req: ConditionalsRequest) -> ConditionalsResponse:
+    async def conditionals(self, engine: ModelEngine, req: schemas.ConditionalsRequest) -> schemas.ConditionalsResponse:
         values = self.values(engine, req)
         mask = int(req.mask)
         if not 0 <= mask < engine.n_masks:
@@ -170,7 +164,7 @@ class TablePlane:
             )
         self._check_work(budget.passes(len(values), 1, engine.width), f"{len(values)} records", ("records",))
         r = await self._timed(self._in_thread(engine.conditionals, values, mask))
-        return ConditionalsResponse.model_construct(
+        return schemas.ConditionalsResponse.model_construct(
             model=engine.name,
             version=engine.version,
             mask=mask,
@@ -180,7 +174,7 @@ class TablePlane:
         )
 
     # --- /sample --------------------------------------------------------------------------------
-    async def sample(self, engine: ModelEngine, req: SampleRequest) -> SampleResponse:
+    async def sample(self, engine: ModelEngine, req: schemas.SampleRequest) -> schemas.SampleResponse:
         if req.n > self.settings.max_samples:
             raise InvalidInput(
                 f"n is {req.n}; the limit is {self.settings.max_samples} samples per request (MADE_MAX_SAMPLES)",
@@ -198,7 +192,7 @@ class TablePlane:
         seed = req.seed if req.seed is not None else self._new_seed()
         if req.given is None:
             values = await self._timed(self._in_thread(engine.sample, req.n, seed, mask))
-            return SampleResponse.model_construct(
+            return schemas.SampleResponse.model_construct(
                 model=engine.name,
                 version=engine.version,
                 seed=seed,
@@ -216,7 +210,7 @@ class TablePlane:
             )
         except ImpossibleEvidence as exc:
             raise InvalidInput(f"given: {exc.reason()}", loc=("given",)) from None
-        return SampleResponse.model_construct(
+        return schemas.SampleResponse.model_construct(
             model=engine.name,
             version=engine.version,
             seed=seed,
@@ -227,7 +221,7 @@ class TablePlane:
         )
 
     # --- /impute --------------------------------------------------------------------------------
-    async def impute(self, engine: ModelEngine, req: ImputeRequest) -> ImputeResponse:
+    async def impute(self, engine: ModelEngine, req: schemas.ImputeRequest) -> schemas.ImputeResponse:
         values = self.values(engine, req)
         if req.encoding != "json":
             raise InvalidInput("records come as JSON only; leave encoding out", loc=("encoding",))
@@ -250,7 +244,7 @@ class TablePlane:
         except ImpossibleEvidence as exc:
             raise InvalidInput(f"records[{exc.row}]: {exc.reason()}", loc=("records", exc.row)) from None
         filled = _point_fill(engine.schema, values, r.distributions)
-        return ImputeResponse.model_construct(
+        return schemas.ImputeResponse.model_construct(
             model=engine.name,
             version=engine.version,
             seed=seed,

@@ -54,6 +54,32 @@ _THREAD_BYTES = 64 * 1024
 _THREAD_ROWS = 1000
 
 
+def _head(headers: list[tuple[bytes, bytes]]) -> tuple[str, str, str, str]:
+    """Content-Type, Authorization, Content-Encoding and Accept of a request ("" where absent):
+    the first of each, as Starlette's Headers.get."""
+    content_type = authorization = encoding = accept = ""
+    for key, value in headers:  # ASGI header names are lower-case bytes
+        if key == b"content-type":
+            content_type = content_type or value.decode("latin-1")
+        elif key == b"authorization":
+            authorization = authorization or value.decode("latin-1")
+        elif key == b"content-encoding":
+            encoding = encoding or value.decode("latin-1")
+        elif key == b"accept":
+            accept = accept or value.decode("latin-1")
+    return content_type, authorization, encoding, accept
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body (RequestMiddleware, outside this one, has bounded its size)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 class CsvRecordsMiddleware:
     def __init__(self, app: ASGIApp, *, dataplane: Any, api_key: Any = None) -> None:
         self.app = app
@@ -64,16 +90,7 @@ class CsvRecordsMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _PATHS:
             await self.app(scope, receive, send)
             return
-        content_type = authorization = encoding = accept = ""
-        for key, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
-            if key == b"content-type":
-                content_type = content_type or value.decode("latin-1")
-            elif key == b"authorization":
-                authorization = authorization or value.decode("latin-1")
-            elif key == b"content-encoding":
-                encoding = encoding or value.decode("latin-1")
-            elif key == b"accept":
-                accept = accept or value.decode("latin-1")
+        content_type, authorization, encoding, accept = _head(scope["headers"])
         media = content_type.split(";")[0].strip().lower()
         if media != "text/csv" or not self._authorised(authorization):
             await self.app(scope, receive, send)  # JSON, or the route's 401
@@ -83,13 +100,7 @@ class CsvRecordsMiddleware:
             assert refused is not None
             await refused(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await _read_body(receive)
         settings = self.dataplane.settings
         try:
             request, schema = self._options(scope)

@@ -182,29 +182,7 @@ def read_tensors(req: InferRequest, binary: bytes, limits: Limits | None = None)
                 "extensions only binary_tensor_data is; no shared memory)"
             )
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidInput(
-                    f"input {tensor.name}: binary_data_size must be a byte count, got {json_value(size)}"
-                )
-            if tensor.data is not None:
-                raise InvalidInput(f"input {tensor.name} has both data and binary_data_size; send one")
-            need = count * np.dtype(dtype).itemsize
-            if size != need:
-                raise InvalidInput(
-                    f"input {tensor.name}: binary_data_size is {size} bytes, but shape "
-                    f"{tensor.shape} of {tensor.datatype} needs {need}"
-                )
-            if offset + size > len(binary):
-                raise InvalidInput(
-                    f"input {tensor.name}: the body ends before its {size} bytes of binary "
-                    f"data (is {HEADER_LENGTH} set to the JSON part's length?)"
-                )
-            little = np.dtype(dtype).newbyteorder("<")
-            values = (
-                np.frombuffer(binary, dtype=little, count=count, offset=offset).astype(np.float64)
-                if count
-                else np.empty(0)
-            )
+            values = _binary_values(tensor, dtype, count, size, binary, offset)
             offset += size
         else:
             values = _json_values(tensor, count)
@@ -218,6 +196,30 @@ def read_tensors(req: InferRequest, binary: bytes, limits: Limits | None = None)
             f"the body has {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for"
         )
     return tensors
+
+
+def _binary_values(tensor: InferInput, dtype: Any, count: int, size: object, binary: bytes, offset: int) -> np.ndarray:
+    """A tensor's `size` bytes of binary data at `offset` (little-endian `dtype`), as flat
+    float64: its byte count checked against its shape and against what the body holds."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(f"input {tensor.name}: binary_data_size must be a byte count, got {json_value(size)}")
+    if tensor.data is not None:
+        raise InvalidInput(f"input {tensor.name} has both data and binary_data_size; send one")
+    need = count * np.dtype(dtype).itemsize
+    if size != need:
+        raise InvalidInput(
+            f"input {tensor.name}: binary_data_size is {size} bytes, but shape "
+            f"{tensor.shape} of {tensor.datatype} needs {need}"
+        )
+    if offset + size > len(binary):
+        raise InvalidInput(
+            f"input {tensor.name}: the body ends before its {size} bytes of binary "
+            f"data (is {HEADER_LENGTH} set to the JSON part's length?)"
+        )
+    if not count:
+        return np.empty(0)
+    little = np.dtype(dtype).newbyteorder("<")
+    return np.frombuffer(binary, dtype=little, count=count, offset=offset).astype(np.float64)
 
 
 def _check_shape(tensor: InferInput, limits: Limits) -> None:
