@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _wrk import Row, Wrk, cpu_seconds, settle, summarize, table, targets
+from _wrk import Row, Wrk, start_phase, summarize, table, targets
 
 from service.testing import free_port, made_serve
 
@@ -87,18 +87,16 @@ def floor(wrk: Wrk, servers: list[Server], model_name: str, body: dict[str, obje
     rows = []
     for i in range(args.floor_rounds):
         for server in servers:
-            settle(server.pid)
-            print(
+            cpu = start_phase(
+                server.pid,
                 f"floor, round {i + 1} of {args.floor_rounds}: /logprob on {server.label} ({model_name}), "
                 f"{args.compare_seconds:g} s",
-                file=sys.stderr,
             )
-            start, cpu = time.perf_counter(), cpu_seconds(server.pid)
             run = wrk.one(server.url + "/logprob", body, args.clients, args.compare_seconds, server.label)
             rows.append(
                 summarize(f"/logprob, 1 row of '{model_name}', round {i + 1}", server.label, [run], run.seconds)
             )
-            rows[-1].server_cpu = (cpu_seconds(server.pid) - cpu) / (time.perf_counter() - start)
+            rows[-1].server_cpu = cpu.cores()
     return rows
 
 

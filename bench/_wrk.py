@@ -229,6 +229,31 @@ def settle(pid: int, limit_s: float = 120.0) -> None:
             return
 
 
+class ServerCpu:
+    """The CPU a server has used since this was made, in cores (CPU seconds a wall second)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = time.perf_counter()
+        self.cpu = cpu_seconds(pid)
+
+    def used(self) -> float:
+        """CPU seconds used so far."""
+        return cpu_seconds(self.pid) - self.cpu
+
+    def cores(self, wall_s: float | None = None) -> float:
+        """CPU seconds used per second of `wall_s` (default: the wall time so far)."""
+        return self.used() / (time.perf_counter() - self.start if wall_s is None else wall_s)
+
+
+def start_phase(pid: int, message: str) -> ServerCpu:
+    """A phase of a bench on the server `pid`: started once it is idle (settle), said on
+    stderr, its CPU counted from then."""
+    settle(pid)
+    print(message, file=sys.stderr)
+    return ServerCpu(pid)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -7,7 +7,7 @@ For every request: the status, the seconds to answer, the server's RSS growth ov
 state (the peak of VmRSS read every 10 ms while the request runs), and /healthz's latency while
 it runs (polled every 10 ms from another client: median, p99 and worst). Then SIGTERM with 16
 queued /impute requests (MADE_THREADS=1, MADE_SHUTDOWN_TIMEOUT=5): their statuses and the
-seconds until the process is gone. Targets (issue 24): no 5xx or crash, RSS growth <= 300 MB,
+seconds until the process is gone. Targets: no 5xx or crash, RSS growth <= 300 MB,
 an answer within MADE_REQUEST_TIMEOUT, /healthz p99 <= 250 ms; every one exited within
 MADE_SHUTDOWN_TIMEOUT + 5 s. --write puts the tables into docs/operations.md between its
 abuse markers.

@@ -168,7 +168,7 @@ def roofline_rows(engine: Engine, net: Network, args: argparse.Namespace) -> lis
             "mix": lambda: engine.logprob(x, masks="all"),
             "stored": lambda: stored.run(["logits"], {"x": xf, "mask_index": stored_k}),
             "dense": lambda: engine.logits(xf, 0),
-            # issue 16: every mask in one graph (the engine's path on CUDA; not on the CPU)
+            # every mask in one graph (the engine's path on CUDA; not on the CPU)
             "graph_mix": lambda: engine.graph_scores().scores(xf),
         },
         args.repeats,

@@ -56,9 +56,9 @@ def run(args: argparse.Namespace, report: Report) -> bool:
     dry = args.cpu_dry_run
     sizes = DRY_SIZES if dry else GPU_SIZES
     device = CPU if dry else CUDA
-    if not dry:
-        probe_cuda(ort)
     model = pick_model(Path(args.store), args.model)
+    if not dry:
+        probe_cuda(ort, model)
     started = time.perf_counter()
     steps = gpu_steps.Steps.start(model, device, dry, sizes, args.rows)
     ok, parity = steps.parity(args.tolerance)

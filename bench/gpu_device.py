@@ -45,8 +45,11 @@ def ort_description(ort: Any) -> str:
     return f"{package} ({f'built for CUDA {cuda}' if cuda else 'no CUDA build'})"
 
 
-def probe_cuda(ort: Any) -> None:
-    """Refuse early, with the reason, unless a CUDA session really runs on the GPU."""
+def probe_cuda(ort: Any, model: Any) -> None:
+    """Refuse early, with the reason, unless a CUDA session of the model's stored dense graph
+    really runs on the GPU (the serving image has no onnx to build a probe graph with)."""
+    from made.store.files import DENSE_GRAPH
+
     available = ort.get_available_providers()
     if CUDA not in available:
         raise CheckFailed(
@@ -54,17 +57,7 @@ def probe_cuda(ort: Any) -> None:
             "an NVIDIA GPU machine with onnxruntime-gpu and the CUDA and cuDNN versions its build "
             "needs, e.g. in the made:gpu image (docs/deployment.md)"
         )
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, CPU])
+    session = ort.InferenceSession(str(model.file(DENSE_GRAPH)), providers=[CUDA, CPU])
     actual = session.get_providers()
     if actual[0] != CUDA:
         raise CheckFailed(

@@ -21,7 +21,7 @@ import numpy as np
 from bench.common import ROOT
 from bench.gpu_device import CPU, CUDA, CheckFailed
 
-HTTP_TARGET = 5.0  # issue 16: req/s on CUDA over req/s on the CPU provider, 64 clients
+HTTP_TARGET = 5.0  # the target: req/s on CUDA over req/s on the CPU provider, 64 clients
 
 
 @dataclass(frozen=True)

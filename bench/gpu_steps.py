@@ -10,14 +10,12 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import dense_matmul_graph, latencies, rows_per_second
+from bench.common import latencies, rows_per_second
 from bench.gpu_device import (
     CPU,
     CUDA,
@@ -34,31 +32,46 @@ from bench.gpu_device import (
 )
 
 
-def roofline(net: Any, device: str, batch: int, min_seconds: float) -> float:
-    """float32 FLOP/s of a bare graph of the network's dense MatMuls (no masks, bias or
-    activation, subnormal weights flushed) at `batch` rows, input and outputs on the device
-    (IOBinding), TF32 off."""
+def roofline(model: Any, net: Any, device: str, batch: int, min_seconds: float) -> float:
+    """float32 FLOP/s of the model's stored dense pass (made.store.files.DENSE_GRAPH: MatMuls,
+    bias and activation) fed mask 0's weights with subnormal weights flushed, at `batch` rows,
+    inputs and outputs on the device (IOBinding), TF32 off: the MatMuls dominate its time. The
+    stored graph, not one built here: the serving image has no onnx."""
     import onnxruntime as ort
 
+    from made.store.files import DENSE_GRAPH
+    from service.engine.network import mask_weights
     from service.engine.runtime import make_session
 
-    graph, outputs = dense_matmul_graph(net, flush_subnormals=True)
-    with tempfile.TemporaryDirectory(prefix="gpu-check-roofline-") as tmp:
-        path = Path(tmp) / "roofline.onnx"
-        path.write_bytes(graph)
-        session = make_session(path, providers_for(device))
+    session = make_session(model.file(DENSE_GRAPH), providers_for(device))
     where = "cuda" if device == CUDA else "cpu"
-    x = (np.random.default_rng(0).random((batch, net.dims)) < 0.5).astype(np.float32)
+    m = mask_weights(net, 0)
+    arrays = {
+        "x": (np.random.default_rng(0).random((batch, net.dims)) < 0.5).astype(np.float32),
+        "order": np.ascontiguousarray(m.ordering, dtype=np.int64),
+        "inverse": np.argsort(m.ordering).astype(np.int64),
+        **{f"W{i}": flush_subnormals(w) for i, w in enumerate(m.weights)},
+        **{f"b{i}": np.ascontiguousarray(b) for i, b in enumerate(m.biases)},
+    }
+    if m.direct is not None:
+        arrays["direct_W"] = flush_subnormals(m.direct)
     io = session.io_binding()
-    io.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x, where, 0))
-    for name in outputs:
-        io.bind_output(name, where)
+    for name, a in arrays.items():
+        io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(a, where, 0))
+    io.bind_output("logits", where)
 
     def once() -> None:
         session.run_with_iobinding(io)
         io.synchronize_outputs()
 
     return float(rows_per_second(once, batch, min_seconds) * net.flops_per_row())
+
+
+def flush_subnormals(w: np.ndarray) -> np.ndarray:
+    """float32 weights with subnormal values as 0 (on a CPU they can slow a MatMul many times)."""
+    w = np.array(w, dtype=np.float32)
+    w[np.abs(w) < np.finfo(np.float32).tiny] = 0.0
+    return w
 
 
 @dataclass
@@ -171,7 +184,7 @@ class Steps:
         net = load_network(self.model)
         self.flops = net.flops_per_row()
         self.roof.update(
-            {b: roofline(net, self.device, b, self.sizes.min_seconds) for b in self.sizes.roofline_batches}
+            {b: roofline(self.model, net, self.device, b, self.sizes.min_seconds) for b in self.sizes.roofline_batches}
         )
         lines += [
             "## Roofline",

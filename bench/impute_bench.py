@@ -1,4 +1,4 @@
-"""/impute of an exact row against /sample n=64, on a real `made serve` (issue 12's target).
+"""/impute of an exact row against /sample n=64, on a real `made serve`.
 
     .venv/bin/python bench/impute_bench.py [--store model_store] [--name binarized-mnist]
         [--data PATH.npz] [--repeats 20] [--slow-repeats 5] [--baseline DIR
@@ -104,48 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             servers["baseline"] = stack.enter_context(made_serve(args.store, env=base_env))
         clients = {s: stack.enter_context(httpx.Client(base_url=p.url, timeout=600)) for s, p in servers.items()}
         row, source = mnist_row(args.data, clients["this tree"], args.name)
-        half = len(row) // 2
-        exact_row = row[:half] + [None] * (len(row) - half)
-        weighted_row = [None] * half + row[half:]
-        kinds: list[Kind] = []
-        for server in servers:
-            fast = args.repeats if server == "this tree" else args.slow_repeats
-            kinds += [
-                Kind(server, "/sample n=64", "/sample", {"n": 64, "model": args.name}, fast),
-                Kind(
-                    server,
-                    "/impute, exact row (second half missing), defaults",
-                    "/impute",
-                    {"x": [exact_row], "model": args.name},
-                    fast,
-                ),
-            ]
-            if server == "this tree":
-                kinds.append(
-                    Kind(
-                        server,
-                        "/impute, same row, first half missing (not exact: likelihood weighting), defaults",
-                        "/impute",
-                        {"x": [weighted_row], "model": args.name},
-                        args.slow_repeats,
-                    )
-                )
+        kinds = _kinds(list(servers), args, row)
         for kind in kinds:  # warm-up: the sampler builds its plans on first use
             clients[kind.server].post(kind.path, json=kind.body).raise_for_status()
-        failed = 0
-        for round_ in range(max(k.repeats for k in kinds)):
-            for kind in kinds:
-                if round_ >= kind.repeats:
-                    continue
-                start = time.perf_counter()
-                r = clients[kind.server].post(kind.path, json=kind.body)
-                kind.seconds.append(time.perf_counter() - start)
-                if r.status_code != 200:
-                    failed += 1
-                    print(f"{kind.server} {kind.path}: {r.status_code} {r.text[:200]}", file=sys.stderr)
-                elif kind.path == "/impute":
-                    kind.exact, kind.ess = r.json()["exact"][0], r.json()["ess"][0]
-            print(f"round {round_ + 1} done", file=sys.stderr)
+        failed = _measure(kinds, clients)
 
     table = render(kinds, source, args)
     print(table)
@@ -153,6 +115,58 @@ def main(argv: list[str] | None = None) -> int:
         DOC.write_text(table)
         print(f"wrote {DOC}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _kinds(servers: list[str], args: argparse.Namespace, row: list[int]) -> list[Kind]:
+    """The requests each server answers: /sample n=64 and /impute of the exact row (this tree:
+    --repeats of each), and on this tree the likelihood-weighted row too."""
+    half = len(row) // 2
+    exact_row = row[:half] + [None] * (len(row) - half)
+    weighted_row = [None] * half + row[half:]
+    kinds: list[Kind] = []
+    for server in servers:
+        fast = args.repeats if server == "this tree" else args.slow_repeats
+        kinds += [
+            Kind(server, "/sample n=64", "/sample", {"n": 64, "model": args.name}, fast),
+            Kind(
+                server,
+                "/impute, exact row (second half missing), defaults",
+                "/impute",
+                {"x": [exact_row], "model": args.name},
+                fast,
+            ),
+        ]
+        if server == "this tree":
+            kinds.append(
+                Kind(
+                    server,
+                    "/impute, same row, first half missing (not exact: likelihood weighting), defaults",
+                    "/impute",
+                    {"x": [weighted_row], "model": args.name},
+                    args.slow_repeats,
+                )
+            )
+    return kinds
+
+
+def _measure(kinds: list[Kind], clients: dict[str, httpx.Client]) -> int:
+    """Each kind's requests, one at a time, the kinds interleaved round by round; the number
+    that failed."""
+    failed = 0
+    for round_ in range(max(k.repeats for k in kinds)):
+        for kind in kinds:
+            if round_ >= kind.repeats:
+                continue
+            start = time.perf_counter()
+            r = clients[kind.server].post(kind.path, json=kind.body)
+            kind.seconds.append(time.perf_counter() - start)
+            if r.status_code != 200:
+                failed += 1
+                print(f"{kind.server} {kind.path}: {r.status_code} {r.text[:200]}", file=sys.stderr)
+            elif kind.path == "/impute":
+                kind.exact, kind.ess = r.json()["exact"][0], r.json()["ess"][0]
+        print(f"round {round_ + 1} done", file=sys.stderr)
+    return failed
 
 
 def render(kinds: list[Kind], source: str, args: argparse.Namespace) -> str:

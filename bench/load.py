@@ -59,7 +59,21 @@ from pathlib import Path
 import httpx
 from _floor import THIS, Server, bare_server, floor, floor_lines, floor_only
 from _load_report import fairness, paced
-from _wrk import MB, Row, RssSampler, Run, Target, Wrk, cpu_seconds, rss_bytes, settle, summarize, table, targets
+from _wrk import (
+    MB,
+    Row,
+    RssSampler,
+    Run,
+    ServerCpu,
+    Target,
+    Wrk,
+    rss_bytes,
+    settle,
+    start_phase,
+    summarize,
+    table,
+    targets,
+)
 
 from service.testing import made_serve
 
@@ -117,24 +131,20 @@ class Bench:
         """Each endpoint alone with a quarter of the connections, for the fairness table."""
         args, out = self.args, self.out
         for t in mix:
-            settle(self.pid)
-            print(f"alone: {t.path}, {args.clients // 4} clients, {args.alone_seconds:g} s", file=sys.stderr)
-            cpu = cpu_seconds(self.pid)
+            cpu = start_phase(self.pid, f"alone: {t.path}, {args.clients // 4} clients, {args.alone_seconds:g} s")
             run = self.wrk.finish(
                 t.label, *self.wrk.start(self.url + t.path, t.body, args.clients // 4, args.alone_seconds)
             )
             out.alone[t.label] = summarize(f"alone, {args.alone_seconds:g} s", t.label, [run], run.seconds)
-            out.alone[t.label].server_cpu = (cpu_seconds(self.pid) - cpu) / run.seconds
+            out.alone[t.label].server_cpu = cpu.cores(run.seconds)
         out.rows += out.alone.values()
 
     def mixed(self, mix: list[Target]) -> None:
         args, out = self.args, self.out
-        settle(self.pid)
-        print(f"mixed load: {args.clients} clients, {args.duration:g} s", file=sys.stderr)
-        start, cpu = time.perf_counter(), cpu_seconds(self.pid)
+        cpu = start_phase(self.pid, f"mixed load: {args.clients} clients, {args.duration:g} s")
         runs = self.wrk.mix(self.url, mix, args.clients, args.duration)
-        out.rows += _mix_rows(f"mixed, {args.duration:g} s", mix, runs, time.perf_counter() - start)
-        out.rows[-1].server_cpu = (cpu_seconds(self.pid) - cpu) / (time.perf_counter() - start)
+        out.rows += _mix_rows(f"mixed, {args.duration:g} s", mix, runs, time.perf_counter() - cpu.start)
+        out.rows[-1].server_cpu = cpu.cores()
         out.capacity = out.rows[-1].server_cpu or 0.0
         out.served = out.rows[-1].requests
         out.memory[f"after the mixed load ({out.served} requests)"] = rss_bytes(self.pid) / MB
@@ -144,7 +154,7 @@ class Bench:
         its req/s if measured already (0: not yet)."""
         args, out = self.args, self.out
         leak_runs: list[Run] = []
-        start, cpu = time.perf_counter(), cpu_seconds(self.pid)
+        cpu = ServerCpu(self.pid)
         while out.served < args.leak_requests:
             left = (args.leak_requests - out.served) / rate if rate else 0.0
             print(
@@ -158,8 +168,8 @@ class Bench:
                 sys.exit("the server answered no request in a round of the leak check")
             leak_runs += batch
             out.served += sum(r.requests for r in batch)
-            rate = sum(r.requests for r in leak_runs) / (time.perf_counter() - start)
-        seconds = time.perf_counter() - start
+            rate = sum(r.requests for r in leak_runs) / (time.perf_counter() - cpu.start)
+        seconds = time.perf_counter() - cpu.start
         out.memory[f"after the leak check ({out.served} requests)"] = rss_bytes(self.pid) / MB
         if not leak_runs:  # the mixed load alone answered the count
             return
@@ -168,7 +178,7 @@ class Bench:
         phase = f"leak check on '{leak_name}', {seconds:.0f} s"
         out.rows += [summarize(phase, t.label, rs, seconds) for t, rs in zip(leak_mix, per_target, strict=True)]
         out.rows.append(summarize(phase, "**all**", leak_runs, seconds))
-        out.rows[-1].server_cpu = (cpu_seconds(self.pid) - cpu) / seconds
+        out.rows[-1].server_cpu = cpu.cores(seconds)
 
     def pacing(self, label: str, rate: float) -> tuple[int, float]:
         """Connections and think time (ms) that offer `rate` req/s: connections x 1 / (think +
@@ -183,11 +193,11 @@ class Bench:
 
     def paced_run(self, t: Target, connections: int, seconds: float, think_ms: float) -> tuple[Run, float]:
         """One endpoint paced alone: its run and the server's CPU time during it."""
-        cpu = cpu_seconds(self.pid)
+        cpu = ServerCpu(self.pid)
         run = self.wrk.finish(
             t.label, *self.wrk.start(self.url + t.path, t.body, connections, seconds, think_ms=think_ms)
         )
-        return run, cpu_seconds(self.pid) - cpu
+        return run, cpu.used()
 
     def paced(self, mix: list[Target]) -> None:
         """Each endpoint paced alone, then the four paced together. What a paced request costs
@@ -208,21 +218,18 @@ class Bench:
         for t in mix:
             conns[t.label], think[t.label] = self.pacing(t.label, args.paced_load / 4 * out.capacity / cost[t.label])
         for t in mix:
-            settle(self.pid)
-            print(
+            start_phase(
+                self.pid,
                 f"paced alone: {t.path}, {conns[t.label]} connections, think {think[t.label]:.0f} ms, "
                 f"{args.duration:g} s",
-                file=sys.stderr,
             )
             run, cpu = self.paced_run(t, conns[t.label], args.duration, think[t.label])
             row = out.paced_alone[t.label] = summarize("paced alone", t.label, [run], run.seconds)
             row.server_cpu, row.think_ms, row.connections = cpu / run.seconds, think[t.label], conns[t.label]
-        settle(self.pid)
-        print(f"paced mix: {args.duration:g} s", file=sys.stderr)
-        start, cpu0 = time.perf_counter(), cpu_seconds(self.pid)
+        cpu = start_phase(self.pid, f"paced mix: {args.duration:g} s")
         runs = self.wrk.mix(self.url, mix, args.clients, args.duration, think_ms=think, connections=conns)
-        out.paced_rows = _mix_rows("paced mix", mix, runs, time.perf_counter() - start)
-        out.paced_rows[-1].server_cpu = (cpu_seconds(self.pid) - cpu0) / (time.perf_counter() - start)
+        out.paced_rows = _mix_rows("paced mix", mix, runs, time.perf_counter() - cpu.start)
+        out.paced_rows[-1].server_cpu = cpu.cores()
         out.rows += [*out.paced_alone.values(), *out.paced_rows]
 
     def floors(self, models: list[tuple[str, dict[str, object]]]) -> None:

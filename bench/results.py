@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ K32_DIRECT = train_args(
     "500", 32, "--order-agnostic", "--connectivity-agnostic", "--direct", max_epochs=600, patience=30
 )
 # the binarized MNIST runs' schedule: the rate x0.3 every 40 epochs, at most 150
-MNIST_SCHEDULE = ["--lr-step", "40", "--lr-gamma", "0.3", "--max-epochs", "150", "--patience", "20"]
+MNIST_SCHEDULE = shlex.split("--lr-step 40 --lr-gamma 0.3 --max-epochs 150 --patience 20")
 OURS = (("connect4", 11.90), ("ocr_letters", 28.34), ("rcv1", 47.10), ("web", 28.53))
 # The official code's ADULT command (github.com/mgermain/MADE README: `trainMADE.py adult 0.01 0
 # -1 0 ? 300 100 30 False 0 None 0 [500] 1234 False Output False tanh Orthogonal 0`): one mask
@@ -38,118 +39,44 @@ OURS = (("connect4", 11.90), ("ocr_letters", 28.34), ("rcv1", 47.10), ("web", 28
 # orthogonal weights and zero biases, direct input-to-output connections, plain SGD at 0.01
 # (update rule `None`, decrease constant 0), minibatches of 100, look-ahead 30, no epoch limit
 # (5000 here) and no weight decay. The README has no MUSHROOMS command: the same one is used.
-OFFICIAL_ADULT = [
-    "--hidden",
-    "500",
-    "--masks",
-    "1",
-    "--random-ordering",
-    "--direct",
-    "--activation",
-    "tanh",
-    "--init",
-    "orthogonal",
-    "--optimizer",
-    "sgd",
-    "--lr",
-    "0.01",
-    "--batch-size",
-    "100",
-    "--max-epochs",
-    "5000",
-    "--patience",
-    "30",
-]
+OFFICIAL_ADULT = shlex.split(
+    "--hidden 500 --masks 1 --random-ordering --direct --activation tanh --init orthogonal "
+    "--optimizer sgd --lr 0.01 --batch-size 100 --max-epochs 5000 --patience 30"
+)
 # Its DNA command (`trainMADE.py dna 1e-5 0.95 -1 -1 Full 300 100 30 False 0 adadelta 0 [500]
 # 1234 False Output False hinge Orthogonal 0`): 500 ReLU units, orthogonal weights, direct
 # connections, AdaDelta (decay 0.95, epsilon 1e-5), minibatches of 100, look-ahead 30, a new
 # ordering and connectivity for every update, validated each epoch on 300 masks and tested on
 # 1000. Here: a new mask per update too; K = 300 stored masks (validated each epoch on the first
-# 32 of them, to keep an epoch at ~0.3 s on one core; the final valid and test NLL use all 300).
-OFFICIAL_DNA = [
-    "--hidden",
-    "500",
-    "--masks",
-    "300",
-    "--order-agnostic",
-    "--connectivity-agnostic",
-    "--resample-masks",
-    "--valid-masks",
-    "32",
-    "--direct",
-    "--init",
-    "orthogonal",
-    "--optimizer",
-    "adadelta",
-    "--lr",
-    "1",
-    "--rho",
-    "0.95",
-    "--eps",
-    "1e-5",
-    "--batch-size",
-    "100",
-    "--max-epochs",
-    "5000",
-    "--patience",
-    "30",
-]
+# 32 of them, to keep epochs short; the final valid and test NLL use all 300).
+OFFICIAL_DNA = shlex.split(
+    "--hidden 500 --masks 300 --order-agnostic --connectivity-agnostic --resample-masks --valid-masks 32 "
+    "--direct --init orthogonal --optimizer adadelta --lr 1 --rho 0.95 --eps 1e-5 --batch-size 100 "
+    "--max-epochs 5000 --patience 30"
+)
 
 # name -> (data set, train arguments, paper's number, paper's setting, target)
 EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
     "binarized_mnist-1x500-k1": (
         "binarized_mnist",
-        [
-            "--hidden",
-            "500",
-            "--masks",
-            "1",
-            "--direct",
-            "--optimizer",
-            "adamw",
-            "--weight-decay",
-            "0.1",
-            *MNIST_SCHEDULE,
-        ],
+        [*shlex.split("--hidden 500 --masks 1 --direct --optimizer adamw --weight-decay 0.1"), *MNIST_SCHEDULE],
         88.40,
         "1 hidden layer, 1 mask",
         88.9,
     ),
     "binarized_mnist-2x500-k8": (
         "binarized_mnist",
-        [
-            "--hidden",
-            "500,500",
-            "--masks",
-            "8",
-            "--connectivity-agnostic",
-            "--direct",
-            *MNIST_SCHEDULE,
-        ],
+        [*shlex.split("--hidden 500,500 --masks 8 --connectivity-agnostic --direct"), *MNIST_SCHEDULE],
         86.64,
         "2 hidden layers, 32 masks",
         88.0,
     ),
     "binarized_mnist-2x1000-k8-rebin": (
         "binarized_mnist",
-        [
-            "--hidden",
-            "1000,1000",
-            "--masks",
-            "8",
-            "--connectivity-agnostic",
-            "--direct",
-            "--rebinarize",
-            "mnist.npz",
-            "--lr-step",
-            "60",
-            "--lr-gamma",
-            "0.3",
-            "--max-epochs",
-            "240",
-            "--patience",
-            "40",
-        ],
+        shlex.split(
+            "--hidden 1000,1000 --masks 8 --connectivity-agnostic --direct --rebinarize mnist.npz "
+            "--lr-step 60 --lr-gamma 0.3 --max-epochs 240 --patience 40"
+        ),
         86.64,
         "2 hidden layers, 32 masks",
         88.0,
