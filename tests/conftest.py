@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
-from helpers import cpu_registry, store_of
+from helpers import TinyModel, cpu_registry, store_of
 
 if TYPE_CHECKING:
     from service.engine import ModelRegistry
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "model_store"  # the models the repository ships
 DATA_DIR = Path(os.environ.get("MADE_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
@@ -118,6 +119,14 @@ def tiny_engines(tiny_store: Path) -> dict:
     return engines
 
 
+@pytest.fixture
+def tiny_model(request: pytest.FixtureRequest, tiny_engines: dict, tiny_joint: dict) -> TinyModel:
+    """The tiny model a test names by indirect parametrization, its engine beside its joint:
+    `@pytest.mark.parametrize("tiny_model", ["tiny", "tiny10"], indirect=True)`."""
+    name = request.param
+    return TinyModel(tiny_engines[name], *tiny_joint[name])
+
+
 def all_binary_vectors(dims: int) -> np.ndarray:
     """(2^D, D) float64, every binary vector; row i is i written in binary, dimension 0 first."""
     bits = (np.arange(2**dims)[:, None] >> np.arange(dims - 1, -1, -1)[None, :]) & 1
@@ -191,6 +200,12 @@ def random784_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         order_agnostic=True,
         direct=True,
     )
+
+
+@pytest.fixture(scope="session")
+def diamonds_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of a copy of the shipped 'diamonds' table model alone (read, never changed)."""
+    return store_of(tmp_path_factory.mktemp("diamonds") / "store", SHIPPED / "diamonds")
 
 
 # --- table models ---------------------------------------------------------------------------------

@@ -2,13 +2,17 @@
 
 - `post`, `post_ok`: a JSON request to an in-process app, its status and JSON answer;
   `reload_result`: an entry of /admin/reload's answer.
-- `store_of`, `cpu_registry`: a store of copied model directories, loaded on the CPU.
+- `store_of`, `cpu_registry`: a store of copied model directories, loaded on the CPU;
+  `app_fixtures`: a module's `registry` and `made` fixtures over one of the stores in conftest.
+- `MANIFEST_FIELDS`: the fields every manifest must hold, written down here apart from the store's
+  own list, so that a field dropped from it fails a test.
 - `json_lines`: the JSON records of a log (a server's log file, a stream, a string).
 - `metric`, `metric_samples`: Prometheus text read by prometheus_client's own parser, so that a
   check compares a sample's value under exactly its labels, not a substring of the page.
 - `made_train_args`, `run_made`, `run_made_calls`: the real `made` command; `checkpoint_epoch`,
   `retrain_in_one_thread`, `assert_same_tensors`: a training run's files.
-- `likely_rows`: rows an engine finds likely, ready to blank out.
+- `likely_rows`: rows an engine finds likely, ready to blank out; `TinyModel`: a tiny model's
+  engine and its joint by enumeration (conftest's `tiny_model` fixture).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from safetensors import safe_open
@@ -90,6 +96,36 @@ def cpu_registry(store: Path, default_model: str | None = None) -> ModelRegistry
     reg = ModelRegistry(store, default_model=default_model, providers=["CPUExecutionProvider"], threads=1)
     reg.load()
     return reg
+
+
+def app_fixtures(store: str, default_model: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A test module's two fixtures over the store fixture named `store`, as
+    `registry, made = app_fixtures("tiny_store", "tiny")`: `registry`, the store loaded on the CPU
+    once a module, and `made`, a client of a fresh in-process app over it for each test, with
+    `default_model` the default of both."""
+
+    @pytest.fixture(scope="module", name="registry")
+    def registry_fixture(request: pytest.FixtureRequest) -> ModelRegistry:
+        return cpu_registry(request.getfixturevalue(store), default_model)
+
+    @pytest.fixture(name="made")
+    async def made_fixture(request: pytest.FixtureRequest, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
+        from service.settings import Settings
+        from service.testing import in_process
+
+        settings = Settings(store=request.getfixturevalue(store), default_model=default_model)
+        async with in_process(settings, registry) as client:
+            yield client
+
+    return registry_fixture, made_fixture
+
+
+# The fields every version's manifest.json holds (made.store.manifest.REQUIRED must name them all).
+MANIFEST_FIELDS = frozenset(
+    ("format_version", "name", "version", "created_at")  # which version it is
+    + ("dims", "hidden", "n_masks", "orderings")  # its network
+    + ("files", "dataset", "metrics")  # what it holds, what it learned from, how well
+)
 
 
 # --- logs -----------------------------------------------------------------------------------------
@@ -223,6 +259,17 @@ def checkpoint_epoch(path: Path) -> int:
 
 
 # --- engines --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A tiny model's engine beside its joint by enumeration: x_all, every binary vector (2^D, D),
+    row i being i in binary with dimension 0 first, and logp, log p_k of each under every mask
+    (K, 2^D), from a bare onnxruntime session of the stored graph in float64."""
+
+    engine: Engine
+    x_all: np.ndarray
+    logp: np.ndarray
 
 
 def likely_rows(engine: Engine, n: int, seed: int) -> np.ndarray:

@@ -5,20 +5,17 @@ its x answers and against enumeration of every binary vector."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import cpu_registry, post_ok
+from conftest import all_binary_vectors
+from helpers import app_fixtures, post_ok
 
 from made.core.schema import Column, Schema
 from made.store.versions import open_model
-from service.engine import ModelRegistry
-from service.settings import Settings
-from service.testing import InProcessClient, in_process
-from tests.conftest import all_binary_vectors
+from service.testing import InProcessClient
 
 pytestmark = pytest.mark.anyio
 
@@ -71,15 +68,7 @@ def test_a_table_made_over_the_bit_schema_is_made() -> None:
 # --- over HTTP ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def registry(tiny_store: Path) -> ModelRegistry:
-    return cpu_registry(tiny_store, default_model="tiny")
-
-
-@pytest.fixture
-async def made(tiny_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
-    async with in_process(Settings(store=tiny_store, default_model="tiny"), registry) as client:
-        yield client
+registry, made = app_fixtures("tiny_store", "tiny")
 
 
 def records_of(x: np.ndarray) -> list[dict[str, int]]:

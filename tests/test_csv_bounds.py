@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import gzip
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cpu_registry, metric, store_of
+from helpers import app_fixtures, metric
 
 import service.http.csv_records
 from made.core.errors import InvalidInput
@@ -24,26 +24,12 @@ from service.testing import InProcessClient, in_process
 
 pytestmark = pytest.mark.anyio
 
-STORE = Path(__file__).resolve().parent.parent / "model_store"
 CSV_HEADERS = {"Content-Type": "text/csv"}
 ROW_HEAD = "carat,cut,color,clarity,depth,table,price,x,y\n"  # z left out: unknown, summed out exactly
 ROW = "0.3,Ideal,E,SI1,61.5,55,326,3.95,3.98\n"
 
 
-@pytest.fixture(scope="module")
-def diamonds_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return store_of(tmp_path_factory.mktemp("bounds") / "store", STORE / "diamonds")
-
-
-@pytest.fixture(scope="module")
-def registry(diamonds_store: Path) -> ModelRegistry:
-    return cpu_registry(diamonds_store)
-
-
-@pytest.fixture
-async def made(diamonds_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
-    async with in_process(Settings(store=diamonds_store, default_model="diamonds"), registry) as client:
-        yield client
+registry, made = app_fixtures("diamonds_store", "diamonds")
 
 
 @pytest.fixture

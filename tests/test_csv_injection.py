@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import cpu_registry, store_of
+from helpers import cpu_registry
 
 from made.cli import main
 from made.io.csv import escape_formula, to_csv
@@ -56,19 +56,16 @@ def _csv_body() -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return store_of(tmp_path_factory.mktemp("inject") / "store", STORE / "diamonds")
-
-
-@pytest.fixture(scope="module")
-def registry(store: Path) -> ModelRegistry:
-    return cpu_registry(store)
+def registry(diamonds_store: Path) -> ModelRegistry:
+    return cpu_registry(diamonds_store, "diamonds")
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("escape", [True, False])
-async def test_the_services_csv_answer_escapes_formulas(store: Path, registry: ModelRegistry, escape: bool) -> None:
-    settings = Settings(store=store, default_model="diamonds", csv_escape_formulas=escape)
+async def test_the_services_csv_answer_escapes_formulas(
+    diamonds_store: Path, registry: ModelRegistry, escape: bool
+) -> None:
+    settings = Settings(store=diamonds_store, default_model="diamonds", csv_escape_formulas=escape)
     async with in_process(settings, registry) as client:
         r = await client.http.post(
             "/logprob", content=_csv_body().encode(), headers={"Content-Type": "text/csv", "Accept": "text/csv"}

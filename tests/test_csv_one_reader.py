@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cpu_registry, store_of
+from helpers import app_fixtures, store_of
 
 from made.cli import main
 from made.core.errors import DataError, InvalidInput
@@ -21,10 +20,8 @@ from made.io.csv import read_csv_text, value_text
 from made.io.tables import load_table_dataset
 from made.store.versions import open_model
 from service.core.records import check_csv_bounds, parse_records
-from service.engine import ModelRegistry
 from service.engine.table_engine import TableEngine
-from service.settings import Settings
-from service.testing import InProcessClient, in_process
+from service.testing import InProcessClient
 
 pytestmark = pytest.mark.anyio
 
@@ -44,21 +41,12 @@ MEANT = [  # the same rows as JSON records: a key left out is unknown, "NA" abse
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, table_store: Path) -> Path:
-    store = store_of(tmp_path_factory.mktemp("one-reader") / "store", STORE / "diamonds")
-    store_of(store, table_store / "mixed")
-    return store
+def store(tmp_path_factory: pytest.TempPathFactory, diamonds_store: Path, table_store: Path) -> Path:
+    """The shipped 'diamonds' beside 'mixed'."""
+    return store_of(tmp_path_factory.mktemp("one-reader") / "store", diamonds_store / "diamonds", table_store / "mixed")
 
 
-@pytest.fixture(scope="module")
-def registry(store: Path) -> ModelRegistry:
-    return cpu_registry(store)
-
-
-@pytest.fixture
-async def made(store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
-    async with in_process(Settings(store=store, default_model="diamonds"), registry) as client:
-        yield client
+registry, made = app_fixtures("store", "diamonds")
 
 
 async def test_a_semicolon_separated_body_is_read_like_a_comma_separated_one(made: InProcessClient) -> None:

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import write_random_model
 
 import service.engine.denoise as denoise_module
 import service.engine.missing as missing_module
 import service.engine.sampler as sampler_module
 from service.engine.cancel import Abandoned, CancelToken, running_under
 from service.engine.engine import Engine
-from tests.conftest import write_random_model
 
 WIDE = 256  # dimensions of the memory model: one draw of it is WIDE bytes as uint8, 8 x WIDE as noise
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TinyModel
 
 from made.core.errors import InvalidInput
 from service.engine.engine import Engine
 
-Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
 MODELS = ["tiny", "tiny1", "tiny10"]
 
 
@@ -26,49 +26,40 @@ def prefix_conditionals(x_all: np.ndarray, logp: np.ndarray, ordering: np.ndarra
     return out
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_conditionals_of_mask_k_equal_its_enumerated_prefix_conditionals(
-    name: str, tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines[name]
-    x_all, logp = tiny_joint[name]
+@pytest.mark.parametrize("tiny_model", MODELS, indirect=True)
+def test_conditionals_of_mask_k_equal_its_enumerated_prefix_conditionals(tiny_model: TinyModel) -> None:
+    engine, x_all = tiny_model.engine, tiny_model.x_all
     for k in range(engine.n_masks):
-        expected = prefix_conditionals(x_all, logp[k], engine.orderings[k])
+        expected = prefix_conditionals(x_all, tiny_model.logp[k], engine.orderings[k])
         np.testing.assert_allclose(engine.conditionals(x_all, k), expected, rtol=0, atol=1e-6)
 
 
-def test_the_first_dimension_of_an_ordering_gets_its_marginal_whatever_the_row(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines["tiny"]
-    x_all, _ = tiny_joint["tiny"]
+@pytest.mark.parametrize("tiny_model", ["tiny"], indirect=True)
+def test_the_first_dimension_of_an_ordering_gets_its_marginal_whatever_the_row(tiny_model: TinyModel) -> None:
+    engine, x_all = tiny_model.engine, tiny_model.x_all
     for k in range(engine.n_masks):
         first = engine.conditionals(x_all, k)[:, engine.orderings[k][0]]
         np.testing.assert_allclose(first, first[0], rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_full_conditionals_equal_enumerated_conditionals_given_every_other_dimension(
-    name: str, tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines[name]
-    x_all, logp = tiny_joint[name]
-    p = np.exp(logp).mean(axis=0)  # the mixture, (2^D,)
-    dims = engine.dims
+@pytest.mark.parametrize("tiny_model", MODELS, indirect=True)
+def test_full_conditionals_equal_enumerated_conditionals_given_every_other_dimension(tiny_model: TinyModel) -> None:
+    x_all = tiny_model.x_all
+    p = np.exp(tiny_model.logp).mean(axis=0)  # the mixture, (2^D,)
+    dims = tiny_model.engine.dims
     index = np.arange(len(x_all))
     expected = np.empty(x_all.shape)
     for d in range(dims):
         bit = 1 << (dims - 1 - d)  # row i of x_all is i in binary, dimension 0 first
         expected[:, d] = p[index | bit] / (p[index | bit] + p[index & ~bit])
-    got = engine.full_conditionals(x_all)
+    got = tiny_model.engine.full_conditionals(x_all)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
-def test_full_conditionals_are_the_sigmoid_of_the_log_probability_difference(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines["tiny"]
-    x = tiny_joint["tiny"][0][::37]
+@pytest.mark.parametrize("tiny_model", ["tiny"], indirect=True)
+def test_full_conditionals_are_the_sigmoid_of_the_log_probability_difference(tiny_model: TinyModel) -> None:
+    engine = tiny_model.engine
+    x = tiny_model.x_all[::37]
     got = engine.full_conditionals(x)
     for d in range(engine.dims):
         ones, zeros = x.copy(), x.copy()

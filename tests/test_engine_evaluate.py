@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -33,31 +34,26 @@ def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_evaluate_prints_the_mixture_nll_as_one_json_object_on_the_last_line(
+@pytest.mark.parametrize(("case", "split", "masks"), [("all", "test", "all"), ("mask0", "valid", 0)])
+def test_evaluate_prints_the_nll_of_the_split_under_the_masks_asked_as_one_json_object_on_the_last_line(
     runs: dict[str, subprocess.CompletedProcess[str]],
     tiny_store: Path,
     tiny_engines: dict[str, Engine],
+    case: str,
+    split: str,
+    masks: Literal["all"] | int,
 ) -> None:
-    result = last_json(runs["all"])
+    """The mixture of every mask by default; one mask alone when asked, which scores otherwise."""
+    result = last_json(runs[case])
     assert {"nll", "stderr", "n", "split"} <= set(result)
-    test = np.load(tiny_store.parent / "d8.npz")["test"].astype(np.float64)
-    nll = -tiny_engines["tiny"].logprob(test).logprob
-    assert result["split"] == "test" and result["n"] == len(test)
+    x = np.load(tiny_store.parent / "d8.npz")[split].astype(np.float64)
+    nll = -tiny_engines["tiny"].logprob(x, masks=masks).logprob
+    assert result["split"] == split and result["n"] == len(x)
     assert result["nll"] == pytest.approx(nll.mean(), abs=1e-5)
     assert result["stderr"] == pytest.approx(nll.std(ddof=1) / np.sqrt(len(nll)), rel=1e-4)
-
-
-def test_evaluate_scores_one_mask_alone_when_asked(
-    runs: dict[str, subprocess.CompletedProcess[str]],
-    tiny_store: Path,
-    tiny_engines: dict[str, Engine],
-) -> None:
-    result = last_json(runs["mask0"])
-    valid = np.load(tiny_store.parent / "d8.npz")["valid"].astype(np.float64)
-    nll = -tiny_engines["tiny"].logprob(valid, masks=0).logprob
-    assert result["split"] == "valid" and result["n"] == len(valid)
-    assert result["nll"] == pytest.approx(nll.mean(), abs=1e-5)
-    assert result["nll"] != pytest.approx(-tiny_engines["tiny"].logprob(valid).logprob.mean())
+    mixture = -tiny_engines["tiny"].logprob(x).logprob.mean()
+    scored_as_the_mixture = result["nll"] == pytest.approx(mixture, abs=1e-5)
+    assert scored_as_the_mixture == (masks == "all"), (result["nll"], mixture)
 
 
 @pytest.mark.parametrize(

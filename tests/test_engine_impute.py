@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import enumerate_joint, write_random_model
-from helpers import likely_rows
+from helpers import TinyModel, likely_rows
 from scipy.special import logsumexp
 
 import service.engine.missing as missing_module
@@ -13,8 +13,6 @@ from made.core.errors import InvalidInput
 from service.engine.engine import Engine
 from service.engine.missing import ImputeResult
 from service.testing import providers_under_test
-
-Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
 
 
 def enumerated_posterior(x_all: np.ndarray, p: np.ndarray, row: np.ndarray) -> tuple[float, np.ndarray]:
@@ -38,12 +36,10 @@ def assert_marginals_within_four_standard_errors(
         )
 
 
-def test_trailing_missing_dimensions_of_a_natural_order_model_are_imputed_exactly(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines["tiny1"]
-    x_all, logp = tiny_joint["tiny1"]
-    p = np.exp(logp[0])
+@pytest.mark.parametrize("tiny_model", ["tiny1"], indirect=True)
+def test_trailing_missing_dimensions_of_a_natural_order_model_are_imputed_exactly(tiny_model: TinyModel) -> None:
+    engine, x_all = tiny_model.engine, tiny_model.x_all
+    p = np.exp(tiny_model.logp[0])
     rows = likely_rows(engine, 4, seed=1)
     for i, m in enumerate((1, 2, 4, 8)):
         rows[i, 8 - m :] = np.nan
@@ -54,13 +50,10 @@ def test_trailing_missing_dimensions_of_a_natural_order_model_are_imputed_exactl
     assert_marginals_within_four_standard_errors(result, rows, x_all, p)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny10"])
-def test_out_of_order_missing_dimensions_are_estimated_within_four_standard_errors(
-    name: str, tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines[name]
-    x_all, logp = tiny_joint[name]
-    p = np.exp(logp).mean(axis=0)
+@pytest.mark.parametrize("tiny_model", ["tiny", "tiny10"], indirect=True)
+def test_out_of_order_missing_dimensions_are_estimated_within_four_standard_errors(tiny_model: TinyModel) -> None:
+    engine, x_all = tiny_model.engine, tiny_model.x_all
+    p = np.exp(tiny_model.logp).mean(axis=0)
     firsts = sorted({int(order[0]) for order in engine.orderings})
     rows = likely_rows(engine, 4, seed=2)
     rows[0, firsts] = np.nan
@@ -76,16 +69,14 @@ def test_out_of_order_missing_dimensions_are_estimated_within_four_standard_erro
     assert_marginals_within_four_standard_errors(result, rows, x_all, p)
 
 
-def test_completions_are_drawn_from_the_posterior_of_the_missing_values(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines["tiny"]
-    x_all, logp = tiny_joint["tiny"]
+@pytest.mark.parametrize("tiny_model", ["tiny"], indirect=True)
+def test_completions_are_drawn_from_the_posterior_of_the_missing_values(tiny_model: TinyModel) -> None:
+    engine = tiny_model.engine
     row = likely_rows(engine, 1, seed=3)
     row[0, [0, 2, 5, 7]] = np.nan
     n_samples = 3000
     result = engine.impute(row, n_samples=n_samples, seed=2, n_importance=3000)
-    _, truth = enumerated_posterior(x_all, np.exp(logp).mean(axis=0), row[0])
+    _, truth = enumerated_posterior(tiny_model.x_all, np.exp(tiny_model.logp).mean(axis=0), row[0])
     freq = result.samples[0].mean(axis=0)
     # resampled from a weighted pool: the pool's error and the resampling error add up
     se = np.sqrt(truth * (1 - truth) * (1 / result.ess[0] + 1 / n_samples))

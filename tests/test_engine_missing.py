@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import likely_rows
+from helpers import TinyModel, likely_rows
 from scipy.special import logsumexp
 
 from made.core.errors import InvalidInput
 from service.engine.engine import Engine
-
-Joint = dict[str, tuple[np.ndarray, np.ndarray]]  # see the tiny_joint fixture
 
 
 def enumerated_logp_observed(x_all: np.ndarray, logp: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -29,33 +27,30 @@ def mixture(logp: np.ndarray) -> np.ndarray:
     return logsumexp(logp, axis=0) - np.log(len(logp))
 
 
-def test_trailing_missing_dimensions_are_exact_under_a_natural_order_model(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines["tiny1"]
+@pytest.mark.parametrize("tiny_model", ["tiny1"], indirect=True)
+def test_trailing_missing_dimensions_are_exact_under_a_natural_order_model(tiny_model: TinyModel) -> None:
+    engine = tiny_model.engine
     assert engine.orderings.tolist() == [list(range(8))]
-    x_all, logp = tiny_joint["tiny1"]
     rows = np.concatenate([likely_rows(engine, 3, seed=m) for m in range(1, 6)])
     for i, m in enumerate(np.repeat(np.arange(1, 6), 3)):
         rows[i, 8 - m :] = np.nan  # the last m dimensions missing
     result = engine.logprob(rows, seed=0)
     assert result.exact.all() and np.isnan(result.stderr).all()
-    np.testing.assert_allclose(result.logprob, enumerated_logp_observed(x_all, logp[0], rows), rtol=0, atol=1e-5)
+    truth = enumerated_logp_observed(tiny_model.x_all, tiny_model.logp[0], rows)
+    np.testing.assert_allclose(result.logprob, truth, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny10"])
-def test_dimensions_last_in_mask_ks_ordering_are_exact_under_mask_k(
-    name: str, tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines[name]
-    x_all, logp = tiny_joint[name]
+@pytest.mark.parametrize("tiny_model", ["tiny", "tiny10"], indirect=True)
+def test_dimensions_last_in_mask_ks_ordering_are_exact_under_mask_k(tiny_model: TinyModel) -> None:
+    engine = tiny_model.engine
     for k in range(engine.n_masks):
         rows = likely_rows(engine, 4, seed=k)
         for i, m in enumerate((1, 2, 3, engine.dims - 1)):
             rows[i, engine.orderings[k][-m:]] = np.nan
         result = engine.logprob(rows, masks=k, seed=0)
         assert result.exact.all(), f"mask {k}"
-        np.testing.assert_allclose(result.logprob, enumerated_logp_observed(x_all, logp[k], rows), rtol=0, atol=1e-5)
+        truth = enumerated_logp_observed(tiny_model.x_all, tiny_model.logp[k], rows)
+        np.testing.assert_allclose(result.logprob, truth, rtol=0, atol=1e-5)
 
 
 def test_a_row_with_every_value_missing_has_log_probability_zero(
@@ -72,12 +67,13 @@ def _not_last_everywhere(engine: Engine, ks: list[int]) -> list[int]:
     return sorted({int(engine.orderings[k][0]) for k in ks})
 
 
-@pytest.mark.parametrize(("name", "masks"), [("tiny", "all"), ("tiny10", "all"), ("tiny", 2), ("tiny10", 1)])
+@pytest.mark.parametrize(
+    ("tiny_model", "masks"), [("tiny", "all"), ("tiny10", "all"), ("tiny", 2), ("tiny10", 1)], indirect=["tiny_model"]
+)
 def test_out_of_order_missing_dimensions_are_estimated_within_four_standard_errors(
-    name: str, masks: str | int, tiny_engines: dict[str, Engine], tiny_joint: Joint
+    tiny_model: TinyModel, masks: str | int
 ) -> None:
-    engine = tiny_engines[name]
-    x_all, logp = tiny_joint[name]
+    engine = tiny_model.engine
     ks = list(range(engine.n_masks)) if masks == "all" else [int(masks)]
     rows = likely_rows(engine, 6, seed=11)
     firsts = _not_last_everywhere(engine, ks)
@@ -88,7 +84,7 @@ def test_out_of_order_missing_dimensions_are_estimated_within_four_standard_erro
     rows[4, firsts[-1:]] = np.nan
     rows[5, [*firsts, 4, 6]] = np.nan
     result = engine.logprob(rows, masks=masks, seed=3, n_importance=2000)  # type: ignore[arg-type]
-    truth = enumerated_logp_observed(x_all, mixture(logp[ks]), rows)
+    truth = enumerated_logp_observed(tiny_model.x_all, mixture(tiny_model.logp[ks]), rows)
     assert not result.exact.any()
     assert np.isfinite(result.stderr).all() and (result.stderr > 0).all()
     assert (result.stderr < 0.05).all(), "2000 draws per mask should pin log p(x_O) down"
@@ -96,9 +92,7 @@ def test_out_of_order_missing_dimensions_are_estimated_within_four_standard_erro
     assert np.abs(z).max() < 4, f"errors in standard errors: {np.round(z, 2)}"
 
 
-def test_the_reported_standard_error_matches_the_spread_over_seeds(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
+def test_the_reported_standard_error_matches_the_spread_over_seeds(tiny_engines: dict[str, Engine]) -> None:
     engine = tiny_engines["tiny"]
     row = likely_rows(engine, 1, seed=5)
     row[0, _not_last_everywhere(engine, [0, 1, 2, 3])] = np.nan
@@ -122,17 +116,15 @@ def test_an_estimate_is_reproduced_by_its_seed_and_changes_with_another(
     assert not np.array_equal(a.logprob, c.logprob)
 
 
-def test_complete_exact_and_estimated_rows_in_one_batch_each_get_their_own_answer(
-    tiny_engines: dict[str, Engine], tiny_joint: Joint
-) -> None:
-    engine = tiny_engines["tiny10"]
-    x_all, logp = tiny_joint["tiny10"]
+@pytest.mark.parametrize("tiny_model", ["tiny10"], indirect=True)
+def test_complete_exact_and_estimated_rows_in_one_batch_each_get_their_own_answer(tiny_model: TinyModel) -> None:
+    engine = tiny_model.engine
     rows = likely_rows(engine, 6, seed=4)
     rows[1, :] = np.nan  # exact: nothing observed
     rows[3, [int(engine.orderings[0][0]), int(engine.orderings[1][0])]] = np.nan  # estimated
     rows[4, [2, 7]] = np.nan
     result = engine.logprob(rows, seed=1, n_importance=2000)
-    truth = enumerated_logp_observed(x_all, mixture(logp), rows)
+    truth = enumerated_logp_observed(tiny_model.x_all, mixture(tiny_model.logp), rows)
     np.testing.assert_array_equal(result.exact, [True, True, True, False, False, True])
     exact = result.exact
     np.testing.assert_allclose(result.logprob[exact], truth[exact], rtol=0, atol=1e-5)

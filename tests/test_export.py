@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import train_tiny, write_npz
+from helpers import MANIFEST_FIELDS
 
 from made.core.errors import ModelStoreError
 from made.core.masks import make_mask_set
@@ -142,22 +143,7 @@ def test_manifest_describes_the_model_its_data_and_its_metrics(runs: dict[str, P
     run_dir = runs["image"]
     version_dir = export_run(run_dir, tmp_path / "store", "digits")
     written = json.loads((version_dir / "manifest.json").read_text())  # the file as written
-    contract = (
-        "format_version",
-        "name",
-        "version",
-        "dims",
-        "hidden",
-        "n_masks",
-        "orderings",
-        "files",
-        "dataset",
-        "metrics",
-        "created_at",
-        "image_shape",
-    )
-    assert set(contract) <= set(written)
-    assert set(REQUIRED) <= set(written)
+    assert {*MANIFEST_FIELDS, *REQUIRED, "image_shape"} <= set(written)
     config = json.loads((run_dir / CONFIG).read_text())
     metrics = json.loads((run_dir / METRICS).read_text())
     manifest = open_model(tmp_path / "store", "digits").manifest

@@ -359,6 +359,8 @@ def _bad_calls(base: Path, bit_rows: list[list[str]]) -> dict[str, list[str]]:
     (base / "empty.csv").write_text("")
     (base / "broken.parquet").write_bytes(b"PAR1 not really")
     header_only = _write_csv(base / "header.csv", [], ["carat", "cut"])
+    no_columns = _write_csv(base / "nc.csv", [["1", "2"]], ["a", "b"])
+    bad_level = _write_csv(base / "lvl.csv", [["0.3", "Superb"]], ["carat", "cut"])
     ragged = [list(r) for r in bit_rows[:20]]
     ragged[12] = ragged[12][:-1]
     text_cell = [list(r) for r in bit_rows[:20]]
@@ -377,19 +379,9 @@ def _bad_calls(base: Path, bit_rows: list[list[str]]) -> dict[str, list[str]]:
         "not-parquet": ["--input", str(base / "broken.parquet")],
         "batch-size": ["--input", str(good), "--batch-size", "0"],
         "table-conditionals": ["--input", str(header_only), "--name", "diamonds", "--conditionals"],
-        "table-no-columns": [
-            "--input",
-            str(_write_csv(base / "nc.csv", [["1", "2"]], ["a", "b"])),
-            "--name",
-            "diamonds",
-        ],
+        "table-no-columns": ["--input", str(no_columns), "--name", "diamonds"],
         "table-header-only": ["--input", str(header_only), "--name", "diamonds"],
-        "table-bad-level": [
-            "--input",
-            str(_write_csv(base / "lvl.csv", [["0.3", "Superb"]], ["carat", "cut"])),
-            "--name",
-            "diamonds",
-        ],
+        "table-bad-level": ["--input", str(bad_level), "--name", "diamonds"],
         "no-ray": ["--input", str(good), "--ray", "local"],
     }
 

@@ -4,12 +4,11 @@ model beside them unchanged; in-process and against a real `made serve`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cpu_registry, post
+from helpers import app_fixtures, post
 
 from made.store.versions import open_model
 from service.client import MadeAPIError, MadeClient
@@ -22,15 +21,7 @@ from service.testing import InProcessClient, in_process, made_serve
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def registry(both_store: Path) -> ModelRegistry:
-    return cpu_registry(both_store, default_model="cats")
-
-
-@pytest.fixture
-async def made(both_store: Path, registry: ModelRegistry) -> AsyncIterator[InProcessClient]:
-    async with in_process(Settings(store=both_store, default_model="cats"), registry) as client:
-        yield client
+registry, made = app_fixtures("both_store", "cats")
 
 
 RECORDS = [{"a": "red", "b": "yes", "c": "q", "d": "u"}, {"a": "blue", "b": "no", "c": "s", "d": "NA"}]

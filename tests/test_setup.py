@@ -68,11 +68,12 @@ def test_make_serve_on_a_fresh_clone_installs_the_serving_set_only(tmp_path: Pat
     assert any(".installed-serve" in line for line in _dry_run("install", f"VENV={tmp_path / 'fresh'}"))
 
 
-# What the serving set lacks: the train extra (torch, safetensors, matplotlib, tqdm, pyarrow), the
-# training code and the test tools. Serving must never import them.
+# What the serving set lacks: the train extra (torch, onnx, matplotlib, tqdm, pyarrow), the
+# training code and the test tools. Serving must never import them (it reads weights.safetensors
+# with safetensors, a base dependency, and opens the stored graphs).
 _WITHOUT_TRAINING = """
 import sys
-for name in ("torch", "training", "safetensors", "matplotlib", "tqdm", "pyarrow", "pytest", "scipy"):
+for name in ("torch", "training", "onnx", "matplotlib", "tqdm", "pyarrow", "pytest", "scipy"):
     sys.modules[name] = None  # import name -> ImportError
 import anyio
 from service.settings import Settings
