@@ -3,33 +3,53 @@
 #
 #   docker build -t made:gpu .
 #   docker build -t made:cpu --build-arg BASE_IMAGE=debian:bookworm-slim --build-arg EXTRA=cpu .
+#   # a base that carries python3.11 and python3.11-venv (scripts/image_check.sh builds one):
+#   podman build -t made:cpu --build-arg BASE_IMAGE=localhost/made-base:bookworm \
+#       --build-arg EXTRA=cpu --build-arg PYTHON_FROM=base .
 #
-# tests/test_deploy.py runs this file's pip install and ENTRYPOINT in a fresh virtual
-# environment, so keep the install in RUN lines that call pip and the entry point in ENTRYPOINT.
+# The CUDA and the CPU image differ only in BASE_IMAGE and EXTRA (onnxruntime-gpu or onnxruntime),
+# and PYTHON_FROM where the base has its own Python 3.11: every other step is shared, and
+# tests/test_deploy.py checks it. It also runs this file's pip install and ENTRYPOINT in a fresh
+# virtual environment, so keep the install in RUN lines that call pip and the entry point in
+# ENTRYPOINT.
 
 # onnxruntime-gpu 1.26.0 is the last PyPI release built for CUDA 12 (12.8) and cuDNN 9; the
 # PyPI wheels from 1.27.0 on need CUDA 13 and cuDNN 9 (host driver >= 580). Move ORT_VERSION
 # and BASE_IMAGE together, e.g. 1.31.1 with nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.9.30
+# Where Python 3.11 comes from: "uv", a relocatable CPython build (python-build-standalone) that
+# uv downloads into /opt/python (the CUDA images carry no Python 3.11); or "base", the base
+# image's own /usr/bin/python3.11 (a Debian bookworm base with python3.11-venv, where GitHub and
+# ghcr.io are out of reach). The builder's other steps and the runtime stage are the same.
+ARG PYTHON_FROM=uv
 
 FROM ${UV_IMAGE} AS uv
 
-# ---- builder: Python 3.11 and a virtual environment with the serving dependencies -----------
-FROM ${BASE_IMAGE} AS builder
+# ---- Python 3.11 and an empty /opt/venv, from uv or from the base ----------------------------
+FROM ${BASE_IMAGE} AS python-uv
+ARG PYTHON_VERSION=3.11
+ENV UV_PYTHON_INSTALL_DIR=/opt/python \
+    UV_PYTHON_PREFERENCE=only-managed
+COPY --from=uv /uv /usr/local/bin/uv
+RUN uv python install "${PYTHON_VERSION}" \
+    && "$(uv python find "${PYTHON_VERSION}")" -m venv /opt/venv
+
+FROM ${BASE_IMAGE} AS python-base
+ARG PYTHON_VERSION=3.11
+# /opt/python stays empty: the venv links to the base's /usr/bin/python3.11, which the runtime
+# stage, on the same base, has too.
+RUN mkdir /opt/python \
+    && "python${PYTHON_VERSION}" -m venv /opt/venv
+
+# ---- builder: the serving dependencies in /opt/venv -------------------------------------------
+# hadolint ignore=DL3006
+FROM python-${PYTHON_FROM} AS builder
 # gpu: onnxruntime-gpu; cpu: onnxruntime (exactly one of the two, see pyproject.toml)
 ARG EXTRA=gpu
 ARG ORT_VERSION=1.26.0
-ARG PYTHON_VERSION=3.11
-ENV UV_PYTHON_INSTALL_DIR=/opt/python \
-    UV_PYTHON_PREFERENCE=only-managed \
-    PIP_NO_CACHE_DIR=1 \
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY --from=uv /uv /usr/local/bin/uv
-# A relocatable CPython build (python-build-standalone) in /opt/python: the CUDA images carry no
-# Python 3.11, and the runtime stage copies /opt/python and /opt/venv to the same paths.
-RUN uv python install "${PYTHON_VERSION}" \
-    && "$(uv python find "${PYTHON_VERSION}")" -m venv /opt/venv
 ENV VIRTUAL_ENV=/opt/venv
 ENV PATH=$VIRTUAL_ENV/bin:$PATH
 WORKDIR /src
@@ -38,8 +58,14 @@ WORKDIR /src
 # pyproject.toml or the pins change. (No README either: setuptools builds without it, and an
 # edit to it would rebuild this layer.)
 COPY pyproject.toml ./
-RUN printf 'onnxruntime==%s\nonnxruntime-gpu==%s\n' "${ORT_VERSION}" "${ORT_VERSION}" > constraints.txt \
-    && pip install --constraint constraints.txt ".[${EXTRA}]" \
+# Two optional build secrets, for a machine whose pip needs its own configuration (an index, a
+# CA bundle): pip.conf, read through PIP_CONFIG_FILE, and ca.crt, which it may name as its cert
+# (`--secret id=pip.conf,src=FILE --secret id=ca.crt,src=BUNDLE`, as scripts/image_check.sh
+# does). Without them pip reads PyPI with its own certificates. Secrets stay out of the image.
+RUN --mount=type=secret,id=pip.conf,target=/run/secrets/pip.conf \
+    --mount=type=secret,id=ca.crt,target=/run/secrets/ca.crt \
+    printf 'onnxruntime==%s\nonnxruntime-gpu==%s\n' "${ORT_VERSION}" "${ORT_VERSION}" > constraints.txt \
+    && PIP_CONFIG_FILE=/run/secrets/pip.conf pip install --constraint constraints.txt ".[${EXTRA}]" \
     && pip check
 
 # ---- runtime ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install serve test lint bench clean models model-binarized-mnist model-mushrooms model-diamonds \
+.PHONY: install serve test lint bench clean image-check models model-binarized-mnist model-mushrooms model-diamonds \
 	model-health-insurance results tables
 
 # Where `make serve` listens: `make serve HOST=0.0.0.0 PORT=8102` (or MADE_HOST / MADE_PORT).
@@ -56,6 +56,11 @@ lint: install
 
 test: lint $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The serving image (CPU), built on a local Debian base and run with podman as
+# docker-compose.cpu.yml runs it, its answers checked against `made serve` (scripts/image_check.sh).
+image-check:
+	bash scripts/image_check.sh
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -106,14 +106,44 @@ class Dockerfile:
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
+    def built(self) -> list[Stage]:
+        """The stages the image is built from, in file order: the last stage and, transitively,
+        each stage it names in FROM or COPY --from (BuildKit and buildah skip the others)."""
+        names = {s.name for s in self.stages if s.name}
+        wanted, todo = set(), [len(self.stages) - 1]
+        while todo:
+            index = todo.pop()
+            if index in wanted:
+                continue
+            wanted.add(index)
+            stage = self.stages[index]
+            refs = [stage.base, *(i.flags["from"] for i in stage.all("COPY") if "from" in i.flags)]
+            todo += [i for i, s in enumerate(self.stages) if s.name in refs and s.name in names]
+        return [s for i, s in enumerate(self.stages) if i in wanted]
+
+    def image_of(self, stage: Stage) -> str:
+        """The image a stage starts from, following FROM through earlier stages."""
+        names = {s.name: s for s in self.stages if s.name}
+        while stage.base in names:
+            stage = names[stage.base]
+        return stage.base
+
+    @property
+    def python(self) -> Stage:
+        """The stage that provides Python and creates the virtual environment (python -m venv)."""
+        found = [s for s in self.built() if any(re.search(r"-m venv ", i.value) for i in s.all("RUN"))]
+        assert len(found) == 1, f"{len(found)} stages create the virtual environment"
+        return found[0]
+
     @property
     def runtime(self) -> Stage:
         return self.stages[-1]
 
 
-def parse_dockerfile(path: Path) -> Dockerfile:
+def parse_dockerfile(path: Path, build_args: dict[str, str] | None = None) -> Dockerfile:
+    """build_args: `--build-arg NAME=VALUE`, over the ARGs' defaults."""
     # parent_env: the ENV every stage starts with, the base image's PATH (what $PATH expands to)
-    parser = DockerfileParser(str(path), parent_env={"PATH": CONTAINER_PATH})
+    parser = DockerfileParser(str(path), parent_env={"PATH": CONTAINER_PATH}, build_args=build_args)
     bases = iter(parser.parent_images)
     stages: list[Stage] = []
     for desc, context in zip(parser.structure, parser.context_structure, strict=True):
@@ -238,10 +268,10 @@ class Replay:
 
 
 def venv_path(df: Dockerfile) -> str:
-    for ins in df.stage("builder").all("RUN"):
+    for ins in df.python.all("RUN"):
         if match := re.search(r"-m venv (\S+)", ins.value):
             return match.group(1)
-    raise AssertionError("the builder stage creates no virtual environment (python -m venv PATH)")
+    raise AssertionError("no stage creates a virtual environment (python -m venv PATH)")
 
 
 def container_env() -> dict[str, str]:
@@ -290,7 +320,7 @@ class ImageVenv:
 def image_venv(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) -> ImageVenv:
     """The builder stage's install, replayed in a fresh virtual environment (or its cached copy)."""
     builder = dockerfile.stage("builder")
-    version = builder.args.get("PYTHON_VERSION", "3.11")
+    version = dockerfile.python.args["PYTHON_VERSION"]
     python = python_for(version)
     if python is None:
         pytest.skip(f"no python{version} on this machine to stand in for the image's Python")
@@ -380,7 +410,103 @@ def test_base_image_carries_the_cuda_and_cudnn_the_pinned_onnxruntime_gpu_needs(
     assert wanted == [int(match.group(1))], (
         f"onnxruntime-gpu {major}.{minor} is built for CUDA {wanted}, the base image has CUDA {match.group(1)}"
     )
-    assert dockerfile.stage("builder").base == base, "builder and runtime bases differ"
+    assert dockerfile.image_of(dockerfile.stage("builder")) == base, "builder and runtime bases differ"
+
+
+# --- the CUDA image and the CPU images: one recipe ---------------------------------------------
+# The image scripts/image_check.sh builds and runs here, on a Debian bookworm base that it makes
+# with debootstrap and that carries python3.11 (ghcr.io and GitHub, where uv and its Python come
+# from, are out of reach there).
+IMAGE_CHECK = ROOT / "scripts" / "image_check.sh"
+CHECKED_CPU = {"BASE_IMAGE": "localhost/made-base:bookworm", "EXTRA": "cpu", "PYTHON_FROM": "base"}
+_ARG_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def substitute_args(text: str, args: dict[str, str]) -> str:
+    """$X and ${X} replaced where X is a build argument in force; the rest left as written."""
+    return _ARG_REF.sub(lambda m: args.get(m[1] or m[2], m[0]), text)
+
+
+def build_steps(df: Dockerfile) -> dict[str, list[str]]:
+    """The stages an image is built from, by name ("runtime": the last), each as its steps with
+    the build arguments substituted, FROM first."""
+    steps = {}
+    for stage in df.built():
+        lines = [f"FROM {stage.base}"]
+        for ins in stage.instructions:
+            flags = " ".join(f"--{k}={v}" for k, v in ins.flags.items())
+            lines.append(f"{ins.keyword} {flags} {substitute_args(ins.value, ins.args)}")
+        steps[stage.name or "runtime"] = lines
+    return steps
+
+
+def differences_from_cuda(build_args: dict[str, str]) -> tuple[set[str], set[str], list[tuple[str, str, str]]]:
+    """The stages only the CUDA image builds, those only the other builds, and the steps of the
+    stages both build that differ: (stage, CUDA's step, the other's)."""
+    cuda = build_steps(parse_dockerfile(DOCKERFILE))
+    other = build_steps(parse_dockerfile(DOCKERFILE, build_args))
+    changed = []
+    for name in cuda.keys() & other.keys():
+        assert len(cuda[name]) == len(other[name]), f"stage {name} has other steps"
+        changed += [(name, a, b) for a, b in zip(cuda[name], other[name], strict=True) if a != b]
+    return cuda.keys() - other.keys(), other.keys() - cuda.keys(), changed
+
+
+@pytest.mark.parametrize(
+    ("build_args", "python_stages"),
+    [
+        pytest.param(None, None, id="docker-compose.cpu.yml"),
+        pytest.param(CHECKED_CPU, ({"uv", "python-uv"}, {"python-base"}), id="scripts-image_check.sh"),
+    ],
+)
+def test_cuda_and_cpu_images_differ_only_in_base_image_onnxruntime_wheel_and_python_source(
+    build_args: dict[str, str] | None, python_stages: tuple[set[str], set[str]] | None
+) -> None:
+    if build_args is None:  # what `docker compose -f docker-compose.cpu.yml build` passes
+        build_args = {k: str(v) for k, v in load_compose(COMPOSE_CPU)["services"]["made"]["build"]["args"].items()}
+    cuda_base = parse_dockerfile(DOCKERFILE).runtime.base
+    cpu_base = build_args["BASE_IMAGE"]
+    only_cuda, only_cpu, changed = differences_from_cuda(build_args)
+    # the Python source: uv's relocatable CPython (the default) or the base's own python3.11
+    assert (only_cuda, only_cpu) == (python_stages or (set(), set()))
+    unexplained = []
+    for stage, cuda_step, cpu_step in changed:
+        if cuda_step.startswith("FROM "):
+            if cuda_step.replace(cuda_base, cpu_base) == cpu_step:
+                continue  # the base image
+            if python_stages and (cuda_step, cpu_step) == ("FROM python-uv", "FROM python-base"):
+                continue  # the builder on the Python stage
+        elif stage == "builder" and "pip install" in cuda_step and cuda_step.replace(".[gpu]", ".[cpu]") == cpu_step:
+            continue  # the onnxruntime wheel: onnxruntime-gpu or onnxruntime, pinned alike
+        unexplained.append(f"{stage}: {cuda_step!r} -> {cpu_step!r}")
+    assert not unexplained, "the CPU and the CUDA image differ in more than base, wheel and Python:\n" + "\n".join(
+        unexplained
+    )
+    kinds = {(s, a.split()[0]) for s, a, _ in changed}
+    assert ("runtime", "FROM") in kinds and ("builder", "RUN") in kinds
+
+
+def test_both_python_stages_start_from_the_base_and_make_the_venv_and_python_dirs_the_runtime_copies() -> None:
+    df = parse_dockerfile(DOCKERFILE)
+    copied = {shlex.split(i.value)[0] for i in df.runtime.all("COPY") if i.flags.get("from") == "builder"}
+    assert copied == {"/opt/python", "/opt/venv"}
+    for name in ("python-uv", "python-base"):
+        stage = df.stage(name)
+        assert stage.base == df.runtime.base, f"{name} does not start from BASE_IMAGE"
+        runs = " ".join(i.value for i in stage.all("RUN"))
+        assert re.search(r"-m venv /opt/venv\b", runs), f"{name} makes no /opt/venv"
+        assert "/opt/python" in runs or stage.envs.get("UV_PYTHON_INSTALL_DIR") == "/opt/python", name
+        assert stage.args["PYTHON_VERSION"] == "3.11"
+    assert parse_dockerfile(DOCKERFILE, CHECKED_CPU).python.name == "python-base"
+    assert df.python.name == "python-uv", "the CUDA image (the default) takes Python from uv"
+
+
+def test_image_check_builds_with_the_build_arguments_the_test_above_checks() -> None:
+    text = IMAGE_CHECK.read_text()
+    given = dict(re.findall(r'--build-arg "?(\w+)=([^"\s]+)', text))
+    assert given.keys() == CHECKED_CPU.keys()
+    assert given["EXTRA"] == "cpu" and given["PYTHON_FROM"] == "base"
+    assert re.search(r"^BASE=\$\{MADE_CHECK_BASE:-" + re.escape(CHECKED_CPU["BASE_IMAGE"]) + "}$", text, re.M)
 
 
 def test_image_holds_serving_code_and_model_store_but_no_training_code(dockerfile: Dockerfile) -> None:
@@ -566,7 +692,7 @@ class Server:
 @pytest.fixture(scope="module")
 def served(container: Container, tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`docker run IMAGE --host 127.0.0.1 --port P`: the ENTRYPOINT, two arguments appended."""
-    if not (container.app / "service" / "server.py").exists():
+    if not (container.app / "service" / "http" / "server.py").exists():
         pytest.skip("service/http/server.py is not written yet")
     env = dict(container.env)
     store = Path(env["MADE_STORE"])
