@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # log, and FastAPI's look for configured providers on every request cost 7% of a one-row
     # /logprob (docs/load.md).
     opentelemetry: bool = False
+    # The playground page (GET /ui/, and / redirects to it): static files from the package that
+    # use the public API. False (MADE_UI=0) leaves its routes unmounted, for locked-down servers.
+    ui: bool = True
     # Uvicorn worker processes (each loads every model and batches on its own).
     workers: Annotated[int, Field(ge=1)] = 1
     # Threads running engine calls, and onnxruntime's intra-op threads per session; 0: automatic.

@@ -17,6 +17,8 @@ from helpers import TinyModel, cpu_registry, store_of
 if TYPE_CHECKING:
     from service.engine import ModelRegistry
 
+pytest_plugins = ["browser"]  # the playground in a real browser: tests/browser.py
+
 # Small models on a shared 2-core machine: one thread avoids spin-waiting against other work.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

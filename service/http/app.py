@@ -23,7 +23,7 @@ from service.core.dataplane import DataPlane
 from service.core.metrics import Metrics
 from service.engine import ModelRegistry, requested_providers
 from service.engine.runtime import release_freed_memory
-from service.http import oip
+from service.http import oip, ui
 from service.http.csv_records import CsvRecordsMiddleware
 from service.http.errors import install_error_handlers
 from service.http.middleware import RequestMiddleware
@@ -137,6 +137,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(oip.make_router(protected))  # the Open Inference Protocol (KServe v2), /v2
     # Admin endpoints: their own key (MADE_ADMIN_KEY, else MADE_API_KEY), not the API key's
     # check (one Authorization header holds one key); off without either.
+    if settings.ui:  # the playground: open like /docs (the page holds no data; it asks for the key)
+        app.include_router(ui.router)
     if admin_key(settings) is not None:
         app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
     else:

@@ -1,0 +1,89 @@
+// The public HTTP API, as any client calls it (docs/api.md): the page lives at /ui/, the API at
+// the page's parent, so a proxy's path prefix is kept. The API key, when the server asks for one,
+// is kept in sessionStorage and sent as `Authorization: Bearer <key>`.
+
+const BASE = new URL("..", document.baseURI);
+const KEY = "made-api-key";
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(`${status}: ${detail}`);
+    this.status = status;
+  }
+}
+
+export function apiKey() {
+  return sessionStorage.getItem(KEY) || "";
+}
+
+export function setApiKey(key) {
+  if (key) sessionStorage.setItem(KEY, key);
+  else sessionStorage.removeItem(KEY);
+}
+
+// GET when body is undefined; a string body goes as CSV, anything else as JSON. opts.accept sets
+// Accept; opts.raw answers the Response (for CSV), else the parsed JSON.
+export async function api(path, body, opts = {}) {
+  const headers = {};
+  const key = apiKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (opts.accept) headers.Accept = opts.accept;
+  const init = { method: body === undefined ? "GET" : "POST", headers };
+  if (typeof body === "string") {
+    headers["Content-Type"] = "text/csv";
+    init.body = body;
+  } else if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(new URL(path, BASE), init);
+  if (!response.ok) {
+    let detail = response.statusText;
+    try {
+      detail = (await response.json()).detail || detail;
+    } catch {
+      // not JSON: the status line says it
+    }
+    throw new ApiError(response.status, detail);
+  }
+  return opts.raw ? response : response.json();
+}
+
+// A query string for the CSV endpoints (their options come in the query, docs/api.md).
+export function query(params) {
+  return new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)])).toString();
+}
+
+let busy = 0;
+
+export function setStatus(text, error = false) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  status.classList.toggle("error", error);
+}
+
+// Runs an action of a view: counted in body[data-busy] while it runs, its error reported in the
+// status line (a 401 shows the API key's input).
+export async function run(label, action) {
+  busy += 1;
+  document.body.dataset.busy = String(busy);
+  setStatus(`${label}…`);
+  try {
+    await action();
+    setStatus("");
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      document.getElementById("api-key-form").hidden = false;
+      document.getElementById("api-key").focus();
+    }
+    setStatus(`${label} failed: ${err.message}`, true);
+  } finally {
+    busy -= 1;
+    document.body.dataset.busy = String(busy);
+  }
+}
+
+// Marks a view's section as drawn (the tests and the screenshot script wait on data-ready).
+export function ready(view) {
+  document.getElementById(`view-${view}`).dataset.ready = "1";
+}

@@ -1,0 +1,282 @@
+// The views of image models (binarized MNIST): samples, fill in (/impute), denoise (/denoise) and
+// per-pixel surprisal (/logprob's explain on the digit as records x0..x{D-1}).
+
+import { api, ready, run, setStatus } from "./api.js";
+import { $, bitGrid, fmt, paint, paintBits, paintHeat, heat, rng, show } from "./draw.js";
+
+let st = null; // the page's state: the model, its manifest and columns
+// The Fill-in canvas: ink (0 or 1) and hidden (true or false) per pixel; its row sends null where hidden.
+const canvasBits = { ink: null, hidden: null };
+const latest = {}; // the newest request of each view: an older answer is not drawn over it
+
+function shape() {
+  return st.manifest.image_shape;
+}
+
+function dims() {
+  return st.manifest.dims;
+}
+
+function fresh(view) {
+  latest[view] = (latest[view] || 0) + 1;
+  const mine = latest[view];
+  return () => latest[view] === mine;
+}
+
+function seedOf(id) {
+  return Math.max(0, Math.floor(Number($(id).value) || 0));
+}
+
+async function digit(seed) {
+  const answer = await api("sample", { model: st.model.name, n: 1, seed });
+  return answer.samples[0];
+}
+
+// --- samples ---------------------------------------------------------------------------------
+
+function drawSamples() {
+  const current = fresh("samples");
+  return run("Drawing samples", async () => {
+    const answer = await api("sample", { model: st.model.name, n: Number($("samples-n").value), seed: seedOf("samples-seed") });
+    if (!current()) return;
+    bitGrid($("samples-grid"), answer.samples, shape(), "sample");
+    ready("samples");
+  });
+}
+
+// --- fill in ---------------------------------------------------------------------------------
+
+function pixels() {
+  return canvasBits.ink.map((v, i) => (canvasBits.hidden[i] ? null : v));
+}
+
+function paintCanvas() {
+  paintBits($("impute-canvas"), pixels(), shape());
+}
+
+function setInk(ink) {
+  canvasBits.ink = ink;
+  canvasBits.hidden = ink.map(() => false);
+  paintCanvas();
+}
+
+function hideWhere(test) {
+  if (!canvasBits.ink) return;
+  const [, w] = shape();
+  canvasBits.hidden = canvasBits.hidden.map((v, i) => v || test(Math.floor(i / w), i % w));
+  paintCanvas();
+}
+
+function pixelAt(event) {
+  const canvas = $("impute-canvas");
+  const box = canvas.getBoundingClientRect();
+  const [h, w] = shape();
+  const c = Math.min(w - 1, Math.max(0, Math.floor(((event.clientX - box.left) / box.width) * w)));
+  const r = Math.min(h - 1, Math.max(0, Math.floor(((event.clientY - box.top) / box.height) * h)));
+  return [r, c];
+}
+
+function brush(r, c, value, radius) {
+  const [h, w] = shape();
+  for (let dr = -radius; dr <= radius; dr++) {
+    for (let dc = -radius; dc <= radius; dc++) {
+      const rr = r + dr;
+      const cc = c + dc;
+      if (rr >= 0 && rr < h && cc >= 0 && cc < w && dr * dr + dc * dc <= radius * radius + 1) {
+        if (value === null) canvasBits.hidden[rr * w + cc] = true;
+        else canvasBits.ink[rr * w + cc] = value;
+      }
+    }
+  }
+}
+
+function wireCanvas() {
+  const canvas = $("impute-canvas");
+  let drag = null;
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!canvasBits.ink) return;
+    canvas.setPointerCapture(e.pointerId);
+    drag = { start: pixelAt(e), before: canvasBits.hidden.slice() };
+    move(e);
+  });
+  const move = (e) => {
+    if (!drag) return;
+    const [r, c] = pixelAt(e);
+    const tool = $("impute-tool").value;
+    if (tool === "rect") {
+      const [r0, c0] = drag.start;
+      canvasBits.hidden = drag.before.slice();
+      hideWhere((rr, cc) => rr >= Math.min(r, r0) && rr <= Math.max(r, r0) && cc >= Math.min(c, c0) && cc <= Math.max(c, c0));
+      return;
+    }
+    brush(r, c, { ink: 1, erase: 0, hide: null }[tool], tool === "ink" ? 1 : 2);
+    paintCanvas();
+  };
+  canvas.addEventListener("pointermove", move);
+  canvas.addEventListener("pointerup", () => {
+    drag = null;
+  });
+}
+
+function fillIn() {
+  const current = fresh("impute");
+  const x = pixels();
+  return run("Filling in", async () => {
+    const answer = await api("impute", { model: st.model.name, x: [x], n_samples: 4, seed: seedOf("impute-seed"), n_importance: 100 });
+    if (!current()) return;
+    const marginals = answer.marginals[0];
+    const canvas = $("impute-heatmap");
+    paint(canvas, marginals, shape(), (m, i) => (x[i] === null ? heat(m) : x[i] ? [90, 90, 90] : [235, 235, 235]));
+    canvas.dataset.values = JSON.stringify(marginals);
+    bitGrid($("impute-completions"), answer.samples[0], shape(), "completion");
+    show($("impute-logprob"), answer.logprob_observed[0]);
+    $("impute-exact").textContent = answer.exact[0] ? "yes" : "no (importance sampling)";
+    $("impute-exact").dataset.value = String(answer.exact[0]);
+    show($("impute-ess"), answer.ess[0], 1);
+    ready("impute");
+  });
+}
+
+async function loadCanvas() {
+  await run("Loading a digit", async () => {
+    setInk(await digit(seedOf("impute-seed")));
+  });
+}
+
+async function showImpute() {
+  await loadCanvas();
+  if (!canvasBits.ink) return;
+  hideWhere((r) => r >= shape()[0] / 2);
+  await fillIn();
+}
+
+// --- denoise ---------------------------------------------------------------------------------
+
+const noisy = { clean: null, x: null };
+
+function corrupt() {
+  const eps = Number($("denoise-eps").value);
+  const u = rng(seedOf("denoise-noise-seed"));
+  noisy.x = noisy.clean.map((b) => (u() < eps ? 1 - b : b));
+  show($("denoise-eps-value"), eps);
+  paintBits($("denoise-noisy"), noisy.x, shape());
+  show($("denoise-wrong-noisy"), noisy.x.filter((b, i) => b !== noisy.clean[i]).length, 0);
+}
+
+function denoise() {
+  if (!noisy.clean) return undefined;
+  corrupt();
+  const current = fresh("denoise");
+  const body = { model: st.model.name, x: [noisy.x], eps: Number($("denoise-eps").value), n_samples: 0, n_importance: 50, seed: seedOf("denoise-noise-seed") };
+  return run("Denoising", async () => {
+    const answer = await api("denoise", body);
+    if (!current()) return;
+    paintHeat($("denoise-marginals"), answer.marginals[0], shape());
+    const best = answer.most_likely[0];
+    paintBits($("denoise-most-likely"), best, shape());
+    show($("denoise-wrong-denoised"), best.filter((b, i) => b !== noisy.clean[i]).length, 0);
+    show($("denoise-logprob"), answer.logprob_noisy[0]);
+    show($("denoise-stderr"), answer.stderr[0]);
+    show($("denoise-ess"), answer.ess[0], 1);
+    ready("denoise");
+  });
+}
+
+async function loadNoisy() {
+  await run("Loading a digit", async () => {
+    noisy.clean = await digit(seedOf("denoise-seed"));
+    paintBits($("denoise-clean"), noisy.clean, shape());
+  });
+  await denoise();
+}
+
+// --- surprisal -------------------------------------------------------------------------------
+
+const explained = { bits: null, answer: null };
+
+function paintSurprisal() {
+  const kind = $("surprisal-kind").value;
+  const s = explained.answer.surprisal[0];
+  const values = Array.from({ length: dims() }, (_, d) => s[`x${d}`][kind]);
+  paintHeat($("surprisal-heatmap"), values, shape(), Math.max(1, ...values));
+  const w = shape()[1];
+  const top = values.map((v, d) => [v, d]).sort((a, b) => b[0] - a[0]).slice(0, 5);
+  $("surprisal-top").textContent = top.map(([v, d]) => `(${Math.floor(d / w)}, ${d % w}) ${fmt(v)}`).join("; ");
+  $("surprisal-top").dataset.value = JSON.stringify(top.map(([v, d]) => [d, v]));
+}
+
+function explain() {
+  if (!explained.bits) return undefined;
+  const current = fresh("surprisal");
+  const record = Object.fromEntries(explained.bits.map((b, d) => [`x${d}`, b]));
+  return run("Explaining", async () => {
+    const answer = await api("logprob", { model: st.model.name, records: [record], explain: true });
+    if (!current()) return;
+    explained.answer = answer;
+    show($("surprisal-logprob"), answer.logprob[0]);
+    paintSurprisal();
+    ready("surprisal");
+  });
+}
+
+function setExplained(bits) {
+  explained.bits = bits;
+  explained.answer = null;
+  paintBits($("surprisal-digit"), bits, shape());
+}
+
+async function loadExplained() {
+  await run("Loading a digit", async () => {
+    setExplained(await digit(seedOf("surprisal-seed")));
+  });
+  await explain();
+}
+
+function fromCanvas() {
+  if (!canvasBits.ink || canvasBits.hidden.includes(true)) {
+    setStatus("The Fill-in canvas has hidden pixels (or none yet): show all of it first.", true);
+    return;
+  }
+  setExplained(canvasBits.ink.slice());
+  explain();
+}
+
+// --- wiring ----------------------------------------------------------------------------------
+
+function on(id, event, handler) {
+  $(id).addEventListener(event, handler);
+}
+
+on("samples-go", "click", drawSamples);
+on("impute-load", "click", loadCanvas);
+on("impute-clear", "click", () => setInk(new Array(dims()).fill(0)));
+on("impute-hide-top", "click", () => hideWhere((r) => r < shape()[0] / 2));
+on("impute-hide-bottom", "click", () => hideWhere((r) => r >= shape()[0] / 2));
+on("impute-hide-left", "click", () => hideWhere((r, c) => c < shape()[1] / 2));
+on("impute-hide-right", "click", () => hideWhere((r, c) => c >= shape()[1] / 2));
+on("impute-show-all", "click", () => canvasBits.ink && setInk(canvasBits.ink));
+on("impute-go", "click", () => canvasBits.ink && fillIn());
+on("denoise-load", "click", loadNoisy);
+on("denoise-eps", "input", () => noisy.clean && corrupt());
+on("denoise-eps", "change", denoise);
+on("denoise-go", "click", denoise);
+on("surprisal-load", "click", loadExplained);
+on("surprisal-from-canvas", "click", fromCanvas);
+on("surprisal-kind", "change", () => explained.answer && paintSurprisal());
+on("surprisal-go", "click", explain);
+wireCanvas();
+
+function reset(state) {
+  st = state;
+  canvasBits.ink = null;
+  canvasBits.hidden = null;
+  noisy.clean = null;
+  explained.bits = null;
+}
+
+export const imageViews = {
+  samples: { reset, show: drawSamples },
+  impute: { reset, show: showImpute },
+  denoise: { reset, show: loadNoisy },
+  surprisal: { reset, show: loadExplained },
+};

@@ -1,0 +1,260 @@
+// The views of table models (and of models of bits without an image, as columns x0..): a record
+// scored with its percentile, per-column surprisal and the unknown cells' distributions; and
+// conditional sampling (`given`) beside the unconditional sample.
+
+import { api, ready, run } from "./api.js";
+import { $, bars, binCounts, edgesOf, el, fmt, histogram, show } from "./draw.js";
+
+let st = null;
+const latest = {};
+const REFERENCE = { n: 500, seed: 0 }; // the rows a record's percentile is taken among
+let reference = null; // {model, logprobs (ascending, null first)}
+
+function fresh(view) {
+  latest[view] = (latest[view] || 0) + 1;
+  const mine = latest[view];
+  return () => latest[view] === mine;
+}
+
+function seedOf(id) {
+  return Math.max(0, Math.floor(Number($(id).value) || 0));
+}
+
+function numeric(col) {
+  return col.kind === "numeric";
+}
+
+// Records drawn from the model: a model of bits answers records only when asked.
+async function sampleRecords(n, seed, given) {
+  const body = { model: st.model.name, n, seed };
+  if (given) body.given = given;
+  else if (!st.manifest.columns) body.encoding = "records";
+  return api("sample", body);
+}
+
+// --- one control per column ------------------------------------------------------------------
+
+function valueControl(id, col) {
+  if (!numeric(col)) return el("select", { id }, ...col.levels.map((l) => el("option", { value: l }, l)));
+  const step = col.decimals === null || col.decimals === undefined ? "any" : String(10 ** -col.decimals);
+  const input = el("input", { id, type: "number", step, required: true });
+  if (col.transform === "log") input.min = step === "any" ? "0" : step; // a log column holds positive numbers
+  return input;
+}
+
+function buildForm(form, prefix, toggle) {
+  form.replaceChildren(
+    ...st.columns.map((col, i) => {
+      const control = valueControl(`${prefix}-col-${i}`, col);
+      const check = el("input", { type: "checkbox", id: `${prefix}-${toggle.id}-${i}` });
+      const checkLabel = el("label", { htmlFor: check.id, class: "toggle" }, check, el("span", { class: "sr" }, `${col.name} `), toggle.text);
+      return el("div", { class: "column" }, el("label", { htmlFor: control.id, class: "name" }, col.name), control, checkLabel);
+    }),
+  );
+}
+
+function setValues(prefix, record) {
+  st.columns.forEach((col, i) => {
+    const v = record[col.name];
+    $(`${prefix}-col-${i}`).value = v === null || v === undefined || v === "NA" ? "" : String(v);
+  });
+}
+
+function valueOf(prefix, i) {
+  const col = st.columns[i];
+  const raw = $(`${prefix}-col-${i}`).value;
+  if (!numeric(col)) return raw;
+  return raw === "" ? null : Number(raw);
+}
+
+// --- score a record --------------------------------------------------------------------------
+
+async function referenceLogprobs() {
+  if (reference && reference.model === st.model.name) return reference.logprobs;
+  const drawn = await sampleRecords(REFERENCE.n, REFERENCE.seed);
+  const scored = await api("logprob", { model: st.model.name, records: drawn.records, seed: REFERENCE.seed });
+  const logprobs = scored.logprob.map((v) => (v === null ? -Infinity : v)).sort((a, b) => a - b);
+  reference = { model: st.model.name, logprobs };
+  return logprobs;
+}
+
+// The share (in %) of the reference rows whose log p is at most lp.
+function percentile(sorted, lp) {
+  const value = lp === null ? -Infinity : lp;
+  const below = sorted.filter((v) => v <= value).length;
+  return (100 * below) / sorted.length;
+}
+
+function record() {
+  const rec = {};
+  st.columns.forEach((col, i) => {
+    rec[col.name] = $(`record-unknown-${i}`).checked ? null : valueOf("record", i);
+  });
+  return rec;
+}
+
+function quantileBand(d) {
+  const lo = d.q05 - (d.q95 - d.q05) * 0.2;
+  const hi = d.q95 + (d.q95 - d.q05) * 0.2;
+  const at = (v) => (hi > lo ? (100 * (v - lo)) / (hi - lo) : 50);
+  const band = el("span", { class: "band" });
+  band.style.left = `${at(d.q05)}%`;
+  band.style.width = `${at(d.q95) - at(d.q05)}%`;
+  const mid = el("span", { class: "median" });
+  mid.style.left = `${at(d.q50)}%`;
+  const numbers = ["q05", "q50", "q95", "mean", "sd"].map((k) => {
+    const n = el("output", { class: `q-${k}` });
+    show(n, d[k]);
+    return el("span", {}, `${k === "q50" ? "median" : k} `, n);
+  });
+  return el("div", {}, el("div", { class: "quantiles" }, band, mid), el("div", { class: "qnums" }, ...numbers));
+}
+
+function drawDistributions(distributions) {
+  const box = $("record-impute");
+  const names = Object.keys(distributions);
+  if (!names.length) {
+    box.replaceChildren(el("p", { class: "hint" }, "Tick “unknown” on a column to see what the model believes it holds."));
+    return;
+  }
+  box.replaceChildren(
+    ...names.map((name) => {
+      const d = distributions[name];
+      const body = el("div", { class: "bars" });
+      if ("q50" in d) return el("div", { class: "dist", data: { column: name } }, el("h3", {}, name), quantileBand(d));
+      bars(body, Object.entries(d).map(([label, p]) => ({ label, value: p })), 3);
+      return el("div", { class: "dist", data: { column: name } }, el("h3", {}, name), body);
+    }),
+  );
+}
+
+function score() {
+  const current = fresh("record");
+  const rec = record();
+  const complete = Object.values(rec).every((v) => v !== null && !Number.isNaN(v));
+  return run("Scoring", async () => {
+    const body = { model: st.model.name, records: [rec], seed: 0 };
+    if (complete) body.explain = true;
+    const [answer, sorted, imputed] = await Promise.all([
+      api("logprob", body),
+      referenceLogprobs(),
+      complete ? null : api("impute", { model: st.model.name, records: [rec], seed: 0, n_samples: 1 }),
+    ]);
+    if (!current()) return;
+    const lp = answer.logprob[0];
+    show($("record-logprob"), lp, 3);
+    show($("record-percentile"), percentile(sorted, lp), 1);
+    if (answer.surprisal) {
+      const s = answer.surprisal[0];
+      bars($("record-surprisal"), st.columns.map((c) => ({ label: c.name, value: s[c.name].given_others })));
+    } else {
+      $("record-surprisal").replaceChildren(el("p", { class: "hint" }, "Surprisal per column needs every column known."));
+    }
+    drawDistributions(imputed ? imputed.distributions[0] : {});
+    ready("record");
+  });
+}
+
+async function fillRecord() {
+  await run("Drawing a row", async () => {
+    const drawn = await sampleRecords(1, seedOf("record-seed"));
+    setValues("record", drawn.records[0]);
+    st.columns.forEach((_, i) => {
+      $(`record-unknown-${i}`).checked = false;
+    });
+  });
+  await score();
+}
+
+async function showRecord() {
+  buildForm($("record-form"), "record", { id: "unknown", text: "unknown" });
+  await fillRecord();
+}
+
+// --- conditional sampling --------------------------------------------------------------------
+
+function given() {
+  const out = {};
+  st.columns.forEach((col, i) => {
+    if ($(`given-use-${i}`).checked) out[col.name] = valueOf("given", i);
+  });
+  return out;
+}
+
+function columnHistogram(col, conditional, unconditional) {
+  const a = conditional.map((r) => r[col.name]);
+  const b = unconditional.map((r) => r[col.name]);
+  let labels;
+  let series;
+  if (numeric(col)) {
+    const edges = edgesOf([...a, ...b].map(Number), 16);
+    labels = edges.slice(0, -1).map((e) => fmt(e, col.decimals ?? 2));
+    series = [binCounts(a.map(Number), edges), binCounts(b.map(Number), edges)];
+  } else {
+    labels = col.levels;
+    series = [a, b].map((vs) => col.levels.map((l) => vs.filter((v) => String(v) === l).length));
+  }
+  const box = el("div", { class: "hist", data: { column: col.name } });
+  histogram(box, labels, [{ counts: series[0], class: "given" }, { counts: series[1], class: "free" }]);
+  return el("figure", {}, el("figcaption", {}, col.name), box);
+}
+
+function rowsTable(table, rows) {
+  const names = st.columns.map((c) => c.name);
+  const head = el("tr", {}, ...names.map((n) => el("th", { scope: "col" }, n)));
+  const body = rows.slice(0, 50).map((r) => el("tr", {}, ...names.map((n) => el("td", { data: { value: JSON.stringify(r[n]) } }, String(r[n])))));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...body));
+}
+
+function sampleGiven() {
+  const current = fresh("given");
+  const condition = given();
+  const n = Math.max(1, Math.floor(Number($("given-n").value) || 1));
+  const seed = seedOf("given-seed");
+  return run("Sampling", async () => {
+    const [cond, free] = await Promise.all([sampleRecords(n, seed, condition), sampleRecords(n, seed)]);
+    if (!current()) return;
+    $("given-exact").textContent = cond.exact === undefined ? "yes (no condition)" : cond.exact ? "yes" : "no (resampled)";
+    show($("given-ess"), cond.ess ?? null, 1);
+    const shown = st.columns.length > 16 ? st.columns.slice(0, 16) : st.columns;
+    $("given-hists").replaceChildren(
+      el("p", { class: "legend" }, el("span", { class: "key given" }), " rows meeting the condition ",
+        el("span", { class: "key free" }, ""), " rows drawn without it (the model's own marginals)"),
+      ...shown.map((col) => columnHistogram(col, cond.records, free.records)),
+    );
+    rowsTable($("given-rows"), cond.records);
+    ready("given");
+  });
+}
+
+async function showGiven() {
+  buildForm($("given-form"), "given", { id: "use", text: "condition on it" });
+  await run("Drawing a row", async () => {
+    const drawn = await sampleRecords(1, 0);
+    setValues("given", drawn.records[0]);
+  });
+  const first = st.columns.findIndex((c) => !numeric(c));
+  $(`given-use-${Math.max(0, first)}`).checked = true;
+  await sampleGiven();
+}
+
+$("record-fill").addEventListener("click", fillRecord);
+$("record-score").addEventListener("click", score);
+$("record-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  score();
+});
+$("given-go").addEventListener("click", sampleGiven);
+$("given-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sampleGiven();
+});
+
+function reset(state) {
+  st = state;
+}
+
+export const tableViews = {
+  record: { reset, show: showRecord },
+  given: { reset, show: showGiven },
+};

@@ -1,0 +1,369 @@
+"""The playground's views in a real browser (issue 27), against `made serve` of the shipped store.
+
+For each view: it loads with no console error and no failed or off-host request (the `ui_page`
+fixture fails the test otherwise); an interaction (a seed, an erased half, the noise slider, the
+form, a CSV) shows the numbers the API answers to the same request, sent here with httpx (the page
+holds each number it shows, exact, in a data-value attribute, and each image in data-value or
+data-values); keyboard-only use (Tab) reaches every control of the view, and every control has a
+label. The ids are those listed at the top of service/http/static/app.js.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = pytest.mark.slow
+
+IMAGE_VIEWS = ["samples", "impute", "denoise", "surprisal", "card"]
+TABLE_VIEWS = ["record", "given", "csv", "card"]
+SLOW_MS = 60_000  # an answer of the shipped models on a busy 2-core machine (explain, denoise)
+
+
+def post(base: str, path: str, body: Any, **kwargs: Any) -> Any:
+    r = httpx.post(base + path, json=body, timeout=120, **kwargs)
+    r.raise_for_status()
+    return r.json()
+
+
+def settled(page: Page) -> None:
+    """Every request the page started has been answered and drawn."""
+    page.wait_for_selector('body[data-busy="0"]', state="attached", timeout=SLOW_MS)
+
+
+def open_view(page: Page, model: str, view: str) -> None:
+    page.wait_for_selector("#model-picker:not([disabled])")
+    if page.input_value("#model-picker") != model:
+        page.select_option("#model-picker", model)
+        page.wait_for_selector(f"#nav-{view}")
+    page.click(f"#nav-{view}")
+    page.wait_for_selector(f'#view-{view}[data-ready="1"]', timeout=SLOW_MS)
+    settled(page)
+
+
+def value(page: Page, selector: str) -> Any:
+    raw = page.get_attribute(selector, "data-value")
+    assert raw is not None, f"{selector} shows no value"
+    return None if raw == "null" else json.loads(raw) if raw[:1] in "[{" else float(raw)
+
+
+def values(page: Page, selector: str) -> list[float]:
+    raw = page.get_attribute(selector, "data-values")
+    assert raw is not None, f"{selector} shows no values"
+    return [float(v) for v in json.loads(raw)]
+
+
+def bits_of(text: str) -> list[int | None]:
+    return [None if c == "?" else int(c) for c in text]
+
+
+def close(a: float | None, b: float | None, tol: float = 1e-9) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+def model_of(base: str, name: str) -> dict[str, Any]:
+    return httpx.get(f"{base}/models/{name}", timeout=30).json()
+
+
+# --- each view's interaction shows the API's numbers ---------------------------------------------
+
+
+def test_root_redirects_to_the_playground_and_the_default_model_opens_on_its_samples(
+    ui_page: Page, ui_base_url: str
+) -> None:
+    r = httpx.get(ui_base_url + "/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "ui/"
+    ui_page.wait_for_selector('#view-samples[data-ready="1"]', timeout=SLOW_MS)
+    assert ui_page.input_value("#model-picker") == "binarized-mnist"
+    assert "view=samples" in ui_page.url
+
+
+def test_every_model_has_a_card_with_its_manifest(ui_page: Page, ui_base_url: str) -> None:
+    models = httpx.get(ui_base_url + "/models", timeout=30).json()["models"]
+    for m in models:
+        manifest = model_of(ui_base_url, m["name"])
+        open_view(ui_page, m["name"], "card")
+        card = ui_page.inner_text("#card")
+        assert f"version {manifest['version']}" in card
+        assert manifest["dataset"]["name"] in card and manifest["activation"] in card
+        for sha in manifest["files"].values():
+            assert sha in card
+        nll = ui_page.get_attribute("#card [data-value]", "data-value")
+        assert nll is not None and close(float(nll), manifest["metrics"]["test_nll"])
+
+
+def test_samples_show_the_apis_samples_for_a_seed(ui_page: Page, ui_base_url: str) -> None:
+    open_view(ui_page, "binarized-mnist", "samples")
+    ui_page.fill("#samples-seed", "5")
+    ui_page.select_option("#samples-n", "16")
+    ui_page.click("#samples-go")
+    settled(ui_page)
+    shown = ui_page.eval_on_selector_all("#samples-grid canvas", "cs => cs.map(c => c.dataset.value)")
+    answer = post(ui_base_url, "/sample", {"n": 16, "seed": 5})
+    assert shown == ["".join(map(str, row)) for row in answer["samples"]]
+
+
+def test_erasing_a_half_shows_the_apis_imputation(ui_page: Page, ui_base_url: str) -> None:
+    open_view(ui_page, "binarized-mnist", "impute")
+    ui_page.fill("#impute-seed", "7")
+    ui_page.click("#impute-load")
+    settled(ui_page)
+    ui_page.click("#impute-hide-right")
+    ui_page.click("#impute-go")
+    settled(ui_page)
+    x = bits_of(ui_page.get_attribute("#impute-canvas", "data-value") or "")
+    assert x.count(None) == 28 * 14  # the right half, hidden
+    answer = post(ui_base_url, "/impute", {"x": [x], "n_samples": 4, "seed": 7, "n_importance": 100})
+    assert values(ui_page, "#impute-heatmap") == answer["marginals"][0]
+    assert close(value(ui_page, "#impute-logprob"), answer["logprob_observed"][0])
+    assert close(value(ui_page, "#impute-ess"), answer["ess"][0])
+    completions = ui_page.eval_on_selector_all("#impute-completions canvas", "cs => cs.map(c => c.dataset.value)")
+    assert completions == ["".join(map(str, row)) for row in answer["samples"][0]]
+
+
+def test_the_noise_slider_shows_the_apis_denoised_marginals(ui_page: Page, ui_base_url: str) -> None:
+    open_view(ui_page, "binarized-mnist", "denoise")
+    ui_page.focus("#denoise-eps")
+    ui_page.keyboard.press("ArrowRight")  # 0.10 -> 0.11, denoised on change
+    settled(ui_page)
+    assert value(ui_page, "#denoise-eps-value") == pytest.approx(0.11)
+    noisy = bits_of(ui_page.get_attribute("#denoise-noisy", "data-value") or "")
+    clean = bits_of(ui_page.get_attribute("#denoise-clean", "data-value") or "")
+    wrong = sum(a != b for a, b in zip(noisy, clean, strict=True))
+    assert value(ui_page, "#denoise-wrong-noisy") == wrong > 0
+    body = {"x": [noisy], "eps": 0.11, "n_samples": 0, "n_importance": 50, "seed": 0}
+    answer = post(ui_base_url, "/denoise", body)
+    assert values(ui_page, "#denoise-marginals") == answer["marginals"][0]
+    assert close(value(ui_page, "#denoise-logprob"), answer["logprob_noisy"][0])
+    assert ui_page.get_attribute("#denoise-most-likely", "data-value") == "".join(map(str, answer["most_likely"][0]))
+
+
+def test_per_pixel_surprisal_is_the_apis_explain(ui_page: Page, ui_base_url: str) -> None:
+    open_view(ui_page, "binarized-mnist", "surprisal")
+    ui_page.fill("#surprisal-seed", "4")
+    ui_page.click("#surprisal-load")
+    settled(ui_page)
+    digit = post(ui_base_url, "/sample", {"n": 1, "seed": 4})["samples"][0]
+    assert ui_page.get_attribute("#surprisal-digit", "data-value") == "".join(map(str, digit))
+    record = {f"x{d}": b for d, b in enumerate(digit)}
+    answer = post(ui_base_url, "/logprob", {"records": [record], "explain": True})
+    surprisal = answer["surprisal"][0]
+    assert values(ui_page, "#surprisal-heatmap") == [surprisal[f"x{d}"]["given_others"] for d in range(784)]
+    assert close(value(ui_page, "#surprisal-logprob"), answer["logprob"][0])
+    ui_page.select_option("#surprisal-kind", "in_order")
+    assert values(ui_page, "#surprisal-heatmap") == [surprisal[f"x{d}"]["in_order"] for d in range(784)]
+
+
+def form_record(page: Page, base: str, model: str) -> dict[str, Any]:
+    """The record the form holds, as the page sends it."""
+    columns = model_of(base, model)["columns"]
+    record: dict[str, Any] = {}
+    for i, col in enumerate(columns):
+        if page.is_checked(f"#record-unknown-{i}"):
+            record[col["name"]] = None
+            continue
+        raw = page.input_value(f"#record-col-{i}")
+        record[col["name"]] = float(raw) if col["kind"] == "numeric" else raw
+    return record
+
+
+def percentile_among_drawn_rows(base: str, model: str, lp: float) -> float:
+    drawn = post(base, "/sample", {"model": model, "n": 500, "seed": 0})["records"]
+    scored = post(base, "/logprob", {"model": model, "records": drawn, "seed": 0})["logprob"]
+    return 100 * sum(v is not None and v <= lp for v in scored) / len(scored)
+
+
+def test_the_record_form_shows_the_apis_logprob_surprisal_and_imputation(ui_page: Page, ui_base_url: str) -> None:
+    open_view(ui_page, "diamonds", "record")
+    ui_page.select_option("#record-col-1", "Fair")  # cut
+    ui_page.click("#record-score")
+    settled(ui_page)
+    record = form_record(ui_page, ui_base_url, "diamonds")
+    assert record["cut"] == "Fair" and None not in record.values()
+    answer = post(ui_base_url, "/logprob", {"model": "diamonds", "records": [record], "seed": 0, "explain": True})
+    lp = answer["logprob"][0]
+    assert close(value(ui_page, "#record-logprob"), lp)
+    assert close(value(ui_page, "#record-percentile"), percentile_among_drawn_rows(ui_base_url, "diamonds", lp))
+    bars = ui_page.eval_on_selector_all("#record-surprisal .num", "ns => ns.map(n => Number(n.dataset.value))")
+    columns = list(record)
+    assert bars == [answer["surprisal"][0][c]["given_others"] for c in columns]
+
+    ui_page.check("#record-unknown-6")  # price
+    ui_page.check("#record-unknown-2")  # color
+    ui_page.click("#record-score")
+    settled(ui_page)
+    record = form_record(ui_page, ui_base_url, "diamonds")
+    answer = post(ui_base_url, "/logprob", {"model": "diamonds", "records": [record], "seed": 0})
+    assert close(value(ui_page, "#record-logprob"), answer["logprob"][0])
+    imputed = post(ui_base_url, "/impute", {"model": "diamonds", "records": [record], "seed": 0, "n_samples": 1})
+    dist = imputed["distributions"][0]
+    for q in ("q05", "q50", "q95", "mean", "sd"):
+        assert close(value(ui_page, f'#record-impute [data-column="price"] .q-{q}'), dist["price"][q])
+    levels = ui_page.eval_on_selector_all(
+        '#record-impute [data-column="color"] .bar',
+        "bs => bs.map(b => [b.querySelector('.label').textContent, Number(b.querySelector('.num').dataset.value)])",
+    )
+    assert dict(levels) == dist["color"]
+
+
+def test_conditional_sampling_shows_the_apis_rows(ui_page: Page, ui_base_url: str) -> None:
+    open_view(ui_page, "diamonds", "given")
+    assert ui_page.is_checked("#given-use-1")  # the first category (cut) is ticked at first
+    ui_page.select_option("#given-col-1", "Premium")
+    ui_page.check("#given-use-3")  # clarity, at the drawn row's level
+    ui_page.fill("#given-n", "40")
+    ui_page.fill("#given-seed", "3")
+    ui_page.click("#given-go")
+    settled(ui_page)
+    clarity = ui_page.input_value("#given-col-3")
+    answer = post(
+        ui_base_url,
+        "/sample",
+        {"model": "diamonds", "n": 40, "seed": 3, "given": {"cut": "Premium", "clarity": clarity}},
+    )
+    rows = ui_page.eval_on_selector_all(
+        "#given-rows tbody tr", "trs => trs.map(tr => [...tr.cells].map(td => JSON.parse(td.dataset.value)))"
+    )
+    columns = [c["name"] for c in model_of(ui_base_url, "diamonds")["columns"]]
+    assert rows == [[r[c] for c in columns] for r in answer["records"]]
+    assert all(r[1] == "Premium" and r[3] == clarity for r in rows)
+    assert close(value(ui_page, "#given-ess"), answer.get("ess"))
+    # each histogram counts the conditional rows and as many drawn without the condition
+    cut_bins = ui_page.eval_on_selector_all(
+        '#given-hists [data-column="cut"] .bin', "bs => bs.map(b => [...b.children].map(c => Number(c.dataset.value)))"
+    )
+    assert [given for given, _ in cut_bins] == [
+        40 if level == "Premium" else 0 for level in ("Fair", "Good", "Ideal", "Premium", "Very Good")
+    ]
+    assert sum(free for _, free in cut_bins) == 40
+
+
+def test_a_csv_upload_is_scored_flagged_and_downloadable(ui_page: Page, ui_base_url: str, tmp_path: Path) -> None:
+    open_view(ui_page, "diamonds", "csv")
+    csv = (
+        "carat,cut,color,clarity,price\n0.5,Ideal,E,VS1,1500\n1.2,,G,SI1,5200\n"
+        '2.5,Fair,J,I1,300\n0.3,"Very Good",D,IF,900\n'
+    )
+    path = tmp_path / "mine.csv"
+    path.write_text(csv)
+    ui_page.fill("#csv-seed", "2")
+    ui_page.set_input_files("#csv-file", str(path))
+    ui_page.wait_for_selector('#csv-rows[data-value="4"]', timeout=SLOW_MS)
+    settled(ui_page)
+    url = f"{ui_base_url}/logprob?model=diamonds&seed=2"
+    answer = httpx.post(url, content=csv, headers={"Content-Type": "text/csv"}, timeout=60).json()
+    ui_page.fill("#csv-threshold", "0.5")
+    ui_page.dispatch_event("#csv-threshold", "input")
+    assert value(ui_page, "#csv-flagged") == 2
+    lowest = sorted(answer["logprob"])[:2]
+    assert close(value(ui_page, "#csv-threshold-value"), lowest[-1])
+    shown = ui_page.eval_on_selector_all(
+        "#csv-table tbody tr", "trs => trs.map(tr => Number(tr.cells[1].dataset.value))"
+    )
+    assert shown == lowest
+    href = ui_page.get_attribute("#csv-download", "href") or ""
+    assert href.startswith("blob:")
+    with ui_page.expect_download() as download:
+        ui_page.click("#csv-download")
+    assert download.value.suggested_filename == "scored.csv"
+    downloaded = download.value.path().read_text(encoding="utf-8")
+    scored = httpx.post(url, content=csv, headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=60).text
+    assert downloaded == scored and "logprob" in downloaded.splitlines()[0]
+
+
+def test_a_bits_model_without_an_image_is_served_as_columns(ui_page: Page, ui_base_url: str) -> None:
+    open_view(ui_page, "mushrooms", "record")
+    record = {f"x{i}": ui_page.input_value(f"#record-col-{i}") for i in range(112)}
+    answer = post(ui_base_url, "/logprob", {"model": "mushrooms", "records": [record], "seed": 0})
+    assert close(value(ui_page, "#record-logprob"), answer["logprob"][0])
+
+
+# --- keyboard and labels -----------------------------------------------------------------------
+
+CONTROLS = """root => [...root.querySelectorAll('input, select, button, a[href], textarea')]
+  .filter(e => !e.disabled && e.getClientRects().length > 0).map(e => e.id)"""
+
+UNLABELLED = """root => [...root.querySelectorAll('input, select, button, a[href], textarea, canvas')]
+  .filter(e => e.getClientRects().length > 0)
+  .filter(e => {
+    const aria = (e.getAttribute('aria-label') || '').trim();
+    if (aria) return false;
+    const by = e.getAttribute('aria-labelledby');
+    if (by && by.split(/\\s+/).some(id => (document.getElementById(id)?.textContent || '').trim())) return false;
+    if (e.labels && [...e.labels].some(l => l.textContent.trim())) return false;
+    if (['BUTTON', 'A'].includes(e.tagName) && e.textContent.trim()) return false;
+    return true;
+  }).map(e => e.id || e.outerHTML.slice(0, 80))"""
+
+
+def tab_through(page: Page, limit: int) -> list[str]:
+    """The ids of the elements Tab focuses, from the top of the page, once round."""
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.focus("body")
+    seen: list[str] = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("document.activeElement ? document.activeElement.id : ''")
+        if focused in seen:
+            break
+        seen.append(focused)
+    return seen
+
+
+VIEWS = [("binarized-mnist", v) for v in IMAGE_VIEWS] + [("diamonds", v) for v in TABLE_VIEWS]
+
+
+@pytest.mark.parametrize(("model", "view"), VIEWS, ids=[f"{m}-{v}" for m, v in VIEWS])
+def test_keyboard_reaches_every_control_and_every_control_has_a_label(ui_page: Page, model: str, view: str) -> None:
+    open_view(ui_page, model, view)
+    section = ui_page.query_selector(f"#view-{view}")
+    header = ui_page.query_selector("header")
+    nav = ui_page.query_selector("#views")
+    assert section and header and nav
+    controls = [*header.evaluate(CONTROLS), *nav.evaluate(CONTROLS), *section.evaluate(CONTROLS)]
+    assert all(controls), "every control has an id"
+    reached = tab_through(ui_page, limit=len(controls) + 20)
+    assert set(controls) <= set(reached), f"not reached by Tab: {sorted(set(controls) - set(reached))}"
+    unlabelled = [*header.evaluate(UNLABELLED), *nav.evaluate(UNLABELLED), *section.evaluate(UNLABELLED)]
+    assert unlabelled == [], f"controls without a label: {unlabelled}"
+    # focus is visible: the focused control draws an outline
+    ui_page.focus(f"#{controls[-1]}")
+    style = ui_page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert style != "none"
+
+
+# --- the API key -------------------------------------------------------------------------------
+
+
+def test_with_an_api_key_the_page_asks_for_it_once_and_sends_it(ui_browser: Any) -> None:
+    from browser import SHIPPED, Recorder, open_page, settle
+
+    from service.testing import made_serve
+
+    with made_serve(SHIPPED, env={"OMP_NUM_THREADS": "1", "MADE_API_KEY": "s3cret"}) as server:
+        recorder = Recorder(server.url)
+        recorder.expect_status(401, "/models")  # the first call, before the key is given
+        with open_page(ui_browser, server.url, recorder=recorder) as page:
+            page.wait_for_selector("#api-key-form:not([hidden])")
+            assert page.evaluate("document.activeElement.id") == "api-key"
+            page.fill("#api-key", "s3cret")
+            page.keyboard.press("Enter")
+            page.wait_for_selector('#view-samples[data-ready="1"]', timeout=SLOW_MS)
+            assert page.is_hidden("#api-key-form")
+            assert page.evaluate("sessionStorage.getItem('made-api-key')") == "s3cret"
+            page.reload()  # kept for the session: not asked again
+            page.wait_for_selector('#view-samples[data-ready="1"]', timeout=SLOW_MS)
+            settle(page)
+        statuses = [s for s, _ in recorder.bad_status]
+        assert recorder.problems() == [] and statuses == []
