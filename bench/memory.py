@@ -10,7 +10,8 @@ and, where the code base has it, the allocator setting that create_app makes)
 and reads its VmRSS: after the imports, after loading, and after using each model of bits on
 what the service's endpoints run (log p of 1 and 4096 rows, 4 and 64 mixture samples, an exact
 and a weighted /impute row). Then the single-row latencies (median of --calls calls): log p of
-one row under the mixture, 4 mixture samples, and one exact /impute row with its defaults. The
+one row under the mixture, 4 mixture samples, and one exact /impute row with its defaults; then
+log p of 1000 rows and 1000 samples (median of a sixth as many calls, at least 3). The
 two code bases alternate, --rounds times, and each figure is the median over rounds: the
 machine is shared, so read the ratios. --write saves docs/memory.md.
 """
@@ -88,6 +89,10 @@ def median_ms(fn):
 out["logprob, 1 row, mixture (ms)"] = median_ms(lambda: e.logprob(x))
 out["sample, n=4, mixture (ms)"] = median_ms(lambda: e.sample(4, 0))
 out["impute, 1 exact row, defaults (ms)"] = median_ms(lambda: e.impute(half, seed=0))
+rows = (rng.random((1000, e.dims)) < 0.3).astype(np.float64)
+calls = max(3, calls // 6)
+out["logprob, 1000 rows, mixture (ms)"] = median_ms(lambda: e.logprob(rows))
+out["sample, n=1000, mixture (ms)"] = median_ms(lambda: e.sample(1000, 0))
 print(json.dumps(out))
 """
 
