@@ -152,12 +152,36 @@ def cmd_export(args: argparse.Namespace) -> int:
         for upgraded in upgrade(args.upgrade):
             print(str(upgraded))
         return 0
+    if args.reference:
+        return _export_reference(args)
     if not (args.run_dir and args.store and args.name):
         raise ConfigError("made export needs a run directory, --store and --name (or --upgrade PATH)")
     version_dir = export_run(
         args.run_dir, args.store, args.name, args.version, args.weights, image_shape=args.image_shape
     )
     print(str(version_dir))
+    return 0
+
+
+def _export_reference(args: argparse.Namespace) -> int:
+    """`made export --reference DATASET STORE/NAME/VERSION`: reference.json added to a version in
+    place, its held-out log p from the serving engine."""
+    from made.store.versions import add_reference
+    from service.engine.evaluate import version_reference
+    from service.engine.runtime import requested_providers
+    from service.settings import Settings
+
+    if not args.run_dir or args.store or args.name:
+        raise ConfigError("made export --reference DATASET takes one version directory, STORE/NAME/VERSION")
+    settings = Settings()
+    reference = version_reference(
+        args.run_dir,
+        _dataset_path(args.reference),
+        args.reference_split,
+        requested_providers(settings.providers),
+        settings.threads or None,
+    )
+    print(str(add_reference(Path(args.run_dir), reference)))
     return 0
 
 
@@ -336,13 +360,23 @@ def _add_export(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     e = sub.add_parser(
         "export", help="export a run to the model store as ONNX + manifest", formatter_class=_DefaultsFormatter
     )
-    e.add_argument("run_dir", nargs="?", help="a run directory of made train")
+    e.add_argument("run_dir", nargs="?", help="a run directory of made train (with --reference: a version directory)")
     _add_store_and_name(e, required=False)
     e.add_argument(
         "--upgrade",
         metavar="PATH",
         default=None,
         help="rewrite format-1 versions as format 2 in place: STORE/NAME/VERSION, or STORE for all",
+    )
+    e.add_argument(
+        "--reference",
+        metavar="DATASET",
+        default=None,
+        help="add reference.json (held-out log p quantiles, a few held-out rows, the training marginals) to "
+        "the version directory STORE/NAME/VERSION in place, from this data set (" + _DATASET_HELP + ")",
+    )
+    e.add_argument(
+        "--reference-split", default="test", choices=["valid", "test"], help="the held-out split of --reference"
     )
     e.add_argument("--version", default=None, help="default: one more than the highest stored")
     e.add_argument(

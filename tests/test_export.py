@@ -26,6 +26,7 @@ from made.core.errors import ModelStoreError
 from made.core.masks import make_mask_set
 from made.store.files import BIT_FILES, DENSE_GRAPH, JACOBI_GRAPH, SCORES_GRAPH, SCORES_OBSERVED_GRAPH, WEIGHTS
 from made.store.manifest import REQUIRED
+from made.store.reference import REFERENCE
 from made.store.versions import list_names, list_versions, open_model
 from service.engine.runtime import provider_options
 from service.testing import providers_under_test
@@ -102,7 +103,8 @@ def test_made_export_writes_the_version_directory(runs: dict[str, Path], tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(store / "chain" / "1")
-    assert sorted(p.name for p in (store / "chain" / "1").iterdir()) == sorted(["manifest.json", *BIT_FILES])
+    # the run's data set has a test split: reference.json too (made.store.reference)
+    assert sorted(p.name for p in (store / "chain" / "1").iterdir()) == sorted(["manifest.json", REFERENCE, *BIT_FILES])
     assert sorted(p.name for p in (store / "chain").iterdir()) == ["1"]
     assert open_model(store, "chain").manifest.name == "chain"
 
@@ -157,7 +159,8 @@ def test_manifest_describes_the_model_its_data_and_its_metrics(runs: dict[str, P
     for key in ("test_nll", "test_nll_stderr", "valid_nll"):
         assert getattr(manifest.metrics, key) == metrics[key]
     assert manifest.metrics.model_extra is not None and len(manifest.metrics.model_extra["test_nll_per_mask"]) == 4
-    assert manifest.files == {f: hashlib.sha256((version_dir / f).read_bytes()).hexdigest() for f in BIT_FILES}
+    listed = (*BIT_FILES, REFERENCE)
+    assert manifest.files == {f: hashlib.sha256((version_dir / f).read_bytes()).hexdigest() for f in listed}
     assert datetime.fromisoformat(manifest.created_at).tzinfo is not None
     # orderings[k] lists the dimensions in mask k's order: ranks of the model's degrees
     degrees = _model_of(run_dir).input_degrees.numpy()

@@ -17,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 from made.core.errors import ModelNotFound, ModelStoreError
 from made.store.files import BIT_FILES, WEIGHTS, sha256_file
 from made.store.manifest import REQUIRED
+from made.store.reference import REFERENCE
 from made.store.versions import latest_version, list_names, list_versions, open_model
 
 
@@ -68,7 +69,7 @@ def test_an_intact_copy_opens_and_describes_itself(store: Path) -> None:
     assert sorted(model.orderings[0].tolist()) == list(range(8))
     assert model.onnx_path == store / "tiny" / "1" / "model.onnx"
     assert model.manifest.format_version == 2
-    assert sorted(model.manifest.files) == sorted(BIT_FILES)
+    assert sorted(model.manifest.files) == sorted([*BIT_FILES, REFERENCE])  # the tiny data set has a test split
     for fname, digest in model.manifest.files.items():
         assert digest == sha256_file(model.file(fname))
     weights = model.weights()  # hidden [24, 24], direct connections

@@ -4,7 +4,10 @@ weights.safetensors and every graph the engine runs, made.store.files), atomical
 as format 2 in place, keeping its number and its answers.
 
 The version directory is assembled under a hidden temporary name and renamed into place, so a
-reader never sees half a version. Reads the run's safetensors with numpy (no torch needed).
+reader never sees half a version. Reads the run's safetensors with numpy; where the run's data set
+has a test split, the version also gets reference.json (made.store.reference: the test rows' log
+p quantiles, a few test rows, the training marginals), the log p from the run's torch model with
+the weights as stored (float16-rounded for --weights float16).
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from onnx import numpy_helper
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from made.core.errors import CheckpointError, ModelStoreError
+from made.core.errors import CheckpointError, DataError, ModelStoreError
 from made.core.masks import MaskSet, make_mask_set, orderings_to_degrees
 from made.core.schema import Schema
 from made.io.data import check_image_shape, dataset_name, load_dataset
 from made.store.files import MODEL_GRAPH, sha256_file
 from made.store.manifest import table_graph_signature
-from made.store.versions import list_names, list_versions, read_manifest, write_version
+from made.store.reference import REFERENCE, build_reference, reference_bytes
+from made.store.versions import list_names, list_versions, next_version, read_manifest, write_version
 from training.graphs import WEIGHT_DTYPES, version_files, weight_arrays
 from training.run_files import BEST, CONFIG, METRICS
 
@@ -127,7 +131,44 @@ def _export_table_run(
             schema.n_in, schema.n_out, schema.in_offsets.tolist(), schema.out_offsets.tolist()
         ),
     }
-    return write_version(store, name, version_files(arrays), fields, version)
+    version = version or next_version(store, name)
+    files = {**version_files(arrays), **run_reference(config, tensors, weight_dtype, name, version)}
+    return write_version(store, name, files, fields, version)
+
+
+def run_reference(
+    config: dict[str, Any], tensors: dict[str, np.ndarray], weight_dtype: str, name: str, version: str
+) -> dict[str, bytes]:
+    """{reference.json: its bytes} of a run whose data set has a train and a test split (read as
+    training reads them), else {}. Log p is the run's mixture from its torch model, with the
+    weight matrices rounded as they are stored."""
+    import torch
+
+    from made.io.training_data import load_training_data
+    from training.train import TrainConfig, build_model, nll_per_example
+
+    cfg = TrainConfig.from_dict(config)
+    schema = Schema.from_json(config["model"]["columns"]) if "columns" in config["model"] else None
+    try:
+        data = load_training_data(cfg.dataset, schema=schema, groups=cfg.groups if schema is not None else None)
+        train, test = data.split("train"), data.split("test")
+    except DataError:  # no test split, or the data have moved since training: no reference
+        return {}
+    model = build_model(cfg.model)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+    if weight_dtype == "float16":
+        state = {k: v.half().float() if k.endswith("weight") else v for k, v in state.items()}
+    model.load_state_dict(state)
+    reference = build_reference(
+        name,
+        version,
+        schema if schema is not None else Schema.bits(data.dims),
+        test,
+        train,
+        lambda rows: -nll_per_example(model, rows, None),
+        bits=schema is None,
+    )
+    return {REFERENCE: reference_bytes(reference)}
 
 
 def export_run(
@@ -180,7 +221,9 @@ def export_run(
         "image_shape": image_shape,
         "graph": BIT_GRAPH_SIGNATURE,
     }
-    return write_version(store, name, version_files(arrays, activation), fields, version)
+    version = version or next_version(store, name)
+    files = {**version_files(arrays, activation), **run_reference(config, tensors, weight_dtype, name, version)}
+    return write_version(store, name, files, fields, version)
 
 
 def export_random_model(

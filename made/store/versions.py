@@ -29,6 +29,7 @@ from made.core.schema import Schema
 from made.io.atomic import fsync_dir
 from made.store.files import MODEL_GRAPH, check_weights, load_weights, sha256_file, verify_files
 from made.store.manifest import FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, Manifest, parse_manifest, public_manifest
+from made.store.reference import REFERENCE, Reference, parse_reference, read_reference, reference_bytes
 
 
 def version_key(version: str) -> tuple[int, int | str]:
@@ -42,6 +43,7 @@ class StoredModel:
     version: str
     path: Path  # the version directory
     manifest: Manifest  # manifest.json, typed and checked (unknown fields kept)
+    reference: Reference | None = None  # reference.json where the version has one (made.store.reference)
 
     @property
     def dims(self) -> int:
@@ -97,6 +99,11 @@ class StoredModel:
     def public_manifest(self) -> dict[str, Any]:
         """The manifest as served to clients (GET /models/{name}): see public_manifest."""
         return public_manifest(self.manifest)
+
+    @cached_property
+    def reference_json(self) -> bytes | None:
+        """reference.json as served (GET /models/{name}/reference), serialized once."""
+        return None if self.reference is None else reference_bytes(self.reference)
 
 
 def list_names(store: Path) -> list[str]:
@@ -161,6 +168,9 @@ def open_model(store: Path, name: str, version: str | None = None) -> StoredMode
     else:
         n_in = n_out = model.dims
     check_weights(path, manifest, n_in, n_out)
+    if REFERENCE in manifest.files:  # verified above with every listed file
+        reference = read_reference(path, name, version, model.schema, bits=not model.is_table)
+        model = StoredModel(name=name, version=version, path=path, manifest=manifest, reference=reference)
     return model
 
 
@@ -239,3 +249,20 @@ def _exchange(a: Path, b: Path) -> None:
     os.rename(b, aside)
     os.rename(a, b)
     os.rename(aside, a)
+
+
+def add_reference(version_dir: Path, reference: Reference) -> Path:
+    """Add (or replace) reference.json of a version in place, atomically, as `made export
+    --upgrade` rewrites one: the version keeps its number, manifest fields, creation time and
+    every other file (each checked against its sha256 first); the reference is checked against
+    the model as a reader checks it before anything is written."""
+    version_dir = Path(version_dir)
+    model = open_model(version_dir.parent.parent, version_dir.parent.name, version_dir.name)
+    data = json.loads(reference_bytes(reference))
+    parse_reference(data, version_dir / REFERENCE, model.name, model.version, model.schema, not model.is_table)
+    files = {fname: (version_dir / fname).read_bytes() for fname in model.manifest.files if fname != REFERENCE}
+    files[REFERENCE] = reference_bytes(reference)
+    fields = model.manifest.as_json()
+    for key in ("format_version", "name", "version", "files"):
+        del fields[key]
+    return write_version(version_dir.parent.parent, model.name, files, fields, model.version, replace=True)

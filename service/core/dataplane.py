@@ -24,7 +24,8 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from made.core.errors import InvalidInput, NotReady, Overloaded, RequestTimeout
+from made.core.errors import InvalidInput, ModelNotFound, NotReady, Overloaded, RequestTimeout
+from made.store.reference import missing_reference
 from service.core.bitplane import BitPlane
 from service.core.body_bounds import Limits
 from service.core.log_config import request_context
@@ -235,6 +236,14 @@ class DataPlane:
 
     def manifest(self, name: str) -> dict[str, Any]:
         return self.engine(name).model.public_manifest()  # training files' paths as names only
+
+    def reference(self, name: str) -> bytes:
+        """The served version's reference.json (made.store.reference) as JSON bytes, read and
+        checked at load and serialized once; ModelNotFound (404) where the version has none."""
+        stored = self.engine(name).model
+        if stored.reference_json is None:
+            raise ModelNotFound(missing_reference(stored.name, stored.version))
+        return stored.reference_json
 
     # --- the endpoints: decode (rows | records) -> engine -> encode ----------------------------
     @admitted("/logprob")

@@ -16,6 +16,7 @@ import numpy as np
 from made.core.errors import DataError, InvalidInput
 from made.io.data import load_dataset
 from made.io.tables import load_table_dataset
+from made.store.reference import Reference, build_reference
 from made.store.versions import StoredModel, open_model
 from service.engine.registry import ModelKind, build_engine, model_kind
 
@@ -74,3 +75,30 @@ def _table_rows(model: StoredModel, dataset: str, split: str) -> np.ndarray:
 
 # How each kind reads a data split: rows of bits, or a table's records (encoded).
 _READERS: dict[ModelKind, Callable[[StoredModel, str, str], np.ndarray]] = {"bits": _bit_rows, "table": _table_rows}
+
+
+def version_reference(
+    version_dir: str | Path,
+    dataset: str,
+    split: str = "test",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+) -> Reference:
+    """reference.json of a stored version (made.store.reference) from its data set: `split`'s rows
+    scored by the serving engine (the mixture's log p, as /logprob answers it), the training
+    split's marginals; `made export --reference` writes it into the version (add_reference)."""
+    version_dir = Path(version_dir)
+    model = open_model(version_dir.parent.parent, version_dir.parent.name, version_dir.name)
+    read = _READERS[model_kind(model)]
+    heldout, train = read(model, dataset, split), read(model, dataset, "train")
+    engine = build_engine(model, providers, threads)
+    return build_reference(
+        model.name,
+        model.version,
+        model.schema,
+        heldout,
+        train,
+        lambda rows: engine.logprob(rows.astype("float64"), masks="all").logprob,
+        split=split,
+        bits=not model.is_table,
+    )
