@@ -6,6 +6,12 @@ form, a CSV) shows the numbers the API answers to the same request, sent here wi
 holds each number it shows, exact, in a data-value attribute, and each image in data-value or
 data-values); keyboard-only use (Tab) reaches every control of the view, and every control has a
 label. The ids are those listed at the top of service/http/static/app.js.
+
+Where a model's version has a reference (GET /models/{name}/reference: held-out rows' log p
+quantiles, a few held-out rows, the training marginals), the page ranks a record among the
+held-out rows, sets conditional samples beside the training marginals and offers the held-out rows
+(test digits); where it answers 404 the page falls back to draws from the model, and that 404 is
+expected (`references` below), not a failed request.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 import pytest
 
 if TYPE_CHECKING:
@@ -73,6 +80,34 @@ def close(a: float | None, b: float | None, tol: float = 1e-9) -> bool:
 
 def model_of(base: str, name: str) -> dict[str, Any]:
     return httpx.get(f"{base}/models/{name}", timeout=30).json()
+
+
+def reference_of(base: str, name: str) -> dict[str, Any] | None:
+    """GET /models/{name}/reference; None where the served version has none (404)."""
+    r = httpx.get(f"{base}/models/{name}/reference", timeout=30)
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    return r.json()
+
+
+@pytest.fixture(scope="session")
+def references(ui_base_url: str) -> dict[str, dict[str, Any] | None]:
+    """Every served model's reference, or None."""
+    models = httpx.get(ui_base_url + "/models", timeout=30).json()["models"]
+    return {m["name"]: reference_of(ui_base_url, m["name"]) for m in models}
+
+
+@pytest.fixture(autouse=True)
+def _absent_references_are_expected(request: pytest.FixtureRequest) -> None:
+    """The page asks for a model's reference and falls back on its 404: for the models without
+    one (and only for their reference's path), that 404 is not a problem of the page."""
+    if "ui_page" not in request.fixturenames:
+        return
+    recorder = request.getfixturevalue("ui_recorder")
+    for name, reference in request.getfixturevalue("references").items():
+        if reference is None:
+            recorder.expect_status(404, f"/models/{name}/reference")
 
 
 # --- each view's interaction shows the API's numbers ---------------------------------------------
@@ -183,7 +218,24 @@ def percentile_among_drawn_rows(base: str, model: str, lp: float) -> float:
     return 100 * sum(v is not None and v <= lp for v in scored) / len(scored)
 
 
-def test_the_record_form_shows_the_apis_logprob_surprisal_and_imputation(ui_page: Page, ui_base_url: str) -> None:
+def percentile_among_held_out_rows(reference: dict[str, Any], lp: float) -> float:
+    """Linear between the reference's 101 quantiles (q = 0, 0.01, ..., 1), clipped to 0..100."""
+    return float(np.interp(lp, reference["logprob_quantiles"], np.linspace(0, 100, 101)))
+
+
+def expected_percentile(base: str, reference: dict[str, Any] | None, model: str, lp: float) -> tuple[float, str]:
+    """The percentile the page should show for log p `lp`, and what it says it is among."""
+    if reference is None:
+        among = "among 500 rows drawn from the model (seed 0), not held-out data"
+        return percentile_among_drawn_rows(base, model, lp), among
+    among = f"among {reference['n_rows']:,} held-out rows ({reference['split']})"
+    return percentile_among_held_out_rows(reference, lp), among
+
+
+def test_the_record_form_shows_the_apis_logprob_surprisal_and_imputation(
+    ui_page: Page, ui_base_url: str, references: dict[str, Any]
+) -> None:
+    reference = references["diamonds"]
     open_view(ui_page, "diamonds", "record")
     ui_page.select_option("#record-col-1", "Fair")  # cut
     ui_page.click("#record-score")
@@ -193,7 +245,9 @@ def test_the_record_form_shows_the_apis_logprob_surprisal_and_imputation(ui_page
     answer = post(ui_base_url, "/logprob", {"model": "diamonds", "records": [record], "seed": 0, "explain": True})
     lp = answer["logprob"][0]
     assert close(value(ui_page, "#record-logprob"), lp)
-    assert close(value(ui_page, "#record-percentile"), percentile_among_drawn_rows(ui_base_url, "diamonds", lp))
+    percentile, among = expected_percentile(ui_base_url, reference, "diamonds", lp)
+    assert close(value(ui_page, "#record-percentile"), percentile)
+    assert ui_page.inner_text("#record-percentile-among") == among
     bars = ui_page.eval_on_selector_all("#record-surprisal .num", "ns => ns.map(n => Number(n.dataset.value))")
     columns = list(record)
     assert bars == [answer["surprisal"][0][c]["given_others"] for c in columns]
@@ -216,7 +270,41 @@ def test_the_record_form_shows_the_apis_logprob_surprisal_and_imputation(ui_page
     assert dict(levels) == dist["color"]
 
 
-def test_conditional_sampling_shows_the_apis_rows(ui_page: Page, ui_base_url: str) -> None:
+def test_a_held_out_record_is_loaded_and_ranked_among_the_held_out_rows(
+    ui_page: Page, ui_base_url: str, references: dict[str, Any]
+) -> None:
+    reference = references["diamonds"]
+    open_view(ui_page, "diamonds", "record")
+    if reference is None or not reference["examples"]:  # the page offers no held-out row
+        assert ui_page.is_hidden("#record-examples")
+        pytest.skip("diamonds' served version has no reference (GET /models/diamonds/reference: 404)")
+    examples = reference["examples"]
+    assert form_record(ui_page, ui_base_url, "diamonds") == examples[0]  # the view opens on the first
+    i = min(2, len(examples) - 1)
+    ui_page.focus("#record-example")
+    ui_page.select_option("#record-example", str(i))  # loaded and scored on change
+    settled(ui_page)
+    record = form_record(ui_page, ui_base_url, "diamonds")
+    assert record == examples[i]
+    body = {"model": "diamonds", "records": [record], "seed": 0, "explain": True}
+    lp = post(ui_base_url, "/logprob", body)["logprob"][0]
+    assert close(value(ui_page, "#record-logprob"), lp)
+    assert close(value(ui_page, "#record-percentile"), percentile_among_held_out_rows(reference, lp))
+
+
+def hist_bins(page: Page, column: str) -> list[tuple[str, list[float]]]:
+    """A histogram of the given view: (bin label, [conditional rows, beside]) per bin."""
+    return [
+        (title, [float(v) for v in vals])
+        for title, vals in page.eval_on_selector_all(
+            f'#given-hists [data-column="{column}"] .bin',
+            "bs => bs.map(b => [b.title, [...b.children].map(c => c.dataset.value)])",
+        )
+    ]
+
+
+def test_conditional_sampling_shows_the_apis_rows(ui_page: Page, ui_base_url: str, references: dict[str, Any]) -> None:
+    reference = references["diamonds"]
     open_view(ui_page, "diamonds", "given")
     assert ui_page.is_checked("#given-use-1")  # the first category (cut) is ticked at first
     ui_page.select_option("#given-col-1", "Premium")
@@ -238,14 +326,27 @@ def test_conditional_sampling_shows_the_apis_rows(ui_page: Page, ui_base_url: st
     assert rows == [[r[c] for c in columns] for r in answer["records"]]
     assert all(r[1] == "Premium" and r[3] == clarity for r in rows)
     assert close(value(ui_page, "#given-ess"), answer.get("ess"))
-    # each histogram counts the conditional rows and as many drawn without the condition
-    cut_bins = ui_page.eval_on_selector_all(
-        '#given-hists [data-column="cut"] .bin', "bs => bs.map(b => [...b.children].map(c => Number(c.dataset.value)))"
-    )
-    assert [given for given, _ in cut_bins] == [
-        40 if level == "Premium" else 0 for level in ("Fair", "Good", "Ideal", "Premium", "Very Good")
-    ]
-    assert sum(free for _, free in cut_bins) == 40
+    cut_bins = hist_bins(ui_page, "cut")
+    levels = ("Fair", "Good", "Ideal", "Premium", "Very Good")
+    assert [label for label, _ in cut_bins] == list(levels)
+    assert [given for _, (given, _) in cut_bins] == [40 if level == "Premium" else 0 for level in levels]
+    legend = ui_page.inner_text("#given-hists .legend")
+    if reference is None:
+        # each histogram counts the conditional rows and as many drawn without the condition
+        assert "rows drawn without it" in legend
+        assert sum(free for _, (_, free) in cut_bins) == 40
+        return
+    # each histogram counts the conditional rows beside the training marginal: a category's level
+    # frequencies, a number's counts in the reference's bins
+    assert "the training data's marginals" in legend
+    marginals = reference["marginals"]
+    assert {label: free for label, (_, free) in cut_bins} == marginals["cut"]["levels"]
+    carat = marginals["carat"]
+    carat_bins = hist_bins(ui_page, "carat")
+    assert [free for _, (_, free) in carat_bins] == carat["counts"]
+    assert len(carat_bins) == len(carat["edges"]) - 1
+    counts, _ = np.histogram(np.clip([r[0] for r in rows], carat["edges"][0], carat["edges"][-1]), bins=carat["edges"])
+    assert [given for _, (given, _) in carat_bins] == counts.tolist()
 
 
 def test_a_csv_upload_is_scored_flagged_and_downloadable(ui_page: Page, ui_base_url: str, tmp_path: Path) -> None:
@@ -281,11 +382,106 @@ def test_a_csv_upload_is_scored_flagged_and_downloadable(ui_page: Page, ui_base_
     assert downloaded == scored and "logprob" in downloaded.splitlines()[0]
 
 
+def test_a_test_digit_is_one_of_the_references_examples(
+    ui_page: Page, ui_base_url: str, references: dict[str, Any]
+) -> None:
+    reference = references["binarized-mnist"]
+    open_view(ui_page, "binarized-mnist", "impute")
+    if reference is None or not reference["examples"]:  # today's digit drawn by the model, labelled so
+        assert ui_page.is_hidden("#impute-tests")
+        assert ui_page.inner_text("#impute-load") == "Load digit"
+        pytest.skip("binarized-mnist's served version has no reference (GET /models/binarized-mnist/reference: 404)")
+    examples = ["".join(map(str, e)) for e in reference["examples"]]
+    shown = ui_page.get_attribute("#impute-canvas", "data-value") or ""
+    assert shown.replace("?", "") == examples[0][: shown.index("?")]  # the first test digit, its bottom half hidden
+    i = len(examples) - 1
+    ui_page.focus("#impute-test")
+    ui_page.select_option("#impute-test", str(i))
+    assert ui_page.get_attribute("#impute-canvas", "data-value") == examples[i]
+    ui_page.select_option("#impute-test", "0")
+    ui_page.click("#impute-hide-right")
+    ui_page.click("#impute-go")
+    settled(ui_page)
+    x = bits_of(ui_page.get_attribute("#impute-canvas", "data-value") or "")
+    assert [b for b in x if b is not None] == [int(c) for j, c in enumerate(examples[0]) if j % 28 < 14]
+    answer = post(ui_base_url, "/impute", {"x": [x], "n_samples": 4, "seed": 1, "n_importance": 100})
+    assert values(ui_page, "#impute-heatmap") == answer["marginals"][0]
+    # the denoise view opens on the second test digit
+    open_view(ui_page, "binarized-mnist", "denoise")
+    assert ui_page.get_attribute("#denoise-clean", "data-value") == examples[min(1, len(examples) - 1)]
+
+
 def test_a_bits_model_without_an_image_is_served_as_columns(ui_page: Page, ui_base_url: str) -> None:
     open_view(ui_page, "mushrooms", "record")
     record = {f"x{i}": ui_page.input_value(f"#record-col-{i}") for i in range(112)}
     answer = post(ui_base_url, "/logprob", {"model": "mushrooms", "records": [record], "seed": 0})
     assert close(value(ui_page, "#record-logprob"), answer["logprob"][0])
+
+
+# --- a model without a reference ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store_without_references(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """binarized-mnist and diamonds as shipped, less their reference.json."""
+    from browser import SHIPPED
+
+    from made.store.reference import REFERENCE
+    from made.store.versions import open_model, write_version
+
+    store = tmp_path_factory.mktemp("store")
+    for name in ("binarized-mnist", "diamonds"):
+        model = open_model(SHIPPED, name)
+        files = {f: (model.path / f).read_bytes() for f in model.manifest.files if f != REFERENCE}
+        fields = model.manifest.as_json()
+        for key in ("format_version", "name", "version", "files"):
+            del fields[key]
+        write_version(store, name, files, fields, model.version)
+    return store
+
+
+def test_without_a_reference_the_page_falls_back_to_draws_from_the_model(
+    ui_browser: Any, store_without_references: Path
+) -> None:
+    from browser import Recorder, open_page, settle
+
+    from service.testing import made_serve
+
+    with made_serve(store_without_references, env={"OMP_NUM_THREADS": "1"}) as server:
+        base = server.url
+        assert httpx.get(f"{base}/models/diamonds/reference", timeout=30).status_code == 404
+        recorder = Recorder(base)
+        recorder.expect_status(404, "/models/diamonds/reference")
+        recorder.expect_status(404, "/models/binarized-mnist/reference")
+        with open_page(ui_browser, base, "/ui/#model=diamonds&view=record", recorder=recorder) as page:
+            page.wait_for_selector('#view-record[data-ready="1"]', timeout=SLOW_MS)
+            settled(page)
+            assert page.is_hidden("#record-examples")
+            record = form_record(page, base, "diamonds")
+            assert record == post(base, "/sample", {"model": "diamonds", "n": 1, "seed": 0})["records"][0]
+            lp = post(base, "/logprob", {"model": "diamonds", "records": [record], "seed": 0})["logprob"][0]
+            percentile, among = expected_percentile(base, None, "diamonds", lp)
+            assert close(value(page, "#record-percentile"), percentile)
+            assert page.inner_text("#record-percentile-among") == among
+
+            page.click("#nav-given")
+            page.wait_for_selector('#view-given[data-ready="1"]', timeout=SLOW_MS)
+            settled(page)
+            assert "rows drawn without it" in page.inner_text("#given-hists .legend")
+            assert sum(free for _, (_, free) in hist_bins(page, "cut")) == int(page.input_value("#given-n"))
+
+            page.select_option("#model-picker", "binarized-mnist")
+            page.click("#nav-impute")
+            page.wait_for_selector('#view-impute[data-ready="1"]', timeout=SLOW_MS)
+            settled(page)
+            assert page.is_hidden("#impute-tests")
+            assert page.inner_text("#impute-load") == "Load digit"
+            assert page.inner_text('label[for="impute-seed"]') == "Digit seed"
+            digit = "".join(map(str, post(base, "/sample", {"n": 1, "seed": 1})["samples"][0]))
+            shown = page.get_attribute("#impute-canvas", "data-value") or ""
+            assert shown == digit[: len(digit) // 2] + "?" * (len(digit) // 2)
+            settle(page)
+        assert recorder.problems() == []
 
 
 # --- keyboard and labels -----------------------------------------------------------------------

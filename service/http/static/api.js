@@ -87,3 +87,12 @@ export async function run(label, action) {
 export function ready(view) {
   document.getElementById(`view-${view}`).dataset.ready = "1";
 }
+
+// A view's answers may arrive out of order: fresh(view) numbers its latest request, and the
+// function it returns says whether that request is still the latest when its answer comes.
+const latest = {};
+export function fresh(view) {
+  latest[view] = (latest[view] || 0) + 1;
+  const mine = latest[view];
+  return () => latest[view] === mine;
+}

@@ -9,6 +9,10 @@
  * Views and their controls (ids):
  * - card (every model): read-only `card`.
  * - samples (image models): `samples-seed`, `samples-n`, `samples-go`; out: `samples-grid`.
+ * Where the model's version has a reference (GET /models/{name}/reference, reference.js), the
+ * impute, denoise and surprisal views offer its test digits, `VIEW-test` (select) and
+ * `VIEW-load-test`, in `VIEW-tests` (hidden without one), and the record view its held-out rows,
+ * `record-example` and `record-load-example` in `record-examples`.
  * - impute (image models): `impute-seed`, `impute-load`, `impute-clear`, `impute-tool`,
  *   `impute-hide-top`, `impute-hide-bottom`, `impute-hide-left`, `impute-hide-right`,
  *   `impute-show-all`, `impute-go`, canvas `impute-canvas`; out: `impute-heatmap`,
@@ -22,7 +26,8 @@
  *   `surprisal-logprob`, `surprisal-top`.
  * - record (table models, and models of bits without an image shape, as columns x0..): `record-seed`,
  *   `record-fill`, `record-score`, per column i `record-col-I` and `record-unknown-I`; out:
- *   `record-logprob`, `record-percentile`, `record-surprisal`, `record-impute`.
+ *   `record-logprob`, `record-percentile` (and what it is among, `record-percentile-among`),
+ *   `record-surprisal`, `record-impute`.
  * - given (table models): per column i `given-use-I` and `given-col-I`, `given-n`, `given-seed`,
  *   `given-go`; out: `given-exact`, `given-ess`, `given-hists`, `given-rows`.
  * - csv (table models): `csv-file`, `csv-example`, `csv-seed`, `csv-threshold` (range),

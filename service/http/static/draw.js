@@ -146,3 +146,8 @@ export function histogram(container, labels, series, mark = () => false) {
   container.replaceChildren(el("div", { class: "cols" }, ...cols), el("div", { class: "axis" },
     el("span", {}, labels[0]), el("span", {}, labels[labels.length - 1])));
 }
+
+// A seed from a number input: a whole number, 0 or more.
+export function seedOf(id) {
+  return Math.max(0, Math.floor(Number($(id).value) || 0));
+}

@@ -1,13 +1,14 @@
 // The views of image models (binarized MNIST): samples, fill in (/impute), denoise (/denoise) and
 // per-pixel surprisal (/logprob's explain on the digit as records x0..x{D-1}).
 
-import { api, ready, run, setStatus } from "./api.js";
-import { $, bitGrid, fmt, paint, paintBits, paintHeat, heat, rng, show } from "./draw.js";
+import { api, fresh, ready, run, setStatus } from "./api.js";
+import { $, bitGrid, el, fmt, paint, paintBits, paintHeat, heat, rng, seedOf, show } from "./draw.js";
+import { referenceOf } from "./reference.js";
 
 let st = null; // the page's state: the model, its manifest and columns
 // The Fill-in canvas: ink (0 or 1) and hidden (true or false) per pixel; its row sends null where hidden.
 const canvasBits = { ink: null, hidden: null };
-const latest = {}; // the newest request of each view: an older answer is not drawn over it
+ // the newest request of each view: an older answer is not drawn over it
 
 function shape() {
   return st.manifest.image_shape;
@@ -17,19 +18,42 @@ function dims() {
   return st.manifest.dims;
 }
 
-function fresh(view) {
-  latest[view] = (latest[view] || 0) + 1;
-  const mine = latest[view];
-  return () => latest[view] === mine;
-}
-
-function seedOf(id) {
-  return Math.max(0, Math.floor(Number($(id).value) || 0));
-}
-
 async function digit(seed) {
   const answer = await api("sample", { model: st.model.name, n: 1, seed });
   return answer.samples[0];
+}
+
+// --- test digits: the reference's held-out examples, where the model has a reference -----------
+
+let tests = []; // the test digits (bits), none without a reference
+const FIRST_TEST = { impute: 0, denoise: 1, surprisal: 2 }; // the digit each view opens on
+const offered = new Set(); // the views whose picker is filled for this model
+
+// Fills `view`'s picker of test digits (hidden without a reference) and says whether it has any.
+async function offerTests(view) {
+  if (!offered.has(view)) {
+    offered.add(view);
+    await run("Loading the test digits", async () => {
+      const reference = await referenceOf(st);
+      tests = reference ? reference.examples || [] : [];
+    });
+    const picker = $(`${view}-test`);
+    picker.replaceChildren(...tests.map((_, i) => el("option", { value: String(i) }, `${i + 1} of ${tests.length}`)));
+    picker.value = String(Math.min(FIRST_TEST[view], tests.length - 1));
+    $(`${view}-tests`).hidden = !tests.length;
+    document.querySelector(`label[for="${view}-seed"]`).textContent = tests.length ? "Sample seed" : "Digit seed";
+    $(`${view}-load`).textContent = tests.length ? "Load a model sample" : "Load digit";
+    if (view === "impute") {
+      $("impute-hint").textContent = tests.length
+        ? "Draw with the mouse, or load a test digit (held-out data) or a digit drawn by the model; hide a region (drag a rectangle or brush, or use the buttons) and ask the model what it holds."
+        : "Draw with the mouse, or load a digit drawn by the model; hide a region (drag a rectangle or brush, or use the buttons) and ask the model what it holds.";
+    }
+  }
+  return tests.length > 0;
+}
+
+function testDigit(view) {
+  return tests[Number($(`${view}-test`).value)].slice();
 }
 
 // --- samples ---------------------------------------------------------------------------------
@@ -144,7 +168,8 @@ async function loadCanvas() {
 }
 
 async function showImpute() {
-  await loadCanvas();
+  if (await offerTests("impute")) setInk(testDigit("impute"));
+  else await loadCanvas();
   if (!canvasBits.ink) return;
   hideWhere((r) => r >= shape()[0] / 2);
   await fillIn();
@@ -182,12 +207,22 @@ function denoise() {
   });
 }
 
+function setClean(bits) {
+  noisy.clean = bits;
+  paintBits($("denoise-clean"), noisy.clean, shape());
+}
+
 async function loadNoisy() {
   await run("Loading a digit", async () => {
-    noisy.clean = await digit(seedOf("denoise-seed"));
-    paintBits($("denoise-clean"), noisy.clean, shape());
+    setClean(await digit(seedOf("denoise-seed")));
   });
   await denoise();
+}
+
+async function showDenoise() {
+  if (!(await offerTests("denoise"))) return loadNoisy();
+  setClean(testDigit("denoise"));
+  return denoise();
 }
 
 // --- surprisal -------------------------------------------------------------------------------
@@ -232,6 +267,12 @@ async function loadExplained() {
   await explain();
 }
 
+async function showSurprisal() {
+  if (!(await offerTests("surprisal"))) return loadExplained();
+  setExplained(testDigit("surprisal"));
+  return explain();
+}
+
 function fromCanvas() {
   if (!canvasBits.ink || canvasBits.hidden.includes(true)) {
     setStatus("The Fill-in canvas has hidden pixels (or none yet): show all of it first.", true);
@@ -264,6 +305,15 @@ on("surprisal-load", "click", loadExplained);
 on("surprisal-from-canvas", "click", fromCanvas);
 on("surprisal-kind", "change", () => explained.answer && paintSurprisal());
 on("surprisal-go", "click", explain);
+const loadTest = {
+  impute: () => setInk(testDigit("impute")),
+  denoise: () => showDenoise(),
+  surprisal: () => showSurprisal(),
+};
+for (const [view, load] of Object.entries(loadTest)) {
+  on(`${view}-test`, "change", load);
+  on(`${view}-load-test`, "click", load);
+}
 wireCanvas();
 
 function reset(state) {
@@ -272,11 +322,13 @@ function reset(state) {
   canvasBits.hidden = null;
   noisy.clean = null;
   explained.bits = null;
+  tests = [];
+  offered.clear();
 }
 
 export const imageViews = {
   samples: { reset, show: drawSamples },
   impute: { reset, show: showImpute },
-  denoise: { reset, show: loadNoisy },
-  surprisal: { reset, show: loadExplained },
+  denoise: { reset, show: showDenoise },
+  surprisal: { reset, show: showSurprisal },
 };

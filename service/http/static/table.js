@@ -1,24 +1,17 @@
 // The views of table models (and of models of bits without an image, as columns x0..): a record
-// scored with its percentile, per-column surprisal and the unknown cells' distributions; and
-// conditional sampling (`given`) beside the unconditional sample.
+// scored with its percentile among the held-out rows, per-column surprisal and the unknown cells'
+// distributions; and conditional sampling (`given`) beside the training data's marginals. Both use
+// the model's reference (reference.js); a version without one falls back to rows drawn from the
+// model: the percentile among 500 of them, the histograms beside as many as the condition's.
 
-import { api, ready, run } from "./api.js";
-import { $, bars, binCounts, edgesOf, el, fmt, histogram, show } from "./draw.js";
+import { api, fresh, ready, run } from "./api.js";
+import { $, bars, binCounts, edgesOf, el, fmt, histogram, seedOf, show } from "./draw.js";
+import { exampleRecords, heldOutPercentile, heldOutText, referenceOf } from "./reference.js";
 
 let st = null;
-const latest = {};
-const REFERENCE = { n: 500, seed: 0 }; // the rows a record's percentile is taken among
-let reference = null; // {model, logprobs (ascending, null first)}
-
-function fresh(view) {
-  latest[view] = (latest[view] || 0) + 1;
-  const mine = latest[view];
-  return () => latest[view] === mine;
-}
-
-function seedOf(id) {
-  return Math.max(0, Math.floor(Number($(id).value) || 0));
-}
+const DRAWN = { n: 500, seed: 0 }; // without a reference, the rows a record's percentile is taken among
+let drawnRows = null; // {model, logprobs (ascending, null first)}
+const DRAWN_TEXT = "among 500 rows drawn from the model (seed 0), not held-out data";
 
 function numeric(col) {
   return col.kind === "numeric";
@@ -69,20 +62,28 @@ function valueOf(prefix, i) {
 
 // --- score a record --------------------------------------------------------------------------
 
-async function referenceLogprobs() {
-  if (reference && reference.model === st.model.name) return reference.logprobs;
-  const drawn = await sampleRecords(REFERENCE.n, REFERENCE.seed);
-  const scored = await api("logprob", { model: st.model.name, records: drawn.records, seed: REFERENCE.seed });
+async function drawnLogprobs() {
+  if (drawnRows && drawnRows.model === st.model.name) return drawnRows.logprobs;
+  const drawn = await sampleRecords(DRAWN.n, DRAWN.seed);
+  const scored = await api("logprob", { model: st.model.name, records: drawn.records, seed: DRAWN.seed });
   const logprobs = scored.logprob.map((v) => (v === null ? -Infinity : v)).sort((a, b) => a - b);
-  reference = { model: st.model.name, logprobs };
+  drawnRows = { model: st.model.name, logprobs };
   return logprobs;
 }
 
-// The share (in %) of the reference rows whose log p is at most lp.
-function percentile(sorted, lp) {
+// The share (in %) of the drawn rows whose log p is at most lp.
+function drawnPercentile(sorted, lp) {
   const value = lp === null ? -Infinity : lp;
   const below = sorted.filter((v) => v <= value).length;
   return (100 * below) / sorted.length;
+}
+
+// lp -> [percentile, what it is taken among]: the held-out rows where the model has a reference.
+async function percentileOf() {
+  const reference = await referenceOf(st);
+  if (reference) return (lp) => [heldOutPercentile(reference.logprob_quantiles, lp), `among ${heldOutText(reference)}`];
+  const sorted = await drawnLogprobs();
+  return (lp) => [drawnPercentile(sorted, lp), DRAWN_TEXT];
 }
 
 function record() {
@@ -135,15 +136,17 @@ function score() {
   return run("Scoring", async () => {
     const body = { model: st.model.name, records: [rec], seed: 0 };
     if (complete) body.explain = true;
-    const [answer, sorted, imputed] = await Promise.all([
+    const [answer, percentile, imputed] = await Promise.all([
       api("logprob", body),
-      referenceLogprobs(),
+      percentileOf(),
       complete ? null : api("impute", { model: st.model.name, records: [rec], seed: 0, n_samples: 1 }),
     ]);
     if (!current()) return;
     const lp = answer.logprob[0];
     show($("record-logprob"), lp, 3);
-    show($("record-percentile"), percentile(sorted, lp), 1);
+    const [p, among] = percentile(lp);
+    show($("record-percentile"), p, 1);
+    $("record-percentile-among").textContent = among;
     if (answer.surprisal) {
       const s = answer.surprisal[0];
       bars($("record-surprisal"), st.columns.map((c) => ({ label: c.name, value: s[c.name].given_others })));
@@ -155,20 +158,47 @@ function score() {
   });
 }
 
+function setRecord(rec) {
+  setValues("record", rec);
+  st.columns.forEach((_, i) => {
+    $(`record-unknown-${i}`).checked = false;
+  });
+}
+
 async function fillRecord() {
   await run("Drawing a row", async () => {
     const drawn = await sampleRecords(1, seedOf("record-seed"));
-    setValues("record", drawn.records[0]);
-    st.columns.forEach((_, i) => {
-      $(`record-unknown-${i}`).checked = false;
-    });
+    setRecord(drawn.records[0]);
   });
+  await score();
+}
+
+let heldOut = []; // the reference's held-out rows as records (none without a reference)
+
+// The held-out rows offered in the record view (a picker and its button, hidden without them).
+async function offerHeldOut() {
+  heldOut = [];
+  await run("Loading the held-out rows", async () => {
+    const reference = await referenceOf(st);
+    heldOut = reference ? exampleRecords(reference) : [];
+  });
+  const picker = $("record-example");
+  picker.replaceChildren(...heldOut.map((_, i) => el("option", { value: String(i) }, `row ${i + 1} of ${heldOut.length}`)));
+  $("record-examples").hidden = !heldOut.length;
+}
+
+async function loadHeldOut() {
+  const rec = heldOut[Number($("record-example").value)];
+  if (!rec) return;
+  setRecord(rec);
   await score();
 }
 
 async function showRecord() {
   buildForm($("record-form"), "record", { id: "unknown", text: "unknown" });
-  await fillRecord();
+  await offerHeldOut();
+  if (heldOut.length) await loadHeldOut();
+  else await fillRecord();
 }
 
 // --- conditional sampling --------------------------------------------------------------------
@@ -181,12 +211,29 @@ function given() {
   return out;
 }
 
-function columnHistogram(col, conditional, unconditional) {
+function present(v) {
+  return v !== null && v !== undefined && v !== "NA";
+}
+
+// A column's histogram: the rows meeting the condition beside `other`, either the rows drawn without
+// it (a list of records) or the column's training marginal from the reference (its bins: the
+// marginal's edges for a number, its levels for a category; its counts or frequencies as they are).
+function columnHistogram(col, conditional, other) {
   const a = conditional.map((r) => r[col.name]);
-  const b = unconditional.map((r) => r[col.name]);
+  const marginal = Array.isArray(other) ? null : other;
+  const b = marginal ? [] : other.map((r) => r[col.name]);
   let labels;
   let series;
-  if (numeric(col)) {
+  let absent = null; // [share absent in the conditional rows, in the training rows], numbers only
+  if (marginal && marginal.kind === "number") {
+    const edges = marginal.edges;
+    labels = edges.slice(0, -1).map((e) => fmt(e, col.decimals ?? 2));
+    series = [binCounts(a.filter(present).map(Number), edges), marginal.counts];
+    absent = [a.filter((v) => !present(v)).length / Math.max(1, a.length), marginal.p_absent || 0];
+  } else if (marginal) {
+    labels = [...Object.keys(marginal.levels), ...(col.levels || []).filter((l) => !(l in marginal.levels))];
+    series = [labels.map((l) => a.filter((v) => String(v) === l).length), labels.map((l) => marginal.levels[l] ?? 0)];
+  } else if (numeric(col)) {
     const edges = edgesOf([...a, ...b].map(Number), 16);
     labels = edges.slice(0, -1).map((e) => fmt(e, col.decimals ?? 2));
     series = [binCounts(a.map(Number), edges), binCounts(b.map(Number), edges)];
@@ -195,8 +242,17 @@ function columnHistogram(col, conditional, unconditional) {
     series = [a, b].map((vs) => col.levels.map((l) => vs.filter((v) => String(v) === l).length));
   }
   const box = el("div", { class: "hist", data: { column: col.name } });
-  histogram(box, labels, [{ counts: series[0], class: "given" }, { counts: series[1], class: "free" }]);
-  return el("figure", {}, el("figcaption", {}, col.name), box);
+  histogram(box, labels, [{ counts: series[0], class: "given" }, { counts: series[1], class: marginal ? "free training" : "free" }]);
+  const caption = el("figcaption", {}, col.name);
+  if (absent && (absent[0] > 0 || absent[1] > 0)) {
+    const [mine, training] = absent.map((share) => {
+      const out = el("output");
+      show(out, 100 * share, 1);
+      return out;
+    });
+    caption.append(" · absent: ", mine, "% of these rows, ", training, "% in training");
+  }
+  return el("figure", {}, caption, box);
 }
 
 function rowsTable(table, rows) {
@@ -212,15 +268,17 @@ function sampleGiven() {
   const n = Math.max(1, Math.floor(Number($("given-n").value) || 1));
   const seed = seedOf("given-seed");
   return run("Sampling", async () => {
-    const [cond, free] = await Promise.all([sampleRecords(n, seed, condition), sampleRecords(n, seed)]);
+    const reference = await referenceOf(st);
+    const [cond, free] = await Promise.all([sampleRecords(n, seed, condition), reference ? null : sampleRecords(n, seed)]);
     if (!current()) return;
     $("given-exact").textContent = cond.exact === undefined ? "yes (no condition)" : cond.exact ? "yes" : "no (resampled)";
     show($("given-ess"), cond.ess ?? null, 1);
     const shown = st.columns.length > 16 ? st.columns.slice(0, 16) : st.columns;
+    const other = reference ? "the training data's marginals" : "rows drawn without it (the model's own marginals)";
     $("given-hists").replaceChildren(
       el("p", { class: "legend" }, el("span", { class: "key given" }), " rows meeting the condition ",
-        el("span", { class: "key free" }, ""), " rows drawn without it (the model's own marginals)"),
-      ...shown.map((col) => columnHistogram(col, cond.records, free.records)),
+        el("span", { class: "key free" }, ""), ` ${other}`),
+      ...shown.map((col) => columnHistogram(col, cond.records, reference ? reference.marginals[col.name] || [] : free.records)),
     );
     rowsTable($("given-rows"), cond.records);
     ready("given");
@@ -230,8 +288,9 @@ function sampleGiven() {
 async function showGiven() {
   buildForm($("given-form"), "given", { id: "use", text: "condition on it" });
   await run("Drawing a row", async () => {
-    const drawn = await sampleRecords(1, 0);
-    setValues("given", drawn.records[0]);
+    const reference = await referenceOf(st); // the first held-out row, or a row drawn from the model
+    const first = reference ? exampleRecords(reference)[0] : null;
+    setValues("given", first || (await sampleRecords(1, 0)).records[0]);
   });
   const first = st.columns.findIndex((c) => !numeric(c));
   $(`given-use-${Math.max(0, first)}`).checked = true;
@@ -239,6 +298,8 @@ async function showGiven() {
 }
 
 $("record-fill").addEventListener("click", fillRecord);
+$("record-example").addEventListener("change", loadHeldOut);
+$("record-load-example").addEventListener("click", loadHeldOut);
 $("record-score").addEventListener("click", score);
 $("record-form").addEventListener("submit", (e) => {
   e.preventDefault();
