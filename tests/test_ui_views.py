@@ -286,10 +286,19 @@ def test_a_held_out_record_is_loaded_and_ranked_among_the_held_out_rows(
     settled(ui_page)
     record = form_record(ui_page, ui_base_url, "diamonds")
     assert record == examples[i]
+    # every number's input shows its training range (a hint: the reference's first and last edge)
+    ranges = ui_page.eval_on_selector_all("#record-form input[data-range]", "els => els.map(e => e.dataset.range)")
+    numbers = [m for m in reference["marginals"].values() if m["kind"] == "number"]
+    assert sorted(ranges) == sorted(f"{js_number(m['edges'][0])},{js_number(m['edges'][-1])}" for m in numbers)
     body = {"model": "diamonds", "records": [record], "seed": 0, "explain": True}
     lp = post(ui_base_url, "/logprob", body)["logprob"][0]
     assert close(value(ui_page, "#record-logprob"), lp)
     assert close(value(ui_page, "#record-percentile"), percentile_among_held_out_rows(reference, lp))
+
+
+def js_number(x: float) -> str:
+    """x as JavaScript's String(x) writes it (whole numbers without a decimal point)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 def hist_bins(page: Page, column: str) -> list[tuple[str, list[float]]]:

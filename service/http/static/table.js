@@ -194,9 +194,26 @@ async function loadHeldOut() {
   await score();
 }
 
+// A number's training range (its reference marginal's first and last edge) as the input's hint:
+// a hint, not a limit, since a value outside it is what an anomaly looks like.
+async function showRanges(prefix) {
+  const reference = await referenceOf(st);
+  if (!reference) return;
+  st.columns.forEach((col, i) => {
+    const m = reference.marginals[col.name];
+    if (!numeric(col) || !m || m.kind !== "number") return;
+    const [lo, hi] = [fmt(m.edges[0]), fmt(m.edges[m.edges.length - 1])];
+    const input = $(`${prefix}-col-${i}`);
+    input.placeholder = `${lo} to ${hi}`;
+    input.title = `training range: ${lo} to ${hi}`;
+    input.dataset.range = `${m.edges[0]},${m.edges[m.edges.length - 1]}`;
+  });
+}
+
 async function showRecord() {
   buildForm($("record-form"), "record", { id: "unknown", text: "unknown" });
   await offerHeldOut();
+  await showRanges("record");
   if (heldOut.length) await loadHeldOut();
   else await fillRecord();
 }
@@ -291,6 +308,7 @@ async function showGiven() {
     const reference = await referenceOf(st); // the first held-out row, or a row drawn from the model
     const first = reference ? exampleRecords(reference)[0] : null;
     setValues("given", first || (await sampleRecords(1, 0)).records[0]);
+    await showRanges("given");
   });
   const first = st.columns.findIndex((c) => !numeric(c));
   $(`given-use-${Math.max(0, first)}`).checked = true;
