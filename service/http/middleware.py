@@ -121,7 +121,7 @@ class RequestMiddleware:
         handler of the path or the app, with the body read."""
         read = await self._read_limited(scope, receive, length)
         if read is None:
-            await self._too_large(send, ctx)
+            await self._too_large(send, ctx, content_type)
         elif read == _SLOW:
             await self._too_slow(send, ctx)
         elif (refused := await self._over_bounds(scope, content_type, read[1])) is not None:
@@ -207,15 +207,23 @@ class RequestMiddleware:
         )
         await _send_json(send, 408, body)
 
-    async def _too_large(self, send: Send, ctx: RequestContext) -> None:
+    async def _too_large(self, send: Send, ctx: RequestContext, content_type: bytes = b"") -> None:
         ctx.error_type = "payload_too_large"
         body: dict[str, Any] = error_body(
             413,
             "payload_too_large",
-            f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); send "
-            "fewer rows per request, or bit-packed rows (x_b64)",
+            f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); "
+            + _smaller_body_hint(content_type),
         )
         await _send_json(send, 413, body)
+
+
+def _smaller_body_hint(content_type: bytes) -> str:
+    """What makes a body of this type fit: a CSV is split, JSON rows of bits are packed."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    if media in (b"text/csv", b"application/csv"):
+        return "split the CSV into smaller files (fewer rows per request), or raise MADE_MAX_BODY_BYTES"
+    return "send fewer rows or records per request (smaller batches), or rows of bits packed as x_b64"
 
 
 def _request_head(headers: list[tuple[bytes, bytes]]) -> tuple[str, str, bytes]:
