@@ -16,9 +16,13 @@ One meaning of an empty cell in a table (`table_cell`): an empty or `NA` cell is
 "absent" where the column can be absent (a category with the level `NA`, a nullable number:
 the training data had empty cells there), and unknown (summed out, imputed) where it cannot; a
 model column that the CSV leaves out is unknown in every row. Training refuses unknown cells (it
-learns from complete rows). A typed value (Parquet, Arrow, a DataFrame) that is null or NaN is
-the empty cell. Bit data has its own wider spelling of a missing cell (MISSING_MARKERS: the
-wild's NA, NaN, null, ?), since a 0/1 column has no level to confuse them with.
+learns from complete rows). The cell `?` is unknown in every column (one that can be absent
+included: the way to say "unknown" where an empty cell means absent); training refuses it as it
+refuses every unknown cell, rather than learning `?` as a level that a request could then never
+send (a column of an older model whose levels hold `?` keeps reading it as that level). A typed
+value (Parquet, Arrow, a DataFrame) that is null or NaN is the empty cell. Bit data has its own
+wider spelling of a missing cell (MISSING_MARKERS: the wild's NA, NaN, null, ?), since a 0/1
+column has no level to confuse them with.
 
 Writing: `to_csv` and `escape_formula`, the one place where a text cell that a spreadsheet would
 run as a formula gets a leading ' (OWASP's advice on CSV injection).
@@ -44,6 +48,8 @@ DELIMITERS = (",", ";", "|", "\t")
 # Cells that mean "no value" in bit data in the wild (pandas' defaults, UCI's '?'), compared
 # lower-cased.
 MISSING_MARKERS = frozenset({"", "na", "nan", "n/a", "null", "none", "?", "-"})
+# The cell that says "unknown" in a table column, whether or not the column can be absent.
+UNKNOWN_CELL = "?"
 
 
 def sniff_delimiter(line: str, tab: bool = True) -> str | None:
@@ -176,10 +182,12 @@ def can_be_absent(col: Column) -> bool:
 
 
 def table_cell(col: Column, cell: str, where: str) -> float:
-    """The one meaning of a CSV cell of a table column: an empty or NA cell is absent where the
-    column can be absent, else unknown (NaN); any other cell is the column's value, or a
-    DataError naming `where`, the column and what it allows."""
+    """The one meaning of a CSV cell of a table column: `?` is unknown (NaN); an empty or NA cell
+    is absent where the column can be absent, else unknown; any other cell is the column's value,
+    or a DataError naming `where`, the column and what it allows."""
     text = cell.strip()
+    if text == UNKNOWN_CELL and UNKNOWN_CELL not in col.levels:
+        return math.nan
     if text in MISSING_CELLS and not can_be_absent(col):
         return math.nan
     return col.encode_cell(text, where)

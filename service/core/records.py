@@ -86,18 +86,19 @@ def check_csv_bounds(body: bytes, *, max_rows: int, max_width: int) -> None:
             )
 
 
-def parse_csv(schema: Schema, text: str) -> tuple[np.ndarray, list[str], list[list[str]]]:
+def parse_csv(schema: Schema, text: str, model: str = "") -> tuple[np.ndarray, list[str], list[list[str]]]:
     """CSV text with a header row -> (encoded (N, C), the header, the rows as read), read by the
     project's one CSV reader (made.io.csv: the delimiter found in the first line, a column named
     twice refused, an empty cell absent where the column can be absent, else unknown). Columns
     the model does not know are kept for the answer, not modelled. A cell over MAX_CSV_CELL
-    characters is refused naming its line and column."""
+    characters is refused naming its line and column. `model`: the default model's name where
+    the request named none, for the error of a header that names none of its columns."""
     try:
         header, rows = read_csv_text(text, "CSV", max_cell=MAX_CSV_CELL)
     except DataError as exc:
         raise InvalidInput(str(exc)) from None
     if not set(header) & set(schema.names):
-        raise InvalidInput(f"the CSV header names none of the model's columns ({', '.join(schema.names)})")
+        raise InvalidInput(_no_column(schema, model))
     if not rows:
         raise InvalidInput("the CSV body has a header row but no rows")
     where = {name: header.index(name) for name in schema.names if name in header}
@@ -110,6 +111,18 @@ def parse_csv(schema: Schema, text: str) -> tuple[np.ndarray, list[str], list[li
                 except DataError as exc:
                     raise InvalidInput(str(exc), loc=("csv", i, col.name)) from None
     return out, header, rows
+
+
+def _no_column(schema: Schema, model: str) -> str:
+    """The error of a CSV header that names none of the model's columns: sent without ?model= to
+    a default model of bits (a table meant for a table model), one sentence rather than its D
+    names."""
+    if model and schema == Schema.bits(len(schema)):
+        return (
+            f"this CSV's header names no column of model {model!r} (a model of {len(schema)} bits, "
+            f"x0..x{len(schema) - 1}); name the model with ?model=NAME"
+        )
+    return f"the CSV header names none of the model's columns ({', '.join(schema.names)})"
 
 
 def decode_records(schema: Schema, values: np.ndarray) -> list[dict[str, Any]]:

@@ -10,8 +10,12 @@ the project's one CSV reader (service.core.records.parse_csv over made.io.csv: t
 found in the first line, a column named twice a 422, an empty cell absent where the column can
 be absent, else unknown). The Python client sends a DataFrame this way, so that its empty cells
 mean what a CSV file's do. With `Accept: text/csv`, /logprob answers the CSV it was sent
-with `logprob`, `exact` and `stderr` columns added. Everything else passes through untouched,
-and the route then validates, authorises and answers as for JSON.
+with `logprob`, `exact` and `stderr` columns added (and with explain, `surprisal.COLUMN` and
+`surprisal_in_order.COLUMN`), /impute the CSV it was sent with its unknown cells at their most
+likely values; a JSON request to /sample or /impute gets its answer's records as CSV. Errors stay
+JSON. Everything else passes through untouched, and the route then validates, authorises and
+answers as for JSON. The scope is changed in place, so that the route the router finds labels the
+request's metrics; a request refused here is labelled by its route too.
 
 A body is bounded before it is parsed: its lines and the cells of each line are counted on the
 bytes against MADE_MAX_ROWS and MADE_MAX_WIDTH (service.core.records.check_csv_bounds), and a large
@@ -23,10 +27,12 @@ MADE_CSV_ESCAPE_FORMULAS is false (made.io.csv.escape_formula).
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
+import numpy as np
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,7 +44,8 @@ from service.http.auth import carries_key
 from service.http.errors import compressed, made_error_body
 from service.http.middleware import replay_body
 
-_PATHS = {"/logprob", "/impute", "/conditionals"}
+_PATHS = {"/logprob", "/impute", "/conditionals"}  # CSV bodies
+_CSV_ANSWERS = {"/logprob", "/impute", "/sample"}  # answered as CSV under Accept: text/csv
 _OPTIONS = {
     "model": str,
     "seed": int,
@@ -52,6 +59,16 @@ _OPTIONS = {
 # take less time than the hop to a thread.
 _THREAD_BYTES = 64 * 1024
 _THREAD_ROWS = 1000
+
+
+class _Sent(NamedTuple):
+    """A CSV body as read: its header and rows as written, the model's columns, and which of
+    their cells were unknown (row by row, in the model's column order)."""
+
+    header: list[str]
+    rows: list[list[str]]
+    names: list[str]
+    unknown: Any  # (N, C) bool
 
 
 def _head(headers: list[tuple[bytes, bytes]]) -> tuple[str, str, str, str]:
@@ -80,6 +97,28 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def _wants_csv(accept: str) -> bool:
+    return "text/csv" in accept.lower()
+
+
+def _route_of(scope: Scope) -> Any:
+    """The app's POST route of this path, looked for in the routers it includes too (FastAPI
+    wraps them): the metrics label of an answer given before routing. None where not found."""
+    stack = list(getattr(scope.get("app"), "routes", ()))
+    while stack:
+        route = stack.pop(0)
+        if getattr(route, "path", None) == scope["path"] and "POST" in (getattr(route, "methods", None) or ()):
+            return route
+        stack.extend(getattr(getattr(route, "original_router", None), "routes", ()))
+    return None
+
+
+def _label(scope: Scope) -> None:
+    """Label a request answered here by its route, as the route's own answer would be."""
+    if scope.get("route") is None:
+        scope["route"] = _route_of(scope)
+
+
 class CsvRecordsMiddleware:
     def __init__(self, app: ASGIApp, *, dataplane: Any, api_key: Any = None) -> None:
         self.app = app
@@ -87,48 +126,64 @@ class CsvRecordsMiddleware:
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _PATHS:
+        path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else ""
+        if path not in _PATHS and path not in _CSV_ANSWERS:
             await self.app(scope, receive, send)
             return
         content_type, authorization, encoding, accept = _head(scope["headers"])
         media = content_type.split(";")[0].strip().lower()
-        if media != "text/csv" or not self._authorised(authorization):
-            await self.app(scope, receive, send)  # JSON, or the route's 401
-            return
+        if not self._authorised(authorization):
+            await self.app(scope, receive, send)  # the route's 401
+        elif media == "text/csv" and path in _PATHS:
+            await self._csv_body(scope, receive, send, encoding, accept)
+        elif _wants_csv(accept) and path in ("/sample", "/impute"):  # a JSON request, a CSV answer
+            escape = self.dataplane.settings.csv_escape_formulas
+            await self.app(scope, receive, _CsvAnswer(send, _json_records, escape=escape))
+        else:
+            await self.app(scope, receive, send)
+
+    async def _csv_body(self, scope: Scope, receive: Receive, send: Send, encoding: str, accept: str) -> None:
+        """A CSV body, turned into the JSON request for the route; its answer as CSV where asked."""
         if encoding.strip().lower() not in ("", "identity"):
             refused = compressed(Request(scope))  # the JSON routes' 415, word for word
             assert refused is not None
+            _label(scope)
             await refused(scope, receive, send)
             return
         body = await _read_body(receive)
         settings = self.dataplane.settings
         try:
-            request, schema = self._options(scope)
+            request, schema, model = self._options(scope)
             check_csv_bounds(body, max_rows=settings.max_rows, max_width=settings.max_width)
             if len(body) > _THREAD_BYTES:
-                header, rows, payload = await anyio.to_thread.run_sync(_to_json, request, schema, body)
+                sent, payload = await anyio.to_thread.run_sync(_to_json, request, schema, body, model)
             else:
-                header, rows, payload = _to_json(request, schema, body)
+                sent, payload = _to_json(request, schema, body, model)
         except MadeError as exc:
             status, refusal = made_error_body(exc)  # as the app's error handler answers it
+            _label(scope)
             await _send(send, status, "application/json", json.dumps(refusal).encode())
             return
-        scope = dict(scope)
+        # In place, not a copy: the router sets scope["route"] on it, the metrics label
+        # RequestMiddleware reads when the answer is done.
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
         ]
         replay = replay_body(payload, receive)
-        if "text/csv" not in accept or scope["path"] != "/logprob":
+        render = _RENDER.get(scope["path"]) if _wants_csv(accept) else None
+        if render is None:
             await self.app(scope, replay, send)
             return
-        await self.app(scope, replay, _CsvAnswer(send, header, rows, escape=settings.csv_escape_formulas))
+        answer = _CsvAnswer(send, lambda a: render(sent, a), escape=settings.csv_escape_formulas, rows=len(sent.rows))
+        await self.app(scope, replay, answer)
 
     def _authorised(self, authorization: str) -> bool:
         return self.api_key is None or carries_key(authorization, self.api_key)
 
-    def _options(self, scope: Scope) -> tuple[dict[str, Any], Any]:
-        """The request's options from the query string, and the schema of the model it names."""
+    def _options(self, scope: Scope) -> tuple[dict[str, Any], Any, str]:
+        """The request's options from the query string, the schema of the model it names, and the
+        default model's name where it names none ("" where it does)."""
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:
@@ -148,20 +203,21 @@ class CsvRecordsMiddleware:
                 request[key] = value if value == "all" else int(value) if value.isdigit() else value
             else:
                 request[key] = value
-        schema = self.dataplane.engine(request.get("model")).model.schema  # a bit model's: x0..x{D-1}
-        return request, schema
+        engine = self.dataplane.engine(request.get("model"))
+        defaulted = "" if "model" in request else str(engine.name)  # the default: named in errors
+        return request, engine.model.schema, defaulted  # a bit model's schema: x0..x{D-1}
 
 
-def _to_json(request: dict[str, Any], schema: Any, body: bytes) -> tuple[list[str], list[list[str]], bytes]:
-    """The CSV body as the JSON request's bytes, with its header and rows as read (for the answer);
-    bounded beforehand (check_csv_bounds), run in a worker thread for a large body."""
+def _to_json(request: dict[str, Any], schema: Any, body: bytes, model: str = "") -> tuple[_Sent, bytes]:
+    """The CSV body as read (for the answer) and as the JSON request's bytes; bounded beforehand
+    (check_csv_bounds), run in a worker thread for a large body."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("the CSV body is not UTF-8 text") from None
-    values, header, rows = parse_csv(schema, text)
+    values, header, rows = parse_csv(schema, text, model)
     request = {**request, "records": [_record(schema, row) for row in values]}
-    return header, rows, json.dumps(request).encode()
+    return _Sent(header, rows, list(schema.names), np.isnan(values)), json.dumps(request).encode()
 
 
 def _record(schema: Any, row: Any) -> dict[str, Any]:
@@ -177,12 +233,68 @@ def _record(schema: Any, row: Any) -> dict[str, Any]:
     return out
 
 
-class _CsvAnswer:
-    """Turns /logprob's JSON answer into the CSV it was sent, with logprob, exact and stderr added;
-    error answers stay JSON."""
+# --- answers as CSV: (header, rows) from the JSON answer ------------------------------------------
+Table = tuple[list[str], list[list[Any]]]
 
-    def __init__(self, send: Send, header: list[str], rows: list[list[str]], *, escape: bool = True) -> None:
-        self.send, self.header, self.rows, self.escape = send, header, rows, escape
+
+def _logprob_csv(sent: _Sent, answer: dict[str, Any]) -> Table:
+    """The CSV sent, with logprob, exact and stderr added; with explain, surprisal.COLUMN (given
+    the other columns) and surprisal_in_order.COLUMN (given the columns before it) per column."""
+    scores = zip(answer["logprob"], answer["exact"], answer["stderr"], strict=True)
+    rows = [
+        [*row, lp, str(ex).lower(), "" if se is None else se]
+        for row, (lp, ex, se) in zip(sent.rows, scores, strict=True)
+    ]
+    header = [*sent.header, "logprob", "exact", "stderr"]
+    surprisal = answer.get("surprisal")
+    if surprisal:
+        names = [n for n in sent.names if n in surprisal[0]]
+        header += [f"surprisal.{n}" for n in names] + [f"surprisal_in_order.{n}" for n in names]
+        for row, per_column in zip(rows, surprisal, strict=True):
+            row += [per_column[n].get("given_others") for n in names]
+            row += [per_column[n].get("in_order") for n in names]
+    return header, rows
+
+
+def _impute_csv(sent: _Sent, answer: dict[str, Any]) -> Table:
+    """The CSV sent with each unknown cell of a model column at its most likely value (the
+    answer's records); the model's columns the CSV left out added at the end."""
+    missing = [n for n in sent.names if n not in sent.header]
+    where = {name: sent.header.index(name) for name in sent.names if name in sent.header}
+    rows: list[list[Any]] = []
+    for i, (row, record) in enumerate(zip(sent.rows, answer["records"], strict=True)):
+        out: list[Any] = list(row)
+        for j, name in enumerate(sent.names):
+            if name in where and sent.unknown[i, j]:
+                out[where[name]] = record.get(name)
+        rows.append(out + [record.get(n) for n in missing])
+    return [*sent.header, *missing], rows
+
+
+_RENDER: dict[str, Callable[[_Sent, dict[str, Any]], Table]] = {"/logprob": _logprob_csv, "/impute": _impute_csv}
+
+
+def _json_records(answer: dict[str, Any]) -> Table | None:
+    """A JSON request's answer as CSV: its records (the model's columns in order), or a bit
+    model's sampled rows under x0..x{D-1}; None where it holds neither (the JSON goes as it is)."""
+    records = answer.get("records")
+    if records:
+        header = list(dict.fromkeys(k for r in records for k in r))
+        return header, [[r.get(k) for k in header] for r in records]
+    samples = answer.get("samples")
+    if samples and isinstance(samples[0], list) and samples[0] and isinstance(samples[0][0], int):
+        return [f"x{j}" for j in range(len(samples[0]))], samples
+    return None
+
+
+class _CsvAnswer:
+    """Turns a route's JSON answer into CSV (render: the header and rows, or None to leave it
+    JSON); error answers, and answers of another type (a PNG), stay as they are."""
+
+    def __init__(
+        self, send: Send, render: Callable[[dict[str, Any]], Table | None], *, escape: bool = True, rows: int = 0
+    ) -> None:
+        self.send, self.render, self.escape, self.rows = send, render, escape, rows
         self.start: Message | None = None
         self.chunks: list[bytes] = []
 
@@ -197,27 +309,27 @@ class _CsvAnswer:
         if message.get("more_body", False):
             return
         body = b"".join(self.chunks)
-        status = self.start["status"]
-        if status != 200:
+        headers = self.start.get("headers", [])
+        json_answer = any(k == b"content-type" and v.startswith(b"application/json") for k, v in headers)
+        payload = None
+        if self.start["status"] == 200 and json_answer:
+            if self.rows > _THREAD_ROWS or len(body) > _THREAD_BYTES:
+                payload = await anyio.to_thread.run_sync(self._csv, body)
+            else:
+                payload = self._csv(body)
+        if payload is None:
             await self.send(self.start)
             await self.send({"type": "http.response.body", "body": body})
             return
-        if len(self.rows) > _THREAD_ROWS:
-            payload = await anyio.to_thread.run_sync(self._csv, body)
-        else:
-            payload = self._csv(body)
-        keep = [(k, v) for k, v in self.start.get("headers", []) if k not in (b"content-type", b"content-length")]
+        keep = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
         await _send(self.send, 200, "text/csv; charset=utf-8", payload, keep)
 
-    def _csv(self, body: bytes) -> bytes:
-        answer = json.loads(body)
-        extra = ["logprob", "exact", "stderr"]
-        scores = zip(answer["logprob"], answer["exact"], answer["stderr"], strict=True)
-        rows = [
-            [*row, lp, str(ex).lower(), "" if se is None else se]
-            for row, (lp, ex, se) in zip(self.rows, scores, strict=True)
-        ]
-        return to_csv([*self.header, *extra], rows, escape=self.escape).encode()
+    def _csv(self, body: bytes) -> bytes | None:
+        table = self.render(json.loads(body))
+        if table is None:
+            return None
+        header, rows = table
+        return to_csv(header, rows, escape=self.escape).encode()
 
 
 async def _send(

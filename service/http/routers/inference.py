@@ -43,6 +43,31 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _csv_body(*options: tuple[str, str, str]) -> dict[str, Any]:
+    """openapi_extra of a route that also reads a CSV body (service.http.csv_records): the
+    text/csv request body and the query parameters that carry a CSV request's options."""
+    model = ("model", "string", "the model (the default model when left out); CSV bodies only")
+    return {
+        "requestBody": {
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "description": "records with a header row, read by the one CSV reader (docs/api.md)",
+                }
+            }
+        },
+        "parameters": [
+            {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
+            for name, kind, text in (model, *options)
+        ],
+    }
+
+
+_SEED = ("seed", "integer", "CSV bodies: the seed of the draws")
+_N_IMPORTANCE = ("n_importance", "integer", "CSV bodies: importance draws per mask")
+_MASKS = ("masks", "string", "CSV bodies: 'all' or a number of masks")
+
+
 def _wants_png(accept: str | None) -> bool:
     """True when the client ranks image/png above JSON (a bare `*/*` keeps JSON)."""
     if not accept:
@@ -62,7 +87,14 @@ def _wants_png(accept: str | None) -> bool:
     return best[1] == "image/png"
 
 
-@router.post("/logprob", responses=ERRORS, response_model_exclude_none=True)
+@router.post(
+    "/logprob",
+    responses=ERRORS,
+    response_model_exclude_none=True,
+    openapi_extra=_csv_body(
+        _SEED, _N_IMPORTANCE, _MASKS, ("explain", "boolean", "CSV bodies: add each column's surprisal")
+    ),
+)
 async def logprob(req: LogProbRequest, dp: DataPlaneDep) -> LogProbResponse:
     """log p(x) per row in nats; missing values (null) summed out."""
     return await dp.logprob(req)
@@ -186,7 +218,12 @@ def _handler_of(app: Any, exc: Exception) -> Callable[[Request, Exception], Awai
     return None
 
 
-@router.post("/conditionals", responses=ERRORS, response_model_exclude_none=True)
+@router.post(
+    "/conditionals",
+    responses=ERRORS,
+    response_model_exclude_none=True,
+    openapi_extra=_csv_body(("mask", "integer", "CSV bodies: the mask k (default 0)")),
+)
 async def conditionals(req: ConditionalsRequest, dp: DataPlaneDep) -> ConditionalsResponse:
     """p(x_d = 1 | the dimensions before d in mask k's ordering), per row and dimension; for a
     table model's records, each column's distribution given the columns before it."""
@@ -219,7 +256,14 @@ async def sample(
     return await dp.sample(req)
 
 
-@router.post("/impute", responses=ERRORS, response_model_exclude_none=True)
+@router.post(
+    "/impute",
+    responses=ERRORS,
+    response_model_exclude_none=True,
+    openapi_extra=_csv_body(
+        _SEED, _N_IMPORTANCE, _MASKS, ("n_samples", "integer", "CSV bodies: completions per record")
+    ),
+)
 async def impute(req: ImputeRequest, dp: DataPlaneDep) -> ImputeResponse:
     """Completions of the missing values (null) given the observed ones, with marginals."""
     return await dp.impute(req)
