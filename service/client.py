@@ -14,6 +14,8 @@ much smaller for large batches.
 Records of a table model are a list of dicts (JSON: a key left out or None is unknown, "NA" is
 absent) or a pandas DataFrame, which goes as the CSV it stands for, so that its empty cells mean
 what an empty cell of a CSV file means (absent where the column can be absent, else unknown).
+`sample_records`/`impute_records(..., as_frame=True)` answer pandas DataFrames, and
+`anomaly_threshold(model, contamination)` is a held-out log p quantile (PyOD's contamination).
 Errors raise MadeAPIError with the server's status, type and one-sentence detail. Pass `http=`
 an httpx client of your own, e.g. `httpx.AsyncClient(transport=httpx.ASGITransport(app))` to
 talk to an app in-process.
@@ -31,6 +33,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
+from made.core.schema import ABSENT_LEVEL
 from made.io.csv import to_csv, value_text
 from service.core.schemas import (
     ConditionalsResponse,
@@ -93,6 +96,12 @@ class _Call(Generic[T]):
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes | None = None  # a body that is not JSON (a DataFrame's CSV)
     params: dict[str, str] | None = None  # the options of a CSV body, in the query string
+    # a request whose answer is only a step (finish's Any): the call it leads to, given that answer
+    then: Callable[[Any], _Call[T]] | None = None
+
+    def next(self, result: Any) -> _Call[T] | None:
+        """The call to send after this one (given this one's result), if any."""
+        return self.then(result) if self.then is not None else None
 
     @property
     def json(self) -> dict[str, Any] | None:
@@ -135,6 +144,32 @@ def _models() -> _Call[ModelsResponse]:
 def _model(name: str) -> _Call[dict[str, Any]]:
     """The manifest of one model."""
     return _Call("GET", f"/models/{name}", _json)
+
+
+def _default_model(response: httpx.Response) -> Any:
+    default = _parsed(ModelsResponse)(response).default
+    if default is None:
+        raise ValueError("the server has no default model; name the model")
+    return default
+
+
+def _anomaly_threshold(model: str | None = None, contamination: float = 0.01) -> _Call[float]:
+    """The log p (nats) below which a share `contamination` of the held-out rows fall, as
+    PyOD's contamination means (the share of rows flagged): the served version's held-out log p
+    quantiles (GET /models/{name}/reference, q = 0, 0.01, ..., 1) interpolated linearly at
+    `contamination`. Flag a record as an anomaly when its log p is below it. Without `model`,
+    the default model's; a version without reference.json raises MadeAPIError (404) naming it."""
+    if not 0 < contamination <= 0.5:
+        raise ValueError(f"contamination is {contamination}; as in PyOD, a share of rows in (0, 0.5]")
+    if model is None:
+        return _Call("GET", "/models", _default_model, then=lambda name: _anomaly_threshold(name, contamination))
+    return _Call("GET", f"/models/{model}/reference", lambda r: threshold_of(_json(r), contamination))
+
+
+def threshold_of(reference: dict[str, Any], contamination: float) -> float:
+    """The log p quantile at `contamination` of a reference.json's 101 held-out quantiles."""
+    quantiles = np.asarray(reference["logprob_quantiles"], dtype=np.float64)
+    return float(np.interp(contamination, np.linspace(0.0, 1.0, len(quantiles)), quantiles))
 
 
 def _metrics() -> _Call[str]:
@@ -277,10 +312,28 @@ def _sample_records(
     seed: int | None = None,
     given: dict[str, Any] | None = None,
     mask: Literal["mixture"] | int = "mixture",
-) -> _Call[list[dict[str, Any]]]:
-    """n sampled records (meeting `given`, {column: value}, when sent)."""
+    as_frame: bool = False,
+) -> _Call[Any]:
+    """n sampled records (meeting `given`, {column: value}, when sent): a list of dicts, or with
+    `as_frame` a pandas DataFrame (absent cells, "NA", as empty cells)."""
     payload = {"model": model, "n": n, "seed": seed, "given": given, "mask": mask, "encoding": "records"}
-    return _Call("POST", "/sample", lambda response: list(_parsed(SampleResponse)(response).records or []), payload)
+
+    def finish(response: httpx.Response) -> Any:
+        records = list(_parsed(SampleResponse)(response).records or [])
+        return _records_frame(records) if as_frame else records
+
+    return _Call("POST", "/sample", finish, payload)
+
+
+def _records_frame(records: Sequence[dict[str, Any]], index: Any = None) -> Any:
+    """Records as a pandas DataFrame, an absent cell ("NA") as an empty one (NaN or None), which
+    is what a DataFrame sent back means by it (absent where the column can be absent)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("as_frame=True needs pandas: pip install pandas") from None
+    rows = [{k: (None if v == ABSENT_LEVEL else v) for k, v in r.items()} for r in records]
+    return pd.DataFrame(rows, index=index)
 
 
 def _impute_records(
@@ -290,11 +343,18 @@ def _impute_records(
     n_samples: int | None = None,
     seed: int | None = None,
     n_importance: int | None = None,
-) -> _Call[ImputeResponse]:
+    as_frame: bool = False,
+) -> _Call[Any]:
     """The records filled in (.records), each unknown column's distribution (.distributions)
-    and n_samples completions per record (.samples)."""
+    and n_samples completions per record (.samples); with `as_frame`, only the filled records,
+    as a pandas DataFrame (with a sent DataFrame's index)."""
     options = {"model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
-    return _records_call("/impute", ImputeResponse, options, records)
+    call: _Call[Any] = _records_call("/impute", ImputeResponse, options, records)
+    if as_frame:
+        index = records.index if _is_frame(records) else None
+        parse = call.finish
+        call.finish = lambda response: _records_frame(parse(response).records or [], index)
+    return call
 
 
 def _conditionals_records(records: Records, *, model: str | None = None, mask: int = 0) -> _Call[ConditionalsResponse]:
@@ -357,6 +417,7 @@ class _Endpoints(Generic[H]):
     readyz = _Endpoint(_readyz)
     models = _Endpoint(_models)
     model = _Endpoint(_model)
+    anomaly_threshold = _Endpoint(_anomaly_threshold)
     metrics = _Endpoint(_metrics)
     logprob = _Endpoint(_logprob)
     conditionals = _Endpoint(_conditionals)
@@ -389,7 +450,9 @@ class MadeClient(_Endpoints[httpx.Client]):
             self.http.close()
 
     def _send(self, call: _Call[T]) -> T:
-        return call.finish(_check(self.http.request(call.method, call.path, **call.send())))
+        result = call.finish(_check(self.http.request(call.method, call.path, **call.send())))
+        follow = call.next(result)
+        return self._send(follow) if follow is not None else result
 
     def healthz(self) -> bool:
         """True when the server answers /healthz with 200."""
@@ -417,7 +480,9 @@ class AsyncMadeClient(_Endpoints[httpx.AsyncClient]):
             await self.http.aclose()
 
     async def _send(self, call: _Call[T]) -> T:
-        return call.finish(_check(await self.http.request(call.method, call.path, **call.send())))
+        result = call.finish(_check(await self.http.request(call.method, call.path, **call.send())))
+        follow = call.next(result)
+        return await self._send(follow) if follow is not None else result
 
     async def healthz(self) -> bool:
         """True when the server answers /healthz with 200."""

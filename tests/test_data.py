@@ -87,7 +87,7 @@ def test_a_name_is_looked_up_in_the_data_directory_given(tmp_path: Path, monkeyp
     with pytest.raises(DataError) as info:
         load_dataset("nosuchset", data_dir=tmp_path)
     assert str(tmp_path / "nosuchset.npz") in str(info.value)
-    # the environment is Settings' to read (made/cli.py passes Settings.data_dir), not made.io.data's
+    # the environment is Settings' to read (made/cli passes Settings.data_dir), not made.io.data's
     monkeypatch.setenv("MADE_DATA_DIR", str(tmp_path))
     assert "MADE_DATA_DIR" in _data_error("toy")
 
@@ -95,16 +95,16 @@ def test_a_name_is_looked_up_in_the_data_directory_given(tmp_path: Path, monkeyp
 def test_made_resolves_a_bare_dataset_name_in_made_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`made train/evaluate --dataset NAME`: the CLI looks NAME up in Settings.data_dir
     (MADE_DATA_DIR) once, so the run records a path and resumes without the variable."""
-    from made.cli import _dataset_path
+    from made.cli.commands import dataset_path
 
     np.savez(tmp_path / "toy.npz", train=_matrix(9, 4, 0), valid=_matrix(3, 4, 1), test=_matrix(3, 4, 2))
     monkeypatch.chdir(tmp_path.parent)
     monkeypatch.setenv("MADE_DATA_DIR", str(tmp_path))
-    assert _dataset_path("toy") == str(tmp_path / "toy.npz")
-    assert _dataset_path("some/file.csv") == "some/file.csv"  # a path stays as given
+    assert dataset_path("toy") == str(tmp_path / "toy.npz")
+    assert dataset_path("some/file.csv") == "some/file.csv"  # a path stays as given
     monkeypatch.delenv("MADE_DATA_DIR")
     with pytest.raises(DataError, match="MADE_DATA_DIR"):
-        _dataset_path("toy")
+        dataset_path("toy")
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

@@ -561,7 +561,7 @@ def test_dockerignore_keeps_the_build_context_to_the_serving_files() -> None:
         assert ignored(path), f"{path} would be sent to the Docker daemon"
     for path in [
         "pyproject.toml",
-        "made/cli.py",
+        "made/cli/__init__.py",
         "service/http/app.py",
         "service/engine/engine.py",
         "model_store/binarized-mnist/2/model.onnx",

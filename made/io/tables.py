@@ -32,7 +32,7 @@ from made.core.schema import (
     Schema,
     transformed,
 )
-from made.io.csv import cell_text, check_header, read_rows, sniff_delimiter, table_cell
+from made.io.csv import UNKNOWN_CELL, cell_text, check_header, read_rows, sniff_delimiter, table_cell
 from made.io.data import SPLITS, dataset_name, resolve, split_files
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
@@ -123,8 +123,9 @@ def _decimals(text: str) -> int | None:
 
 # --- inference -------------------------------------------------------------------------------------
 def infer_column(name: str, cells: list[str], source: str) -> Column:
-    present = [c.strip() for c in cells if c.strip() not in MISSING_CELLS]
-    absent = len(cells) - len(present)
+    # `?` (unknown) is neither a value nor absent: encode_table refuses it, naming its line
+    absent = sum(c.strip() in MISSING_CELLS for c in cells)
+    present = [c.strip() for c in cells if c.strip() not in MISSING_CELLS and c.strip() != UNKNOWN_CELL]
     distinct = sorted(set(present))
     parsed = [_number(c) for c in distinct]
     numbers = [n for n in parsed if n is not None]
@@ -201,6 +202,11 @@ def encode_table(schema: Schema, header: list[str], rows: list[list[str]], lines
             for i, cell in enumerate(cells):
                 where = f"{source} line {lines[i]}"
                 out[i, j] = table_cell(col, cell, where)
+                if math.isnan(out[i, j]) and cell.strip() == UNKNOWN_CELL:
+                    raise DataError(
+                        f"{where}, column '{col.name}' is '?' (unknown): training and evaluation learn from "
+                        "complete rows; fill the cell, drop the row, or leave it empty where the value is absent"
+                    ) from None
                 if math.isnan(out[i, j]):
                     raise DataError(
                         f"{where}, column '{col.name}' is empty, and this column is never absent in the "
@@ -257,7 +263,7 @@ def load_table_dataset(
     if missing:
         raise DataError(
             f"no '{missing[0]}' file found beside {path} (name them like {path.stem}_train"
-            f"{path.suffix}, ..._valid, ..._test)"
+            f"{path.suffix}, ..._valid, ..._test; `made split {path.name}` writes them from one file)"
         )
     read = {s: read_table(files[s]) for s in splits}
     if schema is None:

@@ -1,29 +1,16 @@
-"""The `made` command line: train, export, evaluate, score, serve.
-
-Heavy imports (torch, onnxruntime, fastapi) happen inside each command, so that the serving
-image, which has no torch, can still run `made serve`. Every MadeError ends as one line on
-stderr and exit status 2.
-"""
+"""The `made` command line's parser: one subcommand per command of made.cli.commands, and the
+argument types they share."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import fields
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from made.core.errors import ConfigError, MadeError
-
 if TYPE_CHECKING:
-    from made.core.schema import Schema
-    from made.io.data import Dataset
-    from made.io.tables import TableDataset
-    from training.train import TrainConfig
+    pass
+
+
+from made.cli.commands import cmd_evaluate, cmd_export, cmd_sample, cmd_score, cmd_serve, cmd_split, cmd_train
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -67,170 +54,6 @@ def _masks_arg(text: str) -> str | int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'all' or a mask index, got '{text}'") from None
-
-
-def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = None) -> TrainConfig:
-    """The TrainConfig that `made train` arguments describe (imports torch); with a schema, a
-    model of the table's columns."""
-    from training.model import MADEConfig
-    from training.table_model import TableMADEConfig
-    from training.train import TrainConfig
-
-    connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
-    bits_only = {"--activation": args.activation != "relu", "--init": args.init != "default"}
-    bits_only["--resample-masks"] = args.resample_masks
-    if schema is not None and any(bits_only.values()):
-        flag = next(f for f, used in bits_only.items() if used)
-        raise ConfigError(
-            f"{flag} is for bit data; table models (--schema, --groups, a table) train ReLU units as built"
-        )
-    shape = dict(
-        hidden=args.hidden,
-        n_masks=args.masks,
-        order_agnostic=args.order_agnostic,
-        connectivity_agnostic=connectivity,
-        random_ordering=args.random_ordering,
-        direct=args.direct,
-        mask_seed=args.seed,
-    )
-    model = (
-        MADEConfig(dims=dims, activation=args.activation, init=args.init, **shape)  # type: ignore[arg-type]
-        if schema is None
-        else TableMADEConfig(columns=schema.to_json(), **shape)  # type: ignore[arg-type]
-    )
-    lr = args.lr if args.lr is not None else (1.0 if args.optimizer == "adadelta" else 1e-3)
-    # every other TrainConfig field that `made train` has an option of, as given
-    names = [f.name for f in fields(TrainConfig) if f.name not in ("model", "lr") and hasattr(args, f.name)]
-    return TrainConfig(model=model, lr=lr, **{name: getattr(args, name) for name in names})
-
-
-def training_data(args: argparse.Namespace) -> Dataset | TableDataset:
-    """The data of `made train`'s arguments (made.io.training_data reads it): bits (.npz, CSV of
-    0/1, .amat), bits read as categories (--groups), or a table (a CSV with a header row,
-    Parquet, or any data with --schema)."""
-    from made.core.errors import DataError
-    from made.core.schema import Schema
-    from made.io.training_data import load_training_data
-
-    drop = tuple(c.strip() for c in (args.drop_columns or "").split(",") if c.strip())
-    if args.groups and (args.schema or drop):
-        raise DataError("--groups reads bit data as categories; it does not go with --schema or --drop-columns")
-    schema = Schema.read(args.schema) if args.schema else None
-    return load_training_data(args.dataset, schema=schema, groups=args.groups, drop_columns=drop)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from made.core.masks import validate_architecture
-    from made.io.data import check_image_shape
-    from made.io.tables import TableDataset
-
-    # bad data and impossible architectures are refused before the seconds of importing torch
-    data = training_data(args)
-    validate_architecture(data.dims, args.hidden, args.masks)
-    args.image_shape = check_image_shape(args.image_shape, data.dims) or data.image_shape
-    schema = data.schema if isinstance(data, TableDataset) else None
-    if schema is not None and args.rebinarize:
-        raise ConfigError("--rebinarize is for bit data drawn from grayscale images, not for tables")
-
-    from training.train import Trainer
-
-    cfg = train_config(args, data.dims, schema)
-    cfg.model.mask_set()  # refuse impossible architectures before touching RUN_DIR
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    metrics = Trainer(cfg, args.out, data).run(progress=not args.no_progress)
-    print(json.dumps({k: metrics[k] for k in ("valid_nll", "test_nll", "test_nll_stderr", "best_epoch")}))
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_run, upgrade
-
-    if args.upgrade:
-        for upgraded in upgrade(args.upgrade):
-            print(str(upgraded))
-        return 0
-    if args.reference:
-        return _export_reference(args)
-    if not (args.run_dir and args.store and args.name):
-        raise ConfigError("made export needs a run directory, --store and --name (or --upgrade PATH)")
-    version_dir = export_run(
-        args.run_dir, args.store, args.name, args.version, args.weights, image_shape=args.image_shape
-    )
-    print(str(version_dir))
-    return 0
-
-
-def _export_reference(args: argparse.Namespace) -> int:
-    """`made export --reference DATASET STORE/NAME/VERSION`: reference.json added to a version in
-    place, its held-out log p from the serving engine."""
-    from made.store.versions import add_reference
-    from service.engine.evaluate import version_reference
-    from service.engine.runtime import requested_providers
-    from service.settings import Settings
-
-    if not args.run_dir or args.store or args.name:
-        raise ConfigError("made export --reference DATASET takes one version directory, STORE/NAME/VERSION")
-    settings = Settings()
-    reference = version_reference(
-        args.run_dir,
-        _dataset_path(args.reference),
-        args.reference_split,
-        requested_providers(settings.providers),
-        settings.threads or None,
-    )
-    print(str(add_reference(Path(args.run_dir), reference)))
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from service.engine.evaluate import evaluate_store_model
-    from service.engine.runtime import requested_providers
-    from service.settings import Settings
-
-    settings = Settings()  # MADE_PROVIDERS and MADE_THREADS, as for `made serve`
-    result = evaluate_store_model(
-        args.store,
-        args.name,
-        args.dataset,
-        args.split,
-        args.masks,
-        requested_providers(settings.providers),
-        settings.threads or None,
-    )
-    print(json.dumps(result))
-    return 0
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    from service.batch.score import score_file
-
-    if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
-        logging.getLogger("made.engine").setLevel(logging.WARNING)
-    result = score_file(
-        args.store,
-        args.name,
-        args.input,
-        args.output,
-        version=args.version,
-        conditionals=args.conditionals,
-        batch_size=args.batch_size,
-        ray=args.ray,
-        progress=not args.no_progress,
-        threads=args.threads or None,
-        escape_formulas=not args.no_escape_formulas,
-    )
-    print(json.dumps(result.to_json()))
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from service.http.server import serve
-
-    serve(store=args.store, host=args.host, port=args.port, workers=args.workers)
-    return 0
 
 
 _DATASET_HELP = "an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR"
@@ -450,6 +273,40 @@ def _add_score(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     c.set_defaults(func=cmd_score)
 
 
+def _add_split(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
+    p = sub.add_parser(
+        "split",
+        help="split one table into NAME_train.csv, NAME_valid.csv and NAME_test.csv",
+        formatter_class=_DefaultsFormatter,
+    )
+    p.add_argument("csv", metavar="CSV", help="a table: a CSV with a header row (or Parquet)")
+    p.add_argument("--valid", type=float, default=0.1, help="share of the rows for the validation split")
+    p.add_argument("--test", type=float, default=0.1, help="share of the rows for the test split")
+    p.add_argument("--seed", type=int, default=0, help="which rows go where: same seed, same split")
+    p.add_argument("--out", metavar="DIR", default=None, help="folder of the split files (default: beside CSV)")
+    p.add_argument("--force", action="store_true", help="overwrite split files already there")
+    p.set_defaults(func=cmd_split)
+
+
+def _add_sample(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
+    p = sub.add_parser(
+        "sample", help="draw records from a stored model into a CSV (no server)", formatter_class=_DefaultsFormatter
+    )
+    _add_store_and_name(p)
+    p.add_argument("--version", default=None, help="model version (default: the highest stored)")
+    p.add_argument("--n", type=int, required=True, help="how many records to draw")
+    p.add_argument(
+        "--given",
+        nargs="+",
+        metavar="COLUMN=VALUE",
+        default=None,
+        help="draw records that meet these values (sampled from the model's conditional)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="same seed, same records")
+    p.add_argument("--out", required=True, metavar="PATH", help="a .csv file (written atomically), or - for stdout")
+    p.set_defaults(func=cmd_sample)
+
+
 def _add_serve(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     s = sub.add_parser("serve", help="run the HTTP service", formatter_class=_DefaultsFormatter)
     # defaults None: the service's Settings fill them from MADE_* variables, or their own defaults
@@ -461,46 +318,9 @@ def _add_serve(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="made", description="Train, export, evaluate and serve MADE models.")
+    parser = _OneLineParser(prog="made", description="Train, export, evaluate, sample and serve MADE models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_export, _add_evaluate, _add_score, _add_serve):
+    for add in (_add_train, _add_export, _add_evaluate, _add_score, _add_sample, _add_split, _add_serve):
         add(sub)
     return parser
-
-
-def _dataset_path(dataset: str) -> str:
-    """--dataset as given, or for a bare name that is not a file (`mushrooms`), its path in
-    MADE_DATA_DIR (Settings.data_dir): runs record the path, so a resume needs no variable."""
-    from made.io.data import resolve
-
-    if os.sep in dataset or Path(dataset).suffix or Path(dataset).exists():
-        return dataset
-    from service.settings import load_settings
-
-    return str(resolve(dataset, load_settings().data_dir))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        if args.command in ("train", "evaluate"):
-            args.dataset = _dataset_path(args.dataset)
-        return func(args)
-    except MadeError as exc:
-        print(f"made {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"made {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

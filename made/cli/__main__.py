@@ -1,0 +1,7 @@
+"""`python -m made.cli`: the `made` command."""
+
+import sys
+
+from made.cli import main
+
+sys.exit(main())

@@ -1,0 +1,306 @@
+"""The `made` commands, one function each (`cmd_NAME(args) -> exit status`): the parser
+(made.cli.parser) maps each subcommand to its function.
+
+Heavy imports (torch, onnxruntime, fastapi) happen inside each command, so that the serving
+image, which has no torch, can still run `made serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from made.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from made.core.schema import Schema
+    from made.io.data import Dataset
+    from made.io.tables import TableDataset
+    from training.train import TrainConfig
+
+
+def train_config(args: argparse.Namespace, dims: int, schema: Schema | None = None) -> TrainConfig:
+    """The TrainConfig that `made train` arguments describe (imports torch); with a schema, a
+    model of the table's columns."""
+    from training.model import MADEConfig
+    from training.table_model import TableMADEConfig
+    from training.train import TrainConfig
+
+    connectivity = args.connectivity_agnostic or (args.masks > 1 and not args.order_agnostic)
+    bits_only = {"--activation": args.activation != "relu", "--init": args.init != "default"}
+    bits_only["--resample-masks"] = args.resample_masks
+    if schema is not None and any(bits_only.values()):
+        flag = next(f for f, used in bits_only.items() if used)
+        raise ConfigError(
+            f"{flag} is for bit data; table models (--schema, --groups, a table) train ReLU units as built"
+        )
+    shape = dict(
+        hidden=args.hidden,
+        n_masks=args.masks,
+        order_agnostic=args.order_agnostic,
+        connectivity_agnostic=connectivity,
+        random_ordering=args.random_ordering,
+        direct=args.direct,
+        mask_seed=args.seed,
+    )
+    model = (
+        MADEConfig(dims=dims, activation=args.activation, init=args.init, **shape)  # type: ignore[arg-type]
+        if schema is None
+        else TableMADEConfig(columns=schema.to_json(), **shape)  # type: ignore[arg-type]
+    )
+    lr = args.lr if args.lr is not None else (1.0 if args.optimizer == "adadelta" else 1e-3)
+    # every other TrainConfig field that `made train` has an option of, as given
+    names = [f.name for f in fields(TrainConfig) if f.name not in ("model", "lr") and hasattr(args, f.name)]
+    return TrainConfig(model=model, lr=lr, **{name: getattr(args, name) for name in names})
+
+
+def training_data(args: argparse.Namespace) -> Dataset | TableDataset:
+    """The data of `made train`'s arguments (made.io.training_data reads it): bits (.npz, CSV of
+    0/1, .amat), bits read as categories (--groups), or a table (a CSV with a header row,
+    Parquet, or any data with --schema)."""
+    from made.core.errors import DataError
+    from made.core.schema import Schema
+    from made.io.training_data import load_training_data
+
+    drop = tuple(c.strip() for c in (args.drop_columns or "").split(",") if c.strip())
+    if args.groups and (args.schema or drop):
+        raise DataError("--groups reads bit data as categories; it does not go with --schema or --drop-columns")
+    schema = Schema.read(args.schema) if args.schema else None
+    return load_training_data(args.dataset, schema=schema, groups=args.groups, drop_columns=drop)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from made.core.masks import validate_architecture
+    from made.io.data import check_image_shape
+    from made.io.tables import TableDataset
+
+    # bad data and impossible architectures are refused before the seconds of importing torch
+    _split_single_table(args)
+    data = training_data(args)
+    validate_architecture(data.dims, args.hidden, args.masks)
+    args.image_shape = check_image_shape(args.image_shape, data.dims) or data.image_shape
+    schema = data.schema if isinstance(data, TableDataset) else None
+    if schema is not None and args.rebinarize:
+        raise ConfigError("--rebinarize is for bit data drawn from grayscale images, not for tables")
+
+    from training.train import Trainer
+
+    cfg = train_config(args, data.dims, schema)
+    cfg.model.mask_set()  # refuse impossible architectures before touching RUN_DIR
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    metrics = Trainer(cfg, args.out, data).run(progress=not args.no_progress)
+    print(json.dumps({k: metrics[k] for k in ("valid_nll", "test_nll", "test_nll_stderr", "best_epoch")}))
+    return 0
+
+
+def _split_single_table(args: argparse.Namespace) -> None:
+    """`made train --dataset one.csv`, a table with no split files beside it: split it as `made
+    split` does (seed --seed), or use the split files an earlier call wrote, and train on those."""
+    from made.core.errors import DataError
+    from made.io.data import split_files
+    from made.io.split import split_paths, split_table
+    from made.io.tables import is_table_file
+
+    path = Path(args.dataset)
+    if args.groups or not path.is_file() or split_files(path):
+        return
+    if not (is_table_file(path) or path.suffix == ".parquet"):
+        return
+    targets = split_paths(path)
+    there = [p for p in targets.values() if p.exists()]
+    if there and len(there) < len(targets):
+        raise DataError(f"{there[0]} exists without the other split files; write them with made split --force")
+    if there:
+        print(
+            f"made train: training on the split files of {path.name} beside it ({targets['train'].name}, ...)",
+            file=sys.stderr,
+        )
+    else:
+        split_table(path, seed=args.seed)
+        names = ", ".join(p.name for p in targets.values())
+        print(
+            f"made train: {path.name} has no split files; split it 80/10/10 by seed {args.seed} into {names}",
+            file=sys.stderr,
+        )
+    args.dataset = str(targets["train"])
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run, upgrade
+
+    if args.upgrade:
+        for upgraded in upgrade(args.upgrade):
+            print(str(upgraded))
+        return 0
+    if args.reference:
+        return _export_reference(args)
+    if not (args.run_dir and args.store and args.name):
+        raise ConfigError("made export needs a run directory, --store and --name (or --upgrade PATH)")
+    version_dir = export_run(
+        args.run_dir, args.store, args.name, args.version, args.weights, image_shape=args.image_shape
+    )
+    print(str(version_dir))
+    return 0
+
+
+def _export_reference(args: argparse.Namespace) -> int:
+    """`made export --reference DATASET STORE/NAME/VERSION`: reference.json added to a version in
+    place, its held-out log p from the serving engine."""
+    from made.store.versions import add_reference
+    from service.engine.evaluate import version_reference
+    from service.engine.runtime import requested_providers
+    from service.settings import Settings
+
+    if not args.run_dir or args.store or args.name:
+        raise ConfigError("made export --reference DATASET takes one version directory, STORE/NAME/VERSION")
+    settings = Settings()
+    reference = version_reference(
+        args.run_dir,
+        dataset_path(args.reference),
+        args.reference_split,
+        requested_providers(settings.providers),
+        settings.threads or None,
+    )
+    print(str(add_reference(Path(args.run_dir), reference)))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from service.engine.evaluate import evaluate_store_model
+    from service.engine.runtime import requested_providers
+    from service.settings import Settings
+
+    settings = Settings()  # MADE_PROVIDERS and MADE_THREADS, as for `made serve`
+    result = evaluate_store_model(
+        args.store,
+        args.name,
+        args.dataset,
+        args.split,
+        args.masks,
+        requested_providers(settings.providers),
+        settings.threads or None,
+    )
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from service.batch.score import score_file
+
+    if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
+        logging.getLogger("made.engine").setLevel(logging.WARNING)
+    result = score_file(
+        args.store,
+        args.name,
+        args.input,
+        args.output,
+        version=args.version,
+        conditionals=args.conditionals,
+        batch_size=args.batch_size,
+        ray=args.ray,
+        progress=not args.no_progress,
+        threads=args.threads or None,
+        escape_formulas=not args.no_escape_formulas,
+    )
+    print(json.dumps(result.to_json()))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from made.io.split import split_table
+
+    written = split_table(args.csv, valid=args.valid, test=args.test, seed=args.seed, out=args.out, force=args.force)
+    print(json.dumps({split: str(path) for split, path in written.items()}))
+    return 0
+
+
+def _given_row(schema: Schema, given: list[str]) -> object:
+    """--given COLUMN=VALUE ... -> one row of encoded cells (NaN where not given), each value
+    read as a CSV cell of its column is (made.io.csv.table_cell)."""
+    import numpy as np
+
+    from made.core.errors import DataError
+    from made.io.csv import table_cell
+
+    row = np.full(len(schema), np.nan)
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in schema.names:
+            raise DataError(
+                f"--given {item!r} is not COLUMN=VALUE of a column of the model ({', '.join(schema.names)})"
+            )
+        j = schema.names.index(name.strip())
+        row[j] = table_cell(schema.columns[j], value, f"--given {name.strip()}")
+        if np.isnan(row[j]):
+            raise DataError(f"--given {name.strip()} has no value; leave it out to leave the column free")
+    return row
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """n records drawn by the engine (no server), meeting --given when sent, as CSV."""
+    import numpy as np
+
+    from made.io.atomic import atomic_write_text
+    from made.io.csv import to_csv
+    from made.store.versions import open_model
+    from service.engine.registry import build_engine
+    from service.engine.runtime import requested_providers
+    from service.engine.table_impute import ImpossibleEvidence
+    from service.settings import Settings
+
+    if args.n < 1:
+        raise ConfigError(f"--n is {args.n}; draw at least one record")
+    if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
+        logging.getLogger("made.engine").setLevel(logging.WARNING)
+    settings = Settings()
+    engine = build_engine(
+        open_model(Path(args.store), args.name, args.version),
+        requested_providers(settings.providers),
+        settings.threads or None,
+    )
+    schema = engine.schema
+    if args.given:
+        row = np.asarray(_given_row(schema, args.given))
+        try:
+            result = engine.impute(row[None, :], n_samples=args.n, seed=args.seed, n_importance=max(args.n, 1000))
+        except ImpossibleEvidence as exc:
+            raise ConfigError(f"--given: {exc.reason()}") from None
+        values = result.samples[0]
+    else:
+        values = engine.sample(args.n, args.seed)
+    records = schema.decode_rows(values)
+    text = to_csv(schema.names, ([r.get(c) for c in schema.names] for r in records))
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    atomic_write_text(args.out, text)
+    print(json.dumps({"rows": len(records), "output": args.out, "model": engine.name, "version": engine.version}))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.http.server import serve
+
+    serve(store=args.store, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def dataset_path(dataset: str) -> str:
+    """--dataset as given, or for a bare name that is not a file (`mushrooms`), its path in
+    MADE_DATA_DIR (Settings.data_dir): runs record the path, so a resume needs no variable."""
+    from made.io.data import resolve
+
+    if os.sep in dataset or Path(dataset).suffix or Path(dataset).exists():
+        return dataset
+    from service.settings import load_settings
+
+    return str(resolve(dataset, load_settings().data_dir))

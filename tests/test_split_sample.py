@@ -1,0 +1,142 @@
+"""`made split` (one table -> the train/valid/test files the table loader finds), `made train` on a
+single table (split by itself), and `made sample` (records drawn by the engine into a CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import mixed_rows
+
+from made.cli import main
+from made.io.tables import load_table_dataset, read_table
+from made.store.versions import open_model
+from service.engine.registry import build_engine
+
+HEADER = ["kind", "size", "score", "budget"]
+
+
+def write_table(path: Path, n: int = 200, seed: int = 4) -> Path:
+    rows = mixed_rows(n, seed)
+    path.write_text(",".join(HEADER) + "\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    return path
+
+
+def rows_of(path: Path) -> list[tuple[str, ...]]:
+    header, rows, _ = read_table(path)
+    assert header == HEADER
+    return [tuple(r) for r in rows]
+
+
+def last_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_split_writes_the_files_the_loader_finds_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_table(tmp_path / "shop.csv")
+    assert main(["split", str(source), "--seed", "3"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    parts = {s: rows_of(Path(p)) for s, p in written.items()}
+    assert {s: len(r) for s, r in parts.items()} == {"train": 160, "valid": 20, "test": 20}
+    assert Counter(sum(parts.values(), [])) == Counter(rows_of(source))  # every row once, cells as written
+    data = load_table_dataset(written["train"])  # found by the loader as NAME_train/_valid/_test
+    assert {s: len(a) for s, a in data.splits.items()} == {"train": 160, "valid": 20, "test": 20}
+    # the same seed the same split (with --force); another seed another; --out puts them elsewhere
+    assert main(["split", str(source), "--seed", "3", "--force"]) == 0
+    assert {s: rows_of(Path(p)) for s, p in json.loads(capsys.readouterr().out).items()} == parts
+    (tmp_path / "other").mkdir()
+    argv = ["split", str(source), "--seed", "4", "--valid", "0.2", "--test", "0.05", "--out", str(tmp_path / "other")]
+    assert main(argv) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert Path(other["test"]) == tmp_path / "other" / "shop_test.csv"
+    assert [len(rows_of(Path(other[s]))) for s in ("train", "valid", "test")] == [150, 40, 10]
+    assert set(rows_of(Path(other["test"]))) != set(parts["test"][:10])
+
+
+def test_split_refuses_to_overwrite_and_bad_shares_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_table(tmp_path / "shop.csv")
+    assert main(["split", str(source)]) == 0
+    before = (tmp_path / "shop_valid.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["split", str(source), "--seed", "9"]) == 2
+    assert "shop_train.csv exists; pass --force" in last_line(capsys.readouterr().err)
+    assert (tmp_path / "shop_valid.csv").read_bytes() == before
+    assert main(["split", str(source), "--valid", "0.5", "--test", "0.5", "--force"]) == 2
+    assert "leave no rows to train on" in last_line(capsys.readouterr().err)
+    assert main(["split", str(tmp_path / "shop_train.csv")]) == 2  # its name already holds a split
+    assert "already names a split" in last_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "shop.csv",
+        "shop_test.csv",
+        "shop_train.csv",
+        "shop_valid.csv",
+    ]
+
+
+def test_train_on_one_table_splits_it_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_table(tmp_path / "shop.csv", n=120)
+    args = ["train", "--dataset", str(source), "--hidden", "8", "--max-epochs", "1", "--no-progress", "--seed", "5"]
+    assert main([*args, "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("made train:")]
+    assert err == [
+        "made train: shop.csv has no split files; split it 80/10/10 by seed 5 into shop_train.csv, "
+        "shop_valid.csv, shop_test.csv"
+    ]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == str(tmp_path / "shop_train.csv")
+    # the same split as `made split --seed 5` writes
+    (tmp_path / "again").mkdir()
+    assert main(["split", str(source), "--seed", "5", "--out", str(tmp_path / "again")]) == 0
+    for split in ("train", "valid", "test"):
+        name = f"shop_{split}.csv"
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+        return list(rows[0]), rows
+
+
+def test_sample_writes_the_engines_records_as_csv(
+    tmp_path: Path, table_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sample", "--store", str(table_store), "--name", "mixed", "--n", "40", "--seed", "7"]
+    assert main([*args, "--out", str(tmp_path / "s.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 40
+    header, rows = read_csv(tmp_path / "s.csv")
+    engine = build_engine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], 1)
+    assert header == engine.schema.names
+    want = engine.schema.decode_rows(engine.sample(40, 7))
+    assert rows == [{k: str(v) for k, v in r.items()} for r in want]
+    assert main([*args, "--out", "-"]) == 0  # stdout: the same CSV, nothing else
+    assert capsys.readouterr().out == (tmp_path / "s.csv").read_text()
+    # --given: every record meets it, and the others follow the condition (a 'z' is bigger)
+    assert main([*args, "--n", "200", "--given", "kind=z", "--out", str(tmp_path / "z.csv")]) == 0
+    assert main([*args, "--n", "200", "--given", "kind=x", "--out", str(tmp_path / "x.csv")]) == 0
+    z, x = read_csv(tmp_path / "z.csv")[1], read_csv(tmp_path / "x.csv")[1]
+    assert {r["kind"] for r in z} == {"z"} and {r["kind"] for r in x} == {"x"}
+    assert np.mean([float(r["score"]) for r in z]) > np.mean([float(r["score"]) for r in x]) + 10
+
+
+def test_sample_of_a_model_of_bits_and_its_refusals(
+    tmp_path: Path, tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["sample", "--store", str(tiny_store), "--name", "tiny", "--n", "30"]
+    assert main([*args, "--given", "x0=1", "x3=0", "--out", str(tmp_path / "b.csv")]) == 0
+    header, rows = read_csv(tmp_path / "b.csv")
+    assert header == [f"x{d}" for d in range(8)] and len(rows) == 30
+    assert all(r["x0"] == "1" and r["x3"] == "0" and set(r.values()) <= {"0", "1"} for r in rows)
+    capsys.readouterr()
+    assert main([*args, "--given", "x9=1", "--out", str(tmp_path / "c.csv")]) == 2
+    assert "--given 'x9=1' is not COLUMN=VALUE" in last_line(capsys.readouterr().err)
+    assert main([*args, "--given", "x1=2", "--out", str(tmp_path / "c.csv")]) == 2
+    assert "x1" in last_line(capsys.readouterr().err)
+    assert not (tmp_path / "c.csv").exists()
