@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_npz
 from helpers import app_fixtures, post
 
 from made.core.errors import CheckpointError
 from service.engine import ModelRegistry
 from service.settings import Settings
 from service.testing import InProcessClient, in_process
-from tests.conftest import write_npz
 
 registry, made = app_fixtures("both_store", "cats")
 
@@ -86,3 +86,24 @@ async def test_413_hint_fits_the_body_type(both_store: Path, registry: ModelRegi
         assert r.status_code == 413
         detail = r.json()["detail"]
         assert "x_b64" in detail and "smaller batches" in detail and "CSV" not in detail
+
+
+def test_a_record_naming_no_column_of_a_wide_model_is_answered_in_one_short_sentence() -> None:
+    """A model of 784 bits: the 422 says how many columns there are and where to find them, instead
+    of listing every one; a table model still lists its columns."""
+    store = Path(__file__).resolve().parent.parent / "model_store"
+
+    async def ask() -> tuple[int, dict[str, object], int, dict[str, object]]:
+        async with in_process(Settings(store=store)) as client:
+            await client.wait_ready()
+            bits = await client.http.post("/logprob", json={"model": "binarized-mnist", "records": [{"zz": 1}]})
+            table = await client.http.post("/logprob", json={"model": "diamonds", "records": [{"zz": 1}]})
+            return bits.status_code, bits.json(), table.status_code, table.json()
+
+    import anyio
+
+    status, body, table_status, table_body = anyio.run(ask)
+    detail = str(body["detail"])
+    assert status == 422 and "has no column 'zz'" in detail
+    assert "784 columns (x0, x1, x2, ..., x783; GET /models/NAME lists them)" in detail and len(detail) < 200
+    assert table_status == 422 and "the columns are carat, cut" in str(table_body["detail"])

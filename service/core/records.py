@@ -35,7 +35,7 @@ def parse_records(schema: Schema, records: Any, field: str = "records") -> np.nd
         extra = [k for k in record if k not in known]
         if extra:
             raise InvalidInput(
-                f"{field}[{i}] has no column {extra[0]!r}; the columns are {', '.join(schema.names)}",
+                f"{field}[{i}] has no column {extra[0]!r}; {columns_text(schema)}",
                 loc=(field, i, str(extra[0])),
             )
         for j, col in enumerate(schema.columns):
@@ -127,3 +127,15 @@ def _no_column(schema: Schema, model: str) -> str:
 
 def decode_records(schema: Schema, values: np.ndarray) -> list[dict[str, Any]]:
     return schema.decode_rows(values)
+
+
+LISTED_COLUMNS = 20  # a longer schema (a model of 784 bits) is summarised, not listed
+
+
+def columns_text(schema: Schema) -> str:
+    """The columns a record may name, for an error: all of them, or for a wide schema its size,
+    its first and last names and where to find the rest."""
+    names = schema.names
+    if len(names) <= LISTED_COLUMNS:
+        return f"the columns are {', '.join(names)}"
+    return f"the model has {len(names)} columns ({', '.join(names[:3])}, ..., {names[-1]}; GET /models/NAME lists them)"
