@@ -141,18 +141,18 @@ class Column:
             raise DataError(f"{where}: column '{data['name']}' is malformed: {exc}") from None
 
     # --- cells ----------------------------------------------------------------------------------
-    def encode_cell(self, value: Any, where: str) -> float:
+    def encode_cell(self, value: Any, where: str, *, label: str | None = None) -> float:
         """A cell (a string from a file, or a JSON value) -> its code or value; None -> NaN (unknown).
-        `where` names the row for errors ("row 3")."""
+        `where` names the row for errors ("row 3"), which then name the cell "row 3, column 'x'";
+        `label` names the cell itself instead ("given.x")."""
         if value is None:
             return math.nan
+        at = label or f"{where}, column '{self.name}'"
         if self.kind == "numeric":
-            return self._encode_number(value, where)
+            return self._encode_number(value, at)
         given = value if isinstance(value, str) else _level_text(value)
         if given is None:
-            raise DataError(
-                f"{where}, column '{self.name}': expected one of {_shown_levels(self.levels)}, got {json.dumps(value)}"
-            )
+            raise DataError(f"{at}: expected one of {_shown_levels(self.levels)}, got {json.dumps(value)}")
         text = given.strip()
         if text == "" and ABSENT_LEVEL in self.levels:
             text = ABSENT_LEVEL
@@ -160,38 +160,35 @@ class Column:
             return float(self.levels.index(text))
         except ValueError:
             raise DataError(
-                f"{where}, column '{self.name}': {text!r} is not a level of this column; it has "
-                f"{_shown_levels(self.levels)}"
+                f"{at}: {text!r} is not a level of this column; it has {_shown_levels(self.levels)}"
             ) from None
 
-    def _encode_number(self, value: Any, where: str) -> float:
-        """A numeric column's cell -> its value, or ABSENT for a cell that spells NA."""
+    def _encode_number(self, value: Any, at: str) -> float:
+        """A numeric column's cell -> its value, or ABSENT for a cell that spells NA; `at` names
+        the cell in errors."""
         if isinstance(value, str):
             text = value.strip()
             if text in MISSING_CELLS:
                 if not self.nullable:
                     raise DataError(
-                        f"{where}, column '{self.name}': the value is absent ({value!r}) but this "
-                        "column never is in the training data"
+                        f"{at}: the value is absent ({value!r}) but this column never is in the training data"
                     )
                 return ABSENT
             try:
                 number = float(text)
             except ValueError:
-                raise DataError(f"{where}, column '{self.name}': {value!r} is not a number") from None
+                raise DataError(f"{at}: {value!r} is not a number") from None
         elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise DataError(f"{where}, column '{self.name}': expected a number, got {json.dumps(value)}")
+            raise DataError(f"{at}: expected a number, got {json.dumps(value)}")
         else:
             number = float(value)
         if not math.isfinite(number):
-            raise DataError(f"{where}, column '{self.name}': {number} is not a finite number")
+            raise DataError(f"{at}: {number} is not a finite number")
         if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
-            raise DataError(
-                f"{where}, column '{self.name}': {number:g} is not positive; this column holds positive numbers"
-            )
+            raise DataError(f"{at}: {number:g} is not positive; this column holds positive numbers")
         if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:
             raise DataError(
-                f"{where}, column '{self.name}': {number:g} is too far from this column's values for the "
+                f"{at}: {number:g} is too far from this column's values for the "
                 f"model to read (the network reads (value - {self.loc:g}) / {self.scale:g} as a float32)"
             )
         return number

@@ -25,32 +25,36 @@ def parse_records(schema: Schema, records: Any, field: str = "records") -> np.nd
     """A list of JSON objects -> (N, C) float64 encoded cells, NaN where unknown."""
     if not isinstance(records, list) or not records:
         raise InvalidInput(f"{field} must be a non-empty list of objects keyed by column name", loc=(field,))
-    known = set(schema.names)
     out = np.full((len(records), len(schema)), np.nan)
     for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InvalidInput(
-                f"{field}[{i}] must be an object keyed by column name, got {type(record).__name__}", loc=(field, i)
-            )
-        extra = [k for k in record if k not in known]
-        if extra:
-            raise InvalidInput(
-                f"{field}[{i}] has no column {extra[0]!r}; {columns_text(schema)}",
-                loc=(field, i, str(extra[0])),
-            )
-        for j, col in enumerate(schema.columns):
-            try:
-                out[i, j] = col.encode_cell(record.get(col.name), f"{field}[{i}]")
-            except DataError as exc:
-                raise InvalidInput(str(exc), loc=(field, i, col.name)) from None
+        _encode_record(schema, record, out[i], f"{field}[{i}]", (field, i))
     return out
+
+
+def _encode_record(
+    schema: Schema, record: Any, out: np.ndarray, where: str, loc: tuple[str | int, ...], dotted: bool = False
+) -> None:
+    """One JSON object's cells into `out` (C,); errors name it `where` and its cells
+    "where, column 'x'" (or "where.x" when `dotted`), at `loc` (+ the column)."""
+    if not isinstance(record, dict):
+        raise InvalidInput(f"{where} must be an object keyed by column name, got {type(record).__name__}", loc=loc)
+    known = set(schema.names)
+    extra = [k for k in record if k not in known]
+    if extra:
+        raise InvalidInput(f"{where} has no column {extra[0]!r}; {columns_text(schema)}", loc=(*loc, str(extra[0])))
+    for j, col in enumerate(schema.columns):
+        try:
+            out[j] = col.encode_cell(record.get(col.name), where, label=f"{where}.{col.name}" if dotted else None)
+        except DataError as exc:
+            raise InvalidInput(str(exc), loc=(*loc, col.name)) from None
 
 
 def parse_given(schema: Schema, given: Any, field: str = "given") -> np.ndarray:
     """{column: value} -> one (C,) row of encoded cells, NaN for the columns not given."""
     if not isinstance(given, dict):
         raise InvalidInput(f"{field} must be an object of column: value", loc=(field,))
-    row = parse_records(schema, [given], field)[0]
+    row = np.full(len(schema), np.nan)
+    _encode_record(schema, given, row, field, (field,), dotted=True)  # errors: "given.cut: ..."
     if np.isnan(row).all():
         raise InvalidInput(f"{field} names no value; leave it out to sample without a condition", loc=(field,))
     return row

@@ -27,20 +27,6 @@ from service.settings import Settings
 T = TypeVar("T")
 
 
-def _parse_given(schema: Schema, given: Any) -> np.ndarray:
-    """parse_given with its errors about the one record `given` is: `given.cut: 'Superb' is not a
-    level ...` and loc ("given", "cut"), not given[0]."""
-    try:
-        return parse_given(schema, given)
-    except InvalidInput as exc:
-        message, loc = str(exc), exc.loc
-        if loc[:2] != ("given", 0):
-            raise
-        if len(loc) > 2:
-            message = message.replace(f"given[0], column '{loc[2]}'", f"given.{loc[2]}", 1)
-        raise InvalidInput(message.replace("given[0]", "given"), loc=("given", *loc[2:])) from None
-
-
 class TablePlane(Codec):
     """Records in, records and column distributions out, for one DataPlane (see Codec); a
     request that sent no seed gets one of new_seed."""
@@ -215,7 +201,7 @@ class TablePlane(Codec):
             )
         if mask is not None:
             raise InvalidInput("given samples from the mixture of every mask; leave mask out", loc=("mask",))
-        row = _parse_given(engine.schema, req.given)
+        row = parse_given(engine.schema, req.given)
         n_importance = max(req.n, 1000)
         self._impute_work(engine, row[None, :], req.n, n_importance, ("n",))
         try:
