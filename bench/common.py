@@ -139,3 +139,45 @@ def model_options(parser: argparse.ArgumentParser, data: Path) -> None:
     parser.add_argument("--store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--name", default="binarized-mnist")
     parser.add_argument("--data", type=Path, default=data)
+
+
+# --- documents written by several scripts --------------------------------------------------------
+def _sections(lines: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """A markdown document's lines before its first `## ` heading, and its (heading, body) sections."""
+    head: list[str] = []
+    parts: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith("## "):
+            parts.append((line[3:].strip(), []))
+        elif parts:
+            parts[-1][1].append(line)
+        else:
+            head.append(line)
+    return head, parts
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
+        start += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return lines[start:end]
+
+
+def write_sections(path: Path, generated: list[str]) -> None:
+    """Write `generated` (markdown lines) into the document at `path`, replacing the `## `
+    sections it has and the preamble if it has one, and keeping every other section where it is:
+    docs/tables.md is written by bench/tables.py, bench/train_cost.py and by hand, each owning
+    its sections. New sections go at the end. Replaced atomically."""
+    new_head, new_parts = _sections(generated)
+    old_head, old_parts = _sections(path.read_text().splitlines() if path.exists() else [])
+    fresh = dict(new_parts)
+    parts = [(h, fresh.pop(h, body)) for h, body in old_parts]
+    parts += [(h, body) for h, body in new_parts if h in fresh]
+    out = [*_trimmed(new_head if _trimmed(new_head) else old_head), ""]
+    for heading, body in parts:
+        out += [f"## {heading}", "", *_trimmed(body), ""]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(out))
+    tmp.replace(path)

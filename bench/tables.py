@@ -28,7 +28,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import MADE, RUNS, data_dir, finished_metrics, fresh_run, made_train, train_args  # noqa: E402
+from bench.common import (  # noqa: E402
+    MADE,
+    RUNS,
+    data_dir,
+    finished_metrics,
+    fresh_run,
+    made_train,
+    train_args,
+    write_sections,
+)
 
 DATA = data_dir()
 DOC = ROOT / "docs" / "tables.md"
@@ -235,7 +244,7 @@ def write_doc(results: dict[str, dict], baselines: dict[str, tuple[float, float]
         )
     hardware = next((r["metrics"].get("hardware") for r in results.values() if r.get("metrics")), "")
     lines += ["", f"Hardware: {hardware}; runs shared the machine with other work, so times are upper bounds.", ""]
-    DOC.write_text("\n".join(lines))
+    write_sections(DOC, lines)  # its own sections; bench/train_cost.py's and hand-written ones stay
 
 
 def main() -> int:

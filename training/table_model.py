@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN
+from made.core.bounds import bounds_y
+from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN, bounded_bins
 from made.core.masks import build_direct_mask, build_masks
-from made.core.schema import ABSENT, Schema, bin_edges, bin_width, input_value
+from made.core.schema import ABSENT, Column, Schema, input_value
 from training.model import MaskedConfig, MaskedNetwork
+from training.table_heads import ColumnHeads, EncodedRows
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TableMADE(MaskedNetwork):
         )
         self.direct = nn.Linear(self.schema.n_in, self.schema.n_out, bias=False) if config.direct else None
         self._mask_cache: dict[int, list[torch.Tensor]] = {}
+        self.heads = ColumnHeads(self.schema)  # the columns' heads, grouped (training/table_heads.py)
 
     output_degrees: torch.Tensor
     column_degrees: torch.Tensor
@@ -87,12 +90,23 @@ class TableMADE(MaskedNetwork):
     # forward (network inputs (N, U_in) -> every column's parameters (N, U_out)), mixture_log_prob
     # and the mask cache come from MaskedNetwork
 
-    def column_logliks(self, values: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
-        """(N, C) log p_k(x_c | the columns before c in ordering k)."""
+    def encode(self, values: torch.Tensor | np.ndarray) -> EncodedRows:
+        """Rows encoded once for the heads (network inputs, bins, ...): pass them to log_prob in
+        place of the values to skip that work per minibatch and per mask."""
+        return self.heads.encode(values)
+
+    def column_logliks(self, values: torch.Tensor | EncodedRows, mask_index: int = 0) -> torch.Tensor:
+        """(N, C) log p_k(x_c | the columns before c in ordering k), by the grouped heads."""
+        rows = values if isinstance(values, EncodedRows) else self.encode(values)
+        params = self(rows.inputs, mask_index)
+        return self.heads.logliks(params, rows, self._column_loglik)
+
+    def column_logliks_per_column(self, values: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+        """column_logliks by the per-column reference heads, one column at a time."""
         params = self(self.inputs(values), mask_index)
         return torch.stack([self._column_loglik(j, params, values[:, j]) for j in range(len(self.schema))], dim=1)
 
-    def log_prob(self, values: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
+    def log_prob(self, values: torch.Tensor | EncodedRows, mask_index: int = 0) -> torch.Tensor:
         return self.column_logliks(values, mask_index).sum(dim=1)
 
     def _column_loglik(self, j: int, params: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -115,16 +129,12 @@ class TableMADE(MaskedNetwork):
             jac = -math.log(col.scale) - (torch.from_numpy(np.log(vals)).float() if col.transform == "log" else 0.0)
             ll = torch.logsumexp(log_w + log_pdf, dim=1) + jac
         else:
-            lo, hi = bin_edges(col, vals)
-            width = torch.from_numpy(bin_width(col, vals)).float()[:, None]
+            lo, hi, width_np = bounded_bins(col, vals)
+            width = torch.from_numpy(width_np).float()[:, None]
             lo_t, hi_t = torch.from_numpy(lo).float()[:, None], torch.from_numpy(hi).float()[:, None]
-            inv_s = torch.exp(-log_s)
-            log_mass = (
-                F.logsigmoid((hi_t - mu) * inv_s)
-                + F.logsigmoid(-(lo_t - mu) * inv_s)
-                + torch.log(-torch.expm1(-width * inv_s))
-            )
-            ll = torch.logsumexp(log_w + log_mass, dim=1)
+            ll = torch.logsumexp(log_w + _interval_log_mass(lo_t, hi_t, width, mu, log_s), dim=1)
+        if col.bounded:
+            ll = ll - _log_mass_in_bounds(col, log_w, mu, log_s)
         if col.nullable:
             a = p[:, 0]
             return torch.where(absent, F.logsigmoid(a), F.logsigmoid(-a) + ll)
@@ -146,3 +156,26 @@ class TableMADE(MaskedNetwork):
             elif col.nullable:
                 p = float(np.clip((codes == ABSENT).mean(), 1e-3, 1 - 1e-3))
                 bias[start] = math.log(p / (1 - p))
+
+
+def _interval_log_mass(
+    lo: torch.Tensor, hi: torch.Tensor, width: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor
+) -> torch.Tensor:
+    """(N, M) log of each logistic component's mass on [lo, hi] (made.core.heads' formula); an
+    infinite edge or width contributes its limit 0 without computing inf * 0 (a NaN gradient)."""
+    inv_s = torch.exp(-log_s)
+    top, bottom, wide = hi == math.inf, lo == -math.inf, width == math.inf
+    upper = torch.where(top, 0.0, F.logsigmoid((torch.where(top, 0.0, hi) - mu) * inv_s))
+    lower = torch.where(bottom, 0.0, F.logsigmoid(-(torch.where(bottom, 0.0, lo) - mu) * inv_s))
+    gap = torch.where(wide, 0.0, torch.log(-torch.expm1(-torch.where(wide, 1.0, width) * inv_s)))
+    return upper + lower + gap
+
+
+def _log_mass_in_bounds(col: Column, log_w: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
+    """(N,) log of the mixture's mass inside a bounded column's bounds: the normaliser of its
+    truncated head (made.core.heads.log_mass_in_bounds), so that training fits the model that
+    serving reads."""
+    lo, hi = bounds_y(col)
+    full = torch.full((1, 1), 1.0, dtype=mu.dtype)
+    mass = _interval_log_mass(full * lo, full * hi, full * (hi - lo), mu, log_s)
+    return torch.logsumexp(log_w + mass, dim=1)

@@ -93,10 +93,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = train_config(args, data.dims, schema)
     cfg.model.mask_set()  # refuse impossible architectures before touching RUN_DIR
-    if args.threads:
+    if isinstance(data, TableDataset) and not args.groups:  # a table's columns (not bits read as categories)
+        from made.cli.schema_cmd import print_schema
+
+        origin = f"from {args.schema}" if args.schema else "inferred from the training split; edit it with made schema"
+        print_schema(data.schema, data.notes, origin, "made train")
+    if args.threads or schema is not None:
         import torch
 
-        torch.set_num_threads(args.threads)
+        # a table model's small matrices gain little from more threads and lose much on a busy
+        # machine (docs/tables.md "Training cost"): one, unless --threads says otherwise
+        torch.set_num_threads(args.threads or 1)
     metrics = Trainer(cfg, args.out, data).run(progress=not args.no_progress)
     print(json.dumps({k: metrics[k] for k in ("valid_nll", "test_nll", "test_nll_stderr", "best_epoch")}))
     return 0
@@ -140,6 +147,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.upgrade:
         for upgraded in upgrade(args.upgrade):
             print(str(upgraded))
+        return 0
+    if args.bounds:
+        from made.cli.schema_cmd import export_bounds
+
+        if not args.run_dir or args.store or args.name or args.reference:
+            raise ConfigError("made export --bounds DATASET takes one version directory, STORE/NAME/VERSION")
+        print(str(export_bounds(Path(args.run_dir), dataset_path(args.bounds))))
         return 0
     if args.reference:
         return _export_reference(args)

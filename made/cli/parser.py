@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 
 from made.cli.commands import cmd_evaluate, cmd_export, cmd_sample, cmd_score, cmd_serve, cmd_split, cmd_train
+from made.cli.report_cmd import add_report
+from made.cli.schema_cmd import cmd_schema
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -84,13 +86,16 @@ def _add_train(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     t.add_argument(
         "--max-epochs",
         type=int,
-        default=200,
-        help="at most this many epochs (early stopping may end sooner); the progress shows the time left",
+        default=None,
+        help="at most this many epochs (early stopping may end sooner; below 1,000 training rows, as many as make "
+        "10,000 updates); the progress shows the time left (default: 200)",
     )
     _add_architecture(t)
     _add_optimizer(t)
     _add_train_data(t)
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: 1 for a table, torch's default for bit data)"
+    )
     t.add_argument(
         "--no-progress",
         action="store_true",
@@ -132,7 +137,12 @@ def _add_architecture(t: argparse.ArgumentParser) -> None:
 
 def _add_optimizer(t: argparse.ArgumentParser) -> None:
     """`made train`'s options of the optimizer, its rate and early stopping."""
-    t.add_argument("--batch-size", type=int, default=100, help="rows per minibatch")
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows per minibatch (below 1,000 training rows: a tenth of them, 8 at least) (default: 100)",
+    )
     t.add_argument(
         "--optimizer",
         choices=["adam", "adamw", "adagrad", "adadelta", "sgd"],
@@ -145,7 +155,13 @@ def _add_optimizer(t: argparse.ArgumentParser) -> None:
     t.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (decoupled with adamw)")
     t.add_argument("--lr-step", type=int, default=0, help="decay the learning rate every N epochs")
     t.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-step decay")
-    t.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping patience in epochs (below 1,000 training rows, as many as make 1,000 updates) "
+        "(default: 20)",
+    )
 
 
 def _add_train_data(t: argparse.ArgumentParser) -> None:
@@ -161,7 +177,8 @@ def _add_train_data(t: argparse.ArgumentParser) -> None:
         "--schema",
         metavar="FILE",
         default=None,
-        help="a table's columns as JSON (the manifest's 'columns' format), instead of inferring them",
+        help="a table's columns as JSON (the manifest's 'columns' format, as `made schema CSV` writes it), "
+        "instead of inferring them",
     )
     t.add_argument(
         "--groups",
@@ -200,6 +217,13 @@ def _add_export(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     )
     e.add_argument(
         "--reference-split", default="test", choices=["valid", "test"], help="the held-out split of --reference"
+    )
+    e.add_argument(
+        "--bounds",
+        metavar="DATASET",
+        default=None,
+        help="add bounds to the numeric columns of the version directory STORE/NAME/VERSION in place, inferred "
+        "from this data set's training split as made train infers them (then rerun --reference)",
     )
     e.add_argument("--version", default=None, help="default: one more than the highest stored")
     e.add_argument(
@@ -307,6 +331,18 @@ def _add_sample(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     p.set_defaults(func=cmd_sample)
 
 
+def _add_schema(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
+    p = sub.add_parser(
+        "schema",
+        help="infer a table's schema (kinds, levels, bounds, resolution) as JSON, to edit and pass to train --schema",
+        formatter_class=_DefaultsFormatter,
+    )
+    p.add_argument("csv", metavar="CSV", help="a table: a CSV with a header row (or Parquet), e.g. its training split")
+    p.add_argument("--out", metavar="PATH", default=None, help="the JSON file to write (atomically; default: stdout)")
+    p.add_argument("--drop-columns", metavar="A,B", default=None, help="columns to leave out (e.g. free text)")
+    p.set_defaults(func=cmd_schema)
+
+
 def _add_serve(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     s = sub.add_parser("serve", help="run the HTTP service", formatter_class=_DefaultsFormatter)
     # defaults None: the service's Settings fill them from MADE_* variables, or their own defaults
@@ -321,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="made", description="Train, export, evaluate, sample and serve MADE models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_export, _add_evaluate, _add_score, _add_sample, _add_split, _add_serve):
+    for add in (
+        _add_train,
+        _add_export,
+        _add_evaluate,
+        _add_score,
+        _add_sample,
+        _add_split,
+        _add_schema,
+        add_report,
+        _add_serve,
+    ):
         add(sub)
     return parser

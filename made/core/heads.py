@@ -9,12 +9,20 @@ Numeric columns are a mixture of logistics over the standardised value y. A valu
   log(σ(a_hi) - σ(a_lo)) = log σ(a_hi) + log σ(-a_lo) + log(1 - exp(-(a_hi - a_lo))),
 with a = (edge - μ) / s and the bin's width taken from float64 edges, so that even bins far
 below float32 resolution (a budget in dollars) keep a finite, exact-in-the-limit mass.
+
+A column with bounds (made.core.schema.bounds_y) has a TRUNCATED mixture: its density (or its
+bins, cut to the bounds) divided by the mixture's mass inside them,
+  log p = log p_untruncated - log mass_in_bounds,
+so that it integrates (sums over the bins) to 1 over the bounds and to nothing outside; it is
+sampled by the inverse CDF within them. The same network, read this way, is a model that never
+leaves the bounds. A column without bounds takes the untruncated paths exactly as before.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from made.core.bounds import bounds_y, value_bounds
 from made.core.numerics import log_sigmoid
 from made.core.schema import (
     ABSENT,
@@ -48,21 +56,81 @@ def mixture(col: Column, p: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, 
     return absent, log_w, mu, log_s
 
 
+def bounded_bins(col: Column, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bin_edges and bin_width of values recorded to `decimals` places, each bin cut to bounds_y
+    (a value at a bound whose bin reaches past it, or a value off the grid): (lo, hi, width) in
+    y. Unbounded columns get bin_edges and bin_width as they are."""
+    lo, hi = bin_edges(col, values)
+    width = bin_width(col, values)
+    if not col.bounded:
+        return lo, hi, width
+    b_lo, b_hi = bounds_y(col)
+    cut = (lo < b_lo) | (hi > b_hi)
+    lo, hi = np.maximum(lo, b_lo), np.minimum(hi, b_hi)
+    with np.errstate(invalid="ignore"):
+        width = np.where(cut, np.maximum(hi - lo, 0.0), width)
+    return lo, hi, width
+
+
+def _interval_log_mass(
+    lo: np.ndarray, hi: np.ndarray, width: np.ndarray, mu: np.ndarray, inv_s: np.ndarray
+) -> np.ndarray:
+    """(N, M) log of each logistic component's mass on [lo, hi] (y units, width = hi - lo kept
+    exact where the edges are too close to subtract): log σ(a_hi) + log σ(-a_lo) + log(1 -
+    exp(-(a_hi - a_lo))), finite far in either tail; -inf for an empty interval."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        a_hi, a_lo = (hi - mu) * inv_s, (lo - mu) * inv_s
+        return log_sigmoid(a_hi) + log_sigmoid(-a_lo) + np.log(-np.expm1(-width * inv_s))
+
+
+def interval_log_mass(lo: np.ndarray, hi: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> np.ndarray:
+    """Each logistic component's log mass on [lo, hi] (y units, broadcast against mu and log_s;
+    -inf/inf ends allowed, -inf for an empty interval): the untruncated pieces that truncated
+    quantiles, moments and integrals (service.engine.table_explain) are built from."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        width = hi - lo
+    return _interval_log_mass(lo, hi, width, mu, np.exp(-np.asarray(log_s, dtype=np.float64)))
+
+
+def component_log_mass(col: Column, mu: np.ndarray, log_s: np.ndarray) -> np.ndarray:
+    """(N, M) log of each component's mass inside the column's bounds (zeros without bounds)."""
+    if not col.bounded:
+        return np.zeros_like(np.asarray(mu, dtype=np.float64))
+    lo, hi = bounds_y(col)
+    edges = np.array([lo, hi, hi - lo])
+    return _interval_log_mass(edges[0:1], edges[1:2], edges[2:3], mu, np.exp(-log_s))
+
+
+def log_mass_in_bounds(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> np.ndarray:
+    """(N,) log of the untruncated mixture's mass inside the column's bounds, the normaliser of
+    its truncated head (zeros without bounds)."""
+    if not col.bounded:
+        return np.zeros(len(log_w))
+    return np.logaddexp.reduce(log_w + component_log_mass(col, mu, log_s), axis=1)
+
+
 def value_loglik(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(N,) log probability (of the rounding bin) or log density of present numeric values."""
+    """(N,) log probability (of the rounding bin) or log density of present numeric values,
+    under the truncated mixture where the column has bounds (-inf outside them)."""
     v = np.asarray(values, dtype=np.float64)[:, None]
     inv_s = np.exp(-log_s)
     if col.decimals is None:
-        z = (standardise(col, v) - mu) * inv_s
+        y = standardise(col, v)
+        z = (y - mu) * inv_s
         log_pdf = -z - log_s - 2.0 * np.logaddexp(0.0, -z)
         jacobian = -np.log(col.scale) - (transformed(col, v) if col.transform == "log" else 0.0)
-        return np.logaddexp.reduce(log_w + log_pdf, axis=1) + np.ravel(jacobian)
-    lo, hi = bin_edges(col, v)
-    width = bin_width(col, v)  # inf where the bin starts at -inf
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        a_hi, a_lo = (hi - mu) * inv_s, (lo - mu) * inv_s
-        log_mass = log_sigmoid(a_hi) + log_sigmoid(-a_lo) + np.log(-np.expm1(-width * inv_s))
-    return np.logaddexp.reduce(log_w + log_mass, axis=1)
+        out = np.logaddexp.reduce(log_w + log_pdf, axis=1) + np.ravel(jacobian)
+        if not col.bounded:
+            return out
+        lo, hi = bounds_y(col)
+        inside = (y[:, 0] >= lo) & (y[:, 0] <= hi)
+        return np.where(inside, out - log_mass_in_bounds(col, log_w, mu, log_s), -np.inf)
+    lo_e, hi_e, width = bounded_bins(col, v)  # width inf where the bin starts at -inf
+    out = np.logaddexp.reduce(log_w + _interval_log_mass(lo_e, hi_e, width, mu, inv_s), axis=1)
+    if not col.bounded:
+        return out
+    return out - log_mass_in_bounds(col, log_w, mu, log_s)
 
 
 def column_loglik(col: Column, p: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -104,15 +172,47 @@ def sample_column(col: Column, p: np.ndarray, u: np.ndarray) -> np.ndarray:
         code = (np.cumsum(probs, axis=1) <= u[:, :1]).sum(axis=1)
         return np.minimum(code, probs.shape[1] - 1).astype(np.float64)
     absent_logit, log_w, mu, log_s = mixture(col, p)
-    w = np.exp(log_w)
-    comp = np.minimum((np.cumsum(w, axis=1) <= u[:, 1:2]).sum(axis=1), w.shape[1] - 1)
-    rows = np.arange(len(u))
-    q = np.clip(u[:, 2], 1e-12, 1 - 1e-12)
-    y = mu[rows, comp] + np.exp(log_s[rows, comp]) * (np.log(q) - np.log1p(-q))
-    with np.errstate(over="ignore"):
-        values = round_to_precision(col, unstandardise(col, y))
-    if col.transform == "log":
-        values = np.maximum(values, 0.0)
+    if col.bounded:
+        values = _sample_truncated(col, log_w, mu, log_s, u)
+    else:
+        w = np.exp(log_w)
+        comp = np.minimum((np.cumsum(w, axis=1) <= u[:, 1:2]).sum(axis=1), w.shape[1] - 1)
+        rows = np.arange(len(u))
+        q = np.clip(u[:, 2], 1e-12, 1 - 1e-12)
+        y = mu[rows, comp] + np.exp(log_s[rows, comp]) * (np.log(q) - np.log1p(-q))
+        with np.errstate(over="ignore"):
+            values = round_to_precision(col, unstandardise(col, y))
+        if col.transform == "log":
+            values = np.maximum(values, 0.0)
     if absent_logit is not None:
         values = np.where(u[:, 0] < 1.0 / (1.0 + np.exp(-absent_logit)), ABSENT, values)
     return values
+
+
+def _sample_truncated(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(N,) present values of a bounded column drawn from its truncated mixture: a component
+    by its weight times its mass inside the bounds (u[:, 1]), then that component's inverse CDF
+    within them (u[:, 2]), in log space on both sides,
+      y = μ + s (log F - log S),  F = σ(a_lo) + q M,  S = σ(-a_hi) + (1 - q) M  (F + S = 1),
+    so that a component whose mass lies far outside the bounds still gives a draw inside them;
+    rounded to the column's precision and kept within its value bounds."""
+    lo, hi = bounds_y(col)
+    comp_mass = component_log_mass(col, mu, log_s)  # (N, M)
+    with np.errstate(invalid="ignore"):
+        log_wt = log_w + comp_mass
+        log_wt = log_wt - np.logaddexp.reduce(log_wt, axis=1, keepdims=True)
+    w = np.exp(np.where(np.isnan(log_wt), -np.inf, log_wt))
+    comp = np.minimum((np.cumsum(w, axis=1) <= u[:, 1:2]).sum(axis=1), w.shape[1] - 1)
+    rows = np.arange(len(u))
+    m, ls, mass = mu[rows, comp], log_s[rows, comp], comp_mass[rows, comp]
+    q = np.clip(u[:, 2], 1e-12, 1 - 1e-12)
+    inv_s = np.exp(-ls)
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_f = np.logaddexp(log_sigmoid((lo - m) * inv_s), np.log(q) + mass)
+        log_surv = np.logaddexp(log_sigmoid(-(hi - m) * inv_s), np.log1p(-q) + mass)
+        y = m + np.exp(ls) * (log_f - log_surv)
+    y = np.where(np.isnan(y), np.clip(m, lo, hi), np.clip(y, lo, hi))  # a component with no mass inside
+    b_lo, b_hi = value_bounds(col)
+    with np.errstate(over="ignore"):
+        values = round_to_precision(col, unstandardise(col, y))
+    return np.clip(values, max(b_lo, 0.0) if col.transform == "log" else b_lo, b_hi)

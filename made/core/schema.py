@@ -12,7 +12,10 @@ Kinds and their units (inputs -> outputs):
   "absent" when nullable, then a mixture of `components` logistics over y (weight logits, means,
   log scales). A number recorded to `decimals` places gets the probability of its rounding bin
   [v - r/2, v + r/2] (r = 10^-decimals), so repeated values (counts, x = 0) have bounded
-  likelihoods; `decimals` None is a density.
+  likelihoods; `decimals` None is a density. Optional bounds `lower`/`upper` (in the column's
+  own units, before any transform) truncate the mixture: its mass inside them is renormalised to
+  1, so the model gives no probability outside them (see made.core.heads; docs/tables.md,
+  "Bounds, precision and the schema"). A schema without them keeps the unbounded mixture.
 
 Cells a training table leaves empty or `NA` are data, not gaps: a categorical column gets a level
 "NA", a numeric column is nullable. Encoded tables are float64 (N, C) arrays: the level code of a
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from made.core.bounds import check_bounds, check_in_bounds, value_bounds
 from made.core.errors import DataError
 
 KINDS = ("binary", "categorical", "numeric")
@@ -59,6 +63,8 @@ class Column:
     components: int = 0
     bits: tuple[int, ...] = ()  # grouped bit data: the one-hot bit columns this column stands for
     none_level: bool = False  # grouped bit data: the last level is "no bit set"
+    lower: float | None = None  # numeric only: the smallest value the column can hold (None: no bound)
+    upper: float | None = None  # numeric only: the largest
 
     def __post_init__(self) -> None:
         where = f"column '{self.name}'"
@@ -79,6 +85,14 @@ class Column:
                 raise DataError(f"{where}: a numeric column needs at least 1 mixture component")
             if self.decimals is not None and not -12 <= self.decimals <= 12:
                 raise DataError(f"{where}: decimals must be an integer in -12..12 or null")
+            check_bounds(self, where)
+        elif self.lower is not None or self.upper is not None:
+            raise DataError(f"{where}: only a numeric column has bounds (lower, upper)")
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the column's mixture is truncated (a numeric column with a lower or upper bound)."""
+        return self.lower is not None or self.upper is not None
 
     @property
     def n_in(self) -> int:
@@ -111,6 +125,8 @@ class Column:
                 nullable=self.nullable,
                 components=self.components,
             )
+            # only where set: a schema without bounds reads and writes as before them
+            out.update({k: v for k, v in (("lower", self.lower), ("upper", self.upper)) if v is not None})
         if self.bits:
             out.update(bits=list(self.bits), none_level=self.none_level)
         return out
@@ -136,6 +152,8 @@ class Column:
                 components=int(data.get("components", DEFAULT_COMPONENTS if data.get("kind") == "numeric" else 0)),
                 bits=tuple(int(b) for b in data.get("bits", ())),
                 none_level=bool(data.get("none_level", False)),
+                lower=None if data.get("lower") is None else float(data["lower"]),
+                upper=None if data.get("upper") is None else float(data["upper"]),
             )
         except (TypeError, ValueError) as exc:
             raise DataError(f"{where}: column '{data['name']}' is malformed: {exc}") from None
@@ -184,6 +202,8 @@ class Column:
             number = float(value)
         if not math.isfinite(number):
             raise DataError(f"{at}: {number} is not a finite number")
+        if self.bounded:
+            check_in_bounds(self, number, at)
         if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
             raise DataError(f"{at}: {number:g} is not positive; this column holds positive numbers")
         if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:
@@ -448,11 +468,16 @@ def value_range(col: Column) -> tuple[float, float]:
     """The smallest and largest present value of a numeric column that encode_cell takes back and
     the network reads: a log-transformed column's values in [0, float64's largest]; a plain
     column's within FLOAT32_MAX of loc in units of its scale (a hair inside it, so that the
-    bound survives rounding)."""
+    bound survives rounding); and within the column's bounds where it has them."""
     if col.transform == "log":
-        return 0.0, FLOAT64_MAX
-    reach = col.scale * FLOAT32_MAX * (1.0 - 1e-6)
-    return max(col.loc - reach, -FLOAT64_MAX), min(col.loc + reach, FLOAT64_MAX)
+        lo, hi = 0.0, FLOAT64_MAX
+    else:
+        reach = col.scale * FLOAT32_MAX * (1.0 - 1e-6)
+        lo, hi = max(col.loc - reach, -FLOAT64_MAX), min(col.loc + reach, FLOAT64_MAX)
+    if col.bounded:  # within the column's bounds too (a bounded column's draws are already)
+        b_lo, b_hi = value_bounds(col)
+        lo, hi = max(lo, b_lo), min(hi, b_hi)
+    return lo, hi
 
 
 def drawn_in_range(col: Column, values: np.ndarray) -> np.ndarray:

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from made.core.bounds import bounds_y
 from made.core.errors import InvalidInput
-from made.core.heads import column_loglik, level_probs, mixture
+from made.core.heads import (
+    column_loglik,
+    component_log_mass,
+    interval_log_mass,
+    level_probs,
+    log_mass_in_bounds,
+    mixture,
+)
 from made.core.numerics import log_sigmoid, logmeanexp
 from made.core.schema import ABSENT, Column, drawn_in_range, input_value, round_to_precision, unstandardise
 from service.engine.cancel import checkpoint
@@ -79,10 +87,13 @@ def _log_numeric_normaliser(
       - the mass beyond either end of the grid times g at that end;
       - a component narrower than the spacing on its own grid of GIVEN_LOCAL scales.
     g reads x_c' unrounded: for a column recorded to `decimals` places, the sum over rounding
-    bins is the integral to O(bin width^2)."""
+    bins is the integral to O(bin width^2). A bounded column's conditional is truncated
+    (made.core.heads): the grid, the tails and the narrow components' nodes stay within
+    bounds_y, and the integral is divided by the mixture's mass inside them."""
     col = engine.schema.columns[c]
     n = len(values)
     priors = [mixture(col, engine.column_params(p, c)) for p in params]
+    log_mass = [log_mass_in_bounds(col, log_w, mu, log_s) for _, log_w, mu, log_s in priors]
     lo, hi, nodes = _grid(col, priors, values[:, c])
     local_w = np.full(len(GIVEN_LOCAL), np.log(GIVEN_LOCAL[1] - GIVEN_LOCAL[0]))
     local_w[[0, -1]] += np.log(0.5)
@@ -112,28 +123,77 @@ def _log_numeric_normaliser(
             log_pdf = np.logaddexp.reduce(
                 wide_w[:, None, :] + log_sigmoid(z) + log_sigmoid(-z) - log_s[:, None, :], axis=2
             )  # (m, G)
-            z_lo = (lo[rows, None] - mu) * np.exp(-log_s)
-            z_hi = (hi[rows, None] - mu) * np.exp(-log_s)
+            below, above = _tail_log_masses(col, lo[rows, None], hi[rows, None], mu, log_s)
             terms = [
                 np.logaddexp.reduce(log_pdf + g + trap_w, axis=1),
-                np.logaddexp.reduce(wide_w + log_sigmoid(z_lo), axis=1) + g[:, 0],
-                np.logaddexp.reduce(wide_w + log_sigmoid(-z_hi), axis=1) + g[:, -1],
+                np.logaddexp.reduce(wide_w + below, axis=1) + g[:, 0],
+                np.logaddexp.reduce(wide_w + above, axis=1) + g[:, -1],
             ]
             if narrow.any():
                 ri, mi = np.nonzero(narrow)
-                ys = mu[ri, mi][:, None] + np.exp(log_s[ri, mi])[:, None] * GIVEN_LOCAL[None, :]
+                ys, node_w = _local_nodes(col, mu[ri, mi], log_s[ri, mi], local_w)
                 g_n = _log_after(engine, x, np.repeat(ri, len(GIVEN_LOCAL)), _cells(col, ys.ravel()), c, k)
-                part = log_w[ri, mi] + np.logaddexp.reduce(g_n.reshape(len(ri), -1) + local_w, axis=1)
+                part = log_w[ri, mi] + np.logaddexp.reduce(g_n.reshape(len(ri), -1) + node_w, axis=1)
                 narrow_term = np.full(m, -np.inf)
                 np.logaddexp.at(narrow_term, ri, part)
                 terms.append(narrow_term)
             log_e = np.logaddexp.reduce(np.stack(terms), axis=0)
+            if col.bounded:
+                log_e = log_e - log_mass[k][rows]
             if absent is not None:
                 a = absent[rows]
                 g_absent = _log_after(engine, x, np.arange(m), np.full(m, ABSENT), c, k)
                 log_e = np.logaddexp(log_sigmoid(-a) + log_e, log_sigmoid(a) + g_absent)
             out[k, rows] = per_mask[k, rows][:, before].sum(axis=1) + log_e
     return logmeanexp(out, axis=0)
+
+
+def _tail_log_masses(
+    col: Column, lo: np.ndarray, hi: np.ndarray, mu: np.ndarray, log_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(m, M) each component's log mass below the grid and above it: all of it for an unbounded
+    column; between the bound and the grid's end for a bounded one."""
+    if not col.bounded:
+        return log_sigmoid((lo - mu) * np.exp(-log_s)), log_sigmoid(-(hi - mu) * np.exp(-log_s))
+    b_lo, b_hi = bounds_y(col)
+    return interval_log_mass(np.asarray(b_lo), lo, mu, log_s), interval_log_mass(hi, np.asarray(b_hi), mu, log_s)
+
+
+def _local_nodes(col: Column, mu: np.ndarray, log_s: np.ndarray, local_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (n, L) in y of narrow components (mu, log_s: (n,)) and their log weights: GIVEN_LOCAL
+    scales with local_w for an unbounded column; for a bounded one, as many nodes spread over
+    the part of each component inside the bounds (_span), weighted by the trapezoidal rule and
+    scaled to the component's exact mass there (the quadrature of a constant is exact)."""
+    s = np.exp(log_s)
+    if not col.bounded:
+        return mu[:, None] + s[:, None] * GIVEN_LOCAL[None, :], np.broadcast_to(local_w, (len(mu), len(local_w)))
+    t = _span(col, mu, log_s, GIVEN_LOCAL)
+    w = _trapezoid_log_density(t)
+    w = w - np.logaddexp.reduce(w, axis=1, keepdims=True) + component_log_mass(col, mu, log_s)[:, None]
+    return mu[:, None] + s[:, None] * t, w
+
+
+def _span(col: Column, mu: np.ndarray, log_s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(..., T) a uniform grid in each component's standard units over the part of the range of
+    t (T,), as wide as t's, that lies inside the column's bounds: t's own range where the bounds
+    leave it whole, else cut at the bound and, for a component whose mass lies outside them,
+    moved against the bound, where its truncated density is."""
+    b_lo, b_hi = bounds_y(col)
+    inv_s = np.exp(-log_s)
+    with np.errstate(invalid="ignore"):
+        t_lo, t_hi = (b_lo - mu) * inv_s, (b_hi - mu) * inv_s
+    width = t[-1] - t[0]
+    a = np.fmax(t_lo, np.minimum(t[0], t_hi - width))
+    b = np.fmin(t_hi, np.maximum(t[-1], t_lo + width))
+    return a[..., None] + (b - a)[..., None] * np.linspace(0.0, 1.0, len(t))
+
+
+def _trapezoid_log_density(t: np.ndarray) -> np.ndarray:
+    """(..., T) log of the standard logistic's density at uniform nodes t times their
+    trapezoidal weights (the spacing left out: it cancels once normalised)."""
+    w = log_sigmoid(t) + log_sigmoid(-t)
+    w[..., [0, -1]] += np.log(0.5)
+    return w
 
 
 def _grid(
@@ -148,11 +208,14 @@ def _grid(
     y_obs[present] = input_value(col, cells[present])
     lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
     for _, log_w, mu, log_s in priors:
-        q = mixture_quantiles(np.array([GIVEN_TAIL, 1.0 - GIVEN_TAIL]), log_w, mu, log_s)
+        q = column_quantiles(col, np.array([GIVEN_TAIL, 1.0 - GIVEN_TAIL]), log_w, mu, log_s)
         lo, hi = np.minimum(lo, q[:, 0]), np.maximum(hi, q[:, 1])
     lo, hi = np.fmin(lo, y_obs - 1.0), np.fmax(hi, y_obs + 1.0)
     lo = np.maximum(lo, np.fmin(-GIVEN_REACH, y_obs - 1.0))
     hi = np.minimum(hi, np.fmax(GIVEN_REACH, y_obs + 1.0))
+    if col.bounded:  # the truncated conditional has no mass outside
+        b_lo, b_hi = bounds_y(col)
+        lo, hi = np.maximum(lo, b_lo), np.minimum(hi, b_hi)
     nodes = int(np.clip(np.ceil(np.max((hi - lo) / GIVEN_STEP)) + 1, 33, GIVEN_NODES))
     return lo, hi, nodes
 
@@ -186,7 +249,7 @@ def column_summaries(engine: TablePasses, values: np.ndarray, k: int) -> list[di
             columns.append({"probs": level_probs(col, p)})
             continue
         absent, log_w, mu, log_s = mixture(col, p)
-        q = mixture_quantiles(np.array([0.05, 0.5, 0.95]), log_w, mu, log_s)
+        q = column_quantiles(col, np.array([0.05, 0.5, 0.95]), log_w, mu, log_s)
         with np.errstate(over="ignore"):
             qv = drawn_in_range(col, round_to_precision(col, unstandardise(col, q)))  # inf is ABSENT
         mean, sd = mixture_moments(col, log_w, mu, log_s)
@@ -201,6 +264,33 @@ def _cells(col: Column, y: np.ndarray) -> np.ndarray:
     """Standardised values -> the column's cells (the network reads them back as y)."""
     with np.errstate(over="ignore"):
         return np.minimum(unstandardise(col, y), np.finfo(np.float64).max)
+
+
+def column_quantiles(
+    col: Column, probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray
+) -> np.ndarray:
+    """(N, Q) quantiles in y of a numeric column's conditional: mixture_quantiles, or for a
+    bounded column those of the truncated mixture, by bisection within bounds_y on the log of
+    the mass between the lower bound and y (made.core.heads.interval_log_mass), so that a
+    mixture whose mass lies mostly outside the bounds keeps exact quantiles inside them."""
+    if not col.bounded:
+        return mixture_quantiles(probs, log_w, mu, log_s)
+    b_lo, b_hi = bounds_y(col)
+    s = np.exp(log_s)
+    reach = 40 * np.max(s, axis=1)
+    lo = np.fmax(b_lo, np.minimum(np.min(mu - 40 * s, axis=1), b_hi - reach))
+    hi = np.fmin(b_hi, np.maximum(np.max(mu + 40 * s, axis=1), b_lo + reach))
+    lo, hi = np.repeat(lo[:, None], len(probs), axis=1), np.repeat(hi[:, None], len(probs), axis=1)
+    target = np.log(probs)[None, :] + log_mass_in_bounds(col, log_w, mu, log_s)[:, None]  # (N, Q)
+    b = np.asarray(b_lo)
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        log_cdf = np.logaddexp.reduce(
+            log_w[:, None, :] + interval_log_mass(b, mid[:, :, None], mu[:, None, :], log_s[:, None, :]), axis=2
+        )
+        below = log_cdf < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
 
 
 def mixture_quantiles(probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> np.ndarray:
@@ -221,7 +311,11 @@ def mixture_moments(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.nd
     """(N,) mean and sd of a numeric column's value under its mixture of logistics over y: in
     closed form for a plain column (a logistic's variance is pi^2 s^2 / 3); for a log-transformed
     one by the trapezoidal rule in each component's standard units over QUANTILE_T (its 1e-12 to
-    1 - 1e-12 quantiles, as far as the sampler draws); NaN where that overflows."""
+    1 - 1e-12 quantiles, as far as the sampler draws); NaN where that overflows. A bounded
+    column's are those of its truncated mixture, by the same rule over the part of each
+    component inside the bounds (_truncated_moments)."""
+    if col.bounded:
+        return _truncated_moments(col, log_w, mu, log_s)
     w, s = np.exp(log_w), np.exp(log_s)
     if col.transform != "log":
         mean_y = np.sum(w * mu, axis=1)
@@ -238,5 +332,30 @@ def mixture_moments(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.nd
             m = np.sum(w[part] * (v @ dens), axis=1)
             mean[part] = m
             var[part] = np.sum(w[part] * (((v - m[:, None, None]) ** 2) @ dens), axis=1)
+    bad = ~(np.isfinite(mean) & np.isfinite(var))
+    return np.where(bad, np.nan, mean), np.where(bad, np.nan, np.sqrt(np.where(bad, 0.0, var)))
+
+
+def _truncated_moments(
+    col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) mean and sd of a bounded column's value under its truncated mixture: each component
+    weighted by its weight times its mass inside the bounds, and integrated by the trapezoidal
+    rule over as many nodes as QUANTILE_T spread over its part inside them (_span); NaN where
+    that overflows."""
+    log_wt = log_w + component_log_mass(col, mu, log_s)
+    w = np.exp(log_wt - np.logaddexp.reduce(log_wt, axis=1, keepdims=True))
+    mean, var = np.empty(len(w)), np.empty(len(w))
+    step = max(1, (1 << 20) // (w.shape[1] * len(QUANTILE_T)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for first in range(0, len(w), step):
+            part = slice(first, first + step)
+            t = _span(col, mu[part], log_s[part], QUANTILE_T)  # (n, M, T)
+            dens = _trapezoid_log_density(t)
+            dens = np.exp(dens - np.logaddexp.reduce(dens, axis=2, keepdims=True))
+            v = unstandardise(col, mu[part, :, None] + np.exp(log_s[part, :, None]) * t)
+            m = np.sum(w[part] * np.sum(dens * v, axis=2), axis=1)
+            mean[part] = m
+            var[part] = np.sum(w[part] * np.sum(dens * (v - m[:, None, None]) ** 2, axis=2), axis=1)
     bad = ~(np.isfinite(mean) & np.isfinite(var))
     return np.where(bad, np.nan, mean), np.where(bad, np.nan, np.sqrt(np.where(bad, 0.0, var)))

@@ -1,0 +1,126 @@
+"""Precision and the schema (issue 26 item 2): a numeric column's resolution comes from the bulk
+of its cells, not a handful of float-formatting artefacts; `made train` prints the inferred schema
+and warns where a few cells decided it; `made schema CSV` writes it for editing and
+`made train --schema` reads it back, bounds included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_splits
+
+from made.cli import main
+from made.core.bounds import bounds_text
+from made.core.schema import Column, Schema
+from made.io.tables import infer_column, infer_schema, load_table_dataset, numeric_precision
+
+
+def _one_decimal(n: int, seed: int) -> list[str]:
+    return [f"{v:.1f}" for v in np.random.default_rng(seed).normal(5.0, 2.0, n)]
+
+
+def test_a_few_long_cells_do_not_set_the_resolution_and_are_noted() -> None:
+    cells = _one_decimal(5000, 0)
+    cells[10:13] = ["9.899999"] * 3
+    notes: list[str] = []
+    col = infer_column("x", cells, "t.csv", notes)
+    assert col.decimals == 1
+    assert notes == [
+        "column x: 3 cells of 5,000 have up to 6 decimals; resolution set to 0.1 from the rest "
+        "(values are read at that precision)"
+    ]
+    assert infer_column("x", _one_decimal(5000, 1), "t.csv", notes).decimals == 1 and len(notes) == 1
+
+
+def test_whole_numbers_written_as_floats_stay_whole() -> None:
+    rng = np.random.default_rng(2)
+    cells = [f"{v}.0" for v in rng.integers(100, 400, 3000)]  # pandas' 118.0 for a column with NaN
+    col = infer_column("n", cells, "t.csv")
+    assert col.kind == "numeric" and col.decimals == 0
+    assert col.decode(118.0) == 118 and isinstance(col.decode(118.0), int)
+    assert numeric_precision(["5.10", "5.20", "6.35"] * 10)[0] == 2  # trailing zeros do not count
+    assert numeric_precision(["1.5e-05", "2e-05"] * 10)[0] == 6  # exponents do
+
+
+def test_a_schema_without_bounds_reads_and_writes_as_before() -> None:
+    old = {"name": "x", "kind": "numeric", "transform": "none", "loc": 1.0, "scale": 2.0, "decimals": 1}
+    col = Column.from_json({**old, "nullable": False, "components": 5})
+    assert not col.bounded and "lower" not in col.to_json() and "upper" not in col.to_json()
+    bounded = Column.from_json({**old, "lower": -1.0, "upper": None})
+    assert bounded.to_json()["lower"] == -1.0 and "upper" not in bounded.to_json()
+    with pytest.raises(Exception, match="hold no value at its resolution"):
+        Column.from_json({**old, "lower": 3.0, "upper": 2.0})
+
+
+def _table(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(5)
+    rows = [
+        [f"{a:.1f}", f"{b}.0", ["u", "v"][int(c)]]
+        for a, b, c in zip(rng.normal(5, 1, 300), rng.integers(50, 90, 300), rng.random(300) < 0.4, strict=True)
+    ]
+    rows[7][0] = "9.899999"
+    return write_splits(tmp_path, "shop", ["a", "b", "c"], rows)
+
+
+def test_made_train_prints_the_schema_and_warns_where_a_few_cells_decide(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _table(tmp_path)
+    args = ["train", "--dataset", str(source), "--hidden", "8", "--max-epochs", "1", "--no-progress"]
+    assert main([*args, "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "column  kind     levels  bounds" in err
+    lines = {line.split()[0]: line.split() for line in err.splitlines() if line.startswith(("a ", "b ", "c "))}
+    schema = load_table_dataset(str(source)).schema
+    a, b = (bounds_text(schema.columns[j]).split() for j in (0, 1))
+    assert lines["a"][1:] == ["numeric", *a, "0.1", "none", "no"]
+    assert lines["b"][1:] == ["numeric", *b, "1", "none", "no"]  # 52.0 ... 88.0: whole numbers
+    assert lines["c"][1:] == ["binary", "2"]
+    assert "made train: warning: column a: 1 cell of 210 has up to 6 decimals; resolution set to 0.1" in err
+
+
+def test_made_schema_round_trips_through_train_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _table(tmp_path)
+    out = tmp_path / "schema.json"
+    assert main(["schema", str(source), "--out", str(out)]) == 0
+    written = Schema.read(out)
+    from made.io.tables import read_table
+
+    header, rows, _ = read_table(source)
+    assert written == infer_schema(header, rows, str(source))
+    data = json.loads(out.read_text())
+    data["columns"][0].update(lower=2.0, upper=8.5)  # tighter than inferred: edited by hand
+    data["columns"][1].pop("lower")  # no lower bound
+    out.write_text(json.dumps(data))
+    capsys.readouterr()
+    args = ["train", "--dataset", str(source), "--schema", str(out), "--hidden", "8", "--max-epochs", "1"]
+    rc = main([*args, "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    if rc == 2:  # the tightened bounds refuse a training cell, naming it
+        assert "column 'a'" in err and "outside this column's bounds [2, 8.5]" in err and len(err.splitlines()) <= 6
+        return
+    columns = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["columns"]
+    assert columns[0]["lower"] == 2.0 and columns[0]["upper"] == 8.5 and "lower" not in columns[1]
+
+
+def test_made_schema_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("made schema: error: ")
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            [
+                {"name": "a", "kind": "numeric", "lower": 5, "upper": 1},
+                {"name": "c", "kind": "binary", "levels": ["u", "v"]},
+            ]
+        )
+    )
+    source = _table(tmp_path)
+    args = ["train", "--dataset", str(source), "--schema", str(bad), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "column 'a'" in err[0] and "bounds [5, 1]" in err[0]
