@@ -1,40 +1,81 @@
-"""Denoising binarized MNIST: bit error rates before and after Engine.denoise, beside a 3x3 median filter.
+"""Denoising binarized MNIST with the particle filter, side by side with today's importance sampler
+(another checkout) and a 3x3 median filter.
 
-    .venv/bin/python bench/denoise.py [--store model_store] [--name binarized-mnist] [--data PATH.npz]
-        [--rows 100] [--eps 0.05,0.1] [--n-importance 25] [--seed 0] [--write]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/denoise.py [--store model_store]
+        [--name binarized-mnist] [--data PATH.npz] [--rows 100] [--eps 0.05,0.1] [--seed 0]
+        [--particles 48] [--baseline /work/today] [--baseline-rows 5] [--rounds 2] [--costs]
+        [--write]
 
 Takes the served model (the highest version of --name in --store) and the first --rows images of
 the binarized MNIST test set (--data, default $MADE_DATA_DIR/binarized_mnist.npz or
 ../shared/data/binarized_mnist.npz; without it the script says so and exits 0). For each eps,
 flips every bit independently with probability eps (numpy.random.default_rng([seed, round(eps
-* 1000)])), then reports the bit error rate against the clean images:
-- of the noisy images;
-- of MADE's denoising: the most likely value of each pixel, p(clean = 1 | noisy) > 1/2, from
-  Engine.denoise (what POST /denoise answers as `most_likely`), n_importance draws per mask;
-- of a 3x3 median filter of each noisy 28x28 image (scipy.ndimage.median_filter, edges mirrored);
-with a standard error over the images, the median effective sample size of the importance
-weights, the median standard error of log p(noisy) and the time per image. Prints a markdown
-table; --write saves it to docs/denoise.md.
+* 1000)])), then:
+- denoises all --rows images in ONE Engine.denoise call with --particles particles per mask
+  (what one POST /denoise of them runs; its wall time is what the request timeout must cover);
+- reports the bit error rate against the clean images of the noisy images, of `most_likely`
+  (p(clean = 1 | noisy) > 1/2: the thresholded marginals), of one posterior sample per image,
+  and of a 3x3 median filter (scipy.ndimage.median_filter, edges mirrored), each with a standard
+  error over the images; the median ESS as a fraction of the particles (K x --particles); the
+  median standard error of log p(noisy);
+- times, side by side, the first --baseline-rows images denoised by this checkout and by
+  --baseline (a checkout of the main branch before the particle filter, run as a subprocess with
+  PYTHONPATH set to it and its default n_importance, 1000 importance draws a mask), alternating
+  the two for --rounds rounds, and reports both seconds per image, their ratio (median over
+  rounds) and the baseline's bit error on those images.
+--costs measures what a particle's value costs in the budget's unit (service.core.budget: a value a
+network pass computes): seconds per particle value of denoising over seconds per value of
+Engine.mask_logliks, alternated 3 times. Prints a markdown document; --write saves it to
+docs/denoise.md. Set OPENBLAS_NUM_THREADS=1 on a shared machine (as the document says).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import model_options  # noqa: E402
+from service.engine.denoise import DEFAULT_PARTICLES  # noqa: E402
 from service.settings import data_directory  # noqa: E402
 
 DOC = ROOT / "docs" / "denoise.md"
 DATA = data_directory(ROOT) / "binarized_mnist.npz"
+
+# What the baseline checkout runs, in a subprocess: its Engine.denoise with its defaults.
+_BASELINE = """
+import json, sys, time
+import numpy as np
+from made.store.versions import open_model
+from service.engine.engine import Engine
+store, name, path, eps, seed = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+engine = Engine(open_model(store, name), ["CPUExecutionProvider"])
+noisy = np.load(path)["noisy"].astype(np.float64)
+if eps < 0:  # imputation of the rows' missing values (NaN), its defaults
+    engine.impute(noisy[:1], n_samples=1, seed=seed)  # warm
+    start = time.perf_counter()
+    r = engine.impute(noisy, n_samples=1, seed=seed)
+    seconds = time.perf_counter() - start
+    np.savez(path, noisy=noisy, marginals=r.marginals, ess=r.ess, stderr=r.stderr)
+else:
+    engine.denoise(noisy[:1], eps, n_samples=0, seed=seed)  # warm
+    start = time.perf_counter()
+    r = engine.denoise(noisy, eps, n_samples=0, seed=seed)
+    seconds = time.perf_counter() - start
+    np.savez(path, noisy=noisy, most_likely=r.most_likely, ess=r.ess)
+print(json.dumps({"seconds": seconds}))
+"""
 
 
 def corrupt(clean: np.ndarray, eps: float, seed: int) -> np.ndarray:
@@ -59,15 +100,312 @@ def pct(rate: tuple[float, float]) -> str:
     return f"{100 * rate[0]:.2f}% ± {100 * rate[1]:.2f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def baseline_run(args: argparse.Namespace, noisy: np.ndarray, eps: float) -> dict[str, Any]:
+    """The baseline checkout's denoising of `noisy`, in a subprocess: seconds and answers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rows.npz"
+        np.savez(path, noisy=noisy)
+        env = {**os.environ, "PYTHONPATH": str(args.baseline)}
+        cmd = [sys.executable, "-c", _BASELINE, str(args.store.resolve()), args.name, str(path), str(eps), "0"]
+        out = subprocess.run(cmd, env=env, cwd=args.baseline, capture_output=True, text=True, check=True)
+        answer = dict(np.load(path))
+        return {"seconds": float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"]), **answer}
+
+
+def side_by_side(args: argparse.Namespace, engine: Any, noisy: np.ndarray, eps: float) -> dict[str, Any]:
+    """This checkout and the baseline alternated on the same images, --rounds rounds."""
+    ours, theirs, last = [], [], {}
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        engine.denoise(noisy.astype(np.float64), eps, n_samples=0, seed=args.seed, n_importance=args.particles)
+        ours.append((time.perf_counter() - start) / len(noisy))
+        last = baseline_run(args, noisy, eps)
+        theirs.append(last["seconds"] / len(noisy))
+    ratio = float(np.median(np.array(theirs) / np.array(ours)))
+    return {"ours": float(np.median(ours)), "theirs": float(np.median(theirs)), "ratio": ratio, **last}
+
+
+def ess_parts(engine: Any, noisy: np.ndarray, eps: float, args: argparse.Namespace) -> tuple[float, float]:
+    """Medians over the images of what `ess` multiplies: the ESS within the mask a particle
+    belongs to (islands weighted equally, masks by their posterior), as a fraction of a mask's
+    particles, and the effective number of masks, 1 / sum of p(k | noisy)^2; from the particle
+    filter itself (service.engine.smc), the same particles as Engine.denoise's."""
+    from service.engine.denoise import flip_evidence
+    from service.engine.smc import particle_filter, posterior
+
+    l0, l1 = flip_evidence(noisy.astype(np.float64), np.full(noisy.shape, eps))
+    rows = np.arange(len(noisy))
+    rngs = {int(i): np.random.default_rng([args.seed, int(i)]) for i in rows}
+    within, masks = [], []
+    for particles in particle_filter(engine.sampler, list(range(engine.n_masks)), l0, l1, rows, rngs, args.particles):
+        post = posterior(particles)
+        k, m = particles.log_z.shape
+        per_mask = post.island_weights.sum(axis=1)
+        ess_k = 1.0 / (particles.sum_sq / m**2).sum(axis=1)
+        within.append(float(per_mask @ ess_k) / (m * (args.particles // m)))
+        masks.append(1.0 / float(per_mask @ per_mask))
+    return float(np.median(within)), float(np.median(masks))
+
+
+def imputation(args: argparse.Namespace, engine: Any, clean: np.ndarray) -> list[str]:
+    """The first --impute-rows images with their top half missing (no ordering of the
+    order-agnostic masks answers them exactly): /impute here at its default n_importance and at
+    --impute-particles, and in the baseline at its defaults, alternated --rounds rounds;
+    markdown table rows."""
+    few = args.impute_rows
+    if few <= 0 or not args.baseline.exists():
+        return []
+    x = clean[:few].astype(np.float64)
+    half = engine.dims // 2
+    x[:, :half] = np.nan
+    counts = (1000, args.impute_particles)
+    ours_s: dict[int, list[float]] = {c: [] for c in counts}
+    ours: dict[int, Any] = {}
+    theirs_s, theirs = [], {}
+    for _ in range(args.rounds):
+        for c in counts:
+            start = time.perf_counter()
+            ours[c] = engine.impute(x, n_samples=1, seed=args.seed, n_importance=c)
+            ours_s[c].append((time.perf_counter() - start) / few)
+        theirs = baseline_run(args, x, -1.0)
+        theirs_s.append(theirs["seconds"] / few)
+
+    def err(marginals: np.ndarray) -> str:
+        return pct(error_rate((marginals[:, :half] > 0.5).astype(np.uint8), clean[:few, :half]))
+
+    def line(
+        what: str, seconds: list[float], marginals: np.ndarray, stderr: np.ndarray, ess: np.ndarray, n: int
+    ) -> str:
+        ratio = float(np.median(np.array(theirs_s) / np.array(seconds)))
+        return (
+            f"| {what} | {few} | {np.median(seconds):.2f} s | {ratio:.2f}x | {err(marginals)} "
+            f"| {np.median(stderr):.2f} | {100 * np.median(ess) / (engine.n_masks * n):.1f}% |"
+        )
+
+    rows = [
+        line(f"particle filter, n_importance {c}", ours_s[c], ours[c].marginals, ours[c].stderr, ours[c].ess, c)
+        for c in counts
+    ]
+    rows.append(
+        line(
+            "importance sampler (baseline), n_importance 1000",
+            theirs_s,
+            theirs["marginals"],
+            theirs["stderr"],
+            theirs["ess"],
+            1000,
+        )
+    )
+    return rows
+
+
+def costs(engine: Any, clean: np.ndarray, particles: int) -> str:
+    """A particle value's cost in the budget's unit, alternated 3 times."""
+    x = clean[:200].astype(np.float64)
+    noisy = corrupt(clean[:10], 0.1, 0).astype(np.float64)
+    ks = list(range(engine.n_masks))
+    ratios = []
+    for _ in range(3):
+        start = time.perf_counter()
+        engine.mask_logliks(x, ks)
+        unit = (time.perf_counter() - start) / (len(x) * len(ks) * engine.dims)
+        start = time.perf_counter()
+        engine.denoise(noisy, 0.1, n_samples=0, seed=0, n_importance=particles)
+        value = (time.perf_counter() - start) / (len(noisy) * particles * len(ks) * engine.dims)
+        ratios.append(value / unit)
+    return ", ".join(f"{r:.1f}" for r in ratios)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     model_options(parser, DATA)
-    parser.add_argument("--rows", type=int, default=100, help="test images per eps (the first ones)")
+    parser.add_argument("--rows", type=int, default=100, help="test images per eps (the first ones), in one call")
     parser.add_argument("--eps", default="0.05,0.1", help="flip probabilities, comma-separated")
-    parser.add_argument("--n-importance", type=int, default=25, help="draws per mask and image")
+    parser.add_argument("--particles", type=int, default=DEFAULT_PARTICLES, help="particles per mask and image")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", action="store_true", help=f"save the table to {DOC.relative_to(ROOT)}")
-    args = parser.parse_args(argv)
+    parser.add_argument("--baseline", type=Path, default=Path("/work/today"), help="checkout to compare with")
+    parser.add_argument("--baseline-rows", type=int, default=5, help="images timed side by side")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the side-by-side timing")
+    parser.add_argument("--impute-rows", type=int, default=3, help="half-missing images imputed side by side")
+    parser.add_argument("--impute-particles", type=int, default=256, help="a smaller n_importance to time too")
+    parser.add_argument("--costs", action="store_true", help="measure a particle value's cost in budget units")
+    parser.add_argument("--write", action="store_true", help=f"save the document to {DOC.relative_to(ROOT)}")
+    return parser.parse_args(argv)
+
+
+def denoised(
+    args: argparse.Namespace, engine: Any, clean: np.ndarray, shape: tuple[int, int]
+) -> tuple[list[str], list[str]]:
+    """Per eps: the table row of all images in one call, and the side-by-side row."""
+    k, n = engine.n_masks, args.particles
+    quality: list[str] = []
+    speed: list[str] = []
+    for eps in (float(e) for e in args.eps.split(",")):
+        noisy = corrupt(clean, eps, args.seed)
+        start = time.perf_counter()
+        r = engine.denoise(noisy.astype(np.float64), eps, n_samples=1, seed=args.seed, n_importance=n)
+        seconds = time.perf_counter() - start
+        few = args.baseline_rows
+        pair = side_by_side(args, engine, noisy[:few], eps) if args.baseline.exists() and few > 0 else None
+        quality.append(
+            f"| {eps:g} | {len(clean)} | {pct(error_rate(noisy, clean))} | **{pct(error_rate(r.most_likely, clean))}** "
+            f"| {pct(error_rate(r.samples[:, 0], clean))} | {pct(error_rate(median_filtered(noisy, shape), clean))} "
+            f"| {100 * np.median(r.ess) / (k * n):.0f}% ({np.median(r.ess):.0f} of {k * n}) "
+            f"| {np.median(r.stderr):.2f} | {np.mean(r.logprob_noisy):.1f} "
+            f"| {seconds:.1f} s ({seconds / len(clean):.2f} s) |"
+        )
+        if pair is not None:
+            ours = engine.denoise(noisy[:few].astype(np.float64), eps, n_samples=0, seed=args.seed, n_importance=n)
+            within, masks = ess_parts(engine, noisy[:few], eps, args)
+            speed.append(
+                f"| {eps:g} | {few} | {pair['ours']:.2f} s | {pair['theirs']:.2f} s | **{pair['ratio']:.1f}x** "
+                f"| {pct(error_rate(ours.most_likely, clean[:few]))} "
+                f"| {pct(error_rate(pair['most_likely'], clean[:few]))} "
+                f"| {100 * np.median(ours.ess) / (k * n):.0f}% | {100 * np.median(pair['ess']) / (k * 1000):.2f}% "
+                f"| {100 * within:.0f}% | {masks:.1f} of {k} |"
+            )
+        print(f"eps {eps:g}: {seconds:.0f} s", file=sys.stderr, flush=True)
+    return quality, speed
+
+
+def document(
+    args: argparse.Namespace,
+    model: Any,
+    engine: Any,
+    images: int,
+    tables: tuple[list[str], list[str], list[str]],
+    cost_line: str | None,
+) -> str:
+    """The markdown document of the results."""
+    from service.core import budget
+    from service.engine.smc import PARTICLE_COST
+    from service.settings import Settings
+
+    quality, speed, impute_lines = tables
+    k, n = engine.n_masks, args.particles
+    settings = Settings()
+    admitted = settings.max_work // (budget.particles(1, n, k, engine.dims) + budget.passes(1, k, engine.dims))
+    load = os.getloadavg()[0]
+    options = [
+        f" --rows {args.rows}" if args.rows != 100 else "",
+        f" --particles {n}" if n != DEFAULT_PARTICLES else "",
+        f" --eps {args.eps}" if args.eps != "0.05,0.1" else "",
+        f" --seed {args.seed}" if args.seed else "",
+        f" --baseline-rows {args.baseline_rows}" if args.baseline_rows != 5 else "",
+        f" --rounds {args.rounds}" if args.rounds != 2 else "",
+        f" --impute-rows {args.impute_rows}" if args.impute_rows != 3 else "",
+        f" --impute-particles {args.impute_particles}" if args.impute_particles != 256 else "",
+        " --costs" if args.costs else "",
+    ]
+    command = "`OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/denoise.py" + "".join(options) + " --write`"
+    doc = [
+        "# Denoising binarized MNIST",
+        "",
+        f"Generated by {command} (OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} in this run).",
+        "",
+        f"Model: `{model.name}` version {model.version} (D={engine.dims}, K={k}); the first {images} images of "
+        f"the binarized MNIST test set, every bit flipped independently with probability eps (seed {args.seed}). "
+        "Bit error rate against the clean images, ± one standard error over the images. MADE: `POST /denoise` "
+        f"with its defaults, {n} particles per mask ({k * n} per image) of the particle filter "
+        "(`service/engine/smc.py`): the most likely value of each pixel, p(clean = 1 | noisy) > 1/2 "
+        "(`most_likely`, which is the thresholded marginals), and one posterior sample. Median filter: 3x3 "
+        "(`scipy.ndimage.median_filter`, edges mirrored) on each noisy 28x28 image. ESS: the effective number "
+        "of particles behind each answer (`ess`, 1 / sum of the particles' squared weights), as a fraction of "
+        "the particles. Time: the whole eps's images in one engine call, as one request would run them.",
+        "",
+        "| eps | images | noisy | MADE, most likely value | MADE, one posterior sample | 3x3 median filter "
+        "| median ESS | median stderr of log p(noisy) | mean log p(noisy) | time (per image) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *quality,
+        "",
+    ]
+    if speed:
+        doc += [
+            "## Side by side with the importance sampler",
+            "",
+            f"The first {args.baseline_rows} images of each eps, denoised by this checkout and by the checkout "
+            f"at `{args.baseline}` (the main branch before the particle filter: {k} x 1000 importance draws per "
+            f"image, its default), in a subprocess, alternated for {args.rounds} rounds on the same machine; "
+            "seconds per image (median over rounds), the ratio (median of the rounds' ratios), bit error of "
+            "`most_likely` on those images and the median ESS as a fraction of each one's draws or particles. "
+            "So few images because the importance sampler takes seconds an image. The particle filter's ESS "
+            "is the product of two parts, given in the last columns: the ESS within the mask a particle "
+            "belongs to, as a fraction of a mask's particles, and the effective number of masks (1 / sum of "
+            "p(mask | noisy)^2), medians over the images.",
+            "",
+            "| eps | images | particle filter | importance sampler | faster | bit error, particle filter "
+            "| bit error, importance sampler | median ESS, particle filter | median ESS, importance sampler "
+            "| particle filter: median ESS within a mask | effective masks |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *speed,
+            "",
+        ]
+    if impute_lines:
+        doc += [
+            "## Imputation of rows no ordering answers exactly",
+            "",
+            "`/impute` of bits runs the same particle filter for rows whose missing values some mask's ordering "
+            "puts before an observed one (the observed values clamped: their probability is the weight), with "
+            "`n_importance` (default 1000) particles per mask where the baseline drew as many importance "
+            f"draws. The first {args.impute_rows} test images with their top half missing, this checkout at "
+            f"n_importance 1000 and {args.impute_particles} and the baseline at its default 1000, alternated for "
+            f"{args.rounds} rounds: seconds per image, how many times faster than the baseline (median of the "
+            "rounds' ratios), bit error of the thresholded marginals on the missing half, median standard error "
+            "of log p(observed) (the baseline's is the delta method's on collapsed weights, an underestimate) "
+            "and median ESS as a fraction of K x n_importance draws or particles. A particle costs about twice "
+            "a plain draw, but far fewer are needed: they stay effective where importance weights collapse.",
+            "",
+            "| imputation | images | time per image | faster than the baseline | bit error of the marginals "
+            "| median stderr of log p(observed) | median ESS |",
+            "|---|---|---|---|---|---|---|",
+            *impute_lines,
+            "",
+        ]
+    if cost_line:
+        doc += [
+            "## What a particle costs",
+            "",
+            "Seconds per particle value of denoising 10 images over seconds per value of a network pass "
+            f"(`Engine.mask_logliks` of 200 images under every mask), 3 alternations: {cost_line} units. "
+            "`service/engine/smc.py`'s PARTICLE_COST, what `service/core/budget.py` charges a particle's "
+            "value against MADE_MAX_WORK, is rounded up from these (docs/operations.md).",
+            "",
+        ]
+    doc += [
+        "## How it works",
+        "",
+        "Each mask's particles walk its ordering, each drawing pixel d from p(x_d | x_<d) "
+        "tilted by the evidence of the noisy pixel, p(y_d | x_d) (the locally optimal proposal), weighted by "
+        "the normaliser; every 16 pixels a set of particles whose ESS fell below half its size is resampled "
+        "(systematic), its hidden state copied with it. The product of the mean weights is an unbiased "
+        "estimate of p(noisy) per island of particles (4 independent islands per mask give the standard "
+        "error); the masks are mixed by their estimated evidence. Importance sampling without resampling "
+        "(the baseline) leaves a few draws of thousands carrying the answer in 784 dimensions.",
+        "",
+        "The ESS counts the mixture over masks too: where a noisy image fits some masks' models far better "
+        "than others, the particles of the others weigh little in the answer. That is the masks' posterior, "
+        "not a collapse of the particles' weights (the side-by-side table splits the two).",
+        "",
+        "`ess` is 1 / sum of the particles' squared weights, a particle's weight being its mask's estimated "
+        "posterior probability x 1/M (M islands a mask) x its normalised weight within the island; `stderr` is the "
+        "delta method's on the spread of the islands' estimates of p(noisy), which are independent and "
+        "unbiased. Correctness is checked by enumeration on tiny models (`tests/test_smc_bits.py`): the mean "
+        "of the estimate of p (not log p) over 300 seeds within 3 standard errors of the truth with "
+        "resampling after every second step, marginals converging to the exact posterior, the standard "
+        "error's coverage, and `/impute` and `/logprob` of inexact rows. The budget: a particle's value "
+        f"costs {PARTICLE_COST} units of `MADE_MAX_WORK` ({settings.max_work:,} by default; a unit is a value "
+        f"a network pass computes), so the default limit admits {admitted} noisy rows of this model at "
+        f"{n} particles a mask in one request, whose timeout is {settings.request_timeout:g} s.",
+        "",
+        f"Machine: {os.cpu_count()} logical CPUs shared with other jobs (load average {load:.1f} at "
+        f"the end), numpy {np.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+    ]
+    return "\n".join(doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     if not args.data.exists():
         print(f"skipped: {args.data} is absent (the binarized MNIST test set is needed)", file=sys.stderr)
         return 0
@@ -82,78 +420,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shape = (int(engine.image_shape[0]), int(engine.image_shape[1]))
     clean = np.load(args.data)["test"][: args.rows].astype(np.uint8)
-    engine.sampler.warm()
-    rows: list[str] = []
-    wins: list[bool] = []
-    for eps in (float(e) for e in args.eps.split(",")):
-        noisy = corrupt(clean, eps, args.seed)
-        start = time.perf_counter()
-        result = engine.denoise(
-            noisy.astype(np.float64), eps, n_samples=0, seed=args.seed, n_importance=args.n_importance
-        )
-        seconds = time.perf_counter() - start
-        before, after = error_rate(noisy, clean), error_rate(result.most_likely, clean)
-        median = error_rate(median_filtered(noisy, shape), clean)
-        wins.append(after[0] < median[0])
-        draws = engine.n_masks * args.n_importance
-        rows.append(
-            f"| {eps:g} | {len(clean)} | {pct(before)} | **{pct(after)}** | {pct(median)} | "
-            f"{np.median(result.ess):.1f} of {draws} | {np.median(result.stderr):.2f} | "
-            f"{np.mean(result.logprob_noisy):.1f} | {seconds / len(clean):.2f} s |"
-        )
-        print(f"eps {eps:g}: {seconds:.0f} s", file=sys.stderr, flush=True)
-
-    load = os.getloadavg()[0]
-    command = (
-        "`.venv/bin/python bench/denoise.py"
-        + (f" --rows {args.rows}" if args.rows != 100 else "")
-        + (f" --n-importance {args.n_importance}" if args.n_importance != 25 else "")
-        + (f" --eps {args.eps}" if args.eps != "0.05,0.1" else "")
-        + (f" --seed {args.seed}" if args.seed else "")
-        + " --write`"
-    )
-    doc = "\n".join(
-        [
-            "# Denoising binarized MNIST",
-            "",
-            f"Generated by {command}.",
-            "",
-            f"Model: `{model.name}` version {model.version} (D={engine.dims}, K={engine.n_masks}); the first "
-            f"{len(clean)} images of the binarized MNIST test set, every bit flipped independently with "
-            f"probability eps (seed {args.seed}). Bit error rate against the clean images, ± one standard error "
-            "over the images. MADE: the most likely value of each pixel given the noisy image, "
-            "p(clean = 1 | noisy) > 1/2 (`most_likely` of `POST /denoise`), from "
-            f"{args.n_importance} importance draws per mask. Median filter: 3x3 "
-            "(`scipy.ndimage.median_filter`, edges mirrored) on each noisy 28x28 image.",
-            "",
-            "| eps | images | noisy | MADE, most likely value | 3x3 median filter | median ESS | "
-            "median stderr of log p(noisy) | mean log p(noisy) | time per image |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-            "How it works: each mask draws clean images along its ordering from p(x_d | x_<d) tilted by "
-            "the evidence of the noisy pixel, p(y_d | x_d), and weights each image by the product of "
-            "the normalisers, an unbiased estimate of p(noisy) (`service/engine/denoise.py`). In 784 "
-            "dimensions these weights are very uneven: the effective sample size is a few images out "
-            "of hundreds, so the marginals lean on the few heaviest draws and the standard error of "
-            "log p(noisy) (delta method) is itself rough: read them with their ESS. The most likely "
-            "value of a pixel is what the heaviest draws agree on"
-            + (
-                ", and it beats the median filter at every noise level here."
-                if all(wins)
-                else "; the table says where it beats the median filter."
-            )
-            + " Importance sampling with resampling along the ordering (a particle "
-            "filter) would keep more draws alive; it is not built.",
-            "",
-            f"Machine: {os.cpu_count()} logical CPUs shared with other jobs (load average {load:.1f} at "
-            f"the end), numpy {np.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
-            "",
-        ]
-    )
-    print(doc)
+    n = args.particles
+    engine.denoise(clean[:1].astype(np.float64), 0.1, n_samples=0, seed=0, n_importance=n)  # warm
+    quality, speed = denoised(args, engine, clean, shape)
+    impute_lines = imputation(args, engine, clean)
+    cost_line = costs(engine, clean, n) if args.costs else None
+    text = document(args, model, engine, len(clean), (quality, speed, impute_lines), cost_line)
+    print(text)
     if args.write:
-        DOC.write_text(doc)
+        tmp = DOC.with_name(f".{DOC.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(DOC)
         print(f"wrote {DOC}", file=sys.stderr)
     return 0
 

@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     max_rows: Annotated[int, Field(ge=1)] = 10_000
     # Samples per request: n of /sample, rows x n_samples of /impute.
     max_samples: Annotated[int, Field(ge=1)] = 10_000
-    # Importance draws per request and mask: rows with missing values x n_importance
-    # (/logprob, /impute), the work that grows fastest with a request's size.
+    # Importance draws (particles) per request and mask: rows with missing values x n_importance
+    # (/logprob, /impute), noisy rows x n_particles (/denoise), the work that grows fastest with a
+    # request's size.
     max_draws: Annotated[int, Field(ge=1)] = 200_000
     # Larger bodies get 413 before they are parsed.
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * MIB

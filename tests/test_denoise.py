@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-import service.engine.denoise as denoise_module
+import service.engine.smc as smc_module
 from made.core.errors import InvalidInput
 from service.engine.denoise import DenoiseResult
 from service.engine.engine import Engine
@@ -249,7 +249,7 @@ def test_a_row_gets_the_same_answer_whatever_else_is_in_its_request_and_sampler_
     other[0] = 1 - other[0]
     other[2] = 0
     b = engine.denoise(other, eps, n_samples=5, seed=21, n_importance=30)
-    monkeypatch.setattr(denoise_module, "_DENOISE_VALUES", 10 * 17)  # 17 draws a call
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", 10 * 3 * 17)  # 17 particles a mask and pass: an island a pass
     c = engine.denoise(ys, eps, n_samples=5, seed=21, n_importance=30)
     for got, rows in ((b, (1, 3)), (c, range(4))):
         for i in rows:

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from conftest import write_random_model
 
-import service.engine.denoise as denoise_module
 import service.engine.missing as missing_module
 import service.engine.sampler as sampler_module
+import service.engine.smc as smc_module
 from service.engine.cancel import Abandoned, CancelToken, running_under
 from service.engine.engine import Engine
+from service.engine.smc import DRAWS_PER_PARTICLE
 
 WIDE = 256  # dimensions of the memory model: one draw of it is WIDE bytes as uint8, 8 x WIDE as noise
 
@@ -73,29 +74,35 @@ CALL_VALUES = 500 * WIDE
 def test_logprob_with_missing_values_holds_no_more_memory_for_more_draws(
     wide: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", CALL_VALUES)
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", CALL_VALUES)
     x = half_missing(wide)
-    assert not wide.logprob(x, seed=0, n_importance=2).exact[0]
-    wide.logprob(x, seed=0, n_importance=2000)
-    low = peak_bytes(lambda: wide.logprob(x, seed=0, n_importance=2000))
-    high = peak_bytes(lambda: wide.logprob(x, seed=0, n_importance=20000))
-    # before: all 2 x 20000 draws' uniforms at once (82 MB here); now three numbers per (mask, row)
+    assert not wide.logprob(x, seed=0, n_importance=DRAWS_PER_PARTICLE * 2).exact[0]
+    wide.logprob(x, seed=0, n_importance=DRAWS_PER_PARTICLE * 2000)
+    low = peak_bytes(lambda: wide.logprob(x, seed=0, n_importance=DRAWS_PER_PARTICLE * 2000))
+    high = peak_bytes(lambda: wide.logprob(x, seed=0, n_importance=DRAWS_PER_PARTICLE * 20000))
+    # before: all 2 x 20000 draws' uniforms at once (82 MB here); now a pass's particles and
+    # the islands' evidence
     assert high < 1.5 * low, (low, high)
 
 
-def test_weighted_imputation_keeps_log_weights_not_draws(wide: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", CALL_VALUES)
+def test_weighted_imputation_keeps_island_summaries_not_particles(
+    wide: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", CALL_VALUES)
     x = half_missing(wide)
     assert not wide.exact_rows(~np.isnan(x))[0]
-    per_draw = growth_per_draw(wide, lambda s: wide.impute(x, n_samples=5, seed=1, n_importance=s))
-    # before: the pool (WIDE bytes a draw) and its float64 copy in w_norm @ pool (8 x WIDE)
+    per_draw = growth_per_draw(wide, lambda s: wide.impute(x, n_samples=5, seed=1, n_importance=DRAWS_PER_PARTICLE * s))
+    # before: the pool (WIDE bytes a draw) and its float64 copy in w_norm @ pool (8 x WIDE); now
+    # per island of up to smc.ISLAND_MAX particles, its weighted mean
     assert per_draw < WIDE / 4, per_draw
 
 
-def test_denoising_keeps_log_weights_not_draws(wide: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(denoise_module, "_DENOISE_VALUES", CALL_VALUES)
+def test_denoising_keeps_island_summaries_not_particles(wide: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", CALL_VALUES)
     y = np.nan_to_num(half_missing(wide), nan=1.0)
-    per_draw = growth_per_draw(wide, lambda s: wide.denoise(y, 0.1, n_samples=5, seed=2, n_importance=s))
+    per_draw = growth_per_draw(wide, lambda s: wide.denoise(y, 0.1, n_samples=200, seed=2, n_importance=s))
+    # per island of up to smc.ISLAND_MAX particles: its weighted mean (8 x WIDE bytes), nothing of its
+    # particles; and one pick per mask and sample, not per island and sample (200 x WIDE an island)
     assert per_draw < WIDE / 4, per_draw
 
 
@@ -118,7 +125,25 @@ class Calls:
         monkeypatch.setattr(engine.sampler, "run_masks", run_masks)
 
 
-def test_logprob_draws_go_through_the_sampler_in_bounded_calls_with_the_same_answers(
+class Passes:
+    """Counts the particle filter's passes through the sampler (smc.walk_plan, run as it is) and
+    cancels `token` once `after` are done."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, token: CancelToken | None = None, after: int = -1) -> None:
+        self.count = 0
+        real = smc_module.walk_plan
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            out = real(*args, **kwargs)
+            self.count += 1
+            if token is not None and self.count == after:
+                token.cancel("timed out")
+            return out
+
+        monkeypatch.setattr(smc_module, "walk_plan", counted)
+
+
+def test_logprob_particles_go_through_the_sampler_in_bounded_passes_with_the_same_answers(
     tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = tiny_engines["tiny"]
@@ -126,48 +151,21 @@ def test_logprob_draws_go_through_the_sampler_in_bounded_calls_with_the_same_ans
     x[1, [1, 5]] = np.nan
     x[2] = np.nan
     x[2, 3] = 1.0
-    one = engine.logprob(x, seed=7, n_importance=300)
+    one = engine.logprob(x, seed=7, n_importance=DRAWS_PER_PARTICLE * 300)
     assert not one.exact.all()
-    calls = Calls(engine, monkeypatch)
-    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 37)  # 37 draws a call: a row's 300 span calls
-    got = engine.logprob(x, seed=7, n_importance=300)
-    assert max(calls.sizes) <= 37 and len(calls.sizes) > 8, calls.sizes
+    passes = Passes(monkeypatch)
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", 8 * 4 * 75)  # one island of 75 particles a mask, a pass
+    got = engine.logprob(x, seed=7, n_importance=DRAWS_PER_PARTICLE * 300)
+    assert passes.count == 4 * int((~one.exact).sum()), passes.count
     np.testing.assert_array_equal(got.exact, one.exact)
     np.testing.assert_allclose(got.logprob, one.logprob, rtol=1e-12)
     np.testing.assert_allclose(got.stderr, one.stderr, rtol=1e-9)
-    # one mask: the same draws of that mask, pair after pair
-    single = engine.logprob(x, masks=2, seed=8, n_importance=50)
-    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 1 << 23)
-    np.testing.assert_allclose(engine.logprob(x, masks=2, seed=8, n_importance=50).logprob, single.logprob, rtol=1e-12)
-
-
-def test_resampled_completions_are_drawn_again_bit_for_bit(
-    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The resampled draws are made again from the saved generator states: the same
-    completions, and the same generator states after the row, as the pool itself holds: checked
-    against the pool drawn at once, by hand (the weighted pool of test_engine_impute)."""
-    engine = tiny_engines["tiny"]
-    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 13)  # 13 draws a call
-    row = half_missing(engine, 1, seed=5)[0]
-    row[7] = np.nan
-    k, s, d, n_samples = engine.n_masks, 40, engine.dims, 500
-    calls = Calls(engine, monkeypatch)
-    got = engine.impute(row[None], n_samples=n_samples, seed=3, n_importance=s)
-    sizes = list(calls.sizes)
-    rng = np.random.default_rng([3, 0])
-    u = rng.random((k * s, d))
-    obs = np.broadcast_to(~np.isnan(row), (k * s, d))
-    pool, logw, _ = engine.sampler.run_masks(
-        np.repeat(np.arange(k), s), u, obs, np.nan_to_num(np.broadcast_to(row, (k * s, d)))
+    # one mask: the same particles of that mask, whatever the passes
+    single = engine.logprob(x, masks=2, seed=8, n_importance=DRAWS_PER_PARTICLE * 50)
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", 1 << 23)
+    np.testing.assert_allclose(
+        engine.logprob(x, masks=2, seed=8, n_importance=DRAWS_PER_PARTICLE * 50).logprob, single.logprob, rtol=1e-12
     )
-    w = np.exp(logw - logw.max())
-    picks = rng.choice(k * s, size=n_samples, p=w / w.sum())
-    np.testing.assert_array_equal(got.samples[0], pool[picks])
-    np.testing.assert_allclose(got.marginals[0], np.where(np.isnan(row), (w / w.sum()) @ pool, row), rtol=1e-12)
-    # the draws went through in calls of 13, then the distinct picked ones again, 13 a call
-    assert max(sizes) <= 13
-    assert sum(sizes) == k * s + len(np.unique(picks))
 
 
 @pytest.fixture
@@ -195,21 +193,23 @@ def cancel_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tupl
     pool.shutdown()
 
 
-def test_a_cancelled_logprob_stops_at_its_next_chunk(
-    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch, cancel_after: Any
+def test_a_cancelled_logprob_stops_at_its_next_pass(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = tiny_engines["tiny"]
-    monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 10)  # 10 draws a call: 4 x 200 / 10 = 80 calls
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", 8 * 4 * 50)  # one island of 50 particles a mask, a pass
     x = half_missing(engine, 1, seed=6)
-    calls, token, got = cancel_after(engine, lambda: engine.logprob(x, seed=1, n_importance=200), after=3)
-    assert isinstance(got, Abandoned) and str(got) == "timed out"
-    assert calls.sizes == [10, 10, 10]
-    calls, _, got = cancel_after(engine, lambda: engine.logprob(x, seed=1, n_importance=200), after=0)
-    assert isinstance(got, Abandoned) and calls.sizes == []
-    # with no token, or one never cancelled, it runs to the end
-    calls, _, got = cancel_after(engine, lambda: engine.logprob(x, seed=1, n_importance=200), after=-1)
-    assert not isinstance(got, Abandoned) and len(calls.sizes) == 80
-    assert engine.logprob(x, seed=1, n_importance=200).logprob == pytest.approx(got.logprob, rel=1e-12)
+    token = CancelToken()
+    passes = Passes(monkeypatch, token, after=3)
+    with running_under(token), pytest.raises(Abandoned, match="timed out"):
+        engine.logprob(x, seed=1, n_importance=DRAWS_PER_PARTICLE * 200)
+    assert passes.count == 3  # of 4 islands
+    with running_under(CancelToken()):  # a token never cancelled: to the end
+        got = engine.logprob(x, seed=1, n_importance=DRAWS_PER_PARTICLE * 200)
+    assert passes.count == 3 + 4
+    assert engine.logprob(x, seed=1, n_importance=DRAWS_PER_PARTICLE * 200).logprob == pytest.approx(
+        got.logprob, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -218,29 +218,51 @@ def test_a_cancelled_imputation_stops_at_its_next_chunk(
 ) -> None:
     engine = tiny_engines["tiny"]
     monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 8 * 10)
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", 8 * 4 * 25)  # one island of 25 particles a mask, a pass
     x = half_missing(engine, 2, seed=7)
     if exact:  # every mask's ordering last: all missing
         x[:] = np.nan
     assert engine.exact_rows(~np.isnan(x)).all() == exact
-    call = lambda: engine.impute(x, n_samples=100, seed=1, n_importance=100)  # noqa: E731
-    calls, _, got = cancel_after(engine, call, after=2)
-    assert isinstance(got, Abandoned)
-    assert calls.sizes == [10, 10]  # of 20 (exact: 2 x 100 completions) or 80 calls and the redraws
+    call = lambda: engine.impute(x, n_samples=100, seed=1, n_importance=DRAWS_PER_PARTICLE * 100)  # noqa: E731
+    if exact:
+        calls, _, got = cancel_after(engine, call, after=2)
+        assert isinstance(got, Abandoned)
+        assert calls.sizes == [10, 10]  # of 20 calls (2 x 100 completions)
+    else:
+        token = CancelToken()
+        passes = Passes(monkeypatch, token, after=2)
+        with running_under(token), pytest.raises(Abandoned):
+            call()
+        assert passes.count == 2  # of 2 rows x 4 islands
     calls, _, got = cancel_after(engine, call, after=0)
     assert isinstance(got, Abandoned) and calls.sizes == []
 
 
-def test_a_cancelled_denoising_stops_at_its_next_chunk(
-    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch, cancel_after: Any
+def test_a_cancelled_denoising_stops_at_its_next_pass(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = tiny_engines["tiny10"]
-    monkeypatch.setattr(denoise_module, "_DENOISE_VALUES", 10 * 10)
+    monkeypatch.setattr(smc_module, "_SMC_VALUES", 10 * 3 * 25)  # one island of 25 particles a pass
     y = (np.random.default_rng(8).random((2, 10)) < 0.5).astype(np.float64)
+    token = CancelToken()
+    passes: list[int] = []
+    real = smc_module.walk_plan
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        passes.append(1)
+        if len(passes) == 3:
+            token.cancel("timed out")
+        return out
+
+    monkeypatch.setattr(smc_module, "walk_plan", counted)
     call = lambda: engine.denoise(y, 0.1, n_samples=10, seed=1, n_importance=100)  # noqa: E731
-    calls, _, got = cancel_after(engine, call, after=4)
-    assert isinstance(got, Abandoned) and calls.sizes == [10] * 4  # of 60 calls
-    calls, _, got = cancel_after(engine, call, after=0)
-    assert isinstance(got, Abandoned) and calls.sizes == []
+    with running_under(token), pytest.raises(Abandoned, match="timed out"):
+        call()
+    assert len(passes) == 3  # of 2 rows x 4 islands
+    passes.clear()
+    call()
+    assert len(passes) == 8
 
 
 def test_cancelled_explanations_and_large_sampler_calls_stop(

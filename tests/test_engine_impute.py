@@ -9,7 +9,9 @@ from helpers import TinyModel, likely_rows
 from scipy.special import logsumexp
 
 import service.engine.missing as missing_module
+import service.engine.smc as smc
 from made.core.errors import InvalidInput
+from made.core.numerics import logmeanexp
 from service.engine.engine import Engine
 from service.engine.missing import ImputeResult
 from service.testing import providers_under_test
@@ -264,41 +266,45 @@ def test_a_row_gets_the_same_answer_whatever_else_is_in_its_request_and_sampler_
         assert_same_answers(a, i, b, i)
     # sampler calls of a few draws each: a row's draws spread over several calls
     monkeypatch.setattr(missing_module, "_IMPUTE_VALUES", 3 * 8 * 7 + 5)
+    monkeypatch.setattr(smc, "_SMC_VALUES", 4 * 8 * 10)  # one island of 10 particles a mask, a pass
     c = engine.impute(rows, n_samples=7, seed=21, n_importance=40)
     for i in range(len(rows)):
         assert_same_answers(a, i, c, i)
 
 
-def test_rows_that_are_not_exact_are_likelihood_weighted_from_their_own_stream(
+def test_rows_that_are_not_exact_run_the_particle_filter_from_their_own_stream(
     tiny_engines: dict[str, Engine],
 ) -> None:
-    """Rows whose missing values some ordering puts before an observed one: n_importance draws
-    per mask from default_rng([seed, i]), pooled with weights w / K and resampled, as before."""
+    """Rows whose missing values some ordering puts before an observed one: a particle filter
+    (service.engine.smc) per row from default_rng([seed, i]). On a model of fewer dimensions
+    than a block nothing resamples, so each island is likelihood weighting of its particles:
+    its evidence is the mean weight of the sampler's clamped draws from the island's uniforms."""
     engine = tiny_engines["tiny"]
     rows = likely_rows(engine, 3, seed=11)
     rows[0, [1, 6]] = np.nan
     rows[1, ::3] = np.nan
     rows[2, [0, 2, 5, 7]] = np.nan
     s, n_samples, k, d = 50, 4, engine.n_masks, engine.dims
-    got = engine.impute(rows, n_samples=n_samples, seed=3, n_importance=s)
+    got = engine.impute(rows, n_samples=n_samples, seed=3, n_importance=s * smc.DRAWS_PER_PARTICLE)
     assert not got.exact.any()
+    m, p = smc.island_sizes(s)  # s particles a mask: the work of s x DRAWS_PER_PARTICLE draws
     for i, row in enumerate(rows):
         rng = np.random.default_rng([3, i])
-        u = rng.random((k * s, d))
-        masks = np.repeat(np.arange(k), s)
-        obs = np.broadcast_to(~np.isnan(row), (k * s, d))
-        pool, logw, _ = engine.sampler.run_masks(masks, u, obs, np.nan_to_num(np.broadcast_to(row, (k * s, d))))
-        w = np.exp(logw - logw.max())
-        w_norm = w / w.sum()
-        np.testing.assert_array_equal(got.samples[i], pool[rng.choice(k * s, size=n_samples, p=w_norm)])
-        np.testing.assert_allclose(got.logprob_observed[i], logw.max() + np.log(w.mean()), rtol=1e-12)
-        np.testing.assert_allclose(got.ess[i], 1 / np.sum(w_norm**2), rtol=1e-12)
-        np.testing.assert_allclose(
-            got.marginals[i], np.where(np.isnan(row), w_norm @ pool, row), rtol=1e-12, atol=1e-15
-        )
-        per_mask = w.reshape(k, s)
-        stderr = np.sqrt((per_mask.var(axis=1, ddof=1) / s).sum()) / per_mask.mean(axis=1).sum()
-        np.testing.assert_allclose(got.stderr[i], stderr, rtol=1e-12)
+        rng.integers(0, m, size=(k, n_samples))  # each sample's island under each mask
+        obs = np.broadcast_to(~np.isnan(row), (k * p, d))
+        filled = np.nan_to_num(np.broadcast_to(row, (k * p, d)))
+        log_z = np.empty((k, m))
+        for island in range(m):
+            u = rng.random((k * p, d))
+            rng.random((k, 1))  # the resampling's uniforms: one boundary at most (there is none)
+            rng.random((k, n_samples))  # the picks'
+            _, logw, _ = engine.sampler.run_masks(np.repeat(np.arange(k), p), u, obs, filled)
+            log_z[:, island] = logmeanexp(logw.reshape(k, p), axis=1)
+        np.testing.assert_allclose(got.logprob_observed[i], logmeanexp(log_z.ravel(), axis=0), rtol=1e-12)
+        per_mask = np.exp(log_z - log_z.max())
+        stderr = np.sqrt((per_mask.var(axis=1, ddof=1) / m).sum()) / per_mask.mean(axis=1).sum()
+        np.testing.assert_allclose(got.stderr[i], stderr, rtol=1e-9)
+        assert (got.samples[i][:, ~np.isnan(row)] == row[~np.isnan(row)]).all()
 
 
 def test_exact_rows_are_those_whose_missing_values_every_ordering_puts_last(

@@ -6,6 +6,7 @@ engine's per-mask passes, on tiny trained models, random tanh models and the shi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,15 +108,32 @@ def test_jacobi_clamps_and_weights_as_the_fast_sampler(bind: bool, tiny_engines:
 
 
 def test_jacobi_stands_in_for_the_sampler_in_imputation(tiny_store: Path) -> None:
+    """Jacobi draws the exact rows' completions (here every sampler call), the same as the
+    stepping sampler's; the other rows' particle filter walks the stepping sampler whatever
+    sampler_for gives, so their answers are the stepping sampler's too."""
     engine = Engine(open_model(tiny_store, "tiny"), providers_under_test(), threads=1)
     x = (np.random.default_rng(2).random((40, engine.dims)) < 0.5).astype(np.float64)
     x[np.random.default_rng(3).random(x.shape) < 0.3] = np.nan
+    x[:6] = np.nan  # nothing observed: exact under every mask
     want = engine.impute(x, n_samples=5, seed=9, n_importance=50)
-    engine.sampler = engine.jacobi_sampler()  # type: ignore[assignment]
+    drawn = want.exact & np.isnan(x).any(axis=1)  # exact rows with completions to draw
+    assert drawn[:6].all() and (~want.exact).sum() > 20
+    jacobi = engine.jacobi_sampler()
+    calls: list[int] = []
+    run_masks = jacobi.run_masks
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return run_masks(*args, **kwargs)
+
+    jacobi.run_masks = counted  # type: ignore[method-assign]
+    engine.sampler_for = lambda rows: jacobi  # type: ignore[method-assign]
     got = engine.impute(x, n_samples=5, seed=9, n_importance=50)
+    assert sum(calls) == drawn.sum() * 5  # the exact rows' completions, and only them, by Jacobi
     np.testing.assert_array_equal(got.samples, want.samples)
     np.testing.assert_allclose(got.logprob_observed, want.logprob_observed, rtol=0, atol=1e-5)
     np.testing.assert_allclose(got.marginals, want.marginals, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got.ess, want.ess)
 
 
 @pytest.mark.parametrize("hidden", [[16], [12, 12]])
@@ -262,9 +280,11 @@ def test_jacobi_samples_for_the_engine_where_told_and_is_checked_at_load(
     np.testing.assert_array_equal(told.sample_from_noise(u, masks), want)
     x = np.where(np.random.default_rng(3).random((3, told.dims)) < 0.5, 1.0, 0.0)
     x[:, 5:] = np.nan
+    x[0] = np.nan  # exact (nothing observed): its 20 completions by Jacobi; the others by SMC on the CPU
     imputed = told.impute(x, n_samples=20, seed=1, n_importance=40)
+    assert imputed.exact.tolist() == [True, False, False]
+    assert calls == [n, 20]  # the samples, then the exact row's completions; never the particles
     np.testing.assert_array_equal(imputed.samples, plain.impute(x, n_samples=20, seed=1, n_importance=40).samples)
-    assert calls[0] == n and len(calls) >= 2  # the samples, then the imputation's draws
 
     def wrong(self: jacobi.JacobiSampler, *args: object, **kwargs: object) -> jacobi.JacobiRun:
         run = real(self, *args, **kwargs)  # type: ignore[arg-type]

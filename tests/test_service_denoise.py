@@ -51,7 +51,7 @@ def made(http: TestClient) -> MadeClient:
 
 
 def test_the_answer_is_the_engines(made: MadeClient, registry: ModelRegistry) -> None:
-    r = made.denoise(Y, 0.1, n_samples=4, seed=3, n_importance=100)
+    r = made.denoise(Y, 0.1, n_samples=4, seed=3, n_importance=1600)  # the work of 1600 draws: 100 particles
     want = registry.get("tiny").denoise(np.array(Y, dtype=float), 0.1, n_samples=4, seed=3, n_importance=100)
     assert (r.model, r.version, r.seed) == ("tiny", "1", 3)
     np.testing.assert_array_equal(r.array(), want.samples)
@@ -94,7 +94,7 @@ def test_null_entries_are_missing(made: MadeClient) -> None:
 @pytest.mark.anyio
 async def test_the_async_client(tiny_store: Path, registry: ModelRegistry) -> None:
     async with in_process(settings(tiny_store), registry) as client:
-        r = await client.denoise(Y, 0.1, n_samples=4, seed=3, n_importance=100)
+        r = await client.denoise(Y, 0.1, n_samples=4, seed=3, n_importance=1600)  # 100 particles
     sync = registry.get("tiny").denoise(np.array(Y, dtype=float), 0.1, n_samples=4, seed=3, n_importance=100)
     np.testing.assert_array_equal(r.array(), sync.samples)
 
@@ -152,10 +152,26 @@ def test_importance_draws_over_max_draws_are_refused(tiny_store: Path, registry:
     with client_of(create_app(settings(tiny_store, max_draws=150), registry)) as http:
         ok = http.post("/denoise", json={"x": Y + Y, "eps": [0.1, 0, 0, 0], "n_importance": 100})
         assert ok.status_code == 200  # rows with eps 0 everywhere draw nothing
-        r = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_importance": 100})
+        r = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_particles": 100})
+        worth = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_importance": 1600})  # 100 particles
+        both = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_particles": 50, "n_importance": 800})
+        fine = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_particles": 50})
     assert r.status_code == 422 and r.json()["detail"].startswith(
-        "2 noisy rows x n_importance 100 = 200 importance draws; the limit is 150 per request (MADE_MAX_DRAWS)"
+        "2 noisy rows x 100 particles = 200 particles a mask; the limit is 150 per request (MADE_MAX_DRAWS)"
     )
+    assert r.json()["errors"][0]["loc"] == ["body", "n_particles"]
+    assert worth.status_code == 422 and worth.json()["detail"] == r.json()["detail"]
+    assert both.status_code == 422 and "n_particles and n_importance both set the particles" in both.json()["detail"]
+    assert fine.status_code == 200, fine.text
+
+
+def test_n_importance_is_the_work_of_its_draws_in_particles(made: MadeClient, http: TestClient) -> None:
+    """n_importance means draws-worth everywhere: n_importance / 16 particles (rounded up)."""
+    old = made.denoise(Y, 0.1, n_samples=2, seed=4, n_importance=625)
+    new = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_samples": 2, "seed": 4, "n_particles": 40}).json()
+    assert new["marginals"] == list(old.marginals) and new["ess"] == list(old.ess)
+    fewer = http.post("/denoise", json={"x": Y, "eps": 0.1, "n_samples": 2, "seed": 4, "n_particles": 39}).json()
+    assert fewer["marginals"] != new["marginals"]
 
 
 def test_a_table_model_is_refused_with_what_it_answers(table_store: Path) -> None:

@@ -253,12 +253,12 @@ class BitPlane(Codec):
         png = await self._in_thread(samples_png, samples, shape, scale)
         return png, seed
 
-    async def _draw(self, method: Callable[..., T], req: ImputeRequest | DenoiseRequest, seed: int, *args: Any) -> T:
+    async def _draw(
+        self, method: Callable[..., T], req: ImputeRequest | DenoiseRequest, seed: int, n_importance: int, *args: Any
+    ) -> T:
         """An engine's impute or denoise of the request, in a worker thread under its timeout."""
         return await self._timed(
-            self._in_thread(
-                method, *args, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance, checked=True
-            )
+            self._in_thread(method, *args, n_samples=req.n_samples, seed=seed, n_importance=n_importance, checked=True)
         )
 
     # --- /impute ---------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ class BitPlane(Codec):
         # an exact row draws max(n_samples, 1) completions
         self.check.draws(x, req.n_importance, engine, engine.n_masks, per_exact_row=max(req.n_samples, 1))
         seed = req.seed if req.seed is not None else new_seed()
-        r = await self._draw(engine.impute, req, seed, x)
+        r = await self._draw(engine.impute, req, seed, req.n_importance, x)
         return ImputeResponse.model_construct(
             **_drawn_fields(engine, seed, r.samples, req.encoding),
             marginals=r.marginals.tolist(),
@@ -281,13 +281,13 @@ class BitPlane(Codec):
 
     # --- /denoise --------------------------------------------------------------------------------
     async def denoise(self, engine: Engine, req: DenoiseRequest) -> DenoiseResponse:
-        """Like /impute's likelihood weighting, every row that is not exact (eps 0 everywhere)
-        draws n_importance x K tilted samples in a worker thread; no merging with other requests
-        (each row's work is already a large batch of draws)."""
+        """Every row that is not exact (eps 0 everywhere) runs a particle filter of
+        req.particles particles per mask (service.engine.smc) in a worker thread; no merging
+        with other requests (each row's work is already a large batch of particles)."""
         x = req.rows
-        self.check.denoise(engine, x, req.eps, req.n_samples, req.n_importance)
+        self.check.denoise(engine, x, req.eps, req.n_samples, req.particles)
         seed = req.seed if req.seed is not None else new_seed()
-        r = await self._draw(engine.denoise, req, seed, x, req.eps)
+        r = await self._draw(engine.denoise, req, seed, req.particles, x, req.eps)
         return DenoiseResponse.model_construct(
             **_drawn_fields(engine, seed, r.samples, req.encoding),
             marginals=r.marginals.tolist(),

@@ -5,14 +5,18 @@ The unit is one value the network computes for one row under one mask: a pass ov
 under K masks of a D-wide network costs N x K x D. Drawing a value costs the model's own
 draw_cost of them (service.engine.contract.ModelEngine): a model of bits draws with its
 stepping sampler (STEP_COST, measured), a table model draws a record column by column, one whole
-pass per column. So the budget is about time, whichever endpoint spends it, and a request over
-it is refused with a 422 naming the setting instead of running past its timeout.
+pass per column. A particle of the particle filter (service.engine.smc: /denoise, and the rows of
+/logprob and /impute that no ordering answers exactly) costs PARTICLE_COST a value: a tilted draw,
+its weight and its share of the resampling (measured by bench/denoise.py --costs). So the budget
+is about time, whichever endpoint spends it, and a request over it is refused with a 422 naming
+the setting instead of running past its timeout.
 """
 
 from __future__ import annotations
 
 from made.core.errors import InvalidInput
 from service.engine.bit_model import STEP_COST
+from service.engine.smc import PARTICLE_COST
 
 
 def passes(rows: int, masks: int, width: int) -> int:
@@ -24,6 +28,12 @@ def drawn(draws: int, columns: int, cost: int = STEP_COST) -> int:
     """`draws` rows of `columns` values drawn at `cost` units a value (by default the stepping
     sampler of a model of bits)."""
     return int(draws) * int(columns) * int(cost)
+
+
+def particles(rows: int, n_particles: int, masks: int, columns: int) -> int:
+    """`rows` rows' particle filters, n_particles particles under each of `masks` masks of
+    `columns` values, at PARTICLE_COST units a value."""
+    return drawn(int(rows) * int(n_particles) * int(masks), columns, PARTICLE_COST)
 
 
 def check_work(limit: int, units: int, what: str, loc: tuple[str | int, ...] = ()) -> None:

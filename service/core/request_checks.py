@@ -18,6 +18,7 @@ from service.core import budget
 from service.core.metrics import Metrics
 from service.core.schemas import SampleRequest
 from service.engine.engine import Engine
+from service.engine.smc import particles_for
 from service.settings import Settings
 
 
@@ -52,7 +53,8 @@ class RowChecks:
         """Rows that need importance sampling x n_importance: a row whose missing values every
         mask's ordering puts after its observed ones is exact (/logprob: one pass per mask;
         /impute: n_samples completions, counted against MADE_MAX_SAMPLES) and does not count.
-        Within MADE_MAX_DRAWS, and their work (their draws under each of `masks` masks,
+        Within MADE_MAX_DRAWS (n_importance draws-worth a row), and their work (their particles,
+        smc.particles_for(n_importance), under each of `masks` masks,
         `per_exact_row` draws of each other row, and a pass of every row under each mask) within
         MADE_MAX_WORK; returns the number of such rows."""
         rows = int((~engine.exact_rows(~np.isnan(x))).sum())
@@ -65,10 +67,13 @@ class RowChecks:
                 "fewer rows or a smaller n_importance"
             )
         exact = len(x) - rows
-        draws = rows * n_importance * masks + exact * per_exact_row
         what = f"{len(x)} rows, {rows} of them with importance sampling x n_importance {n_importance} x {masks} "
         what += f"mask{'s' * (masks != 1)}" + (f" and {exact} drawn exactly x {per_exact_row}" if per_exact_row else "")
-        work = budget.passes(len(x), masks, engine.dims) + budget.drawn(draws, engine.dims)
+        work = (
+            budget.passes(len(x), masks, engine.dims)
+            + budget.particles(rows, particles_for(n_importance), masks, engine.dims)  # service.engine.smc
+            + budget.drawn(exact * per_exact_row, engine.dims)
+        )
         budget.check_work(self.settings.max_work, work, what, loc=("n_importance",))
         return rows
 
@@ -103,25 +108,24 @@ class RowChecks:
         return None if req.mask == "mixture" else self.mask(engine, int(req.mask))
 
     def denoise(self, engine: Engine, x: np.ndarray, eps: np.ndarray, n_samples: int, n_importance: int) -> None:
-        """Every row that is not exact (eps 0 everywhere, nothing missing) draws n_importance x K
-        tilted samples: within MADE_MAX_DRAWS and MADE_MAX_WORK, the completions within
-        MADE_MAX_SAMPLES."""
+        """Every row that is not exact (eps 0 everywhere, nothing missing) runs n_importance
+        particles under each of K masks (the request's n_particles): within MADE_MAX_DRAWS and
+        MADE_MAX_WORK, the completions within MADE_MAX_SAMPLES."""
         self.rows(engine, x, "/denoise")
         self.completions(len(x), n_samples, loc=("n_samples",))
         eps = np.broadcast_to(eps if eps.ndim != 1 else eps[:, None], x.shape)
         rows = int((~((eps == 0) & ~np.isnan(x)).all(axis=1)).sum())
         if rows * n_importance > self.settings.max_draws:
             raise InvalidInput(
-                f"{rows} noisy rows x n_importance {n_importance} = "
-                f"{rows * n_importance} importance draws; the limit is "
-                f"{self.settings.max_draws} per request (MADE_MAX_DRAWS): send "
-                "fewer rows or a smaller n_importance",
-                loc=("n_importance",),
+                f"{rows} noisy rows x {n_importance} particles = {rows * n_importance} particles a mask; "
+                f"the limit is {self.settings.max_draws} per request (MADE_MAX_DRAWS): send fewer rows "
+                "or fewer particles (n_particles)",
+                loc=("n_particles",),
             )
         budget.check_work(
             self.settings.max_work,
-            budget.drawn(rows * n_importance * engine.n_masks, engine.dims)
+            budget.particles(rows, n_importance, engine.n_masks, engine.dims)
             + budget.passes(len(x), engine.n_masks, engine.dims),
-            f"{rows} noisy rows x n_importance {n_importance} x {engine.n_masks} masks",
-            loc=("n_importance",),
+            f"{rows} noisy rows x {n_importance} particles x {engine.n_masks} masks",
+            loc=("n_particles",),
         )

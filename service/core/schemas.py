@@ -29,6 +29,8 @@ from service.core.fields import (
     decode_packed,
     fail,
 )
+from service.engine.denoise import DEFAULT_PARTICLES
+from service.engine.smc import DRAWS_PER_PARTICLE, particles_for
 
 # --- the compact encoding ---------------------------------------------------------------------
 
@@ -161,11 +163,35 @@ class DenoiseRequest(_RowsRequest):
         10, ge=0, description="clean rows drawn from the posterior per row (0: marginals and estimates only)"
     )
     seed: Seed | None = None
-    n_importance: StrictInt = Field(1000, ge=1, le=100_000, description="draws per mask and row")
+    n_particles: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description=f"particles per mask and row of the particle filter (default {DEFAULT_PARTICLES})",
+    )
+    n_importance: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="instead of n_particles: the work of n_importance draws per mask, "
+        f"n_importance / {DRAWS_PER_PARTICLE} particles (rounded up)",
+    )
     encoding: Encoding = Field("json", description='"packed": samples come as samples_b64')
+
+    @property
+    def particles(self) -> int:
+        """Particles per mask and row: n_particles, else particles_for(n_importance) (n_importance
+        means the work of that many draws per mask everywhere), else the default."""
+        if self.n_particles is not None:
+            return self.n_particles
+        if self.n_importance is not None:
+            return particles_for(self.n_importance)
+        return DEFAULT_PARTICLES
 
     @model_validator(mode="after")
     def _eps_fits_x(self) -> DenoiseRequest:
+        if None not in (self.n_particles, self.n_importance):
+            raise fail("n_particles and n_importance both set the particles: send one of them")
         if self.x is None:  # records: refused where the model is known
             return self
         n, d = self.x.shape
@@ -282,8 +308,8 @@ class DenoiseResponse(_Samples, _Response):
     seed: int = Field(description="the seed of the draws (drawn when not sent)")
     samples: list[list[list[int]]] | None = Field(
         None,
-        description="samples[i]: n_samples clean rows for noisy row i, resampled from the "
-        "importance-weighted draws with probability proportional to their weights (encoding json)",
+        description="samples[i]: n_samples clean rows for noisy row i, drawn from the weighted "
+        "particles with probability proportional to their weights (encoding json)",
     )
     samples_b64: str | None = Field(None, description="encoding packed: base64 of numpy.packbits(samples, axis=2)")
     shape: list[int] | None = Field(None, description="encoding packed: [N, n_samples, D]")
@@ -296,9 +322,12 @@ class DenoiseResponse(_Samples, _Response):
         description="log p(noisy row) per row, nats: the model's probability of the row after the noise"
     )
     stderr: list[float | None] = Field(
-        description="standard error of logprob_noisy (0 where eps is 0 everywhere; null with n_importance 1)"
+        description="standard error of logprob_noisy over the particle filter's islands (0 where eps is 0 "
+        "everywhere; null with one particle a mask)"
     )
-    ess: list[float] = Field(description="effective sample size of each row's importance weights")
+    ess: list[float] = Field(
+        description="effective number of particles behind each row's answer, 1 / sum of their squared weights"
+    )
 
 
 class ModelInfo(BaseModel):

@@ -23,6 +23,7 @@ from made.core.numerics import log_sigmoid
 from made.core.schema import BIT_LEVELS, Schema
 from made.store.versions import StoredModel
 from service.engine.engine import Engine
+from service.engine.smc import PARTICLE_COST, particles_for
 from service.engine.table_engine import TableConditionals, TableLogProb
 from service.engine.table_impute import TableImpute
 
@@ -61,6 +62,12 @@ class BitModel:
 
     def exact_draws(self, n_samples: int) -> int:
         return max(n_samples, 1)
+
+    def weighted_work(self, unknown: np.ndarray, masks: list[int], n_importance: int, n_draws: int) -> tuple[int, int]:
+        """Sequential Monte Carlo: n_importance draws-worth per record (MADE_MAX_DRAWS), spent on
+        particles_for(n_importance) particles per mask and record, each PARTICLE_COST a value."""
+        particles = len(unknown) * particles_for(n_importance)
+        return len(unknown) * n_importance, particles * len(masks) * self.dims * PARTICLE_COST
 
     def bits(self, endpoint: str) -> Engine:
         return self.engine

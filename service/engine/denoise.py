@@ -5,16 +5,14 @@ where not, with eps_d in [0, 1/2] per entry. It is imputation with soft evidence
 an observed entry (clamped), eps_d = 1/2 a missing one (p(y_d | x_d) = 1/2 whatever x_d), and a
 null in y is missing too, whatever its eps.
 
-For mask k, the sampler draws x along k's ordering from the tilted Bernoulli
-q(x_d | x_<d, y_d) ∝ p_k(x_d | x_<d) p(y_d | x_d) (the clamping of /impute's likelihood weighting,
-generalised: see service.engine.sampler) and multiplies the weight by its normaliser
-sum_x p_k(x_d = x | x_<d) p(y_d | x). The product over d is the ratio p_k(x) p(y | x) / q(x), so
-E_q[w] = sum_x p_k(x) p(y | x) = p_k(y): an unbiased estimate of the mask's probability of the
-noisy row, and the self-normalised weights turn the draws into the posterior p_k(x | y).
+For mask k, particles walk k's ordering drawing each x_d from the tilted Bernoulli
+q(x_d | x_<d, y_d) ∝ p_k(x_d | x_<d) p(y_d | x_d), the locally optimal proposal, each weighted
+by the normalisers sum_x p_k(x_d = x | x_<d) p(y_d | x), and resampled where their weights grow
+uneven: a particle filter (service.engine.smc) whose evidence estimate is unbiased for
+p_k(y) = sum_x p_k(x) p(y | x), and whose weighted particles approximate p_k(x | y).
 
-The model is the mixture p = (1/K) sum_k p_k: n_importance draws per mask (stratified over the K
-masks, as /impute's weighted rows), pooled with weights w / K, so p(y) is the pool's mean
-weight and the posterior marginals are the weighted frequencies of the pool.
+The model is the mixture p = (1/K) sum_k p_k: n_importance particles per mask, p(y) the mean
+of the masks' estimates, the posterior the masks' posteriors weighted by their evidence.
 """
 
 from __future__ import annotations
@@ -26,13 +24,13 @@ import numpy as np
 from made.core.errors import InvalidInput
 from made.core.numerics import logmeanexp
 from service.engine.checks import check_count, check_seed
-from service.engine.importance import pool_estimate, resample, stream_weighted
 from service.engine.passes import BitPasses
+from service.engine.smc import particle_filter, posterior, posterior_samples
 
-# Values (draws x D) of noise in one sampler call, at most: it bounds what a call holds (noise,
-# evidence, samples and the sampler's float64 buffers; docs/engine.md), whatever n_importance:
-# the draws are not kept (importance.stream_weighted).
-_DENOISE_VALUES = 1 << 21
+# Particles per mask and row by default: enough that a hundred binarized-MNIST digits denoise
+# within the request timeout with fewer bit errors than 1,000 importance draws a mask gave
+# (docs/denoise.md).
+DEFAULT_PARTICLES = 48
 
 
 @dataclass
@@ -41,8 +39,8 @@ class DenoiseResult:
     marginals: np.ndarray  # (N, D) float64: p(x_d = 1 | y)
     most_likely: np.ndarray  # (N, D) uint8: 1 where marginals > 1/2 (ties keep y's value)
     logprob_noisy: np.ndarray  # (N,) float64: log p(y), nats
-    stderr: np.ndarray  # (N,) float64: its standard error (delta method), NaN with one draw
-    ess: np.ndarray  # (N,) float64: (sum w)^2 / sum w^2 of the pool
+    stderr: np.ndarray  # (N,) float64: its standard error over the islands, NaN with one island
+    ess: np.ndarray  # (N,) float64: 1 / sum of the squared posterior weights of the particles
 
 
 def check_eps(eps: float | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -91,30 +89,30 @@ def denoise(
     eps: float | np.ndarray,
     n_samples: int = 10,
     seed: int | None = None,
-    n_importance: int = 1000,
+    n_importance: int = DEFAULT_PARTICLES,
     checked: bool = False,
 ) -> DenoiseResult:
     """p(x | y) under the mixture for each noisy row y (0/1; NaN: missing) and flip
     probabilities eps (a number, one per row, or one per entry, each in [0, 1/2]).
 
-    Every row draws n_importance clean rows per mask from the tilted sampler with weights
-    w = p_k(x) p(y | x) / q(x), from numpy.random.default_rng([seed, i]) (as /impute: a row's
-    answer depends on the seed, its index and its own values only). From the pool of K x
-    n_importance weighted draws: log p(y) = log mean(w) with a delta-method standard error, the
-    marginals p(x_d = 1 | y) as the weighted mean of the draws, `ess` = (sum w)^2 / sum w^2, and
-    n_samples clean rows resampled with probabilities w / sum w (sampling-importance-resampling:
-    draws from the posterior as n_importance grows; exact for any n_importance where every
-    weight is equal, e.g. eps = 1/2 everywhere). `most_likely` is the most likely value of each
-    entry on its own (marginal > 1/2; y's value at exactly 1/2), not the most likely row.
+    Every row runs a particle filter (service.engine.smc) with n_importance particles per mask
+    (here a count of particles: the request's DenoiseRequest.particles, which maps a request's
+    n_importance, draws-worth, to smc.particles_for(n_importance))
+    (in smc.ISLANDS independent islands), all its random numbers from
+    numpy.random.default_rng([seed, i]): a row's answer depends on the seed, its index and its
+    own values only. From its particles (smc.posterior): log p(y) = log of the mean over masks
+    and islands of their evidence estimates (unbiased for p(y)), with a standard error over
+    the islands; the marginals p(x_d = 1 | y) as the particles' weighted mean; `ess`, the
+    effective number of particles behind them, 1 / sum of their squared weights; n_samples
+    clean rows drawn from the weighted particles (with replacement). `most_likely` is the most
+    likely value of each entry on its own (marginal > 1/2; y's value at exactly 1/2), not the
+    most likely row.
 
     A row with eps = 0 everywhere and nothing missing is its own posterior: it is answered
     exactly (log p(y) as /logprob computes it, stderr 0, ess K x n_importance, nominal).
 
-    The pool is never held: all rows' draws go through the sampler _DENOISE_VALUES values a
-    call (a cancellation checkpoint before each), each row keeping only its log weights (8
-    bytes a draw) and the weighted sum of its draws; the n_samples resampled rows are drawn
-    again from the generator states saved before each call (importance.WeightedPool.redraw), the
-    same rows bit for bit. Memory is bounded by the call size, not by n_importance x D.
+    Rows go through the sampler a bounded number of particle values at a time (smc), with a
+    cancellation checkpoint before each pass: memory is bounded by the pass, not by the rows.
     """
     y = engine.check_x(y, allow_missing=True, checked=checked)
     check_count("n_samples", n_samples, 0)
@@ -142,20 +140,13 @@ def denoise(
         out.ess[rows] = float(k * s)
     rows = np.flatnonzero(~certain)
     rngs = {int(r): np.random.default_rng([seed, int(r)]) for r in rows}
-    per_call = max(1, _DENOISE_VALUES // d)
-
-    def draw(picked: np.ndarray, masks: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        done, logw, _ = engine.sampler_for(len(u)).run_masks(masks, u, evidence=(l0[picked], l1[picked]))
-        return done, logw
-
-    for pool in stream_weighted(rows, k * s, s, d, per_call, rngs, draw):  # draw j is under mask j // s
-        r = pool.row
-        est = pool_estimate(r, pool.logw, k, s)
-        out.logprob_noisy[r], out.stderr[r], out.ess[r] = est.logprob, est.stderr, est.ess
-        out.marginals[r] = np.clip(pool.mean, 0.0, 1.0)
-        picks = resample(rngs[r], est.weights, n_samples)
-        out.samples[r] = pool.redraw(picks, d, per_call, draw)
-    exact = (eps == 0) & ~np.isnan(y)  # every draw keeps y there: no rounding of the weighted mean
+    for particles in particle_filter(engine.sampler, list(range(k)), l0, l1, rows, rngs, s, n_samples):
+        r = particles.row
+        post = posterior(particles)
+        out.logprob_noisy[r], out.stderr[r], out.ess[r] = post.logprob, post.stderr, post.ess
+        out.marginals[r] = post.marginals
+        out.samples[r] = posterior_samples(rngs[r], post, particles, n_samples)
+    exact = (eps == 0) & ~np.isnan(y)  # every particle keeps y there: no rounding of the weighted mean
     out.marginals[exact] = y[exact]
     tie = out.marginals == 0.5
     out.most_likely[:] = np.where(tie, np.nan_to_num(y, nan=0.0), out.marginals > 0.5)

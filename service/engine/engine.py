@@ -256,9 +256,10 @@ class Engine:
         checked: bool = False,
     ) -> LogProbResult:
         """log p(x) under the mixture of `masks`; missing values (NaN) summed out, exactly where
-        every mask's ordering allows, else by likelihood weighting with n_importance draws per
-        mask and row (from numpy.random.default_rng(seed), streamed through the sampler in
-        calls of bounded size: memory does not grow with n_importance). checked: see check_x."""
+        every mask's ordering allows, else by the particle filter with n_importance particles per
+        mask (service.engine.missing.observed_logprob: row i from default_rng([seed, i]), through
+        the sampler in passes of bounded size: memory does not grow with n_importance).
+        checked: see check_x."""
         x = self.check_x(x, allow_missing=True, checked=checked)
         check_count("n_importance", n_importance, 1)
         ks = self._masks(masks)
@@ -273,7 +274,7 @@ class Engine:
             logprob[complete] = logmeanexp(per_mask, axis=0)
         rows = np.flatnonzero(~complete)
         if len(rows):
-            est = observed_logprob(self, x[rows], observed[rows], ks, seed, n_importance)
+            est = observed_logprob(self, x[rows], observed[rows], ks, seed, n_importance, row_ids=rows)
             logprob[rows], exact[rows], stderr[rows] = est.logprob, est.exact, est.stderr
         return LogProbResult(logprob, exact, stderr)
 

@@ -1,10 +1,12 @@
 """log p and imputation of bit rows with missing values (NaN), for the bit engine
 (service.engine.engine.Engine, through the BitPasses it offers): exact where every mask's
-ordering puts the missing dimensions last, else likelihood weighting (service.engine.importance).
+ordering puts the missing dimensions last, else sequential Monte Carlo along each ordering
+(service.engine.smc: a particle filter whose evidence is the observed values, clamped).
 
-Every long path streams its draws through the sampler in calls of at most _IMPUTE_VALUES values
-of noise, with a cancellation checkpoint (service.engine.cancel) before each call, so that what a
-request holds does not grow with n_importance (docs/engine.md gives the measured peaks).
+Every long path goes through the sampler in calls of bounded size (exact completions:
+_IMPUTE_VALUES values of noise; particles: smc._SMC_VALUES), with a cancellation checkpoint
+(service.engine.cancel) before each call, so that what a request holds does not grow with
+n_importance (docs/engine.md gives the measured peaks).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from made.core.masks import exact_orders
 from made.core.numerics import log_mean_stderr, logmeanexp
 from service.engine.cancel import checkpoint
 from service.engine.checks import check_count, check_seed
-from service.engine.importance import RunningMeans, pool_estimate, resample, split_draws, stream_weighted
+from service.engine.importance import split_draws
 from service.engine.passes import BitPasses
+from service.engine.smc import particle_filter, particles_for, posterior, posterior_samples
 
 # Values (draws x D) of noise in one sampler call of /impute or of /logprob's importance draws, at
 # most: it bounds what a call holds (noise, clamps, completions, the sampler's buffers and, for
@@ -44,65 +47,61 @@ class ImputeResult:
     stderr: np.ndarray  # (N,) float64 of logprob_observed, NaN where exact
 
 
+def clamped_evidence(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log p(x_d | x'_d = 0), log p(x_d | x'_d = 1)) of observed values as evidence on the
+    particles: an observed 1 is (-inf, 0), an observed 0 (0, -inf) (clamped), a missing one
+    (0, 0): a particle's weight is then the probability of the observed values."""
+    ones, missing = x > 0.5, np.isnan(x)
+    l0 = np.where(missing | ~ones, 0.0, -np.inf)
+    l1 = np.where(missing | ones, 0.0, -np.inf)
+    return l0, l1
+
+
 def observed_logprob(
-    engine: BitPasses, x: np.ndarray, observed: np.ndarray, ks: list[int], seed: int | None, n_importance: int
+    engine: BitPasses,
+    x: np.ndarray,
+    observed: np.ndarray,
+    ks: list[int],
+    seed: int | None,
+    n_importance: int,
+    row_ids: np.ndarray | None = None,
 ) -> LogProbResult:
     """log p(x_O) for rows with missing values under the mixture of masks `ks`: one pass per mask
-    where its ordering puts the missing dimensions last (exact), else likelihood weighting with
-    n_importance draws per (mask, row) from numpy.random.default_rng(seed), streamed through the
-    sampler (weighted_means: the draws are not kept). The standard error is the delta method's
-    on the mixture mean, NaN where every mask is exact."""
-    n, s = len(x), n_importance
+    where its ordering puts the missing dimensions last (exact), else the particle filter's
+    estimate (service.engine.smc, particles_for(n_importance) particles per mask: the work of
+    n_importance draws, every mask of ks run for a row that needs one), its randomness from
+    numpy.random.default_rng([seed, i]) with i the row's index in the request, row_ids[j]
+    (None: its index in x). The standard error is the
+    delta method's on the mixture mean, each inexact mask's variance from the spread of its
+    islands; NaN where every mask is exact."""
+    n = len(x)
+    seed = check_seed(seed)
+    ids = np.arange(n) if row_ids is None else np.asarray(row_ids)
     is_exact = exact_orders(engine.orderings[ks], observed)  # (len(ks), n)
     log_means = engine.mask_logliks(x, ks, observed)  # valid where is_exact
-    variances = np.zeros((len(ks), n))  # of the mean weight, relative to a per-row scale
-    # the (mask, row) pairs to weight, mask after mask, rows in order: the draw order
-    todo_i, todo_r = np.nonzero(~is_exact)
-    rng = np.random.default_rng(seed)
-    acc = weighted_means(engine, np.asarray(ks)[todo_i], todo_r, x, observed, s, rng)
-    log_means[todo_i, todo_r] = acc.log_mean()  # every weight 0: log p = -inf
+    island_z: dict[int, np.ndarray] = {}  # row: (len(ks), M) log evidence of each mask's islands
+    todo = np.flatnonzero(~is_exact.all(axis=0))
+    if len(todo):
+        l0, l1 = clamped_evidence(x)
+        rngs = {int(j): np.random.default_rng([seed, int(ids[j])]) for j in todo}
+        n_particles = particles_for(n_importance)
+        for particles in particle_filter(engine.sampler, list(ks), l0, l1, todo, rngs, n_particles):
+            island_z[particles.row] = particles.log_z
+            inexact = ~is_exact[:, particles.row]
+            log_means[inexact, particles.row] = logmeanexp(particles.log_z[inexact], axis=1)
     # mixture mean and delta-method standard error, computed relative to each row's maximum
     scale = log_means.max(axis=0)
     mean_rel = np.exp(log_means - scale).mean(axis=0)
-    if s > 1:  # var of w / exp(scale) = exp(2 (top - scale)) var of w / exp(top)
-        variances[todo_i, todo_r] = acc.m2 / (s - 1) * np.exp(2.0 * (acc.top - scale[todo_r])) / s
+    variances = np.zeros((len(ks), n))  # of each mask's mean, relative to exp(scale)
+    for j, lz in island_z.items():
+        m = lz.shape[1]
+        if m > 1:
+            rel = np.exp(lz - scale[j])
+            variances[:, j] = np.where(is_exact[:, j], 0.0, rel.var(axis=1, ddof=1) / m)
     var_mean = variances.sum(axis=0) / len(ks) ** 2
     exact = is_exact.all(axis=0)
     stderr = np.where(exact, np.nan, log_mean_stderr(mean_rel, var_mean))
     return LogProbResult(scale + np.log(mean_rel), np.asarray(exact, dtype=bool), stderr)
-
-
-def weighted_means(
-    engine: BitPasses,
-    masks: np.ndarray,
-    rows: np.ndarray,
-    x: np.ndarray,
-    observed: np.ndarray,
-    s: int,
-    rng: np.random.Generator,
-) -> RunningMeans:
-    """For each pair i (mask masks[i], row rows[i]): s completions of the row's missing values
-    under the mask, drawn pair after pair from rng, and the running statistics of their weights
-    w (the probability of the row's observed values), one group per pair.
-
-    All pairs' draws step through the sampler together (K masks cost about one pass, not K),
-    _IMPUTE_VALUES values a call at most (a pair's draws may span calls), with a cancellation
-    checkpoint before each call; what is kept is four numbers per pair, whatever s, and rng
-    draws the same uniforms in the same order as one call would."""
-    pairs, dims = len(rows), engine.dims
-    acc = RunningMeans(pairs)
-    filled = np.nan_to_num(x, nan=0.0).astype(np.uint8)  # the sampler clamps to these where observed
-    for pieces in split_draws(np.arange(pairs), s, max(1, _IMPUTE_VALUES // dims)):
-        checkpoint()
-        piece = np.array(pieces, dtype=np.int64).reshape(-1, 3)
-        pid, lens = piece[:, 0], piece[:, 2] - piece[:, 1]
-        of = np.repeat(pid, lens)
-        u = rng.random((int(lens.sum()), dims))
-        picked = rows[of]
-        _, logw, _ = engine.sampler_for(len(u)).run_masks(masks[of], u, observed[picked], filled[picked])
-        del u
-        acc.add(pid, lens, logw)
-    return acc
 
 
 def impute(
@@ -117,8 +116,9 @@ def impute(
     """p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value):
     n_samples completions, marginals p(x_d = 1 | x_obs), log p(x_obs) and an ESS.
 
-    Rows with nothing missing return themselves (marginals: the row; ess: K x n_importance,
-    nominal: nothing is estimated).
+    Rows with nothing missing return themselves (marginals: the row; ess: K x
+    particles_for(n_importance), the particles a row would have had, nominal: nothing is
+    estimated).
 
     Exact rows (every mask's ordering puts the missing dimensions after all the observed
     ones; `exact` true): log p(x_obs) = log mean_k p_k(x_obs), one pass per mask, no
@@ -134,13 +134,15 @@ def impute(
     n_samples (at least 1: one completion is drawn even for n_samples = 0, so that the
     marginals are defined).
 
-    Other rows (`exact` false): likelihood weighting, n_importance draws per mask, pooled
-    as the mixture with weights w / K; log p(x_obs) is the mean weight, with a delta-method
-    standard error; the marginals are the weighted mean of the draws; the completions are
-    resampled from the weighted pool; `ess` = (sum w)^2 / sum w^2 of the pool. The pool is
-    not held: the draws stream through the sampler, each row keeping its log weights (8
-    bytes a draw) and weighted sums, and the resampled completions are drawn again from the
-    generator's saved states, the same ones bit for bit (see _impute_weighted).
+    Other rows (`exact` false): sequential Monte Carlo (service.engine.smc),
+    particles_for(n_importance) particles per mask (one per DRAWS_PER_PARTICLE of the
+    n_importance draws' work) walking its ordering with the observed values clamped and resampled
+    where their weights grow uneven; log p(x_obs) is the mean over masks and islands of their
+    evidence estimates, with a standard error over the islands; the marginals are the
+    particles' weighted mean; the completions are drawn from the weighted particles; `ess` is
+    the effective number of particles behind them (smc.posterior: at most K x the particles). What a row keeps is a
+    summary per island, never its particles, and the particles go through the sampler a
+    bounded number at a time.
 
     Row i draws all its random numbers from numpy.random.default_rng([seed, i]) (seed None:
     a fresh one): its answer depends on the seed, its index and its own values, not on the
@@ -171,7 +173,7 @@ def impute(
         out.samples[rows] = x[rows, None, :].astype(np.uint8)
         ks = list(range(engine.n_masks))
         out.logprob_observed[rows] = logmeanexp(engine.mask_logliks(x[rows], ks), axis=0)
-        out.ess[rows] = float(n_importance * engine.n_masks)
+        out.ess[rows] = float(particles_for(n_importance) * engine.n_masks)
     exact_rows = np.flatnonzero(out.exact & ~complete)
     weighted_rows = np.flatnonzero(~out.exact)
     rngs = {int(i): np.random.default_rng([seed, int(i)]) for i in (*exact_rows, *weighted_rows)}
@@ -244,26 +246,16 @@ def _impute_exact(job: _Imputation, rows: np.ndarray) -> None:
 
 
 def _impute_weighted(job: _Imputation, rows: np.ndarray, n_importance: int) -> None:
-    """Rows that are not exact: n_importance likelihood-weighting draws per mask and row,
-    drawn mask after mask from the row's generator, then the resampling from them. The
-    draws of all rows go through the sampler in calls of at most _IMPUTE_VALUES values (a
-    row's draws may span calls; importance.stream_weighted), with a cancellation checkpoint
-    before each call, and are not kept: per row, their log weights (8 bytes a draw) and
-    their weighted mean (the marginals) are, and the n_samples resampled draws are drawn
-    again from the saved generator states (WeightedPool.redraw), bit for bit."""
+    """Rows that are not exact: the particle filter of each, particles_for(n_importance) per mask,
+    every random number from the row's generator (smc.particle_filter, then the completions'
+    islands)."""
     engine, x, observed, rngs, out = job.engine, job.x, job.observed, job.rngs, job.out
-    dims = engine.dims
-    per_call = max(1, _IMPUTE_VALUES // dims)
-    filled = np.nan_to_num(x, nan=0.0).astype(np.uint8)  # clamped where observed
-
-    def draw(picked: np.ndarray, masks: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        done, logw, _ = engine.sampler_for(len(u)).run_masks(masks, u, observed[picked], filled[picked])
-        return done, logw
-
-    for pool in stream_weighted(rows, engine.n_masks * n_importance, n_importance, dims, per_call, rngs, draw):
-        r = pool.row
-        est = pool_estimate(r, pool.logw, engine.n_masks, n_importance)
-        out.logprob_observed[r], out.stderr[r], out.ess[r] = est.logprob, est.stderr, est.ess
-        out.marginals[r] = np.where(observed[r], x[r], pool.mean)
-        picks = resample(rngs[r], est.weights, job.n_samples)
-        out.samples[r] = pool.redraw(picks, dims, per_call, draw)
+    l0, l1 = clamped_evidence(x)
+    ks = list(range(engine.n_masks))
+    n_particles = particles_for(n_importance)
+    for particles in particle_filter(engine.sampler, ks, l0, l1, rows, rngs, n_particles, job.n_samples):
+        r = particles.row
+        post = posterior(particles)
+        out.logprob_observed[r], out.stderr[r], out.ess[r] = post.logprob, post.stderr, post.ess
+        out.marginals[r] = np.where(observed[r], x[r], post.marginals)
+        out.samples[r] = posterior_samples(rngs[r], post, particles, job.n_samples)

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from made.core.schema import Schema
-from service.engine.sampler import Sampler
+from service.engine.sampler import FastSampler, Sampler
 
 
 class BitPasses(Protocol):
@@ -19,6 +19,7 @@ class BitPasses(Protocol):
     dims: int
     n_masks: int
     orderings: np.ndarray  # (K, D): orderings[k] lists the dimensions in mask k's order
+    sampler: FastSampler  # the stepping sampler, whose plans the particle filter walks (service.engine.smc)
 
     def check_x(self, x: np.ndarray, allow_missing: bool, checked: bool = False) -> np.ndarray:
         """x as (N, D) floats of 0, 1 and, where allowed, NaN, or InvalidInput."""

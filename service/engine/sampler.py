@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,18 +200,22 @@ class FastSampler(Sampler):
         self.n_masks = len(masks)
         self.block = block
         self.group_block = group_block
-        self._plans: dict[tuple[int, ...], GroupPlan] = {}
+        self._plans: dict[tuple[tuple[int, ...], int], GroupPlan] = {}
         self._lock = threading.Lock()
 
-    def group_plan(self, masks: tuple[int, ...]) -> GroupPlan:
-        plan = self._plans.get(masks)
+    def group_plan(self, masks: tuple[int, ...], block: int | None = None) -> GroupPlan:
+        """The plan of `masks` stepping together, in blocks of `block` steps (None: BLOCK for
+        one mask, GROUP_BLOCK for several), built once and kept."""
+        if block is None:
+            block = self.block if len(masks) == 1 else self.group_block
+        key = (masks, block)
+        plan = self._plans.get(key)
         if plan is None:
             with self._lock:  # one build per plan even when concurrent requests need it
-                plan = self._plans.get(masks)
+                plan = self._plans.get(key)
                 if plan is None:
-                    block = self.block if len(masks) == 1 else self.group_block
                     nets = [self.masks[k] for k in masks]
-                    plan = self._plans[masks] = build_group_plan(nets, self.dims, block)
+                    plan = self._plans[key] = build_group_plan(nets, self.dims, block)
         return plan
 
     def warm(self) -> None:
@@ -277,6 +282,28 @@ def _run_plan(
     for g, m in enumerate(members):
         if len(m):
             thr[g, :, : len(m)] = given.thresholds(u, m, nets[g].ordering).T
+    xs, logits = walk_plan(plan, sizes, thr, activation)
+    for g, m in enumerate(members):
+        if len(m):
+            draws.put(m, nets[g].ordering, xs[g, :, : len(m)].T, logits[g, :, : len(m)].T, given)
+
+
+# Called after each block but the last with the block's end t1, the particles' state (xs, logits:
+# (G, D, R) in positions, filled up to t1; acts: per hidden layer (G, H + 1, R), each group's
+# units in degree order) and per layer how many leading units of acts are known; it may permute
+# the R axis of those arrays (service.engine.smc resamples there).
+BlockHook = Callable[[int, np.ndarray, np.ndarray, list[np.ndarray], list[int]], None]
+
+
+def walk_plan(
+    plan: GroupPlan, sizes: list[int], thr: np.ndarray, activation: str, between: BlockHook | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step every group's rows along its ordering: group g's first sizes[g] rows, thresholds thr
+    (G, D, R) in positions (x = 1 where the logit z > thr). Returns (xs, logits), each (G, D, R)
+    in positions. `between` (None: nothing) sees and may permute the rows' state after every
+    block but the last (BlockHook)."""
+    nets = plan.nets
+    n_groups, dims, n_rows = thr.shape
     xs = np.zeros((n_groups, dims, n_rows))
     logits = np.zeros((n_groups, dims, n_rows))
     acts = [np.zeros((n_groups, h + 1, n_rows)) for h in plan.widths]  # + 1: a row for padding
@@ -286,9 +313,10 @@ def _run_plan(
         _step_block(block, bufs, xs, logits, thr, activation == "tanh")
         for act, st, nxt in zip(acts, block.stages, block.stages[1:], strict=False):
             act[gi, st.dst_rows] = bufs[nxt.buffer][gi, st.out_rows]
-    for g, m in enumerate(members):
-        if len(m):
-            draws.put(m, nets[g].ordering, xs[g, :, : len(m)].T, logits[g, :, : len(m)].T, given)
+        if between is not None and block.t1 < dims:
+            known = [max(hi for _, hi, _ in st.parts) for st in block.stages[:-1]]
+            between(block.t1, xs, logits, acts, known)
+    return xs, logits
 
 
 def _block_gemms(
