@@ -21,7 +21,7 @@ kinds interleaved round by round so that other work on the machine moves them to
 - with --baseline DIR, a checkout of another revision (e.g. `git archive REV | tar -x -C DIR`):
   the same requests against a second `made serve` running DIR's code (PYTHONPATH=DIR), started
   beside the first, its requests interleaved with the first's (--slow-repeats of each).
-Prints a markdown table; --write saves it to docs/impute-bench.md. Exit status 1 if a request
+Prints a markdown table; --write saves it to docs/impute-bench.md's section of bits. Exit status 1 if a request
 failed.
 """
 
@@ -47,6 +47,7 @@ from service.settings import data_directory  # noqa: E402
 from service.testing import made_serve  # noqa: E402
 
 DOC = ROOT / "docs" / "impute-bench.md"
+BITS = "## Models of bits: "
 DATA = data_directory(ROOT) / "binarized_mnist.npz"
 
 
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     table = render(kinds, source, args)
     print(table)
-    if args.write:
-        DOC.write_text(table)
+    if args.write:  # the page's section of bits; the tables' sections above it stay
+        text = DOC.read_text() if DOC.exists() else ""
+        head = text[: text.index(BITS)] if BITS in text else text
+        DOC.write_text(head + BITS + table.removeprefix("# "))
         print(f"wrote {DOC}", file=sys.stderr)
     return 1 if failed else 0
 

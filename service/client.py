@@ -24,8 +24,9 @@ talk to an app in-process.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -98,6 +99,10 @@ class _Call(Generic[T]):
     params: dict[str, str] | None = None  # the options of a CSV body, in the query string
     # a request whose answer is only a step (finish's Any): the call it leads to, given that answer
     then: Callable[[Any], _Call[T]] | None = None
+    # a request of `rows` records that may go as several: the call of records [start, stop) as
+    # batch b (split_call), whose answers merge into one (merge_answers)
+    rows: int = 0
+    part: Callable[[int, int, int], _Call[T]] | None = None
 
     def next(self, result: Any) -> _Call[T] | None:
         """The call to send after this one (given this one's result), if any."""
@@ -112,6 +117,47 @@ class _Call(Generic[T]):
     def send(self) -> dict[str, Any]:
         """The arguments of httpx's request() for this call."""
         return {"json": self.json, "content": self.content, "params": self.params, "headers": self.headers}
+
+
+def _too_large(exc: MadeAPIError) -> bool:
+    """A refusal that a smaller batch may pass: a body over the size limit, a request over one
+    of the per-request limits (MADE_MAX_ROWS, _DRAWS, _WORK, _SAMPLES), or past the timeout."""
+    return exc.status_code in (413, 504) or (exc.status_code == 422 and "(MADE_MAX_" in exc.detail)
+
+
+def _batch_seed(seed: int | None, b: int) -> int | None:
+    """Batch b's seed: the request's for the first batch, then one derived from it and b (the
+    answer of a split request is reproducible for the same batches)."""
+    if seed is None or b == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{b}".encode()).digest()[:8], "big") >> 11  # JSON-safe: below 2**53
+
+
+def _splittable(
+    call: _Call[T], rows: int, build: Callable[[Records, int | None], _Call[T]], records: Records, seed: int | None
+) -> _Call[T]:
+    """`call` (of all `rows` records) able to go as batches: records [start, stop) as batch b."""
+
+    def part(start: int, stop: int, b: int) -> _Call[T]:
+        chunk: Records = records.iloc[start:stop] if _is_frame(records) else list(records)[start:stop]  # type: ignore[union-attr]
+        return build(chunk, _batch_seed(seed, b))
+
+    call.rows, call.part = rows, part
+    return call
+
+
+def merge_answers(answers: list[Any]) -> Any:
+    """The answers of a request's batches as one: DataFrames concatenated, a response's lists
+    (one entry per record) concatenated, its other fields the first batch's."""
+    first = answers[0]
+    if len(answers) == 1:
+        return first
+    if not isinstance(first, BaseModel):
+        import pandas as pd
+
+        return pd.concat(answers)
+    update = {name: [v for a in answers for v in getattr(a, name)] for name, value in first if isinstance(value, list)}
+    return first.model_copy(update=update)
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -301,8 +347,12 @@ def _logprob_records(
 ) -> _Call[LogProbResponse]:
     """log p(record) per record; unknown (missing or None) cells summed out; `explain` adds
     each column's surprisal. `records`: a list of dicts, or a pandas DataFrame."""
-    options = {"model": model, "masks": masks, "seed": seed, "n_importance": n_importance, "explain": explain or None}
-    return _records_call("/logprob", LogProbResponse, options, records)
+
+    def build(chunk: Records, chunk_seed: int | None) -> _Call[LogProbResponse]:
+        options = {"model": model, "masks": masks, "seed": chunk_seed, "n_importance": n_importance}
+        return _records_call("/logprob", LogProbResponse, {**options, "explain": explain or None}, chunk)
+
+    return _splittable(build(records, seed), len(records), build, records, seed)
 
 
 def _sample_records(
@@ -348,13 +398,17 @@ def _impute_records(
     """The records filled in (.records), each unknown column's distribution (.distributions)
     and n_samples completions per record (.samples); with `as_frame`, only the filled records,
     as a pandas DataFrame (with a sent DataFrame's index)."""
-    options = {"model": model, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
-    call: _Call[Any] = _records_call("/impute", ImputeResponse, options, records)
-    if as_frame:
-        index = records.index if _is_frame(records) else None
-        parse = call.finish
-        call.finish = lambda response: _records_frame(parse(response).records or [], index)
-    return call
+
+    def build(chunk: Records, chunk_seed: int | None) -> _Call[Any]:
+        options = {"model": model, "n_samples": n_samples, "seed": chunk_seed, "n_importance": n_importance}
+        call: _Call[Any] = _records_call("/impute", ImputeResponse, options, chunk)
+        if as_frame:
+            index = chunk.index if _is_frame(chunk) else None
+            parse = call.finish
+            call.finish = lambda response: _records_frame(parse(response).records or [], index)
+        return call
+
+    return _splittable(build(records, seed), len(records), build, records, seed)
 
 
 def _conditionals_records(records: Records, *, model: str | None = None, mask: int = 0) -> _Call[ConditionalsResponse]:
@@ -409,8 +463,12 @@ class _Endpoints(Generic[H]):
         api_key: str | None = None,
         timeout: float = 60.0,
         http: H | None = None,
+        max_rows: int = 1000,
     ) -> None:
         self._owns_http = http is None
+        # records per request of logprob_records / impute_records: larger calls go as batches of
+        # at most this many, halved while the server refuses a batch as too large (_too_large)
+        self.max_rows = max(1, int(max_rows))
         self.http: H = http or self._http_class(base_url=base_url, timeout=timeout)
         self.http.headers.update(_headers(api_key))
 
@@ -450,9 +508,28 @@ class MadeClient(_Endpoints[httpx.Client]):
             self.http.close()
 
     def _send(self, call: _Call[T]) -> T:
+        if call.part is not None:
+            return self._send_batches(call)
         result = call.finish(_check(self.http.request(call.method, call.path, **call.send())))
         follow = call.next(result)
         return self._send(follow) if follow is not None else result
+
+    def _send_batches(self, call: _Call[T]) -> T:
+        assert call.part is not None
+        answers: list[Any] = []
+        start, b, size = 0, 0, min(self.max_rows, max(call.rows, 1))
+        while start < call.rows or not answers:
+            stop = min(call.rows, start + size)
+            part = call.part(start, stop, b) if (start, stop) != (0, call.rows) else replace(call, part=None)
+            try:
+                answers.append(self._send(part))
+            except MadeAPIError as exc:
+                if not _too_large(exc) or stop - start <= 1:
+                    raise
+                size = (stop - start) // 2
+                continue
+            start, b = stop, b + 1
+        return merge_answers(answers)  # type: ignore[no-any-return]
 
     def healthz(self) -> bool:
         """True when the server answers /healthz with 200."""
@@ -480,9 +557,29 @@ class AsyncMadeClient(_Endpoints[httpx.AsyncClient]):
             await self.http.aclose()
 
     async def _send(self, call: _Call[T]) -> T:
+        if call.part is not None:
+            return await self._send_batches(call)
         result = call.finish(_check(await self.http.request(call.method, call.path, **call.send())))
         follow = call.next(result)
         return await self._send(follow) if follow is not None else result
+
+    async def _send_batches(self, call: _Call[T]) -> T:
+        """MadeClient._send_batches, awaited: the batches one after another."""
+        assert call.part is not None
+        answers: list[Any] = []
+        start, b, size = 0, 0, min(self.max_rows, max(call.rows, 1))
+        while start < call.rows or not answers:
+            stop = min(call.rows, start + size)
+            part = call.part(start, stop, b) if (start, stop) != (0, call.rows) else replace(call, part=None)
+            try:
+                answers.append(await self._send(part))
+            except MadeAPIError as exc:
+                if not _too_large(exc) or stop - start <= 1:
+                    raise
+                size = (stop - start) // 2
+                continue
+            start, b = stop, b + 1
+        return merge_answers(answers)  # type: ignore[no-any-return]
 
     async def healthz(self) -> bool:
         """True when the server answers /healthz with 200."""

@@ -105,7 +105,7 @@ def test_a_body_of_unknown_keys_is_refused_by_counting_them(server: ServerProces
 
 def test_importance_sampling_past_the_work_budget_is_refused_before_it_starts(server: ServerProcess) -> None:
     row = [None] * 392 + [0] * 392
-    Attack(server, lambda c: c.post("/logprob", json={"x": [row], "n_importance": 100_000})).refused(
+    Attack(server, lambda c: c.post("/logprob", json={"x": [row, row], "n_importance": 100_000})).refused(
         422, "MADE_MAX_WORK"
     )
     Attack(server, lambda c: c.post("/impute", json={"x": [row] * 200, "n_importance": 1000})).refused(
@@ -114,7 +114,9 @@ def test_importance_sampling_past_the_work_budget_is_refused_before_it_starts(se
     Attack(server, lambda c: c.post("/denoise", json={"x": [[0] * 784] * 200, "eps": 0.1})).refused(
         422, "MADE_MAX_WORK"
     )
-    body = {"model": "diamonds", "records": [{"price": 500}, {"carat": 1.0}], "n_importance": 100_000}
+    # sequential Monte Carlo: 16 draws a particle, its passes charged at their measured cost
+    # (SMC_UNIT_COST), so 20 such records fit the budget (about 20 s here); 30 do not
+    body = {"model": "diamonds", "records": [{"price": 500}, {"carat": 1.0}] * 15, "n_importance": 100_000}
     Attack(server, lambda c: c.post("/logprob", json=body)).refused(422, "MADE_MAX_WORK")
 
 
@@ -169,14 +171,18 @@ def test_malformed_headers_and_numbers_are_4xx(server: ServerProcess) -> None:
 
 
 def test_table_samples_given_a_far_value_hold_only_values_a_column_can_take(server: ServerProcess) -> None:
+    # far outside the shipped model's bounds: refused, naming the column and its bounds
     r = httpx.post(f"{server.url}/sample", json={"model": "diamonds", "n": 20, "seed": 0, "given": {"x": 1e10}})
-    assert r.status_code in (200, 422), r.text
-    if r.status_code == 200:
-        records = r.json()["records"]
-        check = httpx.post(f"{server.url}/logprob", json={"model": "diamonds", "records": records})
-        assert check.status_code == 200, check.text  # nothing /logprob refuses ("NA" where never absent)
-    else:
-        assert "'x'" in r.json()["detail"]
+    assert r.status_code == 422, r.text
+    assert "given.x" in r.json()["detail"] and "bounds [0, " in r.json()["detail"], r.text
+    # at the upper bound: every drawn record reads back ("NA" never appears where never absent)
+    upper = float(r.json()["detail"].split("bounds [0, ")[1].split("]")[0])
+    r = httpx.post(f"{server.url}/sample", json={"model": "diamonds", "n": 20, "seed": 0, "given": {"x": upper}})
+    assert r.status_code == 200, r.text
+    records = r.json()["records"]
+    assert all(v != "NA" for rec in records for v in rec.values()), records
+    check = httpx.post(f"{server.url}/logprob", json={"model": "diamonds", "records": records})
+    assert check.status_code == 200, check.text
 
 
 def test_models_show_no_absolute_paths(server: ServerProcess) -> None:

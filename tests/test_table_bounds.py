@@ -16,11 +16,13 @@ import pytest
 from conftest import write_splits
 from helpers import cpu_registry
 
+from made.core.bounds import value_bounds
+from made.core.errors import InvalidInput
 from made.core.schema import ABSENT
 from made.store.versions import open_model
 from service.core.records import parse_given, parse_records
 from service.core.tableplane import TablePlane
-from service.engine import ModelRegistry
+from service.engine import ModelRegistry, table_smc
 from service.engine import table_engine as te
 from service.engine.cancel import Abandoned, CancelToken, running_under
 from service.engine.table_engine import TableEngine
@@ -59,16 +61,21 @@ def _peak(call: Callable[[], Any]) -> int:
 # --- bounded memory --------------------------------------------------------------------------------
 
 
-def test_memory_of_logprob_and_impute_does_not_grow_with_n_importance(mixed: TableEngine) -> None:
-    """10x the draws: well under 1.5x the peak (the draws go through the network CHUNK at a time;
-    impute keeps a draw's cells and weight, not the network's outputs)."""
+def test_memory_of_logprob_and_impute_does_not_grow_with_n_importance(
+    mixed: TableEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the call size, 10x the draws: well under 1.5x the peak (sequential Monte Carlo runs a
+    mask's filters MAX_PARTICLES particles at a time, at most PARTICLE_ROWS of them together,
+    keeping each filter's estimate and, for impute, a bounded pool of particles to draw from).
+    The call size is made small here so that two records reach it."""
+    monkeypatch.setattr(table_smc, "PARTICLE_ROWS", 1024)
     values = _unknowns(mixed, MIXED_ROWS)
     assert not mixed.logprob(values, seed=0, n_importance=10).exact.all()
-    small = _peak(lambda: mixed.logprob(values, seed=0, n_importance=2000))
-    large = _peak(lambda: mixed.logprob(values, seed=0, n_importance=20000))
+    small = _peak(lambda: mixed.logprob(values, seed=0, n_importance=20000))
+    large = _peak(lambda: mixed.logprob(values, seed=0, n_importance=200000))
     assert large < 1.5 * small, (small, large)
-    small = _peak(lambda: mixed.impute(values, n_samples=10, seed=0, n_importance=2000))
-    large = _peak(lambda: mixed.impute(values, n_samples=10, seed=0, n_importance=20000))
+    small = _peak(lambda: mixed.impute(values, n_samples=10, seed=0, n_importance=20000))
+    large = _peak(lambda: mixed.impute(values, n_samples=10, seed=0, n_importance=200000))
     assert large < 1.5 * small, (small, large)
 
 
@@ -165,8 +172,10 @@ async def small_budget(both_store: Path, registry: ModelRegistry) -> AsyncIterat
 async def test_the_work_budget_refuses_oversized_table_requests_and_admits_normal_ones(
     small_budget: InProcessClient,
 ) -> None:
-    """mixed: 4 columns, 49 outputs, 2 masks. A draw costs 4 x 49 = 196 units, so 500,000 admits
-    a few thousand draws and refuses 10,000 (before any is made)."""
+    """mixed: 4 columns, 49 outputs, 2 masks. A particle of sequential Monte Carlo (16 draws of
+    n_importance) costs 49 units per unknown column it walks (x SMC_UNIT_COST, measured), so
+    500,000 admits tens of thousands of draws and refuses 100,000 for twelve records (before any
+    is made)."""
     post = small_budget.http.post
     rec = [{"kind": "x"}]
     admitted = [
@@ -181,10 +190,10 @@ async def test_the_work_budget_refuses_oversized_table_requests_and_admits_norma
         r = await post(path, json=body)
         assert r.status_code == 200, (path, r.text)
     refused = [
-        ("/logprob", {"model": "mixed", "records": rec, "n_importance": 5000}, "n_importance 5000 x 2 masks"),
-        ("/impute", {"model": "mixed", "records": rec, "n_importance": 5000}, "n_importance 5000 x 2 masks"),
+        ("/logprob", {"model": "mixed", "records": rec * 12, "n_importance": 100000}, "n_importance 100000 x 2 masks"),
+        ("/impute", {"model": "mixed", "records": rec * 12, "n_importance": 100000}, "n_importance 100000 x 2 masks"),
         ("/sample", {"model": "mixed", "n": 5000}, "n 5000 samples"),
-        ("/sample", {"model": "mixed", "n": 3000, "given": {"kind": "y"}}, "n_importance 3000"),
+        ("/sample", {"model": "mixed", "n": 8000, "given": {"kind": "y"}}, "x 8000"),
         (
             "/logprob",
             {"model": "mixed", "records": [rec[0] | {"size": 1.0, "score": 1.0, "budget": 9}], "explain": True},
@@ -200,16 +209,19 @@ async def test_the_work_budget_refuses_oversized_table_requests_and_admits_norma
 
 
 def test_the_default_budget_admits_default_requests_on_the_shipped_diamonds() -> None:
-    """Default sizes on the shipped diamonds model pass Settings().max_work; the 101-byte request of
-    100000 draws for two records with unknown cells does not."""
+    """Default sizes on the shipped diamonds model pass Settings().max_work (1,000 records at the
+    defaults included); a request of 100000 draws for sixty records with unknown cells does not."""
     engine = cpu_registry(STORE).model("diamonds")  # under the engine contract
     plane = TablePlane(Settings(store=STORE), None, None, lambda: 0)  # type: ignore[arg-type]
     rows = engine.sample(10, seed=0)
     rows[:, ::2] = np.nan
     plane._impute_work(engine, rows, 10, 1000, ())
     plane._impute_work(engine, parse_given(engine.schema, {"carat": 1.0})[None, :], 10, 1000, ())
+    many = engine.sample(1000, seed=1)
+    many[:, ::2] = np.nan
+    plane._impute_work(engine, many, 10, 1000, ())
     with pytest.raises(Exception, match="MADE_MAX_WORK"):
-        plane._impute_work(engine, parse_records(engine.schema, [{"price": 500}, {"carat": 1.0}]), 10, 100000, ())
+        plane._impute_work(engine, parse_records(engine.schema, [{"price": 500}, {"carat": 1.0}] * 30), 10, 100000, ())
 
 
 # --- a number given far outside the training values ------------------------------------------------
@@ -246,11 +258,16 @@ def power(tmp_path_factory: pytest.TempPathFactory) -> TableEngine:
 
 
 def test_a_far_given_value_on_a_small_table_gives_records_that_read_back(power: TableEngine) -> None:
+    """Past its bounds a value is refused, naming them (issue 26); at its largest value the
+    records drawn read back, with no "NA" in a column that is never absent."""
     assert [(c.transform, c.nullable) for c in power.schema.columns[:2]] == [("log", False), ("log", False)]
-    row = parse_given(power.schema, {"x": 1e200})
+    with pytest.raises(InvalidInput, match=r"given\.x: .* is outside this column's bounds \[0, "):
+        parse_given(power.schema, {"x": 1e200})
+    far = value_bounds(power.schema.columns[0])[1]
+    row = parse_given(power.schema, {"x": far})
     for r in (
         power.impute(row[None, :], n_samples=30, seed=1, n_importance=1000),
-        power.impute(parse_records(power.schema, [{"x": 1e200, "kind": "big"}]), n_samples=30, seed=1),
+        power.impute(parse_records(power.schema, [{"x": far, "kind": "big"}]), n_samples=30, seed=1),
     ):
         _check_valid(power, r.samples[0])
         assert r.distributions[0]["y"]["q95"] is not None
@@ -267,8 +284,11 @@ def _check_valid(engine: TableEngine, samples: np.ndarray) -> None:
 
 def test_a_far_given_value_gives_records_that_read_back_on_the_shipped_diamonds() -> None:
     engine = cpu_registry(STORE).get("diamonds")
-    for given in ({"carat": 1e30}, {"x": 1e30}):
-        row = parse_given(engine.schema, given)
+    for name in ("carat", "x"):
+        col = engine.schema.columns[engine.schema.index(name)]
+        with pytest.raises(InvalidInput, match=f"given.{name}: .* is outside this column's bounds"):
+            parse_given(engine.schema, {name: 1e30})
+        row = parse_given(engine.schema, {name: value_bounds(col)[1]})
         r = engine.impute(row[None, :], n_samples=20, seed=1, n_importance=1000)
         _check_valid(engine, r.samples[0])
 

@@ -22,6 +22,7 @@ from service.core.records import decode_records, parse_given, parse_records
 from service.engine.contract import ModelEngine
 from service.engine.table_engine import TableConditionals
 from service.engine.table_impute import ImpossibleEvidence
+from service.engine.table_smc import DRAWS_PER_PARTICLE
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -59,13 +60,14 @@ class TablePlane(Codec):
             )
         return values
 
-    def _check_draws(self, values: np.ndarray, engine: ModelEngine, n_importance: int) -> None:
-        rows = int(np.isnan(values).any(axis=1).sum())
-        draws = rows * n_importance
+    def _check_draws(self, values: np.ndarray, engine: ModelEngine, n_importance: int, masks: list[int]) -> None:
+        weighted = _weighted(values, engine, masks)
+        draws, _ = engine.weighted_work(weighted, masks, n_importance, 0)
         if draws > self.settings.max_draws:
             raise InvalidInput(
-                f"{rows} records with unknown cells x n_importance {n_importance} = {draws} draws "
-                f"per mask; the limit is {self.settings.max_draws} per request (MADE_MAX_DRAWS)",
+                f"{len(weighted)} records with unknown cells that no ordering answers exactly at n_importance "
+                f"{n_importance} = {draws} draws per mask; the limit is {self.settings.max_draws} per request "
+                "(MADE_MAX_DRAWS)",
                 loc=("n_importance",),
             )
 
@@ -73,27 +75,21 @@ class TablePlane(Codec):
     def _check_work(self, units: int, what: str, loc: tuple[str | int, ...]) -> None:
         budget.check_work(self.settings.max_work, units, what, loc)
 
-    def _draws(self, values: np.ndarray, engine: ModelEngine, masks: list[int]) -> tuple[int, int]:
-        """(rows with unknown cells that some mask in `masks` does not put last: importance
-        sampled, rows with unknown cells drawn exactly)."""
-        unknown = np.isnan(values).any(axis=1)
-        exact = exact_orders(np.asarray(engine.orderings)[masks], ~np.isnan(values)).all(axis=0)
-        return int((unknown & ~exact).sum()), int((unknown & exact).sum())
-
     def _impute_work(
         self, engine: ModelEngine, values: np.ndarray, n_samples: int, n_importance: int, loc: tuple[str | int, ...]
     ) -> None:
-        """impute's work: a pass per mask over the rows, then the draws (the model's exact_draws
-        for an exact row)."""
+        """impute's work: a pass per mask over the rows, the draws of the rows drawn exactly (the
+        model's exact_draws each), and the weighted rows' (the model's weighted_work)."""
         masks = list(range(engine.n_masks))
-        weighted, exact = self._draws(values, engine, masks)
+        weighted = _weighted(values, engine, masks)
+        exact = int(np.isnan(values).any(axis=1).sum()) - len(weighted)
         per_exact = engine.exact_draws(n_samples)
-        draws = weighted * n_importance * len(masks) + exact * per_exact
-        units = budget.passes(len(values), len(masks), engine.width) + _drawn(engine, draws)
+        _, weighted_units = engine.weighted_work(weighted, masks, n_importance, per_exact)
+        units = budget.passes(len(values), len(masks), engine.width) + _drawn(engine, exact * per_exact)
         self._check_work(
-            units,
-            f"{weighted} records with unknown cells x n_importance {n_importance} x {len(masks)} masks "
-            f"and {exact} drawn exactly x {per_exact}",
+            units + weighted_units,
+            f"{len(weighted)} records that no ordering answers exactly at n_importance {n_importance} x "
+            f"{len(masks)} masks and {exact} drawn exactly x {per_exact}",
             loc,
         )
 
@@ -105,7 +101,8 @@ class TablePlane(Codec):
             raise InvalidInput(
                 f"masks {masks} does not exist: model '{engine.name}' has {engine.n_masks} masks", loc=("masks",)
             )
-        self._check_draws(values, engine, req.n_importance)
+        ks = list(range(engine.n_masks)) if masks == "all" else [int(masks)]
+        self._check_draws(values, engine, req.n_importance, ks)
         complete = not np.isnan(values).any()
         seed = None if complete else (req.seed if req.seed is not None else self._new_seed())
         if req.explain and not complete:
@@ -117,11 +114,13 @@ class TablePlane(Codec):
                 f"explain is for a few records at a time: at most {limit} per request on {what}, got {len(values)}",
                 loc=("explain",),
             )
-        ks = list(range(engine.n_masks)) if masks == "all" else [int(masks)]
-        weighted, _ = self._draws(values, engine, ks)
+        weighted = _weighted(values, engine, ks)
         units = budget.passes(len(values), len(ks), engine.width)
-        units += _drawn(engine, weighted * req.n_importance * len(ks))
-        work = f"{weighted} records with unknown cells x n_importance {req.n_importance} x {len(ks)} masks"
+        units += engine.weighted_work(weighted, ks, req.n_importance, 0)[1]
+        work = (
+            f"{len(weighted)} records that no ordering answers exactly at n_importance {req.n_importance} "
+            f"x {len(ks)} masks"
+        )
         if req.explain:
             per_record = engine.explain_passes
             units += budget.passes(len(values) * per_record, engine.n_masks, engine.width)
@@ -202,7 +201,9 @@ class TablePlane(Codec):
         if mask is not None:
             raise InvalidInput("given samples from the mixture of every mask; leave mask out", loc=("mask",))
         row = parse_given(engine.schema, req.given)
-        n_importance = max(req.n, 1000)
+        # as many particles per mask as there are samples (at least 1000): `given` resamples once,
+        # where the given cells are scored, so its ESS, and the samples' fidelity, is the particles'
+        n_importance = max(req.n, 1000) * DRAWS_PER_PARTICLE
         self._impute_work(engine, row[None, :], req.n, n_importance, ("n",))
         try:
             result = await self._timed(
@@ -232,7 +233,7 @@ class TablePlane(Codec):
                 f"{self.settings.max_samples} per request (MADE_MAX_SAMPLES)",
                 loc=("n_samples",),
             )
-        self._check_draws(values, engine, req.n_importance)
+        self._check_draws(values, engine, req.n_importance, list(range(engine.n_masks)))
         self._impute_work(engine, values, req.n_samples, req.n_importance, ("n_importance",))
         seed = req.seed if req.seed is not None else self._new_seed()
         try:
@@ -256,6 +257,14 @@ class TablePlane(Codec):
             exact=r.exact.tolist(),
             ess=r.ess.tolist(),
         )
+
+
+def _weighted(values: np.ndarray, engine: ModelEngine, masks: list[int]) -> np.ndarray:
+    """(M, C) the unknown cells of the records with unknown cells that some ordering in `masks`
+    does not put after every known one (estimated, not exact)."""
+    unknown = np.isnan(values)
+    exact = exact_orders(np.asarray(engine.orderings)[masks], ~unknown).all(axis=0)
+    return unknown[unknown.any(axis=1) & ~exact]
 
 
 def _drawn(engine: ModelEngine, draws: int) -> int:

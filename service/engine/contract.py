@@ -108,6 +108,12 @@ class ModelEngine(Protocol):
         """Rows impute draws for a record whose unknown cells every mask puts last."""
         ...
 
+    def weighted_work(self, unknown: np.ndarray, masks: list[int], n_importance: int, n_draws: int) -> tuple[int, int]:
+        """For the records whose unknown cells (unknown: (N, C) bool) no ordering in `masks`
+        answers exactly: (draws per mask, counted against MADE_MAX_DRAWS; their work in the
+        budget's unit, with n_draws completions of each record)."""
+        ...
+
     # --- records: (N, C) encoded cells, NaN where unknown ----------------------------------------
     def logprob(
         self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000

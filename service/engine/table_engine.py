@@ -6,7 +6,8 @@ does all the work (`complete`): it walks each row's mask ordering column by colu
 unknown cell from its conditional with pre-drawn noise, and scores every known cell given the
 columns before it. Where a mask's ordering puts every known column before every unknown one, the
 score is exactly log p_k(x_known) and the draws are exact samples of the unknown cells given the
-known ones; otherwise it is likelihood weighting (DESIGN-NOTES, "Missing values"), per column.
+known ones. Rows that some mask does not answer so go to sequential Monte Carlo
+(service.engine.table_smc), which walks each mask's ordering with particles instead.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from typing import Literal
 import numpy as np
 
 from made.core.errors import InvalidInput, ModelStoreError
-from made.core.heads import NOISE_PER_COLUMN, column_loglik, level_probs, sample_column
+from made.core.heads import NOISE_PER_COLUMN, column_loglik, level_probs
 from made.core.masks import exact_orders
 from made.core.numerics import logmeanexp
-from made.core.schema import ABSENT, Column, drawn_in_range
 from made.store.manifest import TABLE_OUTPUT
 from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
-from service.engine.importance import RunningMeans
+from service.engine.checks import check_seed
 from service.engine.runtime import make_session, requested_providers
 from service.engine.table_explain import column_summaries, surprisal
 from service.engine.table_impute import TableImpute, impute
+from service.engine.table_smc import draw_cells, smc
 
 log = logging.getLogger("made.engine")
 
@@ -152,7 +153,7 @@ class TableEngine:
                     continue
                 p = self.column_params(self.params(filled[todo], int(k)), c)
                 col = self.schema.columns[c]
-                filled[todo, c] = _draw(col, p, u[todo, c])
+                filled[todo, c] = draw_cells(col, p, u[todo, c])
                 if probs_of is not None and c in probs_of and col.kind != "numeric":
                     with np.errstate(over="ignore"):
                         probs = level_probs(col, p)
@@ -174,7 +175,9 @@ class TableEngine:
         self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
     ) -> TableLogProb:
         """log p(x_known) per row in nats: the unknown (NaN) cells summed out, exactly where every
-        mask in use puts them after the known ones, else by likelihood weighting."""
+        mask in use puts them after the known ones, else by sequential Monte Carlo
+        (service.engine.table_smc; n_importance / 16 particles per mask, row i's noise from
+        default_rng([seed, i]))."""
         values = self.check_values(values)
         ks = self._masks(masks)
         n = len(values)
@@ -186,20 +189,12 @@ class TableEngine:
         stderr = np.zeros(n)
         todo = np.flatnonzero(~exact)
         if len(todo):
-            # row todo[j]'s draws are n_importance under each mask in ks, one after another; they
-            # go through the network CHUNK at a time, their noise drawn in that order (the
-            # stream one call for all of them would draw), their weights summed as they come
-            rng = np.random.default_rng(seed)
-            per_row, k_arr = n_importance * len(ks), np.asarray(ks, dtype=np.int64)
-            acc = RunningMeans(len(todo))
-            for draws in _chunks(len(todo) * per_row):
-                checkpoint()
-                idx = np.arange(draws.start, draws.stop)
-                j = idx // per_row
-                u = rng.random((len(idx), self.dims, NOISE_PER_COLUMN))
-                _, logw, _ = self.complete(values[todo[j]], k_arr[(idx % per_row) // n_importance], u)
-                acc.add_rows(j, logw)
-            lp[todo], stderr[todo] = acc.log_mean(), acc.stderr()
+            # sequential Monte Carlo (service.engine.table_smc), row todo[j] drawing from
+            # default_rng([seed, todo[j]]): its answer does not depend on the other rows
+            seed = check_seed(seed)
+            rngs = [np.random.default_rng([seed, int(i)]) for i in todo.tolist()]
+            res = smc(self, values[todo], ks, rngs, n_importance, 0)
+            lp[todo], stderr[todo] = res.logprob, res.stderr
         return TableLogProb(lp, exact, stderr)
 
     def exact_logprob(self, values: np.ndarray, k: int) -> np.ndarray:
@@ -279,20 +274,3 @@ def _chunks(total: int) -> Iterator[slice]:
     step = max(1, int(CHUNK))
     for first in range(0, total, step):
         yield slice(first, min(first + step, total))
-
-
-def _draw(col: Column, p: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """sample_column's cells, a drawn number kept within what the column can hold. A number given
-    far outside the training values can move another column's conditional past float64 (a
-    log-transformed price of exp(1000)): such a draw overflows to inf, which is ABSENT, an "NA"
-    of a column that may never be absent. Clipped (made.core.schema.drawn_in_range), it stays a value:
-    the record reads back, and the draws that reached it weigh what the model gives them."""
-    with np.errstate(over="ignore"):  # a far logit's sigmoid overflows to its limit, 0 or 1: harmless
-        cells = sample_column(col, p, u)
-    if col.kind != "numeric":
-        return cells
-    if not col.nullable:
-        return drawn_in_range(col, cells)
-    with np.errstate(over="ignore"):  # sample_column's own test for absence, on the same noise
-        absent = u[:, 0] < 1.0 / (1.0 + np.exp(-np.asarray(p[:, 0], dtype=np.float64)))
-    return np.where(absent, ABSENT, drawn_in_range(col, cells))

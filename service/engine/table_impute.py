@@ -1,7 +1,7 @@
 """Imputation of table records (no HTTP): completions of each row's unknown cells given its known
 ones, each unknown column's posterior distribution, log p(x_known) and the effective sample size
 behind them. A function of a TablePasses (service.engine.table_engine.TableEngine), which walks
-the network; the weighting and resampling are service.engine.importance's.
+the network; rows that no ordering answers exactly go to service.engine.table_smc.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import numpy as np
 from made.core.errors import InvalidInput
 from made.core.heads import NOISE_PER_COLUMN, column_loglik
 from made.core.masks import exact_orders
-from made.core.numerics import effective_sample_size, log_mean_stderr, logmeanexp
+from made.core.numerics import logmeanexp
 from made.core.schema import ABSENT
 from service.engine.cancel import checkpoint
 from service.engine.checks import check_seed
-from service.engine.importance import resample
 from service.engine.passes import TablePasses
+from service.engine.table_smc import pick, smc
 
-SUMMARY_DRAWS = 200  # draws behind an exact row's column distributions (more than the samples asked)
+SUMMARY_DRAWS = 200  # draws behind a row's column distributions, at least (more than the samples asked)
 
 
 class ImpossibleEvidence(InvalidInput):
@@ -65,13 +65,15 @@ def impute(
     distribution, log p(x_known) and the effective sample size behind them.
     Exact rows (every mask puts the known columns first): SUMMARY_DRAWS (at least n_samples)
     exact draws pooled over the masks, each mask drawn from its posterior p_k(x_known); the
-    others: likelihood weighting, n_importance draws per mask, resampled for the completions.
+    others: sequential Monte Carlo (service.engine.table_smc) with n_importance / 16 particles
+    per mask, its weighted completions the distributions, the samples resampled from them (or,
+    n_samples over SUMMARY_DRAWS, as `given` asks, n_samples fresh completions).
 
     Row i draws from numpy.random.default_rng([seed, i]), so its answer does not depend on the
-    other rows. The draws of all rows go through the network chunk_rows at a time (a row's draws
-    split over chunks where they are more), and a row keeps of each draw only what its answer
-    needs: its drawn cells and weight (and, exact rows, the level probabilities they were
-    drawn from), never the network's outputs."""
+    other rows. An exact row's draws go through the network chunk_rows at a time (a row's draws
+    split over chunks where they are more), and it keeps of each draw only what its answer
+    needs: its drawn cells and the level probabilities they were drawn from, never the
+    network's outputs."""
     values = engine.check_values(values)
     seed = check_seed(seed)
     n, k_all = len(values), np.arange(engine.n_masks)
@@ -90,7 +92,7 @@ def impute(
         np.zeros(n),
         np.zeros(n),
     )
-    pools = _pools(values, per_mask, seed, n_samples, n_importance, out)
+    pools = _pools(values, per_mask, seed, n_samples, out)
     for chunk in _segments(pools, chunk_rows):
         checkpoint()
         sizes = [stop - start for _, start, stop in chunk]
@@ -104,24 +106,60 @@ def impute(
         )
         ks = np.concatenate([pool.masks(start, stop) for pool, start, stop in chunk])
         cols = {int(c) for pool, _, _ in chunk for c in pool.unknown}
-        filled, logw, level_p = engine.complete(values[rows], ks, u, cols)
+        filled, _, level_p = engine.complete(values[rows], ks, u, cols)
         first = 0
         done = [pool for pool, _, stop in chunk if stop == pool.draws]
         for pool, start, stop in chunk:
-            pool.keep(slice(start, stop), slice(first, first + stop - start), filled, logw, level_p)
+            pool.keep(slice(start, stop), slice(first, first + stop - start), filled, level_p)
             first += stop - start
-        del filled, logw, level_p, u  # the chunk's arrays go before the rows' summaries are made
+        del filled, level_p, u  # the chunk's arrays go before the rows' summaries are made
         for pool in done:
             _finish(engine, values, pool, n_samples, out)
+    _sequential(engine, values, np.flatnonzero(~exact), seed, n_samples, n_importance, out)
     return out
 
 
-def _pools(
-    values: np.ndarray, per_mask: np.ndarray, seed: int, n_samples: int, n_importance: int, out: TableImpute
-) -> list[_Pool]:
-    """Each row's draws to make, its generator default_rng([seed, i]) first: an exact row's
-    masks drawn from its posterior over them (per_mask (K, N): log p_k(x_known)), a weighted
-    row's n_importance per mask. A row with nothing unknown is its own answer, filled in here."""
+def _sequential(
+    engine: TablePasses,
+    values: np.ndarray,
+    rows: np.ndarray,
+    seed: int,
+    n_samples: int,
+    n_importance: int,
+    out: TableImpute,
+) -> None:
+    """The rows that no ordering answers exactly, by sequential Monte Carlo
+    (service.engine.table_smc), row i's noise from default_rng([seed, i])."""
+    if not len(rows):
+        return
+    rngs = [np.random.default_rng([seed, int(i)]) for i in rows.tolist()]
+    # up to SUMMARY_DRAWS samples: every particle completed and weighted (its distributions),
+    # the samples resampled from them; more (`given`): that many fresh completions
+    many = n_samples > SUMMARY_DRAWS
+    masks = list(range(engine.n_masks))
+    res = smc(engine, values[rows], masks, rngs, n_importance, n_samples if many else None, SUMMARY_DRAWS)
+    for j, i in enumerate(rows.tolist()):
+        if not np.isfinite(res.logprob[j]):
+            raise impossible_evidence(engine, values, i)
+        out.logprob_observed[i], out.stderr[i], out.ess[i] = res.logprob[j], res.stderr[j], res.ess[j]
+        at = slice(res.starts[j], res.starts[j + 1])
+        draws, weights = res.draws[at], res.weights[at]
+        out.samples[i] = draws[:n_samples] if many else draws[pick(weights, n_samples, rngs[j])]
+        dists = {}
+        for c in np.flatnonzero(np.isnan(values[i])).tolist():
+            cells, probs = draws[:, c], res.level_p.get(c)
+            if probs is not None:  # a particle's cell (drawn before a known one) counts as itself
+                probs = probs[at].copy()
+                own = np.isnan(probs[:, 0])
+                probs[own] = np.eye(probs.shape[1])[cells[own].astype(np.int64)]
+            dists[engine.schema.columns[c].name] = _distribution(engine, c, cells, weights, probs)
+        out.distributions[i] = dists
+
+
+def _pools(values: np.ndarray, per_mask: np.ndarray, seed: int, n_samples: int, out: TableImpute) -> list[_Pool]:
+    """Each exact row's draws to make, its generator default_rng([seed, i]) first, its masks
+    drawn from its posterior over them (per_mask (K, N): log p_k(x_known)); the other rows are
+    _sequential's. A row with nothing unknown is its own answer, filled in here."""
     n_masks = len(per_mask)
     unknown = np.isnan(values)
     pools = []
@@ -135,33 +173,18 @@ def _pools(
             post = np.exp(per_mask[:, i] - np.logaddexp.reduce(per_mask[:, i]))
             ks = rng.choice(n_masks, size=max(n_samples, SUMMARY_DRAWS), p=post / post.sum())
             pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), len(ks), ks))
-        else:
-            pools.append(_Pool(i, rng, np.flatnonzero(unknown[i]), n_masks * n_importance, None, n_importance))
     return pools
 
 
 def _finish(engine: TablePasses, values: np.ndarray, pool: _Pool, n_samples: int, out: TableImpute) -> None:
     """A row's summaries from its draws, once they are all in."""
     i, size, unk_cols = pool.row, pool.draws, pool.unknown.tolist()
-    cells, row_p, row_logw = pool.cells, pool.level_p, pool.logw  # (draws, unknown columns), ...
+    cells, row_p = pool.cells, pool.level_p  # (draws, unknown columns), column -> (draws, levels)
     assert cells is not None
-    pool.cells, pool.level_p, pool.logw = None, {}, None
-    if row_logw is None:  # an exact row
-        weights = np.full(size, 1.0 / size)
-        chosen = np.arange(n_samples)
-        out.ess[i] = size
-    else:
-        row_logw[np.isnan(row_logw)] = -np.inf
-        if np.isneginf(row_logw).all():
-            raise impossible_evidence(engine, values, i)
-        out.logprob_observed[i] = logmeanexp(row_logw[None, :], axis=1)[0]
-        w = np.exp(row_logw - row_logw.max())
-        var_of_mean = w.var(ddof=1) / size if size > 1 else 0.0
-        out.stderr[i] = log_mean_stderr(max(float(w.mean()), 1e-300), var_of_mean)
-        weights = w / w.sum()
-        out.ess[i] = effective_sample_size(weights)
-        chosen = resample(pool.rng, weights, n_samples)
-        row_p = {}  # a draw's level probabilities ignore the known cells after it
+    pool.cells, pool.level_p = None, {}
+    weights = np.full(size, 1.0 / size)
+    chosen = np.arange(n_samples)
+    out.ess[i] = size
     samples = np.repeat(values[i][None, :], n_samples, axis=0)
     samples[:, pool.unknown] = cells[chosen]
     out.samples[i] = samples
@@ -223,34 +246,24 @@ def _distribution(
 
 @dataclass
 class _Pool:
-    """One imputed row's draws: its generator (noise, then the resampling), its unknown columns,
-    how many draws and under which masks (`ks`, or draw j under mask j // n_importance), and
-    what it keeps of each chunk of them (drawn cells, log weights, level probabilities)."""
+    """One exact row's draws: its generator (the noise), its unknown columns, how many draws and
+    under which masks (`ks`), and what it keeps of each chunk of them (drawn cells, level
+    probabilities)."""
 
     row: int
     rng: np.random.Generator
     unknown: np.ndarray
     draws: int
-    ks: np.ndarray | None
-    n_importance: int = 1
+    ks: np.ndarray
     cells: np.ndarray | None = None  # (draws, unknown columns), from its first chunk on
-    logw: np.ndarray | None = None  # (draws,), weighted rows
-    level_p: dict[int, np.ndarray] = field(default_factory=dict)  # column -> (draws, levels), exact rows
+    level_p: dict[int, np.ndarray] = field(default_factory=dict)  # column -> (draws, levels)
 
-    def keep(
-        self, draws: slice, part: slice, filled: np.ndarray, logw: np.ndarray, level_p: dict[int, np.ndarray]
-    ) -> None:
+    def keep(self, draws: slice, part: slice, filled: np.ndarray, level_p: dict[int, np.ndarray]) -> None:
         """What the row keeps of its draws `draws`, rows `part` of a chunk's completions: the drawn
-        cells and, a weighted row (ks None), the log weights, or, an exact row, the level
-        probabilities the draws were made from."""
+        cells and the level probabilities the draws were made from."""
         if self.cells is None:  # the row's first draws: room for what it keeps of them all
             self.cells = np.empty((self.draws, len(self.unknown)))
-            if self.ks is None:
-                self.logw = np.empty(self.draws)
         self.cells[draws] = filled[part][:, self.unknown]
-        if self.logw is not None:
-            self.logw[draws] = logw[part]
-            return
         for c in self.unknown.tolist():
             if c in level_p:
                 if c not in self.level_p:
@@ -258,9 +271,7 @@ class _Pool:
                 self.level_p[c][draws] = level_p[c][part]
 
     def masks(self, start: int, stop: int) -> np.ndarray:
-        if self.ks is not None:
-            return self.ks[start:stop]
-        return np.arange(start, stop, dtype=np.int64) // self.n_importance
+        return self.ks[start:stop]
 
 
 def _segments(pools: list[_Pool], chunk_rows: int) -> Iterator[list[tuple[_Pool, int, int]]]:

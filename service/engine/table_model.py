@@ -8,6 +8,7 @@ Numpy only; nothing here knows HTTP.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NoReturn
 
 import numpy as np
@@ -18,9 +19,14 @@ from made.store.versions import StoredModel
 from service.engine.table_engine import TableConditionals, TableEngine, TableLogProb
 from service.engine.table_explain import GIVEN_LOCAL, GIVEN_NODES
 from service.engine.table_impute import SUMMARY_DRAWS, TableImpute
+from service.engine.table_smc import particles_per_mask, smc_passes
 
 # explain integrates each numeric column over its values: thousands of network passes per record
 EXPLAIN_MAX_RECORDS = 32
+# What a unit of the table particle filter's passes costs, in units of MADE_MAX_WORK (a value of a
+# bit model's pass): its large batched passes run at 0.2-0.33 of a bit pass's seconds per unit
+# (bench/work_costs.py, docs/impute-bench.md), rounded up.
+SMC_UNIT_COST = 0.4
 
 
 class TableModel:
@@ -57,6 +63,15 @@ class TableModel:
     def exact_draws(self, n_samples: int) -> int:
         """An exact record's column distributions come from SUMMARY_DRAWS draws at least."""
         return max(n_samples, SUMMARY_DRAWS)
+
+    def weighted_work(self, unknown: np.ndarray, masks: list[int], n_importance: int, n_draws: int) -> tuple[int, int]:
+        """Sequential Monte Carlo (service.engine.table_smc): its particles per mask and record,
+        and the rows its passes compute times the network's width."""
+        per_mask = particles_per_mask(n_importance)
+        # impute completes at most 2 SUMMARY_DRAWS particles (n_samples up to SUMMARY_DRAWS), or n_draws
+        tails = 0 if not n_draws else n_draws if n_draws > SUMMARY_DRAWS else min(per_mask * len(masks), 2 * n_draws)
+        units = smc_passes(self.orderings[masks], unknown, n_importance, tails) * self.width
+        return len(unknown) * per_mask, math.ceil(units * SMC_UNIT_COST)
 
     def logprob(
         self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
