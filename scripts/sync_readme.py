@@ -4,7 +4,8 @@
 
 Each README section `<!-- include:docs/NAME.md -->` ... `<!-- /include -->` is replaced by the
 tables (lines starting with '|') and the lines right above them of that generated file, so every
-number in the README comes from the script that wrote the file (named in the file itself).
+number in the README comes from the script that wrote the file (named in the file itself);
+`<!-- include:docs/NAME.md#N -->` takes its first N tables only.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PATTERN = re.compile(r"(<!-- include:(?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /include -->)", re.S)
 
 
-def extract(text: str) -> str:
-    """The tables of a generated doc, each with the paragraph just above it."""
+def extract(text: str, first: int | None = None) -> str:
+    """The tables of a generated doc (the first `first` of them, or all), each with the paragraph
+    just above it."""
     blocks = text.strip().split("\n\n")
     keep = [b for b in blocks if any(line.startswith("|") for line in b.splitlines())]
-    return "\n\n".join(keep)
+    return "\n\n".join(keep[:first])
 
 
 def main() -> int:
@@ -29,11 +31,12 @@ def main() -> int:
     text = readme.read_text()
 
     def replace(match: re.Match[str]) -> str:
-        source = ROOT / match.group("path")
+        path, _, first = match.group("path").partition("#")
+        source = ROOT / path
         if not source.exists():
             print(f"sync_readme: {source} not found; section left as it was", file=sys.stderr)
             return match.group(0)
-        return f"{match.group(1)}{extract(source.read_text())}\n{match.group(4)}"
+        return f"{match.group(1)}{extract(source.read_text(), int(first) if first else None)}\n{match.group(4)}"
 
     readme.write_text(PATTERN.sub(replace, text))
     return 0

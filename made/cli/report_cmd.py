@@ -1,0 +1,71 @@
+"""`made report MODEL TEST_CSV --out DIR`: a quality report of a stored table model against
+held-out rows (service.batch.report), as PNG plots and one HTML page."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from made.core.errors import ConfigError
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "report",
+        help="compare a table model's samples with held-out rows: plots (PNG) and one HTML page",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a model: its name in --store, STORE/NAME (its highest version) or STORE/NAME/VERSION",
+    )
+    p.add_argument("test_csv", metavar="TEST_CSV", help="held-out rows with the model's columns (CSV or Parquet)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of index.html, its PNGs and scores.json")
+    p.add_argument("--store", default="model_store", help="model store of a MODEL given by name")
+    p.add_argument("--n", type=int, default=5000, help="how many rows to sample")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    p.set_defaults(func=cmd_report)
+
+
+def model_location(model: str, store: str) -> tuple[Path, str, str | None]:
+    """(store, name, version or None) of MODEL: a version folder (it holds manifest.json), a
+    model folder (it holds versions), or a name in --store."""
+    path = Path(model)
+    if (path / "manifest.json").is_file():
+        return path.parent.parent, path.parent.name, path.name
+    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+        return path.parent, path.name, None
+    if "/" in model or not model:
+        raise ConfigError(f"model {model!r} is not a model folder (STORE/NAME or STORE/NAME/VERSION)")
+    return Path(store), model, None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from made.store.versions import open_model
+    from service.batch.report import write_report
+
+    if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
+        logging.getLogger("made.engine").setLevel(logging.WARNING)
+    if not Path(args.test_csv).is_file():
+        raise ConfigError(f"TEST_CSV {args.test_csv} is not a file")
+    store, name, version = model_location(args.model, args.store)
+    model = open_model(store, name, version)
+    report = write_report(model, Path(args.test_csv), Path(args.out), args.n, args.seed)
+    q = report.quality
+    print(
+        json.dumps(
+            {
+                "report": str(Path(args.out) / "index.html"),
+                "model": model.name,
+                "version": model.version,
+                "rows": report.rows,
+                "overall": round(q.overall, 4),
+                "column_shapes": round(q.column_shapes, 4),
+                "column_pair_trends": round(q.column_pair_trends, 4),
+            }
+        )
+    )
+    return 0
