@@ -22,7 +22,7 @@ from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN, bounded_bins
 from made.core.masks import build_direct_mask, build_masks
 from made.core.schema import ABSENT, Column, Schema, input_value
 from training.model import MaskedConfig, MaskedNetwork
-from training.table_heads import ColumnHeads, EncodedRows
+from training.table_heads import ColumnHeads, EncodedRows, interval_log_mass
 
 
 @dataclass
@@ -132,7 +132,7 @@ class TableMADE(MaskedNetwork):
             lo, hi, width_np = bounded_bins(col, vals)
             width = torch.from_numpy(width_np).float()[:, None]
             lo_t, hi_t = torch.from_numpy(lo).float()[:, None], torch.from_numpy(hi).float()[:, None]
-            ll = torch.logsumexp(log_w + _interval_log_mass(lo_t, hi_t, width, mu, log_s), dim=1)
+            ll = torch.logsumexp(log_w + interval_log_mass(lo_t, hi_t, width, mu, log_s), dim=1)
         if col.bounded:
             ll = ll - _log_mass_in_bounds(col, log_w, mu, log_s)
         if col.nullable:
@@ -158,24 +158,11 @@ class TableMADE(MaskedNetwork):
                 bias[start] = math.log(p / (1 - p))
 
 
-def _interval_log_mass(
-    lo: torch.Tensor, hi: torch.Tensor, width: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor
-) -> torch.Tensor:
-    """(N, M) log of each logistic component's mass on [lo, hi] (made.core.heads' formula); an
-    infinite edge or width contributes its limit 0 without computing inf * 0 (a NaN gradient)."""
-    inv_s = torch.exp(-log_s)
-    top, bottom, wide = hi == math.inf, lo == -math.inf, width == math.inf
-    upper = torch.where(top, 0.0, F.logsigmoid((torch.where(top, 0.0, hi) - mu) * inv_s))
-    lower = torch.where(bottom, 0.0, F.logsigmoid(-(torch.where(bottom, 0.0, lo) - mu) * inv_s))
-    gap = torch.where(wide, 0.0, torch.log(-torch.expm1(-torch.where(wide, 1.0, width) * inv_s)))
-    return upper + lower + gap
-
-
 def _log_mass_in_bounds(col: Column, log_w: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
     """(N,) log of the mixture's mass inside a bounded column's bounds: the normaliser of its
     truncated head (made.core.heads.log_mass_in_bounds), so that training fits the model that
     serving reads."""
     lo, hi = bounds_y(col)
     full = torch.full((1, 1), 1.0, dtype=mu.dtype)
-    mass = _interval_log_mass(full * lo, full * hi, full * (hi - lo), mu, log_s)
+    mass = interval_log_mass(full * lo, full * hi, full * (hi - lo), mu, log_s)
     return torch.logsumexp(log_w + mass, dim=1)
