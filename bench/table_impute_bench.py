@@ -113,6 +113,12 @@ def given_importance(n: int) -> int:
     """n_importance as the checkout's /sample `given` sets it: max(n, 1000) draws per mask, or,
     where the table engine runs sequential Monte Carlo, that many particles."""
     try:
+        from service.engine.table_smc import given_importance as checkout_given_importance
+
+        return int(checkout_given_importance(n))
+    except ImportError:  # a checkout before it
+        pass
+    try:
         from service.engine.table_smc import DRAWS_PER_PARTICLE
     except ImportError:  # a checkout before it
         return max(n, 1000)

@@ -252,7 +252,7 @@ def test_work_past_its_timeout_stops_and_is_counted(tmp_path: Path) -> None:
     env = {"MADE_REQUEST_TIMEOUT": "1", "OMP_NUM_THREADS": "1", "MADE_THREADS": "1"}
     row = [None] * 392 + [0] * 392
     with made_serve(STORE, env=env, log_path=tmp_path / "serve.log", address_space=ADDRESS_SPACE) as s:
-        r = httpx.post(f"{s.url}/impute", json={"x": [row] * 6, "n_importance": 1000, "seed": 0}, timeout=30)
+        r = httpx.post(f"{s.url}/impute", json={"x": [row] * 6, "n_importance": 16000, "seed": 0}, timeout=30)
         assert r.status_code == 504, r.text
         deadline = time.monotonic() + 15
         while metric(text := httpx.get(f"{s.url}/metrics").text, "made_abandoned_total", endpoint="/impute") != 1.0:

@@ -111,6 +111,22 @@ def test_answers_do_not_depend_on_the_batch_or_its_chunks(cats: TableEngine, mon
     np.testing.assert_array_equal(exact_alone.samples[3], together.samples[3])
 
 
+def test_many_particles_go_through_together_and_rows_keep_their_answers(
+    cats: TableEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_PARTICLES a filter, a mask's groups of filters share the network's calls (as
+    `given`'s many particles do); a row's answer still does not depend on its chunk of rows (n_importance
+    8192: two groups, the pooled particles below the thinning cap)."""
+    groups, p = table_smc.filter_layout(8192)
+    assert groups > 1
+    batched = cats.impute(ROWS, n_samples=4, seed=5, n_importance=8192)
+    monkeypatch.setattr(table_smc, "PARTICLE_ROWS", groups * table_smc.FILTERS * p)  # one row a chunk
+    chunked = cats.impute(ROWS, n_samples=4, seed=5, n_importance=8192)
+    np.testing.assert_array_equal(chunked.samples, batched.samples)
+    np.testing.assert_allclose(chunked.logprob_observed, batched.logprob_observed, rtol=1e-6)
+    np.testing.assert_allclose(chunked.ess, batched.ess, rtol=1e-6)
+
+
 def test_systematic_resampling_keeps_each_particle_about_its_share() -> None:
     rng = np.random.default_rng(0)
     w = rng.random((50, 7))
@@ -142,3 +158,14 @@ def test_the_client_splits_large_record_batches_itself(table_store: Path) -> Non
     assert [r["a"] for r in imp.records][::3] == ["red", "red", "red", "green"]
     assert [r["b"] for r in imp.records][1:9:3] == ["yes", "yes", "yes"]
     assert list(frame.index) == list(range(len(records))) and list(frame["a"])[:3:2] == ["red", "blue"]
+
+
+def test_a_row_whose_particles_are_thinned_keeps_its_answer_whatever_its_batch(cats: TableEngine) -> None:
+    """Past POOL_CAP pooled particles a row's pool is thinned by its own weights and noise: row 1
+    answers the same beside two other rows or beside one (the cap is a row's, not the chunk's)."""
+    n_importance = 16 * 2 * table_smc.POOL_CAP  # more than POOL_CAP particles under one mask
+    three = cats.impute(ROWS[:3], n_samples=4, seed=5, n_importance=n_importance)
+    two = cats.impute(ROWS[:2], n_samples=4, seed=5, n_importance=n_importance)
+    np.testing.assert_array_equal(three.samples[1], two.samples[1])
+    np.testing.assert_allclose(three.logprob_observed[1], two.logprob_observed[1], rtol=1e-6)
+    np.testing.assert_allclose(three.ess[1], two.ess[1], rtol=1e-6)

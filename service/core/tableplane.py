@@ -22,7 +22,7 @@ from service.core.records import decode_records, parse_given, parse_records
 from service.engine.contract import ModelEngine
 from service.engine.table_engine import TableConditionals
 from service.engine.table_impute import ImpossibleEvidence
-from service.engine.table_smc import DRAWS_PER_PARTICLE
+from service.engine.table_smc import given_importance
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -201,9 +201,7 @@ class TablePlane(Codec):
         if mask is not None:
             raise InvalidInput("given samples from the mixture of every mask; leave mask out", loc=("mask",))
         row = parse_given(engine.schema, req.given)
-        # as many particles per mask as there are samples (at least 1000): `given` resamples once,
-        # where the given cells are scored, so its ESS, and the samples' fidelity, is the particles'
-        n_importance = max(req.n, 1000) * DRAWS_PER_PARTICLE
+        n_importance = given_importance(req.n)
         self._impute_work(engine, row[None, :], req.n, n_importance, ("n",))
         try:
             result = await self._timed(

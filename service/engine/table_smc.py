@@ -44,7 +44,20 @@ FILTERS = 4  # independent filters per (row, mask): their spread gives the stand
 RESAMPLE_ESS = 0.5  # a filter resamples where its ESS falls below this fraction of its particles
 SPREAD = 4  # completions per unit of ESS where fewer than every particle are completed
 PARTICLE_ROWS = 32_768  # (row, mask, particle) rows through the network together, about
+# A row's pooled particles at most before they are thinned: one number for every row, whatever
+# rows share its chunk, so that a row's answer does not depend on its batch.
+POOL_CAP = 4096
 MAX_PARTICLES = 64  # particles of one filter at most: past it a mask runs more filters, FILTERS at a time
+GIVEN_DRAWS_PER_SAMPLE = 6  # `given`: n_importance per sample (3/8 of a particle a sample, per mask)
+
+
+def given_importance(n: int) -> int:
+    """n_importance of /sample's `given` for n samples (at least 1000): 3/8 of a particle per sample
+    per mask, so about 3 particles a sample over 8 masks. `given` resamples once, where the given
+    cells are scored, and draws each sample's remaining cells fresh: the samples' fidelity is
+    bounded by the pooled particles' ESS, a few hundred at n 2000, past which more particles move
+    the samples' KS to the data less than the seed does (docs/impute-bench.md)."""
+    return max(int(n), 1000) * GIVEN_DRAWS_PER_SAMPLE
 
 
 def particles_per_filter(n_importance: int) -> int:
@@ -55,8 +68,9 @@ def particles_per_filter(n_importance: int) -> int:
 
 def filter_layout(n_importance: int) -> tuple[int, int]:
     """(groups, particles per filter): a mask's particles_per_filter x FILTERS particles go in
-    groups of FILTERS filters of at most MAX_PARTICLES each, run one group after another, so that
-    memory is bounded by the call size (PARTICLE_ROWS), not by n_importance."""
+    groups of FILTERS filters of at most MAX_PARTICLES each; as many groups as fit in PARTICLE_ROWS
+    run together, the rest one batch after another, so that memory is bounded by the call size
+    (PARTICLE_ROWS), not by n_importance."""
     p = particles_per_filter(n_importance)
     groups = -(-p // MAX_PARTICLES)
     return groups, -(-p // groups)
@@ -110,9 +124,15 @@ def smc(
     picked by their weights and completed, or every particle, weighted, where they are fewer;
     else n_draws picked and completed."""
     groups, p = filter_layout(n_importance)
-    step = max(1, PARTICLE_ROWS // (FILTERS * p))
+    # a row's groups of a mask go through the network together, as many as fit in one call (one
+    # row's many particles, as `given` asks: fewer, larger passes); rows are chunked to match.
+    # Neither depends on the rows: a row's answer does not depend on its chunk
+    together = max(1, min(groups, PARTICLE_ROWS // (FILTERS * p)))
+    step = max(1, PARTICLE_ROWS // (together * FILTERS * p))
     parts = [
-        _smc_rows(engine, values[lo : lo + step], masks, rngs[lo : lo + step], (groups, p), n_draws, min_draws)
+        _smc_rows(
+            engine, values[lo : lo + step], masks, rngs[lo : lo + step], (groups, p, together), n_draws, min_draws
+        )
         for lo in range(0, len(values), step)
     ]
     levels = {c for part in parts for c in part.level_p}
@@ -132,23 +152,23 @@ def _smc_rows(
     values: np.ndarray,
     masks: list[int],
     rngs: list[np.random.Generator],
-    layout: tuple[int, int],
+    layout: tuple[int, int, int],
     n_draws: int | None,
     min_draws: int,
 ) -> SmcResult:
-    groups, p = layout
+    groups, p, together = layout
     r, c = values.shape
     nf = groups * FILTERS  # filters per mask
     logz = np.empty((r, len(masks), nf))
     # the particles a draw may pick (only where draws are made): every one, until a row holds more
     # than `cap`; then resampled down to `keep` by their weights (a consistent thinning)
     keep = 2 * max(2 * min_draws, n_draws or 0)
-    cap = max(2 * keep, PARTICLE_ROWS // max(r, 1))
+    cap = max(2 * keep, POOL_CAP)
     pool = _Pool(r, c) if keep else None
     for j, k in enumerate(masks):
-        for g in range(groups):
-            z, lw, x = _filter(engine, values, int(k), rngs, p)
-            logz[:, j, g * FILTERS : (g + 1) * FILTERS] = z
+        for g in range(0, groups, together):
+            z, lw, x = _filter(engine, values, int(k), rngs, p, FILTERS * min(together, groups - g))
+            logz[:, j, g * FILTERS : g * FILTERS + z.shape[1]] = z
             if pool is not None:
                 pool.add(z, lw, x, j)
                 if pool.size > cap:
@@ -262,12 +282,12 @@ def _interleaved(order: np.ndarray, unknown: np.ndarray) -> np.ndarray:
 
 
 def _filter(
-    engine: TablePasses, values: np.ndarray, k: int, rngs: list[np.random.Generator], p: int
+    engine: TablePasses, values: np.ndarray, k: int, rngs: list[np.random.Generator], p: int, f: int = FILTERS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FILTERS filters of p particles per row under mask k: (log Z (R, F), normalised log
-    weights (R, F, p), particles (R, F, p, C) with their interleaved cells drawn)."""
+    """f filters of p particles per row under mask k: (log Z (R, f), normalised log
+    weights (R, f, p), particles (R, f, p, C) with their interleaved cells drawn)."""
     r, c = values.shape
-    fp = FILTERS * p
+    fp = f * p
     order = engine.orderings[k]
     pos = np.argsort(order)
     unknown = np.isnan(values)
@@ -281,8 +301,8 @@ def _filter(
     stop_pos[rows, rank] = at
     stop_pos[np.arange(r), m] = last_known + 1
     x = np.repeat(values[:, None, :], fp, axis=1)  # (R, F p, C)
-    logw = np.full((r, FILTERS, p), -math.log(p))
-    logz = np.zeros((r, FILTERS))
+    logw = np.full((r, f, p), -math.log(p))
+    logz = np.zeros((r, f))
     prev = np.full(r, -1)
     for s in range(int(m.max()) + 1):
         checkpoint()
@@ -301,7 +321,7 @@ def _filter(
         if s == 0:
             inc, params = np.repeat(inc, fp), np.repeat(params, fp, axis=0)
         inc[np.isnan(inc)] = -np.inf
-        lw = logw[act] + inc.reshape(len(act), FILTERS, p)
+        lw = logw[act] + inc.reshape(len(act), f, p)
         top = lw.max(axis=2, keepdims=True)
         ref = np.where(np.isfinite(top), top, 0.0)
         with np.errstate(divide="ignore"):
@@ -312,8 +332,8 @@ def _filter(
         prev[act] = cur
         drawing = np.flatnonzero(m[act] > s)  # indices into act
         if len(drawing):
-            _resample_and_draw(engine, x, logw, params.reshape(len(act), fp, -1), act, drawing, cur, k, rngs, p)
-    return logz, logw, x.reshape(r, FILTERS, p, c)
+            _resample_and_draw(engine, x, logw, params.reshape(len(act), fp, -1), act, drawing, cur, k, rngs)
+    return logz, logw, x.reshape(r, f, p, c)
 
 
 def _resample_and_draw(
@@ -326,13 +346,13 @@ def _resample_and_draw(
     cur: np.ndarray,
     k: int,
     rngs: list[np.random.Generator],
-    p: int,
 ) -> None:
-    """Rows act[drawing] resample their filters whose ESS fell (systematic, one uniform per
-    filter, always drawn) and draw their column at position cur from the pass's `params`."""
+    """Rows act[drawing] resample their filters (logw (R, F, p)) whose ESS fell (systematic, one
+    uniform per filter, always drawn) and draw their column at position cur from the pass's `params`."""
     rows = act[drawing]
-    fp = FILTERS * p
-    u_res = np.stack([rngs[i].random(FILTERS) for i in rows.tolist()])  # (D, F)
+    _, f, p = logw.shape
+    fp = f * p
+    u_res = np.stack([rngs[i].random(f) for i in rows.tolist()])  # (D, F)
     noise = np.stack([rngs[i].random((fp, NOISE_PER_COLUMN)) for i in rows.tolist()])  # (D, F p, 3)
     w = np.exp(logw[rows])  # (D, F, p)
     ess = 1.0 / (w**2).sum(axis=2)
@@ -341,7 +361,7 @@ def _resample_and_draw(
     if redo.any():
         anc[redo] = systematic(w[redo], u_res[redo])
         logw[rows[np.nonzero(redo)[0]], np.nonzero(redo)[1]] = -math.log(p)
-    flat = (anc + (np.arange(FILTERS) * p)[None, :, None]).reshape(len(rows), fp)
+    flat = (anc + (np.arange(f) * p)[None, :, None]).reshape(len(rows), fp)
     x[rows] = np.take_along_axis(x[rows], flat[..., None], axis=1)
     prm = np.take_along_axis(params[drawing], flat[..., None], axis=1)
     cols = engine.orderings[k][cur[drawing]]
