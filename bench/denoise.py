@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import model_options  # noqa: E402
 from service.engine.denoise import DEFAULT_PARTICLES  # noqa: E402
+from service.engine.smc import particles_for  # noqa: E402
 from service.settings import data_directory  # noqa: E402
 
 DOC = ROOT / "docs" / "denoise.md"
@@ -158,7 +159,7 @@ def imputation(args: argparse.Namespace, engine: Any, clean: np.ndarray) -> list
     x = clean[:few].astype(np.float64)
     half = engine.dims // 2
     x[:, :half] = np.nan
-    counts = (1000, args.impute_particles)
+    counts = (1000, *args.impute_particles)
     ours_s: dict[int, list[float]] = {c: [] for c in counts}
     ours: dict[int, Any] = {}
     theirs_s, theirs = [], {}
@@ -179,11 +180,18 @@ def imputation(args: argparse.Namespace, engine: Any, clean: np.ndarray) -> list
         ratio = float(np.median(np.array(theirs_s) / np.array(seconds)))
         return (
             f"| {what} | {few} | {np.median(seconds):.2f} s | {ratio:.2f}x | {err(marginals)} "
-            f"| {np.median(stderr):.2f} | {100 * np.median(ess) / (engine.n_masks * n):.1f}% |"
+            f"| {np.median(stderr):.2f} | {100 * np.median(ess) / (engine.n_masks * n):.1f}% of {engine.n_masks * n} |"
         )
 
     rows = [
-        line(f"particle filter, n_importance {c}", ours_s[c], ours[c].marginals, ours[c].stderr, ours[c].ess, c)
+        line(
+            f"particle filter, n_importance {c} ({particles_for(c)} particles a mask)",
+            ours_s[c],
+            ours[c].marginals,
+            ours[c].stderr,
+            ours[c].ess,
+            particles_for(c),
+        )
         for c in counts
     ]
     rows.append(
@@ -226,8 +234,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline", type=Path, default=Path("/work/today"), help="checkout to compare with")
     parser.add_argument("--baseline-rows", type=int, default=5, help="images timed side by side")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the side-by-side timing")
-    parser.add_argument("--impute-rows", type=int, default=3, help="half-missing images imputed side by side")
-    parser.add_argument("--impute-particles", type=int, default=256, help="a smaller n_importance to time too")
+    parser.add_argument("--impute-rows", type=int, default=10, help="half-missing images imputed side by side")
+    parser.add_argument(
+        "--impute-particles",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        default=(4000, 16000),
+        help="other n_importance values to time too, comma-separated",
+    )
     parser.add_argument("--costs", action="store_true", help="measure a particle value's cost in budget units")
     parser.add_argument("--write", action="store_true", help=f"save the document to {DOC.relative_to(ROOT)}")
     return parser.parse_args(argv)
@@ -293,8 +306,10 @@ def document(
         f" --seed {args.seed}" if args.seed else "",
         f" --baseline-rows {args.baseline_rows}" if args.baseline_rows != 5 else "",
         f" --rounds {args.rounds}" if args.rounds != 2 else "",
-        f" --impute-rows {args.impute_rows}" if args.impute_rows != 3 else "",
-        f" --impute-particles {args.impute_particles}" if args.impute_particles != 256 else "",
+        f" --impute-rows {args.impute_rows}" if args.impute_rows != 10 else "",
+        f" --impute-particles {','.join(map(str, args.impute_particles))}"
+        if args.impute_particles != (4000, 16000)
+        else "",
         " --costs" if args.costs else "",
     ]
     command = "`OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/denoise.py" + "".join(options) + " --write`"
@@ -346,14 +361,17 @@ def document(
             "",
             "`/impute` of bits runs the same particle filter for rows whose missing values some mask's ordering "
             "puts before an observed one (the observed values clamped: their probability is the weight), with "
-            "`n_importance` (default 1000) particles per mask where the baseline drew as many importance "
-            f"draws. The first {args.impute_rows} test images with their top half missing, this checkout at "
-            f"n_importance 1000 and {args.impute_particles} and the baseline at its default 1000, alternated for "
+            "⌈`n_importance` / 16⌉ particles per mask (`n_importance`, default 1000, is the work of that many "
+            "importance draws a mask everywhere: smc.DRAWS_PER_PARTICLE) where the baseline drew n_importance "
+            f"importance draws. The first {args.impute_rows} test images with their top half missing, this "
+            f"checkout at n_importance 1000 and {', '.join(map(str, args.impute_particles))} and the baseline at "
+            "its default 1000, alternated for "
             f"{args.rounds} rounds: seconds per image, how many times faster than the baseline (median of the "
             "rounds' ratios), bit error of the thresholded marginals on the missing half, median standard error "
             "of log p(observed) (the baseline's is the delta method's on collapsed weights, an underestimate) "
-            "and median ESS as a fraction of K x n_importance draws or particles. A particle costs about twice "
-            "a plain draw, but far fewer are needed: they stay effective where importance weights collapse.",
+            "and median ESS as a fraction of the K x particles (the baseline: of its K x 1000 draws). A particle "
+            "costs about twice a plain draw, but far fewer are needed: they stay effective where importance "
+            "weights collapse.",
             "",
             "| imputation | images | time per image | faster than the baseline | bit error of the marginals "
             "| median stderr of log p(observed) | median ESS |",
