@@ -80,7 +80,7 @@ EXAMPLES: list[tuple[str, str]] = [
         'NOISY=$(echo "$X" | jq -c \'[.[0] | to_entries | map(if .key % 10 == 0 then 1 - .value '
         "else .value end)]')\n"
         f'curl -s {SHOWN}/denoise {JSON} -d "{{\\"x\\": $NOISY, \\"eps\\": 0.1, \\"n_samples\\": 1, '
-        '\\"seed\\": 0, \\"n_importance\\": 50}"',
+        '\\"seed\\": 0}"',
     ),
     (
         "Metrics (Prometheus text; a few lines)",
@@ -103,7 +103,7 @@ DIAMOND = (
     '{"carat": 0.71, "cut": "Ideal", "color": "E", "clarity": "VS2", "depth": 61.9, "table": 56, '
     '"price": 2859, "x": 5.72, "y": 5.76, "z": 3.55}'
 )
-ODD = DIAMOND.replace('"price": 2859', '"price": 28590')
+ODD = DIAMOND.replace('"price": 2859', '"price": 18590')
 RECORD_EXAMPLES: list[tuple[str, str]] = [
     (
         "A table model's columns (GET /models/{name} holds the whole schema)",
@@ -139,7 +139,7 @@ RECORD_EXAMPLES: list[tuple[str, str]] = [
     (
         "A CSV file scored in one request (empty cells of columns that are never empty are unknown)",
         "printf 'carat,cut,color,clarity,depth,table,price,x,y,z\\n0.71,Ideal,E,VS2,61.9,56,2859,5.72,5.76,3.55\\n"
-        "0.71,Ideal,E,VS2,61.9,56,28590,5.72,5.76,3.55\\n0.3,Good,,SI1,,,,,,\\n' > rows.csv\n"
+        "0.71,Ideal,E,VS2,61.9,56,18590,5.72,5.76,3.55\\n0.3,Good,,SI1,,,,,,\\n' > rows.csv\n"
         f"curl -s '{SHOWN}/logprob?model=diamonds&seed=0' -H 'Content-Type: text/csv' -H 'Accept: text/csv' "
         "--data-binary @rows.csv",
     ),
@@ -318,7 +318,7 @@ def denoise_picture(base: str, path: Path, eps: float = 0.1, n: int = 8) -> None
     noisy = np.where(np.random.default_rng(0).random(clean.shape) < eps, 1 - clean, clean)
     r = httpx.post(
         f"http://{base}/denoise",
-        json={"x": noisy.tolist(), "eps": eps, "n_samples": 1, "seed": 0, "n_importance": 50},
+        json={"x": noisy.tolist(), "eps": eps, "n_samples": 1, "seed": 0},
         timeout=600,
     )
     if r.status_code != 200:
