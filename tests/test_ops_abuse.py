@@ -277,7 +277,7 @@ def test_sigterm_with_queued_requests_answers_each_and_exits(tmp_path: Path) -> 
 
         def send(i: int) -> None:
             try:
-                r = httpx.post(f"{s.url}/impute", json={"x": [row], "n_importance": 1000, "seed": i}, timeout=60)
+                r = httpx.post(f"{s.url}/impute", json={"x": [row], "n_importance": 16000, "seed": i}, timeout=60)
                 statuses.append(r.status_code)
             except httpx.TransportError as exc:
                 statuses.append(-1)
@@ -299,6 +299,6 @@ def test_sigterm_with_queued_requests_answers_each_and_exits(tmp_path: Path) -> 
         logs = s.logs()
     assert exited < shutdown_s + 5, f"exited {exited:.1f} s after SIGTERM"
     assert len(statuses) == 16 and set(statuses) <= {200, 503}, statuses
-    assert 503 in statuses, "16 requests of about a second each on one thread cannot all finish in 2 s"
+    assert 503 in statuses, "16 requests of a second or more each cannot all finish in 2 s"
     lines = json_lines(logs)
     assert not [e for e in lines if e["level"] == "ERROR" and "Cancel" not in e["message"]], logs[-3000:]
