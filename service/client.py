@@ -146,6 +146,40 @@ def _splittable(
     return call
 
 
+class _Batches(Generic[T]):
+    """The batches of a splittable call, one after another: records [start, stop) as batch b, at
+    most `max_rows` a batch, halved while the server refuses one as too large (_too_large); the
+    two clients send what next() gives and report each answer or refusal."""
+
+    def __init__(self, call: _Call[T], max_rows: int):
+        assert call.part is not None
+        self.call, self.part = call, call.part
+        self.answers: list[Any] = []
+        self.start, self.b, self.size, self.stop = 0, 0, min(max_rows, max(call.rows, 1)), 0
+
+    def next(self) -> _Call[T] | None:
+        """The next batch's call (the whole call, unsplit, where one batch holds every record)."""
+        if self.start >= self.call.rows and self.answers:
+            return None
+        self.stop = min(self.call.rows, self.start + self.size)
+        if (self.start, self.stop) == (0, self.call.rows):
+            return replace(self.call, part=None)
+        return self.part(self.start, self.stop, self.b)
+
+    def answered(self, answer: T) -> None:
+        self.answers.append(answer)
+        self.start, self.b = self.stop, self.b + 1
+
+    def refused(self, exc: MadeAPIError) -> None:
+        """A refusal: the batch halved where a smaller one may pass, else raised."""
+        if not _too_large(exc) or self.stop - self.start <= 1:
+            raise exc
+        self.size = (self.stop - self.start) // 2
+
+    def result(self) -> T:
+        return merge_answers(self.answers)  # type: ignore[no-any-return]
+
+
 def merge_answers(answers: list[Any]) -> Any:
     """The answers of a request's batches as one: DataFrames concatenated, a response's lists
     (one entry per record) concatenated, its other fields the first batch's."""
@@ -515,21 +549,13 @@ class MadeClient(_Endpoints[httpx.Client]):
         return self._send(follow) if follow is not None else result
 
     def _send_batches(self, call: _Call[T]) -> T:
-        assert call.part is not None
-        answers: list[Any] = []
-        start, b, size = 0, 0, min(self.max_rows, max(call.rows, 1))
-        while start < call.rows or not answers:
-            stop = min(call.rows, start + size)
-            part = call.part(start, stop, b) if (start, stop) != (0, call.rows) else replace(call, part=None)
+        batches = _Batches(call, self.max_rows)
+        while (part := batches.next()) is not None:
             try:
-                answers.append(self._send(part))
+                batches.answered(self._send(part))
             except MadeAPIError as exc:
-                if not _too_large(exc) or stop - start <= 1:
-                    raise
-                size = (stop - start) // 2
-                continue
-            start, b = stop, b + 1
-        return merge_answers(answers)  # type: ignore[no-any-return]
+                batches.refused(exc)
+        return batches.result()
 
     def healthz(self) -> bool:
         """True when the server answers /healthz with 200."""
@@ -565,21 +591,13 @@ class AsyncMadeClient(_Endpoints[httpx.AsyncClient]):
 
     async def _send_batches(self, call: _Call[T]) -> T:
         """MadeClient._send_batches, awaited: the batches one after another."""
-        assert call.part is not None
-        answers: list[Any] = []
-        start, b, size = 0, 0, min(self.max_rows, max(call.rows, 1))
-        while start < call.rows or not answers:
-            stop = min(call.rows, start + size)
-            part = call.part(start, stop, b) if (start, stop) != (0, call.rows) else replace(call, part=None)
+        batches = _Batches(call, self.max_rows)
+        while (part := batches.next()) is not None:
             try:
-                answers.append(await self._send(part))
+                batches.answered(await self._send(part))
             except MadeAPIError as exc:
-                if not _too_large(exc) or stop - start <= 1:
-                    raise
-                size = (stop - start) // 2
-                continue
-            start, b = stop, b + 1
-        return merge_answers(answers)  # type: ignore[no-any-return]
+                batches.refused(exc)
+        return batches.result()
 
     async def healthz(self) -> bool:
         """True when the server answers /healthz with 200."""
