@@ -1,0 +1,166 @@
+"""One request of the HTTP API and how its answer reads (Call), what both clients send each its
+own way (service.client.clients); a request of many records split into batches (splittable,
+Batches) and their answers merged; an error answer raised as MadeAPIError."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+Records = Sequence[dict[str, Any]] | Any  # a list of {column: value}, or a pandas DataFrame
+
+
+class MadeAPIError(Exception):
+    """The server answered with an error status."""
+
+    def __init__(self, status_code: int, detail: str, type: str = "", request_id: str | None = None) -> None:
+        super().__init__(f"{status_code} {type}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.type = type
+        self.request_id = request_id
+
+
+def parsed(model: type[M]) -> Callable[[httpx.Response], M]:
+    """A response read as the service's response model `model`."""
+    return lambda response: model.model_validate(response.json())
+
+
+def json_body(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def is_frame(records: Records) -> bool:
+    return hasattr(records, "to_dict") and hasattr(records, "columns") and hasattr(records, "isna")
+
+
+@dataclass
+class Call(Generic[T]):
+    """One request, and how its response reads: what both clients send, each its own way."""
+
+    method: str
+    path: str
+    finish: Callable[[httpx.Response], T]  # the checked response -> the call's result
+    payload: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None  # a body that is not JSON (a DataFrame's CSV)
+    params: dict[str, str] | None = None  # the options of a CSV body, in the query string
+    # a request whose answer is only a step (finish's Any): the call it leads to, given that answer
+    then: Callable[[Any], Call[T]] | None = None
+    # a request of `rows` records that may go as several: the call of records [start, stop) as
+    # batch b (split_call), whose answers merge into one (merge_answers)
+    rows: int = 0
+    part: Callable[[int, int, int], Call[T]] | None = None
+
+    def next(self, result: Any) -> Call[T] | None:
+        """The call to send after this one (given this one's result), if any."""
+        return self.then(result) if self.then is not None else None
+
+    @property
+    def json(self) -> dict[str, Any] | None:
+        if self.payload is None:
+            return None
+        return {k: v for k, v in self.payload.items() if v is not None}
+
+    def send(self) -> dict[str, Any]:
+        """The arguments of httpx's request() for this call."""
+        return {"json": self.json, "content": self.content, "params": self.params, "headers": self.headers}
+
+
+def _too_large(exc: MadeAPIError) -> bool:
+    """A refusal that a smaller batch may pass: a body over the size limit, a request over one
+    of the per-request limits (MADE_MAX_ROWS, _DRAWS, _WORK, _SAMPLES), or past the timeout."""
+    return exc.status_code in (413, 504) or (exc.status_code == 422 and "(MADE_MAX_" in exc.detail)
+
+
+def _batch_seed(seed: int | None, b: int) -> int | None:
+    """Batch b's seed: the request's for the first batch, then one derived from it and b (the
+    answer of a split request is reproducible for the same batches)."""
+    if seed is None or b == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{b}".encode()).digest()[:8], "big") >> 11  # JSON-safe: below 2**53
+
+
+def splittable(
+    call: Call[T], rows: int, build: Callable[[Records, int | None], Call[T]], records: Records, seed: int | None
+) -> Call[T]:
+    """`call` (of all `rows` records) able to go as batches: records [start, stop) as batch b."""
+
+    def part(start: int, stop: int, b: int) -> Call[T]:
+        chunk: Records = records.iloc[start:stop] if is_frame(records) else list(records)[start:stop]  # type: ignore[union-attr]
+        return build(chunk, _batch_seed(seed, b))
+
+    call.rows, call.part = rows, part
+    return call
+
+
+class Batches(Generic[T]):
+    """The batches of a splittable call, one after another: records [start, stop) as batch b, at
+    most `max_rows` a batch, halved while the server refuses one as too large (_too_large); the
+    two clients send what next() gives and report each answer or refusal."""
+
+    def __init__(self, call: Call[T], max_rows: int):
+        assert call.part is not None
+        self.call, self.part = call, call.part
+        self.answers: list[Any] = []
+        self.start, self.b, self.size, self.stop = 0, 0, min(max_rows, max(call.rows, 1)), 0
+
+    def next(self) -> Call[T] | None:
+        """The next batch's call (the whole call, unsplit, where one batch holds every record)."""
+        if self.start >= self.call.rows and self.answers:
+            return None
+        self.stop = min(self.call.rows, self.start + self.size)
+        if (self.start, self.stop) == (0, self.call.rows):
+            return replace(self.call, part=None)
+        return self.part(self.start, self.stop, self.b)
+
+    def answered(self, answer: T) -> None:
+        self.answers.append(answer)
+        self.start, self.b = self.stop, self.b + 1
+
+    def refused(self, exc: MadeAPIError) -> None:
+        """A refusal: the batch halved where a smaller one may pass, else raised."""
+        if not _too_large(exc) or self.stop - self.start <= 1:
+            raise exc
+        self.size = (self.stop - self.start) // 2
+
+    def result(self) -> T:
+        return merge_answers(self.answers)  # type: ignore[no-any-return]
+
+
+def merge_answers(answers: list[Any]) -> Any:
+    """The answers of a request's batches as one: DataFrames concatenated, a response's lists
+    (one entry per record) concatenated, its other fields the first batch's."""
+    first = answers[0]
+    if len(answers) == 1:
+        return first
+    if not isinstance(first, BaseModel):
+        import pandas as pd
+
+        return pd.concat(answers)
+    update = {name: [v for a in answers for v in getattr(a, name)] for name, value in first if isinstance(value, list)}
+    return first.model_copy(update=update)
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"detail": response.text}
+        raise MadeAPIError(
+            response.status_code, str(body.get("detail", "")), str(body.get("type", "")), body.get("request_id")
+        )
+    return response
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
