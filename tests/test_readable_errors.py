@@ -47,7 +47,7 @@ def test_resume_with_another_hidden_names_only_the_keys_that_differ(tmp_path: Pa
 
 
 def test_config_differences_walk_into_lists_of_objects_and_stop_at_a_limit() -> None:
-    from training.train import config_differences
+    from training.resume import config_differences
 
     stored = {"columns": [{"name": "a", "levels": ["x", "y"]}, {"name": "b"}], "seed": 1}
     mine = {"columns": [{"name": "a", "levels": ["x", "z"]}, {"name": "b"}], "seed": 1}

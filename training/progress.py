@@ -1,14 +1,16 @@
 """Training progress on stderr, with made.core.progress's one Progress. On a terminal: a live bar
 over the minibatches of the whole run, with the elapsed and the remaining time. Redirected to a
 file (a log, CI): no bar, only the plain per-epoch log line, which carries the same estimate of
-the time left."""
+the time left. And the run's training curve (curve.png)."""
 
 from __future__ import annotations
 
 import logging
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
 
 from made.core.progress import Progress, format_duration
+from made.io.atomic import atomic_write_with
 
 log = logging.getLogger("made.train")
 
@@ -57,3 +59,23 @@ def log_epoch(
         format_duration(left),
     )
     bar.describe(f"epoch {min(epoch + 1, max_epochs)}/{max_epochs}", note=f"valid {valid_nll:.2f}")
+
+
+def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
+    """Training curve PNG (train and valid NLL per epoch), replaced atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_nll"] for r in history], label="train")
+    ax.plot(epochs, [r["valid_nll"] for r in history], label="valid")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NLL (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)

@@ -18,7 +18,7 @@ import torch
 
 from made.core.errors import CheckpointError, ConfigError
 from made.core.progress import Progress
-from made.io.atomic import atomic_write_text, atomic_write_with
+from made.io.atomic import atomic_write_text
 from made.io.data import Dataset, load_intensities
 from made.io.tables import TableDataset
 from made.io.training_data import load_training_data
@@ -31,8 +31,9 @@ from training.checkpoint import (
     save_tensors,
 )
 from training.model import MADE, MADEConfig
-from training.progress import epoch_progress, log_epoch
+from training.progress import epoch_progress, log_epoch, write_curve
 from training.recipe import adapt_to_rows, still_improving
+from training.resume import check_resumable
 from training.run_files import CONFIG, CURVE, HISTORY, METRICS
 from training.table_heads import EncodedRows
 from training.table_model import TableMADE, TableMADEConfig
@@ -91,49 +92,6 @@ class TrainConfig:
 # Fields that may change when a run is resumed (e.g. to train for longer, or with the data
 # files at another path; rebinarize may move but not be switched on or off; image_shape is
 # only a label for export).
-_RESUMABLE = {"max_epochs", "patience", "dataset", "rebinarize", "image_shape", "groups"}
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """A value of a config as JSON, cut to `limit` characters."""
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def config_differences(stored: Any, mine: Any, limit: int = 8) -> list[str]:
-    """The leaves where two configs differ, as `key: STORED in the run, MINE asked` (nested keys
-    joined by dots, list items by [i]), at most `limit` of them: a changed --hidden names hidden,
-    not the kilobytes of the whole model config."""
-    out = _differences(stored, mine, "")
-    return out if len(out) <= limit else [*out[:limit], f"and {len(out) - limit} more"]
-
-
-def _flat(config: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """`keys` of a TrainConfig dict with the model's fields beside them (hidden, not model.hidden:
-    the names of their flags; no field of TrainConfig has the name of one of the model's)."""
-    out = {k: config.get(k) for k in keys if k != "model"}
-    model = config.get("model")
-    if "model" in keys:
-        out.update(model if isinstance(model, dict) else {"model": model})
-    return out
-
-
-def _differences(stored: Any, mine: Any, path: str) -> list[str]:
-    if stored == mine:
-        return []
-    if isinstance(stored, dict) and isinstance(mine, dict):
-        keys = sorted(set(stored) | set(mine))
-        pairs = [(f"{path}.{k}" if path else str(k), stored.get(k), mine.get(k)) for k in keys]
-    elif (
-        isinstance(stored, list)
-        and isinstance(mine, list)
-        and len(stored) == len(mine)
-        and any(isinstance(v, dict | list) for v in stored + mine)
-    ):
-        pairs = [(f"{path}[{i}]", a, b) for i, (a, b) in enumerate(zip(stored, mine, strict=True))]
-    else:  # a number, a string, a list of numbers (hidden) is one value
-        return [f"{path}: {_shown(stored)} in the run, {_shown(mine)} asked"]
-    return [line for key, a, b in pairs for line in _differences(a, b, key)]
 
 
 def build_model(config: MADEConfig | TableMADEConfig) -> MADE | TableMADE:
@@ -272,18 +230,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{config_path} does not describe a training run: {exc!r}") from None
         mine = self.cfg.to_dict()
-        fixed = [
-            key
-            for key in sorted(set(stored) | set(mine))
-            if key not in _RESUMABLE or (key == "rebinarize" and bool(stored.get(key)) != bool(mine.get(key)))
-        ]
-        differences = config_differences(_flat(stored, fixed), _flat(mine, fixed))
-        if differences:
-            raise CheckpointError(
-                f"{self.run_dir} holds a run with other settings: {'; '.join(differences)}; "
-                "use another --out to start a new run"
-            )
-        if any(stored.get(k) != mine.get(k) for k in _RESUMABLE):
+        if check_resumable(self.run_dir, stored, mine):
             # e.g. a longer --max-epochs: record what this run now trains under
             atomic_write_text(config_path, json.dumps(mine, indent=2))
         if not (self.run_dir / CHECKPOINT).exists():
@@ -509,23 +456,3 @@ def _hardware() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} on CPU"
-
-
-def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
-    """Training curve PNG (train and valid NLL per epoch), replaced atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [r["train_nll"] for r in history], label="train")
-    ax.plot(epochs, [r["valid_nll"] for r in history], label="valid")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("NLL (nats)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
