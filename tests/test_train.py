@@ -125,6 +125,8 @@ def test_run_directory_holds_config_log_curve_and_metrics(
     metrics = json.loads((run_dir / METRICS).read_text())
     valids = [v for _, _, v in history]
     assert metrics["epochs"] == 6
+    # the epochs' CPU seconds beside their wall time: real work, at most all threads' worth of it
+    assert 0 < metrics["train_cpu_seconds"] <= metrics["train_seconds"] * metrics["torch_threads"] + 1
     assert metrics["best_epoch"] == int(np.argmin(valids)) + 1
     assert math.isclose(metrics["valid_nll"], min(valids), rel_tol=1e-9)
     for split in ("valid", "test"):

@@ -265,6 +265,7 @@ class Trainer:
             "bad_epochs": 0,
             "finished": False,
             "seconds": 0.0,
+            "cpu_seconds": 0.0,
         }
         history: list[dict[str, Any]] = []
         if resume is not None:
@@ -312,7 +313,7 @@ class Trainer:
         encoded = model.encode(self.train_x) if isinstance(model, TableMADE) else None
         valid_rows = model.encode(self.valid_x) if isinstance(model, TableMADE) else self.valid_x
         while progress_state["epoch"] < cfg.max_epochs and progress_state["bad_epochs"] < cfg.patience:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             # the rate is a function of the epoch alone, so a resumed run gets the same schedule
             if cfg.lr_step > 0:
                 for group in optimizer.param_groups:
@@ -351,6 +352,9 @@ class Trainer:
                 progress_state["bad_epochs"] += 1
             progress_state["epoch"] = epoch
             progress_state["seconds"] += time.perf_counter() - started
+            # CPU seconds of the process (all its threads): what the wall time of a run with one
+            # thread comes down to on a machine it has to itself (a checkpoint from before has none)
+            progress_state["cpu_seconds"] = progress_state.get("cpu_seconds", 0.0) + time.process_time() - cpu_started
             row = {
                 "epoch": epoch,
                 "train_nll": total / count,
@@ -417,6 +421,7 @@ class Trainer:
             "best_epoch": progress_state["best_epoch"],
             "epochs": progress_state["epoch"],
             "train_seconds": round(progress_state["seconds"], 1),
+            "train_cpu_seconds": round(progress_state.get("cpu_seconds", 0.0), 1),
             "torch_threads": torch.get_num_threads(),
             "hardware": _hardware(),
         }
