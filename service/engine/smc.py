@@ -8,40 +8,61 @@ Under mask k the particles walk k's ordering in the stepping sampler (sampler.wa
 step drawing x_d from the locally optimal proposal q(x_d | x_<d) ∝ p_k(x_d | x_<d) p(y_d | x_d)
 (the tilted thresholds of likelihood weighting) with incremental weight its normaliser
 sum_x p_k(x_d = x | x_<d) p(y_d | x), read from the step's logit at the end of each block. At
-every block boundary (every `block` steps: fixed candidate times) a set of particles whose
-effective sample size has fallen below `threshold` x its size is resampled systematically: its
-particles' whole state (inputs drawn, hidden units computed) is permuted along the batch axis,
-their weights restart at 1 and the set's log evidence gains the log of their mean
-(importance.ParticleWeights). The product of those means and of the final mean weight is an
-unbiased estimate of p_k(evidence); the final weighted particles estimate the posterior p_k(x | y).
+every block boundary (every `block` steps: fixed candidate times) a set of particles (an
+island) whose effective sample size has fallen below `threshold` x its size is resampled
+systematically: its particles' whole state (inputs drawn, hidden units computed) is permuted
+along the batch axis, their weights restart at 1 and the island's log evidence gains the log of
+their mean. The product of those means and of the final mean weight is an unbiased estimate
+Z_km of p_k(evidence); the final weighted particles estimate the posterior p_k(x | y).
 
-Standard errors come from independent islands: each mask's particles are cut into `islands`
-sets that never exchange particles, so each island's estimate Z_km is independent and unbiased,
-the mask's estimate is their mean and its variance their sample variance over the islands
-(importance.pool_estimate, with the islands as the draws of the mask's stratum). The mixture's
-p(y) = mean_k p_k(y) is estimated by the mean over masks and islands of Z_km; its posterior
-mixes the masks' posteriors by their estimated evidence (posterior()).
+Two stages share a row's K x n_particles particles. Most noisy rows fit a few masks far better
+than the rest, and the posterior p(k | evidence) ∝ p_k(evidence) gives the others' particles
+little weight: spread evenly, most of them are wasted. So:
+1. The pilot: PILOT of each mask's particles (pilot_size, one island a mask up to ISLAND_MAX)
+   run the filter; their particle-weighted mean Z per mask estimates p_k(evidence).
+2. The second stage: the other K x (n_particles - pilot) particles go to the masks in
+   proportion to the pilot's p(k | evidence)^TEMPER, after a floor of one particle per island
+   and mask (allocate), each mask's in M islands whose sizes differ by one at most (M =
+   ISLANDS, more where an island would pass ISLAND_MAX).
+The evidence p(y) = mean_k p_k(y) is estimated from the second stage's islands only: given the
+allocation (which depends on the pilot only) each island's Z_km is unbiased for p_k(y) and the
+islands are independent, so their mean over masks and islands is unbiased, and each mask's
+sample variance over its islands gives the standard error (importance.pool_estimate; islands of
+sizes differing by one are not identically distributed, but the sample variance of independent
+unbiased estimates over M is still unbiased for the variance of their mean). Averaging the
+pilot's Z into it with weights that depend on the allocation would bias it. The posterior uses
+every particle, the pilot's too, since it needs only consistency (posterior()): the masks mixed
+by the particle-weighted mean Z of all their islands, each mask's islands by their particles.
+Its `ess` counts all K x n_particles particles spent, the pilot's included. With one mask, or
+too few particles for a pilot, there is one stage: n_particles a mask (island_sizes).
 
-Randomness: a row first draws, for each mask and sample, the island the sample would take under
-that mask (uniformly); then each island draws, in island order, the uniforms of its particles,
-one per mask and block boundary for the systematic resampling and one per mask and sample for
-the picks; all from the row's generator, whatever the batch: a row's answer depends on its seed, its
-index and its own values only (beyond float64 rounding of the network, as the sampler's).
-Memory: islands (of at most ISLAND_MAX particles a mask) go through the sampler in passes of at
-most _SMC_VALUES particle values, and a row keeps a summary per island and one pick per mask and
-sample, never its particles.
+Samples: each mask and sample keeps one pick, a particle of one of the mask's islands (pilot's
+or second stage's) chosen with probability in proportion to the island's particles, by a race
+that does not depend on the order the islands finish in (_race), then drawn by the particles'
+weights within the island; posterior_samples then draws each sample's mask by p(k | evidence).
+Randomness: a row draws one number from its generator, a key; each of its islands draws its
+uniforms (the particles', one per block boundary for the resampling, two per sample for the
+picks) from default_rng([key, its number among the row's islands]): a row's answer depends on
+its seed, its index and its own values only, whatever the batch and however its islands are
+packed into passes (beyond float64 rounding of the network, as the sampler's).
+Passes: rows go a chunk at a time (every row's pilot, then every row's second stage); a mask
+whose islands in a stage hold at least SINGLE_WIDTH particles walks alone (its own plan: no
+padding to the other masks' units), the others together in the masks' group plan, padded to
+the widest; at most _SMC_VALUES particle values a pass, a cancellation checkpoint before each.
+Memory: a row keeps a summary per island and one pick per mask and sample, never its
+particles.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from made.core.numerics import log_sigmoid
 from service.engine.cancel import checkpoint
-from service.engine.importance import ParticleWeights, pool_estimate
+from service.engine.importance import pool_estimate
 from service.engine.sampler import GROUP_BLOCK, FastSampler, tilt, walk_plan
 from service.engine.sampler_plan import GroupPlan
 
@@ -50,11 +71,24 @@ from service.engine.sampler_plan import GroupPlan
 SMC_BLOCK = GROUP_BLOCK
 # A set resamples when its effective sample size falls below this fraction of its particles.
 THRESHOLD = 0.5
-# Independent islands per mask, for the standard error (each at least one particle) ...
+# Independent islands per mask whose evidence is reported, for the standard error (each at
+# least one particle) ...
 ISLANDS = 4
 # ... and more where an island would hold more particles than this (islands go through the
 # sampler one or more at a time, so a pass never needs a row's every particle).
 ISLAND_MAX = 256
+# The pilot's share of each mask's particles (rounded down; none with one mask, or where it would
+# leave no particle for the second stage) ...
+PILOT = 0.25
+# ... and the second stage's particles go to the masks in proportion to the pilot's estimate of
+# p(k | evidence) raised to this power (1: in proportion; below 1 hedges against a pilot that
+# misjudges), after a floor of one particle per island and mask.
+TEMPER = 1.0
+# A mask whose particles in a pass number at least this many walks on its own (one mask's plan);
+# masks with fewer step together (the masks' group plan, padded to the widest of them): a
+# group plan pads every step to the mask with the most units and costs about twice a single
+# mask's per particle, but one walk's numpy calls per step rather than one per mask.
+SINGLE_WIDTH = 96
 # What a particle's value costs in the budget's units (service.core.budget: a value a network
 # pass computes), a tilted draw, its weight and its share of resampling: measured on
 # binarized-mnist by bench/denoise.py --costs (docs/denoise.md), rounded up, about twice a free
@@ -68,6 +102,10 @@ DRAWS_PER_PARTICLE = 16
 # where that is more): bounds what a call holds (noise, thresholds, inputs, logits, and the
 # hidden units: about (3 + H / D) x 8 bytes a value), whatever the rows and particles.
 _SMC_VALUES = 1 << 21
+# Rows go through both stages a chunk at a time, a chunk's particles at most this many passes'
+# worth (at least one row): enough that each mask's walks fill their passes, while what a row
+# keeps between its stages (a summary per island) stays bounded.
+_CHUNK_PASSES = 8
 
 
 def particles_for(n_importance: int) -> int:
@@ -78,34 +116,95 @@ def particles_for(n_importance: int) -> int:
 
 @dataclass
 class ParticleRow:
-    """What one row's particles left after the last step, per mask and island (K masks, M
-    islands of p particles each): nothing of size particles x D is kept."""
+    """What one row's particles left after the last step, per mask (K masks; M islands a mask
+    in the second stage): nothing of size particles x D is kept."""
 
     row: int
-    log_z: np.ndarray  # (K, M) each island's log evidence estimate, log Z_km
-    mean: np.ndarray  # (K, M, D) each island's weighted mean of its particles
-    sum_sq: np.ndarray  # (K, M) each island's sum of squared normalised weights (1 / its ESS)
-    picks: np.ndarray  # (K, S, D) uint8: per mask and sample, a particle of its island (chosen)
-    resamplings: np.ndarray  # (K, M) how many times each island resampled
+    log_z: np.ndarray  # (K, M) each second-stage island's log evidence estimate, log Z_km (unbiased)
+    log_z_all: np.ndarray  # (K,) log of each mask's particle-weighted mean Z over all its islands, pilot's too
+    mean: np.ndarray  # (K, D) each mask's posterior mean: its islands' weighted means, by particles
+    sum_sq: np.ndarray  # (K,) sum of squares of each mask's particles' weights within it (1 / its ESS)
+    picks: np.ndarray  # (K, S, D) uint8: per mask and sample, a particle of the mask (chosen)
+    resamplings: np.ndarray  # (K,) how many times each mask's islands resampled, pilot's too
+    particles: np.ndarray  # (K,) particles each mask spent, pilot's too
 
 
 def island_sizes(n_particles: int, islands: int = ISLANDS) -> tuple[int, int]:
     """(islands M, particles per island p) for n_particles per mask: M = `islands` (fewer where
-    there are fewer particles, more where an island would pass ISLAND_MAX), p = n_particles // M."""
+    there are fewer particles, more where an island would pass ISLAND_MAX), p = n_particles // M
+    (the islands' sizes: split(n_particles, M))."""
     m = max(1, min(islands, n_particles), -(-n_particles // ISLAND_MAX))
     return m, max(1, n_particles // m)
 
 
+def split(n: int, m: int) -> list[int]:
+    """n particles as m islands whose sizes differ by one at most, the larger first."""
+    return [n // m + (i < n % m) for i in range(m)]
+
+
+def pilot_size(n_particles: int, n_masks: int) -> int:
+    """The pilot's particles per mask: PILOT of n_particles, rounded down; 0 (no pilot: every
+    mask gets n_particles) with one mask or where nothing would be left."""
+    n0 = int(n_particles * PILOT)
+    return n0 if n_masks > 1 and 0 < n0 < n_particles else 0
+
+
+def allocate(
+    log_z: np.ndarray, total: int, islands: int = ISLANDS, temper: float | None = None
+) -> tuple[np.ndarray, int]:
+    """(particles per mask (K,), islands M a mask) of the second stage, from the pilot's log
+    evidence per mask log_z (K,): each mask gets M (one an island), the rest of `total` goes in
+    proportion to p(k | evidence)^temper as the pilot estimates it (largest remainders, ties to
+    the lower mask); M is `islands` (fewer where total leaves fewer a mask), more where a mask's
+    islands would pass ISLAND_MAX; temper None: TEMPER."""
+    temper = TEMPER if temper is None else temper
+    k = len(log_z)
+    top = float(np.max(log_z))
+    share = np.exp(temper * (log_z - top)) if np.isfinite(top) else np.ones(k)
+    share = share / share.sum()
+    m = max(1, min(islands, total // k))
+    while True:
+        raw = share * (total - k * m)
+        counts = np.floor(raw).astype(np.int64)
+        left = total - k * m - int(counts.sum())
+        if left > 0:
+            counts[np.argsort(counts - raw, kind="stable")[:left]] += 1
+        counts += m
+        need = min(max(m, -(-int(counts.max()) // ISLAND_MAX)), total // k)
+        if need <= m:
+            return counts, m
+        m = need
+
+
 @dataclass
-class _Island:
-    """An island of a row waiting for its pass: its noise and uniforms, drawn in island order."""
+class _Unit:
+    """An island of a row: its random numbers come from default_rng([its row's key, number]),
+    whatever pass it goes through."""
 
     row: int
-    index: int  # among its row's islands
-    noise: np.ndarray  # (K x p, D): the particles' uniforms, mask after mask
-    pick: np.ndarray  # (K, stages): one uniform per mask and block boundary, for resampling
-    draw: np.ndarray  # (K, S): one per mask and sample, for the picks
-    chosen: np.ndarray  # (K, S) bool: the samples that take this island under each mask
+    number: int  # among its row's islands: the pilot's (mask after mask), then the second stage's
+    mask: int  # index into ks
+    island: int  # its column of ParticleRow.log_z; -1: a pilot island
+    size: int
+
+
+# An island with its random numbers: (unit, uniforms (p, D), one per block boundary, one per
+# sample for its pick, one per sample for its key) ...
+_Drawn = tuple[_Unit, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# ... and what its pass leaves: ((log Z, weighted mean, sum of squared weights, resamplings),
+# its particles (p, D) uint8, their normalised weights (p,))
+_Done = tuple[tuple[float, np.ndarray, float, int], np.ndarray, np.ndarray]
+
+
+@dataclass
+class _Row:
+    """A row between its stages: its key, its islands, their summaries, its picks."""
+
+    key: int
+    picks: np.ndarray  # (K, S, D) uint8
+    race: np.ndarray  # (K, S): the log key of each pick (the smallest so far wins: _race)
+    units: list[_Unit] = field(default_factory=list)
+    done: dict[int, tuple[float, np.ndarray, float, int]] = field(default_factory=dict)  # number: summary
 
 
 def particle_filter(
@@ -121,50 +220,166 @@ def particle_filter(
     islands: int = ISLANDS,
     block: int | None = None,
     threshold: float = THRESHOLD,
+    pilot: int | None = None,
 ) -> Iterator[ParticleRow]:
     """Run the particle filter of every row in `rows` (indices into l0, l1 (N, D) and keys of
-    rngs) under each mask of ks, n_particles per mask (island_sizes), and yield each row's
-    ParticleRow once its last island is through, rows in order; `block` (None: SMC_BLOCK) is the
-    steps between resampling times. Each row draws from its generator the island of each mask
-    and sample (K, n_samples), then each island, in island order: its uniforms (K x p, D), one
-    per mask and boundary for the resampling, and one per mask and sample for its picks.
-    Islands go through the sampler _SMC_VALUES particle values at a time, a cancellation
-    checkpoint before each pass."""
-    dims = l0.shape[1]
-    m, p = island_sizes(n_particles, islands)
-    plan = sampler.group_plan(tuple(ks), SMC_BLOCK if block is None else block)
-    stages = max(len(plan.blocks) - 1, 1)  # boundaries where a set may resample
-    units = [(int(r), i) for r in rows for i in range(m)]  # each row's islands, in order
-    per_pass = max(1, _SMC_VALUES // (len(ks) * p * dims))
-    done: dict[int, list[tuple[np.ndarray, ...]]] = {}
-    picks: dict[int, np.ndarray] = {}  # row: (K, S, D), filled island by island
-    islands_of: dict[int, np.ndarray] = {}  # row: (K, S) the island of each mask and sample
-    for start in range(0, len(units), per_pass):
-        checkpoint()
-        batch = []
-        for r, i in units[start : start + per_pass]:
-            if i == 0:
-                islands_of[r] = rngs[r].integers(0, m, size=(len(ks), n_samples))
-                picks[r] = np.zeros((len(ks), n_samples, dims), dtype=np.uint8)
-            batch.append(_island(rngs[r], r, i, islands_of[r], p, dims, stages))
-        for unit, (island, picked) in zip(
-            batch, _pass(plan, sampler.activation, l0, l1, batch, p, threshold), strict=True
-        ):
-            done.setdefault(unit.row, []).append(island)
-            picks[unit.row][unit.chosen] = picked
-            if len(done[unit.row]) == m:
-                log_z, mean, sum_sq, resamplings = (np.stack(a, axis=1) for a in zip(*done.pop(unit.row), strict=True))
-                del islands_of[unit.row]
-                yield ParticleRow(unit.row, log_z, mean, sum_sq, picks.pop(unit.row), resamplings)
+    rngs) under each mask of ks, K x n_particles particles a row in all, and yield each row's
+    ParticleRow, rows in order; `block` (None: SMC_BLOCK) is the steps between resampling
+    times, `pilot` the pilot's particles per mask (None: pilot_size; 0: none, every mask gets
+    n_particles in `islands` islands, island_sizes).
+
+    Rows go a chunk at a time: every row's pilot, then every row's second stage (allocate). A
+    row draws one number from its generator, a key (below 2^63); each of its islands draws from
+    default_rng([key, its number among the row's islands]) its uniforms (p, D), one per block
+    boundary for the resampling, one per sample for its pick and one per sample for its key in
+    the race for the sample (_race). Islands go through the sampler _SMC_VALUES particle values
+    at a time, a cancellation checkpoint before each pass."""
+    dims, k = l0.shape[1], len(ks)
+    n0 = pilot_size(n_particles, k) if pilot is None else min(pilot, n_particles - 1)
+    run = _Runner(sampler, ks, l0, l1, SMC_BLOCK if block is None else block, threshold, n_samples)
+    per_chunk = max(1, _CHUNK_PASSES * _SMC_VALUES // (k * n_particles * dims))
+    for start in range(0, len(rows), per_chunk):
+        chunk = [int(r) for r in rows[start : start + per_chunk]]
+        states: dict[int, _Row] = {}
+        for r in chunk:
+            rng = rngs[r]
+            picks = np.zeros((k, n_samples, dims), dtype=np.uint8)
+            state = states[r] = _Row(int(rng.integers(1 << 63)), picks, np.full((k, n_samples), np.inf))
+            if n0:
+                for g in range(k):
+                    for size in split(n0, -(-n0 // ISLAND_MAX)):
+                        state.units.append(_Unit(r, len(state.units), g, -1, size))
+        run.islands(states, [u for r in chunk for u in states[r].units])
+        second = []
+        for r in chunk:
+            state = states[r]
+            if n0:
+                pilot_z = np.array([_pooled(state, [u for u in state.units if u.mask == g])[0] for g in range(k)])
+                counts, m = allocate(pilot_z, k * (n_particles - n0), islands)
+            else:
+                counts, m = np.full(k, n_particles), island_sizes(n_particles, islands)[0]
+            for g in range(k):
+                for i, size in enumerate(split(int(counts[g]), m)):
+                    unit = _Unit(r, len(state.units), g, i, size)
+                    state.units.append(unit)
+                    second.append(unit)
+        run.islands(states, second)
+        for r in chunk:
+            yield _row_result(r, states.pop(r), k)
 
 
-def _island(
-    rng: np.random.Generator, row: int, index: int, islands_of: np.ndarray, p: int, dims: int, stages: int
-) -> _Island:
-    """An island's random numbers, from its row's generator in this order."""
-    k, n_samples = islands_of.shape
-    noise, pick, draw = rng.random((k * p, dims)), rng.random((k, stages)), rng.random((k, n_samples))
-    return _Island(row, index, noise, pick, draw, islands_of == index)
+def _pooled(state: _Row, units: list[_Unit]) -> tuple[float, np.ndarray, float, int, int]:
+    """(log of the particle-weighted mean Z, weighted mean (D,), sum of squared weights,
+    resamplings, particles) of a mask's islands `units`, in their order."""
+    n = sum(u.size for u in units)
+    log_z = np.array([state.done[u.number][0] for u in units])
+    top = log_z.max()
+    z = np.exp(log_z - top) if np.isfinite(top) else np.ones(len(units))
+    a = np.array([u.size / n for u in units])
+    pooled = top + np.log(a @ z) if np.isfinite(top) else -np.inf
+    mean = sum(w * state.done[u.number][1] for w, u in zip(a, units, strict=True))
+    sum_sq = float(sum(w * w * state.done[u.number][2] for w, u in zip(a, units, strict=True)))
+    return float(pooled), np.asarray(mean), sum_sq, sum(state.done[u.number][3] for u in units), n
+
+
+def _row_result(r: int, state: _Row, k: int) -> ParticleRow:
+    """A row's ParticleRow from its islands' summaries, combined in its islands' order."""
+    per_mask = [[u for u in state.units if u.mask == g] for g in range(k)]
+    pooled = [_pooled(state, units) for units in per_mask]
+    second = [[u for u in units if u.island >= 0] for units in per_mask]
+    log_z = np.array([[state.done[u.number][0] for u in units] for units in second])
+    return ParticleRow(
+        r,
+        log_z,
+        np.array([p[0] for p in pooled]),
+        np.stack([p[1] for p in pooled]),
+        np.array([p[2] for p in pooled]),
+        state.picks,
+        np.array([p[3] for p in pooled], dtype=np.int64),
+        np.array([p[4] for p in pooled], dtype=np.int64),
+    )
+
+
+class _Runner:
+    """Runs islands through the sampler in passes: a mask with at least SINGLE_WIDTH of the
+    islands' particles walks alone, the others together in the masks' group plan."""
+
+    def __init__(
+        self,
+        sampler: FastSampler,
+        ks: list[int],
+        l0: np.ndarray,
+        l1: np.ndarray,
+        block: int,
+        threshold: float,
+        n_samples: int,
+    ) -> None:
+        self.sampler, self.ks, self.l0, self.l1 = sampler, ks, l0, l1
+        self.block, self.threshold, self.n_samples = block, threshold, n_samples
+        self.stages = max(-(-l0.shape[1] // block) - 1, 1)  # boundaries where a set may resample
+
+    def islands(self, states: dict[int, _Row], units: list[_Unit]) -> None:
+        """Run `units`, each row's summary of each into states[row].done, picks into its picks."""
+        dims, k = self.l0.shape[1], len(self.ks)
+        cap = max(1, _SMC_VALUES // dims)
+        by_mask = [[u for u in units if u.mask == g] for g in range(k)]
+        alone = [g for g in range(k) if sum(u.size for u in by_mask[g]) >= SINGLE_WIDTH or k == 1]
+        passes: list[tuple[tuple[int, ...], list[list[_Unit]]]] = []
+        for g in alone:
+            passes += [((self.ks[g],), [chunk]) for chunk in _packed(by_mask[g], cap)]
+        rest = [g for g in range(k) if g not in alone and by_mask[g]]
+        if rest:
+            queues = [_packed(by_mask[g], max(1, cap // k)) if g in rest else [] for g in range(k)]
+            for i in range(max(len(q) for q in queues)):
+                passes.append((tuple(self.ks), [q[i] if i < len(q) else [] for q in queues]))
+        for masks, groups in passes:
+            checkpoint()
+            plan = self.sampler.group_plan(masks, self.block)
+            assert len(plan.blocks) - 1 <= self.stages
+            drawn = [[self._draw(states[u.row].key, u) for u in group] for group in groups]
+            results = _pass(plan, self.sampler.activation, self.l0, self.l1, drawn, self.threshold)
+            for item, (summary, x, w) in zip([d for group in drawn for d in group], results, strict=True):
+                unit = item[0]
+                state = states[unit.row]
+                state.done[unit.number] = summary
+                _race(state, unit, x, w, item[3], item[4])
+
+    def _draw(self, key: int, unit: _Unit) -> _Drawn:
+        """An island's random numbers, from its own generator in this order."""
+        rng = np.random.default_rng([key, unit.number])
+        noise = rng.random((unit.size, self.l0.shape[1]))
+        return unit, noise, rng.random(self.stages), rng.random(self.n_samples), rng.random(self.n_samples)
+
+
+def _race(state: _Row, unit: _Unit, x: np.ndarray, w: np.ndarray, draw: np.ndarray, u: np.ndarray) -> None:
+    """The island's bid for each sample of its mask: an exponential key -log(u) / its particles
+    (in logs); where it is below the key of the sample's pick so far, the sample takes a
+    particle of this island, drawn by their weights (draw). The smallest key of all the mask's
+    islands wins, whatever order they come in: each island with probability in proportion to
+    its particles, as the posterior weighs it (posterior())."""
+    if not len(u):
+        return
+    with np.errstate(divide="ignore"):
+        key = np.log(-np.log(u)) - np.log(unit.size)
+    win = key < state.race[unit.mask]
+    if win.any():
+        cum = np.cumsum(w)
+        cum[-1] = 1.0
+        state.picks[unit.mask][win] = x[np.minimum(np.searchsorted(cum, draw[win]), len(w) - 1)]
+        state.race[unit.mask][win] = key[win]
+
+
+def _packed(units: list[_Unit], cap: int) -> list[list[_Unit]]:
+    """Units in order, cut into passes of at most `cap` particles (or one unit, where it has more)."""
+    out: list[list[_Unit]] = []
+    width = cap
+    for u in units:
+        if width + u.size > cap:
+            out.append([])
+            width = 0
+        out[-1].append(u)
+        width += u.size
+    return out
 
 
 def _pass(
@@ -172,112 +387,205 @@ def _pass(
     activation: str,
     l0: np.ndarray,
     l1: np.ndarray,
-    batch: list[_Island],
-    p: int,
+    groups: list[list[_Drawn]],
     threshold: float,
-) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
-    """One pass of the islands of `batch`: group g is the plan's mask g, its slots island after
-    island, particle after particle. Returns per island (log_z (K,), mean (K, D), sum_sq (K,),
-    picks (K, S, D), resamplings (K,))."""
-    n_groups, sets, dims = len(plan.nets), len(batch), l0.shape[1]
-    width = sets * p
+) -> list[_Done]:
+    """One pass: group g is the plan's mask g, its columns its islands' particles, island after
+    island (groups padded to the widest). The weights live in (U, P) arrays, island u's particles
+    in its first sizes[u] slots (the rest -inf). Returns per island, in the groups' order:
+    ((log Z, weighted mean (D,), sum of squared normalised weights, resamplings), picks (S', D)
+    of its chosen samples)."""
+    dims = l0.shape[1]
+    flat = [(g, item) for g, items in enumerate(groups) for item in items]
+    n_units = len(flat)
+    sizes = np.array([item[0].size for _, item in flat])
+    widths = [sum(item[0].size for item in items) for items in groups]
+    width, top_size = max(widths), int(sizes.max())
     orderings = [net.ordering for net in plan.nets]
-    of = np.array([u.row for u in batch], dtype=np.int64)
-    # thresholds (G, D, R) in positions: the tilted draw x = 1 where z > logit(u) - (l1 - l0)
-    thr = np.empty((n_groups, dims, width))
-    l0_pos = np.empty((n_groups, dims, sets))
-    l1_pos = np.empty((n_groups, dims, sets))
-    for g, order in enumerate(orderings):
-        l0_pos[g] = l0[np.ix_(of, order)].T
-        l1_pos[g] = l1[np.ix_(of, order)].T
-        for j, unit in enumerate(batch):
-            um = unit.noise[g * p : (g + 1) * p][:, order]
-            with np.errstate(divide="ignore"):  # u = 0: -inf, x = 1 as u < p
-                t = np.log(um / (1.0 - um))
-            thr[g, :, j * p : (j + 1) * p] = tilt(t, (l1_pos[g, :, j] - l0_pos[g, :, j])[None, :]).T
-    picks = np.stack([unit.pick for unit in batch], axis=1)  # (G, sets, stages)
-    weights = ParticleWeights((n_groups, sets, p))
+    group_of = np.array([g for g, _ in flat])
+    thr, ev0, ev1, slot_of, first = _layout(orderings, l0, l1, groups, width)
+    j = np.arange(top_size)
+    valid = j[None, :] < sizes[:, None]
+    where = group_of[:, None] * width + first[:, None] + np.where(valid, j[None, :], 0)  # (U, P) flat columns
+    picks = np.stack([item[2] for _, item in flat])  # (U, stages)
+    logw = np.where(valid, 0.0, -np.inf)
+    logz = np.zeros(n_units)
+    resamplings = np.zeros(n_units, dtype=np.int64)
     state = {"t0": 0, "stage": 0}
 
     def weigh(t0: int, t1: int, logits: np.ndarray) -> None:
-        z = logits[:, t0:t1, :].reshape(n_groups, t1 - t0, sets, p)
+        z = logits[:, t0:t1, :]
         one = log_sigmoid(z)  # log p(x_d = 1 | x_<d); log p(x_d = 0 | x_<d) = one - z
         zero = one - z
-        one += l1_pos[:, t0:t1, :, None]
-        zero += l0_pos[:, t0:t1, :, None]
-        weights.add(np.logaddexp(one, zero).sum(axis=1))
+        one += np.take_along_axis(ev1[:, t0:t1, :], np.broadcast_to(slot_of[:, None, :], z.shape), axis=2)
+        zero += np.take_along_axis(ev0[:, t0:t1, :], np.broadcast_to(slot_of[:, None, :], z.shape), axis=2)
+        inc = np.logaddexp(one, zero).sum(axis=1).ravel()[where]
+        logw[...] += np.where(valid, np.where(np.isnan(inc), -np.inf, inc), 0.0)
 
     def between(t1: int, xs: np.ndarray, logits: np.ndarray, acts: list[np.ndarray], known: list[int]) -> None:
         weigh(state["t0"], t1, logits)
         state["t0"] = t1
-        idx = weights.resample(picks[:, :, state["stage"]], threshold)
+        u = picks[:, state["stage"]]
         state["stage"] += 1
-        if idx is None:
+        w, total, log_mean = _weights(logw, sizes)
+        ess = total**2 / np.cumsum(w * w, axis=1)[:, -1]
+        due = np.flatnonzero((ess < threshold * sizes) & np.isfinite(log_mean))
+        if not len(due):
             return
-        # only the sets that resampled copy their particles' state, each within its own columns
-        for g, j in zip(*np.nonzero((idx != np.arange(p)).any(axis=2)), strict=True):
-            cols, parents = slice(j * p, (j + 1) * p), idx[g, j] + j * p
-            xs[g, :t1, cols] = np.take(xs[g, :t1], parents, axis=1)
-            for act, k in zip(acts, known, strict=True):
-                act[g, :k, cols] = np.take(act[g, :k], parents, axis=1)
+        idx = _systematic(w[due] / total[due, None], sizes[due], u[due])
+        logz[due] += log_mean[due]
+        logw[due] = np.where(valid[due], 0.0, -np.inf)
+        resamplings[due] += 1
+        moved = valid[due] & (idx != j[None, :])
+        _copy_state(
+            group_of[due],
+            moved,
+            first[due, None] + j[None, :],
+            first[due, None] + idx,
+            [(xs, t1)] + list(zip(acts, known, strict=True)),
+        )
 
-    xs, logits = walk_plan(plan, [width] * n_groups, thr, activation, between)
+    xs, logits = walk_plan(plan, widths, thr, activation, between)
     weigh(state["t0"], dims, logits)
     del thr, logits
-    log_z = weights.log_evidence()  # (G, sets)
-    norm = weights.normalised()  # (G, sets, p)
-    out: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
-    for j, unit in enumerate(batch):
-        x = np.empty((n_groups, p, dims), dtype=np.uint8)
-        for g, order in enumerate(orderings):
-            x[g][:, order] = xs[g, :, j * p : (j + 1) * p].T
-        w = norm[:, j]
-        mean = np.einsum("gp,gpd->gd", w, x)
-        cum = np.cumsum(w, axis=1)
-        cum[:, -1] = 1.0
-        mask_of, sample = np.nonzero(unit.chosen)  # the samples that take this island, mask after mask
-        shifted = (cum + np.arange(n_groups)[:, None]).ravel()  # mask g's cumulative weights in [g, g + 1]
-        particle = np.minimum(np.searchsorted(shifted, unit.draw[mask_of, sample] + mask_of), mask_of * p + p - 1)
-        picked = x.reshape(n_groups * p, dims)[particle]
-        out.append(((log_z[:, j], mean, (w * w).sum(axis=1), weights.resamplings[:, j]), picked))
+    w, total, log_mean = _weights(logw, sizes)
+    norm = np.where(total[:, None] > 0, w / np.where(total > 0, total, 1.0)[:, None], valid / sizes[:, None])
+    return _summaries(flat, orderings, xs, first, norm, logz + log_mean, resamplings)
+
+
+def _copy_state(
+    group_of: np.ndarray, moved: np.ndarray, cols: np.ndarray, parents: np.ndarray, state: list[tuple[np.ndarray, int]]
+) -> None:
+    """Resampled islands' particles take their parents' state: per group, the columns `cols`
+    (V, P) where `moved` take columns `parents`, in each (G, rows, R) array of `state` up to its
+    rows known so far."""
+    for g in np.unique(group_of):
+        sel = moved & (group_of == g)[:, None]
+        if sel.any():
+            to, src = cols[sel], parents[sel]
+            for array, known in state:
+                view = array[g]
+                view[:known, to] = view[:known, src]
+
+
+def _summaries(
+    flat: list[tuple[int, _Drawn]],
+    orderings: list[np.ndarray],
+    xs: np.ndarray,
+    first: np.ndarray,
+    norm: np.ndarray,
+    log_z: np.ndarray,
+    resamplings: np.ndarray,
+) -> list[_Done]:
+    """Per island of a pass: ((log Z, weighted mean (D,), sum of squared normalised weights,
+    resamplings), its particles (p, D) uint8, their normalised weights (p,))."""
+    dims = xs.shape[1]
+    out: list[_Done] = []
+    for i, (g, (unit, *_)) in enumerate(flat):
+        size = unit.size
+        x = np.empty((size, dims), dtype=np.uint8)
+        x[:, orderings[g]] = xs[g, :, first[i] : first[i] + size].T
+        wi = norm[i, :size]
+        out.append(((float(log_z[i]), wi @ x, float(np.cumsum(wi * wi)[-1]), int(resamplings[i])), x, wi))
     return out
+
+
+def _layout(
+    orderings: list[np.ndarray],
+    l0: np.ndarray,
+    l1: np.ndarray,
+    groups: list[list[_Drawn]],
+    width: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A pass's thresholds (G, D, width) in positions (padding: +inf, x = 0), its islands'
+    evidence in positions (G, D, islands of the group's most), each column's island among its
+    group's (G, width) and each island's first column (U,), islands in the groups' order."""
+    n_groups, dims, slots = len(groups), l0.shape[1], max(len(items) for items in groups)
+    first = np.empty(sum(len(items) for items in groups), dtype=np.int64)
+    slot_of = np.zeros((n_groups, width), dtype=np.int64)
+    ev0 = np.zeros((n_groups, dims, slots))
+    ev1 = np.zeros((n_groups, dims, slots))
+    thr = np.full((n_groups, dims, width), np.inf)
+    u_index = 0
+    for g, items in enumerate(groups):
+        col, order = 0, orderings[g]
+        for s, (unit, noise, *_) in enumerate(items):
+            ev0[g, :, s], ev1[g, :, s] = l0[unit.row, order], l1[unit.row, order]
+            um = noise[:, order]
+            with np.errstate(divide="ignore"):  # u = 0: -inf, x = 1 as u < p
+                t = np.log(um / (1.0 - um))
+            thr[g, :, col : col + unit.size] = tilt(t, (ev1[g, :, s] - ev0[g, :, s])[None, :]).T
+            slot_of[g, col : col + unit.size] = s
+            first[u_index] = col
+            col += unit.size
+            u_index += 1
+    return thr, ev0, ev1, slot_of, first
+
+
+def _systematic(w: np.ndarray, sizes: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Systematic resampling of islands of different sizes: normalised weights (V, P), island v's
+    in its first sizes[v] slots, one uniform each (V,); (V, P) parents within each island (valid
+    in its first sizes[v] slots), as importance.systematic_resample."""
+    n_sets, top = w.shape
+    j = np.arange(top)
+    cum = np.cumsum(w, axis=1)
+    cum[j[None, :] >= sizes[:, None] - 1] = 1.0  # rounding never leaves a point past the last parent
+    points = (j[None, :] + u[:, None]) / sizes[:, None]
+    shift = np.arange(n_sets, dtype=np.float64)[:, None]  # island v's weights and points in [v, v + 1]
+    idx = np.searchsorted((cum + shift).ravel(), (points + shift).ravel(), side="right").reshape(n_sets, top)
+    return np.minimum(idx - np.arange(n_sets)[:, None] * top, sizes[:, None] - 1)
+
+
+def _weights(logw: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights relative to each island's largest (U, P), their sum (U,), log of their mean
+    (U,), -inf where every weight is 0), sums in order along each island: what an island gets
+    does not depend on the others of its pass."""
+    top = logw.max(axis=1)
+    ref = np.where(np.isfinite(top), top, 0.0)
+    w = np.exp(logw - ref[:, None])
+    total = np.cumsum(w, axis=1)[:, -1]
+    with np.errstate(divide="ignore"):
+        return w, total, ref + np.log(total / sizes)
 
 
 @dataclass(frozen=True)
 class Posterior:
     """What a row's particles estimate under the mixture of their masks."""
 
-    logprob: float  # log p(evidence) = log mean over masks and islands of Z_km, nats
-    stderr: float  # its standard error over the islands (delta method); NaN with one island
-    island_weights: np.ndarray  # (K, M) each island's weight in the posterior, summing to 1
+    logprob: float  # log p(evidence) = log mean over masks and second-stage islands of Z_km, nats
+    stderr: float  # its standard error over those islands (delta method); NaN with one island a mask
+    mask_weights: np.ndarray  # (K,) each mask's weight in the posterior, p(k | evidence), summing to 1
     marginals: np.ndarray  # (D,) p(x_d = 1 | evidence)
     ess: float  # 1 / sum of the particles' squared weights: effective particles behind it
 
 
 def posterior(particles: ParticleRow) -> Posterior:
     """The mixture's posterior from a row's particles. p(evidence) and its standard error come
-    from the islands' evidence (importance.pool_estimate, the islands as each mask's draws). A
-    particle's weight is p(k | evidence) (mask k's evidence, mean_m Z_km, normalised over masks)
-    x 1/M x its weight within its island: each island's weighted particles estimate the mask's
-    posterior on their own (consistent as the island grows), and averaging the islands with
-    equal weights rather than in proportion to their noisy Z_km keeps more of them in the
-    answer."""
+    from the second stage's islands only (importance.pool_estimate, the islands as each mask's
+    draws): their sizes are fixed once the pilot is through, so each island's Z_km is unbiased
+    given them and a mask's islands are independent. The posterior uses every particle, the
+    pilot's too (it needs only consistency): a particle's weight is p(k | evidence), estimated
+    from the particle-weighted mean Z of all mask k's islands (log_z_all) and normalised over
+    masks, x its island's share of the mask's particles x its weight within the island. `ess`
+    is 1 / the sum of those weights squared: particles effective out of all K x n_particles
+    spent, the pilot's included."""
     k, m = particles.log_z.shape
     est = pool_estimate(particles.row, particles.log_z.ravel(), k, m)
-    per_mask = est.weights.reshape(k, m).sum(axis=1)  # p(k | evidence), estimated
-    island = np.repeat(per_mask[:, None] / m, m, axis=1)
-    marginals = np.einsum("km,kmd->d", island, particles.mean)
-    ess = 1.0 / float((island * island * particles.sum_sq).sum())
-    return Posterior(est.logprob, est.stderr, island, np.clip(marginals, 0.0, 1.0), ess)
+    top = particles.log_z_all.max()
+    per_mask = np.exp(particles.log_z_all - top)
+    per_mask /= per_mask.sum()
+    marginals = per_mask @ particles.mean
+    ess = 1.0 / float((per_mask * per_mask * particles.sum_sq).sum())
+    return Posterior(est.logprob, est.stderr, per_mask, np.clip(marginals, 0.0, 1.0), ess)
 
 
 def posterior_samples(rng: np.random.Generator, post: Posterior, particles: ParticleRow, n: int) -> np.ndarray:
     """(n, D) uint8 rows drawn from the weighted particles: sample j takes mask k with
-    probability p(k | evidence), then its pick under k, a particle of the island it drew
-    uniformly beforehand, picked by the particles' weights within the island; so island (k, m)
-    with probability p(k | evidence) / M, as the posterior weighs it."""
+    probability p(k | evidence), then its pick under k, a particle of the island that won its
+    race (in proportion to the islands' particles, pilot's included), picked by the particles'
+    weights within the island; so a particle with probability its posterior weight."""
     k, s, dims = particles.picks.shape
     if n == 0:
         return np.empty((0, dims), dtype=np.uint8)
-    which = rng.choice(k, size=n, replace=True, p=post.island_weights.sum(axis=1))
+    which = rng.choice(k, size=n, replace=True, p=post.mask_weights)
     return particles.picks[which, np.arange(n)]
