@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/table_impute_bench.py [--store model_store] [--name diamonds]
         [--table diamonds] [--rows 1000] [--baseline /work/today] [--baseline-rows 200]
-        [--rounds 2] [--given cut=Fair,color=J] [--given-n 2000] [--http] [--only impute|given]
-        [--write]
+        [--rounds 2] [--given cut=Fair,color=J] [--given-n 2000] [--given-importance N] [--http]
+        [--only impute|given] [--write]
 
 Each figure is one engine call (TableEngine.impute, as /impute and /sample's `given` make it,
 with their defaults: n_samples 10 and n_importance 1000; given: n samples and n_importance
@@ -16,7 +16,8 @@ round by round (round r with seed r); seconds the median, scores the mean over t
   exactly: NRMSE of the median (RMSE / the column's sd over the test split) and accuracy of the
   most likely level of the hidden cells.
 - given: --given-n samples under --given; mean KS over the numeric columns against the
-  training split's rows meeting the condition.
+  training split's rows meeting the condition (and its standard deviation over the rounds'
+  seeds). --given-importance N: this tree's calls at n_importance N instead (the ESS a KS needs).
 - --http: one POST /impute of the --rows rows with the defaults to a `made serve` of this tree.
 Prints a markdown table; --write appends it to docs/impute-bench.md.
 """
@@ -88,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
         inexact = ~exact_orders(engine.orderings, ~np.isnan(values)).all(axis=0)
         out = {
             "seconds": seconds,
-            "filled": np.where(np.isnan(filled), None, filled).tolist(),
+            "filled": [[None if v != v else v for v in row] for row in filled.tolist()],  # NaN: null
             "inexact": inexact.tolist(),
             "ess": float(np.median(r.ess[inexact])),
         }
@@ -99,7 +100,8 @@ def worker(args: argparse.Namespace) -> None:
             row[0, schema.index(name)] = schema.columns[schema.index(name)].encode_cell(value, "given")
         engine.impute(row, n_samples=2, seed=0, n_importance=20)  # warm-up
         start = time.perf_counter()
-        r = engine.impute(row, n_samples=args.given_n, seed=args.seed, n_importance=given_importance(args.given_n))
+        n_importance = args.given_importance or given_importance(args.given_n)
+        r = engine.impute(row, n_samples=args.given_n, seed=args.seed, n_importance=n_importance)
         out = {
             "seconds": time.perf_counter() - start,
             "samples": r.samples[0].tolist(),
@@ -129,6 +131,8 @@ def call(checkout: Path, args: argparse.Namespace, task: str, rows: int, seed: i
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", task, "--rows", str(rows), "--seed", str(seed)]
     cmd += ["--store", str(args.store.resolve()), "--name", args.name, "--table", args.table]
     cmd += ["--given", args.given, "--given-n", str(args.given_n)]
+    if args.given_importance and checkout == ROOT:
+        cmd += ["--given-importance", str(args.given_importance)]
     env = {**os.environ, "PYTHONPATH": str(checkout), "MADE_LOG_LEVEL": "WARNING"}
     done = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -213,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--given", default="cut=Fair,color=J")
     p.add_argument("--given-n", type=int, default=2000)
+    p.add_argument(
+        "--given-importance", type=int, default=0, help="this tree's `given` n_importance (default: its own)"
+    )
     p.add_argument("--http", action="store_true")
     p.add_argument("--only", choices=["impute", "given"], default=None, help="measure one kind of call only")
     p.add_argument("--write", action="store_true")
@@ -261,7 +268,8 @@ def render(
         "",
         f"{os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
         f"baseline: {args.baseline}; {args.rounds} rounds (round r: seed r), seconds the median, "
-        "NRMSE, accuracy and KS the mean over the rounds' seeds; one engine call a process.",
+        "NRMSE, accuracy and KS the mean over the rounds' seeds (KS's sd over them in brackets), ESS the median; "
+        "one engine call a process.",
         "",
         f"Regenerate: `.venv/bin/python bench/table_impute_bench.py --store {args.store} --name {args.name} "
         f"--table {args.table} "
@@ -269,6 +277,7 @@ def render(
         + (f" --baseline {args.baseline}" if args.baseline else "")
         + (" --http" if http_seconds is not None else "")
         + (f" --only {args.only} --given {args.given} --given-n {args.given_n}" if args.only else "")
+        + (f" --given-importance {args.given_importance}" if args.given_importance else "")
         + "`",
         "",
         "| code | call | rows | seconds (median) | inexact rows | median ESS | NRMSE | accuracy | KS |",
@@ -290,11 +299,13 @@ def render(
                 f"{nrmse:.3f} | {acc:.3f} | |"
             )
         else:
-            stat = float(np.mean([given_ks(schema, args, np.array(r["samples"]))[0] for r in res]))
+            stats = [given_ks(schema, args, np.array(r["samples"]))[0] for r in res]
+            spread = f" (sd {np.std(stats, ddof=1):.3f})" if len(stats) > 1 else ""
             real = given_ks(schema, args, np.array(res[0]["samples"]))[1]
+            ess = float(np.median([r["ess"] for r in res]))
             lines.append(
                 f"| {side} | given {args.given}, n {args.given_n} (exact {str(res[0]['exact']).lower()}; "
-                f"{real} real training rows) | 1 | {secs:.2f} | | {res[0]['ess']:.1f} | | | {stat:.3f} |"
+                f"{real} real training rows) | 1 | {secs:.2f} | | {ess:.1f} | | | {np.mean(stats):.3f}{spread} |"
             )
     if http_seconds is not None:
         lines.append(

@@ -169,3 +169,35 @@ def test_a_row_whose_particles_are_thinned_keeps_its_answer_whatever_its_batch(c
     np.testing.assert_array_equal(three.samples[1], two.samples[1])
     np.testing.assert_allclose(three.logprob_observed[1], two.logprob_observed[1], rtol=1e-6)
     np.testing.assert_allclose(three.ess[1], two.ess[1], rtol=1e-6)
+
+
+def test_the_first_tail_column_is_drawn_from_the_filters_last_pass(
+    cats: TableEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row's filter ends with a pass that has seen every cell its first tail column reads: that
+    column is drawn from the outputs the filter kept, one pass a completed particle fewer than
+    a fresh pass for it, and the answers are the fresh pass's."""
+    rows = [0]
+    params = cats.params
+
+    def counting(values: np.ndarray, k: int) -> np.ndarray:
+        rows[0] += len(values)
+        return params(values, k)
+
+    monkeypatch.setattr(cats, "params", counting)
+    kept = cats.impute(ROWS, n_samples=300, seed=5, n_importance=200)
+    kept_rows, rows[0] = rows[0], 0
+    filter_ = table_smc._filter
+
+    def forgetting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        z, lw, x, first = filter_(*args, **kwargs)
+        first[:] = np.nan  # nothing kept: every tail cell a pass of its own, as before
+        return z, lw, x, first
+
+    monkeypatch.setattr(table_smc, "_filter", forgetting)
+    fresh = cats.impute(ROWS, n_samples=300, seed=5, n_importance=200)
+    np.testing.assert_array_equal(kept.samples, fresh.samples)
+    assert kept.distributions == fresh.distributions
+    np.testing.assert_array_equal(kept.logprob_observed, fresh.logprob_observed)
+    # each of the 3 rows' 300 completions has a tail under some masks: up to one pass each saved
+    assert 0 < rows[0] - kept_rows <= 3 * 300

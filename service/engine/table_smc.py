@@ -48,15 +48,17 @@ PARTICLE_ROWS = 32_768  # (row, mask, particle) rows through the network togethe
 # rows share its chunk, so that a row's answer does not depend on its batch.
 POOL_CAP = 4096
 MAX_PARTICLES = 64  # particles of one filter at most: past it a mask runs more filters, FILTERS at a time
-GIVEN_DRAWS_PER_SAMPLE = 6  # `given`: n_importance per sample (3/8 of a particle a sample, per mask)
+GIVEN_DRAWS_PER_SAMPLE = 3  # `given`: n_importance per sample (3/16 of a particle a sample, per mask)
 
 
 def given_importance(n: int) -> int:
-    """n_importance of /sample's `given` for n samples (at least 1000): 3/8 of a particle per sample
-    per mask, so about 3 particles a sample over 8 masks. `given` resamples once, where the given
-    cells are scored, and draws each sample's remaining cells fresh: the samples' fidelity is
-    bounded by the pooled particles' ESS, a few hundred at n 2000, past which more particles move
-    the samples' KS to the data less than the seed does (docs/impute-bench.md)."""
+    """n_importance of /sample's `given` for n samples (at least 1000): 3/16 of a particle per
+    sample per mask (376 a mask at n 2000), so about 1.5 particles a sample over 8 masks. `given`
+    resamples where the given cells are scored and draws each sample's remaining cells fresh: the
+    samples' fidelity is bounded by the pooled particles' ESS, about 200 at n 2000 on diamonds
+    (cut Fair, color J). Over 40 seeds the samples' KS to the data did not move between a pooled
+    ESS of 200 and 350; at 130 (2 per sample) it rose and spread half as much again: 3 is the knee
+    (docs/impute-bench.md)."""
     return max(int(n), 1000) * GIVEN_DRAWS_PER_SAMPLE
 
 
@@ -164,13 +166,13 @@ def _smc_rows(
     # than `cap`; then resampled down to `keep` by their weights (a consistent thinning)
     keep = 2 * max(2 * min_draws, n_draws or 0)
     cap = max(2 * keep, POOL_CAP)
-    pool = _Pool(r, c) if keep else None
+    pool = _Pool(r, c, _widest(engine)) if keep else None
     for j, k in enumerate(masks):
         for g in range(0, groups, together):
-            z, lw, x = _filter(engine, values, int(k), rngs, p, FILTERS * min(together, groups - g))
+            z, lw, x, first = _filter(engine, values, int(k), rngs, p, FILTERS * min(together, groups - g), keep > 0)
             logz[:, j, g * FILTERS : g * FILTERS + z.shape[1]] = z
             if pool is not None:
-                pool.add(z, lw, x, j)
+                pool.add(z, lw, x, j, first)
                 if pool.size > cap:
                     pool.thin(keep, rngs)
     n_total = len(masks) * nf
@@ -212,17 +214,21 @@ def _smc_rows(
             out.weights[at] = 1.0 / sizes[i]
     if starts[-1]:
         rows = np.repeat(np.arange(r), sizes)
-        _draw_tails(engine, masks, rngs, sizes, pool.x[rows, picks], pool.mask[rows, picks], out)
+        picked = (pool.x[rows, picks], pool.mask[rows, picks], pool.first[rows, picks])
+        _draw_tails(engine, masks, rngs, sizes, np.isnan(values[rows]), picked, out)
     return out
 
 
 class _Pool:
     """Per row, the particles a draw may pick: cells (R, Q, C), their filter's log Z and their
-    normalised log weight within it, their mask's position; and the running sums of every
-    particle's weight and squared weight (about a running top), for the ESS once thinned."""
+    normalised log weight within it, their mask's position, the network's outputs for their first
+    tail column (R, Q, W: float32, as the network gives them; NaN where there is none); and the
+    running sums of every particle's weight and squared weight (about a running top), for the ESS
+    once thinned."""
 
-    def __init__(self, r: int, c: int) -> None:
+    def __init__(self, r: int, c: int, w: int) -> None:
         self.x = np.empty((r, 0, c))
+        self.first = np.empty((r, 0, w), dtype=np.float32)
         self.logz = np.empty((r, 0))
         self.logw = np.empty((r, 0))
         self.mask = np.empty((r, 0), dtype=np.int64)
@@ -235,9 +241,10 @@ class _Pool:
     def size(self) -> int:
         return self.x.shape[1]
 
-    def add(self, z: np.ndarray, lw: np.ndarray, x: np.ndarray, j: int) -> None:
+    def add(self, z: np.ndarray, lw: np.ndarray, x: np.ndarray, j: int, first: np.ndarray) -> None:
         r, f, p, c = x.shape
         self.x = np.concatenate([self.x, x.reshape(r, f * p, c)], axis=1)
+        self.first = np.concatenate([self.first, first], axis=1)
         self.logz = np.concatenate([self.logz, np.repeat(z, p, axis=1)], axis=1)
         self.logw = np.concatenate([self.logw, lw.reshape(r, f * p)], axis=1)
         self.mask = np.concatenate([self.mask, np.full((r, f * p), j, dtype=np.int64)], axis=1)
@@ -263,6 +270,7 @@ class _Pool:
             [pick(w[i] / tot[i], keep, rng) if tot[i] > 0 else np.arange(keep) for i, rng in enumerate(rngs)]
         )
         self.x = np.take_along_axis(self.x, idx[..., None], axis=1)
+        self.first = np.take_along_axis(self.first, idx[..., None], axis=1)
         self.mask = np.take_along_axis(self.mask, idx, axis=1)
         with np.errstate(divide="ignore"):
             self.logz = np.repeat((ref + np.log(tot) - math.log(keep))[:, None], keep, axis=1)
@@ -281,11 +289,30 @@ def _interleaved(order: np.ndarray, unknown: np.ndarray) -> np.ndarray:
     return unknown & (pos[None, :] < known_pos.max(axis=1)[:, None])
 
 
+def _widths(engine: TablePasses) -> list[int]:
+    """Each column's number of network outputs."""
+    return [int(engine.column_params(np.empty((0, engine.schema.n_out)), c).shape[1]) for c in range(engine.dims)]
+
+
+def _widest(engine: TablePasses) -> int:
+    """The most network outputs a column has."""
+    return max(_widths(engine))
+
+
 def _filter(
-    engine: TablePasses, values: np.ndarray, k: int, rngs: list[np.random.Generator], p: int, f: int = FILTERS
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    engine: TablePasses,
+    values: np.ndarray,
+    k: int,
+    rngs: list[np.random.Generator],
+    p: int,
+    f: int = FILTERS,
+    tails: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """f filters of p particles per row under mask k: (log Z (R, f), normalised log
-    weights (R, f, p), particles (R, f, p, C) with their interleaved cells drawn)."""
+    weights (R, f, p), particles (R, f, p, C) with their interleaved cells drawn, and, where
+    `tails`, the outputs (R, f p, W) float32 of the row's first tail column (the first unknown one
+    past its last known cell; NaN where it has none) from the filter's last pass, which has seen
+    every cell that column's conditional reads: _draw_tails draws it from them, a pass saved)."""
     r, c = values.shape
     fp = f * p
     order = engine.orderings[k]
@@ -294,6 +321,8 @@ def _filter(
     inter = _interleaved(order, unknown)
     m = inter.sum(axis=1)
     last_known = np.where(~unknown, pos[None, :], -1).max(axis=1)
+    tail_pos = np.where(unknown & (pos[None, :] > last_known[:, None]), pos[None, :], c).min(axis=1)
+    first = np.full((r if tails else 0, fp, _widest(engine)), np.nan, dtype=np.float32)
     # stop_pos[i, s]: position of row i's s-th interleaved column; at s = m_i, past its last known
     stop_pos = np.full((r, int(m.max()) + 1), c, dtype=np.int64)
     rows, at = np.nonzero(inter[:, order])
@@ -317,9 +346,9 @@ def _filter(
             due = ~unknown[act, col_i] & (prev[act] < pos[col_i]) & (pos[col_i] < cur)
             sel = np.repeat(due, copies)
             if sel.any():
-                inc[sel] += column_loglik(col, engine.column_params(params[sel], col_i), xa[sel, col_i])
+                inc[sel] += column_loglik(col, engine.column_params(params, col_i)[sel], xa[sel, col_i])
         if s == 0:
-            inc, params = np.repeat(inc, fp), np.repeat(params, fp, axis=0)
+            inc = np.repeat(inc, fp)
         inc[np.isnan(inc)] = -np.inf
         lw = logw[act] + inc.reshape(len(act), f, p)
         top = lw.max(axis=2, keepdims=True)
@@ -332,8 +361,23 @@ def _filter(
         prev[act] = cur
         drawing = np.flatnonzero(m[act] > s)  # indices into act
         if len(drawing):
-            _resample_and_draw(engine, x, logw, params.reshape(len(act), fp, -1), act, drawing, cur, k, rngs)
-    return logz, logw, x.reshape(r, f, p, c)
+            _resample_and_draw(engine, x, logw, params.reshape(len(act), copies, -1), act, drawing, cur, k, rngs)
+        if tails:  # the rows whose last pass this was: their first tail column's outputs
+            last = np.flatnonzero((m[act] == s) & (tail_pos[act] < c))
+            _keep_first(engine, first, params.reshape(len(act), copies, -1), act, last, order[tail_pos[act[last]]])
+    return logz, logw, x.reshape(r, f, p, c), first
+
+
+def _keep_first(
+    engine: TablePasses, first: np.ndarray, params: np.ndarray, act: np.ndarray, last: np.ndarray, cols: np.ndarray
+) -> None:
+    """first[act[last]] (their particles, the column's outputs): column cols[j]'s slice of the
+    pass's `params` (len(act), F p or 1 where every particle is still the row itself, U_out)."""
+    d, copies, width = params.shape
+    for col_i in np.unique(cols).tolist():
+        these = last[cols == col_i]
+        out = engine.column_params(params.reshape(d * copies, width), col_i).reshape(d, copies, -1)[these]
+        first[act[these], :, : out.shape[2]] = out
 
 
 def _resample_and_draw(
@@ -348,7 +392,9 @@ def _resample_and_draw(
     rngs: list[np.random.Generator],
 ) -> None:
     """Rows act[drawing] resample their filters (logw (R, F, p)) whose ESS fell (systematic, one
-    uniform per filter, always drawn) and draw their column at position cur from the pass's `params`."""
+    uniform per filter, always drawn) and draw their column at position cur from the pass's
+    `params` (len(act), F p or 1 where every particle is still the row itself, U_out): only the
+    drawn column's slice of them follows the resampled particles."""
     rows = act[drawing]
     _, f, p = logw.shape
     fp = f * p
@@ -363,16 +409,18 @@ def _resample_and_draw(
         logw[rows[np.nonzero(redo)[0]], np.nonzero(redo)[1]] = -math.log(p)
     flat = (anc + (np.arange(f) * p)[None, :, None]).reshape(len(rows), fp)
     x[rows] = np.take_along_axis(x[rows], flat[..., None], axis=1)
-    prm = np.take_along_axis(params[drawing], flat[..., None], axis=1)
     cols = engine.orderings[k][cur[drawing]]
+    d, copies, width = params.shape
     for col_i in np.unique(cols).tolist():
         these = np.flatnonzero(cols == col_i)
         col = engine.schema.columns[col_i]
-        drawn = draw_cells(
-            col,
-            engine.column_params(prm[these].reshape(-1, prm.shape[2]), col_i),
-            noise[these].reshape(-1, NOISE_PER_COLUMN),
-        )
+        # (D', F p or 1, the column's outputs): a view of the column's slice, then its rows
+        prm = engine.column_params(params.reshape(d * copies, width), col_i).reshape(d, copies, -1)[drawing[these]]
+        if prm.shape[1] > 1:
+            prm = np.take_along_axis(prm, flat[these][..., None], axis=1)
+        else:
+            prm = np.broadcast_to(prm, (len(these), fp, prm.shape[2]))
+        drawn = draw_cells(col, prm.reshape(-1, prm.shape[2]), noise[these].reshape(-1, NOISE_PER_COLUMN))
         sub = x[rows[these]]
         sub[:, :, col_i] = drawn.reshape(len(these), fp)
         x[rows[these]] = sub
@@ -395,28 +443,42 @@ def _draw_tails(
     masks: list[int],
     rngs: list[np.random.Generator],
     sizes: np.ndarray,
-    x: np.ndarray,
-    mask_pos: np.ndarray,
+    unknown: np.ndarray,
+    picked: tuple[np.ndarray, np.ndarray, np.ndarray],
     out: SmcResult,
 ) -> None:
-    """out.draws: the picked particles x (T, C) (row i's sizes[i] of them in turn), their tails
-    drawn in their mask's order (masks[mask_pos]) with each row's noise; out.level_p the tail
-    draws' level probabilities of categorical columns."""
+    """out.draws: the picked particles x (T, C) (row i's sizes[i] of them in turn; `unknown` (T,
+    C) their rows' unknown cells), their tails drawn in their mask's order (masks[mask_pos]) with
+    each row's noise, the first tail column from the outputs the filter kept for it (`first` (T,
+    W)), the others one pass each; out.level_p the tail draws' level probabilities of categorical
+    columns."""
+    x, mask_pos, first = picked
     t, c = x.shape
     noise = np.concatenate([rng.random((int(n), c, NOISE_PER_COLUMN)) for rng, n in zip(rngs, sizes, strict=True)])
     for ci, col in enumerate(engine.schema.columns):
         if col.kind != "numeric":
             out.level_p[ci] = np.full((t, len(col.levels)), np.nan)
     mask_of = np.asarray(masks)[mask_pos]
+    widths = _widths(engine)
     for k in np.unique(mask_of).tolist():
         idx = np.flatnonzero(mask_of == k)
-        for col_i in engine.orderings[k].tolist():
+        order = engine.orderings[k]
+        pos = np.argsort(order)
+        last_known = np.where(~unknown[idx], pos[None, :], -1).max(axis=1)
+        tail_pos = np.where(unknown[idx] & (pos[None, :] > last_known[:, None]), pos[None, :], c).min(axis=1)
+        first_col = np.full(t, -1)  # each particle's first tail column, whose outputs the filter kept
+        first_col[idx] = np.where(tail_pos < c, order[np.minimum(tail_pos, c - 1)], -1)
+        for col_i in order.tolist():
             todo = idx[np.isnan(x[idx, col_i])]
             if not len(todo):
                 continue
             checkpoint()
             col = engine.schema.columns[col_i]
-            prm = engine.column_params(engine.params(x[todo], k), col_i)
+            kept = (first_col[todo] == col_i) & ~np.isnan(first[todo, 0])  # NaN: none kept, a pass for it
+            prm = np.empty((len(todo), widths[col_i]))
+            prm[kept] = first[todo[kept], : prm.shape[1]]
+            if not kept.all():
+                prm[~kept] = engine.column_params(engine.params(x[todo[~kept]], k), col_i)
             x[todo, col_i] = draw_cells(col, prm, noise[todo, col_i])
             if col_i in out.level_p:
                 with np.errstate(over="ignore"):
