@@ -10,7 +10,12 @@ sampled rows with a numeric cell outside the training split's range (docs/qualit
 decides Column Pair Trends).
 
 Needs the bench extra (`make bench-extra`). Run from the repository root:
-    .venv/bin/python bench/quality.py [--tables diamonds,wine] [--synths made,gaussian_copula]
+    .venv/bin/python bench/quality.py [--tables diamonds,wine] [--synths made,gaussian_copula] [--seeds 5]
+
+With --seeds N each synthesizer draws N times (made: N sampling seeds of one model; SDV: N fits,
+each on its own seeded subsample, each sampled with its seed) and the table reports each score's
+mean ± sd over the draws: one draw of 5,000 rows is noisy where a score hangs on a sample's
+extremes (Column Pair Trends on diamonds: docs/quality.md).
 """
 
 from __future__ import annotations
@@ -140,13 +145,15 @@ def align(frame: Any, like: Any, categorical: set[str]) -> Any:
     return out
 
 
-def sdv_samples(kind: str, train: Any, meta: dict[str, Any], args: argparse.Namespace) -> Any:
-    """n rows from an SDV synthesizer fitted on at most --fit-rows training rows."""
+def sdv_samples(kind: str, train: Any, meta: dict[str, Any], args: argparse.Namespace, seed: int) -> Any:
+    """n rows from an SDV synthesizer fitted on at most --fit-rows training rows (a subsample drawn
+    with `seed`), its sampler seeded with `seed` too (SDV otherwise starts every fitted model's
+    sampling from one fixed seed)."""
     from sdv.metadata import Metadata
     from sdv.single_table import CTGANSynthesizer, GaussianCopulaSynthesizer, TVAESynthesizer
 
     sdv_meta = Metadata.load_from_dict({"tables": {"table": meta}})
-    fit = train.sample(n=min(args.fit_rows, len(train)), random_state=args.seed)
+    fit = train.sample(n=min(args.fit_rows, len(train)), random_state=seed)
     if kind == "gaussian_copula":
         synth: Any = GaussianCopulaSynthesizer(sdv_meta)
     elif kind == "ctgan":
@@ -154,6 +161,8 @@ def sdv_samples(kind: str, train: Any, meta: dict[str, Any], args: argparse.Name
     else:
         synth = TVAESynthesizer(sdv_meta, epochs=args.epochs, enable_gpu=False)
     synth.fit({"table": fit})  # SDV 2: data is a dict of tables, even for one table
+    if hasattr(synth, "_set_random_state"):
+        synth._set_random_state(seed)
     sample = synth.sample(num_rows=args.n)
     return sample["table"] if isinstance(sample, dict) else sample
 
@@ -200,7 +209,12 @@ def pair_summary(pairs: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(float(np.mean(v)), 3) for k, v in out.items()}
 
 
+SCORES = ("overall", "column_shapes", "column_pair_trends", "logistic_detection", "out_of_range", "seconds")
+
+
 def run_table(table: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per synthesizer: each score's mean and sd over the --seeds draws (seeds --seed,
+    --seed + 1, ...: made's sampling seed; SDV's fit subsample and sampling seed), and each draw's."""
     paths = table_paths(table)
     train, test = read_csv(paths["train"]), read_csv(paths["test"])
     train = train.drop(columns=DROP.get(table, []))
@@ -210,44 +224,53 @@ def run_table(table: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     train_a, test_a = align(train, train, categorical), align(test, train, categorical)
     rows = []
     for synth in args.synths:
-        started = time.perf_counter()
-        if synth == "made":
-            store, name = made_model(table, args.store, args.made_epochs)
-            sample = made_samples(store, name, args.n, args.seed)
-        else:
-            sample = sdv_samples(synth, train_a, meta, args)
-        seconds = time.perf_counter() - started
-        sample = align(sample, train, categorical)
-        scores = judge(test_a, sample, meta)
-        scores.update(
-            table=table,
-            synth=synth,
-            seconds=round(seconds, 1),
-            out_of_range=out_of_range(sample, train_a, categorical),
-            by_metric=pair_summary(scores["pairs"]),
-        )
-        rows.append(scores)
-        print(
-            f"  {table:17s} {synth:16s} overall {scores['overall']:.3f} shapes {scores['column_shapes']:.3f} "
-            f"pairs {scores['column_pair_trends']:.3f} detection {scores['logistic_detection']:.3f} "
-            f"out-of-range {scores['out_of_range']:.3f} ({seconds:.0f} s) {scores['by_metric']}",
-            flush=True,
-        )
+        draws = []
+        for seed in range(args.seed, args.seed + args.seeds):
+            started = time.perf_counter()
+            if synth == "made":
+                store, name = made_model(table, args.store, args.made_epochs)
+                sample = made_samples(store, name, args.n, seed)
+            else:
+                sample = sdv_samples(synth, train_a, meta, args, seed)
+            seconds = time.perf_counter() - started
+            sample = align(sample, train, categorical)
+            scores = judge(test_a, sample, meta)
+            scores.update(
+                seed=seed,
+                seconds=round(seconds, 1),
+                out_of_range=out_of_range(sample, train_a, categorical),
+                by_metric=pair_summary(scores["pairs"]),
+            )
+            draws.append(scores)
+            print(
+                f"  {table:17s} {synth:16s} seed {seed} overall {scores['overall']:.3f} "
+                f"shapes {scores['column_shapes']:.3f} pairs {scores['column_pair_trends']:.3f} "
+                f"detection {scores['logistic_detection']:.3f} out-of-range {scores['out_of_range']:.3f} "
+                f"({seconds:.0f} s) {scores['by_metric']}",
+                flush=True,
+            )
+        row: dict[str, Any] = {"table": table, "synth": synth, "seeds": len(draws), "draws": draws}
+        for key in SCORES:
+            v = np.array([d[key] for d in draws], dtype=float)
+            row[key], row[f"{key}_sd"] = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    """The scores as a markdown table: mean ± sd over the draws (the mean alone for one draw)."""
+
+    def cell(r: dict[str, Any], key: str) -> str:
+        mean = f"{r[key]:.1f}" if key == "seconds" else f"{r[key]:.3f}"
+        return mean if r["seeds"] < 2 or key == "seconds" else f"{mean} ± {r[key + '_sd']:.3f}"
+
     lines = [
-        "| table | synthesizer | overall | Column Shapes | Column Pair Trends | LogisticDetection | "
+        "| table | synthesizer | draws | overall | Column Shapes | Column Pair Trends | LogisticDetection | "
         "rows out of range | fit + sample s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['table']} | {r['synth']} | {r['overall']:.3f} | {r['column_shapes']:.3f} | "
-            f"{r['column_pair_trends']:.3f} | {r['logistic_detection']:.3f} | {r['out_of_range']:.3f} | "
-            f"{r['seconds']} |"
-        )
+        lines.append(f"| {r['table']} | {r['synth']} | {r['seeds']} | " + " | ".join(cell(r, k) for k in SCORES) + " |")
     return "\n".join(lines)
 
 
@@ -260,7 +283,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=50, help="CTGAN and TVAE epochs")
     p.add_argument("--made-epochs", type=int, default=100, help="max epochs of a made model trained here")
     p.add_argument("--store", type=Path, default=ROOT / "model_store", help="where made's shipped models are")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first draw's seed")
+    p.add_argument("--seeds", type=int, default=1, help="draws per synthesizer (seeds --seed, --seed + 1, ...)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of CTGAN and TVAE")
     p.add_argument("--out", type=Path, default=OUT / "quality.json")
     args = p.parse_args(argv)

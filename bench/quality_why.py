@@ -7,7 +7,9 @@ its masks); `no bounds` (a copy of the model without lower/upper in its manifest
 heads, as before bounds); `no bounds, clipped` (those cells clipped to the training split's range
 after the fact, a proxy only); `bounds = train range` (the same network with the training
 split's exact [min, max] as bounds: made.core.heads' truncated head); `bounds inferred` (the
-bounds `made train` infers now); `mask-K` (one mask of the
+bounds `made train` infers now); `margin M` (--margins: the training range widened by M of it on
+either side, not below 0 where no value is negative, each column's held-out values kept inside as
+`made train` keeps them); `mask-K` (one mask of the
 ensemble instead of the mixture); `gaussian_copula` (SDV's, for reference); `training rows`
 (real rows of the training split: what the judge gives the data's own distribution); and, for every
 variant, Column Pair Trends
@@ -15,7 +17,7 @@ re-scored with the TEST split's bin edges for both sides (`pairs@real-bins`), wh
 what the model gets wrong about pairs from what the judge's per-dataset binning adds (sdmetrics
 0.32 bins each dataset's numeric columns into 10 equal-width bins between ITS OWN min and max).
 
-    .venv/bin/python bench/quality_why.py --table diamonds [--masks 8] [--n 5000]
+    .venv/bin/python bench/quality_why.py --table diamonds [--masks 8] [--n 5000] [--margins 0.1,0.0144]
 """
 
 from __future__ import annotations
@@ -35,16 +37,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import quality  # noqa: E402
 
 
-def bounds_copy(store: Path, name: str, train: Any, categorical: set[str], bounds: str) -> tuple[Path, str]:
+def margin_bounds(values: np.ndarray, held: np.ndarray, margin: float, decimals: int | None) -> tuple[float, float]:
+    """The training values' [min, max] widened by `margin` of the range on either side (not below
+    0 where no value is negative), moved outwards to the resolution, then out to any held-out value
+    beyond it (made.io.tables.cover_splits)."""
+    lo, hi = float(values.min()), float(values.max())
+    lower, upper = lo - margin * (hi - lo), hi + margin * (hi - lo)
+    if lo >= 0:
+        lower = max(lower, 0.0)
+    if decimals is not None:
+        r = 10.0**-decimals
+        lower = round(float(np.floor(round(lower / r, 6))) * r, max(decimals, 0))
+        upper = round(float(np.ceil(round(upper / r, 6))) * r, max(decimals, 0))
+    if len(held):
+        lower, upper = min(lower, float(held.min())), max(upper, float(held.max()))
+    return lower, upper
+
+
+def bounds_copy(
+    store: Path, name: str, train: Any, categorical: set[str], bounds: str, held: Any = None
+) -> tuple[Path, str]:
     """A copy of the stored model with other bounds in its manifest, the same weights:
-    bounds="none" drops them (the untruncated heads of a model without bounds), "range" sets
-    each numeric column's to the training split's exact [min, max], "inferred" to what `made
-    train` infers from the training split (made.io.tables.numeric_bounds: the range widened by
-    10%, not below 0 where no value is negative), both read by truncated heads."""
+        bounds="none" drops them (the untruncated heads of a model without bounds), "range" sets
+        each numeric column's to the training split's exact [min, max], "inferred" to what `made
+        train` infers from the training split (made.io.tables.numeric_bounds: the range widened by
+        10%, not below 0 where no value is negative), "margin:M" to margin_bounds (held: the held-out
+    rows, kept inside), all read by truncated heads."""
     from made.store.versions import latest_version
 
     version = latest_version(store, name)
-    dest = quality.OUT / f"bounds-{bounds}" / name / version
+    where = quality.OUT / f"bounds-{bounds.replace(':', '-')}"
+    dest = where / name / version
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(store / name / version, dest)
@@ -58,6 +81,10 @@ def bounds_copy(store: Path, name: str, train: Any, categorical: set[str], bound
             values = values[~np.isnan(values)]
             if bounds == "range":
                 col["lower"], col["upper"] = float(values.min()), float(values.max())
+            elif bounds.startswith("margin:"):
+                h = held[col["name"]].to_numpy(dtype=float)
+                h = h[~np.isnan(h)]
+                col["lower"], col["upper"] = margin_bounds(values, h, float(bounds[7:]), col.get("decimals"))
             else:  # as `made train` infers them now (made.io.tables)
                 from made.io.tables import numeric_bounds
 
@@ -66,7 +93,7 @@ def bounds_copy(store: Path, name: str, train: Any, categorical: set[str], bound
     manifest["files"].pop("reference.json", None)
     (dest / "reference.json").unlink(missing_ok=True)
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return quality.OUT / f"bounds-{bounds}", name
+    return where, name
 
 
 def pairs_on_real_bins(test: Any, sample: Any, meta: dict[str, Any]) -> float:
@@ -146,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--made-epochs", type=int, default=100)
     p.add_argument("--detection", action="store_true", help="also LogisticDetection (slower)")
     p.add_argument("--variants", default="", help="only these variants (comma-separated labels)")
+    p.add_argument("--margins", default="", help="bound margins to try, shares of the range (variants `margin M`)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     paths = quality.table_paths(args.table)
@@ -158,6 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     unbounded = bounds_copy(store, name, train_a, cats, "none")
     ranged = bounds_copy(store, name, train_a, cats, "range")
     inferred = bounds_copy(store, name, train_a, cats, "inferred")
+    import pandas as pd
+
+    held = pd.concat([quality.read_csv(paths[s]) for s in ("valid", "test")])
+    held = quality.align(held.drop(columns=quality.DROP.get(args.table, [])), train, cats)
+    margins = {
+        f"margin {m}": bounds_copy(store, name, train_a, cats, f"margin:{m}", held)
+        for m in args.margins.split(",")
+        if m
+    }
 
     def clip(sample: Any) -> Any:
         out = sample.copy()
@@ -186,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "no bounds, clipped": lambda seed: clip(made(unbounded, seed)),
         "bounds = train range": lambda seed: made(ranged, seed),
         "bounds inferred": lambda seed: made(inferred, seed),
+        **{label: (lambda seed, where=where: made(where, seed)) for label, where in margins.items()},
         **{f"mask-{k}": (lambda seed, k=k: made((store, name), seed, k)) for k in range(args.masks)},
         "gaussian_copula": copula_sample,
         "training rows": lambda seed: train_a.sample(n=min(args.n, len(train_a)), random_state=seed),

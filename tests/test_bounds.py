@@ -209,3 +209,40 @@ def test_the_torch_likelihood_is_the_numpy_one_with_bounds(store: Path, engine: 
             for j, col in enumerate(schema.columns):
                 p = params[:, int(schema.out_offsets[j]) : int(schema.out_offsets[j + 1])]
                 np.testing.assert_allclose(column_loglik(col, p, values[:, j]), torch_ll[:, j], rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize(("n", "share"), [(36, 0.5), (900, 0.1), (40_000, 0.015)])
+def test_the_inferred_margin_is_3_over_sqrt_n_of_the_range_at_every_size(n: int, share: float) -> None:
+    """One rule at every size (made.io.tables.numeric_bounds): the training range widened by
+    3/sqrt(n) of it on either side, 50% at 36 rows, 10% at 900, 1.5% at 40,000."""
+    from made.io.tables import BOUND_MARGIN, numeric_bounds
+
+    assert BOUND_MARGIN / np.sqrt(n) == pytest.approx(share)
+    values = np.linspace(-100.0, 100.0, n)  # range 200
+    lower, upper = numeric_bounds(values, None)
+    assert (lower, upper) == pytest.approx((-100.0 - 200 * share, 100.0 + 200 * share))
+
+
+def test_inferred_bounds_stay_non_negative_and_move_out_to_the_resolution() -> None:
+    from made.io.tables import numeric_bounds
+
+    # 40,000 values in [1, 101]: a margin of 1.5 -> [-0.5, 102.5], but no value is negative
+    values = np.linspace(1.0, 101.0, 40_000)
+    assert numeric_bounds(values, 0) == (0.0, 103.0)  # 102.5 outwards to a whole number
+    assert numeric_bounds(values - 1.0, 1) == (0.0, 101.5)
+    assert numeric_bounds(values - 2.0, 1) == (-2.5, 100.5)  # a negative value: no floor at 0
+
+
+def test_a_held_out_value_beyond_the_inferred_bounds_moves_them_with_a_note(tmp_path: Path) -> None:
+    """A large table's tight margin (3/sqrt(n)) can leave a held-out value outside: the bound
+    moves to it, and a note says so (made.io.tables.cover_splits), so the model reads its test rows."""
+    from made.io.tables import load_table_dataset
+
+    rng = np.random.default_rng(0)
+    rows = [[f"{v:.1f}", "a" if v > 0 else "b"] for v in rng.uniform(0.0, 100.0, 10_000)]
+    rows[-1][0] = "110.0"  # in the test split (the last rows): past 100 + 3% of the range
+    source = write_splits(tmp_path, "far", ["x", "k"], rows)
+    data = load_table_dataset(str(source))
+    x = data.schema.columns[0]
+    assert x.upper == 110.0
+    assert any("column x: the test split holds 110, above the training bounds: now its bound" in n for n in data.notes)
