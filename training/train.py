@@ -421,7 +421,7 @@ class Trainer:
             "best_epoch": progress_state["best_epoch"],
             "epochs": progress_state["epoch"],
             "train_seconds": round(progress_state["seconds"], 1),
-            "train_cpu_seconds": round(progress_state.get("cpu_seconds", 0.0), 1),
+            "train_cpu_seconds": round(progress_state.get("cpu_seconds", 0.0), 3),
             "torch_threads": torch.get_num_threads(),
             "hardware": _hardware(),
         }
