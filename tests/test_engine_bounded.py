@@ -21,6 +21,7 @@ from conftest import write_random_model
 import service.engine.missing as missing_module
 import service.engine.sampler as sampler_module
 import service.engine.smc as smc_module
+import service.engine.smc_pass as smc_pass_module
 from service.engine.cancel import Abandoned, CancelToken, running_under
 from service.engine.engine import Engine
 from service.engine.smc import DRAWS_PER_PARTICLE
@@ -126,12 +127,12 @@ class Calls:
 
 
 class Passes:
-    """Counts the particle filter's passes through the sampler (smc.walk_plan, run as it is) and
+    """Counts the particle filter's passes through the sampler (smc_pass.walk_plan, run as it is) and
     cancels `token` once `after` are done."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, token: CancelToken | None = None, after: int = -1) -> None:
         self.count = 0
-        real = smc_module.walk_plan
+        real = smc_pass_module.walk_plan
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             out = real(*args, **kwargs)
@@ -140,7 +141,7 @@ class Passes:
                 token.cancel("timed out")
             return out
 
-        monkeypatch.setattr(smc_module, "walk_plan", counted)
+        monkeypatch.setattr(smc_pass_module, "walk_plan", counted)
 
 
 def test_logprob_particles_go_through_the_sampler_in_bounded_passes_with_the_same_answers(
@@ -247,7 +248,7 @@ def test_a_cancelled_denoising_stops_at_its_next_pass(
     y = (np.random.default_rng(8).random((2, 10)) < 0.5).astype(np.float64)
     token = CancelToken()
     passes: list[int] = []
-    real = smc_module.walk_plan
+    real = smc_pass_module.walk_plan
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         out = real(*args, **kwargs)
@@ -256,7 +257,7 @@ def test_a_cancelled_denoising_stops_at_its_next_pass(
             token.cancel("timed out")
         return out
 
-    monkeypatch.setattr(smc_module, "walk_plan", counted)
+    monkeypatch.setattr(smc_pass_module, "walk_plan", counted)
     call = lambda: engine.denoise(y, 0.1, n_samples=10, seed=1, n_importance=100)  # noqa: E731
     with running_under(token), pytest.raises(Abandoned, match="timed out"):
         call()

@@ -60,11 +60,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from made.core.numerics import log_sigmoid
 from service.engine.cancel import checkpoint
 from service.engine.importance import pool_estimate
-from service.engine.sampler import GROUP_BLOCK, FastSampler, tilt, walk_plan
-from service.engine.sampler_plan import GroupPlan
+from service.engine.sampler import GROUP_BLOCK, FastSampler
+from service.engine.smc_pass import Drawn, Unit, run_pass
 
 # Steps between the times a set of particles may resample: the group plan's block (resampling
 # needs the end of a block; shorter blocks cost more numpy calls per step).
@@ -177,33 +176,13 @@ def allocate(
 
 
 @dataclass
-class _Unit:
-    """An island of a row: its random numbers come from default_rng([its row's key, number]),
-    whatever pass it goes through."""
-
-    row: int
-    number: int  # among its row's islands: the pilot's (mask after mask), then the second stage's
-    mask: int  # index into ks
-    island: int  # its column of ParticleRow.log_z; -1: a pilot island
-    size: int
-
-
-# An island with its random numbers: (unit, uniforms (p, D), one per block boundary, one per
-# sample for its pick, one per sample for its key) ...
-_Drawn = tuple[_Unit, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-# ... and what its pass leaves: ((log Z, weighted mean, sum of squared weights, resamplings),
-# its particles (p, D) uint8, their normalised weights (p,))
-_Done = tuple[tuple[float, np.ndarray, float, int], np.ndarray, np.ndarray]
-
-
-@dataclass
 class _Row:
     """A row between its stages: its key, its islands, their summaries, its picks."""
 
     key: int
     picks: np.ndarray  # (K, S, D) uint8
     race: np.ndarray  # (K, S): the log key of each pick (the smallest so far wins: _race)
-    units: list[_Unit] = field(default_factory=list)
+    units: list[Unit] = field(default_factory=list)
     done: dict[int, tuple[float, np.ndarray, float, int]] = field(default_factory=dict)  # number: summary
 
 
@@ -248,7 +227,7 @@ def particle_filter(
             if n0:
                 for g in range(k):
                     for size in split(n0, -(-n0 // ISLAND_MAX)):
-                        state.units.append(_Unit(r, len(state.units), g, -1, size))
+                        state.units.append(Unit(r, len(state.units), g, -1, size))
         run.islands(states, [u for r in chunk for u in states[r].units])
         second = []
         for r in chunk:
@@ -260,7 +239,7 @@ def particle_filter(
                 counts, m = np.full(k, n_particles), island_sizes(n_particles, islands)[0]
             for g in range(k):
                 for i, size in enumerate(split(int(counts[g]), m)):
-                    unit = _Unit(r, len(state.units), g, i, size)
+                    unit = Unit(r, len(state.units), g, i, size)
                     state.units.append(unit)
                     second.append(unit)
         run.islands(states, second)
@@ -268,7 +247,7 @@ def particle_filter(
             yield _row_result(r, states.pop(r), k)
 
 
-def _pooled(state: _Row, units: list[_Unit]) -> tuple[float, np.ndarray, float, int, int]:
+def _pooled(state: _Row, units: list[Unit]) -> tuple[float, np.ndarray, float, int, int]:
     """(log of the particle-weighted mean Z, weighted mean (D,), sum of squared weights,
     resamplings, particles) of a mask's islands `units`, in their order."""
     n = sum(u.size for u in units)
@@ -318,13 +297,13 @@ class _Runner:
         self.block, self.threshold, self.n_samples = block, threshold, n_samples
         self.stages = max(-(-l0.shape[1] // block) - 1, 1)  # boundaries where a set may resample
 
-    def islands(self, states: dict[int, _Row], units: list[_Unit]) -> None:
+    def islands(self, states: dict[int, _Row], units: list[Unit]) -> None:
         """Run `units`, each row's summary of each into states[row].done, picks into its picks."""
         dims, k = self.l0.shape[1], len(self.ks)
         cap = max(1, _SMC_VALUES // dims)
         by_mask = [[u for u in units if u.mask == g] for g in range(k)]
         alone = [g for g in range(k) if sum(u.size for u in by_mask[g]) >= SINGLE_WIDTH or k == 1]
-        passes: list[tuple[tuple[int, ...], list[list[_Unit]]]] = []
+        passes: list[tuple[tuple[int, ...], list[list[Unit]]]] = []
         for g in alone:
             passes += [((self.ks[g],), [chunk]) for chunk in _packed(by_mask[g], cap)]
         rest = [g for g in range(k) if g not in alone and by_mask[g]]
@@ -337,21 +316,21 @@ class _Runner:
             plan = self.sampler.group_plan(masks, self.block)
             assert len(plan.blocks) - 1 <= self.stages
             drawn = [[self._draw(states[u.row].key, u) for u in group] for group in groups]
-            results = _pass(plan, self.sampler.activation, self.l0, self.l1, drawn, self.threshold)
+            results = run_pass(plan, self.sampler.activation, self.l0, self.l1, drawn, self.threshold)
             for item, (summary, x, w) in zip([d for group in drawn for d in group], results, strict=True):
                 unit = item[0]
                 state = states[unit.row]
                 state.done[unit.number] = summary
                 _race(state, unit, x, w, item[3], item[4])
 
-    def _draw(self, key: int, unit: _Unit) -> _Drawn:
+    def _draw(self, key: int, unit: Unit) -> Drawn:
         """An island's random numbers, from its own generator in this order."""
         rng = np.random.default_rng([key, unit.number])
         noise = rng.random((unit.size, self.l0.shape[1]))
         return unit, noise, rng.random(self.stages), rng.random(self.n_samples), rng.random(self.n_samples)
 
 
-def _race(state: _Row, unit: _Unit, x: np.ndarray, w: np.ndarray, draw: np.ndarray, u: np.ndarray) -> None:
+def _race(state: _Row, unit: Unit, x: np.ndarray, w: np.ndarray, draw: np.ndarray, u: np.ndarray) -> None:
     """The island's bid for each sample of its mask: an exponential key -log(u) / its particles
     (in logs); where it is below the key of the sample's pick so far, the sample takes a
     particle of this island, drawn by their weights (draw). The smallest key of all the mask's
@@ -369,9 +348,9 @@ def _race(state: _Row, unit: _Unit, x: np.ndarray, w: np.ndarray, draw: np.ndarr
         state.race[unit.mask][win] = key[win]
 
 
-def _packed(units: list[_Unit], cap: int) -> list[list[_Unit]]:
+def _packed(units: list[Unit], cap: int) -> list[list[Unit]]:
     """Units in order, cut into passes of at most `cap` particles (or one unit, where it has more)."""
-    out: list[list[_Unit]] = []
+    out: list[list[Unit]] = []
     width = cap
     for u in units:
         if width + u.size > cap:
@@ -380,172 +359,6 @@ def _packed(units: list[_Unit], cap: int) -> list[list[_Unit]]:
         out[-1].append(u)
         width += u.size
     return out
-
-
-def _pass(
-    plan: GroupPlan,
-    activation: str,
-    l0: np.ndarray,
-    l1: np.ndarray,
-    groups: list[list[_Drawn]],
-    threshold: float,
-) -> list[_Done]:
-    """One pass: group g is the plan's mask g, its columns its islands' particles, island after
-    island (groups padded to the widest). The weights live in (U, P) arrays, island u's particles
-    in its first sizes[u] slots (the rest -inf). Returns per island, in the groups' order:
-    ((log Z, weighted mean (D,), sum of squared normalised weights, resamplings), picks (S', D)
-    of its chosen samples)."""
-    dims = l0.shape[1]
-    flat = [(g, item) for g, items in enumerate(groups) for item in items]
-    n_units = len(flat)
-    sizes = np.array([item[0].size for _, item in flat])
-    widths = [sum(item[0].size for item in items) for items in groups]
-    width, top_size = max(widths), int(sizes.max())
-    orderings = [net.ordering for net in plan.nets]
-    group_of = np.array([g for g, _ in flat])
-    thr, ev0, ev1, slot_of, first = _layout(orderings, l0, l1, groups, width)
-    j = np.arange(top_size)
-    valid = j[None, :] < sizes[:, None]
-    where = group_of[:, None] * width + first[:, None] + np.where(valid, j[None, :], 0)  # (U, P) flat columns
-    picks = np.stack([item[2] for _, item in flat])  # (U, stages)
-    logw = np.where(valid, 0.0, -np.inf)
-    logz = np.zeros(n_units)
-    resamplings = np.zeros(n_units, dtype=np.int64)
-    state = {"t0": 0, "stage": 0}
-
-    def weigh(t0: int, t1: int, logits: np.ndarray) -> None:
-        z = logits[:, t0:t1, :]
-        one = log_sigmoid(z)  # log p(x_d = 1 | x_<d); log p(x_d = 0 | x_<d) = one - z
-        zero = one - z
-        one += np.take_along_axis(ev1[:, t0:t1, :], np.broadcast_to(slot_of[:, None, :], z.shape), axis=2)
-        zero += np.take_along_axis(ev0[:, t0:t1, :], np.broadcast_to(slot_of[:, None, :], z.shape), axis=2)
-        inc = np.logaddexp(one, zero).sum(axis=1).ravel()[where]
-        logw[...] += np.where(valid, np.where(np.isnan(inc), -np.inf, inc), 0.0)
-
-    def between(t1: int, xs: np.ndarray, logits: np.ndarray, acts: list[np.ndarray], known: list[int]) -> None:
-        weigh(state["t0"], t1, logits)
-        state["t0"] = t1
-        u = picks[:, state["stage"]]
-        state["stage"] += 1
-        w, total, log_mean = _weights(logw, sizes)
-        ess = total**2 / np.cumsum(w * w, axis=1)[:, -1]
-        due = np.flatnonzero((ess < threshold * sizes) & np.isfinite(log_mean))
-        if not len(due):
-            return
-        idx = _systematic(w[due] / total[due, None], sizes[due], u[due])
-        logz[due] += log_mean[due]
-        logw[due] = np.where(valid[due], 0.0, -np.inf)
-        resamplings[due] += 1
-        moved = valid[due] & (idx != j[None, :])
-        _copy_state(
-            group_of[due],
-            moved,
-            first[due, None] + j[None, :],
-            first[due, None] + idx,
-            [(xs, t1)] + list(zip(acts, known, strict=True)),
-        )
-
-    xs, logits = walk_plan(plan, widths, thr, activation, between)
-    weigh(state["t0"], dims, logits)
-    del thr, logits
-    w, total, log_mean = _weights(logw, sizes)
-    norm = np.where(total[:, None] > 0, w / np.where(total > 0, total, 1.0)[:, None], valid / sizes[:, None])
-    return _summaries(flat, orderings, xs, first, norm, logz + log_mean, resamplings)
-
-
-def _copy_state(
-    group_of: np.ndarray, moved: np.ndarray, cols: np.ndarray, parents: np.ndarray, state: list[tuple[np.ndarray, int]]
-) -> None:
-    """Resampled islands' particles take their parents' state: per group, the columns `cols`
-    (V, P) where `moved` take columns `parents`, in each (G, rows, R) array of `state` up to its
-    rows known so far."""
-    for g in np.unique(group_of):
-        sel = moved & (group_of == g)[:, None]
-        if sel.any():
-            to, src = cols[sel], parents[sel]
-            for array, known in state:
-                view = array[g]
-                view[:known, to] = view[:known, src]
-
-
-def _summaries(
-    flat: list[tuple[int, _Drawn]],
-    orderings: list[np.ndarray],
-    xs: np.ndarray,
-    first: np.ndarray,
-    norm: np.ndarray,
-    log_z: np.ndarray,
-    resamplings: np.ndarray,
-) -> list[_Done]:
-    """Per island of a pass: ((log Z, weighted mean (D,), sum of squared normalised weights,
-    resamplings), its particles (p, D) uint8, their normalised weights (p,))."""
-    dims = xs.shape[1]
-    out: list[_Done] = []
-    for i, (g, (unit, *_)) in enumerate(flat):
-        size = unit.size
-        x = np.empty((size, dims), dtype=np.uint8)
-        x[:, orderings[g]] = xs[g, :, first[i] : first[i] + size].T
-        wi = norm[i, :size]
-        out.append(((float(log_z[i]), wi @ x, float(np.cumsum(wi * wi)[-1]), int(resamplings[i])), x, wi))
-    return out
-
-
-def _layout(
-    orderings: list[np.ndarray],
-    l0: np.ndarray,
-    l1: np.ndarray,
-    groups: list[list[_Drawn]],
-    width: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A pass's thresholds (G, D, width) in positions (padding: +inf, x = 0), its islands'
-    evidence in positions (G, D, islands of the group's most), each column's island among its
-    group's (G, width) and each island's first column (U,), islands in the groups' order."""
-    n_groups, dims, slots = len(groups), l0.shape[1], max(len(items) for items in groups)
-    first = np.empty(sum(len(items) for items in groups), dtype=np.int64)
-    slot_of = np.zeros((n_groups, width), dtype=np.int64)
-    ev0 = np.zeros((n_groups, dims, slots))
-    ev1 = np.zeros((n_groups, dims, slots))
-    thr = np.full((n_groups, dims, width), np.inf)
-    u_index = 0
-    for g, items in enumerate(groups):
-        col, order = 0, orderings[g]
-        for s, (unit, noise, *_) in enumerate(items):
-            ev0[g, :, s], ev1[g, :, s] = l0[unit.row, order], l1[unit.row, order]
-            um = noise[:, order]
-            with np.errstate(divide="ignore"):  # u = 0: -inf, x = 1 as u < p
-                t = np.log(um / (1.0 - um))
-            thr[g, :, col : col + unit.size] = tilt(t, (ev1[g, :, s] - ev0[g, :, s])[None, :]).T
-            slot_of[g, col : col + unit.size] = s
-            first[u_index] = col
-            col += unit.size
-            u_index += 1
-    return thr, ev0, ev1, slot_of, first
-
-
-def _systematic(w: np.ndarray, sizes: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Systematic resampling of islands of different sizes: normalised weights (V, P), island v's
-    in its first sizes[v] slots, one uniform each (V,); (V, P) parents within each island (valid
-    in its first sizes[v] slots), as importance.systematic_resample."""
-    n_sets, top = w.shape
-    j = np.arange(top)
-    cum = np.cumsum(w, axis=1)
-    cum[j[None, :] >= sizes[:, None] - 1] = 1.0  # rounding never leaves a point past the last parent
-    points = (j[None, :] + u[:, None]) / sizes[:, None]
-    shift = np.arange(n_sets, dtype=np.float64)[:, None]  # island v's weights and points in [v, v + 1]
-    idx = np.searchsorted((cum + shift).ravel(), (points + shift).ravel(), side="right").reshape(n_sets, top)
-    return np.minimum(idx - np.arange(n_sets)[:, None] * top, sizes[:, None] - 1)
-
-
-def _weights(logw: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weights relative to each island's largest (U, P), their sum (U,), log of their mean
-    (U,), -inf where every weight is 0), sums in order along each island: what an island gets
-    does not depend on the others of its pass."""
-    top = logw.max(axis=1)
-    ref = np.where(np.isfinite(top), top, 0.0)
-    w = np.exp(logw - ref[:, None])
-    total = np.cumsum(w, axis=1)[:, -1]
-    with np.errstate(divide="ignore"):
-        return w, total, ref + np.log(total / sizes)
 
 
 @dataclass(frozen=True)
