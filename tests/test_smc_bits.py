@@ -15,7 +15,7 @@ from test_denoise import exact_posterior, flip_loglik, noisy_rows
 import service.engine.smc as smc
 from service.engine.denoise import flip_evidence
 from service.engine.engine import Engine
-from service.engine.importance import ParticleWeights, systematic_resample
+from service.engine.importance import systematic_resample
 from service.engine.sampler import walk_plan
 
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -42,20 +42,6 @@ def test_systematic_resampling_gives_each_parent_floor_or_ceil_of_its_share() ->
     many = systematic_resample(np.broadcast_to(w[0], (20000, 7)), u)
     mean = np.stack([np.bincount(row, minlength=7) for row in many]).mean(axis=0)
     np.testing.assert_allclose(mean, 7 * w[0], atol=0.02)
-
-
-def test_particle_weights_multiply_the_means_of_each_stage() -> None:
-    pw = ParticleWeights((2, 4))
-    first = np.log(np.array([[1.0, 1.0, 1.0, 1.0], [8.0, 0.001, 0.001, 0.001]]))
-    pw.add(first)
-    idx = pw.resample(np.array([0.5, 0.5]), 0.5)
-    assert idx is not None
-    np.testing.assert_array_equal(idx[0], np.arange(4))  # even weights: no resampling
-    assert (idx[1] == 0).all()  # one heavy particle: all its children
-    second = np.log(np.array([[2.0, 2.0, 2.0, 2.0], [3.0, 3.0, 3.0, 3.0]]))
-    pw.add(second)
-    np.testing.assert_allclose(np.exp(pw.log_evidence()), [2.0, (8.003 / 4) * 3.0])
-    np.testing.assert_array_equal(pw.resamplings, [0, 1])
 
 
 # --- against enumeration ------------------------------------------------------------------------

@@ -8,9 +8,8 @@ clamped, so the mean weight estimates p(known values), and the self-normalised w
 draws into the posterior. Draws are stratified over the K masks (s per mask): the mixture's
 estimate is the mean over masks of the masks' mean weights.
 
-Sequential Monte Carlo (service.engine.smc) needs two more things, plain numpy for any engine:
-systematic resampling of many sets of particles at once (systematic_resample) and the weights and
-log evidence of those sets along a run (ParticleWeights).
+Sequential Monte Carlo (service.engine.smc_pass) needs one more thing, plain numpy for any
+engine: systematic resampling of many sets of particles at once (systematic_resample).
 """
 
 from __future__ import annotations
@@ -76,78 +75,21 @@ def split_draws(rows: np.ndarray, total: int, per_call: int) -> list[list[tuple[
     return [c for c in calls if c]
 
 
-def systematic_resample(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+def systematic_resample(weights: np.ndarray, u: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
     """Systematic resampling of each set of particles: weights (..., n) normalised along the last
     axis, one uniform u (...) per set; returns (..., n) indices of the parents, non-decreasing:
     particle i takes the parent whose cumulative weight first exceeds (i + u) / n. Each parent
-    gets floor or ceil of n times its weight children, unbiasedly."""
+    gets floor or ceil of n times its weight children, unbiasedly. Sets of different sizes
+    (the bit filter's islands): weights (V, P) with set v's in its first sizes[v] slots (V,), its
+    indices valid in those slots."""
     n = weights.shape[-1]
-    cum = np.cumsum(weights, axis=-1)
-    cum[..., -1] = 1.0  # rounding never leaves a point past the last parent
-    points = (np.arange(n) + np.asarray(u)[..., None]) / n
+    cum = np.cumsum(weights, axis=-1).reshape(-1, n)
+    m = np.full(len(cum), n) if sizes is None else np.asarray(sizes)
+    j = np.arange(n)
+    cum[j[None, :] >= m[:, None] - 1] = 1.0  # rounding never leaves a point past the last parent
+    uniforms = np.broadcast_to(np.asarray(u, dtype=np.float64), weights.shape[:-1]).reshape(-1, 1)
+    points = (j[None, :] + uniforms) / m[:, None]
     # every set at once: set i's cumulative weights and points shifted into [i, i + 1]
-    shift = np.arange(cum.size // n, dtype=np.float64)[:, None]
-    flat_cum = (cum.reshape(-1, n) + shift).ravel()
-    flat_points = (np.broadcast_to(points, cum.shape).reshape(-1, n) + shift).ravel()
-    idx = np.searchsorted(flat_cum, flat_points, side="right").reshape(-1, n) - np.arange(len(shift))[:, None] * n
-    return np.minimum(idx, n - 1).reshape(weights.shape)
-
-
-class ParticleWeights:
-    """The weights of sets of n particles (shape (..., n)) along a sequential Monte Carlo run, and
-    each set's log evidence so far: the log weights since the set last resampled, and `logz`, the
-    sum over its resamplings of the log mean weight then. After the last step the set's
-    unbiased estimate of what its weights multiply to (p(evidence) for likelihood weighting with
-    the locally optimal proposal) is exp(logz) x mean(w) (log_evidence()): resampling in
-    proportion to the weights and restarting them at 1 keeps E[prod of the means] unchanged."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.logw = np.zeros(shape)
-        self.logz = np.zeros(shape[:-1])
-        self.resamplings = np.zeros(shape[:-1], dtype=np.int64)
-
-    def add(self, log_increment: np.ndarray) -> None:
-        """Multiply each particle's weight by exp(log_increment) (..., n); NaN counts as 0."""
-        self.logw += np.where(np.isnan(log_increment), -np.inf, log_increment)
-
-    def normalised(self) -> np.ndarray:
-        """(..., n) the weights normalised within each set (uniform where every weight is 0)."""
-        top = self.logw.max(axis=-1, keepdims=True)
-        w = np.exp(self.logw - np.where(np.isfinite(top), top, 0.0))
-        total = w.sum(axis=-1, keepdims=True)
-        n = self.logw.shape[-1]
-        return np.where(total > 0, w / np.where(total > 0, total, 1.0), 1.0 / n)
-
-    def ess(self) -> np.ndarray:
-        """(...) each set's effective sample size, (sum w)^2 / sum w^2, between 1 and n."""
-        w = self.normalised()
-        return 1.0 / (w * w).sum(axis=-1)
-
-    def log_mean(self) -> np.ndarray:
-        """(...) log of each set's mean weight since its last resampling (-inf where all are 0)."""
-        top = self.logw.max(axis=-1)
-        ref = np.where(np.isfinite(top), top, 0.0)
-        with np.errstate(divide="ignore"):
-            return ref + np.log(np.exp(self.logw - ref[..., None]).mean(axis=-1))
-
-    def resample(self, u: np.ndarray, threshold: float) -> np.ndarray | None:
-        """Systematic resampling (one uniform u (...) per set) of the sets whose ESS is below
-        threshold x n: returns (..., n) parent indices within each set (the identity elsewhere),
-        or None where no set resamples. The resampled sets' log mean weight goes into logz and
-        their weights restart at 1. A set whose every weight is 0 is left as it is (its evidence
-        is 0 whatever follows)."""
-        n = self.logw.shape[-1]
-        mean = self.log_mean()
-        due = (self.ess() < threshold * n) & np.isfinite(mean)
-        if not due.any():
-            return None
-        idx = np.broadcast_to(np.arange(n), self.logw.shape).copy()
-        idx[due] = systematic_resample(self.normalised()[due], np.asarray(u)[due])
-        self.logz[due] += mean[due]
-        self.logw[due] = 0.0
-        self.resamplings[due] += 1
-        return idx
-
-    def log_evidence(self) -> np.ndarray:
-        """(...) each set's log evidence estimate: logz plus the log mean of the weights now."""
-        return self.logz + self.log_mean()
+    shift = np.arange(len(cum), dtype=np.float64)[:, None]
+    idx = np.searchsorted((cum + shift).ravel(), (points + shift).ravel(), side="right").reshape(-1, n)
+    return np.minimum(idx - np.arange(len(cum))[:, None] * n, m[:, None] - 1).reshape(weights.shape)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from made.core.numerics import log_sigmoid
+from service.engine.importance import systematic_resample
 from service.engine.sampler import tilt, walk_plan
 from service.engine.sampler_plan import GroupPlan
 
@@ -85,7 +86,7 @@ def run_pass(
         due = np.flatnonzero((ess < threshold * sizes) & np.isfinite(log_mean))
         if not len(due):
             return
-        idx = _systematic(w[due] / total[due, None], sizes[due], u[due])
+        idx = systematic_resample(w[due] / total[due, None], u[due], sizes[due])
         logz[due] += log_mean[due]
         logw[due] = np.where(valid[due], 0.0, -np.inf)
         resamplings[due] += 1
@@ -173,20 +174,6 @@ def _layout(
             col += unit.size
             u_index += 1
     return thr, ev0, ev1, slot_of, first
-
-
-def _systematic(w: np.ndarray, sizes: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Systematic resampling of islands of different sizes: normalised weights (V, P), island v's
-    in its first sizes[v] slots, one uniform each (V,); (V, P) parents within each island (valid
-    in its first sizes[v] slots), as importance.systematic_resample."""
-    n_sets, top = w.shape
-    j = np.arange(top)
-    cum = np.cumsum(w, axis=1)
-    cum[j[None, :] >= sizes[:, None] - 1] = 1.0  # rounding never leaves a point past the last parent
-    points = (j[None, :] + u[:, None]) / sizes[:, None]
-    shift = np.arange(n_sets, dtype=np.float64)[:, None]  # island v's weights and points in [v, v + 1]
-    idx = np.searchsorted((cum + shift).ravel(), (points + shift).ravel(), side="right").reshape(n_sets, top)
-    return np.minimum(idx - np.arange(n_sets)[:, None] * top, sizes[:, None] - 1)
 
 
 def _weights(logw: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -289,14 +289,17 @@ def _interleaved(order: np.ndarray, unknown: np.ndarray) -> np.ndarray:
     return unknown & (pos[None, :] < known_pos.max(axis=1)[:, None])
 
 
-def _widths(engine: TablePasses) -> list[int]:
-    """Each column's number of network outputs."""
-    return [int(engine.column_params(np.empty((0, engine.schema.n_out)), c).shape[1]) for c in range(engine.dims)]
-
-
 def _widest(engine: TablePasses) -> int:
     """The most network outputs a column has."""
-    return max(_widths(engine))
+    return int(np.diff(engine.schema.out_offsets).max())
+
+
+def _first_tail(pos: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """(R,) each row's first tail position under an ordering (pos: each column's position in it):
+    the first unknown column past the row's last known one; C where there is none."""
+    c = len(pos)
+    last_known = np.where(~unknown, pos[None, :], -1).max(axis=1)
+    return np.where(unknown & (pos[None, :] > last_known[:, None]), pos[None, :], c).min(axis=1)
 
 
 def _filter(
@@ -321,7 +324,7 @@ def _filter(
     inter = _interleaved(order, unknown)
     m = inter.sum(axis=1)
     last_known = np.where(~unknown, pos[None, :], -1).max(axis=1)
-    tail_pos = np.where(unknown & (pos[None, :] > last_known[:, None]), pos[None, :], c).min(axis=1)
+    tail_pos = _first_tail(pos, unknown)
     first = np.full((r if tails else 0, fp, _widest(engine)), np.nan, dtype=np.float32)
     # stop_pos[i, s]: position of row i's s-th interleaved column; at s = m_i, past its last known
     stop_pos = np.full((r, int(m.max()) + 1), c, dtype=np.int64)
@@ -459,13 +462,11 @@ def _draw_tails(
         if col.kind != "numeric":
             out.level_p[ci] = np.full((t, len(col.levels)), np.nan)
     mask_of = np.asarray(masks)[mask_pos]
-    widths = _widths(engine)
+    widths = np.diff(engine.schema.out_offsets)
     for k in np.unique(mask_of).tolist():
         idx = np.flatnonzero(mask_of == k)
         order = engine.orderings[k]
-        pos = np.argsort(order)
-        last_known = np.where(~unknown[idx], pos[None, :], -1).max(axis=1)
-        tail_pos = np.where(unknown[idx] & (pos[None, :] > last_known[:, None]), pos[None, :], c).min(axis=1)
+        tail_pos = _first_tail(np.argsort(order), unknown[idx])
         first_col = np.full(t, -1)  # each particle's first tail column, whose outputs the filter kept
         first_col[idx] = np.where(tail_pos < c, order[np.minimum(tail_pos, c - 1)], -1)
         for col_i in order.tolist():
