@@ -37,12 +37,13 @@ CELLS = st.one_of(
     st.lists(st.integers(), max_size=2),
 )
 COLUMNS = ["kind", "size", "score", "budget"]
-# cells of the kind the model was trained on, so that many records are valid, and anything else
+# cells of the kind the model was trained on (within the training rows' range, conftest.mixed_rows,
+# which the bounds hold: 3/sqrt(n) of it beyond), so that many records are valid, and anything else
 USUAL = {
     "kind": st.sampled_from(["x", "y", "z"]),
-    "size": st.floats(0.05, 30).map(lambda v: round(v, 2)),
-    "score": st.floats(-30, 50).map(lambda v: round(v, 1)),
-    "budget": st.one_of(st.just("NA"), st.integers(0, 30000)),
+    "size": st.floats(1, 15).map(lambda v: round(v, 2)),
+    "score": st.floats(-5, 25).map(lambda v: round(v, 1)),
+    "budget": st.one_of(st.just("NA"), st.integers(1000, 15000)),
 }
 
 
@@ -91,7 +92,11 @@ def check(client: Client, path: str, body: dict[str, Any]) -> int:
     return r.status_code
 
 
-FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# derandomized: the same 60 examples every run, so that whether "some were answered, some refused"
+# holds does not depend on the run (hypothesis favours small bodies, e.g. an empty `given`, a 422)
+FUZZ = settings(
+    max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 
 
 def fuzz(client: Client, path: str, bodies: st.SearchStrategy[dict[str, Any]], *known: dict[str, Any]) -> None:
