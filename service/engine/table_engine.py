@@ -28,9 +28,10 @@ from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
 from service.engine.checks import check_seed
 from service.engine.runtime import make_session, requested_providers
+from service.engine.table_draws import draw_cells
 from service.engine.table_explain import column_summaries, surprisal
 from service.engine.table_impute import TableImpute, impute
-from service.engine.table_smc import draw_cells, smc
+from service.engine.table_smc import smc
 
 log = logging.getLogger("made.engine")
 

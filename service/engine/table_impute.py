@@ -21,7 +21,8 @@ from made.core.schema import ABSENT
 from service.engine.cancel import checkpoint
 from service.engine.checks import check_seed
 from service.engine.passes import TablePasses
-from service.engine.table_smc import pick, smc
+from service.engine.table_draws import pick
+from service.engine.table_smc import smc
 
 SUMMARY_DRAWS = 200  # draws behind a row's column distributions, at least (more than the samples asked)
 

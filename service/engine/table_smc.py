@@ -20,7 +20,8 @@ filter, pooled over masks: the mixture's posterior, each mask weighted by its ow
 Draws. S indices are picked from the pooled weights (systematic, then shuffled), and each
 picked particle's tail is drawn exactly from the mask's conditionals, one pass per tail
 column; the level probabilities a tail cell was drawn from are kept (Rao-Blackwellised
-distributions: exact given the particle, since every known cell comes before it).
+distributions: exact given the particle, since every known cell comes before it): that part is
+service.engine.table_draws.
 
 Row i takes all its noise from the generator passed for it (default_rng([seed, i])), mask after
 mask, stop after stop, then the picks and the tail: its answer does not depend on the other rows.
@@ -33,12 +34,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from made.core.heads import NOISE_PER_COLUMN, column_loglik, level_probs, sample_column
+from made.core.heads import NOISE_PER_COLUMN, column_loglik
 from made.core.numerics import log_mean_stderr
-from made.core.schema import ABSENT, Column, drawn_in_range
 from service.engine.cancel import checkpoint
 from service.engine.passes import TablePasses
 from service.engine.smc import DRAWS_PER_PARTICLE  # n_importance draws per particle
+from service.engine.table_draws import draw_cells, draw_tails, first_tail, pick
 
 FILTERS = 4  # independent filters per (row, mask): their spread gives the standard error
 RESAMPLE_ESS = 0.5  # a filter resamples where its ESS falls below this fraction of its particles
@@ -215,7 +216,7 @@ def _smc_rows(
     if starts[-1]:
         rows = np.repeat(np.arange(r), sizes)
         picked = (pool.x[rows, picks], pool.mask[rows, picks], pool.first[rows, picks])
-        _draw_tails(engine, masks, rngs, sizes, np.isnan(values[rows]), picked, out)
+        out.draws[:], out.level_p = draw_tails(engine, masks, rngs, sizes, np.isnan(values[rows]), picked)
     return out
 
 
@@ -294,14 +295,6 @@ def _widest(engine: TablePasses) -> int:
     return int(np.diff(engine.schema.out_offsets).max())
 
 
-def _first_tail(pos: np.ndarray, unknown: np.ndarray) -> np.ndarray:
-    """(R,) each row's first tail position under an ordering (pos: each column's position in it):
-    the first unknown column past the row's last known one; C where there is none."""
-    c = len(pos)
-    last_known = np.where(~unknown, pos[None, :], -1).max(axis=1)
-    return np.where(unknown & (pos[None, :] > last_known[:, None]), pos[None, :], c).min(axis=1)
-
-
 def _filter(
     engine: TablePasses,
     values: np.ndarray,
@@ -315,7 +308,7 @@ def _filter(
     weights (R, f, p), particles (R, f, p, C) with their interleaved cells drawn, and, where
     `tails`, the outputs (R, f p, W) float32 of the row's first tail column (the first unknown one
     past its last known cell; NaN where it has none) from the filter's last pass, which has seen
-    every cell that column's conditional reads: _draw_tails draws it from them, a pass saved)."""
+    every cell that column's conditional reads: table_draws.draw_tails draws it from them, a pass saved)."""
     r, c = values.shape
     fp = f * p
     order = engine.orderings[k]
@@ -324,7 +317,7 @@ def _filter(
     inter = _interleaved(order, unknown)
     m = inter.sum(axis=1)
     last_known = np.where(~unknown, pos[None, :], -1).max(axis=1)
-    tail_pos = _first_tail(pos, unknown)
+    tail_pos = first_tail(pos, unknown)
     first = np.full((r if tails else 0, fp, _widest(engine)), np.nan, dtype=np.float32)
     # stop_pos[i, s]: position of row i's s-th interleaved column; at s = m_i, past its last known
     stop_pos = np.full((r, int(m.max()) + 1), c, dtype=np.int64)
@@ -439,75 +432,3 @@ def systematic(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     offs = np.arange(g)[:, None] * 2.0  # groups apart on one axis: cum in [0, 1]
     idx = np.searchsorted((cum + offs).ravel(), (points + offs).ravel(), side="right")
     return np.minimum(idx.reshape(g, p) - (np.arange(g) * p)[:, None], p - 1)
-
-
-def _draw_tails(
-    engine: TablePasses,
-    masks: list[int],
-    rngs: list[np.random.Generator],
-    sizes: np.ndarray,
-    unknown: np.ndarray,
-    picked: tuple[np.ndarray, np.ndarray, np.ndarray],
-    out: SmcResult,
-) -> None:
-    """out.draws: the picked particles x (T, C) (row i's sizes[i] of them in turn; `unknown` (T,
-    C) their rows' unknown cells), their tails drawn in their mask's order (masks[mask_pos]) with
-    each row's noise, the first tail column from the outputs the filter kept for it (`first` (T,
-    W)), the others one pass each; out.level_p the tail draws' level probabilities of categorical
-    columns."""
-    x, mask_pos, first = picked
-    t, c = x.shape
-    noise = np.concatenate([rng.random((int(n), c, NOISE_PER_COLUMN)) for rng, n in zip(rngs, sizes, strict=True)])
-    for ci, col in enumerate(engine.schema.columns):
-        if col.kind != "numeric":
-            out.level_p[ci] = np.full((t, len(col.levels)), np.nan)
-    mask_of = np.asarray(masks)[mask_pos]
-    widths = np.diff(engine.schema.out_offsets)
-    for k in np.unique(mask_of).tolist():
-        idx = np.flatnonzero(mask_of == k)
-        order = engine.orderings[k]
-        tail_pos = _first_tail(np.argsort(order), unknown[idx])
-        first_col = np.full(t, -1)  # each particle's first tail column, whose outputs the filter kept
-        first_col[idx] = np.where(tail_pos < c, order[np.minimum(tail_pos, c - 1)], -1)
-        for col_i in order.tolist():
-            todo = idx[np.isnan(x[idx, col_i])]
-            if not len(todo):
-                continue
-            checkpoint()
-            col = engine.schema.columns[col_i]
-            kept = (first_col[todo] == col_i) & ~np.isnan(first[todo, 0])  # NaN: none kept, a pass for it
-            prm = np.empty((len(todo), widths[col_i]))
-            prm[kept] = first[todo[kept], : prm.shape[1]]
-            if not kept.all():
-                prm[~kept] = engine.column_params(engine.params(x[todo[~kept]], k), col_i)
-            x[todo, col_i] = draw_cells(col, prm, noise[todo, col_i])
-            if col_i in out.level_p:
-                with np.errstate(over="ignore"):
-                    out.level_p[col_i][todo] = level_probs(col, prm)
-    out.draws[:] = x
-
-
-def pick(weights: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    """s indices by the normalised weights: systematic (one uniform), then shuffled so that any
-    first n of them are a draw of the posterior."""
-    cum = np.cumsum(weights)
-    cum /= cum[-1]
-    points = (rng.random() + np.arange(s)) / s
-    return rng.permutation(np.minimum(np.searchsorted(cum, points, side="right"), len(weights) - 1))
-
-
-def draw_cells(col: Column, p: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """sample_column's cells, a drawn number kept within what the column can hold. A number given
-    far outside the training values can move another column's conditional past float64 (a
-    log-transformed price of exp(1000)): such a draw overflows to inf, which is ABSENT, an "NA"
-    of a column that may never be absent. Clipped (made.core.schema.drawn_in_range), it stays a value:
-    the record reads back, and the draws that reached it weigh what the model gives them."""
-    with np.errstate(over="ignore"):  # a far logit's sigmoid overflows to its limit, 0 or 1: harmless
-        cells = sample_column(col, p, u)
-    if col.kind != "numeric":
-        return cells
-    if not col.nullable:
-        return drawn_in_range(col, cells)
-    with np.errstate(over="ignore"):  # sample_column's own test for absence, on the same noise
-        absent = u[:, 0] < 1.0 / (1.0 + np.exp(-np.asarray(p[:, 0], dtype=np.float64)))
-    return np.where(absent, ABSENT, drawn_in_range(col, cells))
