@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import model_options  # noqa: E402
+from bench.common import model_options, publish  # noqa: E402
 from bench.denoise import DATA, baseline_run  # noqa: E402
 
 DOC = ROOT / "docs" / "bit-impute.md"
@@ -138,12 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    print(text)
-    if args.write:
-        tmp = DOC.with_name(f".{DOC.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(DOC)
-        print(f"wrote {DOC}", file=sys.stderr)
+    publish(text, DOC, args.write)
     return 0
 
 

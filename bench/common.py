@@ -141,6 +141,17 @@ def model_options(parser: argparse.ArgumentParser, data: Path) -> None:
     parser.add_argument("--data", type=Path, default=data)
 
 
+def publish(text: str, path: Path, write: bool) -> None:
+    """Print a script's markdown `text`; with `write`, also replace the document at `path` with it,
+    atomically (a temporary file renamed), and say so on stderr."""
+    print(text)
+    if write:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        print(f"wrote {path}", file=sys.stderr)
+
+
 # --- documents written by several scripts --------------------------------------------------------
 def _sections(lines: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """A markdown document's lines before its first `## ` heading, and its (heading, body) sections."""

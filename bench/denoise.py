@@ -46,7 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import model_options  # noqa: E402
+from bench.common import model_options, publish  # noqa: E402
 from service.engine.denoise import DEFAULT_PARTICLES  # noqa: E402
 from service.engine.smc import particles_for  # noqa: E402
 from service.settings import data_directory  # noqa: E402
@@ -455,12 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     impute_lines = imputation(args, engine, clean)
     cost_line = costs(engine, clean, n) if args.costs else None
     text = document(args, model, engine, len(clean), (quality, speed, impute_lines), cost_line)
-    print(text)
-    if args.write:
-        tmp = DOC.with_name(f".{DOC.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(DOC)
-        print(f"wrote {DOC}", file=sys.stderr)
+    publish(text, DOC, args.write)
     return 0
 
 
