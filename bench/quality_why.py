@@ -10,7 +10,9 @@ split's exact [min, max] as bounds: made.core.heads' truncated head); `bounds in
 bounds `made train` infers now); `margin M` (--margins: the training range widened by M of it on
 either side, not below 0 where no value is negative, each column's held-out values kept inside as
 `made train` keeps them); `mask-K` (one mask of the
-ensemble instead of the mixture); `gaussian_copula` (SDV's, for reference); `training rows`
+ensemble instead of the mixture); `gaussian_copula` (SDV's, for reference: one fit, drawn
+again for each seed); `gaussian_copula refit` (a fit per seed on its own seeded subsample, as
+bench/quality.py fits it); `training rows`
 (real rows of the training split: what the judge gives the data's own distribution); and, for every
 variant, Column Pair Trends
 re-scored with the TEST split's bin edges for both sides (`pairs@real-bins`), which separates
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         **{label: (lambda seed, where=where: made(where, seed)) for label, where in margins.items()},
         **{f"mask-{k}": (lambda seed, k=k: made((store, name), seed, k)) for k in range(args.masks)},
         "gaussian_copula": copula_sample,
+        "gaussian_copula refit": lambda seed: quality.align(
+            quality.sdv_samples("gaussian_copula", train_a, meta, args, seed), train, cats
+        ),
         "training rows": lambda seed: train_a.sample(n=min(args.n, len(train_a)), random_state=seed),
     }
     if args.variants:
