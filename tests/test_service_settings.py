@@ -63,3 +63,39 @@ def test_a_bad_option_is_named_as_the_option_and_a_bad_variable_as_the_variable(
     monkeypatch.setenv("MADE_WORKERS", "0")
     with pytest.raises(ConfigError, match=r"^MADE_WORKERS: Input should be greater than or equal to 1"):
         load_settings(port=8000, workers=None)
+
+
+def _blas_threads() -> set[int]:
+    """numpy's BLAS threads as this thread and a fresh thread (where engine calls run) see them."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    seen: list[int] = []
+
+    def read() -> None:
+        seen.extend(int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas")
+
+    read()
+    worker = threading.Thread(target=read)
+    worker.start()
+    worker.join()
+    return set(seen)
+
+
+def test_blas_threads_are_capped_for_the_process_when_the_app_is_built(tiny_store: Path) -> None:
+    """Settings.blas_threads holds for the process from create_app on; 0 leaves it as it was."""
+    from helpers import cpu_registry
+    from threadpoolctl import threadpool_limits
+
+    from service.http.app import create_app
+
+    registry = cpu_registry(tiny_store)
+    with threadpool_limits(limits=2, user_api="blas"):  # a known start, whatever the machine's cores
+        assert _blas_threads() == {2}
+        create_app(Settings(store=tiny_store), registry)
+        assert _blas_threads() == {1}  # the default
+        create_app(Settings(store=tiny_store, blas_threads=3), registry)
+        assert _blas_threads() == {3}
+        create_app(Settings(store=tiny_store, blas_threads=0), registry)
+        assert _blas_threads() == {3}  # 0: the library's setting, untouched

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from threadpoolctl import threadpool_limits
 
 from made.core.errors import ConfigError, ModelStoreError
 
@@ -132,6 +133,15 @@ def release_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 256 << 10)
     mallopt(m_trim_threshold, 1 << 20)
+
+
+def limit_blas_threads(threads: int) -> None:
+    """Cap at `threads` the threads numpy's BLAS (OpenBLAS, MKL or BLIS, through threadpoolctl)
+    uses for one matrix product, for the whole process (Settings.blas_threads); 0 leaves the
+    library's setting. Call it from the main thread: OpenBLAS may ignore a cap set from another
+    thread once the main thread has set one (OpenBLAS 0.3.31, tests/test_service_settings.py)."""
+    if threads > 0:
+        threadpool_limits(limits=threads, user_api="blas")
 
 
 def trim_heap() -> None:

@@ -22,7 +22,7 @@ from made.core.errors import MadeError
 from service.core.dataplane import DataPlane
 from service.core.metrics import Metrics
 from service.engine import ModelRegistry, requested_providers
-from service.engine.runtime import release_freed_memory
+from service.engine.runtime import limit_blas_threads, release_freed_memory
 from service.http import oip, ui
 from service.http.csv_records import CsvRecordsMiddleware
 from service.http.errors import install_error_handlers
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     """The service. `registry` may be passed already loaded (tests share one between apps)."""
     settings = settings or Settings()
     release_freed_memory()  # what a large request allocates goes back to the system after it
+    limit_blas_threads(settings.blas_threads)  # for the process, here in the thread that builds the app
     registry = registry or build_registry(settings)
     app_metrics = Metrics()
     dataplane = DataPlane(registry, settings, app_metrics)
