@@ -90,7 +90,8 @@ def test_made_schema_round_trips_through_train_schema(tmp_path: Path, capsys: py
     from made.io.tables import read_table
 
     header, rows, _ = read_table(source)
-    assert written == infer_schema(header, rows, str(source))
+    assert written == infer_schema(header, rows, str(source))  # no held-out value beyond the training range
+    assert written == load_table_dataset(str(source)).schema  # what `made train --dataset` infers
     data = json.loads(out.read_text())
     data["columns"][0].update(lower=2.0, upper=8.5)  # tighter than inferred: edited by hand
     data["columns"][1].pop("lower")  # no lower bound
@@ -124,3 +125,26 @@ def test_made_schema_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.C
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "column 'a'" in err[0] and "bounds [5, 1]" in err[0]
+
+
+def test_made_schema_of_a_training_split_covers_its_held_out_splits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A held-out value beyond the training range widens the bound to it, as `made train` infers
+    it, so that `made train --schema` reads every split back (it refuses a value outside)."""
+    rng = np.random.default_rng(4)
+    values, flags = rng.normal(50, 3, 400), rng.random(400) < 0.5
+    rows = [[f"{v:.1f}", ["u", "v"][int(c)]] for v, c in zip(values, flags, strict=True)]
+    rows[-1][0] = "1.0"  # in the test split (the last 15%), far below every training value
+    source = write_splits(tmp_path, "far", ["x", "c"], rows)
+    out = tmp_path / "schema.json"
+    assert main(["schema", str(source), "--out", str(out)]) == 0
+    assert "the test split holds 1, below the training bounds" in capsys.readouterr().err
+    written = Schema.read(out)
+    assert written.columns[0].lower == 1.0 and written == load_table_dataset(str(source)).schema
+    args = ["train", "--dataset", str(source), "--schema", str(out), "--hidden", "8", "--max-epochs", "1"]
+    assert main([*args, "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    alone = tmp_path / "alone.csv"  # the same training rows without splits beside: training rows only
+    alone.write_text(source.read_text())
+    assert main(["schema", str(alone), "--out", str(out)]) == 0
+    assert Schema.read(out).columns[0].lower > 30

@@ -53,9 +53,13 @@ def print_schema(schema: Schema, notes: list[str], origin: str, prog: str, out: 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """`made schema CSV [--out FILE]`: the schema inferred from a table (its training split) as
-    JSON, in the format `made train --schema` reads; its table and warnings on stderr."""
+    JSON, in the format `made train --schema` reads; its table and warnings on stderr. Where CSV
+    is a training split with its valid and test files beside it (diamonds_train.csv), the schema
+    is the one `made train --dataset CSV` infers: bounds widened to a held-out value beyond them
+    (made.io.tables.cover_splits), so that `made train --schema` reads every split back."""
     from made.io.atomic import atomic_write_text
-    from made.io.tables import infer_schema, read_table
+    from made.io.data import SPLITS, split_files
+    from made.io.tables import infer_schema, load_table_dataset, read_table
 
     path = Path(args.csv)
     if not path.is_file():
@@ -67,9 +71,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
         raise DataError(
             f"--drop-columns names {unknown[0]!r}, which {path} does not have (it has: {', '.join(header)})"
         )
-    keep = [j for j, h in enumerate(header) if h not in drop]
-    notes: list[str] = []
-    schema = infer_schema([header[j] for j in keep], [[r[j] for j in keep] for r in rows], str(path), notes)
+    splits = split_files(path)
+    if splits.get("train") == path and all(s in splits for s in SPLITS):
+        data = load_table_dataset(str(path), drop_columns=tuple(drop))
+        schema, notes = data.schema, data.notes
+    else:
+        keep = [j for j, h in enumerate(header) if h not in drop]
+        notes = []
+        schema = infer_schema([header[j] for j in keep], [[r[j] for j in keep] for r in rows], str(path), notes)
     print_schema(schema, notes, f"inferred from {path.name}", "made schema")
     text = json.dumps({"columns": schema.to_json()}, indent=1) + "\n"
     if args.out in (None, "-"):
