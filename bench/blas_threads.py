@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import model_options, write_sections  # noqa: E402
+from bench.common import model_options, publish_sections  # noqa: E402
 from bench.denoise import DATA, corrupt  # noqa: E402
 
 DOC = ROOT / "docs" / "performance.md"
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "(MADE_THREADS=1) may set MADE_BLAS_THREADS=0 and compare.",
         "",
     ]
-    print("\n".join(lines))
-    if args.write:
-        write_sections(DOC, lines)
-        print(f"wrote {DOC}", file=sys.stderr)
+    publish_sections(lines, DOC, args.write)
     return 0
 
 

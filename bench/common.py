@@ -192,3 +192,12 @@ def write_sections(path: Path, generated: list[str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(out))
     tmp.replace(path)
+
+
+def publish_sections(lines: list[str], path: Path, write: bool) -> None:
+    """Print a script's `## ` sections (markdown lines); with `write`, also put them in the
+    document at `path` in place of its sections of those names (write_sections)."""
+    print("\n".join(lines))
+    if write:
+        write_sections(path, lines)
+        print(f"wrote {path}", file=sys.stderr)

@@ -34,7 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import MADE, data_dir, finished_metrics, fresh_run, made_train, write_sections  # noqa: E402
+from bench.common import MADE, data_dir, finished_metrics, fresh_run, made_train, publish_sections  # noqa: E402
 from bench.tables import TABLE_ARGS, TABLES  # noqa: E402
 
 DOC = ROOT / "docs" / "tables.md"
@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['best_epoch']} ({r['epochs']}) | {r['cpu_min']:.1f} min |"
         )
     lines += ["", *conclusions(results), ""]
-    print("\n".join(lines))
-    if args.write:
-        write_sections(DOC, lines)
-        print(f"wrote {DOC}", file=sys.stderr)
+    publish_sections(lines, DOC, args.write)
     return 0
 
 
