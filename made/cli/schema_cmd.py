@@ -64,18 +64,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
     path = Path(args.csv)
     if not path.is_file():
         raise DataError(f"{path} is not a file; give a table (a CSV with a header row, or Parquet)")
-    header, rows, _ = read_table(path)
     drop = [c.strip() for c in (args.drop_columns or "").split(",") if c.strip()]
-    unknown = [c for c in drop if c not in header]
-    if unknown:
-        raise DataError(
-            f"--drop-columns names {unknown[0]!r}, which {path} does not have (it has: {', '.join(header)})"
-        )
     splits = split_files(path)
     if splits.get("train") == path and all(s in splits for s in SPLITS):
-        data = load_table_dataset(str(path), drop_columns=tuple(drop))
+        data = load_table_dataset(str(path), drop_columns=tuple(drop))  # checks --drop-columns too
         schema, notes = data.schema, data.notes
     else:
+        header, rows, _ = read_table(path)
+        unknown = [c for c in drop if c not in header]
+        if unknown:
+            raise DataError(
+                f"--drop-columns names {unknown[0]!r}, which {path} does not have (it has: {', '.join(header)})"
+            )
         keep = [j for j, h in enumerate(header) if h not in drop]
         notes = []
         schema = infer_schema([header[j] for j in keep], [[r[j] for j in keep] for r in rows], str(path), notes)

@@ -264,18 +264,18 @@ def _pooled(state: _Row, units: list[Unit]) -> tuple[float, np.ndarray, float, i
 def _row_result(r: int, state: _Row, k: int) -> ParticleRow:
     """A row's ParticleRow from its islands' summaries, combined in its islands' order."""
     per_mask = [[u for u in state.units if u.mask == g] for g in range(k)]
-    pooled = [_pooled(state, units) for units in per_mask]
+    log_z_all, means, sum_sq, resamplings, particles = zip(*(_pooled(state, units) for units in per_mask), strict=True)
     second = [[u for u in units if u.island >= 0] for units in per_mask]
     log_z = np.array([[state.done[u.number][0] for u in units] for units in second])
     return ParticleRow(
         r,
         log_z,
-        np.array([p[0] for p in pooled]),
-        np.stack([p[1] for p in pooled]),
-        np.array([p[2] for p in pooled]),
+        np.array(log_z_all),
+        np.stack(means),
+        np.array(sum_sq),
         state.picks,
-        np.array([p[3] for p in pooled], dtype=np.int64),
-        np.array([p[4] for p in pooled], dtype=np.int64),
+        np.array(resamplings, dtype=np.int64),
+        np.array(particles, dtype=np.int64),
     )
 
 

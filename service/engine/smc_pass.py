@@ -61,7 +61,7 @@ def run_pass(
     j = np.arange(top_size)
     valid = j[None, :] < sizes[:, None]
     where = group_of[:, None] * width + first[:, None] + np.where(valid, j[None, :], 0)  # (U, P) flat columns
-    picks = np.stack([item[2] for _, item in flat])  # (U, stages)
+    uniforms = np.stack([item[2] for _, item in flat])  # (U, stages): each island's resampling uniforms
     logw = np.where(valid, 0.0, -np.inf)
     logz = np.zeros(n_units)
     resamplings = np.zeros(n_units, dtype=np.int64)
@@ -71,15 +71,16 @@ def run_pass(
         z = logits[:, t0:t1, :]
         one = log_sigmoid(z)  # log p(x_d = 1 | x_<d); log p(x_d = 0 | x_<d) = one - z
         zero = one - z
-        one += np.take_along_axis(ev1[:, t0:t1, :], np.broadcast_to(slot_of[:, None, :], z.shape), axis=2)
-        zero += np.take_along_axis(ev0[:, t0:t1, :], np.broadcast_to(slot_of[:, None, :], z.shape), axis=2)
+        island = np.broadcast_to(slot_of[:, None, :], z.shape)  # each column's island, for its evidence
+        one += np.take_along_axis(ev1[:, t0:t1, :], island, axis=2)
+        zero += np.take_along_axis(ev0[:, t0:t1, :], island, axis=2)
         inc = np.logaddexp(one, zero).sum(axis=1).ravel()[where]
         logw[...] += np.where(valid, np.where(np.isnan(inc), -np.inf, inc), 0.0)
 
     def between(t1: int, xs: np.ndarray, logits: np.ndarray, acts: list[np.ndarray], known: list[int]) -> None:
         weigh(state["t0"], t1, logits)
         state["t0"] = t1
-        u = picks[:, state["stage"]]
+        u = uniforms[:, state["stage"]]
         state["stage"] += 1
         w, total, log_mean = _weights(logw, sizes)
         ess = total**2 / np.cumsum(w * w, axis=1)[:, -1]

@@ -369,11 +369,17 @@ def _keep_first(
 ) -> None:
     """first[act[last]] (their particles, the column's outputs): column cols[j]'s slice of the
     pass's `params` (len(act), F p or 1 where every particle is still the row itself, U_out)."""
-    d, copies, width = params.shape
     for col_i in np.unique(cols).tolist():
         these = last[cols == col_i]
-        out = engine.column_params(params.reshape(d * copies, width), col_i).reshape(d, copies, -1)[these]
+        out = _column_outputs(engine, params, col_i)[these]
         first[act[these], :, : out.shape[2]] = out
+
+
+def _column_outputs(engine: TablePasses, params: np.ndarray, col_i: int) -> np.ndarray:
+    """Column col_i's slice of a pass's outputs `params` (rows, copies, U_out): (rows, copies,
+    the column's outputs), a view."""
+    d, copies, width = params.shape
+    return engine.column_params(params.reshape(d * copies, width), col_i).reshape(d, copies, -1)
 
 
 def _resample_and_draw(
@@ -406,12 +412,10 @@ def _resample_and_draw(
     flat = (anc + (np.arange(f) * p)[None, :, None]).reshape(len(rows), fp)
     x[rows] = np.take_along_axis(x[rows], flat[..., None], axis=1)
     cols = engine.orderings[k][cur[drawing]]
-    d, copies, width = params.shape
     for col_i in np.unique(cols).tolist():
         these = np.flatnonzero(cols == col_i)
         col = engine.schema.columns[col_i]
-        # (D', F p or 1, the column's outputs): a view of the column's slice, then its rows
-        prm = engine.column_params(params.reshape(d * copies, width), col_i).reshape(d, copies, -1)[drawing[these]]
+        prm = _column_outputs(engine, params, col_i)[drawing[these]]  # (D', F p or 1, the column's outputs)
         if prm.shape[1] > 1:
             prm = np.take_along_axis(prm, flat[these][..., None], axis=1)
         else:
