@@ -52,7 +52,8 @@ def bits() -> Engine:
 
 @pytest.fixture(scope="module")
 def diamonds() -> TableEngine:
-    return TableEngine(open_model(STORE, "diamonds"))
+    # one onnxruntime thread, as made score's: the same float32 sums, so estimates agree to the bit
+    return TableEngine(open_model(STORE, "diamonds"), threads=1)
 
 
 def _bit_rows(engine: Engine, n: int, seed: int) -> list[list[str]]:
@@ -243,7 +244,14 @@ def test_table_model_reads_its_columns_by_name(diamonds: TableEngine, tmp_path: 
     # the reference: the rows as the HTTP API reads a CSV body, then the engine
     values, _, _ = parse_csv(diamonds.schema, path.read_text())
     assert np.isnan(values[2]).sum() == 1 and np.isnan(values[9]).sum() == 1
-    _same([float(r[-1]) for r in table[1:]], _engine_scores(diamonds, values))
+    got = [float(r[-1]) for r in table[1:]]
+    _same(got, _engine_scores(diamonds, values))
+    # the two estimated rows, scored in one call with the block's others: each what it gets alone
+    assert not diamonds.logprob(values[[2, 9]]).exact.any()
+    assert [got[2], got[9]] == [_engine_scores(diamonds, values[i : i + 1])[0] for i in (2, 9)]
+    again = score_file(STORE, "diamonds", path, tmp_path / "again.csv", batch_size=7, threads=2, progress=False)
+    assert again.blocks == math.ceil(300 / 7)
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "out.csv").read_bytes()
     # Parquet of typed values (numbers as numbers, empty cells null) gives the same scores
     numeric = {c.name for c in diamonds.schema.columns if c.kind == "numeric"}
     typed = pa.table(

@@ -24,3 +24,23 @@ def check_seed(seed: int | None) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InvalidInput(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
+
+
+def row_generator(seed: int, i: int, row_seeds: np.ndarray | None = None) -> np.random.Generator:
+    """Row i's random numbers: default_rng([seed, i]) (a request's seed and the row's index in
+    it), or, where each row brings a seed of its own (row_seeds, one per row: `made score` seeds
+    a row by its values), default_rng([row_seeds[i], 0]), what the row alone in a request of
+    seed row_seeds[i] gets."""
+    if row_seeds is None:
+        return np.random.default_rng([seed, i])
+    return np.random.default_rng([int(row_seeds[i]), 0])
+
+
+def check_row_seeds(row_seeds: np.ndarray | None, n: int) -> np.ndarray | None:
+    """One non-negative integer seed per row of n, or None."""
+    if row_seeds is None:
+        return None
+    seeds = np.asarray(row_seeds)
+    if seeds.shape != (n,) or seeds.dtype.kind not in "iu" or (seeds < 0).any():
+        raise InvalidInput(f"row_seeds must hold one non-negative integer per row ({n}), got shape {seeds.shape}")
+    return seeds

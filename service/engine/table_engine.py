@@ -26,7 +26,7 @@ from made.core.numerics import logmeanexp
 from made.store.manifest import TABLE_OUTPUT
 from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
-from service.engine.checks import check_seed
+from service.engine.checks import check_row_seeds, check_seed, row_generator
 from service.engine.runtime import make_session, requested_providers
 from service.engine.table_draws import draw_cells
 from service.engine.table_explain import column_summaries, surprisal
@@ -94,10 +94,17 @@ class TableEngine:
 
     # --- one forward pass ---------------------------------------------------------------------
     def params(self, values: np.ndarray, mask: int) -> np.ndarray:
-        """(N, U_out) float64: every column's parameters under mask k (unknown cells read as 0)."""
+        """(N, U_out) float64: every column's parameters under mask k (unknown cells read as 0).
+        A row's outputs do not depend on the rows beside it, to the bit: onnxruntime multiplies a
+        single row by another kernel than several, rounding the float32 sums another way, so a
+        single row goes through as two copies of itself (the particle filter's first pass holds
+        one row per request row: a row alone would otherwise answer a little differently)."""
         x = self.schema.network_inputs(values)
+        single = len(x) == 1
+        if single:
+            x = np.repeat(x, 2, axis=0)
         out = self.session.run([TABLE_OUTPUT], {"x": x, "mask_index": np.array(mask, dtype=np.int64)})[0]
-        return np.asarray(out, dtype=np.float64)
+        return np.asarray(out[:1] if single else out, dtype=np.float64)
 
     def column_params(self, params: np.ndarray, c: int) -> np.ndarray:
         return params[:, int(self.schema.out_offsets[c]) : int(self.schema.out_offsets[c + 1])]
@@ -173,13 +180,22 @@ class TableEngine:
 
     # --- log p ----------------------------------------------------------------------------------
     def logprob(
-        self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        row_seeds: np.ndarray | None = None,
     ) -> TableLogProb:
         """log p(x_known) per row in nats: the unknown (NaN) cells summed out, exactly where every
         mask in use puts them after the known ones, else by sequential Monte Carlo
         (service.engine.table_smc; n_importance / 16 particles per mask, row i's noise from
-        default_rng([seed, i]))."""
+        default_rng([seed, i]), or from a seed of its own, row_seeds[i], as checks.row_generator
+        says). A row's answer does not depend on the other rows (params: the same float32 sums
+        whatever the batch)."""
         values = self.check_values(values)
+        row_seeds = check_row_seeds(row_seeds, len(values))
         ks = self._masks(masks)
         n = len(values)
         unknown = np.isnan(values)
@@ -191,9 +207,8 @@ class TableEngine:
         todo = np.flatnonzero(~exact)
         if len(todo):
             # sequential Monte Carlo (service.engine.table_smc), row todo[j] drawing from
-            # default_rng([seed, todo[j]]): its answer does not depend on the other rows
             seed = check_seed(seed)
-            rngs = [np.random.default_rng([seed, int(i)]) for i in todo.tolist()]
+            rngs = [row_generator(seed, i, row_seeds) for i in todo.tolist()]
             res = smc(self, values[todo], ks, rngs, n_importance, 0)
             lp[todo], stderr[todo] = res.logprob, res.stderr
         return TableLogProb(lp, exact, stderr)
