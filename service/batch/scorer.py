@@ -7,10 +7,13 @@ What a row is:
   not modelled; a model column the file lacks is unknown in every row), cells as the training
   files were read.
 Rows with missing values that no mask's ordering can sum out exactly are sequential Monte Carlo
-estimates, seeded by the row's own values: a rerun, or the same row in another block, agrees (a
-table model's such rows go through the engine in one call a block, a bit model's one by one). A
-row's score depends on nothing but the row (see _two_or_more), so the output is the same whatever
-the batch size, the number of threads, or whether Ray ran it.
+estimates, seeded by the row's own values: a rerun, or the same row in another block, agrees. A
+row's score depends on nothing but the row, so the output is the same whatever the batch size,
+the number of threads, or whether Ray ran it: the engines' network outputs for a row are the same
+to the bit whatever the rows beside it (a single row included), and so are a table model's
+estimates, which go through the engine a block at a time; a bit model's particle filter steps
+through float64 matrix products whose last bits depend on the batch, so its estimated rows go
+one at a time.
 """
 
 from __future__ import annotations
@@ -103,10 +106,10 @@ class Scorer:
         logprob = np.empty(n)
         complete = ~unknown.any(axis=1)
         # complete rows, then rows whose missing values are summed out exactly: the engine scores
-        # those two kinds apart, and each call must hold two rows or more (see _two_or_more)
+        # those two kinds apart (a row's answer does not depend on the rows beside it, to the bit)
         for rows in (np.flatnonzero(complete), np.flatnonzero(exact & ~complete)):
             if len(rows):
-                logprob[rows] = _two_or_more(lambda part: self.engine.logprob(part).logprob, x[rows])
+                logprob[rows] = self.engine.logprob(x[rows]).logprob
         todo = np.flatnonzero(~exact)
         if len(todo) and isinstance(self.engine, TableEngine):
             # one call, each row seeded as if alone: a table model's answer for a row does not
@@ -124,7 +127,7 @@ class Scorer:
             engine = self.engine
             cond = np.full((n, engine.dims), np.nan)
             if complete.any():
-                cond[complete] = _two_or_more(lambda rows: engine.conditionals(rows, mask=0), x[complete])
+                cond[complete] = engine.conditionals(x[complete], mask=0)
             out.update({f"{COND_PREFIX}{d}": cond[:, d] for d in range(engine.dims)})
         return out
 
@@ -181,16 +184,6 @@ def check_columns(model: StoredModel, names: list[str], source: str, conditional
         return
     if len(names) != model.dims:
         raise DataError(f"{source} has {len(names)} columns, model {model.name} has {model.dims} dimensions")
-
-
-def _two_or_more(run: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """run(rows), never on a single row: onnxruntime multiplies one row by another kernel than
-    several, rounding the float32 sums differently; with one thread per session and two rows or
-    more, a row's score does not depend on the rows it is scored with (nor on --batch-size, nor
-    on local vs Ray)."""
-    if len(rows) != 1:
-        return run(rows)
-    return run(np.repeat(rows, 2, axis=0))[:1]
 
 
 def score_names(dims: int, conditionals: bool) -> list[str]:
