@@ -140,3 +140,55 @@ def test_sample_of_a_model_of_bits_and_its_refusals(
     assert main([*args, "--given", "x1=2", "--out", str(tmp_path / "c.csv")]) == 2
     assert "x1" in last_line(capsys.readouterr().err)
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_sample_takes_every_given_flag_and_refuses_a_column_given_twice(
+    tmp_path: Path, tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--given COLUMN=VALUE repeated as flags: every condition holds (the last flag alone used
+    to win); a column given twice is refused, whichever value it would have kept."""
+    args = ["sample", "--store", str(tiny_store), "--name", "tiny", "--n", "30"]
+    assert main([*args, "--given", "x0=1", "--given", "x3=0", "x5=1", "--out", str(tmp_path / "b.csv")]) == 0
+    rows = read_csv(tmp_path / "b.csv")[1]
+    assert all((r["x0"], r["x3"], r["x5"]) == ("1", "0", "1") for r in rows)
+    # the same records as one flag with the three pairs
+    assert main([*args, "--given", "x0=1", "x3=0", "x5=1", "--out", str(tmp_path / "one.csv")]) == 0
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--given", "x0=1", "--given", "x0=0", "--out", str(tmp_path / "c.csv")]) == 2
+    assert "--given names x0 twice" in last_line(capsys.readouterr().err)
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_sample_draws_and_writes_a_chunk_at_a_time(
+    tmp_path: Path, table_store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SAMPLE_CHUNK records, made sample draws a chunk at a time, each from its own seed, and
+    writes it before drawing the next: memory does not grow with --n. The first chunk is what
+    the engine's sample(n, seed) gives; the file has one header; the records are reproducible."""
+    from made.cli import commands
+
+    monkeypatch.setattr(commands, "SAMPLE_CHUNK", 16)
+    engine = build_engine(open_model(table_store, "mixed"), ["CPUExecutionProvider"], 1)
+    drawn: list[int] = []
+    sample = engine.sample
+
+    def counted(n: int, seed: int) -> np.ndarray:
+        drawn.append(n)
+        return sample(n, seed)
+
+    import service.engine.registry as registry
+
+    monkeypatch.setattr(registry, "build_engine", lambda *a: engine)
+    monkeypatch.setattr(engine, "sample", counted)
+    args = ["sample", "--store", str(table_store), "--name", "mixed", "--n", "40", "--seed", "7"]
+    assert main([*args, "--out", str(tmp_path / "s.csv")]) == 0
+    assert drawn == [16, 16, 8]
+    header, rows = read_csv(tmp_path / "s.csv")
+    assert len(rows) == 40 and header == engine.schema.names
+    first = engine.schema.decode_rows(sample(16, 7))
+    assert rows[:16] == [{k: str(v) for k, v in r.items()} for r in first]
+    assert rows[16:32] != rows[:16]  # the next chunk from another seed
+    assert main([*args, "--out", str(tmp_path / "again.csv")]) == 0
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "s.csv").read_bytes()
+    capsys.readouterr()

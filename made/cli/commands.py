@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from made.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from made.core.schema import Schema
     from made.io.data import Dataset
     from made.io.tables import TableDataset
@@ -238,32 +240,54 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def _given_row(schema: Schema, given: list[str]) -> object:
-    """--given COLUMN=VALUE ... -> one row of encoded cells (NaN where not given), each value
-    read as a CSV cell of its column is (made.io.csv.table_cell)."""
+    """--given COLUMN=VALUE ... (one flag or several) -> one row of encoded cells (NaN where not
+    given), each value read as a CSV cell of its column is (made.io.csv.table_cell); a column
+    given twice is refused, not decided by the last one."""
     import numpy as np
 
     from made.core.errors import DataError
     from made.io.csv import table_cell
 
     row = np.full(len(schema), np.nan)
+    seen: dict[str, str] = {}
     for item in given:
         name, sep, value = item.partition("=")
-        if not sep or name.strip() not in schema.names:
+        name = name.strip()
+        if not sep or name not in schema.names:
             raise DataError(
                 f"--given {item!r} is not COLUMN=VALUE of a column of the model ({', '.join(schema.names)})"
             )
-        j = schema.names.index(name.strip())
-        row[j] = table_cell(schema.columns[j], value, f"--given {name.strip()}")
+        if name in seen:
+            raise DataError(f"--given names {name} twice ({seen[name]!r} and {item!r}); give each column once")
+        seen[name] = item
+        j = schema.names.index(name)
+        row[j] = table_cell(schema.columns[j], value, f"--given {name}")
         if np.isnan(row[j]):
-            raise DataError(f"--given {name.strip()} has no value; leave it out to leave the column free")
+            raise DataError(f"--given {name} has no value; leave it out to leave the column free")
     return row
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    """n records drawn by the engine (no server), meeting --given when sent, as CSV."""
+# `made sample` draws and writes this many records at a time: memory stays bounded whatever --n
+SAMPLE_CHUNK = 50_000
+
+
+def sample_seed(seed: int, chunk: int) -> int:
+    """The seed of `made sample`'s chunk `chunk`: --seed itself for the first (so --n up to
+    SAMPLE_CHUNK gives the records the engine's sample(n, seed) gives), then a seed derived from
+    (--seed, chunk)."""
     import numpy as np
 
-    from made.io.atomic import atomic_write_text
+    if chunk == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """n records drawn by the engine (no server), meeting --given when sent, as CSV, drawn and
+    written SAMPLE_CHUNK records at a time (each chunk from its own seed, sample_seed)."""
+    import numpy as np
+
+    from made.io.atomic import atomic_path
     from made.io.csv import to_csv
     from made.store.versions import open_model
     from service.engine.registry import build_engine
@@ -282,22 +306,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
         settings.threads or None,
     )
     schema = engine.schema
-    if args.given:
-        row = np.asarray(_given_row(schema, args.given))
-        try:
-            result = engine.impute(row[None, :], n_samples=args.n, seed=args.seed, n_importance=max(args.n, 1000))
-        except ImpossibleEvidence as exc:
-            raise ConfigError(f"--given: {exc.reason()}") from None
-        values = result.samples[0]
-    else:
-        values = engine.sample(args.n, args.seed)
-    records = schema.decode_rows(values)
-    text = to_csv(schema.names, ([r.get(c) for c in schema.names] for r in records))
+    row = np.asarray(_given_row(schema, args.given)) if args.given else None
+
+    def chunks() -> Iterator[str]:
+        """The CSV text, header first, SAMPLE_CHUNK records at a time."""
+        for i, start in enumerate(range(0, args.n, SAMPLE_CHUNK)):
+            n, seed = min(SAMPLE_CHUNK, args.n - start), sample_seed(args.seed, i)
+            if row is None:
+                values = engine.sample(n, seed)
+            else:
+                try:
+                    result = engine.impute(row[None, :], n_samples=n, seed=seed, n_importance=max(n, 1000))
+                except ImpossibleEvidence as exc:
+                    raise ConfigError(f"--given: {exc.reason()}") from None
+                values = result.samples[0]
+            text = to_csv(schema.names, ([r.get(c) for c in schema.names] for r in schema.decode_rows(values)))
+            yield text if i == 0 else text.partition("\n")[2]  # the header once
+
     if args.out == "-":
-        sys.stdout.write(text)
+        for text in chunks():
+            sys.stdout.write(text)
         return 0
-    atomic_write_text(args.out, text)
-    print(json.dumps({"rows": len(records), "output": args.out, "model": engine.name, "version": engine.version}))
+    with atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
+        for text in chunks():
+            out.write(text)
+    print(json.dumps({"rows": args.n, "output": args.out, "model": engine.name, "version": engine.version}))
     return 0
 
 

@@ -318,13 +318,15 @@ def _add_sample(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     )
     _add_store_and_name(p)
     p.add_argument("--version", default=None, help="model version (default: the highest stored)")
-    p.add_argument("--n", type=int, required=True, help="how many records to draw")
+    p.add_argument("--n", type=int, required=True, help="how many records to draw (drawn and written 50,000 at a time)")
     p.add_argument(
         "--given",
         nargs="+",
+        action="extend",
         metavar="COLUMN=VALUE",
         default=None,
-        help="draw records that meet these values (sampled from the model's conditional)",
+        help="draw records that meet these values (sampled from the model's conditional); one flag with "
+        "several pairs or several flags, each column once",
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same records")
     p.add_argument("--out", required=True, metavar="PATH", help="a .csv file (written atomically), or - for stdout")
