@@ -190,7 +190,7 @@ async def test_samples_as_records_are_the_samples(made: InProcessClient) -> None
     ("path", "body", "detail"),
     [
         ("/logprob", {"records": [{"a": 1}]}, "records[0] has no column 'a'; the columns are x0, x1, x2"),
-        ("/logprob", {"records": [{"x2": 2}]}, "records[0], column 'x2': '2' is not a level of this column"),
+        ("/logprob", {"records": [{"x2": 2}]}, "records[0], column 'x2': 2 is not a level of this column"),
         ("/impute", {"records": [{"x2": "yes"}]}, "records[0], column 'x2': 'yes' is not a level"),
         ("/sample", {"n": 2, "given": {"x9": 1}}, "given has no column 'x9'"),
         ("/conditionals", {"records": [{"x0": 1}]}, "records[0], column 'x1' is unknown"),

@@ -145,3 +145,37 @@ def test_the_reader_quotes_and_the_values_a_dataframe_holds() -> None:
         "",
         "NA",
     ]
+
+
+async def test_a_quote_never_closed_is_refused_naming_the_line_where_it_opens(
+    made: InProcessClient, tmp_path: Path
+) -> None:
+    """A `"` that opens a cell and is never closed swallowed the rest of the data: the last cell
+    read as `no` (a 200), or a header that named none of the model's columns. Now the HTTP body,
+    a file and made score all say where the quote opened."""
+    with pytest.raises(DataError, match=r'body line 2: a quoted cell is never closed \(a " opens it'):
+        read_csv_text('a,b\nx,"no\n', "body")
+    with pytest.raises(DataError, match=r"body line 1: a quoted cell is never closed"):
+        read_csv_text('"carat\n0.3\n', "body")
+    assert read_csv_text('a,b\n12" pipe,"x ""y"""\n', "body")[1] == [['12" pipe', 'x "y"']]  # quotes that close
+    body = DIAMONDS + '0.4,"Ideal,E,SI1,61.5,55,326,3.95,3.98,2.43\n'
+    answer = await made.http.post("/logprob?model=diamonds", content=body.encode(), headers=CSV)
+    assert answer.status_code == 422 and "line 3: a quoted cell is never closed" in answer.json()["detail"]
+    path = tmp_path / "rows.csv"
+    path.write_text(body)
+    assert (
+        main(
+            [
+                "score",
+                "--store",
+                str(STORE),
+                "--name",
+                "diamonds",
+                "--input",
+                str(path),
+                "--output",
+                str(tmp_path / "o.csv"),
+            ]
+        )
+        == 2
+    )

@@ -132,7 +132,7 @@ async def test_numbers_far_outside_the_training_values_are_422_naming_the_bounds
             "records[0], column 'a': 'purple' is not a level of this column; it has 3 levels: 'blue', 'green', 'red'",
         ),
         ({"records": [{"colour": "red"}]}, 422, "records[0] has no column 'colour'; the columns are a, b, c, d"),
-        ({"records": [{"a": 3}]}, 422, "records[0], column 'a': '3' is not a level"),
+        ({"records": [{"a": 3}]}, 422, "records[0], column 'a': 3 is not a level"),
         ({"records": []}, 422, "records must be a non-empty list"),
         ({"records": [["red"]]}, 422, "records row 0: input should be a valid dictionary"),
         ({"model": "mixed", "records": [{"size": "big"}]}, 422, "records[0], column 'size': 'big' is not a number"),

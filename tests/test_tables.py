@@ -85,6 +85,60 @@ def test_a_level_never_seen_in_training_names_line_column_and_value(tmp_path: Pa
         load_table_dataset(str(path), drop_columns=("title",))
 
 
+def test_a_level_is_named_by_its_value_as_well_as_its_text() -> None:
+    """Levels that pandas wrote as 1.0/2.0, or True/False, are met by what a DataFrame or JSON
+    sends (2, 2.0, '2', true, 1): a cell matches its level's text first, else the one level of
+    the same value; a JSON number that two levels stand for ('1' and '1.0') is refused, naming
+    them."""
+    from made.core.schema import Column
+
+    sex = Column("sex", "categorical", levels=("1.0", "2.0"))
+    for cell in ("2", "2.0", " 2 ", "2e0", 2, 2.0):
+        assert sex.encode_cell(cell, "row 0") == 1.0, cell
+    with pytest.raises(DataError, match=r"row 0, column 'sex': '3' is not a level"):
+        sex.encode_cell("3", "row 0")
+    with pytest.raises(DataError, match=r"row 0, column 'sex': 3 is not a level"):
+        sex.encode_cell(3, "row 0")
+    flag = Column("smoker", "categorical", levels=("False", "True"))
+    for cell in (True, "true", "TRUE", "1", 1, 1.0):
+        assert flag.encode_cell(cell, "row 0") == 1.0, cell
+    assert flag.encode_cell(False, "row 0") == flag.encode_cell("0", "row 0") == 0.0
+    bits = Column("smoker", "categorical", levels=("0", "1"))  # a Parquet bool column's levels
+    assert bits.encode_cell("True", "row 0") == bits.encode_cell(True, "row 0") == 1.0
+    both = Column("code", "categorical", levels=("1", "1.0", "x"))
+    assert both.encode_cell("1.0", "row 0") == 1.0 and both.encode_cell("1", "row 0") == 0.0  # text first
+    with pytest.raises(DataError, match=r"1 is the value of levels '1', '1.0'; send the level's text"):
+        both.encode_cell(1, "row 0")
+    with pytest.raises(DataError, match=r"'1_0' is not a level"):
+        Column("n", "categorical", levels=("10", "20")).encode_cell("1_0", "row 0")
+    with pytest.raises(DataError, match=r"expected one of 2 levels"):
+        sex.encode_cell([2], "row 0")
+
+
+def test_nan_written_as_text_is_an_absent_cell_not_a_level(tmp_path: Path) -> None:
+    """A numeric column with `NaN` cells (pandas' to_csv(na_rep='NaN'), numpy's savetxt) is a
+    nullable number, as with empty cells, not a category of 40 levels; a categorical column's
+    `nan` is its NA level; reading a later file, `NaN` means absent too."""
+    rows = _rows(150)
+    with_nan = []
+    for i, row in enumerate(rows):
+        cells = row.split(",")
+        if i % 5 == 0:
+            cells[4] = "NaN"  # temp
+        if i % 7 == 0:
+            cells[0] = "nan"  # color
+        with_nan.append(",".join(cells))
+    path = _splits(tmp_path, "n", HEADER, with_nan, valid=with_nan[:10])
+    data = load_table_dataset(str(path), drop_columns=("title",))
+    cols = {c.name: c for c in data.schema.columns}
+    assert cols["temp"].kind == "numeric" and cols["temp"].nullable
+    assert cols["color"].levels == ("blue", "green", "red", "NA")
+    train = data.split("train")
+    names = data.schema.names
+    assert (train[::5, names.index("temp")] == ABSENT).all() and (train[1::5, names.index("temp")] != ABSENT).all()
+    assert (train[::7, names.index("color")] == 3).all()
+
+
 def test_an_empty_cell_is_absent_where_the_column_can_be_and_refused_where_training_cannot_use_it(
     tmp_path: Path,
 ) -> None:

@@ -44,7 +44,9 @@ KINDS = ("binary", "categorical", "numeric")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the network's inputs are float32
 ABSENT = np.inf  # an encoded numeric cell recorded as NA (modelled as data)
 ABSENT_LEVEL = "NA"  # the level of a categorical cell recorded as empty or NA
-MISSING_CELLS = frozenset({"", "NA"})  # how a table file spells an absent cell
+# how a table file spells an absent cell: empty, R's NA, and NaN as pandas and numpy write a
+# missing float (a level of the same text, in a model trained before NaN was read so, stays a level)
+MISSING_CELLS = frozenset({"", "NA", "NaN", "nan"})
 DEFAULT_COMPONENTS = 5
 MAX_DECIMALS = 6
 
@@ -168,18 +170,52 @@ class Column:
         at = label or f"{where}, column '{self.name}'"
         if self.kind == "numeric":
             return self._encode_number(value, at)
-        given = value if isinstance(value, str) else _level_text(value)
-        if given is None:
-            raise DataError(f"{at}: expected one of {_shown_levels(self.levels)}, got {json.dumps(value)}")
-        text = given.strip()
-        if text == "" and ABSENT_LEVEL in self.levels:
+        if not isinstance(value, str):
+            return float(self._level_of_value(value, at))
+        text = value.strip()
+        if text in MISSING_CELLS and ABSENT_LEVEL in self.levels and text not in self._level_index:
             text = ABSENT_LEVEL
-        try:
-            return float(self.levels.index(text))
-        except ValueError:
+        index = self._level_index.get(text)
+        if index is None:  # not a level's text: a level of the same value ('2' for '2.0', 'true' for 'True')
+            number = _level_value(text)
+            index = None if number is None else self._level_by_value.get(number)
+        if index is None:
+            raise DataError(f"{at}: {text!r} is not a level of this column; it has {_shown_levels(self.levels)}")
+        return float(index)
+
+    def _level_of_value(self, value: Any, at: str) -> int:
+        """The level a JSON number or boolean names: the one level of that value (3 names '3' or
+        '3.0'; true names 'True', 'true' or '1'); refused where none or several have it."""
+        if isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
+            number = float(value)
+            index = self._level_by_value.get(number)
+            if index is not None:
+                return index
+            if number in self._level_by_value:  # several levels of that value: '1' and '1.0'
+                same = [v for v in self.levels if _level_value(v) == number]
+                raise DataError(
+                    f"{at}: {json.dumps(value)} is the value of levels {', '.join(map(repr, same))}; "
+                    "send the level's text as a string"
+                )
             raise DataError(
-                f"{at}: {text!r} is not a level of this column; it has {_shown_levels(self.levels)}"
-            ) from None
+                f"{at}: {json.dumps(value)} is not a level of this column; it has {_shown_levels(self.levels)}"
+            )
+        raise DataError(f"{at}: expected one of {_shown_levels(self.levels)}, got {json.dumps(value)}")
+
+    @cached_property
+    def _level_index(self) -> dict[str, int]:
+        return {v: i for i, v in enumerate(self.levels)}
+
+    @cached_property
+    def _level_by_value(self) -> dict[float, int | None]:
+        """Each value some level's text stands for (_level_value) -> that level, or None where
+        several levels stand for it."""
+        out: dict[float, int | None] = {}
+        for i, level in enumerate(self.levels):
+            number = _level_value(level)
+            if number is not None:
+                out[number] = None if number in out else i
+        return out
 
     def _encode_number(self, value: Any, at: str) -> float:
         """A numeric column's cell -> its value, or ABSENT for a cell that spells NA; `at` names
@@ -229,17 +265,19 @@ class Column:
         return int(rounded) if self.decimals <= 0 and abs(rounded) < 2.0**53 else rounded
 
 
-def _level_text(value: Any) -> str | None:
-    """JSON numbers and booleans name levels too (a level "3" may be sent as 3)."""
-    if isinstance(value, bool):
+def _level_value(text: str) -> float | None:
+    """The value a level's (or a cell's) text stands for, to match levels by value: a finite
+    number ('2', '2.0' and '2e0' are 2), true/false in any case as 1/0; None for other text."""
+    lowered = text.strip().lower()
+    if "_" in lowered:  # float() reads '1_0' as 10
         return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, float):
-        return repr(value)
-    return None
+    if lowered in ("true", "false"):
+        return 1.0 if lowered == "true" else 0.0
+    try:
+        number = float(lowered)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _shown_levels(levels: tuple[str, ...], limit: int = 12) -> str:

@@ -12,7 +12,7 @@ Reading:
 - A header row names each column once: an empty name or a name given twice is refused naming
   the column, since a column read by name cannot be two columns.
 
-One meaning of an empty cell in a table (`table_cell`): an empty or `NA` cell is the value
+One meaning of an empty cell in a table (`table_cell`): an empty, `NA` or `NaN` cell is the value
 "absent" where the column can be absent (a category with the level `NA`, a nullable number:
 the training data had empty cells there), and unknown (summed out, imputed) where it cannot; a
 model column that the CSV leaves out is unknown in every row. Training refuses unknown cells (it
@@ -109,7 +109,8 @@ def read_rows(
     than this is refused naming its line and column (the bound of a request body); `text` (the
     whole CSV, where the caller holds it) lets a cell past the csv module's own limit be named
     by its column too."""
-    reader = csv.reader(lines, delimiter=delimiter)
+    # strict: a cell that opens a quote and never closes it is an error, not the rest of the file
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     width: int | None = None
     done = 0  # the lines read before the row being read
     try:
@@ -135,6 +136,10 @@ def read_rows(
             at = f", column {column}" if column is not None else ""
             too_long = f"a cell is longer than {max_cell} characters (the limit)"
             raise DataError(f"{where} line {line}{at}: {too_long}") from None
+        if "unexpected end of data" in str(exc):
+            raise DataError(
+                f'{where} line {done + 1}: a quoted cell is never closed (a " opens it, and the data ends inside it)'
+            ) from None
         raise DataError(f"{where} line {line} cannot be read as CSV: {exc}") from None
 
 
@@ -188,7 +193,7 @@ def table_cell(col: Column, cell: str, where: str) -> float:
     text = cell.strip()
     if text == UNKNOWN_CELL and UNKNOWN_CELL not in col.levels:
         return math.nan
-    if text in MISSING_CELLS and not can_be_absent(col):
+    if text in MISSING_CELLS and not can_be_absent(col) and text not in col.levels:
         return math.nan
     return col.encode_cell(text, where)
 

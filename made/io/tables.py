@@ -297,7 +297,8 @@ def _encode_fast(col: Column, cells: list[str]) -> np.ndarray:
     if col.kind != "numeric":
         codes = {level: float(i) for i, level in enumerate(col.levels)}
         if ABSENT_LEVEL in codes:
-            codes[""] = codes[ABSENT_LEVEL]
+            for spelling in MISSING_CELLS - codes.keys():
+                codes[spelling] = codes[ABSENT_LEVEL]
         return np.array([codes[c.strip()] for c in cells])
     values = np.array([ABSENT if c.strip() in MISSING_CELLS else float(c) for c in cells])
     if (values == ABSENT).any() and not col.nullable:
@@ -344,9 +345,10 @@ def load_table_dataset(
         files = {s: path for s in splits} if len(splits) == 1 else {}
     missing = [s for s in splits if s not in files]
     if missing:
+        base = next((path.stem.removesuffix(f"_{s}") for s in SPLITS if path.stem.endswith(f"_{s}")), path.stem)
         raise DataError(
-            f"no '{missing[0]}' file found beside {path} (name them like {path.stem}_train"
-            f"{path.suffix}, ..._valid, ..._test; `made split {path.name}` writes them from one file)"
+            f"no '{missing[0]}' file found beside {path} (name them {base}_train{path.suffix}, "
+            f"{base}_valid{path.suffix} and {base}_test{path.suffix}; `made split` writes them from one file)"
         )
     read = {s: read_table(files[s]) for s in splits}
     notes: list[str] = []
