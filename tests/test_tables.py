@@ -153,6 +153,47 @@ def test_an_empty_cell_is_absent_where_the_column_can_be_and_refused_where_train
     assert load_table_dataset(str(tmp_path / "semi_train.csv"), splits=("train",)).schema.names == ["x", "y"]
 
 
+def test_infinite_and_overflowing_numbers_are_refused_naming_the_column(tmp_path: Path) -> None:
+    """One -inf among numbers made the column 'free text'; values near 1e300 overflowed its
+    scale into an internal message ('scale must be positive and loc finite')."""
+    rows = _rows()
+    cells = rows[7].split(",")
+    cells[4] = "-inf"
+    with pytest.raises(DataError, match=r"column 'temp' holds '-inf', not a finite number"):
+        load_table_dataset(str(_splits(tmp_path, "i", HEADER, [*rows[:7], ",".join(cells), *rows[8:]])))
+    huge = [",".join(c if j != 4 else f"{float(c) * 1e300:g}" for j, c in enumerate(r.split(","))) for r in rows]
+    with pytest.raises(DataError, match=r"h_train.csv: column 'temp': values up to .*e\+301 spread too far to model"):
+        load_table_dataset(str(_splits(tmp_path, "h", HEADER, huge)), drop_columns=("title",))
+
+
+def test_a_number_rounded_to_zero_is_zero_not_minus_zero() -> None:
+    """/conditionals answered "q05": -0.0 for a quantile just below 0."""
+    from made.core.schema import Column, round_to_precision
+
+    col = Column("t", "numeric", decimals=2, components=1)
+    assert json.dumps(col.decode(-0.001)) == "0.0"
+    rounded = round_to_precision(col, np.array([-0.001, -0.006, 0.004]))
+    assert not np.signbit(rounded[0]) and rounded[1] == -0.01 and rounded[2] == 0.0
+
+
+def test_a_float32_parquet_column_keeps_the_precision_it_was_written_at(tmp_path: Path) -> None:
+    """float32 0.1 is 0.10000000149011612 as a float64: read so, a column of 2-decimal values
+    came out continuous; read as float32 writes it, it keeps resolution 0.01, as its float64
+    copy does."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(0)
+    values = np.round(rng.normal(5, 2, 300), 2)
+    kinds = rng.choice(["a", "b"], 300).tolist()
+    schemas = {}
+    for dtype in (pa.float32(), pa.float64()):
+        for split in ("train", "valid", "test"):
+            table = pa.table({"v": pa.array(values, type=pa.float64()).cast(dtype), "k": kinds})
+            pq.write_table(table, tmp_path / f"p{dtype}_{split}.parquet")
+        schemas[str(dtype)] = load_table_dataset(str(tmp_path / f"p{dtype}_train.parquet")).schema.columns[0]
+    assert schemas["float"].decimals == schemas["double"].decimals == 2
+
+
 def test_a_schema_file_overrides_inference(tmp_path: Path) -> None:
     path = _splits(tmp_path, "t", HEADER, _rows())
     inferred = load_table_dataset(str(path), drop_columns=("title",)).schema

@@ -259,7 +259,7 @@ class Column:
             return ABSENT_LEVEL
         if self.decimals is None:
             return float(code)
-        rounded = round(float(code), self.decimals)
+        rounded = round(float(code), self.decimals) + 0.0  # + 0.0: -0.0 is 0.0
         # a whole number as an int, where it is one exactly (past 2^53 a float's digits are
         # noise: 1e300 stays 1e+300, not 301 digits that JSON readers refuse)
         return int(rounded) if self.decimals <= 0 and abs(rounded) < 2.0**53 else rounded
@@ -529,4 +529,4 @@ def drawn_in_range(col: Column, values: np.ndarray) -> np.ndarray:
 def round_to_precision(col: Column, values: np.ndarray) -> np.ndarray:
     if col.decimals is None:
         return np.asarray(values, dtype=np.float64)
-    return np.round(np.asarray(values, dtype=np.float64), col.decimals)
+    return np.round(np.asarray(values, dtype=np.float64), col.decimals) + 0.0  # + 0.0: -0.0 is 0.0

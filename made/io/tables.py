@@ -109,9 +109,19 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
         raise DataError(f"cannot read {path} as Parquet: {exc}") from None
     header = [str(n) for n in table.column_names]
     _check_header(path, header)
-    columns = [[cell_text(v) for v in table.column(i).to_pylist()] for i in range(table.num_columns)]
+    columns = [_parquet_cells(table.column(i)) for i in range(table.num_columns)]
     rows = [list(r) for r in zip(*columns, strict=True)]
     return header, rows, list(range(1, len(rows) + 1))
+
+
+def _parquet_cells(column: Any) -> list[str]:
+    """A Parquet column's cells as text. A float32 column's values as float32 writes them (0.1,
+    not the 0.10000000149011612 of its float64 copy, which read as a continuous column)."""
+    import pyarrow as pa
+
+    if pa.types.is_float32(column.type):
+        return ["" if v is None else str(np.float32(v)) for v in column.to_pylist()]
+    return [cell_text(v) for v in column.to_pylist()]
 
 
 def _number(text: str) -> float | None:
@@ -120,6 +130,13 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _is_infinite(text: str) -> bool:
+    try:
+        return math.isinf(float(text))
+    except ValueError:
+        return False
 
 
 def _decimals(text: str) -> int:
@@ -145,6 +162,12 @@ def infer_column(name: str, cells: list[str], source: str, notes: list[str] | No
     distinct = sorted(set(present))
     parsed = [_number(c) for c in distinct]
     numbers = [n for n in parsed if n is not None]
+    infinite = [c for c, n in zip(distinct, parsed, strict=True) if n is None and _is_infinite(c)]
+    if infinite and len(numbers) + len(infinite) == len(distinct):
+        raise DataError(
+            f"{source}: column '{name}' holds {infinite[0]!r}, not a finite number; a numeric column's cells "
+            "are finite numbers (an empty cell, NA or NaN for an absent one)"
+        )
     if distinct and len(numbers) == len(distinct):
         values = sorted(zip(numbers, distinct, strict=True))  # levels in numeric order
         if len(distinct) <= 2 and absent == 0:
@@ -155,7 +178,7 @@ def infer_column(name: str, cells: list[str], source: str, notes: list[str] | No
         if len(distinct) <= MAX_INT_LEVELS and all(n.is_integer() for n, _ in values):
             levels = [t for _, t in values] + ([ABSENT_LEVEL] if absent else [])
             return Column(name, "categorical", tuple(levels))
-        return _numeric_column(name, present, absent > 0, notes)
+        return _numeric_column(name, present, absent > 0, notes, source)
     if not distinct:
         raise DataError(f"{source}: column '{name}' is empty in every row; leave it out with --drop-columns {name}")
     if len(distinct) > MAX_LEVELS or (len(distinct) > 50 and len(distinct) > len(cells) / 2):
@@ -228,26 +251,35 @@ def numeric_bounds(values: np.ndarray, decimals: int | None) -> tuple[float, flo
     return lower, upper
 
 
-def _numeric_column(name: str, present: list[str], nullable: bool, notes: list[str] | None = None) -> Column:
+def _numeric_column(
+    name: str, present: list[str], nullable: bool, notes: list[str] | None = None, source: str = "the table"
+) -> Column:
     values = np.array([float(c) for c in present])
     decimals, note = numeric_precision(present)
     if note is not None and notes is not None:
         notes.append(f"column {name}: {note}")
     transform = "none"
-    if values.min() > 0 and values.std() > 0:
-        skew = float(np.mean(((values - values.mean()) / values.std()) ** 3))
-        transform = "log" if skew > 1.0 else "none"
+    with np.errstate(over="ignore", invalid="ignore"):  # values near 1e300: refused below
+        if values.min() > 0 and values.std() > 0:
+            skew = float(np.mean(((values - values.mean()) / values.std()) ** 3))
+            transform = "log" if skew > 1.0 else "none"
     col = Column(
         name, "numeric", transform=transform, decimals=decimals, nullable=nullable, components=DEFAULT_COMPONENTS
     )
     t = transformed(col, values)
-    scale = float(t.std()) or 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale, loc = float(t.std()) or 1.0, float(t.mean())
+    if not (math.isfinite(scale) and math.isfinite(loc)):
+        raise DataError(
+            f"{source}: column '{name}': values up to {np.abs(values).max():g} spread too far to model (their mean or "
+            "spread overflows a float64); divide the column by a power of ten first"
+        )
     lower, upper = numeric_bounds(values, decimals)
     return Column(
         name,
         "numeric",
         transform=transform,
-        loc=float(t.mean()),
+        loc=loc,
         scale=scale,
         decimals=decimals,
         nullable=nullable,
