@@ -88,6 +88,50 @@ def test_report_errors_are_one_line_with_exit_2(
     assert not (tmp_path / "r" / "index.html").exists()
 
 
+def test_report_refuses_a_level_the_model_does_not_have_as_score_does(
+    held_out_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    header, first, *rest = held_out_csv.read_text().splitlines()
+    cells = first.split(",")
+    cells[header.split(",").index("cut")] = "Idéal"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    out = tmp_path / "r"
+    code, _, err = made(capsys, "report", "diamonds", str(bad), "--out", str(out), "--store", str(SHIPPED))
+    expected = f"{bad} line 2, column 'cut': 'Idéal' is not a level of this column"
+    assert code == 2 and err.count("\n") == 1 and expected in err, err
+    code, _, score_err = made(capsys, "score", "--store", str(SHIPPED), "--name", "diamonds", "--input", str(bad),
+                              "--output", str(tmp_path / "s.csv"), "--no-progress")  # fmt: skip
+    assert code == 2 and expected in score_err  # the same cell, the same words
+    assert not out.exists()
+
+
+def test_report_of_one_row_prints_json_with_null_where_a_score_cannot_be_computed(
+    held_out_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join(held_out_csv.read_text().splitlines()[:2]) + "\n")
+    out = tmp_path / "r"
+    code, stdout, err = made(capsys, "report", "diamonds", str(one), "--out", str(out), "--store", str(SHIPPED),
+                             "--n", "50")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout, parse_constant=lambda c: pytest.fail(f"{c} in {stdout}"))
+    assert summary["rows"] == 1 and summary["column_pair_trends"] is None  # no pair of one row counts
+    assert json.loads((out / "scores.json").read_text())["column_pair_trends"] is None
+
+
+def test_report_into_a_file_or_under_one_is_one_line_before_sampling(
+    held_out_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    for out, expected in ((a_file, "is a file; name a folder"), (a_file / "sub", "a_file is a file")):
+        code, _, err = made(capsys, "report", "diamonds", str(held_out_csv), "--out", str(out),
+                            "--store", str(SHIPPED))  # fmt: skip
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert a_file.read_text() == "keep"
+
+
 def test_scores_follow_sdmetrics_definitions() -> None:
     a = np.array([1.0, 2.0, 3.0, 4.0])
     assert ks_complement(a, a.copy()) == 1.0

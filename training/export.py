@@ -29,7 +29,7 @@ from made.io.data import check_image_shape, dataset_name, load_dataset
 from made.store.files import MODEL_GRAPH, sha256_file
 from made.store.manifest import table_graph_signature
 from made.store.reference import REFERENCE, build_reference, reference_bytes
-from made.store.versions import list_names, list_versions, next_version, read_manifest, write_version
+from made.store.versions import check_name, list_names, list_versions, next_version, read_manifest, write_version
 from training.graphs import WEIGHT_DTYPES, version_files, weight_arrays
 from training.run_files import BEST, CONFIG, METRICS
 
@@ -185,10 +185,9 @@ def export_run(
     run_dir, store = Path(run_dir), Path(store)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ModelStoreError(f"unknown weight type '{weight_dtype}', expected one of {', '.join(WEIGHT_DTYPES)}")
-    for kind, value in (("model name", name), ("version", version)):
-        # a '/' would write outside the store; a leading '.' would hide the version from readers
-        if value is not None and (not value or "/" in value or value.startswith(".")):
-            raise ModelStoreError(f"invalid {kind} '{value}': use letters, digits, '-' or '_'")
+    check_name(name)  # the store's one rule: no '/' out of the store, no hidden '.name', ...
+    if version is not None:
+        check_name(version, "version")
     config, tensors, metrics = load_run(run_dir)
     model_cfg = config["model"]
     if "columns" in model_cfg:

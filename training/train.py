@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from made.core.errors import CheckpointError, ConfigError
+from made.core.errors import CheckpointError, ConfigError, format_value
 from made.core.progress import Progress
 from made.io.atomic import atomic_write_text
 from made.io.data import Dataset, load_intensities
@@ -101,6 +101,22 @@ def build_model(config: MADEConfig | TableMADEConfig) -> MADE | TableMADE:
 OPTIMIZERS = ("adam", "adamw", "adagrad", "adadelta", "sgd")
 
 
+def check_optimizer(cfg: TrainConfig) -> None:
+    """Refuse optimizer settings torch refuses with a traceback, or takes and trains badly with
+    (a NaN rate, a negative step), naming the `made train` option of each."""
+    checks = (
+        ("--lr", cfg.lr, cfg.lr > 0, "a finite learning rate above 0"),
+        ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "a finite penalty of 0 or more"),
+        ("--eps", cfg.eps, cfg.eps is None or cfg.eps > 0, "a finite epsilon above 0"),
+        ("--rho", cfg.rho, 0 <= cfg.rho <= 1, "a decay between 0 and 1"),
+        ("--lr-gamma", cfg.lr_gamma, cfg.lr_gamma > 0, "a finite factor above 0"),
+        ("--lr-step", cfg.lr_step, cfg.lr_step >= 0, "a number of epochs, 0 or more (0: a constant rate)"),
+    )
+    for flag, value, fine, expected in checks:
+        if value is not None and not (fine and math.isfinite(value)):
+            raise ConfigError(f"{flag} is {format_value(value)}; give {expected}")
+
+
 def build_optimizer(cfg: TrainConfig, model: MADE | TableMADE) -> torch.optim.Optimizer:
     """The optimizer of a configuration. adadelta is Zeiler's rule as the official MADE code has
     it (its DNA command: decay 0.95, epsilon 1e-5), times lr (1.0 there); sgd is plain minibatch
@@ -178,6 +194,7 @@ class Trainer:
             raise ConfigError("resampling masks per update is for bit models, not for tables")
         if cfg.valid_masks < 0:
             raise ConfigError(f"valid_masks must be 0 (all masks) or a positive count, got {cfg.valid_masks}")
+        check_optimizer(cfg)  # before RUN_DIR holds a config.json of them
         if self.data.dims != cfg.model.dims:
             raise ConfigError(
                 f"data set {self.data.source} has {self.data.dims} dimensions, the model expects {cfg.model.dims}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 from pathlib import Path
 
 from made.core.errors import ConfigError
@@ -33,10 +35,10 @@ def add_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def model_location(model: str, store: str) -> tuple[Path, str, str | None]:
     """(store, name, version or None) of MODEL: a version folder (it holds manifest.json), a
     model folder (it holds versions), or a name in --store."""
-    path = Path(model)
-    if (path / "manifest.json").is_file():
+    path = Path(model)  # os.path's tests, since pathlib's raise on a name too long
+    if os.path.isfile(path / "manifest.json"):
         return path.parent.parent, path.parent.name, path.name
-    if path.is_dir() and any(p.is_dir() for p in path.iterdir()):
+    if os.path.isdir(path) and any(p.is_dir() for p in path.iterdir()):
         return path.parent, path.name, None
     if "/" in model or not model:
         raise ConfigError(f"model {model!r} is not a model folder (STORE/NAME or STORE/NAME/VERSION)")
@@ -62,10 +64,17 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "model": model.name,
                 "version": model.version,
                 "rows": report.rows,
-                "overall": round(q.overall, 4),
-                "column_shapes": round(q.column_shapes, 4),
-                "column_pair_trends": round(q.column_pair_trends, 4),
-            }
+                "overall": _score(q.overall),
+                "column_shapes": _score(q.column_shapes),
+                "column_pair_trends": _score(q.column_pair_trends),
+            },
+            allow_nan=False,
         )
     )
     return 0
+
+
+def _score(value: float) -> float | None:
+    """A score as printed: 4 decimals, or None (null, as in scores.json) where it cannot be
+    computed (NaN, which JSON does not have)."""
+    return None if math.isnan(value) else round(value, 4)

@@ -57,13 +57,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
     is a training split with its valid and test files beside it (diamonds_train.csv), the schema
     is the one `made train --dataset CSV` infers: bounds widened to a held-out value beyond them
     (made.io.tables.cover_splits), so that `made train --schema` reads every split back."""
-    from made.io.atomic import atomic_write_text
+    from made.io.atomic import atomic_write_text, check_output_path
     from made.io.data import SPLITS, split_files
     from made.io.tables import infer_schema, load_table_dataset, read_table
 
     path = Path(args.csv)
     if not path.is_file():
         raise DataError(f"{path} is not a file; give a table (a CSV with a header row, or Parquet)")
+    if args.out not in (None, "-"):
+        check_output_path(args.out)  # before reading the table, not after
     drop = [c.strip() for c in (args.drop_columns or "").split(",") if c.strip()]
     splits = split_files(path)
     if splits.get("train") == path and all(s in splits for s in SPLITS):

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +31,23 @@ from made.io.atomic import fsync_dir
 from made.store.files import MODEL_GRAPH, check_weights, load_weights, sha256_file, verify_files
 from made.store.manifest import FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, Manifest, parse_manifest, public_manifest
 from made.store.reference import REFERENCE, Reference, parse_reference, read_reference, reference_bytes
+
+# the one rule of a model's name and a version's, wherever one enters the store: a single path
+# component ('/' would write outside the store, a leading '.' hide it from readers), short enough
+# for any file system's names, and the same text on every system (no spaces, no accents)
+NAME_LENGTH = 64
+_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{NAME_LENGTH}}}")
+
+
+def check_name(value: str, kind: str = "model name") -> str:
+    """`value` where it may name a model (or, with kind="version", a version) in the store, or a
+    ModelStoreError saying what it may be."""
+    if not _NAME.fullmatch(value):
+        shown = value if len(value) <= NAME_LENGTH else value[:NAME_LENGTH] + "..."
+        raise ModelStoreError(
+            f"invalid {kind} '{shown}': use letters, digits, '-' or '_', at most {NAME_LENGTH} of them"
+        )
+    return value
 
 
 def version_key(version: str) -> tuple[int, int | str]:
@@ -115,7 +133,7 @@ def list_names(store: Path) -> list[str]:
 
 def list_versions(store: Path, name: str) -> list[str]:
     base = Path(store) / name
-    if not base.is_dir():
+    if not os.path.isdir(base):  # False, not OSError, for a name too long to be a folder
         return []
     versions = [p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return sorted(versions, key=version_key)
@@ -155,7 +173,7 @@ def open_model(store: Path, name: str, version: str | None = None) -> StoredMode
     if version is None:
         version = latest_version(store, name)
     path = store / name / version
-    if not path.is_dir():
+    if not os.path.isdir(path):
         raise ModelNotFound(f"no version '{version}' of model '{name}' in store {store}")
     manifest = read_manifest(path)
     verify_files(path, manifest)
@@ -175,6 +193,8 @@ def open_model(store: Path, name: str, version: str | None = None) -> StoredMode
 
 
 def next_version(store: Path, name: str) -> str:
+    """The version a new export of NAME gets: one more than its highest numeric one."""
+    check_name(name)
     numeric = [int(v) for v in list_versions(store, name) if v.isdigit()]
     return str(max(numeric, default=0) + 1)
 
@@ -193,7 +213,12 @@ def write_version(
     version. `fields` are the model's manifest entries; the store's own (format, name, version,
     checksums, and the creation time unless given) are added here, and the whole is checked as
     a reader checks it (parse_manifest) before anything is written. `replace`: the version
-    exists and is swapped for the new one (an upgrade keeps its number)."""
+    exists and is swapped for the new one (an upgrade keeps its number). A new version's name
+    and version follow check_name."""
+    if not replace:  # a version rewritten in place keeps the name and number it has
+        check_name(name)
+        if version is not None:
+            check_name(version, "version")
     try:
         (store / name).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -16,6 +16,7 @@ import html
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import numpy as np
 
 from made.core.errors import ConfigError, DataError
 from made.core.schema import ABSENT_LEVEL, MISSING_CELLS, Column, Schema
-from made.io.atomic import atomic_write_bytes, atomic_write_text
+from made.io.atomic import atomic_write_bytes, atomic_write_text, check_output_folder
+from made.io.csv import encode_column
 from made.io.tables import read_table
 from made.store.versions import StoredModel
 from service.batch.report_metrics import PairScore, Quality, quality
@@ -41,10 +43,13 @@ class Report:
     left_out: list[str]  # columns of the CSV the model does not have
 
 
-def column_cells(col: Column, cells: list[str], where: str) -> np.ndarray:
+def column_cells(col: Column, cells: list[str], where: Callable[[int], str]) -> np.ndarray:
     """A column's text cells -> float64 (NaN where absent) for a numeric column, else text (an
-    absent cell: the level "NA")."""
+    absent cell: the level "NA"). A category's cells are read as every CSV is (made.io.csv's
+    encode_column, as `made score` reads them): a level the model does not have is refused;
+    `where(i)` names row i in errors."""
     if col.kind != "numeric":
+        encode_column(col, cells, where)
         return np.array([ABSENT_LEVEL if c.strip() in MISSING_CELLS else c.strip() for c in cells], dtype=object)
     out = np.empty(len(cells))
     for i, cell in enumerate(cells):
@@ -52,23 +57,25 @@ def column_cells(col: Column, cells: list[str], where: str) -> np.ndarray:
         try:
             out[i] = math.nan if text in MISSING_CELLS else float(text)
         except ValueError:
-            raise DataError(f"{where}, column '{col.name}': {cell!r} is not a number") from None
+            raise DataError(f"{where(i)}, column '{col.name}': {cell!r} is not a number") from None
     return out
 
 
 def held_out(schema: Schema, path: Path) -> tuple[dict[str, np.ndarray], int, list[str]]:
     """The CSV's cells of each of the model's columns, its row count, and the columns it has that
     the model does not; a column of the model that the CSV lacks is an error."""
-    header, rows, _ = read_table(path)
+    header, rows, lines = read_table(path)
     missing = [n for n in schema.names if n not in header]
     if missing:
         raise DataError(
             f"{path} lacks the model's column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(the model has: {', '.join(schema.names)})"
         )
-    cells = {
-        col.name: column_cells(col, [r[header.index(col.name)] for r in rows], str(path)) for col in schema.columns
-    }
+
+    def where(i: int) -> str:
+        return f"{path} line {lines[i]}"
+
+    cells = {col.name: column_cells(col, [r[header.index(col.name)] for r in rows], where) for col in schema.columns}
     return cells, len(rows), [h for h in header if h not in schema.names]
 
 
@@ -216,6 +223,7 @@ def write_report(model: StoredModel, test_csv: Path, out: Path, n: int, seed: in
         raise ConfigError(f"--n is {n}; a report compares at least 2 sampled rows")
     if not model.is_table:
         raise DataError(f"model {model.name} is a bit model; `made report` compares a table model's columns")
+    check_output_folder(out)  # before the sampling, not after it
     engine: Any = build_engine(model)
     schema = engine.schema
     real, rows, left_out = held_out(schema, Path(test_csv))
@@ -226,7 +234,10 @@ def write_report(model: StoredModel, test_csv: Path, out: Path, n: int, seed: in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot make the folder {out}: {exc.strerror or exc}") from None
     images: dict[str, str] = {}
     files: list[Path] = []
     for j, name in enumerate(schema.names):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from made.core.errors import ConfigError, DataError
+from made.io.atomic import check_output_path
 from made.store.versions import open_model
 from service.batch.inputs import Block, file_kind, inspect_input, need_pyarrow, read_csv_blocks, read_parquet_blocks
 from service.batch.outputs import CsvSink, ScoreResult, Tally, open_output, score_progress
@@ -54,10 +55,7 @@ def score_file(
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
     source, output = Path(input_path), Path(output_path)
     out_kind = file_kind(output, "output file")
-    if not output.parent.is_dir():
-        raise DataError(f"the output's folder {output.parent} does not exist")
-    if output.exists() and output.is_dir():
-        raise DataError(f"output {output} is a folder; name a .csv or .parquet file")
+    check_output_path(output)
     if source.exists() and output.exists() and source.resolve() == output.resolve():
         raise DataError(f"--output {output} is the input file; write the scores to another file")
     if out_kind == "parquet":

@@ -1,0 +1,137 @@
+"""Bad output paths, optimizer settings and model names: `made CMD: error: ...`, one line on
+stderr and exit status 2, never a traceback, and nothing left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import SHIPPED, categorical_rows, train_tiny, write_npz, write_splits
+
+from made.cli import main
+from made.core.errors import ModelStoreError
+from made.store.versions import check_name, list_names, write_version
+
+
+def made(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code: int, err: str, command: str, expected: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"made {command}: error: "), err
+    assert expected in err, err
+
+
+@pytest.fixture
+def places(tmp_path: Path) -> dict[str, Path]:
+    """Paths no file can be written to: in a missing folder, a folder, under a file."""
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("")
+    return {
+        "the folder {} does not exist": tmp_path / "missing" / "x.csv",
+        "{} is a folder": tmp_path / "a_dir",
+        "the folder {} is a file": tmp_path / "a_file" / "x.csv",
+    }
+
+
+def test_sample_to_a_path_it_cannot_write_is_one_line(
+    places: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for expected, out in places.items():
+        code, _, err = made(capsys, "sample", "--store", str(SHIPPED), "--name", "diamonds", "--n", "2",
+                            "--out", str(out))  # fmt: skip
+        folder = out if out.name == "a_dir" else out.parent
+        assert_one_line(code, err, "sample", expected.format(folder))
+    assert list((places["{} is a folder"]).iterdir()) == []
+
+
+def test_schema_to_a_path_it_cannot_write_is_one_line(
+    places: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\nx,1\ny,2\nx,3\n")
+    for expected, out in places.items():
+        code, _, err = made(capsys, "schema", str(table), "--out", str(out))
+        folder = out if out.name == "a_dir" else out.parent
+        assert_one_line(code, err, "schema", expected.format(folder))
+
+
+@pytest.fixture(scope="module")
+def table_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_splits(tmp_path_factory.mktemp("cats"), "cats", ["a", "b", "c", "d"], categorical_rows(200, 0))
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--lr=-1"], "--lr is -1"),
+        (["--lr", "0"], "--lr is 0"),
+        (["--lr", "nan"], "--lr is nan"),
+        (["--lr", "inf"], "--lr is inf"),
+        (["--weight-decay", "-1"], "--weight-decay is -1"),
+        (["--weight-decay", "nan"], "--weight-decay is nan"),
+        (["--eps=-1e-8"], "--eps is -1e-08"),
+        (["--optimizer", "adadelta", "--rho", "1.5"], "--rho is 1.5"),
+        (["--lr-step", "-1"], "--lr-step is -1"),
+        (["--lr-step", "2", "--lr-gamma", "-0.5"], "--lr-gamma is -0.5"),
+    ],
+)
+def test_train_refuses_bad_optimizer_settings_before_its_run_directory(
+    option: list[str], expected: str, table_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    code, _, err = made(capsys, "train", "--dataset", str(table_csv), "--out", str(run), "--hidden", "8",
+                        "--max-epochs", "1", "--no-progress", *option)  # fmt: skip
+    # a table's inferred schema is shown first (stderr), then the one line of the error
+    schema, _, error = err.rpartition("made train: error:")
+    assert code == 2 and error.count("\n") == 1 and expected in error, err
+    assert schema.startswith("schema (inferred") and "Traceback" not in err
+    assert not run.exists()  # no config.json of settings that cannot train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("tiny")
+    return train_tiny(base / "run", write_npz(base / "d.npz", 5, n=120), epochs=1, hidden=[8])
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "a" * 65, "my model", "x.y", "ünï", "a/b", ".hidden"])
+def test_export_refuses_a_name_that_breaks_the_one_rule(
+    name: str, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    code, _, err = made(capsys, "export", str(tiny_run), "--store", str(store), "--name", name)
+    assert_one_line(code, err, "export", "invalid model name")
+    assert "use letters, digits, '-' or '_'" in err
+    assert list_names(store) == []
+
+
+def test_export_takes_a_name_of_64_letters_digits_dashes_and_underscores(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = "Model-1_" + "x" * 56
+    code, out, err = made(capsys, "export", str(tiny_run), "--store", str(tmp_path / "s"), "--name", name)
+    assert code == 0, err
+    assert Path(out.strip()) == tmp_path / "s" / name / "1"
+
+
+def test_the_store_itself_holds_to_the_rule(tmp_path: Path) -> None:
+    """write_version is where every name enters the store (export, random models, copies)."""
+    assert check_name("ok_name-2") == "ok_name-2"
+    for name, version in (("my model", "1"), ("x.y", "1"), ("m", "v1.0"), ("m", "1" * 65)):
+        with pytest.raises(ModelStoreError, match="use letters, digits"):
+            write_version(tmp_path, name, {}, {}, version)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_name_too_long_to_be_a_folder_is_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long = "a" * 300
+    code, _, err = made(capsys, "sample", "--store", str(SHIPPED), "--name", long, "--n", "2", "--out", "-")
+    assert_one_line(code, err, "sample", "no model named")
+    table = tmp_path / "t.csv"
+    table.write_text("carat\n1\n")
+    code, _, err = made(capsys, "report", long, str(table), "--store", str(SHIPPED), "--out", str(tmp_path / "r"))
+    assert_one_line(code, err, "report", "no model named")
