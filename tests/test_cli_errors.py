@@ -135,3 +135,19 @@ def test_a_model_name_too_long_to_be_a_folder_is_not_found(tmp_path: Path, capsy
     table.write_text("carat\n1\n")
     code, _, err = made(capsys, "report", long, str(table), "--store", str(SHIPPED), "--out", str(tmp_path / "r"))
     assert_one_line(code, err, "report", "no model named")
+
+
+def test_train_refuses_a_column_named_like_a_score_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A table with a column `logprob` (or exact, stderr) trained, and then could never be scored:
+    made score refuses an input that has a logprob column, and a CSV answer named it twice."""
+    rows = ["a,logprob,b"] + [f"{'xyz'[i % 3]},{i % 7}.5,{'uv'[i % 2]}" for i in range(60)]
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"t_{split}.csv").write_text("\n".join(rows) + "\n")
+    args = ["train", "--dataset", str(tmp_path / "t_train.csv"), "--hidden", "8", "--max-epochs", "1", "--no-progress"]
+    code, _, err = made(capsys, *args, "--out", str(tmp_path / "run"))
+    assert_one_line(
+        code, err.splitlines()[-1] + "\n", "train", "column 'logprob' has the name of a column that scoring adds"
+    )
+    assert not (tmp_path / "run").exists()
+    code, _, _ = made(capsys, *args, "--drop-columns", "logprob", "--out", str(tmp_path / "run2"))
+    assert code == 0

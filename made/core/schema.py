@@ -44,6 +44,9 @@ KINDS = ("binary", "categorical", "numeric")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the network's inputs are float32
 ABSENT = np.inf  # an encoded numeric cell recorded as NA (modelled as data)
 ABSENT_LEVEL = "NA"  # the level of a categorical cell recorded as empty or NA
+# the columns a scored CSV adds to its rows (made score's logprob; /logprob's CSV answer's three):
+# a table model's own columns may not have these names, or its scores could not be told from them
+ANSWER_COLUMNS = ("logprob", "exact", "stderr")
 # how a table file spells an absent cell: empty, R's NA, and NaN as pandas and numpy write a
 # missing float (a level of the same text, in a model trained before NaN was read so, stays a level)
 MISSING_CELLS = frozenset({"", "NA", "NaN", "nan"})

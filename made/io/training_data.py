@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from made.core.errors import DataError
-from made.core.schema import Schema
+from made.core.schema import ANSWER_COLUMNS, Schema
 from made.io.data import Dataset, load_dataset
 from made.io.tables import TableDataset, is_table_file, load_grouped_bits, load_table_dataset, read_groups
 
@@ -35,7 +35,15 @@ def load_training_data(
                 "--drop-columns goes with an inferred schema; with --schema, list only the columns "
                 "to model in the schema file"
             )
-        return load_table_dataset(dataset, schema=schema, drop_columns=drop_columns)
+        table = load_table_dataset(dataset, schema=schema, drop_columns=drop_columns)
+        taken = [name for name in table.schema.names if name in ANSWER_COLUMNS]
+        if taken:
+            raise DataError(
+                f"{dataset}: column '{taken[0]}' has the name of a column that scoring adds "
+                f"({', '.join(ANSWER_COLUMNS)}), so a scored row could not tell them apart; rename it, or leave "
+                f"it out with --drop-columns {taken[0]}"
+            )
+        return table
     if drop_columns:
         raise DataError(f"--drop-columns names columns of a table (a CSV with a header row); {dataset} is bit data")
     return load_dataset(dataset)
