@@ -18,12 +18,18 @@ It does not decide that the JSON is valid: what passes is parsed and validated a
 malformed body gets the parser's own message. Counting is exact for valid JSON; in malformed
 JSON it may miscount, which at worst refuses with a bound a body that would have been refused
 as invalid anyway.
+
+`decode_json` is the one decoder of a JSON body (the routes', through service.http's route
+class, and the /v2 inference request's): json.loads, refusing an object that names a key twice
+(which json.loads would answer last-wins) with a 422 naming the key and where it is.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -235,6 +241,65 @@ class _Scan:
                 f"the request body holds a number of {int(runs[long].max())} digits or more; numbers have at "
                 f"most {MAX_DIGITS}"
             )
+
+
+class _Repeated(Exception):
+    """Raised by _unique_keys out of json.loads: an object named a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook: the object, unless it names a key twice. Called for objects
+    only, so a body of rows of numbers costs what it did; a body of records one dict() each."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Repeated
+    return obj
+
+
+def decode_json(body: bytes | str) -> Any:
+    """The JSON value of a request body, as json.loads reads it (its errors unchanged: the
+    callers name them), but an object that names a key twice is an InvalidInput naming the key
+    and where it is (records[0]), not the last value silently."""
+    try:
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except _Repeated:
+        pass
+    where, key = _first_repeated(json.loads(body, object_pairs_hook=_Pairs))  # the error path only
+    place = (
+        "the request body"
+        if not where
+        else "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else p for i, p in enumerate(where))
+    )
+    raise InvalidInput(
+        f"{place} has the key {key!r} twice; the keys of a JSON object must be unique (which value was meant?)",
+        loc=(*where, key),
+    )
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """An object as json.loads read it, its keys in order, repeats kept."""
+
+
+def _first_repeated(value: Any, where: tuple[str | int, ...] = ()) -> tuple[tuple[str | int, ...], str]:
+    """Where the first object (in the body's order) that names a key twice is, and the key;
+    raises LookupError when none does."""
+    if isinstance(value, _Pairs):
+        seen: set[str] = set()
+        for key, _ in value:
+            if key in seen:
+                return where, key
+            seen.add(key)
+        items: Any = ((key, item) for key, item in value)
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        raise LookupError
+    for step, item in items:
+        try:
+            return _first_repeated(item, (*where, step))
+        except LookupError:
+            continue
+    raise LookupError
 
 
 def _count(n: int, final: bool) -> str:

@@ -8,14 +8,19 @@ as text/csv becomes the JSON request {"records": [...]} (the options come from t
 model, seed, n_importance, masks, n_samples, explain, mask), read against the model's columns by
 the project's one CSV reader (service.core.records.parse_csv over made.io.csv: the delimiter
 found in the first line, a column named twice a 422, an empty cell absent where the column can
-be absent, else unknown). The Python client sends a DataFrame this way, so that its empty cells
-mean what a CSV file's do. With `Accept: text/csv`, /logprob answers the CSV it was sent
-with `logprob`, `exact` and `stderr` columns added (and with explain, `surprisal.COLUMN` and
-`surprisal_in_order.COLUMN`), /impute the CSV it was sent with its unknown cells at their most
-likely values; a JSON request to /sample or /impute gets its answer's records as CSV. Errors stay
-JSON. Everything else passes through untouched, and the route then validates, authorises and
-answers as for JSON. The scope is changed in place, so that the route the router finds labels the
-request's metrics; a request refused here is labelled by its route too.
+be absent, else unknown; a boolean option true/false, 1/0, yes/no or on/off, else a 422). The
+Python client sends a DataFrame this way, so that its empty cells mean what a CSV file's do.
+
+The answer's type is chosen here for every inference POST, by service.http.accept (q-values
+honoured; a 406 naming the route's types where the Accept header takes none of them). As CSV,
+/logprob answers the CSV it was sent with `logprob`, `exact` and `stderr` columns added (and with
+explain, `surprisal.COLUMN` and `surprisal_in_order.COLUMN`; a CSV that already has one of them,
+not a column of the model, is a 422 naming it, before the model runs), /impute the CSV it was
+sent with its unknown cells at their most likely values; a JSON request to /sample or /impute
+gets its answer's records as CSV. Errors stay JSON. Everything else passes through untouched,
+and the route then validates, authorises and answers as for JSON. The scope is changed in place,
+so that the route the router finds labels the request's metrics; a request refused here is
+labelled by its route too.
 
 A body is bounded before it is parsed: its lines and the cells of each line are counted on the
 bytes against MADE_MAX_ROWS and MADE_MAX_WIDTH (service.core.records.check_csv_bounds), and a large
@@ -33,6 +38,7 @@ from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,21 +46,24 @@ from made.core.errors import InvalidInput, MadeError
 from made.core.schema import ABSENT
 from made.io.csv import to_csv
 from service.core.records import check_csv_bounds, parse_csv
+from service.http.accept import CSV, NEGOTIATED, offers, preferred, refusal
 from service.http.auth import carries_key
 from service.http.errors import compressed, made_error_body
 from service.http.middleware import replay_body
 
 _PATHS = {"/logprob", "/impute", "/conditionals"}  # CSV bodies
-_CSV_ANSWERS = {"/logprob", "/impute", "/sample"}  # answered as CSV under Accept: text/csv
 _OPTIONS = {
     "model": str,
     "seed": int,
     "n_importance": int,
     "n_samples": int,
     "masks": str,
-    "explain": str,
+    "explain": bool,
     "mask": int,
 }
+# A boolean option read as FastAPI reads a boolean query parameter: true/false, 1/0, yes/no,
+# on/off (t/f, y/n), in any case; anything else is a 422 naming the option.
+_BOOLEAN = TypeAdapter(bool)
 # Bodies (and answers of rows) past these are parsed (written) in a worker thread; smaller ones
 # take less time than the hop to a thread.
 _THREAD_BYTES = 64 * 1024
@@ -97,10 +106,6 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-def _wants_csv(accept: str) -> bool:
-    return "text/csv" in accept.lower()
-
-
 def _route_of(scope: Scope) -> Any:
     """The app's POST route of this path, looked for in the routers it includes too (FastAPI
     wraps them): the metrics label of an answer given before routing. None where not found."""
@@ -127,22 +132,28 @@ class CsvRecordsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else ""
-        if path not in _PATHS and path not in _CSV_ANSWERS:
+        if path not in NEGOTIATED:
             await self.app(scope, receive, send)
             return
         content_type, authorization, encoding, accept = _head(scope["headers"])
         media = content_type.split(";")[0].strip().lower()
         if not self._authorised(authorization):
             await self.app(scope, receive, send)  # the route's 401
-        elif media == "text/csv" and path in _PATHS:
-            await self._csv_body(scope, receive, send, encoding, accept)
-        elif _wants_csv(accept) and path in ("/sample", "/impute"):  # a JSON request, a CSV answer
+            return
+        csv_body = media == "text/csv" and path in _PATHS
+        # The answer's type, chosen here for every inference route (service.http.accept).
+        answer = preferred(accept, offers(path, csv_body))
+        if answer is None:
+            await _refuse(scope, send, refusal(path, accept, csv_body))
+        elif csv_body:
+            await self._csv_body(scope, receive, send, encoding, as_csv=answer == CSV)
+        elif answer == CSV:  # a JSON request to /sample or /impute, a CSV answer
             escape = self.dataplane.settings.csv_escape_formulas
             await self.app(scope, receive, _CsvAnswer(send, _json_records, escape=escape))
         else:
             await self.app(scope, receive, send)
 
-    async def _csv_body(self, scope: Scope, receive: Receive, send: Send, encoding: str, accept: str) -> None:
+    async def _csv_body(self, scope: Scope, receive: Receive, send: Send, encoding: str, *, as_csv: bool) -> None:
         """A CSV body, turned into the JSON request for the route; its answer as CSV where asked."""
         if encoding.strip().lower() not in ("", "identity"):
             refused = compressed(Request(scope))  # the JSON routes' 415, word for word
@@ -152,6 +163,7 @@ class CsvRecordsMiddleware:
             return
         body = await _read_body(receive)
         settings = self.dataplane.settings
+        render = _RENDER.get(scope["path"]) if as_csv else None
         try:
             request, schema, model = self._options(scope)
             check_csv_bounds(body, max_rows=settings.max_rows, max_width=settings.max_width)
@@ -159,10 +171,10 @@ class CsvRecordsMiddleware:
                 sent, payload = await anyio.to_thread.run_sync(_to_json, request, schema, body, model)
             else:
                 sent, payload = _to_json(request, schema, body, model)
+            if render is not None:
+                _check_answer_columns(scope["path"], request, sent)
         except MadeError as exc:
-            status, refusal = made_error_body(exc)  # as the app's error handler answers it
-            _label(scope)
-            await _send(send, status, "application/json", json.dumps(refusal).encode())
+            await _refuse(scope, send, exc)
             return
         # In place, not a copy: the router sets scope["route"] on it, the metrics label
         # RequestMiddleware reads when the answer is done.
@@ -171,7 +183,6 @@ class CsvRecordsMiddleware:
             (b"content-length", str(len(payload)).encode()),
         ]
         replay = replay_body(payload, receive)
-        render = _RENDER.get(scope["path"]) if _wants_csv(accept) else None
         if render is None:
             await self.app(scope, replay, send)
             return
@@ -197,10 +208,16 @@ class CsvRecordsMiddleware:
                     request[key] = int(value)
                 except ValueError:
                     raise InvalidInput(f"query parameter {key} must be an integer, got {value!r}") from None
-            elif key == "explain":
-                request[key] = value.lower() in ("1", "true", "yes")
-            elif key == "masks":
-                request[key] = value if value == "all" else int(value) if value.isdigit() else value
+            elif _OPTIONS[key] is bool:
+                try:
+                    request[key] = _BOOLEAN.validate_python(value)
+                except ValidationError:
+                    raise InvalidInput(
+                        f"query parameter {key} must be a boolean (true or false, 1 or 0, yes or no, on or off), "
+                        f"got {value!r}"
+                    ) from None
+            elif key == "masks":  # "all" or a number of masks; anything else the route names
+                request[key] = int(value) if value.isascii() and value.isdigit() else value
             else:
                 request[key] = value
         engine = self.dataplane.engine(request.get("model"))
@@ -231,6 +248,28 @@ def _record(schema: Any, row: Any) -> dict[str, Any]:
         else:
             out[col.name] = col.levels[int(v)]
     return out
+
+
+def _check_answer_columns(path: str, request: dict[str, Any], sent: _Sent) -> None:
+    """Refuse, before the model runs, a CSV whose CSV answer would name a column twice: one it
+    was sent with that the answer adds (a scored file sent again), as `made score` refuses an
+    input with a logprob column. A column of the model is the model's (not refused here)."""
+    if path != "/logprob":
+        return  # /impute adds only the model's columns the CSV left out
+    added = ["logprob", "exact", "stderr"]
+    if request.get("explain"):
+        added += [f"surprisal.{n}" for n in sent.names] + [f"surprisal_in_order.{n}" for n in sent.names]
+    model = set(sent.names)
+    clash = [c for c in added if c in sent.header and c not in model]
+    if clash:
+        what = "logprob, exact and stderr" + (
+            ", and surprisal.COLUMN and surprisal_in_order.COLUMN per model column" if request.get("explain") else ""
+        )
+        named = ", ".join(repr(c) for c in clash)
+        raise InvalidInput(
+            f"the CSV already has the column{'s' if len(clash) > 1 else ''} {named} (a scored file?), which the CSV "
+            f"answer of /logprob adds ({what}); rename or drop {'them' if len(clash) > 1 else 'it'} first"
+        )
 
 
 # --- answers as CSV: (header, rows) from the JSON answer ------------------------------------------
@@ -330,6 +369,13 @@ class _CsvAnswer:
             return None
         header, rows = table
         return to_csv(header, rows, escape=self.escape).encode()
+
+
+async def _refuse(scope: Scope, send: Send, exc: MadeError) -> None:
+    """A request refused here, answered as the app's error handler answers the error."""
+    status, body = made_error_body(exc)
+    _label(scope)
+    await _send(send, status, "application/json", json.dumps(body).encode())
 
 
 async def _send(

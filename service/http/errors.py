@@ -201,6 +201,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, MadeError):
+        # the body decoder's own refusal (a key named twice), which FastAPI's parse wraps in a 400
+        return await _made_error(request, exc.__cause__)
     if (unreadable := unreadable_body(exc)) is not None:  # the same answer as a body that is not JSON
         if refused := compressed(request):
             return refused

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from starlette.responses import Response
 
 from made.core.errors import InvalidInput, format_value
-from service.core.body_bounds import Limits
+from service.core.body_bounds import Limits, decode_json
 from service.core.fields import json_value
 from service.http.errors import PayloadTooLarge
 
@@ -140,7 +140,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 def parse_request(head: bytes) -> InferRequest:
     """The JSON inference request: the body's JSON part (split_body), bounded beforehand."""
     try:
-        obj = json.loads(head)
+        obj = decode_json(head)  # a key named twice: an InvalidInput naming it
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"the inference request is not valid JSON ({exc})") from None
     except RecursionError:

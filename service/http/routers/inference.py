@@ -4,7 +4,8 @@ handler (ExpressLogprob) for its common small JSON request."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
@@ -14,6 +15,7 @@ from fastapi.routing import APIRoute
 from pydantic import ConfigDict, Field, SecretStr, Strict, TypeAdapter, ValidationError, create_model
 from starlette.types import Receive, Scope, Send
 
+from service.core.body_bounds import decode_json
 from service.core.dataplane import DataPlane
 from service.core.schemas import (
     ConditionalsRequest,
@@ -28,10 +30,35 @@ from service.core.schemas import (
     SampleRequest,
     SampleResponse,
 )
+from service.http.accept import JSON, PNG, offers, preferred
 from service.http.auth import carries_key
 from service.http.routers.deps import DataPlaneDep
 
-router = APIRouter(tags=["inference"])
+
+class _JsonBody(Request):
+    """A request whose JSON body FastAPI decodes (once, by Request.json) with the one decoder of
+    JSON bodies, service.core.body_bounds.decode_json: a key named twice is a 422 naming it
+    (service.http.errors answers the error FastAPI wraps), not the last value silently."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = decode_json(await self.body())
+        return self._json
+
+
+class JsonBodyRoute(APIRoute):
+    """A route whose JSON body is read by _JsonBody."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def json_body_handler(request: Request) -> Response:
+            return await handler(_JsonBody(request.scope, request.receive))
+
+        return json_body_handler
+
+
+router = APIRouter(tags=["inference"], route_class=JsonBodyRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "unknown model"},
@@ -68,25 +95,6 @@ _N_IMPORTANCE = ("n_importance", "integer", "CSV bodies: importance draws per ma
 _MASKS = ("masks", "string", "CSV bodies: 'all' or a number of masks")
 
 
-def _wants_png(accept: str | None) -> bool:
-    """True when the client ranks image/png above JSON (a bare `*/*` keeps JSON)."""
-    if not accept:
-        return False
-    best: tuple[float, str] = (-1.0, "")
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for p in params:
-            if p.startswith("q="):
-                try:
-                    q = float(p[2:])
-                except ValueError:
-                    q = 0.0
-        if media in {"image/png", "application/json"} and q > best[0]:
-            best = (q, media)
-    return best[1] == "image/png"
-
-
 @router.post(
     "/logprob",
     responses=ERRORS,
@@ -112,8 +120,10 @@ class ExpressLogprob:
     errors through the app's own exception handlers. What it is not sure to answer as the route
     would, it declines before doing any work (returns False) and the app answers: another
     content type, a body over EXPRESS_MAX_BYTES, a body its strict parse leaves to the route
-    (which then accepts it or names the problem), a missing or wrong API key (the route's
-    401). A dependency added to the route must be added here too."""
+    (which then accepts it or names the problem), a body in which a key may be named twice (the
+    route's decoder refuses it), an Accept header that does not take JSON (the CSV middleware's
+    406), a missing or wrong API key (the route's 401). A dependency added to the route must be
+    added here too."""
 
     EXPRESS_MAX_BYTES = 64 * 1024  # larger requests gain nothing; an invalid one is parsed twice
 
@@ -125,15 +135,19 @@ class ExpressLogprob:
     async def __call__(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
         if not body or len(body) > self.EXPRESS_MAX_BYTES:
             return False
-        content_type = authorization = None
+        content_type = authorization = accept = None
         for key, value in scope["headers"]:  # the first of each, as Starlette's Headers.get
             if key == b"content-type":
                 content_type = content_type or value
             elif key == b"authorization":
                 authorization = authorization or value
+            elif key == b"accept":
+                accept = accept or value
         if content_type is None or content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             return False
         if self.api_key is not None and not carries_key(authorization, self.api_key):
+            return False
+        if accept is not None and preferred(accept.decode("latin-1"), _JSON_ONLY) != JSON:
             return False
         req = express_request(body)
         if req is None:
@@ -156,6 +170,7 @@ class ExpressLogprob:
 
 
 _LOGPROB_RESPONSE = TypeAdapter(LogProbResponse)
+_JSON_ONLY = offers("/logprob")
 
 # The common /logprob body, strictly: rows of JSON 0, 1 and null, the other fields as
 # LogProbRequest declares them (limits and all) but only as JSON spells them (no "1" for 1, no
@@ -174,6 +189,12 @@ _ExpressBody = create_model(  # type: ignore[call-overload]
         if name in ("model", "masks", "seed", "n_importance", "explain")
     },
 )
+
+
+# A key of the express body where the body has no backslash: no string holds a quote or an escape,
+# so each match is a key, and a body that names one twice has more matches than fields set (only
+# the top-level object has keys: the rows hold numbers and nulls).
+_KEY = re.compile(rb'"(?:%s)"\s*:' % b"|".join(re.escape(name.encode()) for name in _ExpressBody.model_fields))
 
 
 class ExpressBody(NamedTuple):
@@ -195,6 +216,8 @@ def express_request(body: bytes) -> ExpressBody | None:
         parsed = _ExpressBody.model_validate_json(body)
     except ValidationError:  # not JSON, not UTF-8, another shape, another spelling
         return None
+    if b"\\" in body or len(_KEY.findall(body)) != len(parsed.model_fields_set):
+        return None  # a key named twice (pydantic keeps the last), or maybe: the route refuses it
     rows = parsed.x
     width = len(rows[0]) if rows else 0
     if not width or any(len(row) != width for row in rows) or parsed.explain:
@@ -250,7 +273,7 @@ async def sample(
     scale: Annotated[int, Query(ge=1, le=16, description="PNG pixels per model pixel")] = 2,
 ) -> SampleResponse | Response:
     """n exact samples; the same seed on the same model version gives the same samples."""
-    if _wants_png(accept):
+    if preferred(accept, offers("/sample")) == PNG:  # JSON or CSV: the CSV middleware's choice
         png, seed = await dp.sample_png(req, scale)
         return Response(png, media_type="image/png", headers={"X-Seed": str(seed)})
     return await dp.sample(req)
