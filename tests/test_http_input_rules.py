@@ -59,6 +59,18 @@ async def test_csv_explain_refuses_anything_else_naming_the_parameter(made: InPr
     refused(r, 422, "explain", repr(spelling))
 
 
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [("explain=1&explain=0", "explain is given twice"), ("seed=1&seed=2", "seed is given twice")],
+)
+async def test_a_query_parameter_given_twice_or_empty_is_refused(made: InProcessClient, query: str, named: str) -> None:
+    """?explain=1&explain=0 was last-wins, and ?explain= was as if absent."""
+    r = await made.http.post(f"/logprob?model=cats&{query}", content=CATS, headers=CSV)
+    refused(r, 422, named)
+    r = await made.http.post("/logprob?model=cats&explain=", content=CATS, headers=CSV)
+    refused(r, 422, "explain", "''")
+
+
 async def test_csv_masks_of_a_unicode_digit_is_a_422_not_a_500(made: InProcessClient) -> None:
     r = await made.http.post("/logprob?model=cats&masks=%C2%B2", content=CATS, headers=CSV)  # masks=²
     refused(r, 422, "masks")

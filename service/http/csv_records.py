@@ -195,7 +195,11 @@ class CsvRecordsMiddleware:
     def _options(self, scope: Scope) -> tuple[dict[str, Any], Any, str]:
         """The request's options from the query string, the schema of the model it names, and the
         default model's name where it names none ("" where it does)."""
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        query = dict(pairs)
+        if len(query) != len(pairs):  # last-wins would pick one silently
+            twice = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+            raise InvalidInput(f"query parameter {twice} is given twice; give it once")
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:
             raise InvalidInput(
