@@ -176,6 +176,25 @@ def test_a_number_rounded_to_zero_is_zero_not_minus_zero() -> None:
     assert not np.signbit(rounded[0]) and rounded[1] == -0.01 and rounded[2] == 0.0
 
 
+def test_a_number_off_the_columns_grid_is_read_at_its_precision(tmp_path: Path) -> None:
+    """A column recorded to whole numbers reads 100.4 as 100 (its rounding bin, as docs/api.md
+    says), not as a bin of its own around 100.4; training files too: a float-formatting artefact
+    (9.899999 among values of 1 decimal) is the 9.9 the inference note says it is read as."""
+    from made.core.schema import Column
+
+    whole = Column("w", "numeric", decimals=0, components=1, loc=100.0, scale=10.0)
+    assert whole.encode_cell("100.4", "row 0") == whole.encode_cell(100.0, "row 0") == 100.0
+    assert whole.encode_cell(100.6, "row 0") == 101.0
+    rows = _rows(120)
+    cells = rows[3].split(",")
+    cells[4] = f"{float(cells[4]) - 0.000001:.6f}"  # temp, recorded to 1 decimal
+    rows[3] = ",".join(cells)
+    data = load_table_dataset(str(_splits(tmp_path, "g", HEADER, rows)), drop_columns=("title",))
+    temp = data.split("train")[:, data.schema.names.index("temp")]
+    assert data.schema.columns[data.schema.names.index("temp")].decimals == 1
+    assert temp[3] == round(float(cells[4]), 1) and np.array_equal(temp, np.round(temp, 1))
+
+
 def test_a_float32_parquet_column_keeps_the_precision_it_was_written_at(tmp_path: Path) -> None:
     """float32 0.1 is 0.10000000149011612 as a float64: read so, a column of 2-decimal values
     came out continuous; read as float32 writes it, it keeps resolution 0.01, as its float64

@@ -243,6 +243,8 @@ class Column:
             raise DataError(f"{at}: {number} is not a finite number")
         if self.bounded:
             check_in_bounds(self, number, at)
+        if self.decimals is not None:  # read at the column's precision: 100.4 is 100's bin, not one around 100.4
+            number = float(np.round(number, self.decimals)) + 0.0
         if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
             raise DataError(f"{at}: {number:g} is not positive; this column holds positive numbers")
         if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:

@@ -338,11 +338,12 @@ def _encode_fast(col: Column, cells: list[str]) -> np.ndarray:
     finite = values[values != ABSENT]
     if not np.isfinite(finite).all() or (col.transform == "log" and (finite < 0).any()):
         raise ValueError("bad number")
+    held = round_to_precision(col, finite)  # read at the column's precision (Column.encode_cell)
     if col.bounded:
         lo, hi = value_bounds(col)
-        held = round_to_precision(col, finite)
         if (held < lo).any() or (held > hi).any():
             raise ValueError("out of bounds")
+    values[values != ABSENT] = held
     return values
 
 
