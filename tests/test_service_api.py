@@ -446,6 +446,21 @@ async def test_readyz_is_503_until_models_load(tiny_store: Path) -> None:
         assert ready.models == ["tiny", "tiny1", "tiny10"] and ready.default == "tiny"
 
 
+async def test_folders_that_are_not_models_do_not_keep_the_store_from_loading(tmp_path: Path, tiny_store: Path) -> None:
+    """A fresh ext4 volume mounted as the store (Kubernetes' PVC) has lost+found at its root, and
+    a model being copied in is an empty folder for a while: neither is a model. Both made
+    /readyz 503 for good ("model 'lost+found' ... has no versions"), the real model unserved."""
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "tiny", store / "tiny")
+    (store / "lost+found").mkdir()
+    (store / "lost+found" / "#12345").mkdir()  # what fsck may leave there
+    (store / "arriving").mkdir()
+    async with in_process(settings(store)) as made:
+        await made.wait_ready()
+        ready = await made.readyz()
+        assert ready.models == ["tiny"] and ready.default == "tiny"
+
+
 async def test_readyz_explains_a_store_that_cannot_load(tmp_path: Path) -> None:
     async with in_process(settings(tmp_path)) as made:
         for _ in range(500):

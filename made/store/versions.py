@@ -124,11 +124,22 @@ class StoredModel:
         return None if self.reference is None else reference_bytes(self.reference)
 
 
+# The folder fsck keeps at the root of an ext filesystem: a fresh volume mounted as the store has it
+_NOT_MODELS = frozenset({"lost+found"})
+
+
 def list_names(store: Path) -> list[str]:
+    """The models of a store: its folders with a version folder in them. Others are not models
+    and are left alone: an empty folder (a model being copied in), a hidden one, `lost+found` at
+    the root of a volume mounted as the store (Kubernetes' PVC)."""
     store = Path(store)
     if not store.is_dir():
         return []
-    return sorted(p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name
+        for p in store.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in _NOT_MODELS and list_versions(store, p.name)
+    )
 
 
 def list_versions(store: Path, name: str) -> list[str]:
