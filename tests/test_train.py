@@ -210,6 +210,24 @@ def test_adagrad_learns_and_a_longer_resumed_run_matches_one_run(data10: Path, t
     assert min(valids[1:]) < valids[0] - 0.05
 
 
+def test_a_run_resumes_on_its_own_data_wherever_it_moved_and_on_no_other(data10: Path, tmp_path: Path) -> None:
+    """--dataset may move (the path is resumable), but a run interrupted and rerun on another
+    file of the same width trained on on the new rows and rewrote the recorded path: now the
+    data's sha256 (data.json) must match, and a run without data.json (from before) resumes."""
+    import shutil
+
+    _train(_config(data10, max_epochs=2), tmp_path / "run")
+    moved = tmp_path / "moved.npz"
+    shutil.copy(data10, moved)
+    assert _train(_config(moved, max_epochs=3), tmp_path / "run")["epochs"] == 3  # the same rows, moved
+    other = write_npz(tmp_path / "other.npz", 10, seed=9, n=600)
+    with pytest.raises(CheckpointError, match=r"holds a run on other data: --dataset .*other.npz holds other rows"):
+        _train(_config(other, max_epochs=4), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / CONFIG).read_text())["dataset"] == str(moved)  # not rewritten
+    (tmp_path / "run" / "data.json").unlink()  # a run recorded before the check
+    assert _train(_config(moved, max_epochs=4), tmp_path / "run")["epochs"] == 4
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh(data10: Path, tmp_path: Path) -> None:
     """A kill after the first epoch was logged but before its checkpoint leaves a log row and
     no checkpoint: the new start must not log that epoch twice."""

@@ -6,3 +6,4 @@ BEST = "best.safetensors"  # weights with the best validation NLL, what `made ex
 METRICS = "metrics.json"  # valid/test NLL of the best weights, written when the run finishes
 HISTORY = "log.jsonl"  # one line per epoch
 CURVE = "curve.png"  # training curve
+DATA = "data.json"  # the sha256 of the data's splits: a resumed run trains on the same rows

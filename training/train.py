@@ -4,6 +4,7 @@ and a resumed run follows the same trajectory as one never interrupted."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from made.core.errors import CheckpointError, ConfigError, format_value
+from made.core.errors import CheckpointError, ConfigError, DataError, format_value
 from made.core.progress import Progress
 from made.io.atomic import atomic_write_text
 from made.io.data import Dataset, load_intensities
@@ -34,7 +35,7 @@ from training.model import MADE, MADEConfig
 from training.progress import epoch_progress, log_epoch, write_curve
 from training.recipe import adapt_to_rows, still_improving
 from training.resume import check_resumable
-from training.run_files import CONFIG, CURVE, HISTORY, METRICS
+from training.run_files import CONFIG, CURVE, DATA, HISTORY, METRICS
 from training.table_heads import EncodedRows
 from training.table_model import TableMADE, TableMADEConfig
 
@@ -231,11 +232,14 @@ class Trainer:
         for stale in self.run_dir.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
         config_path = self.run_dir / CONFIG
+        data = {"sha256": self.data_sha256()}
         if not config_path.exists():
             if (self.run_dir / CHECKPOINT).exists():
                 raise CheckpointError(f"{self.run_dir} holds a checkpoint but no {CONFIG}")
+            atomic_write_text(self.run_dir / DATA, json.dumps(data, indent=2))
             atomic_write_text(config_path, json.dumps(self.cfg.to_dict(), indent=2))
             return None
+        self.check_same_data(data)
         try:
             stored = json.loads(config_path.read_text())
         except json.JSONDecodeError as exc:
@@ -254,6 +258,35 @@ class Trainer:
             return None
         state = load_tensors(self.run_dir / CHECKPOINT)
         return {"tensors": state[0], "meta": state[1]}
+
+    def data_sha256(self) -> str:
+        """The sha256 of the data's splits as the run reads them (their rows, in order): what a
+        resumed run checks it trains on, wherever the file now is (--dataset may move)."""
+        digest = hashlib.sha256()
+        for split in ("train", "valid", "test"):
+            try:
+                rows = np.ascontiguousarray(self.data.split(split))
+            except (DataError, KeyError):  # a data set without that split
+                continue
+            digest.update(f"{split} {rows.dtype} {rows.shape};".encode())
+            digest.update(rows.tobytes())
+        return digest.hexdigest()
+
+    def check_same_data(self, data: dict[str, str]) -> None:
+        """Refuse to resume (or rerun) a run on data other than it trained on, by its DATA file
+        (a run from before that file has none: nothing to check)."""
+        path = self.run_dir / DATA
+        try:
+            stored = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+        if stored.get("sha256") != data["sha256"]:
+            raise CheckpointError(
+                f"{self.run_dir} holds a run on other data: --dataset {self.cfg.dataset} holds other rows than the "
+                "run trained on (their sha256 differ, data.json); use another --out to start a new run"
+            )
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Train (or resume) to the end; a failed write to RUN_DIR (full, unwritable) is one
