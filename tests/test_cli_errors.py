@@ -118,6 +118,24 @@ def test_export_takes_a_name_of_64_letters_digits_dashes_and_underscores(
     assert Path(out.strip()) == tmp_path / "s" / name / "1"
 
 
+def test_export_refuses_a_version_of_a_number_the_store_has_and_says_which_one_is_served(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--version 08 beside 8 made two folders of one number; --version abc or 3 below 8 was
+    written without a word, though a server serves the highest version only."""
+    store = str(tmp_path / "s")
+    base = ["export", str(tiny_run), "--store", store, "--name", "m"]
+    assert made(capsys, *base, "--version", "8")[0] == 0
+    code, _, err = made(capsys, *base, "--version", "08")
+    assert_one_line(code, err, "export", "version 08 is version 8, which")
+    for version in ("3", "abc"):
+        code, out, err = made(capsys, *base, "--version", version)
+        assert code == 0 and Path(out.strip()).name == version
+        assert f"version {version} is not the one served: a server serves the highest version, 8" in err
+    code, _, err = made(capsys, *base)  # the next number: served, nothing said
+    assert code == 0 and err == ""
+
+
 def test_the_store_itself_holds_to_the_rule(tmp_path: Path) -> None:
     """write_version is where every name enters the store (export, random models, copies)."""
     assert check_name("ok_name-2") == "ok_name-2"

@@ -164,6 +164,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     version_dir = export_run(
         args.run_dir, args.store, args.name, args.version, args.weights, image_shape=args.image_shape
     )
+    from made.store.versions import latest_version
+
+    served = latest_version(Path(args.store), args.name)
+    if served != version_dir.name:  # --version below the highest, or not a number
+        print(
+            f"made export: version {version_dir.name} is not the one served: a server serves the highest "
+            f"version, {served} (numbers rank above names)",
+            file=sys.stderr,
+        )
     print(str(version_dir))
     return 0
 

@@ -238,6 +238,12 @@ def write_version(
     final = store / name / version
     if final.exists() and not replace:
         raise ModelStoreError(f"{final} already exists; pick another --version")
+    if not replace:
+        same = [v for v in list_versions(store, name) if version_key(v) == version_key(version)]
+        if same:  # 08 beside 8: two folders of one number
+            raise ModelStoreError(
+                f"version {version} is version {same[0]}, which {store / name} has; pick another --version"
+            )
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=store / name))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a served store must be readable by the server user
