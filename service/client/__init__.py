@@ -9,8 +9,8 @@
 
 `AsyncMadeClient` has the same methods, awaitable: each call is defined once (its signature,
 its request and how its response reads) and each client only sends it its own way. Rows may be
-lists or numpy arrays (NaN for missing); `packed=True` sends complete rows bit-packed (x_b64),
-much smaller for large batches.
+lists or numpy arrays (NaN for missing), sent as they are (the server refuses what is not 0, 1 or
+missing); `packed=True` sends complete rows bit-packed (x_b64), much smaller for large batches.
 Records of a table model are a list of dicts (JSON: a key left out or None is unknown, "NA" is
 absent) or a pandas DataFrame, which goes as the CSV it stands for, so that its empty cells mean
 what an empty cell of a CSV file means (absent where the column can be absent, else unknown).

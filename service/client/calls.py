@@ -5,11 +5,13 @@ Batches) and their answers merged; an error answer raised as MadeAPIError."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import httpx
+import numpy as np
 from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
@@ -71,8 +73,22 @@ class Call(Generic[T]):
         return {k: v for k, v in self.payload.items() if v is not None}
 
     def send(self) -> dict[str, Any]:
-        """The arguments of httpx's request() for this call."""
-        return {"json": self.json, "content": self.content, "params": self.params, "headers": self.headers}
+        """The arguments of httpx's request() for this call: its payload encoded here, the one
+        place payloads are (numpy's scalars and arrays as the numbers and lists they hold)."""
+        body = self.json
+        if body is None:
+            return {"content": self.content, "params": self.params, "headers": self.headers}
+        content = json.dumps(body, default=_plain, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        headers = {"Content-Type": "application/json", **self.headers}
+        return {"content": content.encode(), "params": self.params, "headers": headers}
+
+
+def _plain(value: Any) -> Any:
+    """A value json cannot encode as it is: a numpy scalar or array as the Python number or
+    list it holds; anything else refused as json refuses it."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _too_large(exc: MadeAPIError) -> bool:
@@ -154,10 +170,16 @@ def check(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 400:
         try:
             body = response.json()
-        except ValueError:
-            body = {"detail": response.text}
+        except ValueError:  # not JSON (a proxy's page): its text
+            body = None
+        if not isinstance(body, dict) or "detail" not in body:  # a list, a string, another object
+            raise MadeAPIError(response.status_code, response.text)
+        request_id = body.get("request_id")
         raise MadeAPIError(
-            response.status_code, str(body.get("detail", "")), str(body.get("type", "")), body.get("request_id")
+            response.status_code,
+            str(body["detail"]),
+            str(body.get("type", "")),
+            request_id if isinstance(request_id, str) else None,
         )
     return response
 

@@ -5,6 +5,7 @@ stands for) and of the server's state."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -29,15 +30,65 @@ Rows = np.ndarray | Sequence[Sequence[int | float | None]]
 
 
 def _rows_payload(x: Rows, packed: bool) -> dict[str, Any]:
+    """Rows as the request carries them, each value as it is (the server refuses what is not 0,
+    1 or null, naming its row and column): NaN is null (missing), numpy's bools are 0/1, and
+    what JSON cannot carry (inf) or packed rows cannot (anything but 0 and 1) is a ValueError
+    naming its row and column."""
     if packed:
         a = np.asarray(x, dtype=np.float64)
+        _check_2d(a)
         if np.isnan(a).any():
             raise ValueError("packed rows cannot carry missing values; send them as lists")
+        bad = (a != 0) & (a != 1)
+        if bad.any():
+            i, j = (int(t) for t in np.argwhere(bad)[0])
+            raise ValueError(f"row {i}, column {j} is {a[i, j]:g}; packed rows carry only 0 or 1")
         return {"x_b64": pack_rows(a.astype(np.uint8)), "shape": list(a.shape)}
     if isinstance(x, np.ndarray):
-        a = x.astype(np.float64)
-        return {"x": [[None if v != v else int(v) for v in row] for row in a.tolist()]}
-    return {"x": [list(row) for row in x]}
+        _check_2d(x)
+        if x.dtype.kind == "b":
+            x = x.astype(np.uint8)
+        if x.dtype.kind == "f":
+            inf = np.isinf(x)
+            if inf.any():
+                i, j = (int(t) for t in np.argwhere(inf)[0])
+                _cell(float(x[i, j]), i, j)  # raises, naming it
+            return {"x": [[None if v != v else v for v in row] for row in x.tolist()]}
+        if x.dtype.kind in "iu":
+            return {"x": x.tolist()}
+    return {"x": [_row(row, i) for i, row in enumerate(x)]}
+
+
+def _check_2d(a: np.ndarray) -> None:
+    if a.ndim != 2:
+        raise ValueError(f"rows must be 2-D: (N, D), got shape {a.shape}")
+
+
+def _row(row: Any, i: int) -> Any:
+    """One row's values (NaN as null); a row that is not a list of values goes as it is, for
+    the server to refuse by its number."""
+    if isinstance(row, np.ndarray):
+        if row.ndim != 1:
+            raise ValueError(f"rows must be 2-D: (N, D); row {i} has shape {row.shape}")
+        row = row.astype(np.uint8) if row.dtype.kind == "b" else row
+        return [_cell(v, i, j) for j, v in enumerate(row.tolist())]
+    if isinstance(row, list | tuple):
+        return [_cell(v, i, j) for j, v in enumerate(row)]
+    return row
+
+
+def _cell(v: Any, i: int, j: int) -> Any:
+    """A value as JSON carries it: NaN as null (missing), numpy's scalars as Python's, the rest
+    unchanged; inf, which JSON cannot carry, a ValueError naming its row and column."""
+    if isinstance(v, np.bool_):
+        v = int(v)
+    elif isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        if v != v:
+            return None
+        raise ValueError(f"row {i}, column {j} is {v}, expected 0, 1 or NaN for missing")
+    return v
 
 
 def readyz() -> Call[ReadyResponse]:
@@ -159,8 +210,7 @@ def denoise(
     """The clean rows behind noisy rows x, each bit flipped with probability eps (a number, one
     per row or one per entry): .marginals, .most_likely, .array() (clean samples),
     .logprob_noisy with .stderr, and .ess."""
-    e: Any = np.asarray(eps, dtype=np.float64).tolist() if isinstance(eps, np.ndarray) else eps
-    options = {"model": model, "eps": e, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
+    options = {"model": model, "eps": eps, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
     payload = {**options, "encoding": "packed" if packed_output else None, **_rows_payload(x, packed)}
     return Call("POST", "/denoise", parsed(DenoiseResponse), payload)
 
