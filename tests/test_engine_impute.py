@@ -113,6 +113,7 @@ def test_a_fully_observed_row_returns_itself(tiny_engines: dict[str, Engine]) ->
     np.testing.assert_array_equal(result.marginals, rows)
     np.testing.assert_allclose(result.logprob_observed, engine.logprob(rows).logprob, atol=1e-9)
     assert result.exact.all()
+    assert (result.ess == 3).all()  # its 3 completions, as a table model's row (not K x the particles)
 
 
 def test_effective_sample_size_is_positive_and_at_most_k_times_the_draws(

@@ -116,9 +116,8 @@ def impute(
     """p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value):
     n_samples completions, marginals p(x_d = 1 | x_obs), log p(x_obs) and an ESS.
 
-    Rows with nothing missing return themselves (marginals: the row; ess: K x
-    particles_for(n_importance), the particles a row would have had, nominal: nothing is
-    estimated).
+    Rows with nothing missing return themselves (marginals: the row; ess: n_samples, the
+    completions, each the row itself, as a table model's; nothing is estimated).
 
     Exact rows (every mask's ordering puts the missing dimensions after all the observed
     ones; `exact` true): log p(x_obs) = log mean_k p_k(x_obs), one pass per mask, no
@@ -173,7 +172,7 @@ def impute(
         out.samples[rows] = x[rows, None, :].astype(np.uint8)
         ks = list(range(engine.n_masks))
         out.logprob_observed[rows] = logmeanexp(engine.mask_logliks(x[rows], ks), axis=0)
-        out.ess[rows] = float(particles_for(n_importance) * engine.n_masks)
+        out.ess[rows] = float(n_samples)  # its n_samples completions, each the row itself (as a table's)
     exact_rows = np.flatnonzero(out.exact & ~complete)
     weighted_rows = np.flatnonzero(~out.exact)
     rngs = {int(i): np.random.default_rng([seed, int(i)]) for i in (*exact_rows, *weighted_rows)}
