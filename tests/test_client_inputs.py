@@ -187,3 +187,13 @@ def test_the_services_own_errors_keep_their_fields(ask: Ask) -> None:
     with pytest.raises(MadeAPIError) as info:
         ask("logprob", rows(), model="nope")
     assert info.value.status_code == 404 and "nope" in info.value.detail and info.value.type
+
+
+def test_denoise_takes_n_particles_as_the_service_does(ask: Ask) -> None:
+    """The client's denoise had only n_importance; n_particles is the service's other way to say
+    it (n_importance 128 is 8 particles a mask), and both at once is the server's 422."""
+    x = rows(1)
+    by_particles = ask("denoise", x, 0.1, seed=3, n_samples=2, n_particles=8)
+    by_draws = ask("denoise", x, 0.1, seed=3, n_samples=2, n_importance=128)
+    assert by_particles.marginals == by_draws.marginals and by_particles.ess == by_draws.ess
+    assert "send one of them" in refused(ask, "denoise", x, 0.1, n_particles=8, n_importance=128)

@@ -206,11 +206,20 @@ def denoise(
     n_importance: int | None = None,
     packed: bool = False,
     packed_output: bool = False,
+    n_particles: int | None = None,
 ) -> Call[DenoiseResponse]:
     """The clean rows behind noisy rows x, each bit flipped with probability eps (a number, one
     per row or one per entry): .marginals, .most_likely, .array() (clean samples),
-    .logprob_noisy with .stderr, and .ess."""
-    options = {"model": model, "eps": eps, "n_samples": n_samples, "seed": seed, "n_importance": n_importance}
+    .logprob_noisy with .stderr, and .ess. n_particles (per mask) or n_importance (the work of
+    that many draws per mask) sets the particles, not both."""
+    options = {
+        "model": model,
+        "eps": eps,
+        "n_samples": n_samples,
+        "seed": seed,
+        "n_importance": n_importance,
+        "n_particles": n_particles,
+    }
     payload = {**options, "encoding": "packed" if packed_output else None, **_rows_payload(x, packed)}
     return Call("POST", "/denoise", parsed(DenoiseResponse), payload)
 
