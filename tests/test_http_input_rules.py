@@ -132,6 +132,21 @@ async def test_an_accept_of_no_type_the_route_answers_is_a_406_naming_them(made:
         assert r.status_code == 200 and r.headers["content-type"] == "application/json", (accept, r.text)
 
 
+async def test_an_answer_without_a_csv_form_is_a_406_where_only_csv_is_accepted(made: InProcessClient) -> None:
+    """Packed samples and a model of bits' imputations have no CSV form: with `Accept: text/csv`
+    alone they came back as JSON with a 200; now a 406 that says why. Where the header takes
+    JSON too, JSON; samples of bits, which have a CSV form, are CSV."""
+    packed = {"model": "tiny", "n": 2, "seed": 0, "encoding": "packed"}
+    refused(await made.http.post("/sample", json=packed, headers=AS_CSV), 406, "has no CSV form", "packed")
+    imputed = {"model": "tiny", "x": [[0, 1, None, 1, 0, 1, 0, 1]], "n_samples": 2, "seed": 0}
+    refused(await made.http.post("/impute", json=imputed, headers=AS_CSV), 406, "has no CSV form")
+    r = await made.http.post("/impute", json=imputed, headers={"Accept": "text/csv, application/json;q=0.5"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    r = await made.http.post("/sample", json={"model": "tiny", "n": 2, "seed": 0}, headers=AS_CSV)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.text.splitlines()[0] == ",".join(f"x{j}" for j in range(8))
+
+
 # --- 3. a JSON key named twice --------------------------------------------------------------------
 
 

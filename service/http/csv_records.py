@@ -42,7 +42,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from made.core.errors import InvalidInput, MadeError
+from made.core.errors import InvalidInput, MadeError, NotAcceptable
 from made.core.schema import ABSENT
 from made.io.csv import to_csv
 from service.core.records import check_csv_bounds, parse_csv
@@ -149,7 +149,10 @@ class CsvRecordsMiddleware:
             await self._csv_body(scope, receive, send, encoding, as_csv=answer == CSV)
         elif answer == CSV:  # a JSON request to /sample or /impute, a CSV answer
             escape = self.dataplane.settings.csv_escape_formulas
-            await self.app(scope, receive, _CsvAnswer(send, _json_records, escape=escape))
+            # an answer that has no CSV form (packed samples, a model of bits' imputations) goes
+            # as JSON where the Accept header takes it, else it is the 406 that names why
+            fallback = None if preferred(accept, offers(path)[:1]) else _no_csv(path, accept)
+            await self.app(scope, receive, _CsvAnswer(send, _json_records, escape=escape, fallback=fallback))
         else:
             await self.app(scope, receive, send)
 
@@ -335,9 +338,16 @@ class _CsvAnswer:
     JSON); error answers, and answers of another type (a PNG), stay as they are."""
 
     def __init__(
-        self, send: Send, render: Callable[[dict[str, Any]], Table | None], *, escape: bool = True, rows: int = 0
+        self,
+        send: Send,
+        render: Callable[[dict[str, Any]], Table | None],
+        *,
+        escape: bool = True,
+        rows: int = 0,
+        fallback: MadeError | None = None,
     ) -> None:
         self.send, self.render, self.escape, self.rows = send, render, escape, rows
+        self.fallback = fallback  # what an answer render leaves as JSON gets instead (None: the JSON)
         self.start: Message | None = None
         self.chunks: list[bytes] = []
 
@@ -360,6 +370,10 @@ class _CsvAnswer:
                 payload = await anyio.to_thread.run_sync(self._csv, body)
             else:
                 payload = self._csv(body)
+        if payload is None and self.fallback is not None and self.start["status"] == 200 and json_answer:
+            status, error = made_error_body(self.fallback)
+            await _send(self.send, status, "application/json", json.dumps(error).encode(), [])
+            return
         if payload is None:
             await self.send(self.start)
             await self.send({"type": "http.response.body", "body": body})
@@ -373,6 +387,15 @@ class _CsvAnswer:
             return None
         header, rows = table
         return to_csv(header, rows, escape=self.escape).encode()
+
+
+def _no_csv(path: str, accept: str) -> NotAcceptable:
+    """The 406 of a JSON request whose answer turned out to have no CSV form, where the Accept
+    header takes only CSV."""
+    return NotAcceptable(
+        f"this answer of POST {path} has no CSV form (packed samples, or a model of bits' imputations: rows "
+        f"of samples per record); the Accept header {accept!r} takes no JSON (send 'Accept: application/json')"
+    )
 
 
 async def _refuse(scope: Scope, send: Send, exc: MadeError) -> None:
