@@ -169,3 +169,17 @@ def test_train_refuses_a_column_named_like_a_score_column(tmp_path: Path, capsys
     assert not (tmp_path / "run").exists()
     code, _, _ = made(capsys, *args, "--drop-columns", "logprob", "--out", str(tmp_path / "run2"))
     assert code == 0
+
+
+def test_serve_and_evaluate_say_the_store_is_missing_or_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_npz(tmp_path / "d8.npz", 8)
+    (tmp_path / "afile").write_text("")
+    for store, problem in (("nostore", "does not exist"), ("afile", "is a file, not a folder")):
+        path = str(tmp_path / store)
+        code, _, err = made(capsys, "serve", "--store", path)
+        assert_one_line(code, err, "serve", f"model store {path} {problem} (pass --store or set MADE_STORE)")
+        code, _, err = made(capsys, "evaluate", "--store", path, "--name", "tiny", "--dataset", str(data))
+        assert_one_line(code, err, "evaluate", f"model store {path} {problem}")
+        assert "no model named" not in err

@@ -147,6 +147,19 @@ def _failing_load_network(error: BaseException, version: str) -> Any:
     return load_network
 
 
+async def test_a_default_model_the_store_lacks_keeps_the_server_unready_naming_the_setting(store: Path) -> None:
+    """Not a start-up error: a server may start before its store is filled, and a reload retries."""
+    async with in_process(_settings(store).model_copy(update={"default_model": "nope"})) as made:
+        detail = await _unready_detail(made)
+        assert detail == (
+            f"models failed to load: default model 'nope' (MADE_DEFAULT_MODEL) is not in store {store} "
+            "(it has: tiny, tiny10)"
+        )
+        shutil.copytree(store / "tiny", store / "nope")  # the model arrives
+        body = await _reload(made)
+        assert body["default"] == "nope" and (await made.http.get("/readyz")).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("error", "reason"),
     [

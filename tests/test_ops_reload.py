@@ -290,6 +290,43 @@ async def test_a_store_empty_at_startup_becomes_ready_on_reload(tmp_path: Path, 
         assert (await made.logprob(ROW)).version == "1"
 
 
+async def test_a_store_gone_is_a_503_on_reload_and_the_models_loaded_keep_serving(
+    store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store deleted, unmounted or replaced by a file: 503 model_store_error, logged once while
+    polling repeats it; a store that is there but empty is a store whose models all left (kept)."""
+    async with in_process(_settings(store)) as made:
+        await made.wait_ready()
+        moved = store.rename(tmp_path / "moved")
+        with caplog.at_level(logging.ERROR, logger="made.engine"):
+            for problem in ("does not exist", "does not exist", "is a file, not a folder"):
+                if problem.startswith("is a file"):
+                    store.write_text("")
+                r = await made.http.post("/admin/reload", headers=ADMIN)
+                assert r.status_code == 503, r.text
+                assert r.json()["type"] == "model_store_error"
+                assert r.json()["detail"] == f"model store {store} {problem}"
+                assert (await made.logprob(ROW)).version == "1"
+                assert (await made.http.get("/readyz")).status_code == 200
+        assert [r.getMessage() for r in caplog.records] == [
+            f"reload failed: model store {store} {p}; the models loaded are still served"
+            for p in ("does not exist", "is a file, not a folder")
+        ]
+        store.unlink()
+        store.mkdir()
+        assert (await _reload(made))["results"] == [
+            reload_result(
+                "m",
+                "1",
+                "kept",
+                reason=f"model 'm' is no longer in store {store}; still served until the server restarts",
+            )
+        ]
+        store.rmdir()
+        moved.rename(store)
+        assert (await _reload(made))["results"] == [reload_result("m", "1", "unchanged")]
+
+
 # --- a real `made serve` ------------------------------------------------------------------------
 
 

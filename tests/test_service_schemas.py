@@ -130,3 +130,29 @@ def test_openapi_schema_documents_rows_and_packed_encoding() -> None:
     assert "packbits" in schema["properties"]["x_b64"]["anyOf"][0].get("description", "") or "packbits" in schema[
         "properties"
     ]["x_b64"].get("description", "")
+
+
+def test_packed_rows_with_nonzero_padding_bits_are_refused_naming_the_row() -> None:
+    a = np.zeros((3, 13), dtype=np.uint8)
+    raw = bytearray(np.packbits(a, axis=1).tobytes())
+    raw[2 * 2 + 1] |= 0x01  # row 2's last byte: bit 16, past its 13 values
+    body = {"x_b64": base64.b64encode(bytes(raw)).decode(), "shape": [3, 13]}
+    assert message(LogProbRequest, body).startswith(
+        "x_b64 row 2: the padding bits after its 13 values are not 0 (the last 3 bits of the row's last byte)"
+    )
+    raw[2 * 2 + 1] = 0b1000  # the last of the 13 values (bit 13 of 16), not padding
+    body = {"x_b64": base64.b64encode(bytes(raw)).decode(), "shape": [3, 13]}
+    assert LogProbRequest.model_validate(body).rows[2].tolist() == [0] * 12 + [1]
+
+
+def test_packed_rows_may_carry_the_whitespace_base64_tools_wrap_them_in() -> None:
+    rng = np.random.default_rng(1)
+    a = (rng.random((80, 13)) < 0.5).astype(np.uint8)
+    wrapped = base64.encodebytes(np.packbits(a, axis=1).tobytes()).decode()  # 76-character lines, final newline
+    assert "\n" in wrapped.rstrip("\n")
+    for data in (wrapped, f"  {pack_rows(a)}\r\n", "\t".join(pack_rows(a))):
+        req = LogProbRequest.model_validate({"x_b64": data, "shape": [80, 13]})
+        np.testing.assert_array_equal(req.rows, a)
+    assert message(LogProbRequest, {"x_b64": "AA-=", "shape": [1, 8]}).startswith(
+        "x_b64 is not valid base64 (only A-Z, a-z, 0-9, '+', '/', '=' and whitespace)"
+    )

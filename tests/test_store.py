@@ -6,6 +6,7 @@ invisible; the highest version is the one opened."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -221,6 +222,37 @@ def test_the_highest_version_is_opened_and_temporary_directories_are_invisible(s
     assert open_model(store, "tiny").version == "10"
     assert open_model(store, "tiny", "9").manifest.version == "9"
     assert list_names(store) == ["tiny"]
+
+
+def test_a_version_whose_manifest_names_another_is_opened_as_its_folders_say_with_a_warning(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copied folder: served as its folders say, as its reference.json is, but said in the log."""
+    with caplog.at_level(logging.WARNING, logger="made.store"):
+        open_model(store, "tiny", "1")
+        assert caplog.records == []  # the manifest agrees with its folders
+        shutil.copytree(store / "tiny", store / "copy")
+        shutil.copytree(store / "copy" / "1", store / "copy" / "7")
+        model = open_model(store, "copy", "7")
+    assert (model.name, model.version) == ("copy", "7")
+    [warning] = caplog.records
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage() == (
+        f"{store / 'copy' / '7'}: its manifest says model 'tiny' version 1; "
+        "served as model 'copy' version 7 (its folders' names)"
+    )
+
+
+def test_a_missing_store_or_a_file_is_said_to_be_one_not_a_missing_model(store: Path) -> None:
+    (store.parent / "afile").write_text("")
+    for path, problem in (
+        (store.parent / "absent", "does not exist"),
+        (store.parent / "afile", "is a file, not a folder"),
+    ):
+        for version in (None, "1"):
+            with pytest.raises(ModelStoreError) as info:
+                open_model(path, "tiny", version)
+            assert str(info.value) == f"model store {path} {problem}" and not isinstance(info.value, ModelNotFound)
 
 
 def test_the_activation_is_relu_or_tanh_and_anything_else_is_refused(store: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from made.io.atomic import fsync_dir
 from made.store.files import MODEL_GRAPH, check_weights, load_weights, sha256_file, verify_files
 from made.store.manifest import FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, Manifest, parse_manifest, public_manifest
 from made.store.reference import REFERENCE, Reference, parse_reference, read_reference, reference_bytes
+
+log = logging.getLogger("made.store")
 
 # the one rule of a model's name and a version's, wherever one enters the store: a single path
 # component ('/' would write outside the store, a leading '.' hide it from readers), short enough
@@ -128,6 +131,21 @@ class StoredModel:
 _NOT_MODELS = frozenset({"lost+found"})
 
 
+def store_problem(store: Path | str) -> str | None:
+    """What keeps `store` from being a model store folder ("does not exist", "is a file, not a
+    folder"), or None where it is a folder (whether it can be read is found when it is listed)."""
+    if os.path.isdir(store):
+        return None
+    return "is a file, not a folder" if os.path.exists(store) else "does not exist"
+
+
+def check_store(store: Path | str) -> None:
+    """A ModelStoreError naming the store where it is not a folder (store_problem)."""
+    problem = store_problem(store)
+    if problem:
+        raise ModelStoreError(f"model store {store} {problem}")
+
+
 def list_names(store: Path) -> list[str]:
     """The models of a store: its folders with a version folder in them. Others are not models
     and are left alone: an empty folder (a model being copied in), a hidden one, `lost+found` at
@@ -151,6 +169,7 @@ def list_versions(store: Path, name: str) -> list[str]:
 
 
 def latest_version(store: Path, name: str) -> str:
+    check_store(store)  # a missing store is not a missing model
     versions = list_versions(store, name)
     if not versions:
         raise ModelNotFound(f"no model named '{name}' in store {store}")
@@ -181,12 +200,30 @@ def open_model(store: Path, name: str, version: str | None = None) -> StoredMode
     """Find NAME (its highest version unless one is given), read and verify it: the manifest,
     every listed file's sha256, the weights' shapes (a table model's once its schema reads)."""
     store = Path(store)
+    check_store(store)
     if version is None:
         version = latest_version(store, name)
     path = store / name / version
     if not os.path.isdir(path):
         raise ModelNotFound(f"no version '{version}' of model '{name}' in store {store}")
     manifest = read_manifest(path)
+    if (manifest.name, manifest.version) != (name, version):
+        # a folder copied under another name or number: served as its folders say, like its
+        # reference.json (made.store.reference.parse_reference), but said once it is opened
+        log.warning(
+            "%s: its manifest says model '%s' version %s; served as model '%s' version %s (its folders' names)",
+            path,
+            manifest.name,
+            manifest.version,
+            name,
+            version,
+            extra={
+                "model": name,
+                "version": version,
+                "manifest_name": manifest.name,
+                "manifest_version": manifest.version,
+            },
+        )
     verify_files(path, manifest)
     model = StoredModel(name=name, version=version, path=path, manifest=manifest)
     if model.is_table:

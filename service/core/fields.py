@@ -172,6 +172,11 @@ MaskIndex = Annotated[
 ]
 
 
+# The whitespace base64 tools put in their output (line breaks every 76 characters, a final
+# newline): skipped, as base64.b64decode(validate=False) skips it; anything else not base64 is refused
+_BASE64_WHITESPACE = dict.fromkeys(map(ord, " \t\n\r\v\f"))
+
+
 def decode_packed(data: str, shape: tuple[int, int] | None) -> np.ndarray:
     if shape is None:
         raise fail("x_b64 needs shape: [N, D], the number of rows and of dimensions")
@@ -183,16 +188,25 @@ def decode_packed(data: str, shape: tuple[int, int] | None) -> np.ndarray:
         raise fail(f"shape has {n} rows; the limit is {limits.max_rows} per request (MADE_MAX_ROWS)")
     if d > limits.max_width:
         raise fail(f"shape has {d} values a row; the limit is {limits.max_width} (MADE_MAX_WIDTH)")
+    data = data.translate(_BASE64_WHITESPACE)  # line breaks and spaces, as base64 tools wrap it
     if len(data) > 4 * ((n * ((d + 7) // 8) + 2) // 3):  # longer than its base64 could be: not decoded
         raise fail(f"x_b64 holds more data than shape [{n}, {d}] needs ({(d + 7) // 8} bytes per row)")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise fail("x_b64 is not valid base64") from None
+        raise fail("x_b64 is not valid base64 (only A-Z, a-z, 0-9, '+', '/', '=' and whitespace)") from None
     need = n * ((d + 7) // 8)
     if len(raw) != need:
         raise fail(f"x_b64 holds {len(raw)} bytes but shape [{n}, {d}] needs {need} ({(d + 7) // 8} per row)")
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(n, -1), axis=1, count=d)
+    packed = np.frombuffer(raw, dtype=np.uint8).reshape(n, -1)
+    if d % 8:  # the last byte of a row is padded with 0 bits, as numpy.packbits pads it
+        padded = np.flatnonzero(packed[:, -1] & ((1 << (8 - d % 8)) - 1))
+        if padded.size:
+            raise fail(
+                f"x_b64 row {int(padded[0])}: the padding bits after its {d} values are not 0 (the last "
+                f"{8 - d % 8} bits of the row's last byte); pack rows with numpy.packbits(rows, axis=1)"
+            )
+    bits = np.unpackbits(packed, axis=1, count=d)
     return bits.astype(np.float32)
 
 

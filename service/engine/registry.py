@@ -4,7 +4,8 @@
 refused with its reason (logged) and the next lower one tried, and a name none of whose versions
 loads keeps the server from being ready, with the reasons. `reload()` is the lenient refresh of
 a running server: each name's newest version that loads is swapped in, a broken one is refused
-with its reason (and the version served so far stays), and nothing already served is dropped.
+with its reason (and the version served so far stays), and nothing already served is dropped;
+a store it cannot read (gone, a file, unlistable) changes nothing and is the report's error.
 New engines are built before the swap, and the swap replaces the whole dict at once, so a
 request that already holds an Engine keeps using it. Whatever a version raises while it loads
 (a bad file, onnxruntime, MemoryError, a bug) refuses that version only: it becomes a
@@ -21,7 +22,15 @@ from pathlib import Path
 from typing import Literal
 
 from made.core.errors import MadeError, ModelNotFound, ModelStoreError
-from made.store.versions import StoredModel, list_names, list_versions, open_model, version_key
+from made.store.versions import (
+    StoredModel,
+    check_store,
+    list_names,
+    list_versions,
+    open_model,
+    store_problem,
+    version_key,
+)
 from service.engine.bit_model import BitModel
 from service.engine.contract import ModelEngine
 from service.engine.engine import Engine
@@ -187,6 +196,7 @@ class ModelRegistry:
             raise ModelStoreError(load_failure(exc)) from None
 
     def _load(self) -> None:
+        check_store(self.store)
         names = list_names(self.store)
         if not names:
             raise ModelStoreError(f"model store {self.store} holds no models")
@@ -222,7 +232,8 @@ class ModelRegistry:
         if self._wanted_default:
             if self._wanted_default not in names:
                 raise ModelNotFound(
-                    f"default model '{self._wanted_default}' is not in store {self.store} (it has: {', '.join(names)})"
+                    f"default model '{self._wanted_default}' (MADE_DEFAULT_MODEL) is not in store {self.store} "
+                    f"(it has: {', '.join(names)})"
                 )
             return self._wanted_default
         return PREFERRED_DEFAULT if PREFERRED_DEFAULT in names else names[0]
@@ -239,13 +250,15 @@ class ModelRegistry:
             engines, stamps = dict(current), dict(self._fingerprints)  # committed together below
             results: list[ReloadResult] = []
             try:
+                problem = store_problem(self.store)  # gone (an unmounted volume): not "every model left"
+                if problem:
+                    return self._store_error(f"model store {self.store} {problem}")
                 names = list_names(self.store)
                 for name in names:
                     results.extend(self._refresh(name, engines, stamps))
             except OSError as exc:  # the store itself is unreadable: change nothing
-                report = self._report([])
-                report.error = f"cannot read model store {self.store}: {exc.strerror or exc}"
-                return report
+                return self._store_error(f"cannot read model store {self.store}: {exc.strerror or exc}")
+            self._last_error = None
             for name in sorted(set(current) - set(names)):
                 results.append(
                     ReloadResult(
@@ -259,6 +272,15 @@ class ModelRegistry:
                 self._engines = engines  # one reference swap: readers see the old or the new dict
                 self._fingerprints = stamps
             return self._report(results)
+
+    def _store_error(self, error: str) -> ReloadReport:
+        """A reload of a store it cannot read: nothing changes, the models loaded keep serving."""
+        if error != self._last_error:  # a poller retries every interval: log each change once
+            log.error("reload failed: %s; the models loaded are still served", error, extra={"store": str(self.store)})
+        self._last_error = error
+        report = self._report([])
+        report.error = error
+        return report
 
     def _refresh(
         self, name: str, engines: dict[str, ModelEngine], stamps: dict[str, Fingerprint]

@@ -28,6 +28,7 @@ from typing import Any
 import uvicorn
 
 from made.core.errors import ModelStoreError
+from made.store.versions import store_problem
 from service.core.log_config import configure_logging, logging_config
 from service.http.app import create_app
 from service.settings import load_settings
@@ -41,8 +42,9 @@ def serve(
     """Arguments left None come from Settings (MADE_STORE, MADE_HOST, MADE_PORT, MADE_WORKERS)."""
     settings = load_settings(store=Path(store) if store is not None else None, workers=workers, host=host, port=port)
     host, port = settings.host, settings.port
-    if not settings.store.is_dir():
-        raise ModelStoreError(f"model store {settings.store} does not exist (pass --store or set MADE_STORE)")
+    problem = store_problem(settings.store)
+    if problem:
+        raise ModelStoreError(f"model store {settings.store} {problem} (pass --store or set MADE_STORE)")
     configure_logging(settings.log_level)
     options: dict[str, Any] = {
         "host": host,
