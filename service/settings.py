@@ -20,7 +20,8 @@ MIB = 1 << 20
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MADE_", extra="ignore", frozen=True)
 
-    # Where the models live: STORE/NAME/VERSION/{manifest.json, model.onnx}.
+    # Where the models live: STORE/NAME/VERSION/{manifest.json, weights.safetensors, *.onnx[,
+    # reference.json]}.
     store: Path = Path("model_store")
     # Served when a request names no model; None: "binarized-mnist" if present, else the first.
     default_model: str | None = None
