@@ -166,6 +166,22 @@ def test_infinite_and_overflowing_numbers_are_refused_naming_the_column(tmp_path
         load_table_dataset(str(_splits(tmp_path, "h", HEADER, huge)), drop_columns=("title",))
 
 
+def test_a_huge_number_in_a_message_is_written_short() -> None:
+    """carat 1e300 was answered with all 301 digits of the float."""
+    from made.core.errors import format_value
+    from made.core.schema import Column
+
+    assert (format_value(1e300), format_value(-1e20), format_value(2.0), format_value(12345.0)) == (
+        "1e+300",
+        "-1e+20",
+        "2",
+        "12345",
+    )
+    col = Column("carat", "numeric", decimals=2, components=1, lower=0.13, upper=5.08)
+    with pytest.raises(DataError, match=r"^records\[0\], column 'carat': 1e\+300 is outside"):
+        col.encode_cell(1e300, "records[0]")
+
+
 def test_a_number_rounded_to_zero_is_zero_not_minus_zero() -> None:
     """/conditionals answered "q05": -0.0 for a quantile just below 0."""
     from made.core.schema import Column, round_to_precision

@@ -56,6 +56,7 @@ class NotAcceptable(MadeError):
 
 
 def format_value(value: float) -> str:
-    """A number as a person writes it in a message: 2, not np.float64(2.0); 0.5; nan."""
+    """A number as a person writes it in a message: 2, not np.float64(2.0); 0.5; nan; 1e+300,
+    not its 301 digits (a whole number past 1e16, where a float's digits are noise)."""
     value = float(value)
-    return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else f"{value:g}"
