@@ -31,7 +31,7 @@
  * - given (table models): per column i `given-use-I` and `given-col-I`, `given-n`, `given-seed`,
  *   `given-go`; out: `given-exact`, `given-ess`, `given-hists`, `given-rows`.
  * - csv (table models): `csv-file`, `csv-example`, `csv-seed`, `csv-threshold` (range),
- *   `csv-download` (a link, once scored); out: `csv-rows`, `csv-flagged`, `csv-threshold-value`,
+ *   `csv-download` (a link, once scored; `csv-download-note` says why there is none); out: `csv-rows`, `csv-flagged`, `csv-threshold-value`,
  *   `csv-hist`, `csv-table`.
  *
  * Each view draws its first answer when it is first shown for a model; the page sets
@@ -39,7 +39,7 @@
  * gets `data-ready="1"` once its answer is drawn (the tests and the screenshot script wait on it).
  */
 
-import { api, apiKey, run, setApiKey } from "./api.js";
+import { api, apiKey, newModel, run, setApiKey } from "./api.js";
 import { renderCard } from "./card.js";
 import { $, el } from "./draw.js";
 import { imageViews } from "./image.js";
@@ -92,10 +92,12 @@ function showView(view) {
 async function selectModel(name, view) {
   const model = state.models.find((m) => m.name === name) || state.models.find((m) => m.default) || state.models[0];
   $("model-picker").value = model.name;
+  newModel(); // the answers still in flight are for the model shown before: dropped
   await run(`Loading ${model.name}`, async () => {
     state.manifest = await api(`models/${encodeURIComponent(model.name)}`);
   });
   if (!state.manifest || state.manifest.name !== model.name) return;
+  newModel(); // and those asked for while it loaded
   state.model = model;
   state.columns = columnsOf(state.manifest);
   state.shown = new Set();

@@ -1,19 +1,22 @@
 // Score a CSV: the file goes to POST /logprob as text/csv (the server reads it with the project's
 // one CSV reader), once for the numbers (JSON) and once for the scored CSV (Accept: text/csv) to
-// download, with the same seed so that both hold the same log p. A histogram of log p, and a
-// slider: the share of rows flagged as the least likely.
+// download, with the same seed so that both hold the same log p (a CSV the server cannot answer
+// as CSV, one with a `logprob` column, is scored all the same, its download left out with the
+// server's reason). A histogram of log p, and a slider: the share of rows flagged as the least
+// likely. A file goes as its bytes, so that the server's message says what is wrong with them.
 
-import { api, query, ready, run } from "./api.js";
+import { ApiError, api, fresh, live, query, ready, run } from "./api.js";
 import { $, binCounts, edgesOf, el, fmt, histogram, show } from "./draw.js";
 
 let st = null;
 const scored = { rows: null, header: null, logprob: null, url: null };
-let latest = 0;
 
-// RFC 4180 cells, separated by the most frequent of , ; | and tab in the header line (as the
-// server reads them); only for showing the flagged rows.
+// RFC 4180 cells, separated by the most frequent of , ; | and tab in the header line, rows as the
+// server reads them (made/io/csv.py: only a line of nothing but spaces is no row, a line of empty
+// cells is one), so that row i is the row of the server's log p i; only for showing the flagged rows.
 export function parseCsv(text) {
-  const firstLine = text.split(/\r?\n/, 1)[0];
+  text = text.replace(/^\uFEFF/, "");
+  const firstLine = text.split("\n", 1)[0];
   const sep = [",", ";", "|", "\t"].reduce((best, s) => (firstLine.split(s).length > firstLine.split(best).length ? s : best), ",");
   const rows = [];
   let row = [];
@@ -34,14 +37,19 @@ export function parseCsv(text) {
     } else if (ch === "\n" || ch === "\r") {
       if (ch === "\r" && text[i + 1] === "\n") i++;
       row.push(cell);
-      if (row.some((c) => c.trim() !== "")) rows.push(row);
+      if (!blank(row)) rows.push(row);
       row = [];
       cell = "";
     } else cell += ch;
   }
   row.push(cell);
-  if (row.some((c) => c.trim() !== "")) rows.push(row);
+  if (!blank(row)) rows.push(row);
   return rows;
+}
+
+// A line of one cell of nothing but spaces: no row (a line of separators holds empty cells: a row).
+function blank(row) {
+  return row.length === 1 && row[0].trim() === "";
 }
 
 function csvOf(columns, records) {
@@ -79,41 +87,65 @@ function flag() {
     el("thead", {}, head), el("tbody", {}, ...body));
 }
 
-function score(text) {
-  latest += 1;
-  const mine = latest;
+// Nothing of a file scored before stays on screen (a failed request, another model).
+function clear() {
+  scored.logprob = null;
+  for (const id of ["csv-rows", "csv-flagged", "csv-threshold-value"]) {
+    $(id).textContent = "";
+    delete $(id).dataset.value;
+  }
+  $("csv-hist").replaceChildren();
+  $("csv-table").replaceChildren();
+  $("csv-download").hidden = true;
+  $("csv-download").removeAttribute("href");
+  $("csv-download-note").textContent = "";
+  if (scored.url) URL.revokeObjectURL(scored.url);
+  scored.url = null;
+}
+
+// body: the CSV's text, or a file (a Blob, sent as its bytes).
+function score(body) {
+  const current = fresh("csv");
   const path = `logprob?${query({ model: st.model.name, seed: Math.max(0, Math.floor(Number($("csv-seed").value) || 0)) })}`;
   return run("Scoring the CSV", async () => {
-    const [answer, csvAnswer] = await Promise.all([api(path, text), api(path, text, { accept: "text/csv", raw: true })]);
-    const blob = await csvAnswer.blob();
-    if (mine !== latest) return;
-    const parsed = parseCsv(text);
+    const [answer, csvAnswer] = await Promise.allSettled([api(path, body), api(path, body, { accept: "text/csv", raw: true })]);
+    if (answer.status === "rejected") throw answer.reason;
+    const blob = csvAnswer.status === "fulfilled" ? await csvAnswer.value.blob() : null;
+    if (!current()) return;
+    if (!blob && !(csvAnswer.reason instanceof ApiError)) throw csvAnswer.reason;
+    const parsed = parseCsv(typeof body === "string" ? body : await body.text());
+    if (!current()) return;
+    clear();
     scored.header = parsed[0];
     scored.rows = parsed.slice(1);
-    scored.logprob = answer.logprob;
-    show($("csv-rows"), answer.logprob.length, 0);
-    if (scored.url) URL.revokeObjectURL(scored.url);
-    scored.url = URL.createObjectURL(blob);
-    $("csv-download").href = scored.url;
-    $("csv-download").hidden = false;
+    scored.logprob = answer.value.logprob;
+    show($("csv-rows"), scored.logprob.length, 0);
+    if (blob) {
+      scored.url = URL.createObjectURL(blob);
+      $("csv-download").href = scored.url;
+      $("csv-download").hidden = false;
+    } else {
+      $("csv-download-note").textContent = `No download of the scored CSV: ${csvAnswer.reason.detail}`;
+    }
     flag();
     ready("csv");
-  });
+  }, () => current() && clear());
 }
 
 async function example() {
+  const current = live();
   let text = null;
   await run("Drawing rows", async () => {
     const body = { model: st.model.name, n: 300, seed: Math.max(0, Math.floor(Number($("csv-seed").value) || 0)) };
     if (!st.manifest.columns) body.encoding = "records";
     text = csvOf(st.columns, (await api("sample", body)).records);
-  });
-  if (text) await score(text);
+  }, clear);
+  if (text && current()) await score(text);
 }
 
 $("csv-file").addEventListener("change", async (e) => {
   const file = e.target.files[0];
-  if (file) await score(await file.text());
+  if (file) await score(file);
 });
 $("csv-example").addEventListener("click", example);
 $("csv-threshold").addEventListener("input", flag);
@@ -121,8 +153,7 @@ $("csv-threshold").addEventListener("input", flag);
 export const csvView = {
   reset(state) {
     st = state;
-    scored.logprob = null;
-    $("csv-download").hidden = true;
+    clear();
   },
   show: example,
 };

@@ -75,6 +75,13 @@ export function paintBits(canvas, bits, shape) {
   canvas.dataset.value = bits.map((b) => (b === null ? "?" : b)).join("");
 }
 
+// A canvas emptied (what it showed is gone, and so are its values).
+export function blank(canvas) {
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  delete canvas.dataset.value;
+  delete canvas.dataset.values;
+}
+
 export function paintHeat(canvas, values, shape, max = 1) {
   paint(canvas, values, shape, (v) => heat(v / max));
   canvas.dataset.values = JSON.stringify(values);

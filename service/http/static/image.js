@@ -1,14 +1,13 @@
 // The views of image models (binarized MNIST): samples, fill in (/impute), denoise (/denoise) and
 // per-pixel surprisal (/logprob's explain on the digit as records x0..x{D-1}).
 
-import { api, fresh, ready, run, setStatus } from "./api.js";
-import { $, bitGrid, el, fmt, paint, paintBits, paintHeat, heat, rng, seedOf, show } from "./draw.js";
+import { api, fresh, live, ready, run, setStatus } from "./api.js";
+import { $, bitGrid, blank, el, fmt, paint, paintBits, paintHeat, heat, rng, seedOf, show } from "./draw.js";
 import { referenceOf } from "./reference.js";
 
 let st = null; // the page's state: the model, its manifest and columns
 // The Fill-in canvas: ink (0 or 1) and hidden (true or false) per pixel; its row sends null where hidden.
 const canvasBits = { ink: null, hidden: null };
- // the newest request of each view: an older answer is not drawn over it
 
 function shape() {
   return st.manifest.image_shape;
@@ -29,14 +28,17 @@ let tests = []; // the test digits (bits), none without a reference
 const FIRST_TEST = { impute: 0, denoise: 1, surprisal: 2 }; // the digit each view opens on
 const offered = new Set(); // the views whose picker is filled for this model
 
-// Fills `view`'s picker of test digits (hidden without a reference) and says whether it has any.
+// Fills `view`'s picker of test digits (hidden without a reference) and says whether it has any
+// (null when the model changed meanwhile).
 async function offerTests(view) {
   if (!offered.has(view)) {
+    const current = live();
     offered.add(view);
     await run("Loading the test digits", async () => {
       const reference = await referenceOf(st);
       tests = reference ? reference.examples || [] : [];
     });
+    if (!current()) return null;
     const picker = $(`${view}-test`);
     picker.replaceChildren(...tests.map((_, i) => el("option", { value: String(i) }, `${i + 1} of ${tests.length}`)));
     picker.value = String(Math.min(FIRST_TEST[view], tests.length - 1));
@@ -65,7 +67,7 @@ function drawSamples() {
     if (!current()) return;
     bitGrid($("samples-grid"), answer.samples, shape(), "sample");
     ready("samples");
-  });
+  }, () => current() && $("samples-grid").replaceChildren());
 }
 
 // --- fill in ---------------------------------------------------------------------------------
@@ -158,7 +160,14 @@ function fillIn() {
     $("impute-exact").dataset.value = String(answer.exact[0]);
     show($("impute-ess"), answer.ess[0], 1);
     ready("impute");
-  });
+  }, () => current() && clearImpute());
+}
+
+// A failed request leaves no answer of the one before on screen.
+function clearImpute() {
+  blank($("impute-heatmap"));
+  $("impute-completions").replaceChildren();
+  for (const id of ["impute-logprob", "impute-exact", "impute-ess"]) show($(id), null);
 }
 
 async function loadCanvas() {
@@ -168,9 +177,12 @@ async function loadCanvas() {
 }
 
 async function showImpute() {
-  if (await offerTests("impute")) setInk(testDigit("impute"));
+  const current = live();
+  const hasTests = await offerTests("impute");
+  if (!current()) return;
+  if (hasTests) setInk(testDigit("impute"));
   else await loadCanvas();
-  if (!canvasBits.ink) return;
+  if (!current() || !canvasBits.ink) return;
   hideWhere((r) => r >= shape()[0] / 2);
   await fillIn();
 }
@@ -204,7 +216,13 @@ function denoise() {
     show($("denoise-stderr"), answer.stderr[0]);
     show($("denoise-ess"), answer.ess[0], 1);
     ready("denoise");
-  });
+  }, () => current() && clearDenoise());
+}
+
+function clearDenoise() {
+  blank($("denoise-marginals"));
+  blank($("denoise-most-likely"));
+  for (const id of ["denoise-wrong-denoised", "denoise-logprob", "denoise-stderr", "denoise-ess"]) show($(id), null);
 }
 
 function setClean(bits) {
@@ -213,14 +231,18 @@ function setClean(bits) {
 }
 
 async function loadNoisy() {
+  const current = live();
   await run("Loading a digit", async () => {
     setClean(await digit(seedOf("denoise-seed")));
   });
-  await denoise();
+  if (current()) await denoise();
 }
 
 async function showDenoise() {
-  if (!(await offerTests("denoise"))) return loadNoisy();
+  const current = live();
+  const hasTests = await offerTests("denoise");
+  if (!current()) return undefined;
+  if (!hasTests) return loadNoisy();
   setClean(testDigit("denoise"));
   return denoise();
 }
@@ -251,6 +273,12 @@ function explain() {
     show($("surprisal-logprob"), answer.logprob[0]);
     paintSurprisal();
     ready("surprisal");
+  }, () => {
+    if (!current()) return;
+    explained.answer = null;
+    blank($("surprisal-heatmap"));
+    show($("surprisal-logprob"), null);
+    show($("surprisal-top"), null);
   });
 }
 
@@ -261,14 +289,18 @@ function setExplained(bits) {
 }
 
 async function loadExplained() {
+  const current = live();
   await run("Loading a digit", async () => {
     setExplained(await digit(seedOf("surprisal-seed")));
   });
-  await explain();
+  if (current()) await explain();
 }
 
 async function showSurprisal() {
-  if (!(await offerTests("surprisal"))) return loadExplained();
+  const current = live();
+  const hasTests = await offerTests("surprisal");
+  if (!current()) return undefined;
+  if (!hasTests) return loadExplained();
   setExplained(testDigit("surprisal"));
   return explain();
 }

@@ -4,7 +4,7 @@
 // the model's reference (reference.js); a version without one falls back to rows drawn from the
 // model: the percentile among 500 of them, the histograms beside as many as the condition's.
 
-import { api, fresh, ready, run } from "./api.js";
+import { api, fresh, live, ready, run, setStatus } from "./api.js";
 import { $, bars, binCounts, edgesOf, el, fmt, histogram, seedOf, show } from "./draw.js";
 import { exampleRecords, heldOutPercentile, heldOutText, referenceOf } from "./reference.js";
 
@@ -12,6 +12,7 @@ let st = null;
 const DRAWN = { n: 500, seed: 0 }; // without a reference, the rows a record's percentile is taken among
 let drawnRows = null; // {model, logprobs (ascending, null first)}
 const DRAWN_TEXT = "among 500 rows drawn from the model (seed 0), not held-out data";
+const UNKNOWN_TEXT = "none: with unknown cells, log p is that of the known cells, not comparable with complete rows'";
 
 function numeric(col) {
   return col.kind === "numeric";
@@ -27,11 +28,15 @@ async function sampleRecords(n, seed, given) {
 
 // --- one control per column ------------------------------------------------------------------
 
+// A number's input: the column's step, and its bounds (the schema's lower and upper, which the
+// server holds a value to: one outside them is a 422) as min and max.
 function valueControl(id, col) {
   if (!numeric(col)) return el("select", { id }, ...col.levels.map((l) => el("option", { value: l }, l)));
   const step = col.decimals === null || col.decimals === undefined ? "any" : String(10 ** -col.decimals);
-  const input = el("input", { id, type: "number", step, required: true });
-  if (col.transform === "log") input.min = step === "any" ? "0" : step; // a log column holds positive numbers
+  const input = el("input", { id, type: "number", step, required: !col.nullable });
+  if (col.lower !== null && col.lower !== undefined) input.min = String(col.lower);
+  else if (col.transform === "log") input.min = step === "any" ? "0" : step; // a log column holds positive numbers
+  if (col.upper !== null && col.upper !== undefined) input.max = String(col.upper);
   return input;
 }
 
@@ -53,11 +58,41 @@ function setValues(prefix, record) {
   });
 }
 
+// A cell's value: a level, a number, or "NA" for an empty number of a column that can be absent.
 function valueOf(prefix, i) {
   const col = st.columns[i];
   const raw = $(`${prefix}-col-${i}`).value;
   if (!numeric(col)) return raw;
-  return raw === "" ? null : Number(raw);
+  return raw === "" ? "NA" : Number(raw);
+}
+
+// Why a number's input cannot be sent (empty where the column cannot be absent, not a number,
+// outside the column's bounds), or null.
+function problemOf(prefix, i) {
+  const col = st.columns[i];
+  const input = $(`${prefix}-col-${i}`);
+  if (!numeric(col)) return null;
+  const v = input.validity;
+  if (v.badInput) return `${col.name} is not a number`;
+  if (input.value === "" && !col.nullable) return `${col.name} is empty`;
+  if (v.rangeUnderflow || v.rangeOverflow) return `${col.name}: ${input.value} is outside the column's bounds, ${input.min || "−∞"} to ${input.max || "∞"}`;
+  return null;
+}
+
+// Whether a column in use (its value sent) cannot be sent: each such input is marked invalid
+// (aria-invalid), the first named in the status line (with `hint`, what to do) and focused.
+function refused(prefix, used, what, hint) {
+  const problems = st.columns.map((_, i) => (used(i) ? problemOf(prefix, i) : null));
+  problems.forEach((p, i) => {
+    const input = $(`${prefix}-col-${i}`);
+    if (p) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  });
+  const i = problems.findIndex((p) => p);
+  if (i < 0) return false;
+  setStatus(`${what}: ${problems[i]} (${hint}).`, true);
+  $(`${prefix}-col-${i}`).focus();
+  return true;
 }
 
 // --- score a record --------------------------------------------------------------------------
@@ -129,10 +164,22 @@ function drawDistributions(distributions) {
   );
 }
 
+// A failed request (or a form that cannot be sent) leaves no answer of the one before on screen.
+function clearRecord() {
+  show($("record-logprob"), null);
+  show($("record-percentile"), null);
+  $("record-surprisal").replaceChildren();
+  $("record-impute").replaceChildren();
+}
+
 function score() {
   const current = fresh("record");
+  if (refused("record", (i) => !$(`record-unknown-${i}`).checked, "Not scored", "give a number, or tick its “unknown” box")) {
+    clearRecord();
+    return undefined;
+  }
   const rec = record();
-  const complete = Object.values(rec).every((v) => v !== null && !Number.isNaN(v));
+  const complete = Object.values(rec).every((v) => v !== null);
   return run("Scoring", async () => {
     const body = { model: st.model.name, records: [rec], seed: 0 };
     if (complete) body.explain = true;
@@ -144,9 +191,15 @@ function score() {
     if (!current()) return;
     const lp = answer.logprob[0];
     show($("record-logprob"), lp, 3);
-    const [p, among] = percentile(lp);
-    show($("record-percentile"), p, 1);
-    $("record-percentile-among").textContent = among;
+    if (complete) {
+      const [p, among] = percentile(lp);
+      show($("record-percentile"), p, 1);
+      $("record-percentile-among").textContent = among;
+    } else {
+      // the log p of the known cells only: not comparable with complete rows' log p
+      show($("record-percentile"), null);
+      $("record-percentile-among").textContent = UNKNOWN_TEXT;
+    }
     if (answer.surprisal) {
       const s = answer.surprisal[0];
       bars($("record-surprisal"), st.columns.map((c) => ({ label: c.name, value: s[c.name].given_others })));
@@ -155,7 +208,7 @@ function score() {
     }
     drawDistributions(imputed ? imputed.distributions[0] : {});
     ready("record");
-  });
+  }, () => current() && clearRecord());
 }
 
 function setRecord(rec) {
@@ -166,22 +219,25 @@ function setRecord(rec) {
 }
 
 async function fillRecord() {
+  const current = live();
   await run("Drawing a row", async () => {
     const drawn = await sampleRecords(1, seedOf("record-seed"));
     setRecord(drawn.records[0]);
   });
-  await score();
+  if (current()) await score();
 }
 
 let heldOut = []; // the reference's held-out rows as records (none without a reference)
 
 // The held-out rows offered in the record view (a picker and its button, hidden without them).
 async function offerHeldOut() {
+  const current = live();
   heldOut = [];
   await run("Loading the held-out rows", async () => {
     const reference = await referenceOf(st);
     heldOut = reference ? exampleRecords(reference) : [];
   });
+  if (!current()) return;
   const picker = $("record-example");
   picker.replaceChildren(...heldOut.map((_, i) => el("option", { value: String(i) }, `row ${i + 1} of ${heldOut.length}`)));
   $("record-examples").hidden = !heldOut.length;
@@ -194,15 +250,18 @@ async function loadHeldOut() {
   await score();
 }
 
-// A number's training range (its reference marginal's first and last edge) as the input's hint:
-// a hint, not a limit, since a value outside it is what an anomaly looks like.
+// A number's training range (its reference marginal's first and last edge, with the column's
+// decimals) as the input's hint: within the column's bounds (min and max, which the server holds
+// a value to), a value outside the training range is what an anomaly looks like.
 async function showRanges(prefix) {
+  const current = live();
   const reference = await referenceOf(st);
-  if (!reference) return;
+  if (!reference || !current()) return;
   st.columns.forEach((col, i) => {
     const m = reference.marginals[col.name];
     if (!numeric(col) || !m || m.kind !== "number") return;
-    const [lo, hi] = [fmt(m.edges[0]), fmt(m.edges[m.edges.length - 1])];
+    const digits = col.decimals ?? 2;
+    const [lo, hi] = [fmt(m.edges[0], digits), fmt(m.edges[m.edges.length - 1], digits)];
     const input = $(`${prefix}-col-${i}`);
     input.placeholder = `${lo} to ${hi}`;
     input.title = `training range: ${lo} to ${hi}`;
@@ -211,21 +270,24 @@ async function showRanges(prefix) {
 }
 
 async function showRecord() {
+  const current = live();
   buildForm($("record-form"), "record", { id: "unknown", text: "unknown" });
   await offerHeldOut();
   await showRanges("record");
+  if (!current()) return;
   if (heldOut.length) await loadHeldOut();
   else await fillRecord();
 }
 
 // --- conditional sampling --------------------------------------------------------------------
 
+// The condition: the ticked columns' values, or null where none is ticked (sampled without one).
 function given() {
   const out = {};
   st.columns.forEach((col, i) => {
     if ($(`given-use-${i}`).checked) out[col.name] = valueOf("given", i);
   });
-  return out;
+  return Object.keys(out).length ? out : null;
 }
 
 function present(v) {
@@ -279,8 +341,19 @@ function rowsTable(table, rows) {
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...body));
 }
 
+function clearGiven() {
+  $("given-exact").textContent = "";
+  show($("given-ess"), null);
+  $("given-hists").replaceChildren();
+  $("given-rows").replaceChildren();
+}
+
 function sampleGiven() {
   const current = fresh("given");
+  if (refused("given", (i) => $(`given-use-${i}`).checked, "Not sampled", "give a number, or untick it")) {
+    clearGiven();
+    return undefined;
+  }
   const condition = given();
   const n = Math.max(1, Math.floor(Number($("given-n").value) || 1));
   const seed = seedOf("given-seed");
@@ -299,10 +372,11 @@ function sampleGiven() {
     );
     rowsTable($("given-rows"), cond.records);
     ready("given");
-  });
+  }, () => current() && clearGiven());
 }
 
 async function showGiven() {
+  const current = live();
   buildForm($("given-form"), "given", { id: "use", text: "condition on it" });
   await run("Drawing a row", async () => {
     const reference = await referenceOf(st); // the first held-out row, or a row drawn from the model
@@ -310,6 +384,7 @@ async function showGiven() {
     setValues("given", first || (await sampleRecords(1, 0)).records[0]);
     await showRanges("given");
   });
+  if (!current()) return;
   const first = st.columns.findIndex((c) => !numeric(c));
   $(`given-use-${Math.max(0, first)}`).checked = true;
   await sampleGiven();
@@ -318,12 +393,10 @@ async function showGiven() {
 $("record-fill").addEventListener("click", fillRecord);
 $("record-example").addEventListener("change", loadHeldOut);
 $("record-load-example").addEventListener("click", loadHeldOut);
-$("record-score").addEventListener("click", score);
 $("record-form").addEventListener("submit", (e) => {
   e.preventDefault();
   score();
 });
-$("given-go").addEventListener("click", sampleGiven);
 $("given-form").addEventListener("submit", (e) => {
   e.preventDefault();
   sampleGiven();
