@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +72,25 @@ def test_free_text_is_a_one_line_error_naming_the_column(tmp_path: Path) -> None
         load_table_dataset(str(path), drop_columns=("titel",))
 
 
-def test_a_level_never_seen_in_training_names_line_column_and_value(tmp_path: Path) -> None:
+def test_a_level_only_a_held_out_split_holds_joins_the_levels_or_is_named_under_a_given_schema(
+    tmp_path: Path,
+) -> None:
+    """An inferred schema takes a held-out split's level the training split lacks (with a note,
+    as held-out values beyond the bounds): a near-constant column (5.0 in training, 6.5 in test)
+    stopped training. A given schema is the user's: its missing level is named, line and column."""
     rows = _rows()
     bad = rows[:3] + ["purple" + rows[3][rows[3].index(",") :]]
     path = _splits(tmp_path, "t", HEADER, rows, valid=bad)
+    data = load_table_dataset(str(path), drop_columns=("title",))
+    color = data.schema.columns[data.schema.names.index("color")]
+    assert color.levels == ("blue", "green", "red", "purple") and data.split("valid")[3, 0] == 3
+    assert any("column color: the valid split holds 'purple'" in note for note in data.notes)
+    trained = load_table_dataset(str(path), drop_columns=("title",), splits=("train",)).schema
+    given = Schema(
+        tuple(c if c.name != "color" else replace(c, levels=("blue", "green", "red")) for c in trained.columns)
+    )
     with pytest.raises(DataError) as info:
-        load_table_dataset(str(path), drop_columns=("title",))
+        load_table_dataset(str(path), schema=given)
     message = str(info.value)
     assert "t_valid.csv line 5, column 'color': 'purple' is not a level" in message and "'red'" in message
     notnum = rows[:3] + [rows[3].replace(rows[3].split(",")[4], "hot", 1)]
@@ -211,6 +225,28 @@ def test_a_number_off_the_columns_grid_is_read_at_its_precision(tmp_path: Path) 
     assert temp[3] == round(float(cells[4]), 1) and np.array_equal(temp, np.round(temp, 1))
 
 
+def test_bounds_keep_a_log_scale_column_off_zero_and_a_non_positive_column_non_positive(tmp_path: Path) -> None:
+    """A continuous column read on a log scale had the lower bound 0, where its density grows
+    without limit (log p of 1e-40 was +79, the most normal value of all); a column of negative
+    values got a positive upper bound (samples up to +16.5 from values all below -0.86)."""
+    from made.io.tables import numeric_bounds
+
+    rng = np.random.default_rng(0)
+    spread = 10 ** rng.uniform(-6, 9, 300)
+    lower, upper = numeric_bounds(spread, None, log_scale=True)
+    assert 0 < lower < spread.min() and upper > spread.max()
+    assert np.log10(spread.min() / lower) < 0.2 * np.log10(spread.max() / spread.min())  # a margin in log x
+    negative = -rng.gamma(2, 10, 300).round(2)
+    lower, upper = numeric_bounds(negative, 2)
+    assert lower < negative.min() and upper == 0.0
+    rows = [f"{v:.6g},{'xy'[i % 2]}" for i, v in enumerate(spread)]
+    data = load_table_dataset(str(_splits(tmp_path, "s", "n,b", rows, valid=rows[:5])))
+    col = data.schema.columns[0]
+    assert col.transform == "log" and col.decimals is None and 0 < col.lower < spread.min()
+    with pytest.raises(DataError, match=r"1e-40 is outside this column's bounds"):
+        col.encode_cell(1e-40, "records[0]")
+
+
 def test_a_float32_parquet_column_keeps_the_precision_it_was_written_at(tmp_path: Path) -> None:
     """float32 0.1 is 0.10000000149011612 as a float64: read so, a column of 2-decimal values
     came out continuous; read as float32 writes it, it keeps resolution 0.01, as its float64
@@ -250,6 +286,19 @@ def test_a_header_less_binary_csv_stays_bit_data(tmp_path: Path) -> None:
     assert not is_table_file(tmp_path / "b_test.csv")
     (tmp_path / "h_test.csv").write_text("a,b,c\n0,1,1\n1,0,0\n")
     assert not is_table_file(tmp_path / "h_test.csv")  # a header over 0/1 cells: still bits
+
+
+def test_a_table_whose_first_row_is_0_and_1_or_whose_header_names_a_year_is_a_table(tmp_path: Path) -> None:
+    """Only the header and the first row were read: age,kids over a first row 1,0 was bit data
+    (then 'line 3 holds 62, expected 0 or 1'), and so was a header naming a column 2023."""
+    (tmp_path / "first.csv").write_text("age,kids\n1,0\n62,3\n35,1\n")
+    assert is_table_file(tmp_path / "first.csv")
+    (tmp_path / "year.csv").write_text("region,2023\nnorth,1.5\nsouth,0.2\n")
+    assert is_table_file(tmp_path / "year.csv")
+    (tmp_path / "late.csv").write_text("a,b\n" + "0,1\n" * 50 + "0,2\n")  # a non-bit cell on line 52
+    assert is_table_file(tmp_path / "late.csv")
+    (tmp_path / "numbers.csv").write_text("5.1,3.5,setosa\n4.9,3.0,setosa\n")  # no header: not a table
+    assert not is_table_file(tmp_path / "numbers.csv")
 
 
 def test_parquet_tables_load_like_csv(tmp_path: Path) -> None:

@@ -102,7 +102,8 @@ def bounded_schema(schema: Schema, train: np.ndarray) -> Schema:
             v = train[:, j]
             present = v[~np.isnan(v) & (v != ABSENT)]
             if len(present):
-                lower, upper = numeric_bounds(present, col.decimals)
+                log_scale = col.transform == "log" and col.decimals is None
+                lower, upper = numeric_bounds(present, col.decimals, log_scale=log_scale)
                 col = replace(col, lower=lower, upper=upper)
         columns.append(col)
     return Schema(tuple(columns))

@@ -23,8 +23,13 @@ def bounds_text(col: Column) -> str:
 
 
 def plain_number(x: float) -> str:
-    """A number with all its digits and no exponent (1128378, not 1.12838e+06; 0.1, not 0.1000)."""
-    return str(np.format_float_positional(float(x), trim="-"))
+    """A number with all its digits and no exponent (1128378, not 1.12838e+06; 0.1, not 0.1000),
+    except far from 1, where an exponent reads better (2.59695e-09, not 0.000000002596954705...;
+    1e+300, not 301 digits)."""
+    x = float(x)
+    if x != 0 and (abs(x) < 1e-4 or abs(x) >= 1e16):
+        return f"{x:.6g}"
+    return str(np.format_float_positional(x, trim="-"))
 
 
 def value_bounds(col: Column) -> tuple[float, float]:

@@ -15,6 +15,7 @@ Inference, column by column over the training split's cells (empty and `NA` cell
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -184,7 +185,8 @@ def infer_column(name: str, cells: list[str], source: str, notes: list[str] | No
     if len(distinct) > MAX_LEVELS or (len(distinct) > 50 and len(distinct) > len(cells) / 2):
         raise DataError(
             f"{source}: column '{name}' looks like free text ({len(distinct)} distinct values in "
-            f"{len(cells)} rows, e.g. {distinct[0]!r}); leave it out with --drop-columns {name}"
+            f"{len(cells)} rows, e.g. {distinct[0]!r}); leave it out with --drop-columns {name}, or, if it is a "
+            "category, list its levels in a --schema file (made schema writes one to edit)"
         )
     levels = distinct + ([ABSENT_LEVEL] if absent and ABSENT_LEVEL not in distinct else [])
     if len(levels) == 2 and not absent:
@@ -218,11 +220,13 @@ def _resolution_text(decimals: int) -> str:
     return str(np.format_float_positional(10.0**-decimals, trim="-"))
 
 
-def numeric_bounds(values: np.ndarray, decimals: int | None) -> tuple[float, float]:
+def numeric_bounds(values: np.ndarray, decimals: int | None, log_scale: bool = False) -> tuple[float, float]:
     """A numeric column's bounds from its n training values: [min, max] widened on either side by
     BOUND_MARGIN / sqrt(n) of the range (3/sqrt(n): 10% at 900 rows, 1.4% at 43,152, 27% at 124),
-    but not below 0 where no training value is negative (counts, amounts, ages stay non-negative),
-    and moved outwards to the column's resolution.
+    but not below 0 where no training value is negative (counts, amounts, ages stay non-negative)
+    nor above 0 where none is positive, and moved outwards to the column's resolution. A
+    continuous column read on a log scale (log_scale) gets its lower margin in log x instead,
+    above 0: the density of its log head would grow without limit towards 0.
 
     Why that margin: how far past the training range a new value plausibly falls. Of n + 1
     exchangeable rows each is the largest with probability 1/(n + 1), so a new row passes the
@@ -238,16 +242,25 @@ def numeric_bounds(values: np.ndarray, decimals: int | None) -> tuple[float, flo
     beyond the bounds moves them (cover_splits, with a note); a new value beyond them is refused
     naming them (made.core.bounds.check_in_bounds); a --schema file sets a known support by hand."""
     lo, hi = float(values.min()), float(values.max())
-    margin = BOUND_MARGIN / math.sqrt(max(len(values), 1)) * (hi - lo)
-    lower, upper = lo - margin, hi + margin
+    share = BOUND_MARGIN / math.sqrt(max(len(values), 1))
+    lower, upper = lo - share * (hi - lo), hi + share * (hi - lo)
     if lo >= 0:
         lower = max(lower, 0.0)
+    if hi <= 0:  # the mirror: a column of non-positive values (losses, depths) stays so
+        upper = min(upper, 0.0)
+    if log_scale and lo > 0:
+        # a log-transformed continuous column: the margin in log x, so that the lower bound is
+        # above 0 (a density in x grows without limit towards 0 under a log head: log p of 1e-40
+        # was +79, the most "normal" of values)
+        lower = max(lower, lo * math.exp(-share * math.log(hi / lo)) if hi > lo else lo)
     if decimals is not None:
         r = 10.0**-decimals
         lower = round(math.floor(round(lower / r, 6)) * r, max(decimals, 0))
         upper = round(math.ceil(round(upper / r, 6)) * r, max(decimals, 0))
         if lo >= 0:
             lower = max(lower, 0.0)
+        if hi <= 0:
+            upper = min(upper, 0.0)
     return lower, upper
 
 
@@ -274,7 +287,7 @@ def _numeric_column(
             f"{source}: column '{name}': values up to {np.abs(values).max():g} spread too far to model (their mean or "
             "spread overflows a float64); divide the column by a power of ten first"
         )
-    lower, upper = numeric_bounds(values, decimals)
+    lower, upper = numeric_bounds(values, decimals, log_scale=transform == "log" and decimals is None)
     return Column(
         name,
         "numeric",
@@ -348,21 +361,27 @@ def _encode_fast(col: Column, cells: list[str]) -> np.ndarray:
 
 
 # --- data sets -------------------------------------------------------------------------------------
+# Data lines is_table_file reads to tell a table from a matrix of bits
+SNIFF_LINES = 1000
+
+
 def is_table_file(path: Path) -> bool:
-    """A CSV whose first line names its columns and whose cells are not all 0/1 (or any Parquet
-    file) is a table; a header-less 0/1 matrix stays bit data."""
+    """A CSV whose first line names its columns (half its cells or more are not numbers: a header
+    may name a column 2023) and whose cells are not all 0/1 in its first SNIFF_LINES lines (or
+    any Parquet file) is a table; a header-less 0/1 matrix stays bit data. One line of 0/1 cells
+    (a table whose first row happens to be 1,0) no longer makes a table bits."""
     if path.suffix == ".parquet":
         return True
     if path.suffix not in (".csv", ".tsv", ".txt") or not path.is_file():
         return False
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        first, second = fh.readline(), fh.readline()
+        first = fh.readline()
+        lines = list(itertools.islice(fh, SNIFF_LINES))
     delimiter = sniff_delimiter(first) or ","
     head = [c.strip() for c in next(csv.reader([first], delimiter=delimiter), [])]
-    cells = [c.strip() for c in next(csv.reader([second], delimiter=delimiter), [])]
-    if not head or any(_number(h) is not None for h in head):
+    if not head or 2 * sum(_number(h) is None for h in head) < len(head):
         return False
-    return any(c not in ("0", "1") for c in cells)
+    return any(c.strip() not in ("0", "1") for row in csv.reader(lines, delimiter=delimiter) for c in row)
 
 
 def load_table_dataset(
@@ -396,6 +415,7 @@ def load_table_dataset(
         schema = infer_schema(
             [header[j] for j in keep], [[r[j] for j in keep] for r in rows], str(files.get("train", path)), notes
         )
+        schema = held_out_levels(schema, {s: (h, r) for s, (h, r, _) in read.items() if s != "train"}, notes)
         bare = Schema(tuple(replace(c, lower=None, upper=None) for c in schema.columns))
         arrays = {s: encode_table(bare, h, r, lines, str(files[s])) for s, (h, r, lines) in read.items()}
         schema = cover_splits(schema, arrays, notes)
@@ -403,6 +423,37 @@ def load_table_dataset(
         arrays = {s: encode_table(schema, h, r, lines, str(files[s])) for s, (h, r, lines) in read.items()}
     name = dataset_name(files[splits[0]])
     return TableDataset(name=name, source=str(path), schema=schema, splits=arrays, notes=notes)
+
+
+def held_out_levels(schema: Schema, held_out: dict[str, tuple[list[str], list[list[str]]]], notes: list[str]) -> Schema:
+    """The inferred schema with each category's levels extended by a value that only a held-out
+    split holds (a model must read the rows it is tested on; it learns such a level from no
+    training row), with a note naming the column, the split and the value, as cover_splits does
+    for bounds. A cell that meets a level by its value (2 for '2.0') adds nothing."""
+    columns = list(schema.columns)
+    for j, col in enumerate(columns):
+        if col.kind == "numeric":
+            continue
+        added: list[str] = []
+        for split, (header, rows) in held_out.items():
+            if col.name not in header:
+                continue
+            k = header.index(col.name)
+            for text in sorted({r[k].strip() for r in rows} - set(col.levels) - set(added)):
+                if text in MISSING_CELLS or text == UNKNOWN_CELL:
+                    continue
+                try:
+                    col.encode_cell(text, "")
+                    continue  # a level by its value
+                except DataError:
+                    added.append(text)
+                    notes.append(
+                        f"column {col.name}: the {split} split holds {text!r}, which the training split lacks: "
+                        "added to its levels (learned from no training row)"
+                    )
+        if added:
+            columns[j] = replace(col, kind="categorical", levels=(*col.levels, *added))
+    return Schema(tuple(columns))
 
 
 def cover_splits(schema: Schema, arrays: dict[str, np.ndarray], notes: list[str]) -> Schema:
