@@ -105,14 +105,18 @@ class DataPlane:
     # --- plumbing ------------------------------------------------------------------------------
     async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn in an engine thread, when the current request's endpoint gets its fair turn.
-        abandon_on_cancel: a timed-out request answers at once; its thread goes on to the
-        engine's next checkpoint, where its cancelled token stops it (made_abandoned_total)."""
+        abandon_on_cancel: a timed-out request (or one whose client disconnected) answers at
+        once; its thread goes on to the engine's next checkpoint, where its cancelled token
+        stops it (made_abandoned_total). Cancelled while waiting for its turn, it never runs."""
         endpoint = _lane.get()
         call = functools.partial(self._abandonable, endpoint, functools.partial(fn, *args, **kwargs))
         return await self.scheduler.run(endpoint, call, abandon_on_cancel=True)
 
     def _abandonable(self, endpoint: str, call: Callable[[], T]) -> T:
         """call() in its engine thread; counted when it stops at a checkpoint, nobody waiting."""
+        ctx = request_context.get()  # the request's own call (a merged call's worker has none)
+        if ctx is not None:
+            ctx.engine_started = True
         try:
             return call()
         except Abandoned:
@@ -146,7 +150,8 @@ class DataPlane:
 
     async def _timed(self, work: Awaitable[T]) -> T:
         """work within MADE_REQUEST_TIMEOUT, its engine calls under a token cancelled when the
-        request times out or is cancelled (shutdown), so that they stop at their next chunk."""
+        request times out or is cancelled (its client disconnected, shutdown), so that they stop
+        at their next chunk."""
         token = CancelToken()
         self._tokens.add(token)
         try:

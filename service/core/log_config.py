@@ -23,6 +23,8 @@ class RequestContext:
     request_id: str
     model: str = ""  # set once the request's model is resolved (a metrics label)
     error_type: str | None = None  # set by the error handlers
+    disconnected: bool = False  # its client went before the answer (the middleware's watch)
+    engine_started: bool = False  # an engine call of its own started (DataPlane), not a merged one
 
 
 # A mutable object in the variable, so that what the handler sets is seen by the middleware.

@@ -50,7 +50,16 @@ class Metrics:
         )
         self.abandoned = Counter(
             "made_abandoned",
-            "engine calls stopped at a checkpoint after their request timed out or the server shut down",
+            "engine calls stopped at a checkpoint after their request timed out, its client "
+            "disconnected or the server shut down",
+            ["endpoint"],
+            registry=r,
+        )
+        self.disconnected = Counter(
+            "made_disconnected",
+            "requests whose client disconnected before their answer: cancelled, their work not "
+            "started dropped (a running engine call of their own stops at its next checkpoint, "
+            "made_abandoned_total)",
             ["endpoint"],
             registry=r,
         )

@@ -5,11 +5,20 @@ another task, so the request context it sets is the one the handlers see. A path
 express handler (service.http.routers.inference.ExpressLogprob) that answers the common request
 with the body already read here, ahead of the app's routing and dependency injection; what
 it declines, the app answers.
+
+A request to an engine endpoint whose client disconnects before its answer starts is cancelled:
+once the body is read, one task per request waits on `receive` for the server's
+`http.disconnect` and cancels the request's task, as a request timeout does. Its work that has
+not started (waiting for an engine thread, or its pieces waiting for a merged call) is dropped;
+an engine call of its own that runs stops at its next checkpoint (service.engine.cancel); a
+merged call with other requests' rows runs on, without its share. Counted in
+made_disconnected_total, logged once, and its access-log line has status 499.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -37,6 +46,10 @@ _SLOW: Literal["slow"] = "slow"  # _read_limited: the body did not arrive in tim
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# The POST paths whose work is the engine's, cancelled when their client disconnects (not
+# /admin/reload: a reload cut short in the event loop would leave its bookkeeping half done).
+_CANCELLABLE = frozenset({"/logprob", "/conditionals", "/sample", "/impute", "/denoise"})
+_CLIENT_GONE = 499  # nginx's "client closed request": the access log's and metrics' status
 
 # A lean handler of one POST path: (scope, body, receive, send) -> whether it answered. One that
 # declines (False) has sent nothing, and the app answers the request as usual.
@@ -89,8 +102,14 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            await self._answer(scope, receive, send_with_id, ctx, length, content_type)
+            await self._answer(scope, receive, send_with_id, ctx, length, content_type, lambda: started)
         except asyncio.CancelledError:
+            if ctx.disconnected and not started and _uncancelled():
+                # cancelled by the watch of _answer: nobody to answer
+                status = _CLIENT_GONE
+                ctx.error_type = "client_disconnected"
+                self._gone(scope, ctx, time.perf_counter() - start)
+                return
             # The server is shutting down and its grace period is over (uvicorn cancels the
             # requests left): one still waiting or running is told to come back, and its task
             # ends there (re-raised, uvicorn would log the cancellation as an error).
@@ -115,10 +134,18 @@ class RequestMiddleware:
             request_context.reset(token)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, length: str, content_type: bytes
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: RequestContext,
+        length: str,
+        content_type: bytes,
+        started: Callable[[], bool],
     ) -> None:
         """The refusals of the body (too large, too slow, over the bounds), else the express
-        handler of the path or the app, with the body read."""
+        handler of the path or the app, with the body read; an engine path's request is
+        cancelled if its client disconnects before the answer starts (`started()`)."""
         read = await self._read_limited(scope, receive, length)
         if read is None:
             await self._too_large(send, ctx, content_type)
@@ -128,9 +155,33 @@ class RequestMiddleware:
             await _send_json(send, 422, refused)
         else:
             replay, body = read
-            express = self.express.get(scope["path"]) if scope["method"] == "POST" else None
-            if express is None or body is None or not await express(scope, body, replay, send):
-                await self.app(scope, replay, send)
+            watch = None
+            if body is not None and _cancellable(scope):
+                watch = asyncio.get_running_loop().create_task(
+                    _until_disconnect(receive, ctx, started, asyncio.current_task())  # type: ignore[arg-type]
+                )
+                replay = replay_body(body, functools.partial(asyncio.shield, watch))
+            try:
+                express = self.express.get(scope["path"]) if scope["method"] == "POST" else None
+                if express is None or body is None or not await express(scope, body, replay, send):
+                    await self.app(scope, replay, send)
+            finally:
+                if watch is not None:
+                    watch.cancel()
+
+    def _gone(self, scope: Scope, ctx: RequestContext, elapsed: float) -> None:
+        """Counted and logged once: a request cancelled because its client disconnected."""
+        endpoint = getattr(scope.get("route"), "path", None) or scope["path"]
+        self.metrics.child(self.metrics.disconnected, endpoint).inc()
+        log.info(
+            "client disconnected before its answer: request cancelled"
+            + ("; its engine call stops at its next checkpoint" if ctx.engine_started else ", its work not started"),
+            extra={
+                "path": scope["path"],
+                "engine_started": ctx.engine_started,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
 
     def _finished(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
         """The request's metrics and its access-log line."""
@@ -224,6 +275,30 @@ def _smaller_body_hint(content_type: bytes) -> str:
     if media in (b"text/csv", b"application/csv"):
         return "split the CSV into smaller files (fewer rows per request), or raise MADE_MAX_BODY_BYTES"
     return "send fewer rows or records per request (smaller batches), or rows of bits packed as x_b64"
+
+
+def _cancellable(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] == "POST" and (path in _CANCELLABLE or (path.startswith("/v2/") and path.endswith("/infer")))
+
+
+async def _until_disconnect(
+    receive: Receive, ctx: RequestContext, started: Callable[[], bool], request: asyncio.Task[Any]
+) -> Message:
+    """The message after the body (http.disconnect, once the client has gone or the answer is
+    sent); a client gone before the answer started cancels the request's task."""
+    message = await receive()
+    if message["type"] == "http.disconnect" and not started():
+        ctx.disconnected = True
+        request.cancel("client disconnected")
+    return message
+
+
+def _uncancelled() -> bool:
+    """Whether the current task's one pending cancellation (the watch's) is undone: False
+    where another (shutdown) is pending too."""
+    task = asyncio.current_task()
+    return task is not None and task.uncancel() == 0
 
 
 def _request_head(headers: list[tuple[bytes, bytes]]) -> tuple[str, str, bytes]:
