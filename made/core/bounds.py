@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from made.core.errors import DataError, format_value
+from made.core.errors import DataError
 
 if TYPE_CHECKING:
     from made.core.schema import Column
@@ -86,7 +86,7 @@ def check_in_bounds(col: Column, number: float, at: str) -> None:
     lo, hi = value_bounds(col)
     held = number if col.decimals is None else round(number, col.decimals)  # the value the model reads
     if not lo <= held <= hi:
-        shown = plain_number(number) if abs(number) < 1e16 else format_value(number)
+        shown = plain_number(number)
         raise DataError(
             f"{at}: {shown} is outside this column's bounds {bounds_text(col)}; the model gives no probability there"
         )

@@ -178,13 +178,19 @@ class Column:
         text = value.strip()
         if text in MISSING_CELLS and ABSENT_LEVEL in self.levels and text not in self._level_index:
             text = ABSENT_LEVEL
-        index = self._level_index.get(text)
-        if index is None:  # not a level's text: a level of the same value ('2' for '2.0', 'true' for 'True')
-            number = _level_value(text)
-            index = None if number is None else self._level_by_value.get(number)
+        index = self.level_of(text)
         if index is None:
             raise DataError(f"{at}: {text!r} is not a level of this column; it has {_shown_levels(self.levels)}")
         return float(index)
+
+    def level_of(self, text: str) -> int | None:
+        """The level a cell's text names: the level of that text, else the one level of the same
+        value ('2' for '2.0', 'true' for 'True'); None where none (or several) do."""
+        index = self._level_index.get(text)
+        if index is None:
+            number = _level_value(text)
+            index = None if number is None else self._level_by_value.get(number)
+        return index
 
     def _level_of_value(self, value: Any, at: str) -> int:
         """The level a JSON number or boolean names: the one level of that value (3 names '3' or

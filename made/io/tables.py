@@ -440,17 +440,13 @@ def held_out_levels(schema: Schema, held_out: dict[str, tuple[list[str], list[li
                 continue
             k = header.index(col.name)
             for text in sorted({r[k].strip() for r in rows} - set(col.levels) - set(added)):
-                if text in MISSING_CELLS or text == UNKNOWN_CELL:
-                    continue
-                try:
-                    col.encode_cell(text, "")
-                    continue  # a level by its value
-                except DataError:
-                    added.append(text)
-                    notes.append(
-                        f"column {col.name}: the {split} split holds {text!r}, which the training split lacks: "
-                        "added to its levels (learned from no training row)"
-                    )
+                if text in MISSING_CELLS or text == UNKNOWN_CELL or col.level_of(text) is not None:
+                    continue  # absent, unknown, or a level by its value
+                added.append(text)
+                notes.append(
+                    f"column {col.name}: the {split} split holds {text!r}, which the training split lacks: "
+                    "added to its levels (learned from no training row)"
+                )
         if added:
             columns[j] = replace(col, kind="categorical", levels=(*col.levels, *added))
     return Schema(tuple(columns))

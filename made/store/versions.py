@@ -200,9 +200,10 @@ def open_model(store: Path, name: str, version: str | None = None) -> StoredMode
     """Find NAME (its highest version unless one is given), read and verify it: the manifest,
     every listed file's sha256, the weights' shapes (a table model's once its schema reads)."""
     store = Path(store)
-    check_store(store)
     if version is None:
-        version = latest_version(store, name)
+        version = latest_version(store, name)  # which checks the store
+    else:
+        check_store(store)
     path = store / name / version
     if not os.path.isdir(path):
         raise ModelNotFound(f"no version '{version}' of model '{name}' in store {store}")

@@ -25,7 +25,7 @@ from service.engine.denoise import denoise
 from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler, device_of
 from service.engine.missing import LogProbResult, impute, observed_logprob
 from service.engine.network import MaskWeights, load_network, mask_logits, mask_weights
-from service.engine.runtime import make_session, requested_providers, trim_heap
+from service.engine.runtime import make_session, requested_providers, rows_alike, trim_heap
 from service.engine.sampler import FastSampler, Sampler
 
 log = logging.getLogger("made.engine")
@@ -200,16 +200,15 @@ class Engine:
         return np.concatenate([self._run(xf[i : i + CHUNK], feed) for i in range(0, len(xf), CHUNK)])
 
     def _run(self, x: np.ndarray, feed: dict[str, ort.OrtValue]) -> np.ndarray:
-        """One call of the graph. A single row goes through as two copies of itself: onnxruntime
-        multiplies one row by another kernel than several, rounding the float32 sums another way,
-        and a row's answer is to be the same to the bit alone or merged into a batch."""
-        single = len(x) == 1
-        if single:
-            x = np.repeat(x, 2, axis=0)
-        out: np.ndarray = self.session.run_with_ort_values(
-            ["logits"], {"x": ort.OrtValue.ortvalue_from_numpy(x), **feed}
-        )[0].numpy()
-        return out[:1] if single else out
+        """One call of the graph (a single row as two: runtime.rows_alike)."""
+
+        def run(rows: np.ndarray) -> np.ndarray:
+            out: np.ndarray = self.session.run_with_ort_values(
+                ["logits"], {"x": ort.OrtValue.ortvalue_from_numpy(rows), **feed}
+            )[0].numpy()
+            return out
+
+        return rows_alike(run, x)
 
     def mask_logliks(self, x: np.ndarray, masks: list[int], observed: np.ndarray | None = None) -> np.ndarray:
         """(len(masks), N): log p_k of the observed entries (all entries when observed is None)."""

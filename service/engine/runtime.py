@@ -10,7 +10,7 @@ import ctypes
 import ctypes.util
 import logging
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +133,16 @@ def release_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 256 << 10)
     mallopt(m_trim_threshold, 1 << 20)
+
+
+def rows_alike(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """run(x) for a graph whose outputs are per row, a single row sent as two copies of itself:
+    onnxruntime multiplies one row by another kernel than several, rounding the float32 sums
+    another way, and a row's answer is to be the same to the bit alone or in a batch (merged by
+    the batcher, or a particle filter's pass of one row)."""
+    if len(x) != 1:
+        return run(x)
+    return run(np.repeat(x, 2, axis=0))[:1]
 
 
 def limit_blas_threads(threads: int) -> None:

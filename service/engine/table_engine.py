@@ -27,7 +27,7 @@ from made.store.manifest import TABLE_OUTPUT
 from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
 from service.engine.checks import check_row_seeds, check_seed, row_generator
-from service.engine.runtime import make_session, requested_providers
+from service.engine.runtime import make_session, requested_providers, rows_alike
 from service.engine.table_draws import draw_cells
 from service.engine.table_explain import column_summaries, surprisal
 from service.engine.table_impute import TableImpute, impute
@@ -95,16 +95,13 @@ class TableEngine:
     # --- one forward pass ---------------------------------------------------------------------
     def params(self, values: np.ndarray, mask: int) -> np.ndarray:
         """(N, U_out) float64: every column's parameters under mask k (unknown cells read as 0).
-        A row's outputs do not depend on the rows beside it, to the bit: onnxruntime multiplies a
-        single row by another kernel than several, rounding the float32 sums another way, so a
-        single row goes through as two copies of itself (the particle filter's first pass holds
-        one row per request row: a row alone would otherwise answer a little differently)."""
-        x = self.schema.network_inputs(values)
-        single = len(x) == 1
-        if single:
-            x = np.repeat(x, 2, axis=0)
-        out = self.session.run([TABLE_OUTPUT], {"x": x, "mask_index": np.array(mask, dtype=np.int64)})[0]
-        return np.asarray(out[:1] if single else out, dtype=np.float64)
+        A row's outputs do not depend on the rows beside it, to the bit, a single row's included
+        (runtime.rows_alike: the particle filter's first pass holds one row per request row)."""
+        feed = {"mask_index": np.array(mask, dtype=np.int64)}
+        out = rows_alike(
+            lambda x: self.session.run([TABLE_OUTPUT], {"x": x, **feed})[0], self.schema.network_inputs(values)
+        )
+        return np.asarray(out, dtype=np.float64)
 
     def column_params(self, params: np.ndarray, c: int) -> np.ndarray:
         return params[:, int(self.schema.out_offsets[c]) : int(self.schema.out_offsets[c + 1])]

@@ -201,7 +201,7 @@ class CsvRecordsMiddleware:
         pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         query = dict(pairs)
         if len(query) != len(pairs):  # last-wins would pick one silently
-            twice = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+            twice = next(key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1)
             raise InvalidInput(f"query parameter {twice} is given twice; give it once")
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:
