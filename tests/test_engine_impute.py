@@ -294,7 +294,7 @@ def test_rows_that_are_not_exact_run_the_particle_filter_from_their_own_stream(
     s, n_samples, k, d = 50, 4, engine.n_masks, engine.dims
     got = engine.impute(rows, n_samples=n_samples, seed=3, n_importance=s * smc.DRAWS_PER_PARTICLE)
     assert not got.exact.any()
-    n0 = smc.pilot_size(s, k)  # the pilot's particles a mask, one island each
+    n0 = smc.pilot_size(s, k, smc.IMPUTE_PILOT)  # the pilot's particles a mask, one island each
     assert n0 > 0
 
     def island(key: int, number: int, mask: int, size: int, row: np.ndarray) -> float:

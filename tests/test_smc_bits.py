@@ -139,7 +139,7 @@ def test_inexact_imputation_and_log_p_match_enumeration_with_resampling(
     p(x_obs) and p(x_d = 1 | x_obs) summed over every completion."""
     engine = tiny_engines["tiny"]
     x_all, logp = tiny_joint["tiny"]
-    monkeypatch.setattr(smc, "SMC_BLOCK", 2)
+    monkeypatch.setattr(smc, "IMPUTE_BLOCK", 2)
     rows = (np.random.default_rng(12).random((3, engine.dims)) < 0.5).astype(np.float64)
     rows[0, [0, 3]] = np.nan
     rows[1, ::2] = np.nan
@@ -157,6 +157,71 @@ def test_inexact_imputation_and_log_p_match_enumeration_with_resampling(
         assert abs(got.logprob_observed[i] - log_obs) < 4 * got.stderr[i] + 1e-9
         assert abs(lp.logprob[i] - log_obs) < 4 * lp.stderr[i] + 1e-9
         np.testing.assert_allclose(got.marginals[i], truth, atol=0.03)
+
+
+def clamped_evidence(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(l0, l1) of one row with missing values (NaN), as /impute clamps it."""
+    l0 = np.where(np.isnan(row), 0.0, np.where(row == 1, -np.inf, 0.0))
+    l1 = np.where(np.isnan(row), 0.0, np.where(row == 0, -np.inf, 0.0))
+    return l0[None, :], l1[None, :]
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_an_island_does_not_resample_once_its_last_draw_is_behind_it(tiny_engines: dict[str, Engine], k: int) -> None:
+    """Where every step still to come is clamped, resampling copies particles without any later
+    draw to make the copies differ: it adds noise and loses distinct paths. With the missing
+    values first in mask k's ordering (the only draws) and the observed ones after them (only
+    weights), a filter told to resample after every step whenever the weights are uneven never
+    does; with one missing value after the observed ones it does, before that draw."""
+    engine = tiny_engines["tiny"]
+    order = engine.sampler.group_plan((k,), 1).nets[0].ordering
+    values = (np.random.default_rng(k).random(engine.dims) < 0.5).astype(np.float64)
+    first = values.copy()
+    first[order[:3]] = np.nan
+    late = values.copy()
+    late[order[[0, engine.dims - 2]]] = np.nan
+    counts = {}
+    for name, row in (("first", first), ("late", late)):
+        l0, l1 = clamped_evidence(row)
+        total = 0
+        for seed in range(20):
+            rngs = {0: np.random.default_rng([seed, 0])}
+            for got in smc.particle_filter(engine.sampler, [k], l0, l1, np.arange(1), rngs, 16, block=1, threshold=1.0):
+                total += int(got.resamplings.sum())
+        counts[name] = total
+    assert counts["first"] == 0, counts
+    assert counts["late"] > 20, counts
+
+
+def test_masks_walking_alone_or_together_resample_at_the_same_times(
+    tiny_engines: dict[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mask walks alone in blocks of the resampling period and with the other masks in shorter
+    blocks that divide it (smc.GROUP_BLOCK), skipping the boundaries between: which of the two a
+    row's islands go through depends on the batch, its answer must not."""
+    engine = tiny_engines["tiny"]
+    monkeypatch.setattr(smc, "GROUP_BLOCK", 2)
+    rows = (np.random.default_rng(5).random((3, engine.dims)) < 0.5).astype(np.float64)
+    rows[0, [0, 3, 5]] = np.nan
+    rows[1, ::2] = np.nan
+    rows[2, [1, 6]] = np.nan
+    l0 = np.concatenate([clamped_evidence(r)[0] for r in rows])
+    l1 = np.concatenate([clamped_evidence(r)[1] for r in rows])
+    ks = list(range(engine.n_masks))
+    answers = []
+    for width in (1, 10**6):  # every mask alone; every mask together
+        monkeypatch.setattr(smc, "SINGLE_WIDTH", width)
+        rngs = {i: np.random.default_rng([7, i]) for i in range(3)}
+        answers.append(
+            list(smc.particle_filter(engine.sampler, ks, l0, l1, np.arange(3), rngs, 24, 5, block=4, threshold=1.0))
+        )
+    alone, together = answers
+    assert sum(int(a.resamplings.sum()) for a in alone) > 0
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a.resamplings, b.resamplings)
+        np.testing.assert_array_equal(a.picks, b.picks)
+        np.testing.assert_allclose(a.log_z, b.log_z, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-12, atol=1e-12)
 
 
 # --- the sampler's paths ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 
 from made.core.masks import exact_orders
 from made.core.numerics import log_mean_stderr, logmeanexp
+from service.engine import smc
 from service.engine.cancel import checkpoint
 from service.engine.checks import check_count, check_seed
 from service.engine.importance import split_draws
@@ -57,6 +58,12 @@ def clamped_evidence(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return l0, l1
 
 
+def _impute_filter(n_particles: int, n_masks: int) -> dict[str, int]:
+    """The particle filter's settings for clamped rows (/logprob, /impute): smc.IMPUTE_BLOCK steps
+    between resampling times, smc.IMPUTE_PILOT of each mask's particles in the pilot."""
+    return {"block": smc.IMPUTE_BLOCK, "pilot": smc.pilot_size(n_particles, n_masks, smc.IMPUTE_PILOT)}
+
+
 def observed_logprob(
     engine: BitPasses,
     x: np.ndarray,
@@ -85,7 +92,9 @@ def observed_logprob(
         l0, l1 = clamped_evidence(x)
         rngs = {int(j): np.random.default_rng([seed, int(ids[j])]) for j in todo}
         n_particles = particles_for(n_importance)
-        for particles in particle_filter(engine.sampler, list(ks), l0, l1, todo, rngs, n_particles):
+        for particles in particle_filter(
+            engine.sampler, list(ks), l0, l1, todo, rngs, n_particles, **_impute_filter(n_particles, len(ks))
+        ):
             island_z[particles.row] = particles.log_z
             inexact = ~is_exact[:, particles.row]
             log_means[inexact, particles.row] = logmeanexp(particles.log_z[inexact], axis=1)
@@ -252,7 +261,9 @@ def _impute_weighted(job: _Imputation, rows: np.ndarray, n_importance: int) -> N
     l0, l1 = clamped_evidence(x)
     ks = list(range(engine.n_masks))
     n_particles = particles_for(n_importance)
-    for particles in particle_filter(engine.sampler, ks, l0, l1, rows, rngs, n_particles, job.n_samples):
+    for particles in particle_filter(
+        engine.sampler, ks, l0, l1, rows, rngs, n_particles, job.n_samples, **_impute_filter(n_particles, len(ks))
+    ):
         r = particles.row
         post = posterior(particles)
         out.logprob_observed[r], out.stderr[r], out.ess[r] = post.logprob, post.stderr, post.ess

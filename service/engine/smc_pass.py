@@ -1,8 +1,9 @@
 """One pass of the particle filter's islands through the stepping sampler (service.engine.smc
 runs them): each group of the plan is a mask, its columns its islands' particles, island after
 island; the tilted draws, the incremental weights read from the logits at the end of each
-block, systematic resampling of an island whose ESS fell below the threshold (its particles'
-inputs and hidden units copied with them), and each island's summary at the end."""
+block, systematic resampling of an island whose ESS fell below the threshold while a draw is still
+ahead of it (its particles' inputs and hidden units copied with them), and each island's summary
+at the end."""
 
 from __future__ import annotations
 
@@ -43,9 +44,12 @@ def run_pass(
     l1: np.ndarray,
     groups: list[list[Drawn]],
     threshold: float,
+    period: int,
 ) -> list[Done]:
     """One pass: group g is the plan's mask g, its columns its islands' particles, island after
-    island (groups padded to the widest). The weights live in (U, P) arrays, island u's particles
+    island (groups padded to the widest), resampling where due at the ends of the plan's blocks
+    that are multiples of `period` steps (the plan's blocks divide it: the times do not depend on
+    the plan a row's islands go through). The weights live in (U, P) arrays, island u's particles
     in its first sizes[u] slots (the rest -inf). Returns per island, in the groups' order:
     ((log Z, weighted mean (D,), sum of squared normalised weights, resamplings), picks (S', D)
     of its chosen samples)."""
@@ -58,6 +62,8 @@ def run_pass(
     orderings = [net.ordering for net in plan.nets]
     group_of = np.array([g for g, _ in flat])
     thr, ev0, ev1, slot_of, first = _layout(orderings, l0, l1, groups, width)
+    draws_until = _draws_until(ev0, ev1, group_of, np.array([s for items in groups for s in range(len(items))]))
+    clamped = _clamped(ev0, ev1, slot_of)
     j = np.arange(top_size)
     valid = j[None, :] < sizes[:, None]
     where = group_of[:, None] * width + first[:, None] + np.where(valid, j[None, :], 0)  # (U, P) flat columns
@@ -65,26 +71,23 @@ def run_pass(
     logw = np.where(valid, 0.0, -np.inf)
     logz = np.zeros(n_units)
     resamplings = np.zeros(n_units, dtype=np.int64)
-    state = {"t0": 0, "stage": 0}
+    state = {"t0": 0}
 
-    def weigh(t0: int, t1: int, logits: np.ndarray) -> None:
-        z = logits[:, t0:t1, :]
-        one = log_sigmoid(z)  # log p(x_d = 1 | x_<d); log p(x_d = 0 | x_<d) = one - z
-        zero = one - z
-        island = np.broadcast_to(slot_of[:, None, :], z.shape)  # each column's island, for its evidence
-        one += np.take_along_axis(ev1[:, t0:t1, :], island, axis=2)
-        zero += np.take_along_axis(ev0[:, t0:t1, :], island, axis=2)
-        inc = np.logaddexp(one, zero).sum(axis=1).ravel()[where]
-        logw[...] += np.where(valid, np.where(np.isnan(inc), -np.inf, inc), 0.0)
+    def weigh(t0: int, t1: int, xs: np.ndarray, logits: np.ndarray) -> None:
+        seen = None if clamped is None else clamped[:, t0:t1, :]
+        inc = _increments(xs[:, t0:t1, :], logits[:, t0:t1, :], ev0[:, t0:t1, :], ev1[:, t0:t1, :], slot_of, seen)
+        if inc is not None:
+            logw[...] += np.where(valid, inc.ravel()[where], 0.0)
 
     def between(t1: int, xs: np.ndarray, logits: np.ndarray, acts: list[np.ndarray], known: list[int]) -> None:
-        weigh(state["t0"], t1, logits)
+        if t1 % period or not (draws_until > t1).any():
+            return  # not a resampling time, or no island draws again: the weights wait
+        weigh(state["t0"], t1, xs, logits)
         state["t0"] = t1
-        u = uniforms[:, state["stage"]]
-        state["stage"] += 1
+        u = uniforms[:, t1 // period - 1]
         w, total, log_mean = _weights(logw, sizes)
         ess = total**2 / np.cumsum(w * w, axis=1)[:, -1]
-        due = np.flatnonzero((ess < threshold * sizes) & np.isfinite(log_mean))
+        due = np.flatnonzero((ess < threshold * sizes) & np.isfinite(log_mean) & (draws_until > t1))
         if not len(due):
             return
         idx = systematic_resample(w[due] / total[due, None], u[due], sizes[due])
@@ -101,7 +104,7 @@ def run_pass(
         )
 
     xs, logits = walk_plan(plan, widths, thr, activation, between)
-    weigh(state["t0"], dims, logits)
+    weigh(state["t0"], dims, xs, logits)
     del thr, logits
     w, total, log_mean = _weights(logw, sizes)
     norm = np.where(total[:, None] > 0, w / np.where(total > 0, total, 1.0)[:, None], valid / sizes[:, None])
@@ -143,6 +146,52 @@ def _summaries(
         wi = norm[i, :size]
         out.append(((float(log_z[i]), wi @ x, float(np.cumsum(wi * wi)[-1]), int(resamplings[i])), x, wi))
     return out
+
+
+def _increments(
+    xs: np.ndarray, z: np.ndarray, ev0: np.ndarray, ev1: np.ndarray, slot_of: np.ndarray, clamped: np.ndarray | None
+) -> np.ndarray | None:
+    """Each column's log weight gained over some steps (G, width), from their draws xs and logits
+    z (G, steps, width) and their islands' evidence ev0, ev1 (G, steps, islands): the sum of
+    log sum_x p(x_d = x | x_<d) p(y_d | x); where every value is missing or observed (`clamped`
+    of those steps, _clamped), log p(x_d = observed | x_<d) where observed (the value drawn) and
+    nothing elsewhere; None where those steps observe nothing."""
+    if clamped is not None:
+        if not clamped.any():
+            return None
+        drawn = np.where(xs > 0, z, -z)
+        return np.where(clamped, log_sigmoid(drawn), 0.0).sum(axis=1)
+    one = log_sigmoid(z)  # log p(x_d = 1 | x_<d); log p(x_d = 0 | x_<d) = one - z
+    zero = one - z
+    island = np.broadcast_to(slot_of[:, None, :], z.shape)  # each column's island, for its evidence
+    one += np.take_along_axis(ev1, island, axis=2)
+    zero += np.take_along_axis(ev0, island, axis=2)
+    inc = np.logaddexp(one, zero).sum(axis=1)
+    return np.where(np.isnan(inc), -np.inf, inc)
+
+
+def _draws_until(ev0: np.ndarray, ev1: np.ndarray, group_of: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """Per island (U,): 1 + the last position of its mask's ordering whose step draws (its row's
+    evidence there leaves both values possible: missing, or a soft observation), 0 where none
+    does. Past it every step is clamped: the particles' later values are their row's, only their
+    weights still change, so resampling there would copy particles that no later draw can tell
+    apart (noise added, distinct paths lost) and the island does not (run_pass)."""
+    dims = ev0.shape[1]
+    draws = np.isfinite(ev0[group_of, :, slot]) & np.isfinite(ev1[group_of, :, slot])  # (U, D)
+    return np.where(draws.any(axis=1), dims - np.argmax(draws[:, ::-1], axis=1), 0)
+
+
+def _clamped(ev0: np.ndarray, ev1: np.ndarray, slot_of: np.ndarray) -> np.ndarray | None:
+    """Where every entry of the pass is missing (0, 0) or observed ((-inf, 0): a 1, (0, -inf): a
+    0), as /impute and /logprob send them: which columns' values are observed, (G, D, width) in
+    positions (each column its island's), so that a step's weight is log p(x_d | x_<d) of the
+    value drawn (the observed one) where observed and 1 elsewhere; None where some evidence is
+    soft (denoising), whose weights need the general normaliser."""
+    free, one, zero = (ev0 == 0) & (ev1 == 0), (ev0 == -np.inf) & (ev1 == 0), (ev0 == 0) & (ev1 == -np.inf)
+    if not (free | one | zero).all():
+        return None
+    seen = ~free  # (G, D, islands)
+    return np.take_along_axis(seen, np.broadcast_to(slot_of[:, None, :], (*seen.shape[:2], slot_of.shape[1])), axis=2)
 
 
 def _layout(
