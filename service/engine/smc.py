@@ -66,7 +66,7 @@ import numpy as np
 
 from service.engine.cancel import checkpoint
 from service.engine.importance import pool_estimate
-from service.engine.sampler import GROUP_BLOCK, FastSampler
+from service.engine.sampler import BLOCK, GROUP_BLOCK, FastSampler
 from service.engine.smc_pass import Drawn, Unit, run_pass
 
 # Steps between the times a set of particles may resample (resampling needs the end of a block,
@@ -74,9 +74,10 @@ from service.engine.smc_pass import Drawn, Unit, run_pass
 # of GROUP_BLOCK where it divides this, else of this): denoising's, where every step draws and
 # weighs ...
 SMC_BLOCK = GROUP_BLOCK
-# ... and /impute's and /logprob's: their rows' draws are fewer and bunched (the missing values),
-# and one mask's walk in blocks of 32 costs about 15% less than in blocks of 16 (docs/bit-impute.md).
-IMPUTE_BLOCK = 2 * GROUP_BLOCK
+# ... and /impute's and /logprob's, whose draws are only the missing values: one mask walks in the
+# plain sampler's blocks for one mask (sampler.BLOCK), whose larger block GEMMs cost less per
+# particle than blocks of 16.
+IMPUTE_BLOCK = BLOCK
 # A set resamples when its effective sample size falls below this fraction of its particles.
 THRESHOLD = 0.5
 # Independent islands per mask whose evidence is reported, for the standard error (each at
