@@ -310,3 +310,29 @@ def test_a_whole_number_columns_range_has_no_decimals(ui_page: Page) -> None:
     assert " to " in price and "." not in price
     carat = ui_page.get_attribute("#record-col-0", "placeholder") or ""  # carat: 2 decimals
     assert all(len(end.split(".")[1]) == 2 for end in carat.split(" to "))
+
+
+# --- a number the page cannot use as typed -----------------------------------------------------
+
+
+def test_a_seed_or_row_count_out_of_range_shows_the_number_used(ui_page: Page, ui_base_url: str) -> None:
+    """A negative seed or a row count of 0 is not sent as another number unseen: the field shows
+    the number the request used (seed 0, one row) and the answer is the API's for it."""
+    open_view(ui_page, "binarized-mnist", "samples")
+    ui_page.fill("#samples-seed", "-3")
+    ui_page.select_option("#samples-n", "16")
+    ui_page.click("#samples-go")
+    settled(ui_page)
+    assert ui_page.input_value("#samples-seed") == "0"
+    shown = ui_page.eval_on_selector_all("#samples-grid canvas", "cs => cs.map(c => c.dataset.value)")
+    answer = post(ui_base_url, "/sample", {"n": 16, "seed": 0})
+    assert shown == ["".join(map(str, row)) for row in answer["samples"]]
+    open_view(ui_page, "diamonds", "given")
+    ui_page.fill("#given-n", "0")
+    ui_page.fill("#given-seed", "2.5")
+    with ui_page.expect_request(lambda r: r.url.endswith("/sample")) as request:
+        ui_page.click("#given-go")
+    settled(ui_page)
+    assert (ui_page.input_value("#given-n"), ui_page.input_value("#given-seed")) == ("1", "2")
+    sent = request.value.post_data_json or {}
+    assert (sent.get("n"), sent.get("seed")) == (1, 2)

@@ -154,7 +154,16 @@ export function histogram(container, labels, series, mark = () => false) {
     el("span", {}, labels[0]), el("span", {}, labels[labels.length - 1])));
 }
 
-// A seed from a number input: a whole number, 0 or more.
+// A whole number from a number input, at least `least` (empty or not a number: `least`); the
+// field then shows the number used, so that -3 or 2.5 is not used as another number unseen.
+export function wholeOf(id, least) {
+  const field = $(id);
+  const used = Math.max(least, Math.floor(Number(field.value) || least));
+  if (field.value !== String(used)) field.value = String(used);
+  return used;
+}
+
+// A seed from a number input: a whole number, 0 or more (shown in the field, wholeOf).
 export function seedOf(id) {
-  return Math.max(0, Math.floor(Number($(id).value) || 0));
+  return wholeOf(id, 0);
 }

@@ -5,7 +5,7 @@
 // model: the percentile among 500 of them, the histograms beside as many as the condition's.
 
 import { api, fresh, live, ready, run, setStatus } from "./api.js";
-import { $, bars, binCounts, edgesOf, el, fmt, histogram, seedOf, show } from "./draw.js";
+import { $, bars, binCounts, edgesOf, el, fmt, histogram, seedOf, show, wholeOf } from "./draw.js";
 import { exampleRecords, heldOutPercentile, heldOutText, referenceOf } from "./reference.js";
 
 let st = null;
@@ -355,7 +355,7 @@ function sampleGiven() {
     return undefined;
   }
   const condition = given();
-  const n = Math.max(1, Math.floor(Number($("given-n").value) || 1));
+  const n = wholeOf("given-n", 1);
   const seed = seedOf("given-seed");
   return run("Sampling", async () => {
     const reference = await referenceOf(st);
