@@ -16,6 +16,7 @@ import service.engine.smc as smc
 from service.engine.denoise import flip_evidence
 from service.engine.engine import Engine
 from service.engine.importance import systematic_resample
+from service.engine.missing import clamped_evidence
 from service.engine.sampler import walk_plan
 
 Joint = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -159,13 +160,6 @@ def test_inexact_imputation_and_log_p_match_enumeration_with_resampling(
         np.testing.assert_allclose(got.marginals[i], truth, atol=0.03)
 
 
-def clamped_evidence(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(l0, l1) of one row with missing values (NaN), as /impute clamps it."""
-    l0 = np.where(np.isnan(row), 0.0, np.where(row == 1, -np.inf, 0.0))
-    l1 = np.where(np.isnan(row), 0.0, np.where(row == 0, -np.inf, 0.0))
-    return l0[None, :], l1[None, :]
-
-
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
 def test_an_island_does_not_resample_once_its_last_draw_is_behind_it(tiny_engines: dict[str, Engine], k: int) -> None:
     """Where every step still to come is clamped, resampling copies particles without any later
@@ -182,7 +176,7 @@ def test_an_island_does_not_resample_once_its_last_draw_is_behind_it(tiny_engine
     late[order[[0, engine.dims - 2]]] = np.nan
     counts = {}
     for name, row in (("first", first), ("late", late)):
-        l0, l1 = clamped_evidence(row)
+        l0, l1 = clamped_evidence(row[None, :])
         total = 0
         for seed in range(20):
             rngs = {0: np.random.default_rng([seed, 0])}
@@ -205,8 +199,7 @@ def test_masks_walking_alone_or_together_resample_at_the_same_times(
     rows[0, [0, 3, 5]] = np.nan
     rows[1, ::2] = np.nan
     rows[2, [1, 6]] = np.nan
-    l0 = np.concatenate([clamped_evidence(r)[0] for r in rows])
-    l1 = np.concatenate([clamped_evidence(r)[1] for r in rows])
+    l0, l1 = clamped_evidence(rows)
     ks = list(range(engine.n_masks))
     answers = []
     for width in (1, 10**6):  # every mask alone; every mask together

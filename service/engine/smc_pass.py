@@ -62,7 +62,7 @@ def run_pass(
     orderings = [net.ordering for net in plan.nets]
     group_of = np.array([g for g, _ in flat])
     thr, ev0, ev1, slot_of, first = _layout(orderings, l0, l1, groups, width)
-    draws_until = _draws_until(ev0, ev1, group_of, np.array([s for items in groups for s in range(len(items))]))
+    draws_until = _draws_until(ev0, ev1, group_of, slot_of[group_of, first])
     clamped = _clamped(ev0, ev1, slot_of)
     j = np.arange(top_size)
     valid = j[None, :] < sizes[:, None]
