@@ -267,6 +267,41 @@ def test_table_model_reads_its_columns_by_name(diamonds: TableEngine, tmp_path: 
     assert [r[-1] for r in _read_csv(tmp_path / "out2.csv")] == [r[-1] for r in table]
 
 
+def test_blocks_scored_at_once_get_one_blas_thread_each(
+    diamonds: TableEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with unknown cells go through the particle filters' numpy matrix products: with two
+    blocks scored at once, each on OpenBLAS's thread per core, the cores were oversubscribed.
+    While blocks are scored in threads BLAS has one thread, as Settings.blas_threads gives the
+    server; afterwards the process's own setting is back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from service.batch.scorer import Scorer
+
+    def blas_threads() -> list[int]:
+        return [int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    score = Scorer.score
+
+    def watched(self: Scorer, x: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(blas_threads())
+        return score(self, x)
+
+    monkeypatch.setattr(Scorer, "score", watched)
+    names, rows = _diamond_rows(diamonds, 40, seed=5)
+    path = _write_csv(tmp_path / "diamonds.csv", rows, names)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        score_file(STORE, "diamonds", path, tmp_path / "out.csv", batch_size=10, threads=2, progress=False)
+        assert blas_threads() == before == [2] * len(before)
+        assert len(seen) == 4 and all(t == [1] * len(before) for t in seen)
+        seen.clear()
+        score_file(STORE, "diamonds", path, tmp_path / "one.csv", batch_size=10, threads=1, progress=False)
+        assert all(t == before for t in seen)  # one block at a time: BLAS keeps its threads
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+
+
 def test_a_csv_scored_into_parquet_keeps_the_numbers_of_a_table_model_as_numbers(
     diamonds: TableEngine, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from made.core.errors import ConfigError, DataError
 from made.io.atomic import check_output_path
@@ -113,7 +114,10 @@ def _scored_blocks(
 ) -> Iterator[tuple[Block, np.ndarray, dict[str, np.ndarray]]]:
     """(block, its encoded rows, its scores) in the input's order. Blocks are read and encoded
     here and scored by `threads` threads (onnxruntime lets go of the GIL), at most threads + 1
-    blocks in memory at once."""
+    blocks in memory at once. While `threads` blocks are scored at once, numpy's BLAS (the particle
+    filters' matrix products, for rows with unknown cells) gets one thread each, as the server's
+    Settings.blas_threads does: two blocks each on OpenBLAS's thread per core would oversubscribe
+    the cores."""
     if threads <= 1:
         for block in blocks:
             x = scorer.encode(block)
@@ -121,7 +125,10 @@ def _scored_blocks(
         return
     pending: collections.deque[tuple[Block, np.ndarray, concurrent.futures.Future[dict[str, np.ndarray]]]]
     pending = collections.deque()
-    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="made-score") as pool:
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="made-score") as pool,
+    ):
         try:
             for block in blocks:
                 x = scorer.encode(block)
