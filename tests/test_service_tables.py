@@ -15,6 +15,7 @@ from service.client import MadeAPIError, MadeClient
 from service.core.records import parse_records
 from service.engine import ModelRegistry
 from service.engine.table_engine import TableEngine
+from service.engine.table_model import TableModel
 from service.settings import Settings
 from service.testing import InProcessClient, in_process, made_serve
 
@@ -191,6 +192,27 @@ async def test_explain_gives_numbers_their_surprisal_given_the_others(
         body["detail"] == "explain is for a few records at a time: at most 32 per request on a model with "
         "numeric columns, got 34"
     )
+
+
+async def test_explain_names_the_records_that_max_work_pays_for(both_store: Path, registry: ModelRegistry) -> None:
+    """Under a MADE_MAX_WORK that pays for fewer explained records than the model's own limit,
+    the refusal names that smaller number (the shipped diamonds model: 8 records, not its cap of
+    32, at the default budget), and that many are answered."""
+    table = registry.get("mixed")
+    assert isinstance(table, TableEngine)
+    engine = TableModel(table)  # what the data plane asks the cost of
+    per_record = (engine.explain_passes + 1) * engine.n_masks * engine.width  # and the record's own score
+    records = [{"kind": "x", "size": 2.5, "score": 1.5, "budget": "NA"}] * 4
+    settings = Settings(store=both_store, default_model="cats", max_work=3 * per_record)
+    async with in_process(settings, registry) as made:
+        status, body = await post(made, "/logprob", {"model": "mixed", "records": records, "explain": True})
+        assert status == 422 and body["errors"][0]["loc"] == ["body", "explain"]
+        assert body["detail"].startswith("explain is for a few records at a time: at most 3 per request on this model")
+        cost = f"a record costs {per_record:,}: {engine.explain_passes:,} passes x {engine.n_masks} masks"
+        assert cost in body["detail"]
+        assert body["detail"].endswith("got 4")
+        status, body = await post(made, "/logprob", {"model": "mixed", "records": records[:3], "explain": True})
+        assert status == 200 and len(body["surprisal"]) == 3, body
 
 
 # --- /conditionals on records -----------------------------------------------------------------------

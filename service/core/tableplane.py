@@ -71,6 +71,31 @@ class TablePlane(Codec):
                 loc=("n_importance",),
             )
 
+    def _check_explain(self, engine: ModelEngine, records: int, masks: int) -> None:
+        """At most the model's explain limit of records, and at most as many as MADE_MAX_WORK
+        pays for (a record's pass under each of the `masks` it is scored with, and
+        explain_passes network rows under every mask): the smaller is the one the refusal
+        names, so that a client cut down to it is answered."""
+        per_record = budget.passes(1, masks, engine.width) + budget.passes(
+            engine.explain_passes, engine.n_masks, engine.width
+        )
+        affordable = max(1, self.settings.max_work // per_record)
+        limited = engine.explain_limit()
+        if limited is not None and limited[0] <= affordable:
+            limit, what = limited
+        else:
+            limit = affordable
+            what = (
+                f"this model within MADE_MAX_WORK ({self.settings.max_work:,} units; a record costs "
+                f"{per_record:,}: {engine.explain_passes:,} passes x {engine.n_masks} masks x width {engine.width} "
+                "and its score)"
+            )
+        if records > limit:
+            raise InvalidInput(
+                f"explain is for a few records at a time: at most {limit} per request on {what}, got {records}",
+                loc=("explain",),
+            )
+
     # --- the work budget (MADE_MAX_WORK), from the request alone -----------------------------
     def _check_work(self, units: int, what: str, loc: tuple[str | int, ...]) -> None:
         budget.check_work(self.settings.max_work, units, what, loc)
@@ -107,13 +132,8 @@ class TablePlane(Codec):
         seed = None if complete else (req.seed if req.seed is not None else self._new_seed())
         if req.explain and not complete:
             raise InvalidInput("explain needs complete records: every column known", loc=("explain",))
-        limited = engine.explain_limit() if req.explain else None
-        if limited is not None and len(values) > limited[0]:
-            limit, what = limited
-            raise InvalidInput(
-                f"explain is for a few records at a time: at most {limit} per request on {what}, got {len(values)}",
-                loc=("explain",),
-            )
+        if req.explain:
+            self._check_explain(engine, len(values), len(ks))
         weighted = _weighted(values, engine, ks)
         units = budget.passes(len(values), len(ks), engine.width)
         units += engine.weighted_work(weighted, ks, req.n_importance, 0)[1]
