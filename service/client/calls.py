@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
@@ -57,10 +58,12 @@ class Call(Generic[T]):
     params: dict[str, str] | None = None  # the options of a CSV body, in the query string
     # a request whose answer is only a step (finish's Any): the call it leads to, given that answer
     then: Callable[[Any], Call[T]] | None = None
-    # a request of `rows` records that may go as several: the call of records [start, stop) as
-    # batch b (split_call), whose answers merge into one (merge_answers)
+    # a request of `rows` records that may go as several: the call of records [start, stop)
+    # with a batch's seed (splittable), whose answers merge into one (Batches.result); `seed`,
+    # the caller's seed of the whole call (None: the server's, or the client's once it splits)
     rows: int = 0
     part: Callable[[int, int, int], Call[T]] | None = None
+    seed: int | None = None
 
     def next(self, result: Any) -> Call[T] | None:
         """The call to send after this one (given this one's result), if any."""
@@ -97,35 +100,50 @@ def _too_large(exc: MadeAPIError) -> bool:
     return exc.status_code in (413, 504) or (exc.status_code == 422 and "(MADE_MAX_" in exc.detail)
 
 
-def _batch_seed(seed: int | None, b: int) -> int | None:
-    """Batch b's seed: the request's for the first batch, then one derived from it and b (the
-    answer of a split request is reproducible for the same batches)."""
-    if seed is None or b == 0:
+def _batch_seed(seed: int, b: int) -> int:
+    """Batch b's seed: the call's for the first batch, then one derived from it and b, so that
+    the batches' rows draw from different streams (the server draws row i of a request from
+    default_rng([seed, i]), i its index in that request)."""
+    if b == 0:
         return seed
     return int.from_bytes(hashlib.sha256(f"{seed}:{b}".encode()).digest()[:8], "big") >> 11  # JSON-safe: below 2**53
+
+
+def _new_seed() -> int:
+    """A seed for a split call that was given none, drawn as the server draws one."""
+    return secrets.randbelow(2**31)
 
 
 def splittable(
     call: Call[T], rows: int, build: Callable[[Records, int | None], Call[T]], records: Records, seed: int | None
 ) -> Call[T]:
-    """`call` (of all `rows` records) able to go as batches: records [start, stop) as batch b."""
+    """`call` (of all `rows` records, with the caller's `seed`) able to go as batches: records
+    [start, stop) with the batch's seed."""
 
-    def part(start: int, stop: int, b: int) -> Call[T]:
+    def part(start: int, stop: int, batch_seed: int) -> Call[T]:
         chunk: Records = records.iloc[start:stop] if is_frame(records) else list(records)[start:stop]  # type: ignore[union-attr]
-        return build(chunk, _batch_seed(seed, b))
+        return build(chunk, batch_seed)
 
-    call.rows, call.part = rows, part
+    call.rows, call.part, call.seed = rows, part, seed
     return call
 
 
 class Batches(Generic[T]):
     """The batches of a splittable call, one after another: records [start, stop) as batch b, at
     most `max_rows` a batch, halved while the server refuses one as too large (_too_large); the
-    two clients send what next() gives and report each answer or refusal."""
+    two clients send what next() gives and report each answer or refusal.
+
+    One seed serves all the batches (batch b's derived from it, _batch_seed): the caller's, or
+    where the caller gave none, one drawn here once the call splits, and the merged answer's
+    seed is that one, so that it repeats the answer as the server's seed repeats one request's.
+    What it repeats is the answer of these batches: row i of a batch draws from
+    default_rng([its seed, i]) on the server, so the rows after the first batch answer otherwise
+    than in one request of all the records, and otherwise again in batches of another size (a
+    batch the server refused and the client halved, or another max_rows)."""
 
     def __init__(self, call: Call[T], max_rows: int):
         assert call.part is not None
-        self.call, self.part = call, call.part
+        self.call, self.part, self.seed = call, call.part, call.seed
         self.answers: list[Any] = []
         self.start, self.b, self.size, self.stop = 0, 0, min(max_rows, max(call.rows, 1)), 0
 
@@ -136,7 +154,9 @@ class Batches(Generic[T]):
         self.stop = min(self.call.rows, self.start + self.size)
         if (self.start, self.stop) == (0, self.call.rows):
             return replace(self.call, part=None)
-        return self.part(self.start, self.stop, self.b)
+        if self.seed is None:
+            self.seed = _new_seed()
+        return self.part(self.start, self.stop, _batch_seed(self.seed, self.b))
 
     def answered(self, answer: T) -> None:
         self.answers.append(answer)
@@ -149,7 +169,13 @@ class Batches(Generic[T]):
         self.size = (self.stop - self.start) // 2
 
     def result(self) -> T:
-        return merge_answers(self.answers)  # type: ignore[no-any-return]
+        """The batches' answers as one, its seed the call's where a batch drew with it (none
+        where no batch drew anything, as the server answers a request of complete records)."""
+        merged = merge_answers(self.answers)
+        if len(self.answers) > 1 and isinstance(merged, BaseModel) and "seed" in type(merged).model_fields:
+            drew = any(getattr(a, "seed", None) is not None for a in self.answers)
+            merged = merged.model_copy(update={"seed": self.seed if drew else None})
+        return merged  # type: ignore[no-any-return]
 
 
 def merge_answers(answers: list[Any]) -> Any:

@@ -64,7 +64,8 @@ class _Endpoints(Generic[H]):
     ) -> None:
         self._owns_http = http is None
         # records per request of logprob_records / impute_records: larger calls go as batches of
-        # at most this many, halved while the server refuses a batch as too large (_too_large)
+        # at most this many, halved while the server refuses a batch as too large (_too_large),
+        # all of one seed, returned; it repeats the answer of batches of the same sizes (Batches)
         self.max_rows = max(1, int(max_rows))
         self.http: H = http or self._http_class(base_url=base_url, timeout=timeout)
         self.http.headers.update(auth_headers(api_key))

@@ -1,0 +1,118 @@
+"""The seeds of a call the client splits into batches (service.client.calls.Batches), on the
+shipped 'diamonds' table model in a real in-process app: one seed serves every batch (the
+caller's, or one the client draws and returns), so the answer a split call returns is repeated
+by its seed; the first batch answers as one request of all the records would; a batch halved
+after a refusal answers as batches of that size asked for at once would."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from helpers import cpu_registry
+
+from service.engine import ModelRegistry
+from service.settings import Settings
+from service.testing import InProcessClient, in_process
+
+pytestmark = pytest.mark.anyio
+
+CALLS = ["logprob_records", "impute_records"]
+COMPLETE = {"carat": 0.7, "cut": "Ideal", "color": "E", "clarity": "VS2", "depth": 61.5, "table": 56.0}
+COMPLETE |= {"price": 2800, "x": 5.7, "y": 5.72, "z": 3.52}
+
+
+@pytest.fixture(scope="module")
+def registry(diamonds_store: Any) -> ModelRegistry:
+    return cpu_registry(diamonds_store, "diamonds")
+
+
+@asynccontextmanager
+async def client(registry: ModelRegistry, batch: int, **limits: Any) -> AsyncIterator[InProcessClient]:
+    """A client sending at most `batch` records a request, to a fresh app with these settings."""
+    settings = Settings(store=registry.store, default_model="diamonds", batch_delay_ms=1, **limits)
+    async with in_process(settings, registry) as made:
+        made.max_rows = batch
+        yield made
+
+
+def partial(n: int) -> list[dict[str, Any]]:
+    """n records with only carat and cut known: their log p and fills are Monte Carlo."""
+    return [{"carat": round(0.3 + 0.01 * i, 2), "cut": "Ideal"} for i in range(n)]
+
+
+def options(name: str) -> dict[str, Any]:
+    extra = {"n_samples": 2} if name == "impute_records" else {}
+    return {"model": "diamonds", "n_importance": 16, **extra}  # few particles: quick, still seed-dependent
+
+
+def numbers(answer: Any) -> list[list[Any]]:
+    """What an answer of logprob_records or impute_records says of each record."""
+    if hasattr(answer, "logprob"):
+        return [answer.logprob, answer.stderr, answer.exact]
+    return [answer.records, answer.samples, answer.distributions, answer.logprob_observed, answer.stderr]
+
+
+@pytest.mark.parametrize("name", CALLS)
+async def test_a_split_call_without_a_seed_is_repeated_by_the_seed_it_returns(
+    registry: ModelRegistry, name: str
+) -> None:
+    records = partial(20)
+    async with client(registry, batch=7) as made:
+        ask = getattr(made, name)
+        first = await ask(records, **options(name))
+        again = await ask(records, seed=first.seed, **options(name))
+        fresh = await ask(records, **options(name))
+    assert first.seed is not None and not any(first.exact)
+    assert numbers(again) == numbers(first) and again.seed == first.seed
+    assert fresh.seed != first.seed and numbers(fresh) != numbers(first)  # a fresh seed draws anew
+
+
+async def test_a_split_call_whose_first_batch_draws_nothing_returns_the_seed_of_the_others(
+    registry: ModelRegistry,
+) -> None:
+    """The first batch's records all complete (nothing drawn: its answer has no seed): the call
+    answers with the seed the later batches drew with, and that seed repeats them."""
+    records = [COMPLETE] * 7 + partial(9)
+    async with client(registry, batch=7) as made:
+        first = await made.logprob_records(records, **options("logprob_records"))
+        again = await made.logprob_records(records, seed=first.seed, **options("logprob_records"))
+        complete = await made.logprob_records([COMPLETE] * 9, model="diamonds")
+    assert first.exact == [True] * 7 + [False] * 9 and first.seed is not None
+    assert numbers(again) == numbers(first)
+    assert complete.seed is None and complete.exact == [True] * 9  # nothing drawn, split or not: no seed
+
+
+@pytest.mark.parametrize("name", CALLS)
+async def test_a_split_calls_first_batch_answers_as_one_request_of_all_the_records(
+    registry: ModelRegistry, name: str
+) -> None:
+    """With the same seed, the first 7 records answer as one request of all 20 answers them.
+    (The later batches' rows cannot: the server draws row i of a request from
+    default_rng([seed, i]), i its index in that request, which no seed of a later batch gives.)"""
+    records = partial(20)
+    async with client(registry, batch=7) as made:
+        split = await getattr(made, name)(records, seed=5, **options(name))
+        made.max_rows = 1000
+        whole = await getattr(made, name)(records, seed=5, **options(name))
+    assert split.seed == whole.seed == 5
+    assert [n[:7] for n in numbers(split)] == [n[:7] for n in numbers(whole)]
+
+
+@pytest.mark.parametrize("seed", [5, None])
+async def test_a_batch_halved_after_a_refusal_answers_as_batches_of_its_size(
+    registry: ModelRegistry, seed: int | None
+) -> None:
+    """A server that takes at most 5 records a request: the client's first batch of 7 is
+    refused (422, MADE_MAX_ROWS) and halved to 3, and the call answers as batches of 3 do with
+    the same seed (where the caller gave none, the one the call returns), also on a server that
+    would have taken 7."""
+    records = partial(20)
+    async with client(registry, batch=7, max_rows=5) as made:
+        halved = await made.logprob_records(records, seed=seed, **options("logprob_records"))
+    async with client(registry, batch=3) as made:
+        threes = await made.logprob_records(records, seed=halved.seed, **options("logprob_records"))
+    assert halved.seed is not None and (seed is None or halved.seed == seed)
+    assert numbers(halved) == numbers(threes)
