@@ -118,7 +118,7 @@ def test_csv_rows_come_back_unchanged_with_the_engines_logprob(
     result = score_file(STORE, "mushrooms", path, out, batch_size=128, progress=False)
     assert (result.rows, result.blocks) == (700, math.ceil(700 / 128))
     table = _read_csv(out)
-    assert table[0] == [f"x_{j}" for j in range(D)] + ["logprob"]  # a header-less file gets names
+    assert table[0] == [f"x{j}" for j in range(D)] + ["logprob"]  # a header-less file gets the API's names
     assert [r[:-1] for r in table[1:]] == rows  # the cells as they were, NA and blanks included
     got = np.array([float(r[-1]) for r in table[1:]])
     x = _as_x(rows)
@@ -167,7 +167,7 @@ def test_csv_to_parquet_and_back(bit_csv: tuple[Path, list[list[str]]], tmp_path
     score_file(STORE, "mushrooms", path, tmp_path / "a.csv", progress=False)
     score_file(STORE, "mushrooms", path, tmp_path / "b.parquet", progress=False)
     typed = pq.read_table(tmp_path / "b.parquet")
-    assert typed.schema.field("x_0").type == pa.uint8() and typed.column("x_7").null_count == 1
+    assert typed.schema.field("x0").type == pa.uint8() and typed.column("x7").null_count == 1
     pq.write_table(typed.drop_columns(["logprob"]), tmp_path / "b.parquet")
     score_file(STORE, "mushrooms", tmp_path / "b.parquet", tmp_path / "c.csv", progress=False)
     first = _read_csv(tmp_path / "a.csv")
@@ -380,7 +380,7 @@ EXPECTED = {
     "output-folder": "does not exist",
     "unknown-model": "no model named 'no-such-model'",
     "wrong-width": "has 111 columns, model mushrooms has 112",
-    "not-0-1-late": "line 601, column 7 (x_6) holds 2, expected 0 or 1",
+    "not-0-1-late": "line 601, column 7 (x6) holds 2, expected 0 or 1",
     "text-cell": "line 5, column 10 holds 'yes'",
     "ragged-row": "line 13 has 111 values, expected 112",
     "empty-file": "is empty",

@@ -2,7 +2,7 @@
 loaded, then read in blocks of rows.
 
 A CSV is read with the csv module as text cells (its first line names the columns, or, for a
-bit model's header-less file, the names x_0 .. x_{D-1} are made up); a row of another width is
+bit model's header-less file, the names x0 .. x{D-1} are made up); a row of another width is
 refused naming its line. A Parquet file is read with pyarrow in record batches that keep their
 types. Each block knows how to name its rows in errors (a CSV's line numbers, a Parquet file's
 row numbers), so a bad cell's error points into the file.
@@ -19,6 +19,7 @@ from typing import Any
 
 from made.core.errors import DataError, MadeError
 from made.core.progress import Progress
+from made.core.schema import Schema
 from made.io.csv import cell_text, check_header, is_header, read_rows, sniff_delimiter
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -84,7 +85,9 @@ def inspect_input(path: Path, table: bool) -> InputPlan:
     header = table or is_header(cells)
     if header:
         check_header(cells, str(path))
-    names = cells if header else [f"x_{j}" for j in range(len(cells))]
+    # a header-less file's columns get a model of bits' names (Schema.bits: x0 ...), so that the
+    # scored file goes back to the API as a CSV body as it is
+    names = cells if header else Schema.bits(len(cells)).names
     return InputPlan(path, kind, names, header, delimiter=delimiter, size=size)
 
 
