@@ -15,7 +15,7 @@ from conftest import write_splits
 from made.cli import main
 from made.core.bounds import bounds_text
 from made.core.schema import Column, Schema
-from made.io.tables import infer_column, infer_schema, load_table_dataset, numeric_precision
+from made.io.tables import infer_column, infer_schema, load_table_dataset, numeric_precision, read_table
 
 
 def _one_decimal(n: int, seed: int) -> list[str]:
@@ -148,3 +148,71 @@ def test_made_schema_of_a_training_split_covers_its_held_out_splits(
     alone.write_text(source.read_text())
     assert main(["schema", str(alone), "--out", str(out)]) == 0
     assert Schema.read(out).columns[0].lower > 30
+
+
+def test_a_schema_file_that_leaves_out_loc_and_scale_gets_them_from_the_training_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A numeric column written by hand without loc and scale trained with loc 0 and scale 1: a
+    column around 1e12 to an NLL of 3e11, without a word. The fields a --schema file leaves out
+    are inferred from the training split, as an inferred schema has them; those it gives stay."""
+    rng = np.random.default_rng(8)
+    big = [f"{v:.0f}" for v in rng.normal(1e12, 1e9, 400)]
+    rows = [
+        [b, "" if i % 9 == 0 else f"{v:.1f}", "uv"[i % 2]]
+        for i, (b, v) in enumerate(zip(big, rng.random(400), strict=True))
+    ]
+    source = write_splits(tmp_path, "big", ["big", "share", "c"], rows)
+    inferred = load_table_dataset(str(source)).schema
+    schema_file = tmp_path / "schema.json"
+    bare = [{"name": "big", "kind": "numeric"}, {"name": "share", "kind": "numeric", "loc": 7.0, "decimals": None}]
+    schema_file.write_text(json.dumps([*bare, {"name": "c", "kind": "binary", "levels": ["u", "v"]}]))
+    data = load_table_dataset(str(source), schema=Schema.read(schema_file))
+    big_col, share = data.schema.columns[0], data.schema.columns[1]
+    want = inferred.columns[0]
+    assert (big_col.loc, big_col.scale, big_col.decimals, big_col.transform) == (
+        want.loc,
+        want.scale,
+        want.decimals,
+        want.transform,
+    )
+    assert big_col.loc == pytest.approx(1e12, rel=1e-3) and not big_col.bounded  # a bound left out is none
+    assert share.loc == 7.0 and share.decimals is None and share.nullable  # given as given; empty cells seen
+    assert share.scale == pytest.approx(inferred.columns[1].scale)
+    assert data.notes[0].startswith("column big: the --schema file leaves out transform none, loc 9.99992e+11, scale")
+    args = ["train", "--dataset", str(source), "--schema", str(schema_file), "--hidden", "8", "--max-epochs", "1"]
+    assert main([*args, "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["valid_nll"] < 100  # 3e11 with loc 0, scale 1
+    columns = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["columns"]
+    assert columns[0]["loc"] == want.loc and columns[0]["scale"] == want.scale
+
+
+def test_made_schema_of_one_file_infers_from_the_rows_made_train_trains_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`made schema ONE.csv` inferred from every row while `made train --dataset ONE.csv` splits
+    it 80/10/10 by --seed (0) and infers from the training part: other bounds, loc and scale
+    than README's "the schema made train would infer". It now draws the same split (without
+    writing it), and reads the split files an earlier made train wrote where they are."""
+    rng = np.random.default_rng(9)
+    rows = [[f"{v:.2f}", "uv"[int(c)]] for v, c in zip(rng.gamma(2.0, 10.0, 300), rng.random(300) < 0.3, strict=True)]
+    one = tmp_path / "one.csv"
+    one.write_text("x,c\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    assert main(["schema", str(one), "--out", str(tmp_path / "s.json")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "s.json"]  # no split files written
+    assert "split 80/10/10 by seed 0 as made train does" in capsys.readouterr().err
+    assert main(["schema", str(one), "--seed", "3", "--out", str(tmp_path / "s3.json")]) == 0
+    assert "split 80/10/10 by seed 3" in capsys.readouterr().err
+    assert Schema.read(tmp_path / "s3.json") != Schema.read(tmp_path / "s.json")  # another seed's training rows
+    (tmp_path / "s3.json").unlink()
+    args = ["train", "--dataset", str(one), "--hidden", "8", "--max-epochs", "1", "--no-progress", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    trained = Schema.from_json(json.loads((tmp_path / "run" / "config.json").read_text())["model"]["columns"])
+    written = Schema.read(tmp_path / "s.json")
+    assert written == trained
+    header, all_rows, _ = read_table(one)
+    assert written != infer_schema(header, all_rows, str(one))  # what it wrote before
+    (tmp_path / "one_train.csv").write_text("x,c\n" + "\n".join(",".join(r) for r in rows[:100]) + "\n")
+    assert main(["schema", str(one), "--out", str(tmp_path / "s.json")]) == 0
+    assert "inferred from one_train.csv, the training split of one.csv" in capsys.readouterr().err
+    assert Schema.read(tmp_path / "s.json") == load_table_dataset(str(tmp_path / "one_train.csv")).schema

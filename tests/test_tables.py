@@ -167,6 +167,69 @@ def test_an_empty_cell_is_absent_where_the_column_can_be_and_refused_where_train
     assert load_table_dataset(str(tmp_path / "semi_train.csv"), splits=("train",)).schema.names == ["x", "y"]
 
 
+def _two_columns(folder: Path, name: str, header: str, cells: list[str], delimiter: str = ",") -> Path:
+    """A table of `cells` in its first column beside a binary one, as NAME_train/_valid/_test."""
+    rows = [f"{c}{delimiter}{'ab'[i % 2]}" for i, c in enumerate(cells)]
+    return _splits(folder, name, header.replace(",", delimiter), rows, valid=rows[:5])
+
+
+def test_a_code_written_with_leading_zeros_is_a_category_of_its_text(tmp_path: Path) -> None:
+    """Zips such as 02681 were read as numbers: `zip numeric [56, 10944]`, and samples of 664. A
+    number-like cell with a leading zero makes its column text: a category of the codes as
+    written, or free text where nearly every row has its own, as any text column; 0 and 0.5 are
+    numbers."""
+    rng = np.random.default_rng(3)
+    zips = [f"{z:05d}" for z in rng.choice(np.arange(500, 12000), 60, replace=False)]
+    cells = [zips[i] for i in rng.integers(0, 60, 1000)]
+    data = load_table_dataset(str(_two_columns(tmp_path, "z", "zip,c", cells)))
+    zip_ = data.schema.columns[0]
+    assert zip_.kind == "categorical" and set(zip_.levels) == set(cells)
+    assert zip_.decode(data.split("train")[0, 0]) == cells[0]  # the code as written, zeros kept
+    unique = [f"{z:05d}" for z in rng.choice(np.arange(500, 99999), 1000, replace=False)]
+    with pytest.raises(DataError, match=r"column 'zip' looks like free text \(1000 distinct values"):
+        load_table_dataset(str(_two_columns(tmp_path, "u", "zip,c", unique)))
+    numbers = [f"{v:.1f}" if i % 7 else "0" for i, v in enumerate(rng.random(300))]  # 0, 0.5: numbers
+    assert load_table_dataset(str(_two_columns(tmp_path, "n", "x,c", numbers))).schema.columns[0].kind == "numeric"
+
+
+def test_a_numeric_column_with_a_few_cells_that_are_not_numbers_is_refused_naming_them(tmp_path: Path) -> None:
+    """A price with `n/a` in 2% of its cells was refused as free text 'e.g. 100.09'; an integer
+    column 0..29 with `n/a` became a category of 31 levels without a word; European decimal
+    commas were free text. Where 90% of a column's cells are numbers that would make a numeric
+    column, the rest are refused: how many, which, on what line, and what the reader takes for
+    absent."""
+    rng = np.random.default_rng(6)
+    prices = [f"{v:.2f}" for v in rng.normal(100, 10, 600)]
+    for i in (7, 30, 200, 301, 450, 520, 580):
+        prices[i] = "n/a"
+    prices[90] = "-"
+    path = _two_columns(tmp_path, "p", "price,c", prices)
+    with pytest.raises(DataError) as info:
+        load_table_dataset(str(path))
+    message = str(info.value)
+    assert "p_train.csv: column 'price' holds numbers but 8 of its 600 cells are not" in message
+    assert "('n/a' on line 9, '-' on line 92)" in message and "empty, NA or NaN" in message
+    counts = [str(v) for v in rng.integers(0, 30, 600)]
+    counts[11] = counts[40] = "n/a"
+    with pytest.raises(DataError, match=r"column 'n' holds numbers but 2 of its 600 cells are not \('n/a' on line 13"):
+        load_table_dataset(str(_two_columns(tmp_path, "i", "n,c", counts)))
+    euro = [f"{v:.2f}".replace(".", ",") for v in rng.normal(100, 10, 600)]
+    with pytest.raises(DataError, match=r"column 'price' holds numbers written with a ',' \(600 of 600 cells, e.g. '"):
+        load_table_dataset(str(_two_columns(tmp_path, "e", "price,c", euro, delimiter=";")))
+    kids = [["0", "1", "2", "3", "4", "5+"][i] for i in rng.integers(0, 6, 600)]  # a category with a text level
+    assert load_table_dataset(str(_two_columns(tmp_path, "k", "kids,c", kids))).schema.columns[0].levels[-1] == "5+"
+
+
+def test_a_suggested_drop_columns_quotes_a_name_for_the_shell(tmp_path: Path) -> None:
+    rows = [f"2024-01-{i % 28 + 1:02d} {i}:00,{'ab'[i % 2]}" for i in range(200)]
+    path = _splits(tmp_path, "d", "signup date,c", rows)
+    with pytest.raises(DataError, match=r"leave it out with --drop-columns 'signup date', or"):
+        load_table_dataset(str(path))
+    empty = _splits(tmp_path, "e", "last visit,c", [f",{'ab'[i % 2]}" for i in range(20)])
+    with pytest.raises(DataError, match=r"empty in every row; leave it out with --drop-columns 'last visit'$"):
+        load_table_dataset(str(empty))
+
+
 def test_infinite_and_overflowing_numbers_are_refused_naming_the_column(tmp_path: Path) -> None:
     """One -inf among numbers made the column 'free text'; values near 1e300 overflowed its
     scale into an internal message ('scale must be positive and loc finite')."""

@@ -342,6 +342,12 @@ def _add_schema(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     p.add_argument("csv", metavar="CSV", help="a table: a CSV with a header row (or Parquet), e.g. its training split")
     p.add_argument("--out", metavar="PATH", default=None, help="the JSON file to write (atomically; default: stdout)")
     p.add_argument("--drop-columns", metavar="A,B", default=None, help="columns to leave out (e.g. free text)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="one file without split files beside it: infer from the training rows of made train --seed's split",
+    )
     p.set_defaults(func=cmd_schema)
 
 

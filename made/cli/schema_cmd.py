@@ -52,27 +52,41 @@ def print_schema(schema: Schema, notes: list[str], origin: str, prog: str, out: 
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """`made schema CSV [--out FILE]`: the schema inferred from a table (its training split) as
-    JSON, in the format `made train --schema` reads; its table and warnings on stderr. Where CSV
-    is a training split with its valid and test files beside it (diamonds_train.csv), the schema
-    is the one `made train --dataset CSV` infers: bounds widened to a held-out value beyond them
-    (made.io.tables.cover_splits), so that `made train --schema` reads every split back."""
+    """`made schema CSV [--out FILE]`: the schema `made train --dataset CSV` infers, as JSON in
+    the format `made train --schema` reads; its table and warnings on stderr. Inferred from the
+    rows made train trains on: a training split with its valid and test files beside it
+    (diamonds_train.csv) as it is; a single table from the training part of the split that made
+    train writes (_single_table_splits), whose files are not written. Either way with bounds
+    widened to a held-out value beyond them (made.io.tables.cover_splits), so that `made train
+    --schema` reads every split back."""
     from made.io.atomic import atomic_write_text, check_output_path
     from made.io.data import SPLITS, split_files
-    from made.io.tables import infer_schema, load_table_dataset, read_table
+    from made.io.tables import infer_schema, load_table_dataset, read_table, table_dataset
 
     path = Path(args.csv)
     if not path.is_file():
         raise DataError(f"{path} is not a file; give a table (a CSV with a header row, or Parquet)")
     if args.out not in (None, "-"):
         check_output_path(args.out)  # before reading the table, not after
-    drop = [c.strip() for c in (args.drop_columns or "").split(",") if c.strip()]
+    drop = tuple(c.strip() for c in (args.drop_columns or "").split(",") if c.strip())
     splits = split_files(path)
+    seed = args.seed  # made train's --seed: the same split
+    single = None if splits else _single_table_splits(path, seed)
+    origin = f"inferred from {path.name}"
     if splits.get("train") == path and all(s in splits for s in SPLITS):
-        data = load_table_dataset(str(path), drop_columns=tuple(drop))  # checks --drop-columns too
+        data = load_table_dataset(str(path), drop_columns=drop)  # checks --drop-columns too
         schema, notes = data.schema, data.notes
-    else:
-        header, rows, _ = read_table(path)
+    elif isinstance(single, Path):
+        data = load_table_dataset(str(single), drop_columns=drop)
+        schema, notes = data.schema, data.notes
+        origin = f"inferred from {single.name}, the training split of {path.name} beside it, as made train reads it"
+    elif single is not None:
+        sources = {s: f"{path} ({s} rows)" for s in single}
+        data = table_dataset(single, sources, path.stem, str(path), drop_columns=drop)
+        schema, notes = data.schema, data.notes
+        origin = f"inferred from the training rows of {path.name}, split 80/10/10 by seed {seed} as made train does"
+    else:  # a split file without the others beside it: made train cannot train on it; its own rows
+        header, rows, lines = read_table(path)
         unknown = [c for c in drop if c not in header]
         if unknown:
             raise DataError(
@@ -80,8 +94,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
             )
         keep = [j for j, h in enumerate(header) if h not in drop]
         notes = []
-        schema = infer_schema([header[j] for j in keep], [[r[j] for j in keep] for r in rows], str(path), notes)
-    print_schema(schema, notes, f"inferred from {path.name}", "made schema")
+        rows = [[r[j] for j in keep] for r in rows]
+        schema = infer_schema([header[j] for j in keep], rows, str(path), notes, lines)
+    print_schema(schema, notes, origin, "made schema")
     text = json.dumps({"columns": schema.to_json()}, indent=1) + "\n"
     if args.out in (None, "-"):
         sys.stdout.write(text)
@@ -89,6 +104,33 @@ def cmd_schema(args: argparse.Namespace) -> int:
     atomic_write_text(args.out, text)
     print(json.dumps({"columns": len(schema), "output": args.out}))
     return 0
+
+
+def _single_table_splits(
+    path: Path, seed: int
+) -> Path | dict[str, tuple[list[str], list[list[str]], list[int]]] | None:
+    """What `made train --dataset PATH` trains on, for a table with no split files of its own
+    (made.cli.commands._split_single_table): the NAME_train.csv an earlier made train or made
+    split wrote beside it, when all three are there; else the rows of each split it would draw
+    (made.io.split.split_rows: 80/10/10 by made train's --seed, 0 unless given), in memory. None
+    for a file whose name holds a split's word (split_paths refuses to split it)."""
+    from made.io.split import split_paths, split_rows
+    from made.io.tables import read_table
+
+    try:
+        targets = split_paths(path)
+    except DataError:
+        return None
+    there = [p for p in targets.values() if p.exists()]
+    if there and len(there) < len(targets):
+        raise DataError(f"{there[0]} exists without the other split files; write them with made split --force")
+    if there:
+        return targets["train"]
+    header, rows, lines = read_table(path)
+    return {
+        s: (header, [rows[i] for i in chosen], [lines[i] for i in chosen])
+        for s, chosen in split_rows(len(rows), seed=seed).items()
+    }
 
 
 def bounded_schema(schema: Schema, train: np.ndarray) -> Schema:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,10 @@ ANSWER_COLUMNS = ("logprob", "exact", "stderr")
 MISSING_CELLS = frozenset({"", "NA", "NaN", "nan"})
 DEFAULT_COMPONENTS = 5
 MAX_DECIMALS = 6
+# the fields of a numeric column that a --schema file may leave out, to be inferred from the
+# training split as an inferred schema has them (Schema.read); `decimals: null` is given (a
+# density), and a left-out bound is no bound
+UNSET_FIELDS = ("transform", "loc", "scale", "decimals", "nullable")
 
 
 @dataclass(frozen=True)
@@ -299,6 +303,10 @@ def _shown_levels(levels: tuple[str, ...], limit: int = 12) -> str:
 @dataclass(frozen=True)
 class Schema:
     columns: tuple[Column, ...]
+    # (column name, fields) of a --schema file's numeric columns that leave out fields an inferred
+    # schema fills in (UNSET_FIELDS): the table loader infers them from the training split
+    # (made.io.tables.complete_schema); empty for every schema inferred or stored
+    unset: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -438,6 +446,10 @@ class Schema:
 
     @classmethod
     def read(cls, path: str | Path) -> Schema:
+        """A --schema file, written by hand or by `made schema`: where a numeric column leaves out
+        a field of UNSET_FIELDS, `unset` says so, and the table loader infers it from the training
+        split rather than train with from_json's placeholder (loc 0, scale 1: a column around 1e12
+        trained to an NLL of 3e11). A stored model's columns (from_json) are complete."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -445,7 +457,14 @@ class Schema:
             raise DataError(f"schema file not found: {path}") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path} as a JSON schema: {exc}") from None
-        return cls.from_json(data, str(path))
+        schema = cls.from_json(data, str(path))
+        raw = data["columns"] if isinstance(data, dict) else data
+        unset = tuple(
+            (c["name"], tuple(f for f in UNSET_FIELDS if c.get(f) is None and not (f == "decimals" and f in c)))
+            for c in raw
+            if c.get("kind") == "numeric"
+        )
+        return replace(schema, unset=tuple((name, f) for name, f in unset if f))
 
 
 BIT_LEVELS = ("0", "1")

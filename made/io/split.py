@@ -67,11 +67,19 @@ def split_table(
     if there and not force:
         raise DataError(f"{there[0]} exists; pass --force to overwrite the split files")
     header, rows, _ = read_table(path)
-    counts = split_counts(len(rows), valid, test)
-    order = np.random.default_rng(seed).permutation(len(rows))
-    start = 0
-    for split in SPLITS:
-        chosen = np.sort(order[start : start + counts[split]])
-        start += counts[split]
+    for split, chosen in split_rows(len(rows), valid=valid, test=test, seed=seed).items():
         atomic_write_text(targets[split], to_csv(header, (rows[i] for i in chosen), escape=False))
     return targets
+
+
+def split_rows(n: int, *, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, np.ndarray]:
+    """The rows (indices, in the file's order) of each split of a table of n rows, drawn by the
+    seed: what split_table writes, and what `made schema` infers from without writing files, so
+    that both mean the same rows by the same seed."""
+    counts = split_counts(n, valid, test)
+    order = np.random.default_rng(seed).permutation(n)
+    out, start = {}, 0
+    for split in SPLITS:
+        out[split] = np.sort(order[start : start + counts[split]])
+        start += counts[split]
+    return out

@@ -2,14 +2,19 @@
 files as bit data sets are; the schema inferred from the training split (or given); and the UCI
 bit sets read as categories through their one-hot groups.
 
-Inference, column by column over the training split's cells (empty and `NA` cells are absent):
-- numbers only: two values and never absent -> binary; integers with at most MAX_INT_LEVELS
-  distinct values -> categorical; otherwise numeric (log-transformed when all values are positive
-  and the distribution is skewed), recorded at the resolution of the bulk of its cells and
-  bounded by the training values (`numeric_precision`, `numeric_bounds`; docs/tables.md,
-  "Bounds, precision and the schema");
-- anything else -> categorical, unless almost every row has its own value (free text: an error
-  naming the column, which `--drop-columns` leaves out).
+Inference, column by column over the training split's cells (empty, `NA` and `NaN` cells are
+absent):
+- numbers only, none written with a leading zero: two values and never absent -> binary;
+  integers with at most MAX_INT_LEVELS distinct values -> categorical; otherwise numeric
+  (log-transformed when all values are positive and the distribution is skewed), recorded at
+  the resolution of the bulk of its cells and bounded by the training values
+  (`numeric_precision`, `numeric_bounds`; docs/tables.md, "Bounds, precision and the schema");
+- numbers in NUMBER_SHARE of the cells, numeric but for the rest (`n/a`, `-`, or numbers with a
+  decimal comma) -> an error naming those cells and their lines (_refuse_spoiled_numbers);
+- anything else (codes such as the zip 02681 included) -> categorical, unless almost every row
+  has its own value (free text: an error naming the column, which `--drop-columns` leaves out).
+A given schema (--schema) is read as it is, but for the fields its numeric columns leave out
+(complete_schema).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import csv
 import itertools
 import json
 import math
+import re
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,9 @@ PRECISION_SHARE = 0.99  # a numeric column's resolution: the fewest decimals tha
 # bounds: the training range widened on either side by BOUND_MARGIN / sqrt(rows) of it, one rule at
 # every size (numeric_bounds says why): 900 rows 10%, 43,152 (diamonds) 1.4%, 124 (wine) 27%, 36 50%
 BOUND_MARGIN = 3.0
+# a column at least this share of whose present cells are numbers is numeric: the rest are refused,
+# named, rather than read as levels (_refuse_spoiled_numbers)
+NUMBER_SHARE = 0.9
 
 
 @dataclass
@@ -154,9 +164,12 @@ def _decimals(text: str) -> int:
 
 
 # --- inference -------------------------------------------------------------------------------------
-def infer_column(name: str, cells: list[str], source: str, notes: list[str] | None = None) -> Column:
+def infer_column(
+    name: str, cells: list[str], source: str, notes: list[str] | None = None, lines: list[int] | None = None
+) -> Column:
     """A column's kind, levels, scaling, precision and bounds from its training cells; `notes`
-    collects where a handful of cells decided something (shown by `made train`)."""
+    collects where a handful of cells decided something (shown by `made train`); `lines`, each
+    cell's file line, lets an error name where a cell is (else its row)."""
     # `?` (unknown) is neither a value nor absent: encode_table refuses it, naming its line
     absent = sum(c.strip() in MISSING_CELLS for c in cells)
     present = [c.strip() for c in cells if c.strip() not in MISSING_CELLS and c.strip() != UNKNOWN_CELL]
@@ -169,29 +182,100 @@ def infer_column(name: str, cells: list[str], source: str, notes: list[str] | No
             f"{source}: column '{name}' holds {infinite[0]!r}, not a finite number; a numeric column's cells "
             "are finite numbers (an empty cell, NA or NaN for an absent one)"
         )
-    if distinct and len(numbers) == len(distinct):
+    # a number written with a leading zero (02681, 007) is a code: no number formatter writes
+    # one, and read as a number it loses its zeros (02681 and 2681 become one value)
+    codes = any(n is not None and _LEADING_ZERO.match(c) for c, n in zip(distinct, parsed, strict=True))
+    if distinct and len(numbers) == len(distinct) and not codes:
         values = sorted(zip(numbers, distinct, strict=True))  # levels in numeric order
         if len(distinct) <= 2 and absent == 0:
             levels = [t for _, t in values]
             if len(levels) == 1:
                 return Column(name, "categorical", tuple(levels))
             return Column(name, "binary", tuple(levels))
-        if len(distinct) <= MAX_INT_LEVELS and all(n.is_integer() for n, _ in values):
+        if _few_integers(numbers):
             levels = [t for _, t in values] + ([ABSENT_LEVEL] if absent else [])
             return Column(name, "categorical", tuple(levels))
         return _numeric_column(name, present, absent > 0, notes, source)
     if not distinct:
-        raise DataError(f"{source}: column '{name}' is empty in every row; leave it out with --drop-columns {name}")
+        raise DataError(
+            f"{source}: column '{name}' is empty in every row; leave it out with --drop-columns {shlex.quote(name)}"
+        )
+    if not codes:
+        _refuse_spoiled_numbers(name, cells, source, lines)
     if len(distinct) > MAX_LEVELS or (len(distinct) > 50 and len(distinct) > len(cells) / 2):
+        why = ""
+        if codes and len(numbers) >= NUMBER_SHARE * len(distinct):
+            zero = next(c for c in distinct if _LEADING_ZERO.match(c))
+            why = f"; they are numbers, read as codes since {zero!r} has a leading zero: write numbers without one"
         raise DataError(
             f"{source}: column '{name}' looks like free text ({len(distinct)} distinct values in "
-            f"{len(cells)} rows, e.g. {distinct[0]!r}); leave it out with --drop-columns {name}, or, if it is a "
-            "category, list its levels in a --schema file (made schema writes one to edit)"
+            f"{len(cells)} rows, e.g. {distinct[0]!r}{why}); leave it out with --drop-columns {shlex.quote(name)}, "
+            "or, if it is a category, list its levels in a --schema file (made schema writes one to edit)"
         )
     levels = distinct + ([ABSENT_LEVEL] if absent and ABSENT_LEVEL not in distinct else [])
     if len(levels) == 2 and not absent:
         return Column(name, "binary", tuple(levels))
     return Column(name, "categorical", tuple(levels))
+
+
+_LEADING_ZERO = re.compile(r"[+-]?0\d")  # 02681, -007: not 0, 0.5 or 0e3
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")  # 102,88 (a decimal comma), 1,000 (a thousands separator)
+
+
+def _few_integers(numbers: list[float]) -> bool:
+    """Whether a column's distinct numbers are a category of counts or codes: integers, at most
+    MAX_INT_LEVELS of them."""
+    return len(numbers) <= MAX_INT_LEVELS and all(n.is_integer() for n in numbers)
+
+
+def _refuse_spoiled_numbers(name: str, cells: list[str], source: str, lines: list[int] | None) -> None:
+    """Refuse a column that is numeric but for a few cells: where at least NUMBER_SHARE of its
+    present cells are numbers (or numbers written with a ',', a decimal comma), and those numbers
+    alone would make a numeric column, the rest are not values of a category but cells the reader
+    did not take for numbers (`n/a`, `-`, `102,88`); read as text, every value would become a level
+    of its own, or the column free text. A column whose numbers infer_column would make a category
+    (a few integers: 0..4 and `5+`; two values, never absent) stays one, as without the text."""
+    where: dict[str, int] = {}  # each present cell's text -> the index of its first row
+    for i, cell in enumerate(cells):
+        text = cell.strip()
+        if text not in MISSING_CELLS and text != UNKNOWN_CELL:
+            where.setdefault(text, i)
+    count = {t: 0 for t in where}
+    for cell in cells:
+        if cell.strip() in count:
+            count[cell.strip()] += 1
+    numbers = {t: _number(t) for t in where}
+    commas = {t: float(t.replace(",", ".")) for t in where if numbers[t] is None and _DECIMAL_COMMA.fullmatch(t)}
+    others = [t for t in where if numbers[t] is None and t not in commas]
+    present = sum(count.values())
+    read = [v for v in (*numbers.values(), *commas.values()) if v is not None]
+    values = sorted(set(read))
+    binary = len(values) <= 2 and not any(c.strip() in MISSING_CELLS for c in cells)
+    if not read or (not others and not commas) or binary or _few_integers(values):
+        return  # no text, or numbers that infer_column would make a category anyway
+    bad = sum(count[t] for t in others)
+    if bad > (1 - NUMBER_SHARE) * present:
+        return
+    first = sorted(commas or others, key=lambda t: where[t])
+
+    def at(text: str) -> str:
+        i = where[text]
+        return f"{text!r} on line {lines[i]}" if lines is not None else f"{text!r} in row {i + 1}"
+
+    drop = f"--drop-columns {shlex.quote(name)}"
+    if commas:
+        n = sum(count[t] for t in commas)
+        raise DataError(
+            f"{source}: column '{name}' holds numbers written with a ',' ({n:,} of {present:,} cells, e.g. "
+            f"{at(first[0])}); a table's numbers have a decimal point and no thousands separator: write the file "
+            f"so (pandas: read_csv(..., decimal=',').to_csv(...)), or leave the column out with {drop}"
+        )
+    shown = ", ".join(at(t) for t in first[:3]) + (", ..." if len(first) > 3 else "")
+    raise DataError(
+        f"{source}: column '{name}' holds numbers but {bad:,} of its {present:,} cells are not ({shown}); "
+        f"make an absent value's cell empty, NA or NaN (what a table reads as absent) or fix the cells, "
+        f"leave the column out with {drop}, or, if it is a category, list its levels in a --schema file"
+    )
 
 
 def numeric_precision(present: list[str]) -> tuple[int | None, str | None]:
@@ -279,14 +363,7 @@ def _numeric_column(
     col = Column(
         name, "numeric", transform=transform, decimals=decimals, nullable=nullable, components=DEFAULT_COMPONENTS
     )
-    t = transformed(col, values)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scale, loc = float(t.std()) or 1.0, float(t.mean())
-    if not (math.isfinite(scale) and math.isfinite(loc)):
-        raise DataError(
-            f"{source}: column '{name}': values up to {np.abs(values).max():g} spread too far to model (their mean or "
-            "spread overflows a float64); divide the column by a power of ten first"
-        )
+    loc, scale = _loc_scale(col, values, source)
     lower, upper = numeric_bounds(values, decimals, log_scale=transform == "log" and decimals is None)
     return Column(
         name,
@@ -302,9 +379,36 @@ def _numeric_column(
     )
 
 
-def infer_schema(header: list[str], rows: list[list[str]], source: str, notes: list[str] | None = None) -> Schema:
-    """The schema of a table's training cells, column by column (infer_column)."""
-    return Schema(tuple(infer_column(name, [r[j] for r in rows], source, notes) for j, name in enumerate(header)))
+def _loc_scale(col: Column, values: np.ndarray, source: str) -> tuple[float, float]:
+    """The mean and spread of a numeric column's values under its transform, which standardise
+    them to the network's input (made.core.schema.standardise); a log column's zeros read as
+    input_value reads them."""
+    v = values
+    if col.transform == "log":
+        v = np.maximum(v, col.resolution / 2 if col.decimals is not None else np.finfo(np.float64).tiny)
+    t = transformed(col, v)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale, loc = float(t.std()) or 1.0, float(t.mean())
+    if not (math.isfinite(scale) and math.isfinite(loc)):
+        raise DataError(
+            f"{source}: column '{col.name}': values up to {np.abs(values).max():g} spread too far to model (their "
+            "mean or spread overflows a float64); divide the column by a power of ten first"
+        )
+    return loc, scale
+
+
+def infer_schema(
+    header: list[str],
+    rows: list[list[str]],
+    source: str,
+    notes: list[str] | None = None,
+    lines: list[int] | None = None,
+) -> Schema:
+    """The schema of a table's training cells, column by column (infer_column); `lines`, each
+    row's file line, for errors that name a cell."""
+    return Schema(
+        tuple(infer_column(name, [r[j] for r in rows], source, notes, lines) for j, name in enumerate(header))
+    )
 
 
 # --- encoding --------------------------------------------------------------------------------------
@@ -403,26 +507,100 @@ def load_table_dataset(
             f"{base}_valid{path.suffix} and {base}_test{path.suffix}; `made split` writes them from one file)"
         )
     read = {s: read_table(files[s]) for s in splits}
+    sources = {s: str(f) for s, f in files.items() if s in splits}
+    return table_dataset(read, sources, dataset_name(files[splits[0]]), str(path), schema, drop_columns)
+
+
+def table_dataset(
+    read: dict[str, tuple[list[str], list[list[str]], list[int]]],
+    sources: dict[str, str],
+    name: str,
+    source: str,
+    schema: Schema | None = None,
+    drop_columns: tuple[str, ...] = (),
+) -> TableDataset:
+    """The TableDataset of tables already read (read_table's header, rows and lines by split;
+    `sources` names each split in errors): load_table_dataset's files, or the splits `made
+    schema` draws from one file in memory, read the one way. The schema is inferred from the
+    training split unless given; a given one's left-out numeric fields are inferred from it
+    (complete_schema)."""
     notes: list[str] = []
+    first = next(iter(read))
     if schema is None:
-        header, rows, _ = read.get("train") or read[splits[0]]
+        header, rows, lines = read.get("train") or read[first]
         unknown = [c for c in drop_columns if c not in header]
         if unknown:
             raise DataError(
-                f"--drop-columns names {unknown[0]!r}, which {path} does not have (it has: {', '.join(header)})"
+                f"--drop-columns names {unknown[0]!r}, which {source} does not have (it has: {', '.join(header)})"
             )
         keep = [j for j, h in enumerate(header) if h not in drop_columns]
         schema = infer_schema(
-            [header[j] for j in keep], [[r[j] for j in keep] for r in rows], str(files.get("train", path)), notes
+            [header[j] for j in keep], [[r[j] for j in keep] for r in rows], sources.get("train", source), notes, lines
         )
         schema = held_out_levels(schema, {s: (h, r) for s, (h, r, _) in read.items() if s != "train"}, notes)
         bare = Schema(tuple(replace(c, lower=None, upper=None) for c in schema.columns))
-        arrays = {s: encode_table(bare, h, r, lines, str(files[s])) for s, (h, r, lines) in read.items()}
+        arrays = {s: encode_table(bare, h, r, lines, sources[s]) for s, (h, r, lines) in read.items()}
         schema = cover_splits(schema, arrays, notes)
     else:
-        arrays = {s: encode_table(schema, h, r, lines, str(files[s])) for s, (h, r, lines) in read.items()}
-    name = dataset_name(files[splits[0]])
-    return TableDataset(name=name, source=str(path), schema=schema, splits=arrays, notes=notes)
+        if schema.unset:
+            header, rows, lines = read.get("train") or read[first]
+            schema = complete_schema(schema, header, rows, sources.get("train", source), notes)
+        arrays = {s: encode_table(schema, h, r, lines, sources[s]) for s, (h, r, lines) in read.items()}
+    return TableDataset(name=name, source=source, schema=schema, splits=arrays, notes=notes)
+
+
+def complete_schema(
+    schema: Schema, header: list[str], rows: list[list[str]], source: str, notes: list[str] | None = None
+) -> Schema:
+    """A --schema file's schema with the fields its numeric columns leave out (Schema.unset:
+    transform, loc, scale, decimals, nullable) inferred from the training split's cells, as an
+    inferred schema has them (infer_column), with a note naming them. Inferred, not refused: a
+    numeric column written by hand as `{"name": "price", "kind": "numeric"}` otherwise trained
+    with loc 0 and scale 1, a column around 1e12 to an NLL of 3e11 without a word. loc and scale
+    are those of the column's transform (the file's, or the inferred one). Bounds left out stay
+    none (a missing `lower` or `upper` means no bound); a column whose cells are not all numbers
+    is left for encode_table to refuse, naming the cell; one with no value to infer from is
+    refused naming the column and the field."""
+    unset = dict(schema.unset)
+    columns = list(schema.columns)
+    for j, col in enumerate(columns):
+        missing = unset.get(col.name, ())
+        if col.kind != "numeric" or not missing or col.name not in header:
+            continue
+        k = header.index(col.name)
+        cells = [r[k].strip() for r in rows]
+        present = [c for c in cells if c not in MISSING_CELLS and c != UNKNOWN_CELL]
+        values = np.array([_number(c) for c in present], dtype=np.float64)
+        if not present:
+            raise DataError(
+                f"{source}: column '{col.name}' of the --schema file has no {missing[0]!r}, and the training "
+                f"split holds no value to infer it from; give {missing[0]!r} in the schema file"
+            )
+        if np.isnan(values).any():
+            continue  # a cell that is not a finite number: encode_table refuses it, naming its line
+        inferred = _numeric_column(col.name, present, len(present) < len(cells), None, source)
+        if inferred.transform == "log" and col.lower is not None and col.lower < 0:
+            inferred = replace(inferred, transform="none")  # the file's bounds hold negative values
+        fields = {f: getattr(inferred, f) for f in ("transform", "decimals", "nullable") if f in missing}
+        filled = replace(col, **fields)
+        if "loc" in missing or "scale" in missing:
+            loc, scale = _loc_scale(filled, values, source)
+            filled = replace(
+                filled,
+                loc=loc if "loc" in missing else filled.loc,
+                scale=scale if "scale" in missing else filled.scale,
+            )
+        columns[j] = filled
+        if notes is not None:
+            shown = ", ".join(f"{f} {_field_text(getattr(filled, f))}" for f in missing)
+            notes.append(f"column {col.name}: the --schema file leaves out {shown}: inferred from the training split")
+    return Schema(tuple(columns))
+
+
+def _field_text(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def held_out_levels(schema: Schema, held_out: dict[str, tuple[list[str], list[list[str]]]], notes: list[str]) -> Schema:
