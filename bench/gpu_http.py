@@ -79,7 +79,8 @@ def http_bodies(name: str, x: np.ndarray) -> list[tuple[str, str, dict[str, obje
     ]
 
 
-LOADED_LINE = re.compile(r"loaded model (\S+) version (\S+) \(D=\d+, K=\d+\) on ([\w,]+)")
+# a model of bits' line and a table model's (service/engine/engine.py, table_engine.py)
+LOADED_LINE = re.compile(r"loaded (?:table )?model (\S+) version (\S+) \((?:D=\d+|\d+ columns), K=\d+\) on ([\w,]+)")
 
 
 def serve_and_measure(

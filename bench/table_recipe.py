@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         "three ways. `bounds after training`: the untruncated mixture trained (the bounds removed from the "
         "inferred schema), then the same bounds added by `made export --bounds`, and the served, truncated "
         "model scored. The last variant adds `" + " ".join(DECAY) + "`. One seed each: a validation curve "
-        "that moves by a nat or two between epochs decides where patience stops a run.",
+        "that moves by a nat or two between epochs decides where patience stops a run. The CPU times are "
+        "these runs' own (`runs/recipe/`): the `bounds in training` rows are the same trainings as those "
+        "of [Real tables](#real-tables), whose CPU times differ by the machine's load alone.",
         "",
         "| table | training | test NLL | best epoch (epochs run) | train time, CPU |",
         "|---|---|---|---|---|",

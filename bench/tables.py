@@ -258,7 +258,10 @@ def write_doc(results: dict[str, dict], baselines: dict[str, tuple[float, float]
         "",
         f"Hardware: {hardware}. Wall times are upper bounds: the runs shared the machine with other "
         "work. The CPU time (the training process's, one torch thread: `--threads 1`) is what the wall "
-        "time comes down to on a machine the run has to itself, and moves little with the load.",
+        "time comes down to on a machine the run has to itself; it moves less with the load than the wall "
+        "time, but it moves: the `bounds in training` rows of [Bounds in training and the learning "
+        "rate](#bounds-in-training-and-the-learning-rate) are the same trainings run again by "
+        "`bench/table_recipe.py` (same seed, so the same NLL and epochs) on a less busy machine, in less CPU time.",
         "",
     ]
     if table_rows:
