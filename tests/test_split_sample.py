@@ -192,3 +192,38 @@ def test_sample_draws_and_writes_a_chunk_at_a_time(
     assert main([*args, "--out", str(tmp_path / "again.csv")]) == 0
     assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "s.csv").read_bytes()
     capsys.readouterr()
+
+
+def test_samples_written_without_formula_escapes_score_as_drawn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A column named '=cmd' with levels '-a' and '+b': made sample escapes them for a spreadsheet
+    ('=cmd, '-a), so made score read the file as lacking the column and scored every row with it
+    summed out, without a word. Now it warns, naming the escaped header, and --no-escape-formulas
+    writes samples that score as the records drawn."""
+    rng = np.random.default_rng(4)
+    rows = [f"{int(rng.integers(20, 70))},{'-a' if rng.random() < 0.5 else '+b'}" for _ in range(300)]
+    (tmp_path / "hdr.csv").write_text("age,=cmd\n" + "\n".join(rows) + "\n")
+    train = ["train", "--dataset", str(tmp_path / "hdr.csv"), "--hidden", "8", "--max-epochs", "2"]
+    assert main([*train, "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "run"), "--store", str(tmp_path / "store"), "--name", "hdr"]) == 0
+    sample = ["sample", "--store", str(tmp_path / "store"), "--name", "hdr", "--n", "30", "--seed", "1"]
+    assert main([*sample, "--out", str(tmp_path / "escaped.csv")]) == 0
+    assert (tmp_path / "escaped.csv").read_text().splitlines()[0] == "age,'=cmd"
+    score = ["score", "--store", str(tmp_path / "store"), "--name", "hdr", "--no-progress"]
+    capsys.readouterr()
+    assert main([*score, "--input", str(tmp_path / "escaped.csv"), "--output", str(tmp_path / "s1.csv")]) == 0
+    warning = capsys.readouterr().err.strip().splitlines()[-1]
+    assert warning.startswith("made score: warning: the input lacks 1 of model hdr's columns ('=cmd')")
+    assert 'it has "\'=cmd"' in warning and "--no-escape-formulas" in warning
+    assert main([*sample, "--no-escape-formulas", "--out", str(tmp_path / "plain.csv")]) == 0
+    header, drawn = read_csv(tmp_path / "plain.csv")
+    assert header == ["age", "=cmd"] and {r["=cmd"] for r in drawn} <= {"-a", "+b"}
+    assert main([*score, "--input", str(tmp_path / "plain.csv"), "--output", str(tmp_path / "s2.csv")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    engine = build_engine(open_model(tmp_path / "store", "hdr"), ["CPUExecutionProvider"], 1)
+    drawn_logp = engine.logprob(engine.sample(30, 1)).logprob  # the records made sample drew (seed 1)
+    scored = [float(r["logprob"]) for r in read_csv(tmp_path / "s2.csv")[1]]
+    assert scored == pytest.approx(drawn_logp, abs=1e-6)
+    summed_out = [float(r["logprob"]) for r in read_csv(tmp_path / "s1.csv")[1]]
+    assert not np.allclose(summed_out, drawn_logp)  # what the escaped file was scored as

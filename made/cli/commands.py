@@ -235,6 +235,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         threads=args.threads or None,
         escape_formulas=not args.no_escape_formulas,
+        warn=lambda text: print(f"made score: warning: {text}", file=sys.stderr),
     )
     print(json.dumps(result.to_json()))
     return 0
@@ -329,7 +330,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 except ImpossibleEvidence as exc:
                     raise ConfigError(f"--given: {exc.reason()}") from None
                 values = result.samples[0]
-            text = to_csv(schema.names, ([r.get(c) for c in schema.names] for r in schema.decode_rows(values)))
+            rows = ([r.get(c) for c in schema.names] for r in schema.decode_rows(values))
+            text = to_csv(schema.names, rows, escape=not args.no_escape_formulas)
             yield text if i == 0 else text.partition("\n")[2]  # the header once
 
     if args.out == "-":

@@ -59,6 +59,10 @@ def _masks_arg(text: str) -> str | int:
 
 
 _DATASET_HELP = "an .npz/.csv/.amat path, or a name in $MADE_DATA_DIR"
+NO_ESCAPE_HELP = (
+    "write text cells that begin with =, +, -, @, a tab or a carriage return as they are, not with a leading ' "
+    "that keeps a spreadsheet from running them (for files read back by made score or made report)"
+)
 
 
 def _add_store_and_name(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -288,12 +292,7 @@ def _add_score(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     )
     c.add_argument("--batch-size", type=int, default=4096, help="rows read, scored and written at a time")
     c.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
-    c.add_argument(
-        "--no-escape-formulas",
-        action="store_true",
-        help="write text cells that begin with =, +, -, @, a tab or a carriage return as they are, "
-        "not with a leading ' that keeps a spreadsheet from running them (trusted pipelines only)",
-    )
+    c.add_argument("--no-escape-formulas", action="store_true", help=NO_ESCAPE_HELP)
     c.set_defaults(func=cmd_score)
 
 
@@ -330,6 +329,7 @@ def _add_sample(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="same seed, same records")
     p.add_argument("--out", required=True, metavar="PATH", help="a .csv file (written atomically), or - for stdout")
+    p.add_argument("--no-escape-formulas", action="store_true", help=NO_ESCAPE_HELP)
     p.set_defaults(func=cmd_sample)
 
 

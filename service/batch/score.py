@@ -16,7 +16,7 @@ import collections
 import concurrent.futures
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from made.store.versions import open_model
 from service.batch.inputs import Block, file_kind, inspect_input, need_pyarrow, read_csv_blocks, read_parquet_blocks
 from service.batch.outputs import CsvSink, ScoreResult, Tally, open_output, score_progress
 from service.batch.ray_score import score_on_ray
-from service.batch.scorer import Scorer, check_columns
+from service.batch.scorer import Scorer, check_columns, lacking_columns
 
 DEFAULT_BATCH_SIZE = 4096
 
@@ -46,10 +46,12 @@ def score_file(
     progress: bool = True,
     threads: int | None = None,
     escape_formulas: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> ScoreResult:
     """Score every row of input_path with model `name` of `store`; write output_path atomically.
     threads: blocks scored at once (default: the CPU cores this process may use). escape_formulas:
-    text cells of a CSV output that a spreadsheet would run as formulas get a leading '.
+    text cells of a CSV output that a spreadsheet would run as formulas get a leading '. warn:
+    told what is scored but may not be what was meant (a table model's columns the input lacks).
     Everything that can be checked before scoring (the files, the columns) is checked first."""
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -64,6 +66,9 @@ def score_file(
     model = open_model(Path(store), name, version)
     plan = inspect_input(source, table=model.is_table)
     check_columns(model, plan.names, str(source), conditionals)
+    lacking = lacking_columns(model, plan.names)
+    if lacking and warn is not None:
+        warn(lacking)
     if ray is not None:
         return score_on_ray(
             model,

@@ -186,6 +186,27 @@ def check_columns(model: StoredModel, names: list[str], source: str, conditional
         raise DataError(f"{source} has {len(names)} columns, model {model.name} has {model.dims} dimensions")
 
 
+def lacking_columns(model: StoredModel, names: list[str]) -> str | None:
+    """A warning naming the table model's columns the input lacks (unknown in every row: summed
+    out of log p, so the scores are of the columns it has), or None. A header cell that is a
+    lacking name with a leading ' is named too: a spreadsheet-escaped header (made sample and
+    made score write text that begins with = + - @ so) reads as another column."""
+    if not model.is_table:
+        return None
+    lacking = [n for n in model.schema.names if n not in names]
+    if not lacking:
+        return None
+    shown = ", ".join(repr(n) for n in lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
+    text = f"the input lacks {len(lacking)} of model {model.name}'s columns ({shown}): unknown in every row, summed out"
+    escaped = [n for n in lacking if "'" + n in names]
+    if escaped:
+        text += (
+            f"; it has {chr(39) + escaped[0]!r}, that column escaped for a spreadsheet: write the file with "
+            "--no-escape-formulas to score it as that column"
+        )
+    return text
+
+
 def score_names(dims: int, conditionals: bool) -> list[str]:
     return [SCORE_COLUMN] + ([f"{COND_PREFIX}{d}" for d in range(dims)] if conditionals else [])
 
