@@ -223,6 +223,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
         logging.getLogger("made.engine").setLevel(logging.WARNING)
+    warnings: list[str] = []
     result = score_file(
         args.store,
         args.name,
@@ -235,8 +236,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         threads=args.threads or None,
         escape_formulas=not args.no_escape_formulas,
-        warn=lambda text: print(f"made score: warning: {text}", file=sys.stderr),
+        warn=warnings.append,
     )
+    for text in warnings:  # once scored: a refused input's error stays its one line
+        print(f"made score: warning: {text}", file=sys.stderr)
     print(json.dumps(result.to_json()))
     return 0
 
