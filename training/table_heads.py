@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from made.core.bounds import bounds_y
-from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN, bounded_bins
+from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN, bounded_bins, placeholder
 from made.core.schema import ABSENT, Column, Schema, input_value
 
 # The Column fields whose every value the grouped heads implement; a column with any other field
@@ -173,7 +173,8 @@ class ColumnHeads:
     def _encode_numeric(self, g: _NumericGroup, v: np.ndarray, t: dict[str, torch.Tensor]) -> None:
         cols = [self.schema.columns[j] for j in g.columns]
         absent = v[:, g.columns] == ABSENT
-        vals = np.where(absent, 1.0, v[:, g.columns])  # placeholders where absent
+        # absent cells are scored as a present value inside the bounds, whose terms are finite
+        vals = np.where(absent, np.array([placeholder(c) for c in cols]), v[:, g.columns])
         t[f"{g.key}.absent"] = torch.from_numpy(absent)
         if not g.binned:
             y = [torch.from_numpy(input_value(c, vals[:, i])).float() for i, c in enumerate(cols)]
@@ -219,11 +220,15 @@ class ColumnHeads:
         log_s = sel[:, :, 2].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
         if g.binned:
             lo, hi, width = (t[f"{g.key}.{k}"][:, :, None] for k in ("lo", "hi", "width"))
-            ll = torch.logsumexp(log_w + interval_log_mass(lo, hi, width, mu, log_s), dim=2)
+            terms = interval_log_mass(lo, hi, width, mu, log_s)
         else:
             z = (t[f"{g.key}.y"][:, :, None] - mu) * torch.exp(-log_s)
-            log_pdf = -z - log_s - 2.0 * F.softplus(-z)
-            ll = torch.logsumexp(log_w + log_pdf, dim=2) + t[f"{g.key}.jac"]
+            terms = -z - log_s - 2.0 * F.softplus(-z)
+        if g.nullable:  # the double where: an absent cell's terms are 0, whatever its placeholder
+            terms = torch.where(t[f"{g.key}.absent"][:, :, None], 0.0, terms)
+        ll = torch.logsumexp(log_w + terms, dim=2)
+        if not g.binned:
+            ll = ll + t[f"{g.key}.jac"]
         if g.bounded:  # truncated to the bounds: minus the log of the mixture's mass inside them
             b_lo, b_hi, b_width = (b[None, :, None] for b in g.bounds)
             ll = ll - torch.logsumexp(log_w + interval_log_mass(b_lo, b_hi, b_width, mu, log_s), dim=2)
@@ -239,10 +244,13 @@ def interval_log_mass(
     """Each logistic component's log mass on [lo, hi] (y units; width = hi - lo kept exact where
     the edges are too close to subtract): made.core.heads' formula, broadcast over the group. An
     infinite edge or width (a one-sided bound, a log column's bin reaching 0) contributes its limit
-    0 through a branch that never computes inf * 0, whose gradient would be NaN."""
+    0 through a branch that never computes inf * 0, whose gradient would be NaN; an empty one
+    (width 0) is -inf through a branch that never takes log 0, whose gradient (inf, times the 0
+    that torch.where sends the branch it drops) would be NaN too."""
     inv_s = torch.exp(-log_s)
-    top, bottom, wide = hi == math.inf, lo == -math.inf, width == math.inf
+    top, bottom, wide, empty = hi == math.inf, lo == -math.inf, width == math.inf, width <= 0
     upper = torch.where(top, 0.0, F.logsigmoid((torch.where(top, 0.0, hi) - mu) * inv_s))
     lower = torch.where(bottom, 0.0, F.logsigmoid(-(torch.where(bottom, 0.0, lo) - mu) * inv_s))
-    gap = torch.where(wide, 0.0, torch.log(-torch.expm1(-torch.where(wide, 1.0, width) * inv_s)))
+    gap = torch.log(-torch.expm1(-torch.where(wide | empty, 1.0, width) * inv_s))
+    gap = torch.where(wide, 0.0, torch.where(empty, -math.inf, gap))
     return upper + lower + gap

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from made.core.bounds import bounds_y
-from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN, bounded_bins
+from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN, bounded_bins, placeholder
 from made.core.masks import build_direct_mask, build_masks
 from made.core.schema import ABSENT, Column, Schema, input_value
 from training.model import MaskedConfig, MaskedNetwork
@@ -121,18 +121,21 @@ class TableMADE(MaskedNetwork):
         mu = p[:, off + m : off + 2 * m]
         log_s = p[:, off + 2 * m : off + 3 * m].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
         absent = v == ABSENT
-        vals = torch.where(absent, torch.ones_like(v), v).numpy()  # placeholders where absent
+        # absent cells are scored as a present value inside the bounds (finite terms), and then
+        # their terms are set to 0 before they meet the weights (table_heads' double where)
+        vals = torch.where(absent, placeholder(col), v).numpy()
         if col.decimals is None:
             y = torch.from_numpy(input_value(col, vals)).float()[:, None]
             z = (y - mu) * torch.exp(-log_s)
-            log_pdf = -z - log_s - 2.0 * F.softplus(-z)
+            terms = -z - log_s - 2.0 * F.softplus(-z)
             jac = -math.log(col.scale) - (torch.from_numpy(np.log(vals)).float() if col.transform == "log" else 0.0)
-            ll = torch.logsumexp(log_w + log_pdf, dim=1) + jac
         else:
             lo, hi, width_np = bounded_bins(col, vals)
             width = torch.from_numpy(width_np).float()[:, None]
             lo_t, hi_t = torch.from_numpy(lo).float()[:, None], torch.from_numpy(hi).float()[:, None]
-            ll = torch.logsumexp(log_w + interval_log_mass(lo_t, hi_t, width, mu, log_s), dim=1)
+            terms = interval_log_mass(lo_t, hi_t, width, mu, log_s)
+            jac = 0.0
+        ll = torch.logsumexp(log_w + torch.where(absent[:, None], 0.0, terms), dim=1) + jac
         if col.bounded:
             ll = ll - _log_mass_in_bounds(col, log_w, mu, log_s)
         if col.nullable:

@@ -373,7 +373,7 @@ class Trainer:
             order = torch.randperm(n, generator=gen)
             shuffled = encoded.take(order) if encoded is not None else None
             total, count = 0.0, 0
-            for start in range(0, n, cfg.batch_size):
+            for step, start in enumerate(range(0, n, cfg.batch_size), start=1):
                 x: torch.Tensor | EncodedRows = (
                     shuffled.slice(start, start + cfg.batch_size)
                     if shuffled is not None
@@ -386,14 +386,23 @@ class Trainer:
                 else:
                     k = int(torch.randint(model.n_masks, (1,), generator=gen)) if model.n_masks > 1 else 0
                     loss = -model.log_prob(x, k).mean()  # type: ignore[arg-type]
+                # a non-finite loss would step the weights to NaN and train on, to NaN metrics and
+                # exit 0: stop before the step, with the last checkpoint (an epoch's end) intact
+                value = loss.item()
+                self._check_finite(
+                    value, "the training loss", f"at epoch {progress_state['epoch'] + 1}, step {step}", progress_state
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.item() * len(x)
+                total += value * len(x)
                 count += len(x)
                 bars.update(1, note=f"train {total / count:.2f}")
             valid = float(nll_per_example(model, valid_rows, None, cfg.eval_batch, cfg.valid_masks).mean())
             epoch = progress_state["epoch"] + 1
+            # the epoch's last step can make the weights NaN (a finite loss, a NaN gradient) or
+            # huge, which no later loss shows before they would be saved over the last checkpoint
+            self._check_finite(valid, "the validation NLL", f"after epoch {epoch}", progress_state)
             best = progress_state["best_valid"]
             if best is None or valid < best:
                 progress_state.update(best_valid=valid, best_epoch=epoch, bad_epochs=0)
@@ -426,6 +435,18 @@ class Trainer:
             )
             if epoch % 10 == 0:
                 write_curve(self.run_dir / CURVE, history)
+
+    def _check_finite(self, value: float, what: str, where: str, progress_state: dict[str, Any]) -> None:
+        """Stop a run whose `what` (a loss) is not finite `where` in the epoch after the checkpointed
+        one, which stays as it was: one line that says so and what to try."""
+        if math.isfinite(value):
+            return
+        done = progress_state["epoch"]
+        kept = f"{self.run_dir} keeps the checkpoint of epoch {done}" if done else "no epoch was checkpointed"
+        raise ConfigError(
+            f"training diverged: {what} became {format_value(value)} {where}; {kept}; "
+            f"try a lower --lr (it is {format_value(self.cfg.lr)})"
+        )
 
     def _checkpoint(
         self,

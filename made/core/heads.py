@@ -56,6 +56,17 @@ def mixture(col: Column, p: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, 
     return absent, log_w, mu, log_s
 
 
+def placeholder(col: Column) -> float:
+    """A present value of a numeric column to stand in for its absent cells where a head is
+    computed for every row and the absent ones' result thrown away (training's torch heads): the
+    column's centre (y = 0) on its grid and inside its bounds, so that its bin has a width and
+    its terms stay finite. (A fixed 1.0 lies outside bounds such as [7.6, 88.9]: its bin, cut to
+    them, is empty, and log 0 in the branch a torch.where drops still gives a NaN gradient.)"""
+    lo, hi = value_bounds(col)
+    centre = float(round_to_precision(col, unstandardise(col, np.zeros(1)))[0])
+    return float(np.clip(centre, lo, hi))
+
+
 def bounded_bins(col: Column, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """bin_edges and bin_width of values recorded to `decimals` places, each bin cut to bounds_y
     (a value at a bound whose bin reaches past it, or a value off the grid): (lo, hi, width) in
