@@ -227,3 +227,23 @@ def test_samples_written_without_formula_escapes_score_as_drawn(
     assert scored == pytest.approx(drawn_logp, abs=1e-6)
     summed_out = [float(r["logprob"]) for r in read_csv(tmp_path / "s1.csv")[1]]
     assert not np.allclose(summed_out, drawn_logp)  # what the escaped file was scored as
+
+
+def test_split_makes_its_out_folder_and_report_help_shows_no_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`made split --out new/dir` was refused as 'not a folder' when the folder did not exist yet;
+    a file there still is. `made report --help` showed '(default: None)' for its required --out."""
+    source = write_table(tmp_path / "shop.csv", n=50)
+    assert main(["split", str(source), "--out", str(tmp_path / "new" / "dir")]) == 0
+    assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == [
+        "shop_test.csv",
+        "shop_train.csv",
+        "shop_valid.csv",
+    ]
+    (tmp_path / "afile").write_text("")
+    assert main(["split", str(source), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "--out DIR" in (shown := capsys.readouterr().out) and "default: None" not in shown

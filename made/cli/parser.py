@@ -306,7 +306,9 @@ def _add_split(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     p.add_argument("--valid", type=float, default=0.1, help="share of the rows for the validation split")
     p.add_argument("--test", type=float, default=0.1, help="share of the rows for the test split")
     p.add_argument("--seed", type=int, default=0, help="which rows go where: same seed, same split")
-    p.add_argument("--out", metavar="DIR", default=None, help="folder of the split files (default: beside CSV)")
+    p.add_argument(
+        "--out", metavar="DIR", default=None, help="folder of the split files, made if missing (default: beside CSV)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite split files already there")
     p.set_defaults(func=cmd_split)
 

@@ -14,10 +14,12 @@ from made.core.errors import ConfigError
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from made.cli.parser import _DefaultsFormatter  # the other commands' help: no "(default: None)"
+
     p = sub.add_parser(
         "report",
         help="compare a table model's samples with held-out rows: plots (PNG) and one HTML page",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument(
         "model",

@@ -60,13 +60,15 @@ def split_table(
     CSV, each atomically; their paths by split. Cells are copied as the file holds them."""
     path = Path(path)
     folder = Path(out) if out is not None else None
-    if folder is not None and not folder.is_dir():
-        raise DataError(f"--out {folder} is not a folder")
+    if folder is not None and folder.exists() and not folder.is_dir():
+        raise DataError(f"--out {folder} is a file, not a folder")
     targets = split_paths(path, folder)
     there = [p for p in targets.values() if p.exists()]
     if there and not force:
         raise DataError(f"{there[0]} exists; pass --force to overwrite the split files")
     header, rows, _ = read_table(path)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)  # once the table is read: a bad one leaves none
     for split, chosen in split_rows(len(rows), valid=valid, test=test, seed=seed).items():
         atomic_write_text(targets[split], to_csv(header, (rows[i] for i in chosen), escape=False))
     return targets
