@@ -16,7 +16,7 @@ import anyio
 import httpx
 import numpy as np
 import pytest
-from helpers import metric, post
+from helpers import metric, metric_samples, post
 from PIL import Image
 
 from made.store.manifest import public_manifest
@@ -247,6 +247,11 @@ async def test_bodies_that_cannot_be_read_as_json_say_why(made: InProcessClient)
         assert r.json()["detail"].startswith(
             "the request body is not valid JSON here: its arrays or objects nest too deeply"
         )
+    r = await made.http.post("/sample", content=b"[" * 100_000, headers=json_headers)  # refused before routing
+    assert r.status_code == 422, r.text
+    # labelled by the route the path and method match, not "unmatched" (refused before routing)
+    labels = {s.labels["endpoint"] for s in metric_samples((await made.http.get("/metrics")).text, "made_errors_total")}
+    assert {"/logprob", "/sample"} <= labels and "unmatched" not in labels, labels
     # a compressed body: we do not decode Content-Encoding, and say so (415, as RFC 9110 asks)
     body = gzip.compress(json.dumps({"n": 1, "seed": 0}).encode())
     r = await made.http.post("/sample", content=body, headers={**json_headers, "Content-Encoding": "gzip"})

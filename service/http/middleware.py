@@ -24,6 +24,7 @@ import logging
 import random
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
@@ -185,7 +186,7 @@ class RequestMiddleware:
 
     def _finished(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
         """The request's metrics and its access-log line."""
-        endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+        endpoint = _route_path(scope)
         self.metrics.observe_request(endpoint, ctx.model, status, elapsed, ctx.error_type)
         access_log.info(
             f"{scope['method']} {scope['path']} {status}",
@@ -341,3 +342,27 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], retry_after:
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def _route_path(scope: Scope) -> str:
+    """The route a request's metrics are labelled with: the one that answered it, else the one of
+    the app's documented routes (its OpenAPI paths) that its path matches (a body refused before
+    routing: over its bounds, too large, too slow), else "unmatched" (no such endpoint): a
+    bounded set of labels either way."""
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
+    app = scope.get("app")
+    if app is None:
+        return "unmatched"
+    patterns = _ROUTE_PATTERNS.get(app)
+    if patterns is None:
+        paths = app.openapi().get("paths", {}) if hasattr(app, "openapi") else {}
+        patterns = _ROUTE_PATTERNS[app] = [
+            (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), path) for path in paths
+        ]
+    return next((path for pattern, path in patterns if pattern.match(scope["path"])), "unmatched")
+
+
+# Each app's documented routes as (pattern, path template), made once (_route_path).
+_ROUTE_PATTERNS: weakref.WeakKeyDictionary[Any, list[tuple[re.Pattern[str], str]]] = weakref.WeakKeyDictionary()
