@@ -71,6 +71,26 @@ async def test_a_query_parameter_given_twice_or_empty_is_refused(made: InProcess
     refused(r, 422, "explain", "''")
 
 
+@pytest.mark.parametrize("spelling", ["1_0", "+1", "%201", "%EF%BC%91", "1.0", "0x10"])
+async def test_a_csv_integer_parameter_is_written_as_json_writes_one(made: InProcessClient, spelling: str) -> None:
+    """Python's int() took ?seed=1_0 (10), +1, ' 1' and a full-width 1: answers under a seed the
+    client did not write. The refusal names the parameter where it is, in the query."""
+    r = await made.http.post(f"/logprob?model=cats&seed={spelling}", content=CATS, headers=CSV)
+    refused(r, 422, "query parameter seed must be an integer")
+    assert r.json()["errors"][0]["loc"] == ["query", "seed"]
+
+
+async def test_csv_query_errors_name_the_query_and_do_not_echo_a_long_value(made: InProcessClient) -> None:
+    r = await made.http.post(f"/logprob?model=cats&seed={'9' * 5000}x", content=CATS, headers=CSV)
+    refused(r, 422, "5001 characters")
+    assert len(r.json()["detail"]) < 200
+    r = await made.http.post("/logprob?model=&seed=1", content=CATS, headers=CSV)  # was: the default model
+    refused(r, 422, "query parameter model is empty")
+    assert r.json()["errors"][0]["loc"] == ["query", "model"]
+    r = await made.http.post("/logprob?model=cats&seed=-3", content=CATS, headers=CSV)
+    assert "must be an integer" not in r.text  # -3 is one: the route decides what a seed may be
+
+
 async def test_csv_masks_of_a_unicode_digit_is_a_422_not_a_500(made: InProcessClient) -> None:
     r = await made.http.post("/logprob?model=cats&masks=%C2%B2", content=CATS, headers=CSV)  # masks=²
     refused(r, 422, "masks")

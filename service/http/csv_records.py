@@ -32,6 +32,7 @@ MADE_CSV_ESCAPE_FORMULAS is false (made.io.csv.escape_formula).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -202,27 +203,32 @@ class CsvRecordsMiddleware:
         query = dict(pairs)
         if len(query) != len(pairs):  # last-wins would pick one silently
             twice = next(key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1)
-            raise InvalidInput(f"query parameter {twice} is given twice; give it once")
+            raise InvalidInput(f"query parameter {twice} is given twice; give it once", loc=("query", twice))
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:
             raise InvalidInput(
-                f"query parameter {unknown[0]!r} is not an option of a CSV request ({', '.join(sorted(_OPTIONS))})"
+                f"query parameter {unknown[0]!r} is not an option of a CSV request ({', '.join(sorted(_OPTIONS))})",
+                loc=("query", unknown[0]),
             )
         request: dict[str, Any] = {}
         for key, value in query.items():
+            shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
             if _OPTIONS[key] is int:
-                try:
-                    request[key] = int(value)
-                except ValueError:
-                    raise InvalidInput(f"query parameter {key} must be an integer, got {value!r}") from None
+                # as JSON writes an integer: Python's int() also takes 1_0, +1, ' 1' and a full-width 1
+                if not _INTEGER.fullmatch(value):
+                    raise InvalidInput(f"query parameter {key} must be an integer, got {shown}", loc=("query", key))
+                request[key] = int(value)
             elif _OPTIONS[key] is bool:
                 try:
                     request[key] = _BOOLEAN.validate_python(value)
                 except ValidationError:
                     raise InvalidInput(
                         f"query parameter {key} must be a boolean (true or false, 1 or 0, yes or no, on or off), "
-                        f"got {value!r}"
+                        f"got {shown}",
+                        loc=("query", key),
                     ) from None
+            elif key == "model" and not value:
+                raise InvalidInput("query parameter model is empty: name a model, or leave it out", loc=("query", key))
             elif key == "masks":  # "all" or a number of masks; anything else the route names
                 request[key] = int(value) if value.isascii() and value.isdigit() else value
             else:
@@ -230,6 +236,9 @@ class CsvRecordsMiddleware:
         engine = self.dataplane.engine(request.get("model"))
         defaulted = "" if "model" in request else str(engine.name)  # the default: named in errors
         return request, engine.model.schema, defaulted  # a bit model's schema: x0..x{D-1}
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def _to_json(request: dict[str, Any], schema: Any, body: bytes, model: str = "") -> tuple[_Sent, bytes]:

@@ -93,7 +93,9 @@ def made_error_body(exc: MadeError) -> tuple[int, dict[str, Any]]:
         ctx.error_type = kind  # a metrics label
     extra: dict[str, Any] = {}
     if status == 422:
-        extra["errors"] = [{"loc": ["body", *getattr(exc, "loc", ())], "msg": str(exc), "type": kind}]
+        loc = list(getattr(exc, "loc", ()))
+        where = loc if loc[:1] in (["query"], ["header"], ["path"]) else ["body", *loc]  # FastAPI's own roots
+        extra["errors"] = [{"loc": where, "msg": str(exc), "type": kind}]
     return status, error_body(status, kind, str(exc), **extra)
 
 
