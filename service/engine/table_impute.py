@@ -223,7 +223,8 @@ def _distribution(
             probs = weights @ level_p
         else:
             probs = np.bincount(cells.astype(np.int64), weights=weights, minlength=len(col.levels))
-        return {level: float(p) for level, p in zip(col.levels, probs, strict=True)}
+        # sums of float64 weights can round past 1 (a one-level column: 1.0000000000000002)
+        return {level: float(p) for level, p in zip(col.levels, np.clip(probs, 0.0, 1.0), strict=True)}
     present = cells != ABSENT
     out: dict[str, Any] = {}
     if col.nullable:
