@@ -563,3 +563,24 @@ def test_made_score_ray_local_from_the_command_line(bit_csv: tuple[Path, list[li
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"ray": "local"' in result.stdout.splitlines()[-1]
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+
+
+def test_a_float32_parquet_column_is_written_to_csv_as_float32_writes_it(diamonds: TableEngine, tmp_path: Path) -> None:
+    """A float32 column's cells went to a CSV output as their float64 copies (-4.099999904632568
+    for -4.1): the cells of the input, as made's table reader reads them, are float32's."""
+    names, rows = _diamond_rows(diamonds, 20, seed=3)
+    numeric = {c.name for c in diamonds.schema.columns if c.kind == "numeric"}
+    typed = pa.table(
+        {
+            name: pa.array(
+                [None if r[j] == "" else float(r[j]) if name in numeric else r[j] for r in rows],
+                type=pa.float32() if name in numeric else pa.string(),
+            )
+            for j, name in enumerate(names)
+        }
+    )
+    pq.write_table(typed, tmp_path / "f32.parquet")
+    score_file(STORE, "diamonds", tmp_path / "f32.parquet", tmp_path / "out.csv", progress=False)
+    table = _read_csv(tmp_path / "out.csv")
+    carat = table[0].index("carat")
+    assert [r[carat] for r in table[1:]] == [r[carat] for r in rows]  # 0.3, not 0.30000001192092896

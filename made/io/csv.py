@@ -223,6 +223,16 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
+def arrow_cells(column: Any) -> list[str]:
+    """An Arrow (Parquet) column's cells as a CSV would hold them (cell_text); a float32 column's
+    values as float32 writes them (-4.1, not the -4.099999904632568 of its float64 copy)."""
+    import pyarrow as pa
+
+    if pa.types.is_float32(column.type):
+        return ["" if v is None or v != v else str(np.float32(v)) for v in column.to_pylist()]
+    return [cell_text(v) for v in column.to_pylist()]
+
+
 def value_text(value: Any) -> str:
     """A record's value (a DataFrame's cell) as the CSV cell that means what the JSON value
     would: a whole float as an integer (a level "3" may be sent as 3.0, as a column of integers

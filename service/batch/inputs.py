@@ -20,7 +20,7 @@ from typing import Any
 from made.core.errors import DataError, MadeError
 from made.core.progress import Progress
 from made.core.schema import Schema
-from made.io.csv import cell_text, check_header, is_header, read_rows, sniff_delimiter
+from made.io.csv import arrow_cells, check_header, is_header, read_rows, sniff_delimiter
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -109,8 +109,9 @@ class Block:
     def column_text(self, j: int) -> list[str]:
         if self.rows is not None:
             return [r[j] for r in self.rows]
-        values = self.table.column(j).to_pylist()
-        return values if self.text else [cell_text(v) for v in values]
+        if self.text:
+            return list(self.table.column(j).to_pylist())
+        return arrow_cells(self.table.column(j))
 
     def text_rows(self) -> list[list[str]]:
         if self.rows is not None:
