@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers import cpu_registry
 
+from service.client import MadeAPIError
 from service.engine import ModelRegistry
 from service.settings import Settings
 from service.testing import InProcessClient, in_process
@@ -116,3 +117,20 @@ async def test_a_batch_halved_after_a_refusal_answers_as_batches_of_its_size(
         threes = await made.logprob_records(records, seed=halved.seed, **options("logprob_records"))
     assert halved.seed is not None and (seed is None or halved.seed == seed)
     assert numbers(halved) == numbers(threes)
+
+
+async def test_an_error_in_a_later_batch_says_which_records_it_held(registry: ModelRegistry) -> None:
+    """The server names a record by its index in its request: records[2] of the third batch of 7
+    is the call's record 16, which the error now says, with the batch's span."""
+    records = partial(20)
+    records[16] = {**records[16], "cut": "Superb"}
+    async with client(registry, batch=7) as made:
+        with pytest.raises(MadeAPIError) as refused:
+            await made.logprob_records(records, **options("logprob_records"))
+    detail = refused.value.detail
+    assert refused.value.status_code == 422 and detail.startswith("records[2], column 'cut': 'Superb'"), detail
+    assert detail.endswith("(in records 14 to 19 of this call: one request, its rows counted from 0)")
+    async with client(registry, batch=100) as made:  # one request: its error as the server wrote it
+        with pytest.raises(MadeAPIError) as whole:
+            await made.logprob_records(records, **options("logprob_records"))
+    assert whole.value.detail.startswith("records[16], column 'cut'") and "this call" not in whole.value.detail

@@ -163,9 +163,13 @@ class Batches(Generic[T]):
         self.start, self.b = self.stop, self.b + 1
 
     def refused(self, exc: MadeAPIError) -> None:
-        """A refusal: the batch halved where a smaller one may pass, else raised."""
+        """A refusal: the batch halved where a smaller one may pass, else raised; a batch after
+        the first says which records it held, since the server counts a request's rows from 0."""
         if not _too_large(exc) or self.stop - self.start <= 1:
-            raise exc
+            if self.start == 0 and self.stop == self.call.rows:
+                raise exc
+            where = f"in records {self.start} to {self.stop - 1} of this call: one request, its rows counted from 0"
+            raise MadeAPIError(exc.status_code, f"{exc.detail} ({where})", exc.type, exc.request_id) from exc
         self.size = (self.stop - self.start) // 2
 
     def result(self) -> T:
