@@ -192,3 +192,4 @@ def test_metrics_and_openapi_know_the_endpoint(http: TestClient, made: MadeClien
     assert "/denoise" in schema["paths"]
     body = schema["components"]["schemas"]["DenoiseRequest"]
     assert "eps" in body["required"]
+    assert "records" not in body["properties"] and "x" in body["properties"]  # rows of bits only

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from made.core.errors import InvalidInput
 from service.core.fields import (
@@ -158,6 +159,8 @@ class DenoiseRequest(_RowsRequest):
 
     model: ModelName = None
     x: RowsWithMissing | None = None
+    # rows of bits only: records are refused (the 422 says why), so the schema does not offer them
+    records: SkipJsonSchema[list[Record] | None] = None
     eps: EpsSpec
     n_samples: StrictInt = Field(
         10, ge=0, description="clean rows drawn from the posterior per row (0: marginals and estimates only)"
