@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from helpers import metric
 
 from made.core.errors import MadeError
-from service.core.scheduling import FairScheduler
+from service.core.scheduling import LONG_LANE, SECONDS_PER_UNIT, FairScheduler
+from service.http.app import create_app
 from service.http.errors import Overloaded
 from service.settings import Settings
 from service.testing import in_process
@@ -169,3 +171,67 @@ async def test_two_lanes_of_long_calls_together_leave_a_thread_free_for_short_on
     assert quick == "conditionals" and len([n for n in started if n.endswith(("0", "1", "2"))]) == 1, started
     await asyncio.gather(*backlog)
     assert now["most"] == 1  # never two long calls at once: one thread stayed free
+
+
+async def test_within_one_endpoint_a_short_call_does_not_queue_behind_long_ones() -> None:
+    """One endpoint, calls of two sizes (one exact /logprob row beside 300 rows that need the
+    particle filter): a call whose work (its units) makes it long takes turns in the endpoint's
+    long lane, so a short call to the same endpoint takes the thread the long lanes leave free
+    instead of waiting for the long calls before it. In one lane, long0 and long1 took both
+    threads and the short call waited for one of them to end."""
+    scheduler = FairScheduler(slots=2, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    long_call, now = _long_calls(started, lock)
+    units = int(1.0 / SECONDS_PER_UNIT)  # a second's work before any call is measured: long
+    backlog = [asyncio.create_task(scheduler.run("/logprob", long_call, f"long{i}", units=units)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    short = await scheduler.run("/logprob", _job, started, "short", 0.0, lock, units=1000)
+    assert short == "short" and started[:2] == ["long0", "short"], started
+    await asyncio.gather(*backlog)
+    assert now["most"] == 1  # the long calls kept a thread free
+    assert sorted(scheduler.lanes) == ["/logprob", LONG_LANE.format("/logprob")]
+    # the engine's speed is measured: 0.2 s for `units` (about 0.2 s; the calls' overheads add a little)
+    assert scheduler.seconds_per_unit == pytest.approx(0.2 / units, rel=0.25)
+
+
+async def test_a_short_call_slowed_by_others_is_not_taken_for_a_long_one() -> None:
+    """A 1,000-unit call that took 0.2 s (calls beside it had the cores) neither changes the
+    measured seconds a unit nor makes its endpoint's lane one of long calls: the next short call
+    to the endpoint still gets the thread a long call leaves free."""
+    scheduler = FairScheduler(slots=2, max_queue=100)
+    started: list[str] = []
+    lock = threading.Lock()
+    await scheduler.run("/logprob", _job, started, "slowed", 0.2, lock, units=1000)
+    assert scheduler.seconds_per_unit == SECONDS_PER_UNIT
+    assert scheduler.lane_for("/logprob", 1000) == "/logprob"
+    long_call, _ = _long_calls(started, lock)
+    running = asyncio.create_task(scheduler.run("/logprob", long_call, "long", units=int(1.0 / SECONDS_PER_UNIT)))
+    await asyncio.sleep(0.01)
+    await scheduler.run("/logprob", _job, started, "short", 0.0, lock, units=1000)
+    assert not running.done(), started  # it ran beside the long call, not after it
+    await running
+
+
+async def test_over_http_a_request_goes_to_the_lane_its_work_makes(tiny_store: Path) -> None:
+    """The units a request's budget check allowed reach its engine call: 300 rows that need the
+    particle filter take turns in /impute's long lane, one exact row in /impute's own."""
+    cfg = Settings(store=tiny_store, default_model="tiny", threads=2)
+    app = create_app(cfg)
+    rows = np.random.default_rng(0).integers(0, 2, (300, 8)).astype(float)
+    rows[:, :3] = np.nan
+    heavy = {"x": [[None if v != v else int(v) for v in r] for r in rows], "n_importance": 200}
+    light = {"x": [[0, 1, 0, 1, 0, 1, 0, 1]]}  # nothing missing: a pass of one row
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://made.test") as http,
+        app.router.lifespan_context(app),
+    ):
+        while (await http.get("/readyz")).status_code != 200:
+            await asyncio.sleep(0.05)
+        scheduler = app.state.dataplane.scheduler
+        assert (await http.post("/impute", json=light)).status_code == 200
+        assert sorted(scheduler.lanes) == ["/impute"]
+        assert (await http.post("/impute", json=heavy)).status_code == 200
+        assert sorted(scheduler.lanes) == ["/impute", LONG_LANE.format("/impute")]
+        assert scheduler.lanes[LONG_LANE.format("/impute")].mean_cost > 0  # the heavy call ran there

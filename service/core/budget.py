@@ -14,6 +14,8 @@ the setting instead of running past its timeout.
 
 from __future__ import annotations
 
+import contextvars
+
 from made.core.errors import InvalidInput
 from service.engine.bit_model import STEP_COST
 from service.engine.smc import PARTICLE_COST
@@ -36,11 +38,27 @@ def particles(rows: int, n_particles: int, masks: int, columns: int) -> int:
     return drawn(int(rows) * int(n_particles) * int(masks), columns, PARTICLE_COST)
 
 
+# The units the current request's last check allowed, until its engine call takes them
+# (take_checked): the scheduler tells a long call from a short one by them.
+_checked: contextvars.ContextVar[int | None] = contextvars.ContextVar("made_checked_units", default=None)
+
+
 def check_work(limit: int, units: int, what: str, loc: tuple[str | int, ...] = ()) -> None:
-    """Refuse `units` of work past `limit` (Settings.max_work) with a 422 saying what the work was."""
+    """Refuse `units` of work past `limit` (Settings.max_work) with a 422 saying what the work was;
+    allowed, they are the request's estimate until its engine call takes them (take_checked)."""
+    _checked.set(int(units))
     if units > limit:
         raise InvalidInput(
             f"{what} costs {units:,} units of work (values the network computes); the limit is "
             f"{limit:,} per request (MADE_MAX_WORK): send fewer rows, samples or draws",
             loc=loc,
         )
+
+
+def take_checked() -> int | None:
+    """The units the current request's last check_work allowed (None: none checked since the last
+    take), cleared: a request's next engine call (a PNG of its samples) is not charged them again."""
+    units = _checked.get()
+    if units is not None:
+        _checked.set(None)
+    return units

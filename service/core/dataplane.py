@@ -26,6 +26,7 @@ import numpy as np
 
 from made.core.errors import InvalidInput, ModelNotFound, NotReady, Overloaded, RequestTimeout
 from made.store.reference import missing_reference
+from service.core import budget
 from service.core.bitplane import BitPlane
 from service.core.body_bounds import Limits
 from service.core.log_config import request_context
@@ -110,7 +111,7 @@ class DataPlane:
         stops it (made_abandoned_total). Cancelled while waiting for its turn, it never runs."""
         endpoint = _lane.get()
         call = functools.partial(self._abandonable, endpoint, functools.partial(fn, *args, **kwargs))
-        return await self.scheduler.run(endpoint, call, abandon_on_cancel=True)
+        return await self.scheduler.run(endpoint, call, abandon_on_cancel=True, units=budget.take_checked())
 
     def _abandonable(self, endpoint: str, call: Callable[[], T]) -> T:
         """call() in its engine thread; counted when it stops at a checkpoint, nobody waiting."""
@@ -142,6 +143,7 @@ class DataPlane:
         if endpoint not in self._tracked:  # made_endpoint_requests reads the scheduler's count
             self._tracked.add(endpoint)
             self.metrics.track_endpoint_requests(endpoint, functools.partial(self.scheduler.admitted, endpoint))
+        budget.take_checked()  # nothing left over from an earlier request in this context
         return _lane.set(endpoint)
 
     def _leave(self, endpoint: str, token: contextvars.Token[str]) -> None:

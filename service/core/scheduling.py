@@ -11,6 +11,13 @@ use one thread fewer). With 16 clients on each of /logprob, /conditionals, /samp
 a quarter of the threads' time: a cheap request waits for at most the calls already running,
 not behind every expensive request queued before it (what one FIFO of threads did).
 
+Within one endpoint, calls differ by thousands of times (one exact /logprob row against 300 rows
+that need the particle filter), so a call whose request's work (its MADE_MAX_WORK units,
+service.core.budget) comes to LONG_CALL_S or more at the engine's measured seconds a unit takes
+turns in the endpoint's second lane, "<endpoint> (long)": a short call to the same endpoint then
+takes the thread that the long lanes leave free instead of queueing behind it (a one-row
+/logprob beside 300-row ones: docs/fairness.md, bench/fairness.py).
+
 `admit` bounds what a lane holds (requests waiting or running): past `max_queue` a request is
 refused at once with 503 and a Retry-After estimated from the lane's own mean cost, instead of
 waiting without bound.
@@ -41,6 +48,17 @@ _EWMA = 0.2
 # one between them: a thread stays free for short calls, which would otherwise wait for a long
 # one to end.
 LONG_CALL_S = 0.05
+# The lane of an endpoint's calls estimated long (see the module's docstring).
+LONG_LANE = "{} (long)"
+# Engine seconds a unit of work takes until the server has measured its own: 300 diamonds rows
+# needing the particle filter, 14.8 million units, took 6.8-7.2 s on 2 shared cores (4.6e-7 s a
+# unit); a faster machine measures less after its first long call.
+SECONDS_PER_UNIT = 5e-7
+
+
+def _mean(mean: float, value: float) -> float:
+    """A running mean's next value (the first value as it is)."""
+    return value if not mean else (1 - _EWMA) * mean + _EWMA * value
 
 
 @dataclass
@@ -51,6 +69,8 @@ class _Lane:
     running: int = 0
     held: int = 0  # threads granted to the lane (running, or about to)
     admitted: int = 0  # requests holding a place (waiting, batching or running)
+    long: bool = False  # an endpoint's long lane (LONG_LANE): its calls are long by their work
+    unsized_cost: float = 0.0  # running mean seconds of the calls that came without their work
 
 
 class FairScheduler:
@@ -59,14 +79,26 @@ class FairScheduler:
         self.max_queue = max_queue
         self.busy = 0
         self.lanes: dict[str, _Lane] = {}
+        # Engine seconds a unit of work takes: the running means of the seconds and of the units
+        # of the calls that took LONG_CALL_S or more and were estimated at a tenth of it or more
+        # (where the work, not a call's fixed cost or the calls running beside it, decides the
+        # time), one over the other; SECONDS_PER_UNIT until one is measured.
+        self._long_seconds = 0.0
+        self._long_units = 0.0
         # Threads for engine calls; the fair order is decided before a call reaches them.
         self._threads = anyio.CapacityLimiter(slots)
 
     def _lane(self, name: str) -> _Lane:
         lane = self.lanes.get(name)
         if lane is None:
-            lane = self.lanes[name] = _Lane(charged=self._floor())
+            lane = self.lanes[name] = _Lane(charged=self._floor(), long=name.endswith(LONG_LANE.format("")))
         return lane
+
+    def _is_long(self, lane: _Lane) -> bool:
+        """A lane of long calls: an endpoint's long lane, or one whose calls that came without
+        their work (merged batches) take LONG_CALL_S or more on average. Calls sized short stay
+        short when calls running beside them slow them down."""
+        return lane.long or lane.unsized_cost >= LONG_CALL_S
 
     def _floor(self) -> float:
         """The least charge of the lanes that have work: where an idle lane re-enters."""
@@ -106,9 +138,17 @@ class FairScheduler:
         return max(1, math.ceil(lane.admitted * lane.mean_cost / self.slots))
 
     # --- engine calls -------------------------------------------------------------------------
-    async def run(self, lane_name: str, fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
-        """fn(*args) in a worker thread once the lane's turn comes."""
-        lane = self._lane(lane_name)
+    async def run(
+        self,
+        lane_name: str,
+        fn: Callable[..., T],
+        *args: Any,
+        abandon_on_cancel: bool = False,
+        units: int | None = None,
+    ) -> T:
+        """fn(*args) in a worker thread once the lane's turn comes. units: the call's work, if
+        known (service.core.budget); a call it makes long takes turns in the lane's long lane."""
+        lane = self._lane(self.lane_for(lane_name, units))
         estimate = await self._acquire(lane)
         lane.running += 1
         start = time.perf_counter()
@@ -120,15 +160,34 @@ class FairScheduler:
             took = time.perf_counter() - start
             lane.running -= 1
             lane.charged += took - estimate
-            lane.mean_cost = took if not lane.mean_cost else (1 - _EWMA) * lane.mean_cost + _EWMA * took
+            if units and took >= LONG_CALL_S and units * self.seconds_per_unit >= LONG_CALL_S / 10:
+                self._long_seconds = _mean(self._long_seconds, took)
+                self._long_units = _mean(self._long_units, units)
+            # the lane of the call's measured class: a long call that ran in the endpoint's own
+            # lane, before any rate was known, does not make the short calls' lane look long
+            costed = lane if units is None else self._lane(self.lane_for(lane_name, units))
+            costed.mean_cost = _mean(costed.mean_cost, took)
+            if units is None:
+                lane.unsized_cost = _mean(lane.unsized_cost, took)
             self._free(lane)
+
+    @property
+    def seconds_per_unit(self) -> float:
+        return self._long_seconds / self._long_units if self._long_units else SECONDS_PER_UNIT
+
+    def lane_for(self, lane_name: str, units: int | None) -> str:
+        """The lane a call of `units` work takes turns in: the endpoint's own, or its long lane
+        where the measured seconds a unit make the call LONG_CALL_S or more."""
+        if units is None or units * self.seconds_per_unit < LONG_CALL_S:
+            return lane_name
+        return LONG_LANE.format(lane_name)
 
     def _may_take(self, lane: _Lane) -> bool:
         """Whether the lane may take one more thread: the lanes of long calls together keep
         one free (each on its own would leave none when two of them are busy)."""
-        if self.slots == 1 or lane.mean_cost < LONG_CALL_S:
+        if self.slots == 1 or not self._is_long(lane):
             return True
-        long_held = sum(other.held for other in self.lanes.values() if other.mean_cost >= LONG_CALL_S)
+        long_held = sum(other.held for other in self.lanes.values() if self._is_long(other))
         return long_held < self.slots - 1
 
     def _grant(self, lane: _Lane) -> float:
