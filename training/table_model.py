@@ -20,7 +20,7 @@ from torch import nn
 from made.core.bounds import bounds_y
 from made.core.heads import LOG_SCALE_MAX, LOG_SCALE_MIN, bounded_bins, placeholder
 from made.core.masks import build_direct_mask, build_masks
-from made.core.schema import ABSENT, Column, Schema, input_value
+from made.core.schema import ABSENT, Column, Schema, input_value, round_to_precision
 from training.model import MaskedConfig, MaskedNetwork
 from training.table_heads import ColumnHeads, EncodedRows, interval_log_mass
 
@@ -117,7 +117,9 @@ class TableMADE(MaskedNetwork):
         if col.kind == "categorical":
             return -F.cross_entropy(p, v.long(), reduction="none")
         off, m = int(col.nullable), col.components
-        log_w = torch.log_softmax(p[:, off : off + m], dim=1)
+        n_atoms = len(col.atoms)
+        log_all = torch.log_softmax(torch.cat([p[:, off : off + m], p[:, off + 3 * m : off + 3 * m + n_atoms]], 1), 1)
+        log_w, log_a = log_all[:, :m], log_all[:, m:]  # the logistics' weights, the atoms' (made.core.heads)
         mu = p[:, off + m : off + 2 * m]
         log_s = p[:, off + 2 * m : off + 3 * m].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
         absent = v == ABSENT
@@ -136,8 +138,18 @@ class TableMADE(MaskedNetwork):
             terms = interval_log_mass(lo_t, hi_t, width, mu, log_s)
             jac = 0.0
         ll = torch.logsumexp(log_w + torch.where(absent[:, None], 0.0, terms), dim=1) + jac
+        if n_atoms:
+            hit_np = round_to_precision(col, vals)[:, None] == np.asarray(col.atoms)[None, :]
+            hit = torch.from_numpy(hit_np) & ~absent[:, None]
+            any_hit = hit.any(dim=1, keepdim=True)
+            # (a double where: a row no atom holds sums all its atoms, never only -infs)
+            at = torch.logsumexp(torch.where(any_hit, torch.where(hit, log_a, -math.inf), log_a), dim=1)
+            if col.decimals is None:  # a point among densities: its probability, as an absent cell's
+                ll = torch.where(any_hit[:, 0], at, ll)
+            else:
+                ll = torch.where(any_hit[:, 0], torch.logaddexp(ll, at), ll)
         if col.bounded:
-            ll = ll - _log_mass_in_bounds(col, log_w, mu, log_s)
+            ll = ll - _log_mass_in_bounds(col, log_w, mu, log_s, log_a)
         if col.nullable:
             a = p[:, 0]
             return torch.where(absent, F.logsigmoid(a), F.logsigmoid(-a) + ll)
@@ -145,7 +157,8 @@ class TableMADE(MaskedNetwork):
 
     @torch.no_grad()
     def init_from_data(self, train: np.ndarray) -> None:
-        """Start each categorical and binary column's output biases at its training marginal."""
+        """Start each categorical and binary column's output biases at its training marginal (a
+        numeric column's: its share of absent cells, and its atoms' shares)."""
         bias = self.layers[-1].bias
         for j, col in enumerate(self.schema.columns):
             start = int(self.schema.out_offsets[j])
@@ -156,16 +169,34 @@ class TableMADE(MaskedNetwork):
             elif col.kind == "categorical":
                 freq = np.bincount(codes.astype(np.int64), minlength=len(col.levels)) + 0.5
                 bias[start : start + len(col.levels)] = torch.from_numpy(np.log(freq / freq.sum())).float()
-            elif col.nullable:
-                p = float(np.clip((codes == ABSENT).mean(), 1e-3, 1 - 1e-3))
-                bias[start] = math.log(p / (1 - p))
+            else:
+                if col.nullable:
+                    p = float(np.clip((codes == ABSENT).mean(), 1e-3, 1 - 1e-3))
+                    bias[start] = math.log(p / (1 - p))
+                if col.atoms:
+                    _init_atoms(col, codes, bias[start : start + col.n_out])
 
 
-def _log_mass_in_bounds(col: Column, log_w: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
+def _init_atoms(col: Column, codes: np.ndarray, bias: torch.Tensor) -> None:
+    """A numeric column's atom logits (bias: its slice of the output biases) started at the
+    atoms' shares of its present training cells: with the M weight logits near 0, exp(b_a) =
+    M s_a / (1 - S) gives atom a the share s_a of the softmax (S: the atoms' total)."""
+    present = codes[codes != ABSENT]
+    held = round_to_precision(col, present)
+    shares = np.array([np.mean(held == a) if len(held) else 0.0 for a in col.atoms])
+    shares = np.clip(shares, 1e-3, None)
+    rest = max(1.0 - float(shares.sum()), 1e-3)
+    start = int(col.nullable) + 3 * col.components
+    bias[start : start + len(col.atoms)] = torch.from_numpy(np.log(col.components * shares / rest)).to(bias.dtype)
+
+
+def _log_mass_in_bounds(
+    col: Column, log_w: torch.Tensor, mu: torch.Tensor, log_s: torch.Tensor, log_a: torch.Tensor
+) -> torch.Tensor:
     """(N,) log of the mixture's mass inside a bounded column's bounds: the normaliser of its
     truncated head (made.core.heads.log_mass_in_bounds), so that training fits the model that
     serving reads."""
     lo, hi = bounds_y(col)
     full = torch.full((1, 1), 1.0, dtype=mu.dtype)
     mass = interval_log_mass(full * lo, full * hi, full * (hi - lo), mu, log_s)
-    return torch.logsumexp(log_w + mass, dim=1)
+    return torch.logsumexp(torch.cat([log_w + mass, log_a], dim=1), dim=1)

@@ -17,7 +17,7 @@ from typing import TextIO
 
 import numpy as np
 
-from made.core.bounds import bounds_text
+from made.core.bounds import bounds_text, plain_number
 from made.core.errors import ConfigError, DataError
 from made.core.schema import ABSENT, Column, Schema
 
@@ -34,11 +34,18 @@ def _row(col: Column) -> tuple[str, ...]:
 
 def schema_table(schema: Schema) -> str:
     """The schema as a plain-text table: one line per column (kind, number of levels, bounds,
-    resolution, transform, nullable)."""
-    rows = [HEADER, *(_row(c) for c in schema.columns)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    resolution, transform, nullable, and its atoms where any column has some)."""
+    atoms = any(c.atoms for c in schema.columns)
+    head = HEADER + (("atoms",) if atoms else ())
+    rows = [head, *(_row(c) + ((_atoms(c),) if atoms else ()) for c in schema.columns)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def _atoms(col: Column) -> str:
+    """A column's atoms (point masses) as the schema table shows them: 0, 1.5; empty for none."""
+    return ", ".join(plain_number(a) for a in col.atoms)
 
 
 def print_schema(schema: Schema, notes: list[str], origin: str, prog: str, out: TextIO | None = None) -> None:

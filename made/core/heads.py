@@ -16,6 +16,19 @@ bins, cut to the bounds) divided by the mixture's mass inside them,
 so that it integrates (sums over the bins) to 1 over the bounds and to nothing outside; it is
 sampled by the inverse CDF within them. The same network, read this way, is a model that never
 leaves the bounds. A column without bounds takes the untruncated paths exactly as before.
+
+A column with atoms (made.core.schema.Column.atoms: values so common that each gets a point mass,
+an exact 0 in 70% of rows) has one more output per atom, a logit in the same softmax as the
+logistics' weights; the weights of logistics and atoms together sum to 1 (before truncation; the
+atoms lie inside the bounds, so that the normaliser is the logistics' mass inside them plus the
+atoms'). A value an atom holds has
+  - for a column recorded to `decimals` places: its bin's probability plus the atom's weight
+    (both over the normaliser): the atom's mass is in the bin that holds it;
+  - for a continuous column: the atom's weight alone, a probability beside the density of the
+    other values, as an absent cell's P(NA) is (the logistics' density at that one point adds
+    no mass to it).
+A draw picks a logistic or an atom by its weight (times its mass inside the bounds), then the
+logistic's value, or the atom's. Without atoms every path is as before them.
 """
 
 from __future__ import annotations
@@ -45,12 +58,13 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def mixture(col: Column, p: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
-    """A numeric column's (absent logit or None, log weights, means, log scales), each (N, M)."""
+    """A numeric column's (absent logit or None, log weights, means, log scales), each (N, M).
+    With atoms, the logistics' weights sum to 1 minus the atoms' (atom_log_weights)."""
     p = np.asarray(p, dtype=np.float64)
     off = int(col.nullable)
     m = col.components
     absent = p[:, 0] if col.nullable else None
-    log_w = log_softmax(p[:, off : off + m])
+    log_w = _log_weights(col, p)[:, :m]
     mu = p[:, off + m : off + 2 * m]
     log_s = np.clip(p[:, off + 2 * m : off + 3 * m], LOG_SCALE_MIN, LOG_SCALE_MAX)
     return absent, log_w, mu, log_s
@@ -65,6 +79,38 @@ def placeholder(col: Column) -> float:
     lo, hi = value_bounds(col)
     centre = float(round_to_precision(col, unstandardise(col, np.zeros(1)))[0])
     return float(np.clip(centre, lo, hi))
+
+
+def _log_weights(col: Column, p: np.ndarray) -> np.ndarray:
+    """(N, M + A) log weights of a numeric column's logistics, then of its atoms: one softmax."""
+    off, m = int(col.nullable), col.components
+    logits = p[:, off : off + m]
+    if col.atoms:
+        logits = np.concatenate([logits, p[:, off + 3 * m : off + 3 * m + len(col.atoms)]], axis=1)
+    return log_softmax(logits)
+
+
+def atom_log_weights(col: Column, p: np.ndarray) -> np.ndarray:
+    """(N, A) log weights of a numeric column's atoms, its point masses (made.core.schema)."""
+    return _log_weights(col, np.asarray(p, dtype=np.float64))[:, col.components :]
+
+
+def atom_shares(
+    col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, log_a: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) log of the logistics' share of a present value's distribution (their mass inside the
+    bounds over all of it) and (N, A) log of each atom's: together 1."""
+    whole = log_mass_in_bounds(col, log_w, mu, log_s, log_a)
+    with np.errstate(invalid="ignore"):
+        logistics = np.logaddexp.reduce(log_w + component_log_mass(col, mu, log_s), axis=1) - whole
+    return logistics, log_a - whole[:, None]
+
+
+def atom_loglik(col: Column, log_a: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(N,) log of the atoms' mass at present values (-inf at a value no atom holds)."""
+    v = round_to_precision(col, np.asarray(values, dtype=np.float64))[:, None]
+    hit = v == np.asarray(col.atoms, dtype=np.float64)[None, :]
+    return np.logaddexp.reduce(np.where(hit, log_a, -np.inf), axis=1)
 
 
 def bounded_bins(col: Column, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,17 +159,39 @@ def component_log_mass(col: Column, mu: np.ndarray, log_s: np.ndarray) -> np.nda
     return _interval_log_mass(edges[0:1], edges[1:2], edges[2:3], mu, np.exp(-log_s))
 
 
-def log_mass_in_bounds(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> np.ndarray:
+def log_mass_in_bounds(
+    col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, log_a: np.ndarray | None = None
+) -> np.ndarray:
     """(N,) log of the untruncated mixture's mass inside the column's bounds, the normaliser of
-    its truncated head (zeros without bounds)."""
+    its truncated head (zeros without bounds); atoms (log_a) lie inside them whole."""
     if not col.bounded:
         return np.zeros(len(log_w))
-    return np.logaddexp.reduce(log_w + component_log_mass(col, mu, log_s), axis=1)
+    terms = log_w + component_log_mass(col, mu, log_s)
+    if log_a is not None and log_a.shape[1]:
+        terms = np.concatenate([terms, log_a], axis=1)
+    return np.logaddexp.reduce(terms, axis=1)
 
 
-def value_loglik(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, values: np.ndarray) -> np.ndarray:
+def value_loglik(
+    col: Column,
+    log_w: np.ndarray,
+    mu: np.ndarray,
+    log_s: np.ndarray,
+    values: np.ndarray,
+    log_a: np.ndarray | None = None,
+) -> np.ndarray:
     """(N,) log probability (of the rounding bin) or log density of present numeric values,
-    under the truncated mixture where the column has bounds (-inf outside them)."""
+    under the truncated mixture where the column has bounds (-inf outside them). With atoms
+    (log_a, (N, A)), a value an atom holds adds its weight (a density column: is its weight)."""
+    if log_a is not None and log_a.shape[1]:
+        # the logistics' part renormalised from their own mass in bounds to all of it, atoms too
+        whole = log_mass_in_bounds(col, log_w, mu, log_s, log_a)
+        plain = value_loglik(col, log_w, mu, log_s, values) + log_mass_in_bounds(col, log_w, mu, log_s) - whole
+        with np.errstate(invalid="ignore"):
+            at = atom_loglik(col, log_a, values) - whole
+        if col.decimals is None:  # a point among densities: its probability, as an absent cell's
+            return np.where(np.isfinite(at), at, plain)
+        return np.logaddexp(plain, at)
     v = np.asarray(values, dtype=np.float64)[:, None]
     inv_s = np.exp(-log_s)
     if col.decimals is None:
@@ -153,11 +221,12 @@ def column_loglik(col: Column, p: np.ndarray, v: np.ndarray) -> np.ndarray:
     if col.kind == "categorical":
         return np.take_along_axis(log_softmax(p), v.astype(np.int64)[:, None], axis=1)[:, 0]
     absent_logit, log_w, mu, log_s = mixture(col, p)
+    log_a = atom_log_weights(col, p)
     is_absent = v == ABSENT
     out = np.zeros(len(v))
     present = ~is_absent
     if present.any():
-        out[present] = value_loglik(col, log_w[present], mu[present], log_s[present], v[present])
+        out[present] = value_loglik(col, log_w[present], mu[present], log_s[present], v[present], log_a[present])
     if absent_logit is not None:
         out += log_sigmoid(np.where(is_absent, absent_logit, -absent_logit))
     elif is_absent.any():
@@ -183,24 +252,38 @@ def sample_column(col: Column, p: np.ndarray, u: np.ndarray) -> np.ndarray:
         code = (np.cumsum(probs, axis=1) <= u[:, :1]).sum(axis=1)
         return np.minimum(code, probs.shape[1] - 1).astype(np.float64)
     absent_logit, log_w, mu, log_s = mixture(col, p)
+    log_a = atom_log_weights(col, p)
     if col.bounded:
-        values = _sample_truncated(col, log_w, mu, log_s, u)
+        values = _sample_truncated(col, log_w, mu, log_s, u, log_a)
     else:
-        w = np.exp(log_w)
+        w = np.exp(np.concatenate([log_w, log_a], axis=1))
         comp = np.minimum((np.cumsum(w, axis=1) <= u[:, 1:2]).sum(axis=1), w.shape[1] - 1)
         rows = np.arange(len(u))
         q = np.clip(u[:, 2], 1e-12, 1 - 1e-12)
-        y = mu[rows, comp] + np.exp(log_s[rows, comp]) * (np.log(q) - np.log1p(-q))
+        k = np.minimum(comp, mu.shape[1] - 1)
+        y = mu[rows, k] + np.exp(log_s[rows, k]) * (np.log(q) - np.log1p(-q))
         with np.errstate(over="ignore"):
             values = round_to_precision(col, unstandardise(col, y))
         if col.transform == "log":
             values = np.maximum(values, 0.0)
+        values = _atom_draws(col, comp, values)
     if absent_logit is not None:
         values = np.where(u[:, 0] < 1.0 / (1.0 + np.exp(-absent_logit)), ABSENT, values)
     return values
 
 
-def _sample_truncated(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _atom_draws(col: Column, comp: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values with each draw whose component index is past the logistics' replaced by its atom."""
+    m = col.components
+    if not col.atoms:
+        return values
+    atoms = np.asarray(col.atoms, dtype=np.float64)
+    return np.where(comp >= m, atoms[np.clip(comp - m, 0, len(atoms) - 1)], values)
+
+
+def _sample_truncated(
+    col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, u: np.ndarray, log_a: np.ndarray | None = None
+) -> np.ndarray:
     """(N,) present values of a bounded column drawn from its truncated mixture: a component
     by its weight times its mass inside the bounds (u[:, 1]), then that component's inverse CDF
     within them (u[:, 2]), in log space on both sides,
@@ -209,12 +292,17 @@ def _sample_truncated(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.
     rounded to the column's precision and kept within its value bounds."""
     lo, hi = bounds_y(col)
     comp_mass = component_log_mass(col, mu, log_s)  # (N, M)
+    n_atoms = 0 if log_a is None else log_a.shape[1]
     with np.errstate(invalid="ignore"):
         log_wt = log_w + comp_mass
+        if n_atoms:
+            log_wt = np.concatenate([log_wt, log_a], axis=1)
         log_wt = log_wt - np.logaddexp.reduce(log_wt, axis=1, keepdims=True)
     w = np.exp(np.where(np.isnan(log_wt), -np.inf, log_wt))
     comp = np.minimum((np.cumsum(w, axis=1) <= u[:, 1:2]).sum(axis=1), w.shape[1] - 1)
     rows = np.arange(len(u))
+    drawn = comp
+    comp = np.minimum(comp, mu.shape[1] - 1)
     m, ls, mass = mu[rows, comp], log_s[rows, comp], comp_mass[rows, comp]
     q = np.clip(u[:, 2], 1e-12, 1 - 1e-12)
     inv_s = np.exp(-ls)
@@ -226,4 +314,5 @@ def _sample_truncated(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.
     b_lo, b_hi = value_bounds(col)
     with np.errstate(over="ignore"):
         values = round_to_precision(col, unstandardise(col, y))
-    return np.clip(values, max(b_lo, 0.0) if col.transform == "log" else b_lo, b_hi)
+    values = np.clip(values, max(b_lo, 0.0) if col.transform == "log" else b_lo, b_hi)
+    return _atom_draws(col, drawn, values)

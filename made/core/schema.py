@@ -16,6 +16,8 @@ Kinds and their units (inputs -> outputs):
   own units, before any transform) truncate the mixture: its mass inside them is renormalised to
   1, so the model gives no probability outside them (see made.core.heads; docs/tables.md,
   "Bounds, precision and the schema"). A schema without them keeps the unbounded mixture.
+  Optional `atoms`: values that each get a point mass beside the logistics (a weight in their
+  softmax; an exact 0 in 70% of rows), docs/tables.md "Point masses".
 
 Cells a training table leaves empty or `NA` are data, not gaps: a categorical column gets a level
 "NA", a numeric column is nullable. Encoded tables are float64 (N, C) arrays: the level code of a
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from made.core.bounds import check_bounds, check_in_bounds, value_bounds
+from made.core.bounds import bounds_text, check_bounds, check_in_bounds, value_bounds
 from made.core.errors import DataError
 
 KINDS = ("binary", "categorical", "numeric")
@@ -51,11 +53,15 @@ ANSWER_COLUMNS = ("logprob", "exact", "stderr")
 # missing float (a level of the same text, in a model trained before NaN was read so, stays a level)
 MISSING_CELLS = frozenset({"", "NA", "NaN", "nan"})
 DEFAULT_COMPONENTS = 5
+MAX_ATOMS = 3  # a numeric column's point masses (Column.atoms), at most
 MAX_DECIMALS = 6
 # the fields of a numeric column that a --schema file may leave out, to be inferred from the
 # training split as an inferred schema has them (Schema.read); `decimals: null` is given (a
 # density), and a left-out bound is no bound
 UNSET_FIELDS = ("transform", "loc", "scale", "decimals", "nullable")
+# left out of a --schema file's numeric column, its atoms are inferred too ("atoms": [] is none);
+# apart from UNSET_FIELDS, since a schema without atoms is the usual case (made.io.tables.complete_schema)
+UNSET_ATOMS = "atoms"
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,10 @@ class Column:
     none_level: bool = False  # grouped bit data: the last level is "no bit set"
     lower: float | None = None  # numeric only: the smallest value the column can hold (None: no bound)
     upper: float | None = None  # numeric only: the largest
+    # numeric only: values that so many cells hold (an exact 0 in 70% of rows) that each gets a
+    # point mass of its own, a weight in the logistics' softmax (the optimizer cannot place a
+    # logistic on a bin 3e-6 of the spread wide); made.core.heads, docs/tables.md "Point masses"
+    atoms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"column '{self.name}'"
@@ -95,8 +105,31 @@ class Column:
             if self.decimals is not None and not -12 <= self.decimals <= 12:
                 raise DataError(f"{where}: decimals must be an integer in -12..12 or null")
             check_bounds(self, where)
+            self._check_atoms(where)
         elif self.lower is not None or self.upper is not None:
             raise DataError(f"{where}: only a numeric column has bounds (lower, upper)")
+        elif self.atoms:
+            raise DataError(f"{where}: only a numeric column has atoms (point masses)")
+
+    def _check_atoms(self, where: str) -> None:
+        """A DataError naming the column and the atom unless its atoms are at most MAX_ATOMS
+        distinct values it can hold: finite, on its grid (`decimals`), within its bounds and
+        what the network reads (value_range), > 0 for a continuous log-transformed column."""
+        if len(self.atoms) > MAX_ATOMS:
+            raise DataError(f"{where}: at most {MAX_ATOMS} atoms, got {len(self.atoms)}")
+        if len(set(self.atoms)) != len(self.atoms):
+            raise DataError(f"{where}: its atoms repeat: {list(self.atoms)}")
+        lo, hi = value_range(self)
+        for a in self.atoms:
+            if not math.isfinite(a):
+                raise DataError(f"{where}: atom {a} is not a finite number")
+            if self.decimals is not None and float(np.round(a, self.decimals)) != a:
+                raise DataError(f"{where}: atom {a:g} is not a value recorded to {self.decimals} decimals")
+            if not lo <= a <= hi or (self.transform == "log" and self.decimals is None and a <= 0):
+                raise DataError(
+                    f"{where}: atom {a:g} is not a value this column can hold "
+                    f"(bounds {bounds_text(self)}{', transform log' if self.transform == 'log' else ''})"
+                )
 
     @property
     def bounded(self) -> bool:
@@ -115,7 +148,7 @@ class Column:
             return len(self.levels)
         if self.kind == "binary":
             return 1
-        return int(self.nullable) + 3 * self.components
+        return int(self.nullable) + 3 * self.components + len(self.atoms)
 
     @property
     def resolution(self) -> float:
@@ -136,6 +169,8 @@ class Column:
             )
             # only where set: a schema without bounds reads and writes as before them
             out.update({k: v for k, v in (("lower", self.lower), ("upper", self.upper)) if v is not None})
+            if self.atoms:  # only where set: a schema without atoms reads and writes as before them
+                out["atoms"] = list(self.atoms)
         if self.bits:
             out.update(bits=list(self.bits), none_level=self.none_level)
         return out
@@ -161,6 +196,7 @@ class Column:
                 components=int(data.get("components", DEFAULT_COMPONENTS if data.get("kind") == "numeric" else 0)),
                 bits=tuple(int(b) for b in data.get("bits", ())),
                 none_level=bool(data.get("none_level", False)),
+                atoms=_atoms_field(data.get("atoms")),
                 lower=None if data.get("lower") is None else float(data["lower"]),
                 upper=None if data.get("upper") is None else float(data["upper"]),
             )
@@ -278,6 +314,15 @@ class Column:
         # a whole number as an int, where it is one exactly (past 2^53 a float's digits are
         # noise: 1e300 stays 1e+300, not 301 digits that JSON readers refuse)
         return int(rounded) if self.decimals <= 0 and abs(rounded) < 2.0**53 else rounded
+
+
+def _atoms_field(value: Any) -> tuple[float, ...]:
+    """A column's JSON "atoms": a list of numbers (null or left out: none)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or any(isinstance(a, bool) or not isinstance(a, int | float) for a in value):
+        raise ValueError(f"atoms must be a list of numbers, got {json.dumps(value)}")
+    return tuple(float(a) for a in value)
 
 
 def _level_value(text: str) -> float | None:
@@ -460,7 +505,11 @@ class Schema:
         schema = cls.from_json(data, str(path))
         raw = data["columns"] if isinstance(data, dict) else data
         unset = tuple(
-            (c["name"], tuple(f for f in UNSET_FIELDS if c.get(f) is None and not (f == "decimals" and f in c)))
+            (
+                c["name"],
+                tuple(f for f in UNSET_FIELDS if c.get(f) is None and not (f == "decimals" and f in c))
+                + ((UNSET_ATOMS,) if UNSET_ATOMS not in c else ()),
+            )
             for c in raw
             if c.get("kind") == "numeric"
         )

@@ -237,7 +237,8 @@ class TableEngine:
         quantiles of its value when present (the quantiles rounded to its `decimals`, as values of
         the column), and its probability of being absent (nullable columns). The level probabilities and the
         probability of absence are exp of the engine's own log-likelihoods; the quantiles are the
-        mixture's, by bisection; mean and sd are exact for plain columns, by quadrature over each
+        mixture's, by bisection (an atom's value where one falls on its point mass; mean and sd
+        count the atoms too); mean and sd are exact for plain columns, by quadrature over each
         logistic component (within its 1e-12 and 1 - 1e-12 quantiles, where the sampler draws)
         for log-transformed ones, null where they overflow a double."""
         values = self.check_values(values)

@@ -11,6 +11,8 @@ import numpy as np
 from made.core.bounds import bounds_y
 from made.core.errors import InvalidInput
 from made.core.heads import (
+    atom_log_weights,
+    atom_shares,
     column_loglik,
     component_log_mass,
     interval_log_mass,
@@ -19,7 +21,15 @@ from made.core.heads import (
     mixture,
 )
 from made.core.numerics import log_sigmoid, logmeanexp
-from made.core.schema import ABSENT, Column, drawn_in_range, input_value, round_to_precision, unstandardise
+from made.core.schema import (
+    ABSENT,
+    Column,
+    drawn_in_range,
+    input_value,
+    round_to_precision,
+    standardise,
+    unstandardise,
+)
 from service.engine.cancel import checkpoint
 from service.engine.passes import TablePasses
 
@@ -89,11 +99,13 @@ def _log_numeric_normaliser(
     g reads x_c' unrounded: for a column recorded to `decimals` places, the sum over rounding
     bins is the integral to O(bin width^2). A bounded column's conditional is truncated
     (made.core.heads): the grid, the tails and the narrow components' nodes stay within
-    bounds_y, and the integral is divided by the mixture's mass inside them."""
+    bounds_y, and the integral is divided by the mixture's mass inside them. A column's atoms
+    (point masses) add their weight times g at their value, exactly."""
     col = engine.schema.columns[c]
     n = len(values)
     priors = [mixture(col, engine.column_params(p, c)) for p in params]
-    log_mass = [log_mass_in_bounds(col, log_w, mu, log_s) for _, log_w, mu, log_s in priors]
+    atoms = [atom_log_weights(col, engine.column_params(p, c)) for p in params]  # (N, A) per mask
+    log_mass = [log_mass_in_bounds(col, *prior[1:], a) for prior, a in zip(priors, atoms, strict=True)]
     lo, hi, nodes = _grid(col, priors, values[:, c])
     local_w = np.full(len(GIVEN_LOCAL), np.log(GIVEN_LOCAL[1] - GIVEN_LOCAL[0]))
     local_w[[0, -1]] += np.log(0.5)
@@ -137,6 +149,10 @@ def _log_numeric_normaliser(
                 narrow_term = np.full(m, -np.inf)
                 np.logaddexp.at(narrow_term, ri, part)
                 terms.append(narrow_term)
+            terms += [
+                atoms[k][rows, i] + _log_after(engine, x, np.arange(m), np.full(m, atom), c, k)
+                for i, atom in enumerate(col.atoms)
+            ]
             log_e = np.logaddexp.reduce(np.stack(terms), axis=0)
             if col.bounded:
                 log_e = log_e - log_mass[k][rows]
@@ -208,6 +224,8 @@ def _grid(
     y_obs[present] = input_value(col, cells[present])
     lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
     for _, log_w, mu, log_s in priors:
+        if col.atoms:  # the grid covers the logistics' part; the atoms are terms of their own
+            log_w = log_w - np.logaddexp.reduce(log_w, axis=1, keepdims=True)
         q = column_quantiles(col, np.array([GIVEN_TAIL, 1.0 - GIVEN_TAIL]), log_w, mu, log_s)
         lo, hi = np.minimum(lo, q[:, 0]), np.maximum(hi, q[:, 1])
     lo, hi = np.fmin(lo, y_obs - 1.0), np.fmax(hi, y_obs + 1.0)
@@ -249,10 +267,15 @@ def column_summaries(engine: TablePasses, values: np.ndarray, k: int) -> list[di
             columns.append({"probs": level_probs(col, p)})
             continue
         absent, log_w, mu, log_s = mixture(col, p)
-        q = column_quantiles(col, np.array([0.05, 0.5, 0.95]), log_w, mu, log_s)
+        log_a = atom_log_weights(col, p)
+        probs = np.array([0.05, 0.5, 0.95])
+        q = column_quantiles(col, probs, log_w, mu, log_s, log_a)
         with np.errstate(over="ignore"):
             qv = drawn_in_range(col, round_to_precision(col, unstandardise(col, q)))  # inf is ABSENT
-        mean, sd = mixture_moments(col, log_w, mu, log_s)
+        if col.atoms:  # a quantile on an atom's point mass is the atom's value, exactly
+            at = atom_quantiles(col, probs, log_w, mu, log_s, log_a)
+            qv = np.where(at >= 0, np.asarray(col.atoms)[np.maximum(at, 0)], qv)
+        mean, sd = mixture_moments(col, log_w, mu, log_s, log_a)
         out = {"mean": mean, "sd": sd, "q05": qv[:, 0], "q50": qv[:, 1], "q95": qv[:, 2]}
         if absent is not None:
             out["p_absent"] = np.exp(log_sigmoid(absent))
@@ -267,12 +290,22 @@ def _cells(col: Column, y: np.ndarray) -> np.ndarray:
 
 
 def column_quantiles(
-    col: Column, probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray
+    col: Column,
+    probs: np.ndarray,
+    log_w: np.ndarray,
+    mu: np.ndarray,
+    log_s: np.ndarray,
+    log_a: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, Q) quantiles in y of a numeric column's conditional: mixture_quantiles, or for a
     bounded column those of the truncated mixture, by bisection within bounds_y on the log of
     the mass between the lower bound and y (made.core.heads.interval_log_mass), so that a
-    mixture whose mass lies mostly outside the bounds keeps exact quantiles inside them."""
+    mixture whose mass lies mostly outside the bounds keeps exact quantiles inside them. With
+    atoms (log_a (N, A), made.core.heads.atom_log_weights), by bisection on the CDF that steps
+    up by each atom's weight at its value (_atom_quantiles_y); atom_quantiles says which
+    quantiles fall on an atom."""
+    if log_a is not None and log_a.shape[1]:
+        return _atom_quantiles_y(col, probs, log_w, mu, log_s, log_a)
     if not col.bounded:
         return mixture_quantiles(probs, log_w, mu, log_s)
     b_lo, b_hi = bounds_y(col)
@@ -293,6 +326,64 @@ def column_quantiles(
     return 0.5 * (lo + hi)
 
 
+def _log_cdf(
+    col: Column,
+    y: np.ndarray,
+    log_w: np.ndarray,
+    mu: np.ndarray,
+    log_s: np.ndarray,
+    log_a: np.ndarray,
+    below: np.ndarray,
+) -> np.ndarray:
+    """(N, Q) log of the (untruncated) mass of the logistics between the lower bound (or -inf)
+    and y (N, Q), plus the atoms' weights where below (N, Q, A) says an atom counts."""
+    lo = np.asarray(bounds_y(col)[0])
+    with np.errstate(invalid="ignore"):  # an empty interval (y at -inf, a log column's 0): no mass
+        logistic = np.logaddexp.reduce(
+            log_w[:, None, :] + interval_log_mass(lo, y[:, :, None], mu[:, None, :], log_s[:, None, :]), axis=2
+        )
+    logistic = np.where(y <= lo, -np.inf, logistic)
+    return np.logaddexp(logistic, np.logaddexp.reduce(np.where(below, log_a[:, None, :], -np.inf), axis=2))
+
+
+def _atom_quantiles_y(
+    col: Column, probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, log_a: np.ndarray
+) -> np.ndarray:
+    """(N, Q) quantiles in y of a numeric column with atoms: the least y whose CDF (the logistics'
+    mass up to y plus the atoms' at or below y, over the whole mass inside the bounds) reaches
+    each prob, by bisection over the logistics' range, the atoms' values and the bounds."""
+    b_lo, b_hi = bounds_y(col)
+    s = np.exp(log_s)
+    y_atoms = standardise(col, np.asarray(col.atoms, dtype=np.float64))  # (A,) -inf: a log column's 0
+    finite = y_atoms[np.isfinite(y_atoms)]
+    lo = np.min(mu - 40 * s, axis=1, initial=np.min(finite, initial=np.inf))
+    hi = np.max(mu + 40 * s, axis=1, initial=np.max(finite, initial=-np.inf))
+    lo, hi = np.fmax(lo, b_lo), np.fmin(hi, b_hi)
+    lo, hi = np.repeat(lo[:, None], len(probs), axis=1), np.repeat(hi[:, None], len(probs), axis=1)
+    target = np.log(probs)[None, :] + log_mass_in_bounds(col, log_w, mu, log_s, log_a)[:, None]  # (N, Q)
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        below = _log_cdf(col, mid, log_w, mu, log_s, log_a, y_atoms[None, None, :] <= mid[:, :, None]) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def atom_quantiles(
+    col: Column, probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, log_a: np.ndarray
+) -> np.ndarray:
+    """(N, Q) the atom each quantile falls on (-1: none): the atom at whose value the CDF steps
+    from below the prob to at least it, F(y_a-) < p <= F(y_a)."""
+    y_atoms = standardise(col, np.asarray(col.atoms, dtype=np.float64))
+    target = np.log(probs)[None, :] + log_mass_in_bounds(col, log_w, mu, log_s, log_a)[:, None]  # (N, Q)
+    out = np.full(target.shape, -1)
+    for i, y_a in enumerate(y_atoms.tolist()):
+        y = np.full(target.shape, y_a)
+        before = _log_cdf(col, y, log_w, mu, log_s, log_a, np.broadcast_to(y_atoms < y_a, (*y.shape, len(y_atoms))))
+        after = np.logaddexp(before, log_a[:, i : i + 1])
+        out = np.where((before < target) & (target <= after), i, out)
+    return out
+
+
 def mixture_quantiles(probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> np.ndarray:
     """(N, Q) quantiles in y of each row's mixture of logistics (weights exp(log_w)), by bisection."""
     s = np.exp(log_s)
@@ -307,13 +398,18 @@ def mixture_quantiles(probs: np.ndarray, log_w: np.ndarray, mu: np.ndarray, log_
     return 0.5 * (lo + hi)
 
 
-def mixture_moments(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mixture_moments(
+    col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, log_a: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(N,) mean and sd of a numeric column's value under its mixture of logistics over y: in
     closed form for a plain column (a logistic's variance is pi^2 s^2 / 3); for a log-transformed
     one by the trapezoidal rule in each component's standard units over QUANTILE_T (its 1e-12 to
     1 - 1e-12 quantiles, as far as the sampler draws); NaN where that overflows. A bounded
     column's are those of its truncated mixture, by the same rule over the part of each
-    component inside the bounds (_truncated_moments)."""
+    component inside the bounds (_truncated_moments). With atoms (log_a), those of the
+    logistics' part and the atoms' values mixed by their shares (law of total variance)."""
+    if log_a is not None and log_a.shape[1]:
+        return _atom_moments(col, log_w, mu, log_s, log_a)
     if col.bounded:
         return _truncated_moments(col, log_w, mu, log_s)
     w, s = np.exp(log_w), np.exp(log_s)
@@ -334,6 +430,26 @@ def mixture_moments(col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.nd
             var[part] = np.sum(w[part] * (((v - m[:, None, None]) ** 2) @ dens), axis=1)
     bad = ~(np.isfinite(mean) & np.isfinite(var))
     return np.where(bad, np.nan, mean), np.where(bad, np.nan, np.sqrt(np.where(bad, 0.0, var)))
+
+
+def _atom_moments(
+    col: Column, log_w: np.ndarray, mu: np.ndarray, log_s: np.ndarray, log_a: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) mean and sd of a numeric column with atoms: the logistics' part's (mixture_moments of
+    their weights renormalised) and each atom's value, weighted by their shares
+    (made.core.heads.atom_shares); a part of share 0 adds nothing, NaN moments included."""
+    log_cont, log_atoms = atom_shares(col, log_w, mu, log_s, log_a)
+    cont, shares = np.exp(log_cont), np.exp(log_atoms)  # (N,), (N, A)
+    with np.errstate(invalid="ignore"):
+        m_c, sd_c = mixture_moments(col, log_w - np.logaddexp.reduce(log_w, axis=1, keepdims=True), mu, log_s)
+    values = np.asarray(col.atoms, dtype=np.float64)[None, :]
+    with np.errstate(over="ignore", invalid="ignore"):
+        m_part = np.where(cont > 0, cont * m_c, 0.0)
+        mean = m_part + np.sum(shares * values, axis=1)
+        var_c = np.where(cont > 0, cont * (sd_c**2 + (m_c - mean) ** 2), 0.0)
+        var = var_c + np.sum(shares * (values - mean[:, None]) ** 2, axis=1)
+    bad = ~(np.isfinite(mean) & np.isfinite(var))
+    return np.where(bad, np.nan, mean), np.where(bad, np.nan, np.sqrt(np.where(bad, 0.0, np.maximum(var, 0.0))))
 
 
 def _truncated_moments(

@@ -49,9 +49,11 @@ class TableModel:
         self.width = self.schema.n_out
         self.draw_cost = self.schema.n_out  # a record is drawn column by column, a whole pass each
         # the in-order pass, each level of each category, and each number's integral (at most
-        # GIVEN_NODES grid points and GIVEN_LOCAL points per narrow mixture component)
+        # GIVEN_NODES grid points and GIVEN_LOCAL points per narrow mixture component, one per atom)
         self.explain_passes = 1 + sum(
-            len(col.levels) if col.kind != "numeric" else GIVEN_NODES + col.components * len(GIVEN_LOCAL)
+            len(col.levels)
+            if col.kind != "numeric"
+            else GIVEN_NODES + col.components * len(GIVEN_LOCAL) + len(col.atoms)
             for col in self.schema.columns
         )
 
