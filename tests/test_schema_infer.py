@@ -216,3 +216,15 @@ def test_made_schema_of_one_file_infers_from_the_rows_made_train_trains_on(
     assert main(["schema", str(one), "--out", str(tmp_path / "s.json")]) == 0
     assert "inferred from one_train.csv, the training split of one.csv" in capsys.readouterr().err
     assert Schema.read(tmp_path / "s.json") == load_table_dataset(str(tmp_path / "one_train.csv")).schema
+
+
+def test_levels_that_differ_only_by_spaces_around_them_are_one_level_with_a_note() -> None:
+    """'Paris ' and 'Paris' were merged into one level without a word; they still are (every
+    reader strips a cell), and made train's notes now say so."""
+    notes: list[str] = []
+    col = infer_column("city", ["Paris", "Paris ", " Lyon", "Lyon", "Nice"] * 3, "t.csv", notes)
+    assert col.levels == ("Lyon", "Nice", "Paris")
+    assert notes == ["column city: 6 cells have spaces around them, read as the level without ('Paris ' as 'Paris')"]
+    quiet: list[str] = []
+    infer_column("city", ["Paris", "Lyon", "Nice"] * 3, "t.csv", quiet)
+    assert quiet == []

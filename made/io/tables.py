@@ -219,10 +219,26 @@ def infer_column(
             f"{len(cells)} rows, e.g. {distinct[0]!r}{why}); leave it out with --drop-columns {shlex.quote(name)}, "
             "or, if it is a category, list its levels in a --schema file (made schema writes one to edit)"
         )
+    _note_padded_levels(name, cells, notes)
     levels = distinct + ([ABSENT_LEVEL] if absent and ABSENT_LEVEL not in distinct else [])
     if len(levels) == 2 and not absent:
         return Column(name, "binary", tuple(levels))
     return Column(name, "categorical", tuple(levels))
+
+
+def _note_padded_levels(name: str, cells: list[str], notes: list[str] | None) -> None:
+    """A note where cells differ from a level only by the spaces around them ('Paris ' read as
+    'Paris'): every reader strips a cell, so they are one level, and the note says so rather
+    than merge them unseen (a level that should be its own needs another spelling)."""
+    if notes is None:
+        return
+    padded = [c for c in cells if c != c.strip() and c.strip() and c.strip() not in MISSING_CELLS]
+    if padded:
+        first = padded[0]
+        notes.append(
+            f"column {name}: {len(padded):,} cells have spaces around them, read as the level without "
+            f"({first!r} as {first.strip()!r})"
+        )
 
 
 _LEADING_ZERO = re.compile(r"[+-]?0\d")  # 02681, -007: not 0, 0.5 or 0e3
