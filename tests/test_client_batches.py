@@ -1,8 +1,8 @@
 """The seeds of a call the client splits into batches (service.client.calls.Batches), on the
 shipped 'diamonds' table model in a real in-process app: one seed serves every batch (the
-caller's, or one the client draws and returns), so the answer a split call returns is repeated
-by its seed; the first batch answers as one request of all the records would; a batch halved
-after a refusal answers as batches of that size asked for at once would."""
+caller's, or one the client draws and returns), each batch sent with first_row, the index of its
+first record in the call, so a split call answers as one request of all its records with that
+seed, whatever max_rows is and after a refused batch is halved."""
 
 from __future__ import annotations
 
@@ -87,36 +87,48 @@ async def test_a_split_call_whose_first_batch_draws_nothing_returns_the_seed_of_
 
 
 @pytest.mark.parametrize("name", CALLS)
-async def test_a_split_calls_first_batch_answers_as_one_request_of_all_the_records(
-    registry: ModelRegistry, name: str
-) -> None:
-    """With the same seed, the first 7 records answer as one request of all 20 answers them.
-    (The later batches' rows cannot: the server draws row i of a request from
-    default_rng([seed, i]), i its index in that request, which no seed of a later batch gives.)"""
+async def test_a_split_call_answers_as_one_request_of_all_the_records(registry: ModelRegistry, name: str) -> None:
+    """With the same seed, 20 records in batches of 1, 3, 7 or 19 answer as one request of all
+    20 does, every record to the bit: each batch says where its records start (first_row), and
+    the server draws row i of a request from default_rng([seed, first_row + i])."""
     records = partial(20)
-    async with client(registry, batch=7) as made:
-        split = await getattr(made, name)(records, seed=5, **options(name))
-        made.max_rows = 1000
+    async with client(registry, batch=1000) as made:
         whole = await getattr(made, name)(records, seed=5, **options(name))
-    assert split.seed == whole.seed == 5
-    assert [n[:7] for n in numbers(split)] == [n[:7] for n in numbers(whole)]
+        for batch in (1, 3, 7, 19):
+            made.max_rows = batch
+            split = await getattr(made, name)(records, seed=5, **options(name))
+            assert split.seed == whole.seed == 5
+            assert numbers(split) == numbers(whole), batch
+    assert not any(whole.exact)  # every record drew
 
 
 @pytest.mark.parametrize("seed", [5, None])
-async def test_a_batch_halved_after_a_refusal_answers_as_batches_of_its_size(
+async def test_a_batch_halved_after_a_refusal_still_answers_as_one_request(
     registry: ModelRegistry, seed: int | None
 ) -> None:
     """A server that takes at most 5 records a request: the client's first batch of 7 is
-    refused (422, MADE_MAX_ROWS) and halved to 3, and the call answers as batches of 3 do with
-    the same seed (where the caller gave none, the one the call returns), also on a server that
-    would have taken 7."""
+    refused (422, MADE_MAX_ROWS) and halved to 3, and the call still answers as one request of
+    all the records with its seed (where the caller gave none, the one the call returns) on a
+    server that takes them all."""
     records = partial(20)
     async with client(registry, batch=7, max_rows=5) as made:
         halved = await made.logprob_records(records, seed=seed, **options("logprob_records"))
-    async with client(registry, batch=3) as made:
-        threes = await made.logprob_records(records, seed=halved.seed, **options("logprob_records"))
+    async with client(registry, batch=1000) as made:
+        whole = await made.logprob_records(records, seed=halved.seed, **options("logprob_records"))
     assert halved.seed is not None and (seed is None or halved.seed == seed)
-    assert numbers(halved) == numbers(threes)
+    assert numbers(halved) == numbers(whole)
+
+
+async def test_a_split_impute_sent_as_a_data_frame_answers_as_one_request(registry: ModelRegistry) -> None:
+    """A DataFrame goes as CSV bodies, first_row in the query string: batches of 6 fill the
+    records as one request of all 20 does."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(partial(20))
+    async with client(registry, batch=1000) as made:
+        whole = await made.impute_records(frame, seed=5, as_frame=True, **options("impute_records"))
+        made.max_rows = 6
+        split = await made.impute_records(frame, seed=5, as_frame=True, **options("impute_records"))
+    pd.testing.assert_frame_equal(split, whole)
 
 
 async def test_an_error_in_a_later_batch_says_which_records_it_held(registry: ModelRegistry) -> None:

@@ -152,8 +152,8 @@ async def test_metrics_label_csv_requests_by_their_route(made: InProcessClient) 
 async def test_openapi_documents_csv_bodies_and_their_query_parameters(made: InProcessClient) -> None:
     paths = (await made.http.get("/openapi.json")).json()["paths"]
     wanted = {
-        "/logprob": {"model", "seed", "n_importance", "masks", "explain"},
-        "/impute": {"model", "seed", "n_importance", "masks", "n_samples"},
+        "/logprob": {"model", "seed", "first_row", "n_importance", "masks", "explain"},
+        "/impute": {"model", "seed", "first_row", "n_importance", "masks", "n_samples"},
         "/conditionals": {"model", "mask"},
     }
     for path, names in wanted.items():

@@ -4,7 +4,6 @@ Batches) and their answers merged; an error answer raised as MadeAPIError."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from collections.abc import Callable, Sequence
@@ -59,8 +58,9 @@ class Call(Generic[T]):
     # a request whose answer is only a step (finish's Any): the call it leads to, given that answer
     then: Callable[[Any], Call[T]] | None = None
     # a request of `rows` records that may go as several: the call of records [start, stop)
-    # with a batch's seed (splittable), whose answers merge into one (Batches.result); `seed`,
-    # the caller's seed of the whole call (None: the server's, or the client's once it splits)
+    # with the call's seed and first_row = start (splittable), whose answers merge into one
+    # (Batches.result); `seed`, the caller's seed of the whole call (None: the server's, or the
+    # client's once it splits)
     rows: int = 0
     part: Callable[[int, int, int], Call[T]] | None = None
     seed: int | None = None
@@ -100,52 +100,48 @@ def _too_large(exc: MadeAPIError) -> bool:
     return exc.status_code in (413, 504) or (exc.status_code == 422 and "(MADE_MAX_" in exc.detail)
 
 
-def _batch_seed(seed: int, b: int) -> int:
-    """Batch b's seed: the call's for the first batch, then one derived from it and b, so that
-    the batches' rows draw from different streams (the server draws row i of a request from
-    default_rng([seed, i]), i its index in that request)."""
-    if b == 0:
-        return seed
-    return int.from_bytes(hashlib.sha256(f"{seed}:{b}".encode()).digest()[:8], "big") >> 11  # JSON-safe: below 2**53
-
-
 def _new_seed() -> int:
     """A seed for a split call that was given none, drawn as the server draws one."""
     return secrets.randbelow(2**31)
 
 
 def splittable(
-    call: Call[T], rows: int, build: Callable[[Records, int | None], Call[T]], records: Records, seed: int | None
+    call: Call[T],
+    rows: int,
+    build: Callable[[Records, int | None, int], Call[T]],
+    records: Records,
+    seed: int | None,
 ) -> Call[T]:
     """`call` (of all `rows` records, with the caller's `seed`) able to go as batches: records
-    [start, stop) with the batch's seed."""
+    [start, stop) with the call's seed and first_row = start (build(records, seed, first_row))."""
 
-    def part(start: int, stop: int, batch_seed: int) -> Call[T]:
+    def part(start: int, stop: int, call_seed: int) -> Call[T]:
         chunk: Records = records.iloc[start:stop] if is_frame(records) else list(records)[start:stop]  # type: ignore[union-attr]
-        return build(chunk, batch_seed)
+        return build(chunk, call_seed, start)
 
     call.rows, call.part, call.seed = rows, part, seed
     return call
 
 
 class Batches(Generic[T]):
-    """The batches of a splittable call, one after another: records [start, stop) as batch b, at
+    """The batches of a splittable call, one after another: records [start, stop) a batch, at
     most `max_rows` a batch, halved while the server refuses one as too large (_too_large); the
     two clients send what next() gives and report each answer or refusal.
 
-    One seed serves all the batches (batch b's derived from it, _batch_seed): the caller's, or
-    where the caller gave none, one drawn here once the call splits, and the merged answer's
-    seed is that one, so that it repeats the answer as the server's seed repeats one request's.
-    What it repeats is the answer of these batches: row i of a batch draws from
-    default_rng([its seed, i]) on the server, so the rows after the first batch answer otherwise
-    than in one request of all the records, and otherwise again in batches of another size (a
-    batch the server refused and the client halved, or another max_rows)."""
+    Every batch goes with the call's one seed: the caller's, or where the caller gave none, one
+    drawn here once the call splits, and the merged answer's seed is that one. Each batch also
+    sends first_row, the index of its first record in the call: the server draws row i of a
+    request from default_rng([seed, first_row + i]), so every record draws what it would in one
+    request of all the records with that seed, and the split answer is that request's answer,
+    whatever max_rows is and however often a refused batch is halved (a 504 that depends on the
+    load changes the batches, not the answer; a model of bits' particle-filter estimates agree to
+    float64 rounding, since its passes pack the rows' particles together)."""
 
     def __init__(self, call: Call[T], max_rows: int):
         assert call.part is not None
         self.call, self.part, self.seed = call, call.part, call.seed
         self.answers: list[Any] = []
-        self.start, self.b, self.size, self.stop = 0, 0, min(max_rows, max(call.rows, 1)), 0
+        self.start, self.size, self.stop = 0, min(max_rows, max(call.rows, 1)), 0
 
     def next(self) -> Call[T] | None:
         """The next batch's call (the whole call, unsplit, where one batch holds every record)."""
@@ -156,11 +152,11 @@ class Batches(Generic[T]):
             return replace(self.call, part=None)
         if self.seed is None:
             self.seed = _new_seed()
-        return self.part(self.start, self.stop, _batch_seed(self.seed, self.b))
+        return self.part(self.start, self.stop, self.seed)
 
     def answered(self, answer: T) -> None:
         self.answers.append(answer)
-        self.start, self.b = self.stop, self.b + 1
+        self.start = self.stop
 
     def refused(self, exc: MadeAPIError) -> None:
         """A refusal: the batch halved where a smaller one may pass, else raised; a batch after

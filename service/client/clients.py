@@ -65,7 +65,8 @@ class _Endpoints(Generic[H]):
         self._owns_http = http is None
         # records per request of logprob_records / impute_records: larger calls go as batches of
         # at most this many, halved while the server refuses a batch as too large (_too_large),
-        # all of one seed, returned; it repeats the answer of batches of the same sizes (Batches)
+        # all of one seed, returned, each with its first record's index (first_row): the answer
+        # is what one request of all the records with that seed gives (Batches)
         self.max_rows = max(1, int(max_rows))
         self.http: H = http or self._http_class(base_url=base_url, timeout=timeout)
         self.http.headers.update(auth_headers(api_key))

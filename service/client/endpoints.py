@@ -261,8 +261,9 @@ def logprob_records(
     """log p(record) per record; unknown (missing or None) cells summed out; `explain` adds
     each column's surprisal. `records`: a list of dicts, or a pandas DataFrame."""
 
-    def build(chunk: Records, chunk_seed: int | None) -> Call[LogProbResponse]:
-        options = {"model": model, "masks": masks, "seed": chunk_seed, "n_importance": n_importance}
+    def build(chunk: Records, call_seed: int | None, first_row: int = 0) -> Call[LogProbResponse]:
+        options = {"model": model, "masks": masks, "seed": call_seed, "n_importance": n_importance}
+        options["first_row"] = first_row or None  # a batch after the first: where its records start
         return _records_call("/logprob", LogProbResponse, {**options, "explain": explain or None}, chunk)
 
     return splittable(build(records, seed), len(records), build, records, seed)
@@ -312,8 +313,9 @@ def impute_records(
     and n_samples completions per record (.samples); with `as_frame`, only the filled records,
     as a pandas DataFrame (with a sent DataFrame's index)."""
 
-    def build(chunk: Records, chunk_seed: int | None) -> Call[Any]:
-        options = {"model": model, "n_samples": n_samples, "seed": chunk_seed, "n_importance": n_importance}
+    def build(chunk: Records, call_seed: int | None, first_row: int = 0) -> Call[Any]:
+        options = {"model": model, "n_samples": n_samples, "seed": call_seed, "n_importance": n_importance}
+        options["first_row"] = first_row or None  # a batch after the first: where its records start
         call: Call[Any] = _records_call("/impute", ImputeResponse, options, chunk)
         if as_frame:
             index = chunk.index if is_frame(chunk) else None

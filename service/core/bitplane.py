@@ -178,8 +178,17 @@ class BitPlane(Codec):
 
     # --- /logprob --------------------------------------------------------------------------------
     async def logprob(
-        self, engine: Engine, x: np.ndarray, masks: Literal["all"] | int, seed: int | None, n_importance: int
+        self,
+        engine: Engine,
+        x: np.ndarray,
+        masks: Literal["all"] | int,
+        seed: int | None,
+        n_importance: int,
+        first_row: int = 0,
     ) -> LogProbResponse:
+        """Complete rows draw nothing (first_row unused): merged with other requests' into one
+        exact pass; rows with missing values go to the engine whole, row i drawing from
+        default_rng([seed, first_row + i])."""
         self.check.rows(engine, x, "/logprob")
         if masks != "all":
             self.check.mask(engine, int(masks), "masks")
@@ -196,7 +205,15 @@ class BitPlane(Codec):
         else:
             self.check.draws(x, n_importance, engine, engine.n_masks if masks == "all" else 1)
             result = await self._timed(
-                self._in_thread(engine.logprob, x, masks=masks, seed=seed, n_importance=n_importance, checked=True)
+                self._in_thread(
+                    engine.logprob,
+                    x,
+                    masks=masks,
+                    seed=seed,
+                    n_importance=n_importance,
+                    checked=True,
+                    first_row=first_row,
+                )
             )
         return LogProbResponse.model_construct(
             model=engine.name,
@@ -258,7 +275,15 @@ class BitPlane(Codec):
     ) -> T:
         """An engine's impute or denoise of the request, in a worker thread under its timeout."""
         return await self._timed(
-            self._in_thread(method, *args, n_samples=req.n_samples, seed=seed, n_importance=n_importance, checked=True)
+            self._in_thread(
+                method,
+                *args,
+                n_samples=req.n_samples,
+                seed=seed,
+                n_importance=n_importance,
+                checked=True,
+                first_row=req.first_row,
+            )
         )
 
     # --- /impute ---------------------------------------------------------------------------------

@@ -260,20 +260,30 @@ class DataPlane:
             return await self.tables.logprob(model, req)
         if req.explain:
             raise InvalidInput("explain is for records; send the rows as records to have it", loc=("explain",))
-        return await self.bits.logprob(model.bits("/logprob"), req.rows, req.masks, req.seed, req.n_importance)
+        return await self.bits.logprob(
+            model.bits("/logprob"), req.rows, req.masks, req.seed, req.n_importance, req.first_row
+        )
 
     @admitted("/logprob")
     async def logprob_rows(
-        self, model: str | None, x: np.ndarray, masks: Literal["all"] | int, seed: int | None, n_importance: int
+        self,
+        model: str | None,
+        x: np.ndarray,
+        masks: Literal["all"] | int,
+        seed: int | None,
+        n_importance: int,
+        first_row: int = 0,
     ) -> LogProbResponse:
         """POST /logprob of rows x (float32 0/1/NaN, parsed as the request schema parses them;
         no records, no explain): the same answer as logprob() of that request, without building
         it (the express handler's one-row requests)."""
         served = self.engine(model)
         if not served.reads_rows:
-            req = LogProbRequest.model_construct(x=x, model=model, masks=masks, seed=seed, n_importance=n_importance)
+            req = LogProbRequest.model_construct(
+                x=x, model=model, masks=masks, seed=seed, n_importance=n_importance, first_row=first_row
+            )
             return await self.tables.logprob(served, req)
-        return await self.bits.logprob(served.bits("/logprob"), x, masks, seed, n_importance)
+        return await self.bits.logprob(served.bits("/logprob"), x, masks, seed, n_importance, first_row)
 
     @admitted("/conditionals")
     async def conditionals(self, req: ConditionalsRequest) -> ConditionalsResponse:

@@ -9,10 +9,10 @@ the typed client can share these models.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from made.core.errors import InvalidInput
@@ -57,6 +57,22 @@ class _Request(BaseModel):
 
 
 Record = dict[str, Any]
+
+# Where a request sits in a larger call split into requests: row i draws its random numbers from
+# default_rng([seed, first_row + i]), so the requests of a split call, sent with one seed, answer
+# as one request of all its rows would. At most 2^53 - 1, as a seed: JSON-safe.
+FirstRow = Annotated[
+    int,
+    Strict(),
+    Field(
+        ge=0,
+        le=2**53 - 1,
+        description="the index of this request's first row in a larger call split into requests: row i "
+        "draws from numpy.random.default_rng([seed, first_row + i]), so the requests of a split call, sent "
+        "with one seed, answer as one request of all its rows would; only rows that draw random numbers "
+        "depend on it",
+    ),
+]
 
 
 class _RowsRequest(_Request):
@@ -109,6 +125,7 @@ class LogProbRequest(_RowsRequest):
     x: RowsWithMissing | None = None
     masks: MasksSpec = "all"
     seed: Seed | None = None
+    first_row: FirstRow = 0
     n_importance: StrictInt = Field(
         1000,
         ge=1,
@@ -150,6 +167,7 @@ class ImputeRequest(_RowsRequest):
     x: RowsWithMissing | None = None
     n_samples: StrictInt = Field(10, ge=1, description="completions per row")
     seed: Seed | None = None
+    first_row: FirstRow = 0
     n_importance: StrictInt = Field(1000, ge=1, le=100_000, description="draws per mask and row")
     encoding: Encoding = Field("json", description='"packed": samples come as samples_b64')
 
@@ -166,6 +184,7 @@ class DenoiseRequest(_RowsRequest):
         10, ge=0, description="clean rows drawn from the posterior per row (0: marginals and estimates only)"
     )
     seed: Seed | None = None
+    first_row: FirstRow = 0
     n_particles: StrictInt | None = Field(
         None,
         ge=1,

@@ -148,7 +148,9 @@ class TablePlane(Codec):
         self._check_work(units, work, ("explain",) if req.explain else ("n_importance",))
 
         def run() -> tuple[Any, Any]:
-            result = engine.logprob(values, masks=masks, seed=seed, n_importance=req.n_importance)
+            result = engine.logprob(
+                values, masks=masks, seed=seed, n_importance=req.n_importance, first_row=req.first_row
+            )
             return result, engine.surprisal(values) if req.explain else None
 
         result, surprisal = await self._timed(self._in_thread(run))
@@ -257,7 +259,12 @@ class TablePlane(Codec):
         try:
             r = await self._timed(
                 self._in_thread(
-                    engine.impute, values, n_samples=req.n_samples, seed=seed, n_importance=req.n_importance
+                    engine.impute,
+                    values,
+                    n_samples=req.n_samples,
+                    seed=seed,
+                    n_importance=req.n_importance,
+                    first_row=req.first_row,
                 )
             )
         except ImpossibleEvidence as exc:

@@ -87,10 +87,16 @@ class BitModel:
         return self.engine.check_x(np.asarray(values, dtype=np.float64), allow_missing=True)
 
     def logprob(
-        self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        first_row: int = 0,
     ) -> TableLogProb:
         x = self.check_values(values)
-        r = self.engine.logprob(x, masks=masks, seed=seed, n_importance=n_importance, checked=True)
+        r = self.engine.logprob(x, masks=masks, seed=seed, n_importance=n_importance, checked=True, first_row=first_row)
         return TableLogProb(r.logprob, r.exact, np.where(r.exact, 0.0, r.stderr))
 
     def surprisal(self, values: np.ndarray) -> dict[str, np.ndarray]:
@@ -123,12 +129,20 @@ class BitModel:
         return self.engine.sample(n, seed, mask).astype(np.float64)
 
     def impute(
-        self, values: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        n_samples: int = 10,
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        first_row: int = 0,
     ) -> TableImpute:
         """Engine.impute's completions and estimates; each unknown column's distribution is
         {"0": 1 - m, "1": m}, m the engine's marginal P(x_d = 1 | the known cells)."""
         x = self.check_values(values)
-        r = self.engine.impute(x, n_samples=n_samples, seed=seed, n_importance=n_importance, checked=True)
+        r = self.engine.impute(
+            x, n_samples=n_samples, seed=seed, n_importance=n_importance, checked=True, first_row=first_row
+        )
         unknown = np.isnan(x)
         names = self.schema.names
         zero, one = BIT_LEVELS

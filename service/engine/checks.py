@@ -26,13 +26,22 @@ def check_seed(seed: int | None) -> int:
     return int(seed)
 
 
-def row_generator(seed: int, i: int, row_seeds: np.ndarray | None = None) -> np.random.Generator:
-    """Row i's random numbers: default_rng([seed, i]) (a request's seed and the row's index in
-    it), or, where each row brings a seed of its own (row_seeds, one per row: `made score` seeds
-    a row by its values), default_rng([row_seeds[i], 0]), what the row alone in a request of
-    seed row_seeds[i] gets."""
+def check_first_row(first_row: int) -> int:
+    """A request's first_row: the index of its first row in a larger call split into requests (a
+    non-negative integer)."""
+    if isinstance(first_row, bool) or not isinstance(first_row, int | np.integer) or first_row < 0:
+        raise InvalidInput(f"first_row must be a non-negative integer, got {first_row!r}", loc=("first_row",))
+    return int(first_row)
+
+
+def row_generator(seed: int, i: int, row_seeds: np.ndarray | None = None, first_row: int = 0) -> np.random.Generator:
+    """Row i's random numbers: default_rng([seed, first_row + i]) (a request's seed and the row's
+    index in the call it is part of: the requests of a call split at first_row, sent with one
+    seed, draw what one request of all its rows would), or, where each row brings a seed of its
+    own (row_seeds, one per row: `made score` seeds a row by its values), default_rng([row_seeds[i],
+    0]), what the row alone in a request of seed row_seeds[i] gets (first_row unused)."""
     if row_seeds is None:
-        return np.random.default_rng([seed, i])
+        return np.random.default_rng([seed, first_row + i])
     return np.random.default_rng([int(row_seeds[i]), 0])
 
 

@@ -115,8 +115,17 @@ class ModelEngine(Protocol):
         ...
 
     # --- records: (N, C) encoded cells, NaN where unknown ----------------------------------------
+    # first_row (logprob, impute): the index of the request's first row in a larger call split
+    # into requests; row i draws from default_rng([seed, first_row + i]), so the requests of a
+    # split call, sent with one seed, answer as one request of all its rows would
     def logprob(
-        self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        first_row: int = 0,
     ) -> TableLogProb: ...
 
     def surprisal(self, values: np.ndarray) -> dict[str, np.ndarray]:
@@ -130,7 +139,13 @@ class ModelEngine(Protocol):
         ...
 
     def impute(
-        self, values: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        n_samples: int = 10,
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        first_row: int = 0,
     ) -> TableImpute: ...
 
     # --- rows of bits, where the model reads them ----------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 
 from made.core.errors import InvalidInput
 from made.core.numerics import logmeanexp
-from service.engine.checks import check_count, check_seed
+from service.engine.checks import check_count, check_first_row, check_seed, row_generator
 from service.engine.passes import BitPasses
 from service.engine.smc import particle_filter, posterior, posterior_samples
 
@@ -91,6 +91,8 @@ def denoise(
     seed: int | None = None,
     n_importance: int = DEFAULT_PARTICLES,
     checked: bool = False,
+    *,
+    first_row: int = 0,
 ) -> DenoiseResult:
     """p(x | y) under the mixture for each noisy row y (0/1; NaN: missing) and flip
     probabilities eps (a number, one per row, or one per entry, each in [0, 1/2]).
@@ -99,8 +101,10 @@ def denoise(
     (here a count of particles: the request's DenoiseRequest.particles, which maps a request's
     n_importance, draws-worth, to smc.particles_for(n_importance))
     (in smc.ISLANDS independent islands), all its random numbers from
-    numpy.random.default_rng([seed, i]): a row's answer depends on the seed, its index and its
-    own values only. From its particles (smc.posterior): log p(y) = log of the mean over masks
+    numpy.random.default_rng([seed, first_row + i]): a row's answer depends on the seed, its
+    index and its own values only (first_row: the index of this request's first row in a call
+    split into requests, so that rows [k:] sent with first_row k answer as in the request of all
+    the rows). From its particles (smc.posterior): log p(y) = log of the mean over masks
     and islands of their evidence estimates (unbiased for p(y)), with a standard error over
     the islands; the marginals p(x_d = 1 | y) as the particles' weighted mean; `ess`, the
     effective number of particles behind them, 1 / sum of their squared weights; n_samples
@@ -119,6 +123,7 @@ def denoise(
     check_count("n_importance", n_importance, 1)
     eps = check_eps(eps, y.shape)
     seed = check_seed(seed)
+    first_row = check_first_row(first_row)
     n, d = y.shape
     k, s = engine.n_masks, n_importance
     out = DenoiseResult(
@@ -139,7 +144,7 @@ def denoise(
         out.stderr[rows] = 0.0
         out.ess[rows] = float(k * s)
     rows = np.flatnonzero(~certain)
-    rngs = {int(r): np.random.default_rng([seed, int(r)]) for r in rows}
+    rngs = {int(r): row_generator(seed, int(r), first_row=first_row) for r in rows}
     for particles in particle_filter(engine.sampler, list(range(k)), l0, l1, rows, rngs, s, n_samples):
         r = particles.row
         post = posterior(particles)

@@ -20,7 +20,7 @@ from made.core.numerics import logmeanexp, sigmoid
 from made.store.files import DENSE_GRAPH, JACOBI_GRAPH, SCORES_GRAPH, SCORES_OBSERVED_GRAPH, WEIGHTS
 from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
-from service.engine.checks import check_count
+from service.engine.checks import check_count, check_first_row
 from service.engine.denoise import denoise
 from service.engine.jacobi import BUILD_LOCK, GraphScores, JacobiSampler, device_of
 from service.engine.missing import LogProbResult, impute, observed_logprob
@@ -259,14 +259,17 @@ class Engine:
         n_importance: int = 1000,
         *,
         checked: bool = False,
+        first_row: int = 0,
     ) -> LogProbResult:
         """log p(x) under the mixture of `masks`; missing values (NaN) summed out, exactly where
         every mask's ordering allows, else by the particle filter with n_importance particles per
-        mask (service.engine.missing.observed_logprob: row i from default_rng([seed, i]), through
-        the sampler in passes of bounded size: memory does not grow with n_importance).
+        mask (service.engine.missing.observed_logprob: row i from default_rng([seed, first_row +
+        i]), first_row the index of this request's first row in a call split into requests,
+        through the sampler in passes of bounded size: memory does not grow with n_importance).
         checked: see check_x."""
         x = self.check_x(x, allow_missing=True, checked=checked)
         check_count("n_importance", n_importance, 1)
+        first_row = check_first_row(first_row)
         ks = self._masks(masks)
         n = len(x)
         observed = ~np.isnan(x)
@@ -279,7 +282,7 @@ class Engine:
             logprob[complete] = logmeanexp(per_mask, axis=0)
         rows = np.flatnonzero(~complete)
         if len(rows):
-            est = observed_logprob(self, x[rows], observed[rows], ks, seed, n_importance, row_ids=rows)
+            est = observed_logprob(self, x[rows], observed[rows], ks, seed, n_importance, row_ids=first_row + rows)
             logprob[rows], exact[rows], stderr[rows] = est.logprob, est.exact, est.stderr
         return LogProbResult(logprob, exact, stderr)
 

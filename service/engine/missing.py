@@ -19,7 +19,7 @@ from made.core.masks import exact_orders
 from made.core.numerics import log_mean_stderr, logmeanexp
 from service.engine import smc
 from service.engine.cancel import checkpoint
-from service.engine.checks import check_count, check_seed
+from service.engine.checks import check_count, check_first_row, check_seed, row_generator
 from service.engine.importance import split_draws
 from service.engine.passes import BitPasses
 from service.engine.smc import particle_filter, particles_for, posterior, posterior_samples
@@ -77,8 +77,8 @@ def observed_logprob(
     where its ordering puts the missing dimensions last (exact), else the particle filter's
     estimate (service.engine.smc, particles_for(n_importance) particles per mask: the work of
     n_importance draws, every mask of ks run for a row that needs one), its randomness from
-    numpy.random.default_rng([seed, i]) with i the row's index in the request, row_ids[j]
-    (None: its index in x). The standard error is the
+    numpy.random.default_rng([seed, i]) with i the row's index in the call, row_ids[j] (None:
+    its index in x; Engine.logprob adds the request's first_row). The standard error is the
     delta method's on the mixture mean, each inexact mask's variance from the spread of its
     islands; NaN where every mask is exact."""
     n = len(x)
@@ -121,6 +121,7 @@ def impute(
     n_importance: int = 1000,
     *,
     checked: bool = False,
+    first_row: int = 0,
 ) -> ImputeResult:
     """p(x_missing | x_observed) under the mixture, per row (NaN marks a missing value):
     n_samples completions, marginals p(x_d = 1 | x_obs), log p(x_obs) and an ESS.
@@ -152,10 +153,12 @@ def impute(
     summary per island, never its particles, and the particles go through the sampler a
     bounded number at a time.
 
-    Row i draws all its random numbers from numpy.random.default_rng([seed, i]) (seed None:
-    a fresh one): its answer depends on the seed, its index and its own values, not on the
-    other rows, nor on how rows are grouped into sampler calls (all rows' draws go through
-    the sampler together, _IMPUTE_VALUES values at a time, with a cancellation checkpoint
+    Row i draws all its random numbers from numpy.random.default_rng([seed, first_row + i])
+    (seed None: a fresh one; first_row: the index of this request's first row in a call split
+    into requests, so that rows [k:] sent with first_row k answer as in the request of all the
+    rows): its answer depends on the seed, its index and its own values, not on the other
+    rows, nor on how rows are grouped into sampler calls (all rows' draws go through the
+    sampler together, _IMPUTE_VALUES values at a time, with a cancellation checkpoint
     (service.engine.cancel) before each call). default_rng([seed, 0]) is
     default_rng(seed): a single-row request draws what it drew before rows had streams of
     their own.
@@ -164,6 +167,7 @@ def impute(
     check_count("n_samples", n_samples, 0)
     check_count("n_importance", n_importance, 1)
     seed = check_seed(seed)
+    first_row = check_first_row(first_row)
     n, d = x.shape
     observed = ~np.isnan(x)
     out = ImputeResult(
@@ -184,7 +188,7 @@ def impute(
         out.ess[rows] = float(n_samples)  # its n_samples completions, each the row itself (as a table's)
     exact_rows = np.flatnonzero(out.exact & ~complete)
     weighted_rows = np.flatnonzero(~out.exact)
-    rngs = {int(i): np.random.default_rng([seed, int(i)]) for i in (*exact_rows, *weighted_rows)}
+    rngs = {int(i): row_generator(seed, int(i), first_row=first_row) for i in (*exact_rows, *weighted_rows)}
     job = _Imputation(engine, x, observed, rngs, n_samples, out)
     if len(exact_rows):
         _impute_exact(job, exact_rows)

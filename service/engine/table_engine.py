@@ -26,7 +26,7 @@ from made.core.numerics import logmeanexp
 from made.store.manifest import TABLE_OUTPUT
 from made.store.versions import StoredModel
 from service.engine.cancel import checkpoint
-from service.engine.checks import check_row_seeds, check_seed, row_generator
+from service.engine.checks import check_first_row, check_row_seeds, check_seed, row_generator
 from service.engine.runtime import make_session, requested_providers, rows_alike
 from service.engine.table_draws import draw_cells
 from service.engine.table_explain import column_summaries, surprisal
@@ -184,15 +184,18 @@ class TableEngine:
         n_importance: int = 1000,
         *,
         row_seeds: np.ndarray | None = None,
+        first_row: int = 0,
     ) -> TableLogProb:
         """log p(x_known) per row in nats: the unknown (NaN) cells summed out, exactly where every
         mask in use puts them after the known ones, else by sequential Monte Carlo
         (service.engine.table_smc; n_importance / 16 particles per mask, row i's noise from
-        default_rng([seed, i]), or from a seed of its own, row_seeds[i], as checks.row_generator
-        says). A row's answer does not depend on the other rows (params: the same float32 sums
-        whatever the batch)."""
+        default_rng([seed, first_row + i]), or from a seed of its own, row_seeds[i], as
+        checks.row_generator says). A row's answer does not depend on the other rows (params: the
+        same float32 sums whatever the batch), so rows [k:] sent with first_row k answer as in
+        the request of all the rows."""
         values = self.check_values(values)
         row_seeds = check_row_seeds(row_seeds, len(values))
+        first_row = check_first_row(first_row)
         ks = self._masks(masks)
         n = len(values)
         unknown = np.isnan(values)
@@ -205,7 +208,7 @@ class TableEngine:
         if len(todo):
             # sequential Monte Carlo (service.engine.table_smc), row todo[j] drawing from
             seed = check_seed(seed)
-            rngs = [row_generator(seed, i, row_seeds) for i in todo.tolist()]
+            rngs = [row_generator(seed, i, row_seeds, first_row) for i in todo.tolist()]
             res = smc(self, values[todo], ks, rngs, n_importance, 0)
             lp[todo], stderr[todo] = res.logprob, res.stderr
         return TableLogProb(lp, exact, stderr)
@@ -274,13 +277,27 @@ class TableEngine:
         return out
 
     def impute(
-        self, values: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        n_samples: int = 10,
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        first_row: int = 0,
     ) -> TableImpute:
         """Completions of each row's unknown cells given its known ones, each unknown column's
         distribution, log p(x_known) and the effective sample size behind them: exact where every
         mask puts the known columns first, else likelihood weighting
         (service.engine.table_impute.impute states the estimates and their seeding)."""
-        return impute(self, values, n_samples=n_samples, seed=seed, n_importance=n_importance, chunk_rows=CHUNK)
+        return impute(
+            self,
+            values,
+            n_samples=n_samples,
+            seed=seed,
+            n_importance=n_importance,
+            chunk_rows=CHUNK,
+            first_row=first_row,
+        )
 
 
 def _chunks(total: int) -> Iterator[slice]:

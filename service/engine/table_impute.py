@@ -19,7 +19,7 @@ from made.core.masks import exact_orders
 from made.core.numerics import logmeanexp
 from made.core.schema import ABSENT
 from service.engine.cancel import checkpoint
-from service.engine.checks import check_seed
+from service.engine.checks import check_first_row, check_seed, row_generator
 from service.engine.passes import TablePasses
 from service.engine.table_draws import pick
 from service.engine.table_smc import smc
@@ -61,6 +61,7 @@ def impute(
     seed: int | None = None,
     n_importance: int = 1000,
     chunk_rows: int = 2048,
+    first_row: int = 0,
 ) -> TableImpute:
     """Completions of each row's unknown cells given its known ones, each unknown column's
     distribution, log p(x_known) and the effective sample size behind them.
@@ -70,13 +71,16 @@ def impute(
     per mask, its weighted completions the distributions, the samples resampled from them (or,
     n_samples over SUMMARY_DRAWS, as `given` asks, n_samples fresh completions).
 
-    Row i draws from numpy.random.default_rng([seed, i]), so its answer does not depend on the
-    other rows. An exact row's draws go through the network chunk_rows at a time (a row's draws
-    split over chunks where they are more), and it keeps of each draw only what its answer
-    needs: its drawn cells and the level probabilities they were drawn from, never the
-    network's outputs."""
+    Row i draws from numpy.random.default_rng([seed, first_row + i]), so its answer does not
+    depend on the other rows, and rows [k:] sent with first_row k answer as in the request of all
+    the rows (first_row: the index of this request's first row in a call split into requests).
+    An exact row's draws go through the network chunk_rows at a time (a row's draws split over
+    chunks where they are more), and it keeps of each draw only what its answer needs: its
+    drawn cells and the level probabilities they were drawn from, never the network's
+    outputs."""
     values = engine.check_values(values)
     seed = check_seed(seed)
+    first_row = check_first_row(first_row)
     n, k_all = len(values), np.arange(engine.n_masks)
     unknown = np.isnan(values)
     exact = exact_orders(engine.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
@@ -93,7 +97,7 @@ def impute(
         np.zeros(n),
         np.zeros(n),
     )
-    pools = _pools(values, per_mask, seed, n_samples, out)
+    pools = _pools(values, per_mask, seed, first_row, n_samples, out)
     for chunk in _segments(pools, chunk_rows):
         checkpoint()
         sizes = [stop - start for _, start, stop in chunk]
@@ -116,7 +120,7 @@ def impute(
         del filled, level_p, u  # the chunk's arrays go before the rows' summaries are made
         for pool in done:
             _finish(engine, values, pool, n_samples, out)
-    _sequential(engine, values, np.flatnonzero(~exact), seed, n_samples, n_importance, out)
+    _sequential(engine, values, np.flatnonzero(~exact), seed, first_row, n_samples, n_importance, out)
     return out
 
 
@@ -125,15 +129,16 @@ def _sequential(
     values: np.ndarray,
     rows: np.ndarray,
     seed: int,
+    first_row: int,
     n_samples: int,
     n_importance: int,
     out: TableImpute,
 ) -> None:
     """The rows that no ordering answers exactly, by sequential Monte Carlo
-    (service.engine.table_smc), row i's noise from default_rng([seed, i])."""
+    (service.engine.table_smc), row i's noise from default_rng([seed, first_row + i])."""
     if not len(rows):
         return
-    rngs = [np.random.default_rng([seed, int(i)]) for i in rows.tolist()]
+    rngs = [row_generator(seed, int(i), first_row=first_row) for i in rows.tolist()]
     # up to SUMMARY_DRAWS samples: every particle completed and weighted (its distributions),
     # the samples resampled from them; more (`given`): that many fresh completions
     many = n_samples > SUMMARY_DRAWS
@@ -157,15 +162,17 @@ def _sequential(
         out.distributions[i] = dists
 
 
-def _pools(values: np.ndarray, per_mask: np.ndarray, seed: int, n_samples: int, out: TableImpute) -> list[_Pool]:
-    """Each exact row's draws to make, its generator default_rng([seed, i]) first, its masks
+def _pools(
+    values: np.ndarray, per_mask: np.ndarray, seed: int, first_row: int, n_samples: int, out: TableImpute
+) -> list[_Pool]:
+    """Each exact row's draws to make, its generator default_rng([seed, first_row + i]) first, its masks
     drawn from its posterior over them (per_mask (K, N): log p_k(x_known)); the other rows are
     _sequential's. A row with nothing unknown is its own answer, filled in here."""
     n_masks = len(per_mask)
     unknown = np.isnan(values)
     pools = []
     for i in range(len(values)):
-        rng = np.random.default_rng([seed, i])
+        rng = row_generator(seed, i, first_row=first_row)
         if not unknown[i].any():  # nothing to draw: the row itself
             out.samples[i] = values[i]
             out.ess[i] = n_samples

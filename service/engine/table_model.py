@@ -76,9 +76,15 @@ class TableModel:
         return len(unknown) * per_mask, math.ceil(units * SMC_UNIT_COST)
 
     def logprob(
-        self, values: np.ndarray, masks: Literal["all"] | int = "all", seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        masks: Literal["all"] | int = "all",
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        first_row: int = 0,
     ) -> TableLogProb:
-        return self.engine.logprob(values, masks=masks, seed=seed, n_importance=n_importance)
+        return self.engine.logprob(values, masks=masks, seed=seed, n_importance=n_importance, first_row=first_row)
 
     def surprisal(self, values: np.ndarray) -> dict[str, np.ndarray]:
         return self.engine.surprisal(values)
@@ -90,9 +96,17 @@ class TableModel:
         return self.engine.sample(n, seed, mask)
 
     def impute(
-        self, values: np.ndarray, n_samples: int = 10, seed: int | None = None, n_importance: int = 1000
+        self,
+        values: np.ndarray,
+        n_samples: int = 10,
+        seed: int | None = None,
+        n_importance: int = 1000,
+        *,
+        first_row: int = 0,
     ) -> TableImpute:
-        return self.engine.impute(values, n_samples=n_samples, seed=seed, n_importance=n_importance)
+        return self.engine.impute(
+            values, n_samples=n_samples, seed=seed, n_importance=n_importance, first_row=first_row
+        )
 
     def bits(self, endpoint: str) -> NoReturn:
         raise InvalidInput(

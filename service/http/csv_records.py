@@ -5,7 +5,7 @@
 
 A pure ASGI middleware in front of the routers: a POST to /logprob, /impute or /conditionals sent
 as text/csv becomes the JSON request {"records": [...]} (the options come from the query string:
-model, seed, n_importance, masks, n_samples, explain, mask), read against the model's columns by
+model, seed, first_row, n_importance, masks, n_samples, explain, mask), read against the model's columns by
 the project's one CSV reader (service.core.records.parse_csv over made.io.csv: the delimiter
 found in the first line, a column named twice a 422, an empty cell absent where the column can
 be absent, else unknown; a boolean option true/false, 1/0, yes/no or on/off, else a 422). The
@@ -56,6 +56,7 @@ _PATHS = {"/logprob", "/impute", "/conditionals"}  # CSV bodies
 _OPTIONS = {
     "model": str,
     "seed": int,
+    "first_row": int,
     "n_importance": int,
     "n_samples": int,
     "masks": str,

@@ -91,6 +91,12 @@ def _csv_body(*options: tuple[str, str, str]) -> dict[str, Any]:
 
 
 _SEED = ("seed", "integer", "CSV bodies: the seed of the draws")
+_FIRST_ROW = (
+    "first_row",
+    "integer",
+    "CSV bodies: the index of the first record in a larger call split into requests (rows draw from "
+    "default_rng([seed, first_row + i]))",
+)
 _N_IMPORTANCE = ("n_importance", "integer", "CSV bodies: importance draws per mask")
 _MASKS = ("masks", "string", "CSV bodies: 'all' or a number of masks")
 
@@ -100,7 +106,7 @@ _MASKS = ("masks", "string", "CSV bodies: 'all' or a number of masks")
     responses=ERRORS,
     response_model_exclude_none=True,
     openapi_extra=_csv_body(
-        _SEED, _N_IMPORTANCE, _MASKS, ("explain", "boolean", "CSV bodies: add each column's surprisal")
+        _SEED, _FIRST_ROW, _N_IMPORTANCE, _MASKS, ("explain", "boolean", "CSV bodies: add each column's surprisal")
     ),
 )
 async def logprob(req: LogProbRequest, dp: DataPlaneDep) -> LogProbResponse:
@@ -154,7 +160,9 @@ class ExpressLogprob:
             return False
         scope["route"] = self.route
         try:
-            answer = await self.dataplane.logprob_rows(req.model, req.x, req.masks, req.seed, req.n_importance)
+            answer = await self.dataplane.logprob_rows(
+                req.model, req.x, req.masks, req.seed, req.n_importance, req.first_row
+            )
         except Exception as exc:
             handler = _handler_of(scope["app"], exc)
             if handler is None:
@@ -186,7 +194,7 @@ _ExpressBody = create_model(  # type: ignore[call-overload]
     **{
         name: (field.annotation, field)
         for name, field in LogProbRequest.model_fields.items()
-        if name in ("model", "masks", "seed", "n_importance", "explain")
+        if name in ("model", "masks", "seed", "first_row", "n_importance", "explain")
     },
 )
 
@@ -206,6 +214,7 @@ class ExpressBody(NamedTuple):
     masks: Literal["all"] | int
     seed: int | None
     n_importance: int
+    first_row: int
 
 
 def express_request(body: bytes) -> ExpressBody | None:
@@ -228,6 +237,7 @@ def express_request(body: bytes) -> ExpressBody | None:
         parsed.masks,
         parsed.seed,
         parsed.n_importance,
+        parsed.first_row,
     )
 
 
@@ -284,7 +294,7 @@ async def sample(
     responses=ERRORS,
     response_model_exclude_none=True,
     openapi_extra=_csv_body(
-        _SEED, _N_IMPORTANCE, _MASKS, ("n_samples", "integer", "CSV bodies: completions per record")
+        _SEED, _FIRST_ROW, _N_IMPORTANCE, _MASKS, ("n_samples", "integer", "CSV bodies: completions per record")
     ),
 )
 async def impute(req: ImputeRequest, dp: DataPlaneDep) -> ImputeResponse:
