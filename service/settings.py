@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     ui: bool = True
     # Uvicorn worker processes (each loads every model and batches on its own).
     workers: Annotated[int, Field(ge=1)] = 1
-    # Threads running engine calls, and onnxruntime's intra-op threads per session; 0: automatic.
+    # Threads running engine calls, and onnxruntime's intra-op threads per session of a model of
+    # bits (a table model's runs on one: service.engine.registry); 0: automatic.
     threads: Annotated[int, Field(ge=0)] = 0
     # Threads numpy's BLAS may use for one matrix product (the sampler's and the particle
     # filters' steps), set for the whole process when the app is built; 0: the library's own

@@ -308,3 +308,24 @@ def test_imputing_given_cells_of_probability_zero_names_them(mixed: TableEngine)
         assert str(info.value).startswith(
             "row 1: the known values have probability zero under the model (column 'size')"
         )
+
+
+def test_a_served_table_models_row_scores_the_same_in_any_batch() -> None:
+    """The server builds its engines with Settings.threads (0: onnxruntime's choice): on 2
+    threads the shipped diamonds network's float32 sums for a row moved with the batch's size
+    (1e-7 of log p in batches of 8, 15, 22, ...), so the same record scored otherwise alone and
+    in a request of 50. The registry now gives a table model one intra-op thread."""
+    from made.store.versions import open_model
+    from service.core.records import parse_records
+    from service.engine.registry import build_engine
+
+    store = Path(__file__).resolve().parent.parent / "model_store"
+    engine = build_engine(open_model(store, "diamonds"), ["CPUExecutionProvider"], 2)
+    rng = np.random.default_rng(0)
+    records = [
+        {"carat": round(float(c), 2), "cut": "Ideal", "depth": 61.5, "table": 55.0, "price": int(p)}
+        for c, p in zip(rng.uniform(0.3, 1.5, 64), rng.uniform(400, 9000, 64), strict=True)
+    ]
+    values = parse_records(engine.schema, records)
+    alone = engine.logprob(values[:1], seed=0).logprob[0]
+    assert all(engine.logprob(values[:n], seed=0).logprob[0] == alone for n in range(2, 65, 3))

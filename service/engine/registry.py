@@ -108,7 +108,12 @@ def _bit_model(model: StoredModel, providers: list[str], threads: int | None) ->
 
 
 def _table_model(model: StoredModel, providers: list[str], threads: int | None) -> ModelEngine:
-    return TableModel(TableEngine(model, providers, threads))
+    # One intra-op thread whatever `threads` (the engine calls run at once, Settings.threads):
+    # on more, onnxruntime splits a table network's products between its threads by the batch's
+    # size, so a row's float32 outputs moved with the rows beside it (by 1e-7 of log p on the
+    # shipped diamonds model, in batches of 8 and more on 2 threads), which TableEngine.params
+    # promises they do not; a model of bits' graph gives the same sums on any number.
+    return TableModel(TableEngine(model, providers, 1))
 
 
 # The one place a kind picks its engine: everything after serves the contract.
