@@ -35,9 +35,11 @@ from prometheus_client.samples import Sample
 from safetensors import safe_open
 
 if TYPE_CHECKING:
+    from made.core.schema import Schema
     from service.engine import ModelRegistry
     from service.engine.engine import Engine
     from service.testing import InProcessClient
+    from training.table_model import TableMADE
 
 MADE_BIN = Path(sys.executable).with_name("made")  # the console script of this environment
 
@@ -275,3 +277,30 @@ class TinyModel:
 def likely_rows(engine: Engine, n: int, seed: int) -> np.ndarray:
     """Rows the model finds likely (its own samples), as float64 ready to blank out."""
     return engine.sample(n, seed=seed).astype(np.float64)
+
+
+# --- a table model's torch network -----------------------------------------------------------------
+
+
+def random_table_made(schema: Schema, masks: int = 4, direct: bool = True, seed: int = 0) -> TableMADE:
+    """A TableMADE of `schema` (hidden [16, 12], order- and connectivity-agnostic) with large
+    random weights (normal, sd 0.7): a model far from uniform, so that errors show; in eval mode."""
+    import torch
+
+    from training.table_model import TableMADE, TableMADEConfig
+
+    torch.manual_seed(seed)
+    cfg = TableMADEConfig(
+        columns=schema.to_json(),
+        hidden=[16, 12],
+        n_masks=masks,
+        order_agnostic=True,
+        connectivity_agnostic=True,
+        direct=direct,
+        mask_seed=seed,
+    )
+    model = TableMADE(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.7)
+    return model.eval()

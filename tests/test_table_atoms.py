@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_splits
+from helpers import random_table_made
 
 from made.cli.schema_cmd import schema_table
 from made.core.errors import DataError
@@ -148,20 +149,7 @@ ATOMS = Schema(
 
 
 def _model(schema: Schema, seed: int = 0) -> TableMADE:
-    torch.manual_seed(seed)
-    cfg = TableMADEConfig(
-        columns=schema.to_json(),
-        hidden=[16, 12],
-        n_masks=3,
-        order_agnostic=True,
-        connectivity_agnostic=True,
-        direct=True,
-    )
-    model = TableMADE(cfg)
-    with torch.no_grad():  # large random weights: a model far from uniform, so errors show
-        for p in model.parameters():
-            p.normal_(0.0, 0.7)
-    return model.eval()
+    return random_table_made(schema, masks=3, seed=seed)
 
 
 def _values(schema: Schema, n: int, seed: int) -> np.ndarray:

@@ -10,10 +10,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import random_table_made
 
 from made.core.heads import column_loglik, sample_column
 from made.core.schema import ABSENT, Column, Schema
-from training.table_model import TableMADE, TableMADEConfig
+from training.table_model import TableMADE
 
 CATS = Schema(
     (
@@ -35,21 +36,7 @@ MIXED = Schema(
 
 
 def _model(schema: Schema, masks: int = 4, direct: bool = True, seed: int = 0) -> TableMADE:
-    torch.manual_seed(seed)
-    cfg = TableMADEConfig(
-        columns=schema.to_json(),
-        hidden=[16, 12],
-        n_masks=masks,
-        order_agnostic=True,
-        connectivity_agnostic=True,
-        direct=direct,
-        mask_seed=seed,
-    )
-    model = TableMADE(cfg)
-    with torch.no_grad():  # large random weights: a model far from uniform, so errors show
-        for p in model.parameters():
-            p.normal_(0.0, 0.7)
-    return model.eval()
+    return random_table_made(schema, masks, direct, seed)
 
 
 def _random_values(schema: Schema, n: int, seed: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import random_table_made
 
 from made.core.schema import ABSENT, Column, Schema
 from made.io.tables import TableDataset
@@ -53,20 +54,7 @@ def _values(schema: Schema, n: int, seed: int) -> np.ndarray:
 
 
 def _model(schema: Schema, seed: int = 0) -> TableMADE:
-    torch.manual_seed(seed)
-    cfg = TableMADEConfig(
-        columns=schema.to_json(),
-        hidden=[16, 12],
-        n_masks=3,
-        order_agnostic=True,
-        connectivity_agnostic=True,
-        direct=True,
-    )
-    model = TableMADE(cfg)
-    with torch.no_grad():  # large random weights: far from uniform, so errors show
-        for p in model.parameters():
-            p.normal_(0.0, 0.7)
-    return model
+    return random_table_made(schema, masks=3, seed=seed)
 
 
 def test_grouped_heads_give_the_per_column_loss_and_gradients() -> None:
