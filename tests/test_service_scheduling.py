@@ -5,6 +5,7 @@ endpoint answers 503 with Retry-After at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -235,3 +236,57 @@ async def test_over_http_a_request_goes_to_the_lane_its_work_makes(tiny_store: P
         assert (await http.post("/impute", json=heavy)).status_code == 200
         assert sorted(scheduler.lanes) == ["/impute", LONG_LANE.format("/impute")]
         assert scheduler.lanes[LONG_LANE.format("/impute")].mean_cost > 0  # the heavy call ran there
+
+
+async def test_a_cancelled_long_call_does_not_teach_the_seconds_a_unit() -> None:
+    """A long call cancelled 0.08 s into its 7 s fed its part time with its whole work to the
+    measured seconds a unit (91 times too fast): calls seconds long were then sized short."""
+    scheduler = FairScheduler(slots=2, max_queue=100)
+    units = int(7.0 / SECONDS_PER_UNIT)
+    started = threading.Event()
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.3)
+
+    task = asyncio.create_task(scheduler.run("/logprob", slow, abandon_on_cancel=True, units=units))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.08)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert scheduler.seconds_per_unit == SECONDS_PER_UNIT
+    assert scheduler.lane_for("/logprob", units // 7) == LONG_LANE.format("/logprob")  # a second's work: long
+
+
+async def test_retry_after_counts_an_endpoints_long_calls() -> None:
+    """Admission counts requests on the endpoint's lane, whose mean cost held only its short
+    calls once long ones took turns in its long lane: a queue of 0.5 s calls said Retry-After 1."""
+    scheduler = FairScheduler(slots=1, max_queue=4)
+    units = int(1.0 / SECONDS_PER_UNIT)
+    await scheduler.run("/impute", time.sleep, 0.5, units=units)  # its long lane's mean: 0.5 s
+    async with contextlib.AsyncExitStack() as places:
+        for _ in range(4):
+            await places.enter_async_context(scheduler.admit("/impute"))
+        with pytest.raises(Overloaded) as info:
+            async with scheduler.admit("/impute"):
+                pass
+    assert info.value.retry_after >= 2  # 4 requests x 0.5 s (and a little) on 1 thread; it said 1
+
+
+async def test_a_png_of_samples_is_not_charged_the_sampling_work() -> None:
+    """/sample's budget check sized the sampling, which goes through the batcher; the PNG render
+    after it took those units and waited in '/sample (long)' as if it were the sampling."""
+    store = Path(__file__).resolve().parent.parent / "model_store"
+    app = create_app(Settings(store=store, default_model="binarized-mnist", threads=2))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://made.test") as http,
+        app.router.lifespan_context(app),
+    ):
+        while (await http.get("/readyz")).status_code != 200:
+            await asyncio.sleep(0.05)
+        r = await http.post("/sample", json={"n": 100, "seed": 1}, headers={"Accept": "image/png"})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert LONG_LANE.format("/sample") not in app.state.dataplane.scheduler.lanes

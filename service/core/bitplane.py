@@ -167,7 +167,10 @@ class BitPlane(Codec):
         """The results of a request's pieces (item, rows) from their batcher. The batcher
         answers a piece RequestTimeout at MADE_REQUEST_TIMEOUT (no cancel scope or task per
         request: on one-row requests their cost rivals the model's); then the pieces not run
-        yet are dropped, those running finish unobserved."""
+        yet are dropped, those running finish unobserved. The work the request's budget check
+        allowed goes with them: a merged call is not sized by one request's units, and a later
+        call of this request (a PNG of its samples) is not charged them."""
+        budget.take_checked()
         futures = [batcher.enqueue(item, rows) for item, rows in pieces]
         try:
             return [await future for future in futures]

@@ -112,7 +112,7 @@ class FairScheduler:
         if lane.admitted >= self.max_queue:
             raise Overloaded(
                 f"{lane_name} has {lane.admitted} requests in progress, its limit (MADE_MAX_QUEUE); retry later",
-                retry_after=self.retry_after(lane),
+                retry_after=self.retry_after(lane_name),
             )
         lane.admitted += 1
 
@@ -133,9 +133,13 @@ class FairScheduler:
         finally:
             self.leave(lane_name)
 
-    def retry_after(self, lane: _Lane) -> int:
-        """Whole seconds until the lane's queue has likely drained (at least 1)."""
-        return max(1, math.ceil(lane.admitted * lane.mean_cost / self.slots))
+    def retry_after(self, lane_name: str) -> int:
+        """Whole seconds until the lane's queue has likely drained (at least 1): its requests at
+        the mean cost of its calls, or of its long lane's where that is higher (a request
+        admitted to the endpoint may be one of those)."""
+        lane, long = self._lane(lane_name), self.lanes.get(LONG_LANE.format(lane_name))
+        cost = max(lane.mean_cost, long.mean_cost if long is not None else 0.0)
+        return max(1, math.ceil(lane.admitted * cost / self.slots))
 
     # --- engine calls -------------------------------------------------------------------------
     async def run(
@@ -152,15 +156,20 @@ class FairScheduler:
         estimate = await self._acquire(lane)
         lane.running += 1
         start = time.perf_counter()
+        finished = False
         try:
-            return await anyio.to_thread.run_sync(
+            result = await anyio.to_thread.run_sync(
                 functools.partial(fn, *args), limiter=self._threads, abandon_on_cancel=abandon_on_cancel
             )
+            finished = True
+            return result
         finally:
             took = time.perf_counter() - start
             lane.running -= 1
             lane.charged += took - estimate
-            if units and took >= LONG_CALL_S and units * self.seconds_per_unit >= LONG_CALL_S / 10:
+            # only a call that did all its work says how long its units take (a cancelled one's
+            # time is a part of it: 0.08 s of a 7 s call made the rate 91 times too fast)
+            if finished and units and took >= LONG_CALL_S and units * self.seconds_per_unit >= LONG_CALL_S / 10:
                 self._long_seconds = _mean(self._long_seconds, took)
                 self._long_units = _mean(self._long_units, units)
             # the lane of the call's measured class: a long call that ran in the endpoint's own
