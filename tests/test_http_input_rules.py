@@ -61,7 +61,7 @@ async def test_csv_explain_refuses_anything_else_naming_the_parameter(made: InPr
 
 @pytest.mark.parametrize(
     ("query", "named"),
-    [("explain=1&explain=0", "explain is given twice"), ("seed=1&seed=2", "seed is given twice")],
+    [("explain=1&explain=0", "'explain' is given twice"), ("seed=1&seed=2", "'seed' is given twice")],
 )
 async def test_a_query_parameter_given_twice_or_empty_is_refused(made: InProcessClient, query: str, named: str) -> None:
     """?explain=1&explain=0 was last-wins, and ?explain= was as if absent."""
@@ -83,6 +83,13 @@ async def test_a_csv_integer_parameter_is_written_as_json_writes_one(made: InPro
 async def test_csv_query_errors_name_the_query_and_do_not_echo_a_long_value(made: InProcessClient) -> None:
     r = await made.http.post(f"/logprob?model=cats&seed={'9' * 5000}x", content=CATS, headers=CSV)
     refused(r, 422, "5001 characters")
+    for option in ("seed", "masks", "first_row"):  # 5000 digits: int() raised, a 500
+        r = await made.http.post(f"/logprob?model=cats&{option}={'9' * 5000}", content=CATS, headers=CSV)
+        assert r.status_code == 422 and len(r.json()["detail"]) < 300, r.text
+    r = await made.http.post(f"/logprob?model=cats&{'k' * 300}=1", content=CATS, headers=CSV)
+    refused(r, 422, "(300 characters)")
+    r = await made.http.post("/logprob?model=cats&a%0Ab=1&a%0Ab=2", content=CATS, headers=CSV)
+    assert "\n" not in refused(r, 422, "'a\\nb' is given twice")["detail"]  # one line
     assert len(r.json()["detail"]) < 200
     r = await made.http.post("/logprob?model=&seed=1", content=CATS, headers=CSV)  # was: the default model
     refused(r, 422, "query parameter model is empty")

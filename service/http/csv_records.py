@@ -204,18 +204,20 @@ class CsvRecordsMiddleware:
         query = dict(pairs)
         if len(query) != len(pairs):  # last-wins would pick one silently
             twice = next(key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1)
-            raise InvalidInput(f"query parameter {twice} is given twice; give it once", loc=("query", twice))
+            raise InvalidInput(f"query parameter {_shown(twice)} is given twice; give it once", loc=("query", twice))
         unknown = sorted(set(query) - set(_OPTIONS))
         if unknown:
             raise InvalidInput(
-                f"query parameter {unknown[0]!r} is not an option of a CSV request ({', '.join(sorted(_OPTIONS))})",
-                loc=("query", unknown[0]),
+                f"query parameter {_shown(unknown[0])} is not an option of a CSV request "
+                f"({', '.join(sorted(_OPTIONS))})",
+                loc=("query", unknown[0][:40]),
             )
         request: dict[str, Any] = {}
         for key, value in query.items():
-            shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
+            shown = _shown(value)
             if _OPTIONS[key] is int:
-                # as JSON writes an integer: Python's int() also takes 1_0, +1, ' 1' and a full-width 1
+                # as JSON writes an integer: Python's int() also takes 1_0, +1, ' 1' and a full-width
+                # 1, and past 4,300 digits raises (a 500); no option's integer needs 20 digits
                 if not _INTEGER.fullmatch(value):
                     raise InvalidInput(f"query parameter {key} must be an integer, got {shown}", loc=("query", key))
                 request[key] = int(value)
@@ -231,7 +233,7 @@ class CsvRecordsMiddleware:
             elif key == "model" and not value:
                 raise InvalidInput("query parameter model is empty: name a model, or leave it out", loc=("query", key))
             elif key == "masks":  # "all" or a number of masks; anything else the route names
-                request[key] = int(value) if value.isascii() and value.isdigit() else value
+                request[key] = int(value) if _INTEGER.fullmatch(value) else value
             else:
                 request[key] = value
         engine = self.dataplane.engine(request.get("model"))
@@ -239,7 +241,13 @@ class CsvRecordsMiddleware:
         return request, engine.model.schema, defaulted  # a bit model's schema: x0..x{D-1}
 
 
-_INTEGER = re.compile(r"-?[0-9]+")
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+
+
+def _shown(text: str) -> str:
+    """A query key or value as an error quotes it: repr (a line break stays on the error's one
+    line), cut at 40 characters."""
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _to_json(request: dict[str, Any], schema: Any, body: bytes, model: str = "") -> tuple[_Sent, bytes]:
