@@ -16,7 +16,7 @@ import pytest
 from made.core.errors import DataError
 from made.core.schema import ABSENT, Schema
 from made.io.data import load_dataset
-from made.io.tables import is_table_file, load_grouped_bits, load_table_dataset, read_groups
+from made.io.tables import infer_column, is_table_file, load_grouped_bits, load_table_dataset, read_groups
 
 MADE_BIN = Path(sys.executable).with_name("made")
 
@@ -426,3 +426,27 @@ def test_real_tables_infer_their_documented_kinds(data_dir: Path) -> None:
     movies = load_table_dataset(str(data_dir / "tables" / "movies_train.csv"), drop_columns=("title",))
     cols = {c.name: c for c in movies.schema.columns}
     assert cols["budget"].nullable and cols["mpaa"].levels[-1] == "NA"
+
+
+def test_one_stray_leading_zero_does_not_make_a_column_of_codes() -> None:
+    """One '-05' among 300 temperatures made a category of 113 levels, unseen; codes are where
+    1% of the cells or more carry a leading zero, and a stray one is read as its number, noted."""
+    rng = np.random.default_rng(0)
+    cells = [f"{x:.1f}" for x in rng.normal(15, 5, 300)] + ["-05"]
+    notes: list[str] = []
+    col = infer_column("t", cells, "t.csv", notes, lines=list(range(2, 303)))
+    assert col.kind == "numeric"
+    assert notes == [
+        "column t: 1 cell written with a leading zero ('-05' on line 302) read as a number; a column of codes "
+        "has them in 1% of its cells or more"
+    ]
+
+
+def test_thousands_separators_get_the_thousands_advice_not_the_decimal_one() -> None:
+    """1,200 among whole numbers was told to read the file with decimal=',', which makes it 1.2."""
+    cells = ["1,200", "3,450", "12,000"] * 30 + [str(i) for i in range(100, 190)]
+    with pytest.raises(DataError, match=r"read_csv\(\.\.\., thousands=','\)"):
+        infer_column("price", cells, "t.csv")
+    with pytest.raises(DataError, match=r"read_csv\(\.\.\., decimal=','\)") as refused:
+        infer_column("price", ["1,5", "2,25", "3"] * 40 + [f"{i}.5" for i in range(60)], "t.csv")
+    assert "--schema" in str(refused.value)  # codes written 1,2 have a way through

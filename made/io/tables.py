@@ -4,8 +4,8 @@ bit sets read as categories through their one-hot groups.
 
 Inference, column by column over the training split's cells (empty, `NA` and `NaN` cells are
 absent):
-- numbers only, none written with a leading zero: two values and never absent -> binary;
-  integers with at most MAX_INT_LEVELS distinct values -> categorical; otherwise numeric
+- numbers only (with a leading zero in fewer than LEADING_ZERO_SHARE of the cells): two values and
+  never absent -> binary; integers with at most MAX_INT_LEVELS distinct values -> categorical; otherwise numeric
   (log-transformed when all values are positive and the distribution is skewed), recorded at
   the resolution of the bulk of its cells and bounded by the training values
   (`numeric_precision`, `numeric_bounds`; docs/tables.md, "Bounds, precision and the schema");
@@ -64,6 +64,9 @@ ATOM_REACH = 2
 # a column at least this share of whose present cells are numbers is numeric: the rest are refused,
 # named, rather than read as levels (_refuse_spoiled_numbers)
 NUMBER_SHARE = 0.9
+# a column whose number-like cells are written with a leading zero (02681, 007) in at least this
+# share of its present cells is one of codes (a category of the cells as written)
+LEADING_ZERO_SHARE = 0.01
 
 
 @dataclass
@@ -191,7 +194,18 @@ def infer_column(
         )
     # a number written with a leading zero (02681, 007) is a code: no number formatter writes
     # one, and read as a number it loses its zeros (02681 and 2681 become one value)
-    codes = any(n is not None and _LEADING_ZERO.match(c) for c, n in zip(distinct, parsed, strict=True))
+    zeros = [c for c in present if _LEADING_ZERO.match(c) and _number(c) is not None]
+    # ... where they are a share of the column (LEADING_ZERO_SHARE): one stray '-05' among 300
+    # temperatures made a category of 113 levels; it is now read as its number, with a note
+    codes = len(zeros) >= LEADING_ZERO_SHARE * max(len(present), 1) and bool(zeros)
+    if zeros and not codes and notes is not None:
+        at = next(i for i, c in enumerate(cells) if c.strip() == zeros[0])
+        where = f"line {lines[at]}" if lines is not None else f"row {at + 1}"
+        notes.append(
+            f"column {name}: {len(zeros):,} cell{'s' * (len(zeros) != 1)} written with a leading zero "
+            f"({zeros[0]!r} on {where}) read as {'numbers' if len(zeros) != 1 else 'a number'}; a column of "
+            f"codes has them in {LEADING_ZERO_SHARE:.0%} of its cells or more"
+        )
     if distinct and len(numbers) == len(distinct) and not codes:
         values = sorted(zip(numbers, distinct, strict=True))  # levels in numeric order
         if len(distinct) <= 2 and absent == 0:
@@ -243,6 +257,7 @@ def _note_padded_levels(name: str, cells: list[str], notes: list[str] | None) ->
 
 _LEADING_ZERO = re.compile(r"[+-]?0\d")  # 02681, -007: not 0, 0.5 or 0e3
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")  # 102,88 (a decimal comma), 1,000 (a thousands separator)
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+")  # 1,200 and 12,345,678: groups of three
 
 
 def _few_integers(numbers: list[float]) -> bool:
@@ -288,10 +303,14 @@ def _refuse_spoiled_numbers(name: str, cells: list[str], source: str, lines: lis
     drop = f"--drop-columns {shlex.quote(name)}"
     if commas:
         n = sum(count[t] for t in commas)
+        # 1,200 and 12,345,678 are thousands separated; 102,88 and 1,5 decimal commas
+        thousands = all(_THOUSANDS.fullmatch(t) for t in commas)
+        how = "thousands=','" if thousands else "decimal=','"
         raise DataError(
             f"{source}: column '{name}' holds numbers written with a ',' ({n:,} of {present:,} cells, e.g. "
             f"{at(first[0])}); a table's numbers have a decimal point and no thousands separator: write the file "
-            f"so (pandas: read_csv(..., decimal=',').to_csv(...)), or leave the column out with {drop}"
+            f"so (pandas: read_csv(..., {how}).to_csv(...)), leave the column out with {drop}, or, if its "
+            "cells are codes (1,2 for two labels), list its levels in a --schema file"
         )
     shown = ", ".join(at(t) for t in first[:3]) + (", ..." if len(first) > 3 else "")
     raise DataError(
