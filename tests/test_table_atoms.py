@@ -304,3 +304,24 @@ def test_a_trained_model_s_surprisal_given_the_others_counts_the_atom(debts: Tab
     np.testing.assert_allclose(given, expected, atol=5 * evidence.stderr.max() + 2e-3)
     # and without the atom's term the zeros would be off by far more than that
     assert np.all(np.abs(given[:2] - expected[:2]) < 0.02)
+
+
+def test_a_schema_file_leaving_out_loc_scale_and_atoms_standardises_as_inference_does(tmp_path: Path) -> None:
+    """complete_schema took loc and scale from every value, the atoms' too, while inference takes
+    them from the values no atom holds: the same column standardised two ways."""
+    rng = np.random.default_rng(2)
+    rows = [
+        ["01"[int(rng.random() < 0.5)], "0" if rng.random() < 0.7 else f"{rng.exponential(50):.2f}"] for _ in range(600)
+    ]
+    train = write_splits(tmp_path, "debts", ["g", "debt"], rows)
+    inferred = load_table_dataset(str(train)).schema.columns[1]
+    assert inferred.atoms == (0.0,)
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(
+        json.dumps(
+            {"columns": [{"name": "g", "kind": "binary", "levels": ["0", "1"]}, {"name": "debt", "kind": "numeric"}]}
+        )
+    )
+    completed = load_table_dataset(str(train), schema=Schema.read(schema_file)).schema.columns[1]
+    assert completed.atoms == inferred.atoms and completed.transform == inferred.transform
+    assert (completed.loc, completed.scale) == pytest.approx((inferred.loc, inferred.scale))

@@ -671,7 +671,11 @@ def complete_schema(
         fields = {f: getattr(inferred, f) for f in ("transform", "decimals", "nullable") if f in missing}
         filled = replace(col, **fields)
         if "loc" in missing or "scale" in missing:
-            loc, scale = _loc_scale(filled, values, source)
+            # of the values no atom holds, as inference standardises them (_numeric_column): the
+            # file's atoms, or those it leaves to be inferred
+            atoms = inferred.atoms if UNSET_ATOMS in unset.get(col.name, ()) else filled.atoms
+            rest = values[~np.isin(round_to_precision(filled, values), atoms)] if atoms else values
+            loc, scale = _loc_scale(filled, rest if len(rest) else values, source)
             filled = replace(
                 filled,
                 loc=loc if "loc" in missing else filled.loc,
