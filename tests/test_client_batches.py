@@ -146,3 +146,23 @@ async def test_an_error_in_a_later_batch_says_which_records_it_held(registry: Mo
         with pytest.raises(MadeAPIError) as whole:
             await made.logprob_records(records, **options("logprob_records"))
     assert whole.value.detail.startswith("records[16], column 'cut'") and "this call" not in whole.value.detail
+
+
+async def test_an_explain_call_over_what_a_request_takes_is_split(registry: ModelRegistry) -> None:
+    """The explain refusal names MADE_MAX_WORK without the '(' the client looked for, so a call
+    over it raised instead of going as smaller batches; it now halves as for any such limit."""
+    records = [
+        {"carat": 0.3, "cut": "Ideal", "color": "E", "clarity": "SI1", "depth": 61.5, "table": 55.0, "price": 326}
+        | {"x": 4.3, "y": 4.35, "z": 2.65},
+        {"carat": 0.7, "cut": "Good", "color": "G", "clarity": "VS2", "depth": 62.0, "table": 57.0, "price": 2800}
+        | {"x": 5.7, "y": 5.72, "z": 3.54},
+    ]
+    from service.engine.table_model import TableModel
+
+    engine = TableModel(registry.get("diamonds"))  # type: ignore[arg-type]
+    per_record = (engine.explain_passes + 1) * engine.n_masks * engine.width
+    async with client(registry, batch=100, max_work=per_record) as made:  # one explained record a request
+        split = await made.logprob_records(records, model="diamonds", explain=True)
+    async with client(registry, batch=1) as made:
+        one_by_one = await made.logprob_records(records, model="diamonds", explain=True)
+    assert split.logprob == one_by_one.logprob and split.surprisal == one_by_one.surprisal

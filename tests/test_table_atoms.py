@@ -325,3 +325,13 @@ def test_a_schema_file_leaving_out_loc_scale_and_atoms_standardises_as_inference
     completed = load_table_dataset(str(train), schema=Schema.read(schema_file)).schema.columns[1]
     assert completed.atoms == inferred.atoms and completed.transform == inferred.transform
     assert (completed.loc, completed.scale) == pytest.approx((inferred.loc, inferred.scale))
+
+
+def test_a_schema_number_too_large_for_a_float_is_refused_not_a_traceback() -> None:
+    """JSON holds integers of any size: an atom or a bound of 400 digits raised OverflowError from
+    float() (a traceback from made train or made sample), where 1e999 got a refusal."""
+    huge = 10**400
+    for field, value in (("atoms", [huge]), ("upper", huge), ("loc", huge)):
+        column = {"name": "hours", "kind": "numeric", "decimals": 0, field: value}
+        with pytest.raises(DataError, match="column 'hours' is malformed"):
+            Column.from_json(column, "schema.json")

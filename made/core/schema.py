@@ -200,7 +200,7 @@ class Column:
                 lower=None if data.get("lower") is None else float(data["lower"]),
                 upper=None if data.get("upper") is None else float(data["upper"]),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer of 400 digits
             raise DataError(f"{where}: column '{data['name']}' is malformed: {exc}") from None
 
     # --- cells ----------------------------------------------------------------------------------

@@ -96,8 +96,15 @@ def _plain(value: Any) -> Any:
 
 def _too_large(exc: MadeAPIError) -> bool:
     """A refusal that a smaller batch may pass: a body over the size limit, a request over one
-    of the per-request limits (MADE_MAX_ROWS, _DRAWS, _WORK, _SAMPLES), or past the timeout."""
-    return exc.status_code in (413, 504) or (exc.status_code == 422 and "(MADE_MAX_" in exc.detail)
+    of the per-request limits (MADE_MAX_ROWS, _DRAWS, _WORK, _SAMPLES, named anywhere in the
+    detail), more records than explain takes at a time, or past the timeout."""
+    if exc.status_code in (413, 504):
+        return True
+    return exc.status_code == 422 and ("MADE_MAX_" in exc.detail or exc.detail.startswith(_EXPLAIN_CAP))
+
+
+# The start of the refusal of more explained records than one request takes (service.core.tableplane).
+_EXPLAIN_CAP = "explain is for a few records at a time"
 
 
 def _new_seed() -> int:
