@@ -46,7 +46,7 @@ from made.core.schema import (
     round_to_precision,
     transformed,
 )
-from made.io.csv import UNKNOWN_CELL, cell_text, check_header, read_rows, sniff_delimiter, table_cell
+from made.io.csv import UNKNOWN_CELL, arrow_cells, check_header, read_rows, sniff_delimiter, table_cell
 from made.io.data import SPLITS, dataset_name, resolve, split_files
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
@@ -130,19 +130,9 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
         raise DataError(f"cannot read {path} as Parquet: {exc}") from None
     header = [str(n) for n in table.column_names]
     _check_header(path, header)
-    columns = [_parquet_cells(table.column(i)) for i in range(table.num_columns)]
+    columns = [arrow_cells(table.column(i)) for i in range(table.num_columns)]
     rows = [list(r) for r in zip(*columns, strict=True)]
     return header, rows, list(range(1, len(rows) + 1))
-
-
-def _parquet_cells(column: Any) -> list[str]:
-    """A Parquet column's cells as text. A float32 column's values as float32 writes them (0.1,
-    not the 0.10000000149011612 of its float64 copy, which read as a continuous column)."""
-    import pyarrow as pa
-
-    if pa.types.is_float32(column.type):
-        return ["" if v is None else str(np.float32(v)) for v in column.to_pylist()]
-    return [cell_text(v) for v in column.to_pylist()]
 
 
 def _number(text: str) -> float | None:

@@ -198,10 +198,10 @@ def lacking_columns(model: StoredModel, names: list[str]) -> str | None:
         return None
     shown = ", ".join(repr(n) for n in lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
     text = f"the input lacks {len(lacking)} of model {model.name}'s columns ({shown}): unknown in every row, summed out"
-    escaped = [n for n in lacking if "'" + n in names]
+    escaped = ["'" + n for n in lacking if "'" + n in names]
     if escaped:
         text += (
-            f"; it has {chr(39) + escaped[0]!r}, that column escaped for a spreadsheet: write the file with "
+            f"; it has {escaped[0]!r}, that column escaped for a spreadsheet: write the file with "
             "--no-escape-formulas to score it as that column"
         )
     return text
