@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -331,6 +332,87 @@ def test_a_model_column_the_file_lacks_is_unknown(diamonds: TableEngine, tmp_pat
     _same(got, _engine_scores(diamonds, values))
 
 
+def _impossible_rows(diamonds: TableEngine, tmp_path: Path) -> tuple[list[str], list[list[str]], Path]:
+    """40 sampled rows, four of them holding a cell the model gives no probability (a carat above
+    its bounds, an unknown cut, a negative price, a depth below its bounds); row 2 holds an
+    unknown cell (an estimate), and row 17 a second impossible cell."""
+    names, rows = _diamond_rows(diamonds, 40, seed=8)
+    rows[3][names.index("carat")] = "9.9"
+    rows[9][names.index("cut")] = "Superb"
+    rows[17][names.index("price")] = "-5"
+    rows[17][names.index("color")] = "Q"
+    rows[31][names.index("depth")] = "1.5"
+    return names, rows, _write_csv(tmp_path / "impossible.csv", rows, names)
+
+
+def test_impossible_cells_stop_the_run_or_score_minus_inf(diamonds: TableEngine, tmp_path: Path) -> None:
+    """made score's --impossible: `error` (the default) stops at the first cell the model gives no
+    probability, naming it; `inf` scores those rows -inf (p = 0), every other row as without
+    them, counts them and names the first."""
+    from made.core.errors import DataError
+
+    names, rows, path = _impossible_rows(diamonds, tmp_path)
+    with pytest.raises(DataError, match=r"line 5, column 'carat': 9.9 is outside this column's bounds"):
+        score_file(STORE, "diamonds", path, tmp_path / "refused.csv", progress=False)
+    assert not (tmp_path / "refused.csv").exists()
+    told: list[str] = []
+    result = score_file(
+        STORE, "diamonds", path, tmp_path / "out.csv", batch_size=16, progress=False, impossible="inf", warn=told.append
+    )
+    assert result.impossible_rows == 4 and result.to_json()["impossible_rows"] == 4
+    assert told == [
+        "4 rows hold a value model diamonds gives no probability (the first: "
+        f"{path} line 5, column 'carat': 9.9 is outside this column's bounds [0.13, 5.08]; "
+        "the model gives no probability there): logprob -inf"
+    ]
+    table = _read_csv(tmp_path / "out.csv")
+    assert [r[:-1] for r in table[1:]] == rows  # every cell written back as it was
+    got = np.array([float(r[-1]) for r in table[1:]])
+    bad = [3, 9, 17, 31]
+    assert np.isneginf(got[bad]).all() and np.isfinite(np.delete(got, bad)).all()
+    # the others score as the file without the four rows does, to the bit
+    kept = _write_csv(tmp_path / "kept.csv", [r for i, r in enumerate(rows) if i not in bad], names)
+    score_file(STORE, "diamonds", kept, tmp_path / "kept-out.csv", progress=False)
+    assert [r[-1] for r in _read_csv(tmp_path / "kept-out.csv")[1:]] == [
+        r[-1] for i, r in enumerate(table[1:]) if i not in bad
+    ]
+    # a malformed cell is still an error: it is not a value the model could weigh
+    rows[20][names.index("price")] = "12,5"
+    malformed = _write_csv(tmp_path / "malformed.csv", rows, names)
+    with pytest.raises(DataError, match="line 22, column 'price': '12,5' is not a number"):
+        score_file(STORE, "diamonds", malformed, tmp_path / "m.csv", progress=False, impossible="inf")
+    # without --impossible inf the result says nothing of it
+    assert "impossible_rows" not in score_file(STORE, "diamonds", kept, tmp_path / "k2.csv", progress=False).to_json()
+
+
+def test_impossible_rows_into_parquet_keep_their_numbers(diamonds: TableEngine, tmp_path: Path) -> None:
+    names, rows, path = _impossible_rows(diamonds, tmp_path)
+    score_file(STORE, "diamonds", path, tmp_path / "out.parquet", progress=False, impossible="inf")
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("carat")[3].as_py() == 9.9 and table.column("depth")[31].as_py() == 1.5
+    assert table.column("price")[17].as_py() == -5 and table.column("cut")[9].as_py() == "Superb"
+    assert np.isneginf(table.column("logprob").to_numpy()[[3, 9, 17, 31]]).all()
+    # the typed file read back scores the same, the out-of-bounds numbers included
+    pq.write_table(table.drop_columns(["logprob"]), tmp_path / "typed.parquet")
+    score_file(
+        STORE, "diamonds", tmp_path / "typed.parquet", tmp_path / "again.parquet", progress=False, impossible="inf"
+    )
+    assert pq.read_table(tmp_path / "again.parquet").column("logprob").equals(table.column("logprob"))
+
+
+def test_made_score_impossible_inf_from_the_command_line(diamonds: TableEngine, tmp_path: Path) -> None:
+    _, _, path = _impossible_rows(diamonds, tmp_path)
+    argv = ["score", "--store", str(STORE), "--name", "diamonds", "--input", str(path), "--no-progress"]
+    refused = subprocess.run([*MADE, *argv, "--output", str(tmp_path / "a.csv")], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "9.9 is outside" in refused.stderr
+    done = subprocess.run(
+        [*MADE, *argv, "--output", str(tmp_path / "b.csv"), "--impossible", "inf"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["impossible_rows"] == 4
+    assert done.stderr.startswith("made score: warning: 4 rows hold a value model diamonds gives no probability")
+
+
 def test_scoring_imports_neither_torch_nor_ray(bit_csv: tuple[Path, list[list[str]]], tmp_path: Path) -> None:
     path, _ = bit_csv
     code = (
@@ -539,6 +621,24 @@ def test_ray_table_model_and_a_bad_cell(ray_local: Any, diamonds: TableEngine, t
     with pytest.raises(DataError, match="'Superb' is not a level"):
         score_file(STORE, "diamonds", bad, tmp_path / "bad-out.csv", batch_size=50, ray="local", progress=False)
     assert not (tmp_path / "bad-out.csv").exists() and not list(tmp_path.glob(".*.tmp"))
+    # --impossible inf: the row scores -inf on Ray as locally, and is counted
+    told: list[str] = []
+    local = score_file(
+        STORE, "diamonds", bad, tmp_path / "inf-local.csv", batch_size=50, progress=False, impossible="inf"
+    )
+    on_ray = score_file(
+        STORE,
+        "diamonds",
+        bad,
+        tmp_path / "inf-ray.csv",
+        batch_size=50,
+        ray="local",
+        progress=False,
+        impossible="inf",
+        warn=told.append,
+    )
+    assert local.impossible_rows == on_ray.impossible_rows == 1 and len(told) == 1
+    assert (tmp_path / "inf-ray.csv").read_bytes() == (tmp_path / "inf-local.csv").read_bytes()
 
 
 def test_made_score_ray_local_from_the_command_line(bit_csv: tuple[Path, list[list[str]]], tmp_path: Path) -> None:

@@ -237,6 +237,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         threads=args.threads or None,
         escape_formulas=not args.no_escape_formulas,
         warn=warnings.append,
+        impossible=args.impossible,
     )
     for text in warnings:  # once scored: a refused input's error stays its one line
         print(f"made score: warning: {text}", file=sys.stderr)

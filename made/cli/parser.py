@@ -291,6 +291,14 @@ def _add_score(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
         "in-process Ray with 2 CPUs (needs pip install made[ray])",
     )
     c.add_argument("--batch-size", type=int, default=4096, help="rows read, scored and written at a time")
+    c.add_argument(
+        "--impossible",
+        choices=["error", "inf"],
+        default="error",
+        help="table models: a cell the model gives no probability (a number outside its column's bounds, "
+        "a level it does not have, absent where the column never is): 'error' stops at the first, naming "
+        "it; 'inf' scores its row logprob -inf and goes on (for anomaly scoring), counting such rows",
+    )
     c.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     c.add_argument("--no-escape-formulas", action="store_true", help=NO_ESCAPE_HELP)
     c.set_defaults(func=cmd_score)

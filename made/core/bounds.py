@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from made.core.errors import DataError
+from made.core.errors import DataError, ImpossibleValue
 
 if TYPE_CHECKING:
     from made.core.schema import Column
@@ -87,6 +87,6 @@ def check_in_bounds(col: Column, number: float, at: str) -> None:
     held = number if col.decimals is None else round(number, col.decimals)  # the value the model reads
     if not lo <= held <= hi:
         shown = plain_number(number)
-        raise DataError(
+        raise ImpossibleValue(
             f"{at}: {shown} is outside this column's bounds {bounds_text(col)}; the model gives no probability there"
         )

@@ -9,6 +9,12 @@ class DataError(MadeError):
     """A data set is missing, malformed or does not fit the model."""
 
 
+class ImpossibleValue(DataError):
+    """A well-formed cell the model gives no probability: a number outside its column's bounds, a
+    level the column does not have, absent where the column never is. `made score --impossible inf`
+    scores such a row -inf instead of stopping at it."""
+
+
 class ConfigError(MadeError):
     """A model or training configuration that cannot be built."""
 

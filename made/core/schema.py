@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from made.core.bounds import bounds_text, check_bounds, check_in_bounds, value_bounds
-from made.core.errors import DataError
+from made.core.errors import DataError, ImpossibleValue
 
 KINDS = ("binary", "categorical", "numeric")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the network's inputs are float32
@@ -220,7 +220,7 @@ class Column:
             text = ABSENT_LEVEL
         index = self.level_of(text)
         if index is None:
-            raise DataError(f"{at}: {text!r} is not a level of this column; it has {_shown_levels(self.levels)}")
+            raise ImpossibleValue(f"{at}: {text!r} is not a level of this column; it has {_shown_levels(self.levels)}")
         return float(index)
 
     def level_of(self, text: str) -> int | None:
@@ -246,7 +246,7 @@ class Column:
                     f"{at}: {json.dumps(value)} is the value of levels {', '.join(map(repr, same))}; "
                     "send the level's text as a string"
                 )
-            raise DataError(
+            raise ImpossibleValue(
                 f"{at}: {json.dumps(value)} is not a level of this column; it has {_shown_levels(self.levels)}"
             )
         raise DataError(f"{at}: expected one of {_shown_levels(self.levels)}, got {json.dumps(value)}")
@@ -273,7 +273,7 @@ class Column:
             text = value.strip()
             if text in MISSING_CELLS:
                 if not self.nullable:
-                    raise DataError(
+                    raise ImpossibleValue(
                         f"{at}: the value is absent ({value!r}) but this column never is in the training data"
                     )
                 return ABSENT
@@ -292,7 +292,7 @@ class Column:
         if self.decimals is not None:  # read at the column's precision: 100.4 is 100's bin, not one around 100.4
             number = float(np.round(number, self.decimals)) + 0.0
         if self.transform == "log" and (number < 0 or (number == 0 and self.decimals is None)):
-            raise DataError(f"{at}: {number:g} is not positive; this column holds positive numbers")
+            raise ImpossibleValue(f"{at}: {number:g} is not positive; this column holds positive numbers")
         if self.transform == "none" and abs((number - self.loc) / self.scale) > FLOAT32_MAX:
             raise DataError(
                 f"{at}: {number:g} is too far from this column's values for the "

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from made.core.errors import DataError
+from made.core.errors import DataError, ImpossibleValue
 from made.core.schema import ABSENT_LEVEL, MISSING_CELLS, Column
 
 # What a CSV may separate its cells with, found from its first line (the most frequent; the
@@ -198,9 +198,19 @@ def table_cell(col: Column, cell: str, where: str) -> float:
     return col.encode_cell(text, where)
 
 
-def encode_column(col: Column, cells: Sequence[str], where: Callable[[int], str]) -> np.ndarray:
+IMPOSSIBLE = math.inf  # encode_column's code for a cell the model gives no probability, where asked
+
+
+def encode_column(
+    col: Column,
+    cells: Sequence[str],
+    where: Callable[[int], str],
+    impossible: Callable[[ImpossibleValue], None] | None = None,
+) -> np.ndarray:
     """table_cell of each cell of one column, (N,) float64; levels are looked up in a dict first
-    (the cells of a large file are mostly levels)."""
+    (the cells of a large file are mostly levels). A cell the model gives no probability (outside
+    the bounds, not a level, absent where the column never is) raises its ImpossibleValue, or,
+    given `impossible`, is told to it and coded IMPOSSIBLE (inf; no cell's code is otherwise)."""
     codes: dict[str, float] = {}
     if col.kind != "numeric":
         codes = {level: float(i) for i, level in enumerate(col.levels)}
@@ -209,7 +219,16 @@ def encode_column(col: Column, cells: Sequence[str], where: Callable[[int], str]
     out = np.empty(len(cells))
     for i, raw in enumerate(cells):
         code = codes.get(raw.strip())
-        out[i] = code if code is not None else table_cell(col, raw, where(i))
+        if code is not None:
+            out[i] = code
+            continue
+        try:
+            out[i] = table_cell(col, raw, where(i))
+        except ImpossibleValue as exc:
+            if impossible is None:
+                raise
+            impossible(exc)
+            out[i] = IMPOSSIBLE
     return out
 
 

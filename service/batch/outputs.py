@@ -124,6 +124,7 @@ class ScoreResult:
     ray: str | None
     first_block_seconds: float = 0.0  # until the first block was written: start-up (Ray, model) + one block
     first_block_rows: int = 0
+    impossible_rows: int | None = None  # rows scored -inf (made score --impossible inf); None: not asked
 
     @property
     def steady_rows_per_s(self) -> float:
@@ -142,25 +143,32 @@ class ScoreResult:
             "model": self.model,
             "version": self.version,
             "ray": self.ray,
-        }
+        } | ({} if self.impossible_rows is None else {"impossible_rows": self.impossible_rows})
 
 
 class Tally:
     """Rows and blocks written since `start` (a perf_counter time), and when the first block was."""
 
-    def __init__(self, start: float):
+    def __init__(self, start: float, impossible: bool = False):
         self.start = start
         self.rows = self.blocks = 0
+        self.impossible: int | None = 0 if impossible else None  # rows whose logprob is -inf
         self.first: tuple[float, int] | None = None  # (seconds, rows) when the first block was written
 
-    def add(self, rows: int) -> None:
+    def add(self, rows: int, logprob: Any = None) -> None:
+        """A block of `rows` written; logprob, its scores (an array, or a column's values), counts
+        the rows scored -inf where asked."""
+        if self.impossible is not None and logprob is not None:
+            self.impossible += int(np.count_nonzero(np.isneginf(np.asarray(logprob, dtype=np.float64))))
         self.rows, self.blocks = self.rows + rows, self.blocks + 1
         self.first = self.first or (time.perf_counter() - self.start, self.rows)
 
     def result(self, output: Path, model: str, version: str, ray: str | None) -> ScoreResult:
         first = self.first or (0.0, 0)
         seconds = time.perf_counter() - self.start
-        return ScoreResult(self.rows, self.blocks, seconds, str(output), model, version, ray, *first)
+        return ScoreResult(
+            self.rows, self.blocks, seconds, str(output), model, version, ray, *first, impossible_rows=self.impossible
+        )
 
 
 def score_progress(

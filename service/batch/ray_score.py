@@ -22,7 +22,7 @@ from made.store.manifest import MANIFEST
 from made.store.versions import StoredModel, open_model
 from service.batch.inputs import Block, InputPlan, first_line
 from service.batch.outputs import ScoreResult, Tally, open_output, score_progress
-from service.batch.scorer import Scorer, score_names
+from service.batch.scorer import SCORE_COLUMN, Scorer, score_names
 
 RAY_LOCAL_CPUS = 2  # an in-process Ray ("local") gets this many CPUs
 _BLOCK_BYTES = 4 << 20  # the input is cut into blocks of at most this many bytes (or more blocks)
@@ -53,6 +53,7 @@ class RayScorer:
         text: bool,
         conditionals: bool,
         out_kind: str,
+        impossible: str = "error",
     ):
         tmp = Path(tempfile.mkdtemp(prefix="made-score-"))
         try:
@@ -60,7 +61,7 @@ class RayScorer:
             folder.mkdir(parents=True)
             for fname, data in files.items():
                 (folder / fname).write_bytes(data)
-            self.scorer = Scorer(open_model(tmp, name, version), names, source, conditionals)
+            self.scorer = Scorer(open_model(tmp, name, version), names, source, conditionals, impossible)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.names, self.source, self.text, self.out_kind = names, source, text, out_kind
@@ -111,6 +112,7 @@ def score_on_ray(
     progress: bool,
     start: float,
     escape_formulas: bool = True,
+    impossible: str = "error",
 ) -> ScoreResult:
     """Ray Data: read the file, map_batches over a pool of RayScorer actors (each loads the engine
     once, with one onnxruntime thread like the local path's), then stream the scored blocks back
@@ -119,7 +121,7 @@ def score_on_ray(
     installed there."""
     ray = _import_ray()
     n_scores = len(score_names(len(model.schema), conditionals))
-    tally = Tally(start)
+    tally = Tally(start, impossible == "inf")
     with ray_session(address), _data_context(ray):
         # every CPU of the cluster scores, in actors of at most one CPU each, except what one read
         # task takes (an actor pool holding every CPU would starve the reads feeding it)
@@ -144,6 +146,7 @@ def score_on_ray(
                 text=plan.kind == "csv",
                 conditionals=conditionals,
                 out_kind=out_kind,
+                impossible=impossible,
             ),
         )
         bar = score_progress(plan.rows, "rows", progress)
@@ -152,7 +155,7 @@ def score_on_ray(
             with open_output(output, out_kind, delimiter, escape_formulas) as sink:
                 for table in _ray_batches(ds, plan):
                     sink.write_arrow(table, n_scores)
-                    tally.add(table.num_rows)
+                    tally.add(table.num_rows, table.column(SCORE_COLUMN).to_numpy(zero_copy_only=False))
                     bar.update(table.num_rows, tally.rows)
                 if tally.rows == 0:
                     raise DataError(f"{plan.path} holds a header row but no rows")

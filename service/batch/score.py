@@ -28,7 +28,7 @@ from made.store.versions import open_model
 from service.batch.inputs import Block, file_kind, inspect_input, need_pyarrow, read_csv_blocks, read_parquet_blocks
 from service.batch.outputs import CsvSink, ScoreResult, Tally, open_output, score_progress
 from service.batch.ray_score import score_on_ray
-from service.batch.scorer import Scorer, check_columns, lacking_columns
+from service.batch.scorer import IMPOSSIBLE_CHOICES, SCORE_COLUMN, Scorer, check_columns, lacking_columns
 
 DEFAULT_BATCH_SIZE = 4096
 
@@ -47,12 +47,17 @@ def score_file(
     threads: int | None = None,
     escape_formulas: bool = True,
     warn: Callable[[str], None] | None = None,
+    impossible: str = "error",
 ) -> ScoreResult:
     """Score every row of input_path with model `name` of `store`; write output_path atomically.
     threads: blocks scored at once (default: the CPU cores this process may use). escape_formulas:
     text cells of a CSV output that a spreadsheet would run as formulas get a leading '. warn:
-    told what is scored but may not be what was meant (a table model's columns the input lacks).
-    Everything that can be checked before scoring (the files, the columns) is checked first."""
+    told what is scored but may not be what was meant (a table model's columns the input lacks;
+    rows scored -inf). impossible: "error" stops at the first cell a table model gives no
+    probability (outside its column's bounds, not a level, absent where the column never is),
+    naming it; "inf" scores its row -inf (p = 0) and goes on, and warn is told how many rows and
+    the first such cell. Everything that can be checked before scoring (the files, the columns) is
+    checked first."""
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -63,6 +68,8 @@ def score_file(
         raise DataError(f"--output {output} is the input file; write the scores to another file")
     if out_kind == "parquet":
         need_pyarrow(output)
+    if impossible not in IMPOSSIBLE_CHOICES:
+        raise ConfigError(f"--impossible must be one of {', '.join(IMPOSSIBLE_CHOICES)}, got {impossible!r}")
     model = open_model(Path(store), name, version)
     plan = inspect_input(source, table=model.is_table)
     check_columns(model, plan.names, str(source), conditionals)
@@ -70,7 +77,7 @@ def score_file(
     if lacking and warn is not None:
         warn(lacking)
     if ray is not None:
-        return score_on_ray(
+        result = score_on_ray(
             model,
             plan,
             output,
@@ -81,12 +88,15 @@ def score_file(
             progress=progress,
             start=start,
             escape_formulas=escape_formulas,
+            impossible=impossible,
         )
-    scorer = Scorer(model, plan.names, str(source), conditionals)
+        _tell_impossible(result, model.name, None, warn)
+        return result
+    scorer = Scorer(model, plan.names, str(source), conditionals, impossible)
     delimiter = "\t" if output.suffix.lower() == ".tsv" else (plan.delimiter if plan.kind == "csv" else ",")
     unit, total = ("B", plan.size) if plan.kind == "csv" else ("rows", plan.rows)
     bar = score_progress(total, unit, progress)
-    tally = Tally(start)
+    tally = Tally(start, impossible == "inf")
     try:
         with open_output(output, out_kind, delimiter, escape_formulas) as sink:
             blocks_in = (
@@ -99,12 +109,21 @@ def score_file(
                     sink.write_rows(block.names, block.rows, scores)
                 else:
                     sink.write_arrow(scorer.to_arrow(block, scores, x, out_kind), len(scores))
-                tally.add(len(block))
+                tally.add(len(block), scores[SCORE_COLUMN])
             if tally.rows == 0:
                 raise DataError(f"{source} holds a header row but no rows")
     finally:
         bar.close()
-    return tally.result(output, model.name, model.version, None)
+    result = tally.result(output, model.name, model.version, None)
+    _tell_impossible(result, model.name, scorer.first_impossible, warn)
+    return result
+
+
+def _tell_impossible(result: ScoreResult, model: str, first: str | None, warn: Callable[[str], None] | None) -> None:
+    if result.impossible_rows and warn is not None:
+        rows = f"{result.impossible_rows:,} row" + ("s" if result.impossible_rows > 1 else "")
+        where = f" (the first: {first})" if first else ""
+        warn(f"{rows} hold a value model {model} gives no probability{where}: logprob -inf")
 
 
 def _cores() -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from made.core.errors import ConfigError, DataError
+from made.core.errors import ConfigError, DataError, ImpossibleValue
 from made.core.masks import exact_orders
 from made.core.schema import Schema
 from made.io.csv import MISSING_MARKERS, encode_column
@@ -35,6 +35,7 @@ from service.engine.engine import Engine
 from service.engine.table_engine import TableEngine
 
 SCORE_COLUMN = "logprob"
+IMPOSSIBLE_CHOICES = ("error", "inf")
 COND_PREFIX = "cond_"
 
 
@@ -42,10 +43,23 @@ class Scorer:
     """One model's engine and how the input's columns feed it: a block in, its score columns
     out. One per process (or per Ray actor)."""
 
-    def __init__(self, model: StoredModel, names: list[str], source: str, conditionals: bool = False):
+    def __init__(
+        self,
+        model: StoredModel,
+        names: list[str],
+        source: str,
+        conditionals: bool = False,
+        impossible: str = "error",
+    ):
+        if impossible not in IMPOSSIBLE_CHOICES:
+            raise ConfigError(f"--impossible must be one of {', '.join(IMPOSSIBLE_CHOICES)}, got {impossible!r}")
         self.table = model.is_table
         self.conditionals = conditionals
         self.source = source
+        # "inf": a table row holding a cell the model gives no probability scores -inf, and the
+        # first such cell's error is kept here to be named once the file is scored
+        self.impossible = impossible
+        self.first_impossible: str | None = None
         check_columns(model, names, source, conditionals)
         # one onnxruntime thread per session: results that do not depend on the machine's cores;
         # blocks are scored in parallel instead (score_file's threads, or Ray's actors)
@@ -87,10 +101,15 @@ class Scorer:
         schema = self.schema
         assert schema is not None
         out = np.full((len(block), len(schema)), np.nan)  # a column the file lacks: unknown
+        told = self._told_impossible if self.impossible == "inf" else None
         for j, (col, src) in enumerate(zip(schema.columns, self.sources, strict=True)):
             if src is not None:
-                out[:, j] = encode_column(col, block.column_text(src), block.where)
+                out[:, j] = encode_column(col, block.column_text(src), block.where, told)
         return out
+
+    def _told_impossible(self, error: ImpossibleValue) -> None:
+        if self.first_impossible is None:
+            self.first_impossible = str(error)
 
     # the engine
     def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -98,19 +117,24 @@ class Scorer:
         estimate are scored in one call; the others seeded by their values, a table model's in one
         call, a bit model's each alone."""
         n = len(x)
+        # rows holding a cell coded IMPOSSIBLE (--impossible inf): p = 0, log p -inf, not scored
+        impossible = np.isinf(x).any(axis=1)
+        if impossible.any():
+            x = np.where(np.isinf(x), np.nan, x)
         unknown = np.isnan(x)
         if isinstance(self.engine, Engine):
             exact = self.engine.exact_rows(~unknown)
         else:
             exact = exact_orders(self.engine.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
-        logprob = np.empty(n)
-        complete = ~unknown.any(axis=1)
+        logprob = np.full(n, -np.inf)
+        complete = ~unknown.any(axis=1) & ~impossible
+        exact = exact & ~impossible
         # complete rows, then rows whose missing values are summed out exactly: the engine scores
         # those two kinds apart (a row's answer does not depend on the rows beside it, to the bit)
         for rows in (np.flatnonzero(complete), np.flatnonzero(exact & ~complete)):
             if len(rows):
                 logprob[rows] = self.engine.logprob(x[rows]).logprob
-        todo = np.flatnonzero(~exact)
+        todo = np.flatnonzero(~exact & ~impossible)
         if len(todo) and isinstance(self.engine, TableEngine):
             # one call, each row seeded as if alone: a table model's answer for a row does not
             # depend on the other rows, to the bit (TableEngine.params), and one call is several
@@ -150,7 +174,7 @@ class Scorer:
                 if out_kind == "parquet" and self.schema is not None:
                     for k, (col, src) in enumerate(zip(self.schema.columns, self.sources, strict=True)):
                         if src is not None and col.kind == "numeric":
-                            values = x[:, k]
+                            values = _numbers_as_read(x[:, k], block.column_text(src))
                             arrays[src] = pa.array(values, type=pa.float64(), mask=~np.isfinite(values))
             table = pa.Table.from_arrays(arrays, names=block.names)
         else:
@@ -205,6 +229,18 @@ def lacking_columns(model: StoredModel, names: list[str]) -> str | None:
             "--no-escape-formulas to score it as that column"
         )
     return text
+
+
+def _numbers_as_read(values: np.ndarray, cells: list[str]) -> np.ndarray:
+    """A numeric column's values for a typed output: as encoded, except a cell coded IMPOSSIBLE
+    (a number outside the bounds, scored -inf), which keeps its own number (null if it is none)."""
+    out = values.copy()
+    for i in np.flatnonzero(np.isinf(values)):
+        try:
+            out[i] = float(cells[i])
+        except ValueError:
+            out[i] = np.nan
+    return out
 
 
 def score_names(dims: int, conditionals: bool) -> list[str]:
