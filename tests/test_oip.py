@@ -18,7 +18,9 @@ import tritonclient.http as triton
 from helpers import metric
 from tritonclient.utils import InferenceServerException
 
+from made.core.errors import Overloaded
 from service.engine import ModelRegistry
+from service.http.oip import error_response
 from service.settings import Settings
 from service.testing import InProcessClient, ServerProcess, in_process, made_serve
 
@@ -482,3 +484,32 @@ async def test_readiness_before_the_models_load_and_the_key(tiny_store: Path) ->
         assert r.json()["error"] == "this server requires an API key: send 'Authorization: Bearer <key>'"
         r = await made.http.get("/v2", headers=auth())
         assert r.json()["extensions"] == ["binary_tensor_data"]
+
+
+@pytest.mark.anyio
+async def test_errors_outside_the_routes_keep_the_protocols_error_field(
+    tiny_store: Path, registry: ModelRegistry
+) -> None:
+    """A 503 overloaded says when to retry, as the API's does; a string among the numbers is
+    named as sent; 404, 405 and 413 under /v2 carry {"error"} (tritonclient reads nothing else)."""
+    answer = error_response(Overloaded("/logprob has 1 requests in progress", retry_after=3))
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "3"
+    settings = Settings(store=tiny_store, batch_delay_ms=1, max_body_bytes=2000)
+    async with in_process(settings, registry) as made:
+        assert await error_of(made, x_tensor([0, 1, "a", 0, 0, 0, 0, 0], [1, 8])) == (
+            'input x: data must hold numbers (NaN or null for a missing value), got "a"'
+        )
+        example = (await made.http.get("/openapi.json")).json()["paths"]["/v2/models/{name}/infer"]
+        body = example["post"]["requestBody"]["content"]["application/json"]["example"]
+        assert (
+            await error_of(made, body)
+            == "x: rows have 4 values but model 'tiny' has 8 dimensions (one value per dimension)"
+        )
+        for r in (
+            await made.http.get("/v2/models/tiny/config"),
+            await made.http.get("/v2/models/tiny/infer"),
+            await made.http.post("/v2/models/tiny/infer", content=b"{" + b" " * 3000 + b"}"),
+        ):
+            assert r.status_code in (404, 405, 413) and r.json()["error"] == r.json()["detail"], r.text
+        r = await made.http.get("/models/tiny/config")
+        assert r.status_code == 404 and "error" not in r.json()

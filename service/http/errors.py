@@ -217,7 +217,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         detail = f"no endpoint at {request.url.path} (see /docs)"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
-    return error_response(exc.status_code, kind, detail, headers=exc.headers)
+    # under /v2 the Open Inference Protocol's clients read {"error"} (tritonclient fails without it)
+    extra = {"error": detail} if request.url.path == "/v2" or request.url.path.startswith("/v2/") else {}
+    return error_response(exc.status_code, kind, detail, headers=exc.headers, **extra)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -149,7 +149,7 @@ class RequestMiddleware:
         cancelled if its client disconnects before the answer starts (`started()`)."""
         read = await self._read_limited(scope, receive, length)
         if read is None:
-            await self._too_large(send, ctx, content_type)
+            await self._too_large(send, ctx, content_type, scope["path"])
         elif read == _SLOW:
             await self._too_slow(send, ctx)
         elif (refused := await self._over_bounds(scope, content_type, read[1])) is not None:
@@ -259,19 +259,23 @@ class RequestMiddleware:
         )
         await _send_json(send, 408, body)
 
-    async def _too_large(self, send: Send, ctx: RequestContext, content_type: bytes = b"") -> None:
+    async def _too_large(self, send: Send, ctx: RequestContext, content_type: bytes = b"", path: str = "") -> None:
         ctx.error_type = "payload_too_large"
-        body: dict[str, Any] = error_body(
-            413,
-            "payload_too_large",
-            f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); "
-            + _smaller_body_hint(content_type),
+        v2 = path == "/v2" or path.startswith("/v2/")
+        detail = f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); " + _smaller_body_hint(
+            content_type, v2
         )
+        body: dict[str, Any] = error_body(413, "payload_too_large", detail)
+        if v2:  # the Open Inference Protocol's error field, which its clients read
+            body = {"error": detail, **body}
         await _send_json(send, 413, body)
 
 
-def _smaller_body_hint(content_type: bytes) -> str:
-    """What makes a body of this type fit: a CSV is split, JSON rows of bits are packed."""
+def _smaller_body_hint(content_type: bytes, v2: bool = False) -> str:
+    """What makes a body of this type fit: a CSV is split, JSON rows of bits are packed, a /v2
+    request's complete rows sent as a byte a value (its limit holds once a gzip body is inflated)."""
+    if v2:
+        return "send fewer rows per request, or complete rows as binary UINT8 or BOOL data (a byte a value)"
     media = content_type.split(b";", 1)[0].strip().lower()
     if media in (b"text/csv", b"application/csv"):
         return "split the CSV into smaller files (fewer rows per request), or raise MADE_MAX_BODY_BYTES"

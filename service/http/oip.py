@@ -55,7 +55,7 @@ from service.core.body_bounds import check_json_async
 from service.core.dataplane import DataPlane
 from service.core.log_config import request_context
 from service.core.request_checks import new_seed
-from service.core.schemas import ConditionalsRequest, ErrorResponse, LogProbRequest, SampleRequest
+from service.core.schemas import ConditionalsRequest, LogProbRequest, SampleRequest
 from service.engine.engine import Engine
 from service.http.errors import NotReady, error_body, status_of
 from service.http.oip_tensors import (
@@ -107,14 +107,17 @@ def error_response(exc: MadeError) -> JSONResponse:
     status, kind = status_of(exc)
     if status == 422:
         status = 400
-    return _error(status, kind, str(exc))
+    retry = getattr(exc, "retry_after", None)  # 503 overloaded: when to retry, as the API says it
+    return _error(status, kind, str(exc), retry_after=retry)
 
 
-def _error(status: int, kind: str, message: str) -> JSONResponse:
+def _error(status: int, kind: str, message: str, retry_after: int | None = None) -> JSONResponse:
     ctx = request_context.get()
     if ctx is not None:
         ctx.error_type = kind  # a metrics label, as for every other endpoint
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     # The protocol's {"error"}, and the fields every error of this server has besides.
     return JSONResponse({"error": message, **error_body(status, kind, message)}, status_code=status, headers=headers)
 
@@ -130,7 +133,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": V2ErrorResponse, "description": "a request this model cannot serve (names the problem)"},
     401: {"model": V2ErrorResponse, "description": "no or a wrong API key (when MADE_API_KEY is set)"},
     404: {"model": V2ErrorResponse, "description": "unknown model or version"},
-    503: {"model": V2ErrorResponse, "description": "models not loaded yet"},
+    503: {"model": V2ErrorResponse, "description": "models not loaded yet, or overloaded (Retry-After)"},
 }
 INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -139,7 +142,7 @@ INFER_ERRORS: dict[int | str, dict[str, Any]] = {
         f"asked for it ({HEADER_LENGTH} gives the JSON part's length)",
         "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {}},
     },
-    413: {"model": ErrorResponse, "description": "body over MADE_MAX_BODY_BYTES"},
+    413: {"model": V2ErrorResponse, "description": "body over MADE_MAX_BODY_BYTES"},
     504: {"model": V2ErrorResponse, "description": "over MADE_REQUEST_TIMEOUT"},
 }
 
@@ -271,7 +274,7 @@ _INFER_BODY = {
                     f"({HEADER_LENGTH} header)",
                 },
                 "example": {
-                    "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, "NaN", 1]}],
+                    "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 1, None, 1]}],
                     "outputs": [{"name": "logprob"}],
                 },
             }

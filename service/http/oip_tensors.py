@@ -250,7 +250,8 @@ def _json_values(tensor: InferInput, count: int) -> np.ndarray:
             f"shape {tensor.shape} or send them flat"
         ) from None
     if values.dtype.kind not in "biuf":  # null (missing), strings, objects
-        items = values.ravel().tolist() if values.dtype == object else [values.ravel()[0].item()]
+        # as sent, not as numpy made them: one string turns every number of the array into text
+        items = np.array(tensor.data, dtype=object).ravel().tolist()
         for v in items:
             if v is not None and type(v) not in (int, float, bool):
                 raise InvalidInput(
