@@ -189,6 +189,30 @@ def test_the_services_own_errors_keep_their_fields(ask: Ask) -> None:
     assert info.value.status_code == 404 and "nope" in info.value.detail and info.value.type
 
 
+def test_a_model_name_is_one_path_segment(ask: Ask) -> None:
+    """model('mushrooms?x=1') asked for GET /models/mushrooms?x=1 and got mushrooms' manifest; a
+    name goes as one escaped path segment, so a name that is not a model's is a 404 naming it."""
+    assert ask("model", "mushrooms")["name"] == "mushrooms"
+    for name in ("mushrooms?x=1", "mushrooms x", "mushrooms;v=1"):
+        with pytest.raises(MadeAPIError) as info:
+            ask("model", name)
+        assert info.value.status_code == 404, name
+    with pytest.raises(MadeAPIError) as info:
+        ask("anomaly_threshold", "mushrooms#x")
+    assert info.value.status_code == 404
+
+
+def test_a_null_logprob_is_read() -> None:
+    """The API answers null where a row's probability underflows float64 (docs/api.md); the
+    client's model of the answer refused it."""
+    from service.core.schemas import LogProbResponse
+
+    answer = LogProbResponse.model_validate_json(
+        '{"model": "m", "version": "1", "logprob": [null, -3.5], "exact": [true, true], "stderr": [null, null]}'
+    )
+    assert answer.logprob == [None, -3.5]
+
+
 def test_denoise_takes_n_particles_as_the_service_does(ask: Ask) -> None:
     """The client's denoise had only n_importance; n_particles is the service's other way to say
     it (n_importance 128 is 8 particles a mask), and both at once is the server's 422."""

@@ -6,6 +6,7 @@ stands for) and of the server's state."""
 from __future__ import annotations
 
 import math
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -101,7 +102,7 @@ def models() -> Call[ModelsResponse]:
 
 def model(name: str) -> Call[dict[str, Any]]:
     """The manifest of one model."""
-    return Call("GET", f"/models/{name}", json_body)
+    return Call("GET", f"/models/{_segment(name)}", json_body)
 
 
 def _default_model(response: httpx.Response) -> Any:
@@ -121,7 +122,13 @@ def anomaly_threshold(model: str | None = None, contamination: float = 0.01) -> 
         raise ValueError(f"contamination is {contamination}; as in PyOD, a share of rows in (0, 0.5]")
     if model is None:
         return Call("GET", "/models", _default_model, then=lambda name: anomaly_threshold(name, contamination))
-    return Call("GET", f"/models/{model}/reference", lambda r: threshold_of(json_body(r), contamination))
+    return Call("GET", f"/models/{_segment(model)}/reference", lambda r: threshold_of(json_body(r), contamination))
+
+
+def _segment(name: str) -> str:
+    """A model's name as one path segment: 'a?b' or 'a/b' is asked for as that name, not as
+    another path or a query."""
+    return urllib.parse.quote(name, safe="")
 
 
 def threshold_of(reference: dict[str, Any], contamination: float) -> float:

@@ -255,7 +255,11 @@ class _Samples:
 
 
 class LogProbResponse(_Response):
-    logprob: list[float] = Field(description="log p(x) per row, in nats (log p(x_observed) where values are missing)")
+    logprob: list[float | None] = Field(
+        description="log p(x) per row, in nats (log p(x_observed) where values are missing); null where the "
+        "row's probability underflows float64 (a table model without bounds given a number far outside its "
+        "data): rank it below every other"
+    )
     exact: list[bool] = Field(description="false where logprob is an importance-sampling estimate")
     stderr: list[float | None] = Field(description="standard error of estimated rows, else null")
     seed: int | None = Field(
