@@ -481,3 +481,90 @@ def test_upgrade_refuses_a_damaged_format_1_version_and_leaves_it(runs: dict[str
     assert f"{graph} is missing or does not match its manifest checksum" in result.stderr
     assert json.loads((store / "m" / "1" / "manifest.json").read_text())["format_version"] == 1
     assert sorted(p.name for p in (store / "m" / "1").iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_a_folder_that_is_not_a_run_or_holds_another_runs_weights_is_one_line_exit_2(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """made export of a folder whose config.json is not a training run's, or whose
+    best.safetensors is another run's (other widths, other masks, a tensor missing): one line
+    naming the file and exit status 2, not a KeyError or torch's size mismatch traceback, and
+    nothing written to the store."""
+    import shutil
+
+    from made.cli import main
+
+    store = tmp_path / "store"
+    cases: dict[str, tuple[str, str]] = {}
+    other = tmp_path / "other"
+    shutil.copytree(runs["plain"], other)
+    (other / CONFIG).write_text(json.dumps({"architectures": ["Bert"], "hidden_size": 12}))
+    cases["other"] = (CONFIG, "does not describe a made training run")
+    listed = tmp_path / "listed"
+    shutil.copytree(runs["plain"], listed)
+    (listed / CONFIG).write_text("[]")
+    cases["listed"] = (CONFIG, "does not describe a made training run")
+    swapped = tmp_path / "swapped"
+    shutil.copytree(runs["plain"], swapped)
+    (swapped / BEST).write_bytes((runs["image"] / BEST).read_bytes())
+    cases["swapped"] = (BEST, "does not hold the weights of the model")
+    lacking = tmp_path / "lacking"
+    shutil.copytree(runs["plain"], lacking)
+    tensors, meta = load_tensors(runs["plain"] / BEST)
+    del tensors["input_degrees"]
+    save_tensors(lacking / BEST, tensors, meta)
+    cases["lacking"] = (BEST, "does not hold the weights of the model")
+    for folder, (file, problem) in cases.items():
+        capsys.readouterr()
+        assert main(["export", str(tmp_path / folder), "--store", str(store), "--name", "m"]) == 2, folder
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"made export: error: {tmp_path / folder / file} {problem}"), err
+    assert list_versions(store, "m") == []
+    assert export_run(runs["plain"], store, "m") == store / "m" / "1"
+
+
+def test_two_exports_of_one_name_at_once_take_two_versions(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another export that takes the number this one picked while it writes (both saw version 1
+    free) makes this one take the next number, not fail with 'pick another --version', an option
+    never given; with --version given, the refusal stands."""
+    import training.export as export_module
+    from made.store import versions
+
+    store = tmp_path / "store"
+    real = versions.write_version
+    raced = []
+
+    def another_export_first(store_: Path, name: str, files: Any, fields: Any, version: Any = None, **kw: Any) -> Path:
+        if not raced:  # the other export renames its version 1 into place just before this one
+            raced.append(real(store_, name, files, fields, version, **kw))
+        return real(store_, name, files, fields, version, **kw)
+
+    monkeypatch.setattr(export_module, "write_version", another_export_first)
+    assert export_run(runs["plain"], store, "m") == store / "m" / "2"
+    assert raced == [store / "m" / "1"]
+    assert list_versions(store, "m") == ["1", "2"]
+    assert open_model(store, "m").manifest.version == "2"
+    assert json.loads((store / "m" / "2" / REFERENCE).read_text())["version"] == "2"
+    raced.clear()
+    with pytest.raises(ModelStoreError, match="m/3 already exists; pick another --version"):
+        export_run(runs["plain"], store, "m", version="3")
+    assert list_versions(store, "m") == ["1", "2", "3"]
+    assert not [p for p in (store / "m").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_a_version_renamed_into_place_by_another_export_meanwhile_is_version_taken(tmp_path: Path) -> None:
+    """The race inside write_version: the number was free when checked, taken at the rename."""
+    from made.store import versions
+
+    target = tmp_path / "m" / "1"
+    target.mkdir(parents=True)
+    (target / "manifest.json").write_text("{}")
+    tmp = tmp_path / "m" / ".1.x.tmp"
+    tmp.mkdir()
+    (tmp / "f").write_text("x")
+    with pytest.raises(versions.VersionTaken, match="already exists"):
+        versions._publish(tmp, target)
+    assert (target / "manifest.json").read_text() == "{}"

@@ -509,3 +509,34 @@ def test_plain_sgd_takes_steps_of_lr_times_the_gradient(data10: Path, tmp_path: 
     _train(_config(data10, optimizer="sgd", lr=0.5, max_epochs=6), tmp_path / "sgd")
     valids = [v for _, _, v in _history(tmp_path / "sgd")]
     assert valids[-1] < valids[0] - 0.1  # it learns
+
+
+def test_a_finished_run_trained_on_and_killed_keeps_no_stale_metrics(
+    data10: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished run rerun with a longer --max-epochs is unfinished until it ends: a kill
+    during it must not leave the first finish's metrics.json beside newer best weights, which
+    made export would ship as that version's metrics (test_nll of other weights)."""
+    from training import train as train_module
+    from training.export import load_run
+
+    run_dir = tmp_path / "run"
+    _train(_config(data10, max_epochs=2), run_dir)
+    assert (run_dir / METRICS).exists()
+
+    def killed_at_epoch_4(bars: Any, max_epochs: int, epoch: int, *rest: Any) -> None:
+        if epoch == 4:  # after epoch 4's checkpoint, as a kill then
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "log_epoch", killed_at_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        _train(_config(data10, max_epochs=6), run_dir)
+    monkeypatch.undo()
+    _, meta = load_tensors(run_dir / CHECKPOINT)
+    assert meta["progress"]["finished"] is False and meta["progress"]["epoch"] == 4
+    assert not (run_dir / METRICS).exists()
+    with pytest.raises(CheckpointError, match="metrics.json not found"):
+        load_run(run_dir)  # made export refuses the unfinished run
+    # the same command again finishes the run, and its metrics are the finished run's
+    assert _train(_config(data10, max_epochs=6), run_dir)["epochs"] == 6
+    assert json.loads((run_dir / METRICS).read_text())["epochs"] == 6

@@ -13,6 +13,7 @@ the weights as stored (float16-rounded for --weights float16).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,15 @@ from made.io.data import check_image_shape, dataset_name, load_dataset
 from made.store.files import MODEL_GRAPH, sha256_file
 from made.store.manifest import table_graph_signature
 from made.store.reference import REFERENCE, build_reference, reference_bytes
-from made.store.versions import check_name, list_names, list_versions, next_version, read_manifest, write_version
+from made.store.versions import (
+    VersionTaken,
+    check_name,
+    list_names,
+    list_versions,
+    next_version,
+    read_manifest,
+    write_version,
+)
 from training.graphs import WEIGHT_DTYPES, version_files, weight_arrays
 from training.run_files import BEST, CONFIG, METRICS
 
@@ -64,6 +73,30 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{run_dir / BEST} is unreadable or truncated: {exc}") from None
     return config, tensors, metrics
+
+
+def check_run(run_dir: Path, config: Any, tensors: dict[str, np.ndarray]) -> None:
+    """The run's config.json describes a training run and best.safetensors holds exactly the
+    weights of the model it describes (a directory of another tool, or best weights copied
+    from another run, is one CheckpointError naming the file, not a KeyError or torch's
+    size mismatch)."""
+    import torch
+
+    from training.train import TrainConfig, build_model
+
+    try:
+        cfg = TrainConfig.from_dict(config)
+        model = build_model(cfg.model)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        why = f"it has no entry {exc.args[0]!r}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"{Path(run_dir) / CONFIG} does not describe a made training run ({why})") from None
+    try:
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+    except RuntimeError as exc:  # missing, unexpected or other-shaped tensors
+        why = " ".join(str(exc).split("\n")[1:2]).strip() or str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"{Path(run_dir) / BEST} does not hold the weights of the model {CONFIG} describes ({why})"
+        ) from None
 
 
 def arrays_from_tensors(
@@ -131,9 +164,14 @@ def _export_table_run(
             schema.n_in, schema.n_out, schema.in_offsets.tolist(), schema.out_offsets.tolist()
         ),
     }
-    version = version or next_version(store, name)
-    files = {**version_files(arrays), **run_reference(config, tensors, weight_dtype, name, version)}
-    return write_version(store, name, files, fields, version)
+    return _write_new_version(
+        store,
+        name,
+        version,
+        fields,
+        version_files(arrays),
+        lambda chosen: run_reference(config, tensors, weight_dtype, name, chosen),
+    )
 
 
 def run_reference(
@@ -189,6 +227,7 @@ def export_run(
     if version is not None:
         check_name(version, "version")
     config, tensors, metrics = load_run(run_dir)
+    check_run(run_dir, config, tensors)
     model_cfg = config["model"]
     if "columns" in model_cfg:
         return _export_table_run(config, tensors, metrics, store, name, version, weight_dtype)
@@ -220,9 +259,36 @@ def export_run(
         "image_shape": image_shape,
         "graph": BIT_GRAPH_SIGNATURE,
     }
-    version = version or next_version(store, name)
-    files = {**version_files(arrays, activation), **run_reference(config, tensors, weight_dtype, name, version)}
-    return write_version(store, name, files, fields, version)
+    return _write_new_version(
+        store,
+        name,
+        version,
+        fields,
+        version_files(arrays, activation),
+        lambda chosen: run_reference(config, tensors, weight_dtype, name, chosen),
+    )
+
+
+def _write_new_version(
+    store: Path,
+    name: str,
+    version: str | None,
+    fields: dict[str, Any],
+    graph_files: dict[str, bytes],
+    reference: Callable[[str], dict[str, bytes]],
+) -> Path:
+    """Write the version (its files: the graphs and `reference(version)`, which names it). With
+    no --version its number is the next free one: where another export takes that number while
+    this one writes (two exports of one name at once), this one takes the next, as if it had run
+    after the other, instead of failing with 'pick another --version', an option never given."""
+    for _ in range(100):
+        chosen = version or next_version(store, name)
+        try:
+            return write_version(store, name, {**graph_files, **reference(chosen)}, fields, chosen)
+        except VersionTaken:
+            if version is not None:
+                raise
+    raise ModelStoreError(f"cannot find a free version of {store / name}: other exports keep taking them")
 
 
 def export_random_model(

@@ -330,6 +330,10 @@ class Trainer:
                 return self.finish(model, progress_state)
             progress_state["finished"] = False
             log.info("resuming %s after epoch %d", self.run_dir, progress_state["epoch"])
+            # metrics.json describes a finished run's best weights: a run trained on (a longer
+            # --max-epochs) is unfinished until it ends, and made export refuses it till then
+            # (else a kill would leave the old metrics beside newer best weights)
+            (self.run_dir / METRICS).unlink(missing_ok=True)
         else:
             # a run killed before its first checkpoint may have logged an epoch: start afresh
             (self.run_dir / HISTORY).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import logging
 import os
@@ -248,6 +249,11 @@ def next_version(store: Path, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
+class VersionTaken(ModelStoreError):
+    """The version directory a new version was to be written as exists (written meanwhile by
+    another export, where the number was picked by next_version)."""
+
+
 def write_version(
     store: Path,
     name: str,
@@ -275,7 +281,7 @@ def write_version(
     version = version or next_version(store, name)
     final = store / name / version
     if final.exists() and not replace:
-        raise ModelStoreError(f"{final} already exists; pick another --version")
+        raise VersionTaken(f"{final} already exists; pick another --version")
     if not replace:
         same = [v for v in list_versions(store, name) if version_key(v) == version_key(version)]
         if same:  # 08 beside 8: two folders of one number
@@ -304,7 +310,7 @@ def write_version(
         if replace and final.exists():
             _exchange(tmp, final)  # tmp now holds the old version, removed below
         else:
-            os.rename(tmp, final)  # atomic: readers see no version or the whole one
+            _publish(tmp, final)
         fsync_dir(store / name)
     except OSError as exc:
         raise ModelStoreError(f"cannot write {final}: {exc.strerror or exc}") from None
@@ -312,6 +318,18 @@ def write_version(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a new version's assembled directory into place: atomic, readers see no version or
+    the whole one. A version directory there already (another export took the number since it
+    was checked) is a VersionTaken."""
+    try:
+        os.rename(tmp, final)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise VersionTaken(f"{final} already exists; pick another --version") from None
+        raise
 
 
 def _exchange(a: Path, b: Path) -> None:
