@@ -210,6 +210,32 @@ async def test_broken_versions_are_refused_with_a_logged_reason_and_the_old_one_
         assert metric(metrics, "made_model_reloads_total", model="m", outcome="refused") == 3.0
 
 
+async def test_a_v2_request_pinned_to_a_version_is_not_answered_by_the_next(store: Path, runs: dict[str, Path]) -> None:
+    """POST /v2/models/m/versions/1/infer checks the version served when its (whole) body has
+    arrived; a reload after that check, while the work waited for a thread, had version 2 answer
+    it. Now a 404 naming both; unpinned, version 2 answers."""
+    from made.core.errors import ModelNotFound
+    from service.http.oip import _engine, infer, parse_request
+
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": ROW[0]}]}).encode()
+    async with in_process(_settings(store)) as made:
+        await made.wait_ready()
+        transport = made.http._transport
+        assert isinstance(transport, httpx.ASGITransport)
+        dp = transport.app.state.dataplane  # type: ignore[attr-defined]
+        checked = _engine(dp, "m", "1")  # the route's check passed: version 1 served
+        export_run(runs["b"], store, "m")  # version 2
+        await _reload(made)
+        with pytest.raises(ModelNotFound) as info:
+            await infer(dp, checked, parse_request(body), b"", pinned="1")
+        assert str(info.value) == "model 'm' has no version '1' served: version '2' replaced it while this request ran"
+        answered = await infer(dp, checked, parse_request(body), b"")
+        assert json.loads(answered.body)["model_version"] == "2"
+        # over HTTP, a request arriving after the reload is refused by the route's own check
+        r = await made.http.post("/v2/models/m/versions/1/infer", content=body)
+        assert r.status_code == 404 and "it serves version '2'" in r.json()["error"]
+
+
 async def test_admin_endpoints_are_off_without_an_admin_or_api_key(store: Path) -> None:
     async with in_process(_settings(store, admin_key=None)) as made:
         await made.wait_ready()

@@ -181,7 +181,9 @@ def _validated(cls: type[BaseModel], params: dict[str, Any], names: Sequence[str
         raise InvalidInput(describe(exc.errors(), prefix="parameters")) from None
 
 
-async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes) -> Response:
+async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes, pinned: str | None = None) -> Response:
+    """The request's outputs from the model's served version; `pinned` (/versions/{v}/infer): the
+    version asked for, a 404 if another answered (a reload while the request was read or queued)."""
     unknown = sorted(set(req.parameters) - set(_PARAMETERS) - _IGNORED)
     if unknown:
         raise InvalidInput(f"unknown parameter {unknown[0]!r}; the parameters are {', '.join(_PARAMETERS)}")
@@ -233,6 +235,11 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes)
         sampled = await dp.sample(s_req)
         values["samples"] = sampled.array().reshape(-1, engine.dims)
         version, seed = sampled.version, sampled.seed
+    if pinned is not None and version != pinned:
+        raise ModelNotFound(
+            f"model '{engine.name}' has no version '{pinned}' served: version '{version}' replaced it "
+            "while this request ran"
+        )
     return encode_response(engine.name, version, req.id, seed, wanted, values)
 
 
@@ -331,7 +338,7 @@ def make_router(dependencies: Sequence[DependsParam] = ()) -> APIRouter:
         body = decompress(body, request.headers.get("content-encoding", ""), limit)
         head, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         await check_json_async(head, dp.limits)
-        return await infer(dp, engine, parse_request(head), binary)
+        return await infer(dp, engine, parse_request(head), binary, model_version)
 
     @guarded.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_class=Response, responses=INFER_ERRORS)
     async def infer_latest(name: str, request: Request, dp: DataPlaneDep, settings: SettingsDep) -> Response:
