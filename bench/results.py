@@ -346,15 +346,26 @@ def render(results: dict[str, dict], previous: dict[str, str] | None = None) -> 
             f"| {target or ''} | {met} | {m['epochs']} ({m['best_epoch']}) | {m['train_seconds'] / 60:.1f} min |"
         )
     lines += ["", "Hardware: " + "; ".join(sorted(hardware)) if hardware else "", "", *chosen(results), NOTES]
-    denoise = ROOT / "docs" / "denoise.md"
-    if denoise.exists():  # written by bench/denoise.py
-        lines += [
-            "",
-            "## Denoising (from docs/denoise.md, `bench/denoise.py --write`)",
-            "",
-            *denoise.read_text().splitlines()[1:],
-        ]
-    return "\n".join(lines)
+    return "\n".join(lines) + denoise_section()
+
+
+DENOISE = ROOT / "docs" / "denoise.md"  # written by bench/denoise.py
+DENOISE_HEAD = "## Denoising (from docs/denoise.md, `bench/denoise.py --write`)"
+
+
+def denoise_section() -> str:
+    """docs/denoise.md as the results document's last section (none where it is missing)."""
+    if not DENOISE.exists():
+        return ""
+    return "\n".join(["", "", DENOISE_HEAD, "", *DENOISE.read_text().splitlines()[1:]])
+
+
+def refresh_denoise(out: Path) -> None:
+    """Rewrite only the results document's denoising section from docs/denoise.md (after
+    bench/denoise.py --write), training nothing."""
+    text = out.read_text()
+    head = text.find("\n\n" + DENOISE_HEAD)
+    out.write_text((text if head < 0 else text[:head]) + denoise_section())
 
 
 def main() -> int:
@@ -364,7 +375,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per experiment (0: cores / jobs)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    parser.add_argument(
+        "--denoise-only",
+        action="store_true",
+        help="only rewrite the denoising section from docs/denoise.md (after bench/denoise.py --write)",
+    )
     args = parser.parse_args()
+    if args.denoise_only:
+        refresh_denoise(Path(args.out))
+        return 0
     if not DATA.is_dir():
         print(f"results: data directory {DATA} not found (set MADE_DATA_DIR)", file=sys.stderr)
         return 2
