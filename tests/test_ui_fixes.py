@@ -336,3 +336,100 @@ def test_a_seed_or_row_count_out_of_range_shows_the_number_used(ui_page: Page, u
     assert (ui_page.input_value("#given-n"), ui_page.input_value("#given-seed")) == ("1", "2")
     sent = request.value.post_data_json or {}
     assert (sent.get("n"), sent.get("seed")) == (1, 2)
+
+
+# --- a second tester's pass: header, picker, server gone, API key, long names, Enter ------------
+
+
+def test_a_csv_header_naming_other_columns_says_which(ui_page: Page, tmp_path: Path) -> None:
+    """The server leaves a column it does not know out of log p and takes a model column the header
+    lacks as unknown in every row: "Carat" for "carat" is scored without carat, and the page says so."""
+    open_view(ui_page, "diamonds", "csv")
+    assert ui_page.is_hidden("#csv-columns-note")  # the drawn rows: the model's own header
+    path = tmp_path / "capitalised.csv"
+    path.write_text(DIAMONDS.replace("carat", "Carat") + "0.5,Ideal,E,VS1,61.5,55,1500,5.1,5.1,3.1\n")
+    ui_page.set_input_files("#csv-file", str(path))
+    ui_page.wait_for_selector('#csv-rows[data-value="1"]', timeout=SLOW_MS)
+    settled(ui_page)
+    note = ui_page.inner_text("#csv-columns-note")
+    assert ui_page.is_visible("#csv-columns-note")
+    assert "left out of log p: Carat;" in note and "unknown in every row (summed out): carat." in note
+    spaced = tmp_path / "spaced.csv"  # spaces after the commas: the same names, as the server reads them
+    spaced.write_text(DIAMONDS.replace(",", ", ") + "0.5,Ideal,E,VS1,61.5,55,1500,5.1,5.1,3.1\n")
+    ui_page.set_input_files("#csv-file", str(spaced))
+    ui_page.wait_for_selector("#csv-columns-note", state="hidden", timeout=SLOW_MS)
+    settled(ui_page)
+    assert value(ui_page, "#csv-rows") == 1
+
+
+@pytest.mark.ui_expect_status(503, "/models/diamonds")
+def test_a_model_that_fails_to_load_leaves_the_picker_on_the_model_shown(ui_page: Page) -> None:
+    open_view(ui_page, "binarized-mnist", "samples")
+    ui_page.route("**/models/diamonds", fail)
+    ui_page.select_option("#model-picker", "diamonds")
+    ui_page.wait_for_selector("#status.error", timeout=SLOW_MS)
+    settled(ui_page)
+    assert "Loading diamonds failed" in status(ui_page)
+    assert ui_page.input_value("#model-picker") == "binarized-mnist"  # the model still shown and used
+    assert "model=binarized-mnist" in ui_page.url and ui_page.is_visible("#view-samples")
+    ui_page.unroute("**/models/diamonds")
+    ui_page.select_option("#model-picker", "diamonds")  # picked again: a change, loaded now
+    ui_page.wait_for_selector('#view-record[data-ready="1"]', timeout=SLOW_MS)
+    settled(ui_page)
+
+
+def test_a_server_that_cannot_be_reached_is_named(ui_page: Page) -> None:
+    open_view(ui_page, "binarized-mnist", "samples")
+    ui_page.route("**/sample", lambda route: route.abort("aborted"))
+    ui_page.click("#samples-go")
+    ui_page.wait_for_selector("#status.error", timeout=SLOW_MS)
+    settled(ui_page)
+    assert "could not be reached" in status(ui_page)
+
+
+def test_an_api_key_that_cannot_be_sent_is_refused_not_kept(ui_page: Page) -> None:
+    """fetch refuses a header with a character past Latin-1: kept for the tab, that key failed
+    every request without a 401, so the key's input never came back."""
+    ui_page.wait_for_selector("#model-picker:not([disabled])")
+    ui_page.evaluate("document.getElementById('api-key-form').hidden = false")
+    ui_page.fill("#api-key", "s3crét…")
+    ui_page.press("#api-key", "Enter")
+    assert "printable ASCII" in status(ui_page)
+    assert ui_page.evaluate("sessionStorage.getItem('made-api-key')") is None
+    assert ui_page.is_visible("#api-key-form")
+
+
+def test_a_long_column_name_or_message_stays_within_a_phones_width(ui_page: Page) -> None:
+    ui_page.set_viewport_size({"width": 375, "height": 800})
+    long = "Column_with_a_very_long_name_" + "x" * 120
+    for view in ("record", "given"):
+        open_view(ui_page, "diamonds", view)
+        ui_page.eval_on_selector(f"#{view}-form .name", "(l, t) => { l.textContent = t; }", long)
+        ui_page.eval_on_selector("#status", "(s, t) => { s.textContent = t; }", f"failed: 422: column '{long}'")
+        assert ui_page.evaluate("document.documentElement.scrollWidth") <= 375, view
+        right = ui_page.eval_on_selector(f"#{view}-col-0", "i => i.getBoundingClientRect().right")
+        assert right <= 375, view
+
+
+def test_enter_in_a_seed_or_row_count_runs_its_view(ui_page: Page) -> None:
+    open_view(ui_page, "binarized-mnist", "samples")
+    ui_page.fill("#samples-seed", "5")
+    with ui_page.expect_request(lambda r: r.url.endswith("/sample")) as request:
+        ui_page.press("#samples-seed", "Enter")
+    assert (request.value.post_data_json or {}).get("seed") == 5
+    settled(ui_page)
+    open_view(ui_page, "diamonds", "given")
+    ui_page.fill("#given-n", "30")
+    with ui_page.expect_request(lambda r: r.url.endswith("/sample")) as request:
+        ui_page.press("#given-n", "Enter")
+    assert (request.value.post_data_json or {}).get("n") == 30
+    settled(ui_page)
+
+
+def test_the_csv_seed_shows_the_number_used(ui_page: Page) -> None:
+    open_view(ui_page, "diamonds", "csv")
+    ui_page.fill("#csv-seed", "-3")
+    with ui_page.expect_request(lambda r: "/logprob?" in r.url) as request:
+        ui_page.click("#csv-example")
+    settled(ui_page)
+    assert ui_page.input_value("#csv-seed") == "0" and "seed=0" in request.value.url

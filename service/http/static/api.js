@@ -59,7 +59,14 @@ export async function api(path, body, opts = {}) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(new URL(path, BASE), init);
+  let response;
+  try {
+    response = await fetch(new URL(path, BASE), init);
+  } catch (err) {
+    if (!current()) throw new StaleAnswer();
+    // fetch says only "Failed to fetch": the server is stopped, restarting or unreachable
+    throw new Error(`the server could not be reached (${err.message}); is it running?`);
+  }
   if (!current()) throw new StaleAnswer();
   if (!response.ok) {
     let detail = response.statusText;

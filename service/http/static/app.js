@@ -31,15 +31,17 @@
  * - given (table models): per column i `given-use-I` and `given-col-I`, `given-n`, `given-seed`,
  *   `given-go`; out: `given-exact`, `given-ess`, `given-hists`, `given-rows`.
  * - csv (table models): `csv-file`, `csv-example`, `csv-seed`, `csv-threshold` (range),
- *   `csv-download` (a link, once scored; `csv-download-note` says why there is none); out: `csv-rows`, `csv-flagged`, `csv-threshold-value`,
+ *   `csv-download` (a link, once scored; `csv-download-note` says why there is none); out: `csv-columns-note` (the header's
+ *   columns the model lacks, and the model's the header lacks), `csv-rows`, `csv-flagged`, `csv-threshold-value`,
  *   `csv-hist`, `csv-table`.
  *
+ * Enter in a seed or row count outside a form clicks the button named by its `data-enter`.
  * Each view draws its first answer when it is first shown for a model; the page sets
  * `document.body.dataset.busy` to the number of requests in flight, and each view's section
  * gets `data-ready="1"` once its answer is drawn (the tests and the screenshot script wait on it).
  */
 
-import { api, apiKey, newModel, run, setApiKey } from "./api.js";
+import { api, apiKey, live, newModel, run, setApiKey, setStatus } from "./api.js";
 import { renderCard } from "./card.js";
 import { $, el } from "./draw.js";
 import { imageViews } from "./image.js";
@@ -93,10 +95,18 @@ async function selectModel(name, view) {
   const model = state.models.find((m) => m.name === name) || state.models.find((m) => m.default) || state.models[0];
   $("model-picker").value = model.name;
   newModel(); // the answers still in flight are for the model shown before: dropped
+  const current = live();
   await run(`Loading ${model.name}`, async () => {
     state.manifest = await api(`models/${encodeURIComponent(model.name)}`);
   });
-  if (!state.manifest || state.manifest.name !== model.name) return;
+  if (!state.manifest || state.manifest.name !== model.name) {
+    // not loaded (and not overtaken by a later pick): the picker names the model still shown
+    if (current() && state.model) {
+      $("model-picker").value = state.model.name;
+      writeHash();
+    }
+    return;
+  }
   newModel(); // and those asked for while it loaded
   state.model = model;
   state.columns = columnsOf(state.manifest);
@@ -129,7 +139,15 @@ async function start() {
 $("model-picker").addEventListener("change", (e) => selectModel(e.target.value, null));
 $("api-key-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  setApiKey($("api-key").value.trim());
+  const key = $("api-key").value.trim();
+  // A header carries printable ASCII only: another character would fail every request (fetch
+  // refuses it) and, kept for the tab, leave the page with no way to give another key.
+  if (/[^\x20-\x7e]/.test(key)) {
+    setStatus("That API key holds a character other than printable ASCII, which cannot be sent: check it and try again.", true);
+    $("api-key").focus();
+    return;
+  }
+  setApiKey(key);
   $("api-key-form").hidden = !!apiKey();
   if (!state.models.length) start();
   else selectModel(state.model ? state.model.name : null, state.view);
@@ -139,6 +157,13 @@ window.addEventListener("hashchange", () => {
   if (!state.model) return;
   if (wanted.model && wanted.model !== state.model.name) selectModel(wanted.model, wanted.view);
   else if (wanted.view && wanted.view !== state.view) showView(wanted.view);
+});
+// Enter in a field outside a form (a seed, a row count) clicks the button its data-enter names.
+document.addEventListener("keydown", (e) => {
+  const target = e.target.dataset && e.target.dataset.enter;
+  if (e.key !== "Enter" || !target || e.isComposing) return;
+  e.preventDefault();
+  $(target).click();
 });
 if (apiKey()) $("api-key").value = apiKey();
 start();

@@ -6,7 +6,7 @@
 // likely. A file goes as its bytes, so that the server's message says what is wrong with them.
 
 import { ApiError, api, fresh, live, query, ready, run } from "./api.js";
-import { $, binCounts, edgesOf, el, fmt, histogram, show } from "./draw.js";
+import { $, binCounts, edgesOf, el, fmt, histogram, seedOf, show } from "./draw.js";
 
 let st = null;
 const scored = { rows: null, header: null, logprob: null, url: null };
@@ -87,6 +87,22 @@ function flag() {
     el("thead", {}, head), el("tbody", {}, ...body));
 }
 
+// The server scores the columns of the header it knows, keeps the others out of the log p, and
+// takes a column of the model the header lacks as unknown in every row (docs/api.md): a header
+// with a misspelled or capitalised name ("Carat") is scored without that column, so the page says
+// which names it set aside and which of the model's columns every row's log p sums out.
+function noteColumns(header) {
+  const names = header.map((h) => h.trim());
+  const model = st.columns.map((c) => c.name);
+  const ignored = names.filter((n) => n !== "" && !model.includes(n));
+  const missing = model.filter((n) => !names.includes(n));
+  const parts = [];
+  if (ignored.length) parts.push(`not columns of ${st.model.name}, left out of log p: ${ignored.join(", ")}`);
+  if (missing.length) parts.push(`not in the file, so unknown in every row (summed out): ${missing.join(", ")}`);
+  $("csv-columns-note").textContent = parts.length ? `Header: ${parts.join("; ")}.` : "";
+  $("csv-columns-note").hidden = !parts.length;
+}
+
 // Nothing of a file scored before stays on screen (a failed request, another model).
 function clear() {
   scored.logprob = null;
@@ -99,6 +115,8 @@ function clear() {
   $("csv-download").hidden = true;
   $("csv-download").removeAttribute("href");
   $("csv-download-note").textContent = "";
+  $("csv-columns-note").textContent = "";
+  $("csv-columns-note").hidden = true;
   if (scored.url) URL.revokeObjectURL(scored.url);
   scored.url = null;
 }
@@ -106,7 +124,7 @@ function clear() {
 // body: the CSV's text, or a file (a Blob, sent as its bytes).
 function score(body) {
   const current = fresh("csv");
-  const path = `logprob?${query({ model: st.model.name, seed: Math.max(0, Math.floor(Number($("csv-seed").value) || 0)) })}`;
+  const path = `logprob?${query({ model: st.model.name, seed: seedOf("csv-seed") })}`;
   return run("Scoring the CSV", async () => {
     const [answer, csvAnswer] = await Promise.allSettled([api(path, body), api(path, body, { accept: "text/csv", raw: true })]);
     if (answer.status === "rejected") throw answer.reason;
@@ -120,6 +138,7 @@ function score(body) {
     scored.rows = parsed.slice(1);
     scored.logprob = answer.value.logprob;
     show($("csv-rows"), scored.logprob.length, 0);
+    noteColumns(scored.header);
     if (blob) {
       scored.url = URL.createObjectURL(blob);
       $("csv-download").href = scored.url;
@@ -136,7 +155,7 @@ async function example() {
   const current = live();
   let text = null;
   await run("Drawing rows", async () => {
-    const body = { model: st.model.name, n: 300, seed: Math.max(0, Math.floor(Number($("csv-seed").value) || 0)) };
+    const body = { model: st.model.name, n: 300, seed: seedOf("csv-seed") };
     if (!st.manifest.columns) body.encoding = "records";
     text = csvOf(st.columns, (await api("sample", body)).records);
   }, clear);
