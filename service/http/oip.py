@@ -235,15 +235,20 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest, binary: bytes,
         sampled = await dp.sample(s_req)
         values["samples"] = sampled.array().reshape(-1, engine.dims)
         version, seed = sampled.version, sampled.seed
-    if pinned is not None and version != pinned:
-        raise ModelNotFound(
-            f"model '{engine.name}' has no version '{pinned}' served: version '{version}' replaced it "
-            "while this request ran"
-        )
+    _check_pinned(engine.name, pinned, version)
     return encode_response(engine.name, version, req.id, seed, wanted, values)
 
 
 # --- the routes ------------------------------------------------------------------------------
+
+
+def _check_pinned(name: str, pinned: str | None, version: str) -> None:
+    """A request pinned to a version (/versions/{v}/infer) answered by another (a reload while
+    it waited): a 404 naming both, not the other version's answer."""
+    if pinned is not None and version != pinned:
+        raise ModelNotFound(
+            f"model '{name}' has no version '{pinned}' served: version '{version}' replaced it while this request ran"
+        )
 
 
 def _engine(dp: DataPlane, name: str, model_version: str | None) -> Engine:
