@@ -99,6 +99,37 @@ def test_train_on_one_table_splits_it_and_says_so(tmp_path: Path, capsys: pytest
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
 
 
+def test_one_csv_of_named_0_1_columns_splits_trains_as_bits_and_says_how_to_keep_the_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """survey.csv, a header over 0/1 cells: made train refused it ('a single file; training needs
+    train/valid/test files') where a table was split, and made schema inferred a table of it
+    without a word. Now split as a table is, trained as bits with a note; with the schema made
+    schema writes, a table of the named binary columns."""
+    rng = np.random.default_rng(3)
+    cells = rng.integers(0, 2, size=(120, 3))
+    source = tmp_path / "survey.csv"
+    source.write_text("smoker,married,has_kids\n" + "\n".join(",".join(map(str, r)) for r in cells) + "\n")
+    args = ["--hidden", "8", "--max-epochs", "1", "--no-progress", "--threads", "1"]
+    assert main(["train", "--dataset", str(source), *args, "--out", str(tmp_path / "bits")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("made train:")]
+    assert err[0].startswith("made train: survey.csv has no split files; split it 80/10/10 by seed 0")
+    assert err[1] == (
+        "made train: survey_train.csv holds only 0/1 cells: trained as a model of bits, its columns read by "
+        "position (their names are not kept); to model it as a table of named binary columns, "
+        "`made schema survey.csv --out schema.json` and train with --schema schema.json"
+    )
+    assert "columns" not in json.loads((tmp_path / "bits" / "config.json").read_text())["model"]
+    # the advice, followed
+    assert main(["schema", str(source), "--out", str(tmp_path / "schema.json")]) == 0
+    assert "made train without --schema trains it as a model of bits" in capsys.readouterr().err
+    schema = str(tmp_path / "schema.json")
+    assert main(["train", "--dataset", str(source), "--schema", schema, *args, "--out", str(tmp_path / "t")]) == 0
+    columns = json.loads((tmp_path / "t" / "config.json").read_text())["model"]["columns"]
+    assert [(c["name"], c["kind"]) for c in columns] == [(n, "binary") for n in ("smoker", "married", "has_kids")]
+    assert not [line for line in capsys.readouterr().err.splitlines() if "only 0/1 cells" in line]
+
+
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))

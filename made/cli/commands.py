@@ -85,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # bad data and impossible architectures are refused before the seconds of importing torch
     _split_single_table(args)
     data = training_data(args)
+    if not isinstance(data, TableDataset) and not args.schema and not args.groups:
+        _note_headered_bits(Path(args.dataset))
     validate_architecture(data.dims, args.hidden, args.masks)
     args.image_shape = check_image_shape(args.image_shape, data.dims) or data.image_shape
     schema = data.schema if isinstance(data, TableDataset) else None
@@ -111,18 +113,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_headered_bits(path: Path) -> None:
+    """A CSV of named columns whose cells are all 0/1 trains as bits: say so, and how to keep the
+    names (a table of binary columns, through the schema made schema writes)."""
+    from made.io.tables import is_headered_bits
+
+    if is_headered_bits(path):
+        base = path.name.replace("_train", "") if "_train" in path.stem else path.name
+        print(
+            f"made train: {path.name} holds only 0/1 cells: trained as a model of bits, its columns read by "
+            f"position (their names are not kept); to model it as a table of named binary columns, "
+            f"`made schema {base} --out schema.json` and train with --schema schema.json",
+            file=sys.stderr,
+        )
+
+
 def _split_single_table(args: argparse.Namespace) -> None:
     """`made train --dataset one.csv`, a table with no split files beside it: split it as `made
     split` does (seed --seed), or use the split files an earlier call wrote, and train on those."""
     from made.core.errors import DataError
     from made.io.data import split_files
     from made.io.split import split_paths, split_table
-    from made.io.tables import is_table_file
+    from made.io.tables import is_headered_bits, is_table_file
 
     path = Path(args.dataset)
     if args.groups or not path.is_file() or split_files(path):
         return
-    if not (is_table_file(path) or path.suffix == ".parquet"):
+    if not (is_table_file(path) or path.suffix == ".parquet" or is_headered_bits(path)):
         return
     targets = split_paths(path)
     there = [p for p in targets.values() if p.exists()]

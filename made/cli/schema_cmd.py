@@ -68,7 +68,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     --schema` reads every split back."""
     from made.io.atomic import atomic_write_text, check_output_path
     from made.io.data import SPLITS, split_files
-    from made.io.tables import infer_schema, load_table_dataset, read_table, table_dataset
+    from made.io.tables import infer_schema, is_headered_bits, load_table_dataset, read_table, table_dataset
 
     path = Path(args.csv)
     if not path.is_file():
@@ -104,6 +104,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
         rows = [[r[j] for j in keep] for r in rows]
         schema = infer_schema([header[j] for j in keep], rows, str(path), notes, lines)
     print_schema(schema, notes, origin, "made schema")
+    if is_headered_bits(path):
+        print(
+            f"made schema: {path.name} holds only 0/1 cells: made train without --schema trains it as a model "
+            "of bits (columns by position); with this schema as --schema, as a table of these named columns",
+            file=sys.stderr,
+        )
     text = json.dumps({"columns": schema.to_json()}, indent=1) + "\n"
     if args.out in (None, "-"):
         sys.stdout.write(text)

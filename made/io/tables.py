@@ -549,16 +549,31 @@ def is_table_file(path: Path) -> bool:
     (a table whose first row happens to be 1,0) no longer makes a table bits."""
     if path.suffix == ".parquet":
         return True
+    named, bits = _sniff(path)
+    return named and not bits
+
+
+def is_headered_bits(path: Path) -> bool:
+    """A CSV whose first line names its columns over cells all 0/1 (in its first SNIFF_LINES
+    lines): bit data for `made train` (columns by position, the names not kept), a table of
+    binary columns with `--schema`."""
+    named, bits = _sniff(path)
+    return named and bits
+
+
+def _sniff(path: Path) -> tuple[bool, bool]:
+    """(whether the first line names columns, whether the next SNIFF_LINES lines hold only 0/1)
+    of a text file; (False, False) for anything else."""
     if path.suffix not in (".csv", ".tsv", ".txt") or not path.is_file():
-        return False
+        return False, False
     with open(path, encoding="utf-8-sig", newline="") as fh:
         first = fh.readline()
         lines = list(itertools.islice(fh, SNIFF_LINES))
     delimiter = sniff_delimiter(first) or ","
     head = [c.strip() for c in next(csv.reader([first], delimiter=delimiter), [])]
     if not head or 2 * sum(_number(h) is None for h in head) < len(head):
-        return False
-    return any(c.strip() not in ("0", "1") for row in csv.reader(lines, delimiter=delimiter) for c in row)
+        return False, False
+    return True, all(c.strip() in ("0", "1") for row in csv.reader(lines, delimiter=delimiter) for c in row)
 
 
 def load_table_dataset(
