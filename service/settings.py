@@ -6,15 +6,26 @@ instead of patching the environment.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from made.core.errors import ConfigError
 
 MIB = 1 << 20
+
+# The names MADE_PROVIDERS takes besides onnxruntime's own (...ExecutionProvider).
+PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+}
 
 
 class Settings(BaseSettings):
@@ -117,6 +128,26 @@ class Settings(BaseSettings):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        """An unknown name is refused here, at start-up, and not only where a session is made
+        (a worker process of MADE_WORKERS > 1 died on it, over and over)."""
+        for item in value:
+            if item.lower() not in PROVIDER_ALIASES and not item.endswith("ExecutionProvider"):
+                known = ", ".join(PROVIDER_ALIASES)
+                raise ValueError(f"unknown provider {item!r} (known: {known}, or onnxruntime's ...ExecutionProvider)")
+        return value
+
+    @field_validator("store", "host", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object, info: ValidationInfo) -> object:
+        """MADE_STORE= and MADE_HOST= (compose's ${VAR:-}) mean unset, as for the keys: not the
+        current directory as the store, nor "" as the host (every interface)."""
+        if isinstance(value, str) and not value.strip():
+            return cls.model_fields[str(info.field_name)].default
+        return value
+
     @field_validator("default_model", "api_key", "admin_key", "data_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -135,6 +166,9 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and overrides (a command's options: `port` is `--port`); a
     bad value is one line naming where it came from, not a traceback."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    misspelt = _misspelt_variable(os.environ)
+    if misspelt:
+        raise ConfigError(misspelt)
     try:
         return Settings(**given)
     except ValidationError as exc:
@@ -143,6 +177,35 @@ def load_settings(**overrides: Any) -> Settings:
         name = f"--{field.replace('_', '-')}" if field in given else f"MADE_{field.upper()}"
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{name}: {msg} (got {err.get('input')!r})") from None
+
+
+# MADE_* names the repository's scripts, tests and compose files read, which are not settings.
+_OTHER_VARIABLES = {
+    "MADE_BIN",
+    "MADE_CHECK_BASE",
+    "MADE_CHROMIUM",
+    "MADE_DEPLOY_FRESH",
+    "MADE_IMAGE",
+    "MADE_LB_PORT",
+    "MADE_STORE_DIR",
+    "MADE_TEST_PROVIDERS",
+}
+
+
+def _misspelt_variable(environ: Mapping[str, str]) -> str | None:
+    """A MADE_* variable that is no setting but close to one (MADE_MAX_ROW for MADE_MAX_ROWS) is
+    a typo that would otherwise leave its setting at the default without a word. Other unknown
+    names pass (Kubernetes' service links, a user's own). The value is not repeated: it may be
+    a key."""
+    settings = {f"MADE_{name.upper()}" for name in Settings.model_fields}
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith("MADE_") or name in settings or name in _OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, settings, n=1, cutoff=0.85)
+        if close:
+            return f"{variable} is not a setting; did you mean {close[0]}? (docs/api.md lists the settings)"
+    return None
 
 
 def data_directory(checkout: Path) -> Path:

@@ -81,3 +81,52 @@ def test_made_serve_listens_on_made_port(tiny_store: Path) -> None:
         assert server.url.endswith(f":{port}")
         assert httpx.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
         assert f'"port": {port}' in server.logs()  # the startup line says where it listens
+
+
+@pytest.mark.slow
+def test_made_serve_on_a_port_in_use_is_one_line_and_status_2(tiny_store: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "made.cli", "serve", "--store", str(tiny_store), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=120,
+        )
+    assert proc.returncode == 2  # uvicorn's own exit status 3, with no line of made's
+    assert f"made serve: error: cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "address already in use" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_shutdown_does_not_wait_out_a_long_merged_engine_call(tiny_store: Path) -> None:
+    """Once SIGTERM's requests are answered (503 at MADE_SHUTDOWN_TIMEOUT), the app's shutdown
+    waits at most CLOSE_GRACE_S for a merged engine call still running (it has no checkpoint; one
+    of MADE_MAX_BATCH=100000 /sample rows held the exit 6 s past the timeout)."""
+    import asyncio
+
+    from service.http.app import CLOSE_GRACE_S, create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(store=tiny_store))
+
+    async def long_call() -> None:
+        await asyncio.sleep(30)
+
+    app.state.dataplane.aclose = long_call  # as the batchers' aclose waits on a long call
+
+    async def start_and_stop() -> float:
+        async with app.router.lifespan_context(app):
+            started = time.monotonic()
+        return time.monotonic() - started
+
+    assert asyncio.run(start_and_stop()) < CLOSE_GRACE_S + 1

@@ -99,3 +99,38 @@ def test_blas_threads_are_capped_for_the_process_when_the_app_is_built(tiny_stor
         assert _blas_threads() == {3}
         create_app(Settings(store=tiny_store, blas_threads=0), registry)
         assert _blas_threads() == {3}  # 0: the library's setting, untouched
+
+
+def test_a_misspelt_variable_is_one_line_naming_the_setting_it_resembles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MADE_MAX_ROW", "5")  # read as nothing: max_rows stayed 10000 without a word
+    with pytest.raises(ConfigError, match=r"^MADE_MAX_ROW is not a setting; did you mean MADE_MAX_ROWS\?"):
+        load_settings()
+    monkeypatch.delenv("MADE_MAX_ROW")
+    monkeypatch.setenv("MADE_APIKEY", "s3cret-value")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "MADE_API_KEY" in str(info.value) and "s3cret" not in str(info.value)  # a key is not echoed
+    monkeypatch.delenv("MADE_APIKEY")
+    # Names that resemble no setting pass: Kubernetes' service links, the compose files' own.
+    for name in ("MADE_SERVICE_HOST", "MADE_PORT_8000_TCP_ADDR", "MADE_LB_PORT", "MADE_STORE_DIR", "MADE_IMAGE"):
+        monkeypatch.setenv(name, "x")
+    assert load_settings().max_rows == 10_000
+
+
+def test_empty_host_and_store_mean_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "" was a host that uvicorn binds on every interface, and "" a store of the current directory.
+    monkeypatch.setenv("MADE_HOST", "")
+    monkeypatch.setenv("MADE_STORE", " ")
+    s = load_settings()
+    assert s.host == "127.0.0.1" and s.store == Path("model_store")
+    assert load_settings(host="").host == "127.0.0.1"
+
+
+def test_an_unknown_provider_is_refused_with_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Refused at start-up in the parent process, not in each worker of MADE_WORKERS > 1 (which
+    # died on it with a traceback and was started again, for ever).
+    monkeypatch.setenv("MADE_PROVIDERS", "cuda,gpu")
+    with pytest.raises(ConfigError, match=r"^MADE_PROVIDERS: unknown provider 'gpu' \(known: cuda, cpu"):
+        load_settings()
+    monkeypatch.setenv("MADE_PROVIDERS", "CUDA, CPUExecutionProvider")
+    assert load_settings().providers == ["CUDA", "CPUExecutionProvider"]

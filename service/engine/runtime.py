@@ -18,15 +18,11 @@ import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
 from made.core.errors import ConfigError, ModelStoreError
+from service.settings import PROVIDER_ALIASES
 
 log = logging.getLogger("made.engine")
 
-_ALIASES = {
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-}
+_ALIASES = PROVIDER_ALIASES
 
 
 def requested_providers(spec: Sequence[str] = ()) -> list[str]:

@@ -3,8 +3,9 @@
 On SIGTERM uvicorn stops accepting connections, lets requests in flight finish (up to
 MADE_SHUTDOWN_TIMEOUT seconds), then cancels what is left: a request still queued or running is
 answered 503 with Retry-After (service.http.middleware) and its engine call stops at its next chunk
-(service.engine.cancel); the app's shutdown runs and the process exits with status 0, at most
-EXIT_GRACE_S after that (an engine thread that has not stopped by then is left to os._exit).
+(service.engine.cancel); the app's shutdown runs (waiting at most CLOSE_GRACE_S, service.http.app,
+for a merged engine call) and the process exits with status 0, at most EXIT_GRACE_S after that
+(an engine thread that has not stopped by then is left to os._exit).
 MADE_WORKERS > 1 runs that many processes, each loading every model and batching on its own.
 
 Slow clients: uvicorn holds at most MADE_MAX_CONNECTIONS connections (503 past it), closes an
@@ -27,7 +28,7 @@ from typing import Any
 
 import uvicorn
 
-from made.core.errors import ModelStoreError
+from made.core.errors import ConfigError, ModelStoreError
 from made.store.versions import store_problem
 from service.core.log_config import configure_logging, logging_config
 from service.http.app import create_app
@@ -40,7 +41,7 @@ def serve(
     store: str | Path | None = None, host: str | None = None, port: int | None = None, workers: int | None = None
 ) -> None:
     """Arguments left None come from Settings (MADE_STORE, MADE_HOST, MADE_PORT, MADE_WORKERS)."""
-    settings = load_settings(store=Path(store) if store is not None else None, workers=workers, host=host, port=port)
+    settings = load_settings(store=store, workers=workers, host=host, port=port)
     host, port = settings.host, settings.port
     problem = store_problem(settings.store)
     if problem:
@@ -65,7 +66,14 @@ def serve(
         uvicorn.run("service.http.app:create_app", factory=True, workers=settings.workers, **options)
     else:
         config = uvicorn.Config(create_app(settings), **options)
-        _Server(config, header_timeout=settings.read_timeout).run()
+        server = _Server(config, header_timeout=settings.read_timeout)
+        try:
+            server.run()
+        except SystemExit:
+            if server.started:
+                raise
+            # uvicorn logged why (address in use, an unknown host) and exits 3: one line, status 2
+            raise ConfigError(f"cannot listen on {host}:{port} (uvicorn.error's ERROR line says why)") from None
     _exit_when_stuck(EXIT_GRACE_S)
 
 
