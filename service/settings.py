@@ -153,6 +153,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("api_key", "admin_key")
+    @classmethod
+    def _sendable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """A key a client can send: printable ASCII, as an HTTP header carries it (a key with an
+        accented letter could never match, and browsers refuse to send it at all)."""
+        if value is not None and any(not " " < c <= "~" for c in value.get_secret_value()):
+            raise ValueError("must be printable ASCII without spaces, as an Authorization header carries it")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -176,7 +185,12 @@ def load_settings(**overrides: Any) -> Settings:
         field = "_".join(str(p) for p in err["loc"])
         name = f"--{field.replace('_', '-')}" if field in given else f"MADE_{field.upper()}"
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if field in SECRETS:  # a key is not repeated, not even in an error
+            raise ConfigError(f"{name}: {msg}") from None
         raise ConfigError(f"{name}: {msg} (got {err.get('input')!r})") from None
+
+
+SECRETS = ("api_key", "admin_key")
 
 
 # MADE_* names the repository's scripts, tests and compose files read, which are not settings.

@@ -134,3 +134,19 @@ def test_an_unknown_provider_is_refused_with_the_settings(monkeypatch: pytest.Mo
         load_settings()
     monkeypatch.setenv("MADE_PROVIDERS", "CUDA, CPUExecutionProvider")
     assert load_settings().providers == ["CUDA", "CPUExecutionProvider"]
+
+
+def test_a_key_a_client_cannot_send_is_refused_without_repeating_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An Authorization header carries ASCII: 'sécret' could never match, and the playground's
+    # fetch refuses to send it at all. The error names the variable, never the key.
+    for variable in ("MADE_API_KEY", "MADE_ADMIN_KEY"):
+        for key in ("sécret-1", "two words", "tab\tkey"):
+            monkeypatch.setenv(variable, key)
+            with pytest.raises(ConfigError) as info:
+                load_settings()
+            assert str(info.value) == (
+                f"{variable}: must be printable ASCII without spaces, as an Authorization header carries it"
+            )
+        monkeypatch.setenv(variable, "Ok-key_1.2~")
+        assert load_settings() is not None
+        monkeypatch.delenv(variable)
