@@ -413,11 +413,10 @@ def document(
         "unbiased and the islands of a mask are independent (averaging the pilot in with weights that depend "
         "on the allocation would bias it). The posterior uses every particle, the pilot's too (it needs only "
         "consistency): masks mixed by the particle-weighted mean evidence of all their islands, a mask's "
-        "islands by their particles times their evidence (an island's particles together weigh n x its Z).",
+        "islands by their particles.",
         "",
         "`ess` is 1 / sum of the particles' squared weights, a particle's weight being its mask's estimated "
-        "posterior probability x its island's share of the mask's particles and evidence (n_i Z_i over the sum "
-        "of the mask's) x its normalised weight within "
+        "posterior probability x its island's share of the mask's particles x its normalised weight within "
         "the island, counted against all the particles spent, the pilot's included; `stderr` is the "
         "delta method's on the spread of the second stage's islands' estimates of p(noisy), which are "
         "independent and unbiased. Correctness is checked by enumeration on tiny models "

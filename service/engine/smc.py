@@ -36,13 +36,12 @@ sizes differing by one are not identically distributed, but the sample variance 
 unbiased estimates over M is still unbiased for the variance of their mean). Averaging the
 pilot's Z into it with weights that depend on the allocation would bias it. The posterior uses
 every particle, the pilot's too, since it needs only consistency (posterior()): the masks mixed
-by the particle-weighted mean Z of all their islands, each mask's islands by their particles times
-their Z (a particle's weight is its weight within its island times its island's Z).
+by the particle-weighted mean Z of all their islands, each mask's islands by their particles.
 Its `ess` counts all K x n_particles particles spent, the pilot's included. With one mask, or
 too few particles for a pilot, there is one stage: n_particles a mask (island_sizes).
 
 Samples: each mask and sample keeps one pick, a particle of one of the mask's islands (pilot's
-or second stage's) chosen with probability in proportion to the island's particles times its Z, by a race
+or second stage's) chosen with probability in proportion to the island's particles, by a race
 that does not depend on the order the islands finish in (_race), then drawn by the particles'
 weights within the island; posterior_samples then draws each sample's mask by p(k | evidence).
 Randomness: a row draws one number from its generator, a key; each of its islands draws its
@@ -271,14 +270,8 @@ def _pooled(state: _Row, units: list[Unit]) -> tuple[float, np.ndarray, float, i
     z = np.exp(log_z - top) if np.isfinite(top) else np.ones(len(units))
     a = np.array([u.size / n for u in units])
     pooled = top + np.log(a @ z) if np.isfinite(top) else -np.inf
-    # the islands' particles pooled by their unnormalised weights: island i by n_i Z_i (a particle's
-    # weight within its island times its island's evidence), not by n_i alone: each island's
-    # self-normalised mean is biased by O(1 / n_i), and weighing the islands by their evidence
-    # leaves the bias of the mask's whole pool, O(1 / n) (where no island resampled, exactly the
-    # likelihood weighting of all the mask's particles together)
-    b = a * z / (a @ z) if np.isfinite(top) else a
-    mean = sum(w * state.done[u.number][1] for w, u in zip(b, units, strict=True))
-    sum_sq = float(sum(w * w * state.done[u.number][2] for w, u in zip(b, units, strict=True)))
+    mean = sum(w * state.done[u.number][1] for w, u in zip(a, units, strict=True))
+    sum_sq = float(sum(w * w * state.done[u.number][2] for w, u in zip(a, units, strict=True)))
     return float(pooled), np.asarray(mean), sum_sq, sum(state.done[u.number][3] for u in units), n
 
 
@@ -353,15 +346,14 @@ class _Runner:
 
 def _race(state: _Row, unit: Unit, x: np.ndarray, w: np.ndarray, draw: np.ndarray, u: np.ndarray) -> None:
     """The island's bid for each sample of its mask: an exponential key -log(u) / its particles
-    (in logs), less its log Z; where it is below the key of the sample's pick so far, the sample takes a
+    (in logs); where it is below the key of the sample's pick so far, the sample takes a
     particle of this island, drawn by their weights (draw). The smallest key of all the mask's
     islands wins, whatever order they come in: each island with probability in proportion to
-    its particles times its Z, as the posterior weighs it (posterior())."""
+    its particles, as the posterior weighs it (posterior())."""
     if not len(u):
         return
-    log_z = state.done[unit.number][0]  # the island's evidence: it bids by its particles x Z
     with np.errstate(divide="ignore"):
-        key = np.log(-np.log(u)) - np.log(unit.size) - (log_z if np.isfinite(log_z) else -np.inf)
+        key = np.log(-np.log(u)) - np.log(unit.size)
     win = key < state.race[unit.mask]
     if win.any():
         cum = np.cumsum(w)
@@ -401,8 +393,7 @@ def posterior(particles: ParticleRow) -> Posterior:
     given them and a mask's islands are independent. The posterior uses every particle, the
     pilot's too (it needs only consistency): a particle's weight is p(k | evidence), estimated
     from the particle-weighted mean Z of all mask k's islands (log_z_all) and normalised over
-    masks, x its island's share of the mask's particles and evidence (n_i Z_i / sum_j n_j Z_j) x its
-    weight within the island. `ess`
+    masks, x its island's share of the mask's particles x its weight within the island. `ess`
     is 1 / the sum of those weights squared: particles effective out of all K x n_particles
     spent, the pilot's included."""
     k, m = particles.log_z.shape
@@ -418,7 +409,7 @@ def posterior(particles: ParticleRow) -> Posterior:
 def posterior_samples(rng: np.random.Generator, post: Posterior, particles: ParticleRow, n: int) -> np.ndarray:
     """(n, D) uint8 rows drawn from the weighted particles: sample j takes mask k with
     probability p(k | evidence), then its pick under k, a particle of the island that won its
-    race (in proportion to the islands' particles times their Z, pilot's included), picked by the particles'
+    race (in proportion to the islands' particles, pilot's included), picked by the particles'
     weights within the island; so a particle with probability its posterior weight."""
     k, s, dims = particles.picks.shape
     if n == 0:
