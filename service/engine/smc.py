@@ -36,7 +36,9 @@ sizes differing by one are not identically distributed, but the sample variance 
 unbiased estimates over M is still unbiased for the variance of their mean). Averaging the
 pilot's Z into it with weights that depend on the allocation would bias it. The posterior uses
 every particle, the pilot's too, since it needs only consistency (posterior()): the masks mixed
-by the particle-weighted mean Z of all their islands, each mask's islands by their particles.
+by the particle-weighted mean Z of all their islands, each mask's islands by their particles
+(not by their particles times their Z, the consistent estimator, which measured worse on
+binarized MNIST: its weights collapse onto one island; docs/denoise.md has the figures).
 Its `ess` counts all K x n_particles particles spent, the pilot's included. With one mask, or
 too few particles for a pilot, there is one stage: n_particles a mask (island_sizes).
 
