@@ -658,6 +658,32 @@ def test_compose_passes_every_service_setting_with_the_service_default() -> None
         assert given == expected, f"{key} defaults to {given!r}, the service to {expected!r}"
 
 
+def test_compose_sets_no_made_variable_that_is_not_a_setting() -> None:
+    settings = pytest.importorskip("service.settings").Settings
+    names = {f"MADE_{name.upper()}" for name in settings.model_fields}
+    for path in (COMPOSE_GPU, COMPOSE_CPU):
+        env = load_compose(path)["services"]["made"]["environment"]
+        unknown = sorted(k for k in env if k.startswith("MADE_") and k not in names)
+        assert not unknown, f"{path.name} sets {unknown}, which are no settings (service/settings.py)"
+
+
+def test_docs_read_compose_logs_with_jq_without_the_log_prefix() -> None:
+    """`docker compose logs` starts each line with `made-1  | `, which jq cannot parse: the docs'
+    jq filters get `--no-log-prefix`, and read lines with -R and fromjson? (a line that is not
+    JSON, such as a start-up error, would stop jq there)."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    piped = [
+        (doc.name, line.strip())
+        for doc in docs
+        for line in doc.read_text().splitlines()
+        if re.search(r"docker compose logs\b.*\|\s*jq\b", line)
+    ]
+    assert piped, "the docs show no jq filter of the compose logs any more: drop this test"
+    for name, line in piped:
+        assert "--no-log-prefix" in line, f"{name}: {line}"
+        assert re.search(r"\bjq -\w*R\w* '?fromjson\?", line), f"{name}: {line}"
+
+
 def test_deployment_doc_names_every_setting() -> None:
     text = DEPLOYMENT_DOC.read_text()
     env = load_compose(COMPOSE_GPU)["services"]["made"]["environment"]

@@ -274,6 +274,8 @@ def test_pods_run_as_the_image_user_on_a_read_only_root_without_privileges(
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
+    # no service links: the Service `made` would set MADE_PORT=tcp://..., read by Settings as the port
+    assert pod["enableServiceLinks"] is False
     for c in pod["containers"]:
         sc = c["securityContext"]
         assert sc["runAsNonRoot"] is True and sc.get("runAsUser", uid) == uid
@@ -294,6 +296,18 @@ def test_pods_run_as_the_image_user_on_a_read_only_root_without_privileges(
     shutdown = float(env(c)["MADE_SHUTDOWN_TIMEOUT"]["value"])
     pause = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] > pause + shutdown
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_made_variable_the_pods_get_is_a_setting(
+    render: Callable[[str], list[dict[str, Any]]], variant: str
+) -> None:
+    """A misspelt MADE_* name would leave its setting at the default without a word."""
+    settings = {f"MADE_{name.upper()}" for name in Settings.model_fields}
+    predictor = yaml.safe_load(KSERVE.read_text())["spec"]["predictor"]
+    for c in [container(deployment_pod(render(variant))), container(predictor, "kserve-container")]:
+        unknown = sorted(n for n in env(c) if n.startswith("MADE_") and n not in settings)
+        assert not unknown, f"{c['name']} sets {unknown}, which are no settings (service/settings.py)"
 
 
 # --- GPU and CPU ------------------------------------------------------------------------------
@@ -508,6 +522,7 @@ def test_kserve_example_runs_the_same_image_with_open_inference_protocol_probes(
     assert int(c["resources"]["limits"][GPU]) == 1
     # the gpu overlay's image, repository and tag
     assert c["image"] == overlay_image("gpu")
+    assert predictor["enableServiceLinks"] is False  # as in the Deployment: no MADE_PORT=tcp://...
     uid, _ = image_user()
     sc = c["securityContext"]
     assert sc["runAsUser"] == uid and sc["runAsNonRoot"] is True
