@@ -23,25 +23,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import TABLE_MODEL_ARGS  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "tables"
 _RUN = "import sys; from made.cli import main; sys.exit(main(sys.argv[1:]))"
-TABLE_ARGS = [
-    "--hidden",
-    "256,256",
-    "--masks",
-    "8",
-    "--order-agnostic",
-    "--connectivity-agnostic",
-    "--direct",
-    "--max-epochs",
-    "150",
-    "--patience",
-    "20",
-    "--seed",
-    "0",
-    "--threads",
-    "1",
-]
+TABLE_ARGS = [*TABLE_MODEL_ARGS, "--max-epochs", "150", "--patience", "20"]
 
 
 def made_argv(*args: str) -> list[str]:

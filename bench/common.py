@@ -24,6 +24,23 @@ RUNS = ROOT / "runs" / "results"  # `made train` runs of the results benches
 MADE = Path(sys.executable).with_name("made")  # the CLI of the interpreter running the bench
 
 
+# The shipped table models' network and masks (the Makefile's TABLE_ARGS, less the epochs): what
+# the table benches train with `made train`.
+TABLE_MODEL_ARGS = [
+    "--hidden",
+    "256,256",
+    "--masks",
+    "8",
+    "--order-agnostic",
+    "--connectivity-agnostic",
+    "--direct",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+]
+
+
 def data_dir() -> Path:
     """The shared data folder ($MADE_DATA_DIR, else ../shared/data beside the repository)."""
     from service.settings import data_directory

@@ -34,27 +34,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MADE, ROOT, data_dir  # noqa: E402
+from bench.common import MADE, ROOT, TABLE_MODEL_ARGS, data_dir  # noqa: E402
 
 OUT = ROOT / "runs" / "quality"
 SHIPPED = {"diamonds": "diamonds", "health_insurance": "health-insurance"}  # table -> model in model_store
 DROP = {"movies": ["title"]}  # free text: made leaves it out, so every synthesizer does
 UNSEEN = "wine"  # scikit-learn's wine (ships with scikit-learn: no download)
 SYNTHS = ("made", "gaussian_copula", "ctgan", "tvae")
-TRAIN_ARGS = [
-    "--hidden",
-    "256,256",
-    "--masks",
-    "8",
-    "--order-agnostic",
-    "--connectivity-agnostic",
-    "--direct",
-    "--seed",
-    "0",
-    "--threads",
-    "1",
-    "--no-progress",
-]
+TRAIN_ARGS = [*TABLE_MODEL_ARGS, "--no-progress"]
 
 
 def read_csv(text_or_path: Any) -> Any:
