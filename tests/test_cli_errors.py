@@ -183,3 +183,52 @@ def test_serve_and_evaluate_say_the_store_is_missing_or_a_file(
         code, _, err = made(capsys, "evaluate", "--store", path, "--name", "tiny", "--dataset", str(data))
         assert_one_line(code, err, "evaluate", f"model store {path} {problem}")
         assert "no model named" not in err
+
+
+def usage(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """made(...) of a command line the parser refuses (it exits, status 2)."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_a_negative_or_huge_seed_and_negative_threads_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--seed -1 (or past 2**64) ended in a numpy traceback in made train, sample, split and
+    report; --threads -1 in torch's. Refused by the parser, before any file is written."""
+    data = write_npz(tmp_path / "d.npz", dims=6)
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\nx,1\ny,2\nx,3\ny,4\nx,5\n")
+    run = str(tmp_path / "run")
+    for seed in ("-1", str(2**64)):
+        for command, argv in {
+            "train": ["--dataset", str(data), "--out", run],
+            "sample": ["--store", str(SHIPPED), "--name", "diamonds", "--n", "2", "--out", "-"],
+            "split": [str(table)],
+            "schema": [str(table)],
+            "report": ["diamonds", str(table), "--store", str(SHIPPED), "--out", str(tmp_path / "r")],
+        }.items():
+            code, out, err = usage(capsys, command, *argv, "--seed", seed)
+            assert_one_line(code, err, command, f"argument --seed: expected an integer from 0 to {2**53 - 1}")
+            assert out == ""
+    code, _, err = usage(capsys, "train", "--dataset", str(data), "--out", run, "--threads", "-1")
+    assert_one_line(code, err, "train", "argument --threads: expected an integer of 0 or more, got '-1'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "t.csv"]
+
+
+def test_a_reader_that_closes_the_pipe_ends_made_sample_without_a_traceback(tmp_path: Path) -> None:
+    """`made sample --out - | head -2`: BrokenPipeError's traceback on stderr; now status 141
+    (128 + SIGPIPE, as `cat` ends) and nothing on stderr."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "made.cli", "sample", "--store", str(SHIPPED), "--name", "mushrooms"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "cwd": SHIPPED.parent}  # this tree's made
+    with subprocess.Popen([*argv, "--n", "200000", "--out", "-"], **pipes) as proc:  # type: ignore[call-overload]
+        assert proc.stdout.readline().startswith(b"x0,x1,")
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and err == "", err

@@ -88,6 +88,28 @@ def test_report_errors_are_one_line_with_exit_2(
     assert not (tmp_path / "r" / "index.html").exists()
 
 
+def test_report_takes_the_contracts_spelling(
+    held_out_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CONTRACT.md: `made report --store DIR --name M --dataset TEST.csv --output DIR` was refused
+    (MODEL and TEST_CSV were required positionals, --output unknown); it is the same report as
+    `made report M TEST.csv --out DIR`. A model or rows given twice, or not at all, is one line."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["--n", "50", "--seed", "1"]
+    code, one, err = made(capsys, "report", "diamonds", str(held_out_csv), "--store", str(SHIPPED), "--out",
+                          str(first), *common)  # fmt: skip
+    assert code == 0, err
+    code, other, err = made(capsys, "report", "--store", str(SHIPPED), "--name", "diamonds", "--dataset",
+                            str(held_out_csv), "--output", str(second), *common)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(one)["overall"] == json.loads(other)["overall"]
+    assert (first / "scores.json").read_bytes() == (second / "scores.json").read_bytes()
+    code, _, err = made(capsys, "report", "diamonds", str(held_out_csv), "--name", "diamonds", "--out", str(first))
+    assert code == 2 and err.count("\n") == 1 and "give the model and the test rows once" in err
+    code, _, err = made(capsys, "report", "--name", "diamonds", "--store", str(SHIPPED), "--out", str(first))
+    assert code == 2 and err.count("\n") == 1 and "needs a model and held-out rows" in err
+
+
 def test_report_refuses_a_level_the_model_does_not_have_as_score_does(
     held_out_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

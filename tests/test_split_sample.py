@@ -99,6 +99,33 @@ def test_train_on_one_table_splits_it_and_says_so(tmp_path: Path, capsys: pytest
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / name).read_bytes()
 
 
+def test_evaluate_on_the_one_table_made_train_split_scores_its_split_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """made train --dataset shop.csv trains on the shop_train.csv it writes; made evaluate with the
+    same --dataset scored the whole of shop.csv (its training rows among them) as "test", and
+    every --split the same rows. It now scores shop_test.csv (or the --split asked), and says so."""
+    from training.export import export_run
+
+    source = write_table(tmp_path / "shop.csv", n=120)
+    args = ["--hidden", "8", "--max-epochs", "1", "--no-progress", "--threads", "1"]
+    assert main(["train", "--dataset", str(source), *args, "--out", str(tmp_path / "run")]) == 0
+    export_run(tmp_path / "run", tmp_path / "store", "shop")
+    capsys.readouterr()
+    scored = {}
+    for dataset, split in ((source, "test"), (tmp_path / "shop_test.csv", "test"), (source, "valid")):
+        argv = ["evaluate", "--store", str(tmp_path / "store"), "--name", "shop", "--dataset", str(dataset)]
+        assert main([*argv, "--split", split]) == 0
+        out, err = capsys.readouterr()
+        scored[dataset.name, split] = json.loads(out.strip().splitlines()[-1])
+        if dataset == source:
+            assert f"shop.csv has split files beside it, as made train writes them: scoring its {split} split" in err
+    assert scored["shop.csv", "test"] == scored["shop_test.csv", "test"]
+    assert scored["shop.csv", "test"]["n"] == 12 and scored["shop.csv", "valid"]["n"] == 12
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert scored["shop.csv", "test"]["nll"] == pytest.approx(metrics["test_nll"], rel=1e-4)
+
+
 def test_one_csv_of_named_0_1_columns_splits_trains_as_bits_and_says_how_to_keep_the_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -128,6 +155,11 @@ def test_one_csv_of_named_0_1_columns_splits_trains_as_bits_and_says_how_to_keep
     columns = json.loads((tmp_path / "t" / "config.json").read_text())["model"]["columns"]
     assert [(c["name"], c["kind"]) for c in columns] == [(n, "binary") for n in ("smoker", "married", "has_kids")]
     assert not [line for line in capsys.readouterr().err.splitlines() if "only 0/1 cells" in line]
+    # survey_train.csv given as it is, with no survey.csv beside it: the advice names a file there is
+    source.unlink()
+    assert main(["train", "--dataset", str(tmp_path / "survey_train.csv"), *args, "--out", str(tmp_path / "u")]) == 0
+    note = next(line for line in capsys.readouterr().err.splitlines() if "only 0/1 cells" in line)
+    assert "`made schema survey_train.csv --out schema.json`" in note
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -171,6 +203,21 @@ def test_sample_of_a_model_of_bits_and_its_refusals(
     assert main([*args, "--given", "x1=2", "--out", str(tmp_path / "c.csv")]) == 2
     assert "x1" in last_line(capsys.readouterr().err)
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_sample_takes_output_as_the_contract_names_it_and_refuses_a_parquet_name(
+    tmp_path: Path, tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CONTRACT.md names `made sample ... --output FILE.csv` (refused: only --out was known); and
+    --out s.parquet wrote CSV text under a Parquet name, which no Parquet reader opens."""
+    args = ["sample", "--store", str(tiny_store), "--name", "tiny", "--n", "5"]
+    assert main([*args, "--output", str(tmp_path / "a.csv")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.csv")]) == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "s.parquet")]) == 2
+    assert "made sample writes CSV; name a .csv file" in last_line(capsys.readouterr().err)
+    assert not (tmp_path / "s.parquet").exists()
 
 
 def test_sample_takes_every_given_flag_and_refuses_a_column_given_twice(

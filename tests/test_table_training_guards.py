@@ -143,3 +143,25 @@ def test_absent_cells_are_scored_at_a_value_inside_the_bounds(tmp_path: Path) ->
     lo, hi, width = (rows.tensors[f"{group.key}.{k}"][:, 0] for k in ("lo", "hi", "width"))
     b_lo, b_hi, _ = group.bounds
     assert (width > 0).all() and (lo >= b_lo).all() and (hi <= b_hi).all()
+
+
+def test_image_shape_of_a_table_is_refused_by_train_and_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--image-shape 1,2 on a table of two columns was kept in config.json by made train and
+    dropped by made export (the manifest's image_shape stayed null), without a word: refused."""
+    from made.cli import main
+
+    path = _blanks_table(tmp_path)
+    args = [*made_train_args(path, tmp_path / "run", hidden=8, max_epochs=1, threads=1, no_progress=True)]
+    assert main([*args, "--image-shape", "1,2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "made train: error: --image-shape is for bit data (pixels); a model of a table's columns has no image"
+    )
+    assert not (tmp_path / "run").exists()
+    assert main(args) == 0
+    capsys.readouterr()
+    export = ["export", str(tmp_path / "run"), "--store", str(tmp_path / "store"), "--name", "t"]
+    assert main([*export, "--image-shape", "1,2"]) == 2
+    assert "--image-shape is for models of bits" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "t").exists()

@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from made.core.errors import CheckpointError, DataError, ModelStoreError
+from made.core.errors import CheckpointError, ConfigError, DataError, ModelStoreError
 from made.core.masks import MaskSet, make_mask_set, orderings_to_degrees
 from made.core.schema import Schema
 from made.io.data import check_image_shape, dataset_name, load_dataset
@@ -230,6 +230,8 @@ def export_run(
     check_run(run_dir, config, tensors)
     model_cfg = config["model"]
     if "columns" in model_cfg:
+        if image_shape is not None:  # was dropped without a word: the manifest's image_shape stayed null
+            raise ConfigError("--image-shape is for models of bits (pixels); this run is a model of a table's columns")
         return _export_table_run(config, tensors, metrics, store, name, version, weight_dtype)
     n_hidden = len(model_cfg["hidden"])
     degrees = tensors["input_degrees"]

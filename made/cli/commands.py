@@ -88,6 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not isinstance(data, TableDataset) and not args.schema and not args.groups:
         _note_headered_bits(Path(args.dataset))
     validate_architecture(data.dims, args.hidden, args.masks)
+    if isinstance(data, TableDataset) and args.image_shape:  # was kept in config.json, and dropped by export
+        raise ConfigError("--image-shape is for bit data (pixels); a model of a table's columns has no image")
     args.image_shape = check_image_shape(args.image_shape, data.dims) or data.image_shape
     schema = data.schema if isinstance(data, TableDataset) else None
     if schema is not None and args.rebinarize:
@@ -120,6 +122,8 @@ def _note_headered_bits(path: Path) -> None:
 
     if is_headered_bits(path):
         base = path.name.replace("_train", "") if "_train" in path.stem else path.name
+        if not (path.parent / base).is_file():  # h_train.csv given as it is: no h.csv to name
+            base = path.name
         print(
             f"made train: {path.name} holds only 0/1 cells: trained as a model of bits, its columns read by "
             f"position (their names are not kept); to model it as a table of named binary columns, "
@@ -207,7 +211,7 @@ def _export_reference(args: argparse.Namespace) -> int:
     settings = Settings()
     reference = version_reference(
         args.run_dir,
-        dataset_path(args.reference),
+        split_file_beside(dataset_path(args.reference), args.reference_split, "made export"),
         args.reference_split,
         requested_providers(settings.providers),
         settings.threads or None,
@@ -225,7 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_store_model(
         args.store,
         args.name,
-        args.dataset,
+        split_file_beside(args.dataset, args.split, "made evaluate"),
         args.split,
         args.masks,
         requested_providers(settings.providers),
@@ -233,6 +237,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result))
     return 0
+
+
+def split_file_beside(dataset: str, split: str, command: str) -> str:
+    """--dataset as given, or for one table file that `made train` (or `made split`) split into
+    NAME_train/_valid/_test.csv beside it, the file of `split`, said on stderr: `made train
+    --dataset shop.csv` trains on shop_train.csv, so the same --dataset scores shop_test.csv,
+    not the whole file (its training rows among them) under the name of the test split."""
+    from made.core.errors import DataError
+    from made.io.data import split_files
+    from made.io.split import split_paths
+
+    path = Path(dataset)
+    if not path.is_file() or split_files(path):
+        return dataset
+    try:
+        targets = split_paths(path)
+    except DataError:
+        return dataset
+    if not all(p.is_file() for p in targets.values()):
+        return dataset
+    print(
+        f"{command}: {path.name} has split files beside it, as made train writes them: scoring its {split} "
+        f"split, {targets[split].name}",
+        file=sys.stderr,
+    )
+    return str(targets[split])
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -328,6 +358,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n is {args.n}; draw at least one record")
+    if Path(args.out).suffix.lower() == ".parquet":  # it would be CSV text under a Parquet name
+        raise ConfigError(f"--out {args.out}: made sample writes CSV; name a .csv file (or - for stdout)")
     if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
         logging.getLogger("made.engine").setLevel(logging.WARNING)
     settings = Settings()

@@ -49,6 +49,33 @@ def _image_shape_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# the largest seed: the HTTP API's (service.core.fields.Seed), so a seed means the same draws there
+MAX_SEED = 2**53 - 1
+
+
+def _seed_arg(text: str) -> int:
+    """--seed: an integer from 0 to MAX_SEED (numpy and torch refused a negative one, and a huge
+    one, with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got '{text}'")
+    return value
+
+
+def _count_arg(text: str) -> int:
+    """A count of 0 or more (--threads: 0 picks the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got '{text}'")
+    return value
+
+
 def _masks_arg(text: str) -> str | int:
     if text == "all":
         return text
@@ -86,7 +113,7 @@ def _add_train(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     )
     t.add_argument("--masks", type=int, default=1, help="K, the fixed set of masks (1: plain MADE)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, config, log, curve")
-    t.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling: same seed, same run")
+    t.add_argument("--seed", type=_seed_arg, default=0, help="seeds weights, masks, shuffling: same seed, same run")
     t.add_argument(
         "--max-epochs",
         type=int,
@@ -98,7 +125,10 @@ def _add_train(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     _add_optimizer(t)
     _add_train_data(t)
     t.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: 1 for a table, torch's default for bit data)"
+        "--threads",
+        type=_count_arg,
+        default=0,
+        help="torch CPU threads (0: 1 for a table, torch's default for bit data)",
     )
     t.add_argument(
         "--no-progress",
@@ -313,7 +343,7 @@ def _add_split(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     p.add_argument("csv", metavar="CSV", help="a table: a CSV with a header row (or Parquet)")
     p.add_argument("--valid", type=float, default=0.1, help="share of the rows for the validation split")
     p.add_argument("--test", type=float, default=0.1, help="share of the rows for the test split")
-    p.add_argument("--seed", type=int, default=0, help="which rows go where: same seed, same split")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="which rows go where: same seed, same split")
     p.add_argument(
         "--out", metavar="DIR", default=None, help="folder of the split files, made if missing (default: beside CSV)"
     )
@@ -337,8 +367,15 @@ def _add_sample(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
         help="draw records that meet these values (sampled from the model's conditional); one flag with "
         "several pairs or several flags, each column once",
     )
-    p.add_argument("--seed", type=int, default=0, help="same seed, same records")
-    p.add_argument("--out", required=True, metavar="PATH", help="a .csv file (written atomically), or - for stdout")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="same seed, same records")
+    p.add_argument(
+        "--out",
+        "--output",  # the contract's name
+        dest="out",
+        required=True,
+        metavar="PATH",
+        help="a .csv file (written atomically), or - for stdout",
+    )
     p.add_argument("--no-escape-formulas", action="store_true", help=NO_ESCAPE_HELP)
     p.set_defaults(func=cmd_sample)
 
@@ -354,7 +391,7 @@ def _add_schema(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     p.add_argument("--drop-columns", metavar="A,B", default=None, help="columns to leave out (e.g. free text)")
     p.add_argument(
         "--seed",
-        type=int,
+        type=_seed_arg,
         default=0,
         help="one file without split files beside it: infer from the training rows of made train --seed's split",
     )

@@ -14,7 +14,8 @@ from made.core.errors import ConfigError
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from made.cli.parser import _DefaultsFormatter  # the other commands' help: no "(default: None)"
+    # the other commands' help (no "(default: None)") and --seed
+    from made.cli.parser import _DefaultsFormatter, _seed_arg
 
     p = sub.add_parser(
         "report",
@@ -24,13 +25,26 @@ def add_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "model",
         metavar="MODEL",
+        nargs="?",
         help="a model: its name in --store, STORE/NAME (its highest version) or STORE/NAME/VERSION",
     )
-    p.add_argument("test_csv", metavar="TEST_CSV", help="held-out rows with the model's columns (CSV or Parquet)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder of index.html, its PNGs and scores.json")
+    p.add_argument(
+        "test_csv", metavar="TEST_CSV", nargs="?", help="held-out rows with the model's columns (CSV or Parquet)"
+    )
+    # the contract's spelling: made report --store DIR --name M --dataset TEST.csv --output DIR
+    p.add_argument("--name", default=None, help="MODEL as a name in --store")
+    p.add_argument("--dataset", default=None, metavar="TEST_CSV", help="TEST_CSV as an option")
+    p.add_argument(
+        "--out",
+        "--output",  # the contract's name
+        dest="out",
+        required=True,
+        metavar="DIR",
+        help="folder of index.html, its PNGs and scores.json",
+    )
     p.add_argument("--store", default="model_store", help="model store of a MODEL given by name")
     p.add_argument("--n", type=int, default=5000, help="how many rows to sample")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="same seed, same samples")
     p.set_defaults(func=cmd_report)
 
 
@@ -53,6 +67,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
         logging.getLogger("made.engine").setLevel(logging.WARNING)
+    given = [v for v in (args.model, args.test_csv) if v is not None]
+    if args.name is not None or args.dataset is not None:  # --name M --dataset TEST.csv for MODEL TEST_CSV
+        if len(given) > int(args.name is None) + int(args.dataset is None):
+            raise ConfigError("give the model and the test rows once: MODEL TEST_CSV, or --name and --dataset")
+        args.model = args.name if args.name is not None else given.pop(0) if given else None
+        args.test_csv = args.dataset if args.dataset is not None else given.pop(0) if given else None
+    if args.model is None or args.test_csv is None:
+        raise ConfigError("made report needs a model and held-out rows: MODEL TEST_CSV (or --name and --dataset)")
     if not Path(args.test_csv).is_file():
         raise ConfigError(f"TEST_CSV {args.test_csv} is not a file")
     store, name, version = model_location(args.model, args.store)
