@@ -684,3 +684,32 @@ def test_a_float32_parquet_column_is_written_to_csv_as_float32_writes_it(diamond
     table = _read_csv(tmp_path / "out.csv")
     carat = table[0].index("carat")
     assert [r[carat] for r in table[1:]] == [r[carat] for r in rows]  # 0.3, not 0.30000001192092896
+
+
+@pytest.mark.parametrize("impossible", ["error", "inf"])
+def test_a_number_recorded_as_absent_scores_as_the_engine_scores_it(
+    table_store: Path, tmp_path: Path, impossible: str
+) -> None:
+    """A nullable number's NA cell is a value the model scores (ABSENT, +inf in the encoding), not
+    a cell the model gives no probability (--impossible inf's code): made score gives the row the
+    engine's log p, as POST /logprob does, with or without --impossible inf, to CSV or Parquet."""
+    text = "kind,size,score,budget\nx,2.5,1.0,NA\ny,3.1,11.0,\nz,4.2,20.5,4100\nx,2.5,1.0,?\n"
+    path = tmp_path / "in.csv"
+    path.write_text(text)
+    engine = TableEngine(open_model(table_store, "mixed"), threads=1)
+    values, _, _ = parse_csv(engine.schema, text)
+    exact = ~np.isnan(values).any(axis=1)
+    want = engine.logprob(values[exact]).logprob
+    for out in (tmp_path / "out.csv", tmp_path / "out.parquet"):
+        result = score_file(table_store, "mixed", path, out, progress=False, impossible=impossible)
+        table = pq.read_table(out) if out.suffix == ".parquet" else None
+        got = table.column("logprob").to_numpy() if table is not None else _scores(out)
+        np.testing.assert_array_equal(got[:3], want)
+        assert np.isfinite(got).all()
+        if impossible == "inf":
+            assert result.impossible_rows == 0
+
+
+def _scores(path: Path) -> np.ndarray:
+    with path.open() as f:
+        return np.array([float(r["logprob"]) for r in csv.DictReader(f)])

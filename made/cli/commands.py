@@ -354,6 +354,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from service.engine.registry import build_engine
     from service.engine.runtime import requested_providers
     from service.engine.table_impute import ImpossibleEvidence
+    from service.engine.table_smc import given_importance
     from service.settings import Settings
 
     if args.n < 1:
@@ -379,7 +380,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 values = engine.sample(n, seed)
             else:
                 try:
-                    result = engine.impute(row[None, :], n_samples=n, seed=seed, n_importance=max(n, 1000))
+                    # the particles /sample spends on `given` (given_importance): the same records for
+                    # the same seed as POST /sample {"given": ..., "seed": ...} up to SAMPLE_CHUNK
+                    result = engine.impute(row[None, :], n_samples=n, seed=seed, n_importance=given_importance(n))
                 except ImpossibleEvidence as exc:
                     raise ConfigError(f"--given: {exc.reason()}") from None
                 values = result.samples[0]

@@ -198,7 +198,9 @@ def table_cell(col: Column, cell: str, where: str) -> float:
     return col.encode_cell(text, where)
 
 
-IMPOSSIBLE = math.inf  # encode_column's code for a cell the model gives no probability, where asked
+# encode_column's code for a cell the model gives no probability, where asked: -inf, since +inf is
+# ABSENT (made.core.schema: a numeric cell recorded as NA, modelled as data) and NaN is unknown
+IMPOSSIBLE = -math.inf
 
 
 def encode_column(
@@ -210,7 +212,7 @@ def encode_column(
     """table_cell of each cell of one column, (N,) float64; levels are looked up in a dict first
     (the cells of a large file are mostly levels). A cell the model gives no probability (outside
     the bounds, not a level, absent where the column never is) raises its ImpossibleValue, or,
-    given `impossible`, is told to it and coded IMPOSSIBLE (inf; no cell's code is otherwise)."""
+    given `impossible`, is told to it and coded IMPOSSIBLE (-inf; no cell's code is otherwise)."""
     codes: dict[str, float] = {}
     if col.kind != "numeric":
         codes = {level: float(i) for i, level in enumerate(col.levels)}

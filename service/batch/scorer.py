@@ -28,7 +28,7 @@ import numpy as np
 from made.core.errors import ConfigError, DataError, ImpossibleValue
 from made.core.masks import exact_orders
 from made.core.schema import Schema
-from made.io.csv import MISSING_MARKERS, encode_column
+from made.io.csv import IMPOSSIBLE, MISSING_MARKERS, encode_column
 from made.store.versions import StoredModel
 from service.batch.inputs import Block
 from service.engine.engine import Engine
@@ -117,10 +117,12 @@ class Scorer:
         estimate are scored in one call; the others seeded by their values, a table model's in one
         call, a bit model's each alone."""
         n = len(x)
-        # rows holding a cell coded IMPOSSIBLE (--impossible inf): p = 0, log p -inf, not scored
-        impossible = np.isinf(x).any(axis=1)
+        # rows holding a cell coded IMPOSSIBLE (--impossible inf): p = 0, log p -inf, not scored;
+        # +inf is a number recorded as absent (ABSENT), which the model scores as data
+        cells = x == IMPOSSIBLE
+        impossible = cells.any(axis=1)
         if impossible.any():
-            x = np.where(np.isinf(x), np.nan, x)
+            x = np.where(cells, np.nan, x)
         unknown = np.isnan(x)
         if isinstance(self.engine, Engine):
             exact = self.engine.exact_rows(~unknown)
@@ -235,7 +237,7 @@ def _numbers_as_read(values: np.ndarray, cells: list[str]) -> np.ndarray:
     """A numeric column's values for a typed output: as encoded, except a cell coded IMPOSSIBLE
     (a number outside the bounds, scored -inf), which keeps its own number (null if it is none)."""
     out = values.copy()
-    for i in np.flatnonzero(np.isinf(values)):
+    for i in np.flatnonzero(values == IMPOSSIBLE):
         try:
             out[i] = float(cells[i])
         except ValueError:
