@@ -713,3 +713,23 @@ def test_a_number_recorded_as_absent_scores_as_the_engine_scores_it(
 def _scores(path: Path) -> np.ndarray:
     with path.open() as f:
         return np.array([float(r["logprob"]) for r in csv.DictReader(f)])
+
+
+def test_a_scored_parquet_keeps_each_cells_number_and_meaning(table_store: Path, tmp_path: Path) -> None:
+    """CSV in, Parquet out: a number comes back as the file writes it (2.5149, not the 2.51 the
+    model reads at its resolution), and a nullable number's cells stay text, so that an unknown
+    `?` reads back unknown and NA absent (as nulls both read back absent); scored again, the
+    Parquet gives the CSV's scores."""
+    text = "kind,size,score,budget\nx,2.5149,1.0,NA\ny,3.1,11.04,?\nz,4.2,20.5,4100\nx,?,1.0,\n"
+    path = tmp_path / "in.csv"
+    path.write_text(text)
+    score_file(table_store, "mixed", path, tmp_path / "out.csv", progress=False)
+    score_file(table_store, "mixed", path, tmp_path / "out.parquet", progress=False)
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("size").to_pylist() == [2.5149, 3.1, 4.2, None]
+    assert table.column("score").to_pylist() == [1.0, 11.04, 20.5, 1.0]
+    assert table.schema.field("budget").type == pa.string()
+    assert table.column("budget").to_pylist() == ["NA", "?", "4100", ""]
+    pq.write_table(table.drop_columns(["logprob"]), tmp_path / "typed.parquet")
+    score_file(table_store, "mixed", tmp_path / "typed.parquet", tmp_path / "again.csv", progress=False)
+    np.testing.assert_array_equal(_scores(tmp_path / "again.csv"), _scores(tmp_path / "out.csv"))

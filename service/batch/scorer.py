@@ -161,8 +161,10 @@ class Scorer:
     def to_arrow(self, block: Block, scores: dict[str, np.ndarray], x: np.ndarray, out_kind: str) -> Any:
         """The output rows as an Arrow table: the input's columns as they are, then the scores. A
         CSV's cells stay text, except in a Parquet output, which gets types where the model gives
-        them: a bit model's 0/1 as uint8, a table model's numeric columns as float64 (missing or
-        absent cells null, which read back as they were read); other columns are strings."""
+        them: a bit model's 0/1 as uint8 (missing null), a table model's numeric columns that are
+        never absent as float64, each cell's number as the file writes it (unknown cells null,
+        which read back unknown); other columns, nullable numeric ones among them (where null
+        would read back as absent, not as a `?`), are strings."""
         import pyarrow as pa
 
         if block.rows is not None or (block.text and out_kind == "parquet"):
@@ -174,10 +176,12 @@ class Scorer:
             else:
                 arrays = [pa.array(block.column_text(j), type=pa.string()) for j in range(len(block.names))]
                 if out_kind == "parquet" and self.schema is not None:
-                    for k, (col, src) in enumerate(zip(self.schema.columns, self.sources, strict=True)):
-                        if src is not None and col.kind == "numeric":
-                            values = _numbers_as_read(x[:, k], block.column_text(src))
-                            arrays[src] = pa.array(values, type=pa.float64(), mask=~np.isfinite(values))
+                    for col, src in zip(self.schema.columns, self.sources, strict=True):
+                        # a nullable column stays text: null would read back as absent, and a `?`
+                        # (unknown) cell of it must stay unknown
+                        if src is not None and col.kind == "numeric" and not col.nullable:
+                            values = _numbers_as_written(block.column_text(src))
+                            arrays[src] = pa.array(values, type=pa.float64(), mask=np.isnan(values))
             table = pa.Table.from_arrays(arrays, names=block.names)
         else:
             table = block.table if isinstance(block.table, pa.Table) else pa.Table.from_batches([block.table])
@@ -233,13 +237,14 @@ def lacking_columns(model: StoredModel, names: list[str]) -> str | None:
     return text
 
 
-def _numbers_as_read(values: np.ndarray, cells: list[str]) -> np.ndarray:
-    """A numeric column's values for a typed output: as encoded, except a cell coded IMPOSSIBLE
-    (a number outside the bounds, scored -inf), which keeps its own number (null if it is none)."""
-    out = values.copy()
-    for i in np.flatnonzero(values == IMPOSSIBLE):
+def _numbers_as_written(cells: list[str]) -> np.ndarray:
+    """A numeric column's cells for a typed output: each cell's own number, as the file holds it
+    (0.7149, not the 0.71 the model reads at its resolution; one outside the bounds too), NaN
+    (null) for a cell that holds none (unknown)."""
+    out = np.empty(len(cells))
+    for i, cell in enumerate(cells):
         try:
-            out[i] = float(cells[i])
+            out[i] = float(cell)
         except ValueError:
             out[i] = np.nan
     return out
