@@ -118,3 +118,19 @@ async def test_records_as_data_frames(made: InProcessClient) -> None:
     assert filled.loc[7, "size"] == 2.5 and np.isnan(filled.loc[7, "budget"]) and filled.loc[9, "budget"] == 2000
     plain = await made.impute_records(given, model="mixed", seed=1)
     assert plain.records is not None and plain.records[1]["score"] == filled.loc[9, "score"]
+
+
+async def test_records_holding_pandas_na_or_numpy_nan_mean_unknown(made: InProcessClient) -> None:
+    """A list of dicts built from a pandas frame of nullable dtypes holds pd.NA (or numpy's NaN):
+    building the request raised TypeError / ValueError, where a float NaN was sent as null."""
+    plain = await made.logprob_records([{"kind": "x", "size": None, "score": 3.0}], model="mixed", seed=4)
+    for missing in (pd.NA, np.float32("nan"), np.float64("nan"), float("nan")):
+        got = await made.logprob_records([{"kind": "x", "size": missing, "score": 3.0}], model="mixed", seed=4)
+        assert got.logprob == plain.logprob, missing
+    typed = await made.logprob_records(
+        [{"kind": "x", "size": np.float32(2.5), "score": np.int64(3)}], model="mixed", seed=4
+    )
+    assert (
+        typed.logprob
+        == (await made.logprob_records([{"kind": "x", "size": 2.5, "score": 3}], model="mixed", seed=4)).logprob
+    )

@@ -248,12 +248,25 @@ def _records_call(path: str, parse: type[M], options: dict[str, Any], records: R
     """A request of records: plain records as JSON (a key left out or None unknown, "NA" or ""
     absent), a DataFrame as a CSV body with the options in the query string."""
     if not is_frame(records):
-        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in dict(r).items()} for r in records]
+        rows = [{k: _record_value(v) for k, v in dict(r).items()} for r in records]
         return Call("POST", path, parsed(parse), {**options, "records": rows})
     params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items() if v is not None}
     return Call(
         "POST", path, parsed(parse), None, {"Content-Type": "text/csv"}, content=_frame_csv(records), params=params
     )
+
+
+def _record_value(v: Any) -> Any:
+    """A record's value as JSON carries it: a numpy scalar as Python's; NaN (a float's or numpy's)
+    and pandas' NA and NaT as None, unknown, as a plain NaN already was (they raised building the
+    request)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    if type(v).__name__ in ("NAType", "NaTType"):  # pandas.NA, pandas.NaT (pandas not imported)
+        return None
+    return v
 
 
 def logprob_records(
