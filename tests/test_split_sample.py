@@ -354,4 +354,18 @@ def test_sample_given_draws_the_records_post_sample_gives_for_the_seed(
         assert main([*argv, "--out", str(out)]) == 0
         want = anyio.run(served, store, {"model": name, "n": 12, "seed": 5, "given": given})
         assert read_csv(out)[1] == want
+        # the contract's form, --given JSON, the request's own object: the same records
+        argv[-len(flags) :] = [json.dumps(given)]
+        assert main([*argv, "--output", str(tmp_path / "json.csv")]) == 0
+        assert read_csv(tmp_path / "json.csv")[1] == want
+    base = ["sample", "--store", str(table_store), "--name", "mixed", "--n", "2", "--out", "-", "--given"]
+    for given, error in (
+        ('{"kind": null}', "--given kind is null; leave it out"),
+        ('{"kind": "q"}', "--given kind: 'q' is not a level of this column"),
+        ('{"kind": "z"', "is not JSON: Expecting ',' delimiter"),
+        ('{"kind": "z"}', "--given names kind twice"),
+    ):
+        extra = ["kind=z"] if given == '{"kind": "z"}' else []
+        assert main([*base, given, *extra]) == 2
+        assert error in last_line(capsys.readouterr().err)
     capsys.readouterr()

@@ -302,8 +302,9 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def _given_row(schema: Schema, given: list[str]) -> object:
     """--given COLUMN=VALUE ... (one flag or several) -> one row of encoded cells (NaN where not
-    given), each value read as a CSV cell of its column is (made.io.csv.table_cell); a column
-    given twice is refused, not decided by the last one."""
+    given), each value read as a CSV cell of its column is (made.io.csv.table_cell); or --given
+    JSON, an object of {column: value} as POST /sample's `given` reads it (numbers as numbers,
+    "NA" absent). A column given twice is refused, not decided by the last one."""
     import numpy as np
 
     from made.core.errors import DataError
@@ -311,21 +312,43 @@ def _given_row(schema: Schema, given: list[str]) -> object:
 
     row = np.full(len(schema), np.nan)
     seen: dict[str, str] = {}
-    for item in given:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in schema.names:
+
+    def column(name: str, item: str) -> int:
+        if name not in schema.names:
             raise DataError(
                 f"--given {item!r} is not COLUMN=VALUE of a column of the model ({', '.join(schema.names)})"
             )
         if name in seen:
             raise DataError(f"--given names {name} twice ({seen[name]!r} and {item!r}); give each column once")
         seen[name] = item
-        j = schema.names.index(name)
-        row[j] = table_cell(schema.columns[j], value, f"--given {name}")
+        return schema.names.index(name)
+
+    for item in given:
+        if item.lstrip().startswith("{"):
+            for name, value in _given_json(item).items():
+                j = column(name, f"{name}={json.dumps(value)}")
+                if value is None:
+                    raise DataError(f"--given {name} is null; leave it out to leave the column free")
+                row[j] = schema.columns[j].encode_cell(value, "", label=f"--given {name}")
+            continue
+        name, sep, value = item.partition("=")
+        j = column(name.strip() if sep else "", item)
+        row[j] = table_cell(schema.columns[j], value, f"--given {name.strip()}")
         if np.isnan(row[j]):
-            raise DataError(f"--given {name} has no value; leave it out to leave the column free")
+            raise DataError(f"--given {name.strip()} has no value; leave it out to leave the column free")
     return row
+
+
+def _given_json(text: str) -> dict[str, object]:
+    from made.core.errors import DataError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--given {text!r} is not JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"--given {text!r}: expected a JSON object of {{column: value}}")
+    return value
 
 
 # `made sample` draws and writes this many records at a time: memory stays bounded whatever --n

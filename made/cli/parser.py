@@ -365,7 +365,8 @@ def _add_sample(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
         metavar="COLUMN=VALUE",
         default=None,
         help="draw records that meet these values (sampled from the model's conditional); one flag with "
-        "several pairs or several flags, each column once",
+        'several pairs or several flags, each column once; or one JSON object, {"cut": "Ideal"}, as '
+        "POST /sample's given",
     )
     p.add_argument("--seed", type=_seed_arg, default=0, help="same seed, same records")
     p.add_argument(
