@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,9 +158,16 @@ class Settings(BaseSettings):
     @classmethod
     def _sendable_key(cls, value: SecretStr | None) -> SecretStr | None:
         """A key a client can send: printable ASCII, as an HTTP header carries it (a key with an
-        accented letter could never match, and browsers refuse to send it at all)."""
-        if value is not None and any(not " " < c <= "~" for c in value.get_secret_value()):
-            raise ValueError("must be printable ASCII without spaces, as an Authorization header carries it")
+        accented letter could never match, and browsers refuse to send it at all). A space inside
+        the key is sendable and matched (`Bearer two words`, service.http.auth), as it always was;
+        one at either end never matched (the header's value is stripped), so it is refused."""
+        if value is None:
+            return value
+        key = value.get_secret_value()
+        if any(not " " <= c <= "~" for c in key) or key != key.strip():
+            raise ValueError(
+                "must be printable ASCII with no space at either end, as an Authorization header carries it"
+            )
         return value
 
     @field_validator("log_level")
@@ -206,6 +214,12 @@ _OTHER_VARIABLES = {
 }
 
 
+# The value of a Kubernetes service link (or a Docker link) {SERVICE}_PORT / _PORT_<n>_TCP: a
+# Service named made-ui or made-db in the namespace sets MADE_UI_PORT=tcp://10.0.0.7:80, a name
+# close to MADE_PORT that is no typo.
+_SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://", re.IGNORECASE)
+
+
 def _misspelt_variable(environ: Mapping[str, str]) -> str | None:
     """A MADE_* variable that is no setting but close to one (MADE_MAX_ROW for MADE_MAX_ROWS) is
     a typo that would otherwise leave its setting at the default without a word. Other unknown
@@ -215,6 +229,8 @@ def _misspelt_variable(environ: Mapping[str, str]) -> str | None:
     for variable in sorted(environ):
         name = variable.upper()
         if not name.startswith("MADE_") or name in settings or name in _OTHER_VARIABLES:
+            continue
+        if _SERVICE_LINK.match(environ[variable]):  # a Service `made-ui`'s MADE_UI_PORT=tcp://...
             continue
         close = difflib.get_close_matches(name, settings, n=1, cutoff=0.85)
         if close:

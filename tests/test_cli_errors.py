@@ -213,9 +213,31 @@ def test_a_negative_or_huge_seed_and_negative_threads_are_one_line(
             code, out, err = usage(capsys, command, *argv, "--seed", seed)
             assert_one_line(code, err, command, f"argument --seed: expected an integer from 0 to {2**53 - 1}")
             assert out == ""
-    code, _, err = usage(capsys, "train", "--dataset", str(data), "--out", run, "--threads", "-1")
-    assert_one_line(code, err, "train", "argument --threads: expected an integer of 0 or more, got '-1'")
+    for threads in ("-1", str(2**31)):  # 2**31: torch.set_num_threads' ValueError traceback
+        code, _, err = usage(capsys, "train", "--dataset", str(data), "--out", run, "--threads", threads)
+        assert_one_line(code, err, "train", f"argument --threads: expected an integer from 0 to 1024, got '{threads}'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "t.csv"]
+
+
+def test_a_bad_setting_in_the_environment_is_one_line_for_every_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """made sample, evaluate and export --reference read Settings (MADE_PROVIDERS, MADE_THREADS):
+    an unknown provider, or a key no header can carry, was pydantic's traceback (the key's value
+    in it); now one line naming the variable, exit 2, the key not repeated."""
+    sample = ["sample", "--store", str(SHIPPED), "--name", "diamonds", "--n", "2", "--out", "-"]
+    evaluate = ["evaluate", "--store", str(SHIPPED), "--name", "diamonds", "--dataset", str(SHIPPED / "x.csv")]
+    for variable, value, expected in (
+        ("MADE_PROVIDERS", "gpu", "MADE_PROVIDERS: unknown provider 'gpu'"),
+        ("MADE_API_KEY", "s\u00e9cret-key", "MADE_API_KEY: must be printable ASCII"),
+    ):
+        monkeypatch.setenv(variable, value)
+        for argv in (sample, evaluate):
+            assert main(argv) == 2
+            out, err = capsys.readouterr()
+            assert_one_line(2, err, argv[0], expected)
+            assert "cret-key" not in err and out == ""
+        monkeypatch.delenv(variable)
 
 
 def test_a_reader_that_closes_the_pipe_ends_made_sample_without_a_traceback(tmp_path: Path) -> None:

@@ -140,13 +140,36 @@ def test_a_key_a_client_cannot_send_is_refused_without_repeating_it(monkeypatch:
     # An Authorization header carries ASCII: 'sécret' could never match, and the playground's
     # fetch refuses to send it at all. The error names the variable, never the key.
     for variable in ("MADE_API_KEY", "MADE_ADMIN_KEY"):
-        for key in ("sécret-1", "two words", "tab\tkey"):
+        for key in ("sécret-1", "tab\tkey", " padded", "padded "):
             monkeypatch.setenv(variable, key)
             with pytest.raises(ConfigError) as info:
                 load_settings()
             assert str(info.value) == (
-                f"{variable}: must be printable ASCII without spaces, as an Authorization header carries it"
+                f"{variable}: must be printable ASCII with no space at either end, as an Authorization "
+                "header carries it"
             )
         monkeypatch.setenv(variable, "Ok-key_1.2~")
         assert load_settings() is not None
         monkeypatch.delenv(variable)
+
+
+def test_a_key_with_a_space_inside_is_still_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key with a space inside ('correct horse battery') was always sent and matched (the header's
+    value after `Bearer `); a deployment that has one keeps starting."""
+    from service.http.auth import carries_key
+
+    monkeypatch.setenv("MADE_API_KEY", "correct horse battery")
+    key = load_settings().api_key
+    assert key is not None and carries_key("Bearer correct horse battery", key)
+    assert not carries_key("Bearer correct", key)
+
+
+def test_a_service_link_of_another_service_is_not_a_misspelt_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Service named made-ui (or made-db) in the namespace sets MADE_UI_PORT=tcp://...: close to
+    # MADE_PORT by name, but no typo; it stopped made serve.
+    for name in ("MADE_UI_PORT", "MADE_DB_PORT"):
+        monkeypatch.setenv(name, "tcp://10.96.0.12:80")
+    assert load_settings().port == 8000
+    monkeypatch.setenv("MADE_DB_PORT", "5432")  # not a link's value: still named
+    with pytest.raises(ConfigError, match="^MADE_DB_PORT is not a setting; did you mean MADE_PORT"):
+        load_settings()

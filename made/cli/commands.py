@@ -204,11 +204,11 @@ def _export_reference(args: argparse.Namespace) -> int:
     from made.store.versions import add_reference
     from service.engine.evaluate import version_reference
     from service.engine.runtime import requested_providers
-    from service.settings import Settings
+    from service.settings import load_settings
 
     if not args.run_dir or args.store or args.name:
         raise ConfigError("made export --reference DATASET takes one version directory, STORE/NAME/VERSION")
-    settings = Settings()
+    settings = load_settings()
     reference = version_reference(
         args.run_dir,
         split_file_beside(dataset_path(args.reference), args.reference_split, "made export"),
@@ -223,9 +223,9 @@ def _export_reference(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from service.engine.evaluate import evaluate_store_model
     from service.engine.runtime import requested_providers
-    from service.settings import Settings
+    from service.settings import load_settings
 
-    settings = Settings()  # MADE_PROVIDERS and MADE_THREADS, as for `made serve`
+    settings = load_settings()  # MADE_PROVIDERS and MADE_THREADS, as for `made serve` (a bad one: one line)
     result = evaluate_store_model(
         args.store,
         args.name,
@@ -325,7 +325,7 @@ def _given_row(schema: Schema, given: list[str]) -> object:
 
     for item in given:
         if item.lstrip().startswith("{"):
-            for name, value in _given_json(item).items():
+            for name, value in _given_json(item):
                 j = column(name, f"{name}={json.dumps(value)}")
                 if value is None:
                     raise DataError(f"--given {name} is null; leave it out to leave the column free")
@@ -339,16 +339,22 @@ def _given_row(schema: Schema, given: list[str]) -> object:
     return row
 
 
-def _given_json(text: str) -> dict[str, object]:
+class _Pairs(list):  # type: ignore[type-arg]
+    """A JSON object of --given as json.loads read it: its (key, value) pairs in order, a key
+    named twice kept twice (POST /sample refuses it; a dict would keep the last silently)."""
+
+
+def _given_json(text: str) -> list[tuple[str, object]]:
     from made.core.errors import DataError
 
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_Pairs)
     except json.JSONDecodeError as exc:
         raise DataError(f"--given {text!r} is not JSON: {exc.msg} at character {exc.pos}") from None
-    if not isinstance(value, dict):
+    if not isinstance(value, _Pairs):
         raise DataError(f"--given {text!r}: expected a JSON object of {{column: value}}")
-    return value
+    # a nested object is a value no column takes: as a dict, for its error message
+    return [(k, dict(v) if isinstance(v, _Pairs) else v) for k, v in value]
 
 
 # `made sample` draws and writes this many records at a time: memory stays bounded whatever --n
@@ -378,7 +384,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from service.engine.runtime import requested_providers
     from service.engine.table_impute import ImpossibleEvidence
     from service.engine.table_smc import given_importance
-    from service.settings import Settings
+    from service.settings import load_settings
 
     if args.n < 1:
         raise ConfigError(f"--n is {args.n}; draw at least one record")
@@ -386,7 +392,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: made sample writes CSV; name a .csv file (or - for stdout)")
     if not args.verbose:  # the engine's "loaded model" line is noise here; errors stay one line
         logging.getLogger("made.engine").setLevel(logging.WARNING)
-    settings = Settings()
+    settings = load_settings()
     engine = build_engine(
         open_model(Path(args.store), args.name, args.version),
         requested_providers(settings.providers),

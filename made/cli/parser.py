@@ -65,14 +65,18 @@ def _seed_arg(text: str) -> int:
     return value
 
 
+# the most threads a command takes: torch.set_num_threads refused 2**31 with a traceback
+MAX_THREADS = 1024
+
+
 def _count_arg(text: str) -> int:
-    """A count of 0 or more (--threads: 0 picks the default)."""
+    """A count of threads from 0 (the default) to MAX_THREADS."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got '{text}'")
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_THREADS}, got '{text}'")
     return value
 
 
@@ -326,8 +330,9 @@ def _add_score(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
         choices=["error", "inf"],
         default="error",
         help="table models: a cell the model gives no probability (a number outside its column's bounds, "
-        "a level it does not have, absent where the column never is): 'error' stops at the first, naming "
-        "it; 'inf' scores its row logprob -inf and goes on (for anomaly scoring), counting such rows",
+        "a level it does not have; an empty or NA cell of a column never absent is unknown, summed out): "
+        "'error' stops at the first, naming it; 'inf' scores its row logprob -inf and goes on (for anomaly "
+        "scoring), counting such rows",
     )
     c.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     c.add_argument("--no-escape-formulas", action="store_true", help=NO_ESCAPE_HELP)

@@ -211,7 +211,8 @@ def encode_column(
 ) -> np.ndarray:
     """table_cell of each cell of one column, (N,) float64; levels are looked up in a dict first
     (the cells of a large file are mostly levels). A cell the model gives no probability (outside
-    the bounds, not a level, absent where the column never is) raises its ImpossibleValue, or,
+    the bounds, not a level; an empty or NA cell of a column never absent is unknown, not
+    impossible, table_cell) raises its ImpossibleValue, or,
     given `impossible`, is told to it and coded IMPOSSIBLE (-inf; no cell's code is otherwise)."""
     codes: dict[str, float] = {}
     if col.kind != "numeric":

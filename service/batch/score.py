@@ -54,10 +54,10 @@ def score_file(
     text cells of a CSV output that a spreadsheet would run as formulas get a leading '. warn:
     told what is scored but may not be what was meant (a table model's columns the input lacks;
     rows scored -inf). impossible: "error" stops at the first cell a table model gives no
-    probability (outside its column's bounds, not a level, absent where the column never is),
-    naming it; "inf" scores its row -inf (p = 0) and goes on, and warn is told how many rows and
-    the first such cell. Everything that can be checked before scoring (the files, the columns) is
-    checked first."""
+    probability (outside its column's bounds, not a level; an empty or NA cell of a column never
+    absent is unknown, table_cell), naming it; "inf" scores its row -inf (p = 0) and goes on,
+    and warn is told how many rows and the first such cell. Everything that can be checked before
+    scoring (the files, the columns) is checked first."""
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
