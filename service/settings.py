@@ -107,14 +107,16 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = 1
     # Threads running engine calls, and onnxruntime's intra-op threads per session of a model of
     # bits (a table model's runs on one: service.engine.registry); 0: automatic.
-    threads: Annotated[int, Field(ge=0)] = 0
+    # At most MAX_THREADS (made.cli.parser's bound too): 100000 left the server unready after 30 s,
+    # holding 2 GB and growing.
+    threads: Annotated[int, Field(ge=0, le=1024)] = 0
     # Threads numpy's BLAS may use for one matrix product (the sampler's and the particle
     # filters' steps), set for the whole process when the app is built; 0: the library's own
     # default, a thread per core. The service runs `threads` engine calls at once, so 1 keeps
     # concurrent calls from oversubscribing the cores: two concurrent bit imputations took 8.8 s
     # with OpenBLAS's 2 threads against 4.8 s with 1, on 2 cores, where one alone took 3.6 s
     # against 4.0 s (bench/blas_threads.py, docs/performance.md).
-    blas_threads: Annotated[int, Field(ge=0)] = 1
+    blas_threads: Annotated[int, Field(ge=0, le=1024)] = 1
     # Where `made serve` listens (its --host and --port win); 0.0.0.0 to be reached from elsewhere.
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000

@@ -173,3 +173,14 @@ def test_a_service_link_of_another_service_is_not_a_misspelt_setting(monkeypatch
     monkeypatch.setenv("MADE_DB_PORT", "5432")  # not a link's value: still named
     with pytest.raises(ConfigError, match="^MADE_DB_PORT is not a setting; did you mean MADE_PORT"):
         load_settings()
+
+
+def test_thread_counts_have_a_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    # MADE_THREADS=100000 started a server that was not ready after 30 s, holding 2 GB and growing
+    for variable in ("MADE_THREADS", "MADE_BLAS_THREADS"):
+        monkeypatch.setenv(variable, "100000")
+        with pytest.raises(ConfigError, match=rf"^{variable}: Input should be less than or equal to 1024"):
+            load_settings()
+        monkeypatch.setenv(variable, "1024")
+        assert load_settings() is not None
+        monkeypatch.delenv(variable)
