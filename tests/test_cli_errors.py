@@ -254,3 +254,33 @@ def test_a_reader_that_closes_the_pipe_ends_made_sample_without_a_traceback(tmp_
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and err == "", err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--dataset", "x.npz", "--out", "r", "--max-epochs", "0"],
+            "argument --max-epochs: expected an integer of 1 or more",
+        ),
+        (
+            ["train", "--dataset", "x.npz", "--out", "r", "--patience", "-3"],
+            "argument --patience: expected an integer of 1 or more",
+        ),
+        (
+            ["serve", "--port", "127.0.0.1:"],
+            "argument --port: expected a port number from 1 to 65535, got '127.0.0.1:'",
+        ),
+        (["serve", "--port", "70000"], "argument --port: expected a port number from 1 to 65535"),
+    ],
+)
+def test_epochs_patience_and_port_out_of_range_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --max-epochs 0 and --patience 0 silently meant "the default" (9,966 epochs on 2 rows); a
+    # compose MADE_PORT of HOST:PORT reached `make serve` as argparse's "invalid int value"
+    with pytest.raises(SystemExit) as info:  # argparse's own exit
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

@@ -65,6 +65,32 @@ def _seed_arg(text: str) -> int:
     return value
 
 
+def _positive_arg(text: str) -> int:
+    """--max-epochs, --patience: 1 or more (0 was taken as "leave it out": the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer of 1 or more (leave it out for the default), got '{text}'"
+        )
+    return value
+
+
+def _port_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from 1 to 65535, got '{text}' (the compose files' MADE_PORT may hold "
+            "HOST:PORT for publishing; for make serve give PORT=8000)"
+        )
+    return value
+
+
 # the most threads a command takes: torch.set_num_threads refused 2**31 with a traceback
 MAX_THREADS = 1024
 
@@ -120,7 +146,7 @@ def _add_train(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     t.add_argument("--seed", type=_seed_arg, default=0, help="seeds weights, masks, shuffling: same seed, same run")
     t.add_argument(
         "--max-epochs",
-        type=int,
+        type=_positive_arg,
         default=None,
         help="at most this many epochs (early stopping may end sooner; below 1,000 training rows, as many as make "
         "10,000 updates); the progress shows the time left (default: 200)",
@@ -195,7 +221,7 @@ def _add_optimizer(t: argparse.ArgumentParser) -> None:
     t.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each --lr-step decay")
     t.add_argument(
         "--patience",
-        type=int,
+        type=_positive_arg,
         default=None,
         help="early stopping patience in epochs (below 1,000 training rows, as many as make 1,000 updates) "
         "(default: 20)",
@@ -409,7 +435,7 @@ def _add_serve(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     # defaults None: the service's Settings fill them from MADE_* variables, or their own defaults
     s.add_argument("--store", default=None, help="model store directory (default: $MADE_STORE or model_store)")
     s.add_argument("--host", default=None, help="address to listen on (default: $MADE_HOST or 127.0.0.1)")
-    s.add_argument("--port", type=int, default=None, help="port (default: $MADE_PORT or 8000)")
+    s.add_argument("--port", type=_port_arg, default=None, help="port (default: $MADE_PORT or 8000)")
     s.add_argument("--workers", type=int, default=None, help="server processes (default: $MADE_WORKERS or 1)")
     s.set_defaults(func=cmd_serve)
 
