@@ -433,3 +433,17 @@ def test_the_csv_seed_shows_the_number_used(ui_page: Page) -> None:
         ui_page.click("#csv-example")
     settled(ui_page)
     assert ui_page.input_value("#csv-seed") == "0" and "seed=0" in request.value.url
+
+
+def test_test_digits_that_failed_to_load_are_asked_for_again(ui_page: Page) -> None:
+    """The reference's test digits failing to load (a server restarting) left the view's picker of
+    them hidden until another model was chosen; the view's load button asks again."""
+    ui_page.route("**/models/binarized-mnist/reference", lambda route: route.abort("aborted"))
+    open_view(ui_page, "binarized-mnist", "impute")
+    settled(ui_page)
+    assert not ui_page.is_visible("#impute-tests")
+    ui_page.unroute("**/models/binarized-mnist/reference")
+    ui_page.click("#impute-load")
+    ui_page.wait_for_selector("#impute-tests", state="visible", timeout=SLOW_MS)
+    settled(ui_page)
+    assert ui_page.locator("#impute-test option").count() > 0

@@ -34,11 +34,12 @@ async function offerTests(view) {
   if (!offered.has(view)) {
     const current = live();
     offered.add(view);
-    await run("Loading the test digits", async () => {
+    const loaded = await run("Loading the test digits", async () => {
       const reference = await referenceOf(st);
       tests = reference ? reference.examples || [] : [];
     });
     if (!current()) return null;
+    if (!loaded) offered.delete(view); // failed (the server down): asked again the next time
     const picker = $(`${view}-test`);
     picker.replaceChildren(...tests.map((_, i) => el("option", { value: String(i) }, `${i + 1} of ${tests.length}`)));
     picker.value = String(Math.min(FIRST_TEST[view], tests.length - 1));
@@ -52,6 +53,12 @@ async function offerTests(view) {
     }
   }
   return tests.length > 0;
+}
+
+// A view whose test digits failed to load (the server down) asks again when its load button is
+// pressed, instead of keeping the picker hidden until another model is chosen.
+async function retryTests(view) {
+  if (!offered.has(view)) await offerTests(view);
 }
 
 function testDigit(view) {
@@ -321,7 +328,7 @@ function on(id, event, handler) {
 }
 
 on("samples-go", "click", drawSamples);
-on("impute-load", "click", loadCanvas);
+on("impute-load", "click", () => retryTests("impute").then(loadCanvas));
 on("impute-clear", "click", () => setInk(new Array(dims()).fill(0)));
 on("impute-hide-top", "click", () => hideWhere((r) => r < shape()[0] / 2));
 on("impute-hide-bottom", "click", () => hideWhere((r) => r >= shape()[0] / 2));
@@ -329,11 +336,11 @@ on("impute-hide-left", "click", () => hideWhere((r, c) => c < shape()[1] / 2));
 on("impute-hide-right", "click", () => hideWhere((r, c) => c >= shape()[1] / 2));
 on("impute-show-all", "click", () => canvasBits.ink && setInk(canvasBits.ink));
 on("impute-go", "click", () => canvasBits.ink && fillIn());
-on("denoise-load", "click", loadNoisy);
+on("denoise-load", "click", () => retryTests("denoise").then(loadNoisy));
 on("denoise-eps", "input", () => noisy.clean && corrupt());
 on("denoise-eps", "change", denoise);
 on("denoise-go", "click", denoise);
-on("surprisal-load", "click", loadExplained);
+on("surprisal-load", "click", () => retryTests("surprisal").then(loadExplained));
 on("surprisal-from-canvas", "click", fromCanvas);
 on("surprisal-kind", "change", () => explained.answer && paintSurprisal());
 on("surprisal-go", "click", explain);
