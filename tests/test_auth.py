@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from helpers import cpu_registry, store_of
 from pydantic import SecretStr
@@ -68,3 +69,53 @@ async def test_every_route_reads_the_scheme_alike(store: Path, registry: ModelRe
         assert r.status_code == 401, ("admin with the API key", r.text)
         r = await http.post("/logprob", content=CSV, headers={"Content-Type": "text/csv", "Authorization": "Basic k"})
         assert r.status_code == 401 and "requires an API key" in r.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_open_probes_keep_the_load_failure_for_the_key_holder(tmp_path: Path) -> None:
+    """/readyz and /v2/health/ready are open: on a server with an API key, a store that fails to
+    load is a 503 without its reason (the store's paths, files, checksums) unless the request
+    carries the key."""
+    store = tmp_path / "store"
+    store.mkdir()
+    settings = Settings(store=store, api_key="k", admin_key="a")
+    async with in_process(settings) as client:
+        http = client.http
+        for _ in range(500):
+            r = await http.get("/readyz", headers={"Authorization": "Bearer k"})
+            if "failed" in r.json()["detail"]:
+                break
+            await anyio.sleep(0.01)
+        assert r.status_code == 503 and str(store) in r.json()["detail"]
+        for path in ("/readyz", "/v2/health/ready"):
+            for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer a"}):
+                r = await http.get(path, headers=auth)
+                assert r.status_code == 503, (path, auth)
+                assert str(tmp_path) not in r.text and "server log" in r.json()["detail"], (path, auth, r.text)
+            r = await http.get(path, headers={"Authorization": "Bearer k"})
+            assert r.status_code == 503 and str(store) in r.json()["detail"], path
+
+
+@pytest.mark.anyio
+async def test_every_answer_is_nosniff_and_not_cached(store: Path, registry: ModelRegistry) -> None:
+    """Answers (errors, which quote what was sent, too) carry X-Content-Type-Options: nosniff
+    and Cache-Control: no-store; the playground's files keep their own Cache-Control."""
+    settings = Settings(store=store, default_model="diamonds", api_key="k", admin_key="a")
+    async with in_process(settings, registry) as client:
+        http = client.http
+        auth = {"Authorization": "Bearer k"}
+        answers = [
+            await http.post("/logprob", json=BITS, headers=auth),  # the express handler
+            await http.post("/logprob", json=RECORDS, headers=auth),
+            await http.post("/logprob?model=diamonds", content=CSV, headers={"Content-Type": "text/csv", **auth}),
+            await http.get("/models/diamonds", headers=auth),
+            await http.get("/models"),  # 401
+            await http.get("/no/<script>"),  # 404 quoting the path
+            await http.get("/metrics"),
+        ]
+        for r in answers:
+            assert r.headers.get("x-content-type-options") == "nosniff", (r.request.url, r.headers)
+            assert r.headers.get("cache-control") == "no-store", (r.request.url, r.headers)
+        page = await http.get("/ui/")
+        assert page.headers["cache-control"] == "no-cache" and page.headers["x-frame-options"] == "DENY"
+        assert page.headers.get_list("x-content-type-options") == ["nosniff"]

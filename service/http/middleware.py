@@ -99,7 +99,7 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", ctx.request_id.encode())]
+                message["headers"] = _with_safe_headers(message.get("headers", []), ctx.request_id)
             await send(message)
 
         try:
@@ -318,6 +318,21 @@ def _request_head(headers: list[tuple[bytes, bytes]]) -> tuple[str, str, bytes]:
         elif key == b"content-type" and not content_type:
             content_type = value
     return incoming, length, content_type
+
+
+def _with_safe_headers(headers: Any, request_id: str) -> list[tuple[bytes, bytes]]:
+    """A response's headers with its request id, and what every answer of this server carries
+    unless its route set its own: `X-Content-Type-Options: nosniff` (an error quotes the path and
+    the values sent: a browser must not read such an answer as anything but its type) and
+    `Cache-Control: no-store` (an answer to a request with the API key is no cache's to keep or
+    share; the playground's files set their own)."""
+    out = [*headers, (b"x-request-id", request_id.encode())]
+    names = {key.lower() for key, _ in out}
+    if b"x-content-type-options" not in names:
+        out.append((b"x-content-type-options", b"nosniff"))
+    if b"cache-control" not in names:
+        out.append((b"cache-control", b"no-store"))
+    return out
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:

@@ -71,7 +71,7 @@ from service.http.oip_tensors import (
     split_body,
     wanted_outputs,
 )
-from service.http.routers.deps import DataPlaneDep, SettingsDep
+from service.http.routers.deps import DataPlaneDep, SettingsDep, not_ready_reason
 
 PLATFORM = "onnxruntime_onnx"  # what Triton calls an ONNX model run by onnxruntime
 EXTENSIONS = ["binary_tensor_data"]
@@ -307,10 +307,11 @@ def make_router(dependencies: Sequence[DependsParam] = ()) -> APIRouter:
         return {"live": True}
 
     @health.get("/health/ready", responses={503: ERRORS[503]})
-    async def ready(dp: DataPlaneDep) -> dict[str, bool]:
-        """200 once the models are loaded, else 503 with the reason."""
+    async def ready(request: Request, dp: DataPlaneDep) -> dict[str, bool]:
+        """200 once the models are loaded, else 503 with the reason (with MADE_API_KEY set, to a
+        request that carries the key)."""
         if not dp.registry.ready:
-            raise NotReady(dp.load_error or "models are still loading")
+            raise NotReady(not_ready_reason(request, dp))
         return {"ready": True}
 
     @guarded.get("", responses={401: ERRORS[401]})

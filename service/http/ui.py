@@ -24,6 +24,7 @@ CSP = (
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors 'none' for browsers that predate CSP 2
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",  # revalidated: a new version of the service serves its own page
 }

@@ -52,6 +52,24 @@ async def require_api_key(
         raise Unauthorized("the API key in the Authorization header is wrong")
 
 
+def not_ready_reason(request: Request, dp: DataPlane) -> str:
+    """Why the models are not served yet, as the open readiness probes (/readyz,
+    /v2/health/ready) say it. The reason of a failed load names the store's paths, files and
+    checksums: on a server with an API key it goes only to a request that carries the key (and
+    to the log); an open probe without it is told where to look. Probes read the status only."""
+    if dp.load_error is None:
+        return "models are still loading"
+    settings: Settings = request.app.state.settings
+    if settings.api_key is not None and not _carries(request, settings.api_key):
+        return "models failed to load; the server log says why (or send the API key for the reason)"
+    return dp.load_error
+
+
+def _carries(request: Request, key: SecretStr) -> bool:
+    token = bearer_token(request.headers.get("authorization"))
+    return token is not None and same_key(token, key)
+
+
 def admin_key(settings: Settings) -> tuple[SecretStr, str] | None:
     """The key admin endpoints answer to and its variable: MADE_ADMIN_KEY, else MADE_API_KEY;
     None when neither is set, and the admin endpoints are off."""
