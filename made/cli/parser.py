@@ -4,6 +4,7 @@ argument types they share."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -53,57 +54,37 @@ def _image_shape_arg(text: str) -> list[int]:
 MAX_SEED = 2**53 - 1
 
 
-def _seed_arg(text: str) -> int:
-    """--seed: an integer from 0 to MAX_SEED (numpy and torch refused a negative one, and a huge
-    one, with a traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got '{text}'")
-    return value
+def _int_within(low: int, high: int | None, expected: str, hint: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer from low to high (None: no top), else one line saying what is
+    expected and what was given (a value past what numpy, torch or a socket take was a traceback)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'{hint}")
+        return value
 
-def _positive_arg(text: str) -> int:
-    """--max-epochs, --patience: 1 or more (0 was taken as "leave it out": the default)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer of 1 or more (leave it out for the default), got '{text}'"
-        )
-    return value
-
-
-def _port_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"expected a port number from 1 to 65535, got '{text}' (the compose files' MADE_PORT may hold "
-            "HOST:PORT for publishing; for make serve give PORT=8000)"
-        )
-    return value
+    return parse
 
 
 # the most threads a command takes: torch.set_num_threads refused 2**31 with a traceback
 MAX_THREADS = 1024
 
-
-def _count_arg(text: str) -> int:
-    """A count of threads from 0 (the default) to MAX_THREADS."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_THREADS}, got '{text}'")
-    return value
+# --seed: numpy and torch refused a negative one, and a huge one, with a traceback
+_seed_arg = _int_within(0, MAX_SEED, f"an integer from 0 to {MAX_SEED}")
+# --max-epochs, --patience: 0 was taken as "leave it out", the default
+_positive_arg = _int_within(1, None, "an integer of 1 or more (leave it out for the default)")
+_port_arg = _int_within(
+    1,
+    65535,
+    "a port number from 1 to 65535",
+    " (the compose files' MADE_PORT may hold HOST:PORT for publishing; for make serve give PORT=8000)",
+)
+# --threads: 0 picks the default
+_count_arg = _int_within(0, MAX_THREADS, f"an integer from 0 to {MAX_THREADS}")
 
 
 def _masks_arg(text: str) -> str | int:

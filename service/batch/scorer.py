@@ -51,13 +51,12 @@ class Scorer:
         conditionals: bool = False,
         impossible: str = "error",
     ):
-        if impossible not in IMPOSSIBLE_CHOICES:
-            raise ConfigError(f"--impossible must be one of {', '.join(IMPOSSIBLE_CHOICES)}, got {impossible!r}")
         self.table = model.is_table
         self.conditionals = conditionals
         self.source = source
         # "inf": a table row holding a cell the model gives no probability scores -inf, and the
-        # first such cell's error is kept here to be named once the file is scored
+        # first such cell's error is kept here to be named once the file is scored (score_file
+        # checked the choice)
         self.impossible = impossible
         self.first_impossible: str | None = None
         check_columns(model, names, source, conditionals)

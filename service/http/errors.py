@@ -218,8 +218,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
     # under /v2 the Open Inference Protocol's clients read {"error"} (tritonclient fails without it)
-    extra = {"error": detail} if request.url.path == "/v2" or request.url.path.startswith("/v2/") else {}
+    extra = {"error": detail} if under_v2(request.url.path) else {}
     return error_response(exc.status_code, kind, detail, headers=exc.headers, **extra)
+
+
+def under_v2(path: str) -> bool:
+    """A path of the Open Inference Protocol, whose clients read an error's {"error"} field."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def install_error_handlers(app: FastAPI) -> None:

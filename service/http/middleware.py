@@ -34,7 +34,7 @@ from made.core.errors import InvalidInput
 from service.core.body_bounds import Limits, check_json_async, current_limits
 from service.core.log_config import AccessLog, RequestContext, request_context
 from service.core.metrics import Metrics
-from service.http.errors import error_body, internal_error_body, made_error_body
+from service.http.errors import error_body, internal_error_body, made_error_body, under_v2
 
 log = logging.getLogger("made.service.access")
 access_log = AccessLog(log)
@@ -261,7 +261,7 @@ class RequestMiddleware:
 
     async def _too_large(self, send: Send, ctx: RequestContext, content_type: bytes = b"", path: str = "") -> None:
         ctx.error_type = "payload_too_large"
-        v2 = path == "/v2" or path.startswith("/v2/")
+        v2 = under_v2(path)
         detail = f"the request body is over {self.max_body_bytes} bytes (MADE_MAX_BODY_BYTES); " + _smaller_body_hint(
             content_type, v2
         )
