@@ -304,6 +304,10 @@ async def error_of(made: InProcessClient, body: dict[str, Any] | bytes, status: 
     return message
 
 
+def _no_bare_constant(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
+
+
 @pytest.mark.anyio
 async def test_json_data_flat_or_nested_with_null_or_nan_for_missing(made: InProcessClient) -> None:
     rows = as_json_rows(ROWS8)
@@ -318,9 +322,9 @@ async def test_json_data_flat_or_nested_with_null_or_nan_for_missing(made: InPro
     r = await infer(
         made, {**x_tensor(rows, [4, 8]), "parameters": {"seed": 3}, "outputs": [{"name": "stderr"}, {"name": "exact"}]}
     )
-    answer = json.loads(r.content)  # NaN where exact
-    stderr = [NAN if s is None else s for s in want["stderr"]]
-    np.testing.assert_array_equal(answer["outputs"][0]["data"], stderr)
+    answer = json.loads(r.content, parse_constant=_no_bare_constant)  # strict JSON: null where exact
+    assert None in want["stderr"]
+    assert answer["outputs"][0]["data"] == want["stderr"]
     assert answer["outputs"][1] == {"name": "exact", "datatype": "BOOL", "shape": [4], "data": want["exact"]}
 
 

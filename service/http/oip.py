@@ -11,7 +11,7 @@ integer and BOOL types are read too, for complete rows), and gives these outputs
 
     logprob       FP64 [N]     what POST /logprob answers for the same rows ("masks", "seed",
     exact         BOOL [N]     "n_importance" as request parameters)
-    stderr        FP64 [N]     NaN where exact
+    stderr        FP64 [N]     NaN where exact (null in JSON)
     conditionals  FP64 [N, D]  what POST /conditionals answers (parameter "mask", default 0)
     samples       UINT8 [n, D] what POST /sample answers for parameters "n", "seed" and "mask"
                                (default "mixture"); needs no input

@@ -319,6 +319,16 @@ def wanted_outputs(req: InferRequest, has_x: bool) -> list[tuple[str, bool]]:
     return wanted
 
 
+def _json_numbers(a: np.ndarray) -> list[Any]:
+    """A tensor's values for a JSON body; NaN (the stderr of an exact row) as null, since a bare
+    NaN is not JSON and strict parsers (JavaScript, Go) refuse the whole answer. tritonclient and
+    numpy read null back as NaN in a float tensor."""
+    values: list[Any] = a.ravel().tolist()
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        values = [None if v != v else v for v in values]
+    return values
+
+
 def encode_response(
     name: str,
     version: str,
@@ -338,7 +348,7 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = a.ravel().tolist()  # NaN (stderr of exact rows) is written as NaN
+            entry["data"] = _json_numbers(a)
         outputs.append(entry)
     body: dict[str, Any] = {"model_name": name, "model_version": version}
     if request_id is not None:
