@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     # The playground page (GET /ui/, and / redirects to it): static files from the package that
     # use the public API. False (MADE_UI=0) leaves its routes unmounted, for locked-down servers.
     ui: bool = True
-    # Uvicorn worker processes (each loads every model and batches on its own).
-    workers: Annotated[int, Field(ge=1)] = 1
+    # Uvicorn worker processes (each loads every model and batches on its own). At most 1024,
+    # like the thread counts: an unbounded value forked until the machine ran out of memory.
+    workers: Annotated[int, Field(ge=1, le=1024)] = 1
     # Threads running engine calls, and onnxruntime's intra-op threads per session of a model of
     # bits (a table model's runs on one: service.engine.registry); 0: automatic.
     # At most MAX_THREADS (made.cli.parser's bound too): 100000 left the server unready after 30 s,

@@ -100,7 +100,7 @@ CASES = {
     "unknown-name": ("made train: error", "no_such_set_anywhere"),
     "non-binary": ("made train: error", "row 4 column 2"),
     "hidden-not-integers": ("made train: error", "--hidden"),
-    "hidden-zero-width": ("made train: error", "[16, 0]"),
+    "hidden-zero-width": ("made train: error", "width must be 1 or more, got '16,0'"),
     "unwritable-out": ("made train: error", "plain-file"),
     "other-config": ("made train: error", "another --out"),
     "masks-zero": ("made train: error", "masks"),

@@ -272,6 +272,20 @@ def test_a_reader_that_closes_the_pipe_ends_made_sample_without_a_traceback(tmp_
             "argument --port: expected a port number from 1 to 65535, got '127.0.0.1:'",
         ),
         (["serve", "--port", "70000"], "argument --port: expected a port number from 1 to 65535"),
+        # --hidden '' trained no hidden layer, and 500,,500 one layer, without a word; 0 and
+        # -3 were refused only after the table was split into files beside it
+        (
+            ["train", "--dataset", "x.npz", "--out", "r", "--hidden", ""],
+            "argument --hidden: expected comma-separated positive integers, got ''",
+        ),
+        (
+            ["train", "--dataset", "x.npz", "--out", "r", "--hidden", "500,,500"],
+            "argument --hidden: expected comma-separated positive integers, got '500,,500'",
+        ),
+        (
+            ["train", "--dataset", "x.npz", "--out", "r", "--hidden", "0,5"],
+            "argument --hidden: every hidden layer width must be 1 or more, got '0,5'",
+        ),
     ],
 )
 def test_epochs_patience_and_port_out_of_range_are_one_line(

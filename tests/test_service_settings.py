@@ -175,9 +175,10 @@ def test_a_service_link_of_another_service_is_not_a_misspelt_setting(monkeypatch
         load_settings()
 
 
-def test_thread_counts_have_a_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
-    # MADE_THREADS=100000 started a server that was not ready after 30 s, holding 2 GB and growing
-    for variable in ("MADE_THREADS", "MADE_BLAS_THREADS"):
+def test_thread_and_worker_counts_have_a_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    # MADE_THREADS=100000 started a server that was not ready after 30 s, holding 2 GB and growing;
+    # MADE_WORKERS=100000 would fork a process, each loading every model, until memory ran out
+    for variable in ("MADE_THREADS", "MADE_BLAS_THREADS", "MADE_WORKERS"):
         monkeypatch.setenv(variable, "100000")
         with pytest.raises(ConfigError, match=rf"^{variable}: Input should be less than or equal to 1024"):
             load_settings()

@@ -32,11 +32,15 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_list(text: str) -> list[int]:
+def _widths_arg(text: str) -> list[int]:
+    """Hidden layer widths, W1,W2,...: each a positive integer. An empty list or item used to
+    train a model with no hidden layer, or one layer fewer, without a word."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip() != ""]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{text}'") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every hidden layer width must be 1 or more, got '{text}'")
     return values
 
 
@@ -120,7 +124,7 @@ def _add_train(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
     )
     t.add_argument("--dataset", required=True, help=_DATASET_HELP)
     t.add_argument(
-        "--hidden", type=_int_list, default="500", metavar="W1,W2,...", help="hidden layer widths, e.g. 500,500"
+        "--hidden", type=_widths_arg, default="500", metavar="W1,W2,...", help="hidden layer widths, e.g. 500,500"
     )
     t.add_argument("--masks", type=int, default=1, help="K, the fixed set of masks (1: plain MADE)")
     t.add_argument("--out", required=True, help="run directory: checkpoints, config, log, curve")
