@@ -103,6 +103,16 @@ def test_the_makefile_command_trains_what_was_shipped(name: str, variable: str, 
     shipped.pop("extra", None)
     expected.pop("extra", None)
     assert shipped == expected
+    if variable == "TABLE_ARGS":  # the table benches' copies of these settings say the same
+        sys.path.insert(0, str(ROOT))
+        try:
+            from bench.common import TABLE_MODEL_ARGS
+            from bench.tables import TABLE_ARGS
+        finally:
+            sys.path.remove(str(ROOT))
+        assert args == [*TABLE_ARGS, "--seed", "0", "--threads", "1"]
+        epochs = {i + k for i, a in enumerate(args) if a in ("--max-epochs", "--patience") for k in (0, 1)}
+        assert [a for i, a in enumerate(args) if i not in epochs] == TABLE_MODEL_ARGS
     if run_variable is not None:  # the run directory the results table reads is the same one
         sys.path.insert(0, str(ROOT / "bench"))
         try:
