@@ -136,6 +136,21 @@ async def test_a_table_sent_to_the_default_model_of_bits_is_told_so_in_a_sentenc
     assert "x783," not in message and len(message) < 300
 
 
+async def test_a_csv_body_sent_as_one_line_is_told_of_curl_d(made: InProcessClient) -> None:
+    """`curl -d @rows.csv` drops the file's line breaks: whatever the run-together line breaks,
+    the 422 keeps its own sentence and says how to send the file; a body of several lines gets
+    no such hint."""
+    one_line = MIXED.replace("\n", "")  # as curl -d @FILE sends it
+    answer = await made.http.post("/logprob?model=mixed", content=one_line.encode(), headers=CSV)
+    assert answer.status_code == 422
+    assert "--data-binary @FILE" in answer.json()["detail"]
+    assert "--data-binary @FILE" in answer.json()["errors"][0]["msg"]
+    header_only = await made.http.post("/logprob?model=mixed", content=b"kind,size\n", headers=CSV)
+    assert header_only.status_code == 422 and "header row but no rows" in header_only.json()["detail"]
+    bad = await made.http.post("/impute?model=mixed", content=MIXED.replace("x,2.72", "w,2.72").encode(), headers=CSV)
+    assert bad.status_code == 422 and "--data-binary" not in bad.json()["detail"]
+
+
 async def test_metrics_label_csv_requests_by_their_route(made: InProcessClient) -> None:
     def count(text: str, status: str, model: str) -> float:
         return metric(text, "made_requests_total", endpoint="/logprob", model=model, status=status) or 0.0

@@ -171,11 +171,14 @@ class CsvRecordsMiddleware:
         render = _RENDER.get(scope["path"]) if as_csv else None
         try:
             request, schema, model = self._options(scope)
-            check_csv_bounds(body, max_rows=settings.max_rows, max_width=settings.max_width)
-            if len(body) > _THREAD_BYTES:
-                sent, payload = await anyio.to_thread.run_sync(_to_json, request, schema, body, model)
-            else:
-                sent, payload = _to_json(request, schema, body, model)
+            try:
+                check_csv_bounds(body, max_rows=settings.max_rows, max_width=settings.max_width)
+                if len(body) > _THREAD_BYTES:
+                    sent, payload = await anyio.to_thread.run_sync(_to_json, request, schema, body, model)
+                else:
+                    sent, payload = _to_json(request, schema, body, model)
+            except InvalidInput as exc:
+                raise _one_line_hint(exc, body) from None
             if render is not None:
                 _check_answer_columns(scope["path"], request, sent)
         except MadeError as exc:
@@ -248,6 +251,20 @@ def _shown(text: str) -> str:
     """A query key or value as an error quotes it: repr (a line break stays on the error's one
     line), cut at 40 characters."""
     return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
+def _one_line_hint(exc: InvalidInput, body: bytes) -> InvalidInput:
+    """A CSV body's error, with a hint where the body is a single line: `curl -d @FILE` sends a
+    file with its line breaks removed, its header and rows run together into one line, which the
+    error about its cells alone does not explain."""
+    text = body.strip()
+    if b"\n" in text or b"\r" in text:
+        return exc
+    return InvalidInput(
+        f"{exc} (the body is a single line: curl -d @FILE drops a file's line breaks; send it with "
+        "--data-binary @FILE)",
+        exc.loc,
+    )
 
 
 def _to_json(request: dict[str, Any], schema: Any, body: bytes, model: str = "") -> tuple[_Sent, bytes]:
