@@ -270,6 +270,11 @@ async def test_bodies_that_cannot_be_read_as_json_say_why(made: InProcessClient)
 async def test_a_wrong_width_names_its_field_in_errors(made: InProcessClient) -> None:
     got, answer = await post(made, "/logprob", {"x": [[0, 1, 1]]})
     assert got == 422 and answer["errors"] == [{"loc": ["body", "x"], "msg": answer["detail"], "type": "invalid_input"}]
+    # a bit other than 0/1 (a field's own check) is typed as every other refused value; it was
+    # "made_invalid" while a record's or a CSV cell's was "invalid_input"
+    got, answer = await post(made, "/logprob", {"x": [[0, 2, 1, 0, 1, 0, 1, 0]]})
+    assert got == 422 and answer["errors"] == [{"loc": ["body", "x"], "msg": answer["detail"], "type": "invalid_input"}]
+    assert answer["detail"] == "x: row 0, column 1: expected 0, 1 or null, got 2"
 
 
 async def test_rows_over_max_rows_are_refused(tiny_store: Path, registry: ModelRegistry) -> None:

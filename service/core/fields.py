@@ -4,9 +4,9 @@ bit-packed with a shape), mask choices, and the noise level eps of /denoise.
 Binary matrices are parsed straight into numpy (NaN for null) by one validator that names the
 row, the column and the problem, because pydantic's per-element validation of a large list of
 lists would be both slow and vague ("input should be a valid integer"). Each refusal is a
-PydanticCustomError of type "made_invalid" whose message is one sentence; json_value shows a
-value in such a sentence as JSON spells it, never a whole batch. Imports neither fastapi nor the
-engine.
+PydanticCustomError of type "invalid_input" (the type of every other refusal of a value, a
+record's or a CSV cell's too) whose message is one sentence; json_value shows a value in such a
+sentence as JSON spells it, never a whole batch. Imports neither fastapi nor the engine.
 """
 
 from __future__ import annotations
@@ -34,9 +34,14 @@ ModelName = Annotated[
 ]
 
 
+# the pydantic error type of a field's own refusal: its message is a whole sentence (naming the
+# row and column), which the error handlers show as it is, without pydantic's ", got VALUE"
+REFUSED = "invalid_input"
+
+
 def fail(message: str) -> PydanticCustomError:
     """A field's refusal: one sentence, reported as the request's 422."""
-    return PydanticCustomError("made_invalid", message)
+    return PydanticCustomError(REFUSED, message)
 
 
 def json_value(v: object) -> str:

@@ -28,7 +28,7 @@ from made.core.errors import (
     Overloaded,
     RequestTimeout,
 )
-from service.core.fields import json_value
+from service.core.fields import REFUSED, json_value
 from service.core.log_config import current_request_id, request_context
 
 log = logging.getLogger("made.service")
@@ -119,7 +119,7 @@ def describe_validation_error(err: Mapping[str, Any]) -> str:
         return f"{field} is not a field of this request"
     if kind == "model_attributes_type" or (kind == "dict_type" and not loc):
         return "the request body must be a JSON object"
-    if not kind.startswith("made_"):  # ours name row and column; pydantic's need the value
+    if kind != REFUSED:  # ours name row and column; pydantic's need the value
         msg = msg[:1].lower() + msg[1:]
         if "input" in err:
             msg += f", got {json_value(err['input'])}"

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from made.core.errors import InvalidInput, format_value
 from service.core.body_bounds import Limits, decode_json
-from service.core.fields import json_value
+from service.core.fields import REFUSED, json_value
 from service.http.errors import PayloadTooLarge
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -69,7 +69,7 @@ def describe(errors: Sequence[Any], prefix: str = "") -> str:
                 continue
             where += f"[{p}]" if isinstance(p, int) else (f".{p}" if where else str(p))
         msg = str(err.get("msg", "invalid value"))
-        if not str(err.get("type", "")).startswith("made_"):
+        if err.get("type") != REFUSED:
             msg = msg[:1].lower() + msg[1:]
             if "input" in err and err.get("type") != "missing":
                 msg += f", got {json_value(err['input'])}"
