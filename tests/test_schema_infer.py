@@ -228,3 +228,48 @@ def test_levels_that_differ_only_by_spaces_around_them_are_one_level_with_a_note
     quiet: list[str] = []
     infer_column("city", ["Paris", "Lyon", "Nice"] * 3, "t.csv", quiet)
     assert quiet == []
+
+
+def test_a_schema_file_that_leaves_out_a_column_of_the_table_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --schema file models the columns it lists: a column of the table it leaves out (an edit
+    that dropped it, a column added to the CSV since) was left out of the model without a word."""
+    source = _table(tmp_path)
+    out = tmp_path / "schema.json"
+    assert main(["schema", str(source), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    data["columns"] = [c for c in data["columns"] if c["name"] != "b"]
+    out.write_text(json.dumps(data))
+    capsys.readouterr()
+    args = ["train", "--dataset", str(source), "--schema", str(out), "--hidden", "8", "--max-epochs", "1"]
+    assert main([*args, "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "made train: warning: column b of the table is not in the schema: left out, not modelled" in err
+    # a schema of every column: no such warning
+    assert main(["schema", str(source), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--no-progress", "--threads", "1", "--out", str(tmp_path / "run2")]) == 0
+    assert "not in the schema" not in capsys.readouterr().err
+
+
+def test_a_column_of_numbers_read_as_levels_because_of_its_other_cells_is_noted() -> None:
+    """A temperature column with 20% 'n/a' cells (too many for the few-bad-cells refusal) became a
+    category of 100 levels without a word: each number a level, a value between two of them with
+    no probability. It stays a category (the cells say so) with a note naming the other cells."""
+    rng = np.random.default_rng(0)
+    cells = ["n/a" if rng.random() < 0.2 else f"{v:.1f}" for v in rng.normal(20, 3, 400)]
+    notes: list[str] = []
+    col = infer_column("temp", cells, "t.csv", notes)
+    assert col.kind == "categorical"
+    others = cells.count("n/a")
+    assert notes == [
+        f"column temp: {400 - others} of its 400 cells are numbers, read as levels of a category since the others "
+        f"are not ('n/a' ({others})); where those mean absent, write them as empty cells (or NA) and the column "
+        "is read as a number"
+    ]
+    # numbers that alone make a category (a few integers), and text with a few numbers: no note
+    quiet: list[str] = []
+    infer_column("kids", ["n/a" if i % 5 == 0 else str(i % 4) for i in range(400)], "t.csv", quiet)
+    infer_column("city", [f"city{i % 30}" if i % 3 else str(i % 7) for i in range(400)], "t.csv", quiet)
+    assert quiet == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -373,3 +374,63 @@ def test_sample_given_draws_the_records_post_sample_gives_for_the_seed(
         assert main([*base, given, *extra]) == 2
         assert error in last_line(capsys.readouterr().err)
     capsys.readouterr()
+
+
+def test_a_table_changed_after_its_split_files_is_named_by_the_commands_that_read_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """made train on one table writes its split files, and every later call reads those: a table
+    edited since (the column its error said to rename, rows added) went on being read as it was,
+    the same error naming a column the file no longer had. Each reader of them now warns."""
+    from made.cli.commands import split_file_beside
+
+    source = write_table(tmp_path / "shop.csv", n=120)
+    assert main(["split", str(source)]) == 0
+    assert main(["schema", str(source), "--out", str(tmp_path / "s.json")]) == 0
+    assert "was changed after its split files" not in capsys.readouterr().err  # fresh: no warning
+    later = (tmp_path / "shop_train.csv").stat().st_mtime + 10
+    os.utime(source, (later, later))
+    warning = (
+        "shop.csv was changed after its split files (shop_train.csv, shop_valid.csv, shop_test.csv) were "
+        "written: they hold its rows as they were then; `made split"
+    )
+    assert main(["schema", str(source), "--out", str(tmp_path / "s.json")]) == 0
+    assert f"made schema: warning: {warning}" in capsys.readouterr().err
+    assert split_file_beside(str(source), "test", "made evaluate") == str(tmp_path / "shop_test.csv")
+    assert f"made evaluate: warning: {warning}" in capsys.readouterr().err
+    args = ["train", "--dataset", str(source), "--hidden", "8", "--max-epochs", "1", "--no-progress", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert f"made train: warning: {warning}" in capsys.readouterr().err
+
+
+def test_report_on_the_one_table_made_train_split_compares_with_its_test_split(
+    tmp_path: Path, table_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """made report TABLE.csv, where made train split TABLE.csv into the files beside it, compared
+    the samples with the whole file, training rows and all (a flattering score), where made
+    evaluate scores TABLE_test.csv. It now takes the test split too, and says so."""
+    source = write_table(tmp_path / "shop.csv", n=200)
+    assert main(["split", str(source)]) == 0
+    capsys.readouterr()
+    argv = ["report", "mixed", str(source), "--store", str(table_store), "--n", "50", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["rows"] == 20  # shop_test.csv's, not the file's 200
+    said = "made report: shop.csv has split files beside it, as made train writes them: comparing samples with its"
+    assert f"{said} test split, shop_test.csv" in err
+
+
+def test_sample_given_an_absent_value_of_a_column_never_absent_says_so(
+    table_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--given size=NA, where size is never absent, said "--given size has no value", as if the
+    value had been left empty; it names the absent value and why it cannot be given."""
+    base = ["sample", "--store", str(table_store), "--name", "mixed", "--n", "2", "--out", "-", "--given"]
+    assert main([*base, "size=NA"]) == 2
+    assert (
+        "--given size=NA: 'NA' is an absent value, but column size is never absent in the training data"
+        in last_line(capsys.readouterr().err)
+    )
+    assert main([*base, "size="]) == 2
+    assert "--given size has no value; leave it out" in last_line(capsys.readouterr().err)
+    assert main([*base, "budget=NA"]) == 0  # a column that can be absent: a condition like any other

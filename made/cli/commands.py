@@ -137,7 +137,7 @@ def _split_single_table(args: argparse.Namespace) -> None:
     split` does (seed --seed), or use the split files an earlier call wrote, and train on those."""
     from made.core.errors import DataError
     from made.io.data import split_files
-    from made.io.split import split_paths, split_table
+    from made.io.split import split_paths, split_table, stale_splits
     from made.io.tables import is_headered_bits, is_table_file
 
     path = Path(args.dataset)
@@ -154,6 +154,9 @@ def _split_single_table(args: argparse.Namespace) -> None:
             f"made train: training on the split files of {path.name} beside it ({targets['train'].name}, ...)",
             file=sys.stderr,
         )
+        stale = stale_splits(path, targets)
+        if stale:
+            print(f"made train: warning: {stale}", file=sys.stderr)
     else:
         split_table(path, seed=args.seed)
         names = ", ".join(p.name for p in targets.values())
@@ -239,14 +242,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def split_file_beside(dataset: str, split: str, command: str) -> str:
+def split_file_beside(dataset: str, split: str, command: str, doing: str = "scoring") -> str:
     """--dataset as given, or for one table file that `made train` (or `made split`) split into
     NAME_train/_valid/_test.csv beside it, the file of `split`, said on stderr: `made train
     --dataset shop.csv` trains on shop_train.csv, so the same --dataset scores shop_test.csv,
-    not the whole file (its training rows among them) under the name of the test split."""
+    not the whole file (its training rows among them) under the name of the test split. `doing`
+    says what the command does with it ("scoring")."""
     from made.core.errors import DataError
     from made.io.data import split_files
-    from made.io.split import split_paths
+    from made.io.split import split_paths, stale_splits
 
     path = Path(dataset)
     if not path.is_file() or split_files(path):
@@ -258,10 +262,13 @@ def split_file_beside(dataset: str, split: str, command: str) -> str:
     if not all(p.is_file() for p in targets.values()):
         return dataset
     print(
-        f"{command}: {path.name} has split files beside it, as made train writes them: scoring its {split} "
+        f"{command}: {path.name} has split files beside it, as made train writes them: {doing} its {split} "
         f"split, {targets[split].name}",
         file=sys.stderr,
     )
+    stale = stale_splits(path, targets)
+    if stale:
+        print(f"{command}: warning: {stale}", file=sys.stderr)
     return str(targets[split])
 
 
@@ -308,7 +315,7 @@ def _given_row(schema: Schema, given: list[str]) -> object:
     import numpy as np
 
     from made.core.errors import DataError
-    from made.io.csv import table_cell
+    from made.io.csv import UNKNOWN_CELL, table_cell
 
     row = np.full(len(schema), np.nan)
     seen: dict[str, str] = {}
@@ -335,6 +342,11 @@ def _given_row(schema: Schema, given: list[str]) -> object:
         j = column(name.strip() if sep else "", item)
         row[j] = table_cell(schema.columns[j], value, f"--given {name.strip()}")
         if np.isnan(row[j]):
+            if value.strip() and value.strip() != UNKNOWN_CELL:  # NA, NaN: absent, where the column never is
+                raise DataError(
+                    f"--given {name.strip()}={value.strip()}: {value.strip()!r} is an absent value, but column "
+                    f"{name.strip()} is never absent in the training data; leave it out to leave the column free"
+                )
             raise DataError(f"--given {name.strip()} has no value; leave it out to leave the column free")
     return row
 

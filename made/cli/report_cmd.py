@@ -62,6 +62,7 @@ def model_location(model: str, store: str) -> tuple[Path, str, str | None]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from made.cli.commands import split_file_beside
     from made.store.versions import open_model
     from service.batch.report import write_report
 
@@ -77,6 +78,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError("made report needs a model and held-out rows: MODEL TEST_CSV (or --name and --dataset)")
     if not Path(args.test_csv).is_file():
         raise ConfigError(f"TEST_CSV {args.test_csv} is not a file")
+    # the one table made train split (shop.csv beside shop_train/_valid/_test.csv): its test split,
+    # as made evaluate scores it, not the whole file, whose training rows flatter the model
+    args.test_csv = split_file_beside(args.test_csv, "test", "made report", doing="comparing samples with")
     store, name, version = model_location(args.model, args.store)
     model = open_model(store, name, version)
     report = write_report(model, Path(args.test_csv), Path(args.out), args.n, args.seed)

@@ -34,6 +34,24 @@ def split_paths(path: Path, out: Path | None = None) -> dict[str, Path]:
     return {s: folder / f"{path.stem}_{s}.csv" for s in SPLITS}
 
 
+def stale_splits(path: Path, targets: dict[str, Path]) -> str | None:
+    """A warning where `path` was changed after the split files written from it (`targets`,
+    split_paths) were: made train, evaluate, report and schema read those files, not the table, so
+    its rows as they were when split (a column renamed since, rows added) would be used without a
+    word. None where the files are newer, or where one cannot be read."""
+    try:
+        changed = path.stat().st_mtime
+        written = min(p.stat().st_mtime for p in targets.values())
+    except OSError:
+        return None
+    if changed <= written:
+        return None
+    return (
+        f"{path.name} was changed after its split files ({', '.join(p.name for p in targets.values())}) "
+        f"were written: they hold its rows as they were then; `made split {path} --force` rewrites them"
+    )
+
+
 def split_counts(n: int, valid: float, test: float) -> dict[str, int]:
     """Rows of each split: round(n * valid) and round(n * test), each at least one, the rest train."""
     for name, share in (("valid", valid), ("test", test)):

@@ -25,6 +25,7 @@ import json
 import math
 import re
 import shlex
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ ATOM_REACH = 2
 # a column at least this share of whose present cells are numbers is numeric: the rest are refused,
 # named, rather than read as levels (_refuse_spoiled_numbers)
 NUMBER_SHARE = 0.9
+# a category whose present cells are this share numbers or more (and not a few integers) is noted:
+# its numbers became levels because of its other cells (_note_numbers_as_levels)
+NUMBERS_AS_LEVELS_SHARE = 0.5
 # a column whose number-like cells are written with a leading zero (02681, 007) in at least this
 # share of its present cells is one of codes (a category of the cells as written)
 LEADING_ZERO_SHARE = 0.01
@@ -224,10 +228,34 @@ def infer_column(
             "or, if it is a category, list its levels in a --schema file (made schema writes one to edit)"
         )
     _note_padded_levels(name, cells, notes)
+    _note_numbers_as_levels(name, present, notes, codes)
     levels = distinct + ([ABSENT_LEVEL] if absent and ABSENT_LEVEL not in distinct else [])
     if len(levels) == 2 and not absent:
         return Column(name, "binary", tuple(levels))
     return Column(name, "categorical", tuple(levels))
+
+
+def _note_numbers_as_levels(name: str, present: list[str], notes: list[str] | None, codes: bool) -> None:
+    """A note where a column mostly of numbers becomes a category because of its other cells (`n/a`,
+    `missing`: too many for _refuse_spoiled_numbers to take them for a few bad cells): each number
+    is then a level of its own, with no order between them, and a value between two of them has
+    no probability; a temperature column with 20% `n/a` became 100 levels without a word. Nothing
+    where the numbers alone would make a category too (a few integers, two values), nor for codes
+    (numbers written with a leading zero)."""
+    if notes is None or codes:
+        return
+    read = [(c, _number(c)) for c in present]
+    numbers = [v for _, v in read if v is not None]
+    values = sorted(set(numbers))
+    if len(numbers) < NUMBERS_AS_LEVELS_SHARE * len(present) or len(values) <= 2 or _few_integers(values):
+        return
+    others = Counter(c for c, v in read if v is None)
+    shown = ", ".join(f"{t!r} ({n:,})" for t, n in others.most_common(3)) + (", ..." if len(others) > 3 else "")
+    notes.append(
+        f"column {name}: {len(numbers):,} of its {len(present):,} cells are numbers, read as levels of a "
+        f"category since the others are not ({shown}); where those mean absent, write them as empty cells "
+        "(or NA) and the column is read as a number"
+    )
 
 
 def _note_padded_levels(name: str, cells: list[str], notes: list[str] | None) -> None:
@@ -630,6 +658,15 @@ def table_dataset(
         arrays = {s: encode_table(bare, h, r, lines, sources[s]) for s, (h, r, lines) in read.items()}
         schema = cover_splits(schema, arrays, notes)
     else:
+        header = (read.get("train") or read[first])[0]
+        left_out = [h for h in header if h not in schema.names]
+        if left_out:  # a --schema file models the columns it lists; say which of the table's it leaves
+            names = ", ".join(left_out)
+            notes.append(
+                f"column {names} of the table is not in the schema: left out, not modelled"
+                if len(left_out) == 1
+                else f"columns {names} of the table are not in the schema: left out, not modelled"
+            )
         if schema.unset:
             header, rows, lines = read.get("train") or read[first]
             schema = complete_schema(schema, header, rows, sources.get("train", source), notes)
