@@ -273,3 +273,18 @@ def test_a_column_of_numbers_read_as_levels_because_of_its_other_cells_is_noted(
     infer_column("kids", ["n/a" if i % 5 == 0 else str(i % 4) for i in range(400)], "t.csv", quiet)
     infer_column("city", [f"city{i % 30}" if i % 3 else str(i % 7) for i in range(400)], "t.csv", quiet)
     assert quiet == []
+
+
+def test_whole_numbers_written_with_a_fractional_zero_are_levels_as_integers() -> None:
+    """pandas writes an integer column that has blanks as floats (2.0, 5.0): its levels were
+    '2.0' and '5.0', and every answer wrote them so. They are '2' and '5' now, and a cell '2.0'
+    (or '2') still names level '2'."""
+    cells = ["" if i % 7 == 0 else f"{i % 6}.0" for i in range(300)]
+    col = infer_column("kids", cells, "t.csv")
+    assert col.kind == "categorical" and col.levels == ("0", "1", "2", "3", "4", "5", "NA")
+    assert col.level_of("2.0") == col.level_of("2") == 2
+    flags = infer_column("member", ["1.0", "0.0"] * 50, "t.csv")
+    assert flags.kind == "binary" and flags.levels == ("0", "1")
+    # written as integers, or among text, the cells stay the levels as written
+    assert infer_column("kids", [str(i % 6) for i in range(300)], "t.csv").levels == ("0", "1", "2", "3", "4", "5")
+    assert infer_column("grade", ["A", "2.0", "B"] * 40, "t.csv").levels == ("2.0", "A", "B")

@@ -201,7 +201,7 @@ def infer_column(
             f"codes has them in {LEADING_ZERO_SHARE:.0%} of its cells or more"
         )
     if distinct and len(numbers) == len(distinct) and not codes:
-        values = sorted(zip(numbers, distinct, strict=True))  # levels in numeric order
+        values = _number_levels(numbers, distinct)
         if len(distinct) <= 2 and absent == 0:
             levels = [t for _, t in values]
             if len(levels) == 1:
@@ -233,6 +233,16 @@ def infer_column(
     if len(levels) == 2 and not absent:
         return Column(name, "binary", tuple(levels))
     return Column(name, "categorical", tuple(levels))
+
+
+def _number_levels(numbers: list[float], distinct: list[str]) -> list[tuple[float, str]]:
+    """(value, level) of a column's distinct cells that are all numbers, in numeric order. Whole
+    numbers as pandas writes an integer column that has blanks (2.0, 5.0) are levels '2' and
+    '5', which the cells '2.0' still name (Column.level_of matches by value)."""
+    values = sorted(zip(numbers, distinct, strict=True))
+    if all(_FLOAT_INTEGER.match(t) for t in distinct) and len(set(numbers)) == len(numbers):
+        return [(v, str(int(v))) for v, _ in values]
+    return values
 
 
 def _note_numbers_as_levels(name: str, present: list[str], notes: list[str] | None, codes: bool) -> None:
@@ -274,6 +284,8 @@ def _note_padded_levels(name: str, cells: list[str], notes: list[str] | None) ->
 
 
 _LEADING_ZERO = re.compile(r"[+-]?0\d")  # 02681, -007: not 0, 0.5 or 0e3
+# a whole number written with a fractional zero, as pandas writes an integer column with blanks
+_FLOAT_INTEGER = re.compile(r"^[+-]?\d+\.0+$")
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")  # 102,88 (a decimal comma), 1,000 (a thousands separator)
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+")  # 1,200 and 12,345,678: groups of three
 
