@@ -434,3 +434,11 @@ def test_sample_given_an_absent_value_of_a_column_never_absent_says_so(
     assert main([*base, "size="]) == 2
     assert "--given size has no value; leave it out" in last_line(capsys.readouterr().err)
     assert main([*base, "budget=NA"]) == 0  # a column that can be absent: a condition like any other
+
+
+def test_a_table_too_small_to_split_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for n, said in ((1, "1 row is too few"), (2, "2 rows are too few")):
+        source = tmp_path / f"t{n}.csv"
+        source.write_text("a,b\n" + "x,1\n" * n)
+        assert main(["split", str(source)]) == 2
+        assert f"{said} to split into train, valid and test: each needs a row" in last_line(capsys.readouterr().err)

@@ -329,3 +329,26 @@ def test_a_served_table_models_row_scores_the_same_in_any_batch() -> None:
     values = parse_records(engine.schema, records)
     alone = engine.logprob(values[:1], seed=0).logprob[0]
     assert all(engine.logprob(values[:n], seed=0).logprob[0] == alone for n in range(2, 65, 3))
+
+
+def test_a_column_of_one_level_has_surprisal_zero_not_minus_zero(tmp_path: Path) -> None:
+    """A constant column (one level, p = 1) was explained as -0.0 nats, which JSON and the
+    playground show as "-0"."""
+    from conftest import write_splits
+
+    from training.export import export_run
+    from training.table_model import TableMADEConfig
+    from training.train import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    rows = [["x", str(int(v)), f"{w:.1f}"] for v, w in zip(rng.integers(0, 3, 300), rng.normal(5, 1, 300), strict=True)]
+    path = write_splits(tmp_path, "const", ["site", "kind", "size"], rows)
+    data = load_table_dataset(str(path))
+    assert data.schema.columns[0].levels == ("x",)
+    model = TableMADEConfig(columns=data.schema.to_json(), hidden=[8], n_masks=2, direct=True)
+    Trainer(TrainConfig(dataset=str(path), model=model, max_epochs=1), tmp_path / "run", data).run(progress=False)
+    export_run(tmp_path / "run", tmp_path / "store", "const")
+    engine = TableEngine(open_model(tmp_path / "store", "const"), providers=providers_under_test())
+    explained = engine.surprisal(engine.schema.encode_rows([["x", "1", 5.0]]))
+    for kind in ("in_order", "given_others"):
+        assert explained[kind][0, 0] == 0.0 and not np.signbit(explained[kind][0, 0]), kind

@@ -61,7 +61,8 @@ def split_counts(n: int, valid: float, test: float) -> dict[str, int]:
         raise DataError(f"--valid {valid} and --test {test} leave no rows to train on; their sum must be below 1")
     n_valid, n_test = max(1, round(n * valid)), max(1, round(n * test))
     if n - n_valid - n_test < 1:
-        raise DataError(f"{n} rows are too few to split into train, valid and test")
+        rows = f"{n} rows are" if n != 1 else "1 row is"
+        raise DataError(f"{rows} too few to split into train, valid and test: each needs a row")
     return {"train": n - n_valid - n_test, "valid": n_valid, "test": n_test}
 
 

@@ -76,7 +76,8 @@ def surprisal(engine: TablePasses, values: np.ndarray) -> dict[str, np.ndarray]:
                 logmeanexp(np.stack([engine.column_logliks(x, k).sum(axis=1) for k in range(engine.n_masks)]), axis=0)
             )
         given[:, c] = -(base - np.logaddexp.reduce(np.stack(alts), axis=0))
-    return {"in_order": in_order, "given_others": given}
+    # + 0.0: a column of one level (p = 1) is surprisal 0, not the -0.0 of negating a 0
+    return {"in_order": in_order + 0.0, "given_others": given + 0.0}
 
 
 def _log_numeric_normaliser(
