@@ -102,6 +102,14 @@ async def test_numbers_in_records(made: InProcessClient) -> None:
         },
     )
     assert status == 200 and all(np.isfinite(body["logprob"]))
+    # '?' is unknown, as in a CSV cell: in a number that can be absent (where "NA" is a value), a
+    # number that cannot, and a category; it was "'?' is not a number" (a 422)
+    unknown = [{"kind": "x", "size": 2.5, "score": None, "budget": None}, {"kind": None, "size": 2.5}]
+    asked = [{"kind": "x", "size": 2.5, "score": "?", "budget": " ? "}, {"kind": "?", "size": 2.5}]
+    for endpoint in ("/logprob", "/impute"):
+        answers = [await post(made, endpoint, {"model": "mixed", "records": r, "seed": 3}) for r in (unknown, asked)]
+        assert answers[0][0] == answers[1][0] == 200, answers
+        assert answers[0][1] == answers[1][1]
 
 
 async def test_numbers_far_outside_the_training_values_are_422_naming_the_bounds(

@@ -52,6 +52,9 @@ ANSWER_COLUMNS = ("logprob", "exact", "stderr")
 # how a table file spells an absent cell: empty, R's NA, and NaN as pandas and numpy write a
 # missing float (a level of the same text, in a model trained before NaN was read so, stays a level)
 MISSING_CELLS = frozenset({"", "NA", "NaN", "nan"})
+# The cell that says "unknown" in a table column, whether or not the column can be absent (in a
+# CSV, and as a JSON string beside null); a column with a level "?" reads it as that level.
+UNKNOWN_CELL = "?"
 DEFAULT_COMPONENTS = 5
 MAX_ATOMS = 3  # a numeric column's point masses (Column.atoms), at most
 MAX_DECIMALS = 6
@@ -205,11 +208,14 @@ class Column:
 
     # --- cells ----------------------------------------------------------------------------------
     def encode_cell(self, value: Any, where: str, *, label: str | None = None) -> float:
-        """A cell (a string from a file, or a JSON value) -> its code or value; None -> NaN (unknown).
+        """A cell (a string from a file, or a JSON value) -> its code or value; None or '?' -> NaN
+        (unknown).
         `where` names the row for errors ("row 3"), which then name the cell "row 3, column 'x'";
         `label` names the cell itself instead ("given.x")."""
         if value is None:
             return math.nan
+        if isinstance(value, str) and value.strip() == UNKNOWN_CELL and UNKNOWN_CELL not in self.levels:
+            return math.nan  # '?' means unknown, as in a CSV cell (made.io.csv.table_cell)
         at = label or f"{where}, column '{self.name}'"
         if self.kind == "numeric":
             return self._encode_number(value, at)

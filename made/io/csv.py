@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from made.core.errors import DataError, ImpossibleValue
-from made.core.schema import ABSENT_LEVEL, MISSING_CELLS, Column
+from made.core.schema import ABSENT_LEVEL, MISSING_CELLS, UNKNOWN_CELL, Column
 
 # What a CSV may separate its cells with, found from its first line (the most frequent; the
 # first of them on a tie).
@@ -48,8 +48,6 @@ DELIMITERS = (",", ";", "|", "\t")
 # Cells that mean "no value" in bit data in the wild (pandas' defaults, UCI's '?'), compared
 # lower-cased.
 MISSING_MARKERS = frozenset({"", "na", "nan", "n/a", "null", "none", "?", "-"})
-# The cell that says "unknown" in a table column, whether or not the column can be absent.
-UNKNOWN_CELL = "?"
 
 
 def sniff_delimiter(line: str, tab: bool = True) -> str | None:
