@@ -641,6 +641,30 @@ def test_ray_table_model_and_a_bad_cell(ray_local: Any, diamonds: TableEngine, t
     assert (tmp_path / "inf-ray.csv").read_bytes() == (tmp_path / "inf-local.csv").read_bytes()
 
 
+@ray_warnings
+def test_ray_stderr_columns_are_the_local_ones(
+    ray_local: Any, bit_csv: tuple[Path, list[list[str]]], diamonds: TableEngine, tmp_path: Path
+) -> None:
+    """--stderr on Ray: the same exact and stderr as locally (the estimated rows seeded by their
+    values), CSV and Parquet, a table model and a model of bits."""
+    names, rows = _diamond_rows(diamonds, 200, seed=7)
+    table_path = _write_csv(tmp_path / "d.csv", rows, names)
+    for model, source in (("diamonds", table_path), ("mushrooms", bit_csv[0])):
+        for kind in ("csv", "parquet"):
+            local, on_ray = tmp_path / f"{model}-local.{kind}", tmp_path / f"{model}-ray.{kind}"
+            score_file(STORE, model, source, local, batch_size=50, progress=False, stderr=True)
+            score_file(STORE, model, source, on_ray, batch_size=64, ray="local", progress=False, stderr=True)
+            if kind == "csv":
+                scored = _read_csv(on_ray)
+                assert scored[0][-3:] == ["logprob", "exact", "stderr"]
+                assert "false" in [r[-2] for r in scored[1:]]  # estimated rows among them
+                assert on_ray.read_bytes() == local.read_bytes(), model
+            else:
+                table = pq.read_table(on_ray)
+                assert table.schema.field("exact").type == pa.bool_()
+                assert table.equals(pq.read_table(local)), model
+
+
 def test_made_score_ray_local_from_the_command_line(bit_csv: tuple[Path, list[list[str]]], tmp_path: Path) -> None:
     """The real `--ray local`: the console script starts its own Ray with two CPUs, and stops it."""
     pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install made[ray])")

@@ -292,6 +292,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         escape_formulas=not args.no_escape_formulas,
         warn=warnings.append,
         impossible=args.impossible,
+        stderr=args.stderr,
     )
     for text in warnings:  # once scored: a refused input's error stays its one line
         print(f"made score: warning: {text}", file=sys.stderr)

@@ -323,6 +323,13 @@ def _add_score(sub: argparse._SubParsersAction[_OneLineParser]) -> None:
         help="bit models: also cond_0..cond_{D-1}, p(x_d = 1 | the dimensions before d in mask 0's order)",
     )
     c.add_argument(
+        "--stderr",
+        action="store_true",
+        help="also exact and stderr after logprob, as POST /logprob answers them: whether the row's log p is "
+        "exact, else an estimate (unknown cells no mask's order sums out) and its standard error (empty or "
+        "null where exact; a row scored -inf by --impossible inf is exact)",
+    )
+    c.add_argument(
         "--threads",
         type=int,
         default=0,

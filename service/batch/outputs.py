@@ -30,8 +30,9 @@ from service.batch.inputs import Block
 
 class CsvSink:
     """CSV output: the input's cells unchanged (text), scores at full precision (repr of the
-    float64, which reads back to the same number), an empty cell for none. escape: text cells a
-    spreadsheet would run as formulas get a leading ' (made.io.csv.escape_formula)."""
+    float64, which reads back to the same number), an empty cell for none; a bool column
+    (--stderr's exact) as true/false, as POST /logprob's CSV answer writes it. escape: text cells
+    a spreadsheet would run as formulas get a leading ' (made.io.csv.escape_formula)."""
 
     def __init__(self, fh: IO[str], delimiter: str, escape: bool = True):
         self.writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
@@ -47,11 +48,11 @@ class CsvSink:
         self._header([*names, *scores])
         if self.escape and _may_need_escape(rows):
             rows = [escape_cells(row) for row in rows]
-        columns = [_float_cells(v) for v in scores.values()]
+        columns = [_score_cells(v) for v in scores.values()]
         self.writer.writerows([*row, *extra] for row, extra in zip(rows, zip(*columns, strict=True), strict=True))
 
     def write_arrow(self, table: Any, n_scores: int) -> None:
-        """An Arrow table whose last n_scores columns are float64 scores."""
+        """An Arrow table whose last n_scores columns are scores: float64 (null: none), or bool."""
         names = [str(n) for n in table.column_names]
         base = names[: len(names) - n_scores]
         block = Block(base, table=table.select(base), text=False)
@@ -59,7 +60,7 @@ class CsvSink:
         columns = [block.column_text(j) for j in range(len(base))]
         if self.escape:
             columns = [escape_cells(column) for column in columns]
-        columns += [_float_cells(table.column(name).to_numpy(zero_copy_only=False)) for name in names[len(base) :]]
+        columns += [_score_cells(table.column(name).to_numpy(zero_copy_only=False)) for name in names[len(base) :]]
         self.writer.writerows(zip(*columns, strict=True))
 
 
@@ -70,7 +71,11 @@ def _may_need_escape(rows: list[list[str]]) -> bool:
     return any(f"\n{c}" in joined for c in "=+-@\t\r")
 
 
-def _float_cells(values: np.ndarray) -> list[str]:
+def _score_cells(values: np.ndarray) -> list[str]:
+    """A score column's cells: a float64's repr (empty for NaN), a bool's true/false."""
+    values = np.asarray(values)
+    if values.dtype == np.bool_:
+        return ["true" if v else "false" for v in values.tolist()]
     return ["" if v != v else repr(v) for v in np.asarray(values, dtype=np.float64).tolist()]
 
 

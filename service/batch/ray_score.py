@@ -54,6 +54,7 @@ class RayScorer:
         conditionals: bool,
         out_kind: str,
         impossible: str = "error",
+        stderr: bool = False,
     ):
         tmp = Path(tempfile.mkdtemp(prefix="made-score-"))
         try:
@@ -61,7 +62,7 @@ class RayScorer:
             folder.mkdir(parents=True)
             for fname, data in files.items():
                 (folder / fname).write_bytes(data)
-            self.scorer = Scorer(open_model(tmp, name, version), names, source, conditionals, impossible)
+            self.scorer = Scorer(open_model(tmp, name, version), names, source, conditionals, impossible, stderr)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.names, self.source, self.text, self.out_kind = names, source, text, out_kind
@@ -113,6 +114,7 @@ def score_on_ray(
     start: float,
     escape_formulas: bool = True,
     impossible: str = "error",
+    stderr: bool = False,
 ) -> ScoreResult:
     """Ray Data: read the file, map_batches over a pool of RayScorer actors (each loads the engine
     once, with one onnxruntime thread like the local path's), then stream the scored blocks back
@@ -120,7 +122,7 @@ def score_on_ray(
     input path must be readable from its nodes (a shared folder, s3://...), and made must be
     installed there."""
     ray = _import_ray()
-    n_scores = len(score_names(len(model.schema), conditionals))
+    n_scores = len(score_names(len(model.schema), conditionals, stderr))
     tally = Tally(start, impossible == "inf")
     with ray_session(address), _data_context(ray):
         # every CPU of the cluster scores, in actors of at most one CPU each, except what one read
@@ -147,6 +149,7 @@ def score_on_ray(
                 conditionals=conditionals,
                 out_kind=out_kind,
                 impossible=impossible,
+                stderr=stderr,
             ),
         )
         bar = score_progress(plan.rows, "rows", progress)

@@ -1,4 +1,5 @@
-"""`made score`: a CSV or Parquet file in, the same rows with a `logprob` column out.
+"""`made score`: a CSV or Parquet file in, the same rows with a `logprob` column out (with
+--stderr, `exact` and `stderr` too, as POST /logprob's CSV answer has them).
 
 Locally the file is read, scored and written in blocks of `batch_size` rows (service.batch.inputs,
 service.batch.scorer, service.batch.outputs), a few blocks in memory at a time whatever the file's
@@ -48,6 +49,7 @@ def score_file(
     escape_formulas: bool = True,
     warn: Callable[[str], None] | None = None,
     impossible: str = "error",
+    stderr: bool = False,
 ) -> ScoreResult:
     """Score every row of input_path with model `name` of `store`; write output_path atomically.
     threads: blocks scored at once (default: the CPU cores this process may use). escape_formulas:
@@ -56,8 +58,10 @@ def score_file(
     rows scored -inf). impossible: "error" stops at the first cell a table model gives no
     probability (outside its column's bounds, not a level; an empty or NA cell of a column never
     absent is unknown, table_cell), naming it; "inf" scores its row -inf (p = 0) and goes on,
-    and warn is told how many rows and the first such cell. Everything that can be checked before
-    scoring (the files, the columns) is checked first."""
+    and warn is told how many rows and the first such cell. stderr: `exact` and `stderr` columns
+    after logprob, POST /logprob's (an estimate's standard error, empty or null where exact; a row
+    scored -inf is exact). Everything that can be checked before scoring (the files, the columns)
+    is checked first."""
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -72,7 +76,7 @@ def score_file(
         raise ConfigError(f"--impossible must be one of {', '.join(IMPOSSIBLE_CHOICES)}, got {impossible!r}")
     model = open_model(Path(store), name, version)
     plan = inspect_input(source, table=model.is_table)
-    check_columns(model, plan.names, str(source), conditionals)
+    check_columns(model, plan.names, str(source), conditionals, stderr)
     lacking = lacking_columns(model, plan.names)
     if lacking and warn is not None:
         warn(lacking)
@@ -89,10 +93,11 @@ def score_file(
             start=start,
             escape_formulas=escape_formulas,
             impossible=impossible,
+            stderr=stderr,
         )
         _tell_impossible(result, model.name, None, warn)
         return result
-    scorer = Scorer(model, plan.names, str(source), conditionals, impossible)
+    scorer = Scorer(model, plan.names, str(source), conditionals, impossible, stderr)
     delimiter = "\t" if output.suffix.lower() == ".tsv" else (plan.delimiter if plan.kind == "csv" else ",")
     unit, total = ("B", plan.size) if plan.kind == "csv" else ("rows", plan.rows)
     bar = score_progress(total, unit, progress)

@@ -14,6 +14,11 @@ to the bit whatever the rows beside it (a single row included), and so are a tab
 estimates, which go through the engine a block at a time; a bit model's particle filter steps
 through float64 matrix products whose last bits depend on the batch, so its estimated rows go
 one at a time.
+
+With `stderr` (made score --stderr) each row also gets `exact` and `stderr`, POST /logprob's:
+whether its log p is exact, and the standard error of an estimate (NaN, written empty or null,
+where exact). A row scored -inf under --impossible inf is exact, stderr none: a cell the model
+gives no probability makes p(x_known) 0 whatever its unknown cells, no estimate.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from service.engine.engine import Engine
 from service.engine.table_engine import TableEngine
 
 SCORE_COLUMN = "logprob"
+STDERR_COLUMNS = ("exact", "stderr")  # made score --stderr: after logprob, as POST /logprob's CSV answer
 IMPOSSIBLE_CHOICES = ("error", "inf")
 COND_PREFIX = "cond_"
 
@@ -50,16 +56,18 @@ class Scorer:
         source: str,
         conditionals: bool = False,
         impossible: str = "error",
+        stderr: bool = False,
     ):
         self.table = model.is_table
         self.conditionals = conditionals
+        self.stderr = stderr  # the exact and stderr columns too
         self.source = source
         # "inf": a table row holding a cell the model gives no probability scores -inf, and the
         # first such cell's error is kept here to be named once the file is scored (score_file
         # checked the choice)
         self.impossible = impossible
         self.first_impossible: str | None = None
-        check_columns(model, names, source, conditionals)
+        check_columns(model, names, source, conditionals, stderr)
         # one onnxruntime thread per session: results that do not depend on the machine's cores;
         # blocks are scored in parallel instead (score_file's threads, or Ray's actors)
         self.engine: Engine | TableEngine = TableEngine(model, threads=1) if self.table else Engine(model, threads=1)
@@ -73,7 +81,7 @@ class Scorer:
 
     @property
     def score_names(self) -> list[str]:
-        return score_names(self.engine.dims, self.conditionals)
+        return score_names(self.engine.dims, self.conditionals, self.stderr)
 
     # encoding
     def encode(self, block: Block) -> np.ndarray:
@@ -112,9 +120,10 @@ class Scorer:
 
     # the engine
     def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """log p per row (and the conditionals of complete rows of a bit model). Rows that need no
+        """log p per row (with stderr, whether it is exact and the standard error of an estimate,
+        NaN where exact; and the conditionals of complete rows of a bit model). Rows that need no
         estimate are scored in one call; the others seeded by their values, a table model's in one
-        call, a bit model's each alone."""
+        call, a bit model's each alone. Each column a float64 array, `exact` a bool one."""
         n = len(x)
         # rows holding a cell coded IMPOSSIBLE (--impossible inf): p = 0, log p -inf, not scored;
         # +inf is a number recorded as absent (ABSENT), which the model scores as data
@@ -128,26 +137,35 @@ class Scorer:
         else:
             exact = exact_orders(self.engine.orderings, ~unknown).all(axis=0) | ~unknown.any(axis=1)
         logprob = np.full(n, -np.inf)
+        # the engine's own exact and stderr (POST /logprob's); an impossible row: exact, p = 0
+        is_exact = np.ones(n, dtype=bool)
+        stderr = np.full(n, np.nan)
         complete = ~unknown.any(axis=1) & ~impossible
         exact = exact & ~impossible
         # complete rows, then rows whose missing values are summed out exactly: the engine scores
         # those two kinds apart (a row's answer does not depend on the rows beside it, to the bit)
         for rows in (np.flatnonzero(complete), np.flatnonzero(exact & ~complete)):
             if len(rows):
-                logprob[rows] = self.engine.logprob(x[rows]).logprob
+                result = self.engine.logprob(x[rows])
+                logprob[rows], is_exact[rows], stderr[rows] = _answered(result)
         todo = np.flatnonzero(~exact & ~impossible)
         if len(todo) and isinstance(self.engine, TableEngine):
             # one call, each row seeded as if alone: a table model's answer for a row does not
             # depend on the other rows, to the bit (TableEngine.params), and one call is several
             # times cheaper than a call a row (bench/score_bench.py --missing)
             seeds = np.array([row_seed(x[i]) for i in todo], dtype=np.int64)
-            logprob[todo] = self.engine.logprob(x[todo], row_seeds=seeds).logprob
+            result = self.engine.logprob(x[todo], row_seeds=seeds)
+            logprob[todo], is_exact[todo], stderr[todo] = _answered(result)
         else:
             # a bit model's particle filter steps through float64 matrix products whose last bits
             # depend on the rows beside it: each row alone, for the same bytes whatever the batch
             for i in todo:
-                logprob[i] = self.engine.logprob(x[i : i + 1], seed=row_seed(x[i])).logprob[0]
+                result = self.engine.logprob(x[i : i + 1], seed=row_seed(x[i]))
+                lp, ex, se = _answered(result)
+                logprob[i], is_exact[i], stderr[i] = lp[0], ex[0], se[0]
         out = {SCORE_COLUMN: logprob}
+        if self.stderr:
+            out.update(zip(STDERR_COLUMNS, (is_exact, stderr), strict=True))
         if self.conditionals and isinstance(self.engine, Engine):
             engine = self.engine
             cond = np.full((n, engine.dims), np.nan)
@@ -186,18 +204,23 @@ class Scorer:
             table = block.table if isinstance(block.table, pa.Table) else pa.Table.from_batches([block.table])
             table = table.replace_schema_metadata(None)
         for name, values in scores.items():
-            table = table.append_column(
-                pa.field(name, pa.float64()), pa.array(values, type=pa.float64(), mask=np.isnan(values))
-            )
+            if values.dtype == np.bool_:  # exact (--stderr)
+                table = table.append_column(pa.field(name, pa.bool_()), pa.array(values, type=pa.bool_()))
+            else:
+                table = table.append_column(
+                    pa.field(name, pa.float64()), pa.array(values, type=pa.float64(), mask=np.isnan(values))
+                )
         return table
 
 
-def check_columns(model: StoredModel, names: list[str], source: str, conditionals: bool) -> None:
-    """Refuse an input whose columns cannot feed the model, before the engine is loaded."""
-    extra = score_names(len(model.schema), conditionals)
+def check_columns(model: StoredModel, names: list[str], source: str, conditionals: bool, stderr: bool = False) -> None:
+    """Refuse an input whose columns cannot feed the model, or that has a column the output adds,
+    before the engine is loaded."""
+    extra = score_names(len(model.schema), conditionals, stderr)
     clash = [n for n in extra if n in names]
     if clash:
-        raise DataError(f"{source} already has a column '{clash[0]}' (a scored file?); rename or drop it first")
+        added = ", which --stderr adds" if clash[0] in STDERR_COLUMNS else ""
+        raise DataError(f"{source} already has a column '{clash[0]}'{added} (a scored file?); rename or drop it first")
     if model.is_table:
         if conditionals:
             raise ConfigError(
@@ -249,8 +272,20 @@ def _numbers_as_written(cells: list[str]) -> np.ndarray:
     return out
 
 
-def score_names(dims: int, conditionals: bool) -> list[str]:
-    return [SCORE_COLUMN] + ([f"{COND_PREFIX}{d}" for d in range(dims)] if conditionals else [])
+def score_names(dims: int, conditionals: bool, stderr: bool = False) -> list[str]:
+    """The columns the output adds, in order: logprob, exact and stderr (--stderr), cond_d."""
+    return (
+        [SCORE_COLUMN]
+        + (list(STDERR_COLUMNS) if stderr else [])
+        + ([f"{COND_PREFIX}{d}" for d in range(dims)] if conditionals else [])
+    )
+
+
+def _answered(result: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An engine's log p answer as (logprob, exact, stderr), stderr NaN where exact: as POST
+    /logprob answers it (a table engine's stderr is 0 there, a bit engine's NaN; both null)."""
+    exact = np.asarray(result.exact, dtype=bool)
+    return result.logprob, exact, np.where(exact, np.nan, result.stderr)
 
 
 def _bits_from_text(rows: list[list[str]], where: Callable[[int], str]) -> np.ndarray:
