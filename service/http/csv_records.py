@@ -5,7 +5,8 @@
 
 A pure ASGI middleware in front of the routers: a POST to /logprob, /impute or /conditionals sent
 as text/csv becomes the JSON request {"records": [...]} (the options come from the query string:
-model, seed, first_row, n_importance, masks, n_samples, explain, mask), read against the model's columns by
+model and the route's own: seed, first_row, n_importance, masks, n_samples, explain or mask, as
+its JSON request has them), read against the model's columns by
 the project's one CSV reader (service.core.records.parse_csv over made.io.csv: the delimiter
 found in the first line, a column named twice a 422, an empty cell absent where the column can
 be absent, else unknown; a boolean option true/false, 1/0, yes/no or on/off, else a 422). The
@@ -39,7 +40,7 @@ from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import numpy as np
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,6 +48,7 @@ from made.core.errors import InvalidInput, MadeError, NotAcceptable
 from made.core.schema import ABSENT
 from made.io.csv import to_csv
 from service.core.records import check_csv_bounds, parse_csv
+from service.core.schemas import ConditionalsRequest, ImputeRequest, LogProbRequest
 from service.http.accept import CSV, NEGOTIATED, offers, preferred, refusal
 from service.http.auth import carries_key
 from service.http.errors import compressed, made_error_body
@@ -63,6 +65,14 @@ _OPTIONS = {
     "explain": bool,
     "mask": int,
 }
+# Each CSV route's options: those of _OPTIONS its JSON request has (an option of another route,
+# /logprob?mask=2, is named as a query parameter of this one, not as an unknown body field)
+_REQUESTS: dict[str, type[BaseModel]] = {
+    "/logprob": LogProbRequest,
+    "/impute": ImputeRequest,
+    "/conditionals": ConditionalsRequest,
+}
+_ROUTE_OPTIONS = {path: sorted(set(_OPTIONS) & set(model.model_fields)) for path, model in _REQUESTS.items()}
 # A boolean option read as FastAPI reads a boolean query parameter: true/false, 1/0, yes/no,
 # on/off (t/f, y/n), in any case; anything else is a 422 naming the option.
 _BOOLEAN = TypeAdapter(bool)
@@ -208,11 +218,12 @@ class CsvRecordsMiddleware:
         if len(query) != len(pairs):  # last-wins would pick one silently
             twice = next(key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1)
             raise InvalidInput(f"query parameter {_shown(twice)} is given twice; give it once", loc=("query", twice))
-        unknown = sorted(set(query) - set(_OPTIONS))
+        path = scope["path"]
+        unknown = sorted(set(query) - set(_ROUTE_OPTIONS[path]))
         if unknown:
             raise InvalidInput(
-                f"query parameter {_shown(unknown[0])} is not an option of a CSV request "
-                f"({', '.join(sorted(_OPTIONS))})",
+                f"query parameter {_shown(unknown[0])} is not an option of a CSV request to {path} "
+                f"({', '.join(_ROUTE_OPTIONS[path])})",
                 loc=("query", unknown[0][:40]),
             )
         request: dict[str, Any] = {}

@@ -294,7 +294,7 @@ async def sample(
     responses=ERRORS,
     response_model_exclude_none=True,
     openapi_extra=_csv_body(
-        _SEED, _FIRST_ROW, _N_IMPORTANCE, _MASKS, ("n_samples", "integer", "CSV bodies: completions per record")
+        _SEED, _FIRST_ROW, _N_IMPORTANCE, ("n_samples", "integer", "CSV bodies: completions per record")
     ),
 )
 async def impute(req: ImputeRequest, dp: DataPlaneDep) -> ImputeResponse:
