@@ -169,6 +169,12 @@ def test_train_refuses_a_column_named_like_a_score_column(tmp_path: Path, capsys
     assert not (tmp_path / "run").exists()
     code, _, _ = made(capsys, *args, "--drop-columns", "logprob", "--out", str(tmp_path / "run2"))
     assert code == 0
+    # made schema refuses it alike (it wrote a schema that made train then refused)
+    code, out, err = made(capsys, "schema", str(tmp_path / "t_train.csv"))
+    assert_one_line(code, err, "schema", "column 'logprob' has the name of a column that scoring adds")
+    assert out == ""
+    code, out, _ = made(capsys, "schema", str(tmp_path / "t_train.csv"), "--drop-columns", "logprob")
+    assert code == 0 and '"name": "logprob"' not in out
 
 
 def test_serve_and_evaluate_say_the_store_is_missing_or_a_file(

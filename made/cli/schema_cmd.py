@@ -69,6 +69,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from made.io.atomic import atomic_write_text, check_output_path
     from made.io.data import SPLITS, split_files
     from made.io.tables import infer_schema, is_headered_bits, load_table_dataset, read_table, table_dataset
+    from made.io.training_data import refuse_answer_names
 
     path = Path(args.csv)
     if not path.is_file():
@@ -103,6 +104,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         notes = []
         rows = [[r[j] for j in keep] for r in rows]
         schema = infer_schema([header[j] for j in keep], rows, str(path), notes, lines)
+    refuse_answer_names(schema.names, str(path))  # as made train refuses it
     print_schema(schema, notes, origin, "made schema")
     if is_headered_bits(path):
         print(

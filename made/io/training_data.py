@@ -36,14 +36,20 @@ def load_training_data(
                 "to model in the schema file"
             )
         table = load_table_dataset(dataset, schema=schema, drop_columns=drop_columns)
-        taken = [name for name in table.schema.names if name in ANSWER_COLUMNS]
-        if taken:
-            raise DataError(
-                f"{dataset}: column '{taken[0]}' has the name of a column that scoring adds "
-                f"({', '.join(ANSWER_COLUMNS)}), so a scored row could not tell them apart; rename it, or leave "
-                f"it out with --drop-columns {taken[0]}"
-            )
+        refuse_answer_names(table.schema.names, dataset)
         return table
     if drop_columns:
         raise DataError(f"--drop-columns names columns of a table (a CSV with a header row); {dataset} is bit data")
     return load_dataset(dataset)
+
+
+def refuse_answer_names(names: list[str], dataset: str) -> None:
+    """A table column named as a column that scoring adds (logprob, exact, stderr) cannot be
+    modelled: a scored row could not tell them apart. made train and made schema refuse it alike."""
+    taken = [name for name in names if name in ANSWER_COLUMNS]
+    if taken:
+        raise DataError(
+            f"{dataset}: column '{taken[0]}' has the name of a column that scoring adds "
+            f"({', '.join(ANSWER_COLUMNS)}), so a scored row could not tell them apart; rename it, or leave "
+            f"it out with --drop-columns {taken[0]}"
+        )
