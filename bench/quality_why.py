@@ -19,7 +19,14 @@ re-scored with the TEST split's bin edges for both sides (`pairs@real-bins`), wh
 what the model gets wrong about pairs from what the judge's per-dataset binning adds (sdmetrics
 0.32 bins each dataset's numeric columns into 10 equal-width bins between ITS OWN min and max).
 
+--first-seed S draws seeds S..S+N-1 instead of 0..N-1 (fresh draws of the same variants);
+--paired "A,B" then prints the per-draw difference of Column Pair Trends, B minus A, over the
+same seeds (mean and its standard error, and in how many draws B is higher): the made variants
+share one network and one seed a draw, so their difference is measured far more finely than
+either mean.
+
     .venv/bin/python bench/quality_why.py --table diamonds [--masks 8] [--n 5000] [--margins 0.1,0.0144]
+        [--seeds 3] [--first-seed 0] [--paired "margin 0.1,as stored"]
 """
 
 from __future__ import annotations
@@ -164,7 +171,8 @@ def scores_of(
 KEYS = ("overall", "shapes", "pairs", "correlation", "contingency", "pairs@real-bins", "detection", "out-of-range")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The options, and --paired's two variants (none where not asked)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", default="diamonds")
     p.add_argument("--n", type=int, default=5000)
@@ -176,7 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detection", action="store_true", help="also LogisticDetection (slower)")
     p.add_argument("--variants", default="", help="only these variants (comma-separated labels)")
     p.add_argument("--margins", default="", help="bound margins to try, shares of the range (variants `margin M`)")
+    p.add_argument("--first-seed", type=int, default=0, help="the first draw's seed (draws S..S+N-1)")
+    p.add_argument("--paired", default="", help='"A,B": Column Pair Trends of B minus A, draw by draw')
     args = p.parse_args(argv)
+    paired = [v.strip() for v in args.paired.split(",") if v.strip()]
+    if paired and len(paired) != 2:
+        p.error('--paired takes two variants, "A,B"')
+    return args, paired
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, paired = parse_args(argv)
     warnings.filterwarnings("ignore")
     paths = quality.table_paths(args.table)
     train = quality.read_csv(paths["train"]).drop(columns=quality.DROP.get(args.table, []))
@@ -235,16 +253,39 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.variants:
         draws = {k: v for k, v in draws.items() if k in args.variants.split(",")}
-    print(f"{args.table}: mean (sd) over {args.seeds} draws of {args.n} rows")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    shown = f"seeds {seeds[0]}-{seeds[-1]}" if args.first_seed else f"{args.seeds} draws"
+    print(f"{args.table}: mean (sd) over {shown} of {args.n} rows")
+    pairs = print_variants(draws, seeds, lambda sample: scores_of(test_a, sample, meta, train_a, cats, args.detection))
+    if paired:
+        print_paired(pairs, *paired)
+    return 0
+
+
+def print_variants(draws: dict[str, Any], seeds: range, score: Any) -> dict[str, np.ndarray]:
+    """The table of every variant's scores over the seeds (mean and sd); each variant's Column
+    Pair Trends draw by draw."""
     print("| variant | " + " | ".join(KEYS) + " |\n|---|" + "---|" * len(KEYS))
+    pairs: dict[str, np.ndarray] = {}
     for label, draw in draws.items():
-        runs = [scores_of(test_a, draw(seed), meta, train_a, cats, args.detection) for seed in range(args.seeds)]
+        runs = [score(draw(seed)) for seed in seeds]
+        pairs[label] = np.array([r["pairs"] for r in runs])
         cells = []
         for key in KEYS:
             v = np.array([r[key] for r in runs])
             cells.append("—" if np.isnan(v).all() else f"{v.mean():.3f} ({v.std(ddof=1) if len(v) > 1 else 0:.3f})")
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
-    return 0
+    return pairs
+
+
+def print_paired(pairs: dict[str, np.ndarray], a: str, b: str) -> None:
+    """Column Pair Trends of variant b minus variant a, draw by draw over the same seeds."""
+    diff = pairs[b] - pairs[a]
+    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    print(
+        f"\nColumn Pair Trends, {b} minus {a}, draw by draw over the same seeds: {diff.mean():+.4f} "
+        f"(standard error {se:.4f}); {b} higher in {int((diff > 0).sum())} of {len(diff)} draws"
+    )
 
 
 if __name__ == "__main__":
