@@ -4,7 +4,7 @@ bench/quality.py judges them.
 
 Variants: `as stored` (the engine's sample of the model as its manifest has it, the mixture of
 its masks); `no bounds` (a copy of the model without lower/upper in its manifest: untruncated
-heads, as before bounds); `no bounds, clipped` (those cells clipped to the training split's range
+heads, as before bounds); `no bounds then clipped` (those cells clipped to the training split's range
 after the fact, a proxy only); `bounds = train range` (the same network with the training
 split's exact [min, max] as bounds: made.core.heads' truncated head); `bounds inferred` (the
 bounds `made train` infers now); `margin M` (--margins: the training range widened by M of it on
@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--fit-rows", type=int, default=5000)
     p.add_argument("--made-epochs", type=int, default=100)
     p.add_argument("--detection", action="store_true", help="also LogisticDetection (slower)")
-    p.add_argument("--variants", default="", help="only these variants (comma-separated labels)")
+    p.add_argument("--variants", default="", help="only these variants (comma-separated labels; none holds a comma)")
     p.add_argument("--margins", default="", help="bound margins to try, shares of the range (variants `margin M`)")
     p.add_argument("--first-seed", type=int, default=0, help="the first draw's seed (draws S..S+N-1)")
     p.add_argument("--paired", default="", help='"A,B": Column Pair Trends of B minus A, draw by draw')
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     draws: dict[str, Any] = {
         "as stored": lambda seed: made((store, name), seed),
         "no bounds": lambda seed: made(unbounded, seed),
-        "no bounds, clipped": lambda seed: clip(made(unbounded, seed)),
+        "no bounds then clipped": lambda seed: clip(made(unbounded, seed)),
         "bounds = train range": lambda seed: made(ranged, seed),
         "bounds inferred": lambda seed: made(inferred, seed),
         **{label: (lambda seed, where=where: made(where, seed)) for label, where in margins.items()},
