@@ -329,7 +329,8 @@ def render(rows: list[tuple[str, str, str, str]], source: str, args: argparse.Na
         f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine shows "
         "mostly in the p99s).",
         "",
-        f"Regenerate: `.venv/bin/python bench/engine_bench.py --threads {args.threads} --write` (or `make bench`).",
+        f"Regenerate: `.venv/bin/python bench/engine_bench.py --threads {args.threads} --write` "
+        "(`make bench` prints the same table without writing it).",
         "",
         "| figure | measurement | value | note |",
         "|---|---|---|---|",

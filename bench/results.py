@@ -213,7 +213,7 @@ NOTES = """Notes on the gaps:
   the official code). With Adam (lr 0.001) instead of SGD (`*-tanh-orth-adam` rows), the same
   networks stop after 67 (adult) and 254 (mushrooms) epochs at adult 13.18 and mushrooms 9.67:
   tanh units, orthogonal weights and a random ordering (not separated here) give most of the
-  mushrooms gain (9.88 -> 9.67) and a third of adult's (13.24 -> 13.18); the long, slow SGD
+  mushrooms gain (9.88 -> 9.67) and almost half of adult's (13.24 -> 13.18); the long, slow SGD
   descent gives the rest (13.11, 9.63), and the best validation NLL. These models export and
   serve like the others (the manifest's `activation` is "tanh"; the graph and the engine's
   sampler apply it).

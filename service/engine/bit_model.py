@@ -32,7 +32,7 @@ from service.engine.table_impute import TableImpute
 EXPLAIN_ROWS = 1 << 16
 
 # Seconds per value drawn by the stepping sampler over seconds per value a pass computes (the
-# budget's unit), measured by bench/abuse.py --costs (docs/operations.md).
+# budget's unit), measured by bench/work_costs.py (a drawn value over a passed one; docs/operations.md).
 STEP_COST = 3
 
 
