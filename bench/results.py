@@ -172,7 +172,8 @@ EXPERIMENTS: dict[str, tuple[str, list[str], float, str, float | None]] = {
 NOTES = """Notes on the gaps:
 - binarized_mnist, fixed training set (the paper's protocol): the 500-unit networks overfit the
   one binarization of the 50,000 training images (2x500, K=8: 88.5 nats on its last epoch's
-  training minibatches, 93.3 per mask on validation), and stop short of the paper. The official
+  training minibatches, 93.3 per mask on validation: the `train_nll` of its run's log.jsonl and
+  the mean of `valid_nll_per_mask` in its metrics.json), and stop short of the paper. The official
   MADE code trains its MNIST model with two hidden layers of 8000 units (`[8000,8000]` in the
   README command of github.com/mgermain/MADE), out of reach on 2 CPU cores; a 500-unit, one-mask
   MADE is reported at about 94.5 nats by github.com/karpathy/pytorch-made. Direct input-to-output
