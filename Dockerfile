@@ -85,9 +85,9 @@ COPY service/ service/
 # The shipped store; mount another one and point MADE_STORE at it to serve your own models.
 COPY model_store/ model_store/
 # NVIDIA_TF32_OVERRIDE=0: full float32 matmuls on Ampere and later, so that log p(x) on the GPU
-# matches the CPU's (TF32 would move it by about 1e-3 nats). CUDA_CACHE_PATH: CUDA's JIT cache
-# where a read-only root leaves room (/tmp; the user's HOME is /nonexistent), as the Kubernetes
-# GPU overlay sets it; unused on a CPU.
+# matches the CPU's (TF32 moved it by up to 1.7e-2 nats a mask: docs/gpu-check.md).
+# CUDA_CACHE_PATH: CUDA's JIT cache where a read-only root leaves room (/tmp; the user's HOME is
+# /nonexistent), as the Kubernetes GPU overlay sets it; unused on a CPU.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
