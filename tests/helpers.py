@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -304,3 +305,19 @@ def random_table_made(schema: Schema, masks: int = 4, direct: bool = True, seed:
         for p in model.parameters():
             p.normal_(0.0, 0.7)
     return model.eval()
+
+
+def write_csv_file(path: Path, rows: list[list[str]], header: list[str] | None = None) -> Path:
+    """Rows (and a header) as a CSV file, written by the csv module."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_csv_file(path: Path) -> list[list[str]]:
+    """A CSV file's rows (the header among them), read by the csv module."""
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))

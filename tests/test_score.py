@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import read_csv_file, write_csv_file
 
 from made.store.versions import open_model
 from service.batch.outputs import score_progress
@@ -69,20 +70,6 @@ def _bit_rows(engine: Engine, n: int, seed: int) -> list[list[str]]:
     return rows
 
 
-def _write_csv(path: Path, rows: list[list[str]], header: list[str] | None = None) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        if header:
-            writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def _read_csv(path: Path) -> list[list[str]]:
-    with open(path, newline="") as fh:
-        return list(csv.reader(fh))
-
-
 def _as_x(rows: list[list[str]]) -> np.ndarray:
     return np.array([[math.nan if c in ("", "NA") else float(c) for c in r] for r in rows])
 
@@ -107,7 +94,7 @@ def _engine_scores(engine: Engine | TableEngine, x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bit_csv(tmp_path_factory: pytest.TempPathFactory, bits: Engine) -> tuple[Path, list[list[str]]]:
     rows = _bit_rows(bits, 700, seed=3)
-    return _write_csv(tmp_path_factory.mktemp("score") / "mushrooms.csv", rows), rows
+    return write_csv_file(tmp_path_factory.mktemp("score") / "mushrooms.csv", rows), rows
 
 
 # --- local ------------------------------------------------------------------------------------------
@@ -118,7 +105,7 @@ def test_csv_rows_come_back_unchanged_with_the_engines_logprob(
     out = tmp_path / "scored.csv"
     result = score_file(STORE, "mushrooms", path, out, batch_size=128, progress=False)
     assert (result.rows, result.blocks) == (700, math.ceil(700 / 128))
-    table = _read_csv(out)
+    table = read_csv_file(out)
     assert table[0] == [f"x{j}" for j in range(D)] + ["logprob"]  # a header-less file gets the API's names
     assert [r[:-1] for r in table[1:]] == rows  # the cells as they were, NA and blanks included
     got = np.array([float(r[-1]) for r in table[1:]])
@@ -171,9 +158,9 @@ def test_csv_to_parquet_and_back(bit_csv: tuple[Path, list[list[str]]], tmp_path
     assert typed.schema.field("x0").type == pa.uint8() and typed.column("x7").null_count == 1
     pq.write_table(typed.drop_columns(["logprob"]), tmp_path / "b.parquet")
     score_file(STORE, "mushrooms", tmp_path / "b.parquet", tmp_path / "c.csv", progress=False)
-    first = _read_csv(tmp_path / "a.csv")
+    first = read_csv_file(tmp_path / "a.csv")
     # the third file went through Parquet (with the scores dropped on the way back in): same scores
-    assert [r[-1] for r in first] == [r[-1] for r in _read_csv(tmp_path / "c.csv")]
+    assert [r[-1] for r in first] == [r[-1] for r in read_csv_file(tmp_path / "c.csv")]
 
 
 def test_header_row_delimiter_and_tsv_output(bits: Engine, tmp_path: Path) -> None:
@@ -222,7 +209,7 @@ def test_memory_is_bounded_by_the_batch_not_the_file(
     assert peaks[10_000] < peaks[2_000] + 3e6, f"peak {peaks} bytes: memory grows with the file"
     assert peaks[10_000] < x.size * 8  # less than the whole file's rows as float64
     monkeypatch.undo()
-    _same([float(r[-1]) for r in _read_csv(tmp_path / "out10000.csv")[1:]], bits.logprob(x).logprob)
+    _same([float(r[-1]) for r in read_csv_file(tmp_path / "out10000.csv")[1:]], bits.logprob(x).logprob)
 
 
 def _diamond_rows(engine: TableEngine, n: int, seed: int) -> tuple[list[str], list[list[str]]]:
@@ -239,9 +226,9 @@ def _diamond_rows(engine: TableEngine, n: int, seed: int) -> tuple[list[str], li
 
 def test_table_model_reads_its_columns_by_name(diamonds: TableEngine, tmp_path: Path) -> None:
     names, rows = _diamond_rows(diamonds, 300, seed=5)
-    path = _write_csv(tmp_path / "diamonds.csv", rows, names)
+    path = write_csv_file(tmp_path / "diamonds.csv", rows, names)
     score_file(STORE, "diamonds", path, tmp_path / "out.csv", batch_size=64, progress=False)
-    table = _read_csv(tmp_path / "out.csv")
+    table = read_csv_file(tmp_path / "out.csv")
     assert table[0] == [*names, "logprob"] and [r[:-1] for r in table[1:]] == rows
     # the reference: the rows as the HTTP API reads a CSV body, then the engine
     values, _, _ = parse_csv(diamonds.schema, path.read_text())
@@ -265,7 +252,7 @@ def test_table_model_reads_its_columns_by_name(diamonds: TableEngine, tmp_path: 
     assert typed.schema.field("carat").type == pa.float64() and typed.column("carat").null_count == 1
     pq.write_table(typed, tmp_path / "diamonds.parquet")
     score_file(STORE, "diamonds", tmp_path / "diamonds.parquet", tmp_path / "out2.csv", progress=False)
-    assert [r[-1] for r in _read_csv(tmp_path / "out2.csv")] == [r[-1] for r in table]
+    assert [r[-1] for r in read_csv_file(tmp_path / "out2.csv")] == [r[-1] for r in table]
 
 
 def test_blocks_scored_at_once_get_one_blas_thread_each(
@@ -291,7 +278,7 @@ def test_blocks_scored_at_once_get_one_blas_thread_each(
 
     monkeypatch.setattr(Scorer, "score", watched)
     names, rows = _diamond_rows(diamonds, 40, seed=5)
-    path = _write_csv(tmp_path / "diamonds.csv", rows, names)
+    path = write_csv_file(tmp_path / "diamonds.csv", rows, names)
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
         score_file(STORE, "diamonds", path, tmp_path / "out.csv", batch_size=10, threads=2, progress=False)
@@ -307,7 +294,7 @@ def test_a_csv_scored_into_parquet_keeps_the_numbers_of_a_table_model_as_numbers
     diamonds: TableEngine, tmp_path: Path
 ) -> None:
     names, rows = _diamond_rows(diamonds, 50, seed=7)
-    path = _write_csv(tmp_path / "diamonds.csv", rows, names)
+    path = write_csv_file(tmp_path / "diamonds.csv", rows, names)
     score_file(STORE, "diamonds", path, tmp_path / "out.parquet", progress=False)
     table = pq.read_table(tmp_path / "out.parquet")
     numeric = [c.name for c in diamonds.schema.columns if c.kind == "numeric"]
@@ -324,11 +311,11 @@ def test_a_csv_scored_into_parquet_keeps_the_numbers_of_a_table_model_as_numbers
 def test_a_model_column_the_file_lacks_is_unknown(diamonds: TableEngine, tmp_path: Path) -> None:
     names, rows = _diamond_rows(diamonds, 3, seed=6)
     keep = [j for j, name in enumerate(names) if name != "depth"]
-    path = _write_csv(tmp_path / "partial.csv", [[r[j] for j in keep] for r in rows], [names[j] for j in keep])
+    path = write_csv_file(tmp_path / "partial.csv", [[r[j] for j in keep] for r in rows], [names[j] for j in keep])
     score_file(STORE, "diamonds", path, tmp_path / "out.csv", progress=False)
     values, _, _ = parse_csv(diamonds.schema, path.read_text())
     assert np.isnan(values[:, diamonds.schema.index("depth")]).all()
-    got = [float(r[-1]) for r in _read_csv(tmp_path / "out.csv")[1:]]
+    got = [float(r[-1]) for r in read_csv_file(tmp_path / "out.csv")[1:]]
     _same(got, _engine_scores(diamonds, values))
 
 
@@ -342,7 +329,7 @@ def _impossible_rows(diamonds: TableEngine, tmp_path: Path) -> tuple[list[str], 
     rows[17][names.index("price")] = "-5"
     rows[17][names.index("color")] = "Q"
     rows[31][names.index("depth")] = "1.5"
-    return names, rows, _write_csv(tmp_path / "impossible.csv", rows, names)
+    return names, rows, write_csv_file(tmp_path / "impossible.csv", rows, names)
 
 
 def test_impossible_cells_stop_the_run_or_score_minus_inf(diamonds: TableEngine, tmp_path: Path) -> None:
@@ -365,20 +352,20 @@ def test_impossible_cells_stop_the_run_or_score_minus_inf(diamonds: TableEngine,
         f"{path} line 5, column 'carat': 9.9 is outside this column's bounds [0.13, 5.08]; "
         "the model gives no probability there): logprob -inf"
     ]
-    table = _read_csv(tmp_path / "out.csv")
+    table = read_csv_file(tmp_path / "out.csv")
     assert [r[:-1] for r in table[1:]] == rows  # every cell written back as it was
     got = np.array([float(r[-1]) for r in table[1:]])
     bad = [3, 9, 17, 31]
     assert np.isneginf(got[bad]).all() and np.isfinite(np.delete(got, bad)).all()
     # the others score as the file without the four rows does, to the bit
-    kept = _write_csv(tmp_path / "kept.csv", [r for i, r in enumerate(rows) if i not in bad], names)
+    kept = write_csv_file(tmp_path / "kept.csv", [r for i, r in enumerate(rows) if i not in bad], names)
     score_file(STORE, "diamonds", kept, tmp_path / "kept-out.csv", progress=False)
-    assert [r[-1] for r in _read_csv(tmp_path / "kept-out.csv")[1:]] == [
+    assert [r[-1] for r in read_csv_file(tmp_path / "kept-out.csv")[1:]] == [
         r[-1] for i, r in enumerate(table[1:]) if i not in bad
     ]
     # a malformed cell is still an error: it is not a value the model could weigh
     rows[20][names.index("price")] = "12,5"
-    malformed = _write_csv(tmp_path / "malformed.csv", rows, names)
+    malformed = write_csv_file(tmp_path / "malformed.csv", rows, names)
     with pytest.raises(DataError, match="line 22, column 'price': '12,5' is not a number"):
         score_file(STORE, "diamonds", malformed, tmp_path / "m.csv", progress=False, impossible="inf")
     # without --impossible inf the result says nothing of it
@@ -478,15 +465,15 @@ EXPECTED = {
 
 def _bad_calls(base: Path, bit_rows: list[list[str]]) -> dict[str, list[str]]:
     """name -> the arguments of one `made score` call that must fail cleanly."""
-    good = _write_csv(base / "good.csv", bit_rows[:50])
+    good = write_csv_file(base / "good.csv", bit_rows[:50])
     late = [list(r) for r in bit_rows]
     late[600][6] = "2"  # found in the 5th block of 128 rows, after 4 went to the temporary file
     (base / "json.json").write_text("{}")
     (base / "empty.csv").write_text("")
     (base / "broken.parquet").write_bytes(b"PAR1 not really")
-    header_only = _write_csv(base / "header.csv", [], ["carat", "cut"])
-    no_columns = _write_csv(base / "nc.csv", [["1", "2"]], ["a", "b"])
-    bad_level = _write_csv(base / "lvl.csv", [["0.3", "Superb"]], ["carat", "cut"])
+    header_only = write_csv_file(base / "header.csv", [], ["carat", "cut"])
+    no_columns = write_csv_file(base / "nc.csv", [["1", "2"]], ["a", "b"])
+    bad_level = write_csv_file(base / "lvl.csv", [["0.3", "Superb"]], ["carat", "cut"])
     ragged = [list(r) for r in bit_rows[:20]]
     ragged[12] = ragged[12][:-1]
     text_cell = [list(r) for r in bit_rows[:20]]
@@ -497,10 +484,10 @@ def _bad_calls(base: Path, bit_rows: list[list[str]]) -> dict[str, list[str]]:
         "output-extension": ["--input", str(good), "--output", str(base / "out.xlsx")],
         "output-folder": ["--input", str(good), "--output", str(base / "nowhere" / "o.csv")],
         "unknown-model": ["--input", str(good), "--name", "no-such-model"],
-        "wrong-width": ["--input", str(_write_csv(base / "w.csv", [r[:-1] for r in bit_rows[:5]]))],
-        "not-0-1-late": ["--input", str(_write_csv(base / "late.csv", late)), "--batch-size", "128"],
-        "text-cell": ["--input", str(_write_csv(base / "t.csv", text_cell))],
-        "ragged-row": ["--input", str(_write_csv(base / "r.csv", ragged))],
+        "wrong-width": ["--input", str(write_csv_file(base / "w.csv", [r[:-1] for r in bit_rows[:5]]))],
+        "not-0-1-late": ["--input", str(write_csv_file(base / "late.csv", late)), "--batch-size", "128"],
+        "text-cell": ["--input", str(write_csv_file(base / "t.csv", text_cell))],
+        "ragged-row": ["--input", str(write_csv_file(base / "r.csv", ragged))],
         "empty-file": ["--input", str(base / "empty.csv")],
         "not-parquet": ["--input", str(base / "broken.parquet")],
         "batch-size": ["--input", str(good), "--batch-size", "0"],
@@ -581,7 +568,7 @@ def test_ray_csv_output_is_the_local_output(
     on_ray = score_file(STORE, "mushrooms", path, tmp_path / "ray.csv", batch_size=128, ray="local", progress=False)
     assert on_ray.rows == local.rows == 700 and on_ray.ray == "local"
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
-    got = np.array([float(r[-1]) for r in _read_csv(tmp_path / "ray.csv")[1:]])
+    got = np.array([float(r[-1]) for r in read_csv_file(tmp_path / "ray.csv")[1:]])
     _same(got, _engine_scores(bits, _as_x(rows)))  # every row, in order
 
 
@@ -610,12 +597,12 @@ def test_ray_parquet_with_conditionals_is_the_local_output(
 @ray_warnings
 def test_ray_table_model_and_a_bad_cell(ray_local: Any, diamonds: TableEngine, tmp_path: Path) -> None:
     names, rows = _diamond_rows(diamonds, 200, seed=7)
-    path = _write_csv(tmp_path / "d.csv", rows, names)
+    path = write_csv_file(tmp_path / "d.csv", rows, names)
     score_file(STORE, "diamonds", path, tmp_path / "local.csv", batch_size=50, progress=False)
     score_file(STORE, "diamonds", path, tmp_path / "ray.csv", batch_size=50, ray="local", progress=False)
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     rows[150][names.index("cut")] = "Superb"
-    bad = _write_csv(tmp_path / "bad.csv", rows, names)
+    bad = write_csv_file(tmp_path / "bad.csv", rows, names)
     from made.core.errors import DataError
 
     with pytest.raises(DataError, match="'Superb' is not a level"):
@@ -648,14 +635,14 @@ def test_ray_stderr_columns_are_the_local_ones(
     """--stderr on Ray: the same exact and stderr as locally (the estimated rows seeded by their
     values), CSV and Parquet, a table model and a model of bits."""
     names, rows = _diamond_rows(diamonds, 200, seed=7)
-    table_path = _write_csv(tmp_path / "d.csv", rows, names)
+    table_path = write_csv_file(tmp_path / "d.csv", rows, names)
     for model, source in (("diamonds", table_path), ("mushrooms", bit_csv[0])):
         for kind in ("csv", "parquet"):
             local, on_ray = tmp_path / f"{model}-local.{kind}", tmp_path / f"{model}-ray.{kind}"
             score_file(STORE, model, source, local, batch_size=50, progress=False, stderr=True)
             score_file(STORE, model, source, on_ray, batch_size=64, ray="local", progress=False, stderr=True)
             if kind == "csv":
-                scored = _read_csv(on_ray)
+                scored = read_csv_file(on_ray)
                 assert scored[0][-3:] == ["logprob", "exact", "stderr"]
                 assert "false" in [r[-2] for r in scored[1:]]  # estimated rows among them
                 assert on_ray.read_bytes() == local.read_bytes(), model
@@ -705,7 +692,7 @@ def test_a_float32_parquet_column_is_written_to_csv_as_float32_writes_it(diamond
     )
     pq.write_table(typed, tmp_path / "f32.parquet")
     score_file(STORE, "diamonds", tmp_path / "f32.parquet", tmp_path / "out.csv", progress=False)
-    table = _read_csv(tmp_path / "out.csv")
+    table = read_csv_file(tmp_path / "out.csv")
     carat = table[0].index("carat")
     assert [r[carat] for r in table[1:]] == [r[carat] for r in rows]  # 0.3, not 0.30000001192092896
 

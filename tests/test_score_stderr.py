@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import app_fixtures, store_of
+from helpers import app_fixtures, read_csv_file, store_of, write_csv_file
 
 from made.cli import main
 from made.store.versions import open_model
@@ -40,20 +40,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 registry, made = app_fixtures("store", "diamonds")
-
-
-def _write_csv(path: Path, rows: list[list[str]], header: list[str] | None = None) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        if header:
-            writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def _read_csv(path: Path) -> list[list[str]]:
-    with open(path, newline="") as fh:
-        return list(csv.reader(fh))
 
 
 def _diamond_rows(store: Path) -> tuple[list[str], list[list[str]]]:
@@ -119,10 +105,10 @@ async def test_a_table_models_exact_and_stderr_are_post_logprobs(
     made: InProcessClient, store: Path, tmp_path: Path
 ) -> None:
     names, rows = _diamond_rows(store)
-    source = _write_csv(tmp_path / "diamonds.csv", rows, names)
+    source = write_csv_file(tmp_path / "diamonds.csv", rows, names)
     out = tmp_path / "out.csv"
     score_file(store, "diamonds", source, out, batch_size=7, threads=2, progress=False, stderr=True)
-    scored = _read_csv(out)
+    scored = read_csv_file(out)
     assert scored[0] == [*names, "logprob", "exact", "stderr"]
     assert [r[:-3] for r in scored[1:]] == rows  # the cells as they were
     estimated, _ = await _same_as_served(made, store, "diamonds", source, scored)
@@ -138,13 +124,13 @@ async def test_a_bit_models_exact_and_stderr_are_post_logprobs(
     made: InProcessClient, store: Path, tmp_path: Path
 ) -> None:
     rows = _bit_rows(store)
-    source = _write_csv(tmp_path / "mushrooms.csv", rows)
+    source = write_csv_file(tmp_path / "mushrooms.csv", rows)
     out = tmp_path / "out.csv"
     score_file(store, "mushrooms", source, out, batch_size=8, threads=2, progress=False, stderr=True)
-    scored = _read_csv(out)
+    scored = read_csv_file(out)
     assert scored[0] == [f"x{j}" for j in range(D)] + ["logprob", "exact", "stderr"]
     # parse_csv reads a model of bits' rows by the x0.. names the output gave them
-    named = _write_csv(tmp_path / "named.csv", rows, scored[0][:-3])
+    named = write_csv_file(tmp_path / "named.csv", rows, scored[0][:-3])
     estimated, exact_unknown = await _same_as_served(made, store, "mushrooms", named, scored)
     assert (estimated, exact_unknown) == (2, 1)  # rows 5 and 20; row 3's missing bits come last
     assert scored[4][-2:] == ["true", ""] and scored[6][-2] == "false" and float(scored[6][-1]) > 0
@@ -155,7 +141,7 @@ async def test_a_bit_models_exact_and_stderr_are_post_logprobs(
 
 def test_parquet_gets_a_bool_and_a_nullable_float64_column(store: Path, tmp_path: Path) -> None:
     names, rows = _diamond_rows(store)
-    source = _write_csv(tmp_path / "diamonds.csv", rows, names)
+    source = write_csv_file(tmp_path / "diamonds.csv", rows, names)
     score_file(store, "diamonds", source, tmp_path / "out.csv", progress=False, stderr=True)
     score_file(store, "diamonds", source, tmp_path / "out.parquet", batch_size=16, progress=False, stderr=True)
     table = pq.read_table(tmp_path / "out.parquet")
@@ -165,19 +151,19 @@ def test_parquet_gets_a_bool_and_a_nullable_float64_column(store: Path, tmp_path
         pa.bool_(),
         pa.float64(),
     ]
-    as_csv = _read_csv(tmp_path / "out.csv")[1:]
+    as_csv = read_csv_file(tmp_path / "out.csv")[1:]
     assert table.column("exact").to_pylist() == [r[-2] == "true" for r in as_csv]
     assert table.column("stderr").to_pylist() == [None if r[-1] == "" else float(r[-1]) for r in as_csv]
     assert table.column("exact").null_count == 0 and table.column("stderr").null_count == 34
     # a Parquet input written to CSV spells them as a CSV input does
     pq.write_table(table.drop_columns(["logprob", "exact", "stderr"]), tmp_path / "typed.parquet")
     score_file(store, "diamonds", tmp_path / "typed.parquet", tmp_path / "back.csv", progress=False, stderr=True)
-    assert [r[-3:] for r in _read_csv(tmp_path / "back.csv")[1:]] == [r[-3:] for r in as_csv]
+    assert [r[-3:] for r in read_csv_file(tmp_path / "back.csv")[1:]] == [r[-3:] for r in as_csv]
 
 
 def test_a_bit_model_with_conditionals_puts_them_after_stderr(store: Path, tmp_path: Path) -> None:
     rows = _bit_rows(store)
-    source = _write_csv(tmp_path / "mushrooms.csv", rows)
+    source = write_csv_file(tmp_path / "mushrooms.csv", rows)
     out = tmp_path / "out.parquet"
     score_file(store, "mushrooms", source, out, conditionals=True, progress=False, stderr=True)
     table = pq.read_table(out)
@@ -195,12 +181,12 @@ def test_without_stderr_the_output_is_one_logprob_column(store: Path, tmp_path: 
     as the --stderr output with its two columns taken out."""
     if model == "diamonds":
         names, rows = _diamond_rows(store)
-        source = _write_csv(tmp_path / "in.csv", rows, names)
+        source = write_csv_file(tmp_path / "in.csv", rows, names)
     else:
-        source = _write_csv(tmp_path / "in.csv", _bit_rows(store))
+        source = write_csv_file(tmp_path / "in.csv", _bit_rows(store))
     score_file(store, model, source, tmp_path / "plain.csv", progress=False)
     score_file(store, model, source, tmp_path / "both.csv", progress=False, stderr=True)
-    plain, both = _read_csv(tmp_path / "plain.csv"), _read_csv(tmp_path / "both.csv")
+    plain, both = read_csv_file(tmp_path / "plain.csv"), read_csv_file(tmp_path / "both.csv")
     assert plain[0][-1] == "logprob" and "exact" not in plain[0] and "stderr" not in plain[0]
     assert plain == [r[:-2] for r in both]
     expected = io.StringIO()
@@ -216,7 +202,7 @@ def test_an_input_with_an_exact_or_stderr_column_is_refused_with_stderr(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], column: str
 ) -> None:
     names, rows = _diamond_rows(store)
-    source = _write_csv(tmp_path / "in.csv", [[*r, "1"] for r in rows], [*names, column])
+    source = write_csv_file(tmp_path / "in.csv", [[*r, "1"] for r in rows], [*names, column])
     args = ["score", "--store", str(store), "--name", "diamonds", "--no-progress", "--input", str(source)]
     assert main([*args, "--output", str(tmp_path / "out.csv"), "--stderr"]) == 2
     captured = capsys.readouterr()
@@ -227,7 +213,7 @@ def test_an_input_with_an_exact_or_stderr_column_is_refused_with_stderr(
     )
     # without --stderr the column is the input's own, carried through
     assert main([*args, "--output", str(tmp_path / "kept.csv")]) == 0
-    assert _read_csv(tmp_path / "kept.csv")[0] == [*names, column, "logprob"]
+    assert read_csv_file(tmp_path / "kept.csv")[0] == [*names, column, "logprob"]
 
 
 def test_a_row_scored_minus_inf_is_exact(store: Path, tmp_path: Path) -> None:
@@ -235,9 +221,9 @@ def test_a_row_scored_minus_inf_is_exact(store: Path, tmp_path: Path) -> None:
     names, rows = _diamond_rows(store)
     rows[4][names.index("carat")] = "9.9"  # row 4 has two unknown cells too
     rows[6][names.index("cut")] = "Superb"
-    source = _write_csv(tmp_path / "in.csv", rows, names)
+    source = write_csv_file(tmp_path / "in.csv", rows, names)
     score_file(store, "diamonds", source, tmp_path / "out.csv", progress=False, impossible="inf", stderr=True)
-    scored = _read_csv(tmp_path / "out.csv")[1:]
+    scored = read_csv_file(tmp_path / "out.csv")[1:]
     assert [scored[i][-3:] for i in (4, 6)] == [["-inf", "true", ""]] * 2
     score_file(store, "diamonds", source, tmp_path / "out.parquet", progress=False, impossible="inf", stderr=True)
     table = pq.read_table(tmp_path / "out.parquet")
