@@ -106,6 +106,19 @@ async def test_a_csv_of_bits_with_a_header_scores_as_its_rows(made: InProcessCli
     assert [float(row[-3]) for row in out[1:]] == pytest.approx(want["logprob"], abs=1e-9)
 
 
+async def test_a_csv_of_bits_without_a_header_is_a_422_asking_for_one(made: InProcessClient) -> None:
+    """A header-less file of 0/1 rows (as `made score` reads one) was a 422 saying that the header
+    row names column '0' twice: its first row read as names."""
+    csv = "\n".join(",".join(str(int(v)) for v in row) for row in ROWS[:3]) + "\n"
+    for path in ("/logprob?model=tiny", "/impute?model=tiny", "/conditionals?model=tiny"):
+        r = await made.http.post(path, content=csv.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "twice" not in detail
+        assert detail.startswith("CSV: the first line holds numbers (0,0,0,0,...), not column names"), detail
+        assert "x0,x1,...,x7 (8 columns; made score reads a file without one)" in detail
+
+
 async def test_explain_on_bits_checked_by_enumeration(
     made: InProcessClient, tiny_joint: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> None:

@@ -89,6 +89,31 @@ def test_a_column_named_twice_is_refused_by_made_score_and_training(
         load_table_dataset(str(path), splits=("test",))
 
 
+def test_a_first_line_of_numbers_is_refused_as_no_header_not_as_a_column_named_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A header-less file of 0/1 rows read where a header row is needed (a CSV body, `made score`
+    of a table model, e.g. one trained with --groups) was refused as naming column '0' twice."""
+    with pytest.raises(DataError) as info:
+        read_csv_text("0,1,0,1,1\n1,0,0,1,0\n", "CSV")
+    assert str(info.value) == (
+        "CSV: the first line holds numbers (0,1,0,1,...), not column names; a header row naming the columns "
+        "must come first"
+    )
+    path = tmp_path / "bits.csv"
+    path.write_text("0,1,0,1,1,0,0,1,0,1\n1,0,0,1,0,0,1,1,0,0\n")
+    args = ["score", "--store", str(STORE), "--name", "diamonds", "--no-progress", "--threads", "1"]
+    assert main([*args, "--input", str(path), "--output", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "bits.csv: the first line holds numbers (0,1,0,1,...), not column names; a header row naming "
+        "the columns must come first"
+    ), err
+    assert "twice" not in err
+    # numbers that name each column once are names (years of a wide table)
+    assert read_csv_text("2019,2020\n1,2\n", "CSV") == (["2019", "2020"], [["1", "2"]])
+
+
 async def test_a_dataframe_through_the_client_scores_as_its_csv_does(made: InProcessClient, store: Path) -> None:
     pd = pytest.importorskip("pandas")
     frame = pd.read_csv(io.StringIO(MIXED))  # every empty and NA cell a NaN

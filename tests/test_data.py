@@ -227,6 +227,22 @@ def test_missing_splits_are_named(tmp_path: Path) -> None:
     assert "'test'" in _data_error(tmp_path / "t_train.amat")
 
 
+def test_grey_level_images_and_image_arrays_say_what_to_do(tmp_path: Path) -> None:
+    """mnist.npz's keys (train_images, ...) were refused as a missing 'train' array, with no word
+    that they are grey levels, nor of binarized_mnist.npz and --rebinarize; a 3-D array of images
+    with no word of flattening them and --image-shape."""
+    images = np.zeros((4, 3, 2), np.uint8)
+    np.savez(tmp_path / "grey.npz", train_images=images, test_images=images)
+    message = _data_error(tmp_path / "grey.npz")
+    assert "has no 'train' array (it has: train_images, test_images)" in message
+    assert "grey-level images" in message and "--rebinarize grey.npz" in message
+    assert "binarized_mnist.npz" in message
+    np.savez(tmp_path / "img.npz", train=images, valid=images, test=images)
+    message = _data_error(tmp_path / "img.npz")
+    assert "has shape (4, 3, 2), expected a 2-D matrix" in message
+    assert "reshape(len(a), -1)" in message and "--image-shape 3,2" in message
+
+
 def test_malformed_arrays_and_files_are_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "w.npz", train=_matrix(5, 3, 0), valid=_matrix(5, 4, 1), test=_matrix(5, 3, 2))
     assert "different numbers of columns" in _data_error(tmp_path / "w.npz")

@@ -206,6 +206,20 @@ def test_sample_of_a_model_of_bits_and_its_refusals(
     assert not (tmp_path / "c.csv").exists()
 
 
+def test_sample_given_an_unknown_column_of_a_wide_model_summarises_its_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A column the model lacks named the model's columns one by one: 112 names for mushrooms (784,
+    about 5 KB on one line, for binarized-mnist); POST /sample's 422 summarises them."""
+    store = Path(__file__).resolve().parent.parent / "model_store"
+    args = ["sample", "--store", str(store), "--name", "mushrooms", "--n", "3", "--out", str(tmp_path / "c.csv")]
+    for given in ("x500=1", '{"x500": 1}'):
+        assert main([*args, "--given", given]) == 2
+        err = last_line(capsys.readouterr().err)
+        assert err.endswith("is not COLUMN=VALUE of a column of the model (112 columns: x0, x1, x2, ..., x111)"), err
+    assert not (tmp_path / "c.csv").exists()
+
+
 def test_sample_takes_output_as_the_contract_names_it_and_refuses_a_parquet_name(
     tmp_path: Path, tiny_store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -399,6 +399,26 @@ def test_bit_groups_become_categories(data_dir: Path) -> None:
         schema.encode_bits(broken, "test")
 
 
+@pytest.mark.parametrize(
+    ("group", "named"),
+    [
+        ({"columns": [0, 1, 2], "none": "no"}, 'group 1\'s none is "no"; expected true or false'),
+        ({"columns": [0, 1, 2], "none": 0}, "group 1's none is 0; expected true or false"),
+        ({"columns": [], "none": True}, "group 1's columns are []; expected a non-empty list of bit indices"),
+        ({"columns": [0, 1.5]}, "group 1's columns are [0, 1.5]; expected a non-empty list of bit indices"),
+        ({"columns": "012"}, 'group 1\'s columns are "012"; expected a non-empty list of bit indices'),
+    ],
+)
+def test_a_groups_file_of_other_types_is_refused_naming_the_group(tmp_path: Path, group: dict, named: str) -> None:
+    """A "none" of "no" (a true string) was read as true, an empty group was left out silently, and
+    1.5 or "012" were read as bits 1 and 0, 1, 2."""
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps({"groups": [{"columns": [3, 4], "none": False}, group]}))
+    with pytest.raises(DataError) as info:
+        read_groups(path, 6)
+    assert str(info.value) == f"{path}: {named}"
+
+
 def test_real_tables_infer_their_documented_kinds(data_dir: Path) -> None:
     diamonds = load_table_dataset(str(data_dir / "tables" / "diamonds_train.csv"))
     kinds = {c.name: c.kind for c in diamonds.schema.columns}

@@ -228,6 +228,24 @@ def test_a_run_resumes_on_its_own_data_wherever_it_moved_and_on_no_other(data10:
     assert _train(_config(moved, max_epochs=4), tmp_path / "run")["epochs"] == 4
 
 
+def test_a_run_resumed_with_other_groups_says_so(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same bits read through other --groups (or none) hash as other rows: the refusal said
+    only that the file "holds other rows than the run trained on", which it does not."""
+    from made.cli import main
+
+    groups = data_dir / "groups" / "mushrooms.json"
+    args = ["train", "--dataset", str(data_dir / "mushrooms.npz"), "--hidden", "8", "--max-epochs", "1"]
+    args += ["--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, "--groups", str(groups)]) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"or groups them otherwise (--groups: {groups} in the run, none asked)" in err, err
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh(data10: Path, tmp_path: Path) -> None:
     """A kill after the first epoch was logged but before its checkpoint leaves a log row and
     no checkpoint: the new start must not log that epoch twice."""

@@ -283,9 +283,19 @@ class Trainer:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
         if stored.get("sha256") != data["sha256"]:
+            try:
+                ran = json.loads((self.run_dir / CONFIG).read_text()).get("groups")
+            except (OSError, ValueError, AttributeError):
+                ran = None
+            grouped = ""
+            if ran or self.cfg.groups:
+                # the rows are hashed as read through the groups: other groups (or none) read the
+                # same bits as other rows
+                asked = self.cfg.groups or "none"
+                grouped = f", or groups them otherwise (--groups: {ran or 'none'} in the run, {asked} asked)"
             raise CheckpointError(
                 f"{self.run_dir} holds a run on other data: --dataset {self.cfg.dataset} holds other rows than the "
-                "run trained on (their sha256 differ, data.json); use another --out to start a new run"
+                f"run trained on{grouped} (their sha256 differ, data.json); use another --out to start a new run"
             )
 
     def run(self, progress: bool = True) -> dict[str, Any]:

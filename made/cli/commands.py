@@ -323,9 +323,13 @@ def _given_row(schema: Schema, given: list[str]) -> object:
 
     def column(name: str, item: str) -> int:
         if name not in schema.names:
-            raise DataError(
-                f"--given {item!r} is not COLUMN=VALUE of a column of the model ({', '.join(schema.names)})"
+            names = schema.names
+            listed = (
+                ", ".join(names)
+                if len(names) <= 20
+                else f"{len(names)} columns: {', '.join(names[:3])}, ..., {names[-1]}"
             )
+            raise DataError(f"--given {item!r} is not COLUMN=VALUE of a column of the model ({listed})")
         if name in seen:
             raise DataError(f"--given names {name} twice ({seen[name]!r} and {item!r}); give each column once")
         seen[name] = item

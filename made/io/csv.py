@@ -79,7 +79,16 @@ def is_header(cells: Sequence[str]) -> bool:
 
 
 def check_header(header: Sequence[str], where: str) -> None:
-    """Refuse a header row with a nameless column or a name given twice, naming the column."""
+    """Refuse a header row with a nameless column or a name given twice, naming the column; such a
+    first line of numbers only (the first row of a header-less file, e.g. 0/1 cells) is refused as
+    that, not as a column named twice (numbers that name each column once, 2019,2020, pass)."""
+    numbers = bool(header) and all(is_number(c) for c in header)
+    if numbers and ("" in header or len(set(header)) < len(header)):
+        shown = ",".join(header[:4]) + (",..." if len(header) > 4 else "")
+        raise DataError(
+            f"{where}: the first line holds numbers ({shown}), not column names; a header row naming the columns "
+            "must come first"
+        )
     if "" in header:
         raise DataError(f"{where}: column {header.index('') + 1} of the header row has no name")
     seen: dict[str, int] = {}

@@ -141,7 +141,14 @@ def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
                 missing = [k for k in keys if k not in npz.files]
                 if missing:
                     have = ", ".join(npz.files) or "nothing"
-                    raise DataError(f"{path} has no '{missing[0]}' array (it has: {have})")
+                    hint = ""
+                    if missing[0] in SPLITS and "train_images" in npz.files:
+                        hint = (
+                            f": it holds grey-level images, not 0/1 splits; use a 0/1 binarization of them (for "
+                            f"MNIST, binarized_mnist.npz; made train --rebinarize {path.name} then draws a fresh one "
+                            "each epoch)"
+                        )
+                    raise DataError(f"{path} has no '{missing[0]}' array (it has: {have}){hint}")
                 return {k: npz[k] for k in keys}
     except DataError:
         raise
@@ -273,7 +280,11 @@ def check_binary(array: np.ndarray, where: str) -> np.ndarray:
     if array.dtype == object:
         raise DataError(f"{where} holds Python objects, expected a numeric 0/1 matrix")
     if array.ndim != 2:
-        raise DataError(f"{where} has shape {array.shape}, expected a 2-D matrix (rows x dimensions)")
+        hint = ""
+        if array.ndim == 3 and min(array.shape) > 0:
+            h, w = array.shape[1:]
+            hint = f": images? flatten each to a row (a.reshape(len(a), -1)) and pass --image-shape {h},{w}"
+        raise DataError(f"{where} has shape {array.shape}, expected a 2-D matrix (rows x dimensions){hint}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise DataError(f"{where} is empty (shape {array.shape})")
     bad = (array != 0) & (array != 1)

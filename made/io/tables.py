@@ -844,6 +844,7 @@ def read_groups(path: str | Path, dims: int) -> Schema:
         raise DataError(
             f'cannot read {path} as a groups file ({{"groups": [{{"columns": [...], "none": bool}}]}}): {exc}'
         ) from None
+    _check_group_types(path, data["groups"])
     if data.get("dims") not in (None, dims):
         raise DataError(f"{path} describes {data['dims']} bit columns but the data have {dims}")
     owner: dict[int, int] = {}
@@ -867,6 +868,19 @@ def read_groups(path: str | Path, dims: int) -> Schema:
         name = f"bits{bits[0]}-{bits[-1]}"
         columns.append(Column(name, "categorical", levels, bits=tuple(bits), none_level=none))
     return Schema(tuple(columns))
+
+
+def _check_group_types(path: Path, groups: list[dict[str, Any]]) -> None:
+    """Refuse a group whose columns are not a non-empty list of integers, or whose "none" is not
+    true or false (a string "no" would read as true, 1.5 as bit 1, an empty group vanish)."""
+    for g, group in enumerate(groups):
+        bits, none = group["columns"], group.get("none", False)
+        if not isinstance(bits, list) or not bits or not all(type(b) is int for b in bits):
+            raise DataError(
+                f"{path}: group {g}'s columns are {json.dumps(bits)}; expected a non-empty list of bit indices"
+            )
+        if not isinstance(none, bool):
+            raise DataError(f"{path}: group {g}'s none is {json.dumps(none)}; expected true or false")
 
 
 def load_grouped_bits(data: Any, groups: Schema) -> TableDataset:

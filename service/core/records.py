@@ -100,6 +100,12 @@ def parse_csv(schema: Schema, text: str, model: str = "") -> tuple[np.ndarray, l
     try:
         header, rows = read_csv_text(text, "CSV", max_cell=MAX_CSV_CELL)
     except DataError as exc:
+        if schema == Schema.bits(len(schema)) and "not column names" in str(exc):
+            # a header-less file of 0/1 rows, as `made score` reads one: say which header it needs
+            raise InvalidInput(
+                f"{exc}: for a model of bits, x0,x1,...,x{len(schema) - 1} ({len(schema)} columns; "
+                "made score reads a file without one)"
+            ) from None
         raise InvalidInput(str(exc)) from None
     if not set(header) & set(schema.names):
         raise InvalidInput(_no_column(schema, model))
