@@ -267,6 +267,15 @@ async def test_bodies_that_cannot_be_read_as_json_say_why(made: InProcessClient)
     assert r.status_code == 200 and len(r.json()["samples"]) == 1
 
 
+async def test_a_packed_shape_other_than_two_integers_says_what_it_must_be(made: InProcessClient) -> None:
+    # [3] was "shape row 1 is required", as if shape were rows
+    for shape in ([3], [3, 8, 1], "3x8", [3, 8.0], [True, 8]):
+        got, answer = await post(made, "/conditionals", {"x_b64": "AAAA", "shape": shape})
+        assert got == 422 and answer["detail"].startswith("shape: shape must be [N, D], the number of rows"), answer
+    got, answer = await post(made, "/conditionals", {"x_b64": "AAA=", "shape": [2, 8]})
+    assert got == 200, answer
+
+
 async def test_a_wrong_width_names_its_field_in_errors(made: InProcessClient) -> None:
     got, answer = await post(made, "/logprob", {"x": [[0, 1, 1]]})
     assert got == 422 and answer["errors"] == [{"loc": ["body", "x"], "msg": answer["detail"], "type": "invalid_input"}]

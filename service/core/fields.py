@@ -177,6 +177,20 @@ MaskIndex = Annotated[
 ]
 
 
+def _packed_shape(v: Any) -> tuple[int, int]:
+    """x_b64's shape: a list of two integers, [N, D] (their ranges are decode_packed's)."""
+    if not isinstance(v, list | tuple) or len(v) != 2 or any(type(n) is not int for n in v):
+        raise fail(f"shape must be [N, D], the number of rows and of dimensions, got {json_value(v)}")
+    return int(v[0]), int(v[1])
+
+
+PackedShape = Annotated[
+    tuple[int, int],
+    PlainValidator(_packed_shape),
+    WithJsonSchema({"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2, "example": [2, 784]}),
+]
+
+
 # The whitespace base64 tools put in their output (line breaks every 76 characters, a final
 # newline): skipped, as base64.b64decode(validate=False) skips it; anything else not base64 is refused
 _BASE64_WHITESPACE = dict.fromkeys(map(ord, " \t\n\r\v\f"))

@@ -23,6 +23,7 @@ from service.core.fields import (
     MaskIndex,
     MasksSpec,
     ModelName,
+    PackedShape,
     RowsWithMissing,
     SampleMask,
     Seed,
@@ -86,9 +87,7 @@ class _RowsRequest(_Request):
         "numpy.packbits(rows, axis=1) (each row padded to whole bytes, most significant bit "
         "first); needs `shape`",
     )
-    shape: tuple[StrictInt, StrictInt] | None = Field(
-        None, description="[N, D] of the rows in x_b64", examples=[[2, 784]]
-    )
+    shape: PackedShape | None = Field(None, description="[N, D] of the rows in x_b64", examples=[[2, 784]])
     records: list[Record] | None = Field(
         None,
         description="models of a table's columns: one object per row, keyed by column name "
