@@ -204,3 +204,21 @@ async def test_a_quote_never_closed_is_refused_naming_the_line_where_it_opens(
         )
         == 2
     )
+
+
+def test_a_level_question_mark_is_that_level_in_every_reader() -> None:
+    """'?' is unknown in a JSON record as in a CSV cell, except in a column with a level '?'
+    (a --schema file's): there every reader (a JSON record, a CSV body, made score's column
+    reader, a given, a cell with spaces around it) reads the level, and a column without one
+    reads unknown."""
+    from made.core.schema import Column, Schema
+    from made.io.csv import encode_column, table_cell
+    from service.core.records import parse_csv, parse_given
+
+    asked = Column("q", "categorical", ("a", "?", "NA"))
+    schema = Schema((asked, Column("n", "binary", ("x", "y"))))
+    assert asked.encode_cell("?", "r") == asked.encode_cell(" ? ", "r") == table_cell(asked, "?", "r") == 1.0
+    assert encode_column(asked, ["?", " ? ", "a"], lambda i: "r").tolist() == [1.0, 1.0, 0.0]
+    assert np.array_equal(parse_records(schema, [{"q": "?", "n": "?"}]), [[1.0, np.nan]], equal_nan=True)
+    assert np.array_equal(parse_csv(schema, "q,n\n?,?\n")[0], [[1.0, np.nan]], equal_nan=True)
+    assert np.array_equal(parse_given(schema, {"q": "?", "n": "?"}), [1.0, np.nan], equal_nan=True)

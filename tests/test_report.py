@@ -195,3 +195,24 @@ def test_scores_equal_sdmetrics_quality_report(held_out_csv: Path) -> None:
     assert ours.overall == pytest.approx(report.get_score(), abs=1e-9)
     assert ours.column_shapes == pytest.approx(props["Column Shapes"], abs=1e-9)
     assert ours.column_pair_trends == pytest.approx(props["Column Pair Trends"], abs=1e-9)
+
+
+def test_a_held_out_cell_is_compared_as_the_level_it_names() -> None:
+    """Inference writes the levels of whole numbers that pandas wrote as 2.0 as '2' (the samples
+    decode so), while the held-out file still holds '2.0': compared as text, every real cell
+    differed from every sampled one (a column shape score near 0 for the same rows). A cell is
+    compared as the level it names; an absent or unknown cell as before."""
+    from made.core.schema import Column, Schema
+    from made.io.tables import infer_column
+    from service.batch.report import column_cells, sampled
+
+    cells = ["2.0", "5.0", "", "7.0", "5.0", "2.0"] * 20
+    col = infer_column("kids", cells, "t.csv")
+    assert col.levels == ("2", "5", "7", "NA")
+    real = column_cells(col, cells, lambda i: f"line {i + 2}")
+    assert real[:4].tolist() == ["2", "5", "NA", "7"]
+    codes = np.array([[float(col.level_of(c.strip() or "NA")), 0.0] for c in cells])  # type: ignore[arg-type]
+    drawn = sampled(Schema((col, Column("other", "binary", ("a", "b")))), codes)["kids"]
+    assert tv_complement((real, drawn)) == 1.0
+    # a cell '?' stays unknown, not a level
+    assert column_cells(col, ["?", "2"], lambda i: "x").tolist() == ["?", "2"]

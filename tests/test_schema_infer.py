@@ -288,3 +288,35 @@ def test_whole_numbers_written_with_a_fractional_zero_are_levels_as_integers() -
     # written as integers, or among text, the cells stay the levels as written
     assert infer_column("kids", [str(i % 6) for i in range(300)], "t.csv").levels == ("0", "1", "2", "3", "4", "5")
     assert infer_column("grade", ["A", "2.0", "B"] * 40, "t.csv").levels == ("2.0", "A", "B")
+
+
+def test_a_held_out_whole_number_is_spelt_as_the_training_levels_are(tmp_path: Path) -> None:
+    """A value only a held-out split holds was added as written: '7.0' beside the levels '2' and
+    '5' that the training split's '2.0' and '5.0' became, so answers wrote '7.0' for one level
+    and '2' for another. It is '7', met as '7.0' or '7' in any split; and a whole number's
+    level keeps every digit (through a float, 12345678901234567891.0 was ...7168)."""
+    rows = [[k, f"{i % 10}"] for i, k in enumerate(["2.0", "5.0", ""] * 70)]
+    rows += [["7.0", "1"], ["2.0", "2"], ["7", "3"]] * 5 + [["9.0", "1"], ["9.00", "2"]] * 5
+    data = load_table_dataset(str(write_splits(tmp_path, "kids", ["kids", "n"], rows)))
+    kids = data.schema.columns[0]
+    assert kids.levels == ("2", "5", "NA", "7", "9")
+    assert "split holds '9.0' (the level '9'), which the training split lacks" in " ".join(data.notes)
+    assert infer_column("id", ["12345678901234567891.0", "-0.0"] * 50, "t.csv").levels == (
+        "0",
+        "12345678901234567891",
+    )
+    # levels written as text stay as written: '2.0' is a level of its own there
+    rows = [[k, "1"] for k in ["a", "b"] * 100] + [["2.0", "1"]] * 60
+    assert load_table_dataset(str(write_splits(tmp_path, "text", ["t", "n"], rows))).schema.columns[0].levels == (
+        "a",
+        "b",
+        "2.0",
+    )
+
+
+def test_a_held_out_value_written_two_ways_is_one_level(tmp_path: Path) -> None:
+    """A value only the held-out splits hold, written '7' in one row and '7.0' in another, became
+    two levels of one value (a JSON 7 then named neither)."""
+    rows = [[k, "1"] for k in ["2.5", "3.5"] * 100] + [["7", "1"], ["7.0", "2"]] * 30
+    col = load_table_dataset(str(write_splits(tmp_path, "t", ["v", "n"], rows))).schema.columns[0]
+    assert col.levels == ("2.5", "3.5", "7") and col.level_of("7.0") == 2

@@ -342,6 +342,10 @@ def _given_row(schema: Schema, given: list[str]) -> object:
                 if value is None:
                     raise DataError(f"--given {name} is null; leave it out to leave the column free")
                 row[j] = schema.columns[j].encode_cell(value, "", label=f"--given {name}")
+                if np.isnan(row[j]):  # "?" is unknown, as in a CSV cell: no condition
+                    raise DataError(
+                        f"--given {name} is {json.dumps(value)}, unknown; leave it out to leave the column free"
+                    )
             continue
         name, sep, value = item.partition("=")
         j = column(name.strip() if sep else "", item)

@@ -78,6 +78,11 @@ def is_header(cells: Sequence[str]) -> bool:
     return all(c.lower() not in MISSING_MARKERS and not is_number(c) for c in cells)
 
 
+class NumbersForNames(DataError):
+    """A first line of numbers where a header row of names is needed: the first row of a
+    header-less file (check_header)."""
+
+
 def check_header(header: Sequence[str], where: str) -> None:
     """Refuse a header row with a nameless column or a name given twice, naming the column; such a
     first line of numbers only (the first row of a header-less file, e.g. 0/1 cells) is refused as
@@ -85,7 +90,7 @@ def check_header(header: Sequence[str], where: str) -> None:
     numbers = bool(header) and all(is_number(c) for c in header)
     if numbers and ("" in header or len(set(header)) < len(header)):
         shown = ",".join(header[:4]) + (",..." if len(header) > 4 else "")
-        raise DataError(
+        raise NumbersForNames(
             f"{where}: the first line holds numbers ({shown}), not column names; a header row naming the columns "
             "must come first"
         )

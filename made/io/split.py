@@ -8,6 +8,7 @@ there are refused unless `force`. `made split` and `made train` on a single tabl
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,35 @@ def stale_splits(path: Path, targets: dict[str, Path]) -> str | None:
     """A warning where `path` was changed after the split files written from it (`targets`,
     split_paths) were: made train, evaluate, report and schema read those files, not the table, so
     its rows as they were when split (a column renamed since, rows added) would be used without a
-    word. None where the files are newer, or where one cannot be read."""
+    word. None where the files are newer, or where one cannot be read; and where the table is
+    newer but its header and rows are still those of the files together (a copy, `cp -r`, writes
+    them in any order; an editor saves a file unchanged), which is read only then."""
     try:
         changed = path.stat().st_mtime
         written = min(p.stat().st_mtime for p in targets.values())
     except OSError:
         return None
-    if changed <= written:
+    if changed <= written or _same_rows(path, targets):
         return None
     return (
         f"{path.name} was changed after its split files ({', '.join(p.name for p in targets.values())}) "
         f"were written: they hold its rows as they were then; `made split {path} --force` rewrites them"
     )
+
+
+def _same_rows(path: Path, targets: dict[str, Path]) -> bool:
+    """Whether the split files together hold the table's header and rows (in any order)."""
+    try:
+        header, rows, _ = read_table(path)
+        held: Counter[tuple[str, ...]] = Counter()
+        for target in targets.values():
+            names, part, _ = read_table(target)
+            if names != header:
+                return False
+            held.update(map(tuple, part))
+    except (DataError, OSError, UnicodeDecodeError):
+        return False
+    return held == Counter(map(tuple, rows))
 
 
 def split_counts(n: int, valid: float, test: float) -> dict[str, int]:

@@ -27,6 +27,7 @@ import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,21 @@ def _number_levels(numbers: list[float], distinct: list[str]) -> list[tuple[floa
     '5', which the cells '2.0' still name (Column.level_of matches by value)."""
     values = sorted(zip(numbers, distinct, strict=True))
     if all(_FLOAT_INTEGER.match(t) for t in distinct) and len(set(numbers)) == len(numbers):
-        return [(v, str(int(v))) for v, _ in values]
+        return [(v, _integer_text(t)) for v, t in values]
     return values
+
+
+def _integer_text(text: str) -> str:
+    """A whole number written with a fractional zero ('2.0', '-0.0') as the integer it is ('2',
+    '0'), digit for digit: through a float, 12345678901234567891.0 became ...7168."""
+    return str(int(Decimal(text)))
+
+
+def _integer_levels(col: Column) -> bool:
+    """Whether a category's levels, but its absent one, are whole numbers written as integers
+    (as _number_levels writes those pandas wrote 2.0)."""
+    levels = [v for v in col.levels if v != ABSENT_LEVEL]
+    return bool(levels) and all(_INTEGER.match(v) for v in levels)
 
 
 def _note_numbers_as_levels(name: str, present: list[str], notes: list[str] | None, codes: bool) -> None:
@@ -286,6 +300,7 @@ def _note_padded_levels(name: str, cells: list[str], notes: list[str] | None) ->
 _LEADING_ZERO = re.compile(r"[+-]?0\d")  # 02681, -007: not 0, 0.5 or 0e3
 # a whole number written with a fractional zero, as pandas writes an integer column with blanks
 _FLOAT_INTEGER = re.compile(r"^[+-]?\d+\.0+$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")  # 102,88 (a decimal comma), 1,000 (a thousands separator)
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+")  # 1,200 and 12,345,678: groups of three
 
@@ -792,9 +807,14 @@ def held_out_levels(schema: Schema, held_out: dict[str, tuple[list[str], list[li
             for text in sorted({r[k].strip() for r in rows} - set(col.levels) - set(added)):
                 if text in MISSING_CELLS or text == UNKNOWN_CELL or col.level_of(text) is not None:
                     continue  # absent, unknown, or a level by its value
-                added.append(text)
+                if added and replace(col, kind="categorical", levels=(*col.levels, *added)).level_of(text) is not None:
+                    continue  # a level added already, by its value: '7.0' where '7' was met
+                # spelt as the training split's levels were: '7.0' beside '2' and '5' is '7'
+                level = _integer_text(text) if _FLOAT_INTEGER.match(text) and _integer_levels(col) else text
+                added.append(level)
+                spelt = "" if level == text else f" (the level {level!r})"
                 notes.append(
-                    f"column {col.name}: the {split} split holds {text!r}, which the training split lacks: "
+                    f"column {col.name}: the {split} split holds {text!r}{spelt}, which the training split lacks: "
                     "added to its levels (learned from no training row)"
                 )
         if added:

@@ -46,11 +46,16 @@ class Report:
 def column_cells(col: Column, cells: list[str], where: Callable[[int], str]) -> np.ndarray:
     """A column's text cells -> float64 (NaN where absent) for a numeric column, else text (an
     absent cell: the level "NA"). A category's cells are read as every CSV is (made.io.csv's
-    encode_column, as `made score` reads them): a level the model does not have is refused;
-    `where(i)` names row i in errors."""
+    encode_column, as `made score` reads them): a level the model does not have is refused, and
+    a cell is compared as the level it names, as the samples spell it ('2.0' is the level '2' of
+    a column whose levels inference wrote as integers); `where(i)` names row i in errors."""
     if col.kind != "numeric":
-        encode_column(col, cells, where)
-        return np.array([ABSENT_LEVEL if c.strip() in MISSING_CELLS else c.strip() for c in cells], dtype=object)
+        codes = encode_column(col, cells, where)
+        shown = [ABSENT_LEVEL if c.strip() in MISSING_CELLS else c.strip() for c in cells]  # "?": unknown
+        return np.array(
+            [t if math.isnan(code) else col.levels[int(code)] for t, code in zip(shown, codes, strict=True)],
+            dtype=object,
+        )
     out = np.empty(len(cells))
     for i, cell in enumerate(cells):
         text = cell.strip()

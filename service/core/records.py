@@ -18,7 +18,7 @@ import numpy as np
 
 from made.core.errors import DataError, InvalidInput
 from made.core.schema import Schema
-from made.io.csv import first_line_delimiter, read_csv_text, table_cell
+from made.io.csv import NumbersForNames, first_line_delimiter, read_csv_text, table_cell
 
 
 def parse_records(schema: Schema, records: Any, field: str = "records") -> np.ndarray:
@@ -100,7 +100,7 @@ def parse_csv(schema: Schema, text: str, model: str = "") -> tuple[np.ndarray, l
     try:
         header, rows = read_csv_text(text, "CSV", max_cell=MAX_CSV_CELL)
     except DataError as exc:
-        if schema == Schema.bits(len(schema)) and "not column names" in str(exc):
+        if schema == Schema.bits(len(schema)) and isinstance(exc, NumbersForNames):
             # a header-less file of 0/1 rows, as `made score` reads one: say which header it needs
             raise InvalidInput(
                 f"{exc}: for a model of bits, x0,x1,...,x{len(schema) - 1} ({len(schema)} columns; "
