@@ -137,7 +137,7 @@ def _split_single_table(args: argparse.Namespace) -> None:
     split` does (seed --seed), or use the split files an earlier call wrote, and train on those."""
     from made.core.errors import DataError
     from made.io.data import split_files
-    from made.io.split import split_paths, split_table, stale_splits
+    from made.io.split import split_paths, split_table
     from made.io.tables import is_headered_bits, is_table_file
 
     path = Path(args.dataset)
@@ -154,9 +154,7 @@ def _split_single_table(args: argparse.Namespace) -> None:
             f"made train: training on the split files of {path.name} beside it ({targets['train'].name}, ...)",
             file=sys.stderr,
         )
-        stale = stale_splits(path, targets)
-        if stale:
-            print(f"made train: warning: {stale}", file=sys.stderr)
+        warn_stale_splits(path, targets, "made train")
     else:
         split_table(path, seed=args.seed)
         names = ", ".join(p.name for p in targets.values())
@@ -242,6 +240,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_stale_splits(path: Path, targets: dict[str, Path], command: str) -> None:
+    """A warning on stderr where `path` changed after the split files (`targets`) a command is
+    about to read were written from it (made.io.split.stale_splits)."""
+    from made.io.split import stale_splits
+
+    stale = stale_splits(path, targets)
+    if stale:
+        print(f"{command}: warning: {stale}", file=sys.stderr)
+
+
 def split_file_beside(dataset: str, split: str, command: str, doing: str = "scoring") -> str:
     """--dataset as given, or for one table file that `made train` (or `made split`) split into
     NAME_train/_valid/_test.csv beside it, the file of `split`, said on stderr: `made train
@@ -250,7 +258,7 @@ def split_file_beside(dataset: str, split: str, command: str, doing: str = "scor
     says what the command does with it ("scoring")."""
     from made.core.errors import DataError
     from made.io.data import split_files
-    from made.io.split import split_paths, stale_splits
+    from made.io.split import split_paths
 
     path = Path(dataset)
     if not path.is_file() or split_files(path):
@@ -266,9 +274,7 @@ def split_file_beside(dataset: str, split: str, command: str, doing: str = "scor
         f"split, {targets[split].name}",
         file=sys.stderr,
     )
-    stale = stale_splits(path, targets)
-    if stale:
-        print(f"{command}: warning: {stale}", file=sys.stderr)
+    warn_stale_splits(path, targets, command)
     return str(targets[split])
 
 
@@ -323,10 +329,12 @@ def _given_row(schema: Schema, given: list[str]) -> object:
 
     def column(name: str, item: str) -> int:
         if name not in schema.names:
+            from service.core.records import LISTED_COLUMNS
+
             names = schema.names
             listed = (
                 ", ".join(names)
-                if len(names) <= 20
+                if len(names) <= LISTED_COLUMNS
                 else f"{len(names)} columns: {', '.join(names[:3])}, ..., {names[-1]}"
             )
             raise DataError(f"--given {item!r} is not COLUMN=VALUE of a column of the model ({listed})")

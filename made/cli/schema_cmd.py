@@ -129,7 +129,8 @@ def _single_table_splits(
     split wrote beside it, when all three are there; else the rows of each split it would draw
     (made.io.split.split_rows: 80/10/10 by made train's --seed, 0 unless given), in memory. None
     for a file whose name holds a split's word (split_paths refuses to split it)."""
-    from made.io.split import split_paths, split_rows, stale_splits
+    from made.cli.commands import warn_stale_splits
+    from made.io.split import split_paths, split_rows
     from made.io.tables import read_table
 
     try:
@@ -140,9 +141,7 @@ def _single_table_splits(
     if there and len(there) < len(targets):
         raise DataError(f"{there[0]} exists without the other split files; write them with made split --force")
     if there:
-        stale = stale_splits(path, targets)
-        if stale:
-            print(f"made schema: warning: {stale}", file=sys.stderr)
+        warn_stale_splits(path, targets, "made schema")
         return targets["train"]
     header, rows, lines = read_table(path)
     return {
